@@ -1,0 +1,101 @@
+"""The anomaly record: what the detection engine emits and the alerting stage consumes.
+
+Pure data. ``Anomaly.to_json()`` is the line format of ``acs-detector run --output FILE``
+(design §2): the first eleven keys are the stable contract, the rest is the explanation that
+notifications and reports render.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Final, Literal
+
+__all__ = ["METRICS", "SEVERITIES", "Anomaly", "Metric", "Severity", "severity_rank"]
+
+Metric = Literal["duration", "failure_rate", "volume"]
+Severity = Literal["info", "warning", "critical"]
+
+METRICS: Final[tuple[str, ...]] = ("duration", "failure_rate", "volume")
+SEVERITIES: Final[tuple[str, ...]] = ("info", "warning", "critical")
+
+
+def severity_rank(severity: str) -> int:
+    """0 for info, 1 for warning, 2 for critical (for ``min_severity`` routing)."""
+    return SEVERITIES.index(severity)
+
+
+def _iso(ts: datetime) -> str:
+    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf become None, datetimes ISO-8601 UTC strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, datetime):
+        return _iso(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+@dataclass
+class Anomaly:
+    """One alert candidate that passed the gates, for one partition and metric.
+
+    ``sdk_version`` is None for the fleet (all versions of the operation together).
+    ``window_start``/``window_end`` (UTC, half-open) span the buckets that made it fire.
+    ``observed`` and ``baseline`` are in the metric's unit: milliseconds (p95 by default) for
+    ``duration``, a fraction in [0, 1] for ``failure_rate``, operations per bucket for ``volume``.
+    ``score`` is the isolation-forest score, higher = more anomalous.
+    """
+
+    operation_name: str
+    sdk_version: str | None
+    metric: str
+    window_start: datetime
+    window_end: datetime
+    observed: float
+    baseline: float
+    score: float
+    severity: str
+    calls: int
+    reason: str
+    # --- explanation -------------------------------------------------------------------
+    band_low: float | None = None  # baseline band (same unit as observed)
+    band_high: float | None = None
+    effect: float | None = None  # relative effect for duration/volume, absolute points for failure_rate
+    p_value: float | None = None  # corrected for the number of partitions tested
+    baseline_kind: str = "flat"  # "seasonal", "flat" or "borrowed"
+    provisional: bool = False  # baseline (partly) borrowed from the operation's fleet baseline
+    baseline_calls: int | None = None  # sample size behind the baseline
+    traffic_share: float | None = None  # this version's share of the operation's calls
+    drivers: list[str] = field(default_factory=list)  # features that drove the score, strongest first
+    failures: int | None = None
+    top_result_codes: list[dict[str, Any]] = field(default_factory=list)  # drill-down
+    example_call_ids: list[str] = field(default_factory=list)  # drill-down
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the alert across runs: (operation, SDK version or fleet, metric)."""
+        return f"{self.operation_name}|{self.sdk_version or '*'}|{self.metric}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-lines record (design §2 keys first, explanation after)."""
+        return _clean(asdict(self))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Anomaly:
+        """Inverse of :meth:`to_json`."""
+        kwargs = dict(data)
+        for key in ("window_start", "window_end"):
+            kwargs[key] = datetime.fromisoformat(str(kwargs[key]).replace("Z", "+00:00"))
+        for key in ("observed", "baseline", "score"):
+            if kwargs.get(key) is None:
+                kwargs[key] = math.nan
+        return cls(**kwargs)
