@@ -1,0 +1,511 @@
+"""Configuration: TOML in, a frozen validated :class:`Config` out.
+
+``load_config(path)`` parses the file with :mod:`tomllib`, substitutes ``${ENV_VAR}`` references
+(``${VAR:-default}`` gives a default), checks every key against a declarative table and raises
+one :class:`~detector.errors.ConfigError` listing *every* problem with its key (alertmanager's
+``config.Load``), so a user fixes them all in one go. Values that came from the environment are
+wrapped in :class:`Secret` and print as ``<secret>``; ``Config.redacted()`` is what
+``acs-detector check-config`` prints.
+
+Consumes a file path and the environment; produces a :class:`Config`. No other I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from detector.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "Config",
+    "MaintenanceWindow",
+    "RouteConfig",
+    "Secret",
+    "format_duration",
+    "load_config",
+    "parse_duration",
+    "parse_time",
+    "redact_url",
+]
+
+DEFAULT_CONFIG_PATH = "config/detector.toml"
+CONFIG_ENV = "ACS_DETECTOR_CONFIG"
+
+
+class Secret(str):
+    """A string that came from the environment: kept usable, printed as ``<secret>``."""
+
+    def __repr__(self) -> str:
+        return "'<secret>'"
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``"5m"`` -> 5 minutes. Units: ms, s, m, h, d, w. Raises ValueError."""
+    m = _DURATION_RE.match(str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a duration like '5m', '1h' or '7d'")
+    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def format_duration(td: timedelta) -> str:
+    """Inverse of :func:`parse_duration` for whole units (``timedelta(hours=1)`` -> ``"1h"``)."""
+    secs = td.total_seconds()
+    for unit in ("d", "h", "m", "s"):
+        if secs >= _UNITS[unit] and secs % _UNITS[unit] == 0:
+            return f"{int(secs // _UNITS[unit])}{unit}"
+    return f"{secs}s"
+
+
+def parse_time(text: str) -> datetime:
+    """ISO-8601 to an aware UTC datetime; naive times are taken as UTC. Raises ValueError."""
+    value = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# --------------------------------------------------------------------------------------------
+# Environment references
+# --------------------------------------------------------------------------------------------
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _substitute(value: Any, key: str, env: Mapping[str, str], problems: list[str]) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _substitute(v, f"{key}.{k}" if key else k, env, problems) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_substitute(v, f"{key}[{i}]", env, problems) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+    from_env = False
+
+    def repl(m: re.Match[str]) -> str:
+        nonlocal from_env
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            from_env = True
+            return env[name]
+        if default is not None:
+            return default
+        problems.append(f"{key}: environment variable {name} is not set")
+        return ""
+
+    out = _ENV_RE.sub(repl, value)
+    return Secret(out) if from_env else out
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """One ``[[notify.route]]``: where a digest goes and which alerts it takes."""
+
+    name: str
+    urls: tuple[str, ...]
+    min_severity: str = "warning"
+    operations: tuple[str, ...] = ()  # empty = every operation
+
+
+@dataclass(frozen=True)
+class MaintenanceWindow:
+    """A ``[[maintenance]]`` window: kept out of baselines, no alerts inside it."""
+
+    start: datetime
+    end: datetime
+    operation_name: str | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration. Sections are plain dicts of checked values plus typed
+    lists for routes and maintenance windows; ``raw`` keeps the substituted TOML."""
+
+    path: Path | None
+    source: dict[str, Any]
+    detection: dict[str, Any]
+    state: dict[str, Any]
+    alerting: dict[str, Any]
+    routes: tuple[RouteConfig, ...] = ()
+    maintenance: tuple[MaintenanceWindow, ...] = ()
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def state_path(self) -> Path:
+        """The embedded store directory, relative to the config file's project root."""
+        return self._resolve(self.state["path"])
+
+    @property
+    def models_path(self) -> Path:
+        return self._resolve(self.state["models"])
+
+    def source_path(self) -> str:
+        """The file source path (a file, directory or glob), resolved like the state path."""
+        return str(self._resolve(self.source["path"]))
+
+    def _resolve(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        if p.is_absolute() or self.path is None:
+            return p
+        # Relative paths are relative to the directory holding config/, i.e. the project root
+        # when the config lives in config/, else to the config file's own directory.
+        base = self.path.parent
+        if base.name == "config":
+            base = base.parent
+        return base / p
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective config with every secret hidden (for ``check-config``)."""
+
+        def durations(section: dict[str, Any]) -> dict[str, Any]:
+            return {
+                k: (format_duration(v) if isinstance(v, timedelta) else v)
+                for k, v in section.items()
+            }
+
+        return _redact(
+            {
+                "source": durations(self.source),
+                "detection": durations(self.detection),
+                "state": self.state,
+                "alerting": durations(self.alerting),
+                "notify": {
+                    "route": [
+                        {
+                            "name": r.name,
+                            "urls": list(r.urls),
+                            "min_severity": r.min_severity,
+                            "operations": list(r.operations),
+                        }
+                        for r in self.routes
+                    ]
+                },
+                "maintenance": [
+                    {
+                        "start": w.start.isoformat(),
+                        "end": w.end.isoformat(),
+                        "operation_name": w.operation_name,
+                        "note": w.note,
+                    }
+                    for w in self.maintenance
+                ],
+            }
+        )
+
+
+_URL_CRED_RE = re.compile(r"^([a-z][a-z0-9+.-]*://)([^/@]*@)?([^/?#]*)(.*)$", re.I)
+
+
+def redact_url(url: str) -> str:
+    """Hide credentials and path tokens of a notification URL: ``slack://<secret>``."""
+    m = _URL_CRED_RE.match(url)
+    if not m:
+        return "<secret>"
+    scheme, _cred, host, rest = m.groups()
+    # Webhook tokens live in the path (Slack, Teams workflows): show the host only.
+    return f"{scheme}{'<secret>@' if _cred else ''}{host}{'/<secret>' if rest.strip('/') else ''}"
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return "<secret>"
+    if isinstance(value, dict):
+        return {k: _redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        return redact_url(value) if "@" in value or "?" in value else value
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Validation table: section -> key -> (default, checker). A checker returns the converted value
+# or raises ValueError with a message; every failure becomes one "section.key: message" problem.
+# --------------------------------------------------------------------------------------------
+
+Checker = Callable[[Any], Any]
+
+
+def _one_of(*choices: str) -> Checker:
+    def check(v: Any) -> Any:
+        if v not in choices:
+            raise ValueError(f"must be one of {', '.join(map(repr, choices))}, got {v!r}")
+        return v
+
+    return check
+
+
+def _string(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"must be a string, got {type(v).__name__}")
+    return v
+
+
+def _opt_string(v: Any) -> str | None:
+    return None if v is None else _string(v)
+
+
+def _duration(v: Any) -> timedelta:
+    td = parse_duration(_string(v))
+    if td <= timedelta(0):
+        raise ValueError("must be positive")
+    return td
+
+
+def _bucket(v: Any) -> timedelta:
+    td = _duration(v)
+    if 86400 % td.total_seconds() != 0 or td < timedelta(minutes=1):
+        raise ValueError("must be at least 1m and divide a day evenly (1m, 5m, 15m, 1h, ...)")
+    return td
+
+
+def _int_range(lo: int, hi: int) -> Checker:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError(f"must be an integer in [{lo}, {hi}], got {v!r}")
+        return v
+
+    return check
+
+
+def _float_range(lo: float, hi: float) -> Checker:
+    def check(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+            raise ValueError(f"must be a number in [{lo}, {hi}], got {v!r}")
+        return float(v)
+
+    return check
+
+
+def _bool_or_path(v: Any) -> bool | str:
+    if isinstance(v, bool):
+        return v
+    return _string(v)
+
+
+def _credential(v: Any) -> str:
+    v = _string(v)
+    if v in ("default", "managed_identity", "azure_cli") or re.fullmatch(r"env:[A-Za-z_]\w*", v):
+        return v
+    raise ValueError(
+        "must be 'default', 'managed_identity', 'azure_cli' or 'env:NAME', got " + repr(v)
+    )
+
+
+SCHEMA: dict[str, dict[str, tuple[Any, Checker]]] = {
+    "source": {
+        "kind": ("file", _one_of("file", "log_analytics")),
+        "path": ("data/demo", _string),
+        "workspace_id": (None, _opt_string),
+        "resource_id": (None, _opt_string),
+        "endpoint": ("https://api.loganalytics.io", _string),
+        "audience": (None, _opt_string),
+        "connection_verify": (True, _bool_or_path),
+        "credential": ("default", _credential),
+        "arrival": ("TimeGenerated", _one_of("TimeGenerated", "ingestion_time")),
+        "overlap": ("15m", _duration),
+        "server_timeout": (180, _int_range(1, 600)),
+        "max_rows_per_chunk": (400_000, _int_range(1000, 500_000)),
+    },
+    "detection": {
+        "bucket": ("5m", _bucket),
+        "baseline": ("7d", _duration),
+        "delay": ("10m", _duration),  # scheduled window ends at now - delay
+        "lateness": ("6h", _duration),  # late rows still merged into buckets this old
+        "max_window": ("1d", _duration),  # first scheduled run judges at most this much
+        "seed": (0, _int_range(0, 2**31 - 1)),
+    },
+    "state": {
+        "path": (".acs-detector", _string),
+        "models": ("models", _string),
+        "url": (None, _opt_string),  # blob://account/container/prefix (Azure Functions)
+    },
+    "alerting": {
+        "repeat_interval": ("4h", _duration),
+        "resolve_after": ("30m", _duration),
+        "max_items": (10, _int_range(1, 1000)),
+        "outbox_max_age": ("2d", _duration),
+    },
+}
+
+
+def _check_section(
+    name: str, given: Any, problems: list[str], passthrough: bool = False
+) -> dict[str, Any]:
+    table = SCHEMA[name]
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        problems.append(f"{name}: must be a table")
+        given = {}
+    out: dict[str, Any] = {}
+    for key, (default, check) in table.items():
+        value = given.get(key, default)
+        if value is None:
+            out[key] = None
+            continue
+        try:
+            out[key] = check(value) if not isinstance(value, timedelta) else value
+        except ValueError as exc:
+            problems.append(f"{name}.{key}: {exc}")
+    for key in given:
+        if key not in table:
+            if passthrough:
+                out[key] = given[key]  # engine knobs, validated by the engine's own policy
+            else:
+                problems.append(f"{name}.{key}: unknown key")
+    return out
+
+
+def _check_routes(notify: Any, problems: list[str]) -> tuple[RouteConfig, ...]:
+    if notify is None:
+        return ()
+    if not isinstance(notify, dict):
+        problems.append("notify: must be a table")
+        return ()
+    for key in notify:
+        if key != "route":
+            problems.append(f"notify.{key}: unknown key")
+    routes = notify.get("route", [])
+    if not isinstance(routes, list):
+        problems.append("notify.route: must be an array of tables ([[notify.route]])")
+        return ()
+    out = []
+    names: set[str] = set()
+    for i, r in enumerate(routes):
+        where = f"notify.route[{i}]"
+        if not isinstance(r, dict):
+            problems.append(f"{where}: must be a table")
+            continue
+        for key in r:
+            if key not in ("name", "urls", "min_severity", "operations"):
+                problems.append(f"{where}.{key}: unknown key")
+        name = r.get("name")
+        if not isinstance(name, str) or not name:
+            problems.append(f"{where}.name: required string")
+            name = f"route{i}"
+        elif name in names:
+            problems.append(f"{where}.name: duplicate route name {name!r}")
+        names.add(name)
+        urls = r.get("urls", [])
+        if isinstance(urls, str):
+            urls = [urls]
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            problems.append(f"{where}.urls: must be a list of apprise URLs")
+            urls = []
+        # An empty value (e.g. ${VAR:-}) disables that URL rather than failing the config.
+        urls = [u for u in urls if u.strip()]
+        for j, u in enumerate(urls):
+            if "://" not in u:
+                problems.append(f"{where}.urls[{j}]: not a URL (expected scheme://...)")
+        sev = r.get("min_severity", "warning")
+        if sev not in ("info", "warning", "critical"):
+            problems.append(f"{where}.min_severity: must be info, warning or critical, got {sev!r}")
+        ops = r.get("operations", [])
+        if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
+            problems.append(f"{where}.operations: must be a list of operation names")
+            ops = []
+        out.append(RouteConfig(name, tuple(urls), sev, tuple(ops)))
+    return tuple(out)
+
+
+def _check_maintenance(windows: Any, problems: list[str]) -> tuple[MaintenanceWindow, ...]:
+    if windows is None:
+        return ()
+    if not isinstance(windows, list):
+        problems.append("maintenance: must be an array of tables ([[maintenance]])")
+        return ()
+    out = []
+    for i, w in enumerate(windows):
+        where = f"maintenance[{i}]"
+        if not isinstance(w, dict):
+            problems.append(f"{where}: must be a table")
+            continue
+        try:
+            start = w["start"] if isinstance(w.get("start"), datetime) else parse_time(w["start"])
+            end = w["end"] if isinstance(w.get("end"), datetime) else parse_time(w["end"])
+        except (KeyError, ValueError, TypeError):
+            problems.append(f"{where}: start and end must be ISO-8601 times")
+            continue
+        start = start.replace(tzinfo=UTC) if start.tzinfo is None else start
+        end = end.replace(tzinfo=UTC) if end.tzinfo is None else end
+        if end <= start:
+            problems.append(f"{where}: end must be after start")
+            continue
+        out.append(MaintenanceWindow(start, end, w.get("operation_name"), str(w.get("note", ""))))
+    return tuple(out)
+
+
+def config_from_dict(
+    data: dict[str, Any], *, path: Path | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate an already-parsed TOML document. Raises ConfigError listing every problem."""
+    problems: list[str] = []
+    data = _substitute(data, "", os.environ if env is None else env, problems)
+    for key in data:
+        if key not in ("source", "detection", "state", "alerting", "notify", "maintenance"):
+            problems.append(f"{key}: unknown section")
+    source = _check_section("source", data.get("source"), problems)
+    detection = _check_section("detection", data.get("detection"), problems, passthrough=True)
+    state = _check_section("state", data.get("state"), problems)
+    alerting = _check_section("alerting", data.get("alerting"), problems, passthrough=True)
+    routes = _check_routes(data.get("notify"), problems)
+    maintenance = _check_maintenance(data.get("maintenance"), problems)
+    if source.get("kind") == "log_analytics" and bool(source.get("workspace_id")) == bool(
+        source.get("resource_id")
+    ):
+        problems.append("source: log_analytics needs exactly one of workspace_id, resource_id")
+    if (
+        isinstance(detection.get("bucket"), timedelta)
+        and isinstance(detection.get("baseline"), timedelta)
+        and detection["baseline"] < 4 * detection["bucket"]
+    ):
+        problems.append("detection.baseline: must cover at least 4 buckets")
+    if problems:
+        raise ConfigError(problems, path=str(path) if path else None)
+    return Config(
+        path=path,
+        source=source,
+        detection=detection,
+        state=state,
+        alerting=alerting,
+        routes=routes,
+        maintenance=maintenance,
+        raw=data,
+    )
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load and validate a config file.
+
+    ``path`` defaults to ``$ACS_DETECTOR_CONFIG`` or ``config/detector.toml``. Raises
+    :class:`ConfigError` (exit 2) for a missing or unparseable file and for every invalid key.
+    """
+    p = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", path=str(p)) from None
+    return config_from_dict(data, path=p.resolve())

@@ -1,0 +1,49 @@
+"""The CLI through main(argv): exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from detector.cli import EXIT_OK, EXIT_USAGE, main
+
+DATA = Path(__file__).parent / "data" / "config"
+
+
+def test_check_config_ok(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    monkeypatch.setenv("TEST_HOOK_URL", "json://user:hunter2@127.0.0.1/x")
+    assert main(["--config", str(DATA / "good.toml"), "check-config"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert json.loads(out)["effective"]["detection"]["bucket"] == "15m"
+    assert "hunter2" not in out
+
+
+def test_check_config_invalid_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(DATA / "bad-many.toml"), "check-config"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "source.kind" in err and "detection.bucket" in err
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == EXIT_USAGE
+    assert main(["no-such-command"]) == EXIT_USAGE
+    assert main(["run", "--start", "yesterday"]) == EXIT_USAGE
+    assert "ISO-8601" in capsys.readouterr().err
+
+
+def test_run_needs_both_start_and_end(capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = str(DATA / "good.toml")
+    rc = main(["--config", cfg, "run", "--start", "2026-11-10T00:00:00Z"])
+    assert rc == EXIT_USAGE
+    assert "--start and --end go together" in capsys.readouterr().err
+
+
+def test_python_m_detector_entry_point() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "detector", "--version"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0 and "acs-detector" in proc.stdout

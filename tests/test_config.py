@@ -1,0 +1,127 @@
+"""Config loading: defaults, env substitution, every problem listed at once, secrets hidden."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from detector.config import (
+    Secret,
+    config_from_dict,
+    format_duration,
+    load_config,
+    parse_duration,
+    redact_url,
+)
+from detector.errors import ConfigError
+
+DATA = Path(__file__).parent / "data" / "config"
+ROOT = Path(__file__).parent.parent
+
+
+def test_shipped_config_is_valid_without_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("ACS_DETECTOR_EMAIL_URL", "ACS_DETECTOR_WEBHOOK_URL"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = load_config(ROOT / "config" / "detector.toml")
+    assert cfg.source["kind"] == "file"
+    assert cfg.detection["bucket"] == timedelta(minutes=5)
+    assert cfg.detection["baseline"] == timedelta(days=7)
+    # ${VAR:-} defaults disable the URL instead of failing the config.
+    assert cfg.routes[0].urls == ()
+    assert cfg.state_path == ROOT / ".acs-detector"
+
+
+def test_good_file_and_env_substitution(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_HOOK_URL", "slack://TA/TB/TC/#alerts")
+    cfg = load_config(DATA / "good.toml")
+    route = cfg.routes[0]
+    assert route.urls[0] == "slack://TA/TB/TC/#alerts"
+    assert isinstance(route.urls[0], Secret)
+    assert route.min_severity == "critical" and route.operations == ("Join",)
+    assert cfg.detection["bucket"] == timedelta(minutes=15)
+    assert cfg.maintenance[0].operation_name == "Join"
+    # relative paths resolve against the project root: the parent of a config/ directory
+    assert cfg.state_path == DATA.parent / "state"
+
+
+def test_secrets_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_HOOK_URL", "slack://TA/TB/sup3rs3cret/#alerts")
+    cfg = load_config(DATA / "good.toml")
+    text = json.dumps(cfg.redacted()) + repr(cfg) + repr(cfg.routes)
+    assert "sup3rs3cret" not in text
+    assert "<secret>" in text
+
+
+def test_every_problem_listed_with_its_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("UNSET_SECRET_FOR_TEST", raising=False)
+    with pytest.raises(ConfigError) as info:
+        load_config(DATA / "bad-many.toml")
+    msg = str(info.value)
+    expected = [
+        "source.kind",
+        "source.extra: unknown key",
+        "detection.bucket",
+        "detection.baseline",
+        "state.path",
+        "notify.route[0].name",
+        "notify.route[0].urls[0]",
+        "UNSET_SECRET_FOR_TEST is not set",
+        "notify.route[0].min_severity",
+        "maintenance[0]: end must be after start",
+        "surprise: unknown section",
+    ]
+    for part in expected:
+        assert part in msg, part
+    assert len(info.value.problems) >= len(expected)
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({"source": {"kind": "log_analytics"}}, "exactly one of workspace_id, resource_id"),
+        (
+            {"source": {"kind": "log_analytics", "workspace_id": "a", "resource_id": "b"}},
+            "exactly one of",
+        ),
+        ({"source": {"credential": "password"}}, "source.credential"),
+        ({"detection": {"bucket": "1h", "baseline": "2h"}}, "at least 4 buckets"),
+        ({"notify": {"route": {"name": "x"}}}, "array of tables"),
+        ({"alerting": {"max_items": 0}}, "alerting.max_items"),
+    ],
+)
+def test_bad_values(data: dict, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        config_from_dict(data, env={})
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[source\nkind=1")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "td"),
+    [("5m", timedelta(minutes=5)), ("7d", timedelta(days=7)), ("90s", timedelta(seconds=90))],
+)
+def test_durations_round_trip(text: str, td: timedelta) -> None:
+    assert parse_duration(text) == td
+    assert parse_duration(format_duration(td)) == td
+
+
+@pytest.mark.parametrize(
+    ("url", "hidden"),
+    [
+        ("mailtos://bot:pa55@smtp.example.com?to=a@b.c", "pa55"),
+        ("slack://TA/TB/TC/#alerts", "TC"),
+        ("workflows://host:443/WFID/SIGNATURE/", "SIGNATURE"),
+    ],
+)
+def test_redact_url(url: str, hidden: str) -> None:
+    assert hidden not in redact_url(url)
