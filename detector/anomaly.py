@@ -68,13 +68,17 @@ class Anomaly:
     # --- explanation -------------------------------------------------------------------
     band_low: float | None = None  # baseline band (same unit as observed)
     band_high: float | None = None
-    effect: float | None = None  # relative effect for duration/volume, absolute points for failure_rate
+    effect: float | None = (
+        None  # relative effect for duration/volume, absolute points for failure_rate
+    )
     p_value: float | None = None  # corrected for the number of partitions tested
     baseline_kind: str = "flat"  # "seasonal", "flat" or "borrowed"
     provisional: bool = False  # baseline (partly) borrowed from the operation's fleet baseline
     baseline_calls: int | None = None  # sample size behind the baseline
     traffic_share: float | None = None  # this version's share of the operation's calls
-    drivers: list[str] = field(default_factory=list)  # features that drove the score, strongest first
+    drivers: list[str] = field(
+        default_factory=list
+    )  # features that drove the score, strongest first
     failures: int | None = None
     top_result_codes: list[dict[str, Any]] = field(default_factory=list)  # drill-down
     example_call_ids: list[str] = field(default_factory=list)  # drill-down
