@@ -140,6 +140,29 @@ class JobLock:
             )
         self._held = False
 
+    @classmethod
+    def for_backend(
+        cls,
+        backend: Any,
+        state_path: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
+    ) -> JobLock:
+        """The lock that guards ``backend``: its blob lease for a Blob store, else a file
+        lock in ``state_path`` (default: the local backend's root).
+
+        Parameters
+        ----------
+        backend : Backend
+            The store the run writes to.
+        state_path : str or path, optional
+            Local state directory (used when ``backend`` is not a Blob store).
+        **kwargs
+            ``name``, ``lease_seconds``, ``renew_every`` as for :class:`JobLock`.
+        """
+        if hasattr(backend, "lease_lock") or state_path is None:
+            return cls(backend, **kwargs)
+        return cls(state_path, **kwargs)
+
     @property
     def held(self) -> bool:
         """True while this object holds the lock."""

@@ -129,3 +129,18 @@ def test_blob_lease_duration_validated(azurite_blob: str) -> None:
     store = BlobBackend(connection_string=azurite_blob, container="unused")
     with pytest.raises(ConfigError, match="between 15 and 60"):
         JobLock(store, lease_seconds=5)
+
+
+def test_for_backend_picks_file_lock_for_local_state(tmp_path: Path) -> None:
+    with JobLock.for_backend(LocalBackend(tmp_path / "a"), tmp_path / "state"):
+        with pytest.raises(LockHeldError):
+            JobLock(tmp_path / "state").acquire()
+        JobLock(tmp_path / "a").acquire().release()  # state_path wins over the backend root
+
+
+@pytest.mark.node
+def test_for_backend_picks_lease_for_blob_state(blob_store: BlobBackend, tmp_path: Path) -> None:
+    with JobLock.for_backend(blob_store, tmp_path):
+        with pytest.raises(LockHeldError):
+            JobLock(blob_store).acquire()
+        JobLock(tmp_path).acquire().release()  # no local file lock was taken
