@@ -1,0 +1,230 @@
+"""cron/: the wrapper script (real bash, real flock) and the systemd units (systemd-analyze)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CRON = Path(__file__).resolve().parent.parent / "cron"
+WRAPPER = CRON / "run-detector.sh"
+
+# A stand-in for the venv's python: records how it was called, then works for a while.
+FAKE_PYTHON = """#!/bin/sh
+{{
+  echo "args=$*"
+  echo "cwd=$(pwd)"
+  echo "config=$ACS_DETECTOR_CONFIG"
+  echo "secret=$ACS_DETECTOR_WEBHOOK_URL"
+}} > "$FAKE_OUT.$$"
+touch "$FAKE_OUT.started"
+echo "job output on stdout"
+sleep {sleep}
+exit {code}
+"""
+
+
+def _fake(tmp_path: Path, name: str, sleep: float = 0, code: int = 0) -> Path:
+    path = tmp_path / name
+    path.write_text(FAKE_PYTHON.format(sleep=sleep, code=code))
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def _env(tmp_path: Path, python: Path, **extra: str) -> dict[str, str]:
+    env_file = tmp_path / "acs-detector.env"
+    env_file.write_text(
+        "# secrets\nACS_DETECTOR_WEBHOOK_URL='json://127.0.0.1:9/hook?token=s3cret'\n"
+    )
+    env_file.chmod(0o600)
+    return {
+        # cron's environment: nothing but a minimal PATH.
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "ACS_DETECTOR_HOME": str(tmp_path / "home"),
+        "ACS_DETECTOR_PYTHON": str(python),
+        "ACS_DETECTOR_ENV_FILE": str(env_file),
+        "ACS_DETECTOR_LOG": str(tmp_path / "log" / "job.log"),
+        "FAKE_OUT": str(tmp_path / "out"),
+        **extra,
+    }
+
+
+def _records(tmp_path: Path) -> list[str]:
+    return sorted(p.read_text() for p in tmp_path.glob("out.[0-9]*"))
+
+
+def test_two_runs_at_once_one_is_skipped_with_75(tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    env = _env(tmp_path, _fake(tmp_path, "python", sleep=2))
+    first = subprocess.Popen(["/bin/sh", "-c", str(WRAPPER)], env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "out.started").exists():
+            assert first.poll() is None, "first run ended before it started working"
+            assert time.monotonic() < deadline, "first run never started"
+            time.sleep(0.05)
+        second = subprocess.run([str(WRAPPER)], env=env, timeout=20)
+        assert second.returncode == 75
+        assert first.wait(timeout=20) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    # Exactly one job ran, as `python -m detector run`, in the install dir, with the env file.
+    (record,) = _records(tmp_path)
+    assert "args=-m detector run\n" in record
+    assert f"cwd={tmp_path / 'home'}\n" in record
+    assert f"config={tmp_path / 'home' / 'config' / 'detector.toml'}\n" in record
+    assert "secret=json://127.0.0.1:9/hook?token=s3cret\n" in record
+    log = (tmp_path / "log" / "job.log").read_text()
+    assert "job output on stdout" in log
+    assert re.search(
+        r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ run-detector: skipped: another run", log, re.M
+    )
+    assert "s3cret" not in log  # the wrapper never echoes the env file
+
+    # The lock died with the first run: the next tick runs normally.
+    assert subprocess.run([str(WRAPPER)], env=env, timeout=20).returncode == 0
+
+
+def test_arguments_and_exit_codes_pass_through(tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    env = _env(tmp_path, _fake(tmp_path, "python", code=2), ACS_DETECTOR_LOG="-")
+    env["ACS_DETECTOR_CONFIG"] = str(tmp_path / "other.toml")
+    proc = subprocess.run(
+        [str(WRAPPER), "run", "--start", "2026-11-25T08:00:00Z", "--end", "2026-11-25T10:00:00Z"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert proc.returncode == 2
+    assert "job output on stdout" in proc.stdout  # "-" logs to stdout (the journal under systemd)
+    (record,) = _records(tmp_path)
+    assert (
+        "args=-m detector run --start 2026-11-25T08:00:00Z --end 2026-11-25T10:00:00Z\n" in record
+    )
+    assert f"config={tmp_path / 'other.toml'}\n" in record
+
+
+def test_timeout_kills_a_hung_run(tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    env = _env(tmp_path, _fake(tmp_path, "python", sleep=30), ACS_DETECTOR_TIMEOUT="1s")
+    t0 = time.monotonic()
+    proc = subprocess.run([str(WRAPPER)], env=env, timeout=20)
+    assert proc.returncode == 124 and time.monotonic() - t0 < 10
+    assert "killed after 1s" in (tmp_path / "log" / "job.log").read_text()
+
+
+def test_missing_python_or_unreadable_env_is_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    env = _env(tmp_path, tmp_path / "no-such-python")
+    proc = subprocess.run([str(WRAPPER)], env=env, capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 2 and "ACS_DETECTOR_PYTHON" in proc.stderr
+    if os.geteuid() != 0:  # root reads any file
+        env = _env(tmp_path, _fake(tmp_path, "python"))
+        Path(env["ACS_DETECTOR_ENV_FILE"]).chmod(0)
+        proc = subprocess.run([str(WRAPPER)], env=env, capture_output=True, text=True, timeout=20)
+        assert proc.returncode == 2 and "env file" in proc.stderr
+
+
+def test_wrapper_runs_the_real_cli(tmp_path: Path) -> None:
+    """The real venv python and `python -m detector`: a usage error comes back as exit 2."""
+    (tmp_path / "home").mkdir()
+    env = _env(tmp_path, Path(sys.executable), ACS_DETECTOR_LOG="-")
+    ok = subprocess.run(
+        [str(WRAPPER), "--version"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert ok.returncode == 0 and "acs-detector" in ok.stdout
+    bad = subprocess.run(
+        [str(WRAPPER), "no-such-command"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2
+
+
+def test_crontab_example_is_well_formed() -> None:
+    lines = [
+        ln
+        for ln in (CRON / "acs-detector.cron").read_text().splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
+    jobs = [ln for ln in lines if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", ln)]
+    assert jobs, "no job line"
+    for job in jobs:
+        fields = job.split(None, 5)
+        assert len(fields) == 6, f"5 schedule fields + command expected: {job!r}"
+        command = fields[5]
+        assert command.startswith("/"), "cron has no PATH worth the name: absolute paths only"
+        assert "%" not in command.replace(r"\%", ""), "unescaped % becomes a newline in cron"
+        assert command.endswith("cron/run-detector.sh")
+
+
+def _verify_units(tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    # The shipped unit points at /opt/acs-detector; verify checks that ExecStart exists, so
+    # point it at this checkout's wrapper for the check.
+    service = (CRON / "acs-detector.service").read_text()
+    (tmp_path / "acs-detector.service").write_text(
+        service.replace("/opt/acs-detector/cron/run-detector.sh", str(WRAPPER))
+    )
+    shutil.copy(CRON / "acs-detector.timer", tmp_path / "acs-detector.timer")
+    return subprocess.run(
+        ["systemd-analyze", "verify", "acs-detector.service", "acs-detector.timer"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (no systemd)"
+)
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    proc = _verify_units(tmp_path)
+    # verify exits 0 on unknown keys, printing "ignoring": any output is a finding.
+    assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
+    timer = (CRON / "acs-detector.timer").read_text()
+    service = (CRON / "acs-detector.service").read_text()
+    assert re.search(r"^Persistent=true$", timer, re.M)
+    assert re.search(r"^Type=oneshot$", service, re.M)
+    assert re.search(r"^SuccessExitStatus=75$", service, re.M)
+    (calendar,) = re.findall(r"^OnCalendar=(.+)$", timer, re.M)
+    cal = subprocess.run(
+        ["systemd-analyze", "calendar", "--iterations=2", calendar],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TZ": "UTC"},  # one time per line
+    )
+    assert cal.returncode == 0, cal.stderr
+    # Two consecutive elapses 5 minutes apart.
+    stamps = re.findall(r"(\d\d):(\d\d):00", cal.stdout)
+    minutes = [int(h) * 60 + int(m) for h, m in stamps[:2]]
+    assert len(minutes) == 2 and (minutes[1] - minutes[0]) % 1440 == 5
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (no systemd)"
+)
+def test_systemd_verify_catches_a_broken_unit(tmp_path: Path) -> None:
+    """The check above can fail: a bad calendar expression is reported."""
+    proc = _verify_units(tmp_path)
+    assert proc.returncode == 0
+    timer = tmp_path / "acs-detector.timer"
+    timer.write_text(timer.read_text().replace("*:00/5:00", "*:61:00"))
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", "acs-detector.service", "acs-detector.timer"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 or proc.stderr.strip()
