@@ -1,0 +1,734 @@
+"""Alert lifecycle: from the gated anomalies of one judged window to notification decisions.
+
+Consumes the :class:`~detector.anomaly.Anomaly` records the engine emitted for a window, the set
+of fingerprints it *evaluated* (so "evaluated and clean" can be told from "no data"), the
+previous :class:`AlertState`, the active silences and acknowledgements, a
+:class:`LifecyclePolicy` and ``now``. Produces one :class:`Decision` per fingerprint that has
+something to say, and the next :class:`AlertState`. Pure: no I/O, no clock.
+
+Modelled on Alertmanager's ``DedupStage.needsUpdate``: every decision carries a
+:class:`Reason`, and only ``new``, ``escalated``, ``repeat_due`` and ``resolved`` notify.
+Flapping is damped by hysteresis: ``n`` hits out of the last ``m`` evaluations to fire, and
+``recovery_evaluations`` consecutive clean evaluations spanning at least ``resolve_after`` to
+resolve (Grafana's "keep firing for").
+
+Idempotent reruns: each record remembers the snapshot it had *before* the latest window was
+applied. A rerun of that same window replays it from the snapshot, and a notification already
+sent for that window is reported as ``suppressed_duplicate`` instead of being sent again.
+A window older than the latest one applied is ``out_of_order``: it changes nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Final
+
+from detector.anomaly import SEVERITIES, Anomaly, severity_rank
+from detector.errors import ConfigError
+
+__all__ = [
+    "NOTIFY_REASONS",
+    "Ack",
+    "AlertRecord",
+    "AlertState",
+    "Current",
+    "Decision",
+    "LifecyclePolicy",
+    "Reason",
+    "Silence",
+    "parse_fingerprint",
+    "step",
+]
+
+STATE_SCHEMA: Final = 1
+
+
+class Reason(StrEnum):
+    """Why a decision was taken (stable strings: they reach reports, logs and metrics)."""
+
+    NEW = "new"  # started firing (or first notification after a silence ended)
+    ESCALATED = "escalated"  # still firing, severity rose above what was last notified
+    REPEAT_DUE = "repeat_due"  # still firing, repeat interval elapsed since last notification
+    STILL_FIRING = "still_firing"  # still firing, already notified recently
+    RECOVERING = "recovering"  # clean, but not for long enough to resolve (hysteresis)
+    RESOLVED = "resolved"
+    PENDING = "pending"  # anomalous, but N of M not reached yet
+    SILENCED = "silenced"
+    ACKNOWLEDGED = "acknowledged"
+    SUPPRESSED_DUPLICATE = "suppressed_duplicate"  # rerun of a window already notified
+    NO_DATA = "no_data"  # firing, but not evaluated in this window: state kept
+    OUT_OF_ORDER = "out_of_order"  # a window older than the latest one applied
+
+
+#: Reasons that produce a notification.
+NOTIFY_REASONS: Final = frozenset(
+    {Reason.NEW, Reason.ESCALATED, Reason.REPEAT_DUE, Reason.RESOLVED}
+)
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return None if ts is None else ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _dt(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def parse_fingerprint(fingerprint: str) -> tuple[str, str | None, str]:
+    """Split ``operation|sdk_version-or-*|metric`` (see :attr:`Anomaly.fingerprint`)."""
+    parts = fingerprint.split("|")
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f"not a fingerprint (operation|sdk_version|metric): {fingerprint!r}")
+    op, sdk, metric = parts
+    return op, (None if sdk == "*" else sdk), metric
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs besides anomalies: current values, silences, acknowledgements, policy
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Current:
+    """The value of an evaluated partition in the judged window (carried by resolved notices)."""
+
+    observed: float | None = None
+    baseline: float | None = None
+    calls: int | None = None
+
+    @classmethod
+    def coerce(cls, value: Any) -> Current | None:
+        """Accept a :class:`Current`, an observed float, a dict with those keys, or None."""
+        if value is None or isinstance(value, Current):
+            return value
+        if isinstance(value, Mapping):
+            calls = value.get("calls")
+            return cls(
+                _finite(value.get("observed")),
+                _finite(value.get("baseline")),
+                int(calls) if calls is not None else None,
+            )
+        return cls(observed=_finite(value))
+
+
+_MATCHER_FIELDS: Final = ("fingerprint", "operation_name", "sdk_version", "metric", "severity")
+_MATCHER_ALIASES: Final = {
+    "operation": "operation_name",
+    "op": "operation_name",
+    "sdk": "sdk_version",
+    "version": "sdk_version",
+}
+
+
+@dataclass
+class Silence:
+    """Mute matching alerts between ``starts_at`` and ``ends_at`` (Alertmanager silences).
+
+    ``matchers`` maps a field (``operation_name``, ``sdk_version``, ``metric``, ``severity``,
+    ``fingerprint``) to a glob pattern; all must match (case-insensitive). ``sdk_version``
+    ``*`` also matches the fleet (no version).
+    """
+
+    id: str
+    matchers: dict[str, str]
+    starts_at: datetime
+    ends_at: datetime
+    comment: str = ""
+    created_by: str = ""
+    created_at: datetime | None = None
+    expired_at: datetime | None = None  # set when expired early by hand
+
+    def __post_init__(self) -> None:
+        self.matchers = {_MATCHER_ALIASES.get(k, k): v for k, v in self.matchers.items()}
+        unknown = sorted(set(self.matchers) - set(_MATCHER_FIELDS))
+        if unknown:
+            raise ConfigError(
+                f"silence {self.id}: unknown matcher field(s) {', '.join(unknown)}"
+                f" (use {', '.join(_MATCHER_FIELDS)})"
+            )
+        if not self.matchers:
+            raise ConfigError(f"silence {self.id}: needs at least one matcher")
+
+    def active(self, now: datetime) -> bool:
+        end = min(self.ends_at, self.expired_at) if self.expired_at else self.ends_at
+        return self.starts_at <= now < end
+
+    def matches(self, fingerprint: str, severity: str | None = None) -> bool:
+        op, sdk, metric = parse_fingerprint(fingerprint)
+        values = {
+            "fingerprint": fingerprint,
+            "operation_name": op,
+            "sdk_version": sdk or "*",
+            "metric": metric,
+            "severity": severity or "",
+        }
+        return all(
+            fnmatch.fnmatchcase(values[k].lower(), str(pattern).lower())
+            for k, pattern in self.matchers.items()
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("starts_at", "ends_at", "created_at", "expired_at"):
+            d[k] = _iso(d[k])
+        return d
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Silence:
+        kw = {f.name: data.get(f.name) for f in fields(cls) if f.name in data}
+        for k in ("starts_at", "ends_at", "created_at", "expired_at"):
+            if k in kw:
+                kw[k] = _dt(kw[k])
+        return cls(**kw)
+
+
+@dataclass
+class Ack:
+    """An acknowledgement: mutes one firing fingerprint until it resolves."""
+
+    fingerprint: str
+    at: datetime
+    by: str = ""
+    comment: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "at": _iso(self.at)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Ack:
+        return cls(
+            str(data["fingerprint"]),
+            _dt(data["at"]),  # type: ignore[arg-type]
+            str(data.get("by", "")),
+            str(data.get("comment", "")),
+        )
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(value: Any, key: str, problems: list[str]) -> timedelta | None:
+    if isinstance(value, timedelta):
+        return value
+    m = _DURATION_RE.match(str(value))
+    if not m:
+        problems.append(f"alerting.{key}: not a duration like 30m, 4h, 2d: {value!r}")
+        return None
+    return timedelta(seconds=float(m.group(1)) * _UNIT[m.group(2)])
+
+
+@dataclass(frozen=True)
+class LifecyclePolicy:
+    """How anomalies turn into firing/resolved alerts and how often they are repeated.
+
+    Parameters
+    ----------
+    n, m : fire when at least ``n`` of the last ``m`` evaluated windows were anomalous.
+    recovery_evaluations : consecutive clean evaluated windows needed to resolve ...
+    resolve_after : ... spanning at least this long since the last anomalous window.
+    repeat_interval : re-notify a still-firing alert this often.
+    send_resolved : send resolved notices (only for alerts whose firing was notified).
+    retention : forget resolved/inactive fingerprints not evaluated for this long.
+    """
+
+    n: int = 1
+    m: int = 1
+    recovery_evaluations: int = 2
+    resolve_after: timedelta = timedelta(minutes=30)
+    repeat_interval: timedelta = timedelta(hours=4)
+    send_resolved: bool = True
+    retention: timedelta = timedelta(days=7)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 1 <= self.n <= self.m:
+            problems.append(f"alerting.n_of_m: need 1 <= N <= M, got {self.n}/{self.m}")
+        if self.recovery_evaluations < 1:
+            problems.append("alerting.recovery_evaluations: must be >= 1")
+        if self.repeat_interval <= timedelta(0):
+            problems.append("alerting.repeat_interval: must be > 0")
+        if problems:
+            raise ConfigError(problems)
+
+    @classmethod
+    def from_config(cls, alerting: Mapping[str, Any]) -> LifecyclePolicy:
+        """Build from the ``[alerting]`` table (unknown keys are ignored: other stages own them).
+
+        Keys: ``n_of_m`` ("2/3" or [2, 3]), ``recovery_evaluations``, ``resolve_after``,
+        ``repeat_interval``, ``send_resolved``, ``retention``. Durations are timedeltas or
+        strings like ``30m``. Raises :class:`ConfigError` listing every problem.
+        """
+        problems: list[str] = []
+        kw: dict[str, Any] = {}
+        if "n_of_m" in alerting:
+            raw = alerting["n_of_m"]
+            try:
+                n, m = (
+                    (int(x) for x in str(raw).split("/"))
+                    if isinstance(raw, str)
+                    else (int(raw[0]), int(raw[1]))
+                )
+                kw["n"], kw["m"] = n, m
+            except (TypeError, ValueError, IndexError):
+                problems.append(f"alerting.n_of_m: expected 'N/M' or [N, M], got {raw!r}")
+        for key in ("resolve_after", "repeat_interval", "retention"):
+            if alerting.get(key) is not None:
+                kw[key] = _duration(alerting[key], key, problems)
+        if "recovery_evaluations" in alerting:
+            try:
+                kw["recovery_evaluations"] = int(alerting["recovery_evaluations"])
+            except (TypeError, ValueError):
+                problems.append("alerting.recovery_evaluations: must be an integer")
+        if "send_resolved" in alerting:
+            kw["send_resolved"] = bool(alerting["send_resolved"])
+        if problems:
+            raise ConfigError(problems)
+        return cls(**kw)
+
+
+# --------------------------------------------------------------------------------------------
+# State
+# --------------------------------------------------------------------------------------------
+
+_EPISODE_FIELDS: Final = (
+    "started_at",
+    "resolved_at",
+    "notified_at",
+    "notified_status",
+    "notified_severity",
+    "notified_window_end",
+    "notifications",
+)
+_RECORD_DT: Final = (
+    "last_window_end",
+    "last_hit_end",
+    "started_at",
+    "resolved_at",
+    "notified_at",
+    "notified_window_end",
+)
+
+
+@dataclass
+class AlertRecord:
+    """What the job remembers about one fingerprint between runs."""
+
+    fingerprint: str
+    status: str = "inactive"  # inactive | pending | firing | resolved
+    history: list[bool] = field(default_factory=list)  # last m evaluations, newest last
+    clean_streak: int = 0
+    last_window_end: datetime | None = None
+    last_hit_end: datetime | None = None
+    started_at: datetime | None = None  # when the current/last episode started firing
+    resolved_at: datetime | None = None
+    severity: str | None = None
+    anomaly: dict[str, Any] | None = None  # latest anomalous record (Anomaly.to_json)
+    current: dict[str, Any] | None = None  # latest clean value (Current as dict)
+    notified_at: datetime | None = None  # last notification of this episode
+    notified_status: str | None = None  # "firing" | "resolved"
+    notified_severity: str | None = None
+    notified_window_end: datetime | None = None
+    notifications: int = 0  # in this episode
+    prev: dict[str, Any] | None = None  # snapshot before last_window_end was applied
+
+    def to_json(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "prev"}
+        for k in _RECORD_DT:
+            d[k] = _iso(d[k])
+        d["history"] = list(self.history)
+        d["anomaly"] = copy.deepcopy(self.anomaly)
+        d["current"] = copy.deepcopy(self.current)
+        d["prev"] = copy.deepcopy(self.prev)
+        return d
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AlertRecord:
+        kw = {f.name: copy.deepcopy(data[f.name]) for f in fields(cls) if f.name in data}
+        for k in _RECORD_DT:
+            if k in kw:
+                kw[k] = _dt(kw[k])
+        return cls(**kw)
+
+    def snapshot(self) -> dict[str, Any]:
+        d = self.to_json()
+        d.pop("prev", None)
+        return d
+
+
+@dataclass
+class AlertState:
+    """All alert records (keyed by fingerprint) plus the self-health records."""
+
+    records: dict[str, AlertRecord] = field(default_factory=dict)
+    health: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def firing(self) -> list[AlertRecord]:
+        return [r for r in self.records.values() if r.status == "firing"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": STATE_SCHEMA,
+            "records": {fp: r.to_json() for fp, r in sorted(self.records.items())},
+            "health": copy.deepcopy(self.health),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AlertState:
+        if data.get("schema") != STATE_SCHEMA:
+            raise ValueError(f"alert state schema {data.get('schema')!r} is not {STATE_SCHEMA}")
+        return cls(
+            {fp: AlertRecord.from_json(r) for fp, r in data.get("records", {}).items()},
+            copy.deepcopy(dict(data.get("health", {}))),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Decisions
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Decision:
+    """What the lifecycle decided for one fingerprint in this window, and why."""
+
+    fingerprint: str
+    reason: Reason
+    notify: bool
+    status: str  # the record's status after this window
+    severity: str
+    window_end: datetime
+    anomaly: Anomaly | None = None  # firing: this window's anomaly; resolved: the last one
+    current: Current | None = None  # resolved/recovering: the clean value now
+    started_at: datetime | None = None
+    resolved_at: datetime | None = None
+    silence_id: str | None = None
+    ack_by: str | None = None
+    kind: str = "alert"  # "alert" | "health"
+    health: dict[str, Any] | None = None  # for kind == "health": the issue
+
+    @property
+    def operation_name(self) -> str:
+        return parse_fingerprint(self.fingerprint)[0] if self.kind == "alert" else "acs-detector"
+
+    @property
+    def sdk_version(self) -> str | None:
+        return parse_fingerprint(self.fingerprint)[1] if self.kind == "alert" else None
+
+    @property
+    def metric(self) -> str:
+        return parse_fingerprint(self.fingerprint)[2] if self.kind == "alert" else "health"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "kind": self.kind,
+            "reason": str(self.reason),
+            "notify": self.notify,
+            "status": self.status,
+            "severity": self.severity,
+            "window_end": _iso(self.window_end),
+            "started_at": _iso(self.started_at),
+            "resolved_at": _iso(self.resolved_at),
+            "silence_id": self.silence_id,
+            "ack_by": self.ack_by,
+            "anomaly": self.anomaly.to_json() if self.anomaly else None,
+            "current": asdict(self.current) if self.current else None,
+            "health": copy.deepcopy(self.health),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Decision:
+        cur = data.get("current")
+        return cls(
+            fingerprint=data["fingerprint"],
+            reason=Reason(data["reason"]),
+            notify=bool(data["notify"]),
+            status=data["status"],
+            severity=data["severity"],
+            window_end=_dt(data["window_end"]),  # type: ignore[arg-type]
+            anomaly=Anomaly.from_json(data["anomaly"]) if data.get("anomaly") else None,
+            current=Current(**cur) if cur else None,
+            started_at=_dt(data.get("started_at")),
+            resolved_at=_dt(data.get("resolved_at")),
+            silence_id=data.get("silence_id"),
+            ack_by=data.get("ack_by"),
+            kind=data.get("kind", "alert"),
+            health=data.get("health"),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The step
+# --------------------------------------------------------------------------------------------
+
+
+def _evaluated_map(evaluated: Iterable[Any] | Mapping[str, Any] | None) -> dict[str, Any]:
+    if evaluated is None:
+        return {}
+    if isinstance(evaluated, Mapping):
+        return {str(k): v for k, v in evaluated.items()}
+    out: dict[str, Any] = {}
+    for item in evaluated:
+        if isinstance(item, str):
+            out[item] = None
+        elif hasattr(item, "fingerprint"):
+            out[item.fingerprint] = None
+        else:  # (operation, sdk_version, metric)
+            op, sdk, metric = item
+            out[f"{op}|{sdk or '*'}|{metric}"] = None
+    return out
+
+
+def _pick(anomalies: Iterable[Anomaly]) -> dict[str, Anomaly]:
+    """One anomaly per fingerprint: the most severe, then the highest score."""
+    out: dict[str, Anomaly] = {}
+    for a in anomalies:
+        old = out.get(a.fingerprint)
+        key = (severity_rank(a.severity), _finite(a.score) or -math.inf)
+        if old is None or key > (severity_rank(old.severity), _finite(old.score) or -math.inf):
+            out[a.fingerprint] = a
+    return out
+
+
+def _sev(severity: str | None) -> int:
+    return severity_rank(severity) if severity in SEVERITIES else -1
+
+
+def _apply(
+    rec: AlertRecord,
+    anomaly: Anomaly | None,
+    current: Current | None,
+    policy: LifecyclePolicy,
+    now: datetime,
+    window_end: datetime,
+) -> Reason | None:
+    """Apply one evaluated window to ``rec`` (in place); return the raw reason or None."""
+    hit = anomaly is not None
+    rec.history = (rec.history + [hit])[-policy.m :]
+    rec.last_window_end = window_end
+    if hit:
+        assert anomaly is not None
+        rec.last_hit_end = window_end
+        rec.clean_streak = 0
+        rec.anomaly = anomaly.to_json()
+        rec.severity = anomaly.severity
+        rec.current = None
+    else:
+        rec.clean_streak += 1
+        rec.current = asdict(current) if current else None
+
+    if rec.status != "firing":
+        if hit and sum(rec.history) >= policy.n:
+            rec.status = "firing"
+            rec.started_at = now
+            rec.resolved_at = None
+            rec.notified_at = rec.notified_status = rec.notified_severity = None
+            rec.notified_window_end = None
+            rec.notifications = 0
+            return Reason.NEW
+        if hit:
+            rec.status = "pending"
+            return Reason.PENDING
+        if rec.status == "pending" and not any(rec.history):
+            rec.status = "inactive"
+        return None
+
+    if hit:
+        if rec.notified_at is None:
+            return Reason.NEW  # never notified in this episode (it was silenced): say it now
+        if _sev(rec.severity) > _sev(rec.notified_severity):
+            return Reason.ESCALATED
+        if now - rec.notified_at >= policy.repeat_interval:
+            return Reason.REPEAT_DUE
+        return Reason.STILL_FIRING
+    since_hit = window_end - rec.last_hit_end if rec.last_hit_end else policy.resolve_after
+    if rec.clean_streak >= policy.recovery_evaluations and since_hit >= policy.resolve_after:
+        rec.status = "resolved"
+        rec.resolved_at = now
+        return Reason.RESOLVED
+    return Reason.RECOVERING
+
+
+def step(
+    anomalies: Iterable[Anomaly],
+    evaluated: Iterable[Any] | Mapping[str, Any] | None,
+    state: AlertState,
+    policy: LifecyclePolicy,
+    now: datetime,
+    *,
+    window_end: datetime | None = None,
+    silences: Sequence[Silence] = (),
+    acks: Mapping[str, Ack] | None = None,
+) -> tuple[list[Decision], AlertState]:
+    """Advance the alert lifecycle by one judged window.
+
+    Parameters
+    ----------
+    anomalies : gated anomalies of the window (several per fingerprint: the most severe wins).
+    evaluated : the fingerprints the engine evaluated in the window, as strings,
+        ``(operation, sdk_version, metric)`` tuples, objects with ``.fingerprint``, or a
+        mapping fingerprint -> current value (a :class:`Current`, a float or a dict with
+        ``observed``/``baseline``/``calls``) that resolved notices carry. Fingerprints of
+        ``anomalies`` count as evaluated. A firing fingerprint that is not evaluated keeps its
+        state (``no_data``): missing data never resolves an alert.
+    state : the previous state (not modified).
+    policy : :class:`LifecyclePolicy`.
+    now : decision time (UTC).
+    window_end : end of the judged window; identifies it for idempotent reruns. Defaults to
+        the latest ``window_end`` of the anomalies, else ``now``: pass it explicitly.
+    silences : silences to apply (inactive ones are ignored).
+    acks : acknowledgements by fingerprint; an ack mutes its fingerprint's episode if it
+        was given after the episode started.
+
+    Returns
+    -------
+    (decisions, new_state) : decisions sorted by fingerprint; ``Decision.notify`` marks those
+    the digest must carry. The new state records them as notified: the outbox, not the
+    state, guarantees delivery.
+    """
+    picked = _pick(anomalies)
+    ev = _evaluated_map(evaluated)
+    if window_end is None:
+        window_end = max((a.window_end for a in picked.values()), default=now)
+    acks = acks or {}
+    active_silences = [s for s in silences if s.active(now)]
+    new_state = AlertState(
+        {fp: AlertRecord.from_json(r.to_json()) for fp, r in state.records.items()},
+        copy.deepcopy(state.health),
+    )
+    decisions: list[Decision] = []
+    open_fps = {fp for fp, r in state.records.items() if r.status in ("firing", "pending")}
+
+    for fp in sorted(set(picked) | set(ev) | open_fps):
+        old = state.records.get(fp)
+        anomaly = picked.get(fp)
+        if fp not in picked and fp not in ev:
+            if old is not None and old.status == "firing":
+                decisions.append(_decision(old, Reason.NO_DATA, False, window_end))
+            continue
+        try:
+            parse_fingerprint(fp)
+        except ValueError:
+            continue  # not an alert fingerprint (the engine's own bookkeeping): ignore
+        rerun = False
+        if old is not None and old.last_window_end is not None:
+            if window_end < old.last_window_end:
+                if anomaly is not None or old.status == "firing":
+                    decisions.append(_decision(old, Reason.OUT_OF_ORDER, False, window_end))
+                continue
+            rerun = window_end == old.last_window_end
+        if rerun and old is not None:
+            base = AlertRecord.from_json(old.prev) if old.prev else AlertRecord(fp)
+        elif old is not None:
+            base = AlertRecord.from_json(old.snapshot())
+        else:
+            base = AlertRecord(fp)
+        rec = AlertRecord.from_json(base.snapshot())
+        rec.prev = base.snapshot()
+        reason = _apply(rec, anomaly, Current.coerce(ev.get(fp)), policy, now, window_end)
+        new_state.records[fp] = rec
+        if reason is None:
+            continue
+
+        if rerun and old is not None and rec.status == old.status:
+            # The outcome of this window was recorded before: keep that episode's bookkeeping.
+            for k in _EPISODE_FIELDS:
+                setattr(rec, k, getattr(old, k))
+
+        silence = next((s for s in active_silences if s.matches(fp, rec.severity)), None)
+        ack = acks.get(fp)
+        ack_ok = (
+            ack is not None
+            and rec.status == "firing"
+            and rec.started_at is not None
+            and ack.at >= rec.started_at
+        )
+        if reason in (Reason.NEW, Reason.ESCALATED, Reason.REPEAT_DUE, Reason.STILL_FIRING):
+            if silence is not None:
+                reason = Reason.SILENCED
+            elif ack_ok:
+                reason = Reason.ACKNOWLEDGED
+        notify = reason in NOTIFY_REASONS
+        if reason == Reason.RESOLVED:
+            # Only tell people an alert resolved if they were told it fired (and not silenced).
+            notify = policy.send_resolved and rec.notified_status == "firing" and silence is None
+        if (
+            notify
+            and rerun
+            and old is not None
+            and (old.notified_window_end == window_end or reason == Reason.REPEAT_DUE)
+        ):
+            reason, notify = Reason.SUPPRESSED_DUPLICATE, False
+        if notify:
+            rec.notified_at = now
+            rec.notified_status = "resolved" if reason == Reason.RESOLVED else "firing"
+            rec.notified_severity = rec.severity
+            rec.notified_window_end = window_end
+            rec.notifications += 1
+        decisions.append(
+            _decision(
+                rec,
+                reason,
+                notify,
+                window_end,
+                silence_id=silence.id if silence and reason == Reason.SILENCED else None,
+                ack_by=(ack.by or "someone") if ack and reason == Reason.ACKNOWLEDGED else None,
+            )
+        )
+
+    # Forget what is long quiet, so the state does not grow with every version ever seen.
+    for fp, rec in list(new_state.records.items()):
+        if (
+            rec.status in ("inactive", "resolved")
+            and rec.last_window_end is not None
+            and now - rec.last_window_end > policy.retention
+        ):
+            del new_state.records[fp]
+    return decisions, new_state
+
+
+def _decision(
+    rec: AlertRecord,
+    reason: Reason,
+    notify: bool,
+    window_end: datetime,
+    *,
+    silence_id: str | None = None,
+    ack_by: str | None = None,
+) -> Decision:
+    anomaly = Anomaly.from_json(rec.anomaly) if rec.anomaly else None
+    current = Current(**rec.current) if rec.current else None
+    return Decision(
+        fingerprint=rec.fingerprint,
+        reason=reason,
+        notify=notify,
+        status=rec.status,
+        severity=rec.severity or "warning",
+        window_end=window_end,
+        anomaly=anomaly,
+        current=current,
+        started_at=rec.started_at,
+        resolved_at=rec.resolved_at,
+        silence_id=silence_id,
+        ack_by=ack_by,
+    )
