@@ -316,7 +316,7 @@ def _rows_fragment(table: str, arrival: str) -> str:
         '        isempty(_OpTrim), "missing_operation_name",\n'
         f"        tolower(_OpTrim) == {kql_string(PSEUDO_OPERATION.lower())}, "
         '"pseudo_operation",\n'
-        '        isempty(OperationId), "missing_operation_id",\n'
+        '        isempty(trim(@"\\s+", OperationId)), "missing_operation_id",\n'
         '        isnull(CallClientTimeStamp), "invalid_timestamp",\n'
         '        "")'
     )
@@ -704,7 +704,7 @@ let _Targets = datatable(Fingerprint:string, Op:string, Sdk:string, AllSdk:bool,
 let _Hits = materialize({table}
     | where TimeGenerated >= _ScanFrom and TimeGenerated < _ScanTo
     | where CallClientTimeStamp >= _From and CallClientTimeStamp < _To
-    | where isnotempty(OperationId)
+    | where isnotempty(trim(@"\\s+", OperationId))
     | extend _OpTrim = trim(@"\\s+", OperationName)
     | extend _Op = coalesce(tostring(_Canonical[tolower(_OpTrim)]), _OpTrim)
     | join kind=inner _Targets on $left._Op == $right.Op

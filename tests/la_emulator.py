@@ -1,0 +1,633 @@
+"""A local HTTPS emulator of the Log Analytics query API, for the real ``LogsQueryClient``.
+
+It listens on 127.0.0.1 with a ``trustme`` certificate and answers ``POST
+/v1/workspaces/{id}/query`` and ``POST /v1/{resourceId}/query`` in the service's wire format
+(reference/libraries.md §1: tables with typed columns, ``dynamic`` cells as JSON text, partial
+answers as 200 + ``error`` with the cause in ``details[].innererror``, OneAPI error bodies).
+
+Answers are *computed* from a simulated table it holds (:class:`Emulator` ``rows``), so a
+scheduled run, a backfill and a rerun go end to end through it. It cannot run KQL; instead it
+recognises the three query shapes of :mod:`detector.source.kql` by their first line, reads
+their parameters (window, scan span, bucket, arrival, look-back, step, drill-down targets) from
+the text itself, applies the request's ``timespan`` on ``TimeGenerated`` as the service does,
+and evaluates the documented semantics with pandas and the contract functions of
+:mod:`detector.schema`. A text with a wrong window or bucket therefore gets a wrong answer.
+Whether the KQL itself is valid is checked separately by Microsoft's language service.
+
+Service limits are enforced like the real service: an answer over ``max_rows`` rows or
+``max_bytes`` bytes comes back *partial* (truncated rows + error).
+
+Faults are programmable, first in first out: :meth:`Emulator.push` takes ``Fault`` records
+(status with or without ``Retry-After``, partial, slow, connection drop).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import trustme
+from azure.core.credentials import AccessToken
+
+from detector import schema
+from detector.source import kql
+
+TOKEN = "emulator-token"
+
+
+class FakeCredential:
+    """A ``TokenCredential`` handing out a fixed token; counts calls and scopes."""
+
+    def __init__(self, token: str = TOKEN) -> None:
+        self.token = token
+        self.calls = 0
+        self.scopes: list[str] = []
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        self.calls += 1
+        self.scopes.extend(scopes)
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+
+@dataclass
+class Fault:
+    """One programmed misbehaviour, used for the next request.
+
+    ``kind``: ``status`` (answer ``status`` with an error body and ``headers``), ``partial``
+    (compute the answer, return half of it with a partial error), ``slow`` (sleep ``delay`` s
+    first, then answer normally), ``drop`` (close the connection without answering).
+    """
+
+    kind: str
+    status: int = 500
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    code: str = ""
+
+
+@dataclass
+class Request:
+    """What the emulator received (the token is not kept, only whether it matched)."""
+
+    path: str
+    query: str
+    timespan: str | None
+    prefer: str
+    authorized: bool
+    status: int = 0
+    rows: int = 0
+    bytes: int = 0
+
+
+def _error_body(code: str, message: str, inner: str | None = None) -> dict[str, Any]:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if inner:
+        err["innererror"] = {"code": inner, "message": message}
+    return {"error": err}
+
+
+_STATUS_CODES = {
+    400: "BadArgumentError",
+    401: "AuthorizationRequiredError",
+    403: "InsufficientAccessError",
+    404: "WorkspaceNotFoundError",
+    429: "ThrottledError",
+    500: "InternalServerError",
+    502: "BadGateway",
+    503: "ServiceUnavailableError",
+    504: "GatewayTimeout",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The simulated table
+# --------------------------------------------------------------------------------------------
+
+
+def load_rows(rows: pd.DataFrame, *, ingest_lag: timedelta = timedelta(seconds=30)) -> pd.DataFrame:
+    """Type a simulated export as Log Analytics would store it.
+
+    Datetimes become UTC (unparseable -> NaT), ``DurationMs``/``ResultSignature`` numbers
+    (a non-numeric string -> null, as a typed ``long``/``int`` column holds), ``OperationPayload``
+    the parsed JSON when it parses, else the raw string (a ``dynamic`` column keeps invalid JSON
+    as a string). ``_IngestionTime`` (what ``ingestion_time()`` returns) is kept if present,
+    else ``TimeGenerated + ingest_lag``.
+    """
+    df = rows.copy()
+    for col in schema.LOG_COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    for col in ("TimeGenerated", "CallClientTimeStamp"):
+        df[col] = pd.to_datetime(df[col], utc=True, errors="coerce", format="mixed")
+    for col in ("DurationMs", "ResultSignature"):
+        df[col] = pd.to_numeric(df[col].astype("object").map(_strip), errors="coerce")
+    df["DurationMs"] = df["DurationMs"].where(np.isfinite(df["DurationMs"]))
+    df["OperationPayload"] = df["OperationPayload"].map(_as_dynamic)
+    for col in ("OperationName", "OperationId", "ResultType", "SdkVersion", "CallId"):
+        df[col] = df[col].map(lambda v: "" if v is None or v is pd.NA or v != v else str(v))
+    if "_IngestionTime" in df.columns:
+        df["_IngestionTime"] = pd.to_datetime(df["_IngestionTime"], utc=True)
+    else:
+        df["_IngestionTime"] = df["TimeGenerated"] + pd.Timedelta(ingest_lag)
+    return df.reset_index(drop=True)
+
+
+def _strip(v: Any) -> Any:
+    return v.strip() if isinstance(v, str) else v
+
+
+def _as_dynamic(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and v != v):
+        return None
+    if isinstance(v, str):
+        if not v.strip():
+            return None
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v
+
+
+# --------------------------------------------------------------------------------------------
+# Reading parameters back from a query text
+# --------------------------------------------------------------------------------------------
+
+
+def _let_datetime(text: str, name: str) -> pd.Timestamp:
+    m = re.search(rf"let {name} = datetime\(([^)]+)\);", text)
+    if not m:
+        raise ValueError(f"query has no {name}")
+    return pd.Timestamp(m.group(1)).tz_convert("UTC")
+
+
+def _let_timespan(text: str, name: str) -> pd.Timedelta:
+    m = re.search(rf"let {name} = (\d+)(s|ms);", text)
+    if not m:
+        raise ValueError(f"query has no {name}")
+    return pd.Timedelta(int(m.group(1)), unit="s" if m.group(2) == "s" else "ms")
+
+
+def _parse_timespan(value: str | None) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    if not value:
+        return None
+    a, b = value.split("/")
+    start = pd.Timestamp(a).tz_convert("UTC")
+    if b.startswith("P"):
+        import isodate
+
+        return start, start + pd.Timedelta(isodate.parse_duration(b))
+    return start, pd.Timestamp(b).tz_convert("UTC")
+
+
+# --------------------------------------------------------------------------------------------
+# Reference semantics (what the KQL computes), with the contract functions
+# --------------------------------------------------------------------------------------------
+
+
+def _drop_reason(df: pd.DataFrame) -> pd.Series:
+    op = df["OperationName"].str.strip()
+    opid = df["OperationId"].str.strip()
+    reason = pd.Series("", index=df.index, dtype=object)
+    reason = reason.mask(df["CallClientTimeStamp"].isna(), "invalid_timestamp")
+    reason = reason.mask(opid == "", "missing_operation_id")
+    reason = reason.mask(op.str.lower() == schema.PSEUDO_OPERATION.lower(), "pseudo_operation")
+    reason = reason.mask(op == "", "missing_operation_name")
+    return reason
+
+
+def _dedup(valid: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    ordered = valid.sort_values("TimeGenerated", ascending=False, kind="stable")
+    return ordered.drop_duplicates(subset=by, keep="first")
+
+
+def _payload_bad(v: Any) -> bool:
+    if not isinstance(v, str) or not v.strip():
+        return False
+    try:
+        return isinstance(json.loads(v), str)
+    except ValueError:
+        return True
+
+
+def aggregate_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[list[Any]]:
+    """Rows of :data:`kql.AGG_RESULT_COLUMNS` for an ``aggregate`` text."""
+    start, end = _let_datetime(text, "_Start"), _let_datetime(text, "_End")
+    scan_from, scan_to = _let_datetime(text, "_ScanFrom"), _let_datetime(text, "_ScanTo")
+    lookback = _let_timespan(text, "_Lookback")
+    bucket = _let_timespan(text, "_Bucket")
+    arrival = "_IngestionTime" if "_Arrival = ingestion_time()" in text else "TimeGenerated"
+    dedup_prior = "join kind=leftanti _Prior" in text
+
+    tg = df["TimeGenerated"]
+    scan = df[(tg >= scan_from) & (tg < scan_to)]
+    if span is not None:  # the service applies the request timespan on top of the query
+        scan = scan[(scan["TimeGenerated"] >= span[0]) & (scan["TimeGenerated"] < span[1])]
+    scan = scan.assign(_Drop=_drop_reason(scan))
+    arr = scan[arrival]
+    window = scan[(arr >= start) & (arr < end)]
+    valid = window[window["_Drop"] == ""]
+    kept = _dedup(valid, ["OperationId", "CallClientTimeStamp"])
+    if dedup_prior and lookback > pd.Timedelta(0):
+        prior = scan[(arr >= start - lookback) & (arr < start) & (scan["_Drop"] == "")]
+        seen = set(zip(prior["OperationId"], prior["CallClientTimeStamp"], strict=True))
+        mask = [
+            (a, b) not in seen
+            for a, b in zip(kept["OperationId"], kept["CallClientTimeStamp"], strict=True)
+        ]
+        kept = kept[np.array(mask, dtype=bool)] if len(kept) else kept
+
+    counts = {"rows_read": len(window)}
+    for reason in schema.DROP_REASONS:
+        counts[reason] = int((window["_Drop"] == reason).sum())
+    counts["duplicate"] = len(valid) - len(kept)
+
+    k = kept.copy()
+    k["_Op"] = k["OperationName"].map(schema.canonical_operation)
+    k["_Class"] = k["ResultType"].map(schema.classify_result)
+    k["_Point"] = k["_Op"].map(schema.is_point_event).astype(bool)
+    dur = k["DurationMs"]
+    k["_Usable"] = ~k["_Point"] & dur.notna() & (dur >= 0)
+    ld = np.log(np.maximum(dur.fillna(1.0).to_numpy(dtype="float64"), 1.0))
+    k["_Ld"] = np.where(k["_Usable"], ld, 0.0)
+    k["_Bin"] = np.where(
+        k["_Usable"], schema.duration_bin(np.maximum(dur.fillna(1.0).to_numpy(), 1.0)), -1
+    )
+    k["_BucketStart"] = k["CallClientTimeStamp"].dt.floor(pd.Timedelta(bucket))
+    counts["invalid_duration"] = int((~k["_Point"] & ~(dur.notna() & (dur >= 0))).sum())
+    counts["invalid_payload_json"] = int(k["OperationPayload"].map(_payload_bad).sum())
+    counts["noncanonical_operation_case"] = int((k["_Op"] != k["OperationName"]).sum())
+
+    out: list[list[Any]] = []
+    for (op, sdk, bstart), g in k.groupby(["_Op", "SdkVersion", "_BucketStart"], sort=True):
+        usable = g[g["_Usable"]]
+        hist = usable["_Bin"].value_counts()
+        out.append(
+            [
+                "bucket",
+                op,
+                sdk,
+                bstart,
+                len(g),
+                int((g["_Class"] == "failure").sum()),
+                int((g["_Class"] == "expected_error").sum()),
+                len(usable),
+                float(usable["_Ld"].sum()),
+                float((usable["_Ld"] ** 2).sum()),
+                json.dumps({str(int(i)): int(n) for i, n in hist.items()}),
+                None,
+            ]
+        )
+    out.append(
+        ["counts", "", "", None, None, None, None, None, None, None, None, json.dumps(counts)]
+    )
+    return out
+
+
+def plan_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[list[Any]]:
+    """Rows of :data:`kql.PLAN_RESULT_COLUMNS` for a ``plan`` text (exact distinct counts)."""
+    start, end = _let_datetime(text, "_Start"), _let_datetime(text, "_End")
+    scan_from, scan_to = _let_datetime(text, "_ScanFrom"), _let_datetime(text, "_ScanTo")
+    bucket, step = _let_timespan(text, "_Bucket"), _let_timespan(text, "_Step")
+    arrival = "_IngestionTime" if "_Arrival = ingestion_time()" in text else "TimeGenerated"
+    tg = df["TimeGenerated"]
+    w = df[(tg >= scan_from) & (tg < scan_to)]
+    if span is not None:
+        w = w[(w["TimeGenerated"] >= span[0]) & (w["TimeGenerated"] < span[1])]
+    w = w[(w[arrival] >= start) & (w[arrival] < end)]
+    if not len(w):
+        return []
+    bkt = w["CallClientTimeStamp"].dt.floor(bucket).astype(str)
+    key = w["OperationName"].str.strip().str.lower() + "|" + w["SdkVersion"] + "|" + bkt
+    bins = schema.duration_bin(np.maximum(w["DurationMs"].fillna(1.0).to_numpy(), 1.0))
+    keybin = key + "|" + pd.Series(bins, index=w.index).astype(str)
+    steps = start + ((w[arrival] - start) // step) * step
+    frame = pd.DataFrame({"Step": steps, "k": key, "kb": keybin})
+    out = []
+    for s, g in frame.groupby("Step", sort=True):
+        out.append([s, len(g), g["k"].nunique(), g["kb"].nunique()])
+    return out
+
+
+_TARGET_RE = re.compile(
+    r'"([A-Za-z0-9+/=]*)", "([A-Za-z0-9+/=]*)", "([A-Za-z0-9+/=]*)", (true|false), '
+    r'"(\w+)", datetime\(([^)]+)\), datetime\(([^)]+)\),'
+)
+
+
+def _subcode(payload: Any) -> float | None:
+    if isinstance(payload, dict):
+        for key in ("SubCode", "subCode"):
+            if payload.get(key) not in (None, ""):
+                try:
+                    return int(float(payload[key]))
+                except (TypeError, ValueError):
+                    return None
+    return None
+
+
+def drill_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[list[Any]]:
+    """Rows of :data:`kql.DRILL_RESULT_COLUMNS` for a ``drilldown`` text."""
+    scan_from, scan_to = _let_datetime(text, "_ScanFrom"), _let_datetime(text, "_ScanTo")
+    top = int(re.search(r"where _Rank <= (\d+)\n    \| extend Kind = \"code\"", text).group(1))
+    calls_n = int(re.search(r"where _Rank <= (\d+)\n    \| extend Kind = \"call\"", text).group(1))
+    tg = df["TimeGenerated"]
+    base = df[(tg >= scan_from) & (tg < scan_to)]
+    if span is not None:
+        base = base[(base["TimeGenerated"] >= span[0]) & (base["TimeGenerated"] < span[1])]
+    base = base[base["OperationId"].str.strip() != ""]
+    base = base.assign(_Op=base["OperationName"].map(schema.canonical_operation))
+    out: list[list[Any]] = []
+
+    def dec(s: str) -> str:
+        return base64.b64decode(s).decode("utf-8")
+
+    for m in _TARGET_RE.finditer(text):
+        fp, op, sdk = dec(m.group(1)), dec(m.group(2)), dec(m.group(3))
+        all_sdk, metric = m.group(4) == "true", m.group(5)
+        lo, hi = pd.Timestamp(m.group(6)), pd.Timestamp(m.group(7))
+        cct = base["CallClientTimeStamp"]
+        hits = base[(base["_Op"] == op) & (cct >= lo) & (cct < hi)]
+        if not all_sdk:
+            hits = hits[hits["SdkVersion"] == sdk]
+        hits = _dedup(hits, ["OperationId", "CallClientTimeStamp"])
+        cls = hits["ResultType"].map(schema.classify_result)
+        fails = hits[cls == "failure"]
+        codes = (
+            fails.assign(
+                _Sig=fails["ResultSignature"],
+                _Sub=fails["OperationPayload"].map(_subcode),
+            )
+            .groupby(["_Sig", "_Sub", "ResultType"], dropna=False)
+            .size()
+            .reset_index(name="n")
+        )
+        codes = codes.sort_values(["n", "_Sig"], ascending=[False, True]).head(top)
+        for r in codes.itertuples():
+            out.append(["code", fp, _int(r._1), _int(r._2), r.ResultType, "", int(r.n), None])
+        named = hits[hits["CallId"] != ""].assign(_F=(cls == "failure").astype(int))
+        per_call = named.groupby("CallId").agg(
+            f=("_F", "sum"), d=("DurationMs", "max"), n=("_F", "size")
+        )
+        score = {"failure_rate": per_call["f"], "duration": per_call["d"]}.get(
+            metric, per_call["n"]
+        )
+        per_call = per_call.assign(s=score.astype(float)).query("s > 0").reset_index()
+        per_call = per_call.sort_values(["s", "CallId"], ascending=[False, True]).head(calls_n)
+        for r in per_call.itertuples():
+            out.append(["call", fp, None, None, "", r.CallId, int(r.n), float(r.s)])
+    return out
+
+
+def _int(v: Any) -> int | None:
+    return None if v is None or (isinstance(v, float) and v != v) else int(v)
+
+
+# --------------------------------------------------------------------------------------------
+# Wire format
+# --------------------------------------------------------------------------------------------
+
+
+def _cell(value: Any, kind: str) -> Any:
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NaT:
+        return None
+    if kind == "datetime":
+        ts = pd.Timestamp(value).tz_convert("UTC")
+        return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond:06d}" + "Z"
+    if kind in ("long", "int"):
+        return int(value)
+    if kind == "real":
+        return float(value)
+    return value
+
+
+def table_json(columns: dict[str, str], rows: list[list[Any]]) -> dict[str, Any]:
+    """One ``PrimaryResult`` table in the service's JSON shape."""
+    kinds = list(columns.values())
+    return {
+        "name": "PrimaryResult",
+        "columns": [{"name": n, "type": t} for n, t in columns.items()],
+        "rows": [[_cell(v, k) for v, k in zip(row, kinds, strict=True)] for row in rows],
+    }
+
+
+def partial_body(table: dict[str, Any], message: str) -> dict[str, Any]:
+    """A 200 partial answer: the rows that completed plus the error (libraries.md §1 shape)."""
+    return {
+        "tables": [table],
+        "error": {
+            "code": "PartialError",
+            "message": "There were some errors when processing your query.",
+            "details": [
+                {
+                    "code": "EngineError",
+                    "message": "Something went wrong processing your query on the server.",
+                    "innererror": {
+                        "code": "-2133196797",
+                        "message": message,
+                        "severity": 2,
+                        "severityName": "Error",
+                    },
+                }
+            ],
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The server
+# --------------------------------------------------------------------------------------------
+
+
+class Emulator:
+    """HTTPS Log Analytics query API on 127.0.0.1 answering from ``rows``.
+
+    Parameters
+    ----------
+    rows
+        A simulated ``ACSCallClientOperations`` export (typed by :func:`load_rows`).
+    workspaces, resources
+        Ids that exist (others get 404).
+    max_rows, max_bytes
+        Service limits per answer (default the real ones); over them the answer is partial.
+    """
+
+    def __init__(
+        self,
+        rows: pd.DataFrame | None = None,
+        *,
+        workspaces: tuple[str, ...] = ("ws-test",),
+        resources: tuple[str, ...] = (),
+        max_rows: int = 500_000,
+        max_bytes: int = 100 * 2**20,
+        ingest_lag: timedelta = timedelta(seconds=30),
+    ) -> None:
+        self.df = load_rows(rows if rows is not None else pd.DataFrame(), ingest_lag=ingest_lag)
+        self.workspaces = set(workspaces)
+        self.resources = {r.lower() for r in resources}
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.faults: deque[Fault] = deque()
+        self.requests: list[Request] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self.ca = trustme.CA()
+        self.ca_file: str = ""
+
+    # -- control -----------------------------------------------------------------------------
+
+    def push(self, *faults: Fault) -> None:
+        """Program the next requests' faults (first in, first out)."""
+        with self._lock:
+            self.faults.extend(faults)
+
+    def start(self, tmp_dir: Path) -> str:
+        """Start serving; returns the endpoint ``https://127.0.0.1:PORT``."""
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ca.issue_cert("127.0.0.1").configure_cert(ctx)
+        self.ca_file = str(Path(tmp_dir) / "emulator-ca.pem")
+        self.ca.cert_pem.write_to_path(self.ca_file)
+        emulator = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep test output quiet
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server API)
+                emulator._handle(self)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return f"https://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    # -- one request -------------------------------------------------------------------------
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        length = int(h.headers.get("Content-Length") or 0)
+        raw = h.rfile.read(length) if length else b""
+        body = json.loads(raw or b"{}")
+        auth = h.headers.get("Authorization", "")
+        req = Request(
+            path=h.path,
+            query=body.get("query") or "",
+            timespan=body.get("timespan"),
+            prefer=h.headers.get("Prefer", ""),
+            authorized=auth == f"Bearer {TOKEN}",
+        )
+        with self._lock:
+            self.requests.append(req)
+            fault = self.faults.popleft() if self.faults else None
+
+        if fault is not None and fault.kind == "drop":
+            h.close_connection = True
+            h.connection.close()
+            req.status = -1
+            return
+        if fault is not None and fault.kind == "slow":
+            time.sleep(fault.delay)
+        if fault is not None and fault.kind == "status":
+            code = fault.code or _STATUS_CODES.get(fault.status, "Error")
+            self._send(
+                h, req, fault.status, _error_body(code, f"emulated {fault.status}"), fault.headers
+            )
+            return
+        if not req.authorized:
+            self._send(
+                h,
+                req,
+                401,
+                _error_body("AuthorizationRequiredError", "Valid authentication was not provided"),
+            )
+            return
+        m_ws = re.fullmatch(r"/v1/workspaces/([^/]+)/query", h.path)
+        m_res = re.fullmatch(r"/v1(/subscriptions/.+)/query", h.path)
+        if not (
+            (m_ws and m_ws.group(1) in self.workspaces)
+            or (m_res and m_res.group(1).lower() in self.resources)
+        ):
+            self._send(h, req, 404, _error_body("WorkspaceNotFoundError", "not found"))
+            return
+        try:
+            span = _parse_timespan(req.timespan)
+            kind = kql.query_kind(req.query)
+            if kind == "aggregate":
+                columns, rows = kql.AGG_RESULT_COLUMNS, aggregate_answer(self.df, req.query, span)
+            elif kind == "plan":
+                columns, rows = kql.PLAN_RESULT_COLUMNS, plan_answer(self.df, req.query, span)
+            elif kind == "drilldown":
+                columns, rows = kql.DRILL_RESULT_COLUMNS, drill_answer(self.df, req.query, span)
+            else:
+                raise ValueError("unknown query shape")
+        except (ValueError, AttributeError, KeyError) as err:
+            self._send(
+                h,
+                req,
+                400,
+                _error_body("BadArgumentError", f"Query could not be parsed: {err}", "SyntaxError"),
+            )
+            return
+        table = table_json(columns, rows)
+        size = len(json.dumps({"tables": [table]}))
+        if (
+            (fault is not None and fault.kind == "partial")
+            or len(rows) > self.max_rows
+            or size > self.max_bytes
+        ):
+            keep = min(len(rows) // 2, self.max_rows)
+            table["rows"] = table["rows"][:keep]
+            why = (
+                f"The results of this query exceed the set limit of {self.max_rows} records"
+                if len(rows) > self.max_rows
+                else f"Query result set has exceeded the internal data size limit {self.max_bytes}"
+                if size > self.max_bytes
+                else "Partial query failure: Low memory condition (E_LOW_MEMORY_CONDITION)"
+            )
+            self._send(h, req, 200, partial_body(table, why))
+            return
+        req.rows = len(rows)
+        self._send(h, req, 200, {"tables": [table]})
+
+    def _send(
+        self,
+        h: BaseHTTPRequestHandler,
+        req: Request,
+        status: int,
+        body: dict[str, Any],
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        data = json.dumps(body).encode("utf-8")
+        req.status, req.bytes = status, len(data)
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json; charset=utf-8")
+        h.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(data)
+
+
+def utc(*args: int) -> datetime:
+    """``datetime(*args, tzinfo=UTC)``."""
+    return datetime(*args, tzinfo=UTC)
