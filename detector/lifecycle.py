@@ -312,6 +312,7 @@ class LifecyclePolicy:
 
 _EPISODE_FIELDS: Final = (
     "started_at",
+    "fired_at",
     "resolved_at",
     "notified_at",
     "notified_status",
@@ -320,6 +321,7 @@ _EPISODE_FIELDS: Final = (
     "notifications",
 )
 _RECORD_DT: Final = (
+    "fired_at",
     "last_window_end",
     "last_hit_end",
     "started_at",
@@ -339,7 +341,8 @@ class AlertRecord:
     clean_streak: int = 0
     last_window_end: datetime | None = None
     last_hit_end: datetime | None = None
-    started_at: datetime | None = None  # when the current/last episode started firing
+    started_at: datetime | None = None  # data time the current/last episode started
+    fired_at: datetime | None = None  # wall-clock time it was decided to fire
     resolved_at: datetime | None = None
     severity: str | None = None
     anomaly: dict[str, Any] | None = None  # latest anomalous record (Anomaly.to_json)
@@ -540,7 +543,10 @@ def _apply(
     if rec.status != "firing":
         if hit and sum(rec.history) >= policy.n:
             rec.status = "firing"
-            rec.started_at = now
+            # started_at is data time (the window that fired, for "firing since"); fired_at is
+            # the wall clock of the decision (acks given after it belong to this episode).
+            rec.started_at = anomaly.window_start if anomaly is not None else window_end
+            rec.fired_at = now
             rec.resolved_at = None
             rec.notified_at = rec.notified_status = rec.notified_severity = None
             rec.notified_window_end = None
@@ -564,7 +570,7 @@ def _apply(
     since_hit = window_end - rec.last_hit_end if rec.last_hit_end else policy.resolve_after
     if rec.clean_streak >= policy.recovery_evaluations and since_hit >= policy.resolve_after:
         rec.status = "resolved"
-        rec.resolved_at = now
+        rec.resolved_at = window_end
         return Reason.RESOLVED
     return Reason.RECOVERING
 
@@ -660,8 +666,8 @@ def step(
         ack_ok = (
             ack is not None
             and rec.status == "firing"
-            and rec.started_at is not None
-            and ack.at >= rec.started_at
+            and rec.fired_at is not None
+            and ack.at >= rec.fired_at
         )
         if reason in (Reason.NEW, Reason.ESCALATED, Reason.REPEAT_DUE, Reason.STILL_FIRING):
             if silence is not None:

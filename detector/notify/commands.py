@@ -1,0 +1,267 @@
+"""Plain functions behind ``acs-detector status``, ``silence add/list/expire`` and ``ack``.
+
+The CLI (owned by the lead) parses arguments and calls these; they read and write the alert
+bookkeeping through :class:`~detector.store.alerts.AlertStore` and return records or text.
+Usage problems raise :class:`~detector.errors.ConfigError` (exit 2), store problems
+:class:`~detector.errors.StateError` (exit 1).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from detector.errors import ConfigError
+from detector.lifecycle import Ack, Silence, _duration, _iso, parse_fingerprint
+from detector.store.alerts import AlertStore
+from detector.store.backend import Backend
+
+__all__ = [
+    "ack",
+    "add_silence",
+    "config_silences",
+    "expire_silence",
+    "list_silences",
+    "parse_matcher",
+    "parse_until",
+    "silences_text",
+    "status_data",
+    "status_text",
+]
+
+_KV = re.compile(r"^\s*([A-Za-z_]+)\s*=\s*(.+?)\s*$")
+
+
+def parse_matcher(text: str) -> dict[str, str]:
+    """``operation=Join,sdk_version=1.2*,metric=duration`` or a fingerprint ``Join|1.2.3|duration``.
+
+    Values are glob patterns (case-insensitive). Raises ConfigError on a bad matcher.
+    """
+    text = text.strip()
+    if not text:
+        raise ConfigError("silence matcher is empty")
+    if "|" in text and "=" not in text:
+        try:
+            parse_fingerprint(text)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        return {"fingerprint": text}
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        m = _KV.match(part)
+        if not m:
+            raise ConfigError(f"silence matcher: expected field=pattern, got {part.strip()!r}")
+        out[m.group(1)] = m.group(2)
+    Silence("check", out, datetime.min, datetime.max)  # validates the field names
+    return out
+
+
+def parse_until(text: str | datetime, now: datetime) -> datetime:
+    """An expiry: a datetime, ISO-8601 (UTC if naive) or a duration from now (``2h``, ``3d``)."""
+    if isinstance(text, datetime):
+        return text if text.tzinfo else text.replace(tzinfo=UTC)
+    problems: list[str] = []
+    if re.match(r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d|w)\s*$", str(text)):
+        td = _duration(text, "until", problems)
+        assert td is not None
+        return now + td
+    try:
+        ts = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(
+            f"until: expected a duration like 2h or an ISO time, got {text!r}"
+        ) from exc
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def add_silence(
+    backend: Backend,
+    matcher: str | Mapping[str, str],
+    until: str | datetime,
+    comment: str,
+    now: datetime,
+    *,
+    created_by: str = "",
+    starts: str | datetime | None = None,
+) -> Silence:
+    """Add a silence (``acs-detector silence add``); returns it with its id."""
+    matchers = parse_matcher(matcher) if isinstance(matcher, str) else dict(matcher)
+    starts_at = parse_until(starts, now) if starts is not None else now
+    ends_at = parse_until(until, now)
+    if ends_at <= starts_at:
+        raise ConfigError("silence: until must be later than the start")
+    return AlertStore(backend).add_silence(
+        matchers, starts_at, ends_at, comment=comment, created_by=created_by, now=now
+    )
+
+
+def list_silences(
+    backend: Backend, now: datetime, *, include_expired: bool = False
+) -> list[Silence]:
+    """Stored silences, active (and pending) ones unless ``include_expired``."""
+    out = []
+    for s in AlertStore(backend).silences():
+        ended = (s.expired_at is not None and s.expired_at <= now) or s.ends_at <= now
+        if include_expired or not ended:
+            out.append(s)
+    return out
+
+
+def expire_silence(backend: Backend, silence_id: str, now: datetime) -> Silence:
+    """End a silence now (``acs-detector silence expire ID``)."""
+    return AlertStore(backend).expire_silence(silence_id, now)
+
+
+def silences_text(silences: Sequence[Silence], now: datetime) -> str:
+    """One line per silence: id, matchers, window, state, comment."""
+    if not silences:
+        return "no silences"
+    lines = []
+    for s in silences:
+        m = ",".join(f"{k}={v}" for k, v in sorted(s.matchers.items()))
+        state = "active" if s.active(now) else ("pending" if s.starts_at > now else "expired")
+        lines.append(
+            f"{s.id}  {m}  {_iso(s.starts_at)} .. {_iso(s.ends_at)}  {state}"
+            + (f"  # {s.comment}" if s.comment else "")
+        )
+    return "\n".join(lines)
+
+
+def ack(
+    backend: Backend, fingerprint: str, now: datetime, *, by: str = "", comment: str = ""
+) -> Ack:
+    """Acknowledge a firing alert (``acs-detector ack FINGERPRINT``): no repeats until it resolves.
+
+    Raises ConfigError when the fingerprint is not firing (nothing to acknowledge).
+    """
+    store = AlertStore(backend)
+    state = store.load_state()
+    rec = state.records.get(fingerprint)
+    if rec is None or rec.status != "firing":
+        firing = ", ".join(sorted(r.fingerprint for r in state.firing())) or "none"
+        raise ConfigError(f"{fingerprint!r} is not firing (firing: {firing})")
+    return store.add_ack(Ack(fingerprint, now, by, comment))
+
+
+def config_silences(alerting: Mapping[str, Any], now: datetime | None = None) -> list[Silence]:
+    """Silences declared in ``[[alerting.silences]]`` (or ``alerting.silences = [...]``).
+
+    Each table: matcher fields (``operation``/``operation_name``, ``sdk_version``, ``metric``,
+    ``severity``, ``fingerprint``: glob patterns), ``ends_at`` (required, ISO-8601),
+    optional ``starts_at`` and ``comment``. Raises ConfigError listing every problem.
+    """
+    problems: list[str] = []
+    out: list[Silence] = []
+    for i, raw in enumerate(alerting.get("silences", []) or []):
+        where = f"alerting.silences[{i}]"
+        if not isinstance(raw, Mapping):
+            problems.append(f"{where}: must be a table")
+            continue
+        matchers = {
+            k: str(v) for k, v in raw.items() if k not in ("starts_at", "ends_at", "comment")
+        }
+        try:
+            ends = (
+                parse_until(raw["ends_at"], now or datetime.now(UTC)) if "ends_at" in raw else None
+            )
+            starts = (
+                parse_until(raw["starts_at"], now or datetime.now(UTC))
+                if "starts_at" in raw
+                else datetime.min.replace(tzinfo=UTC)
+            )
+            if ends is None:
+                raise ConfigError(f"{where}.ends_at: required")
+            out.append(Silence(f"config-{i}", matchers, starts, ends, str(raw.get("comment", ""))))
+        except ConfigError as exc:
+            problems.extend(f"{where}: {p}" for p in exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def status_data(
+    backend: Backend, now: datetime, *, watermark: datetime | None = None
+) -> dict[str, Any]:
+    """What ``acs-detector status --json`` prints: open alerts, silences, acks, outbox, last run."""
+    store = AlertStore(backend)
+    state = store.load_state()
+    acks = store.acks()
+    outbox = store.outbox()
+    runs = store.runs()
+    last = runs[-1] if runs else None
+    return {
+        "now": _iso(now),
+        "watermark": _iso(watermark),
+        "last_run": last.to_json() if last else None,
+        "firing": [
+            {
+                "fingerprint": r.fingerprint,
+                "severity": r.severity,
+                "since": _iso(r.started_at),
+                "observed": (r.anomaly or {}).get("observed"),
+                "baseline": (r.anomaly or {}).get("baseline"),
+                "last_notified": _iso(r.notified_at),
+                "acked_by": acks[r.fingerprint].by if r.fingerprint in acks else None,
+            }
+            for r in sorted(state.firing(), key=lambda r: r.fingerprint)
+        ],
+        "pending": sorted(r.fingerprint for r in state.records.values() if r.status == "pending"),
+        "health": state.health,
+        "silences": [s.to_json() for s in list_silences(backend, now)],
+        "outbox": [
+            {
+                "id": i.id,
+                "route": i.route,
+                "target": i.target,
+                "age_hours": round(i.age(now) / 3600, 2),
+                "attempts": i.attempts,
+                "last_error": i.last_error,
+            }
+            for i in outbox
+        ],
+    }
+
+
+def status_text(backend: Backend, now: datetime, *, watermark: datetime | None = None) -> str:
+    """Human-readable ``acs-detector status``."""
+    d = status_data(backend, now, watermark=watermark)
+    lines = []
+    lr = d["last_run"]
+    if lr:
+        lines.append(
+            f"last run: {lr['started_at']} status={lr['status']} window={lr['window_start']}..{lr['window_end']}"
+            f" rows={lr['rows']} anomalies={lr['anomalies']} notified={lr['notified']}"
+            + (f" error={lr['error']}" if lr["error"] else "")
+        )
+    else:
+        lines.append("last run: none recorded")
+    lines.append(f"watermark: {d['watermark'] or 'unknown'}")
+    lines.append(f"firing: {len(d['firing'])}")
+    for f in d["firing"]:
+        age = ""
+        if f["since"]:
+            since = datetime.fromisoformat(f["since"].replace("Z", "+00:00"))
+            age = f" for {timedelta(seconds=int((now - since).total_seconds()))}"
+        lines.append(
+            f"  {f['severity'] or '?':8} {f['fingerprint']}{age}"
+            + (f"  (acked by {f['acked_by']})" if f["acked_by"] else "")
+        )
+    if d["pending"]:
+        lines.append(f"pending: {', '.join(d['pending'])}")
+    for name, h in sorted(d["health"].items()):
+        lines.append(f"health: {name}: {h.get('summary')} since {h.get('since')}")
+    lines.append(f"silences: {len(d['silences'])}")
+    for s in d["silences"]:
+        m = ",".join(f"{k}={v}" for k, v in sorted(s["matchers"].items()))
+        lines.append(
+            f"  {s['id']} {m} until {s['ends_at']}" + (f" # {s['comment']}" if s["comment"] else "")
+        )
+    lines.append(f"outbox: {len(d['outbox'])}")
+    for o in d["outbox"]:
+        lines.append(
+            f"  {o['id']} {o['route']} -> {o['target']} age {o['age_hours']} h,"
+            f" {o['attempts']} attempt(s): {o['last_error'][:80]}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,697 @@
+"""Render lifecycle decisions into one digest message per channel.
+
+Consumes :class:`~detector.lifecycle.Decision` objects (those with ``notify=True``) and
+produces :class:`Message` objects: Markdown for Slack, Teams and generic webhooks, HTML (plus
+a plain-text alternative) for email. One digest per run and route: firing alerts grouped by
+operation and ranked by severity then score, resolved notices after them, self-health notices
+first, and ``+k more`` beyond ``max_items``. Teams bodies (title included) stay within
+:data:`TEAMS_LIMIT` characters and point to the full report. Pure: no I/O, no clock.
+
+No personal data: only aggregates, operation names, SDK version strings (sanitised: a raw user
+agent never passes), result codes and CallIds are rendered. ``Anomaly.details`` is never
+rendered, because the engine or the source may put anything there.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from detector.anomaly import Anomaly, severity_rank
+from detector.lifecycle import Decision, Reason
+
+__all__ = [
+    "CHANNELS",
+    "TEAMS_LIMIT",
+    "Attachment",
+    "Message",
+    "channel_of",
+    "delay_note",
+    "kql_for",
+    "render_digest",
+    "select",
+]
+
+CHANNELS: Final = ("teams", "slack", "email", "json", "other")
+#: apprise's workflows:// body limit; apprise counts the title inside it.
+TEAMS_LIMIT: Final = 1000
+MAX_CALL_IDS: Final = 5
+MAX_CODES: Final = 5
+CALL_DIAGNOSTICS_HINT: Final = (
+    "Azure portal: ACS resource > Monitoring > Call Diagnostics, search by call ID"
+)
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+\-]{0,99}$")
+_SAFE_VERSION = re.compile(r"[^A-Za-z0-9._+\-]")
+_SAFE_CODE = re.compile(r"[^A-Za-z0-9._:\-]")
+
+
+@dataclass
+class Attachment:
+    """A file attached to a message (charts)."""
+
+    name: str
+    mimetype: str
+    data: bytes
+
+
+@dataclass
+class Message:
+    """One rendered digest for one channel."""
+
+    channel: str
+    title: str
+    body: str
+    body_format: str  # markdown | html | text
+    text: str = ""  # plain-text alternative (email; also what logs and reports show)
+    attachments: list[Attachment] = field(default_factory=list)
+    fingerprints: list[str] = field(default_factory=list)
+    omitted: int = 0  # alerts beyond the limit ("+k more")
+
+
+def channel_of(url: str) -> str:
+    """Which renderer a target URL gets: teams, slack, email, json or other."""
+    u = url.strip().lower()
+    scheme = u.split("://", 1)[0]
+    if scheme in ("workflows", "workflow") or (
+        scheme == "https" and ("logic.azure.com" in u or "powerplatform.com" in u)
+    ):
+        return "teams"
+    if scheme == "slack" or (scheme == "https" and "hooks.slack.com" in u):
+        return "slack"
+    if scheme in ("mailto", "mailtos"):
+        return "email"
+    if scheme in ("json", "jsons"):
+        return "json"
+    return "other"
+
+
+def takes_attachments(url: str) -> bool:
+    """Email and Slack bot tokens take files; Slack webhooks, Teams and json:// do not."""
+    ch = channel_of(url)
+    if ch == "email":
+        return True
+    if ch == "slack":
+        return "xoxb-" in url or "xoxp-" in url
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# Values
+# --------------------------------------------------------------------------------------------
+
+
+def _num(x: Any) -> float | None:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def fmt_value(metric: str, value: Any) -> str:
+    """A metric value in its unit: ms for duration, % for failure rate, ops/bucket for volume."""
+    v = _num(value)
+    if v is None:
+        return "n/a"
+    if metric == "failure_rate":
+        return f"{v * 100:.2f}%" if v < 0.1 else f"{v * 100:.1f}%"
+    if metric == "duration":
+        return f"{v:,.0f} ms" if v >= 10 else f"{v:.1f} ms"
+    return f"{v:,.0f}" if abs(v) >= 10 else f"{v:.1f}"
+
+
+def fmt_effect(a: Anomaly) -> str:
+    """Effect size, computed from observed vs baseline when both are known."""
+    obs, base = _num(a.observed), _num(a.baseline)
+    if a.metric == "failure_rate":
+        if obs is not None and base is not None:
+            return f"{(obs - base) * 100:+.1f} pts"
+        eff = _num(a.effect)
+        return f"{eff * 100:+.1f} pts" if eff is not None and abs(eff) <= 1 else "n/a"
+    if obs is not None and base:
+        rel = obs / base - 1
+        if a.metric == "duration":
+            return f"{rel * 100:+.0f}% ({obs - base:+,.0f} ms)"
+        return f"{rel * 100:+.0f}%"
+    eff = _num(a.effect)
+    return f"{eff * 100:+.0f}%" if eff is not None else "n/a"
+
+
+def _metric_label(metric: str) -> str:
+    return {
+        "duration": "slower",
+        "failure_rate": "failure rate",
+        "volume": "volume change",
+    }.get(metric, metric)
+
+
+def safe_version(sdk_version: str | None) -> str:
+    """An SDK version as shown: ``all versions`` for the fleet; never a raw user agent."""
+    if sdk_version is None:
+        return "all versions"
+    cleaned = _SAFE_VERSION.sub("", str(sdk_version))[:40]
+    return cleaned or "unknown"
+
+
+def safe_call_ids(ids: Iterable[Any]) -> list[str]:
+    """CallIds that look like ids (GUID-like tokens); anything else is dropped."""
+    out = []
+    for i in ids:
+        s = str(i).strip()
+        if _SAFE_ID.match(s) and s not in out:
+            out.append(s)
+        if len(out) >= MAX_CALL_IDS:
+            break
+    return out
+
+
+def fmt_codes(codes: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``500/41003 (UnexpectedServerError) x12``: code parts joined, then the count."""
+    out = []
+    for c in list(codes)[:MAX_CODES]:
+        if not isinstance(c, Mapping):
+            continue
+        count = next(
+            (c[k] for k in ("count", "failures", "n", "calls") if c.get(k) is not None), None
+        )
+        parts = []
+        rtype = None
+        for k, v in c.items():
+            if k in ("count", "failures", "n", "calls", "share") or v is None or v == "":
+                continue
+            text = _SAFE_CODE.sub("", str(v))[:40]
+            if not text:
+                continue
+            if k in ("result_type", "ResultType"):
+                rtype = text
+            else:
+                parts.append(text)
+        label = "/".join(parts) or "?"
+        if rtype:
+            label += f" ({rtype})"
+        if count is not None:
+            label += f" x{int(_num(count) or 0):,}"
+        out.append(label)
+    return out
+
+
+def _hm(ts: datetime | None) -> str:
+    return "?" if ts is None else ts.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _dur(td: timedelta) -> str:
+    s = int(td.total_seconds())
+    if s < 3600:
+        return f"{max(s // 60, 0)}m"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600}h"
+
+
+# --------------------------------------------------------------------------------------------
+# KQL to reproduce
+# --------------------------------------------------------------------------------------------
+
+
+def _kql_str(value: str) -> str:
+    """A KQL string literal: double quotes with backslash escapes (no injection)."""
+    escaped = (
+        value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    )
+    return f'"{escaped}"'
+
+
+def _kql_dt(ts: datetime) -> str:
+    return f"datetime({ts.strftime('%Y-%m-%dT%H:%M:%SZ')})"
+
+
+def kql_for(a: Anomaly, *, bin_size: str = "5m", context: timedelta = timedelta(hours=2)) -> str:
+    """A short KQL query that reproduces one alert in Log Analytics.
+
+    Dedupes like the detector (one row per ``OperationId`` and ``CallClientTimeStamp``),
+    counts failures the way Microsoft's workbooks do (``ExpectedError`` is not a failure),
+    and shows ``context`` before the window for comparison.
+    """
+    if not re.fullmatch(r"\d+[smhd]", bin_size):
+        bin_size = "5m"
+    start = a.window_start - context
+    lines = [
+        "ACSCallClientOperations",
+        f"| where CallClientTimeStamp between ({_kql_dt(start)} .. {_kql_dt(a.window_end)})",
+        f"| where OperationName =~ {_kql_str(a.operation_name)}",
+    ]
+    if a.sdk_version is not None:
+        lines.append(f"| where SdkVersion == {_kql_str(a.sdk_version)}")
+    lines += [
+        "| summarize arg_max(TimeGenerated, *) by OperationId, CallClientTimeStamp",
+        "| extend failed = ResultType !in"
+        ' ("Succeeded", "Success", "ExpectedError", "ExpectedClientError")',
+        "| summarize calls = count(), failure_rate = round(100.0 * countif(failed) / count(), 2),",
+        "    p95_ms = percentile(todouble(DurationMs), 95)"
+        f" by bin(CallClientTimeStamp, {bin_size})",
+        "| order by CallClientTimeStamp asc",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Digest structure
+# --------------------------------------------------------------------------------------------
+
+
+def select(
+    decisions: Iterable[Decision],
+    *,
+    min_severity: str = "info",
+    operations: Sequence[str] | None = None,
+    metrics: Sequence[str] | None = None,
+    health: bool = True,
+) -> list[Decision]:
+    """The notifying decisions a route takes (severity floor, operation and metric filters)."""
+    import fnmatch
+
+    out = []
+    floor = severity_rank(min_severity)
+    for d in decisions:
+        if not d.notify:
+            continue
+        if d.kind == "health":
+            if health:
+                out.append(d)
+            continue
+        if severity_rank(d.severity) < floor:
+            continue
+        if operations and not any(
+            fnmatch.fnmatchcase(d.operation_name.lower(), p.lower()) for p in operations
+        ):
+            continue
+        if metrics and d.metric not in metrics:
+            continue
+        out.append(d)
+    return out
+
+
+def _score(d: Decision) -> float:
+    return _num(d.anomaly.score) or 0.0 if d.anomaly else 0.0
+
+
+@dataclass
+class _Digest:
+    health: list[Decision]
+    groups: list[tuple[str, list[Decision]]]  # firing, by operation, ranked
+    resolved: list[Decision]
+    omitted: int
+
+    @property
+    def shown(self) -> list[Decision]:
+        return self.health + [d for _, ds in self.groups for d in ds] + self.resolved
+
+
+def _digest(decisions: Sequence[Decision], max_items: int) -> _Digest:
+    health = [d for d in decisions if d.kind == "health"]
+    alerts = [d for d in decisions if d.kind == "alert"]
+    firing = sorted(
+        (d for d in alerts if d.reason != Reason.RESOLVED),
+        key=lambda d: (-severity_rank(d.severity), -_score(d), d.fingerprint),
+    )
+    resolved = sorted(
+        (d for d in alerts if d.reason == Reason.RESOLVED), key=lambda d: d.fingerprint
+    )
+    budget = max(max_items, 1)
+    shown_firing = firing[:budget]
+    shown_resolved = resolved[: max(budget - len(shown_firing), 0)]
+    omitted = len(firing) - len(shown_firing) + len(resolved) - len(shown_resolved)
+    groups: dict[str, list[Decision]] = {}
+    for d in shown_firing:  # insertion order = rank of each operation's worst alert
+        groups.setdefault(d.operation_name, []).append(d)
+    return _Digest(health, list(groups.items()), shown_resolved, omitted)
+
+
+def _title(dg: _Digest, route: str) -> str:
+    n_fire = sum(len(ds) for _, ds in dg.groups)
+    n_crit = sum(1 for _, ds in dg.groups for d in ds if d.severity == "critical")
+    n_res = len(dg.resolved)
+    parts = []
+    if dg.health:
+        parts.append("job health")
+    if n_fire:
+        parts.append(f"{n_fire} firing" + (f" ({n_crit} critical)" if n_crit else ""))
+    if n_res:
+        parts.append(f"{n_res} resolved")
+    if dg.omitted:
+        parts.append(f"+{dg.omitted} more")
+    ops = ", ".join(op for op, _ in dg.groups[:3])
+    title = "ACS anomalies: " + ", ".join(parts or ["nothing new"])
+    if ops:
+        title += f" - {ops}"
+    return title[:200]
+
+
+# --------------------------------------------------------------------------------------------
+# Per-alert facts (shared by all formats)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Facts:
+    headline: str  # "CRITICAL Join failure rate, SDK 1.2 (42% of calls)"
+    compare: str  # "observed 12.0% vs baseline 1.5% (band 0.8%-2.4%)"
+    sample: str  # "1,234 calls in window; baseline n=50,000"
+    effect: str
+    when: str
+    reason: str
+    codes: list[str]
+    call_ids: list[str]
+    provisional: str
+    kql: str
+    extra: str  # score, p-value, drivers
+
+
+def _facts(d: Decision, *, now: datetime, bin_size: str) -> _Facts:
+    a = d.anomaly
+    op, metric = d.operation_name, d.metric
+    ver = safe_version(d.sdk_version)
+    share = _num(a.traffic_share) if a else None
+    who = f"SDK {ver}" if d.sdk_version is not None else ver
+    if share is not None and d.sdk_version is not None:
+        who += f" ({share * 100:.0f}% of {op} calls)"
+    headline = f"{d.severity.upper()} {op} {_metric_label(metric)}, {who}"
+    if a is None:
+        return _Facts(headline, "", "", "", "", str(d.reason), [], [], "", "", "")
+    band = ""
+    if a.band_low is not None or a.band_high is not None:
+        band = f" (band {fmt_value(metric, a.band_low)} - {fmt_value(metric, a.band_high)})"
+    compare = f"observed {fmt_value(metric, a.observed)} vs baseline {fmt_value(metric, a.baseline)}{band}"
+    sample = f"{a.calls:,} calls in window"
+    if a.failures is not None and metric == "failure_rate":
+        sample += f", {a.failures:,} failed"
+    if a.baseline_calls is not None:
+        sample += f"; baseline n={a.baseline_calls:,}"
+    when = f"window {_hm(a.window_start)} - {a.window_end.strftime('%H:%M UTC')}"
+    if d.started_at is not None:
+        when += f"; firing since {_hm(d.started_at)} ({_dur(now - d.started_at)})"
+    provisional = ""
+    if a.provisional or a.baseline_kind == "borrowed":
+        provisional = (
+            f"Provisional baseline: partly borrowed from {op} across all SDK versions"
+            " (this version has little history yet)."
+        )
+    extra_parts = [f"score {a.score:.2f}" if _num(a.score) is not None else ""]
+    if _num(a.p_value) is not None:
+        extra_parts.append(f"p={a.p_value:.1e}")
+    if a.drivers:
+        extra_parts.append("drivers: " + ", ".join(_SAFE_CODE.sub("", x) for x in a.drivers[:3]))
+    if a.baseline_kind and a.baseline_kind != "borrowed":
+        extra_parts.append(f"{a.baseline_kind} baseline")
+    return _Facts(
+        headline=headline,
+        compare=compare,
+        sample=sample,
+        effect=f"effect {fmt_effect(a)}",
+        when=when,
+        reason=str(d.reason).replace("_", " "),
+        codes=fmt_codes(a.top_result_codes),
+        call_ids=safe_call_ids(a.example_call_ids),
+        provisional=provisional,
+        kql=kql_for(a, bin_size=bin_size),
+        extra=", ".join(p for p in extra_parts if p),
+    )
+
+
+def _resolved_line(d: Decision, now: datetime) -> str:
+    a, cur, metric = d.anomaly, d.current, d.metric
+    ver = safe_version(d.sdk_version)
+    who = f"SDK {ver}" if d.sdk_version is not None else ver
+    now_v = fmt_value(metric, cur.observed) if cur and cur.observed is not None else "n/a"
+    base = cur.baseline if cur and cur.baseline is not None else (a.baseline if a else None)
+    line = f"RESOLVED {d.operation_name} {_metric_label(metric)}, {who}: now {now_v}"
+    line += f" (baseline {fmt_value(metric, base)}"
+    if cur and cur.calls is not None:
+        line += f", {cur.calls:,} calls"
+    line += ")"
+    if a is not None:
+        line += f", peak was {fmt_value(metric, a.observed)}"
+    if d.started_at is not None and d.resolved_at is not None:
+        line += f", fired for {_dur(d.resolved_at - d.started_at)}"
+    return line
+
+
+def _health_line(d: Decision) -> str:
+    h = d.health or {}
+    state = "RESOLVED" if d.reason == Reason.RESOLVED else d.severity.upper()
+    return f"{state} acs-detector health: {h.get('summary', d.fingerprint)}"
+
+
+# --------------------------------------------------------------------------------------------
+# Formats
+# --------------------------------------------------------------------------------------------
+
+
+def _md_escape(text: str) -> str:
+    # Not "_": intraword underscores (1.30.1.1_stable) are literal in CommonMark, and Slack
+    # and Teams would show the backslash.
+    return re.sub(r"([\\`*\[\]<>|])", r"\\\1", text)
+
+
+def _markdown(
+    dg: _Digest,
+    *,
+    now: datetime,
+    report: str | None,
+    bin_size: str,
+    with_kql: bool,
+    charts: Mapping[str, bytes],
+) -> str:
+    out: list[str] = []
+    for d in dg.health:
+        out.append(f"**{_md_escape(_health_line(d))}**")
+        if d.health and d.health.get("detail"):
+            out.append(_md_escape(str(d.health["detail"])))
+        out.append("")
+    for op, ds in dg.groups:
+        out.append(f"### {_md_escape(op)} ({len(ds)})")
+        for d in ds:
+            f = _facts(d, now=now, bin_size=bin_size)
+            out.append(f"**{_md_escape(f.headline)}** - {f.reason}")
+            out.append(f"- {f.compare}; {f.effect}")
+            out.append(f"- {f.sample}")
+            out.append(f"- {f.when}")
+            if f.codes:
+                out.append("- top result codes: " + ", ".join(f"`{c}`" for c in f.codes))
+            if f.call_ids:
+                out.append(
+                    "- example CallIds: "
+                    + ", ".join(f"`{c}`" for c in f.call_ids)
+                    + f" ({CALL_DIAGNOSTICS_HINT})"
+                )
+            if f.provisional:
+                out.append(f"- _{f.provisional}_")
+            if f.extra:
+                out.append(f"- {f.extra}")
+            if d.fingerprint in charts:
+                out.append(f"- chart attached: {_chart_name(d.fingerprint)}")
+            if with_kql and f.kql:
+                out.append("")
+                out.append("```")
+                out.append(f.kql)
+                out.append("```")
+            out.append("")
+    if dg.resolved:
+        out.append("### Resolved")
+        for d in dg.resolved:
+            out.append(f"- {_md_escape(_resolved_line(d, now))}")
+        out.append("")
+    if dg.omitted:
+        out.append(f"+{dg.omitted} more" + (f" - full report: {report}" if report else ""))
+    elif report:
+        out.append(f"Full report: {report}")
+    return "\n".join(out).strip()
+
+
+def _teams(dg: _Digest, *, title: str, now: datetime, report: str | None) -> tuple[str, int]:
+    """Compact one-line-per-alert Markdown within TEAMS_LIMIT (title included)."""
+    lines: list[str] = []
+    for d in dg.health:
+        lines.append(f"**{_md_escape(_health_line(d))}**")
+    for op, ds in dg.groups:
+        for d in ds:
+            a = d.anomaly
+            ver = safe_version(d.sdk_version)
+            who = f"SDK {ver}" if d.sdk_version is not None else ver
+            line = f"- **{d.severity.upper()} {_md_escape(op)}** {_metric_label(d.metric)}, {who}"
+            if a is not None:
+                share = _num(a.traffic_share)
+                if share is not None and d.sdk_version is not None:
+                    line += f" ({share * 100:.0f}%)"
+                line += (
+                    f": {fmt_value(d.metric, a.observed)} vs {fmt_value(d.metric, a.baseline)}"
+                    f", {fmt_effect(a)}, n={a.calls:,}"
+                )
+                if a.provisional:
+                    line += ", provisional baseline"
+            line += f" ({str(d.reason).replace('_', ' ')})"
+            lines.append(line)
+    for d in dg.resolved:
+        lines.append(f"- {_md_escape(_resolved_line(d, now))}")
+    budget = TEAMS_LIMIT - len(title) - 2
+    base_omitted = dg.omitted
+    kept: list[str] = []
+    for i, line in enumerate(lines):
+        remaining = len(lines) - i - 1 + base_omitted
+        tail = _teams_tail(remaining, report)
+        if len("\n".join([*kept, line, tail])) <= budget:
+            kept.append(line)
+        else:
+            omitted = len(lines) - len(kept) + base_omitted
+            body = "\n".join([*kept, _teams_tail(omitted, report)])
+            return body[:budget], omitted
+    body = "\n".join([*kept, _teams_tail(base_omitted, report)]).strip()
+    return body[:budget], base_omitted
+
+
+def _teams_tail(omitted: int, report: str | None) -> str:
+    parts = []
+    if omitted:
+        parts.append(f"+{omitted} more")
+    if report:
+        parts.append(f"full report: {report}")
+    elif omitted:
+        parts.append("see the run report")
+    return " - ".join(parts)
+
+
+def _html(
+    dg: _Digest,
+    *,
+    now: datetime,
+    report: str | None,
+    bin_size: str,
+    charts: Mapping[str, bytes],
+) -> str:
+    e = html.escape
+    out = ['<div style="font-family:Segoe UI,Arial,sans-serif;font-size:14px">']
+    for d in dg.health:
+        out.append(f"<p><strong>{e(_health_line(d))}</strong></p>")
+        if d.health and d.health.get("detail"):
+            out.append(f"<p>{e(str(d.health['detail']))}</p>")
+    for op, ds in dg.groups:
+        out.append(f"<h3>{e(op)} ({len(ds)})</h3>")
+        for d in ds:
+            f = _facts(d, now=now, bin_size=bin_size)
+            out.append(f"<p><strong>{e(f.headline)}</strong> - {e(f.reason)}</p>")
+            out.append("<table>")
+            rows = [
+                ("Observed vs baseline", f.compare),
+                ("Effect", f.effect.removeprefix("effect ")),
+                ("Sample", f.sample),
+                ("When", f.when),
+            ]
+            if f.codes:
+                rows.append(("Top result codes", ", ".join(f.codes)))
+            if f.call_ids:
+                rows.append(("Example CallIds", ", ".join(f.call_ids)))
+            if f.provisional:
+                rows.append(("Baseline", f.provisional))
+            if f.extra:
+                rows.append(("Detail", f.extra))
+            if d.fingerprint in charts:
+                rows.append(("Chart", f"attached: {_chart_name(d.fingerprint)}"))
+            for k, v in rows:
+                out.append(
+                    f'<tr><td style="padding-right:12px;color:#555">{e(k)}</td><td>{e(v)}</td></tr>'
+                )
+            out.append("</table>")
+            if f.call_ids:
+                out.append(f"<p><small>CallIds: {e(CALL_DIAGNOSTICS_HINT)}</small></p>")
+            if f.kql:
+                out.append(f"<pre><code>{e(f.kql)}</code></pre>")
+    if dg.resolved:
+        out.append("<h3>Resolved</h3><ul>")
+        out.extend(f"<li>{e(_resolved_line(d, now))}</li>" for d in dg.resolved)
+        out.append("</ul>")
+    if dg.omitted:
+        out.append(
+            f"<p>+{dg.omitted} more" + (f" - full report: {e(report)}" if report else "") + "</p>"
+        )
+    elif report:
+        out.append(f"<p>Full report: {e(report)}</p>")
+    out.append("</div>")
+    return "\n".join(out)
+
+
+def _chart_name(fingerprint: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", fingerprint.replace("|*|", "|fleet|")) + ".png"
+
+
+def render_digest(
+    decisions: Sequence[Decision],
+    *,
+    channel: str,
+    route: str = "",
+    now: datetime,
+    report_url: str | None = None,
+    max_items: int = 10,
+    charts: Mapping[str, bytes] | None = None,
+    attach_charts: bool = False,
+    bin_size: str = "5m",
+) -> Message:
+    """Render the digest of ``decisions`` (already selected for a route) for one channel.
+
+    Parameters
+    ----------
+    decisions : notifying decisions for this route (see :func:`select`).
+    channel : one of :data:`CHANNELS` (see :func:`channel_of`).
+    now : used for "firing for" durations only.
+    report_url : link or path of the full run report (Teams points there when it truncates).
+    max_items : alerts shown before "+k more".
+    charts : PNG bytes by fingerprint; attached when ``attach_charts``.
+    bin_size : bucket width used in the reproduce-KQL.
+
+    Returns
+    -------
+    Message with ``body`` in the channel's format and ``text`` as plain text.
+    """
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}")
+    charts = dict(charts or {})
+    dg = _digest(decisions, max_items)
+    title = _title(dg, route)
+    shown = dg.shown
+    attached = {fp: png for fp, png in charts.items() if fp in {d.fingerprint for d in shown}}
+    if not attach_charts:
+        attached = {}
+    text = _markdown(
+        dg, now=now, report=report_url, bin_size=bin_size, with_kql=True, charts=attached
+    )
+    attachments = [
+        Attachment(_chart_name(fp), "image/png", png) for fp, png in sorted(attached.items())
+    ]
+    fps = [d.fingerprint for d in shown]
+    if channel == "teams":
+        body, omitted = _teams(dg, title=title, now=now, report=report_url)
+        return Message(channel, title, body, "markdown", text, [], fps, omitted)
+    if channel == "email":
+        body = _html(dg, now=now, report=report_url, bin_size=bin_size, charts=attached)
+        return Message(channel, title, body, "html", text, attachments, fps, dg.omitted)
+    return Message(channel, title, text, "markdown", text, attachments, fps, dg.omitted)
+
+
+def delay_note(
+    message_body: str, body_format: str, channel: str, title: str, age: timedelta, attempts: int
+) -> str:
+    """Prefix a retried outbox message with its age (Teams body kept within the limit)."""
+    note = f"Delayed delivery: first attempt {_dur(age)} ago, attempt {attempts + 1}."
+    if body_format == "html":
+        return f"<p><em>{html.escape(note)}</em></p>\n{message_body}"
+    body = f"_{note}_\n\n{message_body}"
+    if channel == "teams":
+        budget = TEAMS_LIMIT - len(title) - 2
+        if len(body) > budget:
+            body = body[: budget - 1] + "~"
+    return body

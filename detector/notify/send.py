@@ -1,0 +1,215 @@
+"""Send one rendered message to one target through apprise. The only module importing apprise.
+
+Consumes a target URL (a secret: it carries webhook tokens and SMTP passwords) and a
+:class:`~detector.notify.render.Message`; produces a :class:`SendResult`. Every target is sent
+on its own ``Apprise`` object so its ``AppriseResult`` (apprise 2.x: SUCCESS, FAILURE, NOMATCH,
+PARTIAL, TIMEOUT) maps to exactly one outcome; ``notify()`` never raises for delivery problems
+and neither does :func:`send_message`.
+
+Secrets never reach logs: targets are shown only in apprise's privacy form (without the query
+string, where apprise leaves header values visible), and while apprise runs a filter on the
+``apprise`` and ``urllib3`` loggers masks every secret part of the URL, because apprise logs the
+raw POST URL (Slack and Teams tokens are in it) at DEBUG level.
+
+Does network I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import string
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+import apprise
+from apprise.attachment.memory import AttachMemory
+
+from detector.notify.render import Message
+
+__all__ = [
+    "SendResult",
+    "display_url",
+    "redact",
+    "secrets_of",
+    "send_message",
+    "target_id",
+    "validate_url",
+]
+
+log = logging.getLogger(__name__)
+
+_REDACTED_LOGGERS = ("apprise", "urllib3.connectionpool", "urllib3.util.retry", "requests")
+_FORMATS = {
+    "markdown": apprise.NotifyFormat.MARKDOWN,
+    "html": apprise.NotifyFormat.HTML,
+    "text": apprise.NotifyFormat.TEXT,
+}
+_TYPES = {
+    "failure": apprise.NotifyType.FAILURE,
+    "warning": apprise.NotifyType.WARNING,
+    "success": apprise.NotifyType.SUCCESS,
+    "info": apprise.NotifyType.INFO,
+}
+
+
+@dataclass
+class SendResult:
+    """Outcome of one message to one target."""
+
+    ok: bool
+    status: str  # SUCCESS | FAILURE | TIMEOUT | PARTIAL | NOMATCH | INVALID_URL
+    target: str  # display (privacy) form
+    error: str = ""  # redacted apprise log lines
+    attempts: int = 0
+
+
+def target_id(route: str, url: str) -> str:
+    """Stable id of a target (finds outbox items' targets again); not reversible."""
+    return hashlib.sha256(f"{route}\0{url}".encode()).hexdigest()[:16]
+
+
+def _asset() -> apprise.AppriseAsset:
+    # secure_logging keeps apprise from echoing attachment/config URLs with credentials.
+    return apprise.AppriseAsset(
+        app_id="acs-detector",
+        app_desc="ACS call anomaly detector",
+        secure_logging=True,
+    )
+
+
+def display_url(url: str) -> str:
+    """apprise's privacy form of ``url`` without the query string; safe to log and store."""
+    try:
+        obj = apprise.Apprise.instantiate(url, asset=_asset())
+    except Exception:  # apprise raises for some malformed URLs; never echo them
+        obj = None
+    if not obj:
+        scheme = url.split("://", 1)[0] if "://" in url else "?"
+        return f"{scheme[:12]}://<invalid>"
+    return str(obj.url(privacy=True)).split("?", 1)[0]
+
+
+_SPLIT = re.compile(r"[/:@?&=#,;+ \s]+")
+
+
+def secrets_of(url: str) -> set[str]:
+    """Parts of ``url`` its display form hides (tokens, passwords, signatures), raw and decoded."""
+    shown = display_url(url)
+    out: set[str] = set()
+    for tok in _SPLIT.split(url):
+        for t in {tok, unquote(tok)}:
+            if len(t) >= 4 and t not in shown and not set(t) <= set(string.punctuation):
+                out.add(t)
+    return out
+
+
+def redact(text: str, secrets: set[str]) -> str:
+    """Replace every secret in ``text`` by ``****`` (longest first, so parts do not leak)."""
+    for s in sorted(secrets, key=len, reverse=True):
+        text = text.replace(s, "****")
+    return text
+
+
+class _RedactFilter(logging.Filter):
+    def __init__(self, secrets: set[str]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # a broken format string must not break delivery
+            msg = str(record.msg)
+        record.msg = redact(msg, self.secrets)
+        record.args = None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self.secrets)
+        return True
+
+
+@contextmanager
+def _redacting(secrets: set[str]) -> Iterator[None]:
+    filt = _RedactFilter(secrets)
+    loggers = [logging.getLogger(n) for n in _REDACTED_LOGGERS]
+    for lg in loggers:
+        lg.addFilter(filt)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(filt)
+
+
+def validate_url(url: str) -> str | None:
+    """None if apprise accepts ``url``, else a problem description (no secret in it)."""
+    if "${" in url:
+        return f"{url.split('://', 1)[0]}://...: unresolved ${{...}} environment reference"
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("msteams",):
+        return "msteams:// (Office 365 connectors) was retired; use workflows:// for Teams"
+    with _redacting(secrets_of(url)):
+        try:
+            ok = apprise.Apprise.instantiate(url, asset=_asset()) is not None
+        except Exception:
+            ok = False
+    return None if ok else f"{display_url(url)}: apprise does not accept this URL"
+
+
+def send_message(url: str, message: Message, *, notify_type: str = "warning") -> SendResult:
+    """Send ``message`` to ``url``; never raises for delivery problems.
+
+    Parameters
+    ----------
+    url : an apprise URL (secret).
+    message : the rendered digest; attachments are sent where the service takes them.
+    notify_type : failure | warning | success | info (colour/icon on Slack and Teams).
+
+    Returns
+    -------
+    SendResult with the privacy form of the target and redacted error lines.
+    """
+    secrets = secrets_of(url)
+    shown = display_url(url)
+    with _redacting(secrets):
+        ap = apprise.Apprise(asset=_asset())
+        try:
+            added = ap.add(url)
+        except Exception:  # malformed URL: apprise may raise deep inside its parser
+            added = False
+        if not added or len(ap) == 0:
+            log.warning("notify target %s: apprise does not accept this URL", shown)
+            return SendResult(False, "INVALID_URL", shown, "apprise does not accept this URL")
+        attach = None
+        if message.attachments:
+            attach = apprise.AppriseAttachment(asset=_asset())
+            for a in message.attachments:
+                attach.add(AttachMemory(content=a.data, name=a.name, mimetype=a.mimetype))
+        try:
+            result = ap.notify(
+                body=message.body,
+                title=message.title,
+                notify_type=_TYPES.get(notify_type, apprise.NotifyType.WARNING),
+                body_format=_FORMATS.get(message.body_format, apprise.NotifyFormat.TEXT),
+                attach=attach,
+            )
+        except Exception as exc:  # API misuse only; keep the run alive and the item queued
+            log.warning("notify target %s: apprise raised %s", shown, type(exc).__name__)
+            return SendResult(False, "FAILURE", shown, redact(str(exc), secrets)[:300])
+        status = result.status.name
+        attempts = sum(len(r.attempts) for r in result)
+        errors = [
+            redact(e.message, secrets)
+            for e in result.logs()
+            if e.level in ("WARNING", "ERROR", "CRITICAL")
+        ]
+    ok = bool(result)
+    error = "; ".join(dict.fromkeys(errors))[:500] if not ok else ""
+    if ok:
+        log.info("notify target %s: %s", shown, status)
+    else:
+        log.warning("notify target %s: %s %s", shown, status, error)
+    return SendResult(ok, status, shown, error, attempts)

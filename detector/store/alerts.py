@@ -1,0 +1,345 @@
+"""Alert bookkeeping in the store: lifecycle state, silences, acks, outbox, run history, sent log.
+
+Everything is JSON written through a :class:`~detector.store.backend.Backend`, so the local
+directory and Azure Blob Storage behave the same. Each kind of record has its own blob, because
+they have different writers: the run writes ``state``, ``outbox``, ``runs`` and ``log`` (it holds
+the job lock); ``acs-detector silence`` and ``ack`` write ``silences`` and ``acks`` at any time.
+Every write is a compare-and-swap on the version read (``if_version``): read-modify-write
+helpers retry a few times on a conflict, and :meth:`AlertStore.save_state` refuses to overwrite
+a state another writer changed since :meth:`AlertStore.load_state` (StateError).
+
+Blobs (under ``prefix``, default ``alerts/``): ``state.json``, ``silences.json``, ``acks.json``,
+``outbox.json``, ``runs.json`` (last :data:`MAX_RUNS`), ``log.json`` (last :data:`MAX_LOG`
+deliveries). Secrets are never stored: outbox items keep the route name, a hash of the target
+URL and its privacy form only.
+
+Consumes and produces records; does I/O through the backend only.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from typing import Any, Final, TypeVar
+
+from detector.errors import StateError
+from detector.lifecycle import Ack, AlertState, Silence
+from detector.store.backend import Backend, VersionConflict
+
+__all__ = [
+    "MAX_LOG",
+    "MAX_RUNS",
+    "AlertStore",
+    "OutboxItem",
+    "RunRecord",
+]
+
+MAX_RUNS: Final = 200
+MAX_LOG: Final = 500
+_RETRIES: Final = 8
+T = TypeVar("T")
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return None if ts is None else ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _dt(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+@dataclass
+class OutboxItem:
+    """One message that could not be delivered to one target yet."""
+
+    id: str
+    route: str
+    target_id: str  # hash of the target URL: finds the target again on the next run
+    target: str  # apprise privacy form of the URL (safe to show)
+    channel: str  # teams | slack | email | json | other
+    title: str
+    body: str
+    body_format: str  # text | markdown | html
+    created_at: datetime
+    attachments: list[dict[str, str]] = field(default_factory=list)  # name, mimetype, data(b64)
+    fingerprints: list[str] = field(default_factory=list)
+    attempts: int = 0
+    last_attempt_at: datetime | None = None
+    last_error: str = ""
+
+    def age(self, now: datetime) -> float:
+        """Seconds since the message was first created."""
+        return (now - self.created_at).total_seconds()
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["created_at"] = _iso(self.created_at)
+        d["last_attempt_at"] = _iso(self.last_attempt_at)
+        return d
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> OutboxItem:
+        kw = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        kw["created_at"] = _dt(kw["created_at"])
+        kw["last_attempt_at"] = _dt(kw.get("last_attempt_at"))
+        return cls(**kw)
+
+
+@dataclass
+class RunRecord:
+    """What one run did, for ``status`` and the self-health checks.
+
+    ``status``: ``ok``, ``source_error`` (reading the log failed), ``delivery_failed``
+    (something went to the outbox), ``error`` (anything else). ``rows`` is what the source
+    returned for the window (0 = no data). ``schema_drift`` lists unexpected/missing columns
+    or other drift reasons the source reported.
+    """
+
+    started_at: datetime
+    finished_at: datetime | None = None
+    status: str = "ok"
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    rows: int | None = None
+    partitions: int | None = None
+    anomalies: int = 0
+    notified: int = 0
+    outbox_size: int = 0
+    schema_drift: list[str] = field(default_factory=list)
+    error: str = ""  # one line, no secrets
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("started_at", "finished_at", "window_start", "window_end"):
+            d[k] = _iso(d[k])
+        return d
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunRecord:
+        kw = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        for k in ("started_at", "finished_at", "window_start", "window_end"):
+            if k in kw:
+                kw[k] = _dt(kw[k])
+        return cls(**kw)
+
+
+class AlertStore:
+    """Alert bookkeeping on a :class:`Backend` (local directory or Azure Blob Storage)."""
+
+    def __init__(self, backend: Backend, prefix: str = "alerts/") -> None:
+        self.backend = backend
+        self.prefix = prefix
+        self._state_version: str | None = None
+
+    # ---- low level -------------------------------------------------------------------------
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}{name}.json"
+
+    def _read(self, name: str, default: Any) -> tuple[Any, str]:
+        got = self.backend.read(self._key(name))
+        if got is None:
+            return default, ""
+        data, version = got
+        try:
+            return json.loads(data.decode("utf-8")), version
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StateError(f"{self._key(name)} is not valid JSON: {exc}") from exc
+
+    def _write(self, name: str, value: Any, if_version: str | None) -> str:
+        data = json.dumps(value, indent=1, sort_keys=True).encode("utf-8")
+        return self.backend.write(self._key(name), data, if_version=if_version)
+
+    def _update(self, name: str, default: Any, fn: Callable[[Any], T]) -> T:
+        """Read-modify-write ``name`` with compare-and-swap, retrying on conflicts.
+
+        ``fn`` mutates the decoded value in place and returns what the caller wants back.
+        """
+        for _ in range(_RETRIES):
+            value, version = self._read(name, default)
+            result = fn(value)
+            try:
+                self._write(name, value, version)
+            except VersionConflict:
+                continue
+            return result
+        raise StateError(f"{self._key(name)}: too many concurrent writers, gave up")
+
+    # ---- lifecycle state -------------------------------------------------------------------
+
+    def load_state(self) -> AlertState:
+        """The alert state (empty on the first run). Remembers its version for :meth:`save_state`."""
+        data, version = self._read("state", None)
+        self._state_version = version
+        if data is None:
+            return AlertState()
+        try:
+            return AlertState.from_json(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"{self._key('state')}: cannot be read: {exc}") from exc
+
+    def save_state(self, state: AlertState) -> None:
+        """Write the state, only if nobody changed it since :meth:`load_state` (else StateError)."""
+        try:
+            self._state_version = self._write("state", state.to_json(), self._state_version)
+        except VersionConflict as exc:
+            raise StateError(
+                f"{self._key('state')} was changed by another run since it was read;"
+                " this run's state was not saved"
+            ) from exc
+
+    # ---- silences --------------------------------------------------------------------------
+
+    def silences(self) -> list[Silence]:
+        data, _ = self._read("silences", [])
+        return [Silence.from_json(s) for s in data]
+
+    def active_silences(self, now: datetime) -> list[Silence]:
+        return [s for s in self.silences() if s.active(now)]
+
+    def add_silence(
+        self,
+        matchers: dict[str, str],
+        starts_at: datetime,
+        ends_at: datetime,
+        *,
+        comment: str = "",
+        created_by: str = "",
+        now: datetime,
+    ) -> Silence:
+        """Store a new silence (validated) and return it with its id."""
+        if ends_at <= starts_at:
+            raise StateError("silence must end after it starts")
+        silence = Silence(
+            id=uuid.uuid4().hex[:8],
+            matchers=dict(matchers),
+            starts_at=starts_at,
+            ends_at=ends_at,
+            comment=comment,
+            created_by=created_by,
+            created_at=now,
+        )
+
+        def add(items: list[dict[str, Any]]) -> Silence:
+            items.append(silence.to_json())
+            return silence
+
+        return self._update("silences", [], add)
+
+    def expire_silence(self, silence_id: str, now: datetime) -> Silence:
+        """End a silence now (kept for the record). Raises StateError if the id is unknown."""
+
+        def expire(items: list[dict[str, Any]]) -> Silence:
+            for i, raw in enumerate(items):
+                if raw.get("id") == silence_id:
+                    s = Silence.from_json(raw)
+                    s.expired_at = now
+                    items[i] = s.to_json()
+                    return s
+            raise StateError(f"no silence with id {silence_id!r}")
+
+        return self._update("silences", [], expire)
+
+    def gc_silences(self, now: datetime, keep_for_seconds: float = 7 * 86400) -> int:
+        """Drop silences that ended more than ``keep_for_seconds`` ago; return how many."""
+
+        def gc(items: list[dict[str, Any]]) -> int:
+            before = len(items)
+            items[:] = [
+                raw
+                for raw in items
+                if (now - _ended(Silence.from_json(raw))).total_seconds() <= keep_for_seconds
+            ]
+            return before - len(items)
+
+        return self._update("silences", [], gc)
+
+    # ---- acknowledgements -------------------------------------------------------------------
+
+    def acks(self) -> dict[str, Ack]:
+        data, _ = self._read("acks", {})
+        return {fp: Ack.from_json(a) for fp, a in data.items()}
+
+    def add_ack(self, ack: Ack) -> Ack:
+        def add(items: dict[str, Any]) -> Ack:
+            items[ack.fingerprint] = ack.to_json()
+            return ack
+
+        return self._update("acks", {}, add)
+
+    def prune_acks(self, state: AlertState) -> int:
+        """Drop acks whose fingerprint is no longer firing (an ack lasts until resolve)."""
+        firing = {r.fingerprint for r in state.firing()}
+
+        def prune(items: dict[str, Any]) -> int:
+            stale = [fp for fp in items if fp not in firing]
+            for fp in stale:
+                del items[fp]
+            return len(stale)
+
+        return self._update("acks", {}, prune)
+
+    # ---- outbox ----------------------------------------------------------------------------
+
+    def outbox(self) -> list[OutboxItem]:
+        data, _ = self._read("outbox", [])
+        return [OutboxItem.from_json(i) for i in data]
+
+    def put_outbox(self, items: list[OutboxItem]) -> None:
+        """Add or replace items (by id)."""
+        by_id = {i.id: i.to_json() for i in items}
+
+        def put(current: list[dict[str, Any]]) -> None:
+            seen = set()
+            for n, raw in enumerate(current):
+                if raw["id"] in by_id:
+                    current[n] = by_id[raw["id"]]
+                    seen.add(raw["id"])
+            current.extend(v for k, v in by_id.items() if k not in seen)
+
+        self._update("outbox", [], put)
+
+    def remove_outbox(self, ids: list[str]) -> None:
+        drop = set(ids)
+
+        def remove(current: list[dict[str, Any]]) -> None:
+            current[:] = [raw for raw in current if raw["id"] not in drop]
+
+        if drop:
+            self._update("outbox", [], remove)
+
+    # ---- runs and the sent log ---------------------------------------------------------------
+
+    def runs(self) -> list[RunRecord]:
+        """Run history, oldest first."""
+        data, _ = self._read("runs", [])
+        return [RunRecord.from_json(r) for r in data]
+
+    def record_run(self, run: RunRecord) -> None:
+        def add(items: list[dict[str, Any]]) -> None:
+            items.append(run.to_json())
+            del items[:-MAX_RUNS]
+
+        self._update("runs", [], add)
+
+    def log(self) -> list[dict[str, Any]]:
+        """Deliveries (sent or failed), oldest first: at, route, target, outcome, fingerprints."""
+        data, _ = self._read("log", [])
+        return list(data)
+
+    def append_log(self, entries: list[dict[str, Any]]) -> None:
+        def add(items: list[dict[str, Any]]) -> None:
+            items.extend(entries)
+            del items[:-MAX_LOG]
+
+        if entries:
+            self._update("log", [], add)
+
+
+def _ended(s: Silence) -> datetime:
+    return min(s.ends_at, s.expired_at) if s.expired_at else s.ends_at
