@@ -1,0 +1,438 @@
+"""Baselines: what "normal" looks like for every partition, learnt from the trailing window.
+
+Consumes bucket aggregates (:class:`~detector.schema.BucketAggregates` ``stats``) of the
+baseline window, the maintenance windows and the buckets that already alerted; produces a
+:class:`Baselines` table: per partition (``operation_name``, ``sdk_version``; ``sdk_version ==
+"*"`` is the operation's fleet, all versions summed) and per hour-of-week slot, the expected
+calls per bucket, failure rate, mean and variance of ``ln(DurationMs)``, plus overdispersion
+factors and the sample sizes behind them. Pure: no I/O, no clock.
+
+How it is built (design §1.4):
+
+* **Robust sums, not averages of averages.** Every statistic comes from summed counts and
+  log-duration moments, so late data merges exactly; buckets inside maintenance windows and
+  buckets that alerted are left out of every sum (and of the bucket counts, so volume is not
+  biased down). Overdispersion factors use the *median* squared Pearson residual, so a missed
+  incident in the history barely moves them.
+* **Profile by history.** A partition with at least ``weekly_min_days`` of history gets an
+  hour-of-week profile, with ``seasonal_min_days`` an hour-of-day profile, otherwise a flat
+  baseline; ``kind`` says which. Each slot is shrunk towards the partition's flat value with a
+  prior of ``slot_prior_calls`` calls, so a thin hour does not make a noisy baseline.
+* **Cold start.** A version's flat statistics are shrunk towards its operation's fleet values
+  with the empirical-Bayes weight ``w = n / (n + cold_start_k)`` (``n`` = the version's
+  baseline calls). ``w < provisional_weight`` marks the baseline provisional; ``w`` is kept
+  so every alert can say how much of its baseline was borrowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from detector.decide import DetectionPolicy
+
+__all__ = [
+    "FLEET",
+    "SLOTS",
+    "Baselines",
+    "Partitions",
+    "compute_baselines",
+    "exclusion_mask",
+    "slot_of",
+    "with_fleet",
+]
+
+#: ``sdk_version`` of an operation's fleet partition (all versions summed).
+FLEET = "*"
+#: Hour-of-week slots (Monday 00:00 UTC = slot 0).
+SLOTS = 168
+_SUM_COLS = ("calls", "failures", "expected_errors", "dur_n", "log_dur_sum", "log_dur_sumsq")
+#: Median of a chi-square with one degree of freedom: median(r^2) / this ~ dispersion factor.
+_CHI2_MEDIAN = 0.454936
+
+
+def slot_of(ts: pd.Series | pd.DatetimeIndex | np.ndarray) -> np.ndarray:
+    """Hour-of-week slot of UTC timestamps (Monday 00:00 = 0)."""
+    idx = pd.DatetimeIndex(ts)
+    return (idx.dayofweek.to_numpy() * 24 + idx.hour.to_numpy()).astype(np.int16)
+
+
+def with_fleet(stats: pd.DataFrame) -> pd.DataFrame:
+    """Add one fleet row per (operation, bucket): the sum over its versions, ``sdk_version="*"``."""
+    cols = [c for c in _SUM_COLS if c in stats.columns]
+    fleet = stats.groupby(["operation_name", "bucket_start"], sort=False, observed=True)[cols].sum()
+    fleet = fleet.reset_index()
+    fleet["sdk_version"] = FLEET
+    out = pd.concat([stats[["operation_name", "sdk_version", "bucket_start", *cols]], fleet])
+    out["operation_name"] = out["operation_name"].astype(str)
+    out["sdk_version"] = out["sdk_version"].astype(str)
+    return out.reset_index(drop=True)
+
+
+@dataclass
+class Partitions:
+    """The partitions of one run, in a fixed order: sorted by operation, fleet first."""
+
+    operation: np.ndarray  # (P,) str
+    version: np.ndarray  # (P,) str, FLEET for the operation level
+    op_index: np.ndarray  # (P,) int: index into ``operations``
+    operations: np.ndarray  # (n_ops,) str
+    fleet_of: np.ndarray  # (P,) int: row of the partition's fleet partition
+
+    @property
+    def is_fleet(self) -> np.ndarray:
+        return self.version == FLEET
+
+    def __len__(self) -> int:
+        return len(self.operation)
+
+    @classmethod
+    def from_frame(cls, stats: pd.DataFrame) -> Partitions:
+        """All (operation, version) pairs of ``stats`` (which must already contain fleet rows)."""
+        keys = stats[["operation_name", "sdk_version"]].drop_duplicates()
+        # Fleet first inside each operation ("*" sorts before digits and letters).
+        keys = keys.sort_values(["operation_name", "sdk_version"]).reset_index(drop=True)
+        op = keys["operation_name"].to_numpy(dtype=object)
+        ver = keys["sdk_version"].to_numpy(dtype=object)
+        ops, op_index = np.unique(op, return_inverse=True)
+        fleet_row = {o: i for i, (o, v) in enumerate(zip(op, ver, strict=True)) if v == FLEET}
+        fleet_of = np.array([fleet_row.get(o, i) for i, o in enumerate(op)], dtype=np.int64)
+        return cls(op, ver, op_index.astype(np.int64), ops, fleet_of)
+
+    def index_of(self, stats: pd.DataFrame) -> np.ndarray:
+        """Row index of each stats row's partition."""
+        lookup = pd.MultiIndex.from_arrays([self.operation, self.version])
+        return lookup.get_indexer(
+            pd.MultiIndex.from_arrays([stats["operation_name"], stats["sdk_version"]])
+        )
+
+
+@dataclass
+class Baselines:
+    """Per-partition baselines (arrays of length P, or shape (P, 168) per hour-of-week slot)."""
+
+    exp_calls: np.ndarray  # (P, 168) expected calls per bucket
+    fail_rate: np.ndarray  # (P, 168) expected failure rate
+    mu_log: np.ndarray  # (P, 168) mean ln(duration)
+    var_log: np.ndarray  # (P, 168) variance of ln(duration) of one operation
+    phi_dur: np.ndarray  # (P,) overdispersion of bucket mean log-duration (>= 1)
+    phi_fail: np.ndarray  # (P,) overdispersion of failures (>= 1)
+    phi_vol: np.ndarray  # (P,) overdispersion of calls per bucket (>= 1)
+    calls: np.ndarray  # (P,) baseline calls (own, before borrowing)
+    buckets: np.ndarray  # (P,) baseline buckets counted (after exclusions)
+    excluded: np.ndarray  # (P,) buckets left out (maintenance, alerted)
+    history_days: np.ndarray  # (P,) days since the partition was first seen in the window
+    kind: np.ndarray  # (P,) "weekly" | "seasonal" | "flat" | "borrowed"
+    weight: np.ndarray  # (P,) own weight n/(n+k) (1 for fleet partitions)
+    provisional: np.ndarray  # (P,) bool
+    has_history: np.ndarray  # (P,) bool: any usable baseline (own or borrowed)
+
+    def to_frame(self, parts: Partitions) -> pd.DataFrame:
+        """One row per partition (flat summaries), for persistence and reports."""
+        return pd.DataFrame(
+            {
+                "operation_name": parts.operation.astype(str),
+                "sdk_version": parts.version.astype(str),
+                "kind": self.kind.astype(str),
+                "weight": self.weight,
+                "provisional": self.provisional,
+                "calls": self.calls,
+                "buckets": self.buckets,
+                "excluded": self.excluded,
+                "history_days": self.history_days,
+                "exp_calls_mean": self.exp_calls.mean(axis=1),
+                "fail_rate_mean": self.fail_rate.mean(axis=1),
+                "mu_log_mean": self.mu_log.mean(axis=1),
+                "var_log_mean": self.var_log.mean(axis=1),
+                "phi_dur": self.phi_dur,
+                "phi_fail": self.phi_fail,
+                "phi_vol": self.phi_vol,
+            }
+        )
+
+
+def exclusion_mask(
+    rows: pd.DataFrame,
+    maintenance: Sequence[tuple[datetime, datetime, str | None]] = (),
+    alerted: Iterable[tuple[str, str, datetime, datetime]] = (),
+) -> np.ndarray:
+    """True for stats rows to keep out of baselines.
+
+    ``maintenance``: ``(start, end, operation or None)``, half-open, None = every operation.
+    ``alerted``: ``(operation, sdk_version, start, end)`` spans that alerted; a fleet span
+    (``sdk_version == "*"``) excludes every version of the operation too, since the fleet
+    deviated because they did.
+    """
+    ts = rows["bucket_start"].to_numpy()
+    op = rows["operation_name"].to_numpy(dtype=object)
+    ver = rows["sdk_version"].to_numpy(dtype=object)
+    mask = np.zeros(len(rows), dtype=bool)
+    for start, end, op_name in maintenance:
+        m = (ts >= _np_ts(start)) & (ts < _np_ts(end))
+        if op_name:
+            m &= op == op_name
+        mask |= m
+    for op_name, version, start, end in alerted:
+        m = (ts >= _np_ts(start)) & (ts < _np_ts(end)) & (op == op_name)
+        if version != FLEET:
+            m &= ver == version
+        mask |= m
+    return mask
+
+
+def _np_ts(value: datetime | pd.Timestamp) -> np.datetime64:
+    ts = pd.Timestamp(value)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return ts.to_datetime64()
+
+
+def _excluded_bucket_counts(
+    parts: Partitions,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    bucket: pd.Timedelta,
+    maintenance: Sequence[tuple[datetime, datetime, str | None]],
+    alerted: Iterable[tuple[str, str, datetime, datetime]],
+    first_idx: np.ndarray,
+) -> np.ndarray:
+    """(P, 168) number of excluded calendar buckets per slot (so bucket counts stay honest)."""
+    P = len(parts)
+    out = np.zeros((P, SLOTS), dtype=np.float64)
+    n_cal = int((end - start) / bucket)
+    if not n_cal:
+        return out
+    grid = pd.date_range(start, periods=n_cal, freq=bucket)
+    slots = slot_of(grid)
+    gts = grid.to_numpy()
+    spans: list[tuple[np.ndarray, datetime, datetime]] = []
+    for s, e, op_name in maintenance:
+        sel = np.ones(P, dtype=bool) if not op_name else parts.operation == op_name
+        spans.append((sel, s, e))
+    for op_name, version, s, e in alerted:
+        sel = parts.operation == op_name
+        if version != FLEET:
+            sel &= parts.version == version
+        spans.append((sel, s, e))
+    if not spans:
+        return out
+    mask = np.zeros((P, n_cal), dtype=bool)
+    for sel, s, e in spans:
+        cols = (gts >= _np_ts(s).astype(gts.dtype)) & (gts < _np_ts(e).astype(gts.dtype))
+        if cols.any() and sel.any():
+            mask[np.ix_(sel, cols)] = True
+    # A bucket before the partition was first seen was never counted, so it is not excluded.
+    mask &= np.arange(n_cal)[None, :] >= first_idx[:, None]
+    rows = np.flatnonzero(mask.any(axis=1))
+    for r in rows:
+        out[r] = np.bincount(slots[mask[r]], minlength=SLOTS)
+    return out
+
+
+def compute_baselines(
+    stats: pd.DataFrame,
+    parts: Partitions,
+    *,
+    start: datetime,
+    end: datetime,
+    policy: DetectionPolicy,
+    maintenance: Sequence[tuple[datetime, datetime, str | None]] = (),
+    alerted: Iterable[tuple[str, str, datetime, datetime]] = (),
+) -> Baselines:
+    """Learn the baselines of ``parts`` from the stats rows in ``[start, end)``.
+
+    Parameters
+    ----------
+    stats
+        Bucket stats *with fleet rows* (:func:`with_fleet`); rows outside ``[start, end)`` are
+        ignored.
+    parts
+        The partitions to learn (rows of every returned array).
+    start, end
+        The baseline window (normally ``window_start - policy.baseline`` .. ``window_start``).
+    policy
+        Knobs: profile thresholds, shrinkage priors, cold-start ``k``.
+    maintenance, alerted
+        Spans kept out (see :func:`exclusion_mask`).
+
+    Returns
+    -------
+    Baselines
+    """
+    alerted = list(alerted)
+    start_ts, end_ts = (
+        pd.Timestamp(_np_ts(start)).tz_localize("UTC"),
+        pd.Timestamp(_np_ts(end)).tz_localize("UTC"),
+    )
+    bucket = pd.Timedelta(policy.bucket)
+    P = len(parts)
+    n_cal = max(int((end_ts - start_ts) / bucket), 0)
+
+    sel = (stats["bucket_start"] >= start_ts) & (stats["bucket_start"] < end_ts)
+    rows = stats.loc[sel]
+    pid = parts.index_of(rows)
+    keep = pid >= 0
+    rows, pid = rows.loc[keep], pid[keep]
+
+    # First bucket each partition was seen in the window (a new version has fewer buckets).
+    t_idx = ((rows["bucket_start"] - start_ts) / bucket).to_numpy().astype(np.int64)
+    first_idx = np.full(P, n_cal, dtype=np.int64)
+    np.minimum.at(first_idx, pid, t_idx)
+    excl = exclusion_mask(rows, maintenance, alerted)
+    rows, pid, t_idx = rows.loc[~excl], pid[~excl], t_idx[~excl]
+    slot = slot_of(rows["bucket_start"])
+
+    # Calendar bucket counts per slot from each partition's first bucket, minus exclusions.
+    grid_slots = (
+        slot_of(pd.date_range(start_ts, periods=n_cal, freq=bucket))
+        if n_cal
+        else np.zeros(0, np.int16)
+    )
+    rev = np.zeros((n_cal + 1, SLOTS), dtype=np.float64)
+    if n_cal:
+        onehot = np.zeros((n_cal, SLOTS), dtype=np.float64)
+        onehot[np.arange(n_cal), grid_slots] = 1.0
+        rev[:-1] = np.cumsum(onehot[::-1], axis=0)[::-1]
+    n_slot_buckets = rev[np.minimum(first_idx, n_cal)]
+    excluded = _excluded_bucket_counts(
+        parts, start_ts, end_ts, bucket, maintenance, alerted, first_idx
+    )
+    n_slot_buckets = np.maximum(n_slot_buckets - excluded, 0.0)
+
+    def acc(values: np.ndarray) -> np.ndarray:
+        out = np.zeros((P, SLOTS), dtype=np.float64)
+        np.add.at(out, (pid, slot), values)
+        return out
+
+    calls = rows["calls"].to_numpy(dtype=np.float64)
+    C = acc(calls)
+    F = acc(rows["failures"].to_numpy(dtype=np.float64))
+    D = acc(rows["dur_n"].to_numpy(dtype=np.float64))
+    S1 = acc(rows["log_dur_sum"].to_numpy(dtype=np.float64))
+    S2 = acc(rows["log_dur_sumsq"].to_numpy(dtype=np.float64))
+
+    bucket_days = bucket / pd.Timedelta(days=1)
+    history_days = np.maximum(n_cal - first_idx, 0) * bucket_days
+    kind = np.where(
+        history_days >= policy.weekly_min_days,
+        "weekly",
+        np.where(history_days >= policy.seasonal_min_days, "seasonal", "flat"),
+    ).astype(object)
+
+    # Flat (whole-window) statistics per partition.
+    Cf, Ff, Df, S1f, S2f, Bf = (a.sum(axis=1) for a in (C, F, D, S1, S2, n_slot_buckets))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate_f = np.where(Bf > 0, Cf / np.maximum(Bf, 1), 0.0)
+        p_f = np.where(Cf > 0, Ff / np.maximum(Cf, 1), np.nan)
+        mu_f = np.where(Df > 0, S1f / np.maximum(Df, 1), np.nan)
+        var_f = np.where(Df > 1, S2f / np.maximum(Df, 1) - mu_f**2, np.nan)
+    var_f = np.where(np.isfinite(var_f), np.maximum(var_f, 1e-4), var_f)
+
+    # Cold start: versions borrow their operation's fleet values, weight n/(n+k).
+    fleet = parts.is_fleet
+    fo = parts.fleet_of
+    k = policy.cold_start_k
+    w_calls = np.where(fleet, 1.0, Cf / (Cf + k) if k > 0 else (Cf > 0).astype(float))
+    w_dur = np.where(fleet, 1.0, Df / (Df + k) if k > 0 else (Df > 0).astype(float))
+    p_b = _blend(p_f, p_f[fo], w_calls)
+    mu_b = _blend(mu_f, mu_f[fo], w_dur)
+    var_b = _blend(var_f, var_f[fo], w_dur)
+    has_history = np.isfinite(p_b) & (
+        Bf[fo] * bucket_days * 24 >= policy.min_history.total_seconds() / 3600
+    )
+
+    # Profiles: fold the hour-of-week sums to the partition's profile, shrink slots to flat.
+    def fold(a: np.ndarray) -> np.ndarray:
+        out = a.copy()
+        hod = a.reshape(P, 7, 24).sum(axis=1)
+        seasonal = kind == "seasonal"
+        out[seasonal] = np.tile(hod[seasonal], (1, 7))
+        flat = kind == "flat"
+        out[flat] = a[flat].sum(axis=1, keepdims=True)
+        return out
+
+    Cs, Fs, Ds, S1s, S2s, Bs = (fold(a) for a in (C, F, D, S1, S2, n_slot_buckets))
+    prior = policy.slot_prior_calls
+    prior_b = 2.0  # pseudo-buckets for the volume profile
+    with np.errstate(invalid="ignore", divide="ignore"):
+        exp_calls = (Cs + prior_b * rate_f[:, None]) / (Bs + prior_b)
+        fail_rate = (Fs + prior * p_b[:, None]) / (Cs + prior)
+        mu_log = (S1s + prior * mu_b[:, None]) / (Ds + prior)
+        m2 = (S2s + prior * (var_b + mu_b**2)[:, None]) / (Ds + prior)
+        var_log = np.maximum(m2 - mu_log**2, 1e-4)
+
+    # Overdispersion from the baseline rows themselves (median squared Pearson residual).
+    mu_r = mu_log[pid, slot]
+    var_r = var_log[pid, slot]
+    n_d = rows["dur_n"].to_numpy(dtype=np.float64)
+    s1 = rows["log_dur_sum"].to_numpy(dtype=np.float64)
+    p_r = fail_rate[pid, slot]
+    e_r = exp_calls[pid, slot]
+    f_r = rows["failures"].to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r_dur = np.where(n_d >= 2, (s1 - n_d * mu_r) / np.sqrt(n_d * var_r), np.nan)
+        ok_f = calls * p_r * (1 - p_r) >= 3
+        r_fail = np.where(ok_f, (f_r - calls * p_r) / np.sqrt(calls * p_r * (1 - p_r)), np.nan)
+        ok_v = e_r >= 5
+        r_vol = np.where(ok_v, (calls - e_r) / np.sqrt(e_r), np.nan)
+    cap = policy.max_dispersion
+    phi_dur = _median_dispersion(pid, r_dur, P, cap)
+    phi_fail = _median_dispersion(pid, r_fail, P, cap)
+    phi_vol = _median_dispersion(pid, r_vol, P, cap)
+    # Versions with thin history borrow the operation's dispersion as they borrow its level.
+    phi_dur = np.maximum(phi_dur, np.where(fleet, 1.0, phi_dur[fo] * (1 - w_dur)))
+    phi_fail = np.maximum(phi_fail, np.where(fleet, 1.0, phi_fail[fo] * (1 - w_calls)))
+
+    weight = np.minimum(w_calls, np.where(np.isfinite(w_dur), w_dur, 1.0))
+    provisional = ~fleet & (weight < policy.provisional_weight)
+    kind = np.where(provisional, "borrowed", kind)
+    # Partitions without any duration data at all (point events): neutral duration baseline.
+    mu_log = np.where(np.isfinite(mu_log), mu_log, 0.0)
+    var_log = np.where(np.isfinite(var_log), var_log, 1.0)
+    fail_rate = np.clip(np.where(np.isfinite(fail_rate), fail_rate, 0.0), 1e-5, 1 - 1e-5)
+    exp_calls = np.where(np.isfinite(exp_calls), exp_calls, 0.0)
+    return Baselines(
+        exp_calls=exp_calls,
+        fail_rate=fail_rate,
+        mu_log=mu_log,
+        var_log=var_log,
+        phi_dur=phi_dur,
+        phi_fail=phi_fail,
+        phi_vol=phi_vol,
+        calls=Cf,
+        buckets=Bf,
+        excluded=excluded.sum(axis=1),
+        history_days=history_days,
+        kind=kind.astype(object),
+        weight=weight,
+        provisional=provisional,
+        has_history=has_history,
+    )
+
+
+def _blend(own: np.ndarray, borrowed: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``w * own + (1 - w) * borrowed``, falling back to whichever side is defined."""
+    own_ok, bor_ok = np.isfinite(own), np.isfinite(borrowed)
+    out = np.where(
+        own_ok & bor_ok, w * np.nan_to_num(own) + (1 - w) * np.nan_to_num(borrowed), np.nan
+    )
+    out = np.where(own_ok & ~bor_ok, own, out)
+    return np.where(~own_ok & bor_ok, borrowed, out)
+
+
+def _median_dispersion(pid: np.ndarray, r: np.ndarray, P: int, cap: float) -> np.ndarray:
+    """Per partition: median(r^2) / median(chi2_1), clipped to [1, cap]; 1 without data."""
+    ok = np.isfinite(r)
+    out = np.ones(P, dtype=np.float64)
+    if not ok.any():
+        return out
+    df = pd.DataFrame({"p": pid[ok], "r2": r[ok] ** 2})
+    g = df.groupby("p")["r2"]
+    med = g.median()
+    cnt = g.size()
+    med = med[cnt >= 10]  # too few residuals: keep 1 (the test stays binomial / Poisson)
+    out[med.index.to_numpy()] = np.clip(med.to_numpy() / _CHI2_MEDIAN, 1.0, cap)
+    return out

@@ -1,0 +1,372 @@
+"""Decide: which deviations become anomalies, and why the others did not.
+
+Consumes the per-(partition, metric, bucket) :class:`Evidence` computed by
+:mod:`detector.features` (p-values over a few trailing spans, effects, sample sizes, the forest's
+flag) and a :class:`DetectionPolicy`; produces a reason code for every (partition, metric,
+bucket), from which the engine builds anomalies and the run report. Pure: no I/O, no clock
+(``now`` is a parameter and only bounds which buckets may be judged).
+
+The gates, in the order a candidate meets them (the first one it fails is its reason):
+
+``maintenance``            the bucket lies in a configured maintenance window;
+``insufficient_history``   neither the partition nor its operation has a usable baseline;
+``suppressed_low_volume``  too few calls (or failures, or expected calls) behind the test;
+``not_significant``        p-value above ``alpha`` once corrected (Bonferroni) for the number of
+                           partitions tested and the number of trailing spans tried;
+``below_min_effect``       statistically clear but smaller than the practical minimum
+                           (e.g. +20 % and +100 ms for duration, +2 points of failure rate);
+``not_persistent``         significant in fewer than N of the last M buckets, or carried by a
+                           single bucket (the evidence dies when its strongest bucket is removed);
+``explained_by_fleet``     a version moving with the rest of its operation: the fleet alert
+                           covers it;
+``explained_by_version``   the operation as a whole deviates only because one version does;
+``anomaly``                every gate passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import numpy as np
+
+__all__ = [
+    "GATE_REASONS",
+    "METRIC_NAMES",
+    "DetectionPolicy",
+    "Evidence",
+    "decide",
+    "parse_duration",
+]
+
+#: Metric order of every (partition, metric, bucket) array in this package.
+METRIC_NAMES: Final[tuple[str, ...]] = ("duration", "failure_rate", "volume")
+
+#: Reason codes; index 0 = not a candidate. Order = gate order (later = got further).
+GATE_REASONS: Final[tuple[str, ...]] = (
+    "",
+    "maintenance",
+    "insufficient_history",
+    "suppressed_low_volume",
+    "not_significant",
+    "below_min_effect",
+    "not_persistent",
+    "explained_by_fleet",
+    "explained_by_version",
+    "anomaly",
+)
+R_NONE, R_MAINT, R_HIST, R_LOWVOL, R_NOTSIG, R_EFFECT, R_PERSIST, R_FLEET, R_VERSION, R_ANOM = (
+    range(len(GATE_REASONS))
+)
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """``"5m"``, ``"7d"``, ``"1h30m"`` or a :class:`~datetime.timedelta` -> timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    text = str(value).strip().lower()
+    total, num = 0.0, ""
+    for ch in text:
+        if ch.isdigit() or ch == ".":
+            num += ch
+        elif ch in _UNITS and num:
+            total += float(num) * _UNITS[ch]
+            num = ""
+        else:
+            raise ValueError(f"invalid duration {value!r} (use e.g. 5m, 1h, 7d)")
+    if num or total <= 0:
+        raise ValueError(f"invalid duration {value!r} (use e.g. 5m, 1h, 7d)")
+    return timedelta(seconds=total)
+
+
+@dataclass(frozen=True)
+class DetectionPolicy:
+    """Every knob of the detection engine, with its default (config section ``[detection]``).
+
+    Durations accept ``timedelta`` or strings such as ``"5m"`` in :meth:`from_mapping`.
+    """
+
+    # --- buckets and baselines ---------------------------------------------------------------
+    bucket: timedelta = timedelta(minutes=5)
+    baseline: timedelta = timedelta(days=7)  # trailing baseline window
+    min_history: timedelta = timedelta(hours=12)  # less baseline than this: insufficient_history
+    seasonal_min_days: float = 3.0  # hour-of-day profile needs this much history
+    weekly_min_days: float = 21.0  # hour-of-week profile needs this much history
+    slot_prior_calls: float = 200.0  # shrinks an hour slot towards the flat baseline
+    cold_start_k: float = 300.0  # empirical-Bayes k: version weight = n / (n + k)
+    provisional_weight: float = 0.8  # below this own-weight the baseline is provisional
+    max_dispersion: float = 20.0  # cap on the overdispersion factors learnt from the baseline
+    # --- tests ---------------------------------------------------------------------------------
+    spans: tuple[int, ...] = (1, 3, 6, 12)  # trailing spans (buckets) tested at every bucket
+    alpha: float = 0.01  # family-wise per hour: Bonferroni over partitions x spans x buckets/hour
+    loo_z: float = 2.0  # the evidence must survive dropping its strongest bucket (z >= this)
+    peer_z: float = 3.0  # a version differs from its operation's other versions (z >= this)
+    shared_z: float = 2.0  # the other versions deviate too (z >= this): fleet-wide, not one version
+    recent_z: float = 1.5  # the recent half of a span must deviate too (z >= this)
+    forest_prefilter_z: float = 1.5  # the forest scores buckets with some |feature| >= this
+    # --- practical significance -------------------------------------------------------------
+    min_duration_rel: float = 0.20  # +20 % typical duration
+    min_duration_ms: float = 100.0  # and +100 ms at the p95
+    min_failure_points: float = 0.02  # +2 points of failure rate
+    min_volume_drop: float = 0.5  # volume down by half ...
+    min_volume_rise: float = 1.0  # ... or up by 100 %
+    critical_factor: float = 3.0  # effect >= this x the minimum -> critical
+    # --- volume --------------------------------------------------------------------------------
+    min_calls: int = 50  # calls behind a duration / failure-rate test
+    min_failures: int = 5  # failures behind a failure-rate test
+    min_expected_calls: float = 100.0  # expected calls behind a volume test
+    volume_scope: str = "fleet"  # "fleet": volume judged per operation only; "all"
+    # --- persistence ---------------------------------------------------------------------------
+    persist_n: int = 2
+    persist_m: int = 3
+    # --- forest --------------------------------------------------------------------------------
+    n_estimators: int = 100
+    max_samples: int = 256
+    contamination: float = 0.01  # share of training buckets above the flag threshold
+    max_train_rows: int = 50_000
+    refit_every: timedelta = timedelta(days=1)
+    seed: int = 0
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any] | None) -> DetectionPolicy:
+        """Build a policy from a ``[detection]`` table; unknown keys raise ``ValueError``.
+
+        Keys the engine does not use but the pipeline does (``delay``, ``lateness``,
+        ``max_window``) are accepted and ignored.
+        """
+        data = dict(data or {})
+        for ignored in ("delay", "lateness", "max_window"):
+            data.pop(ignored, None)
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"unknown [detection] keys: {', '.join(unknown)}")
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            default = getattr(cls, key)
+            if isinstance(default, timedelta):
+                kwargs[key] = parse_duration(value)
+            elif isinstance(default, tuple):
+                kwargs[key] = tuple(int(v) for v in value)
+            elif isinstance(default, bool):
+                kwargs[key] = bool(value)
+            elif isinstance(default, int):
+                kwargs[key] = int(value)
+            elif isinstance(default, float):
+                kwargs[key] = float(value)
+            else:
+                kwargs[key] = value
+        policy = cls(**kwargs)
+        policy.validate()
+        return policy
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` listing every out-of-range knob."""
+        problems = []
+        if self.bucket < timedelta(minutes=1) or 86400 % self.bucket.total_seconds():
+            problems.append("bucket: must be >= 1m and divide a day")
+        if self.baseline < 4 * self.bucket:
+            problems.append("baseline: must cover at least 4 buckets")
+        if not 0 < self.alpha < 1:
+            problems.append("alpha: must be in (0, 1)")
+        if not self.spans or min(self.spans) < 1:
+            problems.append("spans: positive bucket counts")
+        if not 1 <= self.persist_n <= self.persist_m:
+            problems.append("persist_n/persist_m: need 1 <= N <= M")
+        if not 0 < self.contamination < 0.5:
+            problems.append("contamination: must be in (0, 0.5)")
+        if self.volume_scope not in ("fleet", "all"):
+            problems.append("volume_scope: 'fleet' or 'all'")
+        if self.cold_start_k < 0 or self.slot_prior_calls < 0:
+            problems.append("cold_start_k/slot_prior_calls: must be >= 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able dict (durations as seconds)."""
+        out = asdict(self)
+        for k, v in out.items():
+            if isinstance(v, timedelta):
+                out[k] = v.total_seconds()
+            elif isinstance(v, tuple):
+                out[k] = list(v)
+        return out
+
+    def config_hash(self) -> str:
+        """Hash of every knob that changes a fitted model (persisted in model metadata)."""
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def min_effect(self, metric: str) -> float:
+        """The relative/absolute minimum effect used for severity scaling."""
+        return {
+            "duration": self.min_duration_rel,
+            "failure_rate": self.min_failure_points,
+            "volume": self.min_volume_drop,
+        }[metric]
+
+
+@dataclass
+class Evidence:
+    """Arrays of shape ``(P, M, T)``: partitions x metrics (:data:`METRIC_NAMES`) x buckets.
+
+    ``p`` is the best one-sided p-value over the trailing spans (already multiplied by the
+    number of spans); ``effect`` the practical effect at that span (relative for duration and
+    volume, absolute points for failure rate); ``effect_ms`` the absolute p95 shift (duration
+    only, else NaN); ``n`` the calls behind the test (expected calls for volume); ``k`` the
+    failures (failure rate only); ``loo_ok`` whether the evidence survives dropping its strongest
+    bucket; ``forest`` the forest's flag for the metric; ``peer_sig`` whether a version differs
+    significantly from the other versions of its operation (duration, failure rate); ``shared``
+    whether the other versions of the operation deviate as well (or there are none), i.e. the
+    deviation is operation-wide rather than one version's.
+    Per-partition vectors (length P): ``is_fleet``, ``op_index``, ``has_history``, ``testable``
+    (P, M) whether a metric is judged for the partition at all. ``maintenance`` has shape (T,)
+    or (P, T). ``judged`` (T,) marks the buckets of the window (the others are look-back).
+    """
+
+    p: np.ndarray
+    effect: np.ndarray
+    effect_ms: np.ndarray
+    n: np.ndarray
+    k: np.ndarray
+    loo_ok: np.ndarray
+    forest: np.ndarray
+    peer_sig: np.ndarray
+    shared: np.ndarray
+    is_fleet: np.ndarray
+    op_index: np.ndarray
+    has_history: np.ndarray
+    testable: np.ndarray
+    maintenance: np.ndarray
+    judged: np.ndarray
+    n_tests: np.ndarray = field(default_factory=lambda: np.ones(len(METRIC_NAMES)))
+
+
+def _practical(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
+    eff = ev.effect
+    out = np.zeros(eff.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        out[:, 0] = (eff[:, 0] >= policy.min_duration_rel) & (
+            ev.effect_ms[:, 0] >= policy.min_duration_ms
+        )
+        out[:, 1] = eff[:, 1] >= policy.min_failure_points
+        out[:, 2] = (eff[:, 2] <= -policy.min_volume_drop) | (eff[:, 2] >= policy.min_volume_rise)
+    return out
+
+
+def _enough_volume(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
+    out = np.zeros(ev.n.shape, dtype=bool)
+    out[:, 0] = ev.n[:, 0] >= policy.min_calls
+    out[:, 1] = (ev.n[:, 1] >= policy.min_calls) & (ev.k[:, 1] >= policy.min_failures)
+    out[:, 2] = ev.n[:, 2] >= policy.min_expected_calls
+    return out
+
+
+def _n_of_m(hot: np.ndarray, n: int, m: int) -> np.ndarray:
+    """True at t when at least n of the buckets t-m+1..t are hot (trailing, along the last axis)."""
+    c = np.cumsum(hot, axis=-1, dtype=np.int32)
+    lagged = np.zeros_like(c)
+    lagged[..., m:] = c[..., :-m]
+    return (c - lagged) >= n
+
+
+def _dilate(flags: np.ndarray, k: int) -> np.ndarray:
+    """True at t when any of t-k+1..t is True (along the last axis)."""
+    return _n_of_m(flags, 1, max(k, 1))
+
+
+def decide(
+    evidence: Evidence,
+    *,
+    policy: DetectionPolicy,
+    now: datetime | None = None,
+    bucket_end: np.ndarray | None = None,
+    previous_hot: np.ndarray | None = None,
+) -> np.ndarray:
+    """Return the reason code (index into :data:`GATE_REASONS`) of every (partition, metric, bucket).
+
+    Parameters
+    ----------
+    evidence
+        What the features stage measured (see :class:`Evidence`).
+    policy
+        Thresholds and gates.
+    now
+        Buckets ending after ``now`` (``bucket_end`` > now) are not judged: their data may still be
+        arriving. Optional; pure function of its arguments.
+    bucket_end
+        ``(T,)`` datetime64 end of each bucket, needed with ``now``.
+    previous_hot
+        ``(P, M, k)`` hot flags of the buckets just before the first one in ``evidence``, from
+        the previous run (the engine normally recomputes them from the look-back buckets and
+        leaves this None).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int8`` array of shape ``(P, M, T)``; 0 where the bucket was not a candidate
+        (nothing deviated), else the first gate it failed or ``anomaly``.
+    """
+    ev = evidence
+    P, M, T = ev.p.shape
+    n_tests = np.asarray(ev.n_tests, dtype="float64").reshape(1, M, 1)
+    raw_sig = ev.p <= policy.alpha  # nominally interesting, before any correction
+    candidate = (raw_sig | ev.forest) & ev.testable[:, :, None]
+    sig = ev.p * np.maximum(n_tests, 1.0) <= policy.alpha
+    practical = _practical(ev, policy)
+    volume = _enough_volume(ev, policy)
+    maint = np.broadcast_to(
+        ev.maintenance if ev.maintenance.ndim == 2 else ev.maintenance[None, :], (P, T)
+    )[:, None, :]
+    hist = ev.has_history[:, None, None]
+
+    hot = sig & practical & volume & ev.loo_ok & ~maint & hist & ev.testable[:, :, None]
+    if previous_hot is not None:
+        hot = np.concatenate([previous_hot.astype(bool), hot], axis=-1)
+        persistent = _n_of_m(hot, policy.persist_n, policy.persist_m)[..., previous_hot.shape[-1] :]
+        hot = hot[..., previous_hot.shape[-1] :]
+    else:
+        persistent = _n_of_m(hot, policy.persist_n, policy.persist_m)
+    alert = hot & persistent
+
+    # Attribution between a version and its operation's fleet, per (operation, metric, bucket).
+    n_ops = int(ev.op_index.max()) + 1 if P else 0
+    fleet = ev.is_fleet.astype(bool)
+    fleet_alert = np.zeros((n_ops, M, T), dtype=bool)
+    if n_ops:
+        np.logical_or.at(fleet_alert, ev.op_index[fleet], alert[fleet])
+    own = alert & ~ev.shared & ~fleet[:, None, None]  # a version deviating on its own
+    version_own = np.zeros((n_ops, M, T), dtype=bool)
+    if n_ops:
+        np.logical_or.at(version_own, ev.op_index[~fleet], own[~fleet])
+    # The fleet's trailing spans still hold a version's deviation for a while after the version
+    # stops alerting (and vice versa): attribution looks back over the longest span.
+    back = max(policy.spans)
+    version_own = _dilate(version_own, back)
+    fleet_recent = _dilate(fleet_alert, back)
+    explained_by_fleet = alert & ~fleet[:, None, None] & fleet_recent[ev.op_index] & ev.shared
+    explained_by_version = alert & fleet[:, None, None] & version_own[ev.op_index]
+
+    reason = np.zeros((P, M, T), dtype=np.int8)
+    # Assign from the last gate backwards, so the first failed gate wins.
+    reason[candidate] = R_ANOM
+    reason[candidate & explained_by_version] = R_VERSION
+    reason[candidate & explained_by_fleet] = R_FLEET
+    reason[candidate & ~persistent] = R_PERSIST
+    reason[candidate & ~practical] = R_EFFECT
+    reason[candidate & ~sig] = R_NOTSIG
+    reason[candidate & ~volume] = R_LOWVOL
+    reason[candidate & ~hist] = R_HIST
+    reason[candidate & maint] = R_MAINT
+    # A bucket passing every gate but not itself hot (e.g. carried by one strong bucket) or hot
+    # without N of M support is "not persistent".
+    reason[candidate & (reason == R_ANOM) & ~alert] = R_PERSIST
+    reason[:, :, ~ev.judged.astype(bool)] = R_NONE
+    if now is not None and bucket_end is not None:
+        future = np.asarray(bucket_end) > np.datetime64(now.replace(tzinfo=None), "ns")
+        reason[:, :, future] = R_NONE
+    return reason

@@ -1,0 +1,636 @@
+"""The detection engine: bucket history in, gated anomalies with reasons out.
+
+Consumes :class:`~detector.schema.BucketAggregates` (the window to judge plus the trailing
+baseline), the maintenance windows, the engine's previous state (spans that alerted) and a
+:class:`DetectionPolicy`; produces a :class:`DetectionResult`: the anomalies that passed every
+gate (:class:`~detector.anomaly.Anomaly`, one per partition, metric and run of consecutive
+alerting buckets), every candidate with the reason it stopped at (JSON-able, for the run report),
+statistics and timings, and the updated engine state.
+
+Stages (each a pure function of its inputs; the only side effect is the optional model store)::
+
+    with_fleet -> compute_baselines -> build_cube -> bucket_features / span_evidence
+               -> PartitionScorer (fit on baseline buckets or load) -> decide -> explain
+
+Deterministic: the same history, window, policy (seed), state and ``now`` give the same result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from detector.anomaly import Anomaly
+from detector.baseline import (
+    FLEET,
+    Baselines,
+    Partitions,
+    compute_baselines,
+    exclusion_mask,
+    with_fleet,
+)
+from detector.decide import (
+    GATE_REASONS,
+    METRIC_NAMES,
+    R_ANOM,
+    DetectionPolicy,
+    Evidence,
+    decide,
+)
+from detector.errors import ModelMismatchError
+from detector.features import (
+    FEATURE_METRIC,
+    FEATURE_NAMES,
+    Cube,
+    bucket_features,
+    build_cube,
+    span_evidence,
+)
+from detector.schema import BucketAggregates, bin_value
+from detector.score import PartitionScorer
+from detector.store.engine_state import EngineState
+from detector.store.models import ModelStore
+
+__all__ = ["DetectionPolicy", "DetectionResult", "EngineState", "detect"]
+
+MODEL_NAME = "forest"
+
+
+@dataclass
+class DetectionResult:
+    """What one :func:`detect` call found.
+
+    ``anomalies``: the alert candidates that passed every gate. ``candidates``: every
+    (partition, metric) that deviated in the window, with the furthest gate it reached
+    (``reason``) and the evidence behind it (JSON-able dicts). ``stats``: counts and timings.
+    ``state``: the engine state to persist for the next run (alerted spans added).
+    """
+
+    anomalies: list[Anomaly]
+    candidates: list[dict[str, Any]]
+    stats: dict[str, Any]
+    state: EngineState
+    window: tuple[datetime, datetime]
+    alert_buckets: list[tuple[str, str | None, str, datetime]] = field(default_factory=list)
+    #: Per-bucket internals for tests and tuning (reasons, evidence, scores); not serialised.
+    debug: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "window": [_iso(self.window[0]), _iso(self.window[1])],
+            "anomalies": [a.to_json() for a in self.anomalies],
+            "candidates": self.candidates,
+            "stats": self.stats,
+        }
+
+
+def _utc(ts: datetime | pd.Timestamp) -> pd.Timestamp:
+    t = pd.Timestamp(ts)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+def _iso(ts: datetime | pd.Timestamp) -> str:
+    return _utc(ts).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _py(ts: pd.Timestamp) -> datetime:
+    return _utc(ts).to_pydatetime().astimezone(UTC)
+
+
+def detect(
+    history: BucketAggregates,
+    *,
+    window: tuple[datetime, datetime],
+    policy: DetectionPolicy,
+    now: datetime,
+    maintenance: Sequence[tuple[datetime, datetime, str | None]] = (),
+    model_store: ModelStore | None = None,
+    state: EngineState | None = None,
+) -> DetectionResult:
+    """Judge the buckets of ``window`` against baselines learnt from the history before it.
+
+    Parameters
+    ----------
+    history
+        Bucket aggregates covering at least ``[window_start - policy.baseline, window_end)``
+        (more is ignored). ``hist`` is used for the p95 values shown in explanations; when it is
+        empty a log-normal estimate is shown instead.
+    window
+        ``(start, end)`` UTC, half-open; snapped outwards to bucket boundaries.
+    policy
+        Every knob (see :class:`DetectionPolicy`).
+    now
+        The run's clock; buckets ending after it are not judged (their data may be incomplete).
+    maintenance
+        ``(start, end, operation or None)`` windows: no alerts inside, kept out of baselines.
+    model_store
+        Where the fitted forest is loaded from / saved to. None: fit in memory every call.
+    state
+        The previous run's :class:`EngineState` (spans that alerted, kept out of baselines).
+
+    Returns
+    -------
+    DetectionResult
+    """
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    policy.validate()
+    bucket = pd.Timedelta(policy.bucket)
+    ws = _utc(window[0]).floor(bucket)
+    we = _utc(window[1]).ceil(bucket)
+    if we <= ws:
+        raise ValueError(f"empty window {window}")
+    state = (state or EngineState()).copy()
+    lookback = (policy.persist_m - 1) + (max(policy.spans) - 1)
+    base_start = ws - pd.Timedelta(policy.baseline)
+    cube_start = ws - lookback * bucket
+
+    raw = history.stats
+    sel = (raw["bucket_start"] >= base_start) & (raw["bucket_start"] < we)
+    stats = with_fleet(raw.loc[sel])
+    result_stats: dict[str, Any] = {"window": [_iso(ws), _iso(we)], "now": _iso(now)}
+    if stats.empty:
+        result_stats.update(partitions=0, candidates={}, anomalies=0, timings={})
+        return DetectionResult([], [], result_stats, state, (_py(ws), _py(we)))
+    parts = Partitions.from_frame(stats)
+    timings["prepare"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    base = compute_baselines(
+        stats,
+        parts,
+        start=_py(base_start),
+        end=_py(ws),
+        policy=policy,
+        maintenance=maintenance,
+        alerted=state.alerted,
+    )
+    timings["baseline"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    cube = build_cube(stats, parts, start=_py(cube_start), end=_py(we), bucket=bucket)
+    feats = bucket_features(cube, parts, base)
+    ev = span_evidence(cube, parts, base, policy)
+    timings["features"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    scorer, forest_status = _get_scorer(
+        stats, parts, base, policy, ws=ws, base_start=base_start, now=now, model_store=model_store
+    )
+    scores, forest_flag = _score(scorer, feats, cube, policy)
+    timings["score"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    P, T = cube.calls.shape
+    judged = np.asarray(cube.times >= ws)
+    maint = _maintenance_mask(cube.times, parts, maintenance)
+    testable = np.zeros((P, len(METRIC_NAMES)), dtype=bool)
+    testable[:, 0] = cube.dur_n.sum(axis=1) > 0
+    testable[:, 1] = True
+    testable[:, 2] = parts.is_fleet if policy.volume_scope == "fleet" else True
+    active = cube.calls[:, judged].sum(axis=1) > 0
+    n_tested = np.maximum((testable & active[:, None]).sum(axis=0), 1)
+    # Bonferroni over the partitions tested and the buckets of one hour: alpha is the chance of
+    # one false significant bucket per hour across the whole run (spans are in ev.p already).
+    per_hour = max(1.0, 3600.0 / bucket.total_seconds())
+    n_tests = n_tested * per_hour
+    evidence = Evidence(
+        p=ev.p,
+        effect=ev.effect,
+        effect_ms=ev.effect_ms,
+        n=ev.n,
+        k=ev.k,
+        loo_ok=ev.loo_ok,
+        forest=forest_flag,
+        peer_sig=ev.peer_sig,
+        shared=ev.shared,
+        is_fleet=parts.is_fleet,
+        op_index=parts.op_index,
+        has_history=base.has_history,
+        testable=testable,
+        maintenance=maint,
+        judged=judged,
+        n_tests=n_tests,
+    )
+    bucket_end = (cube.times + bucket).tz_convert("UTC").tz_localize(None).to_numpy()
+    reasons = decide(evidence, policy=policy, now=now, bucket_end=bucket_end)
+    timings["decide"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    anomalies, alert_buckets = _explain(
+        reasons,
+        ev,
+        feats,
+        scores,
+        scorer,
+        cube,
+        parts,
+        base,
+        history,
+        policy,
+        ws=ws,
+        base_start=base_start,
+        maintenance=maintenance,
+        state=state,
+        n_tests=n_tests,
+    )
+    candidates = _candidates(reasons, ev, scores, cube, parts, base)
+    timings["explain"] = time.perf_counter() - t
+    state.prune(_py(ws - pd.Timedelta(policy.baseline) - bucket * lookback))
+    timings["total"] = time.perf_counter() - t0
+
+    counts: dict[str, int] = {}
+    judged_reasons = reasons[:, :, judged]
+    for code, name in enumerate(GATE_REASONS):
+        if code:
+            c = int((judged_reasons == code).sum())
+            if c:
+                counts[name] = c
+    kinds, kind_counts = np.unique(base.kind.astype(str), return_counts=True)
+    result_stats.update(
+        partitions=int(P),
+        versions=int((~parts.is_fleet).sum()),
+        operations=len(parts.operations),
+        buckets_judged=int(judged.sum()),
+        candidate_buckets=counts,
+        candidates=len(candidates),
+        anomalies=len(anomalies),
+        baseline_kinds={str(k): int(c) for k, c in zip(kinds, kind_counts, strict=True)},
+        provisional_partitions=int(base.provisional.sum()),
+        tests_per_metric={m: int(n) for m, n in zip(METRIC_NAMES, n_tested, strict=True)},
+        multiplicity={m: float(n) for m, n in zip(METRIC_NAMES, n_tests, strict=True)},
+        forest=forest_status,
+        timings={k: round(v, 4) for k, v in timings.items()},
+    )
+    debug = {
+        "reasons": reasons,
+        "evidence": ev,
+        "scores": scores,
+        "parts": parts,
+        "times": cube.times,
+        "baselines": base,
+        "features": feats,
+    }
+    return DetectionResult(
+        anomalies, candidates, result_stats, state, (_py(ws), _py(we)), alert_buckets, debug
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Forest
+# --------------------------------------------------------------------------------------------
+
+
+def _training_vectors(
+    stats: pd.DataFrame,
+    parts: Partitions,
+    base: Baselines,
+    policy: DetectionPolicy,
+    ws: pd.Timestamp,
+    base_start: pd.Timestamp,
+) -> tuple[np.ndarray, pd.Timestamp]:
+    bucket = pd.Timedelta(policy.bucket)
+    n_base = int((ws - base_start) / bucket)
+    # As many trailing baseline buckets as keep the dense training cube near max_train_rows.
+    n_train = int(np.clip(2 * policy.max_train_rows // max(len(parts), 1), 12, max(n_base, 12)))
+    start = max(ws - n_train * bucket, base_start)
+    cube = build_cube(stats, parts, start=_py(start), end=_py(ws), bucket=bucket)
+    X = bucket_features(cube, parts, base)[cube.calls > 0]
+    if len(X) > policy.max_train_rows:
+        rng = np.random.default_rng(policy.seed)
+        X = X[np.sort(rng.choice(len(X), policy.max_train_rows, replace=False))]
+    return X, start
+
+
+def _get_scorer(
+    stats: pd.DataFrame,
+    parts: Partitions,
+    base: Baselines,
+    policy: DetectionPolicy,
+    *,
+    ws: pd.Timestamp,
+    base_start: pd.Timestamp,
+    now: datetime,
+    model_store: ModelStore | None,
+) -> tuple[PartitionScorer | None, dict[str, Any]]:
+    status: dict[str, Any] = {}
+    config_hash = policy.config_hash()
+    if model_store is not None:
+        try:
+            got = model_store.load(MODEL_NAME, feature_names=FEATURE_NAMES, config_hash=config_hash)
+        except ModelMismatchError as exc:
+            got = None
+            status["refused"] = str(exc)
+        if got is not None:
+            scorer, meta = got
+            if not meta.is_stale(now, policy.refit_every):
+                status.update(action="loaded", fitted_at=meta.fitted_at)
+                return scorer, status
+            status["stale"] = meta.fitted_at
+    X, train_start = _training_vectors(stats, parts, base, policy, ws, base_start)
+    if len(X) < 16:
+        status.update(action="none", reason="too few baseline buckets to fit a forest")
+        return None, status
+    scorer = PartitionScorer(
+        n_estimators=policy.n_estimators,
+        max_samples=policy.max_samples,
+        contamination=policy.contamination,
+        random_state=policy.seed,
+    ).fit(X, feature_names=FEATURE_NAMES)
+    status.update(action="fitted", n_train=len(X), training=[_iso(train_start), _iso(ws)])
+    if model_store is not None:
+        model_store.save(
+            MODEL_NAME,
+            scorer,
+            training_window=(_py(train_start), _py(ws)),
+            config_hash=config_hash,
+            now=now,
+            baselines=base.to_frame(parts),
+        )
+        status["saved"] = True
+    return scorer, status
+
+
+def _score(
+    scorer: PartitionScorer | None, feats: np.ndarray, cube: Cube, policy: DetectionPolicy
+) -> tuple[np.ndarray, np.ndarray]:
+    """Forest scores (P, T) (NaN = not scored) and the flag routed to a metric (P, M, T).
+
+    Only buckets with calls and some |feature| >= ``forest_prefilter_z`` are scored: a vector
+    with every deviation small is never isolated early, and skipping it keeps large runs fast.
+    """
+    P, T, _ = feats.shape
+    scores = np.full((P, T), np.nan)
+    flag = np.zeros((P, len(METRIC_NAMES), T), dtype=bool)
+    if scorer is None:
+        return scores, flag
+    mask = (cube.calls > 0) & (np.abs(feats).max(axis=2) >= policy.forest_prefilter_z)
+    if not mask.any():
+        return scores, flag
+    X = feats[mask]
+    s = scorer.score_samples(X)
+    scores[mask] = s
+    hit = s >= scorer.threshold_
+    # Route a flag to the metric of the feature that deviates most (relative to training spread).
+    top = np.argmax(np.abs(X) / scorer.scale_[None, :].astype(np.float32), axis=1)
+    metric = np.asarray(FEATURE_METRIC)[top]
+    pi, ti = np.nonzero(mask)
+    flag[pi[hit], metric[hit], ti[hit]] = True
+    return scores, flag
+
+
+# --------------------------------------------------------------------------------------------
+# Explanations
+# --------------------------------------------------------------------------------------------
+
+
+def _maintenance_mask(
+    times: pd.DatetimeIndex,
+    parts: Partitions,
+    maintenance: Sequence[tuple[datetime, datetime, str | None]],
+) -> np.ndarray:
+    mask = np.zeros((len(parts), len(times)), dtype=bool)
+    for s, e, op in maintenance:
+        cols = np.asarray((times >= _utc(s)) & (times < _utc(e)))
+        rows = np.ones(len(parts), bool) if not op else parts.operation == op
+        mask[np.ix_(rows, cols)] = True
+    return mask
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """Half-open index ranges of consecutive True values."""
+    if not flags.any():
+        return []
+    d = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1), strict=True))
+
+
+def _hist_p95(
+    hist: pd.DataFrame,
+    op: str,
+    version: str,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    exclude: Sequence[Any] = (),
+    maintenance: Sequence[Any] = (),
+) -> tuple[float, int]:
+    """p95 (ms) and count read from the sparse histogram of a partition over ``[start, end)``."""
+    if hist is None or hist.empty:
+        return float("nan"), 0
+    sel = (
+        (hist["operation_name"] == op)
+        & (hist["bucket_start"] >= start)
+        & (hist["bucket_start"] < end)
+    )
+    if version != FLEET:
+        sel &= hist["sdk_version"] == version
+    rows = hist.loc[sel]
+    if len(rows) and (exclude or maintenance):
+        rows = rows.loc[~exclusion_mask(rows, maintenance, exclude)]
+    if rows.empty:
+        return float("nan"), 0
+    counts = rows.groupby("bin")["count"].sum().sort_index()
+    cum = counts.cumsum().to_numpy()
+    total = int(cum[-1])
+    i = int(np.searchsorted(cum, 0.95 * total, side="left"))
+    return float(bin_value(int(counts.index[min(i, len(cum) - 1)]))), total
+
+
+def _explain(
+    reasons: np.ndarray,
+    ev: Any,
+    feats: np.ndarray,
+    scores: np.ndarray,
+    scorer: PartitionScorer | None,
+    cube: Cube,
+    parts: Partitions,
+    base: Baselines,
+    history: BucketAggregates,
+    policy: DetectionPolicy,
+    *,
+    ws: pd.Timestamp,
+    base_start: pd.Timestamp,
+    maintenance: Sequence[Any],
+    state: EngineState,
+    n_tests: np.ndarray,
+) -> tuple[list[Anomaly], list[tuple[str, str | None, str, datetime]]]:
+    bucket = pd.Timedelta(policy.bucket)
+    alert = reasons == R_ANOM
+    out: list[Anomaly] = []
+    alert_buckets: list[tuple[str, str | None, str, datetime]] = []
+    alerted_before = list(state.alerted)
+    slots = cube.slots
+    for p, m in zip(*np.nonzero(alert.any(axis=2)), strict=True):
+        metric = METRIC_NAMES[m]
+        op, ver = str(parts.operation[p]), str(parts.version[p])
+        fleet_row = parts.fleet_of[p]
+        for a, b in _runs(alert[p, m]):
+            idx = np.arange(a, b)
+            start, end = cube.times[a], cube.times[b - 1] + bucket
+            # The evidence at the run's most significant bucket is what passed the gates.
+            j = idx[np.argmin(ev.p[p, m, idx])]
+            span = int(ev.span[p, m, j])
+            ev_idx = np.arange(max(j - span + 1, 0), j + 1)
+            calls = int(cube.calls[p, idx].sum())
+            fails = int(cube.failures[p, idx].sum())
+            share_den = float(cube.calls[fleet_row, idx].sum())
+            share = float(calls / share_den) if share_den > 0 else None
+            # Reported p-value: corrected for the partitions tested (spans already in ev.p).
+            p_corr = float(min(1.0, ev.p[p, m, j] * n_tests[m]))
+            zc = float(sps.norm.isf(policy.alpha / n_tests[m]))
+            effect = float(ev.effect[p, m, j])
+            if metric == "duration":
+                var = base.var_log[p, slots[idx]].mean() * base.phi_dur[p]
+                d_n = max(float(cube.dur_n[p, ev_idx].sum()), 1.0)
+                obs_hist, _ = _hist_p95(history.hist, op, ver, start, end)
+                base_hist, _ = _hist_p95(
+                    history.hist, op, ver, base_start, ws, alerted_before, maintenance
+                )
+                baseline = base_hist if np.isfinite(base_hist) else float(ev.expected[p, m, j])
+                observed = obs_hist if np.isfinite(obs_hist) else float(ev.observed[p, m, j])
+                half = zc * np.sqrt(var / d_n)
+                band = (baseline * float(np.exp(-half)), baseline * float(np.exp(half)))
+                text = (
+                    f"duration p95 {observed:.0f} ms vs {baseline:.0f} ms "
+                    f"(typical {effect:+.0%}, p={_fmt_p(ev.p[p, m, j])}"
+                )
+            elif metric == "failure_rate":
+                n_ = max(float(cube.calls[p, idx].sum()), 1.0)
+                baseline = float((cube.calls[p, idx] * base.fail_rate[p, slots[idx]]).sum() / n_)
+                observed = fails / n_
+                half = zc * np.sqrt(base.phi_fail[p] * baseline * (1 - baseline) / n_)
+                band = (max(baseline - half, 0.0), min(baseline + half, 1.0))
+                text = (
+                    f"failure rate {observed:.1%} vs {baseline:.1%} "
+                    f"({effect * 100:+.1f} pts, {fails}/{calls} failed, p={_fmt_p(ev.p[p, m, j])}"
+                )
+            else:
+                nb = len(idx)
+                baseline = float(base.exp_calls[p, slots[idx]].mean())
+                observed = calls / nb
+                half = zc * np.sqrt(base.phi_vol[p] * max(baseline, 1.0) / nb)
+                band = (max(baseline - half, 0.0), baseline + half)
+                text = (
+                    f"volume {observed:.1f} vs {baseline:.1f} calls/bucket "
+                    f"({effect:+.0%}, p={_fmt_p(ev.p[p, m, j])}"
+                )
+            hot = int((reasons[p, m, max(a - policy.persist_m + 1, 0) : b] == R_ANOM).sum())
+            text += f", {len(idx)} bucket{'s' if len(idx) > 1 else ''}, span {span})"
+            if base.provisional[p]:
+                text += f" [provisional baseline: {base.weight[p]:.0%} own]"
+            s_run = scores[p, idx]
+            k_best = int(np.nanargmax(s_run)) if np.isfinite(s_run).any() else int(j - a)
+            score = float(s_run[k_best]) if np.isfinite(s_run).any() else float("nan")
+            drivers: list[str] = []
+            if scorer is not None:
+                drivers = scorer.drivers(feats[p, idx[k_best]])
+            ratio = abs(effect) / max(policy.min_effect(metric), 1e-9)
+            severity = "critical" if ratio >= policy.critical_factor else "warning"
+            details = {
+                "gate": "anomaly",
+                "span_buckets": span,
+                "hot_buckets": hot,
+                "z": float(ev.z[p, m, j]),
+                "effect_ms": float(ev.effect_ms[p, m, j]) if metric == "duration" else None,
+                "expected_calls": float(base.exp_calls[p, slots[idx]].sum()),
+                "own_weight": float(base.weight[p]),
+                "baseline_buckets": int(base.buckets[p]),
+                "baseline_excluded_buckets": int(base.excluded[p]),
+                "dispersion": float([base.phi_dur, base.phi_fail, base.phi_vol][m][p]),
+                "new_version": bool(~parts.is_fleet[p] and base.calls[p] == 0),
+                "features": {
+                    n: round(float(v), 3)
+                    for n, v in zip(FEATURE_NAMES, feats[p, idx[k_best]], strict=True)
+                },
+            }
+            out.append(
+                Anomaly(
+                    operation_name=op,
+                    sdk_version=None if ver == FLEET else ver,
+                    metric=metric,
+                    window_start=_py(start),
+                    window_end=_py(end),
+                    observed=float(observed),
+                    baseline=float(baseline),
+                    score=score,
+                    severity=severity,
+                    calls=calls,
+                    reason=f"anomaly: {text}",
+                    band_low=float(band[0]),
+                    band_high=float(band[1]),
+                    effect=effect,
+                    p_value=p_corr,
+                    baseline_kind=str(base.kind[p]),
+                    provisional=bool(base.provisional[p]),
+                    baseline_calls=int(base.calls[p]),
+                    traffic_share=share,
+                    drivers=drivers,
+                    failures=fails,
+                    details=details,
+                )
+            )
+            state.add(op, ver, _py(start), _py(end))
+            for i in idx:
+                alert_buckets.append(
+                    (op, None if ver == FLEET else ver, metric, _py(cube.times[i]))
+                )
+    out.sort(key=lambda x: (x.operation_name, x.sdk_version or "", x.metric, x.window_start))
+    return out, alert_buckets
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.1g}" if p >= 1e-300 else "<1e-300"
+
+
+def _candidates(
+    reasons: np.ndarray, ev: Any, scores: np.ndarray, cube: Cube, parts: Partitions, base: Baselines
+) -> list[dict[str, Any]]:
+    """One record per (partition, metric) that was a candidate in the window: its furthest gate."""
+    out: list[dict[str, Any]] = []
+    furthest = reasons.max(axis=2)
+    for p, m in zip(*np.nonzero(furthest), strict=True):
+        code = int(furthest[p, m])
+        where = np.flatnonzero(reasons[p, m] == code)
+        j = int(where[np.argmin(ev.p[p, m, where])])
+        counts = np.bincount(reasons[p, m][reasons[p, m] > 0], minlength=len(GATE_REASONS))
+        s = scores[p, j]
+        out.append(
+            {
+                "operation_name": str(parts.operation[p]),
+                "sdk_version": None if parts.version[p] == FLEET else str(parts.version[p]),
+                "metric": METRIC_NAMES[m],
+                "reason": GATE_REASONS[code],
+                "bucket": _iso(cube.times[j]),
+                "p_value": float(ev.p[p, m, j]),
+                "effect": float(ev.effect[p, m, j]),
+                "observed": _f(ev.observed[p, m, j]),
+                "expected": _f(ev.expected[p, m, j]),
+                "calls": float(ev.n[p, m, j]),
+                "failures": float(ev.k[p, m, j]) if m == 1 else None,
+                "span_buckets": int(ev.span[p, m, j]),
+                "score": _f(s),
+                "provisional": bool(base.provisional[p]),
+                "baseline_kind": str(base.kind[p]),
+                "buckets_by_reason": {
+                    GATE_REASONS[i]: int(c) for i, c in enumerate(counts) if i and c
+                },
+            }
+        )
+    return out
+
+
+def _f(v: Any) -> float | None:
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def window_buckets(start: datetime, end: datetime, bucket: timedelta) -> pd.DatetimeIndex:
+    """The bucket starts of ``[start, end)`` (helper for callers building windows)."""
+    return pd.date_range(_utc(start).floor(bucket), _utc(end), freq=bucket, inclusive="left")

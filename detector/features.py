@@ -1,0 +1,371 @@
+"""Features: how far each (partition, bucket) is from its baseline, already scaled by sample size.
+
+Consumes the bucket stats (with fleet rows), the :class:`~detector.baseline.Partitions` and
+:class:`~detector.baseline.Baselines`; produces
+
+* :func:`bucket_features`: one vector per (partition, bucket) for the isolation forest,
+  :data:`FEATURE_NAMES`:
+
+  ``dur_z``        (sum ln d - n mu) / sqrt(phi n var): the log-duration z of the bucket;
+  ``p95_log_ratio`` ln(p95 / baseline p95) under a log-normal fit of the bucket;
+  ``fail_z``       (failures - n p0) / sqrt(phi n p0 (1 - p0)): binomial excess failures;
+  ``vol_z``        (calls - expected) / sqrt(phi expected): volume change (negative = drop);
+  ``peer_dur_z``   the version's log-duration excess minus that of the *other* versions of the
+                   same operation in the same bucket (0 for the fleet): new-version regression;
+  ``peer_fail_z``  the same for failure-rate excess.
+
+* :func:`span_evidence`: the statistical evidence of every (partition, metric, bucket) over the
+  trailing spans of ``policy.spans`` buckets: best one-sided p-value (Bonferroni over the spans),
+  practical effect, sample size, a leave-strongest-bucket-out check and the peer test. This is
+  what :func:`detector.decide.decide` gates.
+
+Everything is vectorised over (partition, bucket) arrays; pure, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy import special, stats
+
+from detector.baseline import Baselines, Partitions, slot_of
+from detector.decide import METRIC_NAMES, DetectionPolicy
+
+__all__ = [
+    "FEATURE_NAMES",
+    "Cube",
+    "SpanEvidence",
+    "bucket_features",
+    "build_cube",
+    "span_evidence",
+]
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "dur_z",
+    "p95_log_ratio",
+    "fail_z",
+    "vol_z",
+    "peer_dur_z",
+    "peer_fail_z",
+)
+#: Which metric each feature speaks for (to route a forest flag to a metric).
+FEATURE_METRIC: tuple[int, ...] = (0, 0, 1, 2, 0, 1)
+_Z95 = 1.6448536269514722
+_CLIP = 50.0
+
+
+@dataclass
+class Cube:
+    """Dense (P, T) sums per partition and bucket; ``times`` are the bucket starts (UTC)."""
+
+    times: pd.DatetimeIndex
+    calls: np.ndarray
+    failures: np.ndarray
+    dur_n: np.ndarray
+    s1: np.ndarray
+    s2: np.ndarray
+
+    @property
+    def slots(self) -> np.ndarray:
+        return slot_of(self.times)
+
+
+def build_cube(
+    stats: pd.DataFrame,
+    parts: Partitions,
+    *,
+    start: datetime,
+    end: datetime,
+    bucket: pd.Timedelta,
+) -> Cube:
+    """Pivot the stats rows in ``[start, end)`` into dense (P, T) arrays (missing = 0 calls)."""
+    start_ts = (
+        pd.Timestamp(start).tz_convert("UTC")
+        if pd.Timestamp(start).tzinfo
+        else pd.Timestamp(start, tz="UTC")
+    )
+    end_ts = (
+        pd.Timestamp(end).tz_convert("UTC")
+        if pd.Timestamp(end).tzinfo
+        else pd.Timestamp(end, tz="UTC")
+    )
+    times = pd.date_range(start_ts, end_ts, freq=bucket, inclusive="left")
+    P, T = len(parts), len(times)
+    sel = (stats["bucket_start"] >= start_ts) & (stats["bucket_start"] < end_ts)
+    rows = stats.loc[sel]
+    pid = parts.index_of(rows)
+    tid = ((rows["bucket_start"] - start_ts) / bucket).to_numpy().astype(np.int64)
+    ok = pid >= 0
+    pid, tid, rows = pid[ok], tid[ok], rows.loc[ok]
+    arrays = []
+    for col in ("calls", "failures", "dur_n", "log_dur_sum", "log_dur_sumsq"):
+        a = np.zeros((P, T), dtype=np.float64)
+        np.add.at(a, (pid, tid), rows[col].to_numpy(dtype=np.float64))
+        arrays.append(a)
+    return Cube(times, *arrays)
+
+
+def _per_bucket_baseline(base: Baselines, slots: np.ndarray) -> tuple[np.ndarray, ...]:
+    return (
+        base.mu_log[:, slots],
+        base.var_log[:, slots],
+        base.fail_rate[:, slots],
+        base.exp_calls[:, slots],
+    )
+
+
+def _others(x: np.ndarray, parts: Partitions) -> np.ndarray:
+    """For every version row: the sum of ``x`` over the *other* versions of its operation."""
+    versions = ~parts.is_fleet
+    g = np.zeros((len(parts.operations), *x.shape[1:]), dtype=x.dtype)
+    np.add.at(g, parts.op_index[versions], x[versions])
+    out = g[parts.op_index] - x
+    out[~versions] = 0.0
+    return out
+
+
+def bucket_features(cube: Cube, parts: Partitions, base: Baselines) -> np.ndarray:
+    """The forest's feature vectors, shape (P, T, len(FEATURE_NAMES)); 0 where there is no data."""
+    mu, var, p0, e = _per_bucket_baseline(base, cube.slots)
+    phi_d = base.phi_dur[:, None]
+    phi_f = base.phi_fail[:, None]
+    phi_v = base.phi_vol[:, None]
+    C, F, D, S1, S2 = cube.calls, cube.failures, cube.dur_n, cube.s1, cube.s2
+    out = np.zeros((*C.shape, len(FEATURE_NAMES)), dtype=np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cd = S1 - D * mu
+        vd = D * var * phi_d
+        out[..., 0] = np.where(D > 0, cd / np.sqrt(vd), 0.0)
+        m = S1 / D
+        sd_b = np.sqrt(np.maximum(S2 / D - m**2, 0.0))
+        lr = (m + _Z95 * sd_b) - (mu + _Z95 * np.sqrt(var))
+        out[..., 1] = np.where(D >= 5, lr, 0.0)
+        ef = C * p0
+        vf = ef * (1 - p0) * phi_f
+        out[..., 2] = np.where(C > 0, (F - ef) / np.sqrt(vf), 0.0)
+        out[..., 3] = np.where(e > 0, (C - e) / np.sqrt(e * phi_v + 1.0), 0.0)
+        # Peers: this version's excess vs the other versions' excess in the same bucket.
+        cd0, d0 = np.where(D > 0, cd, 0.0), D
+        so, do = _others(cd0, parts), _others(d0, parts)
+        z = (cd0 / d0 - so / do) / np.sqrt(var * phi_d * (1 / d0 + 1 / do))
+        out[..., 4] = np.where((d0 > 0) & (do > 0), z, 0.0)
+        xf = F - ef
+        fo, co = _others(xf, parts), _others(C, parts)
+        pp = p0
+        z = (xf / C - fo / co) / np.sqrt(pp * (1 - pp) * phi_f * (1 / C + 1 / co))
+        out[..., 5] = np.where((C > 0) & (co > 0), z, 0.0)
+    out[..., 4:][parts.is_fleet] = 0.0
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=_CLIP, neginf=-_CLIP)
+    np.clip(out, -_CLIP, _CLIP, out=out)
+    return out
+
+
+@dataclass
+class SpanEvidence:
+    """(P, M, T) arrays; see :class:`detector.decide.Evidence` for their meaning."""
+
+    p: np.ndarray
+    effect: np.ndarray
+    effect_ms: np.ndarray
+    n: np.ndarray
+    k: np.ndarray
+    loo_ok: np.ndarray
+    peer_sig: np.ndarray
+    shared: np.ndarray  # the other versions of the operation deviate too (or there are none)
+    span: np.ndarray  # best span length (buckets)
+    observed: np.ndarray  # metric value over the best span (geo-mean ms / rate / calls per bucket)
+    expected: np.ndarray  # its baseline counterpart
+    z: np.ndarray  # signed z at the best span
+
+
+def _roll(cs: np.ndarray, s: int) -> np.ndarray:
+    """Trailing sums over ``s`` buckets from a cumsum with a leading zero column."""
+    T = cs.shape[1] - 1
+    out = cs[:, 1:].copy()
+    if s < T:
+        out[:, s:] -= cs[:, 1 : T + 1 - s]
+    return out
+
+
+def _roll_extreme(x: np.ndarray, s: int, fn: str) -> np.ndarray:
+    """Trailing max (or min) over ``s`` buckets; shorter at the start."""
+    pad = np.full((x.shape[0], s - 1), -np.inf if fn == "max" else np.inf)
+    v = sliding_window_view(np.concatenate([pad, x], axis=1), s, axis=1)
+    return v.max(axis=-1) if fn == "max" else v.min(axis=-1)
+
+
+def span_evidence(
+    cube: Cube, parts: Partitions, base: Baselines, policy: DetectionPolicy
+) -> SpanEvidence:
+    """Test every (partition, metric, bucket) over the trailing spans; keep the best span.
+
+    The best span is the one with the smallest p-value among those that also pass the
+    practical-effect, volume and leave-one-out checks (if none does, the smallest p-value).
+    Its p-value is multiplied by the number of spans tried (Bonferroni).
+    """
+    P, T = cube.calls.shape
+    M = len(METRIC_NAMES)
+    mu, var, p0, e = _per_bucket_baseline(base, cube.slots)
+    phi_d = base.phi_dur[:, None]
+    phi_f = base.phi_fail[:, None]
+    phi_v = base.phi_vol[:, None]
+    C, F, D, S1 = cube.calls, cube.failures, cube.dur_n, cube.s1
+    p95_base = np.exp(mu + _Z95 * np.sqrt(var))
+    cd = S1 - D * mu
+    vd = D * var * phi_d
+    ef = C * p0
+    cf = F - ef
+    vf = ef * (1 - p0) * phi_f
+    cv = C - e
+    vv = e * phi_v
+
+    def cs(x: np.ndarray) -> np.ndarray:
+        out = np.zeros((P, T + 1), dtype=np.float64)
+        np.cumsum(x, axis=1, out=out[:, 1:])
+        return out
+
+    sums = {
+        name: cs(x)
+        for name, x in dict(
+            D=D, cd=cd, vd=vd, C=C, F=F, ef=ef, cf=cf, vf=vf, e=e, cv=cv, vv=vv, vdu=D * var
+        ).items()
+    }
+    shape = (P, M, T)
+    best = SpanEvidence(
+        p=np.ones(shape, np.float64),
+        effect=np.zeros(shape, np.float32),
+        effect_ms=np.zeros(shape, np.float32),
+        n=np.zeros(shape, np.float32),
+        k=np.zeros(shape, np.float32),
+        loo_ok=np.zeros(shape, bool),
+        peer_sig=np.zeros(shape, bool),
+        shared=np.ones(shape, bool),
+        span=np.ones(shape, np.int16),
+        observed=np.full(shape, np.nan, np.float32),
+        expected=np.full(shape, np.nan, np.float32),
+        z=np.zeros(shape, np.float32),
+    )
+    best_key = np.full(shape, np.inf)
+    versions = ~parts.is_fleet[:, None]
+    n_spans = len(policy.spans)
+
+    for s in sorted(set(policy.spans)):
+        r = {k: _roll(v, s) for k, v in sums.items()}
+        h = (s + 1) // 2  # the recent half of the span must deviate too (no stale tails)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            # ---- duration: one-sided (slower) normal test on the mean log-duration
+            zd = np.where(r["vd"] > 0, r["cd"] / np.sqrt(r["vd"]), 0.0)
+            pd_ = stats.norm.sf(zd)
+            shift = np.where(r["D"] > 0, r["cd"] / r["D"], 0.0)
+            eff_d = np.expm1(shift)
+            eff_ms_d = p95_base * eff_d
+
+            so, do = _others(r["cd"], parts), _others(r["D"], parts)
+            if s > 1:
+                loo_d = (r["cd"] - _roll_extreme(cd, s, "max")) / np.sqrt(r["vd"]) >= policy.loo_z
+                rc, rv = _roll(sums["cd"], h), _roll(sums["vd"], h)
+                loo_d &= rc / np.sqrt(rv) >= policy.recent_z
+            else:
+                loo_d = np.ones((P, T), bool)
+            vo = _others(r["vd"], parts)
+            shared_d = (vo <= 0) | (so / np.sqrt(vo) >= policy.shared_z)
+            pz = (shift - so / do) / np.sqrt(
+                np.where(r["D"] > 0, r["vdu"] / r["D"], 1.0) * phi_d * (1 / r["D"] + 1 / do)
+            )
+            peer_d = versions & (r["D"] > 0) & (do > 0) & (pz >= policy.peer_z)
+            obs_d = p95_base * np.exp(shift)
+
+            # ---- failure rate: one-sided binomial, counts deflated by the overdispersion
+            n_, k_ = r["C"], r["F"]
+            pbar = np.where(n_ > 0, r["ef"] / n_, 0.0)
+            kk, nn = k_ / phi_f, n_ / phi_f
+            pf = np.where(
+                (kk > 0) & (nn > 0),
+                special.betainc(np.maximum(kk, 1e-9), np.maximum(nn - kk + 1, 1e-9), pbar),
+                1.0,
+            )
+            eff_f = np.where(n_ > 0, k_ / n_ - pbar, 0.0)
+            if s > 1:
+                loo_f = (r["cf"] - _roll_extreme(cf, s, "max")) / np.sqrt(r["vf"]) >= policy.loo_z
+                rc, rv = _roll(sums["cf"], h), _roll(sums["vf"], h)
+                loo_f &= rc / np.sqrt(rv) >= policy.recent_z
+            else:
+                loo_f = np.ones((P, T), bool)
+            xo, co = _others(r["cf"], parts), _others(n_, parts)
+            pz_f = (r["cf"] / n_ - xo / co) / np.sqrt(pbar * (1 - pbar) * phi_f * (1 / n_ + 1 / co))
+            peer_f = versions & (n_ > 0) & (co > 0) & (pz_f >= policy.peer_z)
+            vfo = _others(r["vf"], parts)
+            shared_f = (vfo <= 0) | (xo / np.sqrt(vfo) >= policy.shared_z)
+            zf = np.where(r["vf"] > 0, r["cf"] / np.sqrt(r["vf"]), 0.0)
+
+            # ---- volume: two-sided Poisson, deflated by the overdispersion
+            ee = r["e"]
+            cc, e2 = n_ / phi_v, ee / phi_v
+            p_low = special.gammaincc(cc + 1, e2)  # P(X <= c)
+            p_high = np.where(cc > 0, special.gammainc(np.maximum(cc, 1e-9), e2), 1.0)  # P(X >= c)
+            pv = np.where(ee > 0, np.minimum(1.0, 2 * np.minimum(p_low, p_high)), 1.0)
+            eff_v = np.where(ee > 0, n_ / ee - 1.0, 0.0)
+            if s > 1:
+                sv = np.sqrt(r["vv"])
+                drop = (r["cv"] - _roll_extreme(cv, s, "min")) / sv <= -policy.loo_z
+                rise = (r["cv"] - _roll_extreme(cv, s, "max")) / sv >= policy.loo_z
+                rz = _roll(sums["cv"], h) / np.sqrt(_roll(sums["vv"], h))
+                drop &= rz <= -policy.recent_z
+                rise &= rz >= policy.recent_z
+                loo_v = np.where(eff_v < 0, drop, rise)
+            else:
+                loo_v = np.ones((P, T), bool)
+            zv = np.where(r["vv"] > 0, r["cv"] / np.sqrt(r["vv"]), 0.0)
+
+        p_s = np.stack([pd_, pf, pv], axis=1)
+        p_s = np.minimum(np.nan_to_num(p_s, nan=1.0) * n_spans, 1.0)
+        eff_s = np.stack([eff_d, eff_f, eff_v], axis=1)
+        effms_s = np.stack(
+            [eff_ms_d, np.full_like(eff_d, np.nan), np.full_like(eff_d, np.nan)], axis=1
+        )
+        n_s = np.stack([r["D"], n_, ee], axis=1)
+        k_s = np.stack([np.zeros_like(k_), k_, np.zeros_like(k_)], axis=1)
+        loo_s = np.stack([loo_d, loo_f, loo_v], axis=1)
+        peer_s = np.stack([peer_d, peer_f, np.zeros_like(peer_d)], axis=1)
+        shared_s = np.stack([shared_d, shared_f, np.ones_like(peer_d)], axis=1)
+        obs_s = np.stack([obs_d, np.where(n_ > 0, k_ / n_, np.nan), n_ / s], axis=1)
+        exp_s = np.stack([p95_base, pbar, ee / s], axis=1)
+        z_s = np.stack([zd, zf, zv], axis=1)
+        passing = _passes(eff_s, effms_s, n_s, k_s, loo_s, policy)
+        key = np.where(passing, p_s, p_s + 10.0)
+        better = key < best_key
+        best_key = np.where(better, key, best_key)
+        for name, val in (
+            ("p", p_s),
+            ("effect", eff_s),
+            ("effect_ms", effms_s),
+            ("n", n_s),
+            ("k", k_s),
+            ("loo_ok", loo_s),
+            ("peer_sig", peer_s),
+            ("shared", shared_s),
+            ("observed", obs_s),
+            ("expected", exp_s),
+            ("z", z_s),
+        ):
+            arr = getattr(best, name)
+            np.copyto(arr, val.astype(arr.dtype, copy=False), where=better)
+        best.span[better] = s
+        del r
+    return best
+
+
+def _passes(eff, eff_ms, n, k, loo, policy: DetectionPolicy) -> np.ndarray:
+    """Practical effect, volume and leave-one-out checks per metric (for picking a span)."""
+    with np.errstate(invalid="ignore"):
+        d = (eff[:, 0] >= policy.min_duration_rel) & (eff_ms[:, 0] >= policy.min_duration_ms)
+        d &= n[:, 0] >= policy.min_calls
+        f = (eff[:, 1] >= policy.min_failure_points) & (n[:, 1] >= policy.min_calls)
+        f &= k[:, 1] >= policy.min_failures
+        v = (eff[:, 2] <= -policy.min_volume_drop) | (eff[:, 2] >= policy.min_volume_rise)
+        v &= n[:, 2] >= policy.min_expected_calls
+    return np.stack([d, f, v], axis=1) & loo

@@ -1,0 +1,195 @@
+"""Model store: fitted forests and baselines, persisted safely with a metadata record.
+
+Layout under the configured prefix (default ``models/``) of a :class:`~detector.store.backend.Backend`::
+
+    models/<name>/forest.skops     the IsolationForest, skops format (no pickle)
+    models/<name>/meta.json        training window, feature names, library versions,
+                                   config hash, flag threshold, fitted_at
+    models/<name>/baselines.parquet  per-partition baseline summary (for audit and reports)
+
+Loading never unpickles: skops lists every type the file would instantiate and the load is
+refused unless all of them are scikit-learn or NumPy types. A model whose metadata does not
+match what the caller expects (feature names, config hash, scikit-learn/skops versions) is
+refused with :class:`~detector.errors.ModelMismatchError`; the engine then refits. Does I/O
+through the backend only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sklearn
+import skops
+import skops.io as sio
+
+from detector.errors import ModelMismatchError, StateError
+from detector.score import PartitionScorer
+from detector.store.backend import Backend
+
+__all__ = ["ModelMeta", "ModelStore", "library_versions"]
+
+FORMAT_VERSION = 1
+_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "builtins.")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that must match for a persisted forest to be reused."""
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "skops": skops.__version__,
+    }
+
+
+@dataclass
+class ModelMeta:
+    """The metadata record saved beside every model."""
+
+    name: str
+    training_start: str
+    training_end: str
+    fitted_at: str
+    feature_names: list[str]
+    config_hash: str
+    threshold: float
+    n_train: int
+    versions: dict[str, str]
+    scale: list[float] | None = None
+    format: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def fitted(self) -> datetime:
+        return datetime.fromisoformat(self.fitted_at.replace("Z", "+00:00"))
+
+    def is_stale(self, now: datetime, refit_every: timedelta) -> bool:
+        """True when the model is older than ``refit_every`` at ``now``."""
+        return now - self.fitted() >= refit_every
+
+
+class ModelStore:
+    """Save and load :class:`~detector.score.PartitionScorer` models through a backend."""
+
+    def __init__(self, backend: Backend, prefix: str = "models") -> None:
+        self.backend = backend
+        self.prefix = prefix.strip("/")
+
+    def _key(self, name: str, leaf: str) -> str:
+        return f"{self.prefix}/{name}/{leaf}"
+
+    def save(
+        self,
+        name: str,
+        scorer: PartitionScorer,
+        *,
+        training_window: tuple[datetime, datetime],
+        config_hash: str,
+        now: datetime,
+        baselines: pd.DataFrame | None = None,
+    ) -> ModelMeta:
+        """Persist ``scorer`` (and optionally a baseline summary) under ``name``; return its metadata."""
+        if not hasattr(scorer, "model_"):
+            raise StateError("refusing to save an unfitted scorer")
+        meta = ModelMeta(
+            name=name,
+            training_start=_iso(training_window[0]),
+            training_end=_iso(training_window[1]),
+            fitted_at=_iso(now),
+            feature_names=list(scorer.feature_names_),
+            config_hash=config_hash,
+            threshold=float(scorer.threshold_),
+            n_train=int(scorer.n_train_),
+            versions=library_versions(),
+            scale=[float(v) for v in scorer.scale_],
+        )
+        self.backend.write(self._key(name, "forest.skops"), sio.dumps(scorer.model_))
+        if baselines is not None:
+            buf = io.BytesIO()
+            baselines.to_parquet(buf, index=False)
+            self.backend.write(self._key(name, "baselines.parquet"), buf.getvalue())
+        # Metadata last: a crash before it leaves no record, so the half-written model is not used.
+        self.backend.write(
+            self._key(name, "meta.json"), json.dumps(meta.to_json(), indent=2).encode()
+        )
+        return meta
+
+    def meta(self, name: str) -> ModelMeta | None:
+        """The metadata record of ``name``, or None when there is none."""
+        got = self.backend.read(self._key(name, "meta.json"))
+        if got is None:
+            return None
+        try:
+            return ModelMeta(**json.loads(got[0]))
+        except (ValueError, TypeError) as exc:
+            raise ModelMismatchError(f"model {name}: unreadable metadata ({exc})") from exc
+
+    def load(
+        self, name: str, *, feature_names: list[str] | tuple[str, ...], config_hash: str
+    ) -> tuple[PartitionScorer, ModelMeta] | None:
+        """Load ``name`` if it exists; refuse (ModelMismatchError) when it does not match.
+
+        Checks, in order: format version, feature names, config hash, scikit-learn and skops
+        versions, then that the file holds only scikit-learn/NumPy types.
+        """
+        meta = self.meta(name)
+        if meta is None:
+            return None
+        problems = []
+        if meta.format != FORMAT_VERSION:
+            problems.append(f"format {meta.format} != {FORMAT_VERSION}")
+        if list(meta.feature_names) != list(feature_names):
+            problems.append(f"features {meta.feature_names} != {list(feature_names)}")
+        if meta.config_hash != config_hash:
+            problems.append(f"config hash {meta.config_hash} != {config_hash}")
+        current = library_versions()
+        for lib in ("scikit-learn", "skops"):
+            if meta.versions.get(lib) != current[lib]:
+                problems.append(f"{lib} {meta.versions.get(lib)} != {current[lib]}")
+        if problems:
+            raise ModelMismatchError(f"model {name}: " + "; ".join(problems))
+        got = self.backend.read(self._key(name, "forest.skops"))
+        if got is None:
+            raise ModelMismatchError(f"model {name}: metadata without forest.skops")
+        data = got[0]
+        try:
+            untrusted = sio.get_untrusted_types(data=data)
+        except Exception as exc:  # skops raises assorted errors on corrupt files
+            raise ModelMismatchError(f"model {name}: unreadable forest ({exc})") from exc
+        bad = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES)]
+        if bad:
+            raise ModelMismatchError(f"model {name}: refusing untrusted types {bad}")
+        try:
+            forest = sio.loads(data, trusted=untrusted)
+        except Exception as exc:
+            raise ModelMismatchError(f"model {name}: cannot load forest ({exc})") from exc
+        scorer = PartitionScorer()
+        params = forest.get_params()
+        scorer.set_params(n_estimators=params["n_estimators"], random_state=params["random_state"])
+        scorer.model_ = forest
+        scorer.feature_names_ = tuple(meta.feature_names)
+        scorer.threshold_ = meta.threshold
+        scorer.n_train_ = meta.n_train
+        scorer.scale_ = np.asarray(meta.scale or [1.0] * len(meta.feature_names), dtype=np.float64)
+        return scorer, meta
+
+    def baselines(self, name: str) -> pd.DataFrame | None:
+        """The persisted baseline summary of ``name`` (None when absent)."""
+        got = self.backend.read(self._key(name, "baselines.parquet"))
+        return None if got is None else pd.read_parquet(io.BytesIO(got[0]))
+
+
+def _iso(ts: datetime) -> str:
+    return (
+        pd.Timestamp(ts).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+        if pd.Timestamp(ts).tzinfo
+        else pd.Timestamp(ts).strftime("%Y-%m-%dT%H:%M:%SZ")
+    )
