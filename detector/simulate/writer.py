@@ -1,0 +1,248 @@
+"""Writers: simulated tables -> Parquet, JSON lines, CSV, or the Diagnostic Settings layout.
+
+Each writer takes the Arrow tables of :func:`detector.simulate.frame.rows_to_table` one part at
+a time (bounded memory) and appends them to its output. All four write the same rows and
+values; only the encoding differs:
+
+``parquet``
+    ``operations.parquet``: typed columns (``timestamp[us, UTC]``, ``int64`` ``DurationMs``,
+    ``int32`` ``ResultSignature``, ``OperationPayload`` as JSON text), zstd, row groups of
+    >= 64k rows. A typed column cannot hold the string-number quirk, so it is absent here.
+``jsonl``
+    ``operations.jsonl``: one JSON object per line, as the Log Analytics API shapes values:
+    ISO-8601 ``...T..:..:..fffZ`` timestamps, numbers as numbers except the string-number
+    quirk rows (``"DurationMs":"577","ResultSignature":"200"``), ``null`` for empty numbers.
+``csv``
+    ``operations.csv``: header with the exact column names, strings quoted, ISO timestamps,
+    empty fields for nulls.
+``diagnostic``
+    ``insights-logs-callclientoperations/resourceId=/SUBSCRIPTIONS/.../y=YYYY/m=MM/d=DD/h=HH/
+    m=00/PT1H.json``: one JSON record per line, in the blob of its receive hour
+    (``TimeGenerated``), with top-level ``time`` (= TimeGenerated), ``resourceId``,
+    ``operationName`` and ``category`` (both ``CallClientOperations``) and the table's fields,
+    PascalCase, under ``properties`` (as in Microsoft's only sample; ``_ResourceId`` is the
+    top-level ``resourceId`` there).
+
+Side effects: creates and appends files under the output directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Final, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from .frame import ARROW_SCHEMA, PRIVATE_COLUMNS
+from .strings import iso_ms
+
+__all__ = ["FORMATS", "Writer", "make_writer"]
+
+FORMATS: Final = ("parquet", "jsonl", "csv", "diagnostic")
+DIAGNOSTIC_CONTAINER: Final = "insights-logs-callclientoperations"
+_ROW_GROUP = 65_536
+# Columns whose text is not a GUID or fixed shape and so must be JSON-escaped.
+_ESCAPE = {"OperationName", "OperationPayload", "ResultType", "SdkVersion", "UserAgent"}
+
+
+class Writer(Protocol):
+    """Appends simulated tables to one output; ``close`` returns the files written."""
+
+    def write(self, table: pa.Table) -> None: ...
+
+    def close(self) -> list[Path]: ...
+
+
+def make_writer(fmt: str, out_dir: Path, resource_id: str) -> Writer:
+    """Writer for ``fmt`` (one of :data:`FORMATS`) into ``out_dir``.
+
+    Raises
+    ------
+    ValueError
+        Unknown format.
+    """
+    if fmt == "parquet":
+        return _ParquetWriter(out_dir / "operations.parquet")
+    if fmt == "jsonl":
+        return _JsonlWriter(out_dir / "operations.jsonl")
+    if fmt == "csv":
+        return _CsvWriter(out_dir / "operations.csv")
+    if fmt == "diagnostic":
+        return _DiagnosticWriter(out_dir, resource_id)
+    raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+
+def _public(table: pa.Table) -> pa.Table:
+    return table.drop_columns([c for c in PRIVATE_COLUMNS if c in table.column_names])
+
+
+class _ParquetWriter:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer = pq.ParquetWriter(path, ARROW_SCHEMA, compression="zstd")
+        self._pending: list[pa.Table] = []
+        self._rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        self._pending.append(_public(table))
+        self._rows += table.num_rows
+        if self._rows >= _ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            merged = pa.concat_tables(self._pending).combine_chunks()
+            self._writer.write_table(merged, row_group_size=max(merged.num_rows, 1))
+        self._pending, self._rows = [], 0
+
+    def close(self) -> list[Path]:
+        self._flush()
+        self._writer.close()
+        return [self.path]
+
+
+def _epoch_ms(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    ints = arr.cast(pa.int64())
+    ms = np.floor_divide(ints.fill_null(0).to_numpy(), 1000)
+    return ms, ints.is_null()
+
+
+def _text_columns(table: pa.Table) -> dict[str, pa.Array]:
+    """Each column as the JSON text of its values (strings quoted and escaped, nulls 'null')."""
+    out: dict[str, pa.Array] = {}
+    strnum = table.column("_string_numbers").combine_chunks()
+    for name in ARROW_SCHEMA.names:
+        col = table.column(name).combine_chunks()
+        t = ARROW_SCHEMA.field(name).type
+        if pa.types.is_timestamp(t):
+            ms, null = _epoch_ms(col)
+            text = pc.binary_join_element_wise('"', iso_ms(ms), '"', "")
+            out[name] = pc.if_else(null, "null", text)
+        elif pa.types.is_integer(t):
+            digits = col.cast(pa.string())
+            quoted = pc.binary_join_element_wise('"', digits, '"', "")
+            out[name] = pc.if_else(strnum, quoted, digits).fill_null("null")
+        else:
+            if name in _ESCAPE:
+                col = pc.replace_substring(col, "\\", "\\\\")
+                col = pc.replace_substring(col, '"', '\\"')
+            out[name] = pc.binary_join_element_wise('"', col, '"', "")
+    return out
+
+
+def _lines(prefix: str, fields: list[tuple[str, pa.Array]], suffix: str) -> pa.Array:
+    """``prefix"Name":value,...suffix\\n`` per row, built column-wise in Arrow."""
+    parts: list[object] = []
+    for i, (name, text) in enumerate(fields):
+        parts.append(("" if i == 0 else ",") + json.dumps(name) + ":")
+        parts.append(text)
+    parts[0] = prefix + str(parts[0])
+    parts.append(suffix + "\n")
+    return pc.binary_join_element_wise(*parts, "")
+
+
+def _write_strings(fh: object, arr: pa.Array) -> None:
+    # The lines already end in "\n": write the Arrow data buffer as is, no per-row Python.
+    arr = arr.cast(pa.large_string()) if arr.type != pa.large_string() else arr
+    if len(arr) == 0:
+        return
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[
+        arr.offset : arr.offset + len(arr) + 1
+    ]
+    data = arr.buffers()[2]
+    fh.write(memoryview(data)[int(offsets[0]) : int(offsets[-1])])  # type: ignore[attr-defined]
+
+
+class _JsonlWriter:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = path.open("wb")
+
+    def write(self, table: pa.Table) -> None:
+        text = _text_columns(table)
+        _write_strings(self._fh, _lines("{", list(text.items()), "}"))
+
+    def close(self) -> list[Path]:
+        self._fh.close()
+        return [self.path]
+
+
+class _CsvWriter:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = path.open("wb")
+        self._fh.write((",".join(ARROW_SCHEMA.names) + "\n").encode())
+        schema = pa.schema(
+            [
+                (f.name, pa.string() if pa.types.is_timestamp(f.type) else f.type)
+                for f in ARROW_SCHEMA
+            ]
+        )
+        self._writer = pcsv.CSVWriter(
+            self._fh, schema, write_options=pcsv.WriteOptions(include_header=False)
+        )
+        self._schema = schema
+
+    def write(self, table: pa.Table) -> None:
+        cols = []
+        for f in ARROW_SCHEMA:
+            col = table.column(f.name).combine_chunks()
+            if pa.types.is_timestamp(f.type):
+                ms, null = _epoch_ms(col)
+                col = pc.if_else(null, pa.scalar(None, pa.string()), iso_ms(ms))
+            cols.append(col)
+        self._writer.write_table(pa.table(cols, schema=self._schema))
+
+    def close(self) -> list[Path]:
+        self._writer.close()
+        self._fh.close()
+        return [self.path]
+
+
+class _DiagnosticWriter:
+    def __init__(self, out_dir: Path, resource_id: str) -> None:
+        self.root = out_dir / DIAGNOSTIC_CONTAINER / f"resourceId={resource_id}"
+        self.resource_id = resource_id
+        self._files: set[Path] = set()
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        text = _text_columns(table)
+        props = [(k, v) for k, v in text.items() if k != "_ResourceId"]
+        head = '{"time":'
+        envelope = (
+            f',"resourceId":{json.dumps(self.resource_id)},'
+            '"operationName":"CallClientOperations","category":"CallClientOperations",'
+            '"properties":{'
+        )
+        lines = pc.binary_join_element_wise(
+            head, text["TimeGenerated"], envelope, _lines("", props, "}}"), ""
+        )
+        ms, _ = _epoch_ms(table.column("TimeGenerated"))
+        hours = ms // 3_600_000
+        order = np.argsort(hours, kind="stable")
+        lines = lines.take(pa.array(order))
+        hours = hours[order]
+        bounds = np.flatnonzero(np.diff(hours)) + 1
+        starts = np.concatenate([[0], bounds])
+        ends = np.concatenate([bounds, [hours.size]])
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            h = np.datetime64(int(hours[a]), "h").astype(object)
+            path = self.root / (
+                f"y={h.year:04d}/m={h.month:02d}/d={h.day:02d}/h={h.hour:02d}/m=00/PT1H.json"
+            )
+            if path not in self._files:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._files.add(path)
+            with path.open("ab") as fh:
+                _write_strings(fh, lines.slice(a, b - a))
+
+    def close(self) -> list[Path]:
+        return sorted(self._files)
