@@ -229,3 +229,38 @@ def test_open_backend_forms(
     assert sovereign.container_client.url.startswith(
         "https://acct.blob.core.chinacloudapi.cn/state"
     )
+
+
+def _script(store: Backend) -> list[object]:
+    """One sequence of store operations; outcomes only (version strings differ by design)."""
+    out: list[object] = []
+
+    def attempt(key: str, data: bytes, if_version: str | None) -> str | None:
+        try:
+            version = store.write(key, data, if_version=if_version)
+            out.append(("write", key, "ok"))
+            return version
+        except VersionConflict:
+            out.append(("write", key, "conflict"))
+            return None
+
+    out.append(("read", store.read("a/x")))
+    v1 = attempt("a/x", b"1", "")
+    attempt("a/x", b"again", "")
+    attempt("a/y", b"y", "stale-version")  # If-Match on a missing key
+    v2 = attempt("a/x", b"2", v1)
+    attempt("a/x", b"stale", v1)
+    attempt("b/z", b"z", None)
+    attempt(".hidden", b"h", None)
+    found = store.read("a/x")
+    out.append(("read", found[0] if found else None, found is not None and found[1] == v2))
+    out.append(("list", list(store.list()), list(store.list("a/")), list(store.list("c"))))
+    store.delete("a/x")
+    store.delete("never-existed")
+    out.append(("after delete", store.read("a/x"), list(store.list())))
+    attempt("a/x", b"3", v2)
+    return out
+
+
+def test_same_behaviour_as_local_backend(store: BlobBackend, tmp_path: Path) -> None:
+    assert _script(store) == _script(LocalBackend(tmp_path))
