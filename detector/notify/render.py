@@ -47,7 +47,20 @@ CALL_DIAGNOSTICS_HINT: Final = (
 )
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+\-]{0,99}$")
-_SAFE_VERSION = re.compile(r"[^A-Za-z0-9._+\-]")
+_SAFE_VERSION_FULL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+\-]{0,39}")
+_SAFE_OP = re.compile(r"[^A-Za-z0-9._\- ]")
+_SAFE_DRIVER = re.compile(r"[a-z0-9_]{1,40}")
+#: Keys of a top_result_codes entry that are rendered; anything else (ids, user agents) is not.
+CODE_KEYS: Final = (
+    "result_signature",
+    "ResultSignature",
+    "code",
+    "sub_code",
+    "SubCode",
+    "subcode",
+    "result_type",
+    "ResultType",
+)
 _SAFE_CODE = re.compile(r"[^A-Za-z0-9._:\-]")
 
 
@@ -152,11 +165,21 @@ def _metric_label(metric: str) -> str:
 
 
 def safe_version(sdk_version: str | None) -> str:
-    """An SDK version as shown: ``all versions`` for the fleet; never a raw user agent."""
+    """An SDK version as shown: ``all versions`` for the fleet; never a raw user agent.
+
+    Only the first whitespace-separated token is kept, and only when it looks like a version
+    string (letters, digits, ``. _ + -``, at most 40 characters).
+    """
     if sdk_version is None:
         return "all versions"
-    cleaned = _SAFE_VERSION.sub("", str(sdk_version))[:40]
-    return cleaned or "unknown"
+    first = str(sdk_version).strip().split(" ", 1)[0].split("(", 1)[0]
+    first = first.split("/", 1)[0] if "/" in first else first
+    return first if _SAFE_VERSION_FULL.fullmatch(first) else "unknown"
+
+
+def safe_operation(name: str) -> str:
+    """Operation names as shown (they come from the log: keep them to name characters)."""
+    return _SAFE_OP.sub("", str(name))[:60] or "unknown"
 
 
 def safe_call_ids(ids: Iterable[Any]) -> list[str]:
@@ -183,7 +206,7 @@ def fmt_codes(codes: Sequence[Mapping[str, Any]]) -> list[str]:
         parts = []
         rtype = None
         for k, v in c.items():
-            if k in ("count", "failures", "n", "calls", "share") or v is None or v == "":
+            if k not in CODE_KEYS or v is None or v == "":
                 continue
             text = _SAFE_CODE.sub("", str(v))[:40]
             if not text:
@@ -247,7 +270,11 @@ def kql_for(a: Anomaly, *, bin_size: str = "5m", context: timedelta = timedelta(
         f"| where OperationName =~ {_kql_str(a.operation_name)}",
     ]
     if a.sdk_version is not None:
-        lines.append(f"| where SdkVersion == {_kql_str(a.sdk_version)}")
+        shown = safe_version(a.sdk_version)
+        if shown == a.sdk_version:
+            lines.append(f"| where SdkVersion == {_kql_str(a.sdk_version)}")
+        elif shown != "unknown":  # not a clean version string: never echo the raw value
+            lines.append(f"| where SdkVersion startswith {_kql_str(shown)}")
     lines += [
         "| summarize arg_max(TimeGenerated, *) by OperationId, CallClientTimeStamp",
         "| extend failed = ResultType !in"
@@ -329,7 +356,7 @@ def _digest(decisions: Sequence[Decision], max_items: int) -> _Digest:
     omitted = len(firing) - len(shown_firing) + len(resolved) - len(shown_resolved)
     groups: dict[str, list[Decision]] = {}
     for d in shown_firing:  # insertion order = rank of each operation's worst alert
-        groups.setdefault(d.operation_name, []).append(d)
+        groups.setdefault(safe_operation(d.operation_name), []).append(d)
     return _Digest(health, list(groups.items()), shown_resolved, omitted)
 
 
@@ -375,7 +402,7 @@ class _Facts:
 
 def _facts(d: Decision, *, now: datetime, bin_size: str) -> _Facts:
     a = d.anomaly
-    op, metric = d.operation_name, d.metric
+    op, metric = safe_operation(d.operation_name), d.metric
     ver = safe_version(d.sdk_version)
     share = _num(a.traffic_share) if a else None
     who = f"SDK {ver}" if d.sdk_version is not None else ver
@@ -406,7 +433,9 @@ def _facts(d: Decision, *, now: datetime, bin_size: str) -> _Facts:
     if _num(a.p_value) is not None:
         extra_parts.append(f"p={a.p_value:.1e}")
     if a.drivers:
-        extra_parts.append("drivers: " + ", ".join(_SAFE_CODE.sub("", x) for x in a.drivers[:3]))
+        drivers = [str(x) for x in a.drivers if _SAFE_DRIVER.fullmatch(str(x))][:3]
+        if drivers:
+            extra_parts.append("drivers: " + ", ".join(drivers))
     if a.baseline_kind and a.baseline_kind != "borrowed":
         extra_parts.append(f"{a.baseline_kind} baseline")
     return _Facts(
@@ -430,7 +459,9 @@ def _resolved_line(d: Decision, now: datetime) -> str:
     who = f"SDK {ver}" if d.sdk_version is not None else ver
     now_v = fmt_value(metric, cur.observed) if cur and cur.observed is not None else "n/a"
     base = cur.baseline if cur and cur.baseline is not None else (a.baseline if a else None)
-    line = f"RESOLVED {d.operation_name} {_metric_label(metric)}, {who}: now {now_v}"
+    line = (
+        f"RESOLVED {safe_operation(d.operation_name)} {_metric_label(metric)}, {who}: now {now_v}"
+    )
     line += f" (baseline {fmt_value(metric, base)}"
     if cur and cur.calls is not None:
         line += f", {cur.calls:,} calls"

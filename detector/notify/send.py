@@ -81,12 +81,24 @@ def _asset() -> apprise.AppriseAsset:
     )
 
 
+class _DropAll(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
 def display_url(url: str) -> str:
     """apprise's privacy form of ``url`` without the query string; safe to log and store."""
+    # apprise logs the loaded URL in a privacy form that still shows header values
+    # (json://...?+X-Token=...): mute it while we do not know the secrets yet.
+    mute = _DropAll()
+    apprise_log = logging.getLogger("apprise")
+    apprise_log.addFilter(mute)
     try:
         obj = apprise.Apprise.instantiate(url, asset=_asset())
     except Exception:  # apprise raises for some malformed URLs; never echo them
         obj = None
+    finally:
+        apprise_log.removeFilter(mute)
     if not obj:
         scheme = url.split("://", 1)[0] if "://" in url else "?"
         return f"{scheme[:12]}://<invalid>"
