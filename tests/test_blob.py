@@ -7,6 +7,7 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -264,3 +265,50 @@ def _script(store: Backend) -> list[object]:
 
 def test_same_behaviour_as_local_backend(store: BlobBackend, tmp_path: Path) -> None:
     assert _script(store) == _script(LocalBackend(tmp_path))
+
+
+class _LoseFirstCommitAnswer:
+    """Client-level response hook: the first commit reaches the service, its answer is 'lost'
+    (a read error on the way back), so the SDK retries a write that already happened."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.fired = 0
+
+    def __call__(self, response: Any) -> None:
+        from azure.core.exceptions import ServiceResponseError
+
+        request = response.http_request
+        if self.armed and request.method == "PUT" and "comp=" not in request.url:
+            self.armed = False
+            self.fired += 1
+            raise ServiceResponseError("connection reset while reading the response")
+
+
+@pytest.mark.parametrize("create", [False, True])
+def test_retried_commit_is_not_a_conflict_with_itself(
+    azurite_blob: str, blob_container: str, create: bool
+) -> None:
+    hook = _LoseFirstCommitAnswer()
+    store = BlobBackend(
+        connection_string=azurite_blob,
+        container=blob_container,
+        raw_response_hook=hook,
+        retry_total=2,
+        retry_backoff_factor=0.01,
+        initial_backoff=0,
+        increment_base=0,
+    )
+    if create:
+        store.write("k", b"seed")  # only to create the container
+        store.delete("k")
+        version: str = ""
+    else:
+        version = store.write("k", b"old")
+    hook.armed = True
+    new = store.write("k", b"mine", if_version=version)
+    assert hook.fired == 1
+    assert store.read("k") == (b"mine", new)
+    # A genuine conflict with the same bytes, without a retry, is still a conflict.
+    with pytest.raises(VersionConflict):
+        store.write("k", b"mine", if_version=version or "")

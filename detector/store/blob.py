@@ -200,19 +200,39 @@ class BlobBackend:
             kwargs = {"match_condition": MatchConditions.IfMissing}
         elif if_version is not None:
             kwargs = {"match_condition": MatchConditions.IfNotModified, "etag": if_version}
+        committed_retry = False
+
+        def on_retry(request: Any = None, **_: Any) -> None:
+            # Only a retried *commit* (Put Blob, or Put Block List) can have succeeded already.
+            nonlocal committed_retry
+            url = str(getattr(request, "url", ""))
+            if "comp=" not in url or "comp=blocklist" in url:
+                committed_retry = True
+
         for attempt in (1, 2):
             try:
                 result = blob.upload_blob(
                     data,
                     overwrite=True,
                     content_settings=_OCTET,
+                    retry_hook=on_retry,
                     **kwargs,
                 )
                 return str(result["etag"])
-            except ResourceModifiedError as exc:  # 412 ConditionNotMet
-                raise VersionConflict(f"{key} changed since it was read") from exc
-            except ResourceExistsError as exc:  # 409 BlobAlreadyExists (If-None-Match: *)
-                raise VersionConflict(f"{key} was created by another writer") from exc
+            except (ResourceModifiedError, ResourceExistsError) as exc:
+                # 412 ConditionNotMet (If-Match) or 409 BlobAlreadyExists (If-None-Match: *).
+                # After a retried commit the "other writer" may be our own first attempt,
+                # whose answer was lost on the way back: if the blob now holds exactly our
+                # bytes, the write did happen. Without a retry, equal bytes from someone else
+                # are still a conflict (two increments of the same counter must not merge).
+                if committed_retry:
+                    current = self.read(key)
+                    if current is not None and current[0] == data:
+                        return current[1]
+                what = (
+                    "changed since it was read" if if_version else "was created by another writer"
+                )
+                raise VersionConflict(f"{key} {what}") from exc
             except ResourceNotFoundError as exc:
                 code = str(getattr(exc, "error_code", "") or "")
                 if code == "ContainerNotFound" and self.create_container and attempt == 1:
