@@ -10,7 +10,9 @@ blob under an optional prefix (``<prefix>/<key>``). The guarantees match :class:
 - **Compare-and-swap.** ``write(key, data, if_version=etag)`` sends ``If-Match: <etag>``;
   ``if_version=""`` sends ``If-None-Match: *`` (create only). A precondition failure (412, or
   409 ``BlobAlreadyExists``) raises :class:`VersionConflict`, so of two overlapping invocations
-  that read the same state, exactly one commits and the other re-reads: no lost update.
+  that read the same state, exactly one commits and the other re-reads: no lost update. A
+  commit the SDK retried because its first answer was lost is recognised (the blob already
+  holds exactly these bytes) and not reported as a conflict with itself.
 - **A lease-based job lock** (:meth:`BlobBackend.lease_lock`): a 60-second blob lease, renewed
   in the background, so two scheduled invocations do not run the job at the same time.
 
