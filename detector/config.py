@@ -119,7 +119,11 @@ class RouteConfig:
     name: str
     urls: tuple[str, ...]
     min_severity: str = "warning"
-    operations: tuple[str, ...] = ()  # empty = every operation
+    operations: tuple[str, ...] = ()  # empty = every operation (glob patterns)
+    metrics: tuple[str, ...] = ()  # empty = every metric
+    send_resolved: bool = True
+    health: bool = True  # also receives self-health notices
+    max_items: int | None = None  # digest size for this route (default: alerting.max_items)
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,10 @@ class Config:
                             "urls": list(r.urls),
                             "min_severity": r.min_severity,
                             "operations": list(r.operations),
+                            "metrics": list(r.metrics),
+                            "send_resolved": r.send_resolved,
+                            "health": r.health,
+                            "max_items": r.max_items,
                         }
                         for r in self.routes
                     ]
@@ -394,7 +402,16 @@ def _check_routes(notify: Any, problems: list[str]) -> tuple[RouteConfig, ...]:
             problems.append(f"{where}: must be a table")
             continue
         for key in r:
-            if key not in ("name", "urls", "min_severity", "operations"):
+            if key not in (
+                "name",
+                "urls",
+                "min_severity",
+                "operations",
+                "metrics",
+                "send_resolved",
+                "health",
+                "max_items",
+            ):
                 problems.append(f"{where}.{key}: unknown key")
         name = r.get("name")
         if not isinstance(name, str) or not name:
@@ -421,7 +438,28 @@ def _check_routes(notify: Any, problems: list[str]) -> tuple[RouteConfig, ...]:
         if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
             problems.append(f"{where}.operations: must be a list of operation names")
             ops = []
-        out.append(RouteConfig(name, tuple(urls), sev, tuple(ops)))
+        metrics = r.get("metrics", [])
+        if not isinstance(metrics, list) or not all(
+            m in ("duration", "failure_rate", "volume") for m in metrics
+        ):
+            problems.append(f"{where}.metrics: must be a list of duration, failure_rate, volume")
+            metrics = []
+        flags = {}
+        for flag in ("send_resolved", "health"):
+            if not isinstance(r.get(flag, True), bool):
+                problems.append(f"{where}.{flag}: must be true or false")
+            flags[flag] = bool(r.get(flag, True))
+        max_items = r.get("max_items")
+        if max_items is not None and (
+            isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1
+        ):
+            problems.append(f"{where}.max_items: must be a positive integer")
+            max_items = None
+        out.append(
+            RouteConfig(
+                name, tuple(urls), sev, tuple(ops), tuple(metrics), max_items=max_items, **flags
+            )
+        )
     return tuple(out)
 
 

@@ -1,0 +1,781 @@
+"""The job: wires source -> aggregate -> store -> detect -> lifecycle -> notify, and reports.
+
+Consumes a validated :class:`~detector.config.Config` and ``now`` (read by the CLI only);
+produces a JSON-able run report and, as side effects through the stages that own them, the
+bucket store, alert state, outbox, run reports and notifications.
+
+Two modes (design §1.8):
+
+* **scheduled** (``start``/``end`` not given): read what *arrived* since the stored watermark up
+  to ``now - delay``, merge it into the bucket history (atomically, with the new watermark),
+  then judge the buckets not judged yet (from the stored ``judged_until``, at most
+  ``detection.max_window`` back). A missed run is therefore caught up on the next one.
+* **manual** (``--start/--end``): rebuild the history for ``[start - baseline, end)`` from the
+  source (rows that arrived up to ``end + lateness``), judge ``[start, end)``, and leave the
+  bucket store alone (merging again would count rows twice). Alert state still prevents a
+  second notification for what was already sent (``suppressed_duplicate``).
+
+Crash safety: the bucket history and its watermark move together in one manifest write; the
+alert state is saved after delivery; ``judged_until`` last. A crash in between makes the next
+run judge the same buckets again, which the alert lifecycle turns into no new notification.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from detector.anomaly import Anomaly
+from detector.config import Config, format_duration
+from detector.errors import ConfigError, DetectorError, SourceError
+from detector.schema import BucketAggregates
+from detector.store.backend import Backend, LocalBackend
+
+__all__ = [
+    "backfill",
+    "console_summary",
+    "demo",
+    "evaluate_dir",
+    "open_backend",
+    "run_job",
+]
+
+log = logging.getLogger("detector.pipeline")
+
+PIPELINE_KEY = "pipeline.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Wiring helpers
+# --------------------------------------------------------------------------------------------
+
+
+def open_backend(cfg: Config) -> Backend:
+    """The store backend: Azure Blob Storage when ``state.url`` is set, else the state path."""
+    url = cfg.state.get("url")
+    if url:
+        from detector.store.blob import open_backend as open_blob
+
+        return open_blob(url)
+    return LocalBackend(cfg.state_path)
+
+
+def _floor(ts: datetime, width: timedelta) -> datetime:
+    secs = int(width.total_seconds())
+    epoch = int(ts.timestamp())
+    return datetime.fromtimestamp(epoch - epoch % secs, UTC)
+
+
+def _ceil(ts: datetime, width: timedelta) -> datetime:
+    floored = _floor(ts, width)
+    return floored if floored == ts else floored + width
+
+
+def detection_policy(cfg: Config) -> Any:
+    """The engine's DetectionPolicy from ``[detection]``; unknown keys are config errors."""
+    from detector.engine import DetectionPolicy
+
+    try:
+        return DetectionPolicy.from_mapping(dict(cfg.detection))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"detection: {exc}", path=str(cfg.path) if cfg.path else None) from None
+
+
+def routes(cfg: Config) -> list[Any]:
+    """``[[notify.route]]`` as the alerting stage's Route objects."""
+    from detector.notify import Route
+
+    return [
+        Route(
+            name=r.name,
+            urls=r.urls,
+            min_severity=r.min_severity,
+            operations=r.operations or None,
+            metrics=r.metrics or None,
+            send_resolved=r.send_resolved,
+            health=r.health,
+            max_items=r.max_items,
+        )
+        for r in cfg.routes
+    ]
+
+
+def _maintenance(cfg: Config) -> list[tuple[datetime, datetime, str | None]]:
+    return [(w.start, w.end, w.operation_name) for w in cfg.maintenance]
+
+
+class _Source:
+    """Adapter over the configured source: ``read(arrival_window, bucket)`` -> aggregates."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.kind = cfg.source["kind"]
+        self._la: Any = None
+
+    def read(
+        self,
+        arrival_window: tuple[datetime, datetime],
+        bucket: timedelta,
+        progress: Callable[[str], None] | None = None,
+    ) -> BucketAggregates:
+        if self.kind == "file":
+            from detector.source.files import read_aggregates
+
+            return read_aggregates(
+                self.cfg.source_path(), bucket=bucket, arrival_window=arrival_window
+            )
+        return self._log_analytics().read_aggregates(
+            arrival_window, bucket=bucket, progress=progress
+        )
+
+    def _log_analytics(self) -> Any:
+        if self._la is None:
+            from detector.source.log_analytics import LogAnalyticsSource
+
+            self._la = LogAnalyticsSource.from_config(self.cfg.source)
+        return self._la
+
+    def stats(self) -> dict[str, Any]:
+        if self._la is not None and hasattr(self._la, "stats"):
+            stats = self._la.stats
+            return stats.to_json() if hasattr(stats, "to_json") else dict(stats)
+        return {}
+
+    def drill_down(self, anomalies: list[Anomaly], window: tuple[datetime, datetime]) -> None:
+        """Fill top result codes and example CallIds (Log Analytics only; best effort)."""
+        if self.kind != "log_analytics" or not anomalies:
+            return
+        try:
+            found = self._log_analytics().drill_down(anomalies, window=window)
+        except DetectorError as exc:
+            log.warning("drill-down failed, alerts go out without it: %s", exc)
+            return
+        for a in anomalies:
+            extra = found.get(a.fingerprint) or {}
+            a.top_result_codes = list(extra.get("top_result_codes", a.top_result_codes))
+            a.example_call_ids = list(extra.get("example_call_ids", a.example_call_ids))
+
+
+@contextmanager
+def _lock(cfg: Config, backend: Backend, enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    from detector.lock import JobLock
+
+    with JobLock.for_backend(backend, cfg.state_path):
+        yield
+
+
+def _read_pipeline_state(backend: Backend) -> dict[str, Any]:
+    found = backend.read(PIPELINE_KEY)
+    if not found:
+        return {}
+    try:
+        data = json.loads(found[0])
+    except ValueError:
+        log.warning("%s is unreadable; starting from an empty pipeline state", PIPELINE_KEY)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return None if ts is None else ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _agg_summary(aggs: BucketAggregates) -> dict[str, Any]:
+    stats = aggs.stats
+    return {
+        "rows_read": int(aggs.rows_read),
+        "operations": int(stats["calls"].sum()) if len(stats) else 0,
+        "failures": int(stats["failures"].sum()) if len(stats) else 0,
+        "buckets": len(stats),
+        "partitions": int(stats.groupby(["operation_name", "sdk_version"]).ngroups)
+        if len(stats)
+        else 0,
+        "dropped": {k: int(v) for k, v in sorted(aggs.dropped.items()) if v},
+        "flagged": {k: int(v) for k, v in sorted(aggs.flagged.items()) if v},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+def run_job(
+    cfg: Config,
+    *,
+    now: datetime,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    dry_run: bool = False,
+    notify: bool = True,
+    output: Path | None = None,
+    report_path: Path | None = None,
+    html_path: Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run the job once; return the run report (also written under ``<state>/reports/``).
+
+    Raises the stage errors (SourceError, StateError, LockHeldError, ConfigError, InputError);
+    a delivery failure does not raise: the report says ``delivery_failed`` after everything
+    was saved (the CLI exits 1).
+    """
+    from detector.engine import detect
+    from detector.notify import run_alerts
+    from detector.store.alerts import RunRecord
+    from detector.store.buckets import BucketStore
+    from detector.store.engine_state import load_engine_state, save_engine_state
+
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    bucket: timedelta = cfg.detection["bucket"]
+    policy = detection_policy(cfg)
+    backend = open_backend(cfg)
+    source = _Source(cfg)
+    manual = start is not None and end is not None
+    report: dict[str, Any] = {
+        "run_id": uuid.uuid4().hex[:12],
+        "mode": "manual" if manual else "scheduled",
+        "dry_run": dry_run,
+        "notify": notify and not dry_run,
+        "now": _iso(now),
+        "config": str(cfg.path) if cfg.path else None,
+    }
+    say = _progress_printer(progress)
+
+    with _lock(cfg, backend, enabled=not dry_run):
+        store = BucketStore(backend)
+        pstate = _read_pipeline_state(backend)
+        t = time.perf_counter()
+        try:
+            fresh, history, judge, arrival = _read(
+                cfg, source, store, pstate, now=now, start=start, end=end, dry_run=dry_run, say=say
+            )
+        except SourceError as exc:
+            if not dry_run:
+                _record_source_error(cfg, backend, exc, now=now, notify=notify)
+            raise
+        timings["source"] = time.perf_counter() - t
+        report["window"] = {"start": _iso(judge[0]), "end": _iso(judge[1])}
+        report["arrival_window"] = {"start": _iso(arrival[0]), "end": _iso(arrival[1])}
+        report["source"] = {"kind": source.kind, **_agg_summary(fresh), **source.stats()}
+
+        anomalies: list[Anomaly] = []
+        series: dict[str, Any] = {}
+        if judge[0] < judge[1] and len(history.stats):
+            t = time.perf_counter()
+            say(f"judging {_iso(judge[0])} .. {_iso(judge[1])}")
+            engine_state, engine_version = load_engine_state(backend)
+            result = detect(
+                history,
+                window=judge,
+                policy=policy,
+                now=now,
+                maintenance=_maintenance(cfg),
+                model_store=None if dry_run else _model_store(cfg, backend),
+                state=engine_state,
+            )
+            timings["detect"] = time.perf_counter() - t
+            anomalies = list(result.anomalies)
+            report["detection"] = _jsonable(result.stats)
+            report["candidates"] = _jsonable(result.candidates)
+            if not dry_run:
+                save_engine_state(backend, result.state, if_version=engine_version)
+            source.drill_down(anomalies, judge)
+            series = chart_series(anomalies, history, end=judge[1])
+        else:
+            report["detection"] = {"skipped": "nothing new to judge"}
+            report["candidates"] = []
+        report["anomalies"] = [a.to_json() for a in anomalies]
+
+        t = time.perf_counter()
+        outcome = run_alerts(
+            anomalies,
+            evaluated_partitions(history, judge, policy),
+            backend=backend,
+            routes=routes(cfg),
+            alerting=cfg.alerting,
+            now=now if not manual else max(now, judge[1]),
+            window_end=judge[1],
+            run=RunRecord(
+                started_at=now,
+                window_start=judge[0],
+                window_end=judge[1],
+                rows=int(fresh.rows_read),
+                partitions=report["source"]["partitions"],
+                anomalies=len(anomalies),
+            ),
+            history_for_charts=series,
+            report_url_or_path=str(cfg.state_path / "reports" / "latest.html"),
+            bin_size=format_duration(bucket),
+            dry_run=dry_run,
+            no_notify=not notify or dry_run,
+        )
+        timings["alert"] = time.perf_counter() - t
+        report["alerts"] = _jsonable(outcome.to_json())
+        report["delivery_failed"] = not outcome.ok
+
+        if not dry_run:
+            pstate["last_run"] = {
+                "run_id": report["run_id"],
+                "at": _iso(now),
+                "mode": report["mode"],
+                "window": report["window"],
+                "anomalies": len(anomalies),
+            }
+            if not manual:
+                pstate["judged_until"] = _iso(judge[1])
+            backend.write(PIPELINE_KEY, json.dumps(pstate, indent=2).encode())
+
+    timings["total"] = time.perf_counter() - t0
+    report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+    _write_outputs(cfg, report, anomalies, output, report_path, html_path, series, dry_run)
+    return report
+
+
+def _read(
+    cfg: Config,
+    source: _Source,
+    store: Any,
+    pstate: dict[str, Any],
+    *,
+    now: datetime,
+    start: datetime | None,
+    end: datetime | None,
+    dry_run: bool,
+    say: Callable[[str], None],
+) -> tuple[
+    BucketAggregates, BucketAggregates, tuple[datetime, datetime], tuple[datetime, datetime]
+]:
+    """Read the source; return (fresh rows' aggregates, history to judge on, judge window,
+    arrival window). Scheduled runs merge the fresh aggregates into the store."""
+    from detector import aggregate
+
+    bucket: timedelta = cfg.detection["bucket"]
+    baseline: timedelta = cfg.detection["baseline"]
+    manual = start is not None and end is not None
+    if manual:
+        assert start is not None and end is not None
+        judge = (_floor(start, bucket), _ceil(end, bucket))
+        arrival = (judge[0] - baseline, judge[1] + cfg.detection["lateness"])
+        say(f"reading {_iso(arrival[0])} .. {_iso(arrival[1])} from the {source.kind} source")
+        fresh = source.read(arrival, bucket, progress=say)
+        history = fresh
+    else:
+        arrival_end = now - cfg.detection["delay"]
+        watermark = store.watermark
+        arrival_start = watermark or arrival_end - baseline - cfg.detection["lateness"]
+        arrival = (arrival_start, arrival_end)
+        if arrival_start < arrival_end:
+            say(f"reading arrivals {_iso(arrival_start)} .. {_iso(arrival_end)}")
+            fresh = source.read(arrival, bucket, progress=say)
+        else:
+            fresh = aggregate.merge()
+        judge_end = _floor(arrival_end, bucket)
+        judged_until = pstate.get("judged_until")
+        judge_start = (
+            datetime.fromisoformat(judged_until.replace("Z", "+00:00"))
+            if judged_until
+            else judge_end - cfg.detection["max_window"]
+        )
+        # Catch up missed runs, but never judge more than max_window in one go.
+        judge_start = max(judge_start, judge_end - cfg.detection["max_window"])
+        judge = (judge_start, judge_end)
+        if not dry_run and arrival_start < arrival_end:
+            store.merge(fresh, watermark=arrival_end)
+            history = store.load(judge[0] - baseline, judge[1])
+        else:
+            history = aggregate.merge(store.load(judge[0] - baseline, judge[1]), fresh)
+    return fresh, history, judge, arrival
+
+
+def _record_source_error(
+    cfg: Config, backend: Backend, exc: Exception, *, now: datetime, notify: bool
+) -> None:
+    """Record the failed run so self-health can tell "source failing N runs in a row"."""
+    from detector.notify import run_alerts
+    from detector.store.alerts import RunRecord
+
+    try:
+        run_alerts(
+            [],
+            {},
+            backend=backend,
+            routes=routes(cfg),
+            alerting=cfg.alerting,
+            now=now,
+            window_end=now,
+            run=RunRecord(started_at=now, status="source_error", error=str(exc)[:300]),
+            no_notify=not notify,
+        )
+    except DetectorError as inner:  # the source error is the one to report
+        log.warning("could not record the failed run: %s", inner)
+
+
+def _model_store(cfg: Config, backend: Backend) -> Any:
+    from detector.store.models import ModelStore
+
+    if cfg.state.get("url"):
+        return ModelStore(backend, prefix="models")
+    return ModelStore(LocalBackend(cfg.models_path), prefix="")
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def evaluated_partitions(
+    history: BucketAggregates, window: tuple[datetime, datetime], policy: Any
+) -> dict[str, dict[str, Any]]:
+    """Fingerprints judged in ``window`` with enough calls, with their current values.
+
+    The lifecycle resolves only what was evaluated and clean (missing data never resolves an
+    alert), and a resolved notice carries these current values.
+    """
+    from detector.aggregate import FLEET, fleet, merge, quantiles
+
+    stats = history.stats
+    if not len(stats):
+        return {}
+    lo, hi = pd.Timestamp(window[0]), pd.Timestamp(window[1])
+    both = merge(history, fleet(history))
+    st = both.stats[(both.stats["bucket_start"] >= lo) & (both.stats["bucket_start"] < hi)]
+    if not len(st):
+        return {}
+    key = ["operation_name", "sdk_version"]
+    sums = st.groupby(key, observed=True)[["calls", "failures"]].sum().reset_index()
+    h = both.hist[(both.hist["bucket_start"] >= lo) & (both.hist["bucket_start"] < hi)]
+    p95 = {}
+    if len(h):
+        q = quantiles(h, [0.95], by=key)
+        p95 = {(r[0], r[1]): r[2] for r in q[[*key, q.columns[-1]]].itertuples(index=False)}
+    out: dict[str, dict[str, Any]] = {}
+    min_calls = getattr(policy, "min_calls", 50)
+    for op, ver, calls, failures in sums.itertuples(index=False):
+        if calls < min_calls:
+            continue
+        version = "*" if ver == FLEET else ver
+        out[f"{op}|{version}|failure_rate"] = {
+            "observed": failures / calls,
+            "calls": int(calls),
+        }
+        if (op, ver) in p95:
+            out[f"{op}|{version}|duration"] = {
+                "observed": float(p95[(op, ver)]),
+                "calls": int(calls),
+            }
+        if ver == FLEET:
+            out[f"{op}|*|volume"] = {"observed": float(calls), "calls": int(calls)}
+    return out
+
+
+def chart_series(
+    anomalies: list[Anomaly], history: BucketAggregates, *, end: datetime
+) -> dict[str, pd.DataFrame]:
+    """Per alert, the last day of its metric per bucket with the baseline and its band.
+
+    Columns: bucket_start, observed, baseline, band_low, band_high (the band is the anomaly's
+    baseline band, drawn flat over the day).
+    """
+    from detector.aggregate import FLEET, fleet, merge, quantiles
+
+    if not anomalies or not len(history.stats):
+        return {}
+    lo, hi = pd.Timestamp(end) - pd.Timedelta(days=1), pd.Timestamp(end)
+    both = merge(history, fleet(history))
+    st = both.stats[(both.stats["bucket_start"] >= lo) & (both.stats["bucket_start"] < hi)]
+    hs = both.hist[(both.hist["bucket_start"] >= lo) & (both.hist["bucket_start"] < hi)]
+    out: dict[str, pd.DataFrame] = {}
+    for a in anomalies:
+        ver = a.sdk_version if a.sdk_version is not None else FLEET
+        part = st[(st["operation_name"] == a.operation_name) & (st["sdk_version"] == ver)]
+        if not len(part):
+            continue
+        part = part.sort_values("bucket_start")
+        if a.metric == "failure_rate":
+            observed = (part["failures"] / part["calls"].where(part["calls"] > 0)).to_numpy()
+            times = part["bucket_start"].to_numpy()
+        elif a.metric == "volume":
+            observed = part["calls"].to_numpy(dtype="float64")
+            times = part["bucket_start"].to_numpy()
+        else:
+            hp = hs[(hs["operation_name"] == a.operation_name) & (hs["sdk_version"] == ver)]
+            if not len(hp):
+                continue
+            q = quantiles(hp, [0.95], by=["bucket_start"]).sort_values("bucket_start")
+            observed = q[q.columns[-1]].to_numpy(dtype="float64")
+            times = q["bucket_start"].to_numpy()
+        n = len(observed)
+        out[a.fingerprint] = pd.DataFrame(
+            {
+                "bucket_start": times,
+                "observed": observed,
+                "baseline": [a.baseline] * n,
+                "band_low": [a.band_low if a.band_low is not None else a.baseline] * n,
+                "band_high": [a.band_high if a.band_high is not None else a.baseline] * n,
+            }
+        )
+    return out
+
+
+def _write_outputs(
+    cfg: Config,
+    report: dict[str, Any],
+    anomalies: list[Anomaly],
+    output: Path | None,
+    report_path: Path | None,
+    html_path: Path | None,
+    series: dict[str, Any],
+    dry_run: bool,
+) -> None:
+    lines = "".join(json.dumps(a.to_json()) + "\n" for a in anomalies)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(lines)
+    if report_path is not None:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(report, indent=2))
+    if not dry_run:
+        stamp = report["now"].replace(":", "").replace("-", "")
+        reports = LocalBackend(cfg.state_path)
+        body = json.dumps(report, indent=2).encode()
+        reports.write(f"reports/run-{stamp}-{report['run_id']}.json", body)
+        reports.write("reports/latest.json", body)
+        reports.write("reports/latest-anomalies.jsonl", lines.encode())
+    if html_path is not None:
+        from detector.report_html import write_html_report
+
+        write_html_report(html_path, anomalies=anomalies, run_report=report, series=series)
+
+
+def _progress_printer(enabled: bool) -> Callable[[str], None]:
+    def say(msg: str) -> None:
+        log.info(msg)
+        if enabled:
+            import sys
+
+            print(f"  {msg}", file=sys.stderr, flush=True)
+
+    return say
+
+
+# --------------------------------------------------------------------------------------------
+# Other commands
+# --------------------------------------------------------------------------------------------
+
+
+def backfill(cfg: Config, *, start: datetime, end: datetime, now: datetime) -> dict[str, Any]:
+    """Read arrivals in ``[start, end)`` into the bucket store (warms the baselines)."""
+    from detector.store.buckets import BucketStore
+
+    backend = open_backend(cfg)
+    with _lock(cfg, backend, enabled=True):
+        store = BucketStore(backend)
+        wm = store.watermark
+        if wm is not None and start < wm:
+            raise ConfigError(
+                f"--start {_iso(start)} is before the store's watermark {_iso(wm)}: "
+                "those rows are already counted; backfill only extends history forward"
+            )
+        aggs = _Source(cfg).read((start, end), cfg.detection["bucket"])
+        store.merge(aggs, watermark=end)
+    return {"arrival_window": [_iso(start), _iso(end)], **_agg_summary(aggs)}
+
+
+def evaluate_dir(cfg: Config | None, data_dir: Path) -> Any:
+    """Run ``detector.evaluate`` over a simulated data set with the configured policy."""
+    from detector.engine import DetectionPolicy
+    from detector.evaluate import evaluate
+
+    if not data_dir.exists():
+        raise ConfigError(f"--data: {data_dir} does not exist")
+    policy = detection_policy(cfg) if cfg is not None else DetectionPolicy()
+    return evaluate(data_dir, policy=policy)
+
+
+def demo(
+    cfg: Config, *, out: Path, days: int, seed: int, scenario: str, notify: bool
+) -> dict[str, Any]:
+    """Simulate ``days`` of logs into ``out``, run the job over them, return the run report."""
+    from detector.simulate import load_incidents, simulate
+
+    sim = simulate(out, days=days, seed=seed, scenario=scenario, fmt="parquet")
+    start = getattr(sim, "start", None)
+    end = getattr(sim, "end", None)
+    if start is None or end is None:
+        raise DetectorError("simulator did not report its time range")
+    # The first two days are the warm-up history; judge the rest, as a manual rerun would.
+    judge_start = start + timedelta(days=min(2, days - 1))
+    demo_cfg = _with_source_path(cfg, out)
+    html = demo_cfg.state_path / "reports" / "latest.html"
+    report = run_job(
+        demo_cfg,
+        now=end,
+        start=judge_start,
+        end=end,
+        notify=notify,
+        html_path=html,
+        output=demo_cfg.state_path / "reports" / "demo-anomalies.jsonl",
+    )
+    report["demo"] = {
+        "data": str(out),
+        "scenario": scenario,
+        "seed": seed,
+        "incidents": [_incident_json(i) for i in load_incidents(out)],
+        "html_report": str(html),
+    }
+    return report
+
+
+def _incident_json(inc: Any) -> dict[str, Any]:
+    if hasattr(inc, "to_json"):
+        return inc.to_json()
+    return dict(inc) if isinstance(inc, dict) else vars(inc)
+
+
+def _with_source_path(cfg: Config, path: Path) -> Config:
+    from dataclasses import replace
+
+    return replace(cfg, source={**cfg.source, "kind": "file", "path": str(path.resolve())})
+
+
+def console_summary(report: dict[str, Any], verbose: bool = False) -> str:
+    """A short human summary of a run report for the terminal."""
+    src = report.get("source", {})
+    lines = [
+        f"acs-detector {report['mode']} run {report['run_id']}"
+        f"{' (dry run)' if report.get('dry_run') else ''}: "
+        f"window {report['window']['start']} .. {report['window']['end']}",
+        f"  read {src.get('rows_read', 0):,} rows -> {src.get('operations', 0):,} operations in "
+        f"{src.get('buckets', 0):,} buckets over {src.get('partitions', 0)} partitions",
+    ]
+    if src.get("dropped"):
+        lines.append("  dropped: " + ", ".join(f"{k} {v:,}" for k, v in src["dropped"].items()))
+    if src.get("flagged"):
+        lines.append(
+            "  flagged (kept): " + ", ".join(f"{k} {v:,}" for k, v in src["flagged"].items())
+        )
+    anomalies = report.get("anomalies", [])
+    lines.append(f"  anomalies: {len(anomalies)}")
+    for a in anomalies:
+        ver = a["sdk_version"] or "all versions"
+        lines.append(
+            f"    [{a['severity']}] {a['operation_name']} / {ver} / {a['metric']}: "
+            f"{_fmt(a['metric'], a['observed'])} vs baseline {_fmt(a['metric'], a['baseline'])}"
+            f" on {a['calls']:,} calls, {a['window_start']} .. {a['window_end']}"
+            f"{' (provisional baseline)' if a.get('provisional') else ''}"
+        )
+    if verbose and report.get("demo"):
+        lines.append(f"  labelled incidents in {report['demo']['data']}/incidents.json:")
+        for inc in report["demo"]["incidents"]:
+            lines.append(
+                f"    {inc['operation_name']} / {inc['sdk_version'] or 'all versions'} / "
+                f"{inc['metric']}: {inc['start']} .. {inc['end']}"
+            )
+        lines.append(f"  HTML report: {report['demo']['html_report']}")
+    delivery = report.get("delivery", {})
+    if delivery:
+        lines.append("  delivery: " + json.dumps(delivery, default=str)[:300])
+    t = report.get("timings_s", {})
+    if t:
+        lines.append("  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()))
+    return "\n".join(lines)
+
+
+def _fmt(metric: str, value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if metric == "failure_rate":
+        return f"{100 * float(value):.1f}%"
+    if metric == "duration":
+        return f"{float(value):,.0f} ms"
+    return f"{float(value):,.0f}/bucket"
+
+
+# --------------------------------------------------------------------------------------------
+# status, silences, acks, HTML report (thin wrappers over the alerting store)
+# --------------------------------------------------------------------------------------------
+
+
+def status_text(cfg: Config, *, now: datetime) -> str:
+    """``acs-detector status``: open alerts, silences, outbox, last run, watermarks."""
+    from detector.notify.commands import status_text as alert_status
+    from detector.store.buckets import BucketStore
+
+    backend = open_backend(cfg)
+    pstate = _read_pipeline_state(backend)
+    text = alert_status(backend, now, watermark=BucketStore(backend).watermark)
+    judged = pstate.get("judged_until")
+    return text + f"\njudged until: {judged or 'never'}"
+
+
+def add_silence(
+    cfg: Config,
+    *,
+    operation: str | None,
+    sdk_version: str | None,
+    metric: str | None,
+    duration: timedelta,
+    comment: str,
+    now: datetime,
+) -> str:
+    """``acs-detector silence add``; returns a one-line description with the silence id."""
+    from detector.notify.commands import add_silence as add
+    from detector.notify.commands import silences_text
+
+    matcher = {
+        k: v
+        for k, v in (("operation", operation), ("sdk_version", sdk_version), ("metric", metric))
+        if v
+    }
+    if not matcher:
+        raise ConfigError("silence add: give at least one of --operation, --sdk-version, --metric")
+    silence = add(open_backend(cfg), matcher, now + duration, comment, now)
+    return silences_text([silence], now)
+
+
+def list_silences(cfg: Config, *, now: datetime) -> str:
+    from detector.notify.commands import list_silences as listing
+    from detector.notify.commands import silences_text
+
+    return silences_text(listing(open_backend(cfg), now), now)
+
+
+def expire_silence(cfg: Config, silence_id: str, *, now: datetime) -> str:
+    from detector.notify.commands import expire_silence as expire
+    from detector.notify.commands import silences_text
+
+    return silences_text([expire(open_backend(cfg), silence_id, now)], now)
+
+
+def acknowledge(cfg: Config, fingerprint: str, *, comment: str, now: datetime) -> str:
+    from detector.notify.commands import ack
+
+    result = ack(open_backend(cfg), fingerprint, now, comment=comment)
+    return f"acknowledged {getattr(result, 'fingerprint', fingerprint)}: muted until it resolves"
+
+
+def write_report_html(cfg: Config, *, run_report: Path | None, html: Path) -> Path:
+    """``acs-detector report``: the HTML page of a run (default: the latest)."""
+    from detector.report_html import write_html_report
+
+    path = run_report or cfg.state_path / "reports" / "latest.json"
+    try:
+        report = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no run report at {path}: run the job first") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not a run report: {exc}") from None
+    anomalies = [Anomaly.from_json(a) for a in report.get("anomalies", [])]
+    return Path(write_html_report(html, anomalies=anomalies, run_report=report, series=None))
