@@ -326,10 +326,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Checker]]] = {
         "audience": (None, _opt_string),
         "connection_verify": (True, _bool_or_path),
         "credential": ("default", _credential),
-        "arrival": ("TimeGenerated", _one_of("TimeGenerated", "ingestion_time")),
-        "overlap": ("15m", _duration),
-        "server_timeout": (180, _int_range(1, 600)),
-        "max_rows_per_chunk": (400_000, _int_range(1000, 500_000)),
+        # Further Log Analytics keys (arrival, overlap, server_timeout, chunk sizes, retry
+        # budget, ...) pass through and are validated by LogAnalyticsSettings at load.
     },
     "detection": {
         "bucket": ("5m", _bucket),
@@ -490,6 +488,35 @@ def _check_maintenance(windows: Any, problems: list[str]) -> tuple[MaintenanceWi
     return tuple(out)
 
 
+def _check_source_extras(source: dict[str, Any], problems: list[str]) -> None:
+    """Validate Log Analytics keys with the source's own settings class (offline)."""
+    from dataclasses import fields
+
+    from detector.source.log_analytics import LogAnalyticsSettings
+
+    la_keys = {f.name: f for f in fields(LogAnalyticsSettings)}
+    for key in list(source):
+        if key in SCHEMA["source"]:
+            continue
+        if key not in la_keys:
+            problems.append(f"source.{key}: unknown key")
+            source.pop(key)
+        elif la_keys[key].type == "timedelta" and isinstance(source[key], str):
+            try:
+                source[key] = parse_duration(source[key])
+            except ValueError as exc:
+                problems.append(f"source.{key}: {exc}")
+    if source.get("kind") == "log_analytics" and not any(
+        p.startswith("source") and "workspace_id, resource_id" in p for p in problems
+    ):
+        try:
+            LogAnalyticsSettings.from_config(source)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"source: {exc}")
+
+
 def config_from_dict(
     data: dict[str, Any], *, path: Path | None = None, env: Mapping[str, str] | None = None
 ) -> Config:
@@ -499,7 +526,7 @@ def config_from_dict(
     for key in data:
         if key not in ("source", "detection", "state", "alerting", "notify", "maintenance"):
             problems.append(f"{key}: unknown section")
-    source = _check_section("source", data.get("source"), problems)
+    source = _check_section("source", data.get("source"), problems, passthrough=True)
     detection = _check_section("detection", data.get("detection"), problems, passthrough=True)
     state = _check_section("state", data.get("state"), problems)
     alerting = _check_section("alerting", data.get("alerting"), problems, passthrough=True)
@@ -509,6 +536,7 @@ def config_from_dict(
         source.get("resource_id")
     ):
         problems.append("source: log_analytics needs exactly one of workspace_id, resource_id")
+    _check_source_extras(source, problems)
     if (
         isinstance(detection.get("bucket"), timedelta)
         and isinstance(detection.get("baseline"), timedelta)

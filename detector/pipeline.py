@@ -36,7 +36,7 @@ import pandas as pd
 
 from detector.anomaly import Anomaly
 from detector.config import Config, format_duration
-from detector.errors import ConfigError, DetectorError, SourceError
+from detector.errors import ConfigError, DetectorError, PartialResultError, SourceError
 from detector.schema import BucketAggregates
 from detector.store.backend import Backend, LocalBackend
 
@@ -133,21 +133,28 @@ class _Source:
             return read_aggregates(
                 self.cfg.source_path(), bucket=bucket, arrival_window=arrival_window
             )
+
+        def chunk_progress(p: Any) -> None:
+            if progress is not None:
+                progress(
+                    f"chunk {p.done}/{p.total} {_iso(p.start)} .. {_iso(p.end)}: "
+                    f"{p.rows:,} result rows, {p.rows_read:,} log rows so far"
+                )
+
         return self._log_analytics().read_aggregates(
-            arrival_window, bucket=bucket, progress=progress
+            arrival_window, bucket=bucket, progress=chunk_progress
         )
 
     def _log_analytics(self) -> Any:
         if self._la is None:
-            from detector.source.log_analytics import LogAnalyticsSource
+            from detector.source.log_analytics import LogAnalyticsSettings, LogAnalyticsSource
 
-            self._la = LogAnalyticsSource.from_config(self.cfg.source)
+            self._la = LogAnalyticsSource(LogAnalyticsSettings.from_config(self.cfg.source))
         return self._la
 
     def stats(self) -> dict[str, Any]:
         if self._la is not None and hasattr(self._la, "stats"):
-            stats = self._la.stats
-            return stats.to_json() if hasattr(stats, "to_json") else dict(stats)
+            return {"queries": self._la.stats.as_dict()}
         return {}
 
     def drill_down(self, anomalies: list[Anomaly], window: tuple[datetime, datetime]) -> None:
@@ -155,7 +162,7 @@ class _Source:
         if self.kind != "log_analytics" or not anomalies:
             return
         try:
-            found = self._log_analytics().drill_down(anomalies, window=window)
+            found = self._log_analytics().drill_down(anomalies)
         except DetectorError as exc:
             log.warning("drill-down failed, alerts go out without it: %s", exc)
             return
@@ -379,7 +386,15 @@ def _read(
         arrival = (arrival_start, arrival_end)
         if arrival_start < arrival_end:
             say(f"reading arrivals {_iso(arrival_start)} .. {_iso(arrival_end)}")
-            fresh = source.read(arrival, bucket, progress=say)
+            try:
+                fresh = source.read(arrival, bucket, progress=say)
+            except PartialResultError as exc:
+                # Keep what was read completely: the watermark advances only over it, and
+                # the next run resumes at the first window that was not read whole.
+                done = getattr(exc, "completed_until", None)
+                if not dry_run and done is not None and done > arrival_start:
+                    store.merge(exc.aggregates, watermark=done)
+                raise
         else:
             fresh = aggregate.merge()
         judge_end = _floor(arrival_end, bucket)
@@ -608,16 +623,25 @@ def demo(
     cfg: Config, *, out: Path, days: int, seed: int, scenario: str, notify: bool
 ) -> dict[str, Any]:
     """Simulate ``days`` of logs into ``out``, run the job over them, return the run report."""
-    from detector.simulate import load_incidents, simulate
+    from detector.simulate import simulate
 
+    if days < 2:
+        raise ConfigError("--days: the demo needs at least 2 days (one is warm-up history)")
     sim = simulate(out, days=days, seed=seed, scenario=scenario, fmt="parquet")
-    start = getattr(sim, "start", None)
-    end = getattr(sim, "end", None)
-    if start is None or end is None:
-        raise DetectorError("simulator did not report its time range")
-    # The first two days are the warm-up history; judge the rest, as a manual rerun would.
-    judge_start = start + timedelta(days=min(2, days - 1))
-    demo_cfg = _with_source_path(cfg, out)
+    # The warm-up days are baseline history; judge the rest, as a manual rerun would.
+    judge_start = sim.warmup_end
+    end = sim.end
+    demo_cfg = _with_source_path(cfg, sim.data_path)
+    if sim.maintenance:
+        from dataclasses import replace
+
+        from detector.config import MaintenanceWindow
+
+        windows = tuple(
+            MaintenanceWindow(m.start, m.end, m.operation_name, getattr(m, "note", ""))
+            for m in sim.maintenance
+        )
+        demo_cfg = replace(demo_cfg, maintenance=demo_cfg.maintenance + windows)
     html = demo_cfg.state_path / "reports" / "latest.html"
     report = run_job(
         demo_cfg,
@@ -632,15 +656,16 @@ def demo(
         "data": str(out),
         "scenario": scenario,
         "seed": seed,
-        "incidents": [_incident_json(i) for i in load_incidents(out)],
+        "incidents": [_incident_json(i) for i in sim.incidents],
         "html_report": str(html),
     }
     return report
 
 
 def _incident_json(inc: Any) -> dict[str, Any]:
-    if hasattr(inc, "to_json"):
-        return inc.to_json()
+    for method in ("to_dict", "to_json"):
+        if hasattr(inc, method):
+            return dict(getattr(inc, method)())
     return dict(inc) if isinstance(inc, dict) else vars(inc)
 
 
