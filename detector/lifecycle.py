@@ -96,7 +96,8 @@ def _finite(value: Any) -> float | None:
 def parse_fingerprint(fingerprint: str) -> tuple[str, str | None, str]:
     """Split ``operation|sdk_version-or-*|metric`` (see :attr:`Anomaly.fingerprint`)."""
     parts = fingerprint.split("|")
-    if len(parts) != 3 or not all(parts):
+    # sdk_version may be "" (rows without SdkVersion form their own partition); "*" = fleet.
+    if len(parts) != 3 or not parts[0] or not parts[2]:
         raise ValueError(f"not a fingerprint (operation|sdk_version|metric): {fingerprint!r}")
     op, sdk, metric = parts
     return op, (None if sdk == "*" else sdk), metric
@@ -496,10 +497,23 @@ def _evaluated_map(evaluated: Iterable[Any] | Mapping[str, Any] | None) -> dict[
             out[item] = None
         elif hasattr(item, "fingerprint"):
             out[item.fingerprint] = None
+        elif isinstance(item, Mapping):  # an engine candidate record (JSON dict)
+            fp = f"{item['operation_name']}|{_sdk_key(item.get('sdk_version'))}|{item['metric']}"
+            calls = _finite(item.get("calls"))
+            out[fp] = {
+                "observed": item.get("observed"),
+                "baseline": item.get("expected", item.get("baseline")),
+                "calls": int(calls) if calls is not None else None,
+            }
         else:  # (operation, sdk_version, metric)
             op, sdk, metric = item
-            out[f"{op}|{sdk or '*'}|{metric}"] = None
+            out[f"{op}|{_sdk_key(sdk)}|{metric}"] = None
     return out
+
+
+def _sdk_key(sdk: Any) -> str:
+    # Same rule as Anomaly.fingerprint: None and "" both mean the fleet key "*".
+    return str(sdk) if sdk else "*"
 
 
 def _pick(anomalies: Iterable[Anomaly]) -> dict[str, Anomaly]:
@@ -632,6 +646,8 @@ def step(
             if old is not None and old.status == "firing":
                 decisions.append(_decision(old, Reason.NO_DATA, False, window_end))
             continue
+        if old is None and anomaly is None:
+            continue  # clean and never seen: nothing to remember (the state stays small)
         try:
             parse_fingerprint(fp)
         except ValueError:

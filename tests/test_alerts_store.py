@@ -285,3 +285,111 @@ def test_run_alerts_failed_delivery_saves_then_raises(tmp_path):
     store = AlertStore(b)
     assert store.load_state().records[FP].status == "firing"  # state saved before raising
     assert len(store.outbox()) == 1 and store.runs()[-1].status == "delivery_failed"
+
+
+def _aggregates(start, hours=2, slow_from=None):
+    """Bucket aggregates for Join on two versions; durations ~900 ms, slower from slow_from."""
+    import numpy as np
+    import pandas as pd
+
+    from detector.schema import BucketAggregates, duration_bin
+
+    rows, hist = [], []
+    for b in pd.date_range(start, start + pd.Timedelta(hours=hours), freq="5min", inclusive="left"):
+        for ver, calls in (("1.30.1.1_stable", 40), ("1.29.0.0_stable", 60)):
+            dur = (
+                2400.0
+                if slow_from is not None and b >= slow_from and ver.startswith("1.30")
+                else 900.0
+            )
+            rows.append(
+                {
+                    "operation_name": "Join",
+                    "sdk_version": ver,
+                    "bucket_start": b,
+                    "calls": calls,
+                    "failures": 2,
+                    "expected_errors": 0,
+                    "dur_n": calls,
+                    "log_dur_sum": calls * np.log(dur),
+                    "log_dur_sumsq": calls * np.log(dur) ** 2,
+                }
+            )
+            hist.append(
+                {
+                    "operation_name": "Join",
+                    "sdk_version": ver,
+                    "bucket_start": b,
+                    "bin": int(duration_bin(dur)),
+                    "count": calls,
+                }
+            )
+    return BucketAggregates(stats=pd.DataFrame(rows), hist=pd.DataFrame(hist))
+
+
+def test_run_alerting_adapter_resolves_from_history(tmp_path, httpserver):
+    import pandas as pd
+
+    from detector.notify import run_alerting
+    from detector.notify.chart import chart_png
+    from detector.notify.evaluated import chart_history, evaluated_from_history
+
+    httpserver.expect_request("/hook").respond_with_json({})
+    b = LocalBackend(tmp_path)
+    routes = [
+        {
+            "name": "hooks",
+            "urls": [f"json://127.0.0.1:{httpserver.port}/hook"],
+            "min_severity": "info",
+        }
+    ]
+    alerting = {"resolve_after": timedelta(0), "recovery_evaluations": 1}
+    start = pd.Timestamp(T0)
+    hist = _aggregates(start, hours=2, slow_from=start + pd.Timedelta(minutes=100))
+    w1 = (T0 + timedelta(minutes=100), T0 + timedelta(minutes=110))
+    a = make_anomaly(end=w1[1], severity="critical")
+    ev = evaluated_from_history(hist, w1)
+    assert ev[FP]["observed"] == pytest.approx(2400, rel=0.03)
+    assert ev["Join|*|failure_rate"]["observed"] == pytest.approx(0.04)  # 4 of 100 per bucket
+    assert ev["Join|*|volume"]["observed"] == 100  # calls per bucket, both versions
+    frames = chart_history(hist, [a], now=w1[1])
+    assert frames[FP]["observed"].max() == pytest.approx(2400, rel=0.03)
+    assert chart_png(frames[FP], a, now=w1[1])[:4] == b"\x89PNG"
+    report = {
+        "now": "2026-11-25T09:50:00Z",
+        "window": {"start": "2026-11-25T09:40:00Z", "end": "2026-11-25T09:50:00Z"},
+        "source": {"rows_read": 2000},
+        "detection": {"partitions": 3},
+    }
+    out = run_alerting(
+        [a],
+        evaluated=[],
+        routes=routes,
+        alerting=alerting,
+        backend=b,
+        history=hist,
+        now=w1[1],
+        report=report,
+        bucket=timedelta(minutes=5),
+    )
+    assert out["ok"] and out["counts"]["new"] == 1 and not out["failed"]
+    # next window: the 1.30 version is back to normal in the history -> resolved with its value
+    hist2 = _aggregates(start, hours=3, slow_from=None)
+    w2 = (w1[1], w1[1] + timedelta(minutes=10))
+    report2 = {**report, "window": {"start": "2026-11-25T09:50:00Z", "end": "2026-11-25T10:00:00Z"}}
+    out2 = run_alerting(
+        [],
+        evaluated=[],
+        routes=routes,
+        alerting=alerting,
+        backend=b,
+        history=hist2,
+        now=w2[1],
+        report=report2,
+    )
+    (d,) = [x for x in out2["decisions"] if x["fingerprint"] == FP]
+    assert d["reason"] == "resolved" and d["current"]["observed"] == pytest.approx(900, rel=0.03)
+    msg = json.loads(httpserver.log[-1][0].get_data())["message"]
+    assert "RESOLVED Join slower" in msg and "now 9" in msg and "peak was 2,400 ms" in msg
+    runs = AlertStore(b).runs()
+    assert runs[0].rows == 2000 and runs[0].partitions == 3

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from detector.notify.deliver import Delivery, DeliveryReport, Route, deliver, validate_routes
 from detector.notify.health import HealthPolicy, check_health
-from detector.notify.stage import AlertOutcome, run_alerts
+from detector.notify.stage import AlertOutcome, record_failed_run, run_alerting, run_alerts
 
 __all__ = [
     "AlertOutcome",
@@ -23,6 +23,8 @@ __all__ = [
     "Route",
     "check_health",
     "deliver",
+    "record_failed_run",
+    "run_alerting",
     "run_alerts",
     "validate_routes",
 ]

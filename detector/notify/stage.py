@@ -177,3 +177,168 @@ def run_alerts(
                 )
             )
     return AlertOutcome(decisions, report)
+
+
+# --------------------------------------------------------------------------------------------
+# Adapters for the pipeline: config objects and the run report in, JSON-able summary out
+# --------------------------------------------------------------------------------------------
+
+
+def _bin_text(bucket: Any) -> str:
+    if isinstance(bucket, timedelta):
+        s = int(bucket.total_seconds())
+        for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+            if s % n == 0 and s >= n:
+                return f"{s // n}{unit}"
+        return f"{s}s"
+    return str(bucket) if bucket else "5m"
+
+
+def _report_dt(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _run_record(report: Mapping[str, Any], now: datetime, n_anomalies: int) -> RunRecord:
+    src = report.get("source") or {}
+    det = report.get("detection") or {}
+    win = report.get("window") or {}
+    drift = src.get("schema_drift") or []
+    return RunRecord(
+        started_at=_report_dt(report.get("now")) or now,
+        window_start=_report_dt(win.get("start")),
+        window_end=_report_dt(win.get("end")),
+        rows=src.get("rows_read", src.get("rows")),
+        partitions=det.get("partitions"),
+        anomalies=n_anomalies,
+        schema_drift=[str(x) for x in drift] if isinstance(drift, list) else [str(drift)],
+    )
+
+
+def run_alerting(
+    anomalies: Iterable[Anomaly],
+    *,
+    evaluated: Iterable[Any] | Mapping[str, Any] | None = None,
+    routes: Sequence[Any],
+    alerting: Mapping[str, Any],
+    backend: Backend,
+    history: Any = None,
+    now: datetime,
+    dry_run: bool = False,
+    send: bool = True,
+    report: Mapping[str, Any] | None = None,
+    window: tuple[datetime, datetime] | None = None,
+    report_url_or_path: str | None = None,
+    bucket: Any = "5m",
+) -> dict[str, Any]:
+    """The alerting stage for the pipeline; returns a JSON-able summary for the run report.
+
+    Parameters
+    ----------
+    anomalies : the engine's gated anomalies for the judged window.
+    evaluated : the engine's candidate records (and/or fingerprints); merged with every
+        partition that has calls in the window in ``history`` (those are "evaluated and clean"
+        unless they are anomalies), so firing alerts can resolve.
+    routes : :class:`Route` objects or config records with ``name``/``urls``/``min_severity``/
+        ``operations`` (``detector.config.RouteConfig``).
+    alerting : the ``[alerting]`` table.
+    history : the :class:`~detector.schema.BucketAggregates` the engine judged (current values
+        for resolved notices, chart series). None: only ``evaluated`` counts as evaluated.
+    send : False = ``--no-notify`` (state updated, nothing sent).
+    report : the run report so far (``window``, ``now``, ``source``, ``detection``): gives the
+        judged window and this run's record for ``status`` and health.
+    window : the judged window, if ``report`` does not carry it.
+    bucket : the bucket width (timedelta or "5m") for the reproduce-KQL.
+
+    Returns
+    -------
+    dict with ``ok``, ``sent``, ``failed`` (empty when everything was delivered), ``expired``,
+    ``outboxed``, ``outbox_size``, ``messages`` (dry run), ``decisions`` and ``counts``.
+    Everything is saved before it returns; the caller exits 1 when ``failed`` is non-empty.
+    """
+    from detector.lifecycle import _evaluated_map
+    from detector.notify.evaluated import chart_history, evaluated_from_history
+
+    anomalies = list(anomalies)
+    report = report or {}
+    if window is None:
+        win = report.get("window") or {}
+        ws, we = _report_dt(win.get("start")), _report_dt(win.get("end"))
+        if ws is not None and we is not None:
+            window = (ws, we)
+        elif anomalies:
+            window = (min(a.window_start for a in anomalies), max(a.window_end for a in anomalies))
+        else:
+            window = (now, now)
+    cands = list(evaluated) if evaluated is not None and not isinstance(evaluated, Mapping) else []
+    ev: dict[str, Any] = _evaluated_map(evaluated)
+    charts = None
+    if history is not None:
+        width = bucket if isinstance(bucket, timedelta) else timedelta(minutes=5)
+        ev.update(
+            evaluated_from_history(
+                history,
+                window,
+                candidates=[c for c in cands if isinstance(c, Mapping)],
+                bucket=width,
+            )
+        )
+        try:
+            charts = chart_history(history, anomalies, now=window[1])
+        except Exception:  # a chart must never cost the alert
+            charts = None
+    outcome = run_alerts(
+        anomalies,
+        ev,
+        backend=backend,
+        routes=[r if isinstance(r, Route) else Route.from_config(r) for r in routes],
+        alerting=alerting,
+        now=now,
+        window_end=window[1],
+        run=_run_record(report, now, len(anomalies)),
+        history_for_charts=charts,
+        report_url_or_path=report_url_or_path or report.get("report_url"),
+        bin_size=_bin_text(bucket),
+        dry_run=dry_run,
+        no_notify=not send,
+    )
+    out = outcome.report.to_json()
+    out["decisions"] = [d.to_json() for d in outcome.decisions]
+    out["counts"] = _counts(outcome.decisions)
+    return out
+
+
+def record_failed_run(
+    *,
+    backend: Backend,
+    routes: Sequence[Any],
+    alerting: Mapping[str, Any],
+    now: datetime,
+    error: str,
+    status: str = "source_error",
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Record a run that failed before detection and send self-health notices if due.
+
+    Call it when the source raised (``status="source_error"``; ``error`` one line, no secret):
+    firing alerts keep their state, the outbox is retried, and after
+    ``health_source_error_runs`` such runs in a row every health route is told.
+    """
+    outcome = run_alerts(
+        [],
+        {},
+        backend=backend,
+        routes=[r if isinstance(r, Route) else Route.from_config(r) for r in routes],
+        alerting=alerting,
+        now=now,
+        window_end=now,
+        run=RunRecord(started_at=now, status=status, error=error[:300]),
+        dry_run=dry_run,
+    )
+    out = outcome.report.to_json()
+    out["decisions"] = [d.to_json() for d in outcome.decisions if d.kind == "health"]
+    return out

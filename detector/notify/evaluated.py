@@ -1,0 +1,180 @@
+"""What the lifecycle needs from the bucket history besides anomalies: evaluated partitions with
+their current values (so clean partitions can resolve, with the value in the notice), and the
+per-alert series the charts draw.
+
+Consumes :class:`~detector.schema.BucketAggregates` and the judged window; produces plain dicts
+and frames. Pure (pandas only, no I/O, no clock).
+
+Values use the anomaly's units: p95 milliseconds (read from the log-scale histogram) for
+``duration``, a fraction for ``failure_rate``, operations per bucket for ``volume``. The fleet
+of an operation (fingerprint ``op|*|metric``) is the sum of its versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from detector.anomaly import Anomaly
+from detector.schema import BucketAggregates, bin_value
+
+__all__ = ["chart_history", "evaluated_from_history"]
+
+
+def _utc(ts: Any) -> pd.Timestamp:
+    t = pd.Timestamp(ts)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+def _bucket_width(stats: pd.DataFrame, default: timedelta) -> pd.Timedelta:
+    starts = pd.Series(stats["bucket_start"].unique()).sort_values()
+    diffs = starts.diff().dropna()
+    diffs = diffs[diffs > pd.Timedelta(0)]
+    return pd.Timedelta(diffs.min()) if len(diffs) else pd.Timedelta(default)
+
+
+def _p95(hist: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """p95 per group of ``keys`` from long-format histogram rows (bin, count)."""
+    if hist.empty:
+        return pd.Series(dtype=float)
+    h = hist.groupby([*keys, "bin"], observed=True)["count"].sum().reset_index()
+    h = h.sort_values([*keys, "bin"])
+    h["cum"] = h.groupby(keys, observed=True)["count"].cumsum()
+    h["tot"] = h.groupby(keys, observed=True)["count"].transform("sum")
+    first = h[h["cum"] >= 0.95 * h["tot"]].groupby(keys, observed=True)["bin"].first()
+    return first.map(lambda b: float(bin_value(int(b))))
+
+
+def _fleet(frame: pd.DataFrame) -> pd.DataFrame:
+    f = frame.copy()
+    f["sdk_version"] = "*"
+    return f
+
+
+def evaluated_from_history(
+    history: BucketAggregates,
+    window: tuple[datetime, datetime],
+    *,
+    candidates: Iterable[Mapping[str, Any]] = (),
+    bucket: timedelta = timedelta(minutes=5),
+) -> dict[str, dict[str, Any]]:
+    """Every fingerprint with calls in ``window``, mapped to its current value.
+
+    Parameters
+    ----------
+    history : bucket aggregates covering at least the window.
+    window : judged ``(start, end)``, half-open.
+    candidates : the engine's candidate records (deviating but gated); their ``expected``
+        becomes the ``baseline`` shown in resolved notices.
+    bucket : bucket width when it cannot be inferred from the frame.
+
+    Returns
+    -------
+    ``{fingerprint: {"observed", "baseline", "calls"}}`` for duration (when durations exist),
+    failure_rate and volume, per version and per fleet.
+    """
+    stats, hist = history.stats, history.hist
+    out: dict[str, dict[str, Any]] = {}
+    if stats is None or stats.empty:
+        return out
+    ws, we = _utc(window[0]), _utc(window[1])
+    sel = stats[(stats["bucket_start"] >= ws) & (stats["bucket_start"] < we)]
+    if sel.empty:
+        return out
+    width = _bucket_width(stats, bucket)
+    n_buckets = max(1.0, (we - ws) / width)
+    hsel = (
+        hist[(hist["bucket_start"] >= ws) & (hist["bucket_start"] < we)]
+        if hist is not None
+        else None
+    )
+    keys = ["operation_name", "sdk_version"]
+    cols = ["calls", "failures", "dur_n"]
+    frames = [sel[keys + cols], _fleet(sel[keys + cols])]
+    agg = pd.concat(frames).groupby(keys, observed=True)[cols].sum()
+    p95 = pd.Series(dtype=float)
+    if hsel is not None and not hsel.empty:
+        hk = hsel[[*keys, "bin", "count"]]
+        p95 = _p95(pd.concat([hk, _fleet(hk)]), keys)
+    for (op, ver), row in agg.iterrows():
+        calls = int(row["calls"])
+        if calls <= 0:
+            continue
+        sdk = ver if ver not in ("*", "") else "*"
+        base = f"{op}|{sdk}"
+        out[f"{base}|failure_rate"] = {
+            "observed": float(row["failures"]) / calls,
+            "baseline": None,
+            "calls": calls,
+        }
+        out[f"{base}|volume"] = {"observed": calls / n_buckets, "baseline": None, "calls": calls}
+        if int(row["dur_n"]) > 0:
+            v = p95.get((op, ver))
+            out[f"{base}|duration"] = {
+                "observed": float(v) if v is not None and np.isfinite(v) else None,
+                "baseline": None,
+                "calls": int(row["dur_n"]),
+            }
+    for c in candidates:
+        sdk = c.get("sdk_version") or "*"
+        fp = f"{c.get('operation_name')}|{sdk}|{c.get('metric')}"
+        if fp in out and c.get("expected") is not None:
+            out[fp]["baseline"] = c.get("expected")
+    return out
+
+
+def chart_history(
+    history: BucketAggregates,
+    anomalies: Sequence[Anomaly],
+    *,
+    now: datetime,
+    span: timedelta = timedelta(days=1),
+) -> dict[str, pd.DataFrame]:
+    """Per-alert series for :func:`detector.notify.chart.chart_png` over the ``span`` before ``now``.
+
+    ``observed`` per bucket comes from the history; ``baseline`` and the band are the values the
+    engine reported for the alert window, drawn flat (a seasonal baseline's daily shape is not
+    in the anomaly record).
+    """
+    out: dict[str, pd.DataFrame] = {}
+    stats, hist = history.stats, history.hist
+    if stats is None or stats.empty:
+        return out
+    lo, hi = _utc(now) - pd.Timedelta(span), _utc(now)
+    win = stats[(stats["bucket_start"] >= lo) & (stats["bucket_start"] < hi)]
+    hwin = (
+        hist[(hist["bucket_start"] >= lo) & (hist["bucket_start"] < hi)]
+        if hist is not None
+        else None
+    )
+    for a in anomalies:
+        if a.fingerprint in out:
+            continue
+        mask = win["operation_name"] == a.operation_name
+        if a.sdk_version:
+            mask &= win["sdk_version"] == a.sdk_version
+        part = win[mask].groupby("bucket_start")[["calls", "failures"]].sum()
+        if part.empty:
+            continue
+        if a.metric == "failure_rate":
+            observed = part["failures"] / part["calls"].where(part["calls"] > 0)
+        elif a.metric == "volume":
+            observed = part["calls"].astype(float)
+        else:
+            if hwin is None or hwin.empty:
+                continue
+            hm = hwin["operation_name"] == a.operation_name
+            if a.sdk_version:
+                hm &= hwin["sdk_version"] == a.sdk_version
+            observed = _p95(hwin[hm], ["bucket_start"])
+        frame = pd.DataFrame({"observed": observed}).reset_index()
+        frame = frame.rename(columns={"index": "bucket_start"})
+        frame["baseline"] = a.baseline
+        frame["band_low"] = a.band_low if a.band_low is not None else np.nan
+        frame["band_high"] = a.band_high if a.band_high is not None else np.nan
+        out[a.fingerprint] = frame
+    return out
