@@ -19,6 +19,8 @@ Consumes and produces records; does I/O through the backend only.
 from __future__ import annotations
 
 import json
+import random
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -160,12 +162,14 @@ class AlertStore:
 
         ``fn`` mutates the decoded value in place and returns what the caller wants back.
         """
-        for _ in range(_RETRIES):
+        for attempt in range(_RETRIES):
             value, version = self._read(name, default)
             result = fn(value)
             try:
                 self._write(name, value, version)
             except VersionConflict:
+                # Another writer won: back off a little (jittered) so retries do not collide.
+                time.sleep(random.uniform(0, 0.02) * (attempt + 1))
                 continue
             return result
         raise StateError(f"{self._key(name)}: too many concurrent writers, gave up")
