@@ -358,7 +358,7 @@ def test_run_alerting_adapter_resolves_from_history(tmp_path, httpserver):
     report = {
         "now": "2026-11-25T09:50:00Z",
         "window": {"start": "2026-11-25T09:40:00Z", "end": "2026-11-25T09:50:00Z"},
-        "source": {"rows_read": 2000},
+        "source": {"rows_read": 2100, "operations": 2000, "dropped": {"duplicate": 100}},
         "detection": {"partitions": 3},
     }
     out = run_alerting(
@@ -393,3 +393,26 @@ def test_run_alerting_adapter_resolves_from_history(tmp_path, httpserver):
     assert "RESOLVED Join slower" in msg and "now 9" in msg and "peak was 2,400 ms" in msg
     runs = AlertStore(b).runs()
     assert runs[0].rows == 2000 and runs[0].partitions == 3
+
+
+def test_schema_drift_reasons_from_source_summary():
+    from detector.notify.stage import schema_drift_reasons
+
+    assert (
+        schema_drift_reasons({"rows_read": 100, "operations": 90, "dropped": {"duplicate": 10}})
+        == []
+    )
+    got = schema_drift_reasons(
+        {
+            "rows_read": 100,
+            "operations": 20,
+            "dropped": {"missing_operation_name": 80},
+            "flagged": {"invalid_duration": 15},
+            "schema_drift": ["column DurationMs missing"],
+        }
+    )
+    assert (
+        got[0] == "column DurationMs missing"
+        and "80% of rows dropped as missing_operation_name" in got
+    )
+    assert "75% of operations flagged invalid_duration" in got

@@ -203,19 +203,48 @@ def _report_dt(value: Any) -> datetime | None:
         return None
 
 
+#: Share of rows dropped/flagged for a structural reason above which the schema likely drifted.
+DRIFT_SHARE = 0.5
+_STRUCTURAL_DROPS = ("missing_operation_name", "missing_operation_id", "invalid_timestamp")
+_STRUCTURAL_FLAGS = ("invalid_duration", "invalid_payload_json")
+
+
+def schema_drift_reasons(source: Mapping[str, Any]) -> list[str]:
+    """Drift suspected from a source summary (``rows_read``, ``operations``, ``dropped``,
+    ``flagged`` as in the run report), plus any explicit ``schema_drift`` list it carries.
+
+    A column that was renamed or removed upstream shows up as most rows dropped (no
+    OperationName/OperationId/timestamp) or flagged (no usable DurationMs), not as an error.
+    """
+    out = [str(x) for x in (source.get("schema_drift") or [])]
+    rows = float(source.get("rows_read") or 0)
+    ops = float(source.get("operations") or 0)
+    dropped = source.get("dropped") or {}
+    flagged = source.get("flagged") or {}
+    for key in _STRUCTURAL_DROPS:
+        n = float(dropped.get(key, 0) or 0)
+        if rows > 0 and n / rows > DRIFT_SHARE:
+            out.append(f"{n / rows:.0%} of rows dropped as {key}")
+    for key in _STRUCTURAL_FLAGS:
+        n = float(flagged.get(key, 0) or 0)
+        if ops > 0 and n / ops > DRIFT_SHARE:
+            out.append(f"{n / ops:.0%} of operations flagged {key}")
+    return out
+
+
 def _run_record(report: Mapping[str, Any], now: datetime, n_anomalies: int) -> RunRecord:
     src = report.get("source") or {}
     det = report.get("detection") or {}
     win = report.get("window") or {}
-    drift = src.get("schema_drift") or []
+    rows = src.get("operations", src.get("rows_read", src.get("rows")))
     return RunRecord(
         started_at=_report_dt(report.get("now")) or now,
         window_start=_report_dt(win.get("start")),
         window_end=_report_dt(win.get("end")),
-        rows=src.get("rows_read", src.get("rows")),
+        rows=int(rows) if rows is not None else None,
         partitions=det.get("partitions"),
         anomalies=n_anomalies,
-        schema_drift=[str(x) for x in drift] if isinstance(drift, list) else [str(drift)],
+        schema_drift=schema_drift_reasons(src),
     )
 
 
