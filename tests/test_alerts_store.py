@@ -416,3 +416,28 @@ def test_schema_drift_reasons_from_source_summary():
         and "80% of rows dropped as missing_operation_name" in got
     )
     assert "75% of operations flagged invalid_duration" in got
+
+
+def test_validate_routes_for_check_config(caplog):
+    from detector.notify import validate_routes
+
+    secret = "xoxb-1-2-VerySecretBotTok"
+    problems = validate_routes(
+        [
+            Route(
+                "ok",
+                [
+                    f"slack://{secret}/#a",
+                    "json://127.0.0.1:1/h",
+                    "mailtos://u:pw1234@smtp.example.com?from=a@example.com&to=b@example.com",
+                ],
+            ),
+            Route("bad", ["msteams://a/b/c", "${UNSET_URL}", "bogus://x"]),
+            Route("empty", []),
+        ]
+    )
+    assert len(problems) == 4, problems
+    assert any("workflows://" in p for p in problems)
+    assert any("environment reference" in p for p in problems)
+    assert any("empty: no URLs" in p or "route empty" in p for p in problems)
+    assert secret not in " ".join(problems) + caplog.text

@@ -430,8 +430,9 @@ def _facts(d: Decision, *, now: datetime, bin_size: str) -> _Facts:
             " (this version has little history yet)."
         )
     extra_parts = [f"score {a.score:.2f}" if _num(a.score) is not None else ""]
-    if _num(a.p_value) is not None:
-        extra_parts.append(f"p={a.p_value:.1e}")
+    p = _num(a.p_value)
+    if p is not None:
+        extra_parts.append("p<1e-300" if p < 1e-300 else f"p={p:.1g}")
     if a.drivers:
         drivers = [str(x) for x in a.drivers if _SAFE_DRIVER.fullmatch(str(x))][:3]
         if drivers:
