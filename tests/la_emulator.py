@@ -270,23 +270,35 @@ def aggregate_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[li
     counts["invalid_payload_json"] = int(k["OperationPayload"].map(_payload_bad).sum())
     counts["noncanonical_operation_case"] = int((k["_Op"] != k["OperationName"]).sum())
 
+    keys = ["_Op", "SdkVersion", "_BucketStart"]
+    k["_F"] = (k["_Class"] == "failure").astype("int64")
+    k["_E"] = (k["_Class"] == "expected_error").astype("int64")
+    k["_U"] = k["_Usable"].astype("int64")
+    k["_Ld2"] = k["_Ld"] ** 2
+    g = k.groupby(keys, sort=True).agg(
+        n=("_F", "size"),
+        f=("_F", "sum"),
+        e=("_E", "sum"),
+        u=("_U", "sum"),
+        s1=("_Ld", "sum"),
+        s2=("_Ld2", "sum"),
+    )
+    hists: dict[tuple, dict[str, int]] = {}
+    for (op, sdk, bstart, b), n in k[k["_Usable"]].groupby([*keys, "_Bin"]).size().items():
+        hists.setdefault((op, sdk, bstart), {})[str(int(b))] = int(n)
     out: list[list[Any]] = []
-    for (op, sdk, bstart), g in k.groupby(["_Op", "SdkVersion", "_BucketStart"], sort=True):
-        usable = g[g["_Usable"]]
-        hist = usable["_Bin"].value_counts()
+    for key, r in zip(g.index, g.itertuples(index=False), strict=True):
         out.append(
             [
                 "bucket",
-                op,
-                sdk,
-                bstart,
-                len(g),
-                int((g["_Class"] == "failure").sum()),
-                int((g["_Class"] == "expected_error").sum()),
-                len(usable),
-                float(usable["_Ld"].sum()),
-                float((usable["_Ld"] ** 2).sum()),
-                json.dumps({str(int(i)): int(n) for i, n in hist.items()}),
+                *key,
+                int(r.n),
+                int(r.f),
+                int(r.e),
+                int(r.u),
+                float(r.s1),
+                float(r.s2),
+                json.dumps(hists.get(key, {})),
                 None,
             ]
         )

@@ -117,6 +117,7 @@ class LogAnalyticsSettings:
     Exactly one of ``workspace_id`` and ``resource_id`` (an ACS resource id, queried with
     ``query_resource``). ``endpoint``/``audience``/``connection_verify`` serve sovereign clouds
     and the test emulator (audience defaults to the endpoint, as in the client).
+    ``read_timeout`` (seconds, default ``server_timeout + 30``) bounds one HTTP read.
     ``arrival``/``overlap``/``dedup_lookback`` define which rows a window holds
     (:mod:`detector.source.kql`). Sizes and budgets bound each query and each read.
     Validated at construction: :class:`~detector.errors.ConfigError` lists every problem.
@@ -133,6 +134,7 @@ class LogAnalyticsSettings:
     overlap: timedelta = timedelta(days=2)
     dedup_lookback: timedelta = timedelta(hours=1)
     server_timeout: int = 180
+    read_timeout: float | None = None
     max_rows_per_chunk: int = 250_000
     max_bytes_per_chunk: int = 50 * 2**20
     max_scan_rows_per_chunk: int = 500_000_000
@@ -205,6 +207,12 @@ class LogAnalyticsSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 p.append(f"source.{name}: must be an integer in [{lo}, {hi}], got {value!r}")
+        if self.read_timeout is not None and (
+            isinstance(self.read_timeout, bool)
+            or not isinstance(self.read_timeout, int | float)
+            or self.read_timeout <= 0
+        ):
+            p.append("source.read_timeout: must be a number of seconds > 0")
         for name in ("retry_budget", "backoff_base", "backoff_max"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
@@ -460,7 +468,7 @@ class LogAnalyticsSource:
                 retry_total=0,
                 connection_timeout=30,
                 # The server gives up after server_timeout; leave it time to say so.
-                read_timeout=s.server_timeout + 30,
+                read_timeout=s.read_timeout or s.server_timeout + 30,
             )
         return self._client
 
@@ -502,6 +510,7 @@ class LogAnalyticsSource:
         PartialResultError (partial answer, not splittable), QueryFailedError.
         """
         from azure.core.exceptions import (
+            ClientAuthenticationError,
             HttpResponseError,
             ServiceRequestError,
             ServiceResponseError,
@@ -536,7 +545,16 @@ class LogAnalyticsSource:
                             result = client.query_workspace(s.workspace_id, text, **kwargs)
                         else:
                             result = client.query_resource(s.resource_id, text, **kwargs)
+                    except ClientAuthenticationError:
+                        raise  # the credential failed before sending (mapped by _mapped)
                     except HttpResponseError as err:
+                        if err.response is None:
+                            # query_workspace re-wraps a ClientAuthenticationError raised by
+                            # the credential (no request was sent) as HttpResponseError.
+                            raise AuthError(
+                                f"{what}: could not get a token with credential "
+                                f"{s.credential!r}: {_first_line(err)}"
+                            ) from None
                         self.stats.bytes += size[0]
                         status = err.status_code or 0
                         if status in (401, 403):
@@ -939,13 +957,22 @@ def _partial_message(error: Any) -> str:
         return "unknown"
     inner = []
     for detail in getattr(error, "details", None) or []:
-        if isinstance(detail, dict):
-            msg = (detail.get("innererror") or {}).get("message") or detail.get("message")
-            if msg:
-                inner.append(str(msg))
+        # details are ErrorDetail models (mapping-like), plain dicts in older versions
+        msg = _field(_field(detail, "innererror"), "message") or _field(detail, "message")
+        if msg:
+            inner.append(str(msg))
     code = getattr(error, "code", "")
     text = "; ".join(inner) or str(getattr(error, "message", "") or "")
     return _first_line(Exception(f"{code}: {text}" if code else text))
+
+
+def _field(obj: Any, key: str) -> Any:
+    if obj is None:
+        return None
+    try:
+        return obj[key]
+    except (KeyError, TypeError, IndexError):
+        return getattr(obj, key, None)
 
 
 def _retry_after(response: Any) -> float | None:
