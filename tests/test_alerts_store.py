@@ -441,3 +441,34 @@ def test_validate_routes_for_check_config(caplog):
     assert any("environment reference" in p for p in problems)
     assert any("empty: no URLs" in p or "route empty" in p for p in problems)
     assert secret not in " ".join(problems) + caplog.text
+
+
+def test_evaluated_skips_low_volume_and_ungated_candidates():
+    import pandas as pd
+
+    from detector.notify.evaluated import evaluated_from_history
+
+    hist = _aggregates(pd.Timestamp(T0), hours=1)
+    w = (T0, T0 + STEP)  # one bucket: 40 calls on 1.30, 60 on 1.29, 100 fleet
+    ev = evaluated_from_history(hist, w, min_calls=50)
+    assert FP not in ev and "Join|1.30.1.1_stable|failure_rate" not in ev
+    assert "Join|1.30.1.1_stable|volume" in ev and "Join|1.29.0.0_stable|duration" in ev
+    cands = [
+        {
+            "operation_name": "Join",
+            "sdk_version": "1.29.0.0_stable",
+            "metric": "duration",
+            "reason": "suppressed_low_volume",
+            "expected": 800.0,
+        },
+        {
+            "operation_name": "Join",
+            "sdk_version": None,
+            "metric": "duration",
+            "reason": "not_significant",
+            "expected": 850.0,
+        },
+    ]
+    ev = evaluated_from_history(hist, w, candidates=cands, min_calls=50)
+    assert "Join|1.29.0.0_stable|duration" not in ev
+    assert ev["Join|*|duration"]["baseline"] == 850.0

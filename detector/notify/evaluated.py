@@ -22,7 +22,10 @@ import pandas as pd
 from detector.anomaly import Anomaly
 from detector.schema import BucketAggregates, bin_value
 
-__all__ = ["chart_history", "evaluated_from_history"]
+__all__ = ["NOT_EVALUATED", "chart_history", "evaluated_from_history"]
+
+#: Engine gate reasons meaning "could not judge": a firing alert keeps its state.
+NOT_EVALUATED = frozenset({"maintenance", "insufficient_history", "suppressed_low_volume"})
 
 
 def _utc(ts: Any) -> pd.Timestamp:
@@ -61,8 +64,9 @@ def evaluated_from_history(
     *,
     candidates: Iterable[Mapping[str, Any]] = (),
     bucket: timedelta = timedelta(minutes=5),
+    min_calls: int = 50,
 ) -> dict[str, dict[str, Any]]:
-    """Every fingerprint with calls in ``window``, mapped to its current value.
+    """Every fingerprint with enough calls in ``window``, mapped to its current value.
 
     Parameters
     ----------
@@ -71,6 +75,10 @@ def evaluated_from_history(
     candidates : the engine's candidate records (deviating but gated); their ``expected``
         becomes the ``baseline`` shown in resolved notices.
     bucket : bucket width when it cannot be inferred from the frame.
+    min_calls : duration and failure rate count as evaluated only with at least this many
+        calls (durations) in the window: a handful of calls cannot show an alert is over.
+        Candidates the engine stopped at ``maintenance``, ``insufficient_history`` or
+        ``suppressed_low_volume`` are not evaluated either.
 
     Returns
     -------
@@ -106,13 +114,14 @@ def evaluated_from_history(
             continue
         sdk = ver if ver not in ("*", "") else "*"
         base = f"{op}|{sdk}"
-        out[f"{base}|failure_rate"] = {
-            "observed": float(row["failures"]) / calls,
-            "baseline": None,
-            "calls": calls,
-        }
         out[f"{base}|volume"] = {"observed": calls / n_buckets, "baseline": None, "calls": calls}
-        if int(row["dur_n"]) > 0:
+        if calls >= min_calls:
+            out[f"{base}|failure_rate"] = {
+                "observed": float(row["failures"]) / calls,
+                "baseline": None,
+                "calls": calls,
+            }
+        if int(row["dur_n"]) >= max(min_calls, 1):
             v = p95.get((op, ver))
             out[f"{base}|duration"] = {
                 "observed": float(v) if v is not None and np.isfinite(v) else None,
@@ -122,7 +131,9 @@ def evaluated_from_history(
     for c in candidates:
         sdk = c.get("sdk_version") or "*"
         fp = f"{c.get('operation_name')}|{sdk}|{c.get('metric')}"
-        if fp in out and c.get("expected") is not None:
+        if c.get("reason") in NOT_EVALUATED:
+            out.pop(fp, None)
+        elif fp in out and c.get("expected") is not None:
             out[fp]["baseline"] = c.get("expected")
     return out
 

@@ -290,7 +290,7 @@ def run_alerting(
     Everything is saved before it returns; the caller exits 1 when ``failed`` is non-empty.
     """
     from detector.lifecycle import _evaluated_map
-    from detector.notify.evaluated import chart_history, evaluated_from_history
+    from detector.notify.evaluated import NOT_EVALUATED, chart_history, evaluated_from_history
 
     anomalies = list(anomalies)
     report = report or {}
@@ -304,7 +304,13 @@ def run_alerting(
         else:
             window = (now, now)
     cands = list(evaluated) if evaluated is not None and not isinstance(evaluated, Mapping) else []
-    ev: dict[str, Any] = _evaluated_map(evaluated)
+    # Candidates the engine could not judge (maintenance, too little history or volume) are
+    # not "evaluated": a firing alert on them keeps its state instead of resolving.
+    ev: dict[str, Any] = _evaluated_map(
+        [c for c in cands if not (isinstance(c, Mapping) and c.get("reason") in NOT_EVALUATED)]
+        if cands
+        else evaluated
+    )
     charts = None
     if history is not None:
         width = bucket if isinstance(bucket, timedelta) else timedelta(minutes=5)
@@ -314,6 +320,7 @@ def run_alerting(
                 window,
                 candidates=[c for c in cands if isinstance(c, Mapping)],
                 bucket=width,
+                min_calls=int(alerting.get("resolve_min_calls", 50)),
             )
         )
         try:
