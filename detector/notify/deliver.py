@@ -312,7 +312,7 @@ def deliver(
                 drop.append(item.id)
                 log_entries.append(_log_entry(d, now))
                 continue
-            res = send_message(url, _to_message(item, now), notify_type="warning")
+            res = send_message(url, _to_message(item, now), notify_type=item.notify_type)
             d = Delivery(
                 item.route,
                 res.target,
@@ -405,6 +405,7 @@ def deliver(
                     for a in msg.attachments
                 ],
                 fingerprints=msg.fingerprints,
+                notify_type=ntype,
             )
             store.put_outbox([item])  # write-ahead: a crash from here on loses nothing
             res = send_message(url, msg, notify_type=ntype)

@@ -70,6 +70,7 @@ class OutboxItem:
     created_at: datetime
     attachments: list[dict[str, str]] = field(default_factory=list)  # name, mimetype, data(b64)
     fingerprints: list[str] = field(default_factory=list)
+    notify_type: str = "warning"  # failure | warning | success (colour/icon on retry)
     attempts: int = 0
     last_attempt_at: datetime | None = None
     last_error: str = ""
