@@ -167,7 +167,7 @@ def exclusion_mask(
     (``sdk_version == "*"``) excludes every version of the operation too, since the fleet
     deviated because they did.
     """
-    ts = rows["bucket_start"].to_numpy()
+    ts = _naive_ns(rows["bucket_start"])
     op = rows["operation_name"].to_numpy(dtype=object)
     ver = rows["sdk_version"].to_numpy(dtype=object)
     mask = np.zeros(len(rows), dtype=bool)
@@ -185,9 +185,18 @@ def exclusion_mask(
 
 
 def _np_ts(value: datetime | pd.Timestamp) -> np.datetime64:
+    """A UTC instant as naive ``datetime64[ns]`` (naive input is taken as UTC)."""
     ts = pd.Timestamp(value)
     ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return ts.to_datetime64()
+    return ts.tz_localize(None).to_datetime64().astype("datetime64[ns]")
+
+
+def _naive_ns(values: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """UTC timestamps as naive ``datetime64[ns]`` (so comparisons never mix tz kinds)."""
+    idx = pd.DatetimeIndex(values)
+    if idx.tz is not None:
+        idx = idx.tz_convert("UTC").tz_localize(None)
+    return idx.to_numpy().astype("datetime64[ns]")
 
 
 def _excluded_bucket_counts(
@@ -207,7 +216,7 @@ def _excluded_bucket_counts(
         return out
     grid = pd.date_range(start, periods=n_cal, freq=bucket)
     slots = slot_of(grid)
-    gts = grid.to_numpy()
+    gts = _naive_ns(grid)
     spans: list[tuple[np.ndarray, datetime, datetime]] = []
     for s, e, op_name in maintenance:
         sel = np.ones(P, dtype=bool) if not op_name else parts.operation == op_name
@@ -221,7 +230,7 @@ def _excluded_bucket_counts(
         return out
     mask = np.zeros((P, n_cal), dtype=bool)
     for sel, s, e in spans:
-        cols = (gts >= _np_ts(s).astype(gts.dtype)) & (gts < _np_ts(e).astype(gts.dtype))
+        cols = (gts >= _np_ts(s)) & (gts < _np_ts(e))
         if cols.any() and sel.any():
             mask[np.ix_(sel, cols)] = True
     # A bucket before the partition was first seen was never counted, so it is not excluded.

@@ -40,6 +40,7 @@ __all__ = [
     "Evidence",
     "decide",
     "parse_duration",
+    "volume_effect_ok",
 ]
 
 #: Metric order of every (partition, metric, bucket) array in this package.
@@ -95,30 +96,32 @@ class DetectionPolicy:
     bucket: timedelta = timedelta(minutes=5)
     baseline: timedelta = timedelta(days=7)  # trailing baseline window
     min_history: timedelta = timedelta(hours=12)  # less baseline than this: insufficient_history
-    seasonal_min_days: float = 3.0  # hour-of-day profile needs this much history
+    seasonal_min_days: float = 1.75  # hour-of-day profile needs this much history
     weekly_min_days: float = 21.0  # hour-of-week profile needs this much history
     slot_prior_calls: float = 200.0  # shrinks an hour slot towards the flat baseline
     cold_start_k: float = 300.0  # empirical-Bayes k: version weight = n / (n + k)
     provisional_weight: float = 0.8  # below this own-weight the baseline is provisional
     max_dispersion: float = 20.0  # cap on the overdispersion factors learnt from the baseline
     # --- tests ---------------------------------------------------------------------------------
-    spans: tuple[int, ...] = (1, 3, 6, 12)  # trailing spans (buckets) tested at every bucket
+    spans: tuple[int, ...] = (1, 3, 6, 12, 36, 72, 144)  # trailing spans (buckets) tested
     alpha: float = 0.01  # family-wise per hour: Bonferroni over partitions x spans x buckets/hour
     loo_z: float = 2.0  # the evidence must survive dropping its strongest bucket (z >= this)
     peer_z: float = 3.0  # a version differs from its operation's other versions (z >= this)
     shared_z: float = 2.0  # the other versions deviate too (z >= this): fleet-wide, not one version
-    recent_z: float = 1.5  # the recent half of a span must deviate too (z >= this)
+    recent_z: float = 1.5  # the recent third of a span must deviate too (z >= this)
     forest_prefilter_z: float = 1.5  # the forest scores buckets with some |feature| >= this
     # --- practical significance -------------------------------------------------------------
     min_duration_rel: float = 0.20  # +20 % typical duration
     min_duration_ms: float = 100.0  # and +100 ms at the p95
     min_failure_points: float = 0.02  # +2 points of failure rate
     min_volume_drop: float = 0.5  # volume down by half ...
-    min_volume_rise: float = 1.0  # ... or up by 100 %
+    min_volume_rise: float = 1.0  # ... or up by 100 % (only with volume_direction rise/both)
+    volume_direction: str = "drop"  # "drop" | "rise" | "both": a surge of users is not a fault
     critical_factor: float = 3.0  # effect >= this x the minimum -> critical
     # --- volume --------------------------------------------------------------------------------
     min_calls: int = 50  # calls behind a duration / failure-rate test
     min_failures: int = 5  # failures behind a failure-rate test
+    min_share: float = 0.02  # a version with less of its operation's traffic is not alerted on
     min_expected_calls: float = 100.0  # expected calls behind a volume test
     volume_scope: str = "fleet"  # "fleet": volume judged per operation only; "all"
     # --- persistence ---------------------------------------------------------------------------
@@ -180,6 +183,8 @@ class DetectionPolicy:
             problems.append("persist_n/persist_m: need 1 <= N <= M")
         if not 0 < self.contamination < 0.5:
             problems.append("contamination: must be in (0, 0.5)")
+        if self.volume_direction not in ("drop", "rise", "both"):
+            problems.append("volume_direction: 'drop', 'rise' or 'both'")
         if self.volume_scope not in ("fleet", "all"):
             problems.append("volume_scope: 'fleet' or 'all'")
         if self.cold_start_k < 0 or self.slot_prior_calls < 0:
@@ -244,6 +249,8 @@ class Evidence:
     maintenance: np.ndarray
     judged: np.ndarray
     n_tests: np.ndarray = field(default_factory=lambda: np.ones(len(METRIC_NAMES)))
+    span: np.ndarray | None = None  # (P, M, T) buckets behind the evidence (attribution window)
+    share: np.ndarray | None = None  # (P, M, T) version's share of its operation's calls
 
 
 def _practical(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
@@ -254,8 +261,18 @@ def _practical(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
             ev.effect_ms[:, 0] >= policy.min_duration_ms
         )
         out[:, 1] = eff[:, 1] >= policy.min_failure_points
-        out[:, 2] = (eff[:, 2] <= -policy.min_volume_drop) | (eff[:, 2] >= policy.min_volume_rise)
+        out[:, 2] = volume_effect_ok(eff[:, 2], policy)
     return out
+
+
+def volume_effect_ok(eff: np.ndarray, policy: DetectionPolicy) -> np.ndarray:
+    drop = eff <= -policy.min_volume_drop
+    rise = eff >= policy.min_volume_rise
+    if policy.volume_direction == "drop":
+        return drop
+    if policy.volume_direction == "rise":
+        return rise
+    return drop | rise
 
 
 def _enough_volume(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
@@ -263,6 +280,8 @@ def _enough_volume(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
     out[:, 0] = ev.n[:, 0] >= policy.min_calls
     out[:, 1] = (ev.n[:, 1] >= policy.min_calls) & (ev.k[:, 1] >= policy.min_failures)
     out[:, 2] = ev.n[:, 2] >= policy.min_expected_calls
+    if ev.share is not None:
+        out &= ev.share >= policy.min_share
     return out
 
 
@@ -274,9 +293,16 @@ def _n_of_m(hot: np.ndarray, n: int, m: int) -> np.ndarray:
     return (c - lagged) >= n
 
 
-def _dilate(flags: np.ndarray, k: int) -> np.ndarray:
-    """True at t when any of t-k+1..t is True (along the last axis)."""
-    return _n_of_m(flags, 1, max(k, 1))
+def _any_within(flags: np.ndarray, span: np.ndarray) -> np.ndarray:
+    """True at t when any of ``flags[..., t-span+1 .. t]`` is True (span per element)."""
+    T = flags.shape[-1]
+    c = np.concatenate(
+        [np.zeros((*flags.shape[:-1], 1), np.int32), np.cumsum(flags, axis=-1, dtype=np.int32)],
+        axis=-1,
+    )
+    t = np.arange(T)
+    lo = np.clip(t - span.astype(np.int64) + 1, 0, T)
+    return (c[..., 1:] - np.take_along_axis(c, lo, axis=-1)) > 0
 
 
 def decide(
@@ -339,17 +365,22 @@ def decide(
     fleet_alert = np.zeros((n_ops, M, T), dtype=bool)
     if n_ops:
         np.logical_or.at(fleet_alert, ev.op_index[fleet], alert[fleet])
-    own = alert & ~ev.shared & ~fleet[:, None, None]  # a version deviating on its own
+    # A version deviating on its own: nominally significant and practically large while the
+    # other versions are fine. Volume and sample size do not matter here (a new version with 20
+    # calls can still be why its operation's fleet moved).
+    own = raw_sig & practical & ~ev.shared & ~fleet[:, None, None] & ev.testable[:, :, None]
     version_own = np.zeros((n_ops, M, T), dtype=bool)
     if n_ops:
         np.logical_or.at(version_own, ev.op_index[~fleet], own[~fleet])
-    # The fleet's trailing spans still hold a version's deviation for a while after the version
-    # stops alerting (and vice versa): attribution looks back over the longest span.
-    back = max(policy.spans)
-    version_own = _dilate(version_own, back)
-    fleet_recent = _dilate(fleet_alert, back)
-    explained_by_fleet = alert & ~fleet[:, None, None] & fleet_recent[ev.op_index] & ev.shared
-    explained_by_version = alert & fleet[:, None, None] & version_own[ev.op_index]
+    # Attribution looks back over the partition's own evidence span: the fleet's trailing span
+    # still holds a version's deviation for a while after the version stops (and vice versa).
+    span = ev.span if ev.span is not None else np.ones((P, M, T), np.int64)
+    explained_by_fleet = (
+        alert & ~fleet[:, None, None] & ev.shared & _any_within(fleet_alert[ev.op_index], span)
+    )
+    explained_by_version = (
+        alert & fleet[:, None, None] & _any_within(version_own[ev.op_index], span)
+    )
 
     reason = np.zeros((P, M, T), dtype=np.int8)
     # Assign from the last gate backwards, so the first failed gate wins.

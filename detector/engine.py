@@ -218,6 +218,8 @@ def detect(
         maintenance=maint,
         judged=judged,
         n_tests=n_tests,
+        span=ev.span,
+        share=ev.share,
     )
     bucket_end = (cube.times + bucket).tz_convert("UTC").tz_localize(None).to_numpy()
     reasons = decide(evidence, policy=policy, now=now, bucket_end=bucket_end)

@@ -33,7 +33,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy import special, stats
 
 from detector.baseline import Baselines, Partitions, slot_of
-from detector.decide import METRIC_NAMES, DetectionPolicy
+from detector.decide import METRIC_NAMES, DetectionPolicy, volume_effect_ok
 
 __all__ = [
     "FEATURE_NAMES",
@@ -109,13 +109,41 @@ def build_cube(
     return Cube(times, *arrays)
 
 
-def _per_bucket_baseline(base: Baselines, slots: np.ndarray) -> tuple[np.ndarray, ...]:
+def _per_bucket_baseline(
+    base: Baselines, slots: np.ndarray, cube: Cube, parts: Partitions
+) -> tuple[np.ndarray, ...]:
     return (
         base.mu_log[:, slots],
         base.var_log[:, slots],
         base.fail_rate[:, slots],
-        base.exp_calls[:, slots],
+        expected_calls(base, slots, cube, parts),
     )
+
+
+def expected_calls(base: Baselines, slots: np.ndarray, cube: Cube, parts: Partitions) -> np.ndarray:
+    """Expected calls per (partition, bucket), scaled by how the *rest* of the traffic moves.
+
+    The hour-of-day profile says what an operation usually gets at this hour; the rest of the
+    traffic (every other operation's fleet) says whether this is a quieter or busier day than
+    usual (a weekend, a holiday, a legitimate surge). Scaling by the rest's observed/expected
+    ratio keeps those out of volume alerts, so a volume anomaly means *this operation* lost (or
+    gained) traffic relative to everything else. A drop of all operations together is therefore
+    not an operation's volume anomaly (the job's self-health checks see a global drop).
+    """
+    e = base.exp_calls[:, slots]
+    fleet = parts.is_fleet
+    if fleet.sum() < 2:
+        return e
+    obs_total = cube.calls[fleet].sum(axis=0)
+    exp_total = e[fleet].sum(axis=0)
+    own_obs = cube.calls[parts.fleet_of]
+    own_exp = e[parts.fleet_of]
+    rest_obs = obs_total[None, :] - own_obs
+    rest_exp = exp_total[None, :] - own_exp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # Smoothed ratio (a pseudo-count of 20 expected calls keeps quiet hours stable).
+        ratio = (rest_obs + 20.0) / (rest_exp + 20.0)
+    return e * np.clip(np.nan_to_num(ratio, nan=1.0), 0.2, 5.0)
 
 
 def _others(x: np.ndarray, parts: Partitions) -> np.ndarray:
@@ -130,7 +158,7 @@ def _others(x: np.ndarray, parts: Partitions) -> np.ndarray:
 
 def bucket_features(cube: Cube, parts: Partitions, base: Baselines) -> np.ndarray:
     """The forest's feature vectors, shape (P, T, len(FEATURE_NAMES)); 0 where there is no data."""
-    mu, var, p0, e = _per_bucket_baseline(base, cube.slots)
+    mu, var, p0, e = _per_bucket_baseline(base, cube.slots, cube, parts)
     phi_d = base.phi_dur[:, None]
     phi_f = base.phi_fail[:, None]
     phi_v = base.phi_vol[:, None]
@@ -180,6 +208,7 @@ class SpanEvidence:
     observed: np.ndarray  # metric value over the best span (geo-mean ms / rate / calls per bucket)
     expected: np.ndarray  # its baseline counterpart
     z: np.ndarray  # signed z at the best span
+    share: np.ndarray  # the version's share of its operation's calls over the span (1 for fleet)
 
 
 def _roll(cs: np.ndarray, s: int) -> np.ndarray:
@@ -209,7 +238,7 @@ def span_evidence(
     """
     P, T = cube.calls.shape
     M = len(METRIC_NAMES)
-    mu, var, p0, e = _per_bucket_baseline(base, cube.slots)
+    mu, var, p0, e = _per_bucket_baseline(base, cube.slots, cube, parts)
     phi_d = base.phi_dur[:, None]
     phi_f = base.phi_fail[:, None]
     phi_v = base.phi_vol[:, None]
@@ -248,6 +277,7 @@ def span_evidence(
         observed=np.full(shape, np.nan, np.float32),
         expected=np.full(shape, np.nan, np.float32),
         z=np.zeros(shape, np.float32),
+        share=np.ones(shape, np.float32),
     )
     best_key = np.full(shape, np.inf)
     versions = ~parts.is_fleet[:, None]
@@ -255,7 +285,7 @@ def span_evidence(
 
     for s in sorted(set(policy.spans)):
         r = {k: _roll(v, s) for k, v in sums.items()}
-        h = (s + 1) // 2  # the recent half of the span must deviate too (no stale tails)
+        h = -(-s // 3)  # the recent third of the span must deviate too (shorter stale tails)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             # ---- duration: one-sided (slower) normal test on the mean log-duration
             zd = np.where(r["vd"] > 0, r["cd"] / np.sqrt(r["vd"]), 0.0)
@@ -267,8 +297,10 @@ def span_evidence(
             so, do = _others(r["cd"], parts), _others(r["D"], parts)
             if s > 1:
                 loo_d = (r["cd"] - _roll_extreme(cd, s, "max")) / np.sqrt(r["vd"]) >= policy.loo_z
-                rc, rv = _roll(sums["cd"], h), _roll(sums["vd"], h)
+                rc, rv, rn = _roll(sums["cd"], h), _roll(sums["vd"], h), _roll(sums["D"], h)
                 loo_d &= rc / np.sqrt(rv) >= policy.recent_z
+                # ... and still be practically large there (a long span's stale tail is not).
+                loo_d &= np.expm1(rc / rn) >= policy.min_duration_rel
             else:
                 loo_d = np.ones((P, T), bool)
             vo = _others(r["vd"], parts)
@@ -278,6 +310,9 @@ def span_evidence(
             )
             peer_d = versions & (r["D"] > 0) & (do > 0) & (pz >= policy.peer_z)
             obs_d = p95_base * np.exp(shift)
+
+            # ---- traffic share of a version in its operation over the span
+            share = np.where(versions, r["C"] / np.maximum(r["C"][parts.fleet_of], 1.0), 1.0)
 
             # ---- failure rate: one-sided binomial, counts deflated by the overdispersion
             n_, k_ = r["C"], r["F"]
@@ -291,8 +326,9 @@ def span_evidence(
             eff_f = np.where(n_ > 0, k_ / n_ - pbar, 0.0)
             if s > 1:
                 loo_f = (r["cf"] - _roll_extreme(cf, s, "max")) / np.sqrt(r["vf"]) >= policy.loo_z
-                rc, rv = _roll(sums["cf"], h), _roll(sums["vf"], h)
+                rc, rv, rn = _roll(sums["cf"], h), _roll(sums["vf"], h), _roll(sums["C"], h)
                 loo_f &= rc / np.sqrt(rv) >= policy.recent_z
+                loo_f &= rc / rn >= policy.min_failure_points
             else:
                 loo_f = np.ones((P, T), bool)
             xo, co = _others(r["cf"], parts), _others(n_, parts)
@@ -313,9 +349,10 @@ def span_evidence(
                 sv = np.sqrt(r["vv"])
                 drop = (r["cv"] - _roll_extreme(cv, s, "min")) / sv <= -policy.loo_z
                 rise = (r["cv"] - _roll_extreme(cv, s, "max")) / sv >= policy.loo_z
-                rz = _roll(sums["cv"], h) / np.sqrt(_roll(sums["vv"], h))
-                drop &= rz <= -policy.recent_z
-                rise &= rz >= policy.recent_z
+                rcv, re_ = _roll(sums["cv"], h), _roll(sums["e"], h)
+                rz = rcv / np.sqrt(_roll(sums["vv"], h))
+                drop &= (rz <= -policy.recent_z) & (rcv / re_ <= -policy.min_volume_drop)
+                rise &= (rz >= policy.recent_z) & (rcv / re_ >= policy.min_volume_rise)
                 loo_v = np.where(eff_v < 0, drop, rise)
             else:
                 loo_v = np.ones((P, T), bool)
@@ -329,6 +366,7 @@ def span_evidence(
         )
         n_s = np.stack([r["D"], n_, ee], axis=1)
         k_s = np.stack([np.zeros_like(k_), k_, np.zeros_like(k_)], axis=1)
+        share_s = np.repeat(share[:, None, :], M, axis=1)
         loo_s = np.stack([loo_d, loo_f, loo_v], axis=1)
         peer_s = np.stack([peer_d, peer_f, np.zeros_like(peer_d)], axis=1)
         shared_s = np.stack([shared_d, shared_f, np.ones_like(peer_d)], axis=1)
@@ -336,6 +374,7 @@ def span_evidence(
         exp_s = np.stack([p95_base, pbar, ee / s], axis=1)
         z_s = np.stack([zd, zf, zv], axis=1)
         passing = _passes(eff_s, effms_s, n_s, k_s, loo_s, policy)
+        passing &= share_s >= policy.min_share
         key = np.where(passing, p_s, p_s + 10.0)
         better = key < best_key
         best_key = np.where(better, key, best_key)
@@ -351,6 +390,7 @@ def span_evidence(
             ("observed", obs_s),
             ("expected", exp_s),
             ("z", z_s),
+            ("share", share_s),
         ):
             arr = getattr(best, name)
             np.copyto(arr, val.astype(arr.dtype, copy=False), where=better)
@@ -366,6 +406,6 @@ def _passes(eff, eff_ms, n, k, loo, policy: DetectionPolicy) -> np.ndarray:
         d &= n[:, 0] >= policy.min_calls
         f = (eff[:, 1] >= policy.min_failure_points) & (n[:, 1] >= policy.min_calls)
         f &= k[:, 1] >= policy.min_failures
-        v = (eff[:, 2] <= -policy.min_volume_drop) | (eff[:, 2] >= policy.min_volume_rise)
+        v = volume_effect_ok(eff[:, 2], policy)
         v &= n[:, 2] >= policy.min_expected_calls
     return np.stack([d, f, v], axis=1) & loo
