@@ -472,3 +472,15 @@ def test_evaluated_skips_low_volume_and_ungated_candidates():
     ev = evaluated_from_history(hist, w, candidates=cands, min_calls=50)
     assert "Join|1.29.0.0_stable|duration" not in ev
     assert ev["Join|*|duration"]["baseline"] == 850.0
+
+
+def test_add_silence_from_argparse_style_dict(tmp_path):
+    b = LocalBackend(tmp_path)
+    s = add_silence(
+        b, {"operation": "Join", "sdk_version": None, "metric": "duration"}, "30m", "", T0
+    )
+    assert s.matchers == {"operation_name": "Join", "metric": "duration"}
+    with pytest.raises(ConfigError):
+        add_silence(b, {"operation": None, "metric": ""}, "30m", "", T0)
+    with pytest.raises(ConfigError):
+        add_silence(b, {"participant": "x"}, "30m", "", T0)

@@ -87,7 +87,13 @@ def add_silence(
     starts: str | datetime | None = None,
 ) -> Silence:
     """Add a silence (``acs-detector silence add``); returns it with its id."""
-    matchers = parse_matcher(matcher) if isinstance(matcher, str) else dict(matcher)
+    if isinstance(matcher, str):
+        matchers = parse_matcher(matcher)
+    else:  # e.g. {"operation": args.operation, "sdk_version": None, ...} from argparse
+        matchers = {k: str(v) for k, v in matcher.items() if v is not None and str(v) != ""}
+        if not matchers:
+            raise ConfigError("silence: give at least one of operation, sdk_version, metric")
+        Silence("check", matchers, datetime.min, datetime.max)  # validates the field names
     starts_at = parse_until(starts, now) if starts is not None else now
     ends_at = parse_until(until, now)
     if ends_at <= starts_at:
