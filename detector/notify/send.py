@@ -16,17 +16,26 @@ Does network I/O.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
 import string
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-import apprise
-from apprise.attachment.memory import AttachMemory
+with warnings.catch_warnings():
+    # apprise 2.3 imports the deprecated stdlib imghdr (Python 3.11/3.12); not our concern,
+    # and it must not fail runs or test suites that turn warnings into errors.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    # apprise imports it lazily when plugins load: import it once here, silenced.
+    with contextlib.suppress(ImportError):
+        import imghdr  # noqa: F401
+    import apprise
+    from apprise.attachment.memory import AttachMemory
 
 from detector.notify.render import Message
 
