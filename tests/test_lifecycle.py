@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detector.errors import ConfigError
 from detector.lifecycle import (
@@ -294,3 +296,48 @@ def test_step_does_not_mutate_input_state():
     end = T0 + 2 * STEP
     step([make_anomaly(end=end, severity="critical")], {}, s, P(), end, window_end=end)
     assert s.to_json() == before
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    tokens=st.text(alphabet="HXC-", min_size=1, max_size=25),
+    n_m=st.sampled_from([(1, 1), (2, 3), (3, 5)]),
+    rerun_after=st.integers(min_value=0, max_value=600),
+)
+def test_rerun_of_any_window_is_idempotent(tokens, n_m, rerun_after):
+    """Property: replaying the latest window (at any later time) notifies nothing and leaves
+    the state exactly as the first pass left it; notifications alternate fire/resolve."""
+    policy = P(
+        n=n_m[0],
+        m=n_m[1],
+        repeat_interval=timedelta(minutes=20),
+        resolve_after=timedelta(minutes=10),
+    )
+    state = AlertState()
+    kinds = []
+    for i, tok in enumerate(tokens):
+        end = T0 + STEP * (i + 1)
+        anomalies = (
+            [make_anomaly(end=end, severity="critical" if tok == "X" else "warning")]
+            if tok in "HX"
+            else []
+        )
+        evaluated = {FP: 900.0} if tok == "C" else {}
+        d1, s1 = step(anomalies, evaluated, state, policy, end + M, window_end=end)
+        d2, s2 = step(
+            anomalies,
+            evaluated,
+            s1,
+            policy,
+            end + M + timedelta(minutes=rerun_after),
+            window_end=end,
+        )
+        assert not any(d.notify for d in d2)
+        assert s2.to_json() == s1.to_json()
+        kinds += ["resolved" if d.reason == Reason.RESOLVED else "firing" for d in d1 if d.notify]
+        state = s1
+    # a resolved notice only ever follows a firing one, never two resolves in a row
+    for a, b in zip(kinds, kinds[1:], strict=False):
+        assert not (a == "resolved" and b == "resolved")
+    if kinds:
+        assert kinds[0] == "firing"
