@@ -91,7 +91,7 @@ def _iso(ts: Any) -> str:
     if isinstance(ts, datetime):
         if ts.tzinfo is not None:
             ts = ts.astimezone(UTC)
-        return ts.strftime("%Y-%m-%d %H:%M UTC")
+        return str(ts.strftime("%Y-%m-%d %H:%M UTC"))
     return "" if ts is None else str(ts)
 
 
@@ -160,9 +160,10 @@ def _series_for(a: Anomaly, series: Mapping[str, Any] | None) -> Any:
     # Naive UTC for matplotlib, whatever the input (tz-aware, strings, naive).
     frame["bucket_start"] = pd.to_datetime(frame["bucket_start"], utc=True).dt.tz_localize(None)
     for col in SERIES_COLUMNS[1:]:
-        frame[col] = (
-            pd.to_numeric(frame[col], errors="coerce") if col in frame else float("nan")
-        ).astype(float)
+        if col in frame:
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
+        else:  # e.g. no band stored: draw what there is
+            frame[col] = float("nan")
     return frame.sort_values("bucket_start")
 
 
@@ -190,7 +191,7 @@ def chart_png(a: Anomaly, frame: Any = None, *, width: float = 9.0, height: floa
     """
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
     from matplotlib.figure import Figure
 
     scale = 100.0 if a.metric == "failure_rate" else 1.0
@@ -222,12 +223,18 @@ def chart_png(a: Anomaly, frame: Any = None, *, width: float = 9.0, height: floa
         start = _naive_utc(a.window_start)
         end = _naive_utc(a.window_end)
         if start is not None and end is not None:
+            x0, x1 = date2num([start, end])  # type: ignore[no-untyped-call]
             ax.axvspan(
-                start, end, color=WINDOW_COLOR, alpha=0.35, linewidth=0, label="alert window"
+                float(x0),
+                float(x1),
+                color=WINDOW_COLOR,
+                alpha=0.35,
+                linewidth=0,
+                label="alert window",
             )
-        locator = AutoDateLocator()
+        locator = AutoDateLocator()  # type: ignore[no-untyped-call]
         ax.xaxis.set_major_locator(locator)
-        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
         ax.set_xlabel("bucket start (UTC)")
         # Below the axes, so it never hides the data.
         ax.legend(loc="upper left", bbox_to_anchor=(0, -0.3), fontsize=8, frameon=False, ncol=4)
@@ -260,11 +267,11 @@ def chart_png(a: Anomaly, frame: Any = None, *, width: float = 9.0, height: floa
     return buf.getvalue()
 
 
-def _naive_utc(ts: Any) -> datetime | None:
+def _naive_utc(ts: object) -> datetime | None:
     if not isinstance(ts, datetime):
         return None
     if ts.tzinfo is not None:
-        ts = ts.astimezone(UTC).replace(tzinfo=None)
+        return ts.astimezone(UTC).replace(tzinfo=None)
     return ts
 
 

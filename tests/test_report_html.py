@@ -284,3 +284,11 @@ def test_opens_in_headless_chromium(report: Path, tmp_path: Path) -> None:
     near_red = (np.abs(pixels - red) < 0.08).all(axis=2).sum()
     assert near_red > 200, near_red
     assert pixels.std() > 0.05  # not a flat page
+
+
+def test_series_without_band_or_baseline_still_charts() -> None:
+    a = _anomalies()[0]
+    frame = _series(12, 1200.0, 6, 900.0, 200.0)[["bucket_start", "observed"]]
+    text = render_html_report(anomalies=[a], run_report={}, series={a.fingerprint: frame})
+    assert text.count("data:image/png;base64,") == 1
+    assert "No time series was stored" not in text

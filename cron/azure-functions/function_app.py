@@ -106,7 +106,8 @@ def run_job(argv: list[str]) -> int:
 def detector_timer(timer: func.TimerRequest) -> None:
     """One scheduled run of acs-detector; raises when the run failed."""
     configure_json_logging()
-    status = dict(timer.schedule_status or {})
+    # schedule_status is on the concrete TimerRequest the worker passes, not on the ABC.
+    status = dict(getattr(timer, "schedule_status", None) or {})
     if timer.past_due:
         # Not an error: the run reads its window from the watermark, so the gap since the
         # last successful run is covered by this one.
