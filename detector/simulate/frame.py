@@ -185,17 +185,21 @@ def rows_to_table(
     payload_kind = np.asarray(table.payload_kind)[r.op]
 
     # -- payload -------------------------------------------------------------------------
-    screen = (payload_kind == "view") & (rng.random(n) < 0.1)
-    sid = rng.integers(0, 8, n)
-    camel = rng.random(n) < q.camel_case_keys
-    substr = rng.random(n) < q.subcode_as_string
+    # Parts that do not change a payload are zeroed, so fewer distinct payloads are rendered.
+    view = payload_kind == "view"
+    screen = view & (rng.random(n) < 0.1)
+    sid = np.where(view, rng.integers(0, 8, n), 0)
+    keyed = np.isin(payload_kind, ("video", "view", "share", "ufd"))
+    camel = keyed & (rng.random(n) < q.camel_case_keys)
+    substr = ~table.success[r.res] & (rng.random(n) < q.subcode_as_string)
     invalid = rng.random(n) < q.invalid_payload
+    group = legs.group[leg] & ~np.isin(payload_kind, ("ufd",))
     codes = payloads.encode(
         [
             r.op,
             legs.platform[leg],
-            legs.group[leg],
-            incoming,
+            group,
+            incoming & (payload_kind == "call"),
             r.res,
             screen,
             sid,

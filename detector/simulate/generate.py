@@ -6,8 +6,9 @@ has maintenance windows) and ``simulation.json`` (what was simulated, for humans
 
 Memory stays bounded: one hour of legs at a time, split in parts of at most
 ``params.max_legs_per_chunk`` legs; Parquet row groups are flushed every ~64k rows.
-Determinism: the scenario draws from ``default_rng([seed, 0x5CE7A])``, each hour from
-``default_rng([seed, hour_index])``, so a seed (and the start) fixes every byte.
+Determinism: the scenario draws from ``default_rng([seed, 0x5CE7A])``, each block of hours
+from ``default_rng([seed, block_index])``, so a seed (with the start and params) fixes every
+byte.
 """
 
 from __future__ import annotations
@@ -158,13 +159,16 @@ def simulate(
     rows = legs_total = 0
     try:
         # Legs that start in the last minutes before the start still write rows inside it;
-        # begin one hour early so the first hour is not thinner than the rest.
-        first_hour = -1
-        for h in range(first_hour, days * 24):
-            hour_ms = start_ms + h * _H
-            rng = np.random.default_rng([seed, h - first_hour])
-            for legs in pop.legs_for_hour(rng, hour_ms):
-                legs_total += legs.n if h >= 0 else 0
+        # begin one hour early so the first hour is not thinner than the rest. Several hours
+        # are drawn at once when the volume is small (fixed cost per part), one at a time
+        # when it is large (bounded memory).
+        block = _block_hours(p)
+        first, last = -1, days * 24
+        for index, h in enumerate(range(first, last, block)):
+            hours = min(block, last - h)
+            rng = np.random.default_rng([seed, index])
+            for legs in pop.legs_for_block(rng, start_ms + h * _H, hours):
+                legs_total += int((legs.t0 >= start_ms).sum())
                 r = expand_legs(rng, legs, pop, table, plan.effects)
                 t = rows_to_table(rng, r, legs, pop, table, payloads, end_ms)
                 if t.num_rows:
@@ -239,6 +243,12 @@ def simulate(
         incidents=list(plan.incidents),
         maintenance=list(plan.maintenance),
     )
+
+
+def _block_hours(p: SimParams) -> int:
+    """Hours drawn at once: about half a part's worth of legs at the weekly peak, 1 to 24."""
+    peak = max(p.calls_per_hour, 1e-9) * 3.0
+    return int(min(24, max(1, p.max_legs_per_chunk // 2 / peak)))
 
 
 def _new_version(p: SimParams) -> str | None:

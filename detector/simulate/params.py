@@ -250,7 +250,7 @@ class SimParams:
 
     calls_per_hour: float = 100.0
     #: Legs per day on the rare SDK version, independent of ``calls_per_hour`` so it stays rare.
-    rare_legs_per_day: float = 30.0
+    rare_legs_per_day: float = 20.0
     rare_version: VersionSpec = VersionSpec("Web", "1.35.1.0_stable", "1.35.1", 0.0)
     weekend_factor: float = 0.35
     night_factor: float = 0.12
@@ -339,4 +339,4 @@ class SimParams:
     resource_group: str = "acs-demo-rg"
     resource_name: str = "acs-demo"
     client_tag: str = "904f0b1d-7c6c-4c6d-a5b1-5e6e3b2d69d7"
-    max_legs_per_chunk: int = 4000  # bounds memory: an hour is generated in parts of this size
+    max_legs_per_chunk: int = 2500  # bounds memory: an hour is generated in parts of this size

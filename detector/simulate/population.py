@@ -169,35 +169,42 @@ class Population:
         return len(_BROWSERS)
 
     # ---------------------------------------------------------------- legs
-    def hour_rate(self, hour_ms: int) -> tuple[np.ndarray, float]:
-        """Minute-level leg rate (legs per minute) within the hour and the hour's mean level."""
-        minutes = hour_ms + np.arange(60, dtype=np.int64) * _MS_MIN + _MS_MIN // 2
-        day = min(max((hour_ms - self.start_ms) // _MS_DAY, 0), len(self.day_level) - 1)
-        base = self.profile.rate(minutes) * float(self.day_level[day])
+    def block_rate(self, block_ms: int, hours: int) -> tuple[np.ndarray, np.ndarray]:
+        """Minute-level leg rate (legs per minute) over a block, and the base level per minute."""
+        minutes = block_ms + np.arange(60 * hours, dtype=np.int64) * _MS_MIN + _MS_MIN // 2
+        day = np.clip((minutes - self.start_ms) // _MS_DAY, 0, len(self.day_level) - 1)
+        base = self.profile.rate(minutes) * self.day_level[day]
         per_min = self.params.calls_per_hour / 60.0 * base * self.surge(minutes)
-        return per_min, float(base.mean())
+        return per_min, base
 
-    def legs_for_hour(self, rng: np.random.Generator, hour_ms: int) -> list[Legs]:
-        """Draw the legs that start within ``[hour_ms, hour_ms + 1 h)``, in bounded parts."""
-        per_min, level = self.hour_rate(hour_ms)
+    def legs_for_block(self, rng: np.random.Generator, block_ms: int, hours: int) -> list[Legs]:
+        """Draw the legs that start within ``[block_ms, block_ms + hours)``, in bounded parts.
+
+        Blocks of several hours keep the per-call overhead low at small volumes; each leg
+        still gets the version shares of its own hour.
+        """
+        per_min, base = self.block_rate(block_ms, hours)
         n = int(rng.poisson(per_min.sum()))
-        n_rare = int(rng.poisson(self.params.rare_legs_per_day / 24.0 * level))
-        shares = self.version_shares(hour_ms + _MS_HOUR / 2)
-        minute_cum = np.cumsum(per_min / per_min.sum()) if per_min.sum() > 0 else None
+        n_rare = int(rng.poisson(self.params.rare_legs_per_day / 1440.0 * base.sum()))
+        shares = np.stack(
+            [self.version_shares(block_ms + h * _MS_HOUR + _MS_HOUR / 2) for h in range(hours)]
+        )
+        total_rate = per_min.sum()
+        minute_cum = np.cumsum(per_min / total_rate) if total_rate > 0 else None
         size = self.params.max_legs_per_chunk
         sizes = [size] * (n // size)
         if n % size or not sizes:
             sizes.append(n % size)
         # The few rare-version legs ride along with the last part.
         return [
-            self._draw(rng, hour_ms, k, n_rare if i == len(sizes) - 1 else 0, shares, minute_cum)
+            self._draw(rng, block_ms, k, n_rare if i == len(sizes) - 1 else 0, shares, minute_cum)
             for i, k in enumerate(sizes)
         ]
 
     def _draw(
         self,
         rng: np.random.Generator,
-        hour_ms: int,
+        block_ms: int,
         n: int,
         n_rare: int,
         shares: np.ndarray,
@@ -205,22 +212,24 @@ class Population:
     ) -> Legs:
         p = self.params
         total = n + n_rare
-        u_min = rng.random(total)
+        n_minutes = shares.shape[0] * 60
         if minute_cum is None:
-            minute = np.zeros(total, dtype=np.int64)
+            minute = rng.integers(0, n_minutes, total)
         else:
-            minute = np.minimum(np.searchsorted(minute_cum, u_min), 59)
-        t0 = hour_ms + minute * _MS_MIN + rng.integers(0, _MS_MIN, total)
+            minute = np.minimum(np.searchsorted(minute_cum, rng.random(total)), n_minutes - 1)
+        t0 = block_ms + minute * _MS_MIN + rng.integers(0, _MS_MIN, total)
         platform = np.searchsorted(self._plat_cum, rng.random(total))
         platform = np.minimum(platform, len(self.platforms) - 1)
-        # Version conditional on platform: cumulative shares per platform row.
-        table = np.zeros((len(self.platforms), len(self.versions)))
-        table[self._plat_of_version, np.arange(len(self.versions))] = shares
-        sums = table.sum(axis=1, keepdims=True)
+        # Version conditional on platform and hour: cumulative shares per (hour, platform).
+        n_ver = len(self.versions)
+        table = np.zeros((shares.shape[0], len(self.platforms), n_ver))
+        table[:, self._plat_of_version, np.arange(n_ver)] = shares
+        sums = table.sum(axis=2, keepdims=True)
         table = np.divide(table, sums, out=np.zeros_like(table), where=sums > 0)
-        cum = np.cumsum(table, axis=1)
-        version = (rng.random(total)[:, None] > cum[platform]).sum(axis=1)
-        version = np.minimum(version, len(self.versions) - 2)
+        cum = np.cumsum(table, axis=2)
+        cum[..., -2] = np.where(sums[..., 0] > 0, 1.0, cum[..., -2])  # no rounding gap at the top
+        version = (rng.random(total)[:, None] > cum[minute // 60, platform]).sum(axis=1)
+        version = np.minimum(version, n_ver - 2)
         if n_rare:
             version[n:] = self.rare_index
             platform[n:] = self._plat_of_version[self.rare_index]

@@ -65,6 +65,11 @@ def iso_ms(epoch_ms: np.ndarray) -> pa.StringArray:
         return fixed_width_strings(out)
     hours = np.floor_divide(ms, 3_600_000)
     first, last = int(hours.min()), int(hours.max())
+    if last - first > 24 * 366:  # a wide span: the per-hour prefix table would be too large
+        text = "".join(
+            np.datetime_as_string(ms.astype("datetime64[ms]"), unit="ms", timezone="UTC")
+        )
+        return fixed_width_strings(np.frombuffer(text.encode(), dtype=np.uint8).reshape(-1, 24))
     # "YYYY-MM-DDTHH:" for each hour in the (short) span of this batch.
     span = np.arange(first, last + 1, dtype=np.int64).astype("datetime64[h]")
     text = "".join(f"{h}:" for h in np.datetime_as_string(span, unit="h"))

@@ -29,6 +29,7 @@ Side effects: creates and appends files under the output directory.
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -82,9 +83,22 @@ def _public(table: pa.Table) -> pa.Table:
 
 
 class _ParquetWriter:
+    """Row groups are encoded on one background thread (Arrow releases the GIL), overlapping
+    the generation of the next part; at most one group is in flight, so memory stays bounded."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._writer = pq.ParquetWriter(path, ARROW_SCHEMA, compression="zstd")
+        # Random OperationIds do not compress and rarely repeat: no dictionary for them.
+        dictionary = [c for c in ARROW_SCHEMA.names if c != "OperationId"]
+        self._writer = pq.ParquetWriter(
+            path,
+            ARROW_SCHEMA,
+            compression="zstd",
+            compression_level=1,
+            use_dictionary=dictionary,
+        )
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._inflight: Future[None] | None = None
         self._pending: list[pa.Table] = []
         self._rows = 0
 
@@ -97,19 +111,34 @@ class _ParquetWriter:
     def _flush(self) -> None:
         if self._pending:
             merged = pa.concat_tables(self._pending).combine_chunks()
-            self._writer.write_table(merged, row_group_size=max(merged.num_rows, 1))
+            self._wait()
+            self._inflight = self._pool.submit(
+                self._writer.write_table, merged, row_group_size=max(merged.num_rows, 1)
+            )
         self._pending, self._rows = [], 0
 
+    def _wait(self) -> None:
+        if self._inflight is not None:
+            self._inflight.result()  # re-raises a write error here
+            self._inflight = None
+
     def close(self) -> list[Path]:
-        self._flush()
-        self._writer.close()
+        try:
+            self._flush()
+            self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
+            self._writer.close()
         return [self.path]
 
 
 def _epoch_ms(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     ints = arr.cast(pa.int64())
-    ms = np.floor_divide(ints.fill_null(0).to_numpy(), 1000)
+    # Nulls get a nearby valid value (their text is replaced by null afterwards), which keeps
+    # the formatter's hour span short.
+    fill = pc.min(ints).as_py() or 0
+    ms = np.floor_divide(ints.fill_null(fill).to_numpy(), 1000)
     return ms, ints.is_null()
 
 
