@@ -340,6 +340,11 @@ def deliver(
         store.remove_outbox(drop)
 
     # 2. this run's digests
+    if not routes and any(d.notify for d in decisions):
+        log.warning(
+            "no [[notify.route]] configured: %d notification(s) only in the run report",
+            sum(1 for d in decisions if d.notify),
+        )
     charts = (
         _charts([d for d in decisions if d.notify], history_for_charts, now)
         if any(takes_attachments(u) for r in routes for u in r.urls)
