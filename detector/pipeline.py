@@ -32,10 +32,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from detector.anomaly import Anomaly
-from detector.config import Config, format_duration
+from detector.config import Config
 from detector.errors import ConfigError, DetectorError, PartialResultError, SourceError
 from detector.schema import BucketAggregates
 from detector.store.backend import Backend, LocalBackend
@@ -239,8 +237,8 @@ def run_job(
     was saved (the CLI exits 1).
     """
     from detector.engine import detect
-    from detector.notify import run_alerts
-    from detector.store.alerts import RunRecord
+    from detector.notify import run_alerting
+    from detector.notify.evaluated import chart_history
     from detector.store.buckets import BucketStore
     from detector.store.engine_state import load_engine_state, save_engine_state
 
@@ -300,38 +298,32 @@ def run_job(
             if not dry_run:
                 save_engine_state(backend, result.state, if_version=engine_version)
             source.drill_down(anomalies, judge)
-            series = chart_series(anomalies, history, end=judge[1])
+            series = chart_history(history, anomalies, now=judge[1])
         else:
             report["detection"] = {"skipped": "nothing new to judge"}
             report["candidates"] = []
         report["anomalies"] = [a.to_json() for a in anomalies]
 
         t = time.perf_counter()
-        outcome = run_alerts(
+        delivery = run_alerting(
             anomalies,
-            evaluated_partitions(history, judge, policy),
-            backend=backend,
+            evaluated=report["candidates"],
             routes=routes(cfg),
             alerting=cfg.alerting,
-            now=now if not manual else max(now, judge[1]),
-            window_end=judge[1],
-            run=RunRecord(
-                started_at=now,
-                window_start=judge[0],
-                window_end=judge[1],
-                rows=int(fresh.rows_read),
-                partitions=report["source"]["partitions"],
-                anomalies=len(anomalies),
-            ),
-            history_for_charts=series,
-            report_url_or_path=str(cfg.state_path / "reports" / "latest.html"),
-            bin_size=format_duration(bucket),
+            backend=backend,
+            history=history,
+            # A manual rerun judges a past window: its lifecycle clock is the window's end.
+            now=judge[1] if manual else now,
             dry_run=dry_run,
-            no_notify=not notify or dry_run,
+            send=notify and not dry_run,
+            report=report,
+            window=judge,
+            report_url_or_path=str(cfg.state_path / "reports" / "latest.html"),
+            bucket=bucket,
         )
         timings["alert"] = time.perf_counter() - t
-        report["alerts"] = _jsonable(outcome.to_json())
-        report["delivery_failed"] = not outcome.ok
+        report["alerts"] = _jsonable(delivery)
+        report["delivery_failed"] = bool(delivery.get("failed"))
 
         if not dry_run:
             pstate["last_run"] = {
@@ -419,20 +411,15 @@ def _record_source_error(
     cfg: Config, backend: Backend, exc: Exception, *, now: datetime, notify: bool
 ) -> None:
     """Record the failed run so self-health can tell "source failing N runs in a row"."""
-    from detector.notify import run_alerts
-    from detector.store.alerts import RunRecord
+    from detector.notify import record_failed_run
 
     try:
-        run_alerts(
-            [],
-            {},
+        record_failed_run(
             backend=backend,
-            routes=routes(cfg),
+            routes=routes(cfg) if notify else [],
             alerting=cfg.alerting,
             now=now,
-            window_end=now,
-            run=RunRecord(started_at=now, status="source_error", error=str(exc)[:300]),
-            no_notify=not notify,
+            error=str(exc).splitlines()[0][:300],
         )
     except DetectorError as inner:  # the source error is the one to report
         log.warning("could not record the failed run: %s", inner)
@@ -448,100 +435,6 @@ def _model_store(cfg: Config, backend: Backend) -> Any:
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
-
-
-def evaluated_partitions(
-    history: BucketAggregates, window: tuple[datetime, datetime], policy: Any
-) -> dict[str, dict[str, Any]]:
-    """Fingerprints judged in ``window`` with enough calls, with their current values.
-
-    The lifecycle resolves only what was evaluated and clean (missing data never resolves an
-    alert), and a resolved notice carries these current values.
-    """
-    from detector.aggregate import FLEET, fleet, merge, quantiles
-
-    stats = history.stats
-    if not len(stats):
-        return {}
-    lo, hi = pd.Timestamp(window[0]), pd.Timestamp(window[1])
-    both = merge(history, fleet(history))
-    st = both.stats[(both.stats["bucket_start"] >= lo) & (both.stats["bucket_start"] < hi)]
-    if not len(st):
-        return {}
-    key = ["operation_name", "sdk_version"]
-    sums = st.groupby(key, observed=True)[["calls", "failures"]].sum().reset_index()
-    h = both.hist[(both.hist["bucket_start"] >= lo) & (both.hist["bucket_start"] < hi)]
-    p95 = {}
-    if len(h):
-        q = quantiles(h, [0.95], by=key)
-        p95 = {(r[0], r[1]): r[2] for r in q[[*key, q.columns[-1]]].itertuples(index=False)}
-    out: dict[str, dict[str, Any]] = {}
-    min_calls = getattr(policy, "min_calls", 50)
-    for op, ver, calls, failures in sums.itertuples(index=False):
-        if calls < min_calls:
-            continue
-        version = "*" if ver == FLEET else ver
-        out[f"{op}|{version}|failure_rate"] = {
-            "observed": failures / calls,
-            "calls": int(calls),
-        }
-        if (op, ver) in p95:
-            out[f"{op}|{version}|duration"] = {
-                "observed": float(p95[(op, ver)]),
-                "calls": int(calls),
-            }
-        if ver == FLEET:
-            out[f"{op}|*|volume"] = {"observed": float(calls), "calls": int(calls)}
-    return out
-
-
-def chart_series(
-    anomalies: list[Anomaly], history: BucketAggregates, *, end: datetime
-) -> dict[str, pd.DataFrame]:
-    """Per alert, the last day of its metric per bucket with the baseline and its band.
-
-    Columns: bucket_start, observed, baseline, band_low, band_high (the band is the anomaly's
-    baseline band, drawn flat over the day).
-    """
-    from detector.aggregate import FLEET, fleet, merge, quantiles
-
-    if not anomalies or not len(history.stats):
-        return {}
-    lo, hi = pd.Timestamp(end) - pd.Timedelta(days=1), pd.Timestamp(end)
-    both = merge(history, fleet(history))
-    st = both.stats[(both.stats["bucket_start"] >= lo) & (both.stats["bucket_start"] < hi)]
-    hs = both.hist[(both.hist["bucket_start"] >= lo) & (both.hist["bucket_start"] < hi)]
-    out: dict[str, pd.DataFrame] = {}
-    for a in anomalies:
-        ver = a.sdk_version if a.sdk_version is not None else FLEET
-        part = st[(st["operation_name"] == a.operation_name) & (st["sdk_version"] == ver)]
-        if not len(part):
-            continue
-        part = part.sort_values("bucket_start")
-        if a.metric == "failure_rate":
-            observed = (part["failures"] / part["calls"].where(part["calls"] > 0)).to_numpy()
-            times = part["bucket_start"].to_numpy()
-        elif a.metric == "volume":
-            observed = part["calls"].to_numpy(dtype="float64")
-            times = part["bucket_start"].to_numpy()
-        else:
-            hp = hs[(hs["operation_name"] == a.operation_name) & (hs["sdk_version"] == ver)]
-            if not len(hp):
-                continue
-            q = quantiles(hp, [0.95], by=["bucket_start"]).sort_values("bucket_start")
-            observed = q[q.columns[-1]].to_numpy(dtype="float64")
-            times = q["bucket_start"].to_numpy()
-        n = len(observed)
-        out[a.fingerprint] = pd.DataFrame(
-            {
-                "bucket_start": times,
-                "observed": observed,
-                "baseline": [a.baseline] * n,
-                "band_low": [a.band_low if a.band_low is not None else a.baseline] * n,
-                "band_high": [a.band_high if a.band_high is not None else a.baseline] * n,
-            }
-        )
-    return out
 
 
 def _write_outputs(
