@@ -111,8 +111,8 @@ def simulate(
     start
         First instant (UTC; naive is taken as UTC). Default: 2026-11-02T00:00:00Z, a Monday.
     calls_per_hour
-        Call legs per hour averaged over a week (~23 rows each); overrides
-        ``params.calls_per_hour`` (default 100, ~390k rows for 7 days).
+        Call legs per hour averaged over a week (~20 rows each); overrides
+        ``params.calls_per_hour`` (default 100, ~340k rows for 7 days; ~2960 gives 10M).
     progress
         Called after each written part with the number of rows written so far.
     params

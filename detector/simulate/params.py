@@ -3,7 +3,7 @@
 Nothing here is published by Microsoft except the latency goals and the result codes; the
 operation mix, the failure rates, the version shares and the quirk rates are our own choices
 (see ``reference/acs-logs.md``, "What a realistic simulator should reproduce"), so they are all
-parameters. The defaults produce ~23 rows per call leg and a few hundred thousand rows for a week.
+parameters. The defaults produce ~20 rows per call leg and ~340,000 rows for a week.
 
 This module is pure data (no I/O, no randomness).
 """
@@ -245,7 +245,7 @@ class SimParams:
     """All simulator parameters (rates, mix, volumes). Frozen: derive variants with ``replace``.
 
     ``calls_per_hour`` is the number of call legs per hour averaged over a week; each leg
-    writes ~23 rows with the default mix, so 100 legs/h gives ~390,000 rows for 7 days.
+    writes ~20 rows with the default mix, so 100 legs/h gives ~340,000 rows for 7 days.
     """
 
     calls_per_hour: float = 100.0

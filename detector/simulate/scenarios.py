@@ -207,6 +207,7 @@ class ScenarioContext:
     warmup_end_ms: int
     params: SimParams
     rng: np.random.Generator
+    taken: list[tuple[int, int]] = field(default_factory=list)  # windows placed so far
 
     @property
     def new_version(self) -> str:
@@ -230,27 +231,35 @@ class ScenarioContext:
         """A duration in ms between ``lo`` and ``hi`` hours, in 5-minute steps."""
         return int(round(self.uniform(lo, hi) * _H / _MIN5)) * _MIN5
 
-    def slot(self, i: int, k: int, duration_ms: int, after_ms: int | None = None) -> int:
-        """Start of a window of ``duration_ms`` in part ``i`` of ``k`` of the post-warm-up span.
+    def slot(self, duration_ms: int, after_ms: int | None = None) -> int:
+        """Start of a window of ``duration_ms`` after the warm-up (and after ``after_ms``).
 
-        Prefers a weekday business hour (09:00-16:00 UTC) on a 5-minute boundary, so incidents
-        hit real traffic; falls back to any time in the part.
+        On a 5-minute boundary, preferring a weekday business hour (start 09:00-15:55 UTC) so
+        incidents hit real traffic, then any business hour, then any time; windows placed
+        earlier in the same scenario are avoided (with an hour of margin), so effects do not
+        mask one another. The choice among candidates is random (seeded).
         """
-        lo = max(self.warmup_end_ms, after_ms or 0)
-        span = self.end_ms - lo
-        a = lo + span * i // k
-        b = lo + span * (i + 1) // k - duration_ms
+        a = max(self.warmup_end_ms, after_ms or 0)
         a = -(-a // _MIN5) * _MIN5
-        if b <= a:
-            return max(min(a, self.end_ms - duration_ms), self.start_ms)
+        b = self.end_ms - duration_ms
+        if b < a:
+            start = max(min(a, b), self.start_ms)
+            self.taken.append((start, start + duration_ms))
+            return start
         cand = np.arange(a, b + 1, _MIN5, dtype=np.int64)
+        free = np.ones(cand.size, dtype=bool)
+        for s0, e0 in self.taken:
+            free &= (cand + duration_ms + _H <= s0) | (cand >= e0 + _H)
         hour = (cand % 86_400_000) // _H
         weekday = ((cand // 86_400_000) + 3) % 7
-        for mask in ((hour >= 9) & (hour < 16) & (weekday < 5), (hour >= 9) & (hour < 16)):
+        business = (hour >= 9) & (hour < 16)
+        for mask in (free & business & (weekday < 5), free & business, free, business):
             if mask.any():
                 cand = cand[mask]
                 break
-        return int(cand[int(self.rng.integers(cand.size))])
+        start = int(cand[int(self.rng.integers(cand.size))])
+        self.taken.append((start, start + duration_ms))
+        return start
 
     def rollout(self) -> int:
         """The new SDK build ships 1-6 h after the warm-up (any scenario has this rollout)."""
@@ -283,9 +292,9 @@ def _new_version_latency(ctx: ScenarioContext, plan: ScenarioPlan) -> None:
         )
 
 
-def _fleet_failure_spike(ctx: ScenarioContext, plan: ScenarioPlan, i: int, k: int) -> None:
+def _fleet_failure_spike(ctx: ScenarioContext, plan: ScenarioPlan) -> None:
     dur = ctx.hours(1.0, 3.0)
-    start = ctx.slot(i, k, dur)
+    start = ctx.slot(dur)
     extra = round(ctx.uniform(0.15, 0.3), 3)
     plan.effects.append(
         Effect("failure", "StartVideo", None, start, start + dur, extra, P.VIDEO_START_FAILED)
@@ -307,7 +316,7 @@ def _new_version_failures(ctx: ScenarioContext, plan: ScenarioPlan) -> None:
     version = ctx.new_version
     op = ctx.choose(("Join", "StartVideo", "CreateView"))
     dur = ctx.hours(2.0, 4.0)
-    start = ctx.slot(0, 1, dur, after_ms=plan.rollout_ms + 10 * _H)
+    start = ctx.slot(dur, after_ms=plan.rollout_ms + 10 * _H)
     extra = round(ctx.uniform(0.2, 0.35), 3)
     code = P.STACK_INIT_TIMEOUT if op == "Join" else P.VIDEO_START_FAILED
     plan.effects.append(Effect("failure", op, version, start, start + dur, extra, code))
@@ -324,10 +333,14 @@ def _new_version_failures(ctx: ScenarioContext, plan: ScenarioPlan) -> None:
     )
 
 
-def _traffic_drop(ctx: ScenarioContext, plan: ScenarioPlan, i: int, k: int) -> None:
-    op = ctx.choose(("CreateView", "StartCall", "Join", "StartVideo"))
+def _traffic_drop(
+    ctx: ScenarioContext,
+    plan: ScenarioPlan,
+    ops: tuple[str, ...] = ("CreateView", "StartCall", "Join", "StartVideo"),
+) -> None:
+    op = ctx.choose(ops)
     dur = ctx.hours(1.0, 3.0)
-    start = ctx.slot(i, k, dur)
+    start = ctx.slot(dur)
     keep = round(ctx.uniform(0.15, 0.4), 3)
     plan.effects.append(Effect("volume", op, None, start, start + dur, keep))
     plan.incidents.append(
@@ -366,18 +379,18 @@ def _slow_drift(ctx: ScenarioContext, plan: ScenarioPlan) -> None:
     )
 
 
-def _rare_version_noise(ctx: ScenarioContext, plan: ScenarioPlan, i: int, k: int) -> None:
+def _rare_version_noise(ctx: ScenarioContext, plan: ScenarioPlan) -> None:
     dur = ctx.hours(2.0, 4.0)
-    start = ctx.slot(i, k, dur)
+    start = ctx.slot(dur)
     v = ctx.rare_version
     for op in ("Join", "StartCall", "CreateView", "StartVideo"):
         plan.effects.append(Effect("failure", op, v, start, start + dur, 0.5, P.STACK_INIT_TIMEOUT))
         plan.effects.append(Effect("duration", op, v, start, start + dur, 3.0))
 
 
-def _busy_hour(ctx: ScenarioContext, plan: ScenarioPlan, i: int, k: int) -> None:
+def _busy_hour(ctx: ScenarioContext, plan: ScenarioPlan) -> None:
     dur = ctx.hours(1.0, 2.0)
-    start = ctx.slot(i, k, dur)
+    start = ctx.slot(dur)
     plan.effects.append(
         Effect("surge", None, None, start, start + dur, round(ctx.uniform(2.5, 3.5), 2))
     )
@@ -385,7 +398,7 @@ def _busy_hour(ctx: ScenarioContext, plan: ScenarioPlan, i: int, k: int) -> None
 
 def _maintenance(ctx: ScenarioContext, plan: ScenarioPlan) -> None:
     dur = ctx.hours(2.0, 3.0)
-    start = ctx.slot(0, 1, dur)
+    start = ctx.slot(dur)
     inner = (start + 2 * _MIN5, start + dur - 2 * _MIN5)
     for op in ("Join", "StartCall", "CallAgentInit"):
         plan.effects.append(Effect("failure", op, None, *inner, 0.3, P.SERVER_NO_ANSWER))
@@ -425,10 +438,13 @@ def _plan(
 
 def _default(ctx: ScenarioContext, plan: ScenarioPlan) -> None:
     _new_version_latency(ctx, plan)
-    _fleet_failure_spike(ctx, plan, 1, 4)
-    _traffic_drop(ctx, plan, 3, 4)
-    _rare_version_noise(ctx, plan, 0, 4)
-    _busy_hour(ctx, plan, 2, 4)
+    # Labelled incidents first: they get the weekday business hours; the hard negatives
+    # take what is left.
+    _fleet_failure_spike(ctx, plan)
+    # Not Join/StartCall: their new-version latency window is a day long.
+    _traffic_drop(ctx, plan, ("CreateView", "StartVideo"))
+    _rare_version_noise(ctx, plan)
+    _busy_hour(ctx, plan)
 
 
 SCENARIOS: Final[dict[str, Scenario]] = {
@@ -448,7 +464,7 @@ SCENARIOS: Final[dict[str, Scenario]] = {
         Scenario(
             "fleet_failure_spike",
             "StartVideo failures spike across all SDK versions for 1-3 h on a business day",
-            _plan(lambda c, p: _fleet_failure_spike(c, p, 0, 1)),
+            _plan(_fleet_failure_spike),
         ),
         Scenario(
             "new_version_failures",
@@ -458,7 +474,7 @@ SCENARIOS: Final[dict[str, Scenario]] = {
         Scenario(
             "traffic_drop",
             "one operation's volume drops by 60-85 % for 1-3 h while the rest is normal",
-            _plan(lambda c, p: _traffic_drop(c, p, 0, 1)),
+            _plan(_traffic_drop),
         ),
         Scenario(
             "slow_drift",
@@ -468,13 +484,13 @@ SCENARIOS: Final[dict[str, Scenario]] = {
         Scenario(
             "rare_version_noise",
             "hard negative: a rare SDK build with a handful of calls fails and is slow for a few hours",
-            _plan(lambda c, p: _rare_version_noise(c, p, 0, 1)),
+            _plan(_rare_version_noise),
             hard_negative=True,
         ),
         Scenario(
             "busy_hour",
             "hard negative: a legitimate 2.5-3.5x traffic surge for 1-2 h with normal quality",
-            _plan(lambda c, p: _busy_hour(c, p, 0, 1)),
+            _plan(_busy_hour),
             hard_negative=True,
         ),
         Scenario(
