@@ -58,7 +58,7 @@ _CHI2_MEDIAN = 0.454936
 def slot_of(ts: pd.Series | pd.DatetimeIndex | np.ndarray) -> np.ndarray:
     """Hour-of-week slot of UTC timestamps (Monday 00:00 = 0)."""
     idx = pd.DatetimeIndex(ts)
-    return (idx.dayofweek.to_numpy() * 24 + idx.hour.to_numpy()).astype(np.int16)
+    return (idx.day_of_week.to_numpy() * 24 + idx.hour.to_numpy()).astype(np.int16)
 
 
 def with_fleet(stats: pd.DataFrame) -> pd.DataFrame:
@@ -340,20 +340,7 @@ def compute_baselines(
         var_f = np.where(Df > 1, S2f / np.maximum(Df, 1) - mu_f**2, np.nan)
     var_f = np.where(np.isfinite(var_f), np.maximum(var_f, 1e-4), var_f)
 
-    # Cold start: versions borrow their operation's fleet values, weight n/(n+k).
-    fleet = parts.is_fleet
-    fo = parts.fleet_of
-    k = policy.cold_start_k
-    w_calls = np.where(fleet, 1.0, Cf / (Cf + k) if k > 0 else (Cf > 0).astype(float))
-    w_dur = np.where(fleet, 1.0, Df / (Df + k) if k > 0 else (Df > 0).astype(float))
-    p_b = _blend(p_f, p_f[fo], w_calls)
-    mu_b = _blend(mu_f, mu_f[fo], w_dur)
-    var_b = _blend(var_f, var_f[fo], w_dur)
-    has_history = np.isfinite(p_b) & (
-        Bf[fo] * bucket_days * 24 >= policy.min_history.total_seconds() / 3600
-    )
-
-    # Profiles: fold the hour-of-week sums to the partition's profile, shrink slots to flat.
+    # Profiles: fold the hour-of-week sums to the partition's profile.
     def fold(a: np.ndarray) -> np.ndarray:
         out = a.copy()
         hod = a.reshape(P, 7, 24).sum(axis=1)
@@ -364,14 +351,30 @@ def compute_baselines(
         return out
 
     Cs, Fs, Ds, S1s, S2s, Bs = (fold(a) for a in (C, F, D, S1, S2, n_slot_buckets))
+    # Each slot is shrunk towards the partition's own flat value (a thin hour stays sane) ...
     prior = policy.slot_prior_calls
     prior_b = 2.0  # pseudo-buckets for the volume profile
     with np.errstate(invalid="ignore", divide="ignore"):
         exp_calls = (Cs + prior_b * rate_f[:, None]) / (Bs + prior_b)
-        fail_rate = (Fs + prior * p_b[:, None]) / (Cs + prior)
-        mu_log = (S1s + prior * mu_b[:, None]) / (Ds + prior)
-        m2 = (S2s + prior * (var_b + mu_b**2)[:, None]) / (Ds + prior)
+        own_fail = (Fs + prior * p_f[:, None]) / (Cs + prior)
+        own_mu = (S1s + prior * mu_f[:, None]) / (Ds + prior)
+        own_m2 = (S2s + prior * (var_f + mu_f**2)[:, None]) / (Ds + prior)
+
+    # ... then (cold start) a version's slots are blended with its operation's fleet slots with
+    # the empirical-Bayes weight n/(n+k), n = the version's own baseline calls (durations).
+    fleet = parts.is_fleet
+    fo = parts.fleet_of
+    k = policy.cold_start_k
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w_calls = np.where(fleet, 1.0, Cf / (Cf + k) if k > 0 else (Cf > 0).astype(float))
+        w_dur = np.where(fleet, 1.0, Df / (Df + k) if k > 0 else (Df > 0).astype(float))
+    fail_rate = _blend(own_fail, own_fail[fo], w_calls[:, None])
+    mu_log = _blend(own_mu, own_mu[fo], w_dur[:, None])
+    m2 = _blend(own_m2, own_m2[fo], w_dur[:, None])
+    with np.errstate(invalid="ignore"):
         var_log = np.maximum(m2 - mu_log**2, 1e-4)
+    p_any = np.nanmax(np.where(np.isfinite(fail_rate), fail_rate, -1.0), axis=1) >= 0
+    has_history = p_any & (Bf[fo] * bucket_days * 24 >= policy.min_history.total_seconds() / 3600)
 
     # Overdispersion from the baseline rows themselves (median squared Pearson residual).
     mu_r = mu_log[pid, slot]

@@ -251,6 +251,7 @@ class Evidence:
     n_tests: np.ndarray = field(default_factory=lambda: np.ones(len(METRIC_NAMES)))
     span: np.ndarray | None = None  # (P, M, T) buckets behind the evidence (attribution window)
     share: np.ndarray | None = None  # (P, M, T) version's share of its operation's calls
+    raw_z: np.ndarray | None = None  # (P, M, T) single-bucket |z| before maintenance masking
 
 
 def _practical(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
@@ -342,12 +343,14 @@ def decide(
     n_tests = np.asarray(ev.n_tests, dtype="float64").reshape(1, M, 1)
     raw_sig = ev.p <= policy.alpha  # nominally interesting, before any correction
     candidate = (raw_sig | ev.forest) & ev.testable[:, :, None]
-    sig = ev.p * np.maximum(n_tests, 1.0) <= policy.alpha
-    practical = _practical(ev, policy)
-    volume = _enough_volume(ev, policy)
     maint = np.broadcast_to(
         ev.maintenance if ev.maintenance.ndim == 2 else ev.maintenance[None, :], (P, T)
     )[:, None, :]
+    if ev.raw_z is not None:  # deviations inside maintenance are reported as such
+        candidate = candidate | (maint & (ev.raw_z >= 3.0) & ev.testable[:, :, None])
+    sig = ev.p * np.maximum(n_tests, 1.0) <= policy.alpha
+    practical = _practical(ev, policy)
+    volume = _enough_volume(ev, policy)
     hist = ev.has_history[:, None, None]
 
     hot = sig & practical & volume & ev.loo_ok & ~maint & hist & ev.testable[:, :, None]

@@ -176,6 +176,18 @@ def detect(
 
     t = time.perf_counter()
     cube = build_cube(stats, parts, start=_py(cube_start), end=_py(we), bucket=bucket)
+    # Maintenance buckets carry no evidence at all: spans skip them, so nothing fires on a
+    # maintenance window's aftermath either.
+    maint = _maintenance_mask(cube.times, parts, maintenance)
+    raw_z = None
+    if maint.any():
+        # What deviated inside maintenance (reported as such), before it is zeroed out.
+        raw = np.abs(bucket_features(cube, parts, base))
+        raw_z = np.stack(
+            [raw[..., np.asarray(FEATURE_METRIC) == m].max(axis=-1) for m in range(3)], axis=1
+        )
+        raw_z[:, 2][~parts.is_fleet] = 0.0
+    cube.exclude(maint)
     feats = bucket_features(cube, parts, base)
     ev = span_evidence(cube, parts, base, policy)
     timings["features"] = time.perf_counter() - t
@@ -190,7 +202,6 @@ def detect(
     t = time.perf_counter()
     P, T = cube.calls.shape
     judged = np.asarray(cube.times >= ws)
-    maint = _maintenance_mask(cube.times, parts, maintenance)
     testable = np.zeros((P, len(METRIC_NAMES)), dtype=bool)
     testable[:, 0] = cube.dur_n.sum(axis=1) > 0
     testable[:, 1] = True
@@ -220,6 +231,7 @@ def detect(
         n_tests=n_tests,
         span=ev.span,
         share=ev.share,
+        raw_z=raw_z,
     )
     bucket_end = (cube.times + bucket).tz_convert("UTC").tz_localize(None).to_numpy()
     reasons = decide(evidence, policy=policy, now=now, bucket_end=bucket_end)

@@ -68,10 +68,19 @@ class Cube:
     dur_n: np.ndarray
     s1: np.ndarray
     s2: np.ndarray
+    excluded: np.ndarray | None = None  # (P, T) buckets zeroed out (maintenance)
 
     @property
     def slots(self) -> np.ndarray:
         return slot_of(self.times)
+
+    def exclude(self, mask: np.ndarray) -> None:
+        """Zero the buckets of ``mask`` (P, T) so no span's evidence includes them."""
+        if not mask.any():
+            return
+        for a in (self.calls, self.failures, self.dur_n, self.s1, self.s2):
+            a[mask] = 0.0
+        self.excluded = mask if self.excluded is None else (self.excluded | mask)
 
 
 def build_cube(
@@ -131,6 +140,8 @@ def expected_calls(base: Baselines, slots: np.ndarray, cube: Cube, parts: Partit
     not an operation's volume anomaly (the job's self-health checks see a global drop).
     """
     e = base.exp_calls[:, slots]
+    if cube.excluded is not None:
+        e = np.where(cube.excluded, 0.0, e)
     fleet = parts.is_fleet
     if fleet.sum() < 2:
         return e
@@ -358,6 +369,8 @@ def span_evidence(
                 loo_v = np.ones((P, T), bool)
             zv = np.where(r["vv"] > 0, r["cv"] / np.sqrt(r["vv"]), 0.0)
 
+        with np.errstate(invalid="ignore", divide="ignore"):
+            obs_f = np.where(n_ > 0, k_ / n_, np.nan)
         p_s = np.stack([pd_, pf, pv], axis=1)
         p_s = np.minimum(np.nan_to_num(p_s, nan=1.0) * n_spans, 1.0)
         eff_s = np.stack([eff_d, eff_f, eff_v], axis=1)
@@ -370,7 +383,7 @@ def span_evidence(
         loo_s = np.stack([loo_d, loo_f, loo_v], axis=1)
         peer_s = np.stack([peer_d, peer_f, np.zeros_like(peer_d)], axis=1)
         shared_s = np.stack([shared_d, shared_f, np.ones_like(peer_d)], axis=1)
-        obs_s = np.stack([obs_d, np.where(n_ > 0, k_ / n_, np.nan), n_ / s], axis=1)
+        obs_s = np.stack([obs_d, obs_f, n_ / s], axis=1)
         exp_s = np.stack([p95_base, pbar, ee / s], axis=1)
         z_s = np.stack([zd, zf, zv], axis=1)
         passing = _passes(eff_s, effms_s, n_s, k_s, loo_s, policy)

@@ -1,0 +1,161 @@
+"""Baselines: profile choice, cold-start shrinkage, exclusions (case tables on synthetic buckets)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detector.baseline import FLEET, Partitions, compute_baselines, exclusion_mask, with_fleet
+from detector.decide import DetectionPolicy
+from tests.fixtures_engine import T0, Part, make_aggs
+
+POLICY = DetectionPolicy()
+
+
+def _baselines(
+    parts, days=4.0, incidents=(), maintenance=(), alerted=(), policy=POLICY, seed=0, extra=0.0
+):
+    """Baselines over ``days``; ``extra`` days of data after them (the judged window)."""
+    aggs = make_aggs(parts, days=days + extra, incidents=incidents, seed=seed, with_hist=False)
+    stats = with_fleet(aggs.stats)
+    p = Partitions.from_frame(stats)
+    end = T0 + timedelta(days=days)
+    base = compute_baselines(
+        stats,
+        p,
+        start=end - policy.baseline,
+        end=end,
+        policy=policy,
+        maintenance=maintenance,
+        alerted=alerted,
+    )
+    return p, base, stats
+
+
+def _row(p: Partitions, op: str, ver: str) -> int:
+    return int(np.flatnonzero((p.operation == op) & (p.version == ver))[0])
+
+
+@pytest.mark.parametrize(
+    ("history_days", "expected"),
+    [(1.0, "flat"), (1.5, "flat"), (2.0, "seasonal"), (6.0, "seasonal"), (22.0, "weekly")],
+)
+def test_profile_follows_the_history_available(history_days: float, expected: str) -> None:
+    policy = DetectionPolicy(baseline=timedelta(days=max(history_days, 7)))
+    p, base, _ = _baselines([Part("Join", "1.0", 120.0)], days=history_days, policy=policy)
+    assert base.kind[_row(p, "Join", FLEET)] == expected
+    assert base.kind[_row(p, "Join", "1.0")] == expected
+
+
+def test_seasonal_profile_learns_the_daily_cycle_and_flat_does_not() -> None:
+    parts = [Part("Join", "1.0", 240.0, daily_amplitude=0.8)]
+    p, base, _ = _baselines(parts, days=4.0)
+    f = _row(p, "Join", FLEET)
+    # hour 12 is the daily peak of the fixture's sine, hour 0 the trough (slots 12 and 0).
+    assert base.exp_calls[f, 12] > 2.5 * base.exp_calls[f, 0]
+    p, flat, _ = _baselines(parts, days=1.0)
+    f = _row(p, "Join", FLEET)
+    assert flat.exp_calls[f, 12] == pytest.approx(flat.exp_calls[f, 0])
+
+
+@pytest.mark.parametrize("new_calls_per_hour", [0.0, 5.0, 30.0, 400.0])
+def test_cold_start_weight_is_n_over_n_plus_k(new_calls_per_hour: float) -> None:
+    # An established version fails 1 %, the new one 9 %: its baseline is shrunk towards 1 %.
+    # A rate of 0 in the baseline: the version first shows up in the judged window.
+    start_new = T0 + timedelta(days=3 if new_calls_per_hour else 4.1)
+    rate = new_calls_per_hour or 30.0
+    parts = [
+        Part("Join", "old", 600.0, fail_rate=0.01),
+        Part("Join", "new", rate, fail_rate=0.09, start=start_new),
+    ]
+    p, base, stats = _baselines(parts, days=4.0, extra=0.5)
+    stats = stats[stats.bucket_start < pd.Timestamp(T0 + timedelta(days=4))]
+    new, fleet = _row(p, "Join", "new"), _row(p, "Join", FLEET)
+    n = float(stats.loc[stats.sdk_version == "new", "calls"].sum())
+    w = n / (n + POLICY.cold_start_k)
+    assert base.weight[new] == pytest.approx(w)
+    assert base.calls[new] == n
+    assert base.provisional[new] == (w < POLICY.provisional_weight)
+    assert base.kind[new] == ("borrowed" if w < POLICY.provisional_weight else "flat")
+    own = stats.loc[stats.sdk_version == "new"]
+    own_rate = own.failures.sum() / own.calls.sum() if n else 0.0
+    fleet_rate = (
+        stats.loc[stats.sdk_version == FLEET, "failures"].sum()
+        / stats.loc[stats.sdk_version == FLEET, "calls"].sum()
+    )
+    expected = w * own_rate + (1 - w) * fleet_rate
+    # The slot values are shrunk towards this flat value, so their call-weighted mean is close.
+    assert np.average(base.fail_rate[new]) == pytest.approx(expected, abs=0.004)
+    assert base.has_history[new] and not base.provisional[fleet]
+
+
+def test_alerted_and_maintenance_buckets_are_kept_out() -> None:
+    from tests.fixtures_engine import Incident
+
+    bad_start, bad_end = T0 + timedelta(days=2), T0 + timedelta(days=2, hours=6)
+    parts = [Part("Join", "1.0", 240.0, fail_rate=0.01, median_ms=500.0)]
+    inc = (Incident("Join", None, bad_start, bad_end, duration_factor=3.0, fail_rate=0.5),)
+    p, clean, _ = _baselines(parts, seed=3)
+    _, polluted, _ = _baselines(parts, incidents=inc, seed=3)
+    _, alerted, _ = _baselines(
+        parts, incidents=inc, seed=3, alerted=[("Join", "1.0", bad_start, bad_end)]
+    )
+    _, maint, _ = _baselines(parts, incidents=inc, seed=3, maintenance=[(bad_start, bad_end, None)])
+    _, fleet_alert, _ = _baselines(
+        parts, incidents=inc, seed=3, alerted=[("Join", FLEET, bad_start, bad_end)]
+    )
+    v = _row(p, "Join", "1.0")
+    rate = lambda b: float(np.mean(b.fail_rate[v]))  # noqa: E731
+    assert rate(polluted) > rate(clean) + 0.02
+    for b in (alerted, maint, fleet_alert):
+        assert rate(b) == pytest.approx(rate(clean), abs=0.004)
+        assert np.mean(b.mu_log[v]) == pytest.approx(np.mean(clean.mu_log[v]), abs=0.02)
+        # Excluded buckets are not counted either, so expected volume is not biased down.
+        assert b.excluded[v] == 72
+        assert b.buckets[v] == clean.buckets[v] - 72
+        assert np.mean(b.exp_calls[v]) == pytest.approx(np.mean(clean.exp_calls[v]), rel=0.03)
+
+
+def test_exclusion_mask_scopes() -> None:
+    rows = pd.DataFrame(
+        {
+            "operation_name": ["Join", "Join", "StartCall", "Join"],
+            "sdk_version": ["a", "b", "a", "a"],
+            "bucket_start": pd.to_datetime(
+                ["2026-11-02T01:00Z", "2026-11-02T01:00Z", "2026-11-02T01:00Z", "2026-11-02T03:00Z"]
+            ),
+        }
+    )
+    s, e = T0 + timedelta(hours=1), T0 + timedelta(hours=2)
+    assert exclusion_mask(rows, [(s, e, None)]).tolist() == [True, True, True, False]
+    assert exclusion_mask(rows, [(s, e, "Join")]).tolist() == [True, True, False, False]
+    assert exclusion_mask(rows, alerted=[("Join", "a", s, e)]).tolist() == [
+        True,
+        False,
+        False,
+        False,
+    ]
+    assert exclusion_mask(rows, alerted=[("Join", FLEET, s, e)]).tolist() == [
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
+def test_with_fleet_sums_versions() -> None:
+    aggs = make_aggs([Part("Join", "a", 60.0), Part("Join", "b", 60.0)], days=0.5, with_hist=False)
+    stats = with_fleet(aggs.stats)
+    fleet = stats[stats.sdk_version == FLEET]
+    versions = stats[stats.sdk_version != FLEET]
+    for col in ("calls", "failures", "dur_n", "log_dur_sum"):
+        assert fleet[col].sum() == pytest.approx(versions[col].sum())
+
+
+def test_no_history_is_insufficient() -> None:
+    policy = DetectionPolicy(min_history=timedelta(hours=12))
+    p, base, _ = _baselines([Part("Join", "1.0", 120.0)], days=0.25, policy=policy)
+    assert not base.has_history.any()

@@ -1,0 +1,199 @@
+"""detect(): end to end on synthetic bucket aggregates (no simulator, no files)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from functools import cache
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from detector.engine import DetectionPolicy, DetectionResult, detect
+from detector.store.backend import LocalBackend
+from detector.store.engine_state import EngineState, load_engine_state, save_engine_state
+from detector.store.models import ModelStore
+from tests.fixtures_engine import T0, Incident, Part, make_aggs, standard_parts
+
+POLICY = DetectionPolicy()
+DAYS = 3.0
+WS = T0 + timedelta(days=DAYS - 0.5)
+WE = T0 + timedelta(days=DAYS)
+V_OLD, V_NEW = "1.30.1.0_stable", "1.31.1.0_stable"
+
+
+@cache
+def version_failures():
+    inc = Incident("Join", V_NEW, WS + timedelta(hours=3), WS + timedelta(hours=5), fail_rate=0.12)
+    return make_aggs(standard_parts(), days=DAYS, incidents=(inc,), seed=1), inc
+
+
+@cache
+def fleet_latency():
+    inc = Incident("StartVideo", None, WS + timedelta(hours=2), WS + timedelta(hours=4), 1.8)
+    return make_aggs(standard_parts(), days=DAYS, incidents=(inc,), seed=2), inc
+
+
+def _run(aggs, **kw) -> DetectionResult:
+    kw.setdefault("policy", POLICY)
+    return detect(aggs, window=(WS, WE), now=WE, **kw)
+
+
+def _fps(res: DetectionResult) -> set[str]:
+    return {a.fingerprint for a in res.anomalies}
+
+
+def test_version_failure_spike_alerts_on_the_version_only() -> None:
+    aggs, inc = version_failures()
+    res = _run(aggs)
+    assert _fps(res) == {f"Join|{V_NEW}|failure_rate"}
+    a = res.anomalies[0]
+    assert a.reason.startswith("anomaly: failure rate ")
+    assert inc.start <= a.window_start < inc.end
+    # The delay: flagged within an hour of the start at ~20 calls per bucket.
+    assert a.window_start - inc.start <= timedelta(hours=1)
+    # The fleet moved too, but only because of this version: its candidate says so.
+    fleet = [
+        c for c in res.candidates if c["sdk_version"] is None and c["metric"] == "failure_rate"
+    ]
+    assert fleet and fleet[0]["operation_name"] == "Join"
+    assert fleet[0]["buckets_by_reason"].get("explained_by_version", 0) > 0
+    assert "anomaly" not in fleet[0]["buckets_by_reason"]
+
+
+def test_explanation_fields() -> None:
+    aggs, _ = version_failures()
+    a = _run(aggs).anomalies[0]
+    assert a.band_low is not None and a.band_low <= a.baseline <= a.band_high < a.observed
+    assert a.effect == pytest.approx(0.11, abs=0.05)
+    assert a.p_value is not None and a.p_value < POLICY.alpha
+    assert a.calls > 100 and a.failures and a.failures > 10
+    assert 0.3 < a.traffic_share < 0.7
+    assert a.drivers and "fail_z" in a.drivers
+    assert a.baseline_kind == "seasonal" and a.provisional is False
+    assert a.baseline_calls and a.baseline_calls > 1000
+    assert a.severity in ("warning", "critical") and 0 < a.score <= 1
+    assert a.details["span_buckets"] in POLICY.spans
+    json.dumps(a.to_json())  # JSON-able
+
+
+def test_fleet_wide_latency_alerts_on_the_fleet_and_explains_versions() -> None:
+    aggs, inc = fleet_latency()
+    res = _run(aggs)
+    assert _fps(res) == {"StartVideo|*|duration"}
+    a = res.anomalies[0]
+    assert a.reason.startswith("anomaly: duration p95 ") and a.observed > 1.5 * a.baseline
+    assert a.window_start - inc.start <= timedelta(minutes=30)
+    versions = [
+        c
+        for c in res.candidates
+        if c["operation_name"] == "StartVideo"
+        and c["sdk_version"] is not None
+        and c["metric"] == "duration"
+    ]
+    assert {c["reason"] for c in versions} == {"explained_by_fleet"}
+    assert a.traffic_share == 1.0
+
+
+def test_new_version_regression_is_flagged_within_300_operations() -> None:
+    start_new = WS + timedelta(hours=1)
+    parts = [
+        Part("Join", V_OLD, 600.0, 0.01, 800.0),
+        Part("Join", V_NEW, 120.0, 0.01, 800.0, start=start_new),
+    ]
+    inc = Incident("Join", V_NEW, start_new, WE, duration_factor=2.0)
+    aggs = make_aggs(parts, days=DAYS, incidents=(inc,), seed=4)
+    res = _run(aggs)
+    hits = [a for a in res.anomalies if a.fingerprint == f"Join|{V_NEW}|duration"]
+    assert hits, res.candidates
+    a = hits[0]
+    assert a.provisional and a.baseline_kind == "borrowed" and "provisional" in a.reason
+    s = aggs.stats
+    first_end = a.window_start + POLICY.bucket  # the end of the first alerting bucket
+    ops_before = s[(s.sdk_version == V_NEW) & (s.bucket_start < first_end)]["calls"].sum()
+    assert ops_before <= 300
+    assert "Join|*|duration" not in _fps(res)
+
+
+def test_rare_version_noise_is_suppressed() -> None:
+    parts = [*standard_parts(), Part("Join", "0.9.0", 3.0, 0.01, 800.0)]
+    inc = Incident("Join", "0.9.0", WS + timedelta(hours=2), WS + timedelta(hours=6), 3.0, 0.5)
+    res = _run(make_aggs(parts, days=DAYS, incidents=(inc,), seed=5))
+    assert not res.anomalies
+    rare = [c for c in res.candidates if c["sdk_version"] == "0.9.0"]
+    assert rare and {c["reason"] for c in rare} <= {"suppressed_low_volume", "not_significant"}
+
+
+def test_maintenance_window_suppresses_and_is_reported() -> None:
+    aggs, inc = fleet_latency()
+    res = _run(
+        aggs, maintenance=[(inc.start - timedelta(minutes=30), inc.end + timedelta(hours=1), None)]
+    )
+    assert not res.anomalies
+    assert any(c["reason"] == "maintenance" for c in res.candidates)
+
+
+def test_alerted_spans_are_recorded_and_kept_out_of_the_next_baseline(tmp_path) -> None:
+    aggs, inc = version_failures()
+    res = _run(aggs)
+    assert any(op == "Join" and ver == V_NEW for op, ver, _, _ in res.state.alerted)
+    backend = LocalBackend(tmp_path)
+    save_engine_state(backend, res.state)
+    state, _ = load_engine_state(backend)
+    assert state.alerted == res.state.alerted
+    # The next window's baseline excludes the alerted buckets: failure baseline stays ~1 %.
+    nxt = detect(aggs, window=(WE - timedelta(hours=1), WE), policy=POLICY, now=WE, state=state)
+    base = nxt.debug["baselines"]
+    parts = nxt.debug["parts"]
+    row = [
+        i for i in range(len(parts)) if parts.operation[i] == "Join" and parts.version[i] == V_NEW
+    ][0]
+    assert base.excluded[row] > 0
+    assert base.fail_rate[row].mean() < 0.02
+
+
+def test_model_store_reuses_refuses_and_refits(tmp_path) -> None:
+    aggs, _ = version_failures()
+    store = ModelStore(LocalBackend(tmp_path))
+    first = _run(aggs, model_store=store)
+    assert first.stats["forest"]["action"] == "fitted" and first.stats["forest"]["saved"]
+    again = _run(aggs, model_store=store)
+    assert again.stats["forest"]["action"] == "loaded"
+    assert [a.to_json() for a in again.anomalies] == [a.to_json() for a in first.anomalies]
+    other = DetectionPolicy(n_estimators=50)
+    refused = _run(aggs, model_store=store, policy=other)
+    assert "config hash" in refused.stats["forest"]["refused"]
+    assert refused.stats["forest"]["action"] == "fitted"
+    stale = detect(
+        aggs, window=(WS, WE), policy=other, now=WE + timedelta(days=2), model_store=store
+    )
+    assert stale.stats["forest"]["action"] == "fitted" and "stale" in stale.stats["forest"]
+
+
+@settings(
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(offset=st.integers(min_value=0, max_value=60), hours=st.integers(min_value=1, max_value=6))
+def test_rerunning_a_window_gives_the_same_decisions(offset: int, hours: int) -> None:
+    aggs, _ = version_failures()
+    ws = WS + timedelta(minutes=5 * offset)
+    we = ws + timedelta(hours=hours)
+    state = EngineState()
+    a = detect(aggs, window=(ws, we), policy=POLICY, now=we, state=state)
+    b = detect(aggs, window=(ws, we), policy=POLICY, now=we, state=a.state)
+    assert [x.to_json() for x in a.anomalies] == [x.to_json() for x in b.anomalies]
+    assert a.candidates == b.candidates
+
+
+def test_buckets_after_now_are_not_judged() -> None:
+    aggs, inc = version_failures()
+    res = detect(aggs, window=(WS, WE), policy=POLICY, now=inc.start)
+    assert not res.anomalies
+
+
+def test_empty_history_gives_an_empty_result() -> None:
+    aggs = make_aggs(standard_parts(), days=0.1)
+    far = WE + timedelta(days=30)  # the history ends before this window's baseline starts
+    res = detect(aggs, window=(far, far + timedelta(hours=1)), policy=POLICY, now=far)
+    assert res.anomalies == [] and res.stats["partitions"] == 0
