@@ -135,11 +135,11 @@ def expand_legs(
 
     def during(idx: np.ndarray, lo: float = 0.0, hi: float = 0.95) -> np.ndarray:
         u = rng.uniform(lo, hi, idx.size)
-        return t_on[idx] + (u * legs.length_ms[idx]).astype(np.int64) + 1
+        return np.asarray(t_on[idx] + (u * legs.length_ms[idx]).astype(np.int64) + 1)
 
     def later(idx: np.ndarray, t_src: np.ndarray) -> np.ndarray:
         room = np.maximum(t_off[idx] - t_src, 2)
-        return t_src + 1 + (rng.random(idx.size) * (room - 1)).astype(np.int64)
+        return np.asarray(t_src + 1 + (rng.random(idx.size) * (room - 1)).astype(np.int64))
 
     follow = {
         "MuteMicrophone": ("UnmuteMicrophone", 0.9),

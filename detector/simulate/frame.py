@@ -153,7 +153,7 @@ def _lag_ms(rng: np.random.Generator, p: SimParams, n: int) -> np.ndarray:
     med = np.array([c.median_s for c in p.lag])[comp]
     sig = np.array([c.sigma for c in p.lag])[comp]
     lag_s = med * np.exp(sig * rng.standard_normal(n))
-    return (np.maximum(lag_s, 5.0) * 1000).astype(np.int64)
+    return np.asarray((np.maximum(lag_s, 5.0) * 1000).astype(np.int64))
 
 
 def rows_to_table(

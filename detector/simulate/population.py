@@ -41,7 +41,7 @@ _NATIVE_UA = {
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    return np.asarray(1.0 / (1.0 + np.exp(-x)))
 
 
 class TrafficProfile:
@@ -61,7 +61,7 @@ class TrafficProfile:
         day_shape = day_shape * (1.0 - 0.12 * np.exp(-(((hour - 12.5) / 0.6) ** 2)))
         level = p.night_factor + (1.0 - p.night_factor) * day_shape
         weekday = ((ms_of_week // _MS_DAY) + 3) % 7
-        return np.where(weekday >= 5, level * p.weekend_factor, level)
+        return np.asarray(np.where(weekday >= 5, level * p.weekend_factor, level))
 
     def rate(self, epoch_ms: np.ndarray) -> np.ndarray:
         """Relative rate (mean 1 over a week) at each epoch millisecond."""

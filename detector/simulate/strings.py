@@ -57,19 +57,27 @@ _MMSS = np.array(
 _FFFZ = np.array([list(f"{i:03d}Z".encode()) for i in range(1000)], dtype=np.uint8)
 
 
-def iso_ms(epoch_ms: np.ndarray) -> pa.StringArray:
-    """Format epoch milliseconds as ``YYYY-MM-DDTHH:MM:SS.fffZ`` (the Log Analytics API shape)."""
+def iso_ms(epoch_ms: np.ndarray, *, quoted: bool = False) -> pa.StringArray:
+    """Format epoch milliseconds as ``YYYY-MM-DDTHH:MM:SS.fffZ`` (the Log Analytics API shape).
+
+    ``quoted=True`` adds double quotes around each value (a JSON string) at no extra cost.
+    """
     ms = np.asarray(epoch_ms, dtype=np.int64)
-    out = np.empty((ms.size, 24), dtype=np.uint8)
+    q = 1 if quoted else 0
+    full = np.empty((ms.size, 24 + 2 * q), dtype=np.uint8)
+    if quoted:
+        full[:, 0] = full[:, -1] = ord('"')
+    out = full[:, q : q + 24]
     if ms.size == 0:
-        return fixed_width_strings(out)
+        return fixed_width_strings(full)
     hours = np.floor_divide(ms, 3_600_000)
     first, last = int(hours.min()), int(hours.max())
     if last - first > 24 * 366:  # a wide span: the per-hour prefix table would be too large
         text = "".join(
             np.datetime_as_string(ms.astype("datetime64[ms]"), unit="ms", timezone="UTC")
         )
-        return fixed_width_strings(np.frombuffer(text.encode(), dtype=np.uint8).reshape(-1, 24))
+        out[:] = np.frombuffer(text.encode(), dtype=np.uint8).reshape(-1, 24)
+        return fixed_width_strings(full)
     # "YYYY-MM-DDTHH:" for each hour in the (short) span of this batch.
     span = np.arange(first, last + 1, dtype=np.int64).astype("datetime64[h]")
     text = "".join(f"{h}:" for h in np.datetime_as_string(span, unit="h"))
@@ -79,4 +87,4 @@ def iso_ms(epoch_ms: np.ndarray) -> pa.StringArray:
     out[:, :14] = prefix[hours - first]
     out[:, 14:20] = _MMSS[sec]
     out[:, 20:24] = _FFFZ[rem - sec * 1000]
-    return fixed_width_strings(out)
+    return fixed_width_strings(full)

@@ -142,38 +142,64 @@ def _epoch_ms(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
     return ms, ints.is_null()
 
 
-def _text_columns(table: pa.Table) -> dict[str, pa.Array]:
-    """Each column as the JSON text of its values (strings quoted and escaped, nulls 'null')."""
-    out: dict[str, pa.Array] = {}
+Fragment = str | pa.Array  # a literal shared by every row, or one text per row
+# Columns a simulated table holds constant; written as literals when they are.
+_MAYBE_CONSTANT = {"TenantId", "OperationType", "SourceSystem", "Type", "_ResourceId"}
+
+
+def _json_values(table: pa.Table) -> dict[str, list[Fragment]]:
+    """The JSON text of each column's values as fragments to concatenate.
+
+    Strings are quoted and escaped, nulls are ``null``, timestamps ISO-8601 with ``Z``,
+    integers are numbers except on ``_string_numbers`` rows, where they are quoted.
+    """
+    out: dict[str, list[Fragment]] = {}
     strnum = table.column("_string_numbers").combine_chunks()
     for name in ARROW_SCHEMA.names:
         col = table.column(name).combine_chunks()
         t = ARROW_SCHEMA.field(name).type
         if pa.types.is_timestamp(t):
             ms, null = _epoch_ms(col)
-            text = pc.binary_join_element_wise('"', iso_ms(ms), '"', "")
-            out[name] = pc.if_else(null, "null", text)
+            text = iso_ms(ms, quoted=True)
+            out[name] = [pc.if_else(null, "null", text) if col.null_count else text]
         elif pa.types.is_integer(t):
             digits = col.cast(pa.string())
             quoted = pc.binary_join_element_wise('"', digits, '"', "")
-            out[name] = pc.if_else(strnum, quoted, digits).fill_null("null")
+            out[name] = [pc.if_else(strnum, quoted, digits).fill_null("null")]
+        elif (
+            name in _MAYBE_CONSTANT
+            and len(col)
+            and not col.null_count
+            and (mm := pc.min_max(col))["min"] == mm["max"]
+        ):
+            out[name] = [json.dumps(col[0].as_py())]
         else:
             if name in _ESCAPE:
                 col = pc.replace_substring(col, "\\", "\\\\")
                 col = pc.replace_substring(col, '"', '\\"')
-            out[name] = pc.binary_join_element_wise('"', col, '"', "")
+            out[name] = ['"', col, '"']
     return out
 
 
-def _lines(prefix: str, fields: list[tuple[str, pa.Array]], suffix: str) -> pa.Array:
-    """``prefix"Name":value,...suffix\\n`` per row, built column-wise in Arrow."""
-    parts: list[object] = []
-    for i, (name, text) in enumerate(fields):
-        parts.append(("" if i == 0 else ",") + json.dumps(name) + ":")
-        parts.append(text)
-    parts[0] = prefix + str(parts[0])
-    parts.append(suffix + "\n")
-    return pc.binary_join_element_wise(*parts, "")
+def _lines(parts: list[Fragment]) -> pa.Array:
+    """Concatenate fragments row-wise in one Arrow pass (adjacent literals merged first)."""
+    merged: list[Fragment] = []
+    for part in parts:
+        if isinstance(part, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += part
+        else:
+            merged.append(part)
+    return pc.binary_join_element_wise(*merged, "")
+
+
+def _object(fields: dict[str, list[Fragment]]) -> list[Fragment]:
+    """Fragments of a JSON object with these fields, in order."""
+    parts: list[Fragment] = ["{"]
+    for i, (name, value) in enumerate(fields.items()):
+        parts.append(("," if i else "") + json.dumps(name) + ":")
+        parts.extend(value)
+    parts.append("}")
+    return parts
 
 
 def _write_strings(fh: object, arr: pa.Array) -> None:
@@ -194,8 +220,7 @@ class _JsonlWriter:
         self._fh = path.open("wb")
 
     def write(self, table: pa.Table) -> None:
-        text = _text_columns(table)
-        _write_strings(self._fh, _lines("{", list(text.items()), "}"))
+        _write_strings(self._fh, _lines([*_object(_json_values(table)), "\n"]))
 
     def close(self) -> list[Path]:
         self._fh.close()
@@ -243,17 +268,15 @@ class _DiagnosticWriter:
     def write(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
-        text = _text_columns(table)
-        props = [(k, v) for k, v in text.items() if k != "_ResourceId"]
-        head = '{"time":'
-        envelope = (
-            f',"resourceId":{json.dumps(self.resource_id)},'
-            '"operationName":"CallClientOperations","category":"CallClientOperations",'
-            '"properties":{'
-        )
-        lines = pc.binary_join_element_wise(
-            head, text["TimeGenerated"], envelope, _lines("", props, "}}"), ""
-        )
+        values = _json_values(table)
+        props = {k: v for k, v in values.items() if k != "_ResourceId"}
+        record = {
+            "time": values["TimeGenerated"],
+            "resourceId": [json.dumps(self.resource_id)],
+            "operationName": ['"CallClientOperations"'],
+            "category": ['"CallClientOperations"'],
+        }
+        lines = _lines([*_object(record)[:-1], ',"properties":', *_object(props), "}\n"])
         ms, _ = _epoch_ms(table.column("TimeGenerated"))
         hours = ms // 3_600_000
         order = np.argsort(hours, kind="stable")
