@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -142,7 +142,8 @@ def _epoch_ms(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
     return ms, ints.is_null()
 
 
-Fragment = str | pa.Array  # a literal shared by every row, or one text per row
+#: A literal shared by every row, or one text per row.
+Fragment: TypeAlias = "str | pa.Array"
 # Columns a simulated table holds constant; written as literals when they are.
 _MAYBE_CONSTANT = {"TenantId", "OperationType", "SourceSystem", "Type", "_ResourceId"}
 
