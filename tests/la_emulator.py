@@ -132,11 +132,16 @@ def load_rows(rows: pd.DataFrame, *, ingest_lag: timedelta = timedelta(seconds=3
     for col in ("TimeGenerated", "CallClientTimeStamp"):
         df[col] = pd.to_datetime(df[col], utc=True, errors="coerce", format="mixed")
     for col in ("DurationMs", "ResultSignature"):
-        df[col] = pd.to_numeric(df[col].astype("object").map(_strip), errors="coerce")
+        if not pd.api.types.is_numeric_dtype(df[col]):
+            df[col] = pd.to_numeric(df[col].astype("object").map(_strip), errors="coerce")
+        df[col] = df[col].astype("float64")
     df["DurationMs"] = df["DurationMs"].where(np.isfinite(df["DurationMs"]))
-    df["OperationPayload"] = df["OperationPayload"].map(_as_dynamic)
+    # map each distinct value once (large simulated tables repeat payloads and names a lot)
+    payloads = df["OperationPayload"].astype("object")
+    uniq = {v: _as_dynamic(v) for v in pd.unique(payloads.dropna())}
+    df["OperationPayload"] = payloads.map(uniq).astype("object")
     for col in ("OperationName", "OperationId", "ResultType", "SdkVersion", "CallId"):
-        df[col] = df[col].map(lambda v: "" if v is None or v is pd.NA or v != v else str(v))
+        df[col] = df[col].astype("object").where(df[col].notna(), "").astype(str)
     if "_IngestionTime" in df.columns:
         df["_IngestionTime"] = pd.to_datetime(df["_IngestionTime"], utc=True)
     else:
@@ -208,6 +213,11 @@ def _drop_reason(df: pd.DataFrame) -> pd.Series:
     return reason
 
 
+def _map_unique(col: pd.Series, fn: Any) -> pd.Series:
+    # the contract functions, applied once per distinct value
+    return col.map({v: fn(v) for v in pd.unique(col)})
+
+
 def _dedup(valid: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     ordered = valid.sort_values("TimeGenerated", ascending=False, kind="stable")
     return ordered.drop_duplicates(subset=by, keep="first")
@@ -232,22 +242,22 @@ def aggregate_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[li
     dedup_prior = "join kind=leftanti _Prior" in text
 
     tg = df["TimeGenerated"]
-    scan = df[(tg >= scan_from) & (tg < scan_to)]
+    in_scan = (tg >= scan_from) & (tg < scan_to)
     if span is not None:  # the service applies the request timespan on top of the query
-        scan = scan[(scan["TimeGenerated"] >= span[0]) & (scan["TimeGenerated"] < span[1])]
+        in_scan &= (tg >= span[0]) & (tg < span[1])
+    # only rows that can matter (window or look-back) get the per-row string work
+    arr_all = df[arrival]
+    scan = df[in_scan & (arr_all >= start - lookback) & (arr_all < end)]
     scan = scan.assign(_Drop=_drop_reason(scan))
     arr = scan[arrival]
     window = scan[(arr >= start) & (arr < end)]
     valid = window[window["_Drop"] == ""]
     kept = _dedup(valid, ["OperationId", "CallClientTimeStamp"])
-    if dedup_prior and lookback > pd.Timedelta(0):
+    if dedup_prior and lookback > pd.Timedelta(0) and len(kept):
         prior = scan[(arr >= start - lookback) & (arr < start) & (scan["_Drop"] == "")]
-        seen = set(zip(prior["OperationId"], prior["CallClientTimeStamp"], strict=True))
-        mask = [
-            (a, b) not in seen
-            for a, b in zip(kept["OperationId"], kept["CallClientTimeStamp"], strict=True)
-        ]
-        kept = kept[np.array(mask, dtype=bool)] if len(kept) else kept
+        seen = pd.MultiIndex.from_frame(prior[["OperationId", "CallClientTimeStamp"]])
+        key = pd.MultiIndex.from_frame(kept[["OperationId", "CallClientTimeStamp"]])
+        kept = kept[~key.isin(seen)]
 
     counts = {"rows_read": len(window)}
     for reason in schema.DROP_REASONS:
@@ -255,9 +265,9 @@ def aggregate_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[li
     counts["duplicate"] = len(valid) - len(kept)
 
     k = kept.copy()
-    k["_Op"] = k["OperationName"].map(schema.canonical_operation)
-    k["_Class"] = k["ResultType"].map(schema.classify_result)
-    k["_Point"] = k["_Op"].map(schema.is_point_event).astype(bool)
+    k["_Op"] = _map_unique(k["OperationName"], schema.canonical_operation)
+    k["_Class"] = _map_unique(k["ResultType"], schema.classify_result)
+    k["_Point"] = _map_unique(k["_Op"], schema.is_point_event).astype(bool)
     dur = k["DurationMs"]
     k["_Usable"] = ~k["_Point"] & dur.notna() & (dur >= 0)
     ld = np.log(np.maximum(dur.fillna(1.0).to_numpy(dtype="float64"), 1.0))
@@ -267,7 +277,8 @@ def aggregate_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[li
     )
     k["_BucketStart"] = k["CallClientTimeStamp"].dt.floor(pd.Timedelta(bucket))
     counts["invalid_duration"] = int((~k["_Point"] & ~(dur.notna() & (dur >= 0))).sum())
-    counts["invalid_payload_json"] = int(k["OperationPayload"].map(_payload_bad).sum())
+    texts = k["OperationPayload"][k["OperationPayload"].map(lambda v: isinstance(v, str))]
+    counts["invalid_payload_json"] = int(texts.map(_payload_bad).sum())
     counts["noncanonical_operation_case"] = int((k["_Op"] != k["OperationName"]).sum())
 
     keys = ["_Op", "SdkVersion", "_BucketStart"]
@@ -360,7 +371,7 @@ def drill_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[list[A
     if span is not None:
         base = base[(base["TimeGenerated"] >= span[0]) & (base["TimeGenerated"] < span[1])]
     base = base[base["OperationId"].str.strip() != ""]
-    base = base.assign(_Op=base["OperationName"].map(schema.canonical_operation))
+    base = base.assign(_Op=_map_unique(base["OperationName"], schema.canonical_operation))
     out: list[list[Any]] = []
 
     def dec(s: str) -> str:
@@ -463,6 +474,18 @@ def partial_body(table: dict[str, Any], message: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
+_CERT: tuple[trustme.CA, trustme.LeafCert] | None = None
+
+
+def _certificate() -> tuple[trustme.CA, trustme.LeafCert]:
+    # One CA and server certificate per process: key generation is the slow part of a start.
+    global _CERT
+    if _CERT is None:
+        ca = trustme.CA()
+        _CERT = (ca, ca.issue_cert("127.0.0.1"))
+    return _CERT
+
+
 class Emulator:
     """HTTPS Log Analytics query API on 127.0.0.1 answering from ``rows``.
 
@@ -495,7 +518,6 @@ class Emulator:
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
-        self.ca = trustme.CA()
         self.ca_file: str = ""
 
     # -- control -----------------------------------------------------------------------------
@@ -507,10 +529,11 @@ class Emulator:
 
     def start(self, tmp_dir: Path) -> str:
         """Start serving; returns the endpoint ``https://127.0.0.1:PORT``."""
+        ca, cert = _certificate()
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.ca.issue_cert("127.0.0.1").configure_cert(ctx)
+        cert.configure_cert(ctx)
         self.ca_file = str(Path(tmp_dir) / "emulator-ca.pem")
-        self.ca.cert_pem.write_to_path(self.ca_file)
+        ca.cert_pem.write_to_path(self.ca_file)
         emulator = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -602,3 +602,31 @@ def test_same_aggregates_as_the_file_source(emulator, tmp_path, fmt: str) -> Non
     by_files.flagged["string_number"] = 0
     _assert_same(by_kql, by_files)
     assert by_kql.dropped["duplicate"] > 0 and by_kql.flagged["invalid_payload_json"] > 0
+
+
+def test_drill_down_retries_504(emulator) -> None:  # noqa: F811
+    emu = emulator(CASE)
+    emu.push(Fault("status", 504), Fault("status", 503, headers={"Retry-After": "0"}))
+    src = make_source(emu)
+    a = Anomaly("Join", None, "failure_rate", T0, T0 + H, 0.5, 0.0, 1.0, "warning", 3, "new")
+    out = src.drill_down([a])
+    assert out[a.fingerprint]["top_result_codes"][0]["count"] == 1  # the "join" failure (b)
+    assert src.stats.retries == 2 and src.stats.drill_queries == 3
+
+
+@pytest.mark.parametrize(
+    ("spec", "cls"),
+    [
+        ("default", "DefaultAzureCredential"),
+        ("managed_identity", "ManagedIdentityCredential"),
+        ("azure_cli", "AzureCliCredential"),
+        ("env:MY_TOKEN", "EnvTokenCredential"),
+    ],
+)
+def test_make_credential_choices(spec: str, cls: str) -> None:
+    from detector.source.log_analytics import make_credential
+
+    cred = make_credential(spec)  # constructing contacts nothing
+    assert type(cred).__name__ == cls
+    if hasattr(cred, "close"):
+        cred.close()

@@ -20,8 +20,9 @@ How a window is read:
   :class:`~detector.errors.PartialResultError` naming the window.
 * 429 (with or without ``Retry-After``), 500/502/503/504, connection errors and timeouts are
   retried here, with exponential backoff and the server's ``Retry-After``, within
-  ``max_attempts`` per query and ``retry_budget`` seconds of waiting per read (azure-core's own
-  policy is switched off: it does not retry POST for most of these).
+  ``max_attempts`` per query and ``retry_budget`` seconds of waiting (sleep between attempts,
+  summed) per read or drill-down (azure-core's own policy is switched off: it does not retry
+  POST for most of these).
 * 401/403 raise :class:`~detector.errors.AuthError` naming the role to grant
   (Log Analytics Reader); tokens and secrets never appear in messages.
 * Chunks are read in arrival order. When a later chunk fails, :class:`IncompleteReadError`
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import math
 import os
 import re
 import time
@@ -429,8 +429,8 @@ class LogAnalyticsSource:
     credential
         A ``TokenCredential``; None builds one from ``settings.credential``
         (:func:`make_credential`). Tests pass a fake with ``get_token``.
-    sleep, clock
-        Injected for tests (default ``time.sleep``, ``time.monotonic``).
+    sleep
+        Injected for tests (default ``time.sleep``).
     """
 
     def __init__(
@@ -439,15 +439,13 @@ class LogAnalyticsSource:
         credential: Any = None,
         *,
         sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.stats = SourceStats()
         self._credential = credential
         self._client: Any = None
         self._sleep = sleep
-        self._clock = clock
-        self._deadline = math.inf
+        self._waited = 0.0
 
     # -- client ------------------------------------------------------------------------------
 
@@ -533,67 +531,62 @@ class LogAnalyticsSource:
             setattr(self.stats, f"{purpose}_queries", getattr(self.stats, f"{purpose}_queries") + 1)
             retry_after: float | None = None
             reason = ""
-            try:
-                with self._mapped(what):
-                    try:
-                        kwargs = {
-                            "timespan": timespan,
-                            "server_timeout": s.server_timeout,
-                            "raw_response_hook": hook,
-                        }
-                        if s.workspace_id:
-                            result = client.query_workspace(s.workspace_id, text, **kwargs)
-                        else:
-                            result = client.query_resource(s.resource_id, text, **kwargs)
-                    except ClientAuthenticationError:
-                        raise  # the credential failed before sending (mapped by _mapped)
-                    except HttpResponseError as err:
-                        if err.response is None:
-                            # query_workspace re-wraps a ClientAuthenticationError raised by
-                            # the credential (no request was sent) as HttpResponseError.
-                            raise AuthError(
-                                f"{what}: could not get a token with credential "
-                                f"{s.credential!r}: {_first_line(err)}"
-                            ) from None
-                        self.stats.bytes += size[0]
-                        status = err.status_code or 0
-                        if status in (401, 403):
-                            self._auth_failed(status, what, err)
-                        if status == 504 and splittable:
-                            raise _ChunkTooBig(
-                                f"HTTP 504 (query ran out of time){_code(err)}"
-                            ) from None
-                        if status not in RETRY_STATUSES:
-                            raise QueryFailedError(
-                                f"{what}: HTTP {status}{_code(err)}: {_error_message(err)}"
-                            ) from None
-                        if status == 429:
-                            self.stats.throttled += 1
-                        retry_after = _retry_after(err.response)
-                        reason = f"HTTP {status}{_code(err)}"
-                    except (ServiceRequestError, ServiceResponseError) as err:
-                        reason = f"{type(err).__name__}: {_first_line(err)}"
-            except _ChunkTooBig:
-                raise
-            else:
-                if not reason:
+            with self._mapped(what):
+                try:
+                    kwargs = {
+                        "timespan": timespan,
+                        "server_timeout": s.server_timeout,
+                        "raw_response_hook": hook,
+                    }
+                    if s.workspace_id:
+                        result = client.query_workspace(s.workspace_id, text, **kwargs)
+                    else:
+                        result = client.query_resource(s.resource_id, text, **kwargs)
+                except ClientAuthenticationError:
+                    raise  # the credential failed before sending (mapped by _mapped)
+                except HttpResponseError as err:
+                    if err.response is None:
+                        # query_workspace re-wraps a ClientAuthenticationError raised by
+                        # the credential (no request was sent) as HttpResponseError.
+                        raise AuthError(
+                            f"{what}: could not get a token with credential "
+                            f"{s.credential!r}: {_first_line(err)}"
+                        ) from None
                     self.stats.bytes += size[0]
-                    if result.status == LogsQueryStatus.SUCCESS:
-                        tables = result.tables
-                        if len(tables) != 1:
-                            raise QueryFailedError(f"{what}: expected 1 table, got {len(tables)}")
-                        rows = list(tables[0].rows)
-                        self.stats.rows += len(rows)
-                        return list(tables[0].columns), rows, size[0]
-                    cause = _partial_message(result.partial_error)
-                    self.stats.rows += sum(len(t.rows) for t in result.partial_data)
-                    if splittable:
-                        raise _ChunkTooBig(f"partial answer: {cause}")
-                    raise PartialResultError(f"{what}: partial answer, not used: {cause}")
-            # a retryable failure
+                    status = err.status_code or 0
+                    if status in (401, 403):
+                        self._auth_failed(status, what, err)
+                    if status == 504 and splittable:
+                        raise _ChunkTooBig(
+                            f"HTTP 504 (query ran out of time){_code(err)}"
+                        ) from None
+                    if status not in RETRY_STATUSES:
+                        raise QueryFailedError(
+                            f"{what}: HTTP {status}{_code(err)}: {_error_message(err)}"
+                        ) from None
+                    if status == 429:
+                        self.stats.throttled += 1
+                    retry_after = _retry_after(err.response)
+                    reason = f"HTTP {status}{_code(err)}"
+                except (ServiceRequestError, ServiceResponseError) as err:
+                    reason = f"{type(err).__name__}: {_first_line(err)}"
+            if not reason:  # an answer: whole, or partial (never used as whole)
+                self.stats.bytes += size[0]
+                if result.status == LogsQueryStatus.SUCCESS:
+                    tables = result.tables
+                    if len(tables) != 1:
+                        raise QueryFailedError(f"{what}: expected 1 table, got {len(tables)}")
+                    rows = list(tables[0].rows)
+                    self.stats.rows += len(rows)
+                    return list(tables[0].columns), rows, size[0]
+                cause = _partial_message(result.partial_error)
+                self.stats.rows += sum(len(t.rows) for t in result.partial_data)
+                if splittable:
+                    raise _ChunkTooBig(f"partial answer: {cause}")
+                raise PartialResultError(f"{what}: partial answer, not used: {cause}")
+            # a retryable failure: wait (Retry-After or backoff) within the budget
             delay = retry_after if retry_after is not None else self._backoff(attempt)
-            remaining = self._deadline - self._clock()
-            if attempt >= s.max_attempts or delay > remaining:
+            if attempt >= s.max_attempts or self._waited + delay > s.retry_budget:
                 why = (
                     f"{attempt} attempts"
                     if attempt >= s.max_attempts
@@ -602,6 +595,7 @@ class LogAnalyticsSource:
                 raise QueryFailedError(f"{what}: {reason}; gave up after {why}")
             log.warning("%s: %s; retry %d in %.1f s", what, reason, attempt, delay)
             self.stats.retries += 1
+            self._waited += delay
             self._sleep(delay)
 
     def _backoff(self, attempt: int) -> float:
@@ -663,7 +657,7 @@ class LogAnalyticsSource:
         """
         start, end = _check_window(arrival_window)
         s = self.settings
-        self._deadline = self._clock() + s.retry_budget
+        self._waited = 0.0
         pending = self._chunks(start, end, bucket)
         parts: list[BucketAggregates] = []
         done = 0
@@ -819,7 +813,7 @@ class LogAnalyticsSource:
             :class:`~detector.errors.SourceError` and notify without it.
         """
         s = self.settings
-        self._deadline = self._clock() + s.retry_budget
+        self._waited = 0.0
         out: dict[str, dict[str, list[Any]]] = {
             a.fingerprint: {"top_result_codes": [], "example_call_ids": []} for a in anomalies
         }
