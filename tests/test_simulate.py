@@ -679,3 +679,12 @@ def test_progress_and_result(tmp_path: Path) -> None:
     assert manifest["rows"] == res.rows and manifest["seed"] == 1
     assert not (tmp_path / "maintenance.json").exists()
     assert np.isclose(res.rows / res.legs, 20, rtol=0.3)
+
+
+def test_summary_names_the_period_and_labels(tmp_path: Path) -> None:
+    res = simulate(tmp_path, days=2, seed=1, scenario="fleet_failure_spike", calls_per_hour=2)
+    text = res.summary()
+    assert f"{res.rows:,} rows" in text and "2026-11-02T00:00:00Z" in text
+    assert "StartVideo (all versions) failure_rate" in text
+    quiet = simulate(tmp_path / "q", days=2, seed=1, scenario="quiet", calls_per_hour=2)
+    assert "hard negative" in quiet.summary()

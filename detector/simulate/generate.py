@@ -73,6 +73,31 @@ class SimulationResult:
             return self.out_dir / DIAGNOSTIC_CONTAINER
         return self.files[0]
 
+    def summary(self) -> str:
+        """A few human-readable lines: what was written, the period, the labels."""
+        lines = [
+            f"wrote {self.rows:,} rows ({self.legs:,} call legs) to {self.data_path}",
+            f"period {format_time(_ms(self.start))} .. {format_time(_ms(self.end))}, "
+            f"scenario {self.scenario!r}, seed {self.seed}, "
+            f"clean warm-up until {format_time(_ms(self.warmup_end))}",
+            f"{len(self.incidents)} labelled incident(s) in {self.incidents_path}"
+            + (":" if self.incidents else " (hard negative: nothing should alert)"),
+        ]
+        for i in self.incidents:
+            lines.append(
+                f"  {i.operation_name} {i.sdk_version or '(all versions)'} {i.metric} "
+                f"{format_time(_ms(i.start))} .. {format_time(_ms(i.end))}  {i.effect}"
+            )
+        if self.maintenance_path is not None:
+            lines.append(
+                f"{len(self.maintenance)} maintenance window(s) in {self.maintenance_path}"
+            )
+        return "\n".join(lines)
+
+
+def _ms(dt: datetime) -> int:
+    return int(round(dt.timestamp() * 1000))
+
 
 def _start_ms(start: datetime | None) -> int:
     dt = parse_time(DEFAULT_START_ISO) if start is None else start
