@@ -221,3 +221,19 @@ def test_package_script_vendors_the_detector(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "detector_timer"
+
+
+def test_app_indexes_without_the_detector_package() -> None:
+    """The host indexes functions at startup; a broken detector import must fail the
+    invocation (with its traceback), not make the app list no functions at all."""
+    probe = (
+        "import sys; sys.modules['detector'] = None; sys.path.insert(0, sys.argv[1]);"
+        "import function_app as fa; print(fa.app.get_functions()[0].get_function_name());"
+        "from azure.functions.timer import TimerRequest\n"
+        "try:\n    fa.detector_timer(TimerRequest())\nexcept ImportError:\n    print('failed')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, str(APP_DIR)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["detector_timer", "failed"]
