@@ -688,3 +688,15 @@ def test_summary_names_the_period_and_labels(tmp_path: Path) -> None:
     assert "StartVideo (all versions) failure_rate" in text
     quiet = simulate(tmp_path / "q", days=2, seed=1, scenario="quiet", calls_per_hour=2)
     assert "hard negative" in quiet.summary()
+
+
+def test_invalid_params_report_every_problem(tmp_path: Path) -> None:
+    bad = replace(
+        SimParams(),
+        leg_mix=(("Teleport", 1.0),),
+        ufd_flag_encoding="emoji",
+        quirks=QuirkRates(duplicate=1.5),
+    )
+    with pytest.raises(ValueError, match="Teleport") as err:
+        simulate(tmp_path, days=1, seed=1, params=bad)
+    assert "ufd_flag_encoding" in str(err.value) and "quirks.duplicate" in str(err.value)

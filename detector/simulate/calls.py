@@ -175,11 +175,10 @@ def expand_legs(
             second, prob = follow[name]
             keep = np.nonzero(rng.random(idx.size) < prob)[0]
             t2 = later(idx[keep], t[keep])
-            off2 = b.add(idx[keep], op[second], t2)
-            if name == "MuteMicrophone":
+            b.add(idx[keep], op[second], t2)
+            if name == "MuteMicrophone":  # each mute and unmute also fires IsMuted-changed
                 for ids, tt in ((idx, t), (idx[keep], t2)):
                     b.add(ids, op["IsMuted-changed"], tt + rng.integers(5, 60, ids.size))
-            del off2
 
     end_u = rng.random(conn.size)
     hang = conn[end_u < p.hangup_share]

@@ -24,7 +24,7 @@ import numpy as np
 
 from .calls import OpTable, expand_legs
 from .frame import PayloadCache, resource_id, rows_to_table
-from .params import DEFAULT_START_ISO, SimParams
+from .params import DEFAULT_START_ISO, SimParams, check_params
 from .population import Population
 from .scenarios import (
     SCENARIOS,
@@ -151,7 +151,8 @@ def simulate(
     Raises
     ------
     ValueError
-        Unknown scenario or format, ``days < 1``, or ``calls_per_hour < 0``.
+        Unknown scenario or format, ``days < 1``, ``calls_per_hour < 0``, or params that
+        :func:`~detector.simulate.params.check_params` rejects (all problems in one message).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -164,6 +165,9 @@ def simulate(
         if calls_per_hour < 0:
             raise ValueError(f"calls_per_hour must be >= 0, got {calls_per_hour}")
         p = replace(p, calls_per_hour=float(calls_per_hour))
+    problems = check_params(p)
+    if problems:
+        raise ValueError("invalid simulator params: " + "; ".join(problems))
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,13 +15,28 @@ from typing import Final
 
 __all__ = [
     "DEFAULT_START_ISO",
+    "REQUIRED_OPS",
     "LagComponent",
     "OpSpec",
     "QuirkRates",
     "ResultCode",
     "SimParams",
     "VersionSpec",
+    "check_params",
 ]
+
+#: Operations the leg model writes whatever the mix (each needs an OpSpec in ``SimParams.ops``).
+REQUIRED_OPS: Final[tuple[str, ...]] = (
+    "CallAgentInit",
+    "HandleIncomingCall",
+    "Hangup",
+    "Drop",
+    "UnmuteMicrophone",
+    "IsMuted-changed",
+    "StopVideo",
+    "DisposeView",
+    "StopScreenShare",
+)
 
 #: Default first instant of a simulation: a fixed Monday, so a seed alone fixes the output.
 DEFAULT_START_ISO: Final = "2026-11-02T00:00:00Z"
@@ -340,3 +355,31 @@ class SimParams:
     resource_name: str = "acs-demo"
     client_tag: str = "904f0b1d-7c6c-4c6d-a5b1-5e6e3b2d69d7"
     max_legs_per_chunk: int = 2500  # bounds memory: an hour is generated in parts of this size
+
+
+def check_params(p: SimParams) -> list[str]:
+    """Every problem with ``p`` (empty when usable), so all are reported at once."""
+    problems: list[str] = []
+    named = [n for n, _ in p.start_mix] + [n for n, _ in p.leg_mix] + list(REQUIRED_OPS)
+    problems += [f"ops: no OpSpec for {n!r}" for n in dict.fromkeys(named) if n not in p.ops]
+    platforms = {n for n, _ in p.platform_mix}
+    for v in (*p.versions, p.rare_version):
+        if v.platform not in platforms:
+            problems.append(
+                f"versions: {v.sdk_version} has platform {v.platform!r} not in platform_mix"
+            )
+    for name, _ in p.start_mix:
+        if name not in ("Join", "StartCall", "AcceptIncomingCall", "RejectIncomingCall"):
+            problems.append(f"start_mix: {name!r} is not a way to start a call leg")
+    if p.ufd_flag_encoding not in ("quality", "value"):
+        problems.append("ufd_flag_encoding: must be 'quality' or 'value'")
+    if p.calls_per_hour < 0 or p.rare_legs_per_day < 0:
+        problems.append("calls_per_hour and rare_legs_per_day must be >= 0")
+    if p.max_legs_per_chunk < 1:
+        problems.append("max_legs_per_chunk must be >= 1")
+    for name, rate in vars(p.quirks).items():
+        if not 0.0 <= rate <= 1.0:
+            problems.append(f"quirks.{name}: {rate} is not a rate in [0, 1]")
+    if p.hangup_share + p.drop_share > 1.0:
+        problems.append("hangup_share + drop_share must be <= 1")
+    return problems
