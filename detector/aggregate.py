@@ -1,0 +1,237 @@
+"""The algebra of bucket aggregates: merge, fleet, coarsen, quantiles, summarize.
+
+Consumes and produces :class:`~detector.schema.BucketAggregates` (and summary frames); pure, no
+I/O, vectorised pandas/numpy (no Python loop per row or per group).
+
+Every column of the stats frame except the key is a sum, and the histogram is a sparse count
+per bin, so aggregates merge *exactly*: late rows add up in their bucket, the fleet level of an
+operation is the sum of its SDK-version partitions, and a 5-minute history coarsens to hours
+by summing. Quantiles are read from the log-scale histogram with a relative error of at most
+:data:`~detector.schema.HIST_ALPHA` (see :func:`quantiles`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from typing import Final
+
+import numpy as np
+import pandas as pd
+
+from detector import schema
+from detector.schema import AGG_COLUMNS, AGG_KEY, HIST_COLUMNS, BucketAggregates
+
+__all__ = [
+    "FLEET",
+    "coarsen",
+    "fleet",
+    "merge",
+    "quantile_column",
+    "quantiles",
+    "summarize",
+]
+
+#: ``sdk_version`` of fleet-level rows (all SDK versions of an operation together).
+FLEET: Final = "*"
+
+_STAT_VALUES: Final[list[str]] = [c for c in AGG_COLUMNS if c not in AGG_KEY]
+_HIST_KEY: Final[list[str]] = [*AGG_KEY, "bin"]
+
+
+def quantile_column(q: float) -> str:
+    """Column name of quantile ``q`` in milliseconds: 0.5 -> ``p50_ms``, 0.999 -> ``p99.9_ms``."""
+    return f"p{round(q * 100, 6):g}_ms"
+
+
+def _empty(columns: dict[str, str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns.items()})
+
+
+def _sum_by(
+    frames: Iterable[pd.DataFrame], key: list[str], columns: dict[str, str]
+) -> pd.DataFrame:
+    """Concatenate and sum every non-key column per key; sorted by key, contract dtypes."""
+    parts = [f for f in frames if len(f)]
+    if not parts:
+        return _empty(columns)
+    values = [c for c in columns if c not in key]
+    df = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    out = df.groupby(key, sort=True, observed=True, dropna=False)[values].sum().reset_index()
+    return out.astype(columns)[list(columns)]
+
+
+def _add_counts(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            total[k] = total.get(k, 0) + int(v)
+    return total
+
+
+def merge(*aggs: BucketAggregates) -> BucketAggregates:
+    """Merge aggregates exactly: sums per key, histogram counts per bin, counters added.
+
+    Parameters
+    ----------
+    *aggs : BucketAggregates
+        Any number (zero gives an empty result), in any order: the result does not depend on
+        the order (up to floating-point rounding of the log-duration sums).
+
+    Returns
+    -------
+    BucketAggregates
+        One row per key of the union, sorted by key; ``dropped``, ``flagged`` and
+        ``rows_read`` are the sums of the inputs'.
+    """
+    return BucketAggregates(
+        stats=_sum_by((a.stats for a in aggs), list(AGG_KEY), AGG_COLUMNS),
+        hist=_sum_by((a.hist for a in aggs), _HIST_KEY, HIST_COLUMNS),
+        dropped=_add_counts(a.dropped for a in aggs),
+        flagged=_add_counts(a.flagged for a in aggs),
+        rows_read=sum(a.rowsread if False else a.rows_read for a in aggs),
+    )
+
+
+def fleet(aggs: BucketAggregates) -> BucketAggregates:
+    """Fleet level: sum every operation's partitions over SDK versions (``sdk_version = FLEET``).
+
+    Rows already at the fleet level are not counted twice: they are left out of the sum.
+    """
+    stats = aggs.stats[aggs.stats["sdk_version"] != FLEET].assign(sdk_version=FLEET)
+    hist = aggs.hist[aggs.hist["sdk_version"] != FLEET].assign(sdk_version=FLEET)
+    return BucketAggregates(
+        stats=_sum_by([stats], list(AGG_KEY), AGG_COLUMNS),
+        hist=_sum_by([hist], _HIST_KEY, HIST_COLUMNS),
+        dropped=dict(aggs.dropped),
+        flagged=dict(aggs.flagged),
+        rows_read=aggs.rows_read,
+    )
+
+
+def coarsen(aggs: BucketAggregates, width: timedelta) -> BucketAggregates:
+    """Re-bucket to a wider ``width`` (e.g. 5 min -> 1 h): floor, epoch aligned, then sum.
+
+    ``width`` should be a multiple of the original bucket width, else a bucket is assigned
+    whole to the wider bucket its start falls in.
+    """
+    if width <= timedelta(0):
+        raise ValueError(f"width must be positive, got {width}")
+    step = pd.Timedelta(width)
+
+    def floor(df: pd.DataFrame) -> pd.DataFrame:
+        if not len(df):
+            return df
+        ns = df["bucket_start"].to_numpy().astype("datetime64[ns]").astype("int64")
+        w = step.value
+        floored = ns - np.mod(ns, w)
+        return df.assign(
+            bucket_start=pd.DatetimeIndex(floored.astype("datetime64[ns]"), tz="UTC")
+        )
+
+    return BucketAggregates(
+        stats=_sum_by([floor(aggs.stats)], list(AGG_KEY), AGG_COLUMNS),
+        hist=_sum_by([floor(aggs.hist)], _HIST_KEY, HIST_COLUMNS),
+        dropped=dict(aggs.dropped),
+        flagged=dict(aggs.flagged),
+        rows_read=aggs.rows_read,
+    )
+
+
+def _ranks(q: float, n: np.ndarray) -> np.ndarray:
+    # ceil(q * n), 1-based, without float noise turning 0.95 * 100 into rank 96.
+    r = np.ceil(np.round(q * n.astype("float64"), 6)).astype("int64")
+    return np.clip(r, 1, None)
+
+
+def quantiles(
+    hist: pd.DataFrame,
+    qs: Sequence[float],
+    by: Sequence[str] = AGG_KEY,
+) -> pd.DataFrame:
+    """Read duration quantiles (ms) from a sparse histogram, per group of ``by``.
+
+    The quantile ``q`` of ``n`` durations is the element of rank ``ceil(q * n)`` (1-based,
+    at least 1) in sorted order; its estimate is :func:`~detector.schema.bin_value` of that
+    element's bin. Because every duration ``d >= 1`` ms in bin ``i`` satisfies
+    ``|bin_value(i) - d| <= HIST_ALPHA * d``, the estimate is within a relative error of
+    ``HIST_ALPHA`` (2 %) of the exact element of that rank (durations below 1 ms count as 1).
+
+    Parameters
+    ----------
+    hist : DataFrame
+        Columns ``by`` + ``bin`` + ``count`` (e.g. ``BucketAggregates.hist``). Groups may span
+        several rows per bin (e.g. ``by=("operation_name", "bucket_start")`` sums versions).
+    qs : sequence of float
+        Quantiles in ``[0, 1]``.
+    by : sequence of str
+        Grouping columns. Default: the partition key ``AGG_KEY``.
+
+    Returns
+    -------
+    DataFrame
+        One row per group: ``by``, ``n`` (durations counted), and one float column per
+        quantile named by :func:`quantile_column` (``p50_ms``, ``p95_ms``...).
+    """
+    by = list(by)
+    for q in qs:
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile {q} outside [0, 1]")
+    cols = [quantile_column(q) for q in qs]
+    if not len(hist):
+        out = hist[by].iloc[0:0].copy()
+        out["n"] = pd.Series(dtype="int64")
+        for c in cols:
+            out[c] = pd.Series(dtype="float64")
+        return out.reset_index(drop=True)
+    # Sum counts per (group, bin), sorted by group then bin: one vectorised pass.
+    h = hist.groupby([*by, "bin"], sort=True, observed=True)["count"].sum().reset_index()
+    h = h[h["count"] > 0]
+    gid = h.groupby(by, sort=False, observed=True).ngroup().to_numpy()
+    starts = np.flatnonzero(np.r_[True, gid[1:] != gid[:-1]])
+    counts = h["count"].to_numpy(dtype="int64")
+    bins = h["bin"].to_numpy(dtype="int64")
+    cum = np.cumsum(counts)
+    before = np.r_[0, cum[:-1]][starts]  # total count before each group
+    n = np.add.reduceat(counts, starts)
+    out = h.iloc[starts][by].reset_index(drop=True)
+    out["n"] = n
+    for q, c in zip(qs, cols, strict=True):
+        pos = np.searchsorted(cum, before + _ranks(q, n), side="left")
+        out[c] = np.asarray(schema.bin_value(bins[pos]), dtype="float64")
+    return out
+
+
+def summarize(aggs: BucketAggregates, qs: Sequence[float] = (0.5, 0.95)) -> pd.DataFrame:
+    """Per key: calls, failures, failure rate, expected errors, log-duration moments, quantiles.
+
+    Returns
+    -------
+    DataFrame
+        ``AGG_KEY`` + ``calls``, ``failures``, ``failure_rate`` (failures / calls, NaN without
+        calls), ``expected_errors``, ``dur_n``, ``log_dur_mean`` (mean of ln(ms), NaN without
+        durations), ``log_dur_std`` (sample standard deviation, ddof=1, NaN below two
+        durations), and one column per quantile (ms, :func:`quantile_column`; NaN without
+        durations). Sorted by key.
+    """
+    s = aggs.stats
+    out = s[list(AGG_KEY)].copy()
+    calls = s["calls"].to_numpy(dtype="float64")
+    n = s["dur_n"].to_numpy(dtype="float64")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(n > 0, s["log_dur_sum"].to_numpy() / n, np.nan)
+        var = np.where(
+            n > 1,
+            (s["log_dur_sumsq"].to_numpy() - n * np.nan_to_num(mean) ** 2) / (n - 1),
+            np.nan,
+        )
+        out["calls"] = s["calls"].to_numpy()
+        out["failures"] = s["failures"].to_numpy()
+        out["failure_rate"] = np.where(calls > 0, s["failures"].to_numpy() / calls, np.nan)
+    out["expected_errors"] = s["expected_errors"].to_numpy()
+    out["dur_n"] = s["dur_n"].to_numpy()
+    out["log_dur_mean"] = mean
+    out["log_dur_std"] = np.sqrt(np.clip(var, 0.0, None))
+    q = quantiles(aggs.hist, qs, by=AGG_KEY).drop(columns="n")
+    out = out.merge(q, on=list(AGG_KEY), how="left")
+    return out.sort_values(list(AGG_KEY), kind="stable").reset_index(drop=True)

@@ -1,0 +1,128 @@
+"""Bucket store: round trip, late data adds up, crash mid-merge keeps the last good state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from detector import aggregate
+from detector.errors import StateError
+from detector.schema import BucketAggregates
+from detector.store.backend import LocalBackend
+from detector.store.buckets import BucketStore
+
+T0 = datetime(2026, 11, 2, 23, 50, tzinfo=UTC)
+
+
+def _aggs(*rows: tuple[str, str, datetime, int, int], bins: int = 150) -> BucketAggregates:
+    stats = pd.DataFrame(
+        [
+            {
+                "operation_name": op,
+                "sdk_version": ver,
+                "bucket_start": pd.Timestamp(ts),
+                "calls": calls,
+                "failures": fails,
+                "expected_errors": 0,
+                "dur_n": calls,
+                "log_dur_sum": 6.0 * calls,
+                "log_dur_sumsq": 36.0 * calls,
+            }
+            for op, ver, ts, calls, fails in rows
+        ]
+    )
+    hist = pd.DataFrame(
+        [
+            {
+                "operation_name": op,
+                "sdk_version": ver,
+                "bucket_start": pd.Timestamp(ts),
+                "bin": bins,
+                "count": calls,
+            }
+            for op, ver, ts, calls, _ in rows
+        ]
+    )
+    s, h = aggregate.normalize(stats, hist)
+    return BucketAggregates(stats=s, hist=h, rows_read=sum(r[3] for r in rows))
+
+
+def test_round_trip_across_days_and_watermark(tmp_path) -> None:
+    store = BucketStore(LocalBackend(tmp_path))
+    assert store.watermark is None
+    a = _aggs(("Join", "1.0", T0, 10, 1), ("Join", "1.0", T0 + timedelta(minutes=15), 5, 0))
+    store.merge(a, watermark=T0 + timedelta(hours=1))
+    assert store.watermark == T0 + timedelta(hours=1)
+    back = store.load()
+    assert back.stats["calls"].tolist() == [10, 5]
+    assert sorted(back.stats["bucket_start"].dt.day.unique()) == [2, 3]  # two day files
+    only_second = store.load(T0 + timedelta(minutes=10), T0 + timedelta(hours=1))
+    assert only_second.stats["calls"].tolist() == [5]
+
+
+def test_late_rows_add_up_in_their_bucket(tmp_path) -> None:
+    store = BucketStore(LocalBackend(tmp_path))
+    store.merge(_aggs(("Join", "1.0", T0, 10, 1)), watermark=T0 + timedelta(hours=1))
+    store.merge(_aggs(("Join", "1.0", T0, 4, 2)), watermark=T0 + timedelta(hours=2))
+    back = store.load()
+    assert back.stats[["calls", "failures"]].values.tolist() == [[14, 3]]
+    assert back.hist["count"].tolist() == [14]
+    # superseded generations are garbage-collected
+    assert len([k for k in LocalBackend(tmp_path).list("buckets/") if "parquet" in k]) == 2
+
+
+class _CrashingBackend(LocalBackend):
+    def __init__(self, root, crash_on_write: int) -> None:
+        super().__init__(root)
+        self.writes = 0
+        self.crash_on_write = crash_on_write
+
+    def write(self, key, data, *, if_version=None):
+        self.writes += 1
+        if self.writes == self.crash_on_write:
+            raise OSError("disk vanished")
+        return super().write(key, data, if_version=if_version)
+
+
+@pytest.mark.parametrize("crash_on_write", [1, 2, 3, 4, 5])
+def test_crash_mid_merge_leaves_last_good_state(tmp_path, crash_on_write: int) -> None:
+    good = BucketStore(LocalBackend(tmp_path))
+    good.merge(
+        _aggs(("Join", "1.0", T0, 10, 1), ("Join", "1.0", T0 + timedelta(minutes=15), 5, 0)),
+        watermark=T0 + timedelta(hours=1),
+    )
+    before = good.load()
+    crashing = BucketStore(_CrashingBackend(tmp_path, crash_on_write))
+    late = _aggs(("Join", "1.0", T0, 3, 3), ("Join", "1.0", T0 + timedelta(minutes=15), 2, 2))
+    # 2 days x 2 files + 1 manifest = 5 writes; a crash at any of them must not half-apply
+    with pytest.raises(OSError):
+        crashing.merge(late, watermark=T0 + timedelta(hours=2))
+    after = BucketStore(LocalBackend(tmp_path))
+    pd.testing.assert_frame_equal(after.load().stats, before.stats)
+    assert after.watermark == T0 + timedelta(hours=1)
+    # and the next merge still works and counts the late rows exactly once
+    after.merge(late, watermark=T0 + timedelta(hours=2))
+    assert after.load().stats["calls"].tolist() == [13, 7]
+
+
+def test_watermark_never_moves_back(tmp_path) -> None:
+    store = BucketStore(LocalBackend(tmp_path))
+    store.merge(_aggs(("Join", "1.0", T0, 1, 0)), watermark=T0)
+    with pytest.raises(StateError, match="move back"):
+        store.merge(_aggs(("Join", "1.0", T0, 1, 0)), watermark=T0 - timedelta(hours=1))
+
+
+def test_prune_drops_whole_old_days(tmp_path) -> None:
+    store = BucketStore(LocalBackend(tmp_path))
+    store.merge(_aggs(("Join", "1.0", T0, 1, 0), ("Join", "1.0", T0 + timedelta(days=2), 1, 0)))
+    assert store.prune(T0 + timedelta(days=1)) == 1
+    assert store.load().stats["calls"].tolist() == [1]
+
+
+def test_corrupt_manifest_is_a_state_error(tmp_path) -> None:
+    (tmp_path / "buckets").mkdir()
+    (tmp_path / "buckets" / "manifest.json").write_text("{not json")
+    with pytest.raises(StateError, match="corrupt"):
+        BucketStore(LocalBackend(tmp_path)).load()
