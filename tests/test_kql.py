@@ -130,12 +130,7 @@ def _shapes() -> list[tuple[str, str, dict[str, str]]]:
     out = []
     for arrival in kql.ARRIVALS:
         for lookback in (timedelta(0), timedelta(hours=1)):
-            for bucket in (
-                timedelta(minutes=1),
-                timedelta(minutes=5),
-                timedelta(minutes=7),
-                timedelta(hours=1),
-            ):
+            for bucket in (timedelta(minutes=5), timedelta(minutes=7)):
                 out.append(
                     (
                         f"aggregate-{arrival}-{lookback}-{bucket}",
