@@ -316,17 +316,20 @@ def _new_version_failures(ctx: ScenarioContext, plan: ScenarioPlan) -> None:
     version = ctx.new_version
     op = ctx.choose(("Join", "StartVideo", "CreateView"))
     dur = ctx.hours(2.0, 4.0)
-    start = ctx.slot(dur, after_ms=plan.rollout_ms + 10 * _H)
+    # Once the build has traffic (10 h after its rollout); on very short runs, never before
+    # the rollout itself.
+    start = max(ctx.slot(dur, after_ms=plan.rollout_ms + 10 * _H), plan.rollout_ms)
+    end = min(start + dur, ctx.end_ms)
     extra = round(ctx.uniform(0.2, 0.35), 3)
     code = P.STACK_INIT_TIMEOUT if op == "Join" else P.VIDEO_START_FAILED
-    plan.effects.append(Effect("failure", op, version, start, start + dur, extra, code))
+    plan.effects.append(Effect("failure", op, version, start, end, extra, code))
     plan.incidents.append(
         Incident(
             op,
             version,
             "failure_rate",
             _dt(start),
-            _dt(start + dur),
+            _dt(end),
             f"failure rate +{extra * 100:.0f} points ({code.signature}/{code.subcode})",
             "new SDK build only; other versions unaffected",
         )
@@ -363,6 +366,8 @@ def _slow_drift(ctx: ScenarioContext, plan: ScenarioPlan) -> None:
     start, end = ctx.warmup_end_ms, ctx.end_ms
     plan.effects.append(Effect("duration", op, None, start, end, peak, ramp=True, power=power))
     thr = ctx.params.drift_label_threshold
+    if thr >= peak:  # never exceeds the threshold: an unlabelled drift
+        return
     frac = ((thr - 1.0) / (peak - 1.0)) ** (1.0 / power)
     cross = start + int((end - start) * frac)
     cross = -(-cross // _MIN5) * _MIN5
