@@ -7,9 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from detector import aggregate
 from detector.errors import StateError
-from detector.schema import BucketAggregates
+from detector.schema import AGG_COLUMNS, HIST_COLUMNS, BucketAggregates
 from detector.store.backend import LocalBackend
 from detector.store.buckets import BucketStore
 
@@ -45,7 +44,8 @@ def _aggs(*rows: tuple[str, str, datetime, int, int], bins: int = 150) -> Bucket
             for op, ver, ts, calls, _ in rows
         ]
     )
-    s, h = aggregate.normalize(stats, hist)
+    s = stats.reindex(columns=list(AGG_COLUMNS)).astype(AGG_COLUMNS)
+    h = hist.reindex(columns=list(HIST_COLUMNS)).astype(HIST_COLUMNS)
     return BucketAggregates(stats=s, hist=h, rows_read=sum(r[3] for r in rows))
 
 
