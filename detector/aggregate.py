@@ -27,6 +27,7 @@ __all__ = [
     "coarsen",
     "fleet",
     "merge",
+    "normalize",
     "quantile_column",
     "quantiles",
     "summarize",
@@ -69,6 +70,30 @@ def _add_counts(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
     return total
 
 
+def normalize(stats: pd.DataFrame, hist: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Bring hand-made or foreign frames to the contract: columns, dtypes, one row per key.
+
+    Rows with the same key are summed (so a frame built from raw pieces becomes mergeable),
+    zero-count histogram rows are dropped, and both frames are sorted by key. Naive
+    ``bucket_start`` values are taken as UTC.
+    """
+
+    def coerce(df: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise ValueError(f"missing column(s) {', '.join(missing)}")
+        df = df[list(columns)].copy()
+        ts = pd.to_datetime(df["bucket_start"])
+        df["bucket_start"] = (
+            ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
+        )
+        return df.astype(columns)
+
+    s = _sum_by([coerce(stats, AGG_COLUMNS)], list(AGG_KEY), AGG_COLUMNS)
+    h = _sum_by([coerce(hist, HIST_COLUMNS)], _HIST_KEY, HIST_COLUMNS)
+    return s, h[h["count"] != 0].reset_index(drop=True)
+
+
 def merge(*aggs: BucketAggregates) -> BucketAggregates:
     """Merge aggregates exactly: sums per key, histogram counts per bin, counters added.
 
@@ -89,7 +114,7 @@ def merge(*aggs: BucketAggregates) -> BucketAggregates:
         hist=_sum_by((a.hist for a in aggs), _HIST_KEY, HIST_COLUMNS),
         dropped=_add_counts(a.dropped for a in aggs),
         flagged=_add_counts(a.flagged for a in aggs),
-        rows_read=sum(a.rowsread if False else a.rows_read for a in aggs),
+        rows_read=sum(a.rows_read for a in aggs),
     )
 
 
@@ -125,9 +150,7 @@ def coarsen(aggs: BucketAggregates, width: timedelta) -> BucketAggregates:
         ns = df["bucket_start"].to_numpy().astype("datetime64[ns]").astype("int64")
         w = step.value
         floored = ns - np.mod(ns, w)
-        return df.assign(
-            bucket_start=pd.DatetimeIndex(floored.astype("datetime64[ns]"), tz="UTC")
-        )
+        return df.assign(bucket_start=pd.DatetimeIndex(floored.astype("datetime64[ns]"), tz="UTC"))
 
     return BucketAggregates(
         stats=_sum_by([floor(aggs.stats)], list(AGG_KEY), AGG_COLUMNS),
