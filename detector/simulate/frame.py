@@ -63,8 +63,17 @@ class PayloadCache:
     _RADIX = (64, 8, 2, 2, 128, 2, 8, 32, 4, 2, 2, 2)
 
     def encode(self, parts: list[np.ndarray]) -> np.ndarray:
+        """Mixed-radix code of each row's payload parts (in :attr:`_RADIX` order).
+
+        Raises
+        ------
+        ValueError
+            A part exceeds its radix (e.g. more than 64 operations configured).
+        """
         code = np.zeros(parts[0].size, dtype=np.int64)
-        for part, radix in zip(parts, self._RADIX, strict=True):
+        for i, (part, radix) in enumerate(zip(parts, self._RADIX, strict=True)):
+            if part.size and int(part.max()) >= radix:
+                raise ValueError(f"payload part {i} has {int(part.max()) + 1} values (max {radix})")
             code = code * radix + part.astype(np.int64)
         return code
 
