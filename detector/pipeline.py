@@ -430,7 +430,8 @@ def _model_store(cfg: Config, backend: Backend) -> Any:
 
     if cfg.state.get("url"):
         return ModelStore(backend, prefix="models")
-    return ModelStore(LocalBackend(cfg.models_path), prefix="")
+    models = cfg.models_path
+    return ModelStore(LocalBackend(models.parent), prefix=models.name)
 
 
 def _jsonable(value: Any) -> Any:
