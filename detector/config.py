@@ -517,6 +517,50 @@ def _check_source_extras(source: dict[str, Any], problems: list[str]) -> None:
             problems.append(f"source: {exc}")
 
 
+#: [alerting] keys read by the lifecycle, delivery and self-health stages.
+ALERTING_KEYS = frozenset(
+    {
+        "n_of_m",
+        "recovery_evaluations",
+        "send_resolved",
+        "retention",
+        "resolve_min_calls",
+        "max_items_per_digest",
+        "health_source_error_runs",
+        "health_no_data_after",
+        "health_outbox_items",
+        "health_outbox_age",
+        "health_repeat_interval",
+        "silences",
+    }
+)
+
+
+def _check_stage_keys(
+    detection: dict[str, Any], alerting: dict[str, Any], problems: list[str]
+) -> None:
+    """Validate the engine's and the alerting stage's keys offline, with their own policies."""
+    from detector.engine import DetectionPolicy
+    from detector.lifecycle import LifecyclePolicy
+    from detector.notify.commands import config_silences
+    from detector.notify.health import HealthPolicy
+
+    try:
+        DetectionPolicy.from_mapping(dict(detection))
+    except (TypeError, ValueError) as exc:
+        problems.append(f"detection: {exc}")
+    for key in alerting:
+        if key not in SCHEMA["alerting"] and key not in ALERTING_KEYS:
+            problems.append(f"alerting.{key}: unknown key")
+    for build in (LifecyclePolicy.from_config, HealthPolicy.from_config, config_silences):
+        try:
+            build(alerting)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"alerting: {exc}")
+
+
 def config_from_dict(
     data: dict[str, Any], *, path: Path | None = None, env: Mapping[str, str] | None = None
 ) -> Config:
@@ -537,6 +581,7 @@ def config_from_dict(
     ):
         problems.append("source: log_analytics needs exactly one of workspace_id, resource_id")
     _check_source_extras(source, problems)
+    _check_stage_keys(detection, alerting, problems)
     if (
         isinstance(detection.get("bucket"), timedelta)
         and isinstance(detection.get("baseline"), timedelta)

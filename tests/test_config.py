@@ -90,6 +90,11 @@ def test_every_problem_listed_with_its_key(monkeypatch: pytest.MonkeyPatch) -> N
         ({"detection": {"bucket": "1h", "baseline": "2h"}}, "at least 4 buckets"),
         ({"notify": {"route": {"name": "x"}}}, "array of tables"),
         ({"alerting": {"max_items": 0}}, "alerting.max_items"),
+        ({"alerting": {"n_of_m": "7/2"}}, "alerting.n_of_m"),
+        ({"alerting": {"silences": [{"operation": "Join"}]}}, "ends_at: required"),
+        ({"alerting": {"typo_key": 1}}, "alerting.typo_key: unknown key"),
+        ({"detection": {"min_callz": 5}}, "min_callz"),
+        ({"source": {"kind": "file", "wat": 1}}, "source.wat: unknown key"),
     ],
 )
 def test_bad_values(data: dict, problem: str) -> None:
