@@ -218,6 +218,60 @@ def _detect_format(path: Path) -> str:
     )
 
 
+def _select_files(path: str | os.PathLike[str]) -> list[_File]:
+    """Discovered files with their formats.
+
+    A file named directly is always validated. When scanning a directory or a glob, files that
+    are evidently not exports are skipped with a warning instead of failing the run: empty
+    files (a Diagnostic Settings hour blob can be empty) and ``.json`` documents without any
+    ACS column (``incidents.json`` beside simulated data, exporter metadata).
+    """
+    found = discover_files(path)
+    if Path(os.fspath(path)).is_file():
+        return [_File(found[0], _detect_format(found[0]))]
+    selected = []
+    for f in found:
+        reason = _skip_reason(f)
+        if reason:
+            log.warning("skipping %s: %s", f, reason)
+            continue
+        selected.append(_File(f, _detect_format(f)))
+    if not selected:
+        raise InputError(f"{os.fspath(path)}: no ACS call client operations export among the files")
+    return selected
+
+
+def _skip_reason(path: Path) -> str | None:
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+    except OSError:
+        return None  # reported when read
+    if _suffix_of(path) not in (".json", ".json.gz"):
+        return None
+    try:
+        fmt = _detect_format(path)
+        if fmt == "jsonl":
+            keys = _json_sample_keys(path)
+        elif fmt == "json_array" and path.stat().st_size < 16 * 2**20:
+            with _open_text(path) as fh:
+                doc = json.load(fh)
+            keys = set()
+            for rec in doc[:_JSON_SAMPLE_LINES] if isinstance(doc, list) else []:
+                if isinstance(rec, dict):
+                    keys.update(rec)
+                    if isinstance(rec.get("properties"), dict):
+                        keys.update(rec["properties"])
+        else:
+            return None  # big JSON arrays are checked (and named) when read
+    except (InputError, ValueError, OSError):
+        return "not JSON lines"
+    wanted = {c.lower() for c in schema.REQUIRED_COLUMNS}
+    if not wanted & {k.lower() for k in keys}:
+        return "no ACS call client operations fields"
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # Per-format column resolution (case-insensitive) and normalised SELECTs
 # --------------------------------------------------------------------------------------------
@@ -354,20 +408,28 @@ def _json_select(source: str) -> str:
     """
     paths: list[str] = []
     where: dict[str, list[int]] = {}
+    top: dict[str, list[int]] = {}
     for name in _NEEDED:
         variants = _json_key_variants(name)
-        candidates = [f"$.properties.{v}" for v in variants] + [f"$.{v}" for v in variants]
-        if name == "TimeGenerated":
-            candidates.append("$.time")
-        where[name] = []
-        for c in candidates:
+        where[name], top[name] = [], []
+        for v in variants:
             where[name].append(len(paths) + 1)  # DuckDB lists are 1-based
-            paths.append(c)
+            paths.append(f"$.properties.{v}")
+        for v in [*variants, *(["time"] if name == "TimeGenerated" else [])]:
+            top[name].append(len(paths) + 1)
+            paths.append(f"$.{v}")
     plist = "[" + ", ".join(_lit(p) for p in paths) + "]"
 
+    def first(indices: list[int]) -> str:
+        return "coalesce(" + ", ".join(f"nullif(v[{i}], 'null')" for i in indices) + ")"
+
     def raw(name: str) -> str:
-        # First present, non-null JSON text among the variants.
-        return "coalesce(" + ", ".join(f"nullif(v[{i}], 'null')" for i in where[name]) + ")"
+        # First present, non-null JSON text: under properties, then at the top level. The
+        # top-level operationName of a Diagnostic Settings record is the log category's
+        # ("CallClientOperations"), not the SDK operation: used only without properties.
+        if name == "OperationName":
+            return f"CASE WHEN has_props THEN {first(where[name])} ELSE {first(top[name])} END"
+        return first(where[name] + top[name])
 
     def text(name: str) -> str:
         return f"json_extract_string({raw(name)}, '$')"
@@ -394,8 +456,9 @@ def _json_select(source: str) -> str:
         f"OR ({is_str('ResultSignature')} AND {rs_val} IS NOT NULL)) AS str_num, "
         f"{pay_bad} AS pay_bad, "
         f"coalesce({text('SdkVersion')}, '') AS sdk "
-        f"FROM (SELECT CASE WHEN json_valid(j) THEN json_extract(j, {plist}) END AS v "
-        f"FROM {source})"
+        f"FROM (SELECT CASE WHEN ok THEN json_extract(j, {plist}) END AS v, "
+        f"CASE WHEN ok THEN json_type(j, '$.properties') = 'OBJECT' ELSE FALSE END AS has_props "
+        f"FROM (SELECT j, coalesce(json_valid(j), FALSE) AS ok FROM {source}))"
     )
 
 
@@ -860,7 +923,7 @@ def read_aggregates(
         if window[1] < window[0]:
             raise ValueError(f"arrival_window ends before it starts: {arrival_window}")
 
-    files = [_File(f, _detect_format(f)) for f in discover_files(path)]
+    files = _select_files(path)
     spill_dir = tempfile.mkdtemp(prefix="acs-duckdb-")
     try:
         con = _connect(threads, memory_limit, spill_dir)
