@@ -299,7 +299,7 @@ def _bad(path: Path, content: bytes) -> Path:
         ("hello.jsonl", b"hello\n", "not a JSON lines file"),
         ("hello.json", b"# comment\n", "not a JSON lines file"),
         ("cols.csv", b"TimeGenerated,OperationName,OperationId\n1,2,3\n", "missing required columns"),
-        ("cols.jsonl", b'{"OperationName": "Join", "OperationId": "1"}\n', "missing required fields"),
+        ("cols.jsonl", b'{"OperationName": "Join", "OperationId": "1"}\n', "missing required fields TimeGenerated, CallClientTimeStamp"),
         ("array.json", b'[{"OperationName": "Join"}]', "missing required fields"),
         ("broken.json", b'[{"OperationName": ', "not a readable JSON array"),
     ],

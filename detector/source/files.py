@@ -109,6 +109,8 @@ _LN_GAMMA: Final = math.log(schema.HIST_GAMMA)
 _DROP_CODES: Final[dict[int, str]] = {i + 1: r for i, r in enumerate(schema.DROP_REASONS)}
 # DuckDB errors that mean "this input cannot be read" (others are bugs and propagate).
 _READ_ERRORS: Final = (duckdb.IOException, duckdb.InvalidInputException, duckdb.ConversionException)
+# Fields a JSON sample must show to be taken for an export (others may be omitted when null).
+_JSON_IDENTITY: Final = ("TimeGenerated", "CallClientTimeStamp", "OperationName")
 # How many leading JSON lines are inspected to decide whether a file is an ACS export.
 _JSON_SAMPLE_LINES: Final = 200
 
@@ -579,7 +581,9 @@ def _json_keys_ok(path: Path, keys: set[str]) -> None:
     lowered = {k.lower() for k in keys}
     if "time" in lowered:
         lowered.add("timegenerated")  # Diagnostic Settings: top-level time = arrival time
-    missing = [c for c in schema.REQUIRED_COLUMNS if c.lower() not in lowered]
+    # JSON exporters leave out null-valued keys, so a sample may lack e.g. DurationMs of point
+    # events; the fields that identify an operation record must be there.
+    missing = [c for c in _JSON_IDENTITY if c.lower() not in lowered]
     if missing:
         raise InputError(
             f"{path}: not an ACS call client operations export (JSON): missing required "

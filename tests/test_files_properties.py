@@ -1,0 +1,176 @@
+"""File source properties (hypothesis) and the simulator's output in every format."""
+
+from __future__ import annotations
+
+import zlib
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from detector import aggregate, schema
+from detector.source.files import read_aggregates
+from tests.fixtures_files import FORMATS, file_name, row, write_rows
+
+BUCKET = timedelta(minutes=5)
+
+_ops = st.sampled_from(
+    ["Join", "join", "StartVideo", "State-changed", "UserFacingDiagnostics", "CallClientOperations",
+     "", None, "NewOp"]
+)  # fmt: skip
+_rts = st.sampled_from(["Succeeded", "Success", "ExpectedError", "Failed", "Weird", "", None])
+_durs = st.one_of(st.none(), st.integers(-5, 100_000))
+_minutes = st.integers(0, 40)
+_ids = st.one_of(st.none(), st.sampled_from([f"id{i}" for i in range(30)]))
+
+
+@st.composite
+def _rows(draw: st.DrawFn) -> list[dict[str, Any]]:
+    n = draw(st.integers(1, 40))
+    out = []
+    for _ in range(n):
+        m = draw(_minutes)
+        out.append(
+            row(
+                op=draw(_ops),
+                opid=draw(_ids),
+                cct=f"2026-11-02T10:{m:02d}:{draw(st.integers(0, 59)):02d}Z",
+                tg=f"2026-11-02T11:{draw(_minutes):02d}:00Z",
+                rt=draw(_rts),
+                dur=draw(_durs),
+                sdk=draw(st.sampled_from(["1.0", "2.0_beta", None])),
+                payload=draw(st.sampled_from(['{"a":1}', "{bad", None])),
+            )
+        )
+    return out
+
+
+def _assert_same(a: schema.BucketAggregates, b: schema.BucketAggregates) -> None:
+    pd.testing.assert_frame_equal(a.stats, b.stats, check_exact=False, rtol=1e-9, atol=1e-9)
+    key = [*schema.AGG_KEY, "bin"]
+    pd.testing.assert_frame_equal(
+        a.hist.sort_values(key).reset_index(drop=True),
+        b.hist.sort_values(key).reset_index(drop=True),
+    )
+    assert a.dropped == b.dropped
+    assert a.flagged == b.flagged
+    assert a.rows_read == b.rows_read
+
+
+def _key_split(r: dict[str, Any], parts: int, salt: int) -> int:
+    # Copies of one operation (same OperationId and CallClientTimeStamp) stay in one part:
+    # merging per-part aggregates cannot see a duplicate across parts (nor can KQL).
+    key = f"{r['OperationId']}|{r['CallClientTimeStamp']}|{salt}".encode()
+    return zlib.crc32(key) % parts
+
+
+_SETTINGS = settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@_SETTINGS
+@given(rows=_rows(), parts=st.integers(1, 3), salt=st.integers(0, 9), fmt=st.sampled_from(FORMATS))
+def test_split_and_merge_in_any_order_equals_all_at_once(
+    tmp_path_factory: pytest.TempPathFactory,
+    rows: list[dict[str, Any]],
+    parts: int,
+    salt: int,
+    fmt: str,
+) -> None:
+    tmp = tmp_path_factory.mktemp("split")
+    whole = read_aggregates(
+        write_rows(rows, tmp / file_name("parquet", "whole"), "parquet"), bucket=BUCKET
+    )
+
+    # totals conserved, every dropped row counted under one reason
+    assert whole.rows_read == len(rows)
+    assert whole.rows_read == whole.stats["calls"].sum() + sum(whole.dropped.values())
+    assert set(whole.dropped) == set(schema.DROP_REASONS)
+    assert (whole.stats["failures"] + whole.stats["expected_errors"] <= whole.stats["calls"]).all()
+    assert whole.hist["count"].sum() == whole.stats["dur_n"].sum()
+
+    groups: list[list[dict[str, Any]]] = [[] for _ in range(parts)]
+    for r in rows:
+        groups[_key_split(r, parts, salt)].append(r)
+    paths = [
+        write_rows(g, tmp / "parts" / file_name(fmt, f"p{i}"), fmt)
+        for i, g in enumerate(groups)
+        if g
+    ]
+    # one read over the directory of parts (any format) == the single Parquet file
+    _assert_same(read_aggregates(tmp / "parts", bucket=BUCKET), whole)
+    # per-part aggregates merged in reverse order == the whole
+    merged = aggregate.merge(*[read_aggregates(p, bucket=BUCKET) for p in reversed(paths)])
+    _assert_same(merged, whole)
+
+
+@_SETTINGS
+@given(rows=_rows())
+def test_arrival_windows_tile(
+    tmp_path_factory: pytest.TempPathFactory, rows: list[dict[str, Any]]
+) -> None:
+    """Consecutive arrival windows add up to the whole when copies arrive together."""
+    from datetime import UTC, datetime
+
+    # give every copy of a key the same arrival time, so a window never splits a duplicate
+    first: dict[tuple[Any, Any], Any] = {}
+    for r in rows:
+        r["TimeGenerated"] = first.setdefault(
+            (r["OperationId"], r["CallClientTimeStamp"]), r["TimeGenerated"]
+        )
+    path = write_rows(rows, tmp_path_factory.mktemp("win") / "w.jsonl", "jsonl")
+    whole = read_aggregates(path, bucket=BUCKET)
+    t = [datetime(2026, 11, 2, 11, m, tzinfo=UTC) for m in (0, 13, 27, 41)]
+    parts = [
+        read_aggregates(path, bucket=BUCKET, arrival_window=(a, b))
+        for a, b in zip(t, t[1:], strict=False)
+    ]
+    _assert_same(aggregate.merge(*parts), whole)
+
+
+# --------------------------------------------------------------------------------------------
+# The simulator's output, written in every format, reads back to identical aggregates.
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, schema.BucketAggregates]:
+    simulate = pytest.importorskip("detector.simulate").simulate
+    out = {}
+    for fmt in FORMATS:
+        d: Path = tmp_path_factory.mktemp(f"sim-{fmt}")
+        simulate(d, days=1, seed=7, fmt=fmt, calls_per_hour=15)
+        out[fmt] = read_aggregates(d, bucket=BUCKET)
+    return out
+
+
+@pytest.mark.parametrize("fmt", FORMATS[1:])
+def test_simulator_output_is_format_independent(simulated, fmt: str) -> None:
+    a, b = simulated["parquet"], simulated[fmt]
+    assert len(a.stats) > 100 and a.rows_read > 1000
+    pd.testing.assert_frame_equal(b.stats, a.stats, check_exact=False, rtol=1e-12)
+    key = [*schema.AGG_KEY, "bin"]
+    pd.testing.assert_frame_equal(
+        b.hist.sort_values(key).reset_index(drop=True),
+        a.hist.sort_values(key).reset_index(drop=True),
+    )
+    assert b.dropped == a.dropped
+    assert b.rows_read == a.rows_read
+    # string-typed numbers exist only where the format has types for them (JSON)
+    assert {k: v for k, v in b.flagged.items() if k != "string_number"} == {
+        k: v for k, v in a.flagged.items() if k != "string_number"
+    }
+
+
+def test_simulator_quirks_are_counted(simulated) -> None:
+    j = simulated["jsonl"]
+    assert j.flagged["string_number"] > 0
+    assert j.flagged["noncanonical_operation_case"] > 0
+    assert j.dropped["duplicate"] > 0
