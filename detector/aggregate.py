@@ -147,7 +147,7 @@ def coarsen(aggs: BucketAggregates, width: timedelta) -> BucketAggregates:
     def floor(df: pd.DataFrame) -> pd.DataFrame:
         if not len(df):
             return df
-        ns = df["bucket_start"].to_numpy().astype("datetime64[ns]").astype("int64")
+        ns = pd.DatetimeIndex(df["bucket_start"]).as_unit("ns").asi8
         w = step.value
         floored = ns - np.mod(ns, w)
         return df.assign(bucket_start=pd.DatetimeIndex(floored.astype("datetime64[ns]"), tz="UTC"))
