@@ -228,3 +228,42 @@ def test_systemd_verify_catches_a_broken_unit(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode != 0 or proc.stderr.strip()
+
+
+@pytest.mark.slow
+def test_missed_runs_are_caught_up_from_the_watermark(tmp_path: Path) -> None:
+    """The real CLI behind the wrapper: after skipped ticks, the next run judges the whole gap
+    from where the last one stopped (state in <state>/pipeline.json, report in reports/)."""
+    import json
+
+    home = tmp_path / "home"
+    (home / "config").mkdir(parents=True)
+    data = tmp_path / "data"
+    from detector.cli import main
+
+    simulate = ["simulate", "--out", str(data), "--days", "1", "--seed", "5"]
+    assert main([*simulate, "--calls-per-hour", "10", "--start", "2026-11-20T18:00:00Z"]) == 0
+    (home / "config" / "detector.toml").write_text(
+        f'[source]\nkind = "file"\npath = "{data}"\n\n'
+        '[detection]\nbaseline = "1d"\nmax_window = "2h"\n\n'  # a quick first run
+        f'[state]\npath = "{home / "state"}"\n'
+    )
+    env = _env(tmp_path, Path(sys.executable), ACS_DETECTOR_LOG="-")
+
+    def run_at(now: str) -> dict[str, object]:
+        proc = subprocess.run(
+            [str(WRAPPER), "run", "--now", now],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return json.loads((home / "state" / "reports" / "latest.json").read_text())
+
+    first = run_at("2026-11-21T12:00:00Z")
+    # Ticks at 12:05 ... 12:55 never ran (machine off). The 13:00 run covers the gap.
+    second = run_at("2026-11-21T13:00:00Z")
+    assert second["window"]["start"] == first["window"]["end"]  # type: ignore[index]
+    assert first["window"]["end"] == "2026-11-21T11:50:00Z"  # type: ignore[index]  # now - delay
+    assert second["window"]["end"] == "2026-11-21T12:50:00Z"  # type: ignore[index]

@@ -264,7 +264,7 @@ def test_end_to_end_state_in_blob_storage(
     from detector.lock import JobLock
     from detector.store.blob import CONNECTION_STRING_ENV, BlobBackend
 
-    start = (datetime.now(UTC) - timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
+    start = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
     data = tmp_path / "data"
     assert (
         main(
@@ -273,11 +273,11 @@ def test_end_to_end_state_in_blob_storage(
                 "--out",
                 str(data),
                 "--days",
-                "2",
+                "1",
                 "--seed",
                 "3",
                 "--calls-per-hour",
-                "20",
+                "10",
                 "--start",
                 start.strftime("%Y-%m-%dT%H:%M:%SZ"),
             ]
