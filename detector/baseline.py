@@ -130,6 +130,8 @@ class Baselines:
     weight: np.ndarray  # (P,) own weight n/(n+k) (1 for fleet partitions)
     provisional: np.ndarray  # (P,) bool
     has_history: np.ndarray  # (P,) bool: any usable baseline (own or borrowed)
+    k_fail: np.ndarray | None = None  # (P,) empirical-Bayes prior strength, failure rate
+    k_dur: np.ndarray | None = None  # (P,) empirical-Bayes prior strength, log-duration
 
     def to_frame(self, parts: Partitions) -> pd.DataFrame:
         """One row per partition (flat summaries), for persistence and reports."""
@@ -289,7 +291,9 @@ def compute_baselines(
     # First bucket each partition was seen in the window (a new version has fewer buckets).
     t_idx = ((rows["bucket_start"] - start_ts) / bucket).to_numpy().astype(np.int64)
     first_idx = np.full(P, n_cal, dtype=np.int64)
-    np.minimum.at(first_idx, pid, t_idx)
+    if len(pid):
+        first = pd.Series(t_idx).groupby(pid).min()
+        first_idx[first.index.to_numpy()] = first.to_numpy()
     excl = exclusion_mask(rows, maintenance, alerted)
     rows, pid, t_idx = rows.loc[~excl], pid[~excl], t_idx[~excl]
     slot = slot_of(rows["bucket_start"])
@@ -312,9 +316,8 @@ def compute_baselines(
     n_slot_buckets = np.maximum(n_slot_buckets - excluded, 0.0)
 
     def acc(values: np.ndarray) -> np.ndarray:
-        out = np.zeros((P, SLOTS), dtype=np.float64)
-        np.add.at(out, (pid, slot), values)
-        return out
+        flat = pid.astype(np.int64) * SLOTS + slot
+        return np.bincount(flat, weights=values, minlength=P * SLOTS).reshape(P, SLOTS)
 
     calls = rows["calls"].to_numpy(dtype=np.float64)
     C = acc(calls)
@@ -364,10 +367,10 @@ def compute_baselines(
     # the empirical-Bayes weight n/(n+k), n = the version's own baseline calls (durations).
     fleet = parts.is_fleet
     fo = parts.fleet_of
-    k = policy.cold_start_k
+    k_fail, k_dur = _eb_prior_strength(parts, Cf, Ff, Df, mu_f, var_f, policy)
     with np.errstate(invalid="ignore", divide="ignore"):
-        w_calls = np.where(fleet, 1.0, Cf / (Cf + k) if k > 0 else (Cf > 0).astype(float))
-        w_dur = np.where(fleet, 1.0, Df / (Df + k) if k > 0 else (Df > 0).astype(float))
+        w_calls = np.where(fleet, 1.0, Cf / (Cf + k_fail))
+        w_dur = np.where(fleet, 1.0, Df / (Df + k_dur))
     fail_rate = _blend(own_fail, own_fail[fo], w_calls[:, None])
     mu_log = _blend(own_mu, own_mu[fo], w_dur[:, None])
     m2 = _blend(own_m2, own_m2[fo], w_dur[:, None])
@@ -422,7 +425,53 @@ def compute_baselines(
         weight=weight,
         provisional=provisional,
         has_history=has_history,
+        k_fail=k_fail,
+        k_dur=k_dur,
     )
+
+
+def _eb_prior_strength(
+    parts: Partitions,
+    calls: np.ndarray,
+    failures: np.ndarray,
+    dur_n: np.ndarray,
+    mu: np.ndarray,
+    var: np.ndarray,
+    policy: DetectionPolicy,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Empirical-Bayes ``k`` per partition for failure rate and mean log-duration.
+
+    ``k = within-version variance / between-version variance`` of the operation's established
+    versions (method of moments): versions that really differ (web vs native builds) give a
+    small ``k``, so a version's own data takes over quickly; versions that agree give a large
+    ``k`` and a new one leans on its siblings for longer. With fewer than two established
+    versions ``policy.cold_start_k`` is used. Clipped to ``[10, policy.cold_start_k]``.
+    """
+    P = len(parts)
+    kmax = max(policy.cold_start_k, 10.0)
+    k_fail = np.full(P, kmax)
+    k_dur = np.full(P, kmax)
+    versions = ~parts.is_fleet
+    for op_i in np.unique(parts.op_index):
+        rows = np.flatnonzero((parts.op_index == op_i) & versions)
+        est = rows[calls[rows] >= 100]
+        if len(est) >= 2:
+            n = calls[est]
+            p = failures[est] / n
+            pbar = float((failures[est].sum()) / n.sum())
+            within = pbar * (1 - pbar)
+            between = float(np.average((p - pbar) ** 2, weights=n)) - within / float(n.mean())
+            if within > 0:
+                k_fail[rows] = within / max(between, within / kmax)
+        est = rows[(dur_n[rows] >= 100) & np.isfinite(mu[rows])]
+        if len(est) >= 2:
+            n = dur_n[est]
+            mbar = float(np.average(mu[est], weights=n))
+            within = float(np.average(var[est], weights=n))
+            between = float(np.average((mu[est] - mbar) ** 2, weights=n)) - within / float(n.mean())
+            if within > 0:
+                k_dur[rows] = within / max(between, within / kmax)
+    return np.clip(k_fail, 10.0, kmax), np.clip(k_dur, 10.0, kmax)
 
 
 def _blend(own: np.ndarray, borrowed: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -103,13 +103,13 @@ class DetectionPolicy:
     provisional_weight: float = 0.8  # below this own-weight the baseline is provisional
     max_dispersion: float = 20.0  # cap on the overdispersion factors learnt from the baseline
     # --- tests ---------------------------------------------------------------------------------
-    spans: tuple[int, ...] = (1, 3, 6, 12, 36, 72, 144)  # trailing spans (buckets) tested
+    spans: tuple[int, ...] = (1, 3, 12, 36, 144)  # trailing spans (buckets) tested
     alpha: float = 0.01  # family-wise per hour: Bonferroni over partitions x spans x buckets/hour
     loo_z: float = 2.0  # the evidence must survive dropping its strongest bucket (z >= this)
     peer_z: float = 3.0  # a version differs from its operation's other versions (z >= this)
     shared_z: float = 2.0  # the other versions deviate too (z >= this): fleet-wide, not one version
-    recent_z: float = 1.5  # the recent third of a span must deviate too (z >= this)
-    forest_prefilter_z: float = 1.5  # the forest scores buckets with some |feature| >= this
+    recent_z: float = 1.5  # every third of a span must deviate too (z >= this)
+    forest_prefilter_z: float = 2.5  # the forest scores buckets with some |feature| >= this
     # --- practical significance -------------------------------------------------------------
     min_duration_rel: float = 0.20  # +20 % typical duration
     min_duration_ms: float = 100.0  # and +100 ms at the p95

@@ -175,21 +175,27 @@ def detect(
     timings["baseline"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    cube = build_cube(stats, parts, start=_py(cube_start), end=_py(we), bucket=bucket)
+    full = build_cube(stats, parts, start=_py(cube_start), end=_py(we), bucket=bucket)
+    # Evidence is needed for the judged buckets plus the M-1 before them (persistence); the
+    # rest of the cube is look-back feeding the trailing spans.
+    n_judged = int(np.asarray(full.times >= ws).sum())
+    K = min(len(full.times), n_judged + policy.persist_m - 1)
     # Maintenance buckets carry no evidence at all: spans skip them, so nothing fires on a
     # maintenance window's aftermath either.
-    maint = _maintenance_mask(cube.times, parts, maintenance)
+    maint_full = _maintenance_mask(full.times, parts, maintenance)
     raw_z = None
-    if maint.any():
+    if maint_full[:, -K:].any():
         # What deviated inside maintenance (reported as such), before it is zeroed out.
-        raw = np.abs(bucket_features(cube, parts, base))
+        raw = np.abs(bucket_features(full.tail(K), parts, base))
         raw_z = np.stack(
             [raw[..., np.asarray(FEATURE_METRIC) == m].max(axis=-1) for m in range(3)], axis=1
         )
         raw_z[:, 2][~parts.is_fleet] = 0.0
-    cube.exclude(maint)
+    full.exclude(maint_full)
+    cube = full.tail(K)
+    maint = maint_full[:, -K:]
     feats = bucket_features(cube, parts, base)
-    ev = span_evidence(cube, parts, base, policy)
+    ev = span_evidence(full, parts, base, policy, last=K)
     timings["features"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -480,6 +486,7 @@ def _explain(
     out: list[Anomaly] = []
     alert_buckets: list[tuple[str, str | None, str, datetime]] = []
     alerted_before = list(state.alerted)
+    driver_rows: list[tuple[int, np.ndarray]] = []
     slots = cube.slots
     for p, m in zip(*np.nonzero(alert.any(axis=2)), strict=True):
         metric = METRIC_NAMES[m]
@@ -491,7 +498,6 @@ def _explain(
             # The evidence at the run's most significant bucket is what passed the gates.
             j = idx[np.argmin(ev.p[p, m, idx])]
             span = int(ev.span[p, m, j])
-            ev_idx = np.arange(max(j - span + 1, 0), j + 1)
             calls = int(cube.calls[p, idx].sum())
             fails = int(cube.failures[p, idx].sum())
             share_den = float(cube.calls[fleet_row, idx].sum())
@@ -502,7 +508,7 @@ def _explain(
             effect = float(ev.effect[p, m, j])
             if metric == "duration":
                 var = base.var_log[p, slots[idx]].mean() * base.phi_dur[p]
-                d_n = max(float(cube.dur_n[p, ev_idx].sum()), 1.0)
+                d_n = max(float(ev.n[p, m, j]), 1.0)  # operations behind the evidence
                 obs_hist, _ = _hist_p95(history.hist, op, ver, start, end)
                 base_hist, _ = _hist_p95(
                     history.hist, op, ver, base_start, ws, alerted_before, maintenance
@@ -543,8 +549,7 @@ def _explain(
             k_best = int(np.nanargmax(s_run)) if np.isfinite(s_run).any() else int(j - a)
             score = float(s_run[k_best]) if np.isfinite(s_run).any() else float("nan")
             drivers: list[str] = []
-            if scorer is not None:
-                drivers = scorer.drivers(feats[p, idx[k_best]])
+            driver_rows.append((len(out), feats[p, idx[k_best]]))
             ratio = abs(effect) / max(policy.min_effect(metric), 1e-9)
             severity = "critical" if ratio >= policy.critical_factor else "warning"
             details = {
@@ -595,6 +600,10 @@ def _explain(
                 alert_buckets.append(
                     (op, None if ver == FLEET else ver, metric, _py(cube.times[i]))
                 )
+    if scorer is not None and driver_rows:
+        names = scorer.drivers_many(np.stack([x for _, x in driver_rows]))
+        for (i, _), d in zip(driver_rows, names, strict=True):
+            out[i].drivers = d
     out.sort(key=lambda x: (x.operation_name, x.sdk_version or "", x.metric, x.window_start))
     return out, alert_buckets
 

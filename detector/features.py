@@ -29,8 +29,8 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
-from numpy.lib.stride_tricks import sliding_window_view
-from scipy import special, stats
+from scipy import special
+from scipy.ndimage import maximum_filter1d, minimum_filter1d
 
 from detector.baseline import Baselines, Partitions, slot_of
 from detector.decide import METRIC_NAMES, DetectionPolicy, volume_effect_ok
@@ -74,6 +74,18 @@ class Cube:
     def slots(self) -> np.ndarray:
         return slot_of(self.times)
 
+    def tail(self, k: int) -> Cube:
+        """The last ``k`` buckets (views, not copies)."""
+        return Cube(
+            self.times[-k:],
+            self.calls[:, -k:],
+            self.failures[:, -k:],
+            self.dur_n[:, -k:],
+            self.s1[:, -k:],
+            self.s2[:, -k:],
+            None if self.excluded is None else self.excluded[:, -k:],
+        )
+
     def exclude(self, mask: np.ndarray) -> None:
         """Zero the buckets of ``mask`` (P, T) so no span's evidence includes them."""
         if not mask.any():
@@ -111,10 +123,10 @@ def build_cube(
     ok = pid >= 0
     pid, tid, rows = pid[ok], tid[ok], rows.loc[ok]
     arrays = []
+    flat = pid.astype(np.int64) * T + tid
     for col in ("calls", "failures", "dur_n", "log_dur_sum", "log_dur_sumsq"):
-        a = np.zeros((P, T), dtype=np.float64)
-        np.add.at(a, (pid, tid), rows[col].to_numpy(dtype=np.float64))
-        arrays.append(a)
+        w = rows[col].to_numpy(dtype=np.float64)
+        arrays.append(np.bincount(flat, weights=w, minlength=P * T).reshape(P, T))
     return Cube(times, *arrays)
 
 
@@ -160,8 +172,11 @@ def expected_calls(base: Baselines, slots: np.ndarray, cube: Cube, parts: Partit
 def _others(x: np.ndarray, parts: Partitions) -> np.ndarray:
     """For every version row: the sum of ``x`` over the *other* versions of its operation."""
     versions = ~parts.is_fleet
-    g = np.zeros((len(parts.operations), *x.shape[1:]), dtype=x.dtype)
-    np.add.at(g, parts.op_index[versions], x[versions])
+    # Partitions are sorted by operation, so each operation is a contiguous block of rows.
+    starts = np.flatnonzero(np.r_[True, parts.op_index[1:] != parts.op_index[:-1]])
+    g = np.add.reduceat(
+        np.where(versions.reshape(-1, *([1] * (x.ndim - 1))), x, 0.0), starts, axis=0
+    )
     out = g[parts.op_index] - x
     out[~versions] = 0.0
     return out
@@ -232,20 +247,30 @@ def _roll(cs: np.ndarray, s: int) -> np.ndarray:
 
 
 def _roll_extreme(x: np.ndarray, s: int, fn: str) -> np.ndarray:
-    """Trailing max (or min) over ``s`` buckets; shorter at the start."""
-    pad = np.full((x.shape[0], s - 1), -np.inf if fn == "max" else np.inf)
-    v = sliding_window_view(np.concatenate([pad, x], axis=1), s, axis=1)
-    return v.max(axis=-1) if fn == "max" else v.min(axis=-1)
+    """Trailing max (or min) over ``s`` buckets; shorter at the start (van Herk, O(n))."""
+    if s <= 1:
+        return x.copy()
+    filt = maximum_filter1d if fn == "max" else minimum_filter1d
+    cval = -np.inf if fn == "max" else np.inf
+    return filt(x, size=s, axis=1, mode="constant", cval=cval, origin=(s - 1) // 2)
 
 
 def span_evidence(
-    cube: Cube, parts: Partitions, base: Baselines, policy: DetectionPolicy
+    cube: Cube,
+    parts: Partitions,
+    base: Baselines,
+    policy: DetectionPolicy,
+    *,
+    last: int | None = None,
 ) -> SpanEvidence:
     """Test every (partition, metric, bucket) over the trailing spans; keep the best span.
 
     The best span is the one with the smallest p-value among those that also pass the
     practical-effect, volume and leave-one-out checks (if none does, the smallest p-value).
     Its p-value is multiplied by the number of spans tried (Bonferroni).
+
+    ``last``: evidence only for the last ``last`` buckets of the cube (the earlier ones are
+    look-back that feeds the trailing spans); the arrays then have ``last`` columns.
     """
     P, T = cube.calls.shape
     M = len(METRIC_NAMES)
@@ -263,9 +288,12 @@ def span_evidence(
     cv = C - e
     vv = e * phi_v
 
+    # Cumulative sums with Z leading zero columns, so every trailing window is two slices.
+    Z = 2 * max(policy.spans) + 2
+
     def cs(x: np.ndarray) -> np.ndarray:
-        out = np.zeros((P, T + 1), dtype=np.float64)
-        np.cumsum(x, axis=1, out=out[:, 1:])
+        out = np.zeros((P, T + 1 + Z), dtype=np.float64)
+        np.cumsum(x, axis=1, out=out[:, Z + 1 :])
         return out
 
     sums = {
@@ -274,7 +302,20 @@ def span_evidence(
             D=D, cd=cd, vd=vd, C=C, F=F, ef=ef, cf=cf, vf=vf, e=e, cv=cv, vv=vv, vdu=D * var
         ).items()
     }
-    shape = (P, M, T)
+    K = T if last is None else max(min(last, T), 1)
+    tail = slice(T - K, T)
+    p95_base = p95_base[:, tail]
+
+    def extreme(x: np.ndarray, s: int, fn: str) -> np.ndarray:
+        return _roll_extreme(x[:, max(T - K - s + 1, 0) :], s, fn)[:, -K:]
+
+    def roll(name: str, s: int, offset: int = 0) -> np.ndarray:
+        """Sums over buckets ``t-offset-s+1 .. t-offset`` (zeros before the cube start)."""
+        c = sums[name]
+        hi = Z + T - K + 1 - offset
+        return c[:, hi : hi + K] - c[:, hi - s : hi - s + K]
+
+    shape = (P, M, K)
     best = SpanEvidence(
         p=np.ones(shape, np.float64),
         effect=np.zeros(shape, np.float32),
@@ -295,25 +336,28 @@ def span_evidence(
     n_spans = len(policy.spans)
 
     for s in sorted(set(policy.spans)):
-        r = {k: _roll(v, s) for k, v in sums.items()}
-        h = -(-s // 3)  # the recent third of the span must deviate too (shorter stale tails)
+        r = {k: roll(k, s) for k in sums}
+        # Consistency: every third of a span must deviate (z and practical effect), so a long
+        # span is not carried by an old short incident plus a little recent noise.
+        h = -(-s // 3)
+        thirds = (0, h, 2 * h) if s >= 3 else (0,)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             # ---- duration: one-sided (slower) normal test on the mean log-duration
             zd = np.where(r["vd"] > 0, r["cd"] / np.sqrt(r["vd"]), 0.0)
-            pd_ = stats.norm.sf(zd)
+            pd_ = special.ndtr(-zd)
             shift = np.where(r["D"] > 0, r["cd"] / r["D"], 0.0)
             eff_d = np.expm1(shift)
             eff_ms_d = p95_base * eff_d
 
             so, do = _others(r["cd"], parts), _others(r["D"], parts)
             if s > 1:
-                loo_d = (r["cd"] - _roll_extreme(cd, s, "max")) / np.sqrt(r["vd"]) >= policy.loo_z
-                rc, rv, rn = _roll(sums["cd"], h), _roll(sums["vd"], h), _roll(sums["D"], h)
-                loo_d &= rc / np.sqrt(rv) >= policy.recent_z
-                # ... and still be practically large there (a long span's stale tail is not).
-                loo_d &= np.expm1(rc / rn) >= policy.min_duration_rel
+                loo_d = (r["cd"] - extreme(cd, s, "max")) / np.sqrt(r["vd"]) >= policy.loo_z
+                for off in thirds:
+                    rc, rv, rn = roll("cd", h, off), roll("vd", h, off), roll("D", h, off)
+                    loo_d &= rc / np.sqrt(rv) >= policy.recent_z
+                    loo_d &= np.expm1(rc / rn) >= policy.min_duration_rel
             else:
-                loo_d = np.ones((P, T), bool)
+                loo_d = np.ones((P, K), bool)
             vo = _others(r["vd"], parts)
             shared_d = (vo <= 0) | (so / np.sqrt(vo) >= policy.shared_z)
             pz = (shift - so / do) / np.sqrt(
@@ -329,19 +373,23 @@ def span_evidence(
             n_, k_ = r["C"], r["F"]
             pbar = np.where(n_ > 0, r["ef"] / n_, 0.0)
             kk, nn = k_ / phi_f, n_ / phi_f
-            pf = np.where(
-                (kk > 0) & (nn > 0),
-                special.betainc(np.maximum(kk, 1e-9), np.maximum(nn - kk + 1, 1e-9), pbar),
-                1.0,
+            # Exact (overdispersed) binomial tail only where the normal z is at all promising:
+            # the special function dominates the run time on large inputs.
+            zf0 = (k_ - n_ * pbar) / np.sqrt(np.maximum(n_ * pbar * (1 - pbar) * phi_f, 1e-12))
+            pf = np.ones_like(zf0)
+            cand = (kk > 0) & (nn > 0) & (zf0 >= 1.5)
+            pf[cand] = special.betainc(
+                np.maximum(kk[cand], 1e-9), np.maximum((nn - kk + 1)[cand], 1e-9), pbar[cand]
             )
             eff_f = np.where(n_ > 0, k_ / n_ - pbar, 0.0)
             if s > 1:
-                loo_f = (r["cf"] - _roll_extreme(cf, s, "max")) / np.sqrt(r["vf"]) >= policy.loo_z
-                rc, rv, rn = _roll(sums["cf"], h), _roll(sums["vf"], h), _roll(sums["C"], h)
-                loo_f &= rc / np.sqrt(rv) >= policy.recent_z
-                loo_f &= rc / rn >= policy.min_failure_points
+                loo_f = (r["cf"] - extreme(cf, s, "max")) / np.sqrt(r["vf"]) >= policy.loo_z
+                for off in thirds:
+                    rc, rv, rn = roll("cf", h, off), roll("vf", h, off), roll("C", h, off)
+                    loo_f &= rc / np.sqrt(rv) >= policy.recent_z
+                    loo_f &= rc / rn >= policy.min_failure_points
             else:
-                loo_f = np.ones((P, T), bool)
+                loo_f = np.ones((P, K), bool)
             xo, co = _others(r["cf"], parts), _others(n_, parts)
             pz_f = (r["cf"] / n_ - xo / co) / np.sqrt(pbar * (1 - pbar) * phi_f * (1 / n_ + 1 / co))
             peer_f = versions & (n_ > 0) & (co > 0) & (pz_f >= policy.peer_z)
@@ -352,73 +400,99 @@ def span_evidence(
             # ---- volume: two-sided Poisson, deflated by the overdispersion
             ee = r["e"]
             cc, e2 = n_ / phi_v, ee / phi_v
-            p_low = special.gammaincc(cc + 1, e2)  # P(X <= c)
-            p_high = np.where(cc > 0, special.gammainc(np.maximum(cc, 1e-9), e2), 1.0)  # P(X >= c)
-            pv = np.where(ee > 0, np.minimum(1.0, 2 * np.minimum(p_low, p_high)), 1.0)
+            zv0 = (n_ - ee) / np.sqrt(np.maximum(ee * phi_v, 1e-12))
+            pv = np.ones_like(zv0)
+            low = (ee > 0) & (zv0 <= -1.5)
+            high = (ee > 0) & (zv0 >= 1.5) & (cc > 0)
+            pv[low] = special.gammaincc(cc[low] + 1, e2[low])  # P(X <= c)
+            pv[high] = special.gammainc(cc[high], e2[high])  # P(X >= c)
+            pv = np.minimum(1.0, 2 * pv)
             eff_v = np.where(ee > 0, n_ / ee - 1.0, 0.0)
             if s > 1:
                 sv = np.sqrt(r["vv"])
-                drop = (r["cv"] - _roll_extreme(cv, s, "min")) / sv <= -policy.loo_z
-                rise = (r["cv"] - _roll_extreme(cv, s, "max")) / sv >= policy.loo_z
-                rcv, re_ = _roll(sums["cv"], h), _roll(sums["e"], h)
-                rz = rcv / np.sqrt(_roll(sums["vv"], h))
-                drop &= (rz <= -policy.recent_z) & (rcv / re_ <= -policy.min_volume_drop)
-                rise &= (rz >= policy.recent_z) & (rcv / re_ >= policy.min_volume_rise)
+                drop = (r["cv"] - extreme(cv, s, "min")) / sv <= -policy.loo_z
+                rise = (r["cv"] - extreme(cv, s, "max")) / sv >= policy.loo_z
+                for off in thirds:
+                    rcv, re_ = roll("cv", h, off), roll("e", h, off)
+                    rz = rcv / np.sqrt(roll("vv", h, off))
+                    drop &= (rz <= -policy.recent_z) & (rcv / re_ <= -policy.min_volume_drop)
+                    rise &= (rz >= policy.recent_z) & (rcv / re_ >= policy.min_volume_rise)
                 loo_v = np.where(eff_v < 0, drop, rise)
             else:
-                loo_v = np.ones((P, T), bool)
+                loo_v = np.ones((P, K), bool)
             zv = np.where(r["vv"] > 0, r["cv"] / np.sqrt(r["vv"]), 0.0)
 
         with np.errstate(invalid="ignore", divide="ignore"):
             obs_f = np.where(n_ > 0, k_ / n_, np.nan)
-        p_s = np.stack([pd_, pf, pv], axis=1)
-        p_s = np.minimum(np.nan_to_num(p_s, nan=1.0) * n_spans, 1.0)
-        eff_s = np.stack([eff_d, eff_f, eff_v], axis=1)
-        effms_s = np.stack(
-            [eff_ms_d, np.full_like(eff_d, np.nan), np.full_like(eff_d, np.nan)], axis=1
+        # Per metric: keep this span where it beats the best so far (no (P, M, K) temporaries).
+        nan = np.full_like(eff_d, np.nan)
+        per_metric = (
+            dict(
+                p=pd_,
+                effect=eff_d,
+                effect_ms=eff_ms_d,
+                n=r["D"],
+                k=0.0,
+                loo_ok=loo_d,
+                peer_sig=peer_d,
+                shared=shared_d,
+                observed=obs_d,
+                expected=p95_base,
+                z=zd,
+            ),
+            dict(
+                p=pf,
+                effect=eff_f,
+                effect_ms=nan,
+                n=n_,
+                k=k_,
+                loo_ok=loo_f,
+                peer_sig=peer_f,
+                shared=shared_f,
+                observed=obs_f,
+                expected=pbar,
+                z=zf,
+            ),
+            dict(
+                p=pv,
+                effect=eff_v,
+                effect_ms=nan,
+                n=ee,
+                k=0.0,
+                loo_ok=loo_v,
+                peer_sig=False,
+                shared=True,
+                observed=n_ / s,
+                expected=ee / s,
+                z=zv,
+            ),
         )
-        n_s = np.stack([r["D"], n_, ee], axis=1)
-        k_s = np.stack([np.zeros_like(k_), k_, np.zeros_like(k_)], axis=1)
-        share_s = np.repeat(share[:, None, :], M, axis=1)
-        loo_s = np.stack([loo_d, loo_f, loo_v], axis=1)
-        peer_s = np.stack([peer_d, peer_f, np.zeros_like(peer_d)], axis=1)
-        shared_s = np.stack([shared_d, shared_f, np.ones_like(peer_d)], axis=1)
-        obs_s = np.stack([obs_d, obs_f, n_ / s], axis=1)
-        exp_s = np.stack([p95_base, pbar, ee / s], axis=1)
-        z_s = np.stack([zd, zf, zv], axis=1)
-        passing = _passes(eff_s, effms_s, n_s, k_s, loo_s, policy)
-        passing &= share_s >= policy.min_share
-        key = np.where(passing, p_s, p_s + 10.0)
-        better = key < best_key
-        best_key = np.where(better, key, best_key)
-        for name, val in (
-            ("p", p_s),
-            ("effect", eff_s),
-            ("effect_ms", effms_s),
-            ("n", n_s),
-            ("k", k_s),
-            ("loo_ok", loo_s),
-            ("peer_sig", peer_s),
-            ("shared", shared_s),
-            ("observed", obs_s),
-            ("expected", exp_s),
-            ("z", z_s),
-            ("share", share_s),
-        ):
-            arr = getattr(best, name)
-            np.copyto(arr, val.astype(arr.dtype, copy=False), where=better)
-        best.span[better] = s
+        with np.errstate(invalid="ignore"):
+            passes = (
+                (eff_d >= policy.min_duration_rel)
+                & (eff_ms_d >= policy.min_duration_ms)
+                & (r["D"] >= policy.min_calls),
+                (eff_f >= policy.min_failure_points)
+                & (n_ >= policy.min_calls)
+                & (k_ >= policy.min_failures),
+                volume_effect_ok(eff_v, policy) & (ee >= policy.min_expected_calls),
+            )
+        share_ok = share >= policy.min_share
+        for m, vals in enumerate(per_metric):
+            p_m = np.minimum(np.nan_to_num(vals["p"], nan=1.0) * n_spans, 1.0)
+            key = np.where(passes[m] & vals["loo_ok"] & share_ok, p_m, p_m + 10.0)
+            better = key < best_key[:, m]
+            best_key[:, m][better] = key[better]
+            best.p[:, m][better] = p_m[better]
+            for name, val in vals.items():
+                if name == "p":
+                    continue
+                arr = getattr(best, name)[:, m]
+                if np.ndim(val) == 0:
+                    arr[better] = val
+                else:
+                    arr[better] = val[better]
+            best.share[:, m][better] = share[better]
+            best.span[:, m][better] = s
         del r
     return best
-
-
-def _passes(eff, eff_ms, n, k, loo, policy: DetectionPolicy) -> np.ndarray:
-    """Practical effect, volume and leave-one-out checks per metric (for picking a span)."""
-    with np.errstate(invalid="ignore"):
-        d = (eff[:, 0] >= policy.min_duration_rel) & (eff_ms[:, 0] >= policy.min_duration_ms)
-        d &= n[:, 0] >= policy.min_calls
-        f = (eff[:, 1] >= policy.min_failure_points) & (n[:, 1] >= policy.min_calls)
-        f &= k[:, 1] >= policy.min_failures
-        v = volume_effect_ok(eff[:, 2], policy)
-        v &= n[:, 2] >= policy.min_expected_calls
-    return np.stack([d, f, v], axis=1) & loo

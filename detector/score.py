@@ -133,15 +133,27 @@ class PartitionScorer(BaseEstimator):
         counterfactual test Elastic uses for influencers). Falls back to the largest
         ``|value|`` when no single ablation lowers the score (redundant features).
         """
-        x = np.asarray(x, dtype=np.float32).reshape(1, -1)
-        self._check(x, None)
-        base = float(self.score_samples(x)[0])
-        trials = np.repeat(x, x.shape[1], axis=0)
-        np.fill_diagonal(trials, 0.0)
-        drops = base - self.score_samples(trials)
-        order = np.argsort(-drops, kind="stable")
-        names = [self.feature_names_[i] for i in order if drops[i] >= min_drop][:top]
-        if not names:
-            order = np.argsort(-np.abs(x[0]), kind="stable")
-            names = [self.feature_names_[i] for i in order if x[0, i] != 0][:top]
-        return names
+        return self.drivers_many(np.asarray(x).reshape(1, -1), top=top, min_drop=min_drop)[0]
+
+    def drivers_many(
+        self, X: np.ndarray, *, top: int = 3, min_drop: float = 0.005
+    ) -> list[list[str]]:
+        """:meth:`drivers` for every row of ``X`` with one scoring call."""
+        X = self._check(np.asarray(X, dtype=np.float32).reshape(len(X), -1), None)
+        n, f = X.shape
+        if not n:
+            return []
+        base = self.score_samples(X)
+        trials = np.repeat(X, f, axis=0).reshape(n, f, f)
+        idx = np.arange(f)
+        trials[:, idx, idx] = 0.0
+        drops = base[:, None] - self.score_samples(trials.reshape(n * f, f)).reshape(n, f)
+        out = []
+        for i in range(n):
+            order = np.argsort(-drops[i], kind="stable")
+            names = [self.feature_names_[j] for j in order if drops[i, j] >= min_drop][:top]
+            if not names:
+                order = np.argsort(-np.abs(X[i]), kind="stable")
+                names = [self.feature_names_[j] for j in order if X[i, j] != 0][:top]
+            out.append(names)
+        return out

@@ -75,11 +75,14 @@ def test_cold_start_weight_is_n_over_n_plus_k(new_calls_per_hour: float) -> None
     stats = stats[stats.bucket_start < pd.Timestamp(T0 + timedelta(days=4))]
     new, fleet = _row(p, "Join", "new"), _row(p, "Join", FLEET)
     n = float(stats.loc[stats.sdk_version == "new", "calls"].sum())
-    w = n / (n + POLICY.cold_start_k)
-    assert base.weight[new] == pytest.approx(w)
+    # k is the empirical-Bayes prior strength (within/between-version variance), capped.
+    k = base.k_fail[new]
+    assert 10 <= k <= POLICY.cold_start_k and 10 <= base.k_dur[new] <= POLICY.cold_start_k
+    w = n / (n + k)
+    assert base.weight[new] == pytest.approx(min(w, n / (n + base.k_dur[new])))
     assert base.calls[new] == n
-    assert base.provisional[new] == (w < POLICY.provisional_weight)
-    assert base.kind[new] == ("borrowed" if w < POLICY.provisional_weight else "flat")
+    assert base.provisional[new] == (base.weight[new] < POLICY.provisional_weight)
+    assert base.kind[new] == ("borrowed" if base.provisional[new] else "flat")
     own = stats.loc[stats.sdk_version == "new"]
     own_rate = own.failures.sum() / own.calls.sum() if n else 0.0
     fleet_rate = (
@@ -87,9 +90,22 @@ def test_cold_start_weight_is_n_over_n_plus_k(new_calls_per_hour: float) -> None
         / stats.loc[stats.sdk_version == FLEET, "calls"].sum()
     )
     expected = w * own_rate + (1 - w) * fleet_rate
-    # The slot values are shrunk towards this flat value, so their call-weighted mean is close.
+    # The slot values are shrunk towards this flat value, so their mean is close.
     assert np.average(base.fail_rate[new]) == pytest.approx(expected, abs=0.004)
     assert base.has_history[new] and not base.provisional[fleet]
+
+
+def test_empirical_bayes_k_is_small_when_versions_differ() -> None:
+    # Web and native builds with very different latencies: each keeps its own baseline.
+    parts = [
+        Part("Join", "web", 300.0, 0.01, 300.0),
+        Part("Join", "android", 300.0, 0.01, 3000.0),
+        Part("Join", "ios", 300.0, 0.01, 1000.0),
+    ]
+    p, base, _ = _baselines(parts, days=2.0)
+    rows = [_row(p, "Join", v) for v in ("web", "android", "ios")]
+    assert (base.k_dur[rows] == 10).all() and (base.weight[rows] > 0.97).all()
+    assert np.exp(base.mu_log[_row(p, "Join", "android")]).mean() > 2500
 
 
 def test_alerted_and_maintenance_buckets_are_kept_out() -> None:

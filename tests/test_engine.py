@@ -68,7 +68,7 @@ def test_explanation_fields() -> None:
     assert a.band_low is not None and a.band_low <= a.baseline <= a.band_high < a.observed
     assert a.effect == pytest.approx(0.11, abs=0.05)
     assert a.p_value is not None and a.p_value < POLICY.alpha
-    assert a.calls > 100 and a.failures and a.failures > 10
+    assert a.calls > 20 and a.failures and a.failures > 3
     assert 0.3 < a.traffic_share < 0.7
     assert a.drivers and "fail_z" in a.drivers
     assert a.baseline_kind == "seasonal" and a.provisional is False

@@ -82,6 +82,9 @@ class ModelStore:
     def __init__(self, backend: Backend, prefix: str = "models") -> None:
         self.backend = backend
         self.prefix = prefix.strip("/")
+        # In-process cache of deserialised forests keyed by the blob's version: a long-lived
+        # process (a replay, a Functions host) does not re-audit the same file every run.
+        self._cache: dict[str, tuple[str, Any]] = {}
 
     def _key(self, name: str, leaf: str) -> str:
         return f"{self.prefix}/{name}/{leaf}"
@@ -111,7 +114,8 @@ class ModelStore:
             versions=library_versions(),
             scale=[float(v) for v in scorer.scale_],
         )
-        self.backend.write(self._key(name, "forest.skops"), sio.dumps(scorer.model_))
+        version = self.backend.write(self._key(name, "forest.skops"), sio.dumps(scorer.model_))
+        self._cache[name] = (version, scorer.model_)
         if baselines is not None:
             buf = io.BytesIO()
             baselines.to_parquet(buf, index=False)
@@ -160,6 +164,9 @@ class ModelStore:
         if got is None:
             raise ModelMismatchError(f"model {name}: metadata without forest.skops")
         data = got[0]
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] == got[1]:
+            return self._scorer(cached[1], meta), meta
         try:
             untrusted = sio.get_untrusted_types(data=data)
         except Exception as exc:  # skops raises assorted errors on corrupt files
@@ -171,6 +178,11 @@ class ModelStore:
             forest = sio.loads(data, trusted=untrusted)
         except Exception as exc:
             raise ModelMismatchError(f"model {name}: cannot load forest ({exc})") from exc
+        self._cache[name] = (got[1], forest)
+        return self._scorer(forest, meta), meta
+
+    @staticmethod
+    def _scorer(forest: Any, meta: ModelMeta) -> PartitionScorer:
         scorer = PartitionScorer()
         params = forest.get_params()
         scorer.set_params(n_estimators=params["n_estimators"], random_state=params["random_state"])
@@ -179,7 +191,7 @@ class ModelStore:
         scorer.threshold_ = meta.threshold
         scorer.n_train_ = meta.n_train
         scorer.scale_ = np.asarray(meta.scale or [1.0] * len(meta.feature_names), dtype=np.float64)
-        return scorer, meta
+        return scorer
 
     def baselines(self, name: str) -> pd.DataFrame | None:
         """The persisted baseline summary of ``name`` (None when absent)."""
