@@ -211,9 +211,11 @@ def chart_png(a: Anomaly, frame: Any = None, *, width: float = 9.0, height: floa
         base = frame["baseline"].to_numpy() * scale
         if np.isfinite(base).any():
             ax.plot(x, base, color=BASELINE_COLOR, linestyle="--", linewidth=1.5, label="baseline")
+        # The band is a profile, drawn continuously; observed breaks where buckets are missing.
+        gapped = _break_gaps(frame)
         ax.plot(
-            x,
-            frame["observed"].to_numpy() * scale,
+            gapped["bucket_start"].to_numpy(),
+            gapped["observed"].to_numpy() * scale,
             color=OBSERVED_COLOR,
             linewidth=2,
             marker="o",
@@ -265,6 +267,30 @@ def chart_png(a: Anomaly, frame: Any = None, *, width: float = 9.0, height: floa
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def _break_gaps(frame: Any) -> Any:
+    """Insert an empty row where buckets are missing, so lines break instead of drawing a
+    straight segment across hours without calls (sparse partitions have many gaps)."""
+    import numpy as np
+    import pandas as pd
+
+    if len(frame) < 3:
+        return frame
+    steps = frame["bucket_start"].diff().dropna()
+    step = steps[steps > pd.Timedelta(0)].min()
+    if pd.isna(step):
+        return frame
+    gaps = frame.index[frame["bucket_start"].diff() > step * 1.5]
+    if len(gaps) == 0:
+        return frame
+    filler = pd.DataFrame(
+        {
+            "bucket_start": frame.loc[gaps, "bucket_start"] - step,
+            **{c: np.nan for c in SERIES_COLUMNS[1:]},
+        }
+    )
+    return pd.concat([frame, filler], ignore_index=True).sort_values("bucket_start")
 
 
 def _naive_utc(ts: object) -> datetime | None:

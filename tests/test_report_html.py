@@ -292,3 +292,15 @@ def test_series_without_band_or_baseline_still_charts() -> None:
     text = render_html_report(anomalies=[a], run_report={}, series={a.fingerprint: frame})
     assert text.count("data:image/png;base64,") == 1
     assert "No time series was stored" not in text
+
+
+def test_observed_line_breaks_at_missing_buckets() -> None:
+    from detector.report_html import _break_gaps
+
+    frame = _series(10, 1000.0, 5, 0.0, 100.0).drop(index=[3, 4, 5]).reset_index(drop=True)
+    frame["bucket_start"] = frame["bucket_start"].dt.tz_localize(None)
+    gapped = _break_gaps(frame)
+    assert len(gapped) == len(frame) + 1  # one break for the one gap
+    assert gapped["observed"].isna().sum() == 1
+    assert gapped["bucket_start"].is_monotonic_increasing
+    assert len(_break_gaps(frame.iloc[:3])) == 3  # no gap, nothing added
