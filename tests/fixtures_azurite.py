@@ -2,8 +2,8 @@
 
 ``azurite_blob`` is a session fixture: it installs the pinned package (``npm ci --prefix
 tests/azurite``) when ``node_modules`` is missing, starts ``azurite-blob`` on 127.0.0.1 on a
-free port with in-memory storage, waits until it answers, yields a connection string and
-stops the process at the end of the session. Without Node.js the tests that use it FAIL with
+free port with in-memory storage, waits until it answers and yields a connection string. One
+emulator serves the whole session; it stops when the test process exits (or dies). Without Node.js the tests that use it FAIL with
 a message saying what to install: the Blob store is a real part and CI has Node.
 
 Import it into a test module (``from fixtures_azurite import azurite_blob``).
@@ -11,14 +11,19 @@ Import it into a test module (``from fixtures_azurite import azurite_blob``).
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,11 +74,11 @@ def connection_string(port: int) -> str:
     )
 
 
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            out = log.read_text(errors="replace") if log.exists() else ""
             pytest.fail(
                 f"azurite-blob exited with {proc.returncode}:\n{out[-2000:]}", pytrace=False
             )
@@ -82,49 +87,72 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0)
                 return
         except OSError:
             time.sleep(0.1)
-    proc.kill()
+    _stop(proc)
     pytest.fail(
         f"azurite-blob did not listen on 127.0.0.1:{port} within {timeout:.0f}s", pytrace=False
     )
 
 
-@pytest.fixture(scope="session")
-def azurite_blob(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Start Azurite's blob service for the session; yield its connection string."""
-    binary = _azurite_bin()
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("azurite")
-    proc = subprocess.Popen(
-        [
-            str(binary),
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            str(port),
-            "--inMemoryPersistence",
-            "--skipApiVersionCheck",
-            "--loose",
-            "--silent",
-            "--disableTelemetry",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=workdir,  # --inMemoryPersistence refuses --location; keep any stray files here
-        # Only the well-known development account, whatever the caller's environment says.
-        env={k: v for k, v in os.environ.items() if k != "AZURITE_ACCOUNTS"},
-    )
-    try:
-        _wait_ready(port, proc)
-        yield connection_string(port)
-    finally:
+def _die_with_parent() -> None:
+    # Linux: SIGTERM Azurite if the test process dies without running its cleanup (e.g.
+    # SIGKILL on a timeout), so no emulator is left behind on a shared machine.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
         proc.terminate()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+
+
+# One emulator per test session, shared by every module that imports the fixture (pytest
+# would otherwise create one per importing module). Stopped at interpreter exit.
+_SERVER: dict[str, Any] = {}
+
+
+def _start(workdir: Path) -> str:
+    binary = _azurite_bin()
+    port = _free_port()
+    log = workdir / "azurite.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                str(binary),
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(port),
+                "--inMemoryPersistence",
+                "--skipApiVersionCheck",
+                "--loose",
+                "--silent",
+                "--disableTelemetry",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,  # --inMemoryPersistence refuses --location; keep any stray files here
+            # Only the well-known development account, whatever the caller's environment says.
+            env={k: v for k, v in os.environ.items() if k != "AZURITE_ACCOUNTS"},
+            preexec_fn=_die_with_parent,
+        )
+    _wait_ready(port, proc, log)
+    atexit.register(_stop, proc)
+    _SERVER.update(proc=proc, conn=connection_string(port))
+    return str(_SERVER["conn"])
+
+
+@pytest.fixture(scope="session")
+def azurite_blob(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Azurite's blob service on 127.0.0.1 (started once per session); its connection string."""
+    proc = _SERVER.get("proc")
+    if proc is None or proc.poll() is not None:
+        _start(tmp_path_factory.mktemp("azurite"))
+    yield str(_SERVER["conn"])
 
 
 @pytest.fixture
