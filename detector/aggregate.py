@@ -49,6 +49,36 @@ def _empty(columns: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns.items()})
 
 
+def _codes(frames: Sequence[pd.DataFrame], cols: Sequence[str]) -> list[np.ndarray]:
+    """One int64 code per row and frame, ordered like the tuple of ``cols`` (lexicographic).
+
+    Each column is factorised once over all frames (sorted uniques, shared dictionaries), and
+    the per-column codes are combined into one integer: sorting it sorts by the key, equal
+    codes are equal keys. Vectorised: the only sort is numpy's.
+    """
+    sizes = [len(f) for f in frames]
+    combined = [np.zeros(n, dtype="int64") for n in sizes]
+    card = 1
+    for c in cols:
+        col = (
+            frames[0][c]
+            if len(frames) == 1
+            else pd.concat([f[c] for f in frames], ignore_index=True)
+        )
+        codes, uniques = pd.factorize(col, sort=True)
+        codes = codes.astype("int64")
+        n = max(len(uniques), 1)
+        if card * n >= 2**62:  # would overflow: compact the key so far first
+            allk = np.concatenate(combined)
+            _, allk = np.unique(allk, return_inverse=True)
+            combined = np.split(allk.astype("int64"), np.cumsum(sizes)[:-1])
+            card = int(allk.max(initial=0)) + 1
+        pieces = np.split(codes, np.cumsum(sizes)[:-1])
+        combined = [k * n + p for k, p in zip(combined, pieces, strict=True)]
+        card *= n
+    return combined
+
+
 def _sum_by(
     frames: Iterable[pd.DataFrame], key: list[str], columns: dict[str, str]
 ) -> pd.DataFrame:
@@ -58,7 +88,16 @@ def _sum_by(
         return _empty(columns)
     values = [c for c in columns if c not in key]
     df = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
-    out = df.groupby(key, sort=True, observed=True, dropna=False)[values].sum().reset_index()
+    code = _codes([df], key)[0]
+    if len(code) and bool(np.all(code[1:] > code[:-1])):  # already sorted and unique
+        return df[list(columns)].astype(columns).reset_index(drop=True)
+    order = np.argsort(code, kind="stable")
+    sorted_code = code[order]
+    starts = np.flatnonzero(np.r_[True, sorted_code[1:] != sorted_code[:-1]])
+    first = order[starts]
+    out = df[key].iloc[first].reset_index(drop=True)
+    for v in values:
+        out[v] = np.add.reduceat(df[v].to_numpy()[order], starts)
     return out.astype(columns)[list(columns)]
 
 
@@ -207,17 +246,25 @@ def quantiles(
         for c in cols:
             out[c] = pd.Series(dtype="float64")
         return out.reset_index(drop=True)
-    # Sum counts per (group, bin), sorted by group then bin: one vectorised pass.
-    h = hist.groupby([*by, "bin"], sort=True, observed=True)["count"].sum().reset_index()
-    h = h[h["count"] > 0]
-    gid = h.groupby(by, sort=False, observed=True).ngroup().to_numpy()
+    # Order rows by (group, bin) with integer codes, sum counts per (group, bin), then find
+    # each group's rank positions with one searchsorted over the running total.
+    gcode = _codes([hist], by)[0]
+    bcode, buniq = pd.factorize(hist["bin"].to_numpy(dtype="int64"), sort=True)
+    nb = max(len(buniq), 1)
+    key = gcode * nb + bcode.astype("int64")
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    kstarts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+    counts = np.add.reduceat(hist["count"].to_numpy(dtype="int64")[order], kstarts)
+    keep = counts > 0
+    kstarts, counts = kstarts[keep], counts[keep]
+    gid = ks[kstarts] // nb
+    bins = np.asarray(buniq)[ks[kstarts] % nb].astype("int64")
     starts = np.flatnonzero(np.r_[True, gid[1:] != gid[:-1]])
-    counts = h["count"].to_numpy(dtype="int64")
-    bins = h["bin"].to_numpy(dtype="int64")
     cum = np.cumsum(counts)
     before = np.r_[0, cum[:-1]][starts]  # total count before each group
     n = np.add.reduceat(counts, starts)
-    out = h.iloc[starts][by].reset_index(drop=True)
+    out = hist[by].iloc[order[kstarts[starts]]].reset_index(drop=True)
     out["n"] = n
     for q, c in zip(qs, cols, strict=True):
         pos = np.searchsorted(cum, before + _ranks(q, n), side="left")
@@ -255,6 +302,15 @@ def summarize(aggs: BucketAggregates, qs: Sequence[float] = (0.5, 0.95)) -> pd.D
     out["dur_n"] = s["dur_n"].to_numpy()
     out["log_dur_mean"] = mean
     out["log_dur_std"] = np.sqrt(np.clip(var, 0.0, None))
-    q = quantiles(aggs.hist, qs, by=AGG_KEY).drop(columns="n")
-    out = out.merge(q, on=list(AGG_KEY), how="left")
-    return out.sort_values(list(AGG_KEY), kind="stable").reset_index(drop=True)
+    q = quantiles(aggs.hist, qs, by=AGG_KEY)
+    # Align quantile rows to stats rows on shared key codes (a 3-column merge is slow).
+    skey, qkey = _codes([s, q], list(AGG_KEY))
+    pos = np.searchsorted(qkey, skey)  # quantiles() returns rows sorted by key
+    pos = np.clip(pos, 0, max(len(qkey) - 1, 0))
+    hit = (qkey[pos] == skey) if len(qkey) else np.zeros(len(skey), dtype=bool)
+    for q_ in qs:
+        c = quantile_column(q_)
+        vals = q[c].to_numpy()[pos] if len(qkey) else np.full(len(skey), np.nan)
+        out[c] = np.where(hit, vals, np.nan)
+    order = np.argsort(skey, kind="stable")
+    return out.iloc[order].reset_index(drop=True)
