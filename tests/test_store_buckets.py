@@ -126,3 +126,76 @@ def test_corrupt_manifest_is_a_state_error(tmp_path) -> None:
     (tmp_path / "buckets" / "manifest.json").write_text("{not json")
     with pytest.raises(StateError, match="corrupt"):
         BucketStore(LocalBackend(tmp_path)).load()
+
+
+def _sim_aggs(tmp_path) -> BucketAggregates:
+    from detector.source.files import read_aggregates
+    from tests.fixtures_files import row, write_rows
+
+    rows = [
+        row(op=op, opid=f"{op}{i}", cct=f"2026-11-0{d}T23:{m:02d}:00Z", dur=10 * (i + 1), sdk=v)
+        for i, (op, d, m, v) in enumerate(
+            [("Join", 2, 1, "1.0"), ("Join", 2, 7, "2.0"), ("StartVideo", 3, 1, "1.0"),
+             ("Hangup", 3, 59, "1.0"), ("Join", 4, 0, "1.0")]
+        )
+    ]  # fmt: skip
+    path = write_rows(rows, tmp_path / "in" / "rows.parquet", "parquet")
+    return read_aggregates(path, bucket=timedelta(minutes=5))
+
+
+def test_round_trip_of_a_source_frame_is_exact(tmp_path) -> None:
+    agg = _sim_aggs(tmp_path)
+    store = BucketStore(LocalBackend(tmp_path / "state"))
+    store.merge(agg)
+    from detector import aggregate
+
+    back = aggregate.merge(store.load())  # day by day order -> one key order
+    pd.testing.assert_frame_equal(back.stats, aggregate.merge(agg).stats)
+    pd.testing.assert_frame_equal(back.hist, aggregate.merge(agg).hist)
+    joins = store.load(operations=["Join"])
+    assert set(joins.stats["operation_name"]) == {"Join"} and joins.stats["calls"].sum() == 3
+    window = store.load(datetime(2026, 11, 3), datetime(2026, 11, 4))  # naive = UTC
+    assert window.stats["operation_name"].tolist() == ["Hangup", "StartVideo"]
+
+
+def test_merge_without_rows_moves_only_the_watermark(tmp_path) -> None:
+    store = BucketStore(LocalBackend(tmp_path))
+    store.merge(_aggs(("Join", "1.0", T0, 1, 0)), watermark=T0)
+    files = sorted(LocalBackend(tmp_path).list("buckets/"))
+    from detector.schema import empty_aggregates
+
+    store.merge(empty_aggregates(), watermark=T0 + timedelta(hours=1))
+    assert store.watermark == T0 + timedelta(hours=1)
+    assert [k for k in LocalBackend(tmp_path).list("buckets/") if "parquet" in k] == [
+        k for k in files if "parquet" in k
+    ]
+    assert store.load().stats["calls"].tolist() == [1]
+
+
+def test_leftovers_of_a_crash_are_collected_by_the_next_merge(tmp_path) -> None:
+    good = BucketStore(LocalBackend(tmp_path))
+    good.merge(_aggs(("Join", "1.0", T0, 1, 0)))
+    crashing = BucketStore(_CrashingBackend(tmp_path, 3))  # 2 data files written, no manifest
+    with pytest.raises(OSError):
+        crashing.merge(_aggs(("Join", "1.0", T0 + timedelta(days=1), 1, 0)))
+    assert len([k for k in LocalBackend(tmp_path).list("buckets/") if "parquet" in k]) == 4
+    good.merge(_aggs(("Join", "1.0", T0, 1, 0)))
+    assert len([k for k in LocalBackend(tmp_path).list("buckets/") if "parquet" in k]) == 2
+    assert good.load().stats["calls"].tolist() == [2]
+
+
+def test_concurrent_writer_loses_with_version_conflict(tmp_path) -> None:
+    from detector.store.backend import VersionConflict
+
+    class _Racing(LocalBackend):
+        """Another run commits between our manifest read and our manifest write."""
+
+        def write(self, key, data, *, if_version=None):
+            if key.endswith("manifest.json") and if_version is not None:
+                LocalBackend.write(self, key, b'{"format": 1, "generation": 99, '
+                                   b'"watermark": null, "days": {}}')  # fmt: skip
+            return super().write(key, data, if_version=if_version)
+
+    BucketStore(LocalBackend(tmp_path)).merge(_aggs(("Join", "1.0", T0, 1, 0)))
+    with pytest.raises(VersionConflict):
+        BucketStore(_Racing(tmp_path)).merge(_aggs(("Join", "1.0", T0, 1, 0)))

@@ -21,9 +21,10 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -46,6 +47,11 @@ def _parse(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
+def _day_numbers(frame: pd.DataFrame) -> np.ndarray:
+    ns = pd.DatetimeIndex(frame["bucket_start"]).as_unit("ns").asi8
+    return np.floor_divide(ns, 86_400 * 10**9)
+
+
 def _to_bytes(frame: pd.DataFrame) -> bytes:
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf, compression="zstd")
@@ -58,6 +64,26 @@ def _from_bytes(data: bytes, dtypes: dict[str, str], key: str) -> pd.DataFrame:
     except (pa.ArrowException, OSError) as exc:
         raise StateError(f"bucket store file {key} is unreadable: {exc}") from exc
     return frame.reindex(columns=list(dtypes)).astype(dtypes)
+
+
+def _utc(ts: datetime | None) -> datetime | None:
+    """Naive datetimes are UTC (the job's convention); aware ones are converted."""
+    if ts is None:
+        return None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _select(
+    frame: pd.DataFrame, start: datetime | None, end: datetime | None, ops: set[str] | None
+) -> pd.DataFrame:
+    mask = np.ones(len(frame), dtype=bool)
+    if start is not None:
+        mask &= (frame["bucket_start"] >= pd.Timestamp(start)).to_numpy()
+    if end is not None:
+        mask &= (frame["bucket_start"] < pd.Timestamp(end)).to_numpy()
+    if ops is not None:
+        mask &= frame["operation_name"].isin(ops).to_numpy()
+    return frame if mask.all() else frame[mask].reset_index(drop=True)
 
 
 class BucketStore:
@@ -115,35 +141,32 @@ class BucketStore:
         end: datetime | None = None,
         operations: Iterable[str] | None = None,
     ) -> BucketAggregates:
-        """Bucket aggregates with ``start <= bucket_start < end`` (either bound optional)."""
+        """Bucket aggregates with ``start <= bucket_start < end`` (either bound optional).
+
+        Only the day files overlapping the range are read. Rows are sorted by key within each
+        UTC day, days in order (not one global key order); keys never repeat. ``operations``
+        keeps only those operation names. Counters (``dropped``, ``flagged``, ``rows_read``)
+        are not stored: they are zero.
+        """
         manifest, _ = self._manifest()
         days = sorted(manifest["days"])
+        start, end = _utc(start), _utc(end)
         lo = start.astimezone(UTC).date().isoformat() if start else None
         hi = end.astimezone(UTC).date().isoformat() if end else None
-        parts = [
-            self._read_day(manifest["days"][d])
-            for d in days
-            if (lo is None or d >= lo) and (hi is None or d <= hi)
-        ]
-        if not parts:
-            return empty_aggregates()
-        stats = pd.concat([p.stats for p in parts], ignore_index=True)
-        hist = pd.concat([p.hist for p in parts], ignore_index=True)
         ops = set(operations) if operations is not None else None
-        for name in ("stats", "hist"):
-            frame = stats if name == "stats" else hist
-            mask = pd.Series(True, index=frame.index)
-            if start is not None:
-                mask &= frame["bucket_start"] >= pd.Timestamp(start)
-            if end is not None:
-                mask &= frame["bucket_start"] < pd.Timestamp(end)
-            if ops is not None:
-                mask &= frame["operation_name"].isin(ops)
-            if name == "stats":
-                stats = frame[mask].reset_index(drop=True)
-            else:
-                hist = frame[mask].reset_index(drop=True)
-        return BucketAggregates(stats=stats, hist=hist)
+        stats_parts, hist_parts = [], []
+        for d in days:
+            if (lo is not None and d < lo) or (hi is not None and d > hi):
+                continue
+            day = self._read_day(manifest["days"][d])
+            stats_parts.append(_select(day.stats, start, end, ops))
+            hist_parts.append(_select(day.hist, start, end, ops))
+        out = empty_aggregates()
+        if stats_parts:
+            # Each day's file is sorted by key; days are disjoint, so no key repeats.
+            out.stats = pd.concat(stats_parts, ignore_index=True)
+            out.hist = pd.concat(hist_parts, ignore_index=True)
+        return out
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -157,14 +180,18 @@ class BucketStore:
         generation = int(manifest["generation"]) + 1
         days = dict(manifest["days"])
         if len(aggs.stats) or len(aggs.hist):
-            day_of_stats = aggs.stats["bucket_start"].dt.strftime("%Y-%m-%d")
-            day_of_hist = aggs.hist["bucket_start"].dt.strftime("%Y-%m-%d")
-            for day in sorted(set(day_of_stats) | set(day_of_hist)):
+            # UTC day of every row as an integer (days since the epoch): no string formatting.
+            day_of_stats = _day_numbers(aggs.stats)
+            day_of_hist = _day_numbers(aggs.hist)
+            for dn in np.union1d(day_of_stats, day_of_hist).tolist():
+                day = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=dn)).date().isoformat()
                 new = BucketAggregates(
-                    stats=aggs.stats[day_of_stats == day], hist=aggs.hist[day_of_hist == day]
+                    stats=aggs.stats[day_of_stats == dn], hist=aggs.hist[day_of_hist == dn]
                 )
                 if day in days:
                     new = aggregate.merge(self._read_day(days[day]), new)
+                else:
+                    new = aggregate.merge(new)  # one row per key, sorted, contract dtypes
                 names = {
                     part: f"{day}.g{generation:06d}.{part}.parquet" for part in ("stats", "hist")
                 }
@@ -172,6 +199,8 @@ class BucketStore:
                     self.backend.write(f"{self.prefix}/{names[part]}", _to_bytes(frame))
                 days[day] = names
         if watermark is not None:
+            watermark = _utc(watermark)
+            assert watermark is not None
             old = manifest.get("watermark")
             if old and _parse(old) > watermark:
                 raise StateError(
@@ -187,7 +216,8 @@ class BucketStore:
     def prune(self, before: datetime) -> int:
         """Forget whole days that end at or before ``before``; returns how many were dropped."""
         manifest, version = self._manifest()
-        cutoff = before.astimezone(UTC).date().isoformat()
+        cutoff = before.replace(tzinfo=UTC) if before.tzinfo is None else before.astimezone(UTC)
+        cutoff = cutoff.date().isoformat()
         kept = {d: f for d, f in manifest["days"].items() if d >= cutoff}
         dropped = len(manifest["days"]) - len(kept)
         if dropped:
