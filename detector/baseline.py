@@ -442,10 +442,13 @@ def _eb_prior_strength(
     """Empirical-Bayes ``k`` per partition for failure rate and mean log-duration.
 
     ``k = within-version variance / between-version variance`` of the operation's established
-    versions (method of moments): versions that really differ (web vs native builds) give a
-    small ``k``, so a version's own data takes over quickly; versions that agree give a large
-    ``k`` and a new one leans on its siblings for longer. With fewer than two established
-    versions ``policy.cold_start_k`` is used. Clipped to ``[10, policy.cold_start_k]``.
+    versions (>= 100 calls): versions that really differ (web vs native builds) give a small
+    ``k``, so a version's own data takes over quickly; versions that agree give a large ``k``
+    and a new one leans on its siblings for longer. The between-version spread is a *robust*
+    one (1.4826 x the median absolute deviation of the version means), so one deviating
+    version -- typically the new one whose regression is being judged -- cannot legitimise
+    itself by inflating it. Needs three established versions, else ``policy.cold_start_k``.
+    Clipped to ``[10, policy.cold_start_k]``.
     """
     P = len(parts)
     kmax = max(policy.cold_start_k, 10.0)
@@ -455,20 +458,19 @@ def _eb_prior_strength(
     for op_i in np.unique(parts.op_index):
         rows = np.flatnonzero((parts.op_index == op_i) & versions)
         est = rows[calls[rows] >= 100]
-        if len(est) >= 2:
-            n = calls[est]
-            p = failures[est] / n
-            pbar = float((failures[est].sum()) / n.sum())
+        if len(est) >= 3:
+            p = failures[est] / calls[est]
+            pbar = float(failures[est].sum() / calls[est].sum())
             within = pbar * (1 - pbar)
-            between = float(np.average((p - pbar) ** 2, weights=n)) - within / float(n.mean())
+            spread = 1.4826 * float(np.median(np.abs(p - np.median(p))))
+            between = spread**2 - within / float(np.median(calls[est]))
             if within > 0:
                 k_fail[rows] = within / max(between, within / kmax)
         est = rows[(dur_n[rows] >= 100) & np.isfinite(mu[rows])]
-        if len(est) >= 2:
-            n = dur_n[est]
-            mbar = float(np.average(mu[est], weights=n))
-            within = float(np.average(var[est], weights=n))
-            between = float(np.average((mu[est] - mbar) ** 2, weights=n)) - within / float(n.mean())
+        if len(est) >= 3:
+            within = float(np.median(var[est]))
+            spread = 1.4826 * float(np.median(np.abs(mu[est] - np.median(mu[est]))))
+            between = spread**2 - within / float(np.median(dur_n[est]))
             if within > 0:
                 k_dur[rows] = within / max(between, within / kmax)
     return np.clip(k_fail, 10.0, kmax), np.clip(k_dur, 10.0, kmax)

@@ -101,6 +101,7 @@ class DetectionPolicy:
     slot_prior_calls: float = 200.0  # shrinks an hour slot towards the flat baseline
     cold_start_k: float = 300.0  # empirical-Bayes k: version weight = n / (n + k)
     provisional_weight: float = 0.8  # below this own-weight the baseline is provisional
+    suspect_horizon: timedelta = timedelta(days=2)  # deviating (not alerted) buckets kept out
     max_dispersion: float = 20.0  # cap on the overdispersion factors learnt from the baseline
     # --- tests ---------------------------------------------------------------------------------
     spans: tuple[int, ...] = (1, 3, 12, 36, 144)  # trailing spans (buckets) tested
@@ -119,10 +120,10 @@ class DetectionPolicy:
     volume_direction: str = "drop"  # "drop" | "rise" | "both": a surge of users is not a fault
     critical_factor: float = 3.0  # effect >= this x the minimum -> critical
     # --- volume --------------------------------------------------------------------------------
-    min_calls: int = 50  # calls behind a duration / failure-rate test
-    min_failures: int = 5  # failures behind a failure-rate test
-    min_share: float = 0.02  # a version with less of its operation's traffic is not alerted on
-    min_expected_calls: float = 100.0  # expected calls behind a volume test
+    min_calls: int = 30  # calls behind a duration / failure-rate test
+    min_failures: int = 4  # failures behind a failure-rate test
+    min_share: float = 0.05  # a version with less of its operation's traffic is not alerted on
+    min_expected_calls: float = 30.0  # expected calls behind a volume test
     volume_scope: str = "fleet"  # "fleet": volume judged per operation only; "all"
     # --- persistence ---------------------------------------------------------------------------
     persist_n: int = 2

@@ -170,7 +170,7 @@ def detect(
         end=_py(ws),
         policy=policy,
         maintenance=maintenance,
-        alerted=state.alerted,
+        alerted=state.excluded(),
     )
     timings["baseline"] = time.perf_counter() - t
 
@@ -263,7 +263,11 @@ def detect(
     )
     candidates = _candidates(reasons, ev, scores, cube, parts, base)
     timings["explain"] = time.perf_counter() - t
-    state.prune(_py(ws - pd.Timedelta(policy.baseline) - bucket * lookback))
+    _record_suspects(reasons, ev, cube, parts, state, policy)
+    state.prune(
+        _py(ws - pd.Timedelta(policy.baseline) - bucket * lookback),
+        _py(ws - pd.Timedelta(policy.suspect_horizon)),
+    )
     timings["total"] = time.perf_counter() - t0
 
     counts: dict[str, int] = {}
@@ -606,6 +610,35 @@ def _explain(
             out[i].drivers = d
     out.sort(key=lambda x: (x.operation_name, x.sdk_version or "", x.metric, x.window_start))
     return out, alert_buckets
+
+
+def _record_suspects(
+    reasons: np.ndarray,
+    ev: Any,
+    cube: Cube,
+    parts: Partitions,
+    state: EngineState,
+    policy: DetectionPolicy,
+) -> None:
+    """Remember judged buckets that deviated practically and nominally but did not alert."""
+    judged = np.asarray(cube.times >= cube.times[0]) & (reasons.max(axis=(0, 1)) >= 0)
+    with np.errstate(invalid="ignore"):
+        practical = np.zeros(ev.p.shape, dtype=bool)
+        practical[:, 0] = (ev.effect[:, 0] >= policy.min_duration_rel) & (
+            ev.effect_ms[:, 0] >= policy.min_duration_ms
+        )
+        practical[:, 1] = ev.effect[:, 1] >= policy.min_failure_points
+    deviating = (ev.p <= policy.alpha) & practical & (reasons != R_ANOM) & (reasons > 0)
+    flags = deviating.any(axis=1) & judged[None, :]
+    bucket = pd.Timedelta(policy.bucket)
+    for p in np.flatnonzero(flags.any(axis=1)):
+        for a, b in _runs(flags[p]):
+            state.add_suspect(
+                str(parts.operation[p]),
+                str(parts.version[p]),
+                _py(cube.times[a]),
+                _py(cube.times[b - 1] + bucket),
+            )
 
 
 def _fmt_p(p: float) -> str:

@@ -1,7 +1,8 @@
 """The engine's own memory between runs: which partitions alerted when.
 
-The detection engine keeps buckets that alerted out of later baselines (design §1.4), so a long
-incident does not become the new normal. This record is that list: merged, half-open UTC spans
+The detection engine keeps buckets that alerted (and, for a shorter time, buckets that deviated
+without alerting) out of later baselines (design §1.4), so a long incident does not become the
+new normal. This record is those lists: merged, half-open UTC spans
 per (operation, sdk_version) partition (``"*"`` = the operation's fleet). It is pruned to the
 baseline horizon, so it stays small. Pure data plus a tiny loader/saver over a
 :class:`~detector.store.backend.Backend` (key ``engine/state.json``).
@@ -30,39 +31,72 @@ def _iso(ts: datetime) -> str:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+Span = tuple[str, str, datetime, datetime]
+
+
+def _merge(
+    spans: list[Span], operation: str, sdk_version: str, start: datetime, end: datetime
+) -> list[Span]:
+    keep, s, e = [], start, end
+    for op, ver, a, b in spans:
+        if op == operation and ver == sdk_version and a <= e and s <= b:
+            s, e = min(s, a), max(e, b)
+        else:
+            keep.append((op, ver, a, b))
+    keep.append((operation, sdk_version, s, e))
+    return sorted(keep)
+
+
 @dataclass
 class EngineState:
-    """Alerted spans ``(operation, sdk_version, start, end)``, merged per partition."""
+    """Spans ``(operation, sdk_version, start, end)`` kept out of baselines, merged per partition.
 
-    alerted: list[tuple[str, str, datetime, datetime]] = field(default_factory=list)
+    ``alerted``: buckets that became anomalies (kept for the whole baseline window).
+    ``suspect``: buckets that deviated significantly and by a practical amount but did not
+    alert (too few calls yet, not persistent yet, attributed elsewhere): a new version's first
+    slow calls must not become its own baseline. Kept for a shorter horizon, so a genuine level
+    shift that never alerts is learnt eventually.
+    """
+
+    alerted: list[Span] = field(default_factory=list)
+    suspect: list[Span] = field(default_factory=list)
 
     def add(self, operation: str, sdk_version: str, start: datetime, end: datetime) -> None:
         """Record a span that alerted (merged with touching/overlapping spans of the partition)."""
-        keep, s, e = [], start, end
-        for op, ver, a, b in self.alerted:
-            if op == operation and ver == sdk_version and a <= e and s <= b:
-                s, e = min(s, a), max(e, b)
-            else:
-                keep.append((op, ver, a, b))
-        keep.append((operation, sdk_version, s, e))
-        self.alerted = sorted(keep)
+        self.alerted = _merge(self.alerted, operation, sdk_version, start, end)
 
-    def prune(self, before: datetime) -> None:
-        """Forget spans that ended before ``before`` (older than any baseline window)."""
+    def add_suspect(self, operation: str, sdk_version: str, start: datetime, end: datetime) -> None:
+        """Record a span that deviated without alerting."""
+        self.suspect = _merge(self.suspect, operation, sdk_version, start, end)
+
+    def excluded(self) -> list[Span]:
+        """Every span to keep out of baselines."""
+        return [*self.alerted, *self.suspect]
+
+    def prune(self, before: datetime, suspect_before: datetime | None = None) -> None:
+        """Forget spans that ended before ``before`` (suspects: before ``suspect_before``)."""
         self.alerted = [x for x in self.alerted if x[3] > before]
+        cut = suspect_before or before
+        self.suspect = [x for x in self.suspect if x[3] > cut]
 
     def copy(self) -> EngineState:
-        return EngineState(list(self.alerted))
+        return EngineState(list(self.alerted), list(self.suspect))
 
     def to_json(self) -> dict[str, object]:
-        return {"alerted": [[op, ver, _iso(a), _iso(b)] for op, ver, a, b in self.alerted]}
+        return {
+            "alerted": [[op, ver, _iso(a), _iso(b)] for op, ver, a, b in self.alerted],
+            "suspect": [[op, ver, _iso(a), _iso(b)] for op, ver, a, b in self.suspect],
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> EngineState:
         try:
-            spans = data.get("alerted", [])
-            assert isinstance(spans, list)
-            return cls([(str(o), str(v), _parse(a), _parse(b)) for o, v, a, b in spans])
+            out = []
+            for key in ("alerted", "suspect"):
+                spans = data.get(key, [])
+                assert isinstance(spans, list)
+                out.append([(str(o), str(v), _parse(a), _parse(b)) for o, v, a, b in spans])
+            return cls(out[0], out[1])
         except (AssertionError, TypeError, ValueError) as exc:
             raise StateError(f"engine state unreadable: {exc}") from exc
 
