@@ -107,6 +107,7 @@ _OPTIONAL: Final[frozenset[str]] = frozenset({"OperationPayload", "ResultSignatu
 _WS: Final = "' \t\n\r\x0b\x0c'"
 _LN_GAMMA: Final = math.log(schema.HIST_GAMMA)
 _DROP_CODES: Final[dict[int, str]] = {i + 1: r for i, r in enumerate(schema.DROP_REASONS)}
+_PSEUDO_LOWER: Final = schema.PSEUDO_OPERATION.lower()
 # DuckDB errors that mean "this input cannot be read" (others are bugs and propagate).
 _READ_ERRORS: Final = (duckdb.IOException, duckdb.InvalidInputException, duckdb.ConversionException)
 # Fields a JSON sample must show to be taken for an export (others may be omitted when null).
@@ -651,19 +652,11 @@ def _us(dt: datetime) -> int:
 
 
 def _norm_sql(parts: list[str], window: tuple[int, int] | None) -> str:
-    """Normalised rows of every file, selected by arrival, with their first drop code."""
+    """Normalised rows of every file, selected by arrival."""
     src = "\nUNION ALL\n".join(parts)
     where = f"WHERE tg_us >= {window[0]} AND tg_us < {window[1]}" if window else ""
-    # Cheap guards first (comparisons): trim() on ten million distinct ids is slow, and only a
-    # string whose first byte is whitespace (< '!') can be blank after trimming.
     return f"""
-SELECT tg_us, cct_us, op, opid, rt, dur, str_num, pay_bad, sdk,
-  CASE WHEN op IS NULL OR op = '' OR (op < '!' AND trim(op, {_WS}) = '') THEN 1
-       WHEN strlen(op) >= {len(schema.PSEUDO_OPERATION)}
-            AND lower(trim(op, {_WS})) = {_lit(schema.PSEUDO_OPERATION.lower())} THEN 2
-       WHEN opid IS NULL OR opid = '' OR (opid < '!' AND trim(opid, {_WS}) = '') THEN 3
-       WHEN cct_us IS NULL THEN 4
-       ELSE 0 END AS code0
+SELECT tg_us, cct_us, op, opid, rt, dur, str_num, pay_bad, sdk
 FROM (
 {src}
 ) {where}"""
@@ -680,9 +673,16 @@ def _rows_sql(norm: str, bucket_us: int) -> str:
     b = bucket_us
     rc = RESULT_CLASS_SQL.format(rt="n.rt")
     return f"""
+SELECT *, CASE WHEN code = 0 THEN hash(opid, cct_us) END AS k FROM (
 SELECT
-  CAST(CASE WHEN n.code0 = 0 AND d.empty THEN 1 ELSE n.code0 END AS UTINYINT) AS code,
-  CASE WHEN n.code0 = 0 THEN hash(n.opid, n.cct_us) END AS k,
+  -- Name-based drop codes come from _dim (decided in Python on the distinct names); only the
+  -- id and timestamp checks run per row, with cheap comparisons guarding the slow trim().
+  CAST(CASE WHEN d.name_code > 0 THEN d.name_code
+            WHEN n.opid IS NULL OR n.opid = '' OR (n.opid < '!' AND trim(n.opid, {_WS}) = '')
+              THEN 3
+            WHEN n.cct_us IS NULL THEN 4
+            ELSE 0 END AS UTINYINT) AS code,
+  n.opid, n.cct_us,
   n.tg_us,
   d.pid,
   CAST((n.cct_us - (((n.cct_us % {b}) + {b}) % {b})) // {b} AS BIGINT) AS bi,
@@ -693,7 +693,7 @@ SELECT
     + CASE WHEN n.str_num THEN 2 ELSE 0 END
     + CASE WHEN n.pay_bad THEN 4 ELSE 0 END
     + CASE WHEN d.noncanon THEN 8 ELSE 0 END AS UTINYINT) AS flags
-FROM ({norm}) n LEFT JOIN _dim d ON hash(n.op, n.sdk) = d.h"""
+FROM ({norm}) n LEFT JOIN _dim d ON hash(n.op, n.sdk) = d.h)"""
 
 
 def _run(
@@ -712,7 +712,7 @@ def _run(
     con.execute(
         "CREATE TEMP TABLE _dim AS SELECT CAST(h AS UBIGINT) AS h, CAST(pid AS INTEGER) AS pid, "
         "CAST(point AS BOOLEAN) AS point, CAST(noncanon AS BOOLEAN) AS noncanon, "
-        "CAST(empty AS BOOLEAN) AS empty FROM _dim_df"
+        "CAST(name_code AS UTINYINT) AS name_code FROM _dim_df"
     )
     con.unregister("_dim_df")
 
@@ -826,8 +826,10 @@ def _dimension(pairs: list[tuple[str | None, str, int]]) -> pd.DataFrame:
     )
     dim["point"] = [schema.is_point_event(x) for x in names]
     dim["noncanon"] = [o is not None and o != x for o, x in zip(ops, names, strict=True)]
-    # Names made only of exotic (non-ASCII) whitespace pass the SQL check but are empty here.
-    dim["empty"] = dim["name"] == ""
+    # Drop codes decided on names (first matching reason): 1 missing, 2 pseudo operation.
+    dim["name_code"] = np.where(
+        dim["name"] == "", 1, np.where(dim["name"].str.lower() == _PSEUDO_LOWER, 2, 0)
+    ).astype("int8")
     dim["pid"] = dim.groupby(["name", "sdk"], sort=True).ngroup().astype("int32")
     return dim
 
