@@ -673,7 +673,9 @@ def _rows_sql(norm: str, bucket_us: int) -> str:
     b = bucket_us
     rc = RESULT_CLASS_SQL.format(rt="n.rt")
     return f"""
-SELECT *, CASE WHEN code = 0 THEN hash(opid, cct_us) END AS k FROM (
+SELECT code, tg_us, pid, bi, rc, ld, flags,
+  CASE WHEN code = 0 THEN hash(opid, cct_us) END AS k
+FROM (
 SELECT
   -- Name-based drop codes come from _dim (decided in Python on the distinct names); only the
   -- id and timestamp checks run per row, with cheap comparisons guarding the slow trim().
