@@ -58,7 +58,7 @@ def write_rows(rows: Sequence[dict[str, Any]], path: Path, fmt: str) -> Path:
     elif fmt == "jsonl":
         with path.open("w", encoding="utf-8") as fh:
             for r in full:
-                fh.write(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n")
+                fh.write(json.dumps(r) + "\n")
     elif fmt == "csv":
         with path.open("w", encoding="utf-8", newline="") as fh:
             w = csv.writer(fh)
@@ -68,7 +68,7 @@ def write_rows(rows: Sequence[dict[str, Any]], path: Path, fmt: str) -> Path:
     elif fmt == "diagnostic":
         with path.open("w", encoding="utf-8") as fh:
             for r in full:
-                props = {k: v for k, v in r.items() if v is not None and k != "TimeGenerated"}
+                props = {k: v for k, v in r.items() if k != "TimeGenerated"}
                 rec = {
                     "time": r["TimeGenerated"],
                     "resourceId": "/SUBSCRIPTIONS/X/RESOURCEGROUPS/RG/PROVIDERS/"

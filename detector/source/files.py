@@ -722,37 +722,23 @@ def _run(
     )
     con.unregister("_dim_df")
 
-    # 2. One pass over the input into a compact integer table (DuckDB spills it past
-    #    memory_limit); the string columns are decoded and hashed exactly once.
-    con.execute(f"CREATE TEMP TABLE _r AS {_rows_sql(norm, bucket_us)}")
+    # 2. One pass over the input into a compact Arrow table of integers (~40 bytes a row);
+    #    the string columns are decoded and hashed exactly once. Arrow instead of a DuckDB
+    #    temp table: cheaper to build, and numpy reads its columns without a copy.
+    rows = con.sql(_rows_sql(norm, bucket_us)).to_arrow_table()
 
-    # 3. Duplicates: keys seen more than once (a 64-bit hash of (OperationId,
-    #    CallClientTimeStamp); a collision among 10M keys has a probability of ~3e-6). Found by
-    #    sorting the key column in numpy, several times faster than a 10M-group hash aggregate.
-    #    The latest copy is kept; ties are broken on what the copy contributes, so neither file
-    #    order nor splitting the input changes the result.
-    keys = con.sql("SELECT k FROM _r WHERE code = 0").fetchnumpy()["k"]
-    keys = np.sort(np.asarray(keys, dtype="uint64"))
-    same = keys[1:] == keys[:-1]
-    dup_keys = np.unique(keys[1:][same])
-    n_keys, n_rows = len(dup_keys), int(same.sum()) + len(dup_keys)
-    del keys, same
-    cols = "code, pid, bi, rc, ld, flags"
-    if n_keys:
-        con.register("_dupk_df", pd.DataFrame({"k": dup_keys}))
-        con.execute("CREATE TEMP TABLE _dupk AS SELECT CAST(k AS UBIGINT) AS k FROM _dupk_df")
-        con.unregister("_dupk_df")
-        con.execute(
-            f"CREATE TEMP TABLE _keptdups AS SELECT {cols} FROM ("
-            f"SELECT {cols}, row_number() OVER (PARTITION BY k ORDER BY tg_us DESC NULLS LAST, "
-            "rc, ld NULLS LAST, pid, flags) AS rn FROM _r SEMI JOIN _dupk USING (k)) WHERE rn = 1"
-        )
-        source = (
-            f"(SELECT {cols} FROM _r ANTI JOIN _dupk USING (k) "
-            f"UNION ALL SELECT {cols} FROM _keptdups)"
-        )
+    # 3. Duplicates, in numpy (a sort of the key column is several times faster than a
+    #    10M-group hash aggregate). See _duplicates().
+    discard = _duplicates(rows)
+    n_dups = len(discard)
+    if n_dups:
+        keep = np.ones(rows.num_rows, dtype=bool)
+        keep[discard] = False
+        rows = rows.append_column("keep", pa.array(keep))
+        source, where = "_rows", "WHERE keep"
     else:
-        source = "_r"
+        source, where = "_rows", ""
+    con.register("_rows", rows)
 
     # 4. Stats per (partition, bucket), drop codes and flags: one aggregate with few groups.
     stats_raw = con.sql(
@@ -762,18 +748,20 @@ def _run(
         "count(ld) AS dur_n, coalesce(sum(ld), 0.0) AS log_dur_sum, "
         "coalesce(sum(ld * ld), 0.0) AS log_dur_sumsq, "
         "count_if(flags & 1 = 1) AS f1, count_if(flags & 2 = 2) AS f2, "
-        f"count_if(flags & 4 = 4) AS f4, count_if(flags & 8 = 8) AS f8 FROM {source} GROUP BY ALL"
+        f"count_if(flags & 4 = 4) AS f4, count_if(flags & 8 = 8) AS f8 FROM {source} {where} "
+        "GROUP BY ALL"
     ).fetchnumpy()
     # 5. Sparse histogram per (partition, bucket, bin): count only (the big aggregate).
     hist_raw = con.sql(
         f"SELECT pid, bi, CAST(ceil(ld / {_LN_GAMMA!r}) AS INTEGER) AS bin, count(*) AS count "
-        f"FROM {source} WHERE code = 0 AND ld IS NOT NULL GROUP BY ALL"
+        f"FROM {source} WHERE code = 0 AND ld IS NOT NULL {where.replace('WHERE', 'AND')} "
+        "GROUP BY ALL"
     ).fetchnumpy()
 
     code = np.asarray(stats_raw["code"], dtype="int64")
     n = np.asarray(stats_raw["calls"], dtype="int64")
     dropped = {reason: int(n[code == c].sum()) for c, reason in _DROP_CODES.items()}
-    dropped["duplicate"] = int(n_rows) - int(n_keys)
+    dropped["duplicate"] = n_dups
     keep = code == 0
     flagged = {
         reason: int(np.asarray(stats_raw[col])[keep].sum())
@@ -816,6 +804,49 @@ def _run(
     return schema.BucketAggregates(
         stats=stats, hist=hist, dropped=dropped, flagged=flagged, rows_read=rows_read
     )
+
+
+def _duplicates(rows: pa.Table) -> np.ndarray:
+    """Row indices of duplicate copies to discard (every copy of a key but the kept one).
+
+    Key: a 64-bit hash of (OperationId, CallClientTimeStamp), on rows not dropped for another
+    reason (a collision among 10M keys has a probability of ~3e-6). The copy kept is the one
+    with the latest TimeGenerated; ties are broken on what the copy contributes (result
+    class, duration, partition, flags), so neither file order nor splitting the input
+    changes the result.
+    """
+    code = rows.column("code").to_numpy()
+    idx = np.flatnonzero(code == 0)
+    if len(idx) < 2:
+        return np.empty(0, dtype="int64")
+    k = rows.column("k").to_numpy(zero_copy_only=False)[idx].astype("uint64")
+    ks = np.sort(k)
+    same = ks[1:] == ks[:-1]
+    if not same.any():
+        return np.empty(0, dtype="int64")
+    dup_keys = np.unique(ks[1:][same])
+    pos = np.minimum(np.searchsorted(dup_keys, k), len(dup_keys) - 1)
+    rows_in_dup = idx[dup_keys[pos] == k]  # every copy of a duplicated key
+    dk = k[dup_keys[pos] == k]
+
+    def col(name: str, fill: float) -> np.ndarray:
+        arr = rows.column(name).to_numpy(zero_copy_only=False)[rows_in_dup]
+        return np.where(pd.isna(arr), fill, arr).astype("float64")
+
+    # lexsort: last key is primary. Latest TimeGenerated first (NULL last), then content.
+    order = np.lexsort(
+        (
+            col("flags", 0),
+            col("pid", -1),
+            col("ld", np.inf),
+            col("rc", 0),
+            -col("tg_us", -np.inf),
+            dk,
+        )
+    )
+    sorted_keys = dk[order]
+    first = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
+    return np.sort(rows_in_dup[order[~first]])
 
 
 def _dimension(pairs: list[tuple[str | None, str, int]]) -> pd.DataFrame:
