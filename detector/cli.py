@@ -66,22 +66,35 @@ class JsonFormatter(logging.Formatter):
 
 
 def _setup_logging(level: str, fmt: str) -> None:
+    in_functions = bool(os.environ.get("FUNCTIONS_WORKER_RUNTIME"))
+    root = logging.getLogger()
+    if in_functions and any(not getattr(h, "_acs_detector", False) for h in root.handlers):
+        # The Functions worker already ships root's records to the host: format them as JSON
+        # instead of adding a second handler (every line would be logged twice).
+        for h in root.handlers:
+            h.setFormatter(JsonFormatter())
+        root.setLevel(getattr(logging, level.upper(), logging.WARNING))
+        _quiet_libraries(root.level)
+        return
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json" or (fmt == "auto" and os.environ.get("FUNCTIONS_WORKER_RUNTIME")):
+    if fmt == "json" or (fmt == "auto" and in_functions):
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_acs_detector", False):
             root.removeHandler(h)
     handler._acs_detector = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.WARNING))
+    _quiet_libraries(root.level)
+
+
+def _quiet_libraries(level: int) -> None:
     # apprise logs full URLs at DEBUG in some plugins; keep it at WARNING where it only prints
     # privacy-redacted URLs and outcomes.
-    logging.getLogger("apprise").setLevel(max(logging.WARNING, root.level))
-    logging.getLogger("azure").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("apprise").setLevel(max(logging.WARNING, level))
+    logging.getLogger("azure").setLevel(max(logging.WARNING, level))
 
 
 def _time(text: str) -> datetime:

@@ -457,7 +457,8 @@ def _write_outputs(
         report_path.write_text(json.dumps(report, indent=2))
     if not dry_run:
         stamp = report["now"].replace(":", "").replace("-", "")
-        reports = LocalBackend(cfg.state_path)
+        # Through the store backend: under Azure Functions the local disk is not kept.
+        reports = open_backend(cfg)
         body = json.dumps(report, indent=2).encode()
         reports.write(f"reports/run-{stamp}-{report['run_id']}.json", body)
         reports.write("reports/latest.json", body)
@@ -689,12 +690,20 @@ def write_report_html(cfg: Config, *, run_report: Path | None, html: Path) -> Pa
     """``acs-detector report``: the HTML page of a run (default: the latest)."""
     from detector.report_html import write_html_report
 
-    path = run_report or cfg.state_path / "reports" / "latest.json"
+    if run_report is not None:
+        try:
+            text = Path(run_report).read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(f"no run report at {run_report}") from None
+        where = str(run_report)
+    else:
+        found = open_backend(cfg).read("reports/latest.json")
+        if found is None:
+            raise ConfigError("no run report in the store yet: run the job first") from None
+        text, where = found[0], "reports/latest.json"
     try:
-        report = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"no run report at {path}: run the job first") from None
+        report = json.loads(text)
     except ValueError as exc:
-        raise ConfigError(f"{path} is not a run report: {exc}") from None
+        raise ConfigError(f"{where} is not a run report: {exc}") from None
     anomalies = [Anomaly.from_json(a) for a in report.get("anomalies", [])]
     return Path(write_html_report(html, anomalies=anomalies, run_report=report, series=None))
