@@ -87,6 +87,20 @@ class Partitions:
     def is_fleet(self) -> np.ndarray:
         return self.version == FLEET
 
+    def take(self, sl: slice) -> Partitions:
+        """A contiguous block of whole operations (indices re-based)."""
+        op_index = self.op_index[sl]
+        first = int(op_index[0]) if len(op_index) else 0
+        last = int(op_index[-1]) + 1 if len(op_index) else 0
+        start = sl.start or 0
+        return Partitions(
+            self.operation[sl],
+            self.version[sl],
+            op_index - first,
+            self.operations[first:last],
+            self.fleet_of[sl] - start,
+        )
+
     def __len__(self) -> int:
         return len(self.operation)
 
@@ -133,6 +147,15 @@ class Baselines:
     k_fail: np.ndarray | None = None  # (P,) empirical-Bayes prior strength, failure rate
     k_dur: np.ndarray | None = None  # (P,) empirical-Bayes prior strength, log-duration
 
+    def take(self, sl: slice) -> Baselines:
+        """The partitions ``sl``."""
+        return Baselines(
+            **{
+                name: (None if getattr(self, name) is None else getattr(self, name)[sl])
+                for name in self.__dataclass_fields__
+            }
+        )
+
     def to_frame(self, parts: Partitions) -> pd.DataFrame:
         """One row per partition (flat summaries), for persistence and reports."""
         return pd.DataFrame(
@@ -171,18 +194,37 @@ def exclusion_mask(
     """
     ts = _naive_ns(rows["bucket_start"])
     op = rows["operation_name"].to_numpy(dtype=object)
-    ver = rows["sdk_version"].to_numpy(dtype=object)
     mask = np.zeros(len(rows), dtype=bool)
     for start, end, op_name in maintenance:
         m = (ts >= _np_ts(start)) & (ts < _np_ts(end))
         if op_name:
             m &= op == op_name
         mask |= m
+    spans: dict[tuple[str, str], list[tuple[np.datetime64, np.datetime64]]] = {}
     for op_name, version, start, end in alerted:
-        m = (ts >= _np_ts(start)) & (ts < _np_ts(end)) & (op == op_name)
-        if version != FLEET:
-            m &= ver == version
-        mask |= m
+        spans.setdefault((op_name, version), []).append((_np_ts(start), _np_ts(end)))
+    if not spans or not len(rows):
+        return mask
+    # One searchsorted per partition with spans (not one full pass per span): a run can carry
+    # thousands of spans over millions of rows.
+    by_part = rows.groupby(["operation_name", "sdk_version"], observed=True, sort=False).indices
+    by_op = rows.groupby("operation_name", observed=True, sort=False).indices
+    for (op_name, version), items in spans.items():
+        pos = by_op.get(op_name) if version == FLEET else by_part.get((op_name, version))
+        if pos is None or not len(pos):
+            continue
+        merged: list[list[np.datetime64]] = []
+        for s, e in sorted(items):
+            if merged and s <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], e)
+            else:
+                merged.append([s, e])
+        starts = np.array([m[0] for m in merged], dtype="datetime64[ns]")
+        ends = np.array([m[1] for m in merged], dtype="datetime64[ns]")
+        t = ts[pos]
+        i = np.searchsorted(starts, t, side="right") - 1
+        hit = (i >= 0) & (t < ends[np.clip(i, 0, None)])
+        mask[pos[hit]] = True
     return mask
 
 

@@ -263,7 +263,9 @@ def detect(
     )
     candidates = _candidates(reasons, ev, scores, cube, parts, base)
     timings["explain"] = time.perf_counter() - t
+    t = time.perf_counter()
     _record_suspects(reasons, ev, cube, parts, state, policy)
+    timings["state"] = time.perf_counter() - t
     state.prune(
         _py(ws - pd.Timedelta(policy.baseline) - bucket * lookback),
         _py(ws - pd.Timedelta(policy.suspect_horizon)),
@@ -631,14 +633,17 @@ def _record_suspects(
     deviating = (ev.p <= policy.alpha) & practical & (reasons != R_ANOM) & (reasons > 0)
     flags = deviating.any(axis=1) & judged[None, :]
     bucket = pd.Timedelta(policy.bucket)
-    for p in np.flatnonzero(flags.any(axis=1)):
-        for a, b in _runs(flags[p]):
-            state.add_suspect(
-                str(parts.operation[p]),
-                str(parts.version[p]),
-                _py(cube.times[a]),
-                _py(cube.times[b - 1] + bucket),
-            )
+    spans = [
+        (
+            str(parts.operation[p]),
+            str(parts.version[p]),
+            _py(cube.times[a]),
+            _py(cube.times[b - 1] + bucket),
+        )
+        for p in np.flatnonzero(flags.any(axis=1))
+        for a, b in _runs(flags[p])
+    ]
+    state.add_suspects(spans)
 
 
 def _fmt_p(p: float) -> str:

@@ -74,6 +74,18 @@ class Cube:
     def slots(self) -> np.ndarray:
         return slot_of(self.times)
 
+    def rows(self, sl: slice) -> Cube:
+        """The partitions ``sl`` (views)."""
+        return Cube(
+            self.times,
+            self.calls[sl],
+            self.failures[sl],
+            self.dur_n[sl],
+            self.s1[sl],
+            self.s2[sl],
+            None if self.excluded is None else self.excluded[sl],
+        )
+
     def tail(self, k: int) -> Cube:
         """The last ``k`` buckets (views, not copies)."""
         return Cube(
@@ -262,6 +274,7 @@ def span_evidence(
     policy: DetectionPolicy,
     *,
     last: int | None = None,
+    chunk: int = 1500,
 ) -> SpanEvidence:
     """Test every (partition, metric, bucket) over the trailing spans; keep the best span.
 
@@ -271,10 +284,48 @@ def span_evidence(
 
     ``last``: evidence only for the last ``last`` buckets of the cube (the earlier ones are
     look-back that feeds the trailing spans); the arrays then have ``last`` columns.
+    ``chunk``: partitions are processed in blocks of whole operations of about this many rows,
+    which bounds the temporaries (memory) on large runs; results do not depend on it.
     """
+    slots = cube.slots
+    e_all = expected_calls(base, slots, cube, parts)  # needs every operation (rest of traffic)
+    P = len(parts)
+    starts = np.flatnonzero(np.r_[True, parts.op_index[1:] != parts.op_index[:-1]])
+    bounds = [0]
+    for s in starts[1:]:
+        if s - bounds[-1] >= chunk:
+            bounds.append(int(s))
+    bounds.append(P)
+    pieces = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        sl = slice(a, b)
+        pieces.append(
+            _span_evidence(
+                cube.rows(sl), parts.take(sl), base.take(sl), policy, last, e_all[sl], slots
+            )
+        )
+    if len(pieces) == 1:
+        return pieces[0]
+    return SpanEvidence(
+        **{
+            name: np.concatenate([getattr(x, name) for x in pieces], axis=0)
+            for name in SpanEvidence.__dataclass_fields__
+        }
+    )
+
+
+def _span_evidence(
+    cube: Cube,
+    parts: Partitions,
+    base: Baselines,
+    policy: DetectionPolicy,
+    last: int | None,
+    e: np.ndarray,
+    slots: np.ndarray,
+) -> SpanEvidence:
     P, T = cube.calls.shape
     M = len(METRIC_NAMES)
-    mu, var, p0, e = _per_bucket_baseline(base, cube.slots, cube, parts)
+    mu, var, p0 = base.mu_log[:, slots], base.var_log[:, slots], base.fail_rate[:, slots]
     phi_d = base.phi_dur[:, None]
     phi_f = base.phi_fail[:, None]
     phi_v = base.phi_vol[:, None]
@@ -288,8 +339,10 @@ def span_evidence(
     cv = C - e
     vv = e * phi_v
 
-    # Cumulative sums with Z leading zero columns, so every trailing window is two slices.
-    Z = 2 * max(policy.spans) + 2
+    # Cumulative sums with Z leading zero columns, so every trailing window is two slices
+    # (a window reaches at most max(spans) + 2 buckets behind the first judged one).
+    K0 = T if last is None else max(min(last, T), 1)
+    Z = max(1, max(policy.spans) + 3 - (T - K0))
 
     def cs(x: np.ndarray) -> np.ndarray:
         out = np.zeros((P, T + 1 + Z), dtype=np.float64)

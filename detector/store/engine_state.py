@@ -47,6 +47,18 @@ def _merge(
     return sorted(keep)
 
 
+def _merge_all(spans: list[Span]) -> list[Span]:
+    """Merge overlapping or touching spans of the same partition."""
+    out: list[Span] = []
+    for op, ver, a, b in sorted(spans):
+        if out and out[-1][0] == op and out[-1][1] == ver and a <= out[-1][3]:
+            last = out[-1]
+            out[-1] = (op, ver, last[2], max(last[3], b))
+        else:
+            out.append((op, ver, a, b))
+    return out
+
+
 @dataclass
 class EngineState:
     """Spans ``(operation, sdk_version, start, end)`` kept out of baselines, merged per partition.
@@ -68,6 +80,10 @@ class EngineState:
     def add_suspect(self, operation: str, sdk_version: str, start: datetime, end: datetime) -> None:
         """Record a span that deviated without alerting."""
         self.suspect = _merge(self.suspect, operation, sdk_version, start, end)
+
+    def add_suspects(self, spans: list[Span]) -> None:
+        """Record many suspect spans at once (one sort and merge pass, not one per span)."""
+        self.suspect = _merge_all([*self.suspect, *spans])
 
     def excluded(self) -> list[Span]:
         """Every span to keep out of baselines."""
