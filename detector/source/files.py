@@ -730,80 +730,107 @@ def _run(
     # 3. Duplicates, in numpy (a sort of the key column is several times faster than a
     #    10M-group hash aggregate). See _duplicates().
     discard = _duplicates(rows)
-    n_dups = len(discard)
-    if n_dups:
-        keep = np.ones(rows.num_rows, dtype=bool)
-        keep[discard] = False
-        rows = rows.append_column("keep", pa.array(keep))
-        source, where = "_rows", "WHERE keep"
-    else:
-        source, where = "_rows", ""
-    con.register("_rows", rows)
+    code = rows.column("code").to_numpy()
+    live = np.ones(rows.num_rows, dtype=bool)
+    live[discard] = False
 
-    # 4. Stats per (partition, bucket), drop codes and flags: one aggregate with few groups.
-    stats_raw = con.sql(
-        "SELECT code, CASE WHEN code = 0 THEN pid END AS pid, "
-        "CASE WHEN code = 0 THEN bi END AS bi, "
-        "count(*) AS calls, count_if(rc = 2) AS failures, count_if(rc = 1) AS expected_errors, "
-        "count(ld) AS dur_n, coalesce(sum(ld), 0.0) AS log_dur_sum, "
-        "coalesce(sum(ld * ld), 0.0) AS log_dur_sumsq, "
-        "count_if(flags & 1 = 1) AS f1, count_if(flags & 2 = 2) AS f2, "
-        f"count_if(flags & 4 = 4) AS f4, count_if(flags & 8 = 8) AS f8 FROM {source} {where} "
-        "GROUP BY ALL"
-    ).fetchnumpy()
-    # 5. Sparse histogram per (partition, bucket, bin): count only (the big aggregate).
-    hist_raw = con.sql(
-        f"SELECT pid, bi, CAST(ceil(ld / {_LN_GAMMA!r}) AS INTEGER) AS bin, count(*) AS count "
-        f"FROM {source} WHERE code = 0 AND ld IS NOT NULL {where.replace('WHERE', 'AND')} "
-        "GROUP BY ALL"
-    ).fetchnumpy()
-
-    code = np.asarray(stats_raw["code"], dtype="int64")
-    n = np.asarray(stats_raw["calls"], dtype="int64")
-    dropped = {reason: int(n[code == c].sum()) for c, reason in _DROP_CODES.items()}
-    dropped["duplicate"] = n_dups
-    keep = code == 0
+    # 4. Counts per reason, then stats and histogram of the kept rows, all in numpy: dense
+    #    bincounts per (partition, bucket) and one sort of the (partition, bucket, bin) codes;
+    #    faster here than two DuckDB hash aggregates over the same 10M rows.
+    dropped = {r: int(np.count_nonzero(live & (code == c))) for c, r in _DROP_CODES.items()}
+    dropped["duplicate"] = len(discard)
+    kept = live & (code == 0)
+    del live, code
+    pid = rows.column("pid").fill_null(0).to_numpy()[kept].astype("int64")
+    bi = rows.column("bi").fill_null(0).to_numpy()[kept].astype("int64")
+    rc = rows.column("rc").to_numpy()[kept]
+    flags = rows.column("flags").to_numpy()[kept]
+    ld = rows.column("ld").to_numpy(zero_copy_only=False)[kept].astype("float64")
+    del rows, kept
     flagged = {
-        reason: int(np.asarray(stats_raw[col])[keep].sum())
-        for reason, col in (
-            ("invalid_duration", "f1"),
-            ("invalid_payload_json", "f4"),
-            ("string_number", "f2"),
-            ("noncanonical_operation_case", "f8"),
+        reason: int(np.count_nonzero(flags & bit))
+        for reason, bit in (
+            ("invalid_duration", 1),
+            ("invalid_payload_json", 4),
+            ("string_number", 2),
+            ("noncanonical_operation_case", 8),
         )
     }
-    rows_read = int(n.sum()) + dropped["duplicate"]
-
+    rows_read = sum(dropped.values()) + len(pid)
+    stats_cols, hist_cols = _group(pid, bi, rc, ld)
     names = dim.drop_duplicates("pid").set_index("pid").sort_index()
     stats = _partition_frame(
         names,
-        np.asarray(stats_raw["pid"])[keep],
-        np.asarray(stats_raw["bi"])[keep] * bucket_us,
-        {
-            c: np.asarray(stats_raw[c])[keep]
-            for c in (
-                "calls",
-                "failures",
-                "expected_errors",
-                "dur_n",
-                "log_dur_sum",
-                "log_dur_sumsq",
-            )
-        },
+        stats_cols.pop("pid"),
+        stats_cols.pop("bi") * bucket_us,
+        stats_cols,
         schema.AGG_COLUMNS,
-        sort=True,
+        sort=False,  # partition ids follow (name, version) order: already sorted by key
     )
     hist = _partition_frame(
         names,
-        np.asarray(hist_raw["pid"]),
-        np.asarray(hist_raw["bi"]) * bucket_us,
-        {"bin": np.asarray(hist_raw["bin"]), "count": np.asarray(hist_raw["count"])},
+        hist_cols.pop("pid"),
+        hist_cols.pop("bi") * bucket_us,
+        hist_cols,
         schema.HIST_COLUMNS,
         sort=False,
     )
     return schema.BucketAggregates(
         stats=stats, hist=hist, dropped=dropped, flagged=flagged, rows_read=rows_read
     )
+
+
+def _group(
+    pid: np.ndarray, bi: np.ndarray, rc: np.ndarray, ld: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Sum kept rows per (partition, bucket) and count them per (partition, bucket, bin).
+
+    Returns column arrays sorted by (pid, bi) and (pid, bi, bin).
+    """
+    if len(pid) == 0:
+        e = np.empty(0, dtype="int64")
+        stats = {c: e for c in ("pid", "bi", "calls", "failures", "expected_errors", "dur_n")}
+        stats |= {"log_dur_sum": e.astype("float64"), "log_dur_sumsq": e.astype("float64")}
+        return stats, {"pid": e, "bi": e, "bin": e.astype("int32"), "count": e}
+    b0 = int(bi.min())
+    nb = int(bi.max()) - b0 + 1
+    cell = pid * nb + (bi - b0)  # dense (partition, bucket) code, ordered by (pid, bi)
+    size = int(cell.max()) + 1
+    if size <= len(cell) + 1_000_000:  # dense: bincount arrays no longer than the input
+        inv, n_cells = cell, size
+        cells = np.arange(size, dtype="int64")
+    else:  # sparse: compact first (a sort)
+        cells, inv = np.unique(cell, return_inverse=True)
+        n_cells = len(cells)
+    valid = ~np.isnan(ld)
+    ldz = np.where(valid, ld, 0.0)
+    calls = np.bincount(inv, minlength=n_cells)
+    present = calls > 0
+    stats = {
+        "pid": cells[present] // nb,
+        "bi": cells[present] % nb + b0,
+        "calls": calls[present],
+        "failures": np.bincount(inv, weights=rc == 2, minlength=n_cells)[present],
+        "expected_errors": np.bincount(inv, weights=rc == 1, minlength=n_cells)[present],
+        "dur_n": np.bincount(inv, weights=valid, minlength=n_cells)[present],
+        "log_dur_sum": np.bincount(inv, weights=ldz, minlength=n_cells)[present],
+        "log_dur_sumsq": np.bincount(inv, weights=ldz * ldz, minlength=n_cells)[present],
+    }
+    for c in ("failures", "expected_errors", "dur_n"):
+        stats[c] = np.rint(stats[c]).astype("int64")
+    # Histogram: the same bin formula as schema.duration_bin, on ln(max(d, 1)).
+    bins = np.ceil(ld[valid] / _LN_GAMMA).astype("int64")
+    lo = int(bins.min()) if len(bins) else 0
+    nbin = (int(bins.max()) - lo + 1) if len(bins) else 1
+    hkey, hcount = np.unique(cell[valid] * nbin + (bins - lo), return_counts=True)
+    hcell = hkey // nbin
+    hist = {
+        "pid": hcell // nb,
+        "bi": hcell % nb + b0,
+        "bin": (hkey % nbin + lo).astype("int32"),
+        "count": hcount.astype("int64"),
+    }
+    return stats, hist
 
 
 def _duplicates(rows: pa.Table) -> np.ndarray:
@@ -819,15 +846,24 @@ def _duplicates(rows: pa.Table) -> np.ndarray:
     idx = np.flatnonzero(code == 0)
     if len(idx) < 2:
         return np.empty(0, dtype="int64")
-    k = rows.column("k").to_numpy(zero_copy_only=False)[idx].astype("uint64")
+    # fill_null first: a column with nulls would come out as float64 and lose hash bits.
+    k = rows.column("k").fill_null(0).to_numpy()[idx].astype("uint64", copy=False)
     ks = np.sort(k)
     same = ks[1:] == ks[:-1]
     if not same.any():
         return np.empty(0, dtype="int64")
     dup_keys = np.unique(ks[1:][same])
-    pos = np.minimum(np.searchsorted(dup_keys, k), len(dup_keys) - 1)
-    rows_in_dup = idx[dup_keys[pos] == k]  # every copy of a duplicated key
-    dk = k[dup_keys[pos] == k]
+    del ks, same
+    # Every copy of a duplicated key: a 2**24-bit table of the keys' low bits rules out most
+    # rows with one gather, the exact binary search runs on the few candidates.
+    low = np.uint64(2**24 - 1)
+    table = np.zeros(2**24, dtype=bool)
+    table[(dup_keys & low).astype("int64")] = True
+    cand = np.flatnonzero(table[(k & low).astype("int64")])
+    pos = np.minimum(np.searchsorted(dup_keys, k[cand]), len(dup_keys) - 1)
+    hit = cand[dup_keys[pos] == k[cand]]
+    rows_in_dup = idx[hit]
+    dk = k[hit]
 
     def col(name: str, fill: float) -> np.ndarray:
         arr = rows.column(name).to_numpy(zero_copy_only=False)[rows_in_dup]
@@ -908,6 +944,7 @@ def _connect(
         config["memory_limit"] = str(memory_limit)
     con = duckdb.connect(":memory:", config=config)
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")  # never draw on the user's terminal
     con.execute(f"SET temp_directory = {_lit(spill_dir)}")
     _macros(con)
     return con
