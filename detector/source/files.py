@@ -725,7 +725,7 @@ def _run(
     # 2. One pass over the input into a compact Arrow table of integers (~40 bytes a row);
     #    the string columns are decoded and hashed exactly once. Arrow instead of a DuckDB
     #    temp table: cheaper to build, and numpy reads its columns without a copy.
-    rows = con.sql(_rows_sql(norm, bucket_us)).to_arrow_table()
+    rows = con.sql(_rows_sql(norm, bucket_us)).to_arrow_reader(1 << 20).read_all()
 
     # 3. Duplicates, in numpy (a sort of the key column is several times faster than a
     #    10M-group hash aggregate). See _duplicates().
@@ -741,11 +741,12 @@ def _run(
     dropped["duplicate"] = len(discard)
     kept = live & (code == 0)
     del live, code
-    pid = rows.column("pid").fill_null(0).to_numpy()[kept].astype("int64")
-    bi = rows.column("bi").fill_null(0).to_numpy()[kept].astype("int64")
-    rc = rows.column("rc").to_numpy()[kept]
-    flags = rows.column("flags").to_numpy()[kept]
-    ld = rows.column("ld").to_numpy(zero_copy_only=False)[kept].astype("float64")
+    # Column by column, each filtered right away: no full-length copies pile up.
+    pid = _np(rows, "pid", 0)[kept]
+    bi = _np(rows, "bi", 0)[kept]
+    rc = _np(rows, "rc", 0)[kept]
+    flags = _np(rows, "flags", 0)[kept]
+    ld = _np(rows, "ld", None)[kept]  # NaN where no usable duration
     del rows, kept
     flagged = {
         reason: int(np.count_nonzero(flags & bit))
@@ -780,6 +781,14 @@ def _run(
     )
 
 
+def _np(rows: pa.Table, name: str, fill: int | None) -> np.ndarray:
+    """A column as numpy: zero-copy when it has no nulls; nulls -> ``fill`` (None: NaN)."""
+    col = rows.column(name)
+    if col.null_count and fill is not None:
+        col = col.fill_null(fill)
+    return col.to_numpy(zero_copy_only=False)
+
+
 def _group(
     pid: np.ndarray, bi: np.ndarray, rc: np.ndarray, ld: np.ndarray
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -794,7 +803,7 @@ def _group(
         return stats, {"pid": e, "bi": e, "bin": e.astype("int32"), "count": e}
     b0 = int(bi.min())
     nb = int(bi.max()) - b0 + 1
-    cell = pid * nb + (bi - b0)  # dense (partition, bucket) code, ordered by (pid, bi)
+    cell = pid.astype("int64") * nb + (bi - b0)  # dense (partition, bucket), (pid, bi) order
     size = int(cell.max()) + 1
     if size <= len(cell) + 1_000_000:  # dense: bincount arrays no longer than the input
         inv, n_cells = cell, size
@@ -842,31 +851,32 @@ def _duplicates(rows: pa.Table) -> np.ndarray:
     class, duration, partition, flags), so neither file order nor splitting the input
     changes the result.
     """
-    code = rows.column("code").to_numpy()
-    idx = np.flatnonzero(code == 0)
-    if len(idx) < 2:
-        return np.empty(0, dtype="int64")
-    # fill_null first: a column with nulls would come out as float64 and lose hash bits.
-    k = rows.column("k").fill_null(0).to_numpy()[idx].astype("uint64", copy=False)
+    # fill_null first: a column with nulls would come out as float64 and lose hash bits. Rows
+    # dropped for another reason get key 0 (a real hash is 0 with probability 2**-64).
+    k = rows.column("k").fill_null(0).to_numpy(zero_copy_only=False).astype("uint64", copy=False)
+    if not k.flags.writeable:  # a zero-copy view of the Arrow buffer
+        k = k.copy()
+    k[rows.column("code").to_numpy() != 0] = 0
     ks = np.sort(k)
-    same = ks[1:] == ks[:-1]
+    same = (ks[1:] == ks[:-1]) & (ks[1:] != 0)
     if not same.any():
         return np.empty(0, dtype="int64")
     dup_keys = np.unique(ks[1:][same])
     del ks, same
-    # Every copy of a duplicated key: a 2**24-bit table of the keys' low bits rules out most
+    # Every copy of a duplicated key: a 2**24-entry table of the keys' low bits rules out most
     # rows with one gather, the exact binary search runs on the few candidates.
     low = np.uint64(2**24 - 1)
     table = np.zeros(2**24, dtype=bool)
     table[(dup_keys & low).astype("int64")] = True
-    cand = np.flatnonzero(table[(k & low).astype("int64")])
+    cand = np.flatnonzero(table[np.bitwise_and(k, low).view("int64")])
     pos = np.minimum(np.searchsorted(dup_keys, k[cand]), len(dup_keys) - 1)
-    hit = cand[dup_keys[pos] == k[cand]]
-    rows_in_dup = idx[hit]
-    dk = k[hit]
+    rows_in_dup = cand[(dup_keys[pos] == k[cand]) & (k[cand] != 0)]
+    dk = k[rows_in_dup]
+    del k
+    take = pa.array(rows_in_dup)
 
     def col(name: str, fill: float) -> np.ndarray:
-        arr = rows.column(name).to_numpy(zero_copy_only=False)[rows_in_dup]
+        arr = rows.column(name).take(take).to_numpy(zero_copy_only=False)
         return np.where(pd.isna(arr), fill, arr).astype("float64")
 
     # lexsort: last key is primary. Latest TimeGenerated first (NULL last), then content.
