@@ -102,6 +102,7 @@ class DetectionPolicy:
     cold_start_k: float = 300.0  # empirical-Bayes k: version weight = n / (n + k)
     provisional_weight: float = 0.8  # below this own-weight the baseline is provisional
     suspect_horizon: timedelta = timedelta(days=2)  # deviating (not alerted) buckets kept out
+    suspect_factor: float = 1.0  # ... when significant and >= this x the minimum effect
     max_dispersion: float = 20.0  # cap on the overdispersion factors learnt from the baseline
     # --- tests ---------------------------------------------------------------------------------
     spans: tuple[int, ...] = (1, 3, 12, 36, 144)  # trailing spans (buckets) tested
@@ -110,6 +111,7 @@ class DetectionPolicy:
     peer_z: float = 3.0  # a version differs from its operation's other versions (z >= this)
     shared_z: float = 2.0  # the other versions deviate too (z >= this): fleet-wide, not one version
     recent_z: float = 1.5  # every third of a span must deviate too (z >= this)
+    third_support: float = 1 / 3  # ... with at least this share of min_calls behind it
     forest_prefilter_z: float = 2.5  # the forest scores buckets with some |feature| >= this
     # --- practical significance -------------------------------------------------------------
     min_duration_rel: float = 0.20  # +20 % typical duration
@@ -253,6 +255,9 @@ class Evidence:
     span: np.ndarray | None = None  # (P, M, T) buckets behind the evidence (attribution window)
     share: np.ndarray | None = None  # (P, M, T) version's share of its operation's calls
     raw_z: np.ndarray | None = None  # (P, M, T) single-bucket |z| before maintenance masking
+    #: (P,) column index (may be negative: before this run) just after the partition's last
+    #: alert in earlier runs, -inf if none: attribution to the fleet survives run boundaries.
+    last_alert_end: np.ndarray | None = None
 
 
 def _practical(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
@@ -379,9 +384,16 @@ def decide(
     # Attribution looks back over the partition's own evidence span: the fleet's trailing span
     # still holds a version's deviation for a while after the version stops (and vice versa).
     span = ev.span if ev.span is not None else np.ones((P, M, T), np.int64)
-    explained_by_fleet = (
-        alert & ~fleet[:, None, None] & ev.shared & _any_within(fleet_alert[ev.op_index], span)
-    )
+    fleet_recent = _any_within(fleet_alert[ev.op_index], span)
+    if ev.last_alert_end is not None and P:
+        # The fleet alerted in an earlier run within this partition's evidence span.
+        fleet_row = np.full(n_ops, -1, dtype=np.int64)
+        fleet_row[ev.op_index[fleet]] = np.flatnonzero(fleet)
+        fr = fleet_row[ev.op_index]
+        before = np.where(fr >= 0, ev.last_alert_end[np.clip(fr, 0, None)], -np.inf)
+        t = np.arange(T)
+        fleet_recent |= (t[None, None, :] - span + 1) < before[:, None, None]
+    explained_by_fleet = alert & ~fleet[:, None, None] & ev.shared & fleet_recent
     explained_by_version = (
         alert & fleet[:, None, None] & _any_within(version_own[ev.op_index], span)
     )

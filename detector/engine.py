@@ -238,6 +238,7 @@ def detect(
         span=ev.span,
         share=ev.share,
         raw_z=raw_z,
+        last_alert_end=_last_alert_end(state, parts, cube.times, bucket),
     )
     bucket_end = (cube.times + bucket).tz_convert("UTC").tz_localize(None).to_numpy()
     reasons = decide(evidence, policy=policy, now=now, bucket_end=bucket_end)
@@ -264,7 +265,7 @@ def detect(
     candidates = _candidates(reasons, ev, scores, cube, parts, base)
     timings["explain"] = time.perf_counter() - t
     t = time.perf_counter()
-    _record_suspects(reasons, ev, cube, parts, state, policy)
+    _record_suspects(reasons, ev, cube, parts, state, policy, n_tests)
     timings["state"] = time.perf_counter() - t
     state.prune(
         _py(ws - pd.Timedelta(policy.baseline) - bucket * lookback),
@@ -516,8 +517,10 @@ def _explain(
                 var = base.var_log[p, slots[idx]].mean() * base.phi_dur[p]
                 d_n = max(float(ev.n[p, m, j]), 1.0)  # operations behind the evidence
                 obs_hist, _ = _hist_p95(history.hist, op, ver, start, end)
+                # A provisional baseline is mostly the operation's: show the fleet's p95.
+                base_ver = FLEET if base.provisional[p] else ver
                 base_hist, _ = _hist_p95(
-                    history.hist, op, ver, base_start, ws, alerted_before, maintenance
+                    history.hist, op, base_ver, base_start, ws, alerted_before, maintenance
                 )
                 baseline = base_hist if np.isfinite(base_hist) else float(ev.expected[p, m, j])
                 observed = obs_hist if np.isfinite(obs_hist) else float(ev.observed[p, m, j])
@@ -614,6 +617,22 @@ def _explain(
     return out, alert_buckets
 
 
+def _last_alert_end(
+    state: EngineState, parts: Partitions, times: pd.DatetimeIndex, bucket: pd.Timedelta
+) -> np.ndarray:
+    """Per partition: the column (relative to ``times[0]``) where its last earlier alert ended."""
+    out = np.full(len(parts), -np.inf)
+    if not state.alerted or not len(times):
+        return out
+    row = {(o, v): i for i, (o, v) in enumerate(zip(parts.operation, parts.version, strict=True))}
+    t0 = times[0]
+    for op, ver, _, end in state.alerted:
+        i = row.get((op, ver))
+        if i is not None:
+            out[i] = max(out[i], (pd.Timestamp(end) - t0) / bucket)
+    return out
+
+
 def _record_suspects(
     reasons: np.ndarray,
     ev: Any,
@@ -621,16 +640,25 @@ def _record_suspects(
     parts: Partitions,
     state: EngineState,
     policy: DetectionPolicy,
+    n_tests: np.ndarray,
 ) -> None:
-    """Remember judged buckets that deviated practically and nominally but did not alert."""
-    judged = np.asarray(cube.times >= cube.times[0]) & (reasons.max(axis=(0, 1)) >= 0)
+    """Remember judged buckets that deviated but did not alert (kept out of baselines).
+
+    Deviated: nominally significant and at least ``policy.suspect_factor`` times the practical
+    minimum effect.
+    """
+    judged = np.ones(len(cube.times), dtype=bool)
+    k = policy.suspect_factor
     with np.errstate(invalid="ignore"):
         practical = np.zeros(ev.p.shape, dtype=bool)
-        practical[:, 0] = (ev.effect[:, 0] >= policy.min_duration_rel) & (
+        practical[:, 0] = (ev.effect[:, 0] >= k * policy.min_duration_rel) & (
             ev.effect_ms[:, 0] >= policy.min_duration_ms
         )
-        practical[:, 1] = ev.effect[:, 1] >= policy.min_failure_points
-    deviating = (ev.p <= policy.alpha) & practical & (reasons != R_ANOM) & (reasons > 0)
+        practical[:, 1] = ev.effect[:, 1] >= k * policy.min_failure_points
+    # Nominal significance (not corrected): a new build's first slow calls are few, and must
+    # stay out of its own baseline even before they can alert.
+    sig = ev.p <= policy.alpha
+    deviating = sig & practical & (reasons != R_ANOM) & (reasons > 0)
     flags = deviating.any(axis=1) & judged[None, :]
     bucket = pd.Timedelta(policy.bucket)
     spans = [

@@ -409,6 +409,9 @@ def _span_evidence(
                     rc, rv, rn = roll("cd", h, off), roll("vd", h, off), roll("D", h, off)
                     loo_d &= rc / np.sqrt(rv) >= policy.recent_z
                     loo_d &= np.expm1(rc / rn) >= policy.min_duration_rel
+                    loo_d &= (
+                        rn >= policy.min_calls * policy.third_support
+                    )  # each third needs some support
             else:
                 loo_d = np.ones((P, K), bool)
             vo = _others(r["vd"], parts)
@@ -441,6 +444,7 @@ def _span_evidence(
                     rc, rv, rn = roll("cf", h, off), roll("vf", h, off), roll("C", h, off)
                     loo_f &= rc / np.sqrt(rv) >= policy.recent_z
                     loo_f &= rc / rn >= policy.min_failure_points
+                    loo_f &= rn >= policy.min_calls * policy.third_support
             else:
                 loo_f = np.ones((P, K), bool)
             xo, co = _others(r["cf"], parts), _others(n_, parts)
@@ -469,6 +473,7 @@ def _span_evidence(
                     rcv, re_ = roll("cv", h, off), roll("e", h, off)
                     rz = rcv / np.sqrt(roll("vv", h, off))
                     drop &= (rz <= -policy.recent_z) & (rcv / re_ <= -policy.min_volume_drop)
+                    drop &= re_ >= policy.min_expected_calls * policy.third_support
                     rise &= (rz >= policy.recent_z) & (rcv / re_ >= policy.min_volume_rise)
                 loo_v = np.where(eff_v < 0, drop, rise)
             else:
