@@ -372,3 +372,11 @@ def test_invalid_arguments() -> None:
     t = datetime(2026, 11, 2, tzinfo=UTC)
     with pytest.raises(ValueError, match="arrival_window"):
         read_aggregates(DATA / "la_export.csv", bucket=BUCKET, arrival_window=(t, t - BUCKET))
+
+
+def test_empty_window_gives_empty_frames_with_contract_dtypes() -> None:
+    t = datetime(2030, 1, 1, tzinfo=UTC)
+    agg = read_aggregates(DATA / "la_export.csv", bucket=BUCKET, arrival_window=(t, t + BUCKET))
+    assert agg.rows_read == 0 and len(agg.stats) == 0 and len(agg.hist) == 0
+    assert agg.stats.dtypes.to_dict() == schema.empty_aggregates().stats.dtypes.to_dict()
+    assert agg.dropped == dict.fromkeys(schema.DROP_REASONS, 0)

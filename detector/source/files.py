@@ -5,17 +5,22 @@ Analytics; the Diagnostic Settings storage export (``insights-logs-callclientope
 /PT1H.json``, one JSON record per line, fields top-level or under ``properties``); JSON arrays.
 Produces one :class:`~detector.schema.BucketAggregates` (the contract in :mod:`detector.schema`).
 
-How the work is split, and why:
+How the work is split, and why (measured on 9M rows, see benchmarks/bench_aggregate.py):
 
-* Everything per row happens in ONE DuckDB query (read only the needed columns, normalise
-  types, window by arrival, drop reasons, dedup, classify, bin, group). DuckDB is out of core
-  (``memory_limit`` + a spill directory), so a 10M-row export stays within a bounded RSS.
-* The query groups by the *raw* ``OperationName``; canonical casing, point events and the
-  ``noncanonical_operation_case`` flag are applied afterwards in pandas on the few distinct
-  names, with the very functions of :mod:`detector.schema`. That keeps per-row SQL minimal and
-  makes the casing and point-event rules identical to the Python contract by construction.
-* ``ResultType`` is classified in SQL by :data:`RESULT_CLASS_SQL`, written from
-  :func:`detector.schema.classify_result` (a test holds them equal on a case table).
+1. DuckDB lists the distinct (``OperationName``, ``SdkVersion``) pairs. Canonical casing,
+   point events, the name-based drop reasons and the ``noncanonical_operation_case`` flag are
+   decided in Python on those few names with the very functions of :mod:`detector.schema`
+   (identical to the contract by construction), and each (canonical name, version) gets a
+   small integer partition id.
+2. One DuckDB pass reads only the needed columns, normalises types (string numbers, ISO or
+   portal timestamps, JSON keys in any casing), windows by arrival, classifies ``ResultType``
+   (:data:`RESULT_CLASS_SQL`, written from :func:`detector.schema.classify_result`; a test holds
+   them equal), computes the bucket index, ``ln(max(DurationMs, 1))``, flag bits and a 64-bit
+   hash of the dedup key, and streams ~40 bytes a row into an Arrow table.
+3. numpy finds duplicate keys with one sort (several times faster than a 10M-group hash
+   aggregate) and resolves the few duplicated keys exactly; then sums per (partition,
+   bucket) with dense bincounts and counts the histogram with one sort of integer codes.
+   Per-row work is vectorised; no Python loop touches rows.
 
 Semantics (one reason per dropped row, the first that matches, in
 :data:`~detector.schema.DROP_REASONS` order):
@@ -665,7 +670,7 @@ FROM (
 
 
 def _rows_sql(norm: str, bucket_us: int) -> str:
-    """Compact per-row projection (integers only), materialised once and scanned three times.
+    """Compact per-row projection (integers and a double), streamed out as Arrow.
 
     Partitions are small integers from ``_dim`` (joined on a hash of the raw name and version):
     grouping on integers is several times faster than on strings. ``flags`` packs
