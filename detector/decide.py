@@ -258,6 +258,9 @@ class Evidence:
     #: (P,) column index (may be negative: before this run) just after the partition's last
     #: alert in earlier runs, -inf if none: attribution to the fleet survives run boundaries.
     last_alert_end: np.ndarray | None = None
+    #: (P,) for fleet rows: column just after the last alerted/deviating span of any of the
+    #: operation's versions in earlier runs (-inf if none), for attribution to a version.
+    last_version_dev_end: np.ndarray | None = None
 
 
 def _practical(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
@@ -394,9 +397,11 @@ def decide(
         t = np.arange(T)
         fleet_recent |= (t[None, None, :] - span + 1) < before[:, None, None]
     explained_by_fleet = alert & ~fleet[:, None, None] & ev.shared & fleet_recent
-    explained_by_version = (
-        alert & fleet[:, None, None] & _any_within(version_own[ev.op_index], span)
-    )
+    version_recent = _any_within(version_own[ev.op_index], span)
+    if ev.last_version_dev_end is not None and P:
+        t = np.arange(T)
+        version_recent |= (t[None, None, :] - span + 1) < ev.last_version_dev_end[:, None, None]
+    explained_by_version = alert & fleet[:, None, None] & version_recent
 
     reason = np.zeros((P, M, T), dtype=np.int8)
     # Assign from the last gate backwards, so the first failed gate wins.

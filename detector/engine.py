@@ -239,6 +239,7 @@ def detect(
         share=ev.share,
         raw_z=raw_z,
         last_alert_end=_last_alert_end(state, parts, cube.times, bucket),
+        last_version_dev_end=_last_version_dev_end(state, parts, cube.times, bucket),
     )
     bucket_end = (cube.times + bucket).tz_convert("UTC").tz_localize(None).to_numpy()
     reasons = decide(evidence, policy=policy, now=now, bucket_end=bucket_end)
@@ -629,6 +630,26 @@ def _last_alert_end(
     for op, ver, _, end in state.alerted:
         i = row.get((op, ver))
         if i is not None:
+            out[i] = max(out[i], (pd.Timestamp(end) - t0) / bucket)
+    return out
+
+
+def _last_version_dev_end(
+    state: EngineState, parts: Partitions, times: pd.DatetimeIndex, bucket: pd.Timedelta
+) -> np.ndarray:
+    """Fleet rows: column where the last alerted/deviating span of one of its versions ended."""
+    out = np.full(len(parts), -np.inf)
+    if not len(times):
+        return out
+    fleet_row = {
+        o: i
+        for i, (o, v) in enumerate(zip(parts.operation, parts.version, strict=True))
+        if v == FLEET
+    }
+    t0 = times[0]
+    for op, ver, _, end in state.excluded():
+        i = fleet_row.get(op)
+        if ver != FLEET and i is not None:
             out[i] = max(out[i], (pd.Timestamp(end) - t0) / bucket)
     return out
 
