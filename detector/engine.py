@@ -539,7 +539,8 @@ def _explain(
                 band = (max(baseline - half, 0.0), min(baseline + half, 1.0))
                 text = (
                     f"failure rate {observed:.1%} vs {baseline:.1%} "
-                    f"({effect * 100:+.1f} pts, {fails}/{calls} failed, p={_fmt_p(ev.p[p, m, j])}"
+                    f"({(observed - baseline) * 100:+.1f} pts, {fails}/{calls} failed, "
+                    f"p={_fmt_p(ev.p[p, m, j])}"
                 )
             else:
                 nb = len(idx)
@@ -549,8 +550,13 @@ def _explain(
                 band = (max(baseline - half, 0.0), baseline + half)
                 text = (
                     f"volume {observed:.1f} vs {baseline:.1f} calls/bucket "
-                    f"({effect:+.0%}, p={_fmt_p(ev.p[p, m, j])}"
+                    f"({observed / max(baseline, 1e-9) - 1:+.0%}, p={_fmt_p(ev.p[p, m, j])}"
                 )
+            # Effect shown with the values: over the run (relative; points for failure rate).
+            if metric == "failure_rate":
+                run_effect = float(observed - baseline)
+            else:
+                run_effect = float(observed / baseline - 1) if baseline > 0 else effect
             hot = int((reasons[p, m, max(a - policy.persist_m + 1, 0) : b] == R_ANOM).sum())
             text += f", {len(idx)} bucket{'s' if len(idx) > 1 else ''}, span {span})"
             if base.provisional[p]:
@@ -564,6 +570,7 @@ def _explain(
             severity = "critical" if ratio >= policy.critical_factor else "warning"
             details = {
                 "gate": "anomaly",
+                "gate_effect": effect,  # the effect over the span that passed the gates
                 "span_buckets": span,
                 "hot_buckets": hot,
                 "z": float(ev.z[p, m, j]),
@@ -594,7 +601,7 @@ def _explain(
                     reason=f"anomaly: {text}",
                     band_low=float(band[0]),
                     band_high=float(band[1]),
-                    effect=effect,
+                    effect=run_effect,
                     p_value=p_corr,
                     baseline_kind=str(base.kind[p]),
                     provisional=bool(base.provisional[p]),

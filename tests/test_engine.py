@@ -66,7 +66,8 @@ def test_explanation_fields() -> None:
     aggs, _ = version_failures()
     a = _run(aggs).anomalies[0]
     assert a.band_low is not None and a.band_low <= a.baseline <= a.band_high < a.observed
-    assert a.effect == pytest.approx(0.11, abs=0.05)
+    assert a.effect == pytest.approx(a.observed - a.baseline)  # points over the run
+    assert a.details["gate_effect"] >= POLICY.min_failure_points
     assert a.p_value is not None and a.p_value < POLICY.alpha
     assert a.calls > 20 and a.failures and a.failures > 3
     assert 0.3 < a.traffic_share < 0.7
