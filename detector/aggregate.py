@@ -202,8 +202,9 @@ def coarsen(aggs: BucketAggregates, width: timedelta) -> BucketAggregates:
 
 def _ranks(q: float, n: np.ndarray) -> np.ndarray:
     # ceil(q * n), 1-based, without float noise turning 0.95 * 100 into rank 96.
-    r = np.ceil(np.round(q * n.astype("float64"), 6)).astype("int64")
-    return np.clip(r, 1, None)
+    r: np.ndarray = np.ceil(np.round(q * n.astype("float64"), 6)).astype("int64")
+    out: np.ndarray = np.maximum(r, 1)
+    return out
 
 
 def quantiles(

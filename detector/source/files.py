@@ -539,7 +539,8 @@ def _csv_part(files: list[Path]) -> list[str]:
             raise InputError(_missing_message(f, header, "CSV"))
         groups.setdefault(tuple(header), []).append(f)
     parts = []
-    for header, group in groups.items():
+    for header_key, group in groups.items():
+        header = list(header_key)
         cols = _resolve(header)
         # Read every field as text: the export may quote numbers, leave them empty, or put
         # garbage in them; typing happens in SQL with TRY_CAST, never as a reader error.
@@ -791,7 +792,8 @@ def _np(rows: pa.Table, name: str, fill: int | None) -> np.ndarray:
     col = rows.column(name)
     if col.null_count and fill is not None:
         col = col.fill_null(fill)
-    return col.to_numpy(zero_copy_only=False)
+    out: np.ndarray = col.to_numpy(zero_copy_only=False)
+    return out
 
 
 def _group(
@@ -952,7 +954,7 @@ def _partition_frame(
 def _connect(
     threads: int | None, memory_limit: str | None, spill_dir: str
 ) -> duckdb.DuckDBPyConnection:
-    config: dict[str, str | int | bool] = {"preserve_insertion_order": False}
+    config: dict[str, str | bool | int | float | list[str]] = {"preserve_insertion_order": False}
     if threads is not None:
         config["threads"] = int(threads)
     if memory_limit is not None:

@@ -49,7 +49,8 @@ def _parse(text: str) -> datetime:
 
 def _day_numbers(frame: pd.DataFrame) -> np.ndarray:
     ns = pd.DatetimeIndex(frame["bucket_start"]).as_unit("ns").asi8
-    return np.floor_divide(ns, 86_400 * 10**9)
+    days: np.ndarray = np.floor_divide(ns, 86_400 * 10**9)
+    return days
 
 
 def _to_bytes(frame: pd.DataFrame) -> bytes:
@@ -216,8 +217,8 @@ class BucketStore:
     def prune(self, before: datetime) -> int:
         """Forget whole days that end at or before ``before``; returns how many were dropped."""
         manifest, version = self._manifest()
-        cutoff = before.replace(tzinfo=UTC) if before.tzinfo is None else before.astimezone(UTC)
-        cutoff = cutoff.date().isoformat()
+        utc = before.replace(tzinfo=UTC) if before.tzinfo is None else before.astimezone(UTC)
+        cutoff = utc.date().isoformat()
         kept = {d: f for d, f in manifest["days"].items() if d >= cutoff}
         dropped = len(manifest["days"]) - len(kept)
         if dropped:
