@@ -743,7 +743,8 @@ def _run(
     # 4. Counts per reason, then stats and histogram of the kept rows, all in numpy: dense
     #    bincounts per (partition, bucket) and one sort of the (partition, bucket, bin) codes;
     #    faster here than two DuckDB hash aggregates over the same 10M rows.
-    dropped = {r: int(np.count_nonzero(live & (code == c))) for c, r in _DROP_CODES.items()}
+    per_code = np.bincount(code[live], minlength=len(_DROP_CODES) + 1)  # one pass
+    dropped = {r: int(per_code[c]) for c, r in _DROP_CODES.items()}
     dropped["duplicate"] = len(discard)
     kept = live & (code == 0)
     del live, code
@@ -754,8 +755,9 @@ def _run(
     flags = _np(rows, "flags", 0)[kept]
     ld = _np(rows, "ld", None)[kept]  # NaN where no usable duration
     del rows, kept
+    per_value = np.bincount(flags, minlength=16)  # one pass; then count rows per bit
     flagged = {
-        reason: int(np.count_nonzero(flags & bit))
+        reason: int(per_value[(np.arange(len(per_value)) & bit) != 0].sum())
         for reason, bit in (
             ("invalid_duration", 1),
             ("invalid_payload_json", 4),
