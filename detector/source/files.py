@@ -114,7 +114,12 @@ _LN_GAMMA: Final = math.log(schema.HIST_GAMMA)
 _DROP_CODES: Final[dict[int, str]] = {i + 1: r for i, r in enumerate(schema.DROP_REASONS)}
 _PSEUDO_LOWER: Final = schema.PSEUDO_OPERATION.lower()
 # DuckDB errors that mean "this input cannot be read" (others are bugs and propagate).
-_READ_ERRORS: Final = (duckdb.IOException, duckdb.InvalidInputException, duckdb.ConversionException)
+_READ_ERRORS: Final = (
+    duckdb.IOException,
+    duckdb.InvalidInputException,
+    duckdb.ConversionException,
+    duckdb.NotImplementedException,
+)
 # Fields a JSON sample must show to be taken for an export (others may be omitted when null).
 _JSON_IDENTITY: Final = ("TimeGenerated", "CallClientTimeStamp", "OperationName")
 # How many leading JSON lines are inspected to decide whether a file is an ACS export.
@@ -530,7 +535,7 @@ def _csv_header(path: Path) -> list[str]:
     return next(csv.reader([first], delimiter=delim))
 
 
-def _csv_part(files: list[Path]) -> list[str]:
+def _csv_part(files: list[Path], parallel: bool = True) -> list[str]:
     groups: dict[tuple[str, ...], list[Path]] = {}
     for f in files:
         header = [h.strip() for h in _csv_header(f)]
@@ -547,7 +552,10 @@ def _csv_part(files: list[Path]) -> list[str]:
         names = "[" + ", ".join(_lit(h) for h in header) + "]"
         source = (
             f"read_csv({_file_list(group)}, header=true, all_varchar=true, names={names}, "
-            "null_padding=true, strict_mode=false, quote='\"', escape='\"')"
+            "null_padding=true, quote='\"', escape='\"', "
+            # Strict and parallel is fastest; malformed files are re-read leniently (a row with
+            # extra fields becomes a row, counted) by the single-threaded reader.
+            + ("strict_mode=true)" if parallel else "strict_mode=false, parallel=false)")
         )
         parts.append(_typed_select(source, cols, {}, csv_=True))
     return parts
@@ -600,7 +608,7 @@ def _json_keys_ok(path: Path, keys: set[str]) -> None:
         )
 
 
-def _jsonl_part(files: list[Path]) -> list[str]:
+def _jsonl_part(files: list[Path], parallel: bool = True) -> list[str]:
     for f in files:
         _json_keys_ok(f, _json_sample_keys(f))
     # Each line is read as one text value (no quoting, no delimiter), so a malformed line is a
@@ -608,7 +616,8 @@ def _jsonl_part(files: list[Path]) -> list[str]:
     source = (
         f"(SELECT line AS j FROM read_csv({_file_list(files)}, columns={{'line': 'VARCHAR'}}, "
         "header=false, delim=E'\\x1e', quote='', escape='', auto_detect=false, "
-        "strict_mode=false, null_padding=true) WHERE line >= '!' OR trim(line, ' \t\r') <> '')"
+        f"strict_mode=false, null_padding=true, parallel={str(parallel).lower()}) "
+        "WHERE line >= '!' OR trim(line, ' \t\r') <> '')"
     )
     return [_json_select(source)]
 
@@ -639,6 +648,15 @@ def _json_array_part(con: duckdb.DuckDBPyConnection, files: list[Path]) -> list[
 # --------------------------------------------------------------------------------------------
 # The pipeline
 # --------------------------------------------------------------------------------------------
+
+
+def _text_parts(by_fmt: dict[str, list[Path]], *, parallel: bool) -> list[str]:
+    parts: list[str] = []
+    if "csv" in by_fmt:
+        parts += _csv_part(by_fmt["csv"], parallel)
+    if "jsonl" in by_fmt:
+        parts += _jsonl_part(by_fmt["jsonl"], parallel)
+    return parts
 
 
 def _macros(con: duckdb.DuckDBPyConnection) -> None:
@@ -713,8 +731,14 @@ def _run(
     parts: list[str],
     bucket_us: int,
     window: tuple[int, int] | None,
+    materialize: bool = False,
 ) -> schema.BucketAggregates:
     norm = _norm_sql(parts, window)
+    if materialize:
+        # Text formats (CSV, JSON) are parsed once into DuckDB's own spillable storage rather
+        # than twice (the name pass and the row pass below).
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _norm AS {norm}")
+        norm = "SELECT * FROM _norm"
 
     # 1. Partitions: canonical casing and point events from the Python contract, applied to
     #    the few distinct (OperationName, SdkVersion) pairs; dense ids for fast grouping.
@@ -722,7 +746,7 @@ def _run(
     dim = _dimension(pairs)
     con.register("_dim_df", dim)
     con.execute(
-        "CREATE TEMP TABLE _dim AS SELECT CAST(h AS UBIGINT) AS h, CAST(pid AS INTEGER) AS pid, "
+        "CREATE OR REPLACE TEMP TABLE _dim AS SELECT CAST(h AS UBIGINT) AS h, CAST(pid AS INTEGER) AS pid, "
         "CAST(point AS BOOLEAN) AS point, CAST(noncanon AS BOOLEAN) AS noncanon, "
         "CAST(name_code AS UTINYINT) AS name_code FROM _dim_df"
     )
@@ -1027,20 +1051,26 @@ def read_aggregates(
     try:
         con = _connect(threads, memory_limit, spill_dir)
         try:
-            parts: list[str] = []
             by_fmt: dict[str, list[Path]] = {}
             for f in files:
                 by_fmt.setdefault(f.fmt, []).append(f.path)
+            parts: list[str] = []
             if "parquet" in by_fmt:
                 parts += _parquet_part(con, by_fmt["parquet"])
-            if "csv" in by_fmt:
-                parts += _csv_part(by_fmt["csv"])
-            if "jsonl" in by_fmt:
-                parts += _jsonl_part(by_fmt["jsonl"])
             if "json_array" in by_fmt:
                 parts += _json_array_part(con, by_fmt["json_array"])
             try:
-                return _run(con, parts, bucket_us, window)
+                try:
+                    text = _text_parts(by_fmt, parallel=True)
+                    return _run(con, parts + text, bucket_us, window, bool(text))
+                except (duckdb.NotImplementedException, duckdb.InvalidInputException):
+                    if not text:
+                        raise
+                    # A malformed text file (extra fields, stray quotes): re-read it with the
+                    # lenient single-threaded reader, so bad rows are counted, not fatal.
+                    log.info("re-reading text files with the single-threaded CSV reader")
+                    text = _text_parts(by_fmt, parallel=False)
+                    return _run(con, parts + text, bucket_us, window, True)
             except _READ_ERRORS as exc:
                 names = ", ".join(str(f.path) for f in files[:3])
                 more = f" (+{len(files) - 3} more)" if len(files) > 3 else ""
