@@ -258,8 +258,8 @@ class Evidence:
     #: (P,) column index (may be negative: before this run) just after the partition's last
     #: alert in earlier runs, -inf if none: attribution to the fleet survives run boundaries.
     last_alert_end: np.ndarray | None = None
-    #: (P,) for fleet rows: column just after the last alerted/deviating span of any of the
-    #: operation's versions in earlier runs (-inf if none), for attribution to a version.
+    #: (P,) for fleet rows: column just after the last alerted span of any of the operation's
+    #: versions in earlier runs (-inf if none), for attribution to a version.
     last_version_dev_end: np.ndarray | None = None
 
 

@@ -644,7 +644,7 @@ def _last_alert_end(
 def _last_version_dev_end(
     state: EngineState, parts: Partitions, times: pd.DatetimeIndex, bucket: pd.Timedelta
 ) -> np.ndarray:
-    """Fleet rows: column where the last alerted/deviating span of one of its versions ended."""
+    """Fleet rows: column where the last alerted span of one of its versions ended."""
     out = np.full(len(parts), -np.inf)
     if not len(times):
         return out
@@ -654,7 +654,9 @@ def _last_version_dev_end(
         if v == FLEET
     }
     t0 = times[0]
-    for op, ver, _, end in state.excluded():
+    # Alerted version spans only: a version alerts when it deviates on its own (a shared
+    # deviation is explained by the fleet), whereas suspect spans include shared deviations.
+    for op, ver, _, end in state.alerted:
         i = fleet_row.get(op)
         if ver != FLEET and i is not None:
             out[i] = max(out[i], (pd.Timestamp(end) - t0) / bucket)
