@@ -326,6 +326,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Checker]]] = {
         "audience": (None, _opt_string),
         "connection_verify": (True, _bool_or_path),
         "credential": ("default", _credential),
+        "threads": (None, _int_range(1, 256)),  # DuckDB threads for the file source
+        "memory_limit": ("640MB", _string),  # DuckDB's limit for the file source (spills beyond)
         # Further Log Analytics keys (arrival, overlap, server_timeout, chunk sizes, retry
         # budget, ...) pass through and are validated by LogAnalyticsSettings at load.
     },

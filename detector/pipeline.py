@@ -129,7 +129,11 @@ class _Source:
             from detector.source.files import read_aggregates
 
             return read_aggregates(
-                self.cfg.source_path(), bucket=bucket, arrival_window=arrival_window
+                self.cfg.source_path(),
+                bucket=bucket,
+                arrival_window=arrival_window,
+                threads=self.cfg.source.get("threads"),
+                memory_limit=self.cfg.source.get("memory_limit"),
             )
 
         def chunk_progress(p: Any) -> None:
