@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -591,14 +592,22 @@ def console_summary(report: dict[str, Any], verbose: bool = False) -> str:
             "  flagged (kept): " + ", ".join(f"{k} {v:,}" for k, v in src["flagged"].items())
         )
     anomalies = report.get("anomalies", [])
-    lines.append(f"  anomalies: {len(anomalies)}")
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for a in anomalies:
-        ver = a["sdk_version"] or "all versions"
+        groups.setdefault((a["operation_name"], a["sdk_version"] or "", a["metric"]), []).append(a)
+    lines.append(f"  anomalies: {len(anomalies)} windows in {len(groups)} alerts")
+    # One line per alert (operation, version, metric): its span, and the most significant
+    # window's numbers; the lifecycle notifies per alert too.
+    for (op, ver, metric), items in sorted(groups.items()):
+        best = max(items, key=_deviation)
+        sev = "critical" if any(a["severity"] == "critical" for a in items) else best["severity"]
+        span = f"{min(a['window_start'] for a in items)} .. {max(a['window_end'] for a in items)}"
         lines.append(
-            f"    [{a['severity']}] {a['operation_name']} / {ver} / {a['metric']}: "
-            f"{_fmt(a['metric'], a['observed'])} vs baseline {_fmt(a['metric'], a['baseline'])}"
-            f" on {a['calls']:,} calls, {a['window_start']} .. {a['window_end']}"
-            f"{' (provisional baseline)' if a.get('provisional') else ''}"
+            f"    [{sev}] {op} / {ver or 'all versions'} / {metric}: "
+            f"{_fmt(metric, best['observed'])} vs baseline {_fmt(metric, best['baseline'])}"
+            f" ({best['calls']:,} calls in its worst window), {span}"
+            f"{f', {len(items)} windows' if len(items) > 1 else ''}"
+            f"{' (provisional baseline)' if best.get('provisional') else ''}"
         )
     if verbose and report.get("demo"):
         lines.append(f"  labelled incidents in {report['demo']['data']}/incidents.json:")
@@ -615,6 +624,16 @@ def console_summary(report: dict[str, Any], verbose: bool = False) -> str:
     if t:
         lines.append("  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()))
     return "\n".join(lines)
+
+
+def _deviation(a: dict[str, Any]) -> float:
+    """How far a window's observed value is from its baseline, to pick an alert's worst window."""
+    obs, base = a.get("observed"), a.get("baseline")
+    if obs is None or base is None:
+        return 0.0
+    if a["metric"] == "failure_rate":
+        return abs(float(obs) - float(base))
+    return abs(math.log(max(float(obs), 1e-9) / max(float(base), 1e-9)))
 
 
 def _fmt(metric: str, value: Any) -> str:
