@@ -32,6 +32,7 @@ from typing import Any, Final
 
 from detector.anomaly import SEVERITIES, Anomaly, severity_rank
 from detector.errors import ConfigError
+from detector.timeutil import iso_z, to_datetime
 
 __all__ = [
     "NOTIFY_REASONS",
@@ -73,14 +74,8 @@ NOTIFY_REASONS: Final = frozenset(
 )
 
 
-def _iso(ts: datetime | None) -> str | None:
-    return None if ts is None else ts.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _dt(value: Any) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+_iso = iso_z
+_dt = to_datetime
 
 
 def _finite(value: Any) -> float | None:

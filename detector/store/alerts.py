@@ -30,6 +30,7 @@ from typing import Any, Final, TypeVar
 from detector.errors import StateError
 from detector.lifecycle import Ack, AlertState, Silence
 from detector.store.backend import Backend, VersionConflict
+from detector.timeutil import iso_z, to_datetime
 
 __all__ = [
     "MAX_LOG",
@@ -45,14 +46,8 @@ _RETRIES: Final = 8
 T = TypeVar("T")
 
 
-def _iso(ts: datetime | None) -> str | None:
-    return None if ts is None else ts.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _dt(value: Any) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+_iso = iso_z
+_dt = to_datetime
 
 
 @dataclass
