@@ -303,7 +303,9 @@ def run_job(
             if not dry_run:
                 save_engine_state(backend, result.state, if_version=engine_version)
             source.drill_down(anomalies, judge)
-            series = chart_history(history, anomalies, now=judge[1])
+            # One chart per alert, drawn around its most deviating window.
+            worst_first = sorted(anomalies, key=lambda a: -_deviation(a.to_json()))
+            series = chart_history(history, worst_first, now=judge[1])
         else:
             report["detection"] = {"skipped": "nothing new to judge"}
             report["candidates"] = []

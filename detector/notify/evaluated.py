@@ -145,9 +145,11 @@ def chart_history(
     now: datetime,
     span: timedelta = timedelta(days=1),
 ) -> dict[str, pd.DataFrame]:
-    """Per-alert series for :func:`detector.notify.chart.chart_png` over the ``span`` before ``now``.
+    """Per-alert series for :func:`detector.notify.chart.chart_png` over ``span``.
 
-    ``observed`` per bucket comes from the history; ``baseline`` and the band are the values the
+    The span ends a quarter-span after the alert's window (never after ``now``), so an alert
+    found in the middle of a long manual rerun is charted around its own window, not around
+    the end of the rerun. ``observed`` per bucket comes from the history; ``baseline`` and the band are the values the
     engine reported for the alert window, drawn flat (a seasonal baseline's daily shape is not
     in the anomaly record).
     """
@@ -155,16 +157,17 @@ def chart_history(
     stats, hist = history.stats, history.hist
     if stats is None or stats.empty:
         return out
-    lo, hi = _utc(now) - pd.Timedelta(span), _utc(now)
-    win = stats[(stats["bucket_start"] >= lo) & (stats["bucket_start"] < hi)]
-    hwin = (
-        hist[(hist["bucket_start"] >= lo) & (hist["bucket_start"] < hi)]
-        if hist is not None
-        else None
-    )
     for a in anomalies:
         if a.fingerprint in out:
             continue
+        hi = min(_utc(now), _utc(a.window_end) + pd.Timedelta(span) / 4)
+        lo = hi - pd.Timedelta(span)
+        win = stats[(stats["bucket_start"] >= lo) & (stats["bucket_start"] < hi)]
+        hwin = (
+            hist[(hist["bucket_start"] >= lo) & (hist["bucket_start"] < hi)]
+            if hist is not None
+            else None
+        )
         mask = win["operation_name"] == a.operation_name
         if a.sdk_version:
             mask &= win["sdk_version"] == a.sdk_version
