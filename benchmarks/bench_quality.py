@@ -319,52 +319,15 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    cols = [
-        ("scenario", 22, "{}"),
-        ("detector", 13, "{}"),
-        ("inc", 4, "{:d}"),
-        ("det", 4, "{:d}"),
-        ("events", 6, "{:d}"),
-        ("FP", 4, "{:d}"),
-        ("prec", 5, "{:.2f}"),
-        ("recall", 6, "{:.2f}"),
-        ("F1", 5, "{:.2f}"),
-        ("FA/day", 6, "{:.2f}"),
-        ("FA/d/100p", 9, "{:.2f}"),
-        ("delay", 6, "{:.1f}"),
-        ("rec>=200/h", 10, "{:.2f}"),
-        ("ops@det", 7, "{:.0f}"),
-        ("sec", 6, "{:.1f}"),
+    from detector.evaluate import METRIC_COLUMNS, format_table
+
+    extra = [
+        ("rec>=200/h", "recall_big", "{:.2f}", 10),
+        ("ops@det", "ops_at_detection", "{:.0f}", 7),
     ]
-    key = {
-        "inc": "incidents",
-        "det": "detected",
-        "FP": "false_events",
-        "prec": "precision",
-        "F1": "f1",
-        "FA/day": "false_per_day",
-        "FA/d/100p": "false_per_day_per_100",
-        "delay": "median_delay_buckets",
-        "rec>=200/h": "recall_big",
-        "ops@det": "ops_at_detection",
-        "sec": "seconds",
-    }
-    lines = [" ".join(f"{n:<{w}}" if i < 2 else f"{n:>{w}}" for i, (n, w, _) in enumerate(cols))]
-    last = None
-    for r in rows:
-        if last is not None and r["scenario"] != last:
-            lines.append("")
-        last = r["scenario"]
-        cells = []
-        for i, (n, w, fmt) in enumerate(cols):
-            v = r.get(key.get(n, n))
-            if v is None or (isinstance(v, float) and not math.isfinite(v)):
-                text = "-"
-            else:
-                text = fmt.format(v)
-            cells.append(f"{text:<{w}}" if i < 2 else f"{text:>{w}}")
-        lines.append(" ".join(cells))
-    return "\n".join(lines)
+    columns = [("scenario", "scenario", "{}", 22)] + METRIC_COLUMNS[1:12] + extra
+    columns.append(METRIC_COLUMNS[12])
+    return format_table(rows, columns, left=("scenario", "detector"), group_by="scenario")
 
 
 def main(argv: list[str] | None = None) -> int:

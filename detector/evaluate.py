@@ -372,49 +372,62 @@ class EvaluationReport:
 
     def to_table(self) -> str:
         """A fixed-width table: one line per data set (and detector)."""
-        cols = [
-            ("dataset", "{}", 26),
-            ("detector", "{}", 14),
-            ("inc", "{:d}", 4),
-            ("det", "{:d}", 4),
-            ("events", "{:d}", 6),
-            ("FP", "{:d}", 4),
-            ("prec", "{:.2f}", 5),
-            ("recall", "{:.2f}", 6),
-            ("F1", "{:.2f}", 5),
-            ("FA/day", "{:.2f}", 6),
-            ("FA/d/100p", "{:.2f}", 9),
-            ("delay", "{:.1f}", 5),
-            ("sec", "{:.1f}", 6),
-        ]
-        keys = {
-            "inc": "incidents",
-            "det": "detected",
-            "FP": "false_events",
-            "prec": "precision",
-            "F1": "f1",
-            "FA/day": "false_per_day",
-            "FA/d/100p": "false_per_day_per_100",
-            "delay": "median_delay_buckets",
-            "sec": "seconds",
-        }
-        lines = [
-            " ".join(f"{name:>{w}}" if i else f"{name:<{w}}" for i, (name, _, w) in enumerate(cols))
-        ]
-        for row in self.rows:
-            cells = []
-            for i, (name, fmt, w) in enumerate(cols):
-                v = row.get(keys.get(name, name))
-                if v is None or (isinstance(v, float) and not math.isfinite(v)):
-                    text = "-"
-                else:
-                    try:
-                        text = fmt.format(v)
-                    except (ValueError, TypeError):
-                        text = str(v)
-                cells.append(f"{text:<{w}}" if i == 0 else f"{text:>{w}}")
-            lines.append(" ".join(cells))
-        return "\n".join(lines)
+        return format_table(self.rows, METRIC_COLUMNS, left=("dataset", "detector"))
+
+
+#: (header, row key, format, width) of the evaluation metrics, shared with the benchmarks.
+METRIC_COLUMNS: list[tuple[str, str, str, int]] = [
+    ("dataset", "dataset", "{}", 26),
+    ("detector", "detector", "{}", 14),
+    ("inc", "incidents", "{:d}", 4),
+    ("det", "detected", "{:d}", 4),
+    ("events", "events", "{:d}", 6),
+    ("FP", "false_events", "{:d}", 4),
+    ("prec", "precision", "{:.2f}", 5),
+    ("recall", "recall", "{:.2f}", 6),
+    ("F1", "f1", "{:.2f}", 5),
+    ("FA/day", "false_per_day", "{:.2f}", 6),
+    ("FA/d/100p", "false_per_day_per_100", "{:.2f}", 9),
+    ("delay", "median_delay_buckets", "{:.1f}", 5),
+    ("sec", "seconds", "{:.1f}", 6),
+]
+
+
+def format_table(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[tuple[str, str, str, int]],
+    *,
+    left: Sequence[str] = (),
+    group_by: str | None = None,
+) -> str:
+    """Fixed-width text table; missing or non-finite values print as ``-``.
+
+    ``columns`` are (header, row key, format, width); headers in ``left`` are left-aligned;
+    a blank line separates groups of consecutive rows with the same ``group_by`` value.
+    """
+
+    def cell(text: str, header: str, width: int) -> str:
+        return f"{text:<{width}}" if header in left else f"{text:>{width}}"
+
+    lines = [" ".join(cell(h, h, w) for h, _, _, w in columns)]
+    last = None
+    for row in rows:
+        if group_by is not None and last is not None and row.get(group_by) != last:
+            lines.append("")
+        last = row.get(group_by) if group_by is not None else None
+        cells = []
+        for header, key, fmt, width in columns:
+            v = row.get(key)
+            if v is None or (isinstance(v, float) and not math.isfinite(v)):
+                text = "-"
+            else:
+                try:
+                    text = fmt.format(v)
+                except (ValueError, TypeError):
+                    text = str(v)
+            cells.append(cell(text, header, width))
+        lines.append(" ".join(cells))
+    return "\n".join(lines)
 
 
 def evaluate(
