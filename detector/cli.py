@@ -25,6 +25,7 @@ from detector.errors import (
     LockHeldError,
     NotifyError,
 )
+from detector.logjson import JsonFormatter
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_SKIPPED", "EXIT_USAGE", "main"]
 
@@ -45,24 +46,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise _UsageError(f"{self.prog}: {message}")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line (Azure Functions, journald, log shippers)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        extra = getattr(record, "data", None)
-        if isinstance(extra, dict):
-            data.update(extra)
-        if record.exc_info:
-            data["error"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
 
 
 def _setup_logging(level: str, fmt: str) -> None:

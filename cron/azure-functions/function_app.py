@@ -23,13 +23,10 @@ config references (workspace id, storage account, notification URLs).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import azure.functions as func
 
@@ -44,22 +41,10 @@ log = logging.getLogger("detector.function")
 app = func.FunctionApp()
 
 
-class _JsonFormatter(logging.Formatter):
-    """One JSON object per line; ``extra={"data": {...}}`` fields are merged in."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        extra = getattr(record, "data", None)
-        if isinstance(extra, dict):
-            data.update(extra)
-        if record.exc_info:
-            data["error"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
+try:
+    from detector.logjson import JsonFormatter as _JsonFormatter
+except ImportError:  # the app still indexes its function; the invocation then fails loudly
+    _JsonFormatter = logging.Formatter  # type: ignore[misc,assignment]
 
 
 def configure_json_logging() -> None:
