@@ -203,3 +203,35 @@ def test_not_an_acs_export_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture
     assert rc == 2
     err = capsys.readouterr().err
     assert "bad.csv" in err
+
+
+def test_source_failure_exits_1_and_is_recorded_for_self_health(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A real connection refusal: nothing listens on this loopback port.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("TEST_LA_TOKEN", "not-a-real-token")
+    cfg = tmp_path / "la.toml"
+    cfg.write_text(
+        f"""
+[source]
+kind = "log_analytics"
+workspace_id = "00000000-0000-0000-0000-000000000000"
+endpoint = "https://127.0.0.1:{port}"
+credential = "env:TEST_LA_TOKEN"
+max_attempts = 1
+retry_budget = 0
+
+[state]
+path = "{tmp_path / "state"}"
+"""
+    )
+    assert main(["--config", str(cfg), "run", "--now", "2026-11-10T12:00:00Z"]) == 1
+    err = capsys.readouterr().err
+    assert "not-a-real-token" not in err
+    assert main(["--config", str(cfg), "status"]) == EXIT_OK
+    assert "status=source_error" in capsys.readouterr().out
