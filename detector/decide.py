@@ -111,6 +111,8 @@ class DetectionPolicy:
     peer_z: float = 3.0  # a version differs from its operation's other versions (z >= this)
     shared_z: float = 2.0  # the other versions deviate too (z >= this): fleet-wide, not one version
     recent_z: float = 1.5  # every third of a span must deviate too (z >= this)
+    latest_z: float = 2.0  # the latest third (<= latest_span buckets) must deviate this much:
+    latest_span: int = 12  # the evidence is current (an incident that ended stops alerting)
     third_support: float = 1 / 3  # ... with at least this share of min_calls behind it
     forest_prefilter_z: float = 2.5  # the forest scores buckets with some |feature| >= this
     # --- practical significance -------------------------------------------------------------

@@ -24,6 +24,7 @@ Everything is vectorised over (partition, bucket) arrays; pure, no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -176,8 +177,10 @@ def expected_calls(base: Baselines, slots: np.ndarray, cube: Cube, parts: Partit
     rest_obs = obs_total[None, :] - own_obs
     rest_exp = exp_total[None, :] - own_exp
     with np.errstate(invalid="ignore", divide="ignore"):
-        # Smoothed ratio (a pseudo-count of 20 expected calls keeps quiet hours stable).
-        ratio = (rest_obs + 20.0) / (rest_exp + 20.0)
+        # Smoothed ratio: a pseudo-count of 5 expected calls keeps the quietest buckets stable
+        # without pulling a quiet night's ratio towards 1 (with 20, a weekend night at a third
+        # of the weekday traffic read as 0.6 and the operations looked like volume drops).
+        ratio = (rest_obs + 5.0) / (rest_exp + 5.0)
     return e * np.clip(np.nan_to_num(ratio, nan=1.0), 0.2, 5.0)
 
 
@@ -314,6 +317,22 @@ def span_evidence(
     )
 
 
+def shortest_supported(
+    windows: list[int], test: Callable[[int], tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """Whether the shortest window (of ``windows``, ascending) with enough support deviates.
+
+    ``test(w)`` returns ``(deviates, supported)`` for the trailing window of ``w`` buckets;
+    where no window is supported the result is False.
+    """
+    res: np.ndarray | None = None
+    for w in reversed(windows):  # longest first; a shorter window with support overrides
+        ok, supported = test(w)
+        res = np.where(supported, ok, False if res is None else res)
+    assert res is not None
+    return res
+
+
 def _span_evidence(
     cube: Cube,
     parts: Partitions,
@@ -394,6 +413,20 @@ def _span_evidence(
         # span is not carried by an old short incident plus a little recent noise.
         h = -(-s // 3)
         thirds = (0, h, 2 * h) if s >= 3 else (0,)
+        # Plus the latest window at latest_z: the evidence has to be current, not an incident
+        # that ended hours ago still filling a long span. The window is the last latest_span
+        # buckets, doubled while it has too few calls to judge (a version with 6 calls an
+        # hour is judged on its last 2-4 hours), never longer than the last third.
+        latest = []
+        w = min(h, policy.latest_span)
+        while w < h:
+            latest.append(w)
+            w *= 2
+        latest.append(h)
+        # (offset, z, windows): each check passes where its shortest window with enough calls
+        # deviates; the thirds have one window each.
+        checks = [(off, policy.recent_z, [h]) for off in thirds]
+        checks.append((0, policy.latest_z, latest))
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             # ---- duration: one-sided (slower) normal test on the mean log-duration
             zd = np.where(r["vd"] > 0, r["cd"] / np.sqrt(r["vd"]), 0.0)
@@ -405,13 +438,18 @@ def _span_evidence(
             so, do = _others(r["cd"], parts), _others(r["D"], parts)
             if s > 1:
                 loo_d = (r["cd"] - extreme(cd, s, "max")) / np.sqrt(r["vd"]) >= policy.loo_z
-                for off in thirds:
-                    rc, rv, rn = roll("cd", h, off), roll("vd", h, off), roll("D", h, off)
-                    loo_d &= rc / np.sqrt(rv) >= policy.recent_z
-                    loo_d &= np.expm1(rc / rn) >= policy.min_duration_rel
-                    loo_d &= (
-                        rn >= policy.min_calls * policy.third_support
-                    )  # each third needs some support
+                for off, zmin, windows in checks:
+
+                    def dur_dev(
+                        w: int, off: int = off, zmin: float = zmin
+                    ) -> tuple[np.ndarray, np.ndarray]:
+                        rc, rv, rn = roll("cd", w, off), roll("vd", w, off), roll("D", w, off)
+                        ok = (rc / np.sqrt(rv) >= zmin) & (
+                            np.expm1(rc / rn) >= policy.min_duration_rel
+                        )
+                        return ok, rn >= policy.min_calls * policy.third_support
+
+                    loo_d &= shortest_supported(windows, dur_dev)
             else:
                 loo_d = np.ones((P, K), bool)
             vo = _others(r["vd"], parts)
@@ -439,12 +477,22 @@ def _span_evidence(
             )
             eff_f = np.where(n_ > 0, k_ / n_ - pbar, 0.0)
             if s > 1:
-                loo_f = (r["cf"] - extreme(cf, s, "max")) / np.sqrt(r["vf"]) >= policy.loo_z
-                for off in thirds:
-                    rc, rv, rn = roll("cf", h, off), roll("vf", h, off), roll("C", h, off)
-                    loo_f &= rc / np.sqrt(rv) >= policy.recent_z
-                    loo_f &= rc / rn >= policy.min_failure_points
-                    loo_f &= rn >= policy.min_calls * policy.third_support
+                # Counts get a continuity correction (-0.5): with a handful of calls, one
+                # failure against 0.2 expected is z = 2 by the normal approximation but an
+                # exact tail of 0.18, and would keep an incident's tail alerting at night.
+                loo_f = (r["cf"] - extreme(cf, s, "max") - 0.5) / np.sqrt(r["vf"]) >= policy.loo_z
+                for off, zmin, windows in checks:
+
+                    def fail_dev(
+                        w: int, off: int = off, zmin: float = zmin
+                    ) -> tuple[np.ndarray, np.ndarray]:
+                        rc, rv, rn = roll("cf", w, off), roll("vf", w, off), roll("C", w, off)
+                        ok = ((rc - 0.5) / np.sqrt(rv) >= zmin) & (
+                            rc / rn >= policy.min_failure_points
+                        )
+                        return ok, rn >= policy.min_calls * policy.third_support
+
+                    loo_f &= shortest_supported(windows, fail_dev)
             else:
                 loo_f = np.ones((P, K), bool)
             xo, co = _others(r["cf"], parts), _others(n_, parts)
@@ -467,14 +515,31 @@ def _span_evidence(
             eff_v = np.where(ee > 0, n_ / ee - 1.0, 0.0)
             if s > 1:
                 sv = np.sqrt(r["vv"])
-                drop = (r["cv"] - extreme(cv, s, "min")) / sv <= -policy.loo_z
-                rise = (r["cv"] - extreme(cv, s, "max")) / sv >= policy.loo_z
-                for off in thirds:
-                    rcv, re_ = roll("cv", h, off), roll("e", h, off)
-                    rz = rcv / np.sqrt(roll("vv", h, off))
-                    drop &= (rz <= -policy.recent_z) & (rcv / re_ <= -policy.min_volume_drop)
-                    drop &= re_ >= policy.min_expected_calls * policy.third_support
-                    rise &= (rz >= policy.recent_z) & (rcv / re_ >= policy.min_volume_rise)
+                # Continuity-corrected (+-0.5) like the failure counts above.
+                drop = (r["cv"] - extreme(cv, s, "min") + 0.5) / sv <= -policy.loo_z
+                rise = (r["cv"] - extreme(cv, s, "max") - 0.5) / sv >= policy.loo_z
+                for off, zmin, windows in checks:
+
+                    def vol_drop(
+                        w: int, off: int = off, zmin: float = zmin
+                    ) -> tuple[np.ndarray, np.ndarray]:
+                        rcv, re_ = roll("cv", w, off), roll("e", w, off)
+                        ok = ((rcv + 0.5) / np.sqrt(roll("vv", w, off)) <= -zmin) & (
+                            rcv / re_ <= -policy.min_volume_drop
+                        )
+                        return ok, re_ >= policy.min_expected_calls * policy.third_support
+
+                    def vol_rise(
+                        w: int, off: int = off, zmin: float = zmin
+                    ) -> tuple[np.ndarray, np.ndarray]:
+                        rcv, re_ = roll("cv", w, off), roll("e", w, off)
+                        ok = ((rcv - 0.5) / np.sqrt(roll("vv", w, off)) >= zmin) & (
+                            rcv / re_ >= policy.min_volume_rise
+                        )
+                        return ok, np.ones_like(ok)
+
+                    drop &= shortest_supported(windows, vol_drop)
+                    rise &= shortest_supported(windows, vol_rise)
                 loo_v = np.where(eff_v < 0, drop, rise)
             else:
                 loo_v = np.ones((P, K), bool)

@@ -198,3 +198,59 @@ def test_empty_history_gives_an_empty_result() -> None:
     far = WE + timedelta(days=30)  # the history ends before this window's baseline starts
     res = detect(aggs, window=(far, far + timedelta(hours=1)), policy=POLICY, now=far)
     assert res.anomalies == [] and res.stats["partitions"] == 0
+
+
+def test_an_incident_that_ended_stops_alerting_on_a_quiet_version() -> None:
+    # ~30 calls an hour: a long span still holds the incident for hours after it ended, and
+    # one failure among a handful of calls reads as z ~ 2 by the normal approximation. The
+    # latest-window check (continuity-corrected) must end the alert with the incident.
+    parts = [*standard_parts(), Part("Join", "1.29.0.0_stable", 30.0, 0.01, 800.0)]
+    ws, we = T0 + timedelta(days=3), T0 + timedelta(days=4)
+    inc = Incident("Join", "1.29.0.0_stable", ws + timedelta(hours=2), ws + timedelta(hours=5))
+    inc.fail_rate = 0.35
+    aggs = make_aggs(parts, days=4, incidents=(inc,), seed=11)
+    res = detect(aggs, window=(ws, we), now=we, policy=POLICY)
+    hits = sorted(
+        ts
+        for op, ver, metric, ts in res.alert_buckets
+        if (op, ver, metric) == ("Join", "1.29.0.0_stable", "failure_rate")
+    )
+    assert hits, res.candidates
+    assert inc.start <= hits[0] < inc.end
+    # Over within the latest window (latest_span buckets, 1 h) of the end; it ran for hours.
+    assert hits[-1] < inc.end + POLICY.latest_span * POLICY.bucket, hits[-1]
+
+
+def test_a_sparse_version_is_judged_on_its_latest_hours() -> None:
+    # 6 calls an hour: the last hour alone has too few calls to judge, so the latest window
+    # grows (2, 4 h ...) instead of vetoing: a doubled duration is still found.
+    parts = [  # 6 of ~76 Join calls an hour: above min_share, so it is judged
+        Part("Join", V_OLD, 40.0, 0.01, 800.0),
+        Part("Join", V_NEW, 30.0, 0.01, 800.0),
+        Part("Join", "1.29.0.0_stable", 6.0, 0.01, 800.0),
+        Part("StartVideo", V_OLD, 240.0, 0.02, 300.0),
+    ]
+    ws, we = T0 + timedelta(days=3), T0 + timedelta(days=4)
+    inc = Incident("Join", "1.29.0.0_stable", ws, we, duration_factor=2.0)
+    aggs = make_aggs(parts, days=4, incidents=(inc,), seed=12)
+    res = detect(aggs, window=(ws, we), now=we, policy=POLICY)
+    assert "Join|1.29.0.0_stable|duration" in _fps(res), res.candidates
+
+
+def test_a_quiet_tenant_wide_night_is_not_an_operation_volume_drop() -> None:
+    # Every operation drops to a third for six hours (a weekend night) on a small tenant: the
+    # expected calls follow the rest of the traffic, so no operation's volume alerts.
+    ops = ("Join", "StartCall", "StartVideo", "CreateView", "Mute")
+    parts = [Part(op, V_OLD, 36.0, 0.01, 500.0) for op in ops]
+    ws, we = T0 + timedelta(days=3), T0 + timedelta(days=4)
+    night = (ws + timedelta(hours=1), ws + timedelta(hours=7))
+    incs = tuple(Incident(op, None, *night, volume_factor=0.33) for op in ops)
+    aggs = make_aggs(parts, days=4, incidents=incs, seed=13)
+    res = detect(aggs, window=(ws, we), now=we, policy=POLICY)
+    assert not [a for a in res.anomalies if a.metric == "volume"], _fps(res)
+    # ... while one operation losing two thirds of its traffic alone is one.
+    one = (Incident("Join", None, *night, volume_factor=0.33),)
+    res = detect(
+        make_aggs(parts, days=4, incidents=one, seed=13), window=(ws, we), now=we, policy=POLICY
+    )
+    assert "Join|*|volume" in _fps(res)
