@@ -46,6 +46,7 @@ from detector.baseline import FLEET, Partitions, with_fleet  # noqa: E402
 from detector.decide import DetectionPolicy, parse_duration  # noqa: E402
 from detector.evaluate import (  # noqa: E402
     Dataset,
+    alert_gap,
     events_from_buckets,
     incident_volumes,
     load_dataset,
@@ -245,7 +246,9 @@ def run_one(data_dir: Path, policy: DetectionPolicy, step: timedelta, seed: int)
         all_buckets[name] = dense.buckets(fn())
         secs[name] = time.perf_counter() - t1
     for name in DETECTORS:
-        events = events_from_buckets(all_buckets[name], bucket=policy.bucket, max_gap=3)
+        events = events_from_buckets(
+            all_buckets[name], bucket=policy.bucket, max_gap=alert_gap(policy)
+        )
         row = score_events(
             events,
             ds.incidents,
@@ -396,6 +399,15 @@ def summary(agg: list[dict], rows: list[dict]) -> str:
     delays = [
         r["median_delay_buckets"] for r in mine_rows if math.isfinite(r["median_delay_buckets"])
     ]
+    # Per incident: all of them, and those in partitions with >= 200 operations an hour (the
+    # volume the recall target is stated for; below it, delay is bounded by the arrival rate).
+    per_inc = [i for r in mine_rows for i in r.get("per_incident", [])]
+    d_all = [i["delay_buckets"] for i in per_inc if i["delay_buckets"] is not None]
+    d_big = [
+        i["delay_buckets"]
+        for i in per_inc
+        if i["delay_buckets"] is not None and (i["volume_per_hour"] or 0) >= 200
+    ]
     ops = [o for r in mine_rows for o in r["ops_at_detection"]]
     wins = []
     for scen in sorted({r["scenario"] for r in agg}):
@@ -413,7 +425,9 @@ def summary(agg: list[dict], rows: list[dict]) -> str:
         f"{big_d / big_n if big_n else math.nan:.2f} over {big_n}), precision {(ev - fp) / ev if ev else 1:.2f} (target >= 0.9)",
         f"false alerts on incident-free runs: {qfp} in {qdays:.0f} days, {qparts:.0f} partitions -> "
         f"{qfp / qdays / qparts * 100 if qdays else math.nan:.2f} per day per 100 partitions (target <= 0.5)",
-        f"median detection delay (median of per-run medians): {np.median(delays) if delays else math.nan:.1f} buckets (target <= 2)",
+        f"median detection delay (median of per-run medians): {np.median(delays) if delays else math.nan:.1f} buckets (target <= 2); "
+        f"per incident: {np.median(d_all) if d_all else math.nan:.1f} over {len(d_all)}, "
+        f"on >=200/h partitions: {np.median(d_big) if d_big else math.nan:.1f} over {len(d_big)}",
         f"new-version incidents: ops of the version before the first alert bucket ended: "
         f"{[round(o) if math.isfinite(o) else 'missed' for o in ops]} (target <= 300)",
         f"hard negatives with any alert: {[r['scenario'] for r in negatives if r['false_events']] or 'none'}",

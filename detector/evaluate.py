@@ -16,7 +16,9 @@ Replay
 
 Events and matching
     Consecutive alerting buckets of one fingerprint (operation, version or fleet, metric), with
-    gaps of at most ``policy.persist_m`` buckets, form one alert event. An event is a true
+    gaps the alert lifecycle bridges (:func:`alert_gap`: ``resolve_after``, 30 min by default,
+    at least ``policy.persist_m`` buckets), form one alert event: what a user receives as one
+    notification. An event is a true
     positive when it overlaps ``[incident.start, incident.end + grace)`` of an incident with the
     same operation and metric and the same ``sdk_version`` (an incident with ``sdk_version``
     null matches the fleet and every version). Recall = incidents matched by at least one
@@ -53,6 +55,7 @@ __all__ = [
     "EvaluationReport",
     "Event",
     "LabelledIncident",
+    "alert_gap",
     "evaluate",
     "events_from_buckets",
     "load_dataset",
@@ -185,6 +188,19 @@ def events_from_buckets(
     return out
 
 
+def alert_gap(policy: DetectionPolicy, lifecycle: Any = None) -> int:
+    """Largest step, in buckets, between alerting buckets of one event.
+
+    The lifecycle keeps an alert firing until ``resolve_after`` has passed without an anomalous
+    bucket, so buckets closer than that reach the user as one alert (one event), never less
+    than the persistence window ``policy.persist_m``.
+    """
+    from detector.lifecycle import LifecyclePolicy
+
+    life = lifecycle if lifecycle is not None else LifecyclePolicy()
+    return max(policy.persist_m, math.ceil(life.resolve_after / policy.bucket))
+
+
 def _matches(e: Event, inc: LabelledIncident, grace: timedelta) -> bool:
     if e.operation_name != inc.operation_name or e.metric != inc.metric:
         return False
@@ -215,16 +231,30 @@ def score_events(
             false_events.append(e)
     detected, delays = 0, []
     detected_big, n_big = 0, 0
+    per_incident: list[dict[str, Any]] = []
     for k, inc in enumerate(incs):
         hits = [e for e in events if _matches(e, inc, grace)]
-        big = incident_volume is not None and incident_volume.get(k, 0.0) >= min_volume_per_hour
+        volume = incident_volume.get(k, 0.0) if incident_volume is not None else None
+        big = volume is not None and volume >= min_volume_per_hour
         n_big += big
+        delay: float | None = None
         if hits:
             detected += 1
             detected_big += big
             first = min(hits, key=lambda e: e.start)
             delay = max((first.start + bucket - inc.start) / bucket, 0.0)
-            delays.append(delay if first.start >= inc.start else 0.0)
+            delay = delay if first.start >= inc.start else 0.0
+            delays.append(delay)
+        per_incident.append(
+            {
+                "operation_name": inc.operation_name,
+                "sdk_version": inc.sdk_version,
+                "metric": inc.metric,
+                "start": inc.start.isoformat(),
+                "volume_per_hour": volume,
+                "delay_buckets": delay,
+            }
+        )
     days = max((judged[1] - judged[0]) / timedelta(days=1), 1e-9)
     n_ev = len(events)
     precision = tp_events / n_ev if n_ev else (1.0 if not incs else 0.0)
@@ -249,6 +279,7 @@ def score_events(
         "median_delay_buckets": float(np.median(delays)) if delays else float("nan"),
         "recall_big": detected_big / n_big if n_big else float("nan"),
         "incidents_big": n_big,
+        "per_incident": per_incident,
         "false_alerts": [
             f"{e.operation_name}|{e.sdk_version or '*'}|{e.metric} {e.start:%m-%d %H:%M}+{e.buckets}"
             for e in false_events[:20]
@@ -469,7 +500,7 @@ def evaluate(
     if progress:
         progress(f"loaded {ds.name}: {len(ds.aggs.stats)} bucket rows in {load_s:.1f}s")
     buckets, info = replay(ds, policy=policy, step=step)
-    events = events_from_buckets(buckets, bucket=policy.bucket, max_gap=policy.persist_m)
+    events = events_from_buckets(buckets, bucket=policy.bucket, max_gap=alert_gap(policy))
     row = score_events(
         events,
         ds.incidents,

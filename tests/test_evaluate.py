@@ -13,6 +13,7 @@ from detector.evaluate import (
     EvaluationReport,
     Event,
     LabelledIncident,
+    alert_gap,
     evaluate,
     events_from_buckets,
     score_events,
@@ -40,6 +41,32 @@ def test_events_merge_consecutive_buckets_of_one_fingerprint() -> None:
         (T + timedelta(minutes=100), T + timedelta(minutes=105), 1),
     ]
     assert len(events) == 4
+
+
+@pytest.mark.parametrize(
+    ("resolve_after", "persist_m", "gap"),
+    [("30m", 3, 6), ("10m", 3, 3), ("1h", 2, 12), ("7m", 1, 2)],
+)
+def test_alert_gap_is_what_the_lifecycle_bridges(resolve_after, persist_m, gap) -> None:
+    from detector.lifecycle import LifecyclePolicy
+
+    life = LifecyclePolicy.from_config({"resolve_after": resolve_after})
+    policy = DetectionPolicy(persist_n=1, persist_m=persist_m)
+    assert alert_gap(policy, life) == gap
+    # Default: the lifecycle's 30 minutes over 5-minute buckets.
+    assert alert_gap(DetectionPolicy()) == 6
+
+
+def test_per_incident_delay_and_volume_are_reported() -> None:
+    judged = (T - timedelta(days=1), T + timedelta(days=1))
+    ev = Event("Join", None, "duration", T + 2 * B, T + 4 * B, 2)
+    got = score_events(
+        [ev], [INC_FLEET, INC_VER], judged=judged, bucket=B, incident_volume={0: 250.0, 1: 40.0}
+    )
+    fleet, ver = got["per_incident"]
+    assert (fleet["delay_buckets"], fleet["volume_per_hour"]) == (3.0, 250.0)
+    assert (ver["delay_buckets"], ver["volume_per_hour"]) == (None, 40.0)
+    assert got["incidents_big"] == 1 and got["recall_big"] == 1.0
 
 
 INC_FLEET = LabelledIncident("Join", None, "duration", T, T + timedelta(hours=1))
