@@ -348,7 +348,11 @@ class SimParams:
     duplicate_extra_lag_s: float = 1800.0  # median extra delay of the second copy
     quirks: QuirkRates = field(default_factory=QuirkRates)
     warmup_days: float = 3.0  # clean history before the first incident
-    drift_label_threshold: float = 1.5  # slow_drift is labelled where its factor exceeds this
+    # slow_drift is labelled where its factor exceeds this: where the drift becomes a practically
+    # significant incident by the engine's default (DetectionPolicy.min_duration_rel, +20 %),
+    # which is how the quality targets define an incident. (It was 1.5: alerts at +20-50 %,
+    # correct by the product's own threshold, then counted as false.)
+    drift_label_threshold: float = 1.2
     tenant_id: str = "4f1c2b9e-7a3d-4e8b-9c21-6d5e0a7b3f10"
     subscription_id: str = "8a2c6e1f-3b7d-4c9a-a1e5-2f4d6b8c0e93"
     resource_group: str = "acs-demo-rg"
