@@ -58,7 +58,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -780,9 +780,9 @@ def _rows_sql(norm: str, bucket_us: int, shape: _Shape) -> str:
     * ``k``: 64-bit hash of the dedup key (OperationId, CallClientTimeStamp); 0 on dropped rows;
     * ``tg_us``: arrival, the dedup tie-break;
     * ``ld``: ``ln(max(DurationMs, 1))``; 0.0 where there is no usable duration;
-    * compact shape: ``cell`` (see :class:`_Shape`; dropped rows in the garbage cell
-      ``n_cells``), ``c3 = cell * 3 + rc`` (rc: 0 success, 1 expected error, 2 failure) and
-      ``hk`` (:data:`_U32_NONE` where there is no duration), all ``uint32``;
+    * compact shape: ``c3 = cell * 3 + rc`` (cell: see :class:`_Shape`, dropped rows in the
+      garbage cell ``n_cells``; rc: 0 success, 1 expected error, 2 failure) and ``hk``
+      (:data:`_U32_NONE` where there is no duration), both ``uint32``;
     * otherwise: ``pid``, ``bi`` (bucket index), ``rc`` and ``bin`` (-1: no duration), for the
       general (sorting) path.
     """
@@ -793,7 +793,6 @@ def _rows_sql(norm: str, bucket_us: int, shape: _Shape) -> str:
         )
         out = f"""
 SELECT cf, k, tg_us, ld,
-  CAST(cell AS UINTEGER) AS cell,
   CAST(cell * 3 + rc AS UINTEGER) AS c3,
   CAST(CASE WHEN has_ld THEN cell * {shape.nbin} + bin ELSE {_U32_NONE} END AS UINTEGER) AS hk
 FROM (SELECT cf, k, tg_us, rc, has_ld, bin,
@@ -875,14 +874,14 @@ def _run(
 
     # 3. Duplicates, in numpy (one sort of the key column is several times faster than a
     #    10M-group hash aggregate). See _duplicates().
-    discard = _duplicates(_col(rows, "k"), partial(_tie_break, rows, shape))
-    cf = _col(rows, "cf")
+    discard = _duplicates(rows, partial(_tie_break, rows, shape))
 
-    # 4. Counts per reason and flag (one bincount of code * 16 + flags; the discarded copies
-    #    all had code 0), then stats and histogram of the kept rows.
-    per_cf = np.bincount(cf, minlength=16 * (len(_DROP_CODES) + 1)).reshape(-1, 16)
-    del cf
-    per_cf[0] -= np.bincount(_col(rows, "cf")[discard], minlength=16)
+    # 4. Counts per reason and flag (one bincount of code * 16 + flags), then stats and
+    #    histogram of the kept rows.
+    if shape.compact:
+        per_cf, stats_cols, hist_cols = _group_compact(rows, discard, shape)
+    else:
+        per_cf, stats_cols, hist_cols = _group_general(rows, discard)
     dropped = {r: int(per_cf[c].sum()) for c, r in _DROP_CODES.items()}
     dropped["duplicate"] = len(discard)
     per_value = per_cf[0]  # flags of kept rows
@@ -895,16 +894,7 @@ def _run(
             ("noncanonical_operation_case", 8),
         )
     }
-    kept_rows = int(per_value.sum())
-    rows_read = sum(dropped.values()) + kept_rows
-    if shape.compact:
-        stats_cols, hist_cols = _group_compact(rows, discard, shape)
-    else:
-        keep = _col(rows, "cf") < 16
-        keep[discard] = False
-        stats_cols, hist_cols = _group(
-            *(_col(rows, c)[keep] for c in ("pid", "bi", "rc", "ld", "bin"))
-        )
+    rows_read = sum(dropped.values()) + int(per_value.sum())
     del rows
     names = dim.drop_duplicates("pid").set_index("pid").sort_index()
     stats = _partition_frame(
@@ -964,8 +954,8 @@ def _tie_break(rows: pa.Table, shape: _Shape, idx: np.ndarray) -> list[np.ndarra
     tg = take("tg_us")
     tg = np.where(pd.isna(tg), -np.inf, tg)
     if shape.compact:
-        cell = take("cell").astype("int64")
-        rc = take("c3").astype("int64") - 3 * cell
+        c3 = take("c3").astype("int64")
+        cell, rc = c3 // 3, c3 % 3
         ld = np.where(take("hk") == _U32_NONE, np.inf, take("ld"))
         pid = cell // shape.nb
     else:
@@ -980,36 +970,59 @@ def _col(rows: pa.Table, name: str) -> np.ndarray:
     return out
 
 
-def _writable(a: np.ndarray) -> np.ndarray:
-    return a if a.flags.writeable else a.copy()
+# Rows per step of the numpy passes. The box this was tuned on pays ~2.5 ms per MiB of fresh
+# memory (page faults): whole-column temporaries (a 72 MiB intp copy per bincount) cost more
+# than the arithmetic, step-sized ones are recycled by the allocator. DuckDB's Arrow batches
+# are 2**20 rows, so a step is (mostly) one zero-copy chunk.
+_STEP: Final = 1 << 20
+
+
+def _steps(rows: pa.Table, step: int) -> Iterator[tuple[int, pa.Table]]:
+    for off in range(0, rows.num_rows, step):
+        yield off, rows.slice(off, step)
+
+
+def _per_code_flags(cf: np.ndarray) -> np.ndarray:
+    return np.bincount(cf, minlength=16 * (len(_DROP_CODES) + 1)).reshape(-1, 16)
 
 
 def _group_compact(
     rows: pa.Table, discard: np.ndarray, shape: _Shape
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Sums per (partition, bucket) and histogram counts, from the uint32 codes.
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Counts per (drop code, flags), sums per (partition, bucket) and histogram counts.
 
-    Dropped rows sit in the garbage cell (index ``n_cells``) and have no histogram code;
-    discarded duplicates are moved there too. Dense bincounts over cells, one sort of ``hk``.
+    From the uint32 codes, a step of rows at a time: dense bincounts over cells (dropped rows
+    sit in the garbage cell ``n_cells``), discarded duplicates taken back out (integers) or
+    given a zero weight (sums); one in-place sort of the histogram codes.
     """
     n_cells, nb, nbin = shape.n_cells, shape.nb, shape.nbin
-    cell, c3, hk = _col(rows, "cell"), _col(rows, "c3"), _col(rows, "hk")
-    if len(discard):
-        cell, c3, hk = _writable(cell), _writable(c3), _writable(hk)
-        cell[discard] = n_cells
-        c3[discard] = 3 * n_cells
-        hk[discard] = _U32_NONE
-    ld = _col(rows, "ld")  # 0.0 where there is no duration: adds nothing to the sums
-    # One bincount for calls, failures and expected errors (cell * 3 + result class).
-    per_rc = np.bincount(c3, minlength=3 * (n_cells + 1)).reshape(-1, 3)[:n_cells]
-    del c3
-    calls = per_rc.sum(axis=1)
+    step = max(_STEP, n_cells + 1)  # each step's bincounts no longer than its rows
+    per_cf = _per_code_flags(np.empty(0, dtype="uint8"))
+    per_rc = np.zeros(3 * (n_cells + 1), dtype="int64")
+    sums = np.zeros(n_cells + 1)
+    sumsq = np.zeros(n_cells + 1)
+    hk = np.empty(rows.num_rows, dtype="uint32")
+    for off, part in _steps(rows, step):
+        m = part.num_rows
+        d = discard[np.searchsorted(discard, off) : np.searchsorted(discard, off + m)] - off
+        cf, c3, ld = _col(part, "cf"), _col(part, "c3"), _col(part, "ld")
+        per_cf += _per_code_flags(cf)
+        per_rc += np.bincount(c3, minlength=len(per_rc))
+        hk[off : off + m] = _col(part, "hk")
+        if len(d):
+            per_cf[0] -= np.bincount(cf[d] & 15, minlength=16)  # discarded rows had code 0
+            np.subtract.at(per_rc, c3[d].astype("int64"), 1)
+            hk[off + d] = _U32_NONE
+            ld = ld.copy()
+            ld[d] = 0.0  # a zero weight adds nothing: the sums are those of the kept rows
+        cell = c3 // 3
+        sums += np.bincount(cell, weights=ld, minlength=n_cells + 1)
+        sumsq += np.bincount(cell, weights=ld * ld, minlength=n_cells + 1)
+    per_rc3 = per_rc.reshape(-1, 3)[:n_cells]
+    calls = per_rc3.sum(axis=1)
     present = np.flatnonzero(calls)
-    sums = np.bincount(cell, weights=ld, minlength=n_cells + 1)[present]
-    sumsq = np.bincount(cell, weights=ld * ld, minlength=n_cells + 1)[present]
-    del cell, ld
     # Histogram: sort the codes (uint32 sorts several times faster than int64), run lengths.
-    hk = np.sort(hk)
+    hk.sort()
     hk = hk[: np.searchsorted(hk, _U32_NONE)]
     starts = np.flatnonzero(np.r_[True, hk[1:] != hk[:-1]]) if len(hk) else np.empty(0, "int64")
     hkey = hk[starts].astype("int64")
@@ -1021,11 +1034,11 @@ def _group_compact(
         "pid": present // nb,
         "bi": present % nb + shape.b0,
         "calls": calls[present],
-        "failures": per_rc[present, 2],
-        "expected_errors": per_rc[present, 1],
+        "failures": per_rc3[present, 2],
+        "expected_errors": per_rc3[present, 1],
         "dur_n": np.rint(dur_n).astype("int64"),
-        "log_dur_sum": sums,
-        "log_dur_sumsq": sumsq,
+        "log_dur_sum": sums[present],
+        "log_dur_sumsq": sumsq[present],
     }
     hist = {
         "pid": hcell // nb,
@@ -1033,7 +1046,20 @@ def _group_compact(
         "bin": (hkey % nbin).astype("int32"),
         "count": hcount,
     }
-    return stats, hist
+    return per_cf, stats, hist
+
+
+def _group_general(
+    rows: pa.Table, discard: np.ndarray
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    cf = _col(rows, "cf")
+    per_cf = _per_code_flags(cf)
+    per_cf[0] -= np.bincount(cf[discard] & 15, minlength=16)
+    keep = cf < 16
+    keep[discard] = False
+    del cf
+    stats, hist = _group(*(_col(rows, c)[keep] for c in ("pid", "bi", "rc", "ld", "bin")))
+    return per_cf, stats, hist
 
 
 def _group(
@@ -1084,42 +1110,46 @@ def _group(
     return stats, hist
 
 
-def _duplicates(k: np.ndarray, tie_break: Callable[[np.ndarray], list[np.ndarray]]) -> np.ndarray:
+def _duplicates(rows: pa.Table, tie_break: Callable[[np.ndarray], list[np.ndarray]]) -> np.ndarray:
     """Row indices of duplicate copies to discard (every copy of a key but the kept one).
 
-    Key: ``k``, a 64-bit hash of (OperationId, CallClientTimeStamp), 0 on rows dropped for
-    another reason (a collision among 10M keys has a probability of ~3e-6). The copy kept is
-    the one with the latest TimeGenerated; ties are broken on what the copy contributes
+    Key: column ``k``, a 64-bit hash of (OperationId, CallClientTimeStamp), 0 on rows dropped
+    for another reason (a collision among 10M keys has a probability of ~3e-6). The copy kept
+    is the one with the latest TimeGenerated; ties are broken on what the copy contributes
     (result class, duration with none last, partition, flags; see :func:`_tie_break`), so
     neither file order nor splitting the input changes the result.
     """
-    n = len(k)
+    n = rows.num_rows
+    empty = np.empty(0, dtype="int64")
     if n < 2:
-        return np.empty(0, dtype="int64")
-    # One sort finds the candidates: the key's high bits with the row number in the low bits
-    # (a plain sort of 64-bit words, far cheaper than an argsort). Equal high bits make a
+        return empty
+    # One sort finds the candidates: 64-bit words of the key's high bits and the row number in
+    # the low bits (a plain sort, far cheaper than an argsort). Equal high bits make a
     # candidate; the exact comparison below runs on those few rows.
     shift = np.uint64(max((n - 1).bit_length(), 1))
     low = np.uint64((1 << int(shift)) - 1)
-    packed = k & ~low
-    packed |= np.arange(n, dtype="uint64")
+    packed = np.empty(n, dtype="uint64")
+    for off, part in _steps(rows, _STEP):
+        out = packed[off : off + part.num_rows]
+        np.bitwise_and(_col(part, "k"), ~low, out=out)
+        out |= np.arange(off, off + part.num_rows, dtype="uint64")
     packed.sort()
-    top = packed >> shift
-    same = top[1:] == top[:-1]
-    # The run of zero high bits holds the dropped rows (k == 0): only its real keys count.
-    z = int(np.searchsorted(top, 0, side="right"))
-    del top
-    same[: max(z - 1, 0)] = False
-    near = np.zeros(n, dtype=bool)
-    near[1:] = same
-    near[:-1] |= same
-    del same
+    # Words below 1 << shift have zero high bits: the dropped rows (k == 0), and any real key
+    # whose high bits happen to be 0 (checked on the full key).
+    z = int(np.searchsorted(packed, np.uint64(1) << shift))
     zero_run = (packed[:z] & low).astype("int64")
-    cand = np.concatenate([(packed[near] & low).astype("int64"), zero_run[k[zero_run] != 0]])
-    del packed, near
+    near = []
+    for lo in range(z, n - 1, _STEP):
+        top = packed[lo : lo + _STEP + 1] >> shift
+        eq = np.flatnonzero(top[1:] == top[:-1]) + lo
+        near += [eq, eq + 1]
+    pos = np.unique(np.concatenate(near)) if near else empty
+    cand = np.concatenate([(packed[pos] & low).astype("int64"), zero_run])
+    del packed
+    dk = rows.column("k").take(pa.array(cand)).to_numpy()
+    cand, dk = cand[dk != 0], dk[dk != 0]
     if len(cand) < 2:
-        return np.empty(0, dtype="int64")
-    dk = k[cand]
+        return empty
     arrival, rc, ld, pid, flags = tie_break(cand)
     # lexsort: last key is primary. Latest TimeGenerated first (NULL last), then content.
     order = np.lexsort((flags, pid, ld, rc, -arrival, dk))
