@@ -11,7 +11,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from detector import schema
+from detector import aggregate, schema
 from detector.errors import InputError
 from detector.source.files import RESULT_CLASS_SQL, read_aggregates
 from tests.fixtures_files import FORMATS, file_name, row, write_rows
@@ -164,6 +164,42 @@ def test_buckets_are_epoch_aligned_floors_of_client_time(tmp_path: Path) -> None
     }
     hourly = read_aggregates(tmp_path / "b.parquet", bucket=timedelta(hours=1))
     assert hourly.stats["calls"].tolist() == [1, 3]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_wide_codes_take_the_general_path_with_the_same_results(tmp_path: Path, fmt: str) -> None:
+    """Timestamps decades apart at a one-minute bucket do not fit the uint32 codes: that read
+    takes the general path and must equal the merge of two reads that fit them."""
+    near = [
+        row(opid="a", dur=5, tg="2026-11-02T10:20:00Z"),
+        row(opid="a", dur=7, tg="2026-11-02T10:21:00Z"),  # later copy: kept
+        row(opid="b", rt="Failed", dur=None, tg="2026-11-02T10:20:00Z"),
+        row(opid="b", rt="ExpectedError", dur=3, tg="2026-11-02T10:20:00Z"),  # tie: content
+        row(opid="b", rt="Success", dur=3, tg="2026-11-02T10:20:00Z"),
+        row(op="State-changed", opid="c", dur=None),
+        row(op="join", opid="d", cct="2026-11-02T11:59:00Z", dur=10**15),
+        row(opid=" ", cct="2026-11-02T10:02:00Z"),
+        row(opid="e", cct=None),
+    ]
+    far = [
+        row(opid="f", cct="1971-01-01T00:00:00Z", dur=2),
+        row(opid="f", cct="1971-01-01T00:00:00Z"),
+    ]
+    minute = timedelta(minutes=1)
+    whole = read_aggregates(
+        write_rows(near + far, tmp_path / file_name(fmt, "all"), fmt), bucket=minute
+    )
+    parts = [
+        read_aggregates(write_rows(rows, tmp_path / "p" / file_name(fmt, name), fmt), bucket=minute)
+        for name, rows in (("near", near), ("far", far))
+    ]
+    merged = aggregate.merge(*parts)
+    pd.testing.assert_frame_equal(whole.stats, merged.stats, check_exact=False, rtol=1e-12)
+    pd.testing.assert_frame_equal(whole.hist, merged.hist)
+    assert whole.dropped == merged.dropped
+    assert whole.dropped["duplicate"] == 4
+    assert whole.flagged == merged.flagged
+    assert whole.rows_read == merged.rows_read == len(near) + len(far)
 
 
 def test_arrival_window_selects_by_time_generated(tmp_path: Path) -> None:

@@ -7,20 +7,26 @@ Produces one :class:`~detector.schema.BucketAggregates` (the contract in :mod:`d
 
 How the work is split, and why (measured on 9M rows, see benchmarks/bench_aggregate.py):
 
-1. DuckDB lists the distinct (``OperationName``, ``SdkVersion``) pairs. Canonical casing,
-   point events, the name-based drop reasons and the ``noncanonical_operation_case`` flag are
-   decided in Python on those few names with the very functions of :mod:`detector.schema`
-   (identical to the contract by construction), and each (canonical name, version) gets a
-   small integer partition id.
+1. DuckDB lists the distinct (``OperationName``, ``SdkVersion``, ``ResultType``) triples.
+   Canonical casing, point events, the name-based drop reasons and the
+   ``noncanonical_operation_case`` flag are decided in Python on those few names with the very
+   functions of :mod:`detector.schema` (identical to the contract by construction), each
+   (canonical name, version) gets a small integer partition id, and each ``ResultType`` its
+   class (:data:`RESULT_CLASS_SQL`, written from :func:`detector.schema.classify_result`; a
+   test holds them equal), once per distinct value instead of once per row. The bucket and
+   duration ranges come from the Parquet statistics (no data read) or the materialised text.
 2. One DuckDB pass reads only the needed columns, normalises types (string numbers, ISO or
-   portal timestamps, JSON keys in any casing), windows by arrival, classifies ``ResultType``
-   (:data:`RESULT_CLASS_SQL`, written from :func:`detector.schema.classify_result`; a test holds
-   them equal), computes the bucket index, ``ln(max(DurationMs, 1))``, flag bits and a 64-bit
-   hash of the dedup key, and streams ~40 bytes a row into an Arrow table.
-3. numpy finds duplicate keys with one sort (several times faster than a 10M-group hash
-   aggregate) and resolves the few duplicated keys exactly; then sums per (partition,
-   bucket) with dense bincounts and counts the histogram with one sort of integer codes.
-   Per-row work is vectorised; no Python loop touches rows.
+   portal timestamps, JSON keys in any casing), windows by arrival, joins the names, and
+   computes ``ln(max(DurationMs, 1))``, flag bits, a 64-bit hash of the dedup key and dense
+   ``uint32`` codes of the (partition, bucket, result class) and of the histogram entry, into
+   an Arrow table of ~33 bytes a row.
+3. numpy finds duplicate keys with one sort of key|row words (several times faster than a
+   10M-group hash aggregate, or than an argsort) and resolves the few candidates exactly; then
+   sums per (partition, bucket) with dense bincounts and counts the histogram with one sort of
+   ``uint32`` codes. Per-row work is vectorised, a step of 2**20 rows at a time (fresh memory
+   is dear: see :data:`_STEP`); no Python loop touches rows. Inputs whose codes do not fit
+   ``uint32`` (timestamps decades apart at a fine bucket, absurd durations) take a general
+   path with ``int64`` codes and the same results.
 
 Semantics (one reason per dropped row, the first that matches, in
 :data:`~detector.schema.DROP_REASONS` order):
