@@ -1037,7 +1037,7 @@ def _group_compact(
             hk[off + d] = _U32_NONE
             ld = ld.copy()
             ld[d] = 0.0  # a zero weight adds nothing: the sums are those of the kept rows
-        cell = c3 // 3
+        cell = (c3 // 3).astype(np.intp)  # bincount would convert it once per call
         sums += np.bincount(cell, weights=ld, minlength=n_cells + 1)
         sumsq += np.bincount(cell, weights=ld * ld, minlength=n_cells + 1)
     per_rc3 = per_rc.reshape(-1, 3)[:n_cells]
