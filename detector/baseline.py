@@ -328,7 +328,8 @@ def compute_baselines(
     rows = stats.loc[sel]
     pid = parts.index_of(rows)
     keep = pid >= 0
-    rows, pid = rows.loc[keep], pid[keep]
+    if not keep.all():  # (copies of the row frame are the largest temporaries here)
+        rows, pid = rows.loc[keep], pid[keep]
 
     # First bucket each partition was seen in the window (a new version has fewer buckets).
     t_idx = ((rows["bucket_start"] - start_ts) / bucket).to_numpy().astype(np.int64)
@@ -337,7 +338,8 @@ def compute_baselines(
         first = pd.Series(t_idx).groupby(pid).min()
         first_idx[first.index.to_numpy()] = first.to_numpy()
     excl = exclusion_mask(rows, maintenance, alerted)
-    rows, pid, t_idx = rows.loc[~excl], pid[~excl], t_idx[~excl]
+    if excl.any():
+        rows, pid, t_idx = rows.loc[~excl], pid[~excl], t_idx[~excl]
     slot = slot_of(rows["bucket_start"])
 
     # Calendar bucket counts per slot from each partition's first bucket, minus exclusions.
@@ -404,6 +406,8 @@ def compute_baselines(
         own_fail = (Fs + prior * p_f[:, None]) / (Cs + prior)
         own_mu = (S1s + prior * mu_f[:, None]) / (Ds + prior)
         own_m2 = (S2s + prior * (var_f + mu_f**2)[:, None]) / (Ds + prior)
+    # (P, 168) arrays add up at 10k partitions: drop the sums once folded and blended.
+    del C, F, D, S1, S2, n_slot_buckets, Cs, Fs, Ds, S1s, S2s, Bs
 
     # ... then (cold start) a version's slots are blended with its operation's fleet slots with
     # the empirical-Bayes weight n/(n+k), n = the version's own baseline calls (durations).
@@ -416,29 +420,33 @@ def compute_baselines(
     fail_rate = _blend(own_fail, own_fail[fo], w_calls[:, None])
     mu_log = _blend(own_mu, own_mu[fo], w_dur[:, None])
     m2 = _blend(own_m2, own_m2[fo], w_dur[:, None])
+    del own_fail, own_mu, own_m2
     with np.errstate(invalid="ignore"):
         var_log = np.maximum(m2 - mu_log**2, 1e-4)
     p_any = np.nanmax(np.where(np.isfinite(fail_rate), fail_rate, -1.0), axis=1) >= 0
     has_history = p_any & (Bf[fo] * bucket_days * 24 >= policy.min_history.total_seconds() / 3600)
 
-    # Overdispersion from the baseline rows themselves (median squared Pearson residual).
-    mu_r = mu_log[pid, slot]
-    var_r = var_log[pid, slot]
-    n_d = rows["dur_n"].to_numpy(dtype=np.float64)
-    s1 = rows["log_dur_sum"].to_numpy(dtype=np.float64)
-    p_r = fail_rate[pid, slot]
-    e_r = exp_calls[pid, slot]
-    f_r = rows["failures"].to_numpy(dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r_dur = np.where(n_d >= 2, (s1 - n_d * mu_r) / np.sqrt(n_d * var_r), np.nan)
-        ok_f = calls * p_r * (1 - p_r) >= 3
-        r_fail = np.where(ok_f, (f_r - calls * p_r) / np.sqrt(calls * p_r * (1 - p_r)), np.nan)
-        ok_v = e_r >= 5
-        r_vol = np.where(ok_v, (calls - e_r) / np.sqrt(e_r), np.nan)
+    # Overdispersion from the baseline rows themselves (median squared Pearson residual), one
+    # metric at a time so the per-row temporaries do not pile up.
     cap = policy.max_dispersion
-    phi_dur = _median_dispersion(pid, r_dur, P, cap)
-    phi_fail = _median_dispersion(pid, r_fail, P, cap)
-    phi_vol = _median_dispersion(pid, r_vol, P, cap)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n_d = rows["dur_n"].to_numpy(dtype=np.float64)
+        s1 = rows["log_dur_sum"].to_numpy(dtype=np.float64)
+        mu_r = mu_log[pid, slot]
+        r = np.where(n_d >= 2, (s1 - n_d * mu_r) / np.sqrt(n_d * var_log[pid, slot]), np.nan)
+        del n_d, s1, mu_r
+        phi_dur = _median_dispersion(pid, r, P, cap)
+        p_r = fail_rate[pid, slot]
+        f_r = rows["failures"].to_numpy(dtype=np.float64)
+        v_r = calls * p_r * (1 - p_r)
+        r = np.where(v_r >= 3, (f_r - calls * p_r) / np.sqrt(v_r), np.nan)
+        del p_r, f_r, v_r
+        phi_fail = _median_dispersion(pid, r, P, cap)
+        e_r = exp_calls[pid, slot]
+        r = np.where(e_r >= 5, (calls - e_r) / np.sqrt(e_r), np.nan)
+        del e_r
+        phi_vol = _median_dispersion(pid, r, P, cap)
+        del r
     # Versions with thin history borrow the operation's dispersion as they borrow its level.
     phi_dur = np.maximum(phi_dur, np.where(fleet, 1.0, phi_dur[fo] * (1 - w_dur)))
     phi_fail = np.maximum(phi_fail, np.where(fleet, 1.0, phi_fail[fo] * (1 - w_calls)))

@@ -312,9 +312,21 @@ def _any_within(flags: np.ndarray, span: np.ndarray) -> np.ndarray:
         [np.zeros((*flags.shape[:-1], 1), np.int32), np.cumsum(flags, axis=-1, dtype=np.int32)],
         axis=-1,
     )
-    t = np.arange(T)
-    lo = np.clip(t - span.astype(np.int64) + 1, 0, T)
+    # int32 throughout: at 10k partitions each (P, M, T) int64 temporary is ~70 MB.
+    lo = np.arange(1, T + 1, dtype=np.int32) - span.astype(np.int32)
+    np.clip(lo, 0, T, out=lo)
     return (c[..., 1:] - np.take_along_axis(c, lo, axis=-1)) > 0
+
+
+def _span_starts_before(span: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """``(P, M, T)``: the span ending at t starts before column ``before[p]`` (may be +-inf)."""
+    T = span.shape[-1]
+    # Integer columns, int32 to keep the temporaries small; -inf (never) stays below every
+    # span start (which can be negative: spans reach back before the first column).
+    lim = 2.0**30
+    b = np.clip(np.nan_to_num(before, neginf=-lim, posinf=lim), -lim, lim)
+    start = np.arange(1, T + 1, dtype=np.int32) - span.astype(np.int32)
+    return start < np.ceil(b).astype(np.int32)[:, None, None]
 
 
 def decide(
@@ -396,13 +408,11 @@ def decide(
         fleet_row[ev.op_index[fleet]] = np.flatnonzero(fleet)
         fr = fleet_row[ev.op_index]
         before = np.where(fr >= 0, ev.last_alert_end[np.clip(fr, 0, None)], -np.inf)
-        t = np.arange(T)
-        fleet_recent |= (t[None, None, :] - span + 1) < before[:, None, None]
+        fleet_recent |= _span_starts_before(span, before)
     explained_by_fleet = alert & ~fleet[:, None, None] & ev.shared & fleet_recent
     version_recent = _any_within(version_own[ev.op_index], span)
     if ev.last_version_dev_end is not None and P:
-        t = np.arange(T)
-        version_recent |= (t[None, None, :] - span + 1) < ev.last_version_dev_end[:, None, None]
+        version_recent |= _span_starts_before(span, ev.last_version_dev_end)
     explained_by_version = alert & fleet[:, None, None] & version_recent
 
     reason = np.zeros((P, M, T), dtype=np.int8)
