@@ -146,6 +146,10 @@ class Baselines:
     has_history: np.ndarray  # (P,) bool: any usable baseline (own or borrowed)
     k_fail: np.ndarray | None = None  # (P,) empirical-Bayes prior strength, failure rate
     k_dur: np.ndarray | None = None  # (P,) empirical-Bayes prior strength, log-duration
+    #: (P,) effective calls behind the baseline's level: the level is an estimate too, and the
+    #: tests add its variance (var / n_eff) to the sampling variance.
+    n_eff_fail: np.ndarray | None = None
+    n_eff_dur: np.ndarray | None = None
 
     def take(self, sl: slice) -> Baselines:
         """The partitions ``sl``."""
@@ -477,6 +481,12 @@ def compute_baselines(
         has_history=has_history,
         k_fail=k_fail,
         k_dur=k_dur,
+        # A version's level is w * own + (1 - w) * fleet, w = n / (n + k): the own part's
+        # sampling variance is w^2 var / n = var / ((n + k)^2 / n). The prior (the fleet's
+        # level) is the hypothesis under test -- "a new build behaves like its siblings" -- so
+        # a brand-new version (n = 0) is judged against it as if known.
+        n_eff_fail=np.where(fleet, Cf, (Cf + k_fail) ** 2 / np.maximum(Cf, 1e-9)),
+        n_eff_dur=np.where(fleet, Df, (Df + k_dur) ** 2 / np.maximum(Df, 1e-9)),
     )
 
 

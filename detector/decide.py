@@ -113,6 +113,8 @@ class DetectionPolicy:
     recent_z: float = 1.5  # every third of a span must deviate too (z >= this)
     latest_z: float = 2.0  # the latest third (<= latest_span buckets) must deviate this much:
     latest_span: int = 12  # the evidence is current (an incident that ended stops alerting)
+    latest_share: float = 0.5  # ... with at least this share of the whole span's effect
+    attribution_lookback: int = 12  # fleet vs version attribution looks back >= this (buckets)
     third_support: float = 1 / 3  # ... with at least this share of min_calls behind it
     forest_prefilter_z: float = 2.5  # the forest scores buckets with some |feature| >= this
     # --- practical significance -------------------------------------------------------------
@@ -401,6 +403,10 @@ def decide(
     # Attribution looks back over the partition's own evidence span: the fleet's trailing span
     # still holds a version's deviation for a while after the version stops (and vice versa).
     span = ev.span if ev.span is not None else np.ones((P, M, T), np.int64)
+    # ... and at least attribution_lookback buckets: a fleet span of 3 buckets at 08:10 must
+    # still see the version that has deviated on its own all morning, even if that version's
+    # own evidence blinked in those 3 buckets.
+    span = np.maximum(span, policy.attribution_lookback)
     fleet_recent = _any_within(fleet_alert[ev.op_index], span)
     if ev.last_alert_end is not None and P:
         # The fleet alerted in an earlier run within this partition's evidence span.

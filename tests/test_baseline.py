@@ -175,3 +175,28 @@ def test_no_history_is_insufficient() -> None:
     policy = DetectionPolicy(min_history=timedelta(hours=12))
     p, base, _ = _baselines([Part("Join", "1.0", 120.0)], days=0.25, policy=policy)
     assert not base.has_history.any()
+
+
+def test_a_thin_baseline_weakens_the_evidence_against_it() -> None:
+    # The same deviation judged against a level learnt from 40 calls is less certain than
+    # against one learnt from thousands: the tests add the level's own variance (var / n_eff).
+    from dataclasses import replace
+
+    from detector.features import build_cube, span_evidence
+
+    parts = [Part("Join", "1.0.0", 240.0, 0.02, 800.0), Part("Join", "1.1.0", 240.0, 0.02, 800.0)]
+    p, base, stats = _baselines(parts, days=3.0, extra=0.5)
+    assert base.n_eff_dur is not None and base.n_eff_fail is not None
+    v = _row(p, "Join", "1.1.0")
+    assert base.n_eff_dur[v] >= base.calls[v]  # own calls plus the prior's k
+    end = T0 + timedelta(days=3.5)
+    cube = build_cube(stats, p, start=T0 + timedelta(days=2.5), end=end, bucket=POLICY.bucket)
+    # Make the last 12 buckets of the version 30 % slower and 5 points more failing.
+    cube.s1[v, -12:] += cube.dur_n[v, -12:] * np.log(1.3)
+    cube.failures[v, -12:] += np.round(cube.calls[v, -12:] * 0.05)
+    sure = span_evidence(cube, p, replace(base, n_eff_dur=None, n_eff_fail=None), POLICY, last=1)
+    thin = replace(base, n_eff_dur=np.full(len(p), 40.0), n_eff_fail=np.full(len(p), 40.0))
+    unsure = span_evidence(cube, p, thin, POLICY, last=1)
+    for m in (0, 1):  # duration, failure rate: the deviation is there, but less significant
+        assert sure.p[v, m, -1] < 1e-6
+        assert unsure.p[v, m, -1] > 10 * sure.p[v, m, -1]

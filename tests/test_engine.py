@@ -254,3 +254,53 @@ def test_a_quiet_tenant_wide_night_is_not_an_operation_volume_drop() -> None:
         make_aggs(parts, days=4, incidents=one, seed=13), window=(ws, we), now=we, policy=POLICY
     )
     assert "Join|*|volume" in _fps(res)
+
+
+def test_the_end_of_a_surge_is_not_a_volume_drop() -> None:
+    # A busy hour triples the calls; the operations that start a call return to normal at
+    # once while the later ones (hang-ups) still carry the surge for a few buckets. Scaled by
+    # that rest of the traffic, Join would look like a drop; against its own usual level for
+    # the hour it is normal, and both views must agree.
+    ops = ("Join", "StartCall", "Hangup", "DisposeView")
+    parts = [Part(op, V_OLD, 600.0, 0.01, 500.0) for op in ops]
+    ws, we = T0 + timedelta(days=3), T0 + timedelta(days=4)
+    a, b, lag = ws + timedelta(hours=10), ws + timedelta(hours=11), timedelta(minutes=20)
+    incs = (
+        Incident("Join", None, a, b, volume_factor=3.0),
+        Incident("StartCall", None, a, b, volume_factor=3.0),
+        Incident("Hangup", None, a + lag, b + lag, volume_factor=3.0),
+        Incident("DisposeView", None, a + lag, b + lag, volume_factor=3.0),
+    )
+    aggs = make_aggs(parts, days=4, incidents=incs, seed=14)
+    res = detect(aggs, window=(ws, we), now=we, policy=POLICY)
+    assert not [a for a in res.anomalies if a.metric == "volume"], _fps(res)
+
+
+def test_a_blip_after_an_incident_does_not_prolong_it() -> None:
+    # Three hours of failures on a version, then 15 minutes of a small blip 45 minutes later:
+    # the 3-hour span still holds the incident and the latest hour deviates (the blip), but
+    # by far less than the span's effect, so the alert ends with the incident.
+    from dataclasses import replace
+
+    parts = [
+        Part("StartVideo", "1.0.0", 600.0, 0.01, 300.0),
+        Part("StartVideo", "1.1.0", 600.0, 0.01, 300.0),
+        Part("StartVideo", "1.2.0", 400.0, 0.01, 300.0),
+    ]
+    ws, we = T0 + timedelta(days=3), T0 + timedelta(days=4)
+    a = ws + timedelta(hours=10)
+    inc = Incident("StartVideo", "1.2.0", a, a + timedelta(hours=3), fail_rate=0.3)
+    blip = Incident(
+        "StartVideo", "1.2.0", inc.end + timedelta(minutes=45), inc.end + timedelta(hours=1)
+    )
+    blip.fail_rate = 0.08
+    aggs = make_aggs(parts, days=4, incidents=(inc, blip), seed=0)
+
+    def last_alert(policy: DetectionPolicy):
+        res = detect(aggs, window=(ws, we), now=we, policy=policy)
+        return max(
+            ts for _, ver, m, ts in res.alert_buckets if (ver, m) == ("1.2.0", "failure_rate")
+        )
+
+    assert last_alert(POLICY) < inc.end + timedelta(minutes=40)
+    assert last_alert(replace(POLICY, latest_share=0.0)) >= blip.start  # the blip carried it
