@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
+from scipy import special
 
 from detector.anomaly import Anomaly
 from detector.baseline import (
@@ -518,7 +518,8 @@ def _explain(
             share = float(calls / share_den) if share_den > 0 else None
             # Reported p-value: corrected for the partitions tested (spans already in ev.p).
             p_corr = float(min(1.0, ev.p[p, m, j] * n_tests[m]))
-            zc = float(sps.norm.isf(policy.alpha / n_tests[m]))
+            # norm.isf(q) == -ndtri(q); scipy.special, not scipy.stats (0.8 s of imports).
+            zc = float(-special.ndtri(policy.alpha / n_tests[m]))
             effect = float(ev.effect[p, m, j])
             if metric == "duration":
                 var = base.var_log[p, slots[idx]].mean() * base.phi_dur[p]
