@@ -114,7 +114,9 @@ class DetectionPolicy:
     latest_z: float = 2.0  # the latest third (<= latest_span buckets) must deviate this much:
     latest_span: int = 12  # the evidence is current (an incident that ended stops alerting)
     latest_share: float = 0.5  # ... with at least this share of the whole span's effect
-    attribution_lookback: int = 12  # fleet vs version attribution looks back >= this (buckets)
+    attribution_lookback: int = (
+        12  # a version own-deviating in most of these buckets explains the fleet
+    )
     third_support: float = 1 / 3  # ... with at least this share of min_calls behind it
     forest_prefilter_z: float = 2.5  # the forest scores buckets with some |feature| >= this
     # --- practical significance -------------------------------------------------------------
@@ -403,10 +405,6 @@ def decide(
     # Attribution looks back over the partition's own evidence span: the fleet's trailing span
     # still holds a version's deviation for a while after the version stops (and vice versa).
     span = ev.span if ev.span is not None else np.ones((P, M, T), np.int64)
-    # ... and at least attribution_lookback buckets: a fleet span of 3 buckets at 08:10 must
-    # still see the version that has deviated on its own all morning, even if that version's
-    # own evidence blinked in those 3 buckets.
-    span = np.maximum(span, policy.attribution_lookback)
     fleet_recent = _any_within(fleet_alert[ev.op_index], span)
     if ev.last_alert_end is not None and P:
         # The fleet alerted in an earlier run within this partition's evidence span.
@@ -417,6 +415,16 @@ def decide(
         fleet_recent |= _span_starts_before(span, before)
     explained_by_fleet = alert & ~fleet[:, None, None] & ev.shared & fleet_recent
     version_recent = _any_within(version_own[ev.op_index], span)
+    # ... and a version that deviated on its own in most of the last attribution_lookback
+    # buckets still explains the fleet when its own evidence blinks for a few buckets (a
+    # fleet span of 3 at 08:10, the version slow all morning). "Most", not "any": a fleet-wide
+    # spike whose first bucket looked like one version's must not be held back for an hour.
+    if policy.attribution_lookback > 1 and n_ops:
+        lb = policy.attribution_lookback
+        c = np.cumsum(version_own[ev.op_index], axis=-1, dtype=np.int32)
+        lagged = np.zeros_like(c)
+        lagged[..., lb:] = c[..., :-lb]
+        version_recent |= (c - lagged) * 2 >= lb
     if ev.last_version_dev_end is not None and P:
         version_recent |= _span_starts_before(span, ev.last_version_dev_end)
     explained_by_version = alert & fleet[:, None, None] & version_recent

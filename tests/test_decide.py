@@ -142,17 +142,25 @@ def test_one_version_explains_the_fleet() -> None:
     assert GATE_REASONS[reasons[1, F, 5]] == "anomaly"
 
 
-@pytest.mark.parametrize(("lookback", "expected"), [(1, "anomaly"), (12, "explained_by_version")])
-def test_a_version_that_deviated_recently_still_explains_the_fleet(lookback, expected) -> None:
-    # The version deviated on its own in buckets 0-2 and its evidence blinks in 3-5 (e.g. its
-    # best span shares the fleet's move); the fleet's own span is 1 bucket. Attribution looks
-    # back attribution_lookback buckets, not just over the fleet's span.
+@pytest.mark.parametrize(
+    ("own_buckets", "lookback", "expected"),
+    [
+        (4, 1, "anomaly"),  # no look-back: the blink lets the fleet alert
+        (4, 6, "explained_by_version"),  # own in 4 of the last 6 buckets: still the version's
+        (1, 6, "anomaly"),  # one early bucket (a fleet spike's start) does not hold it back
+    ],
+)
+def test_a_version_deviating_most_of_the_lookback_explains_the_fleet(
+    own_buckets, lookback, expected
+) -> None:
+    # The version deviates on its own in the first buckets, then its evidence blinks (e.g. its
+    # best span shares the fleet's move); the fleet's own span is 1 bucket.
     from dataclasses import replace
 
     ev = make_evidence(P=2, is_fleet=np.array([True, False]), span=np.ones((2, 3, T), np.int64))
-    ev.p[1, F, :3] = 1e-9
-    ev.effect[1, F, :3] = 0.10
-    ev.shared[1, F, :3] = False
+    ev.p[1, F, :own_buckets] = 1e-9
+    ev.effect[1, F, :own_buckets] = 0.10
+    ev.shared[1, F, :own_buckets] = False
     reasons = decide(ev, policy=replace(POLICY, attribution_lookback=lookback))
     assert GATE_REASONS[reasons[0, F, 5]] == expected
 
