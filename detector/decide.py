@@ -303,23 +303,23 @@ def _enough_volume(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
 
 def _n_of_m(hot: np.ndarray, n: int, m: int) -> np.ndarray:
     """True at t when at least n of the buckets t-m+1..t are hot (trailing, along the last axis)."""
-    c = np.cumsum(hot, axis=-1, dtype=np.int32)
-    lagged = np.zeros_like(c)
-    lagged[..., m:] = c[..., :-m]
-    return (c - lagged) >= n
+    # int16 counts when they fit: (P, M, T) temporaries at 10k partitions are tens of MB each.
+    c = np.cumsum(hot, axis=-1, dtype=np.int16 if hot.shape[-1] < 2**15 else np.int32)
+    c[..., m:] -= c[..., :-m].copy()
+    return c >= n
 
 
 def _any_within(flags: np.ndarray, span: np.ndarray) -> np.ndarray:
     """True at t when any of ``flags[..., t-span+1 .. t]`` is True (span per element)."""
     T = flags.shape[-1]
-    c = np.concatenate(
-        [np.zeros((*flags.shape[:-1], 1), np.int32), np.cumsum(flags, axis=-1, dtype=np.int32)],
-        axis=-1,
-    )
-    # int32 throughout: at 10k partitions each (P, M, T) int64 temporary is ~70 MB.
-    lo = np.arange(1, T + 1, dtype=np.int32) - span.astype(np.int32)
+    # Small integers, written in place: at 10k partitions each (P, M, T) int64 temporary is
+    # ~70 MB. Counts fit int16 while T < 2**15; indices need int32 only beyond that.
+    small = np.int16 if T < 2**15 else np.int32
+    c = np.zeros((*flags.shape[:-1], T + 1), small)
+    np.cumsum(flags, axis=-1, dtype=small, out=c[..., 1:])
+    lo = np.arange(1, T + 1, dtype=small) - span.astype(small)
     np.clip(lo, 0, T, out=lo)
-    return (c[..., 1:] - np.take_along_axis(c, lo, axis=-1)) > 0
+    return c[..., 1:] > np.take_along_axis(c, lo, axis=-1)
 
 
 def _span_starts_before(span: np.ndarray, before: np.ndarray) -> np.ndarray:
@@ -421,10 +421,7 @@ def decide(
     # spike whose first bucket looked like one version's must not be held back for an hour.
     if policy.attribution_lookback > 1 and n_ops:
         lb = policy.attribution_lookback
-        c = np.cumsum(version_own[ev.op_index], axis=-1, dtype=np.int32)
-        lagged = np.zeros_like(c)
-        lagged[..., lb:] = c[..., :-lb]
-        version_recent |= (c - lagged) * 2 >= lb
+        version_recent |= _n_of_m(version_own, -(-lb // 2), lb)[ev.op_index]
     if ev.last_version_dev_end is not None and P:
         version_recent |= _span_starts_before(span, ev.last_version_dev_end)
     explained_by_version = alert & fleet[:, None, None] & version_recent

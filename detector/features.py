@@ -145,17 +145,6 @@ def build_cube(
     return Cube(times, *arrays)
 
 
-def _per_bucket_baseline(
-    base: Baselines, slots: np.ndarray, cube: Cube, parts: Partitions
-) -> tuple[np.ndarray, ...]:
-    return (
-        base.mu_log[:, slots],
-        base.var_log[:, slots],
-        base.fail_rate[:, slots],
-        expected_calls(base, slots, cube, parts),
-    )
-
-
 def expected_calls(base: Baselines, slots: np.ndarray, cube: Cube, parts: Partitions) -> np.ndarray:
     """Expected calls per (partition, bucket), scaled by how the *rest* of the traffic moves.
 
@@ -206,14 +195,50 @@ def _others(x: np.ndarray, parts: Partitions) -> np.ndarray:
     return out
 
 
-def bucket_features(cube: Cube, parts: Partitions, base: Baselines) -> np.ndarray:
-    """The forest's feature vectors, shape (P, T, len(FEATURE_NAMES)); 0 where there is no data."""
-    mu, var, p0, e = _per_bucket_baseline(base, cube.slots, cube, parts)
+def _op_blocks(parts: Partitions, chunk: int) -> list[slice]:
+    """Row blocks of whole operations of about ``chunk`` rows (peers need the whole operation)."""
+    starts = np.flatnonzero(np.r_[True, parts.op_index[1:] != parts.op_index[:-1]])
+    bounds = [0]
+    for s in starts[1:]:
+        if s - bounds[-1] >= chunk:
+            bounds.append(int(s))
+    bounds.append(len(parts))
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def bucket_features(
+    cube: Cube, parts: Partitions, base: Baselines, *, chunk: int = 1000
+) -> np.ndarray:
+    """The forest's feature vectors, shape (P, T, len(FEATURE_NAMES)); 0 where there is no data.
+
+    Computed in blocks of whole operations (``chunk`` rows): a dozen (P, T) float64
+    temporaries at once cost ~0.5 GB at 10k partitions. Results do not depend on ``chunk``.
+    """
+    slots = cube.slots
+    e_all = expected_calls(base, slots, cube, parts)  # needs every operation (rest of traffic)
+    out = np.zeros((*cube.calls.shape, len(FEATURE_NAMES)), dtype=np.float32)
+    for sl in _op_blocks(parts, chunk):
+        _features_block(cube.rows(sl), parts.take(sl), base.take(sl), e_all[sl], slots, out[sl])
+    out[..., 4:][parts.is_fleet] = 0.0
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=_CLIP, neginf=-_CLIP)
+    np.clip(out, -_CLIP, _CLIP, out=out)
+    return out
+
+
+def _features_block(
+    cube: Cube,
+    parts: Partitions,
+    base: Baselines,
+    e: np.ndarray,
+    slots: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Fill ``out`` (a view of the block's rows) with :func:`bucket_features`' vectors."""
+    mu, var, p0 = base.mu_log[:, slots], base.var_log[:, slots], base.fail_rate[:, slots]
     phi_d = base.phi_dur[:, None]
     phi_f = base.phi_fail[:, None]
     phi_v = base.phi_vol[:, None]
     C, F, D, S1, S2 = cube.calls, cube.failures, cube.dur_n, cube.s1, cube.s2
-    out = np.zeros((*C.shape, len(FEATURE_NAMES)), dtype=np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
         cd = S1 - D * mu
         vd = D * var * phi_d
@@ -236,10 +261,6 @@ def bucket_features(cube: Cube, parts: Partitions, base: Baselines) -> np.ndarra
         pp = p0
         z = (xf / C - fo / co) / np.sqrt(pp * (1 - pp) * phi_f * (1 / C + 1 / co))
         out[..., 5] = np.where((C > 0) & (co > 0), z, 0.0)
-    out[..., 4:][parts.is_fleet] = 0.0
-    np.nan_to_num(out, copy=False, nan=0.0, posinf=_CLIP, neginf=-_CLIP)
-    np.clip(out, -_CLIP, _CLIP, out=out)
-    return out
 
 
 @dataclass
@@ -289,7 +310,7 @@ def span_evidence(
     policy: DetectionPolicy,
     *,
     last: int | None = None,
-    chunk: int = 500,
+    chunk: int = 250,
     threads: int | None = None,
 ) -> SpanEvidence:
     """Test every (partition, metric, bucket) over the trailing spans; keep the best span.
@@ -307,12 +328,6 @@ def span_evidence(
     slots = cube.slots
     e_all = expected_calls(base, slots, cube, parts)  # needs every operation (rest of traffic)
     P = len(parts)
-    starts = np.flatnonzero(np.r_[True, parts.op_index[1:] != parts.op_index[:-1]])
-    bounds = [0]
-    for s in starts[1:]:
-        if s - bounds[-1] >= chunk:
-            bounds.append(int(s))
-    bounds.append(P)
     # One output allocated up front, filled block by block through views: concatenating
     # per-block pieces held the (P, M, K) evidence twice (~0.8 GiB at 10k partitions).
     T = cube.calls.shape[1]
@@ -325,7 +340,7 @@ def span_evidence(
             cube.rows(sl), parts.take(sl), base.take(sl), policy, last, e_all[sl], slots, view
         )
 
-    blocks = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    blocks = _op_blocks(parts, chunk)
     # Blocks are independent and write disjoint rows of `full`; NumPy and SciPy's ufuncs
     # release the GIL, so a second thread uses the second core (the result does not depend
     # on the number of threads or on the block size).
