@@ -579,6 +579,11 @@ def _explain(
                 "gate": "anomaly",
                 "gate_effect": effect,  # the effect over the span that passed the gates
                 "span_buckets": span,
+                # Calls over the whole span the test used: a run's own buckets can hold few
+                # calls (a quiet night) while the evidence reaches back hours.
+                "evidence_calls": int(
+                    round(float(ev.n[p, m, j]) if m < 2 else float(ev.observed[p, m, j]) * span)
+                ),
                 "hot_buckets": hot,
                 "z": float(ev.z[p, m, j]),
                 "effect_ms": float(ev.effect_ms[p, m, j]) if metric == "duration" else None,

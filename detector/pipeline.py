@@ -607,7 +607,7 @@ def console_summary(report: dict[str, Any], verbose: bool = False) -> str:
         lines.append(
             f"    [{sev}] {op} / {ver or 'all versions'} / {metric}: "
             f"{_fmt(metric, best['observed'])} vs baseline {_fmt(metric, best['baseline'])}"
-            f" ({best['calls']:,} calls in its worst window), {span}"
+            f" ({_calls_text(best)}), {span}"
             f"{f', {len(items)} windows' if len(items) > 1 else ''}"
             f"{' (provisional baseline)' if best.get('provisional') else ''}"
         )
@@ -626,6 +626,16 @@ def console_summary(report: dict[str, Any], verbose: bool = False) -> str:
     if t:
         lines.append("  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()))
     return "\n".join(lines)
+
+
+def _calls_text(a: dict[str, Any]) -> str:
+    """Calls in the alert's worst window, and behind its evidence when the span is longer."""
+    text = f"{a['calls']:,} calls in its worst window"
+    details = a.get("details") or {}
+    ev_calls, span = details.get("evidence_calls"), details.get("span_buckets")
+    if ev_calls is not None and span and ev_calls > a["calls"]:
+        text += f", {ev_calls:,} over the {span}-bucket span behind it"
+    return text
 
 
 def _deviation(a: dict[str, Any]) -> float:
