@@ -15,8 +15,9 @@ The gates, in the order a candidate meets them (the first one it fails is its re
                            partitions tested and the number of trailing spans tried;
 ``below_min_effect``       statistically clear but smaller than the practical minimum
                            (e.g. +20 % and +100 ms for duration, +2 points of failure rate);
-``not_persistent``         significant in fewer than N of the last M buckets, or carried by a
-                           single bucket (the evidence dies when its strongest bucket is removed);
+``not_persistent``         significant in fewer than N of the last M buckets, carried by a
+                           single bucket (the evidence dies when its strongest bucket is removed),
+                           or not current (its latest window does not deviate on its own);
 ``explained_by_fleet``     a version moving with the rest of its operation: the fleet alert
                            covers it;
 ``explained_by_version``   the operation as a whole deviates only because one version does;

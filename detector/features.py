@@ -285,15 +285,6 @@ class SpanEvidence:
 _EVIDENCE_FIELDS = tuple(SpanEvidence.__dataclass_fields__)
 
 
-def _roll(cs: np.ndarray, s: int) -> np.ndarray:
-    """Trailing sums over ``s`` buckets from a cumsum with a leading zero column."""
-    T = cs.shape[1] - 1
-    out = cs[:, 1:].copy()
-    if s < T:
-        out[:, s:] -= cs[:, 1 : T + 1 - s]
-    return out
-
-
 def _roll_extreme(x: np.ndarray, s: int, fn: str) -> np.ndarray:
     """Trailing max (or min) over ``s`` buckets; shorter at the start (van Herk, O(n))."""
     if s <= 1:
