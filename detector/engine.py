@@ -708,7 +708,9 @@ def _record_suspects(
     d = np.diff(np.pad(flags.astype(np.int8), ((0, 0), (1, 1))), axis=1)
     rows, starts = np.nonzero(d == 1)
     _, ends = np.nonzero(d == -1)  # same row order, one end per start
-    edges = [_py(t) for t in cube.times] + [_py(cube.times[-1] + bucket)] if len(rows) else []
+    edges: list[datetime] = []  # bucket starts, then the end of the last bucket
+    if len(rows):
+        edges = [_py(t) for t in cube.times] + [_py(cube.times[-1] + bucket)]
     spans = [
         (str(parts.operation[p]), str(parts.version[p]), edges[a], edges[b])
         for p, a, b in zip(rows.tolist(), starts.tolist(), ends.tolist(), strict=True)

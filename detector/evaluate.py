@@ -47,6 +47,7 @@ import pandas as pd
 
 from detector.decide import DetectionPolicy
 from detector.errors import InputError
+from detector.lifecycle import LifecyclePolicy
 from detector.schema import BucketAggregates
 from detector.store.backend import Backend
 
@@ -188,15 +189,13 @@ def events_from_buckets(
     return out
 
 
-def alert_gap(policy: DetectionPolicy, lifecycle: Any = None) -> int:
+def alert_gap(policy: DetectionPolicy, lifecycle: LifecyclePolicy | None = None) -> int:
     """Largest step, in buckets, between alerting buckets of one event.
 
     The lifecycle keeps an alert firing until ``resolve_after`` has passed without an anomalous
     bucket, so buckets closer than that reach the user as one alert (one event), never less
     than the persistence window ``policy.persist_m``.
     """
-    from detector.lifecycle import LifecyclePolicy
-
     life = lifecycle if lifecycle is not None else LifecyclePolicy()
     return max(policy.persist_m, math.ceil(life.resolve_after / policy.bucket))
 

@@ -534,16 +534,10 @@ def demo(
     judge_start = sim.warmup_end
     end = sim.end
     demo_cfg = _with_source_path(cfg, sim.data_path)
-    if sim.maintenance:
+    if sim.maintenance:  # the simulator's windows are the config's MaintenanceWindow
         from dataclasses import replace
 
-        from detector.config import MaintenanceWindow
-
-        windows = tuple(
-            MaintenanceWindow(m.start, m.end, m.operation_name, getattr(m, "note", ""))
-            for m in sim.maintenance
-        )
-        demo_cfg = replace(demo_cfg, maintenance=demo_cfg.maintenance + windows)
+        demo_cfg = replace(demo_cfg, maintenance=demo_cfg.maintenance + tuple(sim.maintenance))
     html = demo_cfg.state_path / "reports" / "latest.html"
     report = run_job(
         demo_cfg,

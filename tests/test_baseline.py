@@ -200,3 +200,26 @@ def test_a_thin_baseline_weakens_the_evidence_against_it() -> None:
     for m in (0, 1):  # duration, failure rate: the deviation is there, but less significant
         assert sure.p[v, m, -1] < 1e-6
         assert unsure.p[v, m, -1] > 10 * sure.p[v, m, -1]
+
+
+@pytest.mark.parametrize(("chunk", "threads"), [(1, 1), (3, 2), (1000, 4)])
+def test_evidence_and_features_do_not_depend_on_blocks_or_threads(chunk, threads) -> None:
+    # Blocks of whole operations, processed by a thread pool, write disjoint rows: the result
+    # must be the same as one block on one thread.
+    from detector.features import bucket_features, build_cube, span_evidence
+
+    parts = [
+        Part(op, ver, 120.0, 0.02, 500.0)
+        for op in ("Join", "StartCall", "StartVideo")
+        for ver in ("1.0.0", "1.1.0", "2.0.0")
+    ]
+    p, base, stats = _baselines(parts, days=2.0, extra=0.5, seed=3)
+    end = T0 + timedelta(days=2.5)
+    cube = build_cube(stats, p, start=T0 + timedelta(days=1.5), end=end, bucket=POLICY.bucket)
+    ref = span_evidence(cube, p, base, POLICY, last=60, chunk=10_000, threads=1)
+    got = span_evidence(cube, p, base, POLICY, last=60, chunk=chunk, threads=threads)
+    for name in ref.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(got, name), getattr(ref, name), err_msg=name)
+    np.testing.assert_array_equal(
+        bucket_features(cube, p, base, chunk=chunk), bucket_features(cube, p, base, chunk=10_000)
+    )

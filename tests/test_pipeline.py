@@ -260,3 +260,15 @@ def test_backfill_then_silence_through_the_cli(
     capsys.readouterr()
     assert main(["--config", cfg, "silence", "list"]) == 0
     assert silence_id not in capsys.readouterr().out
+
+
+def test_console_shows_the_calls_behind_a_long_span() -> None:
+    from detector.pipeline import _calls_text
+
+    quiet = {"calls": 0, "details": {"evidence_calls": 50, "span_buckets": 144}}
+    assert (
+        _calls_text(quiet) == "0 calls in its worst window, 50 over the 144-bucket span behind it"
+    )
+    busy = {"calls": 170, "details": {"evidence_calls": 150, "span_buckets": 12}}
+    assert _calls_text(busy) == "170 calls in its worst window"
+    assert _calls_text({"calls": 3}) == "3 calls in its worst window"  # older reports

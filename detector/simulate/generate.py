@@ -31,6 +31,7 @@ from .scenarios import (
     Incident,
     MaintenanceWindow,
     format_time,
+    maintenance_to_dict,
     parse_time,
     plan_scenario,
     surge_function,
@@ -218,7 +219,8 @@ def simulate(
     assert maintenance_path is not None
     if plan.maintenance:
         maintenance_path.write_text(
-            json.dumps([m.to_dict() for m in plan.maintenance], indent=2) + "\n", encoding="utf-8"
+            json.dumps([maintenance_to_dict(m) for m in plan.maintenance], indent=2) + "\n",
+            encoding="utf-8",
         )
     else:
         maintenance_path.unlink(missing_ok=True)

@@ -28,6 +28,8 @@ from typing import Any, Final
 
 import numpy as np
 
+from detector.config import MaintenanceWindow
+
 from . import params as P
 from .params import ResultCode, SimParams
 
@@ -37,6 +39,7 @@ __all__ = [
     "Effect",
     "Incident",
     "MaintenanceWindow",
+    "maintenance_to_dict",
     "Scenario",
     "ScenarioContext",
     "ScenarioPlan",
@@ -111,22 +114,14 @@ class Incident:
         )
 
 
-@dataclass(frozen=True)
-class MaintenanceWindow:
-    """A window the detector is told about (``maintenance.json``); ``operation_name`` None = all."""
-
-    start: datetime
-    end: datetime
-    operation_name: str | None = None
-    note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "start": format_time(_to_ms(self.start)),
-            "end": format_time(_to_ms(self.end)),
-            "operation_name": self.operation_name,
-            "note": self.note,
-        }
+def maintenance_to_dict(window: MaintenanceWindow) -> dict[str, Any]:
+    """One ``maintenance.json`` entry (the windows are the config's own type)."""
+    return {
+        "start": format_time(_to_ms(window.start)),
+        "end": format_time(_to_ms(window.end)),
+        "operation_name": window.operation_name,
+        "note": window.note,
+    }
 
 
 def load_incidents(path: str | Path) -> list[Incident]:
