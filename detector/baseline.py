@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -62,15 +63,65 @@ def slot_of(ts: pd.Series | pd.DatetimeIndex | np.ndarray) -> np.ndarray:
 
 
 def with_fleet(stats: pd.DataFrame) -> pd.DataFrame:
-    """Add one fleet row per (operation, bucket): the sum over its versions, ``sdk_version="*"``."""
+    """Add one fleet row per (operation, bucket): the sum over its versions, ``sdk_version="*"``.
+
+    Consumes stats rows (:data:`~detector.schema.AGG_COLUMNS`); produces the same rows followed
+    by the fleet rows, with ``operation_name`` and ``sdk_version`` as categoricals: every later
+    stage maps rows to partitions through the category codes (:meth:`Partitions.index_of`), so
+    millions of rows are never hashed as strings again.
+    """
     cols = [c for c in _SUM_COLS if c in stats.columns]
-    fleet = stats.groupby(["operation_name", "bucket_start"], sort=False, observed=True)[cols].sum()
-    fleet = fleet.reset_index()
-    fleet["sdk_version"] = FLEET
-    out = pd.concat([stats[["operation_name", "sdk_version", "bucket_start", *cols]], fleet])
-    out["operation_name"] = out["operation_name"].astype(str)
-    out["sdk_version"] = out["sdk_version"].astype(str)
-    return out.reset_index(drop=True)
+    op_codes, op_names = _factorize_str(stats["operation_name"])
+    ver_codes, ver_names = _factorize_str(stats["sdk_version"])
+    # A raw version literally named "*" is the fleet partition, as string grouping made it.
+    hit = np.flatnonzero(ver_names == FLEET)
+    if len(hit):
+        fleet_code = int(hit[0])
+    else:
+        fleet_code = len(ver_names)
+        ver_names = np.append(ver_names, np.array([FLEET], dtype=object))
+    b_codes, b_uniq = pd.factorize(stats["bucket_start"])
+    nb = max(len(b_uniq), 1)
+    # One integer key per (operation, bucket), groups in first-appearance order (as the string
+    # grouping this replaces had them); sums by bincount, with no frame built for them.
+    group, fkey = pd.factorize(op_codes * nb + b_codes)
+    fkey = np.asarray(fkey, dtype=np.int64)
+    f_op, f_b = fkey // nb, fkey % nb
+    fleet: dict[str, np.ndarray] = {}
+    for c in cols:
+        values = stats[c].to_numpy()
+        total = np.bincount(group, weights=values.astype(np.float64), minlength=len(fkey))
+        # Integer counts stay integers (exact: bincount adds them in float64 below 2**53).
+        fleet[c] = np.rint(total).astype(values.dtype) if values.dtype.kind in "iu" else total
+    times = stats["bucket_start"]
+    data: dict[str, Any] = {
+        "operation_name": pd.Categorical.from_codes(
+            np.concatenate([op_codes, f_op]), categories=pd.Index(op_names, dtype=object)
+        ),
+        "sdk_version": pd.Categorical.from_codes(
+            np.concatenate([ver_codes, np.full(len(fkey), fleet_code)]),
+            categories=pd.Index(ver_names, dtype=object),
+        ),
+        "bucket_start": pd.concat(
+            [times.reset_index(drop=True), pd.Series(b_uniq[f_b], dtype=times.dtype)],
+            ignore_index=True,
+        ),
+    }
+    for c in cols:
+        data[c] = np.concatenate([stats[c].to_numpy(), fleet[c]])
+    # copy=False: the columns are fresh arrays; consolidating them would copy ~50 MB per 1M rows.
+    out = pd.DataFrame(data, copy=False)
+    return out
+
+
+def _factorize_str(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, unique names as ``str`` objects) of a string column; NA reads "<NA>" as str() does."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    names = np.asarray([str(u) if not pd.isna(u) else "<NA>" for u in uniques], dtype=object)
+    if len(set(names)) < len(names):  # two values that print alike ("<NA>" and NA): merge them
+        names, remap = np.unique(names, return_inverse=True)
+        codes = remap[codes]
+    return np.asarray(codes, dtype=np.int64), names
 
 
 @dataclass
@@ -107,22 +158,54 @@ class Partitions:
     @classmethod
     def from_frame(cls, stats: pd.DataFrame) -> Partitions:
         """All (operation, version) pairs of ``stats`` (which must already contain fleet rows)."""
-        keys = stats[["operation_name", "sdk_version"]].drop_duplicates()
-        # Fleet first inside each operation ("*" sorts before digits and letters).
-        keys = keys.sort_values(["operation_name", "sdk_version"]).reset_index(drop=True)
-        op = keys["operation_name"].to_numpy(dtype=object)
-        ver = keys["sdk_version"].to_numpy(dtype=object)
+        if _is_cat(stats):
+            oc = stats["operation_name"].cat.codes.to_numpy().astype(np.int64)
+            vc = stats["sdk_version"].cat.codes.to_numpy().astype(np.int64)
+            nv = max(len(stats["sdk_version"].cat.categories), 1)
+            pairs = pd.unique(oc * nv + vc)  # (hashing: faster than a sort of every row)
+            op_names = np.asarray(stats["operation_name"].cat.categories, dtype=object)
+            ver_names = np.asarray(stats["sdk_version"].cat.categories, dtype=object)
+            op_all, ver_all = op_names[pairs // nv], ver_names[pairs % nv]
+        else:
+            keys = stats[["operation_name", "sdk_version"]].drop_duplicates()
+            op_all = keys["operation_name"].astype(str).to_numpy(dtype=object)
+            ver_all = keys["sdk_version"].astype(str).to_numpy(dtype=object)
+        # Sorted by operation then version: fleet first inside each operation ("*" sorts before
+        # digits and letters); the order fixes the blocks the engine works in.
+        order = sorted(range(len(op_all)), key=lambda i: (op_all[i], ver_all[i]))
+        op = np.asarray(op_all[order], dtype=object)
+        ver = np.asarray(ver_all[order], dtype=object)
         ops, op_index = np.unique(op, return_inverse=True)
         fleet_row = {o: i for i, (o, v) in enumerate(zip(op, ver, strict=True)) if v == FLEET}
         fleet_of = np.array([fleet_row.get(o, i) for i, o in enumerate(op)], dtype=np.int64)
         return cls(op, ver, op_index.astype(np.int64), ops, fleet_of)
 
     def index_of(self, stats: pd.DataFrame) -> np.ndarray:
-        """Row index of each stats row's partition."""
+        """Row index of each stats row's partition (-1 for a row of no partition here)."""
+        if _is_cat(stats):
+            # Through the category codes: a (categories x categories) lookup table, no hashing.
+            ops = stats["operation_name"].cat.categories
+            vers = stats["sdk_version"].cat.categories
+            lut = np.full((len(ops) + 1, len(vers) + 1), -1, dtype=np.int64)
+            oi = pd.Index(ops).get_indexer(self.operation)
+            vi = pd.Index(vers).get_indexer(self.version)
+            ok = (oi >= 0) & (vi >= 0)
+            lut[oi[ok], vi[ok]] = np.flatnonzero(ok)
+            # Code -1 (a missing value) lands on the table's extra row/column: no partition.
+            return lut[
+                stats["operation_name"].cat.codes.to_numpy(),
+                stats["sdk_version"].cat.codes.to_numpy(),
+            ]
         lookup = pd.MultiIndex.from_arrays([self.operation, self.version])
         return lookup.get_indexer(
             pd.MultiIndex.from_arrays([stats["operation_name"], stats["sdk_version"]])
         )
+
+
+def _is_cat(stats: pd.DataFrame) -> bool:
+    return isinstance(stats["operation_name"].dtype, pd.CategoricalDtype) and isinstance(
+        stats["sdk_version"].dtype, pd.CategoricalDtype
+    )
 
 
 @dataclass

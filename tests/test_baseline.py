@@ -223,3 +223,37 @@ def test_evidence_and_features_do_not_depend_on_blocks_or_threads(chunk, threads
     np.testing.assert_array_equal(
         bucket_features(cube, p, base, chunk=chunk), bucket_features(cube, p, base, chunk=10_000)
     )
+
+
+def test_with_fleet_codes_match_string_grouping() -> None:
+    # The categorical path (codes, no string hashing) must give what grouping the strings
+    # gives: the same partitions in the same order and every row mapped to the same one.
+    parts = [Part("Join", "b", 30.0), Part("Join", "a", 20.0), Part("Call", "", 10.0)]
+    stats = make_aggs(parts, days=0.25, with_hist=False).stats
+    got = with_fleet(stats)
+    assert isinstance(got["operation_name"].dtype, pd.CategoricalDtype)
+    plain = got.astype({"operation_name": str, "sdk_version": str})
+    p_cat, p_str = Partitions.from_frame(got), Partitions.from_frame(plain)
+    assert p_cat.operation.tolist() == p_str.operation.tolist()
+    assert p_cat.operation.tolist() == ["Call", "Call", "Join", "Join", "Join"]
+    assert p_cat.version.tolist() == p_str.version.tolist() == ["", FLEET, FLEET, "a", "b"]
+    assert np.array_equal(p_cat.fleet_of, p_str.fleet_of)
+    assert np.array_equal(p_cat.index_of(got), p_str.index_of(plain))
+    # Fleet rows: per (operation, bucket) the sum of its versions, every column.
+    fleet = got[got["sdk_version"] == FLEET].astype({"operation_name": str})
+    want = stats.groupby(["operation_name", "bucket_start"])[["calls", "log_dur_sum"]].sum()
+    have = fleet.set_index(["operation_name", "bucket_start"])[["calls", "log_dur_sum"]]
+    pd.testing.assert_frame_equal(
+        have.sort_index(), want.sort_index(), check_names=False, check_index_type=False
+    )
+    assert got["calls"].dtype == np.int64
+    # A raw version literally named "*" is the fleet partition, as string grouping made it.
+    star = with_fleet(
+        stats.assign(sdk_version=stats["sdk_version"].where(stats["sdk_version"] != "a", "*"))
+    )
+    assert Partitions.from_frame(star).version.tolist() == ["", FLEET, FLEET, "b"]
+    # A partition list from another frame maps this frame's rows by name (-1: not there).
+    other = Partitions.from_frame(with_fleet(stats[stats["operation_name"] == "Join"]))
+    idx = other.index_of(got)
+    ops = got["operation_name"].astype(str).to_numpy()
+    assert (idx[ops == "Call"] == -1).all() and (idx[ops == "Join"] >= 0).all()
