@@ -542,7 +542,7 @@ def _check_stage_keys(
     detection: dict[str, Any], alerting: dict[str, Any], problems: list[str]
 ) -> None:
     """Validate the engine's and the alerting stage's keys offline, with their own policies."""
-    from detector.engine import DetectionPolicy
+    from detector.decide import DetectionPolicy
     from detector.lifecycle import LifecyclePolicy
     from detector.notify.commands import config_silences
     from detector.notify.health import HealthPolicy

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -54,9 +54,11 @@ from detector.features import (
     span_evidence,
 )
 from detector.schema import BucketAggregates, bin_value
-from detector.score import PartitionScorer
 from detector.store.engine_state import EngineState
-from detector.store.models import ModelStore
+
+if TYPE_CHECKING:  # scikit-learn and skops load in ~2.5 s: imported when a forest is needed
+    from detector.score import PartitionScorer
+    from detector.store.models import ModelStore
 
 __all__ = ["DetectionPolicy", "DetectionResult", "EngineState", "detect"]
 
@@ -354,6 +356,8 @@ def _get_scorer(
     now: datetime,
     model_store: ModelStore | None,
 ) -> tuple[PartitionScorer | None, dict[str, Any]]:
+    from detector.score import PartitionScorer
+
     status: dict[str, Any] = {}
     config_hash = policy.config_hash()
     if model_store is not None:
