@@ -62,6 +62,20 @@ def slot_of(ts: pd.Series | pd.DatetimeIndex | np.ndarray) -> np.ndarray:
     return (idx.day_of_week.to_numpy() * 24 + idx.hour.to_numpy()).astype(np.int16)
 
 
+def epoch_ns(values: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """UTC timestamps as int64 nanoseconds since the epoch (whatever the column's unit)."""
+    idx = pd.DatetimeIndex(values)
+    if idx.tz is None:
+        idx = idx.tz_localize("UTC")
+    return idx.as_unit("ns").asi8
+
+
+def _hour_of_week(ns: np.ndarray) -> np.ndarray:
+    """:func:`slot_of` from epoch nanoseconds by arithmetic (the epoch was a Thursday, 72 h
+    after a Monday 00:00): no calendar fields built for millions of rows."""
+    return ((ns // 3_600_000_000_000 + 72) % SLOTS).astype(np.int16)
+
+
 def with_fleet(stats: pd.DataFrame) -> pd.DataFrame:
     """Add one fleet row per (operation, bucket): the sum over its versions, ``sdk_version="*"``.
 
@@ -411,23 +425,30 @@ def compute_baselines(
     P = len(parts)
     n_cal = max(int((end_ts - start_ts) / bucket), 0)
 
-    sel = (stats["bucket_start"] >= start_ts) & (stats["bucket_start"] < end_ts)
-    rows = stats.loc[sel]
-    pid = parts.index_of(rows)
-    keep = pid >= 0
-    if not keep.all():  # (copies of the row frame are the largest temporaries here)
-        rows, pid = rows.loc[keep], pid[keep]
+    # Rows of the window by position, columns read one at a time through them: a copy of the
+    # selected rows (every column at once) was the largest temporary of a large run.
+    ns = epoch_ns(stats["bucket_start"])
+    t_all = (ns - start_ts.value) // bucket.value
+    pid_all = parts.index_of(stats)
+    idx = np.flatnonzero((t_all >= 0) & (t_all < n_cal) & (pid_all >= 0))
+    pid, t_idx = pid_all[idx], t_all[idx]
+    del t_all, pid_all
 
     # First bucket each partition was seen in the window (a new version has fewer buckets).
-    t_idx = ((rows["bucket_start"] - start_ts) / bucket).to_numpy().astype(np.int64)
     first_idx = np.full(P, n_cal, dtype=np.int64)
     if len(pid):
-        first = pd.Series(t_idx).groupby(pid).min()
-        first_idx[first.index.to_numpy()] = first.to_numpy()
-    excl = exclusion_mask(rows, maintenance, alerted)
-    if excl.any():
-        rows, pid, t_idx = rows.loc[~excl], pid[~excl], t_idx[~excl]
-    slot = slot_of(rows["bucket_start"])
+        np.minimum.at(first_idx, pid, t_idx)
+    if len(maintenance) or alerted:
+        keys = stats[["operation_name", "sdk_version", "bucket_start"]].iloc[idx]
+        excl = exclusion_mask(keys, maintenance, alerted)
+        del keys
+        if excl.any():
+            idx, pid, t_idx = idx[~excl], pid[~excl], t_idx[~excl]
+    slot = _hour_of_week(ns[idx])
+    del ns
+
+    def col(name: str) -> np.ndarray:
+        return stats[name].to_numpy()[idx].astype(np.float64, copy=False)
 
     # Calendar bucket counts per slot from each partition's first bucket, minus exclusions.
     grid_slots = (
@@ -450,12 +471,12 @@ def compute_baselines(
         flat = pid.astype(np.int64) * SLOTS + slot
         return np.bincount(flat, weights=values, minlength=P * SLOTS).reshape(P, SLOTS)
 
-    calls = rows["calls"].to_numpy(dtype=np.float64)
+    calls = col("calls")
     C = acc(calls)
-    F = acc(rows["failures"].to_numpy(dtype=np.float64))
-    D = acc(rows["dur_n"].to_numpy(dtype=np.float64))
-    S1 = acc(rows["log_dur_sum"].to_numpy(dtype=np.float64))
-    S2 = acc(rows["log_dur_sumsq"].to_numpy(dtype=np.float64))
+    F = acc(col("failures"))
+    D = acc(col("dur_n"))
+    S1 = acc(col("log_dur_sum"))
+    S2 = acc(col("log_dur_sumsq"))
 
     bucket_days = bucket / pd.Timedelta(days=1)
     history_days = np.maximum(n_cal - first_idx, 0) * bucket_days
@@ -517,14 +538,14 @@ def compute_baselines(
     # metric at a time so the per-row temporaries do not pile up.
     cap = policy.max_dispersion
     with np.errstate(invalid="ignore", divide="ignore"):
-        n_d = rows["dur_n"].to_numpy(dtype=np.float64)
-        s1 = rows["log_dur_sum"].to_numpy(dtype=np.float64)
+        n_d = col("dur_n")
+        s1 = col("log_dur_sum")
         mu_r = mu_log[pid, slot]
         r = np.where(n_d >= 2, (s1 - n_d * mu_r) / np.sqrt(n_d * var_log[pid, slot]), np.nan)
         del n_d, s1, mu_r
         phi_dur = _median_dispersion(pid, r, P, cap)
         p_r = fail_rate[pid, slot]
-        f_r = rows["failures"].to_numpy(dtype=np.float64)
+        f_r = col("failures")
         v_r = calls * p_r * (1 - p_r)
         r = np.where(v_r >= 3, (f_r - calls * p_r) / np.sqrt(v_r), np.nan)
         del p_r, f_r, v_r

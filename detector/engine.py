@@ -156,7 +156,7 @@ def detect(
 
     raw = history.stats
     sel = (raw["bucket_start"] >= base_start) & (raw["bucket_start"] < we)
-    stats = with_fleet(raw.loc[sel])
+    stats = with_fleet(raw if sel.all() else raw.loc[sel])  # (a copy of millions of rows)
     result_stats: dict[str, Any] = {"window": [_iso(ws), _iso(we)], "now": _iso(now)}
     if stats.empty:
         result_stats.update(partitions=0, candidates={}, anomalies=0, timings={})
@@ -210,7 +210,11 @@ def detect(
     del stats
 
     t = time.perf_counter()
-    ev = span_evidence(full, parts, base, policy, last=K)
+    # Fields beyond p are needed where a gate looks (p <= alpha, found by span_evidence itself)
+    # and at the candidates p does not make: forest flags and maintenance buckets.
+    keep = forest_flag | maint[:, None, :]
+    ev = span_evidence(full, parts, base, policy, last=K, keep=keep)
+    del keep
     timings["evidence"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -116,3 +116,14 @@ def test_store_refuses_untrusted_types(tmp_path) -> None:
     backend.write("models/forest/forest.skops", b"not a zip file")
     with pytest.raises(ModelMismatchError):
         store.load("forest", feature_names=NAMES, config_hash="h1")
+
+
+def test_large_inputs_score_on_threads_bit_for_bit() -> None:
+    # Above _PARALLEL_ROWS the rows are scored in blocks on threads: every row must get
+    # exactly the score the sequential forest gives it (same trees, same order).
+    from detector import score
+
+    scorer = _fit()
+    X = np.random.default_rng(3).normal(size=(score._PARALLEL_ROWS + 1001, 4))
+    got = scorer.score_samples(X)
+    assert np.array_equal(got, -scorer.model_.score_samples(X.astype(np.float32)))
