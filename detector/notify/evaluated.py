@@ -166,27 +166,28 @@ def chart_history(
     for a in anomalies:  # the first anomaly of a fingerprint (the worst one) is charted
         hi = min(_utc(now), _utc(a.window_end) + pd.Timedelta(span) / 4)
         spans.setdefault(a.fingerprint, (hi - pd.Timedelta(span), hi))
-    # One cut of the (possibly week-long, multi-million-row) history down to the charted
-    # span first: the per-alert masks below then scan a day, not the whole baseline.
-    first = min(lo for lo, _ in spans.values())
-    last = max(hi for _, hi in spans.values())
-    stats = stats[(stats["bucket_start"] >= first) & (stats["bucket_start"] < last)]
-    if hist is not None:
-        hist = hist[(hist["bucket_start"] >= first) & (hist["bucket_start"] < last)]
+    # Every filter is a mask over the whole frame and takes only the numeric columns it
+    # needs: taking the (Arrow) string columns of millions of rows is what made this slow.
     for a in anomalies:
         if a.fingerprint in out:
             continue
         lo, hi = spans[a.fingerprint]
-        win = stats[(stats["bucket_start"] >= lo) & (stats["bucket_start"] < hi)]
-        hwin = (
-            hist[(hist["bucket_start"] >= lo) & (hist["bucket_start"] < hi)]
-            if hist is not None
-            else None
-        )
-        mask = win["operation_name"] == a.operation_name
+        mask = (stats["bucket_start"] >= lo) & (stats["bucket_start"] < hi)
+        mask &= stats["operation_name"] == a.operation_name
         if a.sdk_version:
-            mask &= win["sdk_version"] == a.sdk_version
-        part = win[mask].groupby("bucket_start")[["calls", "failures"]].sum()
+            mask &= stats["sdk_version"] == a.sdk_version
+        part = (
+            stats.loc[mask, ["bucket_start", "calls", "failures"]]
+            .groupby("bucket_start")[["calls", "failures"]]
+            .sum()
+        )
+        hwin = None
+        if hist is not None and a.metric not in ("failure_rate", "volume"):
+            hm = (hist["bucket_start"] >= lo) & (hist["bucket_start"] < hi)
+            hm &= hist["operation_name"] == a.operation_name
+            if a.sdk_version:
+                hm &= hist["sdk_version"] == a.sdk_version
+            hwin = hist.loc[hm, ["bucket_start", "bin", "count"]]
         if part.empty:
             continue
         if a.metric == "failure_rate":
@@ -196,10 +197,7 @@ def chart_history(
         else:
             if hwin is None or hwin.empty:
                 continue
-            hm = hwin["operation_name"] == a.operation_name
-            if a.sdk_version:
-                hm &= hwin["sdk_version"] == a.sdk_version
-            observed = _p95(hwin[hm], ["bucket_start"])
+            observed = _p95(hwin, ["bucket_start"])
         frame = pd.DataFrame({"observed": observed}).reset_index()
         frame = frame.rename(columns={"index": "bucket_start"})
         frame["baseline"] = a.baseline
