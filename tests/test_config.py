@@ -130,3 +130,25 @@ def test_durations_round_trip(text: str, td: timedelta) -> None:
 )
 def test_redact_url(url: str, hidden: str) -> None:
     assert hidden not in redact_url(url)
+
+
+def test_loading_a_config_does_not_import_the_forest() -> None:
+    # `run` imports scikit-learn and skops (~2.5 s) on a thread while the source reads; a
+    # config check that imported them first would put that time back in front of the read.
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys; from detector.config import load_config; load_config(sys.argv[1]); "
+        "heavy = sorted(m for m in ('sklearn', 'skops', 'apprise') if m in sys.modules); "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(root / "config" / "detector.toml")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+    ).stdout.strip()
+    assert out in ("", "apprise"), out  # apprise: the route URLs are validated by it
