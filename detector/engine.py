@@ -466,14 +466,12 @@ def _hist_p95(
     """p95 (ms) and count read from the sparse histogram of a partition over ``[start, end)``."""
     if hist is None or hist.empty:
         return float("nan"), 0
-    sel = (
-        (hist["operation_name"] == op)
-        & (hist["bucket_start"] >= start)
-        & (hist["bucket_start"] < end)
-    )
+    # One pass over the whole frame (the operation), the rest on that operation's rows only.
+    rows = hist.loc[hist["operation_name"] == op]
+    sel = (rows["bucket_start"] >= start) & (rows["bucket_start"] < end)
     if version != FLEET:
-        sel &= hist["sdk_version"] == version
-    rows = hist.loc[sel]
+        sel &= rows["sdk_version"] == version
+    rows = rows.loc[sel]
     if len(rows) and (exclude or maintenance):
         rows = rows.loc[~exclusion_mask(rows, maintenance, exclude)]
     if rows.empty:
