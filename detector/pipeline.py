@@ -367,7 +367,8 @@ _ENGINE_MODULES = (
     "detector.engine",
     "detector.score",
     "detector.store.models",
-    "detector.notify",
+    "detector.notify.stage",
+    "detector.notify.deliver",
     "detector.notify.evaluated",
 )
 
