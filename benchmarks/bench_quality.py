@@ -33,6 +33,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -138,7 +139,9 @@ def _two_of_three(f: np.ndarray) -> np.ndarray:
 
 def peer_static(d: Dense) -> dict[str, np.ndarray]:
     w = d.warm
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        # A partition with no warm-up data has no threshold (NaN): expected, not news.
+        warnings.simplefilter("ignore", RuntimeWarning)
         p95_w = np.nanmedian(np.where(w[None, :], d.p95, np.nan), axis=1)
         rate_w = d.fails[:, w].sum(axis=1) / np.maximum(d.calls[:, w].sum(axis=1), 1)
         enough = d.calls >= 10
@@ -181,8 +184,10 @@ def peer_iforest(d: Dense, seed: int) -> dict[str, np.ndarray]:
     flag[judged] = forest.predict(X[judged]) < 0
     # Attribute to the metric whose raw value is furthest from the partition's warm-up median.
     wX = np.where(d.warm[None, :, None] & active[..., None], X, np.nan)
-    med = np.nanmedian(wX, axis=1)
-    mad = np.nanmedian(np.abs(wX - med[:, None, :]), axis=1) * 1.4826 + 1e-3
+    with warnings.catch_warnings():  # partitions without warm-up data: NaN, as intended
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(wX, axis=1)
+        mad = np.nanmedian(np.abs(wX - med[:, None, :]), axis=1) * 1.4826 + 1e-3
     z = np.abs(X - med[:, None, :]) / mad[:, None, :]
     which = np.argmax(np.nan_to_num(z), axis=-1)  # 0 calls, 1 rate, 2/3 duration
     return {
