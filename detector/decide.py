@@ -15,7 +15,8 @@ The gates, in the order a candidate meets them (the first one it fails is its re
                            partitions tested and the number of trailing spans tried;
 ``below_min_effect``       statistically clear but smaller than the practical minimum
                            (e.g. +20 % and +100 ms for duration, +2 points of failure rate);
-``not_persistent``         significant in fewer than N of the last M buckets, carried by a
+``not_persistent``         hot in fewer than N of the last M buckets (a span of M..3 buckets,
+                           each of them deviating on its own, is itself persistent), carried by a
                            single bucket (the evidence dies when its strongest bucket is removed),
                            or not current (its latest window does not deviate on its own);
 ``explained_by_fleet``     a version moving with the rest of its operation: the fleet alert
@@ -334,6 +335,10 @@ def _span_starts_before(span: np.ndarray, before: np.ndarray) -> np.ndarray:
     return start < np.ceil(b).astype(np.int32)[:, None, None]
 
 
+#: The longest span whose thirds (each checked on its own) are single buckets.
+_SINGLE_BUCKET_THIRDS = 3
+
+
 def decide(
     evidence: Evidence,
     *,
@@ -388,6 +393,15 @@ def decide(
         hot = hot[..., previous_hot.shape[-1] :]
     else:
         persistent = _n_of_m(hot, policy.persist_n, policy.persist_m)
+    if ev.span is not None:
+        # A hot span of M to 3 buckets has already persisted: its thirds are single buckets,
+        # so it passed only because each of its last M buckets deviates on its own (and it
+        # survives losing the strongest). Waiting for a second hot bucket on top cost a clear
+        # spike two more buckets of delay. A longer span's thirds are windows: one hot bucket
+        # of a 12-hour span says nothing about the last M buckets, so it still needs N of M.
+        persistent = persistent | (
+            hot & (ev.span >= policy.persist_m) & (ev.span <= _SINGLE_BUCKET_THIRDS)
+        )
     alert = hot & persistent
 
     # Attribution between a version and its operation's fleet, per (operation, metric, bucket).

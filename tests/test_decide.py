@@ -97,6 +97,19 @@ def test_persistence_needs_n_of_m() -> None:
     assert GATE_REASONS[reasons[0, F, 5]] == "anomaly"
 
 
+@pytest.mark.parametrize(
+    ("span", "expected"),
+    [(1, "not_persistent"), (3, "anomaly"), (12, "not_persistent"), (144, "not_persistent")],
+)
+def test_a_first_hot_bucket_is_persistent_only_on_a_span_of_m_single_bucket_thirds(
+    span: int, expected: str
+) -> None:
+    # The 3-bucket span passed only because each of its 3 buckets deviates on its own: that
+    # is N of M already. One hot bucket of a 12-hour span says nothing about the last three.
+    ev = make_evidence(span=np.full((1, 3, T), span, np.int64))
+    assert _reason(ev, t=3) == expected
+
+
 def test_previous_hot_carries_persistence_across_runs() -> None:
     ev = make_evidence()
     prev = np.zeros((1, 3, 2), bool)
