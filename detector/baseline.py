@@ -63,11 +63,8 @@ def slot_of(ts: pd.Series | pd.DatetimeIndex | np.ndarray) -> np.ndarray:
 
 
 def epoch_ns(values: pd.Series | pd.DatetimeIndex) -> np.ndarray:
-    """UTC timestamps as int64 nanoseconds since the epoch (whatever the column's unit)."""
-    idx = pd.DatetimeIndex(values)
-    if idx.tz is None:
-        idx = idx.tz_localize("UTC")
-    return idx.as_unit("ns").asi8
+    """UTC timestamps as int64 nanoseconds since the epoch (naive input is taken as UTC)."""
+    return _naive_ns(values).view(np.int64)
 
 
 def _hour_of_week(ns: np.ndarray) -> np.ndarray:

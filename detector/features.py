@@ -187,16 +187,20 @@ def expected_calls(base: Baselines, slots: np.ndarray, cube: Cube, parts: Partit
     return np.clip(cube.calls, np.minimum(e, scaled), np.maximum(e, scaled))
 
 
-def _others(x: np.ndarray, parts: Partitions) -> np.ndarray:
-    """For every version row: the sum of ``x`` over the *other* versions of its operation."""
+def _version_sums(x: np.ndarray, parts: Partitions) -> np.ndarray:
+    """Per operation (rows in ``parts.operations`` order): the sum of ``x`` over its versions."""
     versions = ~parts.is_fleet
     # Partitions are sorted by operation, so each operation is a contiguous block of rows.
     starts = np.flatnonzero(np.r_[True, parts.op_index[1:] != parts.op_index[:-1]])
-    g = np.add.reduceat(
+    return np.add.reduceat(
         np.where(versions.reshape(-1, *([1] * (x.ndim - 1))), x, 0.0), starts, axis=0
     )
-    out = g[parts.op_index] - x
-    out[~versions] = 0.0
+
+
+def _others(x: np.ndarray, parts: Partitions) -> np.ndarray:
+    """For every version row: the sum of ``x`` over the *other* versions of its operation."""
+    out = _version_sums(x, parts)[parts.op_index] - x
+    out[parts.is_fleet] = 0.0
     return out
 
 
@@ -307,12 +311,13 @@ class _Cells:
         self,
         r: dict[str, np.ndarray],
         parts: Partitions,
-        arrays: dict[str, np.ndarray],
+        cells: dict[str, np.ndarray],
+        per_row: dict[str, np.ndarray],
         rows: np.ndarray | None = None,
         cols: np.ndarray | None = None,
         groups: dict[str, np.ndarray] | None = None,
     ) -> None:
-        self.r, self.parts, self.arrays = r, parts, arrays
+        self.r, self.parts, self.cells, self.per_row = r, parts, cells, per_row
         self.rows, self.cols = rows, cols
         # Per-operation sums over versions, shared by every sparse view of the same span.
         self.groups: dict[str, np.ndarray] = {} if groups is None else groups
@@ -322,26 +327,30 @@ class _Cells:
         cls,
         r: dict[str, np.ndarray],
         parts: Partitions,
+        *,
         zd: np.ndarray,
         pbar: np.ndarray,
         infl: np.ndarray,
         p95_base: np.ndarray,
-        n_eff_d: np.ndarray,
         phi_d: np.ndarray,
         phi_f: np.ndarray,
     ) -> _Cells:
-        arrays = dict(zd=zd, pbar=pbar, infl=infl, p95_base=p95_base)
-        rows = dict(phi_d=phi_d, phi_f=phi_f, versions=(~parts.is_fleet)[:, None])
-        return cls(r, parts, {**arrays, **rows})
+        """Every cell; ``zd`` .. ``p95_base`` are ``(P, K)``, ``phi_d``/``phi_f`` ``(P, 1)``."""
+        cells = dict(zd=zd, pbar=pbar, infl=infl, p95_base=p95_base)
+        per_row = dict(phi_d=phi_d, phi_f=phi_f, versions=(~parts.is_fleet)[:, None])
+        return cls(r, parts, cells, per_row)
 
     def at(self, rows: np.ndarray, cols: np.ndarray) -> _Cells:
-        return _Cells(self.r, self.parts, self.arrays, rows, cols, self.groups)
+        return _Cells(self.r, self.parts, self.cells, self.per_row, rows, cols, self.groups)
 
     def v(self, a: np.ndarray) -> np.ndarray:
-        """A ``(P, K)`` array (or a ``(P, 1)`` per-partition one) at the cells."""
-        if self.rows is None:
-            return a
-        return a[self.rows, 0] if a.shape[1] == 1 else a[self.rows, self.cols]
+        """A ``(P, K)`` array at the cells."""
+        return a if self.rows is None else a[self.rows, self.cols]
+
+    def row(self, name: str) -> np.ndarray:
+        """A per-partition ``(P, 1)`` array at the cells' partitions."""
+        a = self.per_row[name]
+        return a if self.rows is None else a[self.rows, 0]
 
     def fleet(self, a: np.ndarray) -> np.ndarray:
         """``a`` of each cell's fleet partition."""
@@ -354,11 +363,7 @@ class _Cells:
         if self.rows is None:
             return _others(x, self.parts)
         if name not in self.groups:
-            parts = self.parts
-            starts = np.flatnonzero(np.r_[True, parts.op_index[1:] != parts.op_index[:-1]])
-            self.groups[name] = np.add.reduceat(
-                np.where((~parts.is_fleet)[:, None], x, 0.0), starts, axis=0
-            )
+            self.groups[name] = _version_sums(x, self.parts)
         out = self.groups[name][self.parts.op_index[self.rows], self.cols] - x[self.rows, self.cols]
         out[self.parts.is_fleet[self.rows]] = 0.0
         return out
@@ -366,8 +371,8 @@ class _Cells:
     def fields(self, m: int, s: int, policy: DetectionPolicy) -> dict[str, Any]:
         """Evidence fields of metric ``m`` for span ``s`` at the cells, plus two gates:
         ``passes`` (practical effect and volume) and ``share_ok`` (the version's share)."""
-        r, a, v = self.r, self.arrays, self.v
-        versions = v(a["versions"])
+        r, a, v = self.r, self.cells, self.v
+        versions = self.row("versions")
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             calls = v(r["C"])
             share = np.where(versions, calls / np.maximum(self.fleet(r["C"]), 1.0), 1.0)
@@ -381,7 +386,7 @@ class _Cells:
                 so, do, vo = self.others("cd"), self.others("D"), self.others("vd")
                 shared = (vo <= 0) | (so / np.sqrt(vo) >= policy.shared_z)
                 pz = (shift - so / do) / np.sqrt(
-                    np.where(dn > 0, vdu / dn, 1.0) * v(a["phi_d"]) * (1 / dn + 1 / do)
+                    np.where(dn > 0, vdu / dn, 1.0) * self.row("phi_d") * (1 / dn + 1 / do)
                 )
                 out = dict(
                     effect=eff,
@@ -403,7 +408,7 @@ class _Cells:
                 eff = np.where(calls > 0, k_ / calls - pbar, 0.0)
                 xo, co, vfo = self.others("cf"), self.others("C"), self.others("vf")
                 pz = (cf / calls - xo / co) / np.sqrt(
-                    pbar * (1 - pbar) * v(a["phi_f"]) * (1 / calls + 1 / co)
+                    pbar * (1 - pbar) * self.row("phi_f") * (1 / calls + 1 / co)
                 )
                 out = dict(
                     effect=eff,
@@ -757,7 +762,9 @@ def _span_evidence(
             pv[high] = special.gammainc(cc[high], e2[high])  # P(X >= c)
             pv = np.minimum(1.0, 2 * pv)
             del cc, e2, zv0, low, high
-        full_cells = _Cells.everywhere(r, parts, zd, pbar, infl, p95_base, n_eff_d, phi_d, phi_f)
+        full_cells = _Cells.everywhere(
+            r, parts, zd=zd, pbar=pbar, infl=infl, p95_base=p95_base, phi_d=phi_d, phi_f=phi_f
+        )
         for m, p_raw in enumerate((pd_, pf, pv)):
             p_m = np.fmin(p_raw * n_spans, 1.0)  # (fmin: a NaN p, nothing to test, reads 1)
             # The fields of a cell matter only where its best span is nominally significant

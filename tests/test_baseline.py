@@ -257,3 +257,15 @@ def test_with_fleet_codes_match_string_grouping() -> None:
     idx = other.index_of(got)
     ops = got["operation_name"].astype(str).to_numpy()
     assert (idx[ops == "Call"] == -1).all() and (idx[ops == "Join"] >= 0).all()
+
+
+def test_hour_of_week_arithmetic_matches_the_calendar() -> None:
+    # compute_baselines takes slots from epoch arithmetic (no calendar fields for millions of
+    # rows); it must agree with slot_of everywhere, before 1970 and across DST-free UTC.
+    from detector.baseline import _hour_of_week, epoch_ns, slot_of
+
+    times = pd.date_range("1969-12-20", "2027-01-10", freq="37h", tz="UTC")
+    assert np.array_equal(_hour_of_week(epoch_ns(times)), slot_of(times))
+    # Naive and microsecond-unit columns read the same instants as tz-aware nanoseconds.
+    naive = pd.Series(times.tz_localize(None).as_unit("us"))
+    assert np.array_equal(epoch_ns(naive), times.as_unit("ns").asi8)
