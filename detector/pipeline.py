@@ -374,11 +374,13 @@ _ENGINE_MODULES = (
 
 
 def _preload(modules: Sequence[str]) -> threading.Thread:
-    """Import ``modules`` on a daemon thread while the caller reads the source.
+    """Import ``modules`` on a thread while the caller reads the source.
 
     DuckDB's query and the Log Analytics round trip release the GIL, so a cold start's imports
     overlap the read instead of following it. A failed import is left for the caller's own
-    import statement to raise, with its real traceback.
+    import statement to raise, with its real traceback. Not a daemon: a run that fails before
+    joining it (lock held, source error) waits for the imports at exit rather than having
+    the interpreter shut down under a half-finished import.
     """
 
     def load() -> None:
@@ -388,7 +390,7 @@ def _preload(modules: Sequence[str]) -> threading.Thread:
             except Exception:  # noqa: BLE001 - re-raised by the caller's import
                 return
 
-    thread = threading.Thread(target=load, name="acs-detector-preload", daemon=True)
+    thread = threading.Thread(target=load, name="acs-detector-preload")
     thread.start()
     return thread
 
