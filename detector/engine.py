@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -775,8 +775,3 @@ def _candidates(
 def _f(v: Any) -> float | None:
     v = float(v)
     return v if np.isfinite(v) else None
-
-
-def window_buckets(start: datetime, end: datetime, bucket: timedelta) -> pd.DatetimeIndex:
-    """The bucket starts of ``[start, end)`` (helper for callers building windows)."""
-    return pd.date_range(_utc(start).floor(bucket), _utc(end), freq=bucket, inclusive="left")

@@ -580,8 +580,8 @@ def _span_evidence(
 
     # Cumulative sums with Z leading zero columns, so every trailing window is two slices
     # (a window reaches at most max(spans) + 2 buckets behind the first judged one).
-    K0 = T if last is None else max(min(last, T), 1)
-    Z = max(1, max(policy.spans) + 3 - (T - K0))
+    K = T if last is None else max(min(last, T), 1)
+    Z = max(1, max(policy.spans) + 3 - (T - K))
 
     def cs(x: np.ndarray) -> np.ndarray:
         out = np.zeros((P, T + 1 + Z), dtype=np.float64)
@@ -594,7 +594,6 @@ def _span_evidence(
             D=D, cd=cd, vd=vd, C=C, F=F, ef=ef, cf=cf, vf=vf, e=e, cv=cv, vv=vv, vdu=D * var
         ).items()
     }
-    K = T if last is None else max(min(last, T), 1)
     tail = slice(T - K, T)
     p95_base = p95_base[:, tail]
 
@@ -623,7 +622,7 @@ def _span_evidence(
         m: int,
         s: int,
         r: dict[str, np.ndarray],
-        checks: list[tuple[int, float, list[int]]],
+        checks: list[tuple[int, float, list[int], float]],
         rows: np.ndarray,
         cols: np.ndarray,
     ) -> np.ndarray:

@@ -202,6 +202,41 @@ def test_a_thin_baseline_weakens_the_evidence_against_it() -> None:
         assert unsure.p[v, m, -1] > 10 * sure.p[v, m, -1]
 
 
+def test_evidence_kept_only_where_a_gate_looks_equals_the_full_evidence() -> None:
+    # The engine asks span_evidence for the fields beyond p only at the cells it keeps (forest
+    # flags, maintenance); elsewhere they are computed where the best span is significant.
+    # p and span must equal the full computation everywhere, every field wherever p <= alpha,
+    # and every field at a kept cell whatever its p.
+    from detector.features import build_cube, span_evidence
+    from tests.fixtures_engine import Incident
+
+    parts = [
+        Part(op, ver, 120.0, 0.02, 500.0) for op in ("Join", "StartVideo") for ver in ("1.0", "2.0")
+    ]
+    t1 = T0 + timedelta(days=2, hours=2)
+    incs = (
+        Incident("Join", "2.0", t1, t1 + timedelta(hours=3), duration_factor=1.8),
+        Incident(
+            "StartVideo", None, t1 + timedelta(hours=4), t1 + timedelta(hours=6), fail_rate=0.3
+        ),
+    )
+    p, base, stats = _baselines(parts, days=2.0, extra=0.5, seed=5, incidents=incs)
+    cube = build_cube(
+        stats, p, start=T0 + timedelta(days=1.5), end=T0 + timedelta(days=2.5), bucket=POLICY.bucket
+    )
+    full = span_evidence(cube, p, base, POLICY, last=120)
+    keep = np.zeros(full.p.shape, bool)
+    keep[0, 1, ::7] = True  # some cells kept whatever their p
+    got = span_evidence(cube, p, base, POLICY, last=120, keep=keep)
+    np.testing.assert_array_equal(got.p, full.p)
+    np.testing.assert_array_equal(got.span, full.span)
+    sig = full.p <= POLICY.alpha
+    assert sig.sum() > 20  # the incidents give the sparse path real work
+    for name in full.__dataclass_fields__:
+        a, b = getattr(got, name), getattr(full, name)
+        np.testing.assert_array_equal(a[sig | keep], b[sig | keep], err_msg=name)
+
+
 @pytest.mark.parametrize(("chunk", "threads"), [(1, 1), (3, 2), (1000, 4)])
 def test_evidence_and_features_do_not_depend_on_blocks_or_threads(chunk, threads) -> None:
     # Blocks of whole operations, processed by a thread pool, write disjoint rows: the result
