@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from detector import schema
-from detector.schema import AGG_COLUMNS, AGG_KEY, HIST_COLUMNS, BucketAggregates
+from detector.schema import AGG_COLUMNS, AGG_KEY, HIST_COLUMNS, BucketAggregates, fill_failed_calls
 
 __all__ = [
     "FLEET",
@@ -128,7 +128,7 @@ def normalize(stats: pd.DataFrame, hist: pd.DataFrame) -> tuple[pd.DataFrame, pd
         )
         return df.astype(columns)
 
-    s = _sum_by([coerce(stats, AGG_COLUMNS)], list(AGG_KEY), AGG_COLUMNS)
+    s = _sum_by([coerce(fill_failed_calls(stats), AGG_COLUMNS)], list(AGG_KEY), AGG_COLUMNS)
     h = _sum_by([coerce(hist, HIST_COLUMNS)], _HIST_KEY, HIST_COLUMNS)
     return s, h[h["count"] != 0].reset_index(drop=True)
 

@@ -54,6 +54,7 @@ __all__ = [
     "classify_result",
     "duration_bin",
     "empty_aggregates",
+    "fill_failed_calls",
     "is_point_event",
     "parse_sdk_version",
 ]
@@ -272,6 +273,10 @@ AGG_COLUMNS: Final[dict[str, str]] = {
     "bucket_start": "datetime64[ns, UTC]",  # floor(CallClientTimeStamp, bucket), epoch aligned
     "calls": "int64",  # deduplicated operations
     "failures": "int64",  # classify_result == failure
+    # Distinct calls (CallId; the OperationId when it is empty) behind the failures: one bad
+    # call can fail dozens of CreateView operations at once. A distinct count, so summing two
+    # frames (late data) can count a call twice: it errs towards ``failures``.
+    "failed_calls": "int64",
     "expected_errors": "int64",  # classify_result == expected_error
     "dur_n": "int64",  # operations with a usable duration (not point events, numeric, >= 0)
     "log_dur_sum": "float64",  # sum of ln(max(DurationMs, 1))
@@ -320,6 +325,16 @@ class BucketAggregates:
     dropped: dict[str, int] = field(default_factory=dict)
     flagged: dict[str, int] = field(default_factory=dict)
     rows_read: int = 0
+
+
+def fill_failed_calls(stats: pd.DataFrame) -> pd.DataFrame:
+    """``stats`` with ``failed_calls`` present: where it is missing (frames and stores written
+    before the column existed, hand-made frames) every failure counts as its own call, which is
+    what the tests assumed before. Returns ``stats`` itself when nothing is missing."""
+    if "failed_calls" in stats.columns and not stats["failed_calls"].isna().any():
+        return stats
+    fc = stats["failures"] if "failed_calls" not in stats.columns else stats["failed_calls"]
+    return stats.assign(failed_calls=fc.fillna(stats["failures"]))
 
 
 def empty_aggregates() -> BucketAggregates:

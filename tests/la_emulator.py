@@ -294,6 +294,9 @@ def aggregate_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[li
         s1=("_Ld", "sum"),
         s2=("_Ld2", "sum"),
     )
+    fails = k[k["_Class"] == "failure"]
+    call = fails["CallId"].where(fails["CallId"].fillna("") != "", fails["OperationId"])
+    failed_calls = fails.assign(_Call=call).groupby(keys, sort=True)["_Call"].nunique()
     hists: dict[tuple, dict[str, int]] = {}
     for (op, sdk, bstart, b), n in k[k["_Usable"]].groupby([*keys, "_Bin"]).size().items():
         hists.setdefault((op, sdk, bstart), {})[str(int(b))] = int(n)
@@ -305,6 +308,7 @@ def aggregate_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[li
                 *key,
                 int(r.n),
                 int(r.f),
+                int(failed_calls.get(key, 0)),
                 int(r.e),
                 int(r.u),
                 float(r.s1),
@@ -314,7 +318,7 @@ def aggregate_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[li
             ]
         )
     out.append(
-        ["counts", "", "", None, None, None, None, None, None, None, None, json.dumps(counts)]
+        ["counts", "", "", None, None, None, None, None, None, None, None, None, json.dumps(counts)]
     )
     return out
 

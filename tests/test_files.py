@@ -180,6 +180,9 @@ def test_wide_codes_take_the_general_path_with_the_same_results(tmp_path: Path, 
         row(op="join", opid="d", cct="2026-11-02T11:59:00Z", dur=10**15),
         row(opid=" ", cct="2026-11-02T10:02:00Z"),
         row(opid="e", cct=None),
+        row(opid="g", rt="Failure") | {"CallId": "x"},
+        row(opid="h", rt="Failure") | {"CallId": "x"},  # same call: one failing call
+        row(opid="i", rt="Failure") | {"CallId": "y"},
     ]
     far = [
         row(opid="f", cct="1971-01-01T00:00:00Z", dur=2),
@@ -198,6 +201,8 @@ def test_wide_codes_take_the_general_path_with_the_same_results(tmp_path: Path, 
     pd.testing.assert_frame_equal(whole.hist, merged.hist)
     assert whole.dropped == merged.dropped
     assert whole.dropped["duplicate"] == 4
+    join = whole.stats[whole.stats["operation_name"] == "Join"]
+    assert int((join["failures"] - join["failed_calls"]).sum()) == 1  # g and h share call x
     assert whole.flagged == merged.flagged
     assert whole.rows_read == merged.rows_read == len(near) + len(far)
 
@@ -416,3 +421,19 @@ def test_empty_window_gives_empty_frames_with_contract_dtypes() -> None:
     assert agg.rows_read == 0 and len(agg.stats) == 0 and len(agg.hist) == 0
     assert agg.stats.dtypes.to_dict() == schema.empty_aggregates().stats.dtypes.to_dict()
     assert agg.dropped == dict.fromkeys(schema.DROP_REASONS, 0)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_failed_calls_count_the_calls_behind_the_failures(tmp_path: Path, fmt: str) -> None:
+    """One bad call failing ten operations is one failing call; an empty CallId falls back to
+    the operation (its own call); successes of a failing call do not count."""
+    rows = [row(opid=f"a{i}", rt="Failure") | {"CallId": "bad-call"} for i in range(10)]
+    rows += [row(opid=f"b{i}", rt="Failure") | {"CallId": f"call-{i}"} for i in range(3)]
+    rows += [row(opid=f"c{i}", rt="Failure") | {"CallId": ""} for i in range(2)]
+    rows += [row(opid=f"d{i}") | {"CallId": "bad-call"} for i in range(5)]
+    rows += [row(opid="a0", rt="Failure") | {"CallId": "bad-call"}]  # a duplicate
+    path = write_rows(rows, tmp_path / file_name(fmt, "calls"), fmt)
+    s = read_aggregates(path, bucket=BUCKET).stats
+    assert len(s) == 1
+    assert (int(s["calls"][0]), int(s["failures"][0])) == (20, 15)
+    assert int(s["failed_calls"][0]) == 1 + 3 + 2

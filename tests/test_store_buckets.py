@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from detector.errors import StateError
-from detector.schema import AGG_COLUMNS, HIST_COLUMNS, BucketAggregates
+from detector.schema import AGG_COLUMNS, HIST_COLUMNS, BucketAggregates, fill_failed_calls
 from detector.store.backend import LocalBackend
 from detector.store.buckets import BucketStore
 
@@ -44,7 +44,7 @@ def _aggs(*rows: tuple[str, str, datetime, int, int], bins: int = 150) -> Bucket
             for op, ver, ts, calls, _ in rows
         ]
     )
-    s = stats.reindex(columns=list(AGG_COLUMNS)).astype(AGG_COLUMNS)
+    s = fill_failed_calls(stats).reindex(columns=list(AGG_COLUMNS)).astype(AGG_COLUMNS)
     h = hist.reindex(columns=list(HIST_COLUMNS)).astype(HIST_COLUMNS)
     return BucketAggregates(stats=s, hist=h, rows_read=sum(r[3] for r in rows))
 

@@ -17,7 +17,8 @@ How the work is split, and why (measured on 9M rows, see benchmarks/bench_aggreg
    duration ranges come from the Parquet statistics (no data read) or the materialised text.
 2. One DuckDB pass reads only the needed columns, normalises types (string numbers, ISO or
    portal timestamps, JSON keys in any casing), windows by arrival, joins the names, and
-   computes ``ln(max(DurationMs, 1))``, flag bits, a 64-bit hash of the dedup key and dense
+   computes ``ln(max(DurationMs, 1))``, flag bits, a 64-bit hash of the dedup key (and of
+   the ``CallId`` behind each failure, counted per cell as ``failed_calls``) and dense
    ``uint32`` codes of the (partition, bucket, result class) and of the histogram entry, into
    an Arrow table of ~33 bytes a row.
 3. numpy finds duplicate keys with one sort of key|row words (several times faster than a
@@ -113,7 +114,12 @@ RESULT_CLASS_SQL: Final = (
 )
 
 # Columns the pipeline needs (required ones + optional ones read for flags).
-_NEEDED: Final[tuple[str, ...]] = (*schema.REQUIRED_COLUMNS, "OperationPayload", "ResultSignature")
+_NEEDED: Final[tuple[str, ...]] = (
+    *schema.REQUIRED_COLUMNS,
+    "OperationPayload",
+    "ResultSignature",
+    "CallId",  # optional: the call behind a failure (failed_calls)
+)
 _OPTIONAL: Final[frozenset[str]] = frozenset({"OperationPayload", "ResultSignature"})
 # ASCII whitespace trimmed from names and ids (DuckDB's trim() alone strips spaces only).
 _WS: Final = "' \t\n\r\x0b\x0c'"
@@ -415,7 +421,8 @@ def _typed_select(source: str, cols: dict[str, str], types: dict[str, str], *, c
         f"{dur} AS dur, "
         f"({dur_str} OR {rs_str}) AS str_num, "
         f"{_payload_bad_expr(col('OperationPayload'), typ('OperationPayload'))} AS pay_bad, "
-        f"coalesce({_str_expr(col('SdkVersion'))}, '') AS sdk "
+        f"coalesce({_str_expr(col('SdkVersion'))}, '') AS sdk, "
+        f"{_str_expr(col('CallId'))} AS call "
         f"FROM {source}"
     )
 
@@ -483,7 +490,8 @@ def _json_select(source: str) -> str:
         f"(({is_str('DurationMs')} AND {dur_val} IS NOT NULL) "
         f"OR ({is_str('ResultSignature')} AND {rs_val} IS NOT NULL)) AS str_num, "
         f"{pay_bad} AS pay_bad, "
-        f"coalesce({text('SdkVersion')}, '') AS sdk "
+        f"coalesce({text('SdkVersion')}, '') AS sdk, "
+        f"{text('CallId')} AS call "
         f"FROM (SELECT CASE WHEN ok THEN json_extract(j, {plist}) END AS v, "
         f"CASE WHEN ok THEN json_type(j, '$.properties') = 'OBJECT' ELSE FALSE END AS has_props "
         f"FROM (SELECT j, coalesce(json_valid(j), FALSE) AS ok FROM {source}))"
@@ -721,7 +729,7 @@ def _norm_sql(parts: list[str], window: tuple[int, int] | None) -> str:
     src = "\nUNION ALL\n".join(parts)
     where = f"WHERE tg_us >= {window[0]} AND tg_us < {window[1]}" if window else ""
     return f"""
-SELECT tg_us, cct_us, op, opid, rt, dur, str_num, pay_bad, sdk
+SELECT tg_us, cct_us, op, opid, rt, dur, str_num, pay_bad, sdk, call
 FROM (
 {src}
 ) {where}"""
@@ -785,6 +793,8 @@ def _rows_sql(norm: str, bucket_us: int, shape: _Shape) -> str:
       flags, flags packing invalid_duration (1), string_number (2), invalid_payload_json (4)
       and noncanonical_operation_case (8);
     * ``k``: 64-bit hash of the dedup key (OperationId, CallClientTimeStamp); 0 on dropped rows;
+    * ``ck``: 64-bit hash of the call behind a kept failure (``CallId``, else ``OperationId``);
+      0 on every other row;
     * ``tg_us``: arrival, the dedup tie-break;
     * ``ld``: ``ln(max(DurationMs, 1))``; 0.0 where there is no usable duration;
     * compact shape: ``c3 = cell * 3 + rc`` (cell: see :class:`_Shape`, dropped rows in the
@@ -799,22 +809,25 @@ def _rows_sql(norm: str, bucket_us: int, shape: _Shape) -> str:
             f"CASE WHEN code = 0 THEN pid * {shape.nb} + (bi - {shape.b0}) ELSE {shape.n_cells} END"
         )
         out = f"""
-SELECT cf, k, tg_us, ld,
+SELECT cf, k, tg_us, ld, ck,
   CAST(cell * 3 + rc AS UINTEGER) AS c3,
   CAST(CASE WHEN has_ld THEN cell * {shape.nbin} + bin ELSE {_U32_NONE} END AS UINTEGER) AS hk
-FROM (SELECT cf, k, tg_us, rc, has_ld, bin,
+FROM (SELECT cf, k, tg_us, rc, has_ld, bin, ck,
         CASE WHEN has_ld THEN ld ELSE 0.0 END AS ld, {cells} AS cell"""
     else:
         out = """
 SELECT cf, k, tg_us, CASE WHEN has_ld THEN ld ELSE 0.0 END AS ld,
-  coalesce(pid, 0) AS pid, coalesce(bi, 0) AS bi, rc,
+  coalesce(pid, 0) AS pid, coalesce(bi, 0) AS bi, rc, ck,
   CAST(CASE WHEN has_ld THEN bin ELSE -1 END AS INTEGER) AS bin
-FROM (SELECT cf, k, tg_us, rc, has_ld, bin, ld, pid, bi"""
+FROM (SELECT cf, k, tg_us, rc, has_ld, bin, ld, pid, bi, ck"""
     return f"""{out}
 FROM (
 SELECT *,
   CAST(code * 16 + flags AS UTINYINT) AS cf,
   CASE WHEN code = 0 THEN hash(opid, cct_us) ELSE CAST(0 AS UBIGINT) END AS k,
+  -- the call behind a kept failure (its OperationId when CallId is empty); 0 otherwise
+  CASE WHEN code = 0 AND rc = 2 THEN hash(coalesce(nullif(call, ''), opid))
+       ELSE CAST(0 AS UBIGINT) END AS ck,
   code = 0 AND ld IS NOT NULL AS has_ld,
   CAST(ceil(ld / {_LN_GAMMA_SQL}) AS BIGINT) AS bin  -- schema.duration_bin
 FROM (
@@ -828,7 +841,7 @@ SELECT
                                    ELSE FALSE END) THEN 3
        WHEN n.cct_us IS NULL THEN 4
        ELSE 0 END AS code,
-  n.opid, n.cct_us, n.tg_us, d.pid, d.rc,
+  n.opid, n.cct_us, n.tg_us, n.call, d.pid, d.rc,
   CAST(floor(n.cct_us / {b!r}) AS BIGINT) AS bi,  -- exact: |cct_us| < 2**53
   CASE WHEN NOT d.point AND n.dur >= 0 THEN ln(greatest(n.dur, 1.0)) END AS ld,
   CASE WHEN NOT d.point AND NOT coalesce(n.dur >= 0, FALSE) THEN 1 ELSE 0 END
@@ -1024,6 +1037,7 @@ def _group_compact(
     sums = np.zeros(n_cells + 1)
     sumsq = np.zeros(n_cells + 1)
     hk = np.empty(rows.num_rows, dtype="uint32")
+    fail_cell, fail_call = [], []  # (cell, call hash) of every kept failure: few rows
     for off, part in _steps(rows, step):
         m = part.num_rows
         d = discard[np.searchsorted(discard, off) : np.searchsorted(discard, off + m)] - off
@@ -1040,6 +1054,13 @@ def _group_compact(
         cell = (c3 // 3).astype(np.intp)  # bincount would convert it once per call
         sums += np.bincount(cell, weights=ld, minlength=n_cells + 1)
         sumsq += np.bincount(cell, weights=ld * ld, minlength=n_cells + 1)
+        ck = _col(part, "ck")
+        if len(d):
+            ck = ck.copy()
+            ck[d] = 0
+        f = np.flatnonzero(ck)
+        fail_cell.append(cell[f])
+        fail_call.append(ck[f])
     per_rc3 = per_rc.reshape(-1, 3)[:n_cells]
     calls = per_rc3.sum(axis=1)
     present = np.flatnonzero(calls)
@@ -1057,6 +1078,7 @@ def _group_compact(
         "bi": present % nb + shape.b0,
         "calls": calls[present],
         "failures": per_rc3[present, 2],
+        "failed_calls": _distinct_per_cell(fail_cell, fail_call, n_cells)[present],
         "expected_errors": per_rc3[present, 1],
         "dur_n": np.rint(dur_n).astype("int64"),
         "log_dur_sum": sums[present],
@@ -1071,6 +1093,18 @@ def _group_compact(
     return per_cf, stats, hist
 
 
+def _distinct_per_cell(cells: list[np.ndarray], keys: list[np.ndarray], n_cells: int) -> np.ndarray:
+    """``(n_cells,)`` number of distinct ``keys`` per cell, from parallel lists of arrays."""
+    cell = np.concatenate(cells) if cells else np.empty(0, np.intp)
+    key = np.concatenate(keys) if keys else np.empty(0, np.uint64)
+    if not len(cell):
+        return np.zeros(n_cells, "int64")
+    order = np.lexsort((key, cell))
+    cell, key = cell[order], key[order]
+    first = np.r_[True, (cell[1:] != cell[:-1]) | (key[1:] != key[:-1])]
+    return np.bincount(cell[first], minlength=n_cells).astype("int64")
+
+
 def _group_general(
     rows: pa.Table, discard: np.ndarray
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -1080,12 +1114,17 @@ def _group_general(
     keep = cf < 16
     keep[discard] = False
     del cf
-    stats, hist = _group(*(_col(rows, c)[keep] for c in ("pid", "bi", "rc", "ld", "bin")))
+    stats, hist = _group(*(_col(rows, c)[keep] for c in ("pid", "bi", "rc", "ld", "bin", "ck")))
     return per_cf, stats, hist
 
 
 def _group(
-    pid: np.ndarray, bi: np.ndarray, rc: np.ndarray, ld: np.ndarray, bins: np.ndarray
+    pid: np.ndarray,
+    bi: np.ndarray,
+    rc: np.ndarray,
+    ld: np.ndarray,
+    bins: np.ndarray,
+    ck: np.ndarray,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The general path of :func:`_group_compact` (kept rows only; codes too wide for uint32).
 
@@ -1093,7 +1132,10 @@ def _group(
     """
     if len(pid) == 0:
         e = np.empty(0, dtype="int64")
-        stats = {c: e for c in ("pid", "bi", "calls", "failures", "expected_errors", "dur_n")}
+        stats = {
+            c: e
+            for c in ("pid", "bi", "calls", "failures", "failed_calls", "expected_errors", "dur_n")
+        }
         stats |= {"log_dur_sum": e.astype("float64"), "log_dur_sumsq": e.astype("float64")}
         return stats, {"pid": e, "bi": e, "bin": e.astype("int32"), "count": e}
     b0 = int(bi.min())
@@ -1114,6 +1156,7 @@ def _group(
         "bi": cells[present] % nb + b0,
         "calls": calls[present],
         "failures": np.bincount(inv[rc == 2], minlength=n_cells)[present],
+        "failed_calls": _distinct_per_cell([inv[rc == 2]], [ck[rc == 2]], n_cells)[present],
         "expected_errors": np.bincount(inv[rc == 1], minlength=n_cells)[present],
         "dur_n": np.bincount(inv[valid], minlength=n_cells)[present],
         "log_dur_sum": np.bincount(inv, weights=ld, minlength=n_cells)[present],

@@ -118,6 +118,7 @@ AGG_RESULT_COLUMNS: Final[dict[str, str]] = {
     "BucketStart": "datetime",
     "Calls": "long",
     "Failures": "long",
+    "FailedCalls": "long",
     "ExpectedErrors": "long",
     "DurN": "long",
     "LogDurSum": "real",
@@ -419,6 +420,10 @@ let _Kept = materialize(_Window
     | summarize arg_max(TimeGenerated, *) by OperationId, CallClientTimeStamp
 {dedup}{_normalise_fragment()}
     | extend _BucketStart = bin_at(CallClientTimeStamp, _Bucket, {_EPOCH}));
+let _FailedCalls = _Kept
+    | where _Class == "failure"
+    | summarize FailedCalls = dcount(iff(isempty(CallId), OperationId, CallId))
+        by OperationName = _Op, SdkVersion, BucketStart = _BucketStart;
 let _Stats = _Kept
     | summarize _N = count(), _F = countif(_Class == "failure"),
         _E = countif(_Class == "expected_error"), _S1 = sum(_Ld), _S2 = sum(_Ld * _Ld)
@@ -427,7 +432,8 @@ let _Stats = _Kept
         DurN = sumif(_N, _Bin >= 0), LogDurSum = sum(_S1), LogDurSumSq = sum(_S2),
         Hist = make_bag_if(bag_pack(tostring(_Bin), _N), _Bin >= 0)
         by OperationName = _Op, SdkVersion, BucketStart = _BucketStart
-    | extend Kind = "bucket";
+    | lookup kind=leftouter _FailedCalls on OperationName, SdkVersion, BucketStart
+    | extend FailedCalls = coalesce(FailedCalls, 0), Kind = "bucket";
 let _WindowCounts = _Window
     | summarize rows_read = count(), valid = countif(isempty(_Drop)),
         {drop_counts}
@@ -445,8 +451,8 @@ let _Counts = _WindowCounts
     | project Kind = "counts",
         Counts = bag_pack({count_pairs}, "duplicate", valid - kept, {flag_pairs});
 union _Stats, _Counts
-| project Kind, OperationName, SdkVersion, BucketStart, Calls, Failures, ExpectedErrors,
-    DurN, LogDurSum, LogDurSumSq, Hist, Counts
+| project Kind, OperationName, SdkVersion, BucketStart, Calls, Failures, FailedCalls,
+    ExpectedErrors, DurN, LogDurSum, LogDurSumSq, Hist, Counts
 """
 
 
@@ -518,6 +524,8 @@ def aggregates_from_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) 
                 "bucket_start": starts,
                 "calls": b["Calls"].fillna(0).to_numpy(),
                 "failures": b["Failures"].fillna(0).to_numpy(),
+                # dcount of the failing rows' calls; a null counts every failure as a call.
+                "failed_calls": b["FailedCalls"].fillna(b["Failures"]).fillna(0).to_numpy(),
                 "expected_errors": b["ExpectedErrors"].fillna(0).to_numpy(),
                 "dur_n": b["DurN"].fillna(0).to_numpy(),
                 "log_dur_sum": b["LogDurSum"].fillna(0.0).to_numpy(),

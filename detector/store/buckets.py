@@ -31,7 +31,13 @@ import pyarrow.parquet as pq
 
 from detector import aggregate
 from detector.errors import StateError
-from detector.schema import AGG_COLUMNS, HIST_COLUMNS, BucketAggregates, empty_aggregates
+from detector.schema import (
+    AGG_COLUMNS,
+    HIST_COLUMNS,
+    BucketAggregates,
+    empty_aggregates,
+    fill_failed_calls,
+)
 from detector.store.backend import Backend
 
 __all__ = ["BucketStore"]
@@ -64,6 +70,8 @@ def _from_bytes(data: bytes, dtypes: dict[str, str], key: str) -> pd.DataFrame:
         frame = pq.read_table(io.BytesIO(data)).to_pandas()
     except (pa.ArrowException, OSError) as exc:
         raise StateError(f"bucket store file {key} is unreadable: {exc}") from exc
+    if "failures" in dtypes:  # a store written before failed_calls existed
+        frame = fill_failed_calls(frame)
     return frame.reindex(columns=list(dtypes)).astype(dtypes)
 
 
