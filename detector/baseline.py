@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from detector.decide import DetectionPolicy
+from detector.schema import fill_failed_calls
 
 __all__ = [
     "FLEET",
@@ -51,7 +52,18 @@ __all__ = [
 FLEET = "*"
 #: Hour-of-week slots (Monday 00:00 UTC = slot 0).
 SLOTS = 168
-_SUM_COLS = ("calls", "failures", "expected_errors", "dur_n", "log_dur_sum", "log_dur_sumsq")
+_SUM_COLS = (
+    "calls",
+    "failures",
+    "failed_calls",
+    "expected_errors",
+    "dur_n",
+    "log_dur_sum",
+    "log_dur_sumsq",
+)
+#: Pseudo-failures behind a partition's failing-calls-per-failure ratio: thin history leans on
+#: the operation's fleet ratio.
+_CALL_RATIO_PRIOR = 5.0
 #: Median of a chi-square with one degree of freedom: median(r^2) / this ~ dispersion factor.
 _CHI2_MEDIAN = 0.454936
 
@@ -81,6 +93,8 @@ def with_fleet(stats: pd.DataFrame) -> pd.DataFrame:
     stage maps rows to partitions through the category codes (:meth:`Partitions.index_of`), so
     millions of rows are never hashed as strings again.
     """
+    if "failures" in stats.columns:
+        stats = fill_failed_calls(stats)
     cols = [c for c in _SUM_COLS if c in stats.columns]
     op_codes, op_names = _factorize_str(stats["operation_name"])
     ver_codes, ver_names = _factorize_str(stats["sdk_version"])
@@ -244,6 +258,12 @@ class Baselines:
     #: tests add its variance (var / n_eff) to the sampling variance.
     n_eff_fail: np.ndarray | None = None
     n_eff_dur: np.ndarray | None = None
+    #: (P,) failing calls per failure in the baseline (1: every failure its own call). Several
+    #: legs of one bad call fail together, so failures cluster by call; the call-level failure
+    #: test expects ``fail_rate * call_ratio`` failing calls per operation.
+    call_ratio: np.ndarray | None = None
+    #: (P,) overdispersion of failing calls per bucket (>= 1)
+    phi_fcall: np.ndarray | None = None
 
     def take(self, sl: slice) -> Baselines:
         """The partitions ``sl``."""
@@ -471,6 +491,7 @@ def compute_baselines(
     calls = col("calls")
     C = acc(calls)
     F = acc(col("failures"))
+    G = acc(col("failed_calls")) if "failed_calls" in stats.columns else F
     D = acc(col("dur_n"))
     S1 = acc(col("log_dur_sum"))
     S2 = acc(col("log_dur_sumsq"))
@@ -512,7 +533,9 @@ def compute_baselines(
         own_mu = (S1s + prior * mu_f[:, None]) / (Ds + prior)
         own_m2 = (S2s + prior * (var_f + mu_f**2)[:, None]) / (Ds + prior)
     # (P, 168) arrays add up at 10k partitions: drop the sums once folded and blended.
-    del C, F, D, S1, S2, n_slot_buckets, Cs, Fs, Ds, S1s, S2s, Bs
+    # Failing calls per failure, per partition, shrunk towards the operation's fleet ratio.
+    Gf = G.sum(axis=1)
+    del C, F, G, D, S1, S2, n_slot_buckets, Cs, Fs, Ds, S1s, S2s, Bs
 
     # ... then (cold start) a version's slots are blended with its operation's fleet slots with
     # the empirical-Bayes weight n/(n+k), n = the version's own baseline calls (durations).
@@ -528,6 +551,9 @@ def compute_baselines(
     del own_fail, own_mu, own_m2
     with np.errstate(invalid="ignore"):
         var_log = np.maximum(m2 - mu_log**2, 1e-4)
+    a = _CALL_RATIO_PRIOR
+    ratio_fleet = (Gf + a) / (Ff + a)
+    call_ratio = np.clip((Gf + a * ratio_fleet[fo]) / (Ff + a), 0.0, 1.0)
     p_any = np.nanmax(np.where(np.isfinite(fail_rate), fail_rate, -1.0), axis=1) >= 0
     has_history = p_any & (Bf[fo] * bucket_days * 24 >= policy.min_history.total_seconds() / 3600)
 
@@ -547,6 +573,14 @@ def compute_baselines(
         r = np.where(v_r >= 3, (f_r - calls * p_r) / np.sqrt(v_r), np.nan)
         del p_r, f_r, v_r
         phi_fail = _median_dispersion(pid, r, P, cap)
+        if "failed_calls" in stats.columns:
+            q_r = fail_rate[pid, slot] * call_ratio[pid]
+            v_r = calls * q_r * (1 - q_r)
+            r = np.where(v_r >= 3, (col("failed_calls") - calls * q_r) / np.sqrt(v_r), np.nan)
+            del q_r, v_r
+            phi_fcall = _median_dispersion(pid, r, P, cap)
+        else:
+            phi_fcall = phi_fail
         e_r = exp_calls[pid, slot]
         r = np.where(e_r >= 5, (calls - e_r) / np.sqrt(e_r), np.nan)
         del e_r
@@ -555,6 +589,7 @@ def compute_baselines(
     # Versions with thin history borrow the operation's dispersion as they borrow its level.
     phi_dur = np.maximum(phi_dur, np.where(fleet, 1.0, phi_dur[fo] * (1 - w_dur)))
     phi_fail = np.maximum(phi_fail, np.where(fleet, 1.0, phi_fail[fo] * (1 - w_calls)))
+    phi_fcall = np.maximum(phi_fcall, np.where(fleet, 1.0, phi_fcall[fo] * (1 - w_calls)))
 
     weight = np.minimum(w_calls, np.where(np.isfinite(w_dur), w_dur, 1.0))
     provisional = ~fleet & (weight < policy.provisional_weight)
@@ -588,6 +623,8 @@ def compute_baselines(
         # a brand-new version (n = 0) is judged against it as if known.
         n_eff_fail=np.where(fleet, Cf, (Cf + k_fail) ** 2 / np.maximum(Cf, 1e-9)),
         n_eff_dur=np.where(fleet, Df, (Df + k_dur) ** 2 / np.maximum(Df, 1e-9)),
+        call_ratio=call_ratio,
+        phi_fcall=phi_fcall,
     )
 
 

@@ -520,6 +520,9 @@ def _explain(
             span = int(ev.span[p, m, j])
             calls = int(cube.calls[p, idx].sum())
             fails = int(cube.failures[p, idx].sum())
+            # Distinct calls behind the failures (summed per bucket: a call failing in two
+            # buckets counts twice, so this errs towards ``fails``).
+            fail_calls = int(cube.fcalls[p, idx].sum())
             share_den = float(cube.calls[fleet_row, idx].sum())
             share = float(calls / share_den) if share_den > 0 else None
             # Reported p-value: corrected for the partitions tested (spans already in ev.p).
@@ -552,7 +555,8 @@ def _explain(
                 band = (max(baseline - half, 0.0), min(baseline + half, 1.0))
                 text = (
                     f"failure rate {observed:.1%} vs {baseline:.1%} "
-                    f"({(observed - baseline) * 100:+.1f} pts, {fails}/{calls} failed, "
+                    f"({(observed - baseline) * 100:+.1f} pts, {fails}/{calls} failed "
+                    f"in {fail_calls} call{'s' if fail_calls != 1 else ''}, "
                     f"p={_fmt_p(ev.p[p, m, j])}"
                 )
             else:
@@ -598,6 +602,7 @@ def _explain(
                 "baseline_buckets": int(base.buckets[p]),
                 "baseline_excluded_buckets": int(base.excluded[p]),
                 "dispersion": float([base.phi_dur, base.phi_fail, base.phi_vol][m][p]),
+                "failed_calls": fail_calls if metric == "failure_rate" else None,
                 "new_version": bool(~parts.is_fleet[p] and base.calls[p] == 0),
                 "features": {
                     n: round(float(v), 3)

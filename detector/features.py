@@ -73,6 +73,12 @@ class Cube:
     s1: np.ndarray
     s2: np.ndarray
     excluded: np.ndarray | None = None  # (P, T) buckets zeroed out (maintenance)
+    failed_calls: np.ndarray | None = None  # (P, T) distinct calls behind the failures
+
+    @property
+    def fcalls(self) -> np.ndarray:
+        """Failing calls; the failures themselves when the source did not count calls."""
+        return self.failures if self.failed_calls is None else self.failed_calls
 
     @property
     def slots(self) -> np.ndarray:
@@ -88,6 +94,7 @@ class Cube:
             self.s1[sl],
             self.s2[sl],
             None if self.excluded is None else self.excluded[sl],
+            None if self.failed_calls is None else self.failed_calls[sl],
         )
 
     def tail(self, k: int) -> Cube:
@@ -100,14 +107,16 @@ class Cube:
             self.s1[:, -k:],
             self.s2[:, -k:],
             None if self.excluded is None else self.excluded[:, -k:],
+            None if self.failed_calls is None else self.failed_calls[:, -k:],
         )
 
     def exclude(self, mask: np.ndarray) -> None:
         """Zero the buckets of ``mask`` (P, T) so no span's evidence includes them."""
         if not mask.any():
             return
-        for a in (self.calls, self.failures, self.dur_n, self.s1, self.s2):
-            a[mask] = 0.0
+        for a in (self.calls, self.failures, self.dur_n, self.s1, self.s2, self.failed_calls):
+            if a is not None:
+                a[mask] = 0.0
         self.excluded = mask if self.excluded is None else (self.excluded | mask)
 
 
@@ -144,10 +153,13 @@ def build_cube(
     flat = pid[ok].astype(np.int64) * T + tid[ok]
     del ts, tid, pid
     arrays = []
-    for col in ("calls", "failures", "dur_n", "log_dur_sum", "log_dur_sumsq"):
+    cols = ["calls", "failures", "dur_n", "log_dur_sum", "log_dur_sumsq"]
+    if "failed_calls" in stats.columns:
+        cols.append("failed_calls")
+    for col in cols:
         w = stats[col].to_numpy()[ok].astype(np.float64, copy=False)
         arrays.append(np.bincount(flat, weights=w, minlength=P * T).reshape(P, T))
-    return Cube(times, *arrays)
+    return Cube(times, *arrays[:5], failed_calls=arrays[5] if len(arrays) > 5 else None)
 
 
 def expected_calls(base: Baselines, slots: np.ndarray, cube: Cube, parts: Partitions) -> np.ndarray:
@@ -569,6 +581,11 @@ def _span_evidence(
         base.n_eff_fail if base.n_eff_fail is not None else np.full(P, np.inf), 1.0
     )[:, None]
     C, F, D, S1 = cube.calls, cube.failures, cube.dur_n, cube.s1
+    # Failing calls (several legs of one bad call fail together): their expected count per
+    # operation is the failure rate times the baseline's failing calls per failure.
+    ratio = base.call_ratio if base.call_ratio is not None else np.ones(P)
+    phi_g = (base.phi_fcall if base.phi_fcall is not None else base.phi_fail)[:, None]
+    eg = C * (p0 * ratio[:, None])
     p95_base = np.exp(mu + _Z95 * np.sqrt(var))
     cd = S1 - D * mu
     vd = D * var * phi_d
@@ -591,7 +608,20 @@ def _span_evidence(
     sums = {
         name: cs(x)
         for name, x in dict(
-            D=D, cd=cd, vd=vd, C=C, F=F, ef=ef, cf=cf, vf=vf, e=e, cv=cv, vv=vv, vdu=D * var
+            D=D,
+            cd=cd,
+            vd=vd,
+            C=C,
+            F=F,
+            ef=ef,
+            cf=cf,
+            vf=vf,
+            e=e,
+            cv=cv,
+            vv=vv,
+            vdu=D * var,
+            G=cube.fcalls,
+            eg=eg,
         ).items()
     }
     tail = slice(T - K, T)
@@ -749,7 +779,21 @@ def _span_evidence(
             pf[cand] = special.betainc(
                 np.maximum(kk[cand], 1e-9), np.maximum((nn - kk + 1)[cand], 1e-9), pbar[cand]
             )
-            del kk, nn, zf0, cand
+            # ... and the same test on the distinct calls behind the failures: a deviation
+            # must be significant in calls too, so one bad call failing 30 CreateViews is one
+            # failing call, not 30 independent failures. Only where the operations' test is
+            # promising (elsewhere pf decides already).
+            g_, n_c = r["G"][cand], n_[cand]
+            deflate = phi_g[np.nonzero(cand)[0], 0] * infl[cand]
+            ng, kg = n_c / deflate, g_ / deflate
+            qbar = np.where(n_c > 0, r["eg"][cand] / np.maximum(n_c, 1e-12), 0.0)
+            pg = np.ones_like(kg)
+            hit = (kg > 0) & (qbar > 0)
+            pg[hit] = special.betainc(
+                np.maximum(kg[hit], 1e-9), np.maximum((ng - kg + 1)[hit], 1e-9), qbar[hit]
+            )
+            pf[cand] = np.maximum(pf[cand], pg)
+            del kk, nn, zf0, cand, g_, n_c, deflate, ng, qbar, kg, pg, hit
             # Volume: two-sided Poisson, deflated by the overdispersion.
             ee = r["e"]
             cc, e2 = n_ / phi_v, ee / phi_v

@@ -98,6 +98,7 @@ def make_aggs(
                     "bucket_start": times[i],
                     "calls": int(calls[i]),
                     "failures": int(failures[i]),
+                    "failed_calls": int(failures[i]),
                     "expected_errors": 0,
                     "dur_n": int(calls[i]),
                     "log_dur_sum": float(s1[i]),

@@ -193,7 +193,10 @@ def test_a_thin_baseline_weakens_the_evidence_against_it() -> None:
     cube = build_cube(stats, p, start=T0 + timedelta(days=2.5), end=end, bucket=POLICY.bucket)
     # Make the last 12 buckets of the version 30 % slower and 5 points more failing.
     cube.s1[v, -12:] += cube.dur_n[v, -12:] * np.log(1.3)
-    cube.failures[v, -12:] += np.round(cube.calls[v, -12:] * 0.05)
+    extra_failures = np.round(cube.calls[v, -12:] * 0.05)  # each from its own call
+    cube.failures[v, -12:] += extra_failures
+    assert cube.failed_calls is not None
+    cube.failed_calls[v, -12:] += extra_failures
     sure = span_evidence(cube, p, replace(base, n_eff_dur=None, n_eff_fail=None), POLICY, last=1)
     thin = replace(base, n_eff_dur=np.full(len(p), 40.0), n_eff_fail=np.full(len(p), 40.0))
     unsure = span_evidence(cube, p, thin, POLICY, last=1)

@@ -304,3 +304,25 @@ def test_a_blip_after_an_incident_does_not_prolong_it() -> None:
 
     assert last_alert(POLICY) < inc.end + timedelta(minutes=40)
     assert last_alert(replace(POLICY, latest_share=0.0)) >= blip.start  # the blip carried it
+
+
+@pytest.mark.parametrize(("failing_calls", "alerts"), [(1, False), (12, True)])
+def test_failures_of_one_bad_call_are_not_an_outage(failing_calls: int, alerts: bool) -> None:
+    """12 extra failures in each of 3 buckets: from one bad call (its legs failing together)
+    they are one failing call per bucket and must not alert; from 12 calls each they do."""
+    aggs = make_aggs(standard_parts(), days=DAYS, seed=5)
+    s = aggs.stats.copy()
+    at = WS + timedelta(hours=3)
+    hit = (
+        (s["operation_name"] == "Join")
+        & (s["sdk_version"] == V_OLD)
+        & (s["bucket_start"] >= at)
+        & (s["bucket_start"] < at + timedelta(minutes=15))
+    )
+    assert hit.sum() == 3
+    s.loc[hit, "calls"] += 12
+    s.loc[hit, "failures"] += 12
+    s.loc[hit, "failed_calls"] += failing_calls
+    aggs.stats = s
+    fps = _fps(_run(aggs))
+    assert (f"Join|{V_OLD}|failure_rate" in fps) is alerts

@@ -418,6 +418,9 @@ def _facts(d: Decision, *, now: datetime, bin_size: str) -> _Facts:
     sample = f"{a.calls:,} calls in window"
     if a.failures is not None and metric == "failure_rate":
         sample += f", {a.failures:,} failed"
+        fc = (a.details or {}).get("failed_calls")
+        if fc is not None:
+            sample += f" in {fc:,} call{'s' if fc != 1 else ''}"
     if a.baseline_calls is not None:
         sample += f"; baseline n={a.baseline_calls:,}"
     when = f"window {_hm(a.window_start)} - {a.window_end.strftime('%H:%M UTC')}"
