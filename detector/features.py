@@ -605,6 +605,9 @@ def _span_evidence(
         np.cumsum(x, axis=1, out=out[:, Z + 1 :])
         return out
 
+    # Failing calls: read only where the failures' own test is promising (roll_at).
+    call_sums = {"G": cs(cube.fcalls), "eg": cs(eg)}
+    del eg
     sums = {
         name: cs(x)
         for name, x in dict(
@@ -620,8 +623,6 @@ def _span_evidence(
             cv=cv,
             vv=vv,
             vdu=D * var,
-            G=cube.fcalls,
-            eg=eg,
         ).items()
     }
     tail = slice(T - K, T)
@@ -638,7 +639,7 @@ def _span_evidence(
 
     def roll_at(name: str, w: int, offset: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """:func:`roll` at the cells ``(rows, cols)`` only."""
-        c = sums[name]
+        c = sums[name] if name in sums else call_sums[name]
         hi = Z + T - K + 1 - offset
         return c[rows, hi + cols] - c[rows, hi - w + cols]
 
@@ -782,18 +783,22 @@ def _span_evidence(
             # ... and the same test on the distinct calls behind the failures: a deviation
             # must be significant in calls too, so one bad call failing 30 CreateViews is one
             # failing call, not 30 independent failures. Only where the operations' test is
-            # promising (elsewhere pf decides already).
-            g_, n_c = r["G"][cand], n_[cand]
-            deflate = phi_g[np.nonzero(cand)[0], 0] * infl[cand]
+            # nominally significant: elsewhere max(pf, pg) is not significant either, and pf
+            # stands (a lower bound; it only ranks spans that fail anyway).
+            cand &= pf * n_spans <= policy.alpha
+            rows_c, cols_c = np.nonzero(cand)
+            g_, n_c = roll_at("G", s, 0, rows_c, cols_c), n_[cand]
+            deflate = phi_g[rows_c, 0] * infl[cand]
             ng, kg = n_c / deflate, g_ / deflate
-            qbar = np.where(n_c > 0, r["eg"][cand] / np.maximum(n_c, 1e-12), 0.0)
+            eg_c = roll_at("eg", s, 0, rows_c, cols_c)
+            qbar = np.where(n_c > 0, eg_c / np.maximum(n_c, 1e-12), 0.0)
             pg = np.ones_like(kg)
             hit = (kg > 0) & (qbar > 0)
             pg[hit] = special.betainc(
                 np.maximum(kg[hit], 1e-9), np.maximum((ng - kg + 1)[hit], 1e-9), qbar[hit]
             )
             pf[cand] = np.maximum(pf[cand], pg)
-            del kk, nn, zf0, cand, g_, n_c, deflate, ng, qbar, kg, pg, hit
+            del kk, nn, zf0, cand, rows_c, cols_c, g_, n_c, deflate, ng, eg_c, qbar, kg, pg, hit
             # Volume: two-sided Poisson, deflated by the overdispersion.
             ee = r["e"]
             cc, e2 = n_ / phi_v, ee / phi_v
