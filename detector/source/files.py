@@ -17,8 +17,8 @@ How the work is split, and why (measured on 9M rows, see benchmarks/bench_aggreg
    duration ranges come from the Parquet statistics (no data read) or the materialised text.
 2. One DuckDB pass reads only the needed columns, normalises types (string numbers, ISO or
    portal timestamps, JSON keys in any casing), windows by arrival, joins the names, and
-   computes ``ln(max(DurationMs, 1))``, flag bits, a 64-bit hash of the dedup key (and of
-   the ``CallId`` behind each failure, counted per cell as ``failed_calls``) and dense
+   computes ``ln(max(DurationMs, 1))``, flag bits, a 64-bit hash of the dedup key (and a
+   32-bit one of the ``CallId`` behind each failure, for ``failed_calls``) and dense
    ``uint32`` codes of the (partition, bucket, result class) and of the histogram entry, into
    an Arrow table of ~33 bytes a row.
 3. numpy finds duplicate keys with one sort of key|row words (several times faster than a
@@ -793,8 +793,8 @@ def _rows_sql(norm: str, bucket_us: int, shape: _Shape) -> str:
       flags, flags packing invalid_duration (1), string_number (2), invalid_payload_json (4)
       and noncanonical_operation_case (8);
     * ``k``: 64-bit hash of the dedup key (OperationId, CallClientTimeStamp); 0 on dropped rows;
-    * ``ck``: 64-bit hash of the call behind a kept failure (``CallId``, else ``OperationId``);
-      0 on every other row;
+    * ``ck``: 32-bit hash (never 0) of the call behind a kept failure (``CallId``, else
+      ``OperationId``); 0 on every other row;
     * ``tg_us``: arrival, the dedup tie-break;
     * ``ld``: ``ln(max(DurationMs, 1))``; 0.0 where there is no usable duration;
     * compact shape: ``c3 = cell * 3 + rc`` (cell: see :class:`_Shape`, dropped rows in the
@@ -825,9 +825,11 @@ FROM (
 SELECT *,
   CAST(code * 16 + flags AS UTINYINT) AS cf,
   CASE WHEN code = 0 THEN hash(opid, cct_us) ELSE CAST(0 AS UBIGINT) END AS k,
-  -- the call behind a kept failure (its OperationId when CallId is empty); 0 otherwise
-  CASE WHEN code = 0 AND rc = 2 THEN hash(coalesce(nullif(call, ''), opid))
-       ELSE CAST(0 AS UBIGINT) END AS ck,
+  -- the call behind a kept failure (its OperationId when CallId is empty), 1..2**32-1;
+  -- 0 otherwise. 32 bits: only distinct calls within one cell are counted, where two of a
+  -- thousand failing calls share a value with a probability of ~1e-4.
+  CAST(CASE WHEN code = 0 AND rc = 2 THEN 1 + hash(coalesce(nullif(call, ''), opid)) % 4294967295
+       ELSE 0 END AS UINTEGER) AS ck,
   code = 0 AND ld IS NOT NULL AS has_ld,
   CAST(ceil(ld / {_LN_GAMMA_SQL}) AS BIGINT) AS bin  -- schema.duration_bin
 FROM (
@@ -1096,7 +1098,7 @@ def _group_compact(
 def _distinct_per_cell(cells: list[np.ndarray], keys: list[np.ndarray], n_cells: int) -> np.ndarray:
     """``(n_cells,)`` number of distinct ``keys`` per cell, from parallel lists of arrays."""
     cell = np.concatenate(cells) if cells else np.empty(0, np.intp)
-    key = np.concatenate(keys) if keys else np.empty(0, np.uint64)
+    key = np.concatenate(keys) if keys else np.empty(0, np.uint32)
     if not len(cell):
         return np.zeros(n_cells, "int64")
     order = np.lexsort((key, cell))
