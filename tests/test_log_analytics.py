@@ -604,6 +604,9 @@ def test_same_aggregates_as_the_file_source(emulator, tmp_path, fmt: str) -> Non
     by_files.flagged["string_number"] = 0
     _assert_same(by_kql, by_files)
     assert by_kql.dropped["duplicate"] > 0 and by_kql.flagged["invalid_payload_json"] > 0
+    # some bucket has two failures of one call: dcount(CallId) and DuckDB agree on it too
+    s = by_files.stats
+    assert (s["failed_calls"] < s["failures"]).any()
 
 
 def test_drill_down_retries_504(emulator) -> None:  # noqa: F811
