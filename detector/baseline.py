@@ -56,6 +56,7 @@ _SUM_COLS = (
     "calls",
     "failures",
     "failed_calls",
+    "failed_calls_op",
     "expected_errors",
     "dur_n",
     "log_dur_sum",
@@ -118,6 +119,9 @@ def with_fleet(stats: pd.DataFrame) -> pd.DataFrame:
         total = np.bincount(group, weights=values.astype(np.float64), minlength=len(fkey))
         # Integer counts stay integers (exact: bincount adds them in float64 below 2**53).
         fleet[c] = np.rint(total).astype(values.dtype) if values.dtype.kind in "iu" else total
+    if "failed_calls_op" in fleet:
+        # A call failing in several versions is one failing call of the fleet, not one each.
+        fleet["failed_calls"] = np.rint(fleet["failed_calls_op"]).astype(np.int64)
     times = stats["bucket_start"]
     data: dict[str, Any] = {
         "operation_name": pd.Categorical.from_codes(

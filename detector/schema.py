@@ -277,6 +277,10 @@ AGG_COLUMNS: Final[dict[str, str]] = {
     # call can fail dozens of CreateView operations at once. A distinct count, so summing two
     # frames (late data) can count a call twice: it errs towards ``failures``.
     "failed_calls": "int64",
+    # The same calls, each weighted 1 / the number of versions of the operation it failed in
+    # within the bucket: summed over versions, the operation's distinct failing calls (a group
+    # call's legs run several SDK versions).
+    "failed_calls_op": "float64",
     "expected_errors": "int64",  # classify_result == expected_error
     "dur_n": "int64",  # operations with a usable duration (not point events, numeric, >= 0)
     "log_dur_sum": "float64",  # sum of ln(max(DurationMs, 1))
@@ -328,13 +332,24 @@ class BucketAggregates:
 
 
 def fill_failed_calls(stats: pd.DataFrame) -> pd.DataFrame:
-    """``stats`` with ``failed_calls`` present: where it is missing (frames and stores written
-    before the column existed, hand-made frames) every failure counts as its own call, which is
-    what the tests assumed before. Returns ``stats`` itself when nothing is missing."""
-    if "failed_calls" in stats.columns and not stats["failed_calls"].isna().any():
-        return stats
-    fc = stats["failures"] if "failed_calls" not in stats.columns else stats["failed_calls"]
-    return stats.assign(failed_calls=fc.fillna(stats["failures"]))
+    """``stats`` with ``failed_calls`` and ``failed_calls_op`` present: where they are missing
+    (frames and stores written before the columns existed, hand-made frames) every failure
+    counts as its own call of one version, which is what the tests assumed before. Returns
+    ``stats`` itself when nothing is missing."""
+
+    def filled(name: str, fallback: pd.Series) -> pd.Series | None:
+        if name not in stats.columns:
+            return fallback
+        col = stats[name]
+        return col.fillna(fallback) if col.isna().any() else None
+
+    fc = filled("failed_calls", stats["failures"])
+    if fc is not None:
+        stats = stats.assign(failed_calls=fc)
+    fco = filled("failed_calls_op", stats["failed_calls"].astype("float64"))
+    if fco is not None:
+        stats = stats.assign(failed_calls_op=fco)
+    return stats
 
 
 def empty_aggregates() -> BucketAggregates:

@@ -296,7 +296,11 @@ def aggregate_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[li
     )
     fails = k[k["_Class"] == "failure"]
     call = fails["CallId"].where(fails["CallId"].fillna("") != "", fails["OperationId"])
-    failed_calls = fails.assign(_Call=call).groupby(keys, sort=True)["_Call"].nunique()
+    pairs = fails.assign(_Call=call)[[*keys, "_Call"]].drop_duplicates()
+    versions = pairs.groupby(["_Op", "_BucketStart", "_Call"])["SdkVersion"].transform("size")
+    pairs = pairs.assign(_W=1.0 / versions)
+    failed_calls = pairs.groupby(keys, sort=True).size()
+    failed_calls_op = pairs.groupby(keys, sort=True)["_W"].sum()
     hists: dict[tuple, dict[str, int]] = {}
     for (op, sdk, bstart, b), n in k[k["_Usable"]].groupby([*keys, "_Bin"]).size().items():
         hists.setdefault((op, sdk, bstart), {})[str(int(b))] = int(n)
@@ -309,6 +313,7 @@ def aggregate_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[li
                 int(r.n),
                 int(r.f),
                 int(failed_calls.get(key, 0)),
+                float(failed_calls_op.get(key, 0.0)),
                 int(r.e),
                 int(r.u),
                 float(r.s1),
@@ -318,7 +323,13 @@ def aggregate_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[li
             ]
         )
     out.append(
-        ["counts", "", "", None, None, None, None, None, None, None, None, None, json.dumps(counts)]
+        [
+            "counts",
+            "",
+            "",
+            *([None] * (len(kql.AGG_RESULT_COLUMNS) - 4)),
+            json.dumps(counts),
+        ]
     )
     return out
 

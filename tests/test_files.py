@@ -437,3 +437,22 @@ def test_failed_calls_count_the_calls_behind_the_failures(tmp_path: Path, fmt: s
     assert len(s) == 1
     assert (int(s["calls"][0]), int(s["failures"][0])) == (20, 15)
     assert int(s["failed_calls"][0]) == 1 + 3 + 2
+
+
+def test_a_call_failing_in_two_versions_is_one_failing_call_of_the_operation(
+    tmp_path: Path,
+) -> None:
+    """A group call's legs run different SDK versions: each version counts the call once, and
+    the weights (1 / versions it failed in) add up to one failing call for the operation."""
+    from detector.baseline import FLEET, with_fleet
+
+    rows = [row(opid="a", rt="Failure", sdk="1.0") | {"CallId": "group-call"}]
+    rows += [row(opid="b", rt="Failure", sdk="2.0") | {"CallId": "group-call"}]
+    rows += [row(opid="c", rt="Failure", sdk="2.0") | {"CallId": "other-call"}]
+    s = read_aggregates(write_rows(rows, tmp_path / "v.parquet", "parquet"), bucket=BUCKET).stats
+    by_ver = s.set_index("sdk_version")
+    assert by_ver["failed_calls"].to_dict() == {"1.0": 1, "2.0": 2}
+    assert by_ver["failed_calls_op"].to_dict() == {"1.0": 0.5, "2.0": 1.5}
+    fleet = with_fleet(s)
+    fleet = fleet[fleet["sdk_version"] == FLEET]
+    assert int(fleet["failed_calls"].iloc[0]) == 2  # group-call and other-call, once each

@@ -58,8 +58,15 @@ def _assert_same(
     if merged:
         fc, whole = a.stats["failed_calls"], b.stats["failed_calls"]
         assert (fc >= whole).all() and (fc <= a.stats["failures"]).all()
+        # per version, a call's weight is 1 / the versions it failed in (as seen by its part)
+        assert (a.stats["failed_calls_op"] <= fc + 1e-9).all()
+        assert (a.stats["failed_calls_op"] >= b.stats["failed_calls_op"] - 1e-9).all()
         a = schema.BucketAggregates(
-            a.stats.assign(failed_calls=whole), a.hist, a.dropped, a.flagged, a.rows_read
+            a.stats.assign(failed_calls=whole, failed_calls_op=b.stats["failed_calls_op"]),
+            a.hist,
+            a.dropped,
+            a.flagged,
+            a.rows_read,
         )
     pd.testing.assert_frame_equal(a.stats, b.stats, check_exact=False, rtol=1e-9, atol=1e-9)
     key = [*schema.AGG_KEY, "bin"]

@@ -900,10 +900,15 @@ def _run(
 
     # 4. Counts per reason and flag (one bincount of code * 16 + flags), then stats and
     #    histogram of the kept rows.
+    # Operation of each partition id: a call failing in several versions of one operation is
+    # one failing call of the operation's fleet (failed_calls_op).
+    by_pid = dim.drop_duplicates("pid").sort_values("pid")
+    op_of_pid = np.zeros(int(by_pid["pid"].max()) + 1 if len(by_pid) else 0, dtype=np.int64)
+    op_of_pid[by_pid["pid"].to_numpy()] = pd.factorize(by_pid["name"])[0]
     if shape.compact:
-        per_cf, stats_cols, hist_cols = _group_compact(rows, discard, shape)
+        per_cf, stats_cols, hist_cols = _group_compact(rows, discard, shape, op_of_pid)
     else:
-        per_cf, stats_cols, hist_cols = _group_general(rows, discard)
+        per_cf, stats_cols, hist_cols = _group_general(rows, discard, op_of_pid)
     dropped = {r: int(per_cf[c].sum()) for c, r in _DROP_CODES.items()}
     dropped["duplicate"] = len(discard)
     per_value = per_cf[0]  # flags of kept rows
@@ -1024,7 +1029,7 @@ def _per_code_flags(cf: np.ndarray) -> np.ndarray:
 
 
 def _group_compact(
-    rows: pa.Table, discard: np.ndarray, shape: _Shape
+    rows: pa.Table, discard: np.ndarray, shape: _Shape, op_of_pid: np.ndarray
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Counts per (drop code, flags), sums per (partition, bucket) and histogram counts.
 
@@ -1063,6 +1068,10 @@ def _group_compact(
         f = np.flatnonzero(ck)
         fail_cell.append(cell[f])
         fail_call.append(ck[f])
+    fcell = np.concatenate(fail_cell) if fail_cell else np.empty(0, np.intp)
+    fcall = np.concatenate(fail_call) if fail_call else np.empty(0, np.uint32)
+    failed = _failed_calls(fcell, fcall, op_of_pid[fcell // nb] * nb + fcell % nb, n_cells)
+    del fcell, fcall
     per_rc3 = per_rc.reshape(-1, 3)[:n_cells]
     calls = per_rc3.sum(axis=1)
     present = np.flatnonzero(calls)
@@ -1080,7 +1089,7 @@ def _group_compact(
         "bi": present % nb + shape.b0,
         "calls": calls[present],
         "failures": per_rc3[present, 2],
-        "failed_calls": _distinct_per_cell(fail_cell, fail_call, n_cells)[present],
+        **{name: v[present] for name, v in failed.items()},
         "expected_errors": per_rc3[present, 1],
         "dur_n": np.rint(dur_n).astype("int64"),
         "log_dur_sum": sums[present],
@@ -1095,20 +1104,39 @@ def _group_compact(
     return per_cf, stats, hist
 
 
-def _distinct_per_cell(cells: list[np.ndarray], keys: list[np.ndarray], n_cells: int) -> np.ndarray:
-    """``(n_cells,)`` number of distinct ``keys`` per cell, from parallel lists of arrays."""
-    cell = np.concatenate(cells) if cells else np.empty(0, np.intp)
-    key = np.concatenate(keys) if keys else np.empty(0, np.uint32)
+def _failed_calls(
+    cell: np.ndarray, key: np.ndarray, opb: np.ndarray, n_cells: int
+) -> dict[str, np.ndarray]:
+    """Failing calls per cell, from the failing rows' cells (``0 .. n_cells-1``), call hashes
+    and (operation, bucket) keys.
+
+    ``failed_calls``: distinct calls per cell. ``failed_calls_op``: each of them weighted by
+    1 / the number of versions of the same operation it failed in within the bucket, so the
+    versions' weights add up to the operation's distinct failing calls (a group call's legs run
+    several SDK versions: summing the per-version counts would count it once per version).
+    """
+    cell, key, opb = cell.astype(np.int64), key.astype(np.int64), opb.astype(np.int64)
+    out = {"failed_calls": np.zeros(n_cells, "int64"), "failed_calls_op": np.zeros(n_cells)}
     if not len(cell):
-        return np.zeros(n_cells, "int64")
+        return out
     order = np.lexsort((key, cell))
-    cell, key = cell[order], key[order]
+    cell, key, opb = cell[order], key[order], opb[order]
     first = np.r_[True, (cell[1:] != cell[:-1]) | (key[1:] != key[:-1])]
-    return np.bincount(cell[first], minlength=n_cells).astype("int64")
+    cell, key, opb = cell[first], key[first], opb[first]  # one row per (cell, call)
+    out["failed_calls"] = np.bincount(cell, minlength=n_cells).astype("int64")
+    # Versions per (operation, bucket, call): run lengths after sorting on that key.
+    order = np.lexsort((key, opb))
+    o, k = opb[order], key[order]
+    starts = np.flatnonzero(np.r_[True, (o[1:] != o[:-1]) | (k[1:] != k[:-1])])
+    runs = np.diff(np.r_[starts, len(o)])
+    versions = np.empty(len(o), np.int64)
+    versions[order] = np.repeat(runs, runs)
+    out["failed_calls_op"] = np.bincount(cell, weights=1.0 / versions, minlength=n_cells)
+    return out
 
 
 def _group_general(
-    rows: pa.Table, discard: np.ndarray
+    rows: pa.Table, discard: np.ndarray, op_of_pid: np.ndarray
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     cf = _col(rows, "cf")
     per_cf = _per_code_flags(cf)
@@ -1116,7 +1144,9 @@ def _group_general(
     keep = cf < 16
     keep[discard] = False
     del cf
-    stats, hist = _group(*(_col(rows, c)[keep] for c in ("pid", "bi", "rc", "ld", "bin", "ck")))
+    stats, hist = _group(
+        *(_col(rows, c)[keep] for c in ("pid", "bi", "rc", "ld", "bin", "ck")), op_of_pid
+    )
     return per_cf, stats, hist
 
 
@@ -1127,6 +1157,7 @@ def _group(
     ld: np.ndarray,
     bins: np.ndarray,
     ck: np.ndarray,
+    op_of_pid: np.ndarray,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The general path of :func:`_group_compact` (kept rows only; codes too wide for uint32).
 
@@ -1138,7 +1169,9 @@ def _group(
             c: e
             for c in ("pid", "bi", "calls", "failures", "failed_calls", "expected_errors", "dur_n")
         }
-        stats |= {"log_dur_sum": e.astype("float64"), "log_dur_sumsq": e.astype("float64")}
+        stats |= {
+            c: e.astype("float64") for c in ("failed_calls_op", "log_dur_sum", "log_dur_sumsq")
+        }
         return stats, {"pid": e, "bi": e, "bin": e.astype("int32"), "count": e}
     b0 = int(bi.min())
     nb = int(bi.max()) - b0 + 1
@@ -1151,6 +1184,10 @@ def _group(
         cells, inv = np.unique(cell, return_inverse=True)
         n_cells = len(cells)
     valid = bins >= 0
+    f = rc == 2
+    failed = _failed_calls(
+        inv[f], ck[f], op_of_pid[pid[f]].astype("int64") * nb + (bi[f] - b0), n_cells
+    )
     calls = np.bincount(inv, minlength=n_cells)
     present = calls > 0
     stats = {
@@ -1158,7 +1195,7 @@ def _group(
         "bi": cells[present] % nb + b0,
         "calls": calls[present],
         "failures": np.bincount(inv[rc == 2], minlength=n_cells)[present],
-        "failed_calls": _distinct_per_cell([inv[rc == 2]], [ck[rc == 2]], n_cells)[present],
+        **{name: v[present] for name, v in failed.items()},
         "expected_errors": np.bincount(inv[rc == 1], minlength=n_cells)[present],
         "dur_n": np.bincount(inv[valid], minlength=n_cells)[present],
         "log_dur_sum": np.bincount(inv, weights=ld, minlength=n_cells)[present],

@@ -119,6 +119,7 @@ AGG_RESULT_COLUMNS: Final[dict[str, str]] = {
     "Calls": "long",
     "Failures": "long",
     "FailedCalls": "long",
+    "FailedCallsOp": "real",
     "ExpectedErrors": "long",
     "DurN": "long",
     "LogDurSum": "real",
@@ -420,9 +421,13 @@ let _Kept = materialize(_Window
     | summarize arg_max(TimeGenerated, *) by OperationId, CallClientTimeStamp
 {dedup}{_normalise_fragment()}
     | extend _BucketStart = bin_at(CallClientTimeStamp, _Bucket, {_EPOCH}));
-let _FailedCalls = _Kept
+let _FailCalls = materialize(_Kept
     | where _Class == "failure"
-    | summarize FailedCalls = dcount(iff(isempty(CallId), OperationId, CallId))
+    | distinct _Op, SdkVersion, _BucketStart, _Call = iff(isempty(CallId), OperationId, CallId));
+let _FailedCalls = _FailCalls
+    | join kind=inner (_FailCalls | summarize _V = count() by _Op, _BucketStart, _Call)
+        on _Op, _BucketStart, _Call
+    | summarize FailedCalls = count(), FailedCallsOp = sum(1.0 / _V)
         by OperationName = _Op, SdkVersion, BucketStart = _BucketStart;
 let _Stats = _Kept
     | summarize _N = count(), _F = countif(_Class == "failure"),
@@ -433,7 +438,8 @@ let _Stats = _Kept
         Hist = make_bag_if(bag_pack(tostring(_Bin), _N), _Bin >= 0)
         by OperationName = _Op, SdkVersion, BucketStart = _BucketStart
     | lookup kind=leftouter _FailedCalls on OperationName, SdkVersion, BucketStart
-    | extend FailedCalls = coalesce(FailedCalls, 0), Kind = "bucket";
+    | extend FailedCalls = coalesce(FailedCalls, 0), FailedCallsOp = coalesce(FailedCallsOp, 0.0),
+        Kind = "bucket";
 let _WindowCounts = _Window
     | summarize rows_read = count(), valid = countif(isempty(_Drop)),
         {drop_counts}
@@ -452,7 +458,7 @@ let _Counts = _WindowCounts
         Counts = bag_pack({count_pairs}, "duplicate", valid - kept, {flag_pairs});
 union _Stats, _Counts
 | project Kind, OperationName, SdkVersion, BucketStart, Calls, Failures, FailedCalls,
-    ExpectedErrors, DurN, LogDurSum, LogDurSumSq, Hist, Counts
+    FailedCallsOp, ExpectedErrors, DurN, LogDurSum, LogDurSumSq, Hist, Counts
 """
 
 
@@ -524,8 +530,13 @@ def aggregates_from_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) 
                 "bucket_start": starts,
                 "calls": b["Calls"].fillna(0).to_numpy(),
                 "failures": b["Failures"].fillna(0).to_numpy(),
-                # dcount of the failing rows' calls; a null counts every failure as a call.
+                # distinct calls of the failing rows; a null counts every failure as a call.
                 "failed_calls": b["FailedCalls"].fillna(b["Failures"]).fillna(0).to_numpy(),
+                "failed_calls_op": b["FailedCallsOp"]
+                .fillna(b["FailedCalls"])
+                .fillna(b["Failures"])
+                .fillna(0.0)
+                .to_numpy(dtype="float64"),
                 "expected_errors": b["ExpectedErrors"].fillna(0).to_numpy(),
                 "dur_n": b["DurN"].fillna(0).to_numpy(),
                 "log_dur_sum": b["LogDurSum"].fillna(0.0).to_numpy(),
