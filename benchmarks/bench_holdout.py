@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import holdout_sim  # noqa: E402
-from bench_quality import aggregate, run_one, summary, table  # noqa: E402
+from bench_quality import judge, report  # noqa: E402
 
-from detector.decide import DetectionPolicy, parse_duration  # noqa: E402
+from detector.decide import parse_duration  # noqa: E402
 
 LATE_BUCKETS = 6
 
@@ -118,33 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in args.scenarios.split(",") if s not in holdout_sim.SCENARIOS]
     if unknown:
         ap.error(f"unknown scenario(s) {unknown}; choose from {', '.join(holdout_sim.SCENARIOS)}")
-    policy = DetectionPolicy()
-    step = parse_duration(args.step)
-    rows: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-    for scen in args.scenarios.split(","):
-        for seed in (int(s) for s in args.seeds.split(",")):
-            d = ensure_dataset(Path(args.data), scen, seed, args.days, args.calls_per_hour)
-            got = run_one(d, policy, step, seed)
-            rows.extend(got)
-            mine = got[0]
-            print(
-                f"  {d.name}: acs-detector P={mine['precision']:.2f} R={mine['recall']:.2f} "
-                f"FP={mine['false_events']} ({time.perf_counter() - t0:.0f}s)",
-                file=sys.stderr,
-                flush=True,
-            )
-    agg = aggregate(rows)
-    print(table(agg))
-    print()
-    print(summary(agg, rows))
-    if args.details:
-        print()
-        print("\n".join(details(rows)) or "no missed, late or false acs-detector alerts")
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps({"aggregate": agg, "rows": rows}, indent=1, default=str)
-        )
+    datasets = (
+        (ensure_dataset(Path(args.data), scen, seed, args.days, args.calls_per_hour), seed)
+        for scen in args.scenarios.split(",")
+        for seed in (int(s) for s in args.seeds.split(","))
+    )
+    rows = judge(datasets, parse_duration(args.step))
+    extra = (
+        (details(rows) or ["no missed, late or false acs-detector alerts"]) if args.details else []
+    )
+    report(rows, json_path=args.json, extra=extra)
     return 0
 
 

@@ -34,6 +34,7 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -352,35 +353,59 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls-per-hour", type=float, default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+
+    def datasets() -> Iterator[tuple[Path, int]]:
+        for scen in args.scenarios.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                d = Path(args.data) / f"{scen}_d{args.days}_s{seed}"
+                if not (d / "incidents.json").exists():
+                    simulate(
+                        d,
+                        days=args.days,
+                        seed=seed,
+                        scenario=scen,
+                        calls_per_hour=args.calls_per_hour,
+                    )
+                yield d, seed
+
+    rows = judge(datasets(), parse_duration(args.step))
+    report(rows, json_path=args.json)
+    return 0
+
+
+def judge(datasets: Iterable[tuple[Path, int]], step: timedelta) -> list[dict]:
+    """:func:`run_one` (engine and peers, default policy) on each (data set, seed) as the
+    iterable yields it; one progress line per data set on stderr. Returns every row."""
     policy = DetectionPolicy()
-    step = parse_duration(args.step)
     rows: list[dict] = []
     t0 = time.perf_counter()
-    for scen in args.scenarios.split(","):
-        for seed in (int(s) for s in args.seeds.split(",")):
-            d = Path(args.data) / f"{scen}_d{args.days}_s{seed}"
-            if not (d / "incidents.json").exists():
-                simulate(
-                    d, days=args.days, seed=seed, scenario=scen, calls_per_hour=args.calls_per_hour
-                )
-            got = run_one(d, policy, step, seed)
-            rows.extend(got)
-            mine = got[0]
-            print(
-                f"  {d.name}: acs-detector P={mine['precision']:.2f} R={mine['recall']:.2f} "
-                f"FP={mine['false_events']} ({time.perf_counter() - t0:.0f}s)",
-                file=sys.stderr,
-                flush=True,
-            )
+    for d, seed in datasets:
+        got = run_one(d, policy, step, seed)
+        rows.extend(got)
+        mine = got[0]
+        print(
+            f"  {d.name}: acs-detector P={mine['precision']:.2f} R={mine['recall']:.2f} "
+            f"FP={mine['false_events']} ({time.perf_counter() - t0:.0f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return rows
+
+
+def report(rows: list[dict], *, json_path: str | None, extra: Sequence[str] = ()) -> None:
+    """Print the table and the target summary of ``rows`` (then ``extra`` lines); save the
+    rows as JSON to ``json_path`` when given."""
     agg = aggregate(rows)
     print(table(agg))
     print()
     print(summary(agg, rows))
-    if args.json:
-        Path(args.json).write_text(
+    if extra:
+        print()
+        print("\n".join(extra))
+    if json_path:
+        Path(json_path).write_text(
             json.dumps({"aggregate": agg, "rows": rows}, indent=1, default=str)
         )
-    return 0
 
 
 def summary(agg: list[dict], rows: list[dict]) -> str:
