@@ -611,18 +611,7 @@ def _span_evidence(
     sums = {
         name: cs(x)
         for name, x in dict(
-            D=D,
-            cd=cd,
-            vd=vd,
-            C=C,
-            F=F,
-            ef=ef,
-            cf=cf,
-            vf=vf,
-            e=e,
-            cv=cv,
-            vv=vv,
-            vdu=D * var,
+            D=D, cd=cd, vd=vd, C=C, F=F, ef=ef, cf=cf, vf=vf, e=e, cv=cv, vv=vv, vdu=D * var
         ).items()
     }
     tail = slice(T - K, T)

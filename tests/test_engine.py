@@ -70,6 +70,8 @@ def test_explanation_fields() -> None:
     assert a.details["gate_effect"] >= POLICY.min_failure_points
     assert a.p_value is not None and a.p_value < POLICY.alpha
     assert a.calls > 20 and a.failures and a.failures > 3
+    # every failure of the fixture is its own call
+    assert a.details["failed_calls"] == a.failures and f"in {a.failures} calls" in a.reason
     assert 0.3 < a.traffic_share < 0.7
     assert a.drivers and "fail_z" in a.drivers
     assert a.baseline_kind == "seasonal" and a.provisional is False

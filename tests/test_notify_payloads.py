@@ -238,3 +238,19 @@ def test_no_pii_in_any_rendered_message():
             assert "Mozilla" not in text and "AppleWebKit" not in text
             assert "alice@example.com" not in text
         assert "0d8f2a3c-1111-4a4a-9c9c-000000000001" in m.text
+
+
+def test_failure_alerts_say_how_many_calls_failed():
+    """The on-call engineer sees whether 30 failures are one broken call or 30 users."""
+    end = T0 + STEP
+    a = make_anomaly(
+        metric="failure_rate",
+        observed=0.2,
+        baseline=0.02,
+        end=end,
+        failures=30,
+        details={"failed_calls": 1},
+    )
+    d, _ = step([a], {}, AlertState(), LifecyclePolicy(), end, window_end=end)
+    for ch in ("slack", "teams", "email"):
+        assert "30 failed in 1 call" in render_digest(d, channel=ch, now=end).text
