@@ -199,3 +199,18 @@ def test_concurrent_writer_loses_with_version_conflict(tmp_path) -> None:
     BucketStore(LocalBackend(tmp_path)).merge(_aggs(("Join", "1.0", T0, 1, 0)))
     with pytest.raises(VersionConflict):
         BucketStore(_Racing(tmp_path)).merge(_aggs(("Join", "1.0", T0, 1, 0)))
+
+
+def test_a_store_written_before_failed_calls_reads_every_failure_as_a_call(tmp_path) -> None:
+    """Day files from before the failing-calls columns load with the old meaning."""
+    import pyarrow.parquet as pq
+
+    store = BucketStore(LocalBackend(tmp_path))
+    store.merge(_aggs(("Join", "1.0", T0, 10, 3)), watermark=T0 + timedelta(hours=1))
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and "stats" in p.name]
+    assert len(files) == 1
+    old = pq.read_table(files[0]).drop_columns(["failed_calls", "failed_calls_op"])
+    pq.write_table(old, files[0])
+    back = store.load().stats
+    assert list(back.columns) == list(AGG_COLUMNS)
+    assert back["failed_calls"].tolist() == [3] and back["failed_calls_op"].tolist() == [3.0]
