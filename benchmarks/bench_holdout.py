@@ -25,7 +25,6 @@ or alerted late (> 6 buckets) and per false alert.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import holdout_sim  # noqa: E402
-from bench_quality import judge, report  # noqa: E402
+from bench_quality import judge, parser, report  # noqa: E402
 
 from detector.decide import parse_duration  # noqa: E402
 
@@ -102,17 +101,10 @@ def details(rows: list[dict[str, Any]], late: int = LATE_BUCKETS) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Generate (or reuse) the data sets, judge every scenario x seed, print the table."""
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ap = parser(
+        __doc__, scenarios=holdout_sim.SCENARIOS, data="/tmp/acs-holdout", calls_per_hour=80.0
     )
-    ap.add_argument("--seeds", default="1,2,3")
-    ap.add_argument("--days", type=int, default=7)
-    ap.add_argument("--step", default="6h")
-    ap.add_argument("--scenarios", default=",".join(holdout_sim.SCENARIOS))
-    ap.add_argument("--data", default="/tmp/acs-holdout")
-    ap.add_argument("--calls-per-hour", type=float, default=80.0)
     ap.add_argument("--details", action="store_true", help="list misses, late and false alerts")
-    ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     unknown = [s for s in args.scenarios.split(",") if s not in holdout_sim.SCENARIOS]
     if unknown:

@@ -342,16 +342,7 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from detector.simulate import SCENARIOS, simulate
 
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--seeds", default="1,2,3")
-    ap.add_argument("--days", type=int, default=7)
-    ap.add_argument("--step", default="6h")
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
-    ap.add_argument("--data", default="/tmp/acs-bench")
-    ap.add_argument("--calls-per-hour", type=float, default=None)
-    ap.add_argument("--json", default=None)
+    ap = parser(__doc__, scenarios=SCENARIOS, data="/tmp/acs-bench", calls_per_hour=None)
     args = ap.parse_args(argv)
 
     def datasets() -> Iterator[tuple[Path, int]]:
@@ -371,6 +362,23 @@ def main(argv: list[str] | None = None) -> int:
     rows = judge(datasets(), parse_duration(args.step))
     report(rows, json_path=args.json)
     return 0
+
+
+def parser(
+    doc: str | None, *, scenarios: Iterable[str], data: str, calls_per_hour: float | None
+) -> argparse.ArgumentParser:
+    """The options both quality benches take (data sets x seeds, replay step, JSON rows)."""
+    ap = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--days", type=int, default=7)
+    ap.add_argument("--step", default="6h")
+    ap.add_argument("--scenarios", default=",".join(scenarios))
+    ap.add_argument("--data", default=data)
+    ap.add_argument("--calls-per-hour", type=float, default=calls_per_hour)
+    ap.add_argument("--json", default=None)
+    return ap
 
 
 def judge(datasets: Iterable[tuple[Path, int]], step: timedelta) -> list[dict]:

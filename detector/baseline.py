@@ -495,7 +495,7 @@ def compute_baselines(
     calls = col("calls")
     C = acc(calls)
     F = acc(col("failures"))
-    G = acc(col("failed_calls")) if "failed_calls" in stats.columns else F
+    G = acc(col("failed_calls"))
     D = acc(col("dur_n"))
     S1 = acc(col("log_dur_sum"))
     S2 = acc(col("log_dur_sumsq"))
@@ -577,14 +577,11 @@ def compute_baselines(
         r = np.where(v_r >= 3, (f_r - calls * p_r) / np.sqrt(v_r), np.nan)
         del p_r, f_r, v_r
         phi_fail = _median_dispersion(pid, r, P, cap)
-        if "failed_calls" in stats.columns:
-            q_r = fail_rate[pid, slot] * call_ratio[pid]
-            v_r = calls * q_r * (1 - q_r)
-            r = np.where(v_r >= 3, (col("failed_calls") - calls * q_r) / np.sqrt(v_r), np.nan)
-            del q_r, v_r
-            phi_fcall = _median_dispersion(pid, r, P, cap)
-        else:
-            phi_fcall = phi_fail
+        q_r = fail_rate[pid, slot] * call_ratio[pid]
+        v_r = calls * q_r * (1 - q_r)
+        r = np.where(v_r >= 3, (col("failed_calls") - calls * q_r) / np.sqrt(v_r), np.nan)
+        del q_r, v_r
+        phi_fcall = _median_dispersion(pid, r, P, cap)
         e_r = exp_calls[pid, slot]
         r = np.where(e_r >= 5, (calls - e_r) / np.sqrt(e_r), np.nan)
         del e_r

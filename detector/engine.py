@@ -522,7 +522,7 @@ def _explain(
             fails = int(cube.failures[p, idx].sum())
             # Distinct calls behind the failures (summed per bucket: a call failing in two
             # buckets counts twice, so this errs towards ``fails``).
-            fail_calls = int(cube.fcalls[p, idx].sum())
+            fail_calls = int(cube.failed_calls[p, idx].sum())
             share_den = float(cube.calls[fleet_row, idx].sum())
             share = float(calls / share_den) if share_den > 0 else None
             # Reported p-value: corrected for the partitions tested (spans already in ev.p).

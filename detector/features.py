@@ -72,13 +72,8 @@ class Cube:
     dur_n: np.ndarray
     s1: np.ndarray
     s2: np.ndarray
+    failed_calls: np.ndarray  # distinct calls behind the failures
     excluded: np.ndarray | None = None  # (P, T) buckets zeroed out (maintenance)
-    failed_calls: np.ndarray | None = None  # (P, T) distinct calls behind the failures
-
-    @property
-    def fcalls(self) -> np.ndarray:
-        """Failing calls; the failures themselves when the source did not count calls."""
-        return self.failures if self.failed_calls is None else self.failed_calls
 
     @property
     def slots(self) -> np.ndarray:
@@ -93,8 +88,8 @@ class Cube:
             self.dur_n[sl],
             self.s1[sl],
             self.s2[sl],
+            self.failed_calls[sl],
             None if self.excluded is None else self.excluded[sl],
-            None if self.failed_calls is None else self.failed_calls[sl],
         )
 
     def tail(self, k: int) -> Cube:
@@ -106,8 +101,8 @@ class Cube:
             self.dur_n[:, -k:],
             self.s1[:, -k:],
             self.s2[:, -k:],
+            self.failed_calls[:, -k:],
             None if self.excluded is None else self.excluded[:, -k:],
-            None if self.failed_calls is None else self.failed_calls[:, -k:],
         )
 
     def exclude(self, mask: np.ndarray) -> None:
@@ -115,8 +110,7 @@ class Cube:
         if not mask.any():
             return
         for a in (self.calls, self.failures, self.dur_n, self.s1, self.s2, self.failed_calls):
-            if a is not None:
-                a[mask] = 0.0
+            a[mask] = 0.0
         self.excluded = mask if self.excluded is None else (self.excluded | mask)
 
 
@@ -128,7 +122,10 @@ def build_cube(
     end: datetime,
     bucket: pd.Timedelta,
 ) -> Cube:
-    """Pivot the stats rows in ``[start, end)`` into dense (P, T) arrays (missing = 0 calls)."""
+    """Pivot the stats rows in ``[start, end)`` into dense (P, T) arrays (missing = 0 calls).
+
+    ``stats`` as :func:`~detector.baseline.with_fleet` returns them (``failed_calls`` filled).
+    """
     start_ts = (
         pd.Timestamp(start).tz_convert("UTC")
         if pd.Timestamp(start).tzinfo
@@ -153,13 +150,10 @@ def build_cube(
     flat = pid[ok].astype(np.int64) * T + tid[ok]
     del ts, tid, pid
     arrays = []
-    cols = ["calls", "failures", "dur_n", "log_dur_sum", "log_dur_sumsq"]
-    if "failed_calls" in stats.columns:
-        cols.append("failed_calls")
-    for col in cols:
+    for col in ("calls", "failures", "dur_n", "log_dur_sum", "log_dur_sumsq", "failed_calls"):
         w = stats[col].to_numpy()[ok].astype(np.float64, copy=False)
         arrays.append(np.bincount(flat, weights=w, minlength=P * T).reshape(P, T))
-    return Cube(times, *arrays[:5], failed_calls=arrays[5] if len(arrays) > 5 else None)
+    return Cube(times, *arrays)
 
 
 def expected_calls(base: Baselines, slots: np.ndarray, cube: Cube, parts: Partitions) -> np.ndarray:
@@ -606,7 +600,7 @@ def _span_evidence(
         return out
 
     # Failing calls: read only where the failures' own test is promising (roll_at).
-    call_sums = {"G": cs(cube.fcalls), "eg": cs(eg)}
+    call_sums = {"G": cs(cube.failed_calls), "eg": cs(eg)}
     del eg
     sums = {
         name: cs(x)

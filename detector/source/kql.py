@@ -74,6 +74,7 @@ from detector.schema import (
     PSEUDO_OPERATION,
     BucketAggregates,
     empty_aggregates,
+    fill_failed_calls,
 )
 
 __all__ = [
@@ -530,20 +531,16 @@ def aggregates_from_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) 
                 "bucket_start": starts,
                 "calls": b["Calls"].fillna(0).to_numpy(),
                 "failures": b["Failures"].fillna(0).to_numpy(),
-                # distinct calls of the failing rows; a null counts every failure as a call.
-                "failed_calls": b["FailedCalls"].fillna(b["Failures"]).fillna(0).to_numpy(),
-                "failed_calls_op": b["FailedCallsOp"]
-                .fillna(b["FailedCalls"])
-                .fillna(b["Failures"])
-                .fillna(0.0)
-                .to_numpy(dtype="float64"),
+                # (a null failing-calls count reads as every failure its own call)
+                "failed_calls": b["FailedCalls"].to_numpy(),
+                "failed_calls_op": b["FailedCallsOp"].to_numpy(),
                 "expected_errors": b["ExpectedErrors"].fillna(0).to_numpy(),
                 "dur_n": b["DurN"].fillna(0).to_numpy(),
                 "log_dur_sum": b["LogDurSum"].fillna(0.0).to_numpy(),
                 "log_dur_sumsq": b["LogDurSumSq"].fillna(0.0).to_numpy(),
             }
         )
-        out.stats = stats.astype(AGG_COLUMNS)
+        out.stats = fill_failed_calls(stats).astype(AGG_COLUMNS)
         positions, bins, ns = [], [], []
         for pos, cell in enumerate(b["Hist"].tolist()):
             for bin_key, n in _as_bag(cell).items():
