@@ -17,7 +17,10 @@ How it is built (design §1.4):
 * **Profile by history.** A partition with at least ``weekly_min_days`` of history gets an
   hour-of-week profile, with ``seasonal_min_days`` an hour-of-day profile, otherwise a flat
   baseline; ``kind`` says which. Each slot is shrunk towards the partition's flat value with a
-  prior of ``slot_prior_calls`` calls, so a thin hour does not make a noisy baseline.
+  prior of ``slot_prior_calls`` calls, so a thin hour does not make a noisy baseline. Failure
+  rates lean harder: their prior is empirical Bayes (as many calls as the hours' measured
+  spread beyond sampling noise warrants, at least ``slot_prior_calls``), because a rare
+  failure's hour slot is mostly noise (see ``_slot_prior_fail``).
 * **Cold start.** A version's flat statistics are shrunk towards its operation's fleet values
   with the empirical-Bayes weight ``w = n / (n + cold_start_k)`` (``n`` = the version's
   baseline calls). ``w < provisional_weight`` marks the baseline provisional; ``w`` is kept
@@ -527,24 +530,32 @@ def compute_baselines(
         out[flat] = a[flat].sum(axis=1, keepdims=True)
         return out
 
+    # Failing calls per failure, per partition, shrunk towards the operation's fleet ratio.
+    fo = parts.fleet_of
+    Gf = G.sum(axis=1)
+    a_r = _CALL_RATIO_PRIOR
+    ratio_fleet = (Gf + a_r) / (Ff + a_r)
+    call_ratio = np.clip((Gf + a_r * ratio_fleet[fo]) / (Ff + a_r), 0.0, 1.0)
+    # How strongly an hour's failure rate leans on the partition's flat rate: as much as the
+    # hours really differ beyond sampling noise (see _slot_prior_fail).
+    k_slot = _slot_prior_fail(C, F, kind, p_f, call_ratio, policy.slot_prior_calls)
+
     Cs, Fs, Ds, S1s, S2s, Bs = (fold(a) for a in (C, F, D, S1, S2, n_slot_buckets))
     # Each slot is shrunk towards the partition's own flat value (a thin hour stays sane) ...
     prior = policy.slot_prior_calls
     prior_b = 2.0  # pseudo-buckets for the volume profile
     with np.errstate(invalid="ignore", divide="ignore"):
         exp_calls = (Cs + prior_b * rate_f[:, None]) / (Bs + prior_b)
-        own_fail = (Fs + prior * p_f[:, None]) / (Cs + prior)
+        kf = k_slot[:, None]
+        own_fail = np.where(np.isinf(kf), p_f[:, None], (Fs + kf * p_f[:, None]) / (Cs + kf))
         own_mu = (S1s + prior * mu_f[:, None]) / (Ds + prior)
         own_m2 = (S2s + prior * (var_f + mu_f**2)[:, None]) / (Ds + prior)
     # (P, 168) arrays add up at 10k partitions: drop the sums once folded and blended.
-    # Failing calls per failure, per partition, shrunk towards the operation's fleet ratio.
-    Gf = G.sum(axis=1)
     del C, F, G, D, S1, S2, n_slot_buckets, Cs, Fs, Ds, S1s, S2s, Bs
 
     # ... then (cold start) a version's slots are blended with its operation's fleet slots with
     # the empirical-Bayes weight n/(n+k), n = the version's own baseline calls (durations).
     fleet = parts.is_fleet
-    fo = parts.fleet_of
     k_fail, k_dur = _eb_prior_strength(parts, Cf, Ff, Df, mu_f, var_f, policy)
     with np.errstate(invalid="ignore", divide="ignore"):
         w_calls = np.where(fleet, 1.0, Cf / (Cf + k_fail))
@@ -555,9 +566,6 @@ def compute_baselines(
     del own_fail, own_mu, own_m2
     with np.errstate(invalid="ignore"):
         var_log = np.maximum(m2 - mu_log**2, 1e-4)
-    a = _CALL_RATIO_PRIOR
-    ratio_fleet = (Gf + a) / (Ff + a)
-    call_ratio = np.clip((Gf + a * ratio_fleet[fo]) / (Ff + a), 0.0, 1.0)
     p_any = np.nanmax(np.where(np.isfinite(fail_rate), fail_rate, -1.0), axis=1) >= 0
     has_history = p_any & (Bf[fo] * bucket_days * 24 >= policy.min_history.total_seconds() / 3600)
 
@@ -673,6 +681,50 @@ def _eb_prior_strength(
             if within > 0:
                 k_dur[rows] = within / max(between, within / kmax)
     return np.clip(k_fail, 10.0, kmax), np.clip(k_dur, 10.0, kmax)
+
+
+def _slot_prior_fail(
+    C: np.ndarray,
+    F: np.ndarray,
+    kind: np.ndarray,
+    p_flat: np.ndarray,
+    call_ratio: np.ndarray,
+    floor: float,
+) -> np.ndarray:
+    """Empirical-Bayes prior strength (pseudo-calls) of each partition's hourly failure rates.
+
+    Consumes the ``(P, 168)`` hour-of-week calls ``C`` and failures ``F``, the profile ``kind``
+    and flat rate per partition, and the failing calls per failure (failures cluster in calls,
+    so an hour's count varies more than a binomial one). Produces ``k`` per partition:
+    ``within / between``, where ``between`` is the method-of-moments variance of the true
+    hourly rates around the flat one (hours of day for a ``seasonal`` profile, hours of week
+    for ``weekly``) and ``within = p (1 - p) / call_ratio`` one call's sampling variance.
+
+    Why: failures are rare. At 0.5 % an hour slot of a week's history holds ~5 failures, and
+    one slot in twenty holds at most one by chance alone; read as that hour's rate, it made
+    every ordinary failure at that hour look like an incident. Hours that do differ (a
+    measured spread beyond sampling noise) keep their own rates; hours that do not collapse
+    to the flat rate (``k = inf``). Never below ``floor`` (``policy.slot_prior_calls``).
+    """
+    P = C.shape[0]
+    k = np.full(P, np.inf)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for name, width in (("seasonal", 24), ("weekly", 168)):
+            rows = np.flatnonzero(kind == name)
+            if not len(rows):
+                continue
+            c = C[rows].reshape(len(rows), -1, width).sum(axis=1)
+            f = F[rows].reshape(len(rows), -1, width).sum(axis=1)
+            n = c.sum(axis=1)
+            p = p_flat[rows]
+            used = (c > 0).sum(axis=1)
+            within = p * (1 - p) / np.maximum(call_ratio[rows], 1e-3)
+            q = np.where(c > 0, (f - c * p[:, None]) ** 2 / np.maximum(c, 1e-12), 0.0).sum(axis=1)
+            denom = n - (c**2).sum(axis=1) / np.maximum(n, 1e-12)
+            between = (q - (used - 1) * within) / np.maximum(denom, 1e-12)
+            ok = (n > 0) & (used > 1) & (between > 0) & (within > 0) & np.isfinite(between)
+            k[rows[ok]] = within[ok] / between[ok]
+    return np.maximum(k, floor)
 
 
 def _blend(own: np.ndarray, borrowed: np.ndarray, w: np.ndarray) -> np.ndarray:

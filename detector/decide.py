@@ -100,7 +100,7 @@ class DetectionPolicy:
     min_history: timedelta = timedelta(hours=12)  # less baseline than this: insufficient_history
     seasonal_min_days: float = 1.75  # hour-of-day profile needs this much history
     weekly_min_days: float = 21.0  # hour-of-week profile needs this much history
-    slot_prior_calls: float = 200.0  # shrinks an hour slot towards the flat baseline
+    slot_prior_calls: float = 200.0  # shrinks an hour slot towards the flat baseline (at least)
     cold_start_k: float = 300.0  # empirical-Bayes k: version weight = n / (n + k)
     provisional_weight: float = 0.8  # below this own-weight the baseline is provisional
     suspect_horizon: timedelta = timedelta(days=2)  # deviating (not alerted) buckets kept out

@@ -61,6 +61,41 @@ def test_seasonal_profile_learns_the_daily_cycle_and_flat_does_not() -> None:
     assert flat.exp_calls[f, 12] == pytest.approx(flat.exp_calls[f, 0])
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hourly_failure_rates_that_differ_only_by_noise_fall_back_to_the_flat_rate(seed) -> None:
+    # 0.5 % over 6 days at 60 calls/h: ~1.8 failures per hour of day. Read hour by hour, one
+    # hour in several would say "0.1 %" and make its ordinary failures look like an incident.
+    parts = [Part("Mute", "1.0", 60.0, fail_rate=0.005)]
+    p, base, stats = _baselines(parts, days=6.0, seed=seed)
+    f = _row(p, "Mute", FLEET)
+    assert base.kind[f] == "seasonal"
+    flat = (
+        stats.loc[stats.sdk_version == FLEET, "failures"].sum()
+        / stats.loc[stats.sdk_version == FLEET, "calls"].sum()
+    )
+    assert base.fail_rate[f].min() >= 0.6 * flat
+    assert base.fail_rate[f].max() <= 1.6 * flat
+
+
+def test_hourly_failure_rates_that_really_differ_are_kept() -> None:
+    # 1 % in the morning hours, 6 % in the afternoon, plenty of calls: the profile keeps it.
+    parts = [Part("Join", "1.0", 600.0)]
+    aggs = make_aggs(parts, days=4.0, seed=3, with_hist=False)
+    stats = aggs.stats.copy()
+    rng = np.random.default_rng(3)
+    rate = np.where(stats.bucket_start.dt.hour < 12, 0.01, 0.06)
+    stats["failures"] = rng.binomial(stats["calls"].to_numpy(), rate)
+    stats["failed_calls"] = stats["failures"]
+    stats["failed_calls_op"] = stats["failures"].astype("float64")
+    stats = with_fleet(stats)
+    p = Partitions.from_frame(stats)
+    end = T0 + timedelta(days=4)
+    base = compute_baselines(stats, p, start=end - POLICY.baseline, end=end, policy=POLICY)
+    f = _row(p, "Join", FLEET)
+    assert base.fail_rate[f, 15] == pytest.approx(0.06, rel=0.15)
+    assert base.fail_rate[f, 3] == pytest.approx(0.01, rel=0.3)
+
+
 @pytest.mark.parametrize("new_calls_per_hour", [0.0, 5.0, 30.0, 400.0])
 def test_cold_start_weight_is_n_over_n_plus_k(new_calls_per_hour: float) -> None:
     # An established version fails 1 %, the new one 9 %: its baseline is shrunk towards 1 %.
