@@ -79,6 +79,7 @@ def make_history(n_parts: int, n_buckets: int, seed: int = 0) -> BucketAggregate
             "calls": calls.ravel()[keep],
             "failures": failures.ravel()[keep],
             "failed_calls": failures.ravel()[keep],
+            "failed_calls_op": failures.ravel()[keep].astype(np.float64),
             "expected_errors": np.zeros(int(keep.sum()), np.int64),
             "dur_n": calls.ravel()[keep],
             "log_dur_sum": s1.ravel()[keep],
