@@ -271,6 +271,11 @@ class Baselines:
     call_ratio: np.ndarray | None = None
     #: (P,) overdispersion of failing calls per bucket (>= 1)
     phi_fcall: np.ndarray | None = None
+    #: (P,) variance of the true failure rate / mean log-duration between hours, beyond
+    #: sampling noise (see :func:`_between_hours`): a span's expected level is itself uncertain
+    #: by this much, however many calls it holds.
+    tau2_fail: np.ndarray | None = None
+    tau2_dur: np.ndarray | None = None
 
     def take(self, sl: slice) -> Baselines:
         """The partitions ``sl``."""
@@ -563,7 +568,7 @@ def compute_baselines(
     fail_rate = _blend(own_fail, own_fail[fo], w_calls[:, None])
     mu_log = _blend(own_mu, own_mu[fo], w_dur[:, None])
     m2 = _blend(own_m2, own_m2[fo], w_dur[:, None])
-    del own_fail, own_mu, own_m2
+    del own_m2
     with np.errstate(invalid="ignore"):
         var_log = np.maximum(m2 - mu_log**2, 1e-4)
     p_any = np.nanmax(np.where(np.isfinite(fail_rate), fail_rate, -1.0), axis=1) >= 0
@@ -600,6 +605,29 @@ def compute_baselines(
     phi_fail = np.maximum(phi_fail, np.where(fleet, 1.0, phi_fail[fo] * (1 - w_calls)))
     phi_fcall = np.maximum(phi_fcall, np.where(fleet, 1.0, phi_fcall[fo] * (1 - w_calls)))
 
+    # How much the true level wanders from hour to hour beyond the profile (day-to-day mix of
+    # calls, devices, networks), from the baseline's hourly residuals.
+    block = (t_idx // max(int(pd.Timedelta(hours=1) / bucket), 1)).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # Around the partition's own level: how a thin version differs from the level it
+        # borrows is the deviation under test, not wander.
+        p_r = np.where(np.isfinite(own_fail), own_fail, fail_rate)[pid, slot]
+        # Failures come in clusters (one bad call fails several): 1 / call_ratio of them per
+        # failing call inflates an hour's sampling variance.
+        v_r = calls * p_r * (1 - p_r) * phi_fail[pid] / np.maximum(call_ratio[pid], 0.05)
+        tau2_fail = _between_hours(pid, block, col("failures") - calls * p_r, v_r, calls, P)
+        del p_r, v_r
+        n_d = col("dur_n")
+        mu_r = np.where(np.isfinite(own_mu), own_mu, mu_log)[pid, slot]
+        r = np.where(n_d > 0, col("log_dur_sum") - n_d * mu_r, 0.0)
+        v_r = n_d * var_log[pid, slot] * phi_dur[pid]
+        tau2_dur = _between_hours(pid, block, r, v_r, n_d, P)
+        del n_d, mu_r, r, v_r
+    # A version with thin history takes its operation's wander as it takes its level.
+    tau2_fail = np.where(fleet, tau2_fail, _blend(tau2_fail, tau2_fail[fo], w_calls))
+    tau2_dur = np.where(fleet, tau2_dur, _blend(tau2_dur, tau2_dur[fo], w_dur))
+    del own_fail, own_mu
+
     weight = np.minimum(w_calls, np.where(np.isfinite(w_dur), w_dur, 1.0))
     provisional = ~fleet & (weight < policy.provisional_weight)
     kind = np.where(provisional, "borrowed", kind)
@@ -634,6 +662,8 @@ def compute_baselines(
         n_eff_dur=np.where(fleet, Df, (Df + k_dur) ** 2 / np.maximum(Df, 1e-9)),
         call_ratio=call_ratio,
         phi_fcall=phi_fcall,
+        tau2_fail=tau2_fail,
+        tau2_dur=tau2_dur,
     )
 
 
@@ -725,6 +755,58 @@ def _slot_prior_fail(
             ok = (n > 0) & (used > 1) & (between > 0) & (within > 0) & np.isfinite(between)
             k[rows[ok]] = within[ok] / between[ok]
     return np.maximum(k, floor)
+
+
+def _between_hours(
+    pid: np.ndarray,
+    block: np.ndarray,
+    resid: np.ndarray,
+    var: np.ndarray,
+    weight: np.ndarray,
+    P: int,
+    trim_z: float = 3.0,
+    rounds: int = 4,
+) -> np.ndarray:
+    """Variance of a partition's true level between hours, beyond sampling noise (>= 0).
+
+    Consumes one value per baseline row: its partition ``pid``, hour ``block``, residual
+    against the partition's own profile (failures minus expected; or sum of log-durations
+    minus expected), that residual's sampling variance (dispersion included) and its size
+    ``weight`` (calls; or durations). Produces ``tau2`` per partition, in squared units of the
+    level (rate, or mean log-duration), by the method of moments on hourly sums:
+    ``sum(R_h^2 - V_h) / sum(n_h^2)``, first over every hour, then ``rounds`` times over the
+    hours within ``trim_z`` deviations of the last estimate.
+
+    Why: counts that grow with volume make every small wobble of the level "significant". A
+    week of CreateView failing 1.3 % one afternoon and 3.9 % the next, with nothing wrong,
+    alerts on a busy hour unless a span's variance is ``n V + n^2 tau2`` instead of ``n V``
+    (the additive random effect of overdispersed funnel plots). The trimmed rounds leave out
+    the hours far outside it (an incident the exclusions missed), so one bad hour does not
+    blunt the detector for a week.
+    """
+    out = np.zeros(P, dtype=np.float64)
+    ok = np.isfinite(resid) & np.isfinite(var)
+    if not ok.any() or P == 0:
+        return out
+    # Dense (partition, hour) sums: P x hours is small (a week is 168 hours), and a bincount
+    # on it is several times cheaper than sorting the rows' keys.
+    nb = int(block[ok].max()) + 1
+    key = pid[ok].astype(np.int64) * nb + block[ok]
+    n_h = np.bincount(key, weights=weight[ok], minlength=P * nb)
+    used = np.flatnonzero(n_h > 0)
+    n_h = n_h[used]
+    r_h = np.bincount(key, weights=resid[ok], minlength=P * nb)[used]
+    v_h = np.bincount(key, weights=var[ok], minlength=P * nb)[used]
+    del key
+    owner = used // nb
+    keep = np.ones(len(used), dtype=bool)
+    for i in range(rounds + 1):
+        if i:
+            keep = r_h**2 <= trim_z**2 * (v_h + n_h**2 * out[owner])
+        num = np.bincount(owner[keep], weights=(r_h**2 - v_h)[keep], minlength=P)
+        den = np.bincount(owner[keep], weights=(n_h**2)[keep], minlength=P)
+        out = np.where(den > 0, np.maximum(num, 0.0) / np.maximum(den, 1e-300), 0.0)
+    return out
 
 
 def _blend(own: np.ndarray, borrowed: np.ndarray, w: np.ndarray) -> np.ndarray:

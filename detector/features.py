@@ -575,6 +575,11 @@ def _span_evidence(
         base.n_eff_fail if base.n_eff_fail is not None else np.full(P, np.inf), 1.0
     )[:, None]
     C, F, D, S1 = cube.calls, cube.failures, cube.dur_n, cube.s1
+    # Hour-to-hour wander of the true level (variance, see baseline._between_hours); over a
+    # span of h hours its mean wanders 1/h as much (the hours are taken as independent).
+    tau2_f = (base.tau2_fail if base.tau2_fail is not None else np.zeros(P))[:, None]
+    tau2_d = (base.tau2_dur if base.tau2_dur is not None else np.zeros(P))[:, None]
+    per_hour = max(int(pd.Timedelta(hours=1) / pd.Timedelta(policy.bucket)), 1)
     # Failing calls (several legs of one bad call fail together): their expected count per
     # operation is the failure rate times the baseline's failing calls per failure.
     ratio = base.call_ratio if base.call_ratio is not None else np.ones(P)
@@ -741,7 +746,8 @@ def _span_evidence(
             # level is an estimate from n_eff calls: its variance (var / n_eff per call,
             # D^2 var / n_eff over the span) adds to the sampling variance. A version with 40
             # calls of history no longer reads +25 % on 100 calls as p = 1e-7.
-            vd_tot = r["vd"] + r["D"] * r["vdu"] / n_eff_d
+            hours = per_hour / max(s, per_hour)
+            vd_tot = r["vd"] + r["D"] * r["vdu"] / n_eff_d + r["D"] ** 2 * tau2_d * hours
             zd = np.where(vd_tot > 0, r["cd"] / np.sqrt(vd_tot), 0.0)
             pd_ = special.ndtr(-zd)
             del vd_tot
@@ -749,8 +755,12 @@ def _span_evidence(
             n_, k_ = r["C"], r["F"]
             pbar = np.where(n_ > 0, r["ef"] / n_, 0.0)
             # Baseline-rate uncertainty as extra dispersion of this span (see duration).
+            # The level's wander between hours too (n^2 tau2 / hours spanned).
             infl = 1.0 + np.where(
-                r["vf"] > 0, n_ * r["ef"] * (1 - pbar) / n_eff_f / np.maximum(r["vf"], 1e-12), 0.0
+                r["vf"] > 0,
+                (n_ * r["ef"] * (1 - pbar) / n_eff_f + n_**2 * tau2_f * hours)
+                / np.maximum(r["vf"], 1e-12),
+                0.0,
             )
             kk, nn = k_ / (phi_f * infl), n_ / (phi_f * infl)
             # Exact (overdispersed) binomial tail only where the normal z is at all promising:

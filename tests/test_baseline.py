@@ -96,6 +96,54 @@ def test_hourly_failure_rates_that_really_differ_are_kept() -> None:
     assert base.fail_rate[f, 3] == pytest.approx(0.01, rel=0.3)
 
 
+def _with_hourly_failure_rates(aggs, rate_of_hour, seed: int):
+    """The fixture's buckets with failures drawn at ``rate_of_hour(hour index)``."""
+    stats = aggs.stats.copy()
+    rng = np.random.default_rng(seed)
+    hour = ((stats.bucket_start - pd.Timestamp(T0)) // pd.Timedelta(hours=1)).to_numpy()
+    stats["failures"] = rng.binomial(stats["calls"].to_numpy(), rate_of_hour(hour))
+    stats["failed_calls"] = stats["failures"]
+    stats["failed_calls_op"] = stats["failures"].astype("float64")
+    return with_fleet(stats)
+
+
+@pytest.mark.parametrize(
+    ("wander", "incident_hour", "low", "high"),
+    [
+        (0.0, False, 0.0, 2e-6),  # binomial noise only: no wander
+        (0.01, False, 0.5e-4, 2e-4),  # the rate wanders +-1 point from hour to hour
+        (0.0, True, 0.0, 2e-6),  # ... and one hour at 30 % (a missed incident) is left out
+    ],
+)
+def test_between_hours_variance_of_the_failure_rate(wander, incident_hour, low, high) -> None:
+    rng = np.random.default_rng(7)
+    hourly = np.clip(0.03 + wander * rng.standard_normal(24 * 5), 0.001, 1.0)
+    if incident_hour:
+        hourly[50] = 0.30
+    aggs = make_aggs([Part("Join", "1.0", 1200.0)], days=5.0, seed=7, with_hist=False)
+    stats = _with_hourly_failure_rates(aggs, lambda h: hourly[h], seed=7)
+    p = Partitions.from_frame(stats)
+    end = T0 + timedelta(days=5)
+    base = compute_baselines(stats, p, start=end - POLICY.baseline, end=end, policy=POLICY)
+    f = _row(p, "Join", FLEET)
+    assert low <= base.tau2_fail[f] <= high
+    # a version borrows the fleet's wander as it borrows its level; this one has all the calls
+    assert base.tau2_fail[_row(p, "Join", "1.0")] == pytest.approx(base.tau2_fail[f], rel=0.05)
+
+
+def test_a_new_version_failing_from_its_first_call_does_not_read_as_wander() -> None:
+    # The version fails 9 % against its siblings' 1 % from the start: how it differs from the
+    # level it borrows is the regression under test, not hour-to-hour wander.
+    parts = [
+        Part("Join", "old", 600.0, fail_rate=0.01),
+        Part("Join", "new", 60.0, fail_rate=0.09, start=T0 + timedelta(days=3)),
+    ]
+    p, base, _ = _baselines(parts, days=4.0)
+    new, fleet = _row(p, "Join", "new"), _row(p, "Join", FLEET)
+    assert 0.0 < base.weight[new] < 1.0  # partly borrowed
+    assert base.tau2_fail[new] <= 2 * base.tau2_fail[fleet] + 1e-6
+
+
 @pytest.mark.parametrize("new_calls_per_hour", [0.0, 5.0, 30.0, 400.0])
 def test_cold_start_weight_is_n_over_n_plus_k(new_calls_per_hour: float) -> None:
     # An established version fails 1 %, the new one 9 %: its baseline is shrunk towards 1 %.

@@ -328,3 +328,28 @@ def test_failures_of_one_bad_call_are_not_an_outage(failing_calls: int, alerts: 
     aggs.stats = s
     fps = _fps(_run(aggs))
     assert (f"Join|{V_OLD}|failure_rate" in fps) is alerts
+
+
+@pytest.mark.parametrize(("excess", "alerts"), [(0.04, False), (0.12, True)])
+def test_a_failure_rate_that_wanders_by_the_hour_alerts_only_beyond_its_wander(
+    excess: float, alerts: bool
+) -> None:
+    """A busy operation whose failure rate wanders +-1.5 points from hour to hour (3 % on
+    average, nothing wrong): an hour at +4 points is within its wander, +12 points is not.
+    Counted as independent binomial draws, the +4 points on 1,200 calls read as z ~ 8."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(11)
+    aggs = make_aggs([Part("Join", "1.0", 1200.0)], days=DAYS, seed=11)
+    s = aggs.stats.copy()
+    hour = ((s["bucket_start"] - pd.Timestamp(T0)) // pd.Timedelta(hours=1)).to_numpy()
+    hourly = np.clip(0.03 + 0.015 * rng.standard_normal(int(hour.max()) + 1), 0.005, 1.0)
+    at = int((WS + timedelta(hours=3) - T0) / timedelta(hours=1))
+    hourly[at] = 0.03 + excess
+    s["failures"] = rng.binomial(s["calls"].to_numpy(), hourly[hour])
+    s["failed_calls"] = s["failures"]
+    s["failed_calls_op"] = s["failures"].astype("float64")
+    aggs.stats = s
+    fps = _fps(_run(aggs))
+    assert any(fp.endswith("|failure_rate") for fp in fps) is alerts
