@@ -48,6 +48,26 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: {message}")
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes to whatever ``sys.stderr`` is when a record is emitted.
+
+    Bound to the ``sys.stderr`` of the moment it was made, a handler kept writing to a stream
+    that its host (a test runner capturing output, an embedding process) had since swapped out
+    and closed, and a late record from a server thread printed "--- Logging error ---".
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass  # always the current sys.stderr
+
+
 def _setup_logging(level: str, fmt: str) -> None:
     in_functions = bool(os.environ.get("FUNCTIONS_WORKER_RUNTIME"))
     root = logging.getLogger()
@@ -59,7 +79,7 @@ def _setup_logging(level: str, fmt: str) -> None:
         root.setLevel(getattr(logging, level.upper(), logging.WARNING))
         _quiet_libraries(root.level)
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     if fmt == "json" or (fmt == "auto" and in_functions):
         handler.setFormatter(JsonFormatter())
     else:

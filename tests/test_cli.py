@@ -47,3 +47,24 @@ def test_python_m_detector_entry_point() -> None:
         [sys.executable, "-m", "detector", "--version"], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0 and "acs-detector" in proc.stdout
+
+
+def test_log_records_follow_the_current_stderr(monkeypatch) -> None:
+    """A host that swaps sys.stderr (a test runner's capture, an embedding process) and closes
+    the old one: later records go to the new stream, never a "--- Logging error ---"."""
+    import io
+    import logging
+
+    from detector.cli import _setup_logging
+
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    _setup_logging("info", "text")
+    logging.getLogger("detector.test").warning("one")
+    assert "one" in first.getvalue()
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("detector.test").warning("two")
+    assert "two" in second.getvalue()
+    assert "Logging error" not in second.getvalue()
