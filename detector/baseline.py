@@ -306,8 +306,15 @@ class Baselines:
                 "phi_dur": self.phi_dur,
                 "phi_fail": self.phi_fail,
                 "phi_vol": self.phi_vol,
+                # standard deviations of the level's hour-to-hour wander (rate; log-duration)
+                "fail_rate_wander": np.sqrt(_or_zeros(self.tau2_fail, len(parts))),
+                "log_dur_wander": np.sqrt(_or_zeros(self.tau2_dur, len(parts))),
             }
         )
+
+
+def _or_zeros(a: np.ndarray | None, n: int) -> np.ndarray:
+    return np.zeros(n) if a is None else a
 
 
 def exclusion_mask(
