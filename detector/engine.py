@@ -502,6 +502,7 @@ def _explain(
     n_tests: np.ndarray,
 ) -> tuple[list[Anomaly], list[tuple[str, str | None, str, datetime]]]:
     bucket = pd.Timedelta(policy.bucket)
+    per_hour = max(int(pd.Timedelta(hours=1) / bucket), 1)
     alert = reasons == R_ANOM
     out: list[Anomaly] = []
     alert_buckets: list[tuple[str, str | None, str, datetime]] = []
@@ -530,6 +531,9 @@ def _explain(
             # norm.isf(q) == -ndtri(q); scipy.special, not scipy.stats (0.8 s of imports).
             zc = float(-special.ndtri(policy.alpha / n_tests[m]))
             effect = float(ev.effect[p, m, j])
+            # The level's hour-to-hour wander, averaged over the hours the run spans (as in the
+            # tests): the band is where the level itself may be, not only sampling noise.
+            hours = per_hour / max(len(idx), per_hour)
             if metric == "duration":
                 var = base.var_log[p, slots[idx]].mean() * base.phi_dur[p]
                 d_n = max(float(ev.n[p, m, j]), 1.0)  # operations behind the evidence
@@ -541,7 +545,7 @@ def _explain(
                 )
                 baseline = base_hist if np.isfinite(base_hist) else float(ev.expected[p, m, j])
                 observed = obs_hist if np.isfinite(obs_hist) else float(ev.observed[p, m, j])
-                half = zc * np.sqrt(var / d_n)
+                half = zc * np.sqrt(var / d_n + _at(base.tau2_dur, p) * hours)
                 band = (baseline * float(np.exp(-half)), baseline * float(np.exp(half)))
                 text = (
                     f"duration p95 {observed:.0f} ms vs {baseline:.0f} ms "
@@ -551,7 +555,10 @@ def _explain(
                 n_ = max(float(cube.calls[p, idx].sum()), 1.0)
                 baseline = float((cube.calls[p, idx] * base.fail_rate[p, slots[idx]]).sum() / n_)
                 observed = fails / n_
-                half = zc * np.sqrt(base.phi_fail[p] * baseline * (1 - baseline) / n_)
+                half = zc * np.sqrt(
+                    base.phi_fail[p] * baseline * (1 - baseline) / n_
+                    + _at(base.tau2_fail, p) * hours
+                )
                 band = (max(baseline - half, 0.0), min(baseline + half, 1.0))
                 text = (
                     f"failure rate {observed:.1%} vs {baseline:.1%} "
@@ -602,6 +609,11 @@ def _explain(
                 "baseline_buckets": int(base.buckets[p]),
                 "baseline_excluded_buckets": int(base.excluded[p]),
                 "dispersion": float([base.phi_dur, base.phi_fail, base.phi_vol][m][p]),
+                # hour-to-hour wander of the level (sd: failure rate, or log-duration), in the
+                # tests and the band
+                "level_wander": (
+                    float(np.sqrt(_at([base.tau2_dur, base.tau2_fail][m], p))) if m < 2 else None
+                ),
                 "failed_calls": fail_calls if metric == "failure_rate" else None,
                 "new_version": bool(~parts.is_fleet[p] and base.calls[p] == 0),
                 "features": {
@@ -727,6 +739,11 @@ def _record_suspects(
         for p, a, b in zip(rows.tolist(), starts.tolist(), ends.tolist(), strict=True)
     ]
     state.add_suspects(spans)
+
+
+def _at(a: np.ndarray | None, p: int) -> float:
+    """``a[p]``, or 0 for a baseline field that is not set."""
+    return 0.0 if a is None else float(a[p])
 
 
 def _fmt_p(p: float) -> str:

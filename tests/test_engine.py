@@ -358,5 +358,12 @@ def test_a_failure_rate_that_wanders_by_the_hour_alerts_only_beyond_its_wander(
     s["failed_calls"] = s["failures"]
     s["failed_calls_op"] = s["failures"].astype("float64")
     aggs.stats = s
-    fps = _fps(_run(aggs))
-    assert any(fp.endswith("|failure_rate") for fp in fps) is alerts
+    res = _run(aggs)
+    assert any(fp.endswith("|failure_rate") for fp in _fps(res)) is alerts
+    for a in res.anomalies:
+        if a.metric != "failure_rate":
+            continue
+        # the alert says how much the level wanders, and its band includes it
+        assert a.details["level_wander"] == pytest.approx(0.015, rel=0.5)
+        sampling = 3.0 * np.sqrt(a.baseline * (1 - a.baseline) / a.calls)
+        assert a.band_high - a.baseline > 1.5 * sampling
