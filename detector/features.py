@@ -580,6 +580,7 @@ def _span_evidence(
     tau2_f = (base.tau2_fail if base.tau2_fail is not None else np.zeros(P))[:, None]
     tau2_d = (base.tau2_dur if base.tau2_dur is not None else np.zeros(P))[:, None]
     per_hour = max(int(pd.Timedelta(hours=1) / pd.Timedelta(policy.bucket)), 1)
+    thin = ~parts.is_fleet & np.asarray(base.provisional, dtype=bool)
     # Failing calls (several legs of one bad call fail together): their expected count per
     # operation is the failure rate times the baseline's failing calls per failure.
     ratio = base.call_ratio if base.call_ratio is not None else np.ones(P)
@@ -747,7 +748,18 @@ def _span_evidence(
             # D^2 var / n_eff over the span) adds to the sampling variance. A version with 40
             # calls of history no longer reads +25 % on 100 calls as p = 1e-7.
             hours = per_hour / max(s, per_hour)
-            vd_tot = r["vd"] + r["D"] * r["vdu"] / n_eff_d + r["D"] ** 2 * tau2_d * hours
+            wander = r["D"] ** 2 * tau2_d * hours
+            if thin.any():
+                # A thin version slower than its siblings in the very same buckets: see the
+                # failure rate below.
+                dn, do = r["D"], _others(r["D"], parts)
+                pz = (r["cd"] / dn - _others(r["cd"], parts) / do) / np.sqrt(
+                    r["vdu"] / dn * phi_d * (1 / dn + 1 / do)
+                )
+                wander = np.where(thin[:, None] & (pz >= policy.peer_z), 0.0, wander)
+                del dn, do, pz
+            vd_tot = r["vd"] + r["D"] * r["vdu"] / n_eff_d + wander
+            del wander
             zd = np.where(vd_tot > 0, r["cd"] / np.sqrt(vd_tot), 0.0)
             pd_ = special.ndtr(-zd)
             del vd_tot
@@ -755,13 +767,25 @@ def _span_evidence(
             n_, k_ = r["C"], r["F"]
             pbar = np.where(n_ > 0, r["ef"] / n_, 0.0)
             # Baseline-rate uncertainty as extra dispersion of this span (see duration).
-            # The level's wander between hours too (n^2 tau2 / hours spanned).
+            # The level's wander between hours too (n^2 tau2 / hours spanned) ...
+            wander = n_**2 * tau2_f * hours
+            if thin.any():
+                # ... except for a thin version failing more than its siblings in the very
+                # same buckets: its hypothesis is "behaves like its siblings", and a
+                # comparison at the same time does not see the level's wander.
+                co, fo_ = _others(n_, parts), _others(k_, parts)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    pz = (k_ / n_ - fo_ / co) / np.sqrt(
+                        pbar * (1 - pbar) * phi_f * (1 / n_ + 1 / co)
+                    )
+                wander = np.where(thin[:, None] & (pz >= policy.peer_z), 0.0, wander)
+                del co, fo_, pz
             infl = 1.0 + np.where(
                 r["vf"] > 0,
-                (n_ * r["ef"] * (1 - pbar) / n_eff_f + n_**2 * tau2_f * hours)
-                / np.maximum(r["vf"], 1e-12),
+                (n_ * r["ef"] * (1 - pbar) / n_eff_f + wander) / np.maximum(r["vf"], 1e-12),
                 0.0,
             )
+            del wander
             kk, nn = k_ / (phi_f * infl), n_ / (phi_f * infl)
             # Exact (overdispersed) binomial tail only where the normal z is at all promising:
             # the special function dominates the run time on large inputs.

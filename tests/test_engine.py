@@ -367,3 +367,63 @@ def test_a_failure_rate_that_wanders_by_the_hour_alerts_only_beyond_its_wander(
         assert a.details["level_wander"] == pytest.approx(0.015, rel=0.5)
         sampling = 3.0 * np.sqrt(a.baseline * (1 - a.baseline) / a.calls)
         assert a.band_high - a.baseline > 1.5 * sampling
+
+
+def test_a_new_version_failing_more_than_its_siblings_is_not_read_as_wander() -> None:
+    """The operation's failure rate wanders +-3 points from hour to hour; a new build starts
+    in the judged window failing 7 points more than its siblings in the same buckets. The
+    wander is the level's, shared by every version: a comparison at the same time does not see
+    it, so the regression is flagged within the new build's first 300 operations (held to the
+    level's wander, it took over 1,300)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(12)
+    start_new = WS + timedelta(hours=1)
+    parts = [Part("Join", V_OLD, 1200.0), Part("Join", V_NEW, 150.0, start=start_new)]
+    aggs = make_aggs(parts, days=DAYS, seed=12)
+    s = aggs.stats.copy()
+    hour = ((s["bucket_start"] - pd.Timestamp(T0)) // pd.Timedelta(hours=1)).to_numpy()
+    hourly = np.clip(0.03 + 0.03 * rng.standard_normal(int(hour.max()) + 1), 0.005, 1.0)
+    rate = hourly[hour] + np.where(s["sdk_version"] == V_NEW, 0.07, 0.0)
+    s["failures"] = rng.binomial(s["calls"].to_numpy(), rate)
+    s["failed_calls"] = s["failures"]
+    s["failed_calls_op"] = s["failures"].astype("float64")
+    aggs.stats = s
+    res = _run(aggs)
+    first = min(
+        (ts for _, ver, m, ts in res.alert_buckets if (ver, m) == (V_NEW, "failure_rate")),
+        default=None,
+    )
+    assert first is not None
+    new = s[(s["sdk_version"] == V_NEW) & (s["bucket_start"] <= pd.Timestamp(first))]
+    assert new["calls"].sum() <= 300
+
+
+def test_a_new_version_slower_than_its_siblings_is_not_read_as_wander() -> None:
+    """The same for durations: the operation's typical duration wanders +-20 % from hour to
+    hour, a new build is x1.5 slower than its siblings in the same buckets from its first
+    call. Flagged within its first 300 operations (held to the wander: over 1,600)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(12)
+    start_new = WS + timedelta(hours=1)
+    parts = [Part("Join", V_OLD, 1200.0), Part("Join", V_NEW, 150.0, start=start_new)]
+    aggs = make_aggs(parts, days=DAYS, seed=12, with_hist=False)
+    s = aggs.stats.copy()
+    hour = ((s["bucket_start"] - pd.Timestamp(T0)) // pd.Timedelta(hours=1)).to_numpy()
+    d = 0.2 * rng.standard_normal(int(hour.max()) + 1)[hour]
+    d = d + np.where(s["sdk_version"] == V_NEW, 0.4, 0.0)  # ln 1.5
+    n = s["dur_n"].to_numpy()
+    s["log_dur_sumsq"] = s["log_dur_sumsq"] + 2 * d * s["log_dur_sum"] + n * d**2
+    s["log_dur_sum"] = s["log_dur_sum"] + n * d
+    aggs.stats = s
+    res = _run(aggs)
+    first = min(
+        (ts for _, ver, m, ts in res.alert_buckets if (ver, m) == (V_NEW, "duration")),
+        default=None,
+    )
+    assert first is not None
+    new = s[(s["sdk_version"] == V_NEW) & (s["bucket_start"] <= pd.Timestamp(first))]
+    assert new["calls"].sum() <= 300
