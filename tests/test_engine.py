@@ -369,6 +369,19 @@ def test_a_failure_rate_that_wanders_by_the_hour_alerts_only_beyond_its_wander(
         assert a.band_high - a.baseline > 1.5 * sampling
 
 
+def _new_build_ops_before_alert(aggs, metric: str) -> float:
+    """Operations of ``V_NEW`` up to its first alert bucket on ``metric`` (inf: never)."""
+    import pandas as pd
+
+    res = _run(aggs)
+    hits = [ts for _, ver, m, ts in res.alert_buckets if (ver, m) == (V_NEW, metric)]
+    if not hits:
+        return float("inf")
+    s = aggs.stats
+    new = s[(s["sdk_version"] == V_NEW) & (s["bucket_start"] <= pd.Timestamp(min(hits)))]
+    return float(new["calls"].sum())
+
+
 def test_a_new_version_failing_more_than_its_siblings_is_not_read_as_wander() -> None:
     """The operation's failure rate wanders +-3 points from hour to hour; a new build starts
     in the judged window failing 7 points more than its siblings in the same buckets. The
@@ -390,14 +403,7 @@ def test_a_new_version_failing_more_than_its_siblings_is_not_read_as_wander() ->
     s["failed_calls"] = s["failures"]
     s["failed_calls_op"] = s["failures"].astype("float64")
     aggs.stats = s
-    res = _run(aggs)
-    first = min(
-        (ts for _, ver, m, ts in res.alert_buckets if (ver, m) == (V_NEW, "failure_rate")),
-        default=None,
-    )
-    assert first is not None
-    new = s[(s["sdk_version"] == V_NEW) & (s["bucket_start"] <= pd.Timestamp(first))]
-    assert new["calls"].sum() <= 300
+    assert _new_build_ops_before_alert(aggs, "failure_rate") <= 300
 
 
 def test_a_new_version_slower_than_its_siblings_is_not_read_as_wander() -> None:
@@ -419,11 +425,4 @@ def test_a_new_version_slower_than_its_siblings_is_not_read_as_wander() -> None:
     s["log_dur_sumsq"] = s["log_dur_sumsq"] + 2 * d * s["log_dur_sum"] + n * d**2
     s["log_dur_sum"] = s["log_dur_sum"] + n * d
     aggs.stats = s
-    res = _run(aggs)
-    first = min(
-        (ts for _, ver, m, ts in res.alert_buckets if (ver, m) == (V_NEW, "duration")),
-        default=None,
-    )
-    assert first is not None
-    new = s[(s["sdk_version"] == V_NEW) & (s["bucket_start"] <= pd.Timestamp(first))]
-    assert new["calls"].sum() <= 300
+    assert _new_build_ops_before_alert(aggs, "duration") <= 300
