@@ -259,6 +259,11 @@ class Baselines:
     weight: np.ndarray  # (P,) own weight n/(n+k) (1 for fleet partitions)
     provisional: np.ndarray  # (P,) bool
     has_history: np.ndarray  # (P,) bool: any usable baseline (own or borrowed)
+    #: (P,) variance of the true failure rate / mean log-duration between hours, beyond
+    #: sampling noise (see :func:`_between_hours`): a span's expected level is itself uncertain
+    #: by this much, however many calls it holds.
+    tau2_fail: np.ndarray
+    tau2_dur: np.ndarray
     k_fail: np.ndarray | None = None  # (P,) empirical-Bayes prior strength, failure rate
     k_dur: np.ndarray | None = None  # (P,) empirical-Bayes prior strength, log-duration
     #: (P,) effective calls behind the baseline's level: the level is an estimate too, and the
@@ -271,11 +276,6 @@ class Baselines:
     call_ratio: np.ndarray | None = None
     #: (P,) overdispersion of failing calls per bucket (>= 1)
     phi_fcall: np.ndarray | None = None
-    #: (P,) variance of the true failure rate / mean log-duration between hours, beyond
-    #: sampling noise (see :func:`_between_hours`): a span's expected level is itself uncertain
-    #: by this much, however many calls it holds.
-    tau2_fail: np.ndarray | None = None
-    tau2_dur: np.ndarray | None = None
 
     def take(self, sl: slice) -> Baselines:
         """The partitions ``sl``."""
@@ -307,14 +307,10 @@ class Baselines:
                 "phi_fail": self.phi_fail,
                 "phi_vol": self.phi_vol,
                 # standard deviations of the level's hour-to-hour wander (rate; log-duration)
-                "fail_rate_wander": np.sqrt(_or_zeros(self.tau2_fail, len(parts))),
-                "log_dur_wander": np.sqrt(_or_zeros(self.tau2_dur, len(parts))),
+                "fail_rate_wander": np.sqrt(self.tau2_fail),
+                "log_dur_wander": np.sqrt(self.tau2_dur),
             }
         )
-
-
-def _or_zeros(a: np.ndarray | None, n: int) -> np.ndarray:
-    return np.zeros(n) if a is None else a
 
 
 def exclusion_mask(

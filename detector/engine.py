@@ -545,7 +545,7 @@ def _explain(
                 )
                 baseline = base_hist if np.isfinite(base_hist) else float(ev.expected[p, m, j])
                 observed = obs_hist if np.isfinite(obs_hist) else float(ev.observed[p, m, j])
-                half = zc * np.sqrt(var / d_n + _at(base.tau2_dur, p) * hours)
+                half = zc * np.sqrt(var / d_n + base.tau2_dur[p] * hours)
                 band = (baseline * float(np.exp(-half)), baseline * float(np.exp(half)))
                 text = (
                     f"duration p95 {observed:.0f} ms vs {baseline:.0f} ms "
@@ -556,8 +556,7 @@ def _explain(
                 baseline = float((cube.calls[p, idx] * base.fail_rate[p, slots[idx]]).sum() / n_)
                 observed = fails / n_
                 half = zc * np.sqrt(
-                    base.phi_fail[p] * baseline * (1 - baseline) / n_
-                    + _at(base.tau2_fail, p) * hours
+                    base.phi_fail[p] * baseline * (1 - baseline) / n_ + base.tau2_fail[p] * hours
                 )
                 band = (max(baseline - half, 0.0), min(baseline + half, 1.0))
                 text = (
@@ -612,7 +611,7 @@ def _explain(
                 # hour-to-hour wander of the level (sd: failure rate, or log-duration), in the
                 # tests and the band
                 "level_wander": (
-                    float(np.sqrt(_at([base.tau2_dur, base.tau2_fail][m], p))) if m < 2 else None
+                    float(np.sqrt([base.tau2_dur, base.tau2_fail][m][p])) if m < 2 else None
                 ),
                 "failed_calls": fail_calls if metric == "failure_rate" else None,
                 "new_version": bool(~parts.is_fleet[p] and base.calls[p] == 0),
@@ -739,11 +738,6 @@ def _record_suspects(
         for p, a, b in zip(rows.tolist(), starts.tolist(), ends.tolist(), strict=True)
     ]
     state.add_suspects(spans)
-
-
-def _at(a: np.ndarray | None, p: int) -> float:
-    """``a[p]``, or 0 for a baseline field that is not set."""
-    return 0.0 if a is None else float(a[p])
 
 
 def _fmt_p(p: float) -> str:

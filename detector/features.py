@@ -203,6 +203,39 @@ def _version_sums(x: np.ndarray, parts: Partitions) -> np.ndarray:
     )
 
 
+def _peer_z_duration(
+    cd: np.ndarray,
+    d: np.ndarray,
+    cd_o: np.ndarray,
+    d_o: np.ndarray,
+    vdu: np.ndarray,
+    phi: np.ndarray,
+) -> np.ndarray:
+    """z of a version's mean log-duration shift against its siblings' in the same buckets.
+
+    ``cd``/``d``: the version's summed log-duration excess over its baseline and its durations;
+    ``cd_o``/``d_o``: the same summed over the other versions; ``vdu``: summed per-operation
+    variance (baseline). NaN or inf where a side has no durations.
+    """
+    return (cd / d - cd_o / d_o) / np.sqrt(np.where(d > 0, vdu / d, 1.0) * phi * (1 / d + 1 / d_o))
+
+
+def _peer_z_failure(
+    cf: np.ndarray,
+    n: np.ndarray,
+    cf_o: np.ndarray,
+    n_o: np.ndarray,
+    pbar: np.ndarray,
+    phi: np.ndarray,
+) -> np.ndarray:
+    """z of a version's failure-rate excess against its siblings' in the same buckets.
+
+    ``cf``/``n``: the version's failures over expected and its calls; ``cf_o``/``n_o``: the
+    same summed over the other versions; ``pbar``: the version's expected rate.
+    """
+    return (cf / n - cf_o / n_o) / np.sqrt(pbar * (1 - pbar) * phi * (1 / n + 1 / n_o))
+
+
 def _others(x: np.ndarray, parts: Partitions) -> np.ndarray:
     """For every version row: the sum of ``x`` over the *other* versions of its operation."""
     out = _version_sums(x, parts)[parts.op_index] - x
@@ -391,9 +424,7 @@ class _Cells:
                 eff_ms = p95 * eff
                 so, do, vo = self.others("cd"), self.others("D"), self.others("vd")
                 shared = (vo <= 0) | (so / np.sqrt(vo) >= policy.shared_z)
-                pz = (shift - so / do) / np.sqrt(
-                    np.where(dn > 0, vdu / dn, 1.0) * self.row("phi_d") * (1 / dn + 1 / do)
-                )
+                pz = _peer_z_duration(cd, dn, so, do, vdu, self.row("phi_d"))
                 out = dict(
                     effect=eff,
                     effect_ms=eff_ms,
@@ -413,9 +444,7 @@ class _Cells:
                 pbar, infl = v(a["pbar"]), v(a["infl"])
                 eff = np.where(calls > 0, k_ / calls - pbar, 0.0)
                 xo, co, vfo = self.others("cf"), self.others("C"), self.others("vf")
-                pz = (cf / calls - xo / co) / np.sqrt(
-                    pbar * (1 - pbar) * self.row("phi_f") * (1 / calls + 1 / co)
-                )
+                pz = _peer_z_failure(cf, calls, xo, co, pbar, self.row("phi_f"))
                 out = dict(
                     effect=eff,
                     effect_ms=np.nan,
@@ -577,8 +606,7 @@ def _span_evidence(
     C, F, D, S1 = cube.calls, cube.failures, cube.dur_n, cube.s1
     # Hour-to-hour wander of the true level (variance, see baseline._between_hours); over a
     # span of h hours its mean wanders 1/h as much (the hours are taken as independent).
-    tau2_f = (base.tau2_fail if base.tau2_fail is not None else np.zeros(P))[:, None]
-    tau2_d = (base.tau2_dur if base.tau2_dur is not None else np.zeros(P))[:, None]
+    tau2_f, tau2_d = base.tau2_fail[:, None], base.tau2_dur[:, None]
     per_hour = max(int(pd.Timedelta(hours=1) / pd.Timedelta(policy.bucket)), 1)
     thin = ~parts.is_fleet & np.asarray(base.provisional, dtype=bool)
     # Failing calls (several legs of one bad call fail together): their expected count per
@@ -752,12 +780,16 @@ def _span_evidence(
             if thin.any():
                 # A thin version slower than its siblings in the very same buckets: see the
                 # failure rate below.
-                dn, do = r["D"], _others(r["D"], parts)
-                pz = (r["cd"] / dn - _others(r["cd"], parts) / do) / np.sqrt(
-                    r["vdu"] / dn * phi_d * (1 / dn + 1 / do)
+                pz = _peer_z_duration(
+                    r["cd"],
+                    r["D"],
+                    _others(r["cd"], parts),
+                    _others(r["D"], parts),
+                    r["vdu"],
+                    phi_d,
                 )
                 wander = np.where(thin[:, None] & (pz >= policy.peer_z), 0.0, wander)
-                del dn, do, pz
+                del pz
             vd_tot = r["vd"] + r["D"] * r["vdu"] / n_eff_d + wander
             del wander
             zd = np.where(vd_tot > 0, r["cd"] / np.sqrt(vd_tot), 0.0)
@@ -773,13 +805,11 @@ def _span_evidence(
                 # ... except for a thin version failing more than its siblings in the very
                 # same buckets: its hypothesis is "behaves like its siblings", and a
                 # comparison at the same time does not see the level's wander.
-                co, fo_ = _others(n_, parts), _others(k_, parts)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    pz = (k_ / n_ - fo_ / co) / np.sqrt(
-                        pbar * (1 - pbar) * phi_f * (1 / n_ + 1 / co)
-                    )
+                pz = _peer_z_failure(
+                    r["cf"], n_, _others(r["cf"], parts), _others(n_, parts), pbar, phi_f
+                )
                 wander = np.where(thin[:, None] & (pz >= policy.peer_z), 0.0, wander)
-                del co, fo_, pz
+                del pz
             infl = 1.0 + np.where(
                 r["vf"] > 0,
                 (n_ * r["ef"] * (1 - pbar) / n_eff_f + wander) / np.maximum(r["vf"], 1e-12),
