@@ -68,6 +68,9 @@ _SUM_COLS = (
 #: Pseudo-failures behind a partition's failing-calls-per-failure ratio: thin history leans on
 #: the operation's fleet ratio.
 _CALL_RATIO_PRIOR = 5.0
+#: Floor of the failing calls per failure where failures' clustering inflates a variance
+#: (``/ call_ratio``): at most 20 failures per failing call are taken as one cluster's worth.
+_MIN_CALL_RATIO = 0.05
 #: Median of a chi-square with one degree of freedom: median(r^2) / this ~ dispersion factor.
 _CHI2_MEDIAN = 0.454936
 
@@ -617,7 +620,7 @@ def compute_baselines(
         p_r = np.where(np.isfinite(own_fail), own_fail, fail_rate)[pid, slot]
         # Failures come in clusters (one bad call fails several): 1 / call_ratio of them per
         # failing call inflates an hour's sampling variance.
-        v_r = calls * p_r * (1 - p_r) * phi_fail[pid] / np.maximum(call_ratio[pid], 0.05)
+        v_r = calls * p_r * (1 - p_r) * phi_fail[pid] / np.maximum(call_ratio[pid], _MIN_CALL_RATIO)
         tau2_fail = _between_hours(pid, block, col("failures") - calls * p_r, v_r, calls, P)
         del p_r, v_r
         n_d = col("dur_n")
@@ -751,7 +754,7 @@ def _slot_prior_fail(
             n = c.sum(axis=1)
             p = p_flat[rows]
             used = (c > 0).sum(axis=1)
-            within = p * (1 - p) / np.maximum(call_ratio[rows], 1e-3)
+            within = p * (1 - p) / np.maximum(call_ratio[rows], _MIN_CALL_RATIO)
             q = np.where(c > 0, (f - c * p[:, None]) ** 2 / np.maximum(c, 1e-12), 0.0).sum(axis=1)
             denom = n - (c**2).sum(axis=1) / np.maximum(n, 1e-12)
             between = (q - (used - 1) * within) / np.maximum(denom, 1e-12)

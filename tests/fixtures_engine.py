@@ -129,3 +129,19 @@ def standard_parts(calls_per_hour: float = 240.0) -> list[Part]:
         Part("StartVideo", "1.30.1.0_stable", calls_per_hour, 0.02, 300.0),
         Part("StartVideo", "1.31.1.0_stable", calls_per_hour, 0.02, 300.0),
     ]
+
+
+def hours_since_t0(stats: pd.DataFrame) -> np.ndarray:
+    """Whole hours from :data:`T0` to each row's bucket start."""
+    return ((stats["bucket_start"] - pd.Timestamp(T0)) // pd.Timedelta(hours=1)).to_numpy()
+
+
+def with_failure_rates(
+    stats: pd.DataFrame, rate: np.ndarray, rng: np.random.Generator
+) -> pd.DataFrame:
+    """A copy of ``stats`` with failures drawn at ``rate`` (one per row), each its own call."""
+    out = stats.copy()
+    out["failures"] = rng.binomial(out["calls"].to_numpy(), rate)
+    out["failed_calls"] = out["failures"]
+    out["failed_calls_op"] = out["failures"].astype("float64")
+    return out

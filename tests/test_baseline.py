@@ -10,7 +10,7 @@ import pytest
 
 from detector.baseline import FLEET, Partitions, compute_baselines, exclusion_mask, with_fleet
 from detector.decide import DetectionPolicy
-from tests.fixtures_engine import T0, Part, make_aggs
+from tests.fixtures_engine import T0, Part, hours_since_t0, make_aggs, with_failure_rates
 
 POLICY = DetectionPolicy()
 
@@ -81,30 +81,14 @@ def test_hourly_failure_rates_that_really_differ_are_kept() -> None:
     # 1 % in the morning hours, 6 % in the afternoon, plenty of calls: the profile keeps it.
     parts = [Part("Join", "1.0", 600.0)]
     aggs = make_aggs(parts, days=4.0, seed=3, with_hist=False)
-    stats = aggs.stats.copy()
-    rng = np.random.default_rng(3)
-    rate = np.where(stats.bucket_start.dt.hour < 12, 0.01, 0.06)
-    stats["failures"] = rng.binomial(stats["calls"].to_numpy(), rate)
-    stats["failed_calls"] = stats["failures"]
-    stats["failed_calls_op"] = stats["failures"].astype("float64")
-    stats = with_fleet(stats)
+    rate = np.where(aggs.stats.bucket_start.dt.hour < 12, 0.01, 0.06)
+    stats = with_fleet(with_failure_rates(aggs.stats, rate, np.random.default_rng(3)))
     p = Partitions.from_frame(stats)
     end = T0 + timedelta(days=4)
     base = compute_baselines(stats, p, start=end - POLICY.baseline, end=end, policy=POLICY)
     f = _row(p, "Join", FLEET)
     assert base.fail_rate[f, 15] == pytest.approx(0.06, rel=0.15)
     assert base.fail_rate[f, 3] == pytest.approx(0.01, rel=0.3)
-
-
-def _with_hourly_failure_rates(aggs, rate_of_hour, seed: int):
-    """The fixture's buckets with failures drawn at ``rate_of_hour(hour index)``."""
-    stats = aggs.stats.copy()
-    rng = np.random.default_rng(seed)
-    hour = ((stats.bucket_start - pd.Timestamp(T0)) // pd.Timedelta(hours=1)).to_numpy()
-    stats["failures"] = rng.binomial(stats["calls"].to_numpy(), rate_of_hour(hour))
-    stats["failed_calls"] = stats["failures"]
-    stats["failed_calls_op"] = stats["failures"].astype("float64")
-    return with_fleet(stats)
 
 
 @pytest.mark.parametrize(
@@ -121,7 +105,8 @@ def test_between_hours_variance_of_the_failure_rate(wander, incident_hour, low, 
     if incident_hour:
         hourly[50] = 0.30
     aggs = make_aggs([Part("Join", "1.0", 1200.0)], days=5.0, seed=7, with_hist=False)
-    stats = _with_hourly_failure_rates(aggs, lambda h: hourly[h], seed=7)
+    rate = hourly[hours_since_t0(aggs.stats)]
+    stats = with_fleet(with_failure_rates(aggs.stats, rate, np.random.default_rng(7)))
     p = Partitions.from_frame(stats)
     end = T0 + timedelta(days=5)
     base = compute_baselines(stats, p, start=end - POLICY.baseline, end=end, policy=POLICY)

@@ -14,7 +14,15 @@ from detector.engine import DetectionPolicy, DetectionResult, detect
 from detector.store.backend import LocalBackend
 from detector.store.engine_state import EngineState, load_engine_state, save_engine_state
 from detector.store.models import ModelStore
-from tests.fixtures_engine import T0, Incident, Part, make_aggs, standard_parts
+from tests.fixtures_engine import (
+    T0,
+    Incident,
+    Part,
+    hours_since_t0,
+    make_aggs,
+    standard_parts,
+    with_failure_rates,
+)
 
 POLICY = DetectionPolicy()
 DAYS = 3.0
@@ -345,19 +353,14 @@ def test_a_failure_rate_that_wanders_by_the_hour_alerts_only_beyond_its_wander(
     average, nothing wrong): an hour at +4 points is within its wander, +12 points is not.
     Counted as independent binomial draws, the +4 points on 1,200 calls read as z ~ 8."""
     import numpy as np
-    import pandas as pd
 
     rng = np.random.default_rng(11)
     aggs = make_aggs([Part("Join", "1.0", 1200.0)], days=DAYS, seed=11)
-    s = aggs.stats.copy()
-    hour = ((s["bucket_start"] - pd.Timestamp(T0)) // pd.Timedelta(hours=1)).to_numpy()
+    hour = hours_since_t0(aggs.stats)
     hourly = np.clip(0.03 + 0.015 * rng.standard_normal(int(hour.max()) + 1), 0.005, 1.0)
     at = int((WS + timedelta(hours=3) - T0) / timedelta(hours=1))
     hourly[at] = 0.03 + excess
-    s["failures"] = rng.binomial(s["calls"].to_numpy(), hourly[hour])
-    s["failed_calls"] = s["failures"]
-    s["failed_calls_op"] = s["failures"].astype("float64")
-    aggs.stats = s
+    aggs.stats = with_failure_rates(aggs.stats, hourly[hour], rng)
     res = _run(aggs)
     assert any(fp.endswith("|failure_rate") for fp in _fps(res)) is alerts
     for a in res.anomalies:
@@ -389,20 +392,15 @@ def test_a_new_version_failing_more_than_its_siblings_is_not_read_as_wander() ->
     it, so the regression is flagged within the new build's first 300 operations (held to the
     level's wander, it took over 1,300)."""
     import numpy as np
-    import pandas as pd
 
     rng = np.random.default_rng(12)
     start_new = WS + timedelta(hours=1)
     parts = [Part("Join", V_OLD, 1200.0), Part("Join", V_NEW, 150.0, start=start_new)]
     aggs = make_aggs(parts, days=DAYS, seed=12)
-    s = aggs.stats.copy()
-    hour = ((s["bucket_start"] - pd.Timestamp(T0)) // pd.Timedelta(hours=1)).to_numpy()
+    hour = hours_since_t0(aggs.stats)
     hourly = np.clip(0.03 + 0.03 * rng.standard_normal(int(hour.max()) + 1), 0.005, 1.0)
-    rate = hourly[hour] + np.where(s["sdk_version"] == V_NEW, 0.07, 0.0)
-    s["failures"] = rng.binomial(s["calls"].to_numpy(), rate)
-    s["failed_calls"] = s["failures"]
-    s["failed_calls_op"] = s["failures"].astype("float64")
-    aggs.stats = s
+    rate = hourly[hour] + np.where(aggs.stats["sdk_version"] == V_NEW, 0.07, 0.0)
+    aggs.stats = with_failure_rates(aggs.stats, rate, rng)
     assert _new_build_ops_before_alert(aggs, "failure_rate") <= 300
 
 
@@ -411,14 +409,13 @@ def test_a_new_version_slower_than_its_siblings_is_not_read_as_wander() -> None:
     hour, a new build is x1.5 slower than its siblings in the same buckets from its first
     call. Flagged within its first 300 operations (held to the wander: over 1,600)."""
     import numpy as np
-    import pandas as pd
 
     rng = np.random.default_rng(12)
     start_new = WS + timedelta(hours=1)
     parts = [Part("Join", V_OLD, 1200.0), Part("Join", V_NEW, 150.0, start=start_new)]
     aggs = make_aggs(parts, days=DAYS, seed=12, with_hist=False)
     s = aggs.stats.copy()
-    hour = ((s["bucket_start"] - pd.Timestamp(T0)) // pd.Timedelta(hours=1)).to_numpy()
+    hour = hours_since_t0(s)
     d = 0.2 * rng.standard_normal(int(hour.max()) + 1)[hour]
     d = d + np.where(s["sdk_version"] == V_NEW, 0.4, 0.0)  # ln 1.5
     n = s["dur_n"].to_numpy()
