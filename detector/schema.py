@@ -281,6 +281,14 @@ AGG_COLUMNS: Final[dict[str, str]] = {
     # within the bucket: summed over versions, the operation's distinct failing calls (a group
     # call's legs run several SDK versions).
     "failed_calls_op": "float64",
+    # Each failure weighted by how many failures its call had in the partition over the same
+    # read (sum of S over this bucket's failures, S = the call's failures): summed over a window
+    # and divided by ``failures``, the failure-weighted mean cluster size E[S^2] / E[S], the
+    # factor by which failures coming in calls inflate the variance of a failure count.
+    "failure_cluster": "float64",
+    # The same with S counted over every version of the operation (the fleet's clusters: a
+    # group call's legs run several SDK versions); summed over versions, the fleet's value.
+    "failure_cluster_op": "float64",
     "expected_errors": "int64",  # classify_result == expected_error
     "dur_n": "int64",  # operations with a usable duration (not point events, numeric, >= 0)
     "log_dur_sum": "float64",  # sum of ln(max(DurationMs, 1))
@@ -332,9 +340,10 @@ class BucketAggregates:
 
 
 def fill_failed_calls(stats: pd.DataFrame) -> pd.DataFrame:
-    """``stats`` with ``failed_calls`` and ``failed_calls_op`` present: where they are missing
-    (frames and stores written before the columns existed, hand-made frames) every failure
-    counts as its own call of one version, which is what the tests assumed before. Returns
+    """``stats`` with ``failed_calls``, ``failed_calls_op``, ``failure_cluster`` and
+    ``failure_cluster_op`` present: where they are missing (frames and stores written before
+    the columns existed, hand-made frames) every failure counts as its own call of one version,
+    which is what the tests assumed before. Returns
     ``stats`` itself when nothing is missing."""
 
     def filled(name: str, fallback: pd.Series) -> pd.Series | None:
@@ -349,6 +358,13 @@ def fill_failed_calls(stats: pd.DataFrame) -> pd.DataFrame:
     fco = filled("failed_calls_op", stats["failed_calls"].astype("float64"))
     if fco is not None:
         stats = stats.assign(failed_calls_op=fco)
+    # Unknown clusters read as clusters of one (no inflation), as before the columns existed.
+    cl = filled("failure_cluster", stats["failures"].astype("float64"))
+    if cl is not None:
+        stats = stats.assign(failure_cluster=cl)
+    clo = filled("failure_cluster_op", stats["failure_cluster"].astype("float64"))
+    if clo is not None:
+        stats = stats.assign(failure_cluster_op=clo)
     return stats
 
 

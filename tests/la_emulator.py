@@ -296,7 +296,15 @@ def aggregate_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[li
     )
     fails = k[k["_Class"] == "failure"]
     call = fails["CallId"].where(fails["CallId"].fillna("") != "", fails["OperationId"])
-    pairs = fails.assign(_Call=call)[[*keys, "_Call"]].drop_duplicates()
+    rows = fails.assign(_Call=call)
+    # Each failure weighted by its call's failures in the partition / operation (whole read).
+    rows = rows.assign(
+        _S=rows.groupby(["_Op", "SdkVersion", "_Call"])["_Call"].transform("size"),
+        _SOp=rows.groupby(["_Op", "_Call"])["_Call"].transform("size"),
+    )
+    cluster = rows.groupby(keys, sort=True)["_S"].sum()
+    cluster_op = rows.groupby(keys, sort=True)["_SOp"].sum()
+    pairs = rows[[*keys, "_Call"]].drop_duplicates()
     versions = pairs.groupby(["_Op", "_BucketStart", "_Call"])["SdkVersion"].transform("size")
     pairs = pairs.assign(_W=1.0 / versions)
     failed_calls = pairs.groupby(keys, sort=True).size()
@@ -314,6 +322,8 @@ def aggregate_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[li
                 int(r.f),
                 int(failed_calls.get(key, 0)),
                 float(failed_calls_op.get(key, 0.0)),
+                float(cluster.get(key, 0.0)),
+                float(cluster_op.get(key, 0.0)),
                 int(r.e),
                 int(r.u),
                 float(r.s1),

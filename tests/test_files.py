@@ -439,6 +439,38 @@ def test_failed_calls_count_the_calls_behind_the_failures(tmp_path: Path, fmt: s
     assert int(s["failed_calls"][0]) == 1 + 3 + 2
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_failure_clusters_count_a_calls_failures_across_buckets(tmp_path: Path, fmt: str) -> None:
+    """Each failure is weighted by its call's failures over the whole read (in its partition,
+    and in its operation for ``_op``), whichever buckets they fall in: a call failing four
+    times, over two buckets, is a cluster of four in both."""
+    a, b = "2026-11-02T10:01:00Z", "2026-11-02T10:07:00Z"
+
+    def fail(opid: str, cct: str, call: str, sdk: str = "1.0") -> dict[str, Any]:
+        return row(opid=opid, rt="Failure", cct=cct, sdk=sdk) | {"CallId": call}
+
+    rows = [fail(f"a{i}", a, "bad") for i in range(3)] + [fail("a3", b, "bad")]
+    rows += [fail("b0", b, "lone"), fail("c0", b, "bad", sdk="2.0")]
+    rows += [row(opid=f"d{i}", cct=a, sdk="1.0") | {"CallId": "bad"} for i in range(4)]
+    path = write_rows(rows, tmp_path / file_name(fmt, "clusters"), fmt)
+    s = read_aggregates(path, bucket=BUCKET).stats
+    got = {
+        (r.sdk_version, r.bucket_start.minute): (
+            r.failures,
+            r.failure_cluster,
+            r.failure_cluster_op,
+        )
+        for r in s.itertuples()
+    }
+    # 1.0 at 10:00: three of bad's four 1.0 failures (five with 2.0's); 10:05: bad's fourth
+    # and lone's only one; 2.0 at 10:05: bad's only 2.0 failure (five in the operation).
+    assert got == {
+        ("1.0", 0): (3, 3 * 4.0, 3 * 5.0),
+        ("1.0", 5): (2, 4.0 + 1.0, 5.0 + 1.0),
+        ("2.0", 5): (1, 1.0, 5.0),
+    }
+
+
 def test_a_call_failing_in_two_versions_is_one_failing_call_of_the_operation(
     tmp_path: Path,
 ) -> None:

@@ -54,15 +54,26 @@ def _assert_same(
 ) -> None:
     """``a`` equals ``b``; with ``merged`` (``a`` summed from parts), ``failed_calls`` (a
     distinct count: one call's failures may sit in two parts) lies between ``b``'s and the
-    failures."""
+    failures, and the failure clusters (counted within each part) between the failures and
+    ``b``'s."""
     if merged:
         fc, whole = a.stats["failed_calls"], b.stats["failed_calls"]
         assert (fc >= whole).all() and (fc <= a.stats["failures"]).all()
         # per version, a call's weight is 1 / the versions it failed in (as seen by its part)
         assert (a.stats["failed_calls_op"] <= fc + 1e-9).all()
         assert (a.stats["failed_calls_op"] >= b.stats["failed_calls_op"] - 1e-9).all()
+        # a call's cluster is counted within each part: at least one failure each, at most the
+        # whole read's cluster
+        for c in ("failure_cluster", "failure_cluster_op"):
+            assert (a.stats[c] >= a.stats["failures"] - 1e-9).all()
+            assert (a.stats[c] <= b.stats[c] + 1e-9).all()
         a = schema.BucketAggregates(
-            a.stats.assign(failed_calls=whole, failed_calls_op=b.stats["failed_calls_op"]),
+            a.stats.assign(
+                failed_calls=whole,
+                failed_calls_op=b.stats["failed_calls_op"],
+                failure_cluster=b.stats["failure_cluster"],
+                failure_cluster_op=b.stats["failure_cluster_op"],
+            ),
             a.hist,
             a.dropped,
             a.flagged,

@@ -607,6 +607,8 @@ def test_same_aggregates_as_the_file_source(emulator, tmp_path, fmt: str) -> Non
     # some bucket has two failures of one call: dcount(CallId) and DuckDB agree on it too
     s = by_files.stats
     assert (s["failed_calls"] < s["failures"]).any()
+    # ... and some failure's call failed more than once: the clusters agree as well
+    assert (s["failure_cluster"] > s["failures"]).any()
 
 
 def test_drill_down_retries_504(emulator) -> None:  # noqa: F811

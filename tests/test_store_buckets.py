@@ -209,8 +209,11 @@ def test_a_store_written_before_failed_calls_reads_every_failure_as_a_call(tmp_p
     store.merge(_aggs(("Join", "1.0", T0, 10, 3)), watermark=T0 + timedelta(hours=1))
     files = [p for p in tmp_path.rglob("*") if p.is_file() and "stats" in p.name]
     assert len(files) == 1
-    old = pq.read_table(files[0]).drop_columns(["failed_calls", "failed_calls_op"])
+    new = ["failed_calls", "failed_calls_op", "failure_cluster", "failure_cluster_op"]
+    old = pq.read_table(files[0]).drop_columns(new)
     pq.write_table(old, files[0])
     back = store.load().stats
     assert list(back.columns) == list(AGG_COLUMNS)
     assert back["failed_calls"].tolist() == [3] and back["failed_calls_op"].tolist() == [3.0]
+    # ... and every failure as a cluster of one
+    assert back["failure_cluster"].tolist() == [3.0] == back["failure_cluster_op"].tolist()

@@ -1070,8 +1070,9 @@ def _group_compact(
         fail_call.append(ck[f])
     fcell = np.concatenate(fail_cell) if fail_cell else np.empty(0, np.intp)
     fcall = np.concatenate(fail_call) if fail_call else np.empty(0, np.uint32)
-    failed = _failed_calls(fcell, fcall, op_of_pid[fcell // nb] * nb + fcell % nb, n_cells)
-    del fcell, fcall
+    fpid = fcell // nb
+    failed = _failed_calls(fcell, fcall, op_of_pid[fpid] * nb + fcell % nb, fpid, nb, n_cells)
+    del fcell, fcall, fpid
     per_rc3 = per_rc.reshape(-1, 3)[:n_cells]
     calls = per_rc3.sum(axis=1)
     present = np.flatnonzero(calls)
@@ -1104,21 +1105,38 @@ def _group_compact(
     return per_cf, stats, hist
 
 
+def _cluster_sizes(group: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Per row: how many rows share its (group, call hash): the size of its call's cluster."""
+    _, inv, counts = np.unique((group << 32) | key, return_inverse=True, return_counts=True)
+    return np.asarray(counts[inv.ravel()], dtype=np.float64)
+
+
 def _failed_calls(
-    cell: np.ndarray, key: np.ndarray, opb: np.ndarray, n_cells: int
+    cell: np.ndarray, key: np.ndarray, opb: np.ndarray, pid: np.ndarray, nb: int, n_cells: int
 ) -> dict[str, np.ndarray]:
     """Failing calls per cell, from the failing rows' cells (``0 .. n_cells-1``), call hashes
-    and (operation, bucket) keys.
+    (uint32), (operation, bucket) keys ``op * nb + bucket`` and partition ids.
 
     ``failed_calls``: distinct calls per cell. ``failed_calls_op``: each of them weighted by
     1 / the number of versions of the same operation it failed in within the bucket, so the
     versions' weights add up to the operation's distinct failing calls (a group call's legs run
     several SDK versions: summing the per-version counts would count it once per version).
+    ``failure_cluster`` (``_op``): each failure weighted by the failures of its call in the
+    partition (operation) over the whole read, whatever their buckets: a call's failures spread
+    over its length, so a per-bucket count would see the cluster cut in pieces.
     """
     cell, key, opb = cell.astype(np.int64), key.astype(np.int64), opb.astype(np.int64)
-    out = {"failed_calls": np.zeros(n_cells, "int64"), "failed_calls_op": np.zeros(n_cells)}
+    out = {
+        "failed_calls": np.zeros(n_cells, "int64"),
+        "failed_calls_op": np.zeros(n_cells),
+        "failure_cluster": np.zeros(n_cells),
+        "failure_cluster_op": np.zeros(n_cells),
+    }
     if not len(cell):
         return out
+    for name, group in (("failure_cluster", pid), ("failure_cluster_op", opb // max(nb, 1))):
+        sizes = _cluster_sizes(group.astype(np.int64), key)
+        out[name] = np.bincount(cell, weights=sizes, minlength=n_cells)
     order = np.lexsort((key, cell))
     cell, key, opb = cell[order], key[order], opb[order]
     first = np.r_[True, (cell[1:] != cell[:-1]) | (key[1:] != key[:-1])]
@@ -1170,7 +1188,14 @@ def _group(
             for c in ("pid", "bi", "calls", "failures", "failed_calls", "expected_errors", "dur_n")
         }
         stats |= {
-            c: e.astype("float64") for c in ("failed_calls_op", "log_dur_sum", "log_dur_sumsq")
+            c: e.astype("float64")
+            for c in (
+                "failed_calls_op",
+                "failure_cluster",
+                "failure_cluster_op",
+                "log_dur_sum",
+                "log_dur_sumsq",
+            )
         }
         return stats, {"pid": e, "bi": e, "bin": e.astype("int32"), "count": e}
     b0 = int(bi.min())
@@ -1186,7 +1211,7 @@ def _group(
     valid = bins >= 0
     f = rc == 2
     failed = _failed_calls(
-        inv[f], ck[f], op_of_pid[pid[f]].astype("int64") * nb + (bi[f] - b0), n_cells
+        inv[f], ck[f], op_of_pid[pid[f]].astype("int64") * nb + (bi[f] - b0), pid[f], nb, n_cells
     )
     calls = np.bincount(inv, minlength=n_cells)
     present = calls > 0

@@ -121,6 +121,8 @@ AGG_RESULT_COLUMNS: Final[dict[str, str]] = {
     "Failures": "long",
     "FailedCalls": "long",
     "FailedCallsOp": "real",
+    "FailureCluster": "real",
+    "FailureClusterOp": "real",
     "ExpectedErrors": "long",
     "DurN": "long",
     "LogDurSum": "real",
@@ -424,11 +426,16 @@ let _Kept = materialize(_Window
     | extend _BucketStart = bin_at(CallClientTimeStamp, _Bucket, {_EPOCH}));
 let _FailCalls = materialize(_Kept
     | where _Class == "failure"
-    | distinct _Op, SdkVersion, _BucketStart, _Call = iff(isempty(CallId), OperationId, CallId));
+    | summarize _F = count()
+        by _Op, SdkVersion, _BucketStart, _Call = iff(isempty(CallId), OperationId, CallId));
 let _FailedCalls = _FailCalls
     | join kind=inner (_FailCalls | summarize _V = count() by _Op, _BucketStart, _Call)
         on _Op, _BucketStart, _Call
-    | summarize FailedCalls = count(), FailedCallsOp = sum(1.0 / _V)
+    | join kind=inner (_FailCalls | summarize _S = sum(_F) by _Op, SdkVersion, _Call)
+        on _Op, SdkVersion, _Call
+    | join kind=inner (_FailCalls | summarize _SOp = sum(_F) by _Op, _Call) on _Op, _Call
+    | summarize FailedCalls = count(), FailedCallsOp = sum(1.0 / _V),
+        FailureCluster = sum(todouble(_F * _S)), FailureClusterOp = sum(todouble(_F * _SOp))
         by OperationName = _Op, SdkVersion, BucketStart = _BucketStart;
 let _Stats = _Kept
     | summarize _N = count(), _F = countif(_Class == "failure"),
@@ -440,7 +447,8 @@ let _Stats = _Kept
         by OperationName = _Op, SdkVersion, BucketStart = _BucketStart
     | lookup kind=leftouter _FailedCalls on OperationName, SdkVersion, BucketStart
     | extend FailedCalls = coalesce(FailedCalls, 0), FailedCallsOp = coalesce(FailedCallsOp, 0.0),
-        Kind = "bucket";
+        FailureCluster = coalesce(FailureCluster, 0.0),
+        FailureClusterOp = coalesce(FailureClusterOp, 0.0), Kind = "bucket";
 let _WindowCounts = _Window
     | summarize rows_read = count(), valid = countif(isempty(_Drop)),
         {drop_counts}
@@ -459,7 +467,8 @@ let _Counts = _WindowCounts
         Counts = bag_pack({count_pairs}, "duplicate", valid - kept, {flag_pairs});
 union _Stats, _Counts
 | project Kind, OperationName, SdkVersion, BucketStart, Calls, Failures, FailedCalls,
-    FailedCallsOp, ExpectedErrors, DurN, LogDurSum, LogDurSumSq, Hist, Counts
+    FailedCallsOp, FailureCluster, FailureClusterOp, ExpectedErrors, DurN, LogDurSum,
+    LogDurSumSq, Hist, Counts
 """
 
 
@@ -534,6 +543,8 @@ def aggregates_from_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) 
                 # (a null failing-calls count reads as every failure its own call)
                 "failed_calls": b["FailedCalls"].to_numpy(),
                 "failed_calls_op": b["FailedCallsOp"].to_numpy(),
+                "failure_cluster": b["FailureCluster"].to_numpy(),
+                "failure_cluster_op": b["FailureClusterOp"].to_numpy(),
                 "expected_errors": b["ExpectedErrors"].fillna(0).to_numpy(),
                 "dur_n": b["DurN"].fillna(0).to_numpy(),
                 "log_dur_sum": b["LogDurSum"].fillna(0.0).to_numpy(),
