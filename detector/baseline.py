@@ -60,6 +60,8 @@ _SUM_COLS = (
     "failures",
     "failed_calls",
     "failed_calls_op",
+    "failure_cluster",
+    "failure_cluster_op",
     "expected_errors",
     "dur_n",
     "log_dur_sum",
@@ -68,9 +70,6 @@ _SUM_COLS = (
 #: Pseudo-failures behind a partition's failing-calls-per-failure ratio: thin history leans on
 #: the operation's fleet ratio.
 _CALL_RATIO_PRIOR = 5.0
-#: Floor of the failing calls per failure where failures' clustering inflates a variance
-#: (``/ call_ratio``): at most 20 failures per failing call are taken as one cluster's worth.
-_MIN_CALL_RATIO = 0.05
 #: Median of a chi-square with one degree of freedom: median(r^2) / this ~ dispersion factor.
 _CHI2_MEDIAN = 0.454936
 
@@ -128,6 +127,9 @@ def with_fleet(stats: pd.DataFrame) -> pd.DataFrame:
     if "failed_calls_op" in fleet:
         # A call failing in several versions is one failing call of the fleet, not one each.
         fleet["failed_calls"] = np.rint(fleet["failed_calls_op"]).astype(np.int64)
+    if "failure_cluster_op" in fleet:
+        # ... and its failures one cluster of the fleet's.
+        fleet["failure_cluster"] = fleet["failure_cluster_op"]
     times = stats["bucket_start"]
     data: dict[str, Any] = {
         "operation_name": pd.Categorical.from_codes(
@@ -279,6 +281,9 @@ class Baselines:
     call_ratio: np.ndarray | None = None
     #: (P,) overdispersion of failing calls per bucket (>= 1)
     phi_fcall: np.ndarray | None = None
+    #: (P,) failure-weighted mean failures per failing call, E[S^2] / E[S] (>= 1): how much
+    #: failures' coming in calls inflates the variance of a count spanning whole calls.
+    cluster: np.ndarray | None = None
 
     def take(self, sl: slice) -> Baselines:
         """The partitions ``sl``."""
@@ -312,6 +317,10 @@ class Baselines:
                 # standard deviations of the level's hour-to-hour wander (rate; log-duration)
                 "fail_rate_wander": np.sqrt(self.tau2_fail),
                 "log_dur_wander": np.sqrt(self.tau2_dur),
+                # failure-weighted mean failures per failing call (1: failures independent)
+                "failure_cluster": (
+                    self.cluster if self.cluster is not None else np.ones(len(self.calls))
+                ),
             }
         )
 
@@ -547,9 +556,20 @@ def compute_baselines(
     a_r = _CALL_RATIO_PRIOR
     ratio_fleet = (Gf + a_r) / (Ff + a_r)
     call_ratio = np.clip((Gf + a_r * ratio_fleet[fo]) / (Ff + a_r), 0.0, 1.0)
+    # Failures come in calls (a bad call fails several operations): a failure count varies
+    # E[S^2] / E[S] times as much as a binomial one, S the failures of one failing call over
+    # its whole length. Thin partitions lean on their operation's versions (a fleet on 1).
+    fleet = parts.is_fleet
+    CLf = np.bincount(pid, weights=col("failure_cluster"), minlength=P)
+    vers = ~fleet
+    op_cl = np.bincount(fo[vers], weights=CLf[vers], minlength=P)
+    op_f = np.bincount(fo[vers], weights=Ff[vers], minlength=P)
+    cl_prior = np.where(fleet, 1.0, (op_cl[fo] + a_r) / (op_f[fo] + a_r))
+    cluster = np.clip((CLf + a_r * cl_prior) / (Ff + a_r), 1.0, policy.max_dispersion)
+    del CLf, op_cl, op_f, vers
     # How strongly an hour's failure rate leans on the partition's flat rate: as much as the
     # hours really differ beyond sampling noise (see _slot_prior_fail).
-    k_slot = _slot_prior_fail(C, F, kind, p_f, call_ratio, policy.slot_prior_calls)
+    k_slot = _slot_prior_fail(C, F, kind, p_f, cluster, policy.slot_prior_calls)
 
     Cs, Fs, Ds, S1s, S2s, Bs = (fold(a) for a in (C, F, D, S1, S2, n_slot_buckets))
     # Each slot is shrunk towards the partition's own flat value (a thin hour stays sane) ...
@@ -618,9 +638,9 @@ def compute_baselines(
         # Around the partition's own level: how a thin version differs from the level it
         # borrows is the deviation under test, not wander.
         p_r = np.where(np.isfinite(own_fail), own_fail, fail_rate)[pid, slot]
-        # Failures come in clusters (one bad call fails several): 1 / call_ratio of them per
-        # failing call inflates an hour's sampling variance.
-        v_r = calls * p_r * (1 - p_r) * phi_fail[pid] / np.maximum(call_ratio[pid], _MIN_CALL_RATIO)
+        # Failures come in clusters (one bad call fails several): an hour holds most of a
+        # call, so the clusters inflate its sampling variance by ``cluster``.
+        v_r = calls * p_r * (1 - p_r) * np.maximum(phi_fail, cluster)[pid]
         tau2_fail = _between_hours(pid, block, col("failures") - calls * p_r, v_r, calls, P)
         del p_r, v_r
         n_d = col("dur_n")
@@ -668,6 +688,7 @@ def compute_baselines(
         n_eff_dur=np.where(fleet, Df, (Df + k_dur) ** 2 / np.maximum(Df, 1e-9)),
         call_ratio=call_ratio,
         phi_fcall=phi_fcall,
+        cluster=cluster,
         tau2_fail=tau2_fail,
         tau2_dur=tau2_dur,
     )
@@ -724,17 +745,17 @@ def _slot_prior_fail(
     F: np.ndarray,
     kind: np.ndarray,
     p_flat: np.ndarray,
-    call_ratio: np.ndarray,
+    cluster: np.ndarray,
     floor: float,
 ) -> np.ndarray:
     """Empirical-Bayes prior strength (pseudo-calls) of each partition's hourly failure rates.
 
     Consumes the ``(P, 168)`` hour-of-week calls ``C`` and failures ``F``, the profile ``kind``
-    and flat rate per partition, and the failing calls per failure (failures cluster in calls,
-    so an hour's count varies more than a binomial one). Produces ``k`` per partition:
-    ``within / between``, where ``between`` is the method-of-moments variance of the true
+    and flat rate per partition, and the failures' mean cluster size per partition (failures
+    come in calls, so an hour's count varies ``cluster`` times a binomial one). Produces ``k``
+    per partition: ``within / between``, where ``between`` is the method-of-moments variance of the true
     hourly rates around the flat one (hours of day for a ``seasonal`` profile, hours of week
-    for ``weekly``) and ``within = p (1 - p) / call_ratio`` one call's sampling variance.
+    for ``weekly``) and ``within = p (1 - p) * cluster`` one call's sampling variance.
 
     Why: failures are rare. At 0.5 % an hour slot of a week's history holds ~5 failures, and
     one slot in twenty holds at most one by chance alone; read as that hour's rate, it made
@@ -754,7 +775,7 @@ def _slot_prior_fail(
             n = c.sum(axis=1)
             p = p_flat[rows]
             used = (c > 0).sum(axis=1)
-            within = p * (1 - p) / np.maximum(call_ratio[rows], _MIN_CALL_RATIO)
+            within = p * (1 - p) * cluster[rows]
             q = np.where(c > 0, (f - c * p[:, None]) ** 2 / np.maximum(c, 1e-12), 0.0).sum(axis=1)
             denom = n - (c**2).sum(axis=1) / np.maximum(n, 1e-12)
             between = (q - (used - 1) * within) / np.maximum(denom, 1e-12)

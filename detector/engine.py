@@ -93,6 +93,16 @@ class DetectionResult:
         }
 
 
+def _fail_dispersion(base: Baselines, p: int) -> float:
+    """Variance factor of partition ``p``'s failure count over whole calls, as in the tests:
+    the bucket-level dispersion, or the failures' clustering in calls where that is larger
+    (not for a provisional version, whose clusters would be its siblings')."""
+    cluster = float(base.cluster[p]) if base.cluster is not None else 1.0
+    if base.provisional[p]:
+        cluster = 1.0
+    return max(float(base.phi_fail[p]), cluster)
+
+
 def _utc(ts: datetime | pd.Timestamp) -> pd.Timestamp:
     t = pd.Timestamp(ts)
     return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
@@ -556,7 +566,8 @@ def _explain(
                 baseline = float((cube.calls[p, idx] * base.fail_rate[p, slots[idx]]).sum() / n_)
                 observed = fails / n_
                 half = zc * np.sqrt(
-                    base.phi_fail[p] * baseline * (1 - baseline) / n_ + base.tau2_fail[p] * hours
+                    _fail_dispersion(base, p) * baseline * (1 - baseline) / n_
+                    + base.tau2_fail[p] * hours
                 )
                 band = (max(baseline - half, 0.0), min(baseline + half, 1.0))
                 text = (
@@ -614,6 +625,13 @@ def _explain(
                     float(np.sqrt([base.tau2_dur, base.tau2_fail][m][p])) if m < 2 else None
                 ),
                 "failed_calls": fail_calls if metric == "failure_rate" else None,
+                # failures come this many to a failing call (failure-weighted, baseline): the
+                # tests and the band widen by it
+                "failures_per_failing_call": (
+                    float(base.cluster[p])
+                    if metric == "failure_rate" and base.cluster is not None
+                    else None
+                ),
                 "new_version": bool(~parts.is_fleet[p] and base.calls[p] == 0),
                 "features": {
                     n: round(float(v), 3)

@@ -144,4 +144,6 @@ def with_failure_rates(
     out["failures"] = rng.binomial(out["calls"].to_numpy(), rate)
     out["failed_calls"] = out["failures"]
     out["failed_calls_op"] = out["failures"].astype("float64")
+    out["failure_cluster"] = out["failed_calls_op"]
+    out["failure_cluster_op"] = out["failed_calls_op"]
     return out

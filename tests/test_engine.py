@@ -423,3 +423,55 @@ def test_a_new_version_slower_than_its_siblings_is_not_read_as_wander() -> None:
     s["log_dur_sum"] = s["log_dur_sum"] + n * d
     aggs.stats = s
     assert _new_build_ops_before_alert(aggs, "duration") <= 300
+
+
+def _clustered_failures(aggs, extra_calls: int, extra_single: int, seed: int, size: int = 4):
+    """``aggs`` with failures that come ``size`` to a call: 1.5 failing calls an hour, each
+    failing once in each of ``size`` consecutive buckets (so a bucket's distinct failing calls
+    equal its failures). Three hours into the window ``extra_calls`` more such calls start, and
+    ``extra_single`` failures of their own calls (independent) fall in that hour."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    s = aggs.stats.sort_values("bucket_start").reset_index(drop=True)
+    t = ((s["bucket_start"] - s["bucket_start"].iloc[0]) // timedelta(minutes=5)).to_numpy()
+    fails, cluster = np.zeros(len(s)), np.zeros(len(s))
+    hours = int(t.max()) // 12 + 1
+    at = int((WS + timedelta(hours=3) - s["bucket_start"].iloc[0]) / timedelta(hours=1))
+    for h in range(hours):
+        n = rng.poisson(1.5) + (extra_calls if h == at else 0)
+        for b0 in h * 12 + rng.integers(0, 12, n):
+            rows = np.searchsorted(t, np.arange(b0, b0 + size))
+            rows = rows[rows < len(s)]
+            fails[rows] += 1
+            cluster[rows] += size
+    if extra_single:
+        rows = np.searchsorted(t, at * 12 + rng.integers(0, 12, extra_single))
+        np.add.at(fails, rows, 1)
+        np.add.at(cluster, rows, 1)
+    s["failures"] = fails.astype("int64")
+    s["failed_calls"] = s["failures"]
+    s["failed_calls_op"] = fails
+    s["failure_cluster"] = cluster
+    s["failure_cluster_op"] = cluster
+    aggs.stats = s
+    return aggs
+
+
+@pytest.mark.parametrize("seed", [13, 14, 15])
+@pytest.mark.parametrize(("extra_single", "alerts"), [(0, False), (80, True)])
+def test_failures_that_come_in_calls_are_judged_by_the_calls(
+    extra_single: int, alerts: bool, seed: int
+) -> None:
+    """Failures come eight to a call, spread over eight buckets (a per-bucket count of
+    distinct failing calls cannot see the clusters). An hour with six more failing calls than
+    the usual 1.5 (p ~ 0.005 on calls, not significant over the tests made) is ordinary;
+    counted as 48 more independent failures it alerted on every seed. Eighty more independent
+    failures in that hour do alert."""
+    aggs = make_aggs([Part("Join", "1.0", 600.0)], days=DAYS, seed=seed)
+    aggs = _clustered_failures(aggs, 6, extra_single, seed=seed, size=8)
+    res = _run(aggs)
+    assert any(fp.endswith("|failure_rate") for fp in _fps(res)) is alerts
+    for a in res.anomalies:
+        if a.metric == "failure_rate":
+            assert a.details["failures_per_failing_call"] == pytest.approx(8.0, rel=0.1)
