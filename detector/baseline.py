@@ -482,6 +482,22 @@ def compute_baselines(
     first_idx = np.full(P, n_cal, dtype=np.int64)
     if len(pid):
         np.minimum.at(first_idx, pid, t_idx)
+    # Versions rolled out within the window: first seen at least min_history after their
+    # operation (a rare version present all along is not new, however much it fails). Their
+    # rows are kept aside before alerted and suspect buckets are left out: those are the very
+    # evidence that the build fails since it appeared (see _regressed_since_rollout).
+    fo = parts.fleet_of
+    late = ~parts.is_fleet & (
+        first_idx - first_idx[fo] >= int(pd.Timedelta(policy.min_history) / bucket)
+    )
+    r_idx, r_pid = idx[late[pid]], pid[late[pid]]
+    if len(maintenance) and len(r_idx):
+        keys = stats[["operation_name", "sdk_version", "bucket_start"]].iloc[r_idx]
+        keep = ~exclusion_mask(keys, maintenance, ())
+        r_idx, r_pid = r_idx[keep], r_pid[keep]
+        del keys, keep
+    r_slot = _hour_of_week(ns[r_idx])
+    del late
     if len(maintenance) or alerted:
         keys = stats[["operation_name", "sdk_version", "bucket_start"]].iloc[idx]
         excl = exclusion_mask(keys, maintenance, alerted)
@@ -551,7 +567,6 @@ def compute_baselines(
         return out
 
     # Failing calls per failure, per partition, shrunk towards the operation's fleet ratio.
-    fo = parts.fleet_of
     Gf = G.sum(axis=1)
     a_r = _CALL_RATIO_PRIOR
     ratio_fleet = (Gf + a_r) / (Ff + a_r)
@@ -581,15 +596,26 @@ def compute_baselines(
         own_fail = np.where(np.isinf(kf), p_f[:, None], (Fs + kf * p_f[:, None]) / (Cs + kf))
         own_mu = (S1s + prior * mu_f[:, None]) / (Ds + prior)
         own_m2 = (S2s + prior * (var_f + mu_f**2)[:, None]) / (Ds + prior)
+    fleet = parts.is_fleet
+    r_calls = stats["calls"].to_numpy()[r_idx].astype(np.float64)
+    regressed = _regressed_since_rollout(
+        np.bincount(r_pid, weights=r_calls, minlength=P),
+        np.bincount(r_pid, weights=stats["failures"].to_numpy()[r_idx], minlength=P),
+        np.bincount(r_pid, weights=r_calls * own_fail[fo[r_pid], r_slot], minlength=P),
+        policy,
+    )
+    del r_idx, r_pid, r_slot, r_calls
     # (P, 168) arrays add up at 10k partitions: drop the sums once folded and blended.
     del C, F, G, D, S1, S2, n_slot_buckets, Cs, Fs, Ds, S1s, S2s, Bs
 
     # ... then (cold start) a version's slots are blended with its operation's fleet slots with
     # the empirical-Bayes weight n/(n+k), n = the version's own baseline calls (durations).
-    fleet = parts.is_fleet
     k_fail, k_dur = _eb_prior_strength(parts, Cf, Ff, Df, mu_f, var_f, policy)
     with np.errstate(invalid="ignore", divide="ignore"):
         w_calls = np.where(fleet, 1.0, Cf / (Cf + k_fail))
+        # A thin version already failing more than its siblings since it appeared does not
+        # lean on that history (see _regressed_since_rollout).
+        w_calls = np.where(regressed & (w_calls < policy.provisional_weight), 0.0, w_calls)
         w_dur = np.where(fleet, 1.0, Df / (Df + k_dur))
     fail_rate = _blend(own_fail, own_fail[fo], w_calls[:, None])
     mu_log = _blend(own_mu, own_mu[fo], w_dur[:, None])
@@ -738,6 +764,28 @@ def _eb_prior_strength(
             if within > 0:
                 k_dur[rows] = within / max(between, within / kmax)
     return np.clip(k_fail, 10.0, kmax), np.clip(k_dur, 10.0, kmax)
+
+
+def _regressed_since_rollout(
+    n: np.ndarray, f: np.ndarray, e: np.ndarray, policy: DetectionPolicy
+) -> np.ndarray:
+    """Versions whose whole history fails more than their operation's fleet at the same hours:
+    z >= ``policy.peer_z`` and by at least ``policy.min_failure_points``.
+
+    Consumes per partition the calls ``n`` and failures ``f`` since the version appeared and
+    the failures ``e`` its fleet's hourly rates expect of those calls (zeros for partitions
+    that are not new versions). Produces a ``(P,)`` bool. Why: a new build is judged against
+    "behaves like its siblings", and leans on its own history as that grows (n / (n + k)).
+    A build failing from its first call at 10 calls an hour never has enough calls in one
+    tested span (12 hours at most) before its failures have become its own baseline; its
+    whole history does have enough. Its failures count one by one (binomial), as a thin
+    version's do in the tests.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(n > 0, e / np.maximum(n, 1e-12), 0.0)
+        z = (f - e) / np.sqrt(np.maximum(e * (1 - p), 1e-12))
+        excess = np.where(n > 0, (f - e) / np.maximum(n, 1e-12), 0.0)
+    return (n > 0) & (z >= policy.peer_z) & (excess >= policy.min_failure_points)
 
 
 def _slot_prior_fail(

@@ -129,15 +129,54 @@ def test_a_new_version_failing_from_its_first_call_does_not_read_as_wander() -> 
     assert base.tau2_fail[new] <= 2 * base.tau2_fail[fleet] + 1e-6
 
 
+@pytest.mark.parametrize(
+    ("new_rate", "calls_per_hour", "from_day", "leans_on_own"),
+    [
+        (0.09, 10.0, 3.0, False),
+        (0.09, 30.0, 3.0, False),
+        (0.025, 30.0, 3.0, True),
+        (0.09, 400.0, 3.0, True),
+        (0.09, 10.0, 0.0, True),
+    ],
+)
+def test_a_thin_version_failing_since_it_appeared_keeps_its_siblings_level(
+    new_rate: float, calls_per_hour: float, from_day: float, leans_on_own: bool
+) -> None:
+    """A new build failing 9 % against its siblings' 1 % for its whole day of history (not
+    flagged yet: 10 calls an hour never fill a tested span) does not lean on that history:
+    its level stays its siblings'. Failing 2.5 % (under min_failure_points more), with enough
+    history not to be provisional, or present from the start (a rare old version, not a new
+    build), it does lean on its own."""
+    parts = [
+        Part("Join", "old", 600.0, fail_rate=0.01),
+        Part(
+            "Join",
+            "new",
+            calls_per_hour,
+            fail_rate=new_rate,
+            start=T0 + timedelta(days=from_day) if from_day else None,
+        ),
+    ]
+    p, base, _ = _baselines(parts, days=4.0)
+    new, fleet = _row(p, "Join", "new"), _row(p, "Join", FLEET)
+    assert bool(base.weight[new] > 0) == leans_on_own
+    if not leans_on_own:
+        assert base.provisional[new] and base.kind[new] == "borrowed"
+        assert np.average(base.fail_rate[new]) == pytest.approx(
+            np.average(base.fail_rate[fleet]), abs=1e-9
+        )
+
+
 @pytest.mark.parametrize("new_calls_per_hour", [0.0, 5.0, 30.0, 400.0])
 def test_cold_start_weight_is_n_over_n_plus_k(new_calls_per_hour: float) -> None:
-    # An established version fails 1 %, the new one 9 %: its baseline is shrunk towards 1 %.
-    # A rate of 0 in the baseline: the version first shows up in the judged window.
+    # An established version fails 1 %, the new one 2.5 %: its baseline is shrunk towards 1 %.
+    # (More than min_failure_points more: see the next test.) A rate of 0 in the baseline: the
+    # version first shows up in the judged window.
     start_new = T0 + timedelta(days=3 if new_calls_per_hour else 4.1)
     rate = new_calls_per_hour or 30.0
     parts = [
         Part("Join", "old", 600.0, fail_rate=0.01),
-        Part("Join", "new", rate, fail_rate=0.09, start=start_new),
+        Part("Join", "new", rate, fail_rate=0.025, start=start_new),
     ]
     p, base, stats = _baselines(parts, days=4.0, extra=0.5)
     stats = stats[stats.bucket_start < pd.Timestamp(T0 + timedelta(days=4))]

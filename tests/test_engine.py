@@ -475,3 +475,21 @@ def test_failures_that_come_in_calls_are_judged_by_the_calls(
     for a in res.anomalies:
         if a.metric == "failure_rate":
             assert a.details["failures_per_failing_call"] == pytest.approx(8.0, rel=0.1)
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_a_quiet_new_build_failing_since_rollout_is_flagged_on_its_whole_history(
+    seed: int,
+) -> None:
+    """A new build at 10 operations an hour (8 % of the operation's) fails 12 % against its
+    siblings' 2 % from its first call, rolled out 20 hours before the window. No tested span (12 hours at most) had
+    enough of its operations before they became its own baseline (weight n / (n + k)): its
+    whole history shows the regression, so it is judged against its siblings and flagged
+    within its first 300 operations."""
+    start_new = WS - timedelta(hours=20)
+    parts = [
+        Part("Join", V_OLD, 120.0, fail_rate=0.02),
+        Part("Join", V_NEW, 10.0, fail_rate=0.12, start=start_new),
+    ]
+    aggs = make_aggs(parts, days=DAYS, seed=seed)
+    assert _new_build_ops_before_alert(aggs, "failure_rate") <= 300
