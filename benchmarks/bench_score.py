@@ -42,7 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from detector.decide import DetectionPolicy  # noqa: E402
 from detector.engine import detect  # noqa: E402
 from detector.evaluate import _MemoryBackend  # noqa: E402
-from detector.schema import AGG_COLUMNS, HIST_COLUMNS, BucketAggregates  # noqa: E402
+from detector.schema import (  # noqa: E402
+    AGG_COLUMNS,
+    HIST_COLUMNS,
+    BucketAggregates,
+    fill_failed_calls,
+)
 from detector.store.models import ModelStore  # noqa: E402
 
 T0 = datetime(2026, 11, 2, tzinfo=UTC)
@@ -78,8 +83,6 @@ def make_history(n_parts: int, n_buckets: int, seed: int = 0) -> BucketAggregate
             "bucket_start": np.tile(times.to_numpy(), n_parts)[keep],
             "calls": calls.ravel()[keep],
             "failures": failures.ravel()[keep],
-            "failed_calls": failures.ravel()[keep],
-            "failed_calls_op": failures.ravel()[keep].astype(np.float64),
             "expected_errors": np.zeros(int(keep.sum()), np.int64),
             "dur_n": calls.ravel()[keep],
             "log_dur_sum": s1.ravel()[keep],
@@ -87,7 +90,8 @@ def make_history(n_parts: int, n_buckets: int, seed: int = 0) -> BucketAggregate
         }
     )
     stats["bucket_start"] = pd.to_datetime(stats["bucket_start"], utc=True)
-    stats = stats.astype(AGG_COLUMNS)
+    # Every failure its own call (the failing-call columns a source adds), in AGG_COLUMNS order.
+    stats = fill_failed_calls(stats)[list(AGG_COLUMNS)].astype(AGG_COLUMNS)
     hist = pd.DataFrame({c: pd.Series(dtype=t) for c, t in HIST_COLUMNS.items()})
     return BucketAggregates(stats=stats, hist=hist)
 

@@ -67,6 +67,9 @@ _SUM_COLS = (
     "log_dur_sum",
     "log_dur_sumsq",
 )
+#: Columns that only build the fleet rows (a call's weight across versions); left out of
+#: :func:`with_fleet`'s rows, which millions of rows make worth ~8 bytes a row each.
+_OP_ONLY = frozenset({"failed_calls_op", "failure_cluster_op"})
 #: Pseudo-failures behind a partition's failing-calls-per-failure ratio: thin history leans on
 #: the operation's fleet ratio.
 _CALL_RATIO_PRIOR = 5.0
@@ -95,7 +98,8 @@ def with_fleet(stats: pd.DataFrame) -> pd.DataFrame:
     """Add one fleet row per (operation, bucket): the sum over its versions, ``sdk_version="*"``.
 
     Consumes stats rows (:data:`~detector.schema.AGG_COLUMNS`); produces the same rows followed
-    by the fleet rows, with ``operation_name`` and ``sdk_version`` as categoricals: every later
+    by the fleet rows (without the ``_op`` columns, spent on the fleet's failing calls and
+    clusters), with ``operation_name`` and ``sdk_version`` as categoricals: every later
     stage maps rows to partitions through the category codes (:meth:`Partitions.index_of`), so
     millions of rows are never hashed as strings again.
     """
@@ -145,6 +149,8 @@ def with_fleet(stats: pd.DataFrame) -> pd.DataFrame:
         ),
     }
     for c in cols:
+        if c in _OP_ONLY:
+            continue  # served to build the fleet rows; nothing later reads them
         data[c] = np.concatenate([stats[c].to_numpy(), fleet[c]])
     # copy=False: the columns are fresh arrays; consolidating them would copy ~50 MB per 1M rows.
     out = pd.DataFrame(data, copy=False)
