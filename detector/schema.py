@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Final
 
 import numpy as np
@@ -36,6 +37,7 @@ import pandas as pd
 __all__ = [
     "AGG_COLUMNS",
     "AGG_KEY",
+    "CLUSTER_LOOKBACK",
     "DROP_REASONS",
     "FLAG_REASONS",
     "HIST_ALPHA",
@@ -294,6 +296,11 @@ AGG_COLUMNS: Final[dict[str, str]] = {
     "log_dur_sum": "float64",  # sum of ln(max(DurationMs, 1))
     "log_dur_sumsq": "float64",  # sum of ln(max(DurationMs, 1)) ** 2
 }
+
+#: How far before a read's arrival window the earlier failures of its failing calls are looked
+#: up for ``failure_cluster`` (a call's failures arrive over its length: minutes to an hour,
+#: rarely more), so consecutive windows add up to one read of both.
+CLUSTER_LOOKBACK: Final = timedelta(hours=2)
 
 #: Long-format sparse histogram: one row per (key, bin) with a nonzero count.
 HIST_COLUMNS: Final[dict[str, str]] = {

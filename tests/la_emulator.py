@@ -237,6 +237,7 @@ def aggregate_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[li
     start, end = _let_datetime(text, "_Start"), _let_datetime(text, "_End")
     scan_from, scan_to = _let_datetime(text, "_ScanFrom"), _let_datetime(text, "_ScanTo")
     lookback = _let_timespan(text, "_Lookback")
+    cluster_lookback = _let_timespan(text, "_ClusterLookback")
     bucket = _let_timespan(text, "_Bucket")
     arrival = "_IngestionTime" if "_Arrival = ingestion_time()" in text else "TimeGenerated"
     dedup_prior = "join kind=leftanti _Prior" in text
@@ -297,10 +298,22 @@ def aggregate_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[li
     fails = k[k["_Class"] == "failure"]
     call = fails["CallId"].where(fails["CallId"].fillna("") != "", fails["OperationId"])
     rows = fails.assign(_Call=call)
-    # Each failure weighted by its call's failures in the partition / operation (whole read).
+    # Each failure weighted by its call's failures in the partition / operation in the read,
+    # plus twice those that arrived in the cluster look-back before it.
+    pr = df[in_scan & (arr_all >= start - cluster_lookback) & (arr_all < start)]
+    pr = pr[_drop_reason(pr) == ""]
+    pr = pr.assign(_Op=_map_unique(pr["OperationName"], schema.canonical_operation))
+    pr = pr[_map_unique(pr["ResultType"], schema.classify_result) == "failure"]
+    pr = pr.assign(_Call=pr["CallId"].where(pr["CallId"].fillna("") != "", pr["OperationId"]))
+    k0 = pr.groupby(["_Op", "SdkVersion", "_Call"]).size()
+    k0_op = pr.groupby(["_Op", "_Call"]).size()
+    by_ver = pd.MultiIndex.from_frame(rows[["_Op", "SdkVersion", "_Call"]])
+    by_op = pd.MultiIndex.from_frame(rows[["_Op", "_Call"]])
     rows = rows.assign(
-        _S=rows.groupby(["_Op", "SdkVersion", "_Call"])["_Call"].transform("size"),
-        _SOp=rows.groupby(["_Op", "_Call"])["_Call"].transform("size"),
+        _S=rows.groupby(["_Op", "SdkVersion", "_Call"])["_Call"].transform("size")
+        + 2 * k0.reindex(by_ver, fill_value=0).to_numpy(),
+        _SOp=rows.groupby(["_Op", "_Call"])["_Call"].transform("size")
+        + 2 * k0_op.reindex(by_op, fill_value=0).to_numpy(),
     )
     cluster = rows.groupby(keys, sort=True)["_S"].sum()
     cluster_op = rows.groupby(keys, sort=True)["_SOp"].sum()

@@ -62,11 +62,18 @@ def _assert_same(
         # per version, a call's weight is 1 / the versions it failed in (as seen by its part)
         assert (a.stats["failed_calls_op"] <= fc + 1e-9).all()
         assert (a.stats["failed_calls_op"] >= b.stats["failed_calls_op"] - 1e-9).all()
-        # a call's cluster is counted within each part: at least one failure each, at most the
-        # whole read's cluster
-        for c in ("failure_cluster", "failure_cluster_op"):
+        # a call's cluster is weighed within each part (plus, for arrival windows, its
+        # failures that arrived before): at least one failure each; per partition, at most the
+        # whole read's (the operation's, per operation; equal for arrival windows: see
+        # test_arrival_windows_tile)
+        for c, key in (
+            ("failure_cluster", ["operation_name", "sdk_version"]),
+            ("failure_cluster_op", ["operation_name"]),
+        ):
             assert (a.stats[c] >= a.stats["failures"] - 1e-9).all()
-            assert (a.stats[c] <= b.stats[c] + 1e-9).all()
+            totals_a = a.stats.groupby(key, observed=True)[c].sum()
+            totals_b = b.stats.groupby(key, observed=True)[c].sum()
+            assert (totals_a <= totals_b + 1e-9).all()
         a = schema.BucketAggregates(
             a.stats.assign(
                 failed_calls=whole,
@@ -166,7 +173,17 @@ def test_arrival_windows_tile(
         read_aggregates(path, bucket=BUCKET, arrival_window=(a, b))
         for a, b in zip(t, t[1:], strict=False)
     ]
-    _assert_same(aggregate.merge(*parts), whole, merged=True)
+    merged = aggregate.merge(*parts)
+    # each window weighs its failures with the same calls' earlier arrivals (look-back): the
+    # clusters add up per partition (the operation's, per operation) to the whole read's
+    for c, key in (
+        ("failure_cluster", ["operation_name", "sdk_version"]),
+        ("failure_cluster_op", ["operation_name"]),
+    ):
+        got = merged.stats.groupby(key, observed=True)[c].sum()
+        want = whole.stats.groupby(key, observed=True)[c].sum()
+        pd.testing.assert_series_equal(got, want, check_exact=False, rtol=1e-9)
+    _assert_same(merged, whole, merged=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -362,7 +362,20 @@ def test_scheduled_windows_add_up_to_one_read(emulator) -> None:  # noqa: F811
     while t < end:
         parts.append(src.read_aggregates((t, t + step), bucket=BUCKET))
         t += step
-    _assert_same(merge_aggregates(parts), whole)
+    merged = merge_aggregates(parts)
+    _assert_same(merged, whole)
+    # failure clusters: each run weighs its failures with the same calls' failures that
+    # arrived in the look-back before it, so the runs add up to one read's (calls whose
+    # failures arrive further apart than the look-back weigh a little less)
+    for c, key in (
+        ("failure_cluster", ["operation_name", "sdk_version"]),
+        ("failure_cluster_op", ["operation_name"]),
+    ):
+        got = merged.stats.groupby(key, observed=True)[c].sum()
+        want = whole.stats.groupby(key, observed=True)[c].sum()
+        assert (got <= want + 1e-9).all()
+        assert float(got.sum()) == pytest.approx(float(want.sum()))  # no call spans 2 h here
+    assert merged.stats["failure_cluster_op"].sum() > merged.stats["failures"].sum()
     # a rerun of a window reads exactly what the first run read (the store makes it idempotent)
     _assert_same(src.read_aggregates((T0 - H, T0 - H + step), bucket=BUCKET), parts[0])
     assert whole.rows_read == len(rows)

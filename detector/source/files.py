@@ -853,19 +853,58 @@ SELECT
 FROM ({norm}) n JOIN _dim d ON hash(n.op, n.sdk, n.rt) = d.h)))"""
 
 
+def _prior_failures(
+    con: duckdb.DuckDBPyConnection,
+    parts: list[str],
+    window: tuple[int, int] | None,
+    lookback_us: int,
+    ids: pd.DataFrame,
+) -> _Prior:
+    """Failures that arrived in ``lookback_us`` before ``window`` (none without a window), in
+    the read's operations: partition id (``ids``: name, sdk -> pid, op), operation and call
+    hash, as the rows pass makes them.
+
+    Names and result types are classified as for the read (their own distinct triples);
+    re-ingested copies are not taken out: a call's earlier failures are a weight, not a count.
+    """
+    if window is None or lookback_us <= 0:
+        return _Prior.none()
+    norm = _norm_sql(parts, (window[0] - lookback_us, window[0]))
+    prior = _dimension(con.execute(_names_sql(norm)).fetchall())
+    prior = prior.loc[(prior["rc"] == 2) & (prior["name_code"] == 0), ["h", "name", "sdk"]]
+    prior = prior.merge(ids[["name", "op"]].drop_duplicates(), on="name")
+    prior = prior.merge(ids[["name", "sdk", "pid"]], on=["name", "sdk"], how="left")
+    if prior.empty:
+        return _Prior.none()
+    prior["pid"] = prior["pid"].fillna(-1).astype("int64")
+    con.register("_prior_dim", prior[["h", "pid", "op"]])
+    try:
+        got = con.execute(f"""
+SELECT d.pid, d.op,
+  CAST(1 + hash(coalesce(nullif(n.call, ''), n.opid)) % 4294967295 AS UINTEGER) AS ck
+FROM ({norm}) n JOIN _prior_dim d ON hash(n.op, n.sdk, n.rt) = CAST(d.h AS UBIGINT)
+WHERE n.opid IS NOT NULL AND n.cct_us IS NOT NULL""").fetchnumpy()
+    finally:
+        con.unregister("_prior_dim")
+    return _Prior(*(np.asarray(got[c], np.int64) for c in ("pid", "op", "ck")))
+
+
 def _run(
     con: duckdb.DuckDBPyConnection,
     parts: list[str],
     bucket_us: int,
     window: tuple[int, int] | None,
     bounds: list[str] | None,
+    lookback: int = 0,
 ) -> schema.BucketAggregates:
     """Aggregate the normalised rows of ``parts``.
 
     ``bounds``: one _bounds_select per part (Parquet); None for text and JSON, which are then
     parsed once into DuckDB's own spillable storage rather than three times (bounds, names and
-    rows passes).
+    rows passes). ``lookback`` (microseconds): how far before ``window`` earlier failures of
+    the read's failing calls are looked up (see :func:`_prior_failures`).
     """
+    raw_parts = parts
     norm = _norm_sql(parts, window)
     if bounds is None:
         con.execute(f"CREATE OR REPLACE TEMP TABLE _norm AS {norm}")
@@ -905,10 +944,12 @@ def _run(
     by_pid = dim.drop_duplicates("pid").sort_values("pid")
     op_of_pid = np.zeros(int(by_pid["pid"].max()) + 1 if len(by_pid) else 0, dtype=np.int64)
     op_of_pid[by_pid["pid"].to_numpy()] = pd.factorize(by_pid["name"])[0]
+    by_pid = by_pid.assign(op=op_of_pid[by_pid["pid"].to_numpy()])
+    prior = _prior_failures(con, raw_parts, window, lookback, by_pid[["name", "sdk", "pid", "op"]])
     if shape.compact:
-        per_cf, stats_cols, hist_cols = _group_compact(rows, discard, shape, op_of_pid)
+        per_cf, stats_cols, hist_cols = _group_compact(rows, discard, shape, op_of_pid, prior)
     else:
-        per_cf, stats_cols, hist_cols = _group_general(rows, discard, op_of_pid)
+        per_cf, stats_cols, hist_cols = _group_general(rows, discard, op_of_pid, prior)
     dropped = {r: int(per_cf[c].sum()) for c, r in _DROP_CODES.items()}
     dropped["duplicate"] = len(discard)
     per_value = per_cf[0]  # flags of kept rows
@@ -1029,7 +1070,7 @@ def _per_code_flags(cf: np.ndarray) -> np.ndarray:
 
 
 def _group_compact(
-    rows: pa.Table, discard: np.ndarray, shape: _Shape, op_of_pid: np.ndarray
+    rows: pa.Table, discard: np.ndarray, shape: _Shape, op_of_pid: np.ndarray, prior: _Prior
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Counts per (drop code, flags), sums per (partition, bucket) and histogram counts.
 
@@ -1071,7 +1112,9 @@ def _group_compact(
     fcell = np.concatenate(fail_cell) if fail_cell else np.empty(0, np.intp)
     fcall = np.concatenate(fail_call) if fail_call else np.empty(0, np.uint32)
     fpid = fcell // nb
-    failed = _failed_calls(fcell, fcall, op_of_pid[fpid] * nb + fcell % nb, fpid, nb, n_cells)
+    failed = _failed_calls(
+        fcell, fcall, op_of_pid[fpid] * nb + fcell % nb, fpid, nb, n_cells, prior
+    )
     del fcell, fcall, fpid
     per_rc3 = per_rc.reshape(-1, 3)[:n_cells]
     calls = per_rc3.sum(axis=1)
@@ -1105,14 +1148,48 @@ def _group_compact(
     return per_cf, stats, hist
 
 
-def _cluster_sizes(group: np.ndarray, key: np.ndarray) -> np.ndarray:
-    """Per row: how many rows share its (group, call hash): the size of its call's cluster."""
-    _, inv, counts = np.unique((group << 32) | key, return_inverse=True, return_counts=True)
-    return np.asarray(counts[inv.ravel()], dtype=np.float64)
+@dataclass(frozen=True)
+class _Prior:
+    """Failures that arrived before the read (its look-back): partition id and call hash of
+    each, so the read's failures of the same calls weigh as the rest of their cluster."""
+
+    pid: np.ndarray  # -1: a version the read does not hold (its operation's calls still count)
+    op: np.ndarray
+    key: np.ndarray
+
+    @staticmethod
+    def none() -> _Prior:
+        return _Prior(*(np.empty(0, np.int64) for _ in range(3)))
+
+
+def _cluster_weights(
+    group: np.ndarray, key: np.ndarray, prior_group: np.ndarray, prior_key: np.ndarray
+) -> np.ndarray:
+    """Per failing row: ``s + 2 * k0``, ``s`` its call's failures in the read and ``k0`` those
+    that arrived before it (``prior_*``), calls keyed by (group, call hash).
+
+    Summed over a call's rows: ``(k0 + s)**2 - k0**2``. Reads of consecutive arrival windows
+    thus add up to the sum of S**2 over whole calls (S: a call's failures), as one read of
+    everything gives, as long as the look-back reaches a call's earlier failures.
+    """
+    calls, inv, counts = np.unique((group << 32) | key, return_inverse=True, return_counts=True)
+    inv = inv.ravel()
+    w = counts.astype(np.float64)
+    if len(prior_group):
+        before, k0 = np.unique((prior_group << 32) | prior_key, return_counts=True)
+        pos = np.minimum(np.searchsorted(before, calls), len(before) - 1)
+        w += 2.0 * np.where(before[pos] == calls, k0[pos], 0)
+    return np.asarray(w[inv])
 
 
 def _failed_calls(
-    cell: np.ndarray, key: np.ndarray, opb: np.ndarray, pid: np.ndarray, nb: int, n_cells: int
+    cell: np.ndarray,
+    key: np.ndarray,
+    opb: np.ndarray,
+    pid: np.ndarray,
+    nb: int,
+    n_cells: int,
+    prior: _Prior,
 ) -> dict[str, np.ndarray]:
     """Failing calls per cell, from the failing rows' cells (``0 .. n_cells-1``), call hashes
     (uint32), (operation, bucket) keys ``op * nb + bucket`` and partition ids.
@@ -1122,8 +1199,9 @@ def _failed_calls(
     versions' weights add up to the operation's distinct failing calls (a group call's legs run
     several SDK versions: summing the per-version counts would count it once per version).
     ``failure_cluster`` (``_op``): each failure weighted by the failures of its call in the
-    partition (operation) over the whole read, whatever their buckets: a call's failures spread
-    over its length, so a per-bucket count would see the cluster cut in pieces.
+    partition (operation) over the whole read, whatever their buckets (a call's failures spread
+    over its length, so a per-bucket count would see the cluster cut in pieces), plus twice
+    those of ``prior`` (arrived before the read; see :func:`_cluster_weights`).
     """
     cell, key, opb = cell.astype(np.int64), key.astype(np.int64), opb.astype(np.int64)
     out = {
@@ -1134,9 +1212,12 @@ def _failed_calls(
     }
     if not len(cell):
         return out
-    for name, group in (("failure_cluster", pid), ("failure_cluster_op", opb // max(nb, 1))):
-        sizes = _cluster_sizes(group.astype(np.int64), key)
-        out[name] = np.bincount(cell, weights=sizes, minlength=n_cells)
+    for name, group, before in (
+        ("failure_cluster", pid, prior.pid),
+        ("failure_cluster_op", opb // max(nb, 1), prior.op),
+    ):
+        weights = _cluster_weights(group.astype(np.int64), key, before, prior.key)
+        out[name] = np.bincount(cell, weights=weights, minlength=n_cells)
     order = np.lexsort((key, cell))
     cell, key, opb = cell[order], key[order], opb[order]
     first = np.r_[True, (cell[1:] != cell[:-1]) | (key[1:] != key[:-1])]
@@ -1154,7 +1235,7 @@ def _failed_calls(
 
 
 def _group_general(
-    rows: pa.Table, discard: np.ndarray, op_of_pid: np.ndarray
+    rows: pa.Table, discard: np.ndarray, op_of_pid: np.ndarray, prior: _Prior
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     cf = _col(rows, "cf")
     per_cf = _per_code_flags(cf)
@@ -1163,7 +1244,7 @@ def _group_general(
     keep[discard] = False
     del cf
     stats, hist = _group(
-        *(_col(rows, c)[keep] for c in ("pid", "bi", "rc", "ld", "bin", "ck")), op_of_pid
+        *(_col(rows, c)[keep] for c in ("pid", "bi", "rc", "ld", "bin", "ck")), op_of_pid, prior
     )
     return per_cf, stats, hist
 
@@ -1176,6 +1257,7 @@ def _group(
     bins: np.ndarray,
     ck: np.ndarray,
     op_of_pid: np.ndarray,
+    prior: _Prior,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The general path of :func:`_group_compact` (kept rows only; codes too wide for uint32).
 
@@ -1211,7 +1293,13 @@ def _group(
     valid = bins >= 0
     f = rc == 2
     failed = _failed_calls(
-        inv[f], ck[f], op_of_pid[pid[f]].astype("int64") * nb + (bi[f] - b0), pid[f], nb, n_cells
+        inv[f],
+        ck[f],
+        op_of_pid[pid[f]].astype("int64") * nb + (bi[f] - b0),
+        pid[f],
+        nb,
+        n_cells,
+        prior,
     )
     calls = np.bincount(inv, minlength=n_cells)
     present = calls > 0
@@ -1361,6 +1449,7 @@ def read_aggregates(
     arrival_window: tuple[datetime, datetime] | None = None,
     threads: int | None = None,
     memory_limit: str | None = None,
+    cluster_lookback: timedelta = schema.CLUSTER_LOOKBACK,
 ) -> schema.BucketAggregates:
     """Aggregate ACS call client operation exports into bucket aggregates with DuckDB.
 
@@ -1382,6 +1471,10 @@ def read_aggregates(
     memory_limit : str, optional
         DuckDB memory limit (e.g. ``"512MB"``); beyond it DuckDB spills to a temporary
         directory that is removed afterwards.
+    cluster_lookback : timedelta
+        With an ``arrival_window``: how far before it the earlier failures of the window's
+        failing calls are looked up, so ``failure_cluster`` of consecutive windows adds up to
+        that of one read of both (calls whose failures arrive over a longer time are cut).
 
     Returns
     -------
@@ -1399,6 +1492,7 @@ def read_aggregates(
         ``bucket`` is not positive or ``arrival_window`` is reversed.
     """
     bucket_us = int(bucket / timedelta(microseconds=1))
+    lookback_us = int(cluster_lookback / timedelta(microseconds=1))
     if bucket_us <= 0:
         raise ValueError(f"bucket must be positive, got {bucket}")
     window = None
@@ -1426,7 +1520,7 @@ def read_aggregates(
                     text = _text_parts(by_fmt, parallel=True)
                     if text or "json_array" in by_fmt:
                         bounds = None  # read once into a table (see _run)
-                    return _run(con, parts + text, bucket_us, window, bounds)
+                    return _run(con, parts + text, bucket_us, window, bounds, lookback_us)
                 except (duckdb.NotImplementedException, duckdb.InvalidInputException):
                     if not text:
                         raise
@@ -1434,7 +1528,7 @@ def read_aggregates(
                     # lenient single-threaded reader, so bad rows are counted, not fatal.
                     log.info("re-reading text files with the single-threaded CSV reader")
                     text = _text_parts(by_fmt, parallel=False)
-                    return _run(con, parts + text, bucket_us, window, None)
+                    return _run(con, parts + text, bucket_us, window, None, lookback_us)
             except _READ_ERRORS as exc:
                 names = ", ".join(str(f.path) for f in files[:3])
                 more = f" (+{len(files) - 3} more)" if len(files) > 3 else ""

@@ -65,6 +65,7 @@ import pandas as pd
 from detector.anomaly import METRICS
 from detector.schema import (
     AGG_COLUMNS,
+    CLUSTER_LOOKBACK,
     DROP_REASONS,
     FLAG_REASONS,
     HIST_COLUMNS,
@@ -356,6 +357,7 @@ def aggregate_query(
     overlap: timedelta = timedelta(days=2),
     dedup_lookback: timedelta = timedelta(hours=1),
     table: str = DEFAULT_TABLE,
+    cluster_lookback: timedelta = CLUSTER_LOOKBACK,
 ) -> str:
     """The pushdown query for one arrival window ``[start, end)`` (see module docstring).
 
@@ -374,6 +376,9 @@ def aggregate_query(
         How far before ``start`` (in arrival time) a key counts as already seen. 0 disables.
     table
         Table name (validated identifier).
+    cluster_lookback
+        How far before ``start`` (in arrival time) earlier failures of the window's failing
+        calls weigh their clusters (``FailureCluster``; see ``files._cluster_weights``).
 
     Returns
     -------
@@ -390,7 +395,11 @@ def aggregate_query(
     _check_arrival(arrival)
     table = kql_identifier(table)
     scan_from, scan_to = scan_span(
-        start, end, arrival=arrival, overlap=overlap, dedup_lookback=dedup_lookback
+        start,
+        end,
+        arrival=arrival,
+        overlap=overlap,
+        dedup_lookback=max(dedup_lookback, cluster_lookback),
     )
     dedup = (
         "    | join kind=leftanti _Prior on OperationId, CallClientTimeStamp\n"
@@ -412,6 +421,7 @@ let _End = {kql_datetime(end)};
 let _ScanFrom = {kql_datetime(scan_from)};
 let _ScanTo = {kql_datetime(scan_to)};
 let _Lookback = {kql_timespan(dedup_lookback)};
+let _ClusterLookback = {kql_timespan(cluster_lookback)};
 let _Bucket = {kql_timespan(bucket)};
 let _Canonical = {_canonical_bag()};
 let _Rows = {_rows_fragment(table, arrival)};
@@ -428,14 +438,24 @@ let _FailCalls = materialize(_Kept
     | where _Class == "failure"
     | summarize _F = count()
         by _Op, SdkVersion, _BucketStart, _Call = iff(isempty(CallId), OperationId, CallId));
+let _PriorFail = materialize(_Rows
+    | where _Arrival >= _Start - _ClusterLookback and _Arrival < _Start and isempty(_Drop)
+{_normalise_fragment()}
+    | where _Class == "failure"
+    | summarize _K0 = count()
+        by _Op, SdkVersion, _Call = iff(isempty(CallId), OperationId, CallId));
 let _FailedCalls = _FailCalls
     | join kind=inner (_FailCalls | summarize _V = count() by _Op, _BucketStart, _Call)
         on _Op, _BucketStart, _Call
     | join kind=inner (_FailCalls | summarize _S = sum(_F) by _Op, SdkVersion, _Call)
         on _Op, SdkVersion, _Call
     | join kind=inner (_FailCalls | summarize _SOp = sum(_F) by _Op, _Call) on _Op, _Call
+    | join kind=leftouter _PriorFail on _Op, SdkVersion, _Call
+    | join kind=leftouter (_PriorFail | summarize _K0Op = sum(_K0) by _Op, _Call) on _Op, _Call
+    | extend _K0 = coalesce(_K0, 0), _K0Op = coalesce(_K0Op, 0)
     | summarize FailedCalls = count(), FailedCallsOp = sum(1.0 / _V),
-        FailureCluster = sum(todouble(_F * _S)), FailureClusterOp = sum(todouble(_F * _SOp))
+        FailureCluster = sum(todouble(_F * (_S + 2 * _K0))),
+        FailureClusterOp = sum(todouble(_F * (_SOp + 2 * _K0Op)))
         by OperationName = _Op, SdkVersion, BucketStart = _BucketStart;
 let _Stats = _Kept
     | summarize _N = count(), _F = countif(_Class == "failure"),

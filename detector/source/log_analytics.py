@@ -56,6 +56,7 @@ from detector.errors import (
 from detector.schema import (
     AGG_COLUMNS,
     AGG_KEY,
+    CLUSTER_LOOKBACK,
     DROP_REASONS,
     FLAG_REASONS,
     HIST_COLUMNS,
@@ -741,7 +742,11 @@ class LogAnalyticsSource:
             table=s.table,
         )
         span = kql.scan_span(
-            start, end, arrival=s.arrival, overlap=s.overlap, dedup_lookback=s.dedup_lookback
+            start,
+            end,
+            arrival=s.arrival,
+            overlap=s.overlap,
+            dedup_lookback=max(s.dedup_lookback, CLUSTER_LOOKBACK),
         )
         columns, rows, size = self._send(text, span, purpose="aggregate", splittable=True)
         try:
