@@ -471,6 +471,29 @@ def test_failure_clusters_count_a_calls_failures_across_buckets(tmp_path: Path, 
     }
 
 
+def test_a_later_read_weighs_a_calls_earlier_failures(tmp_path: Path) -> None:
+    """Three failures of a call arrive in one run's window, a fourth in the next: the next run
+    looks the first three up (cluster look-back) and weighs its failure 1 + 2 * 3, so the two
+    runs add up to one read's 4 * 4. Beyond the look-back they are not seen."""
+    rows = [
+        row(opid=f"a{i}", rt="Failure", tg=f"2026-11-02T10:{10 + i:02d}:00Z") | {"CallId": "c"}
+        for i in range(3)
+    ]
+    rows += [row(opid="a3", rt="Failure", tg="2026-11-02T10:40:00Z") | {"CallId": "c"}]
+    path = write_rows(rows, tmp_path / "late.parquet", "parquet")
+    t = [datetime(2026, 11, 2, 10, m, tzinfo=UTC) for m in (0, 30, 59)]
+
+    def cluster(window: tuple[datetime, datetime], lookback: timedelta) -> float:
+        s = read_aggregates(path, bucket=BUCKET, arrival_window=window, cluster_lookback=lookback)
+        return float(s.stats["failure_cluster"].sum())
+
+    whole = float(read_aggregates(path, bucket=BUCKET).stats["failure_cluster"].sum())
+    assert whole == 16.0
+    assert cluster((t[0], t[1]), timedelta(hours=2)) == 9.0
+    assert cluster((t[1], t[2]), timedelta(hours=2)) == 7.0
+    assert cluster((t[1], t[2]), timedelta(minutes=5)) == 1.0  # the earlier ones: too long ago
+
+
 def test_a_call_failing_in_two_versions_is_one_failing_call_of_the_operation(
     tmp_path: Path,
 ) -> None:
