@@ -291,6 +291,14 @@ class Baselines:
     #: failures' coming in calls inflates the variance of a count spanning whole calls.
     cluster: np.ndarray | None = None
 
+    def fail_dispersion(self) -> np.ndarray:
+        """(P,) variance factor of a failure count spanning whole calls, as the tests use it:
+        the bucket-level dispersion, or the failures' clustering in calls where larger. Not
+        for a provisional version: its clusters would be mostly its siblings' (borrowed), and
+        a new build's own failures must not hide behind their bad calls."""
+        cluster = self.cluster if self.cluster is not None else np.ones_like(self.phi_fail)
+        return np.where(self.provisional, self.phi_fail, np.maximum(self.phi_fail, cluster))
+
     def take(self, sl: slice) -> Baselines:
         """The partitions ``sl``."""
         return Baselines(
@@ -602,7 +610,6 @@ def compute_baselines(
         own_fail = np.where(np.isinf(kf), p_f[:, None], (Fs + kf * p_f[:, None]) / (Cs + kf))
         own_mu = (S1s + prior * mu_f[:, None]) / (Ds + prior)
         own_m2 = (S2s + prior * (var_f + mu_f**2)[:, None]) / (Ds + prior)
-    fleet = parts.is_fleet
     r_calls = stats["calls"].to_numpy()[r_idx].astype(np.float64)
     regressed = _regressed_since_rollout(
         np.bincount(r_pid, weights=r_calls, minlength=P),
@@ -807,9 +814,10 @@ def _slot_prior_fail(
     Consumes the ``(P, 168)`` hour-of-week calls ``C`` and failures ``F``, the profile ``kind``
     and flat rate per partition, and the failures' mean cluster size per partition (failures
     come in calls, so an hour's count varies ``cluster`` times a binomial one). Produces ``k``
-    per partition: ``within / between``, where ``between`` is the method-of-moments variance of the true
-    hourly rates around the flat one (hours of day for a ``seasonal`` profile, hours of week
-    for ``weekly``) and ``within = p (1 - p) * cluster`` one call's sampling variance.
+    per partition: ``within / between``, where ``between`` is the method-of-moments variance
+    of the true hourly rates around the flat one (hours of day for a ``seasonal`` profile,
+    hours of week for ``weekly``) and ``within = p (1 - p) * cluster`` one call's sampling
+    variance.
 
     Why: failures are rare. At 0.5 % an hour slot of a week's history holds ~5 failures, and
     one slot in twenty holds at most one by chance alone; read as that hour's rate, it made

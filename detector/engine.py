@@ -93,16 +93,6 @@ class DetectionResult:
         }
 
 
-def _fail_dispersion(base: Baselines, p: int) -> float:
-    """Variance factor of partition ``p``'s failure count over whole calls, as in the tests:
-    the bucket-level dispersion, or the failures' clustering in calls where that is larger
-    (not for a provisional version, whose clusters would be its siblings')."""
-    cluster = float(base.cluster[p]) if base.cluster is not None else 1.0
-    if base.provisional[p]:
-        cluster = 1.0
-    return max(float(base.phi_fail[p]), cluster)
-
-
 def _utc(ts: datetime | pd.Timestamp) -> pd.Timestamp:
     t = pd.Timestamp(ts)
     return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
@@ -566,7 +556,7 @@ def _explain(
                 baseline = float((cube.calls[p, idx] * base.fail_rate[p, slots[idx]]).sum() / n_)
                 observed = fails / n_
                 half = zc * np.sqrt(
-                    _fail_dispersion(base, p) * baseline * (1 - baseline) / n_
+                    float(base.fail_dispersion()[p]) * baseline * (1 - baseline) / n_
                     + base.tau2_fail[p] * hours
                 )
                 band = (max(baseline - half, 0.0), min(baseline + half, 1.0))

@@ -613,8 +613,10 @@ def _span_evidence(
     # operation is the failure rate times the baseline's failing calls per failure.
     ratio = base.call_ratio if base.call_ratio is not None else np.ones(P)
     phi_g = (base.phi_fcall if base.phi_fcall is not None else base.phi_fail)[:, None]
-    cluster = base.cluster if base.cluster is not None else np.ones(P)
-    phi_c = np.maximum(phi_f, cluster[:, None])
+    # Failures come in calls: over a span holding whole calls the count varies `cluster` times
+    # as much as a binomial one (the bucket-level phi_f sees calls cut in pieces); see
+    # Baselines.fail_dispersion. (A thin version's failures still face the failing-calls test.)
+    phi_s = base.fail_dispersion()[:, None]
     eg = C * (p0 * ratio[:, None])
     p95_base = np.exp(mu + _Z95 * np.sqrt(var))
     cd = S1 - D * mu
@@ -803,29 +805,24 @@ def _span_evidence(
             # Baseline-rate uncertainty as extra dispersion of this span (see duration).
             # The level's wander between hours too (n^2 tau2 / hours spanned) ...
             wander = n_**2 * tau2_f * hours
-            # Failures come in calls: over a span holding whole calls the count varies
-            # `cluster` times as much as a binomial one (the bucket-level dispersion phi_f
-            # sees calls cut in pieces), except for a thin version: its clusters would be
-            # mostly its siblings' (borrowed), and a new build's own failures must not hide
-            # behind their bad calls. (Its failures still face the failing-calls test.)
-            phi_s = np.where(thin[:, None], phi_f, phi_c)
             if thin.any():
-                # ... and the wander except for a thin version failing more than its siblings
-                # in the very same buckets: its hypothesis is "behaves like its siblings", and
-                # a comparison at the same time does not see the level's wander.
+                # ... except for a thin version failing more than its siblings in the very
+                # same buckets: its hypothesis is "behaves like its siblings", and a
+                # comparison at the same time does not see the level's wander.
                 pz = _peer_z_failure(
                     r["cf"], n_, _others(r["cf"], parts), _others(n_, parts), pbar, phi_f
                 )
                 wander = np.where(thin[:, None] & (pz >= policy.peer_z), 0.0, wander)
                 del pz
-            # Variance over the binomial one: dispersion, plus the baseline level's and the
-            # wander's (``infl`` relative to the rolled ``vf``, which holds phi_f).
+            # Variance over the binomial one: dispersion (phi_s, with the clusters), plus the
+            # baseline level's and the wander's (``infl`` relative to the rolled ``vf``, which
+            # holds phi_f).
             vb = r["vf"] / phi_f
             extra = np.where(vb > 0, (n_ * r["ef"] * (1 - pbar) / n_eff_f + wander), 0.0)
             extra /= np.maximum(vb, 1e-12)
             infl = (phi_s + extra) / phi_f
             infl_g = 1.0 + extra / phi_f  # failing calls: the bucket-level dispersion only
-            del wander, vb, extra, phi_s
+            del wander, vb, extra
             kk, nn = k_ / (phi_f * infl), n_ / (phi_f * infl)
             # Exact (overdispersed) binomial tail only where the normal z is at all promising:
             # the special function dominates the run time on large inputs.
