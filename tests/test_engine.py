@@ -172,10 +172,16 @@ def test_model_store_reuses_refuses_and_refits(tmp_path) -> None:
     # the baseline summary saved beside the model, for audit: one row per partition
     summary = store.baselines("forest")
     assert summary is not None and len(summary) == first.stats["partitions"]
-    assert {"kind", "weight", "fail_rate_mean", "fail_rate_wander", "log_dur_wander"} <= set(
-        summary.columns
-    )
+    assert {
+        "kind",
+        "weight",
+        "fail_rate_mean",
+        "fail_rate_wander",
+        "log_dur_wander",
+        "failure_cluster",
+    } <= set(summary.columns)
     assert (summary["fail_rate_wander"] >= 0).all() and summary["fail_rate_wander"].notna().all()
+    assert (summary["failure_cluster"] >= 1).all()  # failures per failing call, never below one
     again = _run(aggs, model_store=store)
     assert again.stats["forest"]["action"] == "loaded"
     assert [a.to_json() for a in again.anomalies] == [a.to_json() for a in first.anomalies]

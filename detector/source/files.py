@@ -861,32 +861,45 @@ def _prior_failures(
     ids: pd.DataFrame,
 ) -> _Prior:
     """Failures that arrived in ``lookback_us`` before ``window`` (none without a window), in
-    the read's operations: partition id (``ids``: name, sdk -> pid, op), operation and call
-    hash, as the rows pass makes them.
+    the read's operations: per (partition id, operation, call hash) how many, partitions and
+    calls keyed as the rows pass keys them (``ids``: name, sdk -> pid, op).
 
-    Names and result types are classified as for the read (their own distinct triples);
-    re-ingested copies are not taken out: a call's earlier failures are a weight, not a count.
+    One pass over the look-back: failures classified in SQL (:data:`RESULT_CLASS_SQL`), names
+    per distinct raw triple in Python as for the read; re-ingested copies are not taken out
+    (a call's earlier failures are a weight, not a count).
     """
     if window is None or lookback_us <= 0:
         return _Prior.none()
     norm = _norm_sql(parts, (window[0] - lookback_us, window[0]))
-    prior = _dimension(con.execute(_names_sql(norm)).fetchall())
-    prior = prior.loc[(prior["rc"] == 2) & (prior["name_code"] == 0), ["h", "name", "sdk"]]
-    prior = prior.merge(ids[["name", "op"]].drop_duplicates(), on="name")
-    prior = prior.merge(ids[["name", "sdk", "pid"]], on=["name", "sdk"], how="left")
-    if prior.empty:
+    rc = RESULT_CLASS_SQL.format(rt="rt")
+    got = con.execute(f"""
+SELECT any_value(op) AS op, any_value(sdk) AS sdk, h, ck, count(*) AS n
+FROM (SELECT hash(op, sdk, rt) AS h, op, sdk,
+        CAST(1 + hash(coalesce(nullif(call, ''), opid)) % 4294967295 AS UINTEGER) AS ck
+      FROM ({norm})
+      WHERE opid IS NOT NULL AND cct_us IS NOT NULL AND ({rc}) = 'failure')
+GROUP BY h, ck""").fetchall()
+    if not got:
         return _Prior.none()
-    prior["pid"] = prior["pid"].fillna(-1).astype("int64")
-    con.register("_prior_dim", prior[["h", "pid", "op"]])
-    try:
-        got = con.execute(f"""
-SELECT d.pid, d.op,
-  CAST(1 + hash(coalesce(nullif(n.call, ''), n.opid)) % 4294967295 AS UINTEGER) AS ck
-FROM ({norm}) n JOIN _prior_dim d ON hash(n.op, n.sdk, n.rt) = CAST(d.h AS UBIGINT)
-WHERE n.opid IS NOT NULL AND n.cct_us IS NOT NULL""").fetchnumpy()
-    finally:
-        con.unregister("_prior_dim")
-    return _Prior(*(np.asarray(got[c], np.int64) for c in ("pid", "op", "ck")))
+    # (fetchall, not a frame: a NULL name must stay None for the name rules, not become NaN)
+    triples = {h: (op, sdk, h, 2, 0) for op, sdk, h, _, _ in got}
+    names = _dimension(list(triples.values()))
+    names = names.loc[names["name_code"] == 0, ["h", "name", "sdk"]]
+    names = names.merge(ids[["name", "op"]].drop_duplicates(), on="name")
+    names = names.merge(ids[["name", "sdk", "pid"]], on=["name", "sdk"], how="left")
+    got = pd.DataFrame(
+        {
+            "h": pd.Series([r[2] for r in got], dtype="uint64"),
+            "ck": np.array([r[3] for r in got], np.int64),
+            "n": np.array([r[4] for r in got], np.float64),
+        }
+    ).merge(names[["h", "pid", "op"]], on="h")
+    return _Prior(
+        pid=got["pid"].fillna(-1).to_numpy(np.int64),
+        op=got["op"].to_numpy(np.int64),
+        key=got["ck"].to_numpy(np.int64),
+        n=got["n"].to_numpy(np.float64),
+    )
 
 
 def _run(
@@ -1156,17 +1169,22 @@ class _Prior:
     pid: np.ndarray  # -1: a version the read does not hold (its operation's calls still count)
     op: np.ndarray
     key: np.ndarray
+    n: np.ndarray  # failures of that (partition, call)
 
     @staticmethod
     def none() -> _Prior:
-        return _Prior(*(np.empty(0, np.int64) for _ in range(3)))
+        return _Prior(*(np.empty(0, np.int64) for _ in range(3)), np.empty(0))
 
 
 def _cluster_weights(
-    group: np.ndarray, key: np.ndarray, prior_group: np.ndarray, prior_key: np.ndarray
+    group: np.ndarray,
+    key: np.ndarray,
+    prior_group: np.ndarray,
+    prior_key: np.ndarray,
+    prior_n: np.ndarray,
 ) -> np.ndarray:
     """Per failing row: ``s + 2 * k0``, ``s`` its call's failures in the read and ``k0`` those
-    that arrived before it (``prior_*``), calls keyed by (group, call hash).
+    that arrived before it (``prior_n`` per ``prior_*`` key), calls keyed by (group, call hash).
 
     Summed over a call's rows: ``(k0 + s)**2 - k0**2``. Reads of consecutive arrival windows
     thus add up to the sum of S**2 over whole calls (S: a call's failures), as one read of
@@ -1176,7 +1194,8 @@ def _cluster_weights(
     inv = inv.ravel()
     w = counts.astype(np.float64)
     if len(prior_group):
-        before, k0 = np.unique((prior_group << 32) | prior_key, return_counts=True)
+        before, where = np.unique((prior_group << 32) | prior_key, return_inverse=True)
+        k0 = np.bincount(where.ravel(), weights=prior_n, minlength=len(before))
         pos = np.minimum(np.searchsorted(before, calls), len(before) - 1)
         w += 2.0 * np.where(before[pos] == calls, k0[pos], 0)
     return np.asarray(w[inv])
@@ -1216,7 +1235,7 @@ def _failed_calls(
         ("failure_cluster", pid, prior.pid),
         ("failure_cluster_op", opb // max(nb, 1), prior.op),
     ):
-        weights = _cluster_weights(group.astype(np.int64), key, before, prior.key)
+        weights = _cluster_weights(group.astype(np.int64), key, before, prior.key, prior.n)
         out[name] = np.bincount(cell, weights=weights, minlength=n_cells)
     order = np.lexsort((key, cell))
     cell, key, opb = cell[order], key[order], opb[order]
