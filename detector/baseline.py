@@ -290,6 +290,9 @@ class Baselines:
     #: (P,) failure-weighted mean failures per failing call, E[S^2] / E[S] (>= 1): how much
     #: failures' coming in calls inflates the variance of a count spanning whole calls.
     cluster: np.ndarray | None = None
+    #: (P,) first bucket of the baseline window (index from its start) holding the
+    #: partition's rows, or the window's length if none (see detector.rollout).
+    first_bucket: np.ndarray | None = None
 
     def fail_dispersion(self) -> np.ndarray:
         """(P,) variance factor of a failure count spanning whole calls, as the tests use it:
@@ -728,6 +731,7 @@ def compute_baselines(
         call_ratio=call_ratio,
         phi_fcall=phi_fcall,
         cluster=cluster,
+        first_bucket=first_idx,
         tau2_fail=tau2_fail,
         tau2_dur=tau2_dur,
     )

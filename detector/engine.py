@@ -53,6 +53,7 @@ from detector.features import (
     build_cube,
     span_evidence,
 )
+from detector.rollout import Rollout, apply_rollout, first_buckets, rollout_history
 from detector.schema import BucketAggregates, bin_value
 from detector.store.engine_state import EngineState
 
@@ -205,6 +206,13 @@ def detect(
     )
     scores, forest_flag = _score(scorer, feats, cube, policy)
     timings["score"] = time.perf_counter() - t
+    # New builds' whole history since their first call, taken from the rows before they go.
+    first = first_buckets(
+        base, full.calls, int((cube_start - base_start) / bucket), int((ws - base_start) / bucket)
+    )
+    roll = rollout_history(
+        stats, parts, base, policy, start=base_start, end=we, first=first, maintenance=maintenance
+    )
     # The row frame (with fleet rows) is not needed past this point: freeing it before the
     # span evidence and the decisions keeps the peak of a 10k-partition run under 1 GiB.
     del stats
@@ -215,6 +223,7 @@ def detect(
     keep = forest_flag | maint[:, None, :]
     ev = span_evidence(full, parts, base, policy, last=K, keep=keep)
     del keep
+    rolled = apply_rollout(ev, roll, base, parts, policy, times=cube.times)
     timings["evidence"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -274,6 +283,7 @@ def detect(
         maintenance=maintenance,
         state=state,
         n_tests=n_tests,
+        rollout=(roll, rolled),
     )
     candidates = _candidates(reasons, ev, scores, cube, parts, base)
     timings["explain"] = time.perf_counter() - t
@@ -317,6 +327,7 @@ def detect(
         "times": cube.times,
         "baselines": base,
         "features": feats,
+        "rollout": (roll, rolled),
     }
     return DetectionResult(
         anomalies, candidates, result_stats, state, (_py(ws), _py(we)), alert_buckets, debug
@@ -500,8 +511,13 @@ def _explain(
     maintenance: Sequence[Any],
     state: EngineState,
     n_tests: np.ndarray,
+    rollout: tuple[Rollout, np.ndarray] | None = None,
 ) -> tuple[list[Anomaly], list[tuple[str, str | None, str, datetime]]]:
     bucket = pd.Timedelta(policy.bucket)
+    # Rows of versions whose failure evidence may be the since-rollout test (see rollout.py).
+    roll_row: dict[int, int] = {}
+    if rollout is not None:
+        roll_row = {int(r): i for i, r in enumerate(rollout[0].rows)}
     per_hour = max(int(pd.Timedelta(hours=1) / bucket), 1)
     alert = reasons == R_ANOM
     out: list[Anomaly] = []
@@ -516,6 +532,7 @@ def _explain(
         for a, b in _runs(alert[p, m]):
             idx = np.arange(a, b)
             start, end = cube.times[a], cube.times[b - 1] + bucket
+            rollout_details: dict[str, Any] | None = None
             # The evidence at the run's most significant bucket is what passed the gates.
             j = idx[np.argmin(ev.p[p, m, idx])]
             span = int(ev.span[p, m, j])
@@ -551,6 +568,19 @@ def _explain(
                     f"duration p95 {observed:.0f} ms vs {baseline:.0f} ms "
                     f"(typical {effect:+.0%}, p={_fmt_p(ev.p[p, m, j])}"
                 )
+            elif (
+                metric == "failure_rate"
+                and rollout is not None
+                and p in roll_row
+                and (rollout[1][roll_row[p], j])
+            ):
+                # Judged on everything since its first call: show those figures, not the run's
+                # own buckets (a quiet build's run can hold a handful of operations).
+                observed, baseline, band, text, rollout_details = _since_rollout(
+                    ev, (p, m, j), rollout[0], roll_row[p], zc
+                )
+                calls, fails = rollout_details["calls"], rollout_details["failures"]
+                share = float(ev.share[p, m, j])  # of its operation's calls since then
             elif metric == "failure_rate":
                 n_ = max(float(cube.calls[p, idx].sum()), 1.0)
                 baseline = float((cube.calls[p, idx] * base.fail_rate[p, slots[idx]]).sum() / n_)
@@ -623,6 +653,8 @@ def _explain(
                     else None
                 ),
                 "new_version": bool(~parts.is_fleet[p] and base.calls[p] == 0),
+                # the evidence is everything since the version's first call (see rollout.py)
+                "since_rollout": rollout_details,
                 "features": {
                     n: round(float(v), 3)
                     for n, v in zip(FEATURE_NAMES, feats[p, idx[k_best]], strict=True)
@@ -665,6 +697,32 @@ def _explain(
             out[i].drivers = d
     out.sort(key=lambda x: (x.operation_name, x.sdk_version or "", x.metric, x.window_start))
     return out, alert_buckets
+
+
+def _since_rollout(
+    ev: Any, at: tuple[int, int, int], roll: Rollout, li: int, zc: float
+) -> tuple[float, float, tuple[float, float], str, dict[str, Any]]:
+    """Observed and expected rate, band, text and details of a since-rollout failure alert
+    (the evidence at ``at`` = (partition, metric, column), version ``li`` of ``roll``)."""
+    since = _iso(roll.times[roll.first[li]])
+    n = int(round(float(ev.n[at])))
+    k = int(round(float(ev.k[at])))
+    observed, expected = float(ev.observed[at]), float(ev.expected[at])
+    # The test's own standard error (clusters and the other versions' rate included).
+    half = zc * float(abs(ev.effect[at]) / max(abs(float(ev.z[at])), 1e-9))
+    text = (
+        f"failure rate {observed:.1%} vs {expected:.1%} since its rollout at {since} "
+        f"({(observed - expected) * 100:+.1f} pts, {k}/{n} failed, against its operation's "
+        f"other versions at the same hours, p={_fmt_p(ev.p[at])}"
+    )
+    details = {
+        "since": since,
+        "calls": n,
+        "failures": k,
+        "observed": observed,
+        "expected": expected,
+    }
+    return observed, expected, (max(expected - half, 0.0), min(expected + half, 1.0)), text, details
 
 
 def _last_alert_end(

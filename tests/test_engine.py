@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 
 import pytest
@@ -499,3 +499,45 @@ def test_a_quiet_new_build_failing_since_rollout_is_flagged_on_its_whole_history
     ]
     aggs = make_aggs(parts, days=DAYS, seed=seed)
     assert _new_build_ops_before_alert(aggs, "failure_rate") <= 300
+
+
+@pytest.mark.parametrize("seed", [31, 32, 34])
+def test_a_build_too_quiet_for_any_span_is_flagged_on_everything_since_its_rollout(
+    seed: int,
+) -> None:
+    """A new build at 5 operations an hour fails 11 % against its siblings' 3 % from its first
+    call, 60 hours before the window's end. Its longest trailing span (12 hours) holds ~60 of
+    its operations, never significant over the tests made: without the since-rollout test it
+    was missed on all 3 seeds (and flagged once in 5 seeds tried). Everything since its first
+    call is enough: flagged within its first 300 operations, and the alert shows those
+    figures."""
+    rollout = WE - timedelta(hours=60)
+    parts = [
+        Part("Join", V_OLD, 80.0, fail_rate=0.03),
+        Part("Join", V_NEW, 5.0, fail_rate=0.11, start=rollout),
+    ]
+    aggs = make_aggs(parts, days=DAYS, seed=seed)
+    assert _new_build_ops_before_alert(aggs, "failure_rate") <= 300
+    a = next(a for a in _run(aggs).anomalies if a.fingerprint == f"Join|{V_NEW}|failure_rate")
+    since = a.details["since_rollout"]
+    first_call = datetime.strptime(since["since"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert rollout <= first_call < rollout + timedelta(hours=1)
+    assert since["calls"] > 150 and since["failures"] > 10
+    assert (a.calls, a.failures) == (since["calls"], since["failures"])
+    assert a.observed == pytest.approx(since["failures"] / since["calls"])
+    assert 0.03 < a.traffic_share < 0.1  # 5 of 85 operations an hour
+    assert a.baseline == pytest.approx(0.03, abs=0.01)
+    assert "since its rollout at" in a.reason
+    assert a.details["span_buckets"] > max(POLICY.spans)
+
+
+@pytest.mark.parametrize("seed", [31, 32, 33])
+def test_a_quiet_build_failing_like_its_siblings_is_not_flagged(seed: int) -> None:
+    """The same quiet build failing 3 % like its siblings: nothing to flag, on 3 seeds."""
+    parts = [
+        Part("Join", V_OLD, 80.0, fail_rate=0.03),
+        Part("Join", V_NEW, 5.0, fail_rate=0.03, start=WE - timedelta(hours=60)),
+    ]
+    assert not any(
+        f.endswith("failure_rate") for f in _fps(_run(make_aggs(parts, days=DAYS, seed=seed)))
+    )

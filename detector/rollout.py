@@ -1,0 +1,317 @@
+"""Since-rollout evidence: a new build judged on everything it did since it appeared.
+
+A build rolled out mid-window at 10 operations an hour holds ~120 operations in the longest
+trailing span (12 hours): at a corrected threshold that is not enough to see +8 points of failure
+rate, and by the time a span is long enough its failures would have become its own baseline (see
+:func:`detector.baseline._regressed_since_rollout`). Its whole history since the first call is
+enough: 58 failures in 476 calls against 22 expected reads z = 8.
+
+Two stages, split so the engine can free its row frame in between:
+
+* :func:`rollout_history` consumes the bucket rows (with fleet rows), the partitions and the
+  baselines, and produces a :class:`Rollout`: for every new, still-provisional version, dense
+  per-bucket calls and failures since the start of the baseline window, its own and those of its
+  operation's other versions, and the fleet's hourly failure rates at those buckets.
+* :func:`apply_rollout` consumes a :class:`Rollout` and the span evidence of the judged buckets,
+  and replaces the failure-rate evidence of those versions where the since-rollout test is the
+  stronger one that passes its checks (a new "span" reaching back to the first call).
+
+The test: failures since the rollout against what the fleet's hourly rates expect of the same
+calls, moved by as much as the other versions moved against the same rates over the same buckets
+(a fleet-wide bad afternoon is not the build's). Failures count in clusters of the version's own
+failures per failing call; the other versions' rate adds its sampling variance. Bonferroni: one
+more span tried. Checks, as for the trailing spans: the evidence survives dropping its strongest
+bucket, and is current (the last third of the span, at most ``max(policy.spans)`` buckets,
+fails more by at least ``latest_share`` of the whole effect, at ``recent_z``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+from scipy import special
+
+from detector.baseline import Baselines, Partitions, epoch_ns, slot_of
+from detector.decide import METRIC_NAMES, DetectionPolicy
+
+__all__ = ["Rollout", "apply_rollout", "first_buckets", "rollout_history", "rollout_test"]
+
+_FAIL = METRIC_NAMES.index("failure_rate")
+
+
+@dataclass
+class Rollout:
+    """Per-bucket history of the new, still-provisional versions (``L`` of them).
+
+    ``rows``: (L,) partition rows; ``times``: (T,) bucket starts from the baseline start to the
+    window end; ``first``: (L,) column of each version's first call. ``calls``/``failures``: the
+    version's (L, T); ``other_calls``/``other_failures``: the operation's other versions', from
+    the version's first call on (zeros before); ``rate``: (L, T) the fleet's baseline failure
+    rate at each bucket's hour. Maintenance buckets are zeros.
+    """
+
+    rows: np.ndarray
+    times: pd.DatetimeIndex
+    first: np.ndarray
+    calls: np.ndarray
+    failures: np.ndarray
+    other_calls: np.ndarray
+    other_failures: np.ndarray
+    rate: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _utc(ts: datetime | pd.Timestamp) -> pd.Timestamp:
+    t = pd.Timestamp(ts)
+    return t.tz_convert("UTC") if t.tzinfo else t.tz_localize("UTC")
+
+
+def first_buckets(base: Baselines, calls: np.ndarray, offset: int, n_cal: int) -> np.ndarray:
+    """(P,) each partition's first bucket with rows, counted from the baseline window's start.
+
+    Consumes the baselines (``base.first_bucket``, over the ``n_cal`` buckets of the baseline
+    window) and the ``(P, T')`` calls of the evidence cube, whose first bucket is ``offset``
+    buckets after the baseline's start and whose last is the window's last: a version first
+    seen after the baseline window is found there. A partition with no calls at all gets the
+    number of buckets to the window's end.
+    """
+    P, total = calls.shape[0], offset + calls.shape[1]
+    own = base.first_bucket if base.first_bucket is not None else np.full(P, n_cal)
+    seen = calls > 0
+    cube_first = np.where(seen.any(axis=1), np.argmax(seen, axis=1) + offset, total)
+    return np.where(own < n_cal, own, np.clip(cube_first, 0, total)).astype(np.int64)
+
+
+def rollout_history(
+    stats: pd.DataFrame,
+    parts: Partitions,
+    base: Baselines,
+    policy: DetectionPolicy,
+    *,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    first: np.ndarray,
+    maintenance: Sequence[tuple[datetime, datetime, str | None]] = (),
+) -> Rollout:
+    """The versions rolled out in ``[start, end)`` that are still provisional, and their history.
+
+    ``first``: (P,) each partition's first bucket with rows, counted from ``start`` (the
+    number of buckets to ``end`` if none; see :func:`first_buckets`). Rolled out: first seen
+    at least ``policy.min_history`` after their operation (a rare version present all along is
+    not new, however much it fails). Provisional: their baseline still leans on their
+    operation's (``base.provisional``); once a build has its own level, the trailing spans
+    judge it against that. The rows are read only when there is such a version.
+    """
+    bucket = pd.Timedelta(policy.bucket)
+    times = pd.date_range(start, end, freq=bucket, inclusive="left")
+    T, P = len(times), len(parts)
+    empty = np.zeros((0, T))
+    none = Rollout(np.zeros(0, np.int64), times, np.zeros(0, np.int64), *([empty] * 5))
+    if not T or not P or stats.empty:
+        return none
+    fo = parts.fleet_of
+    min_gap = int(pd.Timedelta(policy.min_history) / bucket)
+    late = (
+        ~parts.is_fleet
+        & np.asarray(base.provisional, bool)
+        & (first < T)
+        & (first - first[fo] >= min_gap)
+    )
+    rows = np.flatnonzero(late)
+    if not len(rows):
+        return none
+    t = (epoch_ns(stats["bucket_start"]) - int(start.value)) // int(bucket.value)
+    pid = parts.index_of(stats)
+    ok = (t >= 0) & (t < T) & (pid >= 0)
+    # Dense (rows + their fleets, T) sums of only the partitions involved (a handful).
+    want = np.unique(np.concatenate([rows, fo[rows]]))
+    local = np.full(P, -1, np.int64)
+    local[want] = np.arange(len(want))
+    sel = ok & (local[np.clip(pid, 0, None)] >= 0)
+    flat = local[pid[sel]] * T + t[sel]
+    size = len(want) * T
+
+    def dense(col: str) -> np.ndarray:
+        w = stats[col].to_numpy()[sel].astype(np.float64, copy=False)
+        return np.bincount(flat, weights=w, minlength=size).reshape(len(want), T)
+
+    C, F = dense("calls"), dense("failures")
+    for s, e, op in maintenance:
+        cols = np.asarray((times >= _utc(s)) & (times < _utc(e)))
+        hit = np.ones(len(want), bool) if not op else parts.operation[want] == op
+        C[np.ix_(hit, cols)] = 0.0
+        F[np.ix_(hit, cols)] = 0.0
+    v, f = local[rows], local[fo[rows]]
+    since = np.arange(T)[None, :] >= first[rows][:, None]
+    return Rollout(
+        rows=rows,
+        times=times,
+        first=first[rows],
+        calls=C[v],
+        failures=F[v],
+        other_calls=np.where(since, C[f] - C[v], 0.0),
+        other_failures=np.where(since, F[f] - F[v], 0.0),
+        rate=base.fail_rate[fo[rows]][:, slot_of(times)],
+    )
+
+
+def apply_rollout(
+    ev: object,
+    roll: Rollout,
+    base: Baselines,
+    parts: Partitions,
+    policy: DetectionPolicy,
+    *,
+    times: pd.DatetimeIndex,
+) -> np.ndarray:
+    """Put the since-rollout failure test into ``ev`` (a SpanEvidence over ``times``), in place.
+
+    Returns a ``(L, len(times))`` bool: where the rollout test replaced the trailing spans'
+    evidence. Only spans longer than ``max(policy.spans)`` are used (a shorter rollout is one
+    of the trailing spans already). The trailing spans' p-values of these versions are
+    corrected for the one more span tried.
+    """
+    L, K = len(roll), len(times)
+    used = np.zeros((L, K), bool)
+    if not L or not K:
+        return used
+    n_spans = len(policy.spans)
+    rows = roll.rows
+    ev.p[rows, _FAIL] = np.fmin(ev.p[rows, _FAIL] * (n_spans + 1) / n_spans, 1.0)
+    col = np.searchsorted(roll.times, times)
+    if (col >= len(roll.times)).any() or not (roll.times[np.clip(col, 0, None)] == times).all():
+        raise ValueError("rollout history does not cover the judged buckets")
+
+    t = rollout_test(roll, base, parts, policy, col)
+    p, passes = t["p"], t["passes"]
+    old_p, old_ok = ev.p[rows, _FAIL], ev.loo_ok[rows, _FAIL]
+    used = passes & ((p < old_p) | ~old_ok)
+    r, c = np.nonzero(used)
+    if not len(r):
+        return used
+    pr = rows[r]
+    ev.p[pr, _FAIL, c] = p[r, c]
+    effect, n, k, ex, z = t["effect"], t["n"], t["k"], t["expected"], t["z"]
+    span, share, others_z = t["span"], t["share"], t["others_z"]
+    ev.effect[pr, _FAIL, c] = effect[r, c]
+    ev.effect_ms[pr, _FAIL, c] = np.nan
+    ev.n[pr, _FAIL, c] = n[r, c]
+    ev.k[pr, _FAIL, c] = k[r, c]
+    ev.loo_ok[pr, _FAIL, c] = True
+    ev.peer_sig[pr, _FAIL, c] = True
+    ev.shared[pr, _FAIL, c] = others_z[r, c] >= policy.shared_z
+    ev.span[pr, _FAIL, c] = np.minimum(span[r, c], np.iinfo(ev.span.dtype).max)
+    ev.observed[pr, _FAIL, c] = k[r, c] / n[r, c]
+    ev.expected[pr, _FAIL, c] = ex[r, c] / n[r, c]
+    ev.z[pr, _FAIL, c] = z[r, c]
+    ev.share[pr, _FAIL, c] = share[r, c]
+    return used
+
+
+def rollout_test(
+    roll: Rollout, base: Baselines, parts: Partitions, policy: DetectionPolicy, col: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The since-rollout failure test of every rolled-out version at the columns ``col`` of
+    ``roll.times``: ``(L, len(col))`` arrays ``p`` (corrected for one more span), ``effect``
+    (points), ``n``, ``k``, ``expected`` (failures), ``z``, ``span`` (buckets since the first
+    call), ``loo``, ``steady`` (every third fails more), ``current``, ``share``, ``others_z``
+    and ``passes`` (every check, and longer than the trailing spans)."""
+    L, K = len(roll), len(col)
+    n_spans = len(policy.spans)
+    rows = roll.rows
+
+    def cum(x: np.ndarray) -> np.ndarray:
+        return np.cumsum(x, axis=1)[:, col]
+
+    C, F, Co, Fo = roll.calls, roll.failures, roll.other_calls, roll.other_failures
+    n, k = cum(C), cum(F)
+    e, co, fo_ = cum(C * roll.rate), cum(Co), cum(Fo)
+    eo = cum(Co * roll.rate)
+    span = col[None, :] - roll.first[:, None] + 1
+    cl = np.maximum(base.cluster[rows] if base.cluster is not None else 1.0, 1.0)[:, None]
+    cl_o = np.maximum(base.cluster[parts.fleet_of[rows]] if base.cluster is not None else 1.0, 1.0)[
+        :, None
+    ]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # The other versions' excess over the fleet's rates, in the same buckets.
+        drift = np.where(co > 0, (fo_ - eo) / co, 0.0)
+        ex = np.maximum(e + n * drift, 0.1 * e)
+        pbar = np.clip(np.where(n > 0, ex / n, 0.0), 1e-9, 1 - 1e-9)
+        var = ex * (1 - pbar) * cl + np.where(co > 0, n**2 * np.maximum(fo_, 1.0) * cl_o / co**2, 0)
+        sd = np.sqrt(np.maximum(var, 1e-12))
+        z = (k - ex) / sd
+        d = np.maximum(var / np.maximum(n * pbar * (1 - pbar), 1e-12), 1.0)
+        kk, nn = k / d, n / d
+        p = np.ones((L, K))
+        cand = (n > 0) & (kk > 0) & (z >= 1.5)
+        p[cand] = special.betainc(kk[cand], (nn - kk + 1)[cand], pbar[cand])
+        p = np.fmin(p * (n_spans + 1), 1.0)
+        effect = np.where(n > 0, (k - ex) / n, 0.0)
+        # Survives dropping its strongest bucket (the largest single-bucket excess so far).
+        x = F - C * roll.rate
+        x_max = np.maximum.accumulate(np.where(C > 0, x, -np.inf), axis=1)[:, col]
+        loo = (k - ex - np.maximum(x_max, 0.0) - 0.5) / sd >= policy.loo_z
+        cs = np.concatenate([np.zeros((L, 1)), np.cumsum(C, axis=1)], axis=1)
+        fs = np.concatenate([np.zeros((L, 1)), np.cumsum(F, axis=1)], axis=1)
+        es = np.concatenate([np.zeros((L, 1)), np.cumsum(C * roll.rate, axis=1)], axis=1)
+        rows_i = np.arange(L)[:, None]
+        end = np.broadcast_to(col[None, :] + 1, (L, K))
+
+        def window(w: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """Excess failures' z, and the excess rate, of the ``w`` buckets ending ``off``
+            buckets before the tested one; False where it holds too few calls to judge."""
+            hi = np.clip(end - off, 0, None)
+            lo = np.clip(hi - w, 0, None)
+            nw = cs[rows_i, hi] - cs[rows_i, lo]
+            kw = fs[rows_i, hi] - fs[rows_i, lo]
+            ew = np.maximum(es[rows_i, hi] - es[rows_i, lo] + nw * drift, 0.0)
+            pw = np.clip(np.where(nw > 0, ew / nw, 0.0), 1e-9, 1 - 1e-9)
+            zw = (kw - ew - 0.5) / np.sqrt(np.maximum(ew * (1 - pw) * cl, 1e-12))
+            rate = np.where(nw >= policy.min_calls * policy.third_support, (kw - ew) / nw, -1.0)
+            return np.where(rate > -1.0, zw, -np.inf), rate
+
+        # Since the rollout: every third of the span fails more on its own (recent_z and the
+        # practical minimum), so a build that failed for an afternoon a day after its rollout
+        # is that afternoon's incident (the trailing spans' business), not "failing since".
+        third = -(-span // 3)
+        steady = np.ones((L, K), bool)
+        for i in range(3):
+            zt, rt = window(third, i * third)
+            steady &= (zt >= policy.recent_z) & (rt >= policy.min_failure_points)
+        # Current: the last third (at most the longest trailing span) carries at least
+        # latest_share of the whole effect.
+        zc, rc = window(np.minimum(third, max(policy.spans)), np.zeros_like(third))
+        current = (zc >= policy.recent_z) & (rc >= policy.latest_share * effect)
+        share = np.where(n + co > 0, n / (n + co), 0.0)
+        others_z = (fo_ - eo) / np.sqrt(np.maximum(eo * cl_o, 1e-12))
+    passes = (
+        (span > max(policy.spans))
+        & (effect >= policy.min_failure_points)
+        & (n >= policy.min_calls)
+        & (k >= policy.min_failures)
+        & (share >= policy.min_share)
+        & loo
+        & steady
+        & current
+    )
+    return {
+        "p": p,
+        "effect": effect,
+        "n": n,
+        "k": k,
+        "expected": ex,
+        "z": z,
+        "span": span,
+        "loo": loo,
+        "steady": steady,
+        "current": current,
+        "share": share,
+        "others_z": others_z,
+        "passes": passes,
+    }

@@ -1,0 +1,130 @@
+"""The since-rollout failure test of new builds (detector.rollout), on hand-built histories."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detector.decide import DetectionPolicy
+from detector.rollout import Rollout, first_buckets, rollout_test
+
+POLICY = DetectionPolicy()
+T = 600  # buckets of history (50 hours)
+FIRST = 200  # the build's first bucket: 400 buckets (33 hours) since its rollout
+
+
+def _history(
+    *,
+    own_rate: float = 0.12,
+    others_rate: float = 0.04,
+    fleet_rate: float = 0.04,
+    per_hour: float = 9.6,
+    others_per_hour: float = 60.0,
+    spike: int = 0,
+    fixed_from: int | None = None,
+    incident: tuple[int, int, float] | None = None,
+) -> Rollout:
+    """One build from bucket FIRST at ``per_hour`` calls an hour, failing ``own_rate``
+    (expected values, no noise: the test's arithmetic is what is checked); its operation's
+    other versions at ``others_per_hour`` failing ``others_rate``; the fleet's baseline rate
+    ``fleet_rate``. ``spike``: that many extra failures in one bucket; ``fixed_from``: the
+    build fails like the others from that bucket on; ``incident``: (from, to, rate) buckets
+    where it fails at that rate."""
+    t = np.arange(T)
+    live = t >= FIRST
+    c = np.where(live, per_hour / 12, 0.0)
+    rate = np.full(T, own_rate)
+    if fixed_from is not None:
+        rate[t >= fixed_from] = others_rate
+    if incident is not None:
+        rate[incident[0] : incident[1]] = incident[2]
+    f = c * rate
+    if spike:
+        f[FIRST + 10] += spike
+    co = np.where(live, others_per_hour / 12, 0.0)
+    return Rollout(
+        rows=np.array([1]),
+        times=pd.date_range("2026-11-02", periods=T, freq="5min", tz="UTC"),
+        first=np.array([FIRST]),
+        calls=c[None],
+        failures=f[None],
+        other_calls=co[None],
+        other_failures=(co * others_rate)[None],
+        rate=np.full((1, T), fleet_rate),
+    )
+
+
+def _test(roll: Rollout, cluster: float = 1.0) -> dict[str, float]:
+    base = SimpleNamespace(cluster=np.array([cluster, cluster]))
+    parts = SimpleNamespace(fleet_of=np.array([0, 0]))
+    out = rollout_test(roll, base, parts, POLICY, np.array([T - 1]))  # type: ignore[arg-type]
+    return {k: v[0, 0].item() for k, v in out.items()}
+
+
+def test_a_build_failing_since_rollout_passes_with_its_figures() -> None:
+    r = _test(_history())
+    assert r["n"] == pytest.approx(9.6 / 12 * 400)  # 320 operations since the first call
+    assert r["k"] == pytest.approx(0.12 * 320)
+    assert r["expected"] == pytest.approx(0.04 * 320)
+    assert r["effect"] == pytest.approx(0.08)
+    assert r["span"] == 400
+    assert r["share"] == pytest.approx(9.6 / (9.6 + 60))
+    # significant over ~170 partitions x 12 buckets an hour (and one more span)
+    assert r["passes"] and r["p"] * 2000 < POLICY.alpha
+
+
+@pytest.mark.parametrize(
+    ("case", "kwargs", "check"),
+    [
+        # The other versions fail as much in the same hours: a fleet-wide bad stretch.
+        ("others moved too", {"others_rate": 0.12}, "effect"),
+        # The same failures, but most of the excess is one bucket's burst.
+        ("one bucket", {"own_rate": 0.04, "spike": 26}, "loo"),
+        # Failing since its rollout, fixed 12 hours ago: the evidence is not current.
+        ("fixed", {"fixed_from": T - 144}, "current"),
+        # Like its siblings, but for an afternoon a day after its rollout: that incident is
+        # the trailing spans' (it made a since-rollout alert 13 hours after it ended).
+        ("an afternoon", {"own_rate": 0.04, "incident": (FIRST + 150, FIRST + 200, 0.4)}, "steady"),
+        # Like its siblings.
+        ("no regression", {"own_rate": 0.04}, "effect"),
+    ],
+)
+def test_what_does_not_pass(case: str, kwargs: dict, check: str) -> None:
+    r = _test(_history(**kwargs))
+    assert not r["passes"], case
+    if check == "effect":
+        assert r["effect"] < POLICY.min_failure_points
+    else:
+        assert not r[check]
+
+
+def test_failures_in_clusters_weigh_less() -> None:
+    """The build's failures coming three to a failing call: the same counts are a third as
+    much evidence (variance x3)."""
+    one, three = _test(_history()), _test(_history(), cluster=3.0)
+    assert three["z"] == pytest.approx(one["z"] / np.sqrt(3), rel=0.02)
+    assert three["p"] > 1e3 * one["p"]
+
+
+def test_a_rollout_no_longer_than_the_trailing_spans_is_left_to_them() -> None:
+    roll = _history()
+    col = np.array([FIRST + max(POLICY.spans) - 1, FIRST + max(POLICY.spans)])
+    base = SimpleNamespace(cluster=np.ones(2))
+    parts = SimpleNamespace(fleet_of=np.array([0, 0]))
+    out = rollout_test(roll, base, parts, POLICY, col)  # type: ignore[arg-type]
+    assert out["span"].tolist() == [[max(POLICY.spans), max(POLICY.spans) + 1]]
+    assert not out["passes"][0, 0]
+
+
+def test_first_buckets_come_from_the_baseline_or_else_the_window() -> None:
+    """Seen in the baseline window: its first bucket there. Seen only in the judged window:
+    found in the evidence cube (here buckets 8..11 of a 10-bucket baseline and a 2-bucket
+    window). Never seen: the buckets to the window's end."""
+    base = SimpleNamespace(first_bucket=np.array([0, 5, 10, 10]))
+    calls = np.zeros((4, 4))
+    calls[0, 1] = calls[1, 0] = calls[2, 3] = 3.0
+    out = first_buckets(base, calls, offset=8, n_cal=10)  # type: ignore[arg-type]
+    assert out.tolist() == [0, 5, 11, 12]
