@@ -225,6 +225,7 @@ def rollout_test(
     L, K = len(roll), len(col)
     n_spans = len(policy.spans)
     rows = roll.rows
+    per_hour = max(int(pd.Timedelta(hours=1) / pd.Timedelta(policy.bucket)), 1)
 
     def cum(x: np.ndarray) -> np.ndarray:
         return np.cumsum(x, axis=1)[:, col]
@@ -239,11 +240,24 @@ def rollout_test(
         :, None
     ]
     with np.errstate(invalid="ignore", divide="ignore"):
-        # The other versions' excess over the fleet's rates, in the same buckets.
-        drift = np.where(co > 0, (fo_ - eo) / co, 0.0)
+        # The other versions' excess over the fleet's rates in the same buckets moves the
+        # expectation: a fleet-wide bad stretch is not the build's. Their count is noisy too
+        # (their failures come in calls), and taken as it is it doubled the test's variance on
+        # a quiet operation: unless they clearly moved (|z| >= shared_z), it is shrunk
+        # (empirical Bayes) by how much the level really wanders over that many hours
+        # (the fleet's tau2 / hours).
+        sampling = np.where(co > 0, np.maximum(fo_, 1.0) * cl_o / np.maximum(co, 1e-12) ** 2, 0.0)
+        others_z = (fo_ - eo) / np.sqrt(np.maximum(eo * cl_o, 1e-12))
+        prior = base.tau2_fail[parts.fleet_of[rows]][:, None] / np.maximum(span / per_hour, 1.0)
+        keep = np.where(
+            np.abs(others_z) >= policy.shared_z,
+            1.0,
+            np.where(sampling > 0, prior / np.maximum(prior + sampling, 1e-300), 0.0),
+        )
+        drift = keep * np.where(co > 0, (fo_ - eo) / np.maximum(co, 1e-12), 0.0)
         ex = np.maximum(e + n * drift, 0.1 * e)
         pbar = np.clip(np.where(n > 0, ex / n, 0.0), 1e-9, 1 - 1e-9)
-        var = ex * (1 - pbar) * cl + np.where(co > 0, n**2 * np.maximum(fo_, 1.0) * cl_o / co**2, 0)
+        var = ex * (1 - pbar) * cl + n**2 * keep * sampling
         sd = np.sqrt(np.maximum(var, 1e-12))
         z = (k - ex) / sd
         d = np.maximum(var / np.maximum(n * pbar * (1 - pbar), 1e-12), 1.0)
@@ -289,7 +303,6 @@ def rollout_test(
         zc, rc = window(np.minimum(third, max(policy.spans)), np.zeros_like(third))
         current = (zc >= policy.recent_z) & (rc >= policy.latest_share * effect)
         share = np.where(n + co > 0, n / (n + co), 0.0)
-        others_z = (fo_ - eo) / np.sqrt(np.maximum(eo * cl_o, 1e-12))
     passes = (
         (span > max(policy.spans))
         & (effect >= policy.min_failure_points)

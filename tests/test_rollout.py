@@ -57,8 +57,9 @@ def _history(
     )
 
 
-def _test(roll: Rollout, cluster: float = 1.0) -> dict[str, float]:
-    base = SimpleNamespace(cluster=np.array([cluster, cluster]))
+def _test(roll: Rollout, cluster: float = 1.0, others_cluster: float = 1.0) -> dict[str, float]:
+    # row 0: the fleet, row 1: the build
+    base = SimpleNamespace(cluster=np.array([others_cluster, cluster]), tau2_fail=np.full(2, 1e-4))
     parts = SimpleNamespace(fleet_of=np.array([0, 0]))
     out = rollout_test(roll, base, parts, POLICY, np.array([T - 1]))  # type: ignore[arg-type]
     return {k: v[0, 0].item() for k, v in out.items()}
@@ -112,7 +113,7 @@ def test_failures_in_clusters_weigh_less() -> None:
 def test_a_rollout_no_longer_than_the_trailing_spans_is_left_to_them() -> None:
     roll = _history()
     col = np.array([FIRST + max(POLICY.spans) - 1, FIRST + max(POLICY.spans)])
-    base = SimpleNamespace(cluster=np.ones(2))
+    base = SimpleNamespace(cluster=np.ones(2), tau2_fail=np.full(2, 1e-4))
     parts = SimpleNamespace(fleet_of=np.array([0, 0]))
     out = rollout_test(roll, base, parts, POLICY, col)  # type: ignore[arg-type]
     assert out["span"].tolist() == [[max(POLICY.spans), max(POLICY.spans) + 1]]
@@ -128,3 +129,21 @@ def test_first_buckets_come_from_the_baseline_or_else_the_window() -> None:
     calls[0, 1] = calls[1, 0] = calls[2, 3] = 3.0
     out = first_buckets(base, calls, offset=8, n_cal=10)  # type: ignore[arg-type]
     assert out.tolist() == [0, 5, 11, 12]
+
+
+def test_quiet_other_versions_that_did_not_move_add_little_noise() -> None:
+    """The other versions at 20 operations an hour, failures four to a call: their own
+    excess (none) is mostly noise and is shrunk by how little the level wanders, so the build's
+    evidence is nearly what it is against 2,000 an hour (taken as it was, their noise cut z by
+    a third)."""
+    few = _test(_history(others_per_hour=20.0), others_cluster=4.0)
+    many = _test(_history(others_per_hour=2000.0), others_cluster=4.0)
+    assert few["z"] == pytest.approx(many["z"], rel=0.05)
+
+
+def test_other_versions_that_clearly_moved_move_the_expectation() -> None:
+    """The other versions fail 3 points above the fleet's baseline rate over the same hours
+    (a fleet-wide bad stretch, |z| >= shared_z): the build is expected that much higher."""
+    r = _test(_history(others_rate=0.07))
+    assert r["expected"] == pytest.approx(0.07 * 320, rel=0.01)
+    assert r["effect"] == pytest.approx(0.05, abs=0.002)
