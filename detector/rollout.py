@@ -37,6 +37,7 @@ from scipy import special
 
 from detector.baseline import Baselines, Partitions, epoch_ns, slot_of
 from detector.decide import METRIC_NAMES, DetectionPolicy
+from detector.features import SpanEvidence
 
 __all__ = ["Rollout", "apply_rollout", "first_buckets", "rollout_history", "rollout_test"]
 
@@ -162,7 +163,7 @@ def rollout_history(
 
 
 def apply_rollout(
-    ev: object,
+    ev: SpanEvidence,
     roll: Rollout,
     base: Baselines,
     parts: Partitions,
@@ -170,7 +171,7 @@ def apply_rollout(
     *,
     times: pd.DatetimeIndex,
 ) -> np.ndarray:
-    """Put the since-rollout failure test into ``ev`` (a SpanEvidence over ``times``), in place.
+    """Put the since-rollout failure test into ``ev`` (the span evidence of ``times``), in place.
 
     Returns a ``(L, len(times))`` bool: where the rollout test replaced the trailing spans'
     evidence. Only spans longer than ``max(policy.spans)`` are used (a shorter rollout is one
