@@ -19,8 +19,9 @@ The gates, in the order a candidate meets them (the first one it fails is its re
                            each of them deviating on its own, is itself persistent), carried by a
                            single bucket (the evidence dies when its strongest bucket is removed),
                            or not current (its latest window does not deviate on its own);
-``explained_by_fleet``     a version moving with the rest of its operation: the fleet alert
-                           covers it;
+``explained_by_fleet``     a version moving with the rest of its operation (its siblings
+                           deviate too, and it not significantly more): the operation's alert
+                           covers it, or will once the operation's own test is clear;
 ``explained_by_version``   the operation as a whole deviates only because one version does;
 ``anomaly``                every gate passed.
 """
@@ -428,7 +429,15 @@ def decide(
         fr = fleet_row[ev.op_index]
         before = np.where(fr >= 0, ev.last_alert_end[np.clip(fr, 0, None)], -np.inf)
         fleet_recent |= _span_starts_before(span, before)
-    explained_by_fleet = alert & ~fleet[:, None, None] & ev.shared & fleet_recent
+    # A version deviating together with its siblings (``shared``) and not significantly more
+    # than they do (no ``peer_sig``) is its operation's deviation, whether or not the fleet has
+    # alerted yet: the operation's test, with every version's calls, speaks for it. (Duration
+    # and failure rate; a version's volume has no peer test.)
+    n_versions = np.bincount(ev.op_index[~fleet], minlength=n_ops) if n_ops else np.zeros(0, int)
+    siblings = n_versions[ev.op_index] >= 2 if n_ops else np.zeros(P, bool)
+    with_siblings = ev.shared & ~ev.peer_sig & siblings[:, None, None]
+    with_siblings[:, 2] = False
+    explained_by_fleet = alert & ~fleet[:, None, None] & ev.shared & (fleet_recent | with_siblings)
     version_recent = _any_within(version_own[ev.op_index], span)
     # ... and a version that deviated on its own in most of the last attribution_lookback
     # buckets still explains the fleet when its own evidence blinks for a few buckets (a

@@ -145,6 +145,32 @@ def test_fleet_wide_deviation_explains_the_versions() -> None:
     assert GATE_REASONS[reasons[1, F, 5]] == "explained_by_fleet"
 
 
+@pytest.mark.parametrize(
+    ("versions", "peer_sig", "expected"),
+    [
+        # Its sibling deviates too, and it does not deviate significantly more: the
+        # operation's deviation, even before the operation's own test alerts.
+        (2, False, "explained_by_fleet"),
+        # It deviates significantly more than its sibling: its own alert.
+        (2, True, "anomaly"),
+        # No sibling to share with ("shared" only because there are no others).
+        (1, False, "anomaly"),
+    ],
+)
+def test_a_version_deviating_with_its_siblings_is_its_operations(
+    versions: int, peer_sig: bool, expected: str
+) -> None:
+    """The fleet (row 0) is not significant yet; version 1 is (its effect above the minimum,
+    as in the holdout's drift: +27 % on one version while the operation read +16 %)."""
+    P = versions + 1
+    ev = make_evidence(P=P, is_fleet=np.arange(P) == 0)
+    ev.p[1], ev.effect[1] = ev.p[0].copy(), ev.effect[0].copy()
+    ev.p[0], ev.effect[0] = 1.0, 0.0
+    ev.peer_sig[1] = peer_sig
+    reasons = decide(ev, policy=POLICY)
+    assert GATE_REASONS[reasons[1, F, 5]] == expected
+
+
 def test_one_version_explains_the_fleet() -> None:
     ev = make_evidence(P=2, is_fleet=np.array([True, False]))
     ev.p[1] = ev.p[0]
