@@ -47,6 +47,7 @@ __all__ = [
     "Partitions",
     "compute_baselines",
     "exclusion_mask",
+    "rolled_out",
     "slot_of",
     "with_fleet",
 ]
@@ -504,9 +505,7 @@ def compute_baselines(
     # rows are kept aside before alerted and suspect buckets are left out: those are the very
     # evidence that the build fails since it appeared (see _regressed_since_rollout).
     fo = parts.fleet_of
-    late = ~parts.is_fleet & (
-        first_idx - first_idx[fo] >= int(pd.Timedelta(policy.min_history) / bucket)
-    )
+    late = rolled_out(first_idx, parts, policy)
     r_idx, r_pid = idx[late[pid]], pid[late[pid]]
     if len(maintenance) and len(r_idx):
         keys = stats[["operation_name", "sdk_version", "bucket_start"]].iloc[r_idx]
@@ -781,6 +780,16 @@ def _eb_prior_strength(
             if within > 0:
                 k_dur[rows] = within / max(between, within / kmax)
     return np.clip(k_fail, 10.0, kmax), np.clip(k_dur, 10.0, kmax)
+
+
+def rolled_out(first: np.ndarray, parts: Partitions, policy: DetectionPolicy) -> np.ndarray:
+    """(P,) versions first seen at least ``policy.min_history`` after their operation.
+
+    ``first``: each partition's first bucket (any common origin). A rare version present all
+    along is not new, however much it fails: only a later rollout is.
+    """
+    gap = int(pd.Timedelta(policy.min_history) / pd.Timedelta(policy.bucket))
+    return ~parts.is_fleet & (first - first[parts.fleet_of] >= gap)
 
 
 def _regressed_since_rollout(

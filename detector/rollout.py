@@ -18,11 +18,12 @@ Two stages, split so the engine can free its row frame in between:
 
 The test: failures since the rollout against what the fleet's hourly rates expect of the same
 calls, moved by as much as the other versions moved against the same rates over the same buckets
-(a fleet-wide bad afternoon is not the build's). Failures count in clusters of the version's own
-failures per failing call; the other versions' rate adds its sampling variance. Bonferroni: one
-more span tried. Checks, as for the trailing spans: the evidence survives dropping its strongest
-bucket, and is current (the last third of the span, at most ``max(policy.spans)`` buckets,
-fails more by at least ``latest_share`` of the whole effect, at ``recent_z``).
+(a fleet-wide bad afternoon is not the build's; unless they clearly moved, their noisy excess is
+shrunk by how much the level plausibly wanders). Failures count in clusters of the version's own
+failures per failing call. Bonferroni: one more span tried. Checks, as for the trailing spans:
+the evidence survives dropping its strongest bucket, every third of the span fails more on its
+own, and it is current (the last third, at most ``max(policy.spans)`` buckets, carries at least
+``latest_share`` of the whole effect).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from detector.baseline import Baselines, Partitions, epoch_ns, slot_of
+from detector.baseline import Baselines, Partitions, epoch_ns, rolled_out, slot_of
 from detector.decide import METRIC_NAMES, DetectionPolicy
 from detector.features import SpanEvidence
 
@@ -117,13 +118,7 @@ def rollout_history(
     if not T or not P or stats.empty:
         return none
     fo = parts.fleet_of
-    min_gap = int(pd.Timedelta(policy.min_history) / bucket)
-    late = (
-        ~parts.is_fleet
-        & np.asarray(base.provisional, bool)
-        & (first < T)
-        & (first - first[fo] >= min_gap)
-    )
+    late = rolled_out(first, parts, policy) & np.asarray(base.provisional, bool) & (first < T)
     rows = np.flatnonzero(late)
     if not len(rows):
         return none
@@ -229,12 +224,15 @@ def rollout_test(
     per_hour = max(int(pd.Timedelta(hours=1) / pd.Timedelta(policy.bucket)), 1)
 
     def cum(x: np.ndarray) -> np.ndarray:
-        return np.cumsum(x, axis=1)[:, col]
+        """Running sums with a leading zero column: buckets [a, b) sum to c[:, b] - c[:, a]."""
+        out = np.zeros((x.shape[0], x.shape[1] + 1))
+        np.cumsum(x, axis=1, out=out[:, 1:])
+        return out
 
     C, F, Co, Fo = roll.calls, roll.failures, roll.other_calls, roll.other_failures
-    n, k = cum(C), cum(F)
-    e, co, fo_ = cum(C * roll.rate), cum(Co), cum(Fo)
-    eo = cum(Co * roll.rate)
+    cs, fs, es = cum(C), cum(F), cum(C * roll.rate)
+    n, k, e = cs[:, col + 1], fs[:, col + 1], es[:, col + 1]
+    co, fo_, eo = (cum(x)[:, col + 1] for x in (Co, Fo, Co * roll.rate))
     span = col[None, :] - roll.first[:, None] + 1
     cl = np.maximum(base.cluster[rows] if base.cluster is not None else 1.0, 1.0)[:, None]
     cl_o = np.maximum(base.cluster[parts.fleet_of[rows]] if base.cluster is not None else 1.0, 1.0)[
@@ -272,15 +270,12 @@ def rollout_test(
         x = F - C * roll.rate
         x_max = np.maximum.accumulate(np.where(C > 0, x, -np.inf), axis=1)[:, col]
         loo = (k - ex - np.maximum(x_max, 0.0) - 0.5) / sd >= policy.loo_z
-        cs = np.concatenate([np.zeros((L, 1)), np.cumsum(C, axis=1)], axis=1)
-        fs = np.concatenate([np.zeros((L, 1)), np.cumsum(F, axis=1)], axis=1)
-        es = np.concatenate([np.zeros((L, 1)), np.cumsum(C * roll.rate, axis=1)], axis=1)
         rows_i = np.arange(L)[:, None]
         end = np.broadcast_to(col[None, :] + 1, (L, K))
 
         def window(w: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             """Excess failures' z, and the excess rate, of the ``w`` buckets ending ``off``
-            buckets before the tested one; False where it holds too few calls to judge."""
+            buckets before the tested one; -inf and -1 where it holds too few calls to judge."""
             hi = np.clip(end - off, 0, None)
             lo = np.clip(hi - w, 0, None)
             nw = cs[rows_i, hi] - cs[rows_i, lo]
