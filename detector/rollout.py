@@ -86,7 +86,10 @@ def first_buckets(base: Baselines, calls: np.ndarray, offset: int, n_cal: int) -
     P, total = calls.shape[0], offset + calls.shape[1]
     own = base.first_bucket if base.first_bucket is not None else np.full(P, n_cal)
     seen = calls > 0
-    cube_first = np.where(seen.any(axis=1), np.argmax(seen, axis=1) + offset, total)
+    if seen.shape[1]:
+        cube_first = np.where(seen.any(axis=1), np.argmax(seen, axis=1) + offset, total)
+    else:  # no bucket after the baseline window
+        cube_first = np.full(P, total)
     return np.where(own < n_cal, own, np.clip(cube_first, 0, total)).astype(np.int64)
 
 

@@ -147,3 +147,38 @@ def test_other_versions_that_clearly_moved_move_the_expectation() -> None:
     r = _test(_history(others_rate=0.07))
     assert r["expected"] == pytest.approx(0.07 * 320, rel=0.01)
     assert r["effect"] == pytest.approx(0.05, abs=0.002)
+
+
+def test_history_of_a_new_build_leaves_out_maintenance() -> None:
+    """rollout_history on real bucket rows: the build rolled out a day in is found, its calls
+    and its siblings' are summed per bucket from its first call, and a maintenance window on its
+    operation leaves those buckets out."""
+    from datetime import timedelta
+
+    from detector.baseline import Partitions, compute_baselines, with_fleet
+    from detector.rollout import rollout_history
+    from tests.fixtures_engine import T0, Part, make_aggs
+
+    start, end = pd.Timestamp(T0), pd.Timestamp(T0 + timedelta(days=3))
+    rollout = T0 + timedelta(days=1)
+    aggs = make_aggs(
+        [Part("Join", "1.0", 60.0), Part("Join", "2.0", 6.0, start=rollout)], days=3, seed=3
+    )
+    stats = with_fleet(aggs.stats)
+    parts = Partitions.from_frame(stats)
+    base = compute_baselines(stats, parts, start=T0, end=end.to_pydatetime(), policy=POLICY)
+    first = first_buckets(base, np.zeros((len(parts), 0)), offset=864, n_cal=864)
+    maint = [(T0 + timedelta(days=2), T0 + timedelta(days=2, hours=6), "Join")]
+    roll = rollout_history(
+        stats, parts, base, POLICY, start=start, end=end, first=first, maintenance=maint
+    )
+    assert [parts.version[r] for r in roll.rows] == ["2.0"]
+    assert roll.first[0] >= 288 and roll.times[roll.first[0]] < rollout + timedelta(hours=1)
+    s = aggs.stats
+    live = s["bucket_start"] >= roll.times[roll.first[0]]
+    inside = (s["bucket_start"] >= maint[0][0]) & (s["bucket_start"] < maint[0][1])
+    own, other = s["sdk_version"] == "2.0", s["sdk_version"] == "1.0"
+    assert roll.calls.sum() == s.loc[own & ~inside, "calls"].sum()
+    assert roll.other_calls.sum() == s.loc[other & live & ~inside, "calls"].sum()
+    cols = (roll.times >= maint[0][0]) & (roll.times < maint[0][1])
+    assert roll.calls[:, cols].sum() == 0 and roll.other_calls[:, cols].sum() == 0
