@@ -501,6 +501,19 @@ def test_a_quiet_new_build_failing_since_rollout_is_flagged_on_its_whole_history
     assert _new_build_ops_before_alert(aggs, "failure_rate") <= 300
 
 
+QUIET_ROLLOUT = WE - timedelta(hours=60)
+
+
+def _quiet_build(fail_rate: float, seed: int):
+    """A new build at 5 operations an hour failing ``fail_rate`` from its first call,
+    QUIET_ROLLOUT, beside its siblings at 80 an hour failing 3 %."""
+    parts = [
+        Part("Join", V_OLD, 80.0, fail_rate=0.03),
+        Part("Join", V_NEW, 5.0, fail_rate=fail_rate, start=QUIET_ROLLOUT),
+    ]
+    return make_aggs(parts, days=DAYS, seed=seed)
+
+
 @pytest.mark.parametrize("seed", [31, 32, 34])
 def test_a_build_too_quiet_for_any_span_is_flagged_on_everything_since_its_rollout(
     seed: int,
@@ -511,17 +524,12 @@ def test_a_build_too_quiet_for_any_span_is_flagged_on_everything_since_its_rollo
     was missed on all 3 seeds (and flagged once in 5 seeds tried). Everything since its first
     call is enough: flagged within its first 300 operations, and the alert shows those
     figures."""
-    rollout = WE - timedelta(hours=60)
-    parts = [
-        Part("Join", V_OLD, 80.0, fail_rate=0.03),
-        Part("Join", V_NEW, 5.0, fail_rate=0.11, start=rollout),
-    ]
-    aggs = make_aggs(parts, days=DAYS, seed=seed)
+    aggs = _quiet_build(0.11, seed)
     assert _new_build_ops_before_alert(aggs, "failure_rate") <= 300
     a = next(a for a in _run(aggs).anomalies if a.fingerprint == f"Join|{V_NEW}|failure_rate")
     since = a.details["since_rollout"]
     first_call = datetime.strptime(since["since"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    assert rollout <= first_call < rollout + timedelta(hours=1)
+    assert QUIET_ROLLOUT <= first_call < QUIET_ROLLOUT + timedelta(hours=1)
     assert since["calls"] > 150 and since["failures"] > 10
     assert (a.calls, a.failures) == (since["calls"], since["failures"])
     assert a.observed == pytest.approx(since["failures"] / since["calls"])
@@ -534,10 +542,4 @@ def test_a_build_too_quiet_for_any_span_is_flagged_on_everything_since_its_rollo
 @pytest.mark.parametrize("seed", [31, 32, 33])
 def test_a_quiet_build_failing_like_its_siblings_is_not_flagged(seed: int) -> None:
     """The same quiet build failing 3 % like its siblings: nothing to flag, on 3 seeds."""
-    parts = [
-        Part("Join", V_OLD, 80.0, fail_rate=0.03),
-        Part("Join", V_NEW, 5.0, fail_rate=0.03, start=WE - timedelta(hours=60)),
-    ]
-    assert not any(
-        f.endswith("failure_rate") for f in _fps(_run(make_aggs(parts, days=DAYS, seed=seed)))
-    )
+    assert not any(f.endswith("failure_rate") for f in _fps(_run(_quiet_build(0.03, seed))))
