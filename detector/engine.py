@@ -826,29 +826,49 @@ def _candidates(
     js = np.argmin(np.where(at_gate, ev.p[ps, ms], np.inf), axis=1)
     per_reason = np.stack([(r == c).sum(axis=1) for c in range(len(GATE_REASONS))], axis=1)
     iso = [_iso(t) for t in cube.times]
-    for p, m, j, counts in zip(ps.tolist(), ms.tolist(), js.tolist(), per_reason, strict=True):
-        code = int(furthest[p, m])
-        s = scores[p, j]
+    # Every field gathered at once and turned into Python values in one go: indexing the
+    # (P, M, T) arrays one scalar at a time cost ~0.3 s for 15k candidates at 10k partitions.
+    at = (ps, ms, js)
+
+    def finite(a: np.ndarray) -> list[float | None]:
+        a = np.asarray(a, dtype=np.float64)
+        return [
+            None if not ok else v for v, ok in zip(a.tolist(), np.isfinite(a).tolist(), strict=True)
+        ]
+
+    cols = {
+        "p_value": ev.p[at].astype(np.float64).tolist(),
+        "effect": ev.effect[at].astype(np.float64).tolist(),
+        "observed": finite(ev.observed[at]),
+        "expected": finite(ev.expected[at]),
+        "calls": ev.n[at].astype(np.float64).tolist(),
+        "failures": ev.k[at].astype(np.float64).tolist(),
+        "span_buckets": ev.span[at].astype(np.int64).tolist(),
+        "score": finite(scores[ps, js]),
+    }
+    names = [GATE_REASONS[i] for i in range(len(GATE_REASONS))]
+    for i, (p, m, j, code) in enumerate(
+        zip(ps.tolist(), ms.tolist(), js.tolist(), furthest[ps, ms].tolist(), strict=True)
+    ):
+        counts = per_reason[i].tolist()
         out.append(
             {
                 "operation_name": str(parts.operation[p]),
                 "sdk_version": None if parts.version[p] == FLEET else str(parts.version[p]),
                 "metric": METRIC_NAMES[m],
-                "reason": GATE_REASONS[code],
+                "reason": names[code],
                 "bucket": iso[j],
-                "p_value": float(ev.p[p, m, j]),
-                "effect": float(ev.effect[p, m, j]),
-                "observed": _f(ev.observed[p, m, j]),
-                "expected": _f(ev.expected[p, m, j]),
-                "calls": float(ev.n[p, m, j]),
-                "failures": float(ev.k[p, m, j]) if m == 1 else None,
-                "span_buckets": int(ev.span[p, m, j]),
-                "score": _f(s),
+                "p_value": cols["p_value"][i],
+                "effect": cols["effect"][i],
+                "observed": cols["observed"][i],
+                "expected": cols["expected"][i],
+                "calls": cols["calls"][i],
+                "failures": cols["failures"][i] if m == 1 else None,
+                "span_buckets": cols["span_buckets"][i],
+                "score": cols["score"][i],
                 "provisional": bool(base.provisional[p]),
                 "baseline_kind": str(base.kind[p]),
-                "buckets_by_reason": {
-                    GATE_REASONS[i]: int(c) for i, c in enumerate(counts) if i and c
-                },
+                "buckets_by_reason": {names[k]: c for k, c in enumerate(counts) if k and c},
             }
         )
     return out
