@@ -433,8 +433,7 @@ def decide(
     # than they do (no ``peer_sig``) is its operation's deviation, whether or not the fleet has
     # alerted yet: the operation's test, with every version's calls, speaks for it. (Duration
     # and failure rate; a version's volume has no peer test.)
-    n_versions = np.bincount(ev.op_index[~fleet], minlength=n_ops) if n_ops else np.zeros(0, int)
-    siblings = n_versions[ev.op_index] >= 2 if n_ops else np.zeros(P, bool)
+    siblings = np.bincount(ev.op_index[~fleet], minlength=n_ops)[ev.op_index] >= 2
     with_siblings = ev.shared & ~ev.peer_sig & siblings[:, None, None]
     with_siblings[:, 2] = False
     explained_by_fleet = alert & ~fleet[:, None, None] & ev.shared & (fleet_recent | with_siblings)

@@ -15,7 +15,7 @@ import pytest
 
 from detector.anomaly import Anomaly
 from detector.errors import AuthError, ConfigError, PartialResultError, QueryFailedError
-from detector.schema import AGG_KEY, DROP_REASONS
+from detector.schema import AGG_KEY, CLUSTER_LOOKBACK, DROP_REASONS
 from detector.source import kql
 from detector.source.log_analytics import (
     EnvTokenCredential,
@@ -418,6 +418,29 @@ def test_plan_failure_falls_back_to_step_chunks(emulator) -> None:  # noqa: F811
     src = make_source(emu, plan_threshold=timedelta(hours=1), plan_step=timedelta(hours=2))
     agg = src.read_aggregates((T0, T0 + 6 * H), bucket=BUCKET)
     assert len(src.stats.chunks) == 3 and agg.rows_read == 10
+
+
+@pytest.mark.parametrize("arrival", ["ingestion_time", "TimeGenerated"])
+def test_request_timespan_reaches_the_cluster_lookback(emulator, arrival: str) -> None:  # noqa: F811
+    """A call failed once 90 minutes before the window (beyond the 1-hour dedup look-back,
+    within the 2-hour cluster look-back) and once inside it: the window's failure weighs
+    1 + 2 * 1 = 3. The service applies the request's timespan on top of the query, so a
+    timespan reaching back only as far as the dedup look-back would hide the earlier one
+    (with arrival = TimeGenerated; ingestion_time's 2-day overlap covers it anyway)."""
+    fail = {"ResultType": "UnexpectedClientError", "CallId": "call-1"}
+    rows = pd.DataFrame(
+        [
+            _row("Join", "x1", "2025-03-01T00:08:00Z", "2025-03-01T00:10:00Z", **fail),
+            _row("Join", "x2", "2025-03-01T01:38:00Z", "2025-03-01T01:40:00Z", **fail),
+        ]
+    )
+    emu = emulator(rows, ingest_lag=timedelta(minutes=1))
+    src = make_source(emu, arrival=arrival)
+    assert src.settings.dedup_lookback < timedelta(minutes=90) <= CLUSTER_LOOKBACK
+    agg = src.read_aggregates((T0 + timedelta(minutes=90), T0 + 2 * H), bucket=BUCKET)
+    assert agg.stats["failures"].sum() == 1
+    assert agg.stats["failure_cluster"].sum() == 3
+    assert agg.stats["failure_cluster_op"].sum() == 3
 
 
 @pytest.mark.parametrize("arrival", ["ingestion_time", "TimeGenerated"])

@@ -917,7 +917,6 @@ def _run(
     rows passes). ``lookback`` (microseconds): how far before ``window`` earlier failures of
     the read's failing calls are looked up (see :func:`_prior_failures`).
     """
-    raw_parts = parts
     norm = _norm_sql(parts, window)
     if bounds is None:
         con.execute(f"CREATE OR REPLACE TEMP TABLE _norm AS {norm}")
@@ -958,7 +957,7 @@ def _run(
     op_of_pid = np.zeros(int(by_pid["pid"].max()) + 1 if len(by_pid) else 0, dtype=np.int64)
     op_of_pid[by_pid["pid"].to_numpy()] = pd.factorize(by_pid["name"])[0]
     by_pid = by_pid.assign(op=op_of_pid[by_pid["pid"].to_numpy()])
-    prior = _prior_failures(con, raw_parts, window, lookback, by_pid[["name", "sdk", "pid", "op"]])
+    prior = _prior_failures(con, parts, window, lookback, by_pid[["name", "sdk", "pid", "op"]])
     if shape.compact:
         per_cf, stats_cols, hist_cols = _group_compact(rows, discard, shape, op_of_pid, prior)
     else:

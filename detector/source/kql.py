@@ -282,15 +282,18 @@ def scan_span(
     arrival: str,
     overlap: timedelta,
     dedup_lookback: timedelta = timedelta(0),
+    cluster_lookback: timedelta = timedelta(0),
 ) -> tuple[datetime, datetime]:
     """The ``TimeGenerated`` range an aggregate query may touch (also the API ``timespan``).
 
     The service applies the request's ``timespan`` on top of the query's own filters, so it
-    must cover every row the query reads, including the dedup look-back.
+    must cover every row the query reads, including the dedup and cluster look-backs (the
+    longer of the two).
     """
+    back = max(dedup_lookback, cluster_lookback)
     if arrival == "TimeGenerated":
-        return start - dedup_lookback, end
-    return start - overlap - dedup_lookback, end + _FUTURE_SKEW
+        return start - back, end
+    return start - overlap - back, end + _FUTURE_SKEW
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,7 +402,8 @@ def aggregate_query(
         end,
         arrival=arrival,
         overlap=overlap,
-        dedup_lookback=max(dedup_lookback, cluster_lookback),
+        dedup_lookback=dedup_lookback,
+        cluster_lookback=cluster_lookback,
     )
     dedup = (
         "    | join kind=leftanti _Prior on OperationId, CallClientTimeStamp\n"

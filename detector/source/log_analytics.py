@@ -740,13 +740,15 @@ class LogAnalyticsSource:
             overlap=s.overlap,
             dedup_lookback=s.dedup_lookback,
             table=s.table,
+            cluster_lookback=CLUSTER_LOOKBACK,
         )
         span = kql.scan_span(
             start,
             end,
             arrival=s.arrival,
             overlap=s.overlap,
-            dedup_lookback=max(s.dedup_lookback, CLUSTER_LOOKBACK),
+            dedup_lookback=s.dedup_lookback,
+            cluster_lookback=CLUSTER_LOOKBACK,
         )
         columns, rows, size = self._send(text, span, purpose="aggregate", splittable=True)
         try:
