@@ -813,7 +813,8 @@ def _span_evidence(
             vd_tot = r["vd"] + r["D"] * r["vdu"] / n_eff_d + wander
             del wander
             zd = np.where(vd_tot > 0, r["cd"] / np.sqrt(vd_tot), 0.0)
-            pd_ = special.ndtr(-zd)
+            # Calibrated: the normal approximation understates its tails (DetectionPolicy).
+            pd_ = np.fmin(special.ndtr(-zd) * policy.duration_p_factor, 1.0)
             del vd_tot
             # Failure rate: one-sided binomial, counts deflated by the overdispersion.
             n_, k_ = r["C"], r["F"]

@@ -312,6 +312,30 @@ def test_a_thin_baseline_weakens_the_evidence_against_it() -> None:
         assert unsure.p[v, m, -1] > 10 * sure.p[v, m, -1]
 
 
+def test_duration_p_values_are_calibrated_by_the_policy_factor() -> None:
+    # The normal test of the mean log-duration has heavier tails than nominal, so its p-values
+    # are scaled by duration_p_factor before they meet alpha; the failure-rate and volume
+    # tests (exact tails) are left as they are.
+    from dataclasses import replace
+
+    from detector.features import build_cube, span_evidence
+
+    parts = [Part("Join", "1.0.0", 240.0, 0.02, 800.0), Part("Join", "1.1.0", 240.0, 0.02, 800.0)]
+    p, base, stats = _baselines(parts, days=3.0, extra=0.5)
+    v = _row(p, "Join", "1.1.0")
+    cube = build_cube(
+        stats, p, start=T0 + timedelta(days=2.5), end=T0 + timedelta(days=3.5), bucket=POLICY.bucket
+    )
+    cube.s1[v, -3:] += cube.dur_n[v, -3:] * np.log(1.5)
+    cube.failures[v, -3:] += 2
+    nominal = span_evidence(cube, p, base, replace(POLICY, duration_p_factor=1.0), last=1)
+    calibrated = span_evidence(cube, p, base, replace(POLICY, duration_p_factor=10.0), last=1)
+    assert 1e-12 < nominal.p[v, 0, -1] < 1e-3
+    assert calibrated.p[v, 0, -1] == pytest.approx(10 * nominal.p[v, 0, -1], rel=1e-9)
+    assert np.array_equal(calibrated.p[:, 1:], nominal.p[:, 1:])
+    assert POLICY.duration_p_factor == DetectionPolicy().duration_p_factor == 10.0
+
+
 def test_evidence_kept_only_where_a_gate_looks_equals_the_full_evidence() -> None:
     # The engine asks span_evidence for the fields beyond p only at the cells it keeps (forest
     # flags, maintenance); elsewhere they are computed where the best span is significant.

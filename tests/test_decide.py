@@ -222,4 +222,6 @@ def test_policy_from_mapping_parses_and_rejects() -> None:
         DetectionPolicy.from_mapping({"bukket": "5m"})
     with pytest.raises(ValueError, match="persist"):
         DetectionPolicy.from_mapping({"persist_n": 4, "persist_m": 3})
+    with pytest.raises(ValueError, match="duration_p_factor"):
+        DetectionPolicy.from_mapping({"duration_p_factor": 0.5})
     assert pol.config_hash() != DetectionPolicy().config_hash()
