@@ -51,7 +51,6 @@ from detector.features import (
     Cube,
     bucket_features,
     build_cube,
-    expected_calls,
     span_evidence,
 )
 from detector.rollout import Rollout, apply_rollout, first_buckets, rollout_history
@@ -198,10 +197,7 @@ def detect(
     full.exclude(maint_full)
     cube = full.tail(K)
     maint = maint_full[:, -K:]
-    # Expected calls of every bucket, for the features (the last K) and the span evidence:
-    # each bucket's depends on that bucket alone, so one computation serves both.
-    e_full = expected_calls(base, full.slots, full, parts)
-    feats = bucket_features(cube, parts, base, expected=e_full[:, -K:])
+    feats = bucket_features(cube, parts, base)
     timings["features"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -225,8 +221,8 @@ def detect(
     # Fields beyond p are needed where a gate looks (p <= alpha, found by span_evidence itself)
     # and at the candidates p does not make: forest flags and maintenance buckets.
     keep = forest_flag | maint[:, None, :]
-    ev = span_evidence(full, parts, base, policy, last=K, keep=keep, expected=e_full)
-    del keep, e_full
+    ev = span_evidence(full, parts, base, policy, last=K, keep=keep)
+    del keep
     rolled = apply_rollout(ev, roll, base, parts, policy, times=cube.times)
     timings["evidence"] = time.perf_counter() - t
 

@@ -255,22 +255,15 @@ def _op_blocks(parts: Partitions, chunk: int) -> list[slice]:
 
 
 def bucket_features(
-    cube: Cube,
-    parts: Partitions,
-    base: Baselines,
-    *,
-    chunk: int = 1000,
-    expected: np.ndarray | None = None,
+    cube: Cube, parts: Partitions, base: Baselines, *, chunk: int = 1000
 ) -> np.ndarray:
     """The forest's feature vectors, shape (P, T, len(FEATURE_NAMES)); 0 where there is no data.
 
     Computed in blocks of whole operations (``chunk`` rows): a dozen (P, T) float64
     temporaries at once cost ~0.5 GB at 10k partitions. Results do not depend on ``chunk``.
-    ``expected``: :func:`expected_calls` of ``cube`` when the caller has it already.
     """
     slots = cube.slots
-    # Needs every operation (the rest of the traffic).
-    e_all = expected_calls(base, slots, cube, parts) if expected is None else expected
+    e_all = expected_calls(base, slots, cube, parts)  # needs every operation (rest of traffic)
     out = np.zeros((*cube.calls.shape, len(FEATURE_NAMES)), dtype=np.float32)
     for sl in _op_blocks(parts, chunk):
         _features_block(cube.rows(sl), parts.take(sl), base.take(sl), e_all[sl], slots, out[sl])
@@ -496,7 +489,6 @@ def span_evidence(
     chunk: int = 250,
     threads: int | None = None,
     keep: np.ndarray | None = None,
-    expected: np.ndarray | None = None,
 ) -> SpanEvidence:
     """Test every (partition, metric, bucket) over the trailing spans; keep the best span.
 
@@ -514,11 +506,9 @@ def span_evidence(
     are always filled; the other fields are exact wherever the best span is nominally
     significant (``p <= policy.alpha``), which is every cell a gate downstream looks at, and
     may be left at "nothing found" in the others. None: every cell is kept (slower).
-    ``expected``: :func:`expected_calls` of ``cube`` when the caller has it already.
     """
     slots = cube.slots
-    # Needs every operation (the rest of the traffic).
-    e_all = expected_calls(base, slots, cube, parts) if expected is None else expected
+    e_all = expected_calls(base, slots, cube, parts)  # needs every operation (rest of traffic)
     P = len(parts)
     # One output allocated up front, filled block by block through views: concatenating
     # per-block pieces held the (P, M, K) evidence twice (~0.8 GiB at 10k partitions).
