@@ -108,7 +108,7 @@ class DetectionPolicy:
     suspect_factor: float = 1.0  # ... when significant and >= this x the minimum effect
     max_dispersion: float = 20.0  # cap on the overdispersion factors learnt from the baseline
     # --- tests ---------------------------------------------------------------------------------
-    spans: tuple[int, ...] = (1, 3, 12, 36, 144)  # trailing spans (buckets) tested
+    spans: tuple[int, ...] = (1, 3, 6, 12, 36, 144)  # trailing spans (buckets) tested
     alpha: float = 0.01  # family-wise per hour: Bonferroni over partitions x spans x buckets/hour
     # Duration p-values are multiplied by this before they meet alpha: the normal test of the
     # mean log-duration has heavier tails than nominal (skewed, clustered durations; on
