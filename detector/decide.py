@@ -12,7 +12,8 @@ The gates, in the order a candidate meets them (the first one it fails is its re
 ``insufficient_history``   neither the partition nor its operation has a usable baseline;
 ``suppressed_low_volume``  too few calls (or failures, or expected calls) behind the test;
 ``not_significant``        p-value above ``alpha`` once corrected (Bonferroni) for the number of
-                           partitions tested and the number of trailing spans tried;
+                           partitions tested and the number of trailing spans tried (a duration
+                           p-value calibrated by ``duration_p_factor`` first);
 ``below_min_effect``       statistically clear but smaller than the practical minimum
                            (e.g. +20 % and +100 ms for duration, +2 points of failure rate);
 ``not_persistent``         hot in fewer than N of the last M buckets (a span of M..3 buckets,
@@ -113,7 +114,8 @@ class DetectionPolicy:
     # Duration p-values are multiplied by this before they meet alpha: the normal test of the
     # mean log-duration has heavier tails than nominal (skewed, clustered durations; on
     # incident-free holdout weeks P(z > 4) was 1.6-17x the normal's), unlike the failure and
-    # volume tests, whose exact tails hold. 10: their false rate per hour in line with alpha.
+    # volume tests, whose exact tails hold. 10 left no duration alert on the holdout's
+    # incident-free weeks; 3 kept one (measured, with its cost, in the issue notes).
     duration_p_factor: float = 10.0
     loo_z: float = 2.0  # the evidence must survive dropping its strongest bucket (z >= this)
     peer_z: float = 3.0  # a version differs from its operation's other versions (z >= this)
