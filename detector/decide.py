@@ -227,6 +227,12 @@ class DetectionPolicy:
         """Hash of every knob that changes a fitted model (persisted in model metadata)."""
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
 
+    def volume_judged(self, is_fleet: np.ndarray) -> np.ndarray:
+        """(P,) bool: the partitions whose volume is tested (``volume_scope``: the operations
+        alone, or every partition)."""
+        is_fleet = np.asarray(is_fleet, dtype=bool)
+        return is_fleet.copy() if self.volume_scope == "fleet" else np.ones_like(is_fleet)
+
     def min_effect(self, metric: str) -> float:
         """The relative/absolute minimum effect used for severity scaling."""
         return {

@@ -232,7 +232,7 @@ def detect(
     testable = np.zeros((P, len(METRIC_NAMES)), dtype=bool)
     testable[:, 0] = cube.dur_n.sum(axis=1) > 0
     testable[:, 1] = True
-    testable[:, 2] = parts.is_fleet if policy.volume_scope == "fleet" else True
+    testable[:, 2] = policy.volume_judged(parts.is_fleet)
     active = cube.calls[:, judged].sum(axis=1) > 0
     n_tested = np.maximum((testable & active[:, None]).sum(axis=0), 1)
     # Bonferroni over the partitions tested and the buckets of one hour: alpha is the chance of
@@ -846,7 +846,7 @@ def _candidates(
         "span_buckets": ev.span[at].astype(np.int64).tolist(),
         "score": finite(scores[ps, js]),
     }
-    names = [GATE_REASONS[i] for i in range(len(GATE_REASONS))]
+    names = list(GATE_REASONS)
     for i, (p, m, j, code) in enumerate(
         zip(ps.tolist(), ms.tolist(), js.tolist(), furthest[ps, ms].tolist(), strict=True)
     ):
@@ -872,8 +872,3 @@ def _candidates(
             }
         )
     return out
-
-
-def _f(v: Any) -> float | None:
-    v = float(v)
-    return v if np.isfinite(v) else None

@@ -610,7 +610,7 @@ def _span_evidence(
     per_hour = max(int(pd.Timedelta(hours=1) / pd.Timedelta(policy.bucket)), 1)
     thin = ~parts.is_fleet & np.asarray(base.provisional, dtype=bool)
     thin_rows = np.flatnonzero(thin)
-    vol_rows = (parts.is_fleet if policy.volume_scope == "fleet" else np.ones(P, bool))[:, None]
+    vol_rows = policy.volume_judged(parts.is_fleet)[:, None]
 
     def others_at_thin(x: np.ndarray) -> np.ndarray:
         """:func:`_others` at the thin rows only."""

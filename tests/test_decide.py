@@ -225,3 +225,9 @@ def test_policy_from_mapping_parses_and_rejects() -> None:
     with pytest.raises(ValueError, match="duration_p_factor"):
         DetectionPolicy.from_mapping({"duration_p_factor": 0.5})
     assert pol.config_hash() != DetectionPolicy().config_hash()
+
+
+def test_volume_judged_per_scope() -> None:
+    fleet = np.array([True, False, False, True])
+    assert DetectionPolicy().volume_judged(fleet).tolist() == [True, False, False, True]
+    assert DetectionPolicy(volume_scope="all").volume_judged(fleet).all()

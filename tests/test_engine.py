@@ -593,3 +593,15 @@ def test_a_drop_of_a_bursty_operation_is_flagged_within_its_first_half_hour_or_s
 
     assert first_alert(POLICY) <= 8
     assert first_alert(DetectionPolicy(spans=(1, 3, 12, 36, 144))) >= 10
+
+
+def test_a_versions_volume_is_judged_only_with_volume_scope_all() -> None:
+    """A version with a quarter of its operation's traffic loses 80 % of it for 3 hours: the
+    operation loses 20 %, under the 50 % minimum. By default (volume judged per operation)
+    nothing alerts; with volume_scope="all" the version's own volume does."""
+    parts = [Part("Join", V_OLD, 900.0), Part("Join", V_NEW, 300.0), Part("StartCall", V_OLD)]
+    drop = (Incident("Join", V_NEW, WE - timedelta(hours=3), WE, volume_factor=0.2),)
+    aggs = make_aggs(parts, days=DAYS, incidents=drop, with_hist=False, seed=5)
+    assert not [f for f in _fps(_run(aggs)) if f.endswith("|volume")]
+    wide = _run(aggs, policy=DetectionPolicy(volume_scope="all"))
+    assert {f for f in _fps(wide) if f.endswith("|volume")} == {f"Join|{V_NEW}|volume"}
