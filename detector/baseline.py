@@ -619,7 +619,21 @@ def compute_baselines(
         np.bincount(r_pid, weights=r_calls * own_fail[fo[r_pid], r_slot], minlength=P),
         policy,
     )
-    del r_idx, r_pid, r_slot, r_calls
+    r_dn = stats["dur_n"].to_numpy()[r_idx].astype(np.float64)
+    r_mu = own_mu[fo[r_pid], r_slot]
+    with np.errstate(invalid="ignore"):
+        r_var = np.maximum(own_m2[fo[r_pid], r_slot] - r_mu**2, 1e-4)
+    slower = _slower_since_rollout(
+        np.bincount(r_pid, weights=r_dn, minlength=P),
+        np.bincount(
+            r_pid,
+            weights=stats["log_dur_sum"].to_numpy()[r_idx] - np.nan_to_num(r_dn * r_mu),
+            minlength=P,
+        ),
+        np.bincount(r_pid, weights=np.nan_to_num(r_dn * r_var), minlength=P),
+        policy,
+    )
+    del r_idx, r_pid, r_slot, r_calls, r_dn, r_mu, r_var
     # (P, 168) arrays add up at 10k partitions: drop the sums once folded and blended.
     del C, F, G, D, S1, S2, n_slot_buckets, Cs, Fs, Ds, S1s, S2s, Bs
 
@@ -632,6 +646,8 @@ def compute_baselines(
         # lean on that history (see _regressed_since_rollout).
         w_calls = np.where(regressed & (w_calls < policy.provisional_weight), 0.0, w_calls)
         w_dur = np.where(fleet, 1.0, Df / (Df + k_dur))
+        # ... nor, slower than its siblings since it appeared, on its durations.
+        w_dur = np.where(slower & (w_dur < policy.provisional_weight), 0.0, w_dur)
     fail_rate = _blend(own_fail, own_fail[fo], w_calls[:, None])
     mu_log = _blend(own_mu, own_mu[fo], w_dur[:, None])
     m2 = _blend(own_m2, own_m2[fo], w_dur[:, None])
@@ -812,6 +828,28 @@ def _regressed_since_rollout(
         z = (f - e) / np.sqrt(np.maximum(e * (1 - p), 1e-12))
         excess = np.where(n > 0, (f - e) / np.maximum(n, 1e-12), 0.0)
     return (n > 0) & (z >= policy.peer_z) & (excess >= policy.min_failure_points)
+
+
+def _slower_since_rollout(
+    n: np.ndarray, excess: np.ndarray, var: np.ndarray, policy: DetectionPolicy
+) -> np.ndarray:
+    """Versions whose whole history is slower than their operation's fleet at the same hours:
+    z >= ``policy.peer_z`` and by at least ``policy.min_duration_rel`` (typical duration).
+
+    Consumes per partition the durations ``n`` since the version appeared, the sum of their
+    log-durations' excess over the fleet's hourly mean log-duration, and the sum of the
+    fleet's hourly log-duration variances over them (zeros for partitions that are not new
+    versions). Produces a ``(P,)`` bool. The duration counterpart of
+    :func:`_regressed_since_rollout`: a build ×2 slower from its first call at 5 operations an
+    hour holds ~60 of them in the longest tested span, and by the time that is significant its
+    own slow history has become a third of its baseline (measured: the tested effect fell from
+    +120 % to +60 % within a day). A build legitimately a little slower (another platform's,
+    +10-15 %) stays under the practical minimum and leans on its own history as before.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = excess / np.sqrt(np.maximum(var, 1e-12))
+        shift = np.where(n > 0, excess / np.maximum(n, 1e-12), 0.0)
+    return (n > 0) & (z >= policy.peer_z) & (np.expm1(shift) >= policy.min_duration_rel)
 
 
 def _slot_prior_fail(

@@ -167,6 +167,41 @@ def test_a_thin_version_failing_since_it_appeared_keeps_its_siblings_level(
         )
 
 
+@pytest.mark.parametrize(
+    ("factor", "calls_per_hour", "from_day", "leans_on_own"),
+    [
+        (2.0, 5.0, 3.0, False),
+        (1.5, 10.0, 3.0, False),
+        (1.12, 10.0, 3.0, True),
+        (2.0, 400.0, 3.0, True),
+        (2.0, 5.0, 0.0, True),
+    ],
+)
+def test_a_thin_version_slower_since_it_appeared_keeps_its_siblings_duration(
+    factor: float, calls_per_hour: float, from_day: float, leans_on_own: bool
+) -> None:
+    """A new build x2 (or x1.5) slower than its siblings for its whole day of history does not
+    lean on that history for its durations: its level stays its siblings'. 12 % slower (under
+    min_duration_rel, as another platform's build can be), with enough history not to be
+    provisional, or present from the start (a rare old version), it does lean on its own."""
+    parts = [
+        Part("Join", "old", 600.0, median_ms=900.0),
+        Part(
+            "Join",
+            "new",
+            calls_per_hour,
+            median_ms=900.0 * factor,
+            start=T0 + timedelta(days=from_day) if from_day else None,
+        ),
+    ]
+    p, base, _ = _baselines(parts, days=4.0)
+    new, fleet = _row(p, "Join", "new"), _row(p, "Join", FLEET)
+    assert bool(base.weight[new] > 0) == leans_on_own
+    if not leans_on_own:
+        assert base.provisional[new] and base.kind[new] == "borrowed"
+        np.testing.assert_allclose(base.mu_log[new], base.mu_log[fleet])
+
+
 @pytest.mark.parametrize("new_calls_per_hour", [0.0, 5.0, 30.0, 400.0])
 def test_cold_start_weight_is_n_over_n_plus_k(new_calls_per_hour: float) -> None:
     # An established version fails 1 %, the new one 2.5 %: its baseline is shrunk towards 1 %.
