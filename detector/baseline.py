@@ -663,7 +663,10 @@ def compute_baselines(
     with np.errstate(invalid="ignore", divide="ignore"):
         n_d = col("dur_n")
         s1 = col("log_dur_sum")
-        mu_r = mu_log[pid, slot]
+        # Around the partition's own level, as the wander below: how far a thin version's
+        # level is from the one it borrows is the deviation under test, not dispersion (a
+        # build x2 slower since its rollout read phi ~10 against its siblings' level).
+        mu_r = np.where(np.isfinite(own_mu), own_mu, mu_log)[pid, slot]
         r = np.where(n_d >= 2, (s1 - n_d * mu_r) / np.sqrt(n_d * var_log[pid, slot]), np.nan)
         del n_d, s1, mu_r
         phi_dur = _median_dispersion(pid, r, P, cap)

@@ -548,6 +548,38 @@ def test_a_quiet_build_failing_like_its_siblings_is_not_flagged(seed: int) -> No
     assert not any(f.endswith("failure_rate") for f in _fps(_run(_quiet_build(0.03, seed))))
 
 
+def _slow_quiet_build(factor: float, seed: int):
+    """A new build at 5 operations an hour, ``factor`` x slower than its siblings (80 an hour)
+    from its first call, QUIET_ROLLOUT."""
+    parts = [
+        Part("Join", V_OLD, 80.0, median_ms=900.0),
+        Part("Join", V_NEW, 5.0, median_ms=900.0 * factor, start=QUIET_ROLLOUT),
+    ]
+    return make_aggs(parts, days=DAYS, seed=seed)
+
+
+@pytest.mark.parametrize("seed", [41, 42, 43])
+def test_a_quiet_build_slower_since_rollout_is_judged_against_its_siblings(seed: int) -> None:
+    """A new build at 5 operations an hour, x2 slower from its first call 60 hours before the
+    window's end. Its longest span (12 hours) holds ~60 operations, and its slow history
+    since the rollout is in its baseline: as its own level (n / (n + k)), and once it keeps
+    its siblings' level, as dispersion if measured around that level (phi ~10). Either way
+    missed on all 3 seeds. Slower than its siblings since it appeared, it keeps their level
+    with its own dispersion: flagged within its first 300 operations, at about x2."""
+    aggs = _slow_quiet_build(2.0, seed)
+    assert _new_build_ops_before_alert(aggs, "duration") <= 300
+    a = next(a for a in _run(aggs).anomalies if a.fingerprint == f"Join|{V_NEW}|duration")
+    assert a.provisional
+    assert a.observed / a.baseline == pytest.approx(2.0, rel=0.25)
+
+
+@pytest.mark.parametrize("seed", [41, 42, 43])
+def test_a_quiet_build_a_little_slower_like_another_platforms_is_not_flagged(seed: int) -> None:
+    """The same quiet build 12 % slower (as a native build is beside web ones): under the
+    practical minimum, it leans on its own history and is not flagged."""
+    assert not any(f.endswith("duration") for f in _fps(_run(_slow_quiet_build(1.12, seed))))
+
+
 def _bursty_drop(seed: int):
     """Four operations at 600 an hour; CreateView comes in bursts (each of ~8 calls a bucket
     renders ~6 views at once: overdispersion ~10, as on the holdout) and loses 80 % of its
