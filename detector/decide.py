@@ -13,7 +13,9 @@ The gates, in the order a candidate meets them (the first one it fails is its re
 ``suppressed_low_volume``  too few calls (or failures, or expected calls) behind the test;
 ``not_significant``        p-value above ``alpha`` once corrected (Bonferroni) for the number of
                            partitions tested and the number of trailing spans tried (a duration
-                           p-value calibrated by ``duration_p_factor`` first);
+                           p-value calibrated by ``duration_p_factor`` first; a new build's
+                           since-rollout failure test within its own family, which gets
+                           ``rollout_alpha_share`` of the failure rate's alpha);
 ``below_min_effect``       statistically clear but smaller than the practical minimum
                            (e.g. +20 % and +100 ms for duration, +2 points of failure rate);
 ``not_persistent``         hot in fewer than N of the last M buckets (a span of M..3 buckets,
@@ -111,6 +113,11 @@ class DetectionPolicy:
     # --- tests ---------------------------------------------------------------------------------
     spans: tuple[int, ...] = (1, 3, 6, 12, 36, 144)  # trailing spans (buckets) tested
     alpha: float = 0.01  # family-wise per hour: Bonferroni over partitions x spans x buckets/hour
+    # Share of the failure rate's alpha spent on the since-rollout tests of new builds (a family
+    # of their own: Bonferroni over the new builds x buckets/hour); the trailing spans keep the
+    # rest. A handful of builds judged on everything since their first call is a pre-specified
+    # hypothesis, not one more span of every partition.
+    rollout_alpha_share: float = 0.2
     # Duration p-values are multiplied by this before they meet alpha: the normal test of the
     # mean log-duration has heavier tails than nominal (skewed, clustered durations; on
     # incident-free holdout weeks P(z > 4) was 1.6-17x the normal's), unlike the failure and
@@ -196,6 +203,8 @@ class DetectionPolicy:
             problems.append("baseline: must cover at least 4 buckets")
         if not 0 < self.alpha < 1:
             problems.append("alpha: must be in (0, 1)")
+        if not 0 < self.rollout_alpha_share < 1:
+            problems.append("rollout_alpha_share: must be in (0, 1)")
         if not self.duration_p_factor >= 1:
             problems.append("duration_p_factor: must be >= 1")
         if not self.spans or min(self.spans) < 1:

@@ -223,10 +223,6 @@ def detect(
     keep = forest_flag | maint[:, None, :]
     ev = span_evidence(full, parts, base, policy, last=K, keep=keep)
     del keep
-    rolled = apply_rollout(ev, roll, base, parts, policy, times=cube.times)
-    timings["evidence"] = time.perf_counter() - t
-
-    t = time.perf_counter()
     P, T = cube.calls.shape
     judged = np.asarray(cube.times >= ws)
     testable = np.zeros((P, len(METRIC_NAMES)), dtype=bool)
@@ -239,6 +235,18 @@ def detect(
     # one false significant bucket per hour across the whole run (spans are in ev.p already).
     per_hour = max(1.0, 3600.0 / bucket.total_seconds())
     n_tests = n_tested * per_hour
+    # The failure rate's alpha is shared (weighted Bonferroni): the trailing spans of every
+    # partition get 1 - share, the since-rollout tests of the L new builds get share, each of
+    # them one test per bucket. Both are put on the scale decide reads (p * n_tests <= alpha).
+    share = policy.rollout_alpha_share
+    f = METRIC_NAMES.index("failure_rate")
+    if len(roll):
+        ev.p[:, f] = np.fmin(ev.p[:, f] / (1.0 - share), 1.0)
+    roll_scale = len(roll) * per_hour / share / n_tests[f]
+    rolled = apply_rollout(ev, roll, base, parts, policy, times=cube.times, scale=roll_scale)
+    timings["evidence"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     evidence = Evidence(
         p=ev.p,
         effect=ev.effect,

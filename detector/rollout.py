@@ -20,10 +20,11 @@ The test: failures since the rollout against what the fleet's hourly rates expec
 calls, moved by as much as the other versions moved against the same rates over the same buckets
 (a fleet-wide bad afternoon is not the build's; unless they clearly moved, their noisy excess is
 shrunk by how much the level plausibly wanders). Failures count in clusters of the version's own
-failures per failing call. Bonferroni: one more span tried. Checks, as for the trailing spans:
-the evidence survives dropping its strongest bucket, every third of the span fails more on its
-own, and it is current (the last third, at most ``max(policy.spans)`` buckets, carries at least
-``latest_share`` of the whole effect).
+failures per failing call. Bonferroni: within a family of its own, the new builds tested (see
+``DetectionPolicy.rollout_alpha_share``; the engine puts the p-values on its scale). Checks,
+as for the trailing spans: the evidence survives dropping its strongest bucket, every third of
+the span fails more on its own, and it is current (the last third, at most
+``max(policy.spans)`` buckets, carries at least ``latest_share`` of the whole effect).
 """
 
 from __future__ import annotations
@@ -168,27 +169,27 @@ def apply_rollout(
     policy: DetectionPolicy,
     *,
     times: pd.DatetimeIndex,
+    scale: float = 1.0,
 ) -> np.ndarray:
     """Put the since-rollout failure test into ``ev`` (the span evidence of ``times``), in place.
 
     Returns a ``(L, len(times))`` bool: where the rollout test replaced the trailing spans'
     evidence. Only spans longer than ``max(policy.spans)`` are used (a shorter rollout is one
-    of the trailing spans already). The trailing spans' p-values of these versions are
-    corrected for the one more span tried.
+    of the trailing spans already). ``scale`` maps the test's own p-value to the scale of
+    ``ev.p`` (the engine's: the rollout tests are a family of their own, see
+    ``DetectionPolicy.rollout_alpha_share``); the two are compared, and stored, on that scale.
     """
     L, K = len(roll), len(times)
     used = np.zeros((L, K), bool)
     if not L or not K:
         return used
-    n_spans = len(policy.spans)
     rows = roll.rows
-    ev.p[rows, _FAIL] = np.fmin(ev.p[rows, _FAIL] * (n_spans + 1) / n_spans, 1.0)
     col = np.searchsorted(roll.times, times)
     if (col >= len(roll.times)).any() or not (roll.times[np.clip(col, 0, None)] == times).all():
         raise ValueError("rollout history does not cover the judged buckets")
 
     t = rollout_test(roll, base, parts, policy, col)
-    p, passes = t["p"], t["passes"]
+    p, passes = np.fmin(t["p"] * scale, 1.0), t["passes"]
     old_p, old_ok = ev.p[rows, _FAIL], ev.loo_ok[rows, _FAIL]
     used = passes & ((p < old_p) | ~old_ok)
     r, c = np.nonzero(used)
@@ -217,12 +218,11 @@ def rollout_test(
     roll: Rollout, base: Baselines, parts: Partitions, policy: DetectionPolicy, col: np.ndarray
 ) -> dict[str, np.ndarray]:
     """The since-rollout failure test of every rolled-out version at the columns ``col`` of
-    ``roll.times``: ``(L, len(col))`` arrays ``p`` (corrected for one more span), ``effect``
+    ``roll.times``: ``(L, len(col))`` arrays ``p`` (one test's), ``effect``
     (points), ``n``, ``k``, ``expected`` (failures), ``z``, ``span`` (buckets since the first
     call), ``loo``, ``steady`` (every third fails more), ``current``, ``share``, ``others_z``
     and ``passes`` (every check, and longer than the trailing spans)."""
     L, K = len(roll), len(col)
-    n_spans = len(policy.spans)
     rows = roll.rows
     per_hour = max(int(pd.Timedelta(hours=1) / pd.Timedelta(policy.bucket)), 1)
 
@@ -267,7 +267,6 @@ def rollout_test(
         p = np.ones((L, K))
         cand = (n > 0) & (kk > 0) & (z >= 1.5)
         p[cand] = special.betainc(kk[cand], (nn - kk + 1)[cand], pbar[cand])
-        p = np.fmin(p * (n_spans + 1), 1.0)
         effect = np.where(n > 0, (k - ex) / n, 0.0)
         # Survives dropping its strongest bucket (the largest single-bucket excess so far).
         x = F - C * roll.rate

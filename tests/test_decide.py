@@ -224,6 +224,9 @@ def test_policy_from_mapping_parses_and_rejects() -> None:
         DetectionPolicy.from_mapping({"persist_n": 4, "persist_m": 3})
     with pytest.raises(ValueError, match="duration_p_factor"):
         DetectionPolicy.from_mapping({"duration_p_factor": 0.5})
+    for share in (0.0, 1.0):
+        with pytest.raises(ValueError, match="rollout_alpha_share"):
+            DetectionPolicy.from_mapping({"rollout_alpha_share": share})
     assert pol.config_hash() != DetectionPolicy().config_hash()
 
 

@@ -542,6 +542,31 @@ def test_a_build_too_quiet_for_any_span_is_flagged_on_everything_since_its_rollo
     assert a.details["span_buckets"] > max(POLICY.spans)
 
 
+def test_the_since_rollout_tests_are_a_family_of_their_own() -> None:
+    """Weighted Bonferroni: the since-rollout test of each of the L new builds is corrected by
+    L x buckets/hour / rollout_alpha_share, not by every partition's (it is no extra span of
+    every partition), and the trailing spans' failure p-values by 1 / (1 - share). On the
+    evidence decide reads (p x n_tests <= alpha): halving the share doubles a since-rollout p
+    exactly; the trailing ones move by (1 - 0.2) / (1 - 0.1)."""
+    from dataclasses import replace
+
+    aggs = _quiet_build(0.11, 31)
+    f = 1  # failure_rate
+    out = {}
+    for share in (0.2, 0.1):
+        res = _run(aggs, policy=replace(POLICY, rollout_alpha_share=share))
+        roll, rolled = res.debug["rollout"]
+        out[share] = (res.debug["evidence"].p[:, f].copy(), roll.rows, rolled)
+    (p2, rows, used2), (p1, _, used1) = out[0.2], out[0.1]
+    assert len(rows) == 1 and used2.any()
+    both = used2[0] & used1[0]
+    assert both.any()
+    np.testing.assert_allclose(p1[rows[0], both], 2 * p2[rows[0], both], rtol=1e-9)
+    old = np.flatnonzero(~np.isin(np.arange(len(p2)), rows))
+    ratio = (p1[old] / p2[old])[(p2[old] > 0) & (p2[old] < 1)]
+    np.testing.assert_allclose(ratio, 0.8 / 0.9, rtol=1e-9)
+
+
 @pytest.mark.parametrize("seed", [31, 32, 33])
 def test_a_quiet_build_failing_like_its_siblings_is_not_flagged(seed: int) -> None:
     """The same quiet build failing 3 % like its siblings: nothing to flag, on 3 seeds."""
