@@ -848,6 +848,9 @@ def _slower_since_rollout(
     own slow history has become a third of its baseline (measured: the tested effect fell from
     +120 % to +60 % within a day). A build legitimately a little slower (another platform's,
     +10-15 %) stays under the practical minimum and leans on its own history as before.
+    Each duration counts as independent (the dispersion is learnt later, from the blended
+    level): a build wrongly held "slower" only keeps its siblings' level while provisional,
+    and its tests still need their own significance and effect.
     """
     with np.errstate(invalid="ignore", divide="ignore"):
         z = excess / np.sqrt(np.maximum(var, 1e-12))

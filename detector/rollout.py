@@ -169,7 +169,7 @@ def apply_rollout(
     policy: DetectionPolicy,
     *,
     times: pd.DatetimeIndex,
-    scale: float = 1.0,
+    scale: float,
 ) -> np.ndarray:
     """Put the since-rollout failure test into ``ev`` (the span evidence of ``times``), in place.
 

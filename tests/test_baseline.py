@@ -129,6 +129,21 @@ def test_a_new_version_failing_from_its_first_call_does_not_read_as_wander() -> 
     assert base.tau2_fail[new] <= 2 * base.tau2_fail[fleet] + 1e-6
 
 
+def _new_build(calls_per_hour: float, from_day: float, **old_new: tuple[float, float]):
+    """Baselines over 4 days of Join "old" at 600 calls an hour and "new" at ``calls_per_hour``
+    from day ``from_day`` (0: present from the start); each keyword gives a :class:`Part`
+    field's (old, new) values. Returns the baselines and the rows of "new" and of the fleet."""
+    old = {k: v[0] for k, v in old_new.items()}
+    new = {k: v[1] for k, v in old_new.items()}
+    start = T0 + timedelta(days=from_day) if from_day else None
+    parts = [
+        Part("Join", "old", 600.0, **old),
+        Part("Join", "new", calls_per_hour, start=start, **new),
+    ]
+    p, base, _ = _baselines(parts, days=4.0)
+    return base, _row(p, "Join", "new"), _row(p, "Join", FLEET)
+
+
 @pytest.mark.parametrize(
     ("new_rate", "calls_per_hour", "from_day", "leans_on_own"),
     [
@@ -147,18 +162,7 @@ def test_a_thin_version_failing_since_it_appeared_keeps_its_siblings_level(
     its level stays its siblings'. Failing 2.5 % (under min_failure_points more), with enough
     history not to be provisional, or present from the start (a rare old version, not a new
     build), it does lean on its own."""
-    parts = [
-        Part("Join", "old", 600.0, fail_rate=0.01),
-        Part(
-            "Join",
-            "new",
-            calls_per_hour,
-            fail_rate=new_rate,
-            start=T0 + timedelta(days=from_day) if from_day else None,
-        ),
-    ]
-    p, base, _ = _baselines(parts, days=4.0)
-    new, fleet = _row(p, "Join", "new"), _row(p, "Join", FLEET)
+    base, new, fleet = _new_build(calls_per_hour, from_day, fail_rate=(0.01, new_rate))
     assert bool(base.weight[new] > 0) == leans_on_own
     if not leans_on_own:
         assert base.provisional[new] and base.kind[new] == "borrowed"
@@ -184,18 +188,7 @@ def test_a_thin_version_slower_since_it_appeared_keeps_its_siblings_duration(
     lean on that history for its durations: its level stays its siblings'. 12 % slower (under
     min_duration_rel, as another platform's build can be), with enough history not to be
     provisional, or present from the start (a rare old version), it does lean on its own."""
-    parts = [
-        Part("Join", "old", 600.0, median_ms=900.0),
-        Part(
-            "Join",
-            "new",
-            calls_per_hour,
-            median_ms=900.0 * factor,
-            start=T0 + timedelta(days=from_day) if from_day else None,
-        ),
-    ]
-    p, base, _ = _baselines(parts, days=4.0)
-    new, fleet = _row(p, "Join", "new"), _row(p, "Join", FLEET)
+    base, new, fleet = _new_build(calls_per_hour, from_day, median_ms=(900.0, 900.0 * factor))
     assert bool(base.weight[new] > 0) == leans_on_own
     if not leans_on_own:
         assert base.provisional[new] and base.kind[new] == "borrowed"
