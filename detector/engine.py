@@ -235,14 +235,14 @@ def detect(
     # one false significant bucket per hour across the whole run (spans are in ev.p already).
     per_hour = max(1.0, 3600.0 / bucket.total_seconds())
     n_tests = n_tested * per_hour
-    # The failure rate's alpha is shared (weighted Bonferroni): the trailing spans of every
-    # partition get 1 - share, the since-rollout tests of the L new builds get share, each of
-    # them one test per bucket. Both are put on the scale decide reads (p * n_tests <= alpha).
-    share = policy.rollout_alpha_share
+    # Both families put on the scale decide reads (p * n_tests <= alpha): one test meets
+    # test_alpha (trailing spans, per metric) or roll_alpha (a since-rollout test).
+    test_alpha, roll_alpha = _per_test_alpha(policy, n_tests, len(roll), per_hour)
+    on_scale = policy.alpha / n_tests
     f = METRIC_NAMES.index("failure_rate")
-    if len(roll):
-        ev.p[:, f] = np.fmin(ev.p[:, f] / (1.0 - share), 1.0)
-    roll_scale = len(roll) * per_hour / share / n_tests[f]
+    if len(roll):  # (without new builds the trailing spans keep all of alpha: factor 1)
+        ev.p[:, f] = np.fmin(ev.p[:, f] * (on_scale[f] / test_alpha[f]), 1.0)
+    roll_scale = on_scale[f] / roll_alpha if len(roll) else 1.0
     rolled = apply_rollout(ev, roll, base, parts, policy, times=cube.times, scale=roll_scale)
     timings["evidence"] = time.perf_counter() - t
 
@@ -291,6 +291,7 @@ def detect(
         maintenance=maintenance,
         state=state,
         n_tests=n_tests,
+        test_alpha=(test_alpha, roll_alpha),
         rollout=(roll, rolled),
     )
     candidates = _candidates(reasons, ev, scores, cube, parts, base)
@@ -324,6 +325,7 @@ def detect(
         provisional_partitions=int(base.provisional.sum()),
         tests_per_metric={m: int(n) for m, n in zip(METRIC_NAMES, n_tested, strict=True)},
         multiplicity={m: float(n) for m, n in zip(METRIC_NAMES, n_tests, strict=True)},
+        rollout_tests=len(roll),  # new builds in the since-rollout family (DetectionPolicy)
         forest=forest_status,
         timings={k: round(v, 4) for k, v in timings.items()},
     )
@@ -519,6 +521,7 @@ def _explain(
     maintenance: Sequence[Any],
     state: EngineState,
     n_tests: np.ndarray,
+    test_alpha: tuple[np.ndarray, float],
     rollout: tuple[Rollout, np.ndarray] | None = None,
 ) -> tuple[list[Anomaly], list[tuple[str, str | None, str, datetime]]]:
     bucket = pd.Timedelta(policy.bucket)
@@ -554,7 +557,8 @@ def _explain(
             # Reported p-value: corrected for the partitions tested (spans already in ev.p).
             p_corr = float(min(1.0, ev.p[p, m, j] * n_tests[m]))
             # norm.isf(q) == -ndtri(q); scipy.special, not scipy.stats (0.8 s of imports).
-            zc = float(-special.ndtri(policy.alpha / n_tests[m]))
+            # The band is as wide as the test's own threshold (its family's, see detect).
+            zc = float(-special.ndtri(test_alpha[0][m]))
             effect = float(ev.effect[p, m, j])
             # The level's hour-to-hour wander, averaged over the hours the run spans (as in the
             # tests): the band is where the level itself may be, not only sampling noise.
@@ -585,7 +589,7 @@ def _explain(
                 # Judged on everything since its first call: show those figures, not the run's
                 # own buckets (a quiet build's run can hold a handful of operations).
                 observed, baseline, band, text, rollout_details = _since_rollout(
-                    ev, (p, m, j), rollout[0], roll_row[p], zc
+                    ev, (p, m, j), rollout[0], roll_row[p], float(-special.ndtri(test_alpha[1]))
                 )
                 calls, fails = rollout_details["calls"], rollout_details["failures"]
                 share = float(ev.share[p, m, j])  # of its operation's calls since then
@@ -705,6 +709,26 @@ def _explain(
             out[i].drivers = d
     out.sort(key=lambda x: (x.operation_name, x.sdk_version or "", x.metric, x.window_start))
     return out, alert_buckets
+
+
+def _per_test_alpha(
+    policy: DetectionPolicy, n_tests: np.ndarray, n_new: int, per_hour: float
+) -> tuple[np.ndarray, float]:
+    """Alpha of one test: ``(M,)`` for the trailing spans per metric, and for a since-rollout
+    test (0 without new builds).
+
+    Weighted Bonferroni on the failure rate: with ``n_new`` new builds, their since-rollout
+    tests (one per build and bucket) share ``policy.rollout_alpha_share`` of alpha and the
+    trailing spans of every partition the rest; without, the trailing spans keep all of it.
+    ``n_tests``: the trailing tests per metric (partitions x buckets an hour; the spans are in
+    the p-values already).
+    """
+    out = policy.alpha / np.asarray(n_tests, dtype=np.float64)
+    if not n_new:
+        return out, 0.0
+    share = policy.rollout_alpha_share
+    out[METRIC_NAMES.index("failure_rate")] *= 1.0 - share
+    return out, policy.alpha * share / (n_new * per_hour)
 
 
 def _since_rollout(

@@ -567,6 +567,22 @@ def test_the_since_rollout_tests_are_a_family_of_their_own() -> None:
     np.testing.assert_allclose(ratio, 0.8 / 0.9, rtol=1e-9)
 
 
+def test_a_since_rollout_alerts_band_is_as_wide_as_its_own_familys_threshold() -> None:
+    """The band of a since-rollout alert is the test's standard error times the critical z of
+    its own family (alpha x share over the new builds x buckets an hour), not that of every
+    partition's trailing spans."""
+    from scipy import special
+
+    aggs = _quiet_build(0.11, 31)
+    res = _run(aggs)
+    a = next(a for a in res.anomalies if a.fingerprint == f"Join|{V_NEW}|failure_rate")
+    assert a.details["since_rollout"] is not None
+    n_new = len(res.debug["rollout"][0])
+    zc = -special.ndtri(POLICY.alpha * POLICY.rollout_alpha_share / (n_new * 12))
+    se = abs(a.observed - a.baseline) / abs(a.details["z"])
+    assert a.band_high - a.baseline == pytest.approx(zc * se, rel=1e-6)
+
+
 @pytest.mark.parametrize("seed", [31, 32, 33])
 def test_a_quiet_build_failing_like_its_siblings_is_not_flagged(seed: int) -> None:
     """The same quiet build failing 3 % like its siblings: nothing to flag, on 3 seeds."""
