@@ -53,7 +53,7 @@ from detector.features import (
     build_cube,
     span_evidence,
 )
-from detector.rollout import Rollout, apply_rollout, first_buckets, rollout_history
+from detector.rollout import Applied, Rollout, apply_rollout, first_buckets, rollout_history
 from detector.schema import BucketAggregates, bin_value
 from detector.store.engine_state import EngineState
 
@@ -243,7 +243,9 @@ def detect(
     if len(roll):  # (without new builds the trailing spans keep all of alpha: factor 1)
         ev.p[:, f] = np.fmin(ev.p[:, f] * (on_scale[f] / test_alpha[f]), 1.0)
     roll_scale = on_scale[f] / roll_alpha if len(roll) else 1.0
-    rolled = apply_rollout(ev, roll, base, parts, policy, times=cube.times, scale=roll_scale)
+    rolled = apply_rollout(
+        ev, roll, base, parts, policy, times=cube.times, alpha=roll_alpha, scale=roll_scale
+    )
     timings["evidence"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -291,7 +293,7 @@ def detect(
         maintenance=maintenance,
         state=state,
         n_tests=n_tests,
-        test_alpha=(test_alpha, roll_alpha),
+        test_alpha=test_alpha,
         rollout=(roll, rolled),
     )
     candidates = _candidates(reasons, ev, scores, cube, parts, base)
@@ -521,8 +523,8 @@ def _explain(
     maintenance: Sequence[Any],
     state: EngineState,
     n_tests: np.ndarray,
-    test_alpha: tuple[np.ndarray, float],
-    rollout: tuple[Rollout, np.ndarray] | None = None,
+    test_alpha: np.ndarray,
+    rollout: tuple[Rollout, Applied] | None = None,
 ) -> tuple[list[Anomaly], list[tuple[str, str | None, str, datetime]]]:
     bucket = pd.Timedelta(policy.bucket)
     # Rows of versions whose failure evidence may be the since-rollout test (see rollout.py).
@@ -558,7 +560,7 @@ def _explain(
             p_corr = float(min(1.0, ev.p[p, m, j] * n_tests[m]))
             # norm.isf(q) == -ndtri(q); scipy.special, not scipy.stats (0.8 s of imports).
             # The band is as wide as the test's own threshold (its family's, see detect).
-            zc = float(-special.ndtri(test_alpha[0][m]))
+            zc = float(-special.ndtri(test_alpha[m]))
             effect = float(ev.effect[p, m, j])
             # The level's hour-to-hour wander, averaged over the hours the run spans (as in the
             # tests): the band is where the level itself may be, not only sampling noise.
@@ -584,12 +586,16 @@ def _explain(
                 metric == "failure_rate"
                 and rollout is not None
                 and p in roll_row
-                and (rollout[1][roll_row[p], j])
+                and (rollout[1].used[roll_row[p], j])
             ):
                 # Judged on everything since its first call: show those figures, not the run's
                 # own buckets (a quiet build's run can hold a handful of operations).
                 observed, baseline, band, text, rollout_details = _since_rollout(
-                    ev, (p, m, j), rollout[0], roll_row[p], float(-special.ndtri(test_alpha[1]))
+                    ev,
+                    (p, m, j),
+                    rollout[0],
+                    roll_row[p],
+                    float(-special.ndtri(rollout[1].alpha[roll_row[p], j])),
                 )
                 calls, fails = rollout_details["calls"], rollout_details["failures"]
                 share = float(ev.share[p, m, j])  # of its operation's calls since then
@@ -715,7 +721,8 @@ def _per_test_alpha(
     policy: DetectionPolicy, n_tests: np.ndarray, n_new: int, per_hour: float
 ) -> tuple[np.ndarray, float]:
     """Alpha of one test: ``(M,)`` for the trailing spans per metric, and for a since-rollout
-    test (0 without new builds).
+    test when every bucket of an hour counts as one (0 without new builds; apply_rollout
+    counts an hour's looks for what they are worth).
 
     Weighted Bonferroni on the failure rate: with ``n_new`` new builds, their since-rollout
     tests (one per build and bucket) share ``policy.rollout_alpha_share`` of alpha and the

@@ -21,7 +21,10 @@ calls, moved by as much as the other versions moved against the same rates over 
 (a fleet-wide bad afternoon is not the build's; unless they clearly moved, their noisy excess is
 shrunk by how much the level plausibly wanders). Failures count in clusters of the version's own
 failures per failing call. Bonferroni: within a family of its own, the new builds tested (see
-``DetectionPolicy.rollout_alpha_share``; the engine puts the p-values on its scale). Checks,
+``DetectionPolicy.rollout_alpha_share``; the engine puts the p-values on its scale), each build
+counting the looks of one hour for as many tests as they are worth (:func:`effective_looks`:
+re-run every bucket on a count that grew by a bucket's calls, it is nearly one test an hour,
+not twelve). Checks,
 as for the trailing spans: the evidence survives dropping its strongest bucket, every third of
 the span fails more on its own, and it is current (the last third, at most
 ``max(policy.spans)`` buckets, carries at least ``latest_share`` of the whole effect).
@@ -32,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -41,7 +45,15 @@ from detector.baseline import Baselines, Partitions, epoch_ns, rolled_out, slot_
 from detector.decide import METRIC_NAMES, DetectionPolicy
 from detector.features import SpanEvidence
 
-__all__ = ["Rollout", "apply_rollout", "first_buckets", "rollout_history", "rollout_test"]
+__all__ = [
+    "Applied",
+    "Rollout",
+    "apply_rollout",
+    "effective_looks",
+    "first_buckets",
+    "rollout_history",
+    "rollout_test",
+]
 
 _FAIL = METRIC_NAMES.index("failure_rate")
 
@@ -68,6 +80,15 @@ class Rollout:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+
+class Applied(NamedTuple):
+    """Where :func:`apply_rollout` put the since-rollout test into the evidence, ``(L, K)``:
+    ``used`` (bool) and ``alpha``, the alpha of that one test (its family's, spread over the
+    new builds and the looks of the hour; NaN where not used)."""
+
+    used: np.ndarray
+    alpha: np.ndarray
 
 
 def _utc(ts: datetime | pd.Timestamp) -> pd.Timestamp:
@@ -169,32 +190,41 @@ def apply_rollout(
     policy: DetectionPolicy,
     *,
     times: pd.DatetimeIndex,
+    alpha: float,
     scale: float,
-) -> np.ndarray:
+) -> Applied:
     """Put the since-rollout failure test into ``ev`` (the span evidence of ``times``), in place.
 
-    Returns a ``(L, len(times))`` bool: where the rollout test replaced the trailing spans'
-    evidence. Only spans longer than ``max(policy.spans)`` are used (a shorter rollout is one
-    of the trailing spans already). ``scale`` maps the test's own p-value to the scale of
-    ``ev.p`` (the engine's: the rollout tests are a family of their own, see
-    ``DetectionPolicy.rollout_alpha_share``); the two are compared, and stored, on that scale.
+    Returns where the rollout test replaced the trailing spans' evidence, and the alpha of
+    each such test (:class:`Applied`). Only spans longer than ``max(policy.spans)`` are used
+    (a shorter rollout is one of the trailing spans already). ``alpha``: one test's alpha when
+    every bucket of an hour counts as a test (the family's over the new builds x buckets an
+    hour, see ``DetectionPolicy.rollout_alpha_share``); the hour's looks are counted for what
+    they are worth instead (:func:`effective_looks`). ``scale`` maps p-values tested at
+    ``alpha`` to the scale of ``ev.p`` (the engine's); the two are compared, and stored, on
+    that scale.
     """
     L, K = len(roll), len(times)
     used = np.zeros((L, K), bool)
     if not L or not K:
-        return used
+        return Applied(used, np.full((L, K), np.nan))
     rows = roll.rows
     col = np.searchsorted(roll.times, times)
     if (col >= len(roll.times)).any() or not (roll.times[np.clip(col, 0, None)] == times).all():
         raise ValueError("rollout history does not cover the judged buckets")
 
     t = rollout_test(roll, base, parts, policy, col)
-    p, passes = np.fmin(t["p"] * scale, 1.0), t["passes"]
+    per_hour = max(int(pd.Timedelta(hours=1) / pd.Timedelta(policy.bucket)), 1)
+    # z of the least alpha a look gets (every bucket a test): the most looks the growth is
+    # worth, so the count errs on the safe side.
+    looks = effective_looks(t["growth"], float(-special.ndtri(alpha)), per_hour)
+    p, passes = np.fmin(t["p"] * scale * looks / per_hour, 1.0), t["passes"]
     old_p, old_ok = ev.p[rows, _FAIL], ev.loo_ok[rows, _FAIL]
     used = passes & ((p < old_p) | ~old_ok)
+    cell_alpha = np.where(used, alpha * per_hour / looks, np.nan)
     r, c = np.nonzero(used)
     if not len(r):
-        return used
+        return Applied(used, cell_alpha)
     pr = rows[r]
     ev.p[pr, _FAIL, c] = p[r, c]
     effect, n, k, ex, z = t["effect"], t["n"], t["k"], t["expected"], t["z"]
@@ -211,7 +241,7 @@ def apply_rollout(
     ev.expected[pr, _FAIL, c] = ex[r, c] / n[r, c]
     ev.z[pr, _FAIL, c] = z[r, c]
     ev.share[pr, _FAIL, c] = share[r, c]
-    return used
+    return Applied(used, cell_alpha)
 
 
 def rollout_test(
@@ -220,8 +250,10 @@ def rollout_test(
     """The since-rollout failure test of every rolled-out version at the columns ``col`` of
     ``roll.times``: ``(L, len(col))`` arrays ``p`` (one test's), ``effect``
     (points), ``n``, ``k``, ``expected`` (failures), ``z``, ``span`` (buckets since the first
-    call), ``loo``, ``steady`` (every third fails more), ``current``, ``share``, ``others_z``
-    and ``passes`` (every check, and longer than the trailing spans)."""
+    call), ``loo``, ``steady`` (every third fails more), ``current``, ``share``, ``others_z``,
+    ``passes`` (every check, and longer than the trailing spans) and ``growth``: ln of the
+    calls since the first call over those an hour before (inf in its first hour; see
+    :func:`effective_looks`)."""
     L, K = len(roll), len(col)
     rows = roll.rows
     per_hour = max(int(pd.Timedelta(hours=1) / pd.Timedelta(policy.bucket)), 1)
@@ -235,6 +267,8 @@ def rollout_test(
     C, F, Co, Fo = roll.calls, roll.failures, roll.other_calls, roll.other_failures
     cs, fs, es = cum(C), cum(F), cum(C * roll.rate)
     n, k, e = cs[:, col + 1], fs[:, col + 1], es[:, col + 1]
+    # Calls at the look one hour (per_hour buckets) before each column.
+    n_hour_ago = cs[:, np.clip(col + 1 - per_hour, 0, None)]
     co, fo_, eo = (cum(x)[:, col + 1] for x in (Co, Fo, Co * roll.rate))
     span = col[None, :] - roll.first[:, None] + 1
     cl = np.maximum(base.cluster[rows] if base.cluster is not None else 1.0, 1.0)[:, None]
@@ -301,6 +335,9 @@ def rollout_test(
         zc, rc = window(np.minimum(third, max(policy.spans)), np.zeros_like(third))
         current = (zc >= policy.recent_z) & (rc >= policy.latest_share * effect)
         share = np.where(n + co > 0, n / (n + co), 0.0)
+        growth = np.where(
+            n_hour_ago > 0, np.log(n / np.where(n_hour_ago > 0, n_hour_ago, 1)), np.inf
+        )
     passes = (
         (span > max(policy.spans))
         & (effect >= policy.min_failure_points)
@@ -325,4 +362,36 @@ def rollout_test(
         "share": share,
         "others_z": others_z,
         "passes": passes,
+        "growth": growth,
     }
+
+
+def effective_looks(growth: np.ndarray, z: float, per_hour: int) -> np.ndarray:
+    """How many independent tests one hour of a since-rollout test's looks amount to.
+
+    Consumes ``growth``, S = ln(n2 / n1) of the calls the test counts at the end of the hour
+    and at its start (:func:`rollout_test`), and ``z``, the critical z of one test; produces
+    the hour's effective number of tests, between 1 and ``per_hour`` (one per bucket, what
+    the family was corrected by before).
+
+    The test is re-run every bucket on a cumulative count: consecutive looks share all but one
+    bucket's calls, so twelve looks an hour at 250 calls since the rollout, a handful more by
+    the hour's end, are nearly one test. A standardised cumulative sum over log-count is an
+    Ornstein-Uhlenbeck process (unit variance, its increments' variance S over S): the
+    chance that it crosses ``z`` at some look between n1 and n2 is one look's, Q(z), plus
+
+    * ``phi(z) sqrt(2 S / pi)``: just below ``z`` at the first look, it crosses on the way
+      (a Brownian stretch of variance S; what dominates within an hour), and
+    * ``phi(z) z S / 2``: new crossings over longer stretches (Pickands; Siegmund,
+      *Sequential Analysis*, 1985, for ``W(n) / sqrt(n)``).
+
+    Their sum, over Q(z), is the count: conservative against simulated paths of twelve looks
+    an hour (tests), e.g. at z = 4 from 250 calls, 1.47 for +3 in the hour (simulated 1.24),
+    2.85 for +25 (1.83). At z = 4.5 a quiet build that grew 1 % is worth 1.5 tests, one
+    that grew 9 % 3.0, where every bucket counted for one: 12.
+    """
+    mills = np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi) / special.ndtr(-z)  # phi(z) / Q(z)
+    s = np.asarray(growth, np.float64)
+    with np.errstate(invalid="ignore"):  # inf growth (a first hour): every look is a test
+        extra = mills * (np.sqrt(2 * s / np.pi) + 0.5 * z * s)
+    return np.clip(1.0 + np.nan_to_num(extra, nan=np.inf), 1.0, float(per_hour))

@@ -543,11 +543,14 @@ def test_a_build_too_quiet_for_any_span_is_flagged_on_everything_since_its_rollo
 
 
 def test_the_since_rollout_tests_are_a_family_of_their_own() -> None:
-    """Weighted Bonferroni: the since-rollout test of each of the L new builds is corrected by
-    L x buckets/hour / rollout_alpha_share, not by every partition's (it is no extra span of
-    every partition), and the trailing spans' failure p-values by 1 / (1 - share). On the
-    evidence decide reads (p x n_tests <= alpha): halving the share doubles a since-rollout p
-    exactly; the trailing ones move by (1 - 0.2) / (1 - 0.1)."""
+    """Weighted Bonferroni: the since-rollout tests of the L new builds share
+    rollout_alpha_share of alpha (each build's hour of looks counted for what it is worth),
+    not every partition's (they are no extra span of every partition), and the trailing
+    spans' failure p-values are corrected by 1 / (1 - share). On the evidence decide reads
+    (p x n_tests <= alpha): a since-rollout p is put there through its own test's alpha
+    (p x that alpha is the same whatever the share), and halving the share halves that alpha,
+    a little more as its z grows (the looks are worth a little more); the trailing p-values
+    move by (1 - 0.2) / (1 - 0.1)."""
     from dataclasses import replace
 
     aggs = _quiet_build(0.11, 31)
@@ -555,32 +558,43 @@ def test_the_since_rollout_tests_are_a_family_of_their_own() -> None:
     out = {}
     for share in (0.2, 0.1):
         res = _run(aggs, policy=replace(POLICY, rollout_alpha_share=share))
-        roll, rolled = res.debug["rollout"]
-        out[share] = (res.debug["evidence"].p[:, f].copy(), roll.rows, rolled)
-    (p2, rows, used2), (p1, _, used1) = out[0.2], out[0.1]
-    assert len(rows) == 1 and used2.any()
-    both = used2[0] & used1[0]
+        roll, applied = res.debug["rollout"]
+        out[share] = (res.debug["evidence"].p[:, f].copy(), roll.rows, applied)
+    (p2, rows, app2), (p1, _, app1) = out[0.2], out[0.1]
+    assert len(rows) == 1 and app2.used.any()
+    both = app2.used[0] & app1.used[0]
     assert both.any()
-    np.testing.assert_allclose(p1[rows[0], both], 2 * p2[rows[0], both], rtol=1e-9)
+    np.testing.assert_allclose(
+        p1[rows[0], both] * app1.alpha[0, both], p2[rows[0], both] * app2.alpha[0, both], rtol=1e-9
+    )
+    halved = app2.alpha[0, both] / app1.alpha[0, both]
+    assert (halved >= 2 - 1e-9).all() and (halved <= 2.2).all()
     old = np.flatnonzero(~np.isin(np.arange(len(p2)), rows))
     ratio = (p1[old] / p2[old])[(p2[old] > 0) & (p2[old] < 1)]
     np.testing.assert_allclose(ratio, 0.8 / 0.9, rtol=1e-9)
 
 
-def test_a_since_rollout_alerts_band_is_as_wide_as_its_own_familys_threshold() -> None:
-    """The band of a since-rollout alert is the test's standard error times the critical z of
-    its own family (alpha x share over the new builds x buckets an hour), not that of every
-    partition's trailing spans."""
+def test_a_since_rollout_alerts_band_is_as_wide_as_its_own_tests_threshold() -> None:
+    """The band of a since-rollout alert is the test's standard error times the critical z
+    of that test (its family's alpha over the new builds and the hour's looks), not that of
+    every partition's trailing spans: the z it implies is one such test's, between one look
+    an hour and one per bucket."""
     from scipy import special
 
     aggs = _quiet_build(0.11, 31)
     res = _run(aggs)
     a = next(a for a in res.anomalies if a.fingerprint == f"Join|{V_NEW}|failure_rate")
     assert a.details["since_rollout"] is not None
-    n_new = len(res.debug["rollout"][0])
-    zc = -special.ndtri(POLICY.alpha * POLICY.rollout_alpha_share / (n_new * 12))
+    roll, applied = res.debug["rollout"]
+    n_new = len(roll)
     se = abs(a.observed - a.baseline) / abs(a.details["z"])
-    assert a.band_high - a.baseline == pytest.approx(zc * se, rel=1e-6)
+    zc = (a.band_high - a.baseline) / se
+    used = applied.alpha[0][applied.used[0]]
+    assert np.isclose(-special.ndtri(used), zc, rtol=1e-6).any()
+    family = POLICY.alpha * POLICY.rollout_alpha_share / n_new
+    assert -special.ndtri(family) - 1e-9 <= zc <= -special.ndtri(family / 12) + 1e-9
+    # Counted for what they are worth, the hour's looks are not twelve tests here.
+    assert zc < -special.ndtri(family / 12) - 0.1
 
 
 @pytest.mark.parametrize("seed", [31, 32, 33])

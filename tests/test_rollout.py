@@ -7,9 +7,10 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import special
 
 from detector.decide import DetectionPolicy
-from detector.rollout import Rollout, first_buckets, rollout_test
+from detector.rollout import Rollout, effective_looks, first_buckets, rollout_test
 
 POLICY = DetectionPolicy()
 T = 600  # buckets of history (50 hours)
@@ -182,3 +183,51 @@ def test_history_of_a_new_build_leaves_out_maintenance() -> None:
     assert roll.other_calls.sum() == s.loc[other & live & ~inside, "calls"].sum()
     cols = (roll.times >= maint[0][0]) & (roll.times < maint[0][1])
     assert roll.calls[:, cols].sum() == 0 and roll.other_calls[:, cols].sum() == 0
+
+
+def test_the_test_reports_how_much_its_count_grew_in_the_last_hour() -> None:
+    """``growth``: ln of the calls since the first call over those at the look an hour
+    before; in the build's first hour there is no such look (inf: every look a test)."""
+    base = SimpleNamespace(cluster=np.ones(2), tau2_fail=np.full(2, 1e-4))
+    parts = SimpleNamespace(fleet_of=np.array([0, 0]))
+    out = rollout_test(_history(), base, parts, POLICY, np.array([FIRST + 5, T - 1]))  # type: ignore[arg-type]
+    assert out["growth"][0, 0] == np.inf
+    assert out["growth"][0, 1] == pytest.approx(np.log(400 / 388))  # 12 of 400 buckets
+
+
+@pytest.mark.parametrize(
+    ("growth", "z", "looks"),
+    [
+        (0.0, 4.5, 1.0),  # no call in the hour: the same test twelve times
+        (np.log(1.01), 4.5, 1.48),  # a quiet build overnight
+        (np.log(1.09), 4.5, 3.01),  # the same build in the morning
+        (np.log(2.0), 4.5, 11.46),  # doubled in the hour: nearly a test a bucket
+        (np.log(3.0), 4.5, 12.0),  # tripled: every bucket a test (the cap)
+        (np.inf, 4.5, 12.0),  # its first hour
+        (np.log(1.09), 3.0, 2.19),  # a lower threshold is crossed more easily on the way
+    ],
+)
+def test_effective_looks(growth: float, z: float, looks: float) -> None:
+    assert effective_looks(np.array(growth), z, 12) == pytest.approx(looks, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("n1", "n2", "z"),
+    [(100, 101, 3.0), (100, 110, 3.0), (100, 200, 3.0), (300, 330, 3.5), (1000, 1030, 3.0)],
+)
+def test_effective_looks_cover_the_crossings_of_an_hours_looks(n1: int, n2: int, z: float) -> None:
+    """Simulated null paths of a standardised cumulative sum looked at twelve times in an
+    hour while its count grows from n1 to n2: the chance that some look crosses ``z`` is
+    at most one test's chance times the effective looks, and more than one test's (counting
+    the hour as one test would understate it)."""
+    rng = np.random.default_rng(7)
+    paths = 400_000
+    counts = np.linspace(n1, n2, 13)
+    total = rng.normal(0.0, np.sqrt(n1), paths)
+    top = total / np.sqrt(n1)
+    for a, b in zip(counts[:-1], counts[1:], strict=True):
+        total += rng.normal(0.0, np.sqrt(b - a), paths)
+        np.maximum(top, total / np.sqrt(b), out=top)
+    crossed = float((top >= z).mean())
+    one = float(special.ndtr(-z))
+    assert 1.15 * one < crossed <= one * float(effective_looks(np.log(n2 / n1), z, 12))
