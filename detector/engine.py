@@ -221,7 +221,9 @@ def detect(
     # Fields beyond p are needed where a gate looks (p <= alpha, found by span_evidence itself)
     # and at the candidates p does not make: forest flags and maintenance buckets.
     keep = forest_flag | maint[:, None, :]
-    ev = span_evidence(full, parts, base, policy, last=K, keep=keep)
+    # First calls in the cube's columns (a new build's span may reach back before it).
+    first_col = first - int((cube_start - base_start) / bucket)
+    ev = span_evidence(full, parts, base, policy, last=K, keep=keep, first=first_col)
     del keep
     P, T = cube.calls.shape
     judged = np.asarray(cube.times >= ws)

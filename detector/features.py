@@ -489,6 +489,7 @@ def span_evidence(
     chunk: int = 250,
     threads: int | None = None,
     keep: np.ndarray | None = None,
+    first: np.ndarray | None = None,
 ) -> SpanEvidence:
     """Test every (partition, metric, bucket) over the trailing spans; keep the best span.
 
@@ -506,6 +507,10 @@ def span_evidence(
     are always filled; the other fields are exact wherever the best span is nominally
     significant (``p <= policy.alpha``), which is every cell a gate downstream looks at, and
     may be left at "nothing found" in the others. None: every cell is kept (slower).
+    ``first``: ``(P,)`` column of the cube where each partition's first call is (negative:
+    before the cube; None: every partition is older than the cube). An earlier third of a
+    provisional version's span that reaches back before its first call is skipped where it
+    holds too few calls to judge (see ``sub_checks``).
     """
     slots = cube.slots
     e_all = expected_calls(base, slots, cube, parts)  # needs every operation (rest of traffic)
@@ -528,6 +533,7 @@ def span_evidence(
             slots,
             view,
             np.ones(view.p.shape, bool) if keep is None else keep[sl],
+            None if first is None else first[sl],
         )
 
     blocks = _op_blocks(parts, chunk)
@@ -589,6 +595,7 @@ def _span_evidence(
     slots: np.ndarray,
     out: SpanEvidence | None = None,
     keep: np.ndarray | None = None,
+    first: np.ndarray | None = None,
 ) -> SpanEvidence:
     P, T = cube.calls.shape
     M = len(METRIC_NAMES)
@@ -709,6 +716,14 @@ def _span_evidence(
                     at(var)
                 ) >= policy.loo_z
                 span_shift = at(num) / at(cnt)  # mean log-shift / failure-rate excess
+                # A new build's span reaching back before its first call: an earlier third
+                # with too few calls to judge (its rollout, its ramp-up) is no evidence either
+                # way, and is skipped; one with enough calls must deviate as always (a build
+                # that was fine for hours before an incident that is over stays blocked).
+                if first is None:
+                    new = np.zeros(len(rows), bool)
+                else:
+                    new = thin[rows] & ((T - K) + cols - first[rows] + 1 < s)
                 for off, zmin, windows, frac in checks:
 
                     def dev(
@@ -724,7 +739,11 @@ def _span_evidence(
                         ok = ((rc - cc) / np.sqrt(rv) >= zmin) & big
                         return ok, rn >= policy.min_calls * policy.third_support
 
-                    ok &= shortest_supported(windows, dev)
+                    if off > 0:  # an earlier third (one window; the last has offset 0)
+                        dv, sup = dev(windows[0])
+                        ok &= np.where(sup, dv, new)
+                    else:
+                        ok &= shortest_supported(windows, dev)
                 return ok
             sv = np.sqrt(at("vv"))
             drop = (at("cv") - extreme_at(cv, s, "min", rows, cols) + 0.5) / sv <= -policy.loo_z

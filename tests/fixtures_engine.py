@@ -30,6 +30,7 @@ class Part:
     sigma: float = 0.5
     start: datetime | None = None  # first bucket (new version)
     daily_amplitude: float = 0.0  # calls vary by +-amplitude over the day
+    ramp_hours: float = 0.0  # from ``start``, calls grow linearly to the full rate over this
 
 
 @dataclass
@@ -68,6 +69,9 @@ def make_aggs(
         active = np.ones(len(times), bool)
         if part.start is not None:
             active = np.asarray(times >= pd.Timestamp(part.start))
+            if part.ramp_hours > 0:  # a rollout reaching more users hour by hour
+                since = (times - pd.Timestamp(part.start)) / pd.Timedelta(hours=part.ramp_hours)
+                lam = lam * np.clip(np.asarray(since, dtype=float), 0.0, 1.0)
         dur_factor = np.ones(len(times))
         fail = np.full(len(times), part.fail_rate)
         vol = np.ones(len(times))
