@@ -114,9 +114,10 @@ class DetectionPolicy:
     spans: tuple[int, ...] = (1, 3, 6, 12, 36, 144)  # trailing spans (buckets) tested
     alpha: float = 0.01  # family-wise per hour: Bonferroni over partitions x spans x buckets/hour
     # Share of the failure rate's alpha spent on the since-rollout tests of new builds (a family
-    # of their own: Bonferroni over the new builds x buckets/hour); the trailing spans keep the
-    # rest. A handful of builds judged on everything since their first call is a pre-specified
-    # hypothesis, not one more span of every partition.
+    # of their own: Bonferroni over the new builds x the tests an hour of each one's looks is
+    # worth, rollout.effective_looks); the trailing spans keep the rest. A handful of builds
+    # judged on everything since their first call is a pre-specified hypothesis, not one more
+    # span of every partition.
     rollout_alpha_share: float = 0.2
     # Duration p-values are multiplied by this before they meet alpha: the normal test of the
     # mean log-duration has heavier tails than nominal (skewed, clustered durations; on

@@ -727,8 +727,9 @@ def _per_test_alpha(
     counts an hour's looks for what they are worth).
 
     Weighted Bonferroni on the failure rate: with ``n_new`` new builds, their since-rollout
-    tests (one per build and bucket) share ``policy.rollout_alpha_share`` of alpha and the
-    trailing spans of every partition the rest; without, the trailing spans keep all of it.
+    tests (one per build and bucket, an hour's looks worth fewer tests than buckets) share
+    ``policy.rollout_alpha_share`` of alpha and the trailing spans of every partition the
+    rest; without, the trailing spans keep all of it.
     ``n_tests``: the trailing tests per metric (partitions x buckets an hour; the spans are in
     the p-values already).
     """

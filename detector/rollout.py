@@ -376,9 +376,9 @@ def effective_looks(growth: np.ndarray, z: float, per_hour: int) -> np.ndarray:
 
     The test is re-run every bucket on a cumulative count: consecutive looks share all but one
     bucket's calls, so twelve looks an hour at 250 calls since the rollout, a handful more by
-    the hour's end, are nearly one test. A standardised cumulative sum over log-count is an
-    Ornstein-Uhlenbeck process (unit variance, its increments' variance S over S): the
-    chance that it crosses ``z`` at some look between n1 and n2 is one look's, Q(z), plus
+    the hour's end, are nearly one test. Over log-count time a standardised cumulative sum
+    is an Ornstein-Uhlenbeck process, which moves by a variance of about S over a stretch S:
+    the chance that it crosses ``z`` at some look between n1 and n2 is one look's, Q(z), plus
 
     * ``phi(z) sqrt(2 S / pi)``: just below ``z`` at the first look, it crosses on the way
       (a Brownian stretch of variance S; what dominates within an hour), and
