@@ -243,6 +243,11 @@ class DetectionPolicy:
         is_fleet = np.asarray(is_fleet, dtype=bool)
         return is_fleet.copy() if self.volume_scope == "fleet" else np.ones_like(is_fleet)
 
+    @property
+    def buckets_per_hour(self) -> int:
+        """Buckets in one hour (at least 1): the looks an hour of a test re-run every bucket."""
+        return max(int(timedelta(hours=1) / self.bucket), 1)
+
     def min_effect(self, metric: str) -> float:
         """The relative/absolute minimum effect used for severity scaling."""
         return {

@@ -207,9 +207,8 @@ def detect(
     scores, forest_flag = _score(scorer, feats, cube, policy)
     timings["score"] = time.perf_counter() - t
     # New builds' whole history since their first call, taken from the rows before they go.
-    first = first_buckets(
-        base, full.calls, int((cube_start - base_start) / bucket), int((ws - base_start) / bucket)
-    )
+    cube_offset = int((cube_start - base_start) / bucket)  # baseline buckets before the cube
+    first = first_buckets(base, full.calls, cube_offset, int((ws - base_start) / bucket))
     roll = rollout_history(
         stats, parts, base, policy, start=base_start, end=we, first=first, maintenance=maintenance
     )
@@ -222,8 +221,7 @@ def detect(
     # and at the candidates p does not make: forest flags and maintenance buckets.
     keep = forest_flag | maint[:, None, :]
     # First calls in the cube's columns (a new build's span may reach back before it).
-    first_col = first - int((cube_start - base_start) / bucket)
-    ev = span_evidence(full, parts, base, policy, last=K, keep=keep, first=first_col)
+    ev = span_evidence(full, parts, base, policy, last=K, keep=keep, first=first - cube_offset)
     del keep
     P, T = cube.calls.shape
     judged = np.asarray(cube.times >= ws)
@@ -244,9 +242,8 @@ def detect(
     f = METRIC_NAMES.index("failure_rate")
     if len(roll):  # (without new builds the trailing spans keep all of alpha: factor 1)
         ev.p[:, f] = np.fmin(ev.p[:, f] * (on_scale[f] / test_alpha[f]), 1.0)
-    roll_scale = on_scale[f] / roll_alpha if len(roll) else 1.0
     rolled = apply_rollout(
-        ev, roll, base, parts, policy, times=cube.times, alpha=roll_alpha, scale=roll_scale
+        ev, roll, base, parts, policy, times=cube.times, alpha=roll_alpha, on_scale=on_scale[f]
     )
     timings["evidence"] = time.perf_counter() - t
 
@@ -533,7 +530,7 @@ def _explain(
     roll_row: dict[int, int] = {}
     if rollout is not None:
         roll_row = {int(r): i for i, r in enumerate(rollout[0].rows)}
-    per_hour = max(int(pd.Timedelta(hours=1) / bucket), 1)
+    per_hour = policy.buckets_per_hour
     alert = reasons == R_ANOM
     out: list[Anomaly] = []
     alert_buckets: list[tuple[str, str | None, str, datetime]] = []

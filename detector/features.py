@@ -569,6 +569,17 @@ def _empty_evidence(shape: tuple[int, int, int]) -> SpanEvidence:
     )
 
 
+def _before_first_call(
+    thin: np.ndarray, first: np.ndarray | None, rows: np.ndarray, at: np.ndarray, s: int
+) -> np.ndarray:
+    """At cells ``(rows, at)`` (``at``: cube columns), whether the span of ``s`` buckets
+    ending there belongs to a provisional (``thin``) version and reaches back before its
+    first call (``first``: cube column per row; None: every row is older than the cube)."""
+    if first is None:
+        return np.zeros(len(rows), bool)
+    return thin[rows] & (at - first[rows] + 1 < s)
+
+
 def shortest_supported(
     windows: list[int], test: Callable[[int], tuple[np.ndarray, np.ndarray]]
 ) -> np.ndarray:
@@ -614,7 +625,7 @@ def _span_evidence(
     # Hour-to-hour wander of the true level (variance, see baseline._between_hours); over a
     # span of h hours its mean wanders 1/h as much (the hours are taken as independent).
     tau2_f, tau2_d = base.tau2_fail[:, None], base.tau2_dur[:, None]
-    per_hour = max(int(pd.Timedelta(hours=1) / pd.Timedelta(policy.bucket)), 1)
+    per_hour = policy.buckets_per_hour
     thin = ~parts.is_fleet & np.asarray(base.provisional, dtype=bool)
     thin_rows = np.flatnonzero(thin)
     vol_rows = policy.volume_judged(parts.is_fleet)[:, None]
@@ -720,10 +731,7 @@ def _span_evidence(
                 # with too few calls to judge (its rollout, its ramp-up) is no evidence either
                 # way, and is skipped; one with enough calls must deviate as always (a build
                 # that was fine for hours before an incident that is over stays blocked).
-                if first is None:
-                    new = np.zeros(len(rows), bool)
-                else:
-                    new = thin[rows] & ((T - K) + cols - first[rows] + 1 < s)
+                new = _before_first_call(thin, first, rows, T - K + cols, s)
                 for off, zmin, windows, frac in checks:
 
                     def dev(

@@ -191,7 +191,7 @@ def apply_rollout(
     *,
     times: pd.DatetimeIndex,
     alpha: float,
-    scale: float,
+    on_scale: float,
 ) -> Applied:
     """Put the since-rollout failure test into ``ev`` (the span evidence of ``times``), in place.
 
@@ -200,9 +200,9 @@ def apply_rollout(
     (a shorter rollout is one of the trailing spans already). ``alpha``: one test's alpha when
     every bucket of an hour counts as a test (the family's over the new builds x buckets an
     hour, see ``DetectionPolicy.rollout_alpha_share``); the hour's looks are counted for what
-    they are worth instead (:func:`effective_looks`). ``scale`` maps p-values tested at
-    ``alpha`` to the scale of ``ev.p`` (the engine's); the two are compared, and stored, on
-    that scale.
+    they are worth instead (:func:`effective_looks`). ``on_scale``: the alpha ``ev.p`` is
+    read against (the engine's scale); each test's p-value is put on it (p x on_scale / its
+    own alpha), and the two are compared, and stored, there.
     """
     L, K = len(roll), len(times)
     used = np.zeros((L, K), bool)
@@ -214,14 +214,15 @@ def apply_rollout(
         raise ValueError("rollout history does not cover the judged buckets")
 
     t = rollout_test(roll, base, parts, policy, col)
-    per_hour = max(int(pd.Timedelta(hours=1) / pd.Timedelta(policy.bucket)), 1)
+    per_hour = policy.buckets_per_hour
     # z of the least alpha a look gets (every bucket a test): the most looks the growth is
     # worth, so the count errs on the safe side.
     looks = effective_looks(t["growth"], float(-special.ndtri(alpha)), per_hour)
-    p, passes = np.fmin(t["p"] * scale * looks / per_hour, 1.0), t["passes"]
+    own_alpha = alpha * per_hour / looks  # of each test
+    p, passes = np.fmin(t["p"] * (on_scale / own_alpha), 1.0), t["passes"]
     old_p, old_ok = ev.p[rows, _FAIL], ev.loo_ok[rows, _FAIL]
     used = passes & ((p < old_p) | ~old_ok)
-    cell_alpha = np.where(used, alpha * per_hour / looks, np.nan)
+    cell_alpha = np.where(used, own_alpha, np.nan)
     r, c = np.nonzero(used)
     if not len(r):
         return Applied(used, cell_alpha)
@@ -256,7 +257,7 @@ def rollout_test(
     :func:`effective_looks`)."""
     L, K = len(roll), len(col)
     rows = roll.rows
-    per_hour = max(int(pd.Timedelta(hours=1) / pd.Timedelta(policy.bucket)), 1)
+    per_hour = policy.buckets_per_hour
 
     def cum(x: np.ndarray) -> np.ndarray:
         """Running sums with a leading zero column: buckets [a, b) sum to c[:, b] - c[:, a]."""
@@ -335,9 +336,7 @@ def rollout_test(
         zc, rc = window(np.minimum(third, max(policy.spans)), np.zeros_like(third))
         current = (zc >= policy.recent_z) & (rc >= policy.latest_share * effect)
         share = np.where(n + co > 0, n / (n + co), 0.0)
-        growth = np.where(
-            n_hour_ago > 0, np.log(n / np.where(n_hour_ago > 0, n_hour_ago, 1)), np.inf
-        )
+        growth = np.where(n_hour_ago > 0, np.log(n / n_hour_ago), np.inf)
     passes = (
         (span > max(policy.spans))
         & (effect >= policy.min_failure_points)
@@ -391,7 +390,5 @@ def effective_looks(growth: np.ndarray, z: float, per_hour: int) -> np.ndarray:
     that grew 9 % 3.0, where every bucket counted for one: 12.
     """
     mills = np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi) / special.ndtr(-z)  # phi(z) / Q(z)
-    s = np.asarray(growth, np.float64)
-    with np.errstate(invalid="ignore"):  # inf growth (a first hour): every look is a test
-        extra = mills * (np.sqrt(2 * s / np.pi) + 0.5 * z * s)
-    return np.clip(1.0 + np.nan_to_num(extra, nan=np.inf), 1.0, float(per_hour))
+    s = np.asarray(growth, np.float64)  # inf in a first hour: capped, every look a test
+    return np.clip(1.0 + mills * (np.sqrt(2 * s / np.pi) + 0.5 * z * s), 1.0, float(per_hour))

@@ -234,3 +234,9 @@ def test_volume_judged_per_scope() -> None:
     fleet = np.array([True, False, False, True])
     assert DetectionPolicy().volume_judged(fleet).tolist() == [True, False, False, True]
     assert DetectionPolicy(volume_scope="all").volume_judged(fleet).all()
+
+
+@pytest.mark.parametrize(("minutes", "per_hour"), [(5, 12), (15, 4), (7, 8), (120, 1)])
+def test_buckets_per_hour(minutes: int, per_hour: int) -> None:
+    """The looks an hour of a test re-run every bucket: whole buckets, at least one."""
+    assert DetectionPolicy(bucket=timedelta(minutes=minutes)).buckets_per_hour == per_hour

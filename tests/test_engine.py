@@ -728,3 +728,28 @@ def test_a_ramping_build_slower_since_rollout_is_not_held_back_by_its_first_hour
 def test_a_ramping_build_like_its_siblings_is_not_flagged(seed: int) -> None:
     """The same ramping build as fast as its siblings: skipping its thin thirds flags nothing."""
     assert not any(f.endswith("duration") for f in _fps(_run(_ramping_slow_build(1.0, seed))))
+
+
+@pytest.mark.parametrize(
+    ("thin", "first", "at", "expected"),
+    [
+        (True, 100, 150, True),  # a new build, first call 51 buckets into a 144-bucket span
+        (True, 100, 242, True),  # its span (99..242) still starts a bucket before it
+        (True, 100, 243, False),  # ... no longer (100..243): its thirds are all its own
+        (True, -50, 150, False),  # a thin version older than the span: every third judged
+        (False, 100, 150, False),  # a version with its own baseline: every third judged
+    ],
+)
+def test_only_a_new_builds_span_from_before_its_first_call_skips_thin_thirds(
+    thin: bool, first: int, at: int, expected: bool
+) -> None:
+    """Skipping an earlier third with too few calls is for a provisional version whose span
+    reaches back before its first call (its rollout), nothing else: applied to every thin
+    version it let a quiet beta's one-hour burst through on the holdout."""
+    from detector.features import _before_first_call
+
+    got = _before_first_call(
+        np.array([thin]), np.array([first]), np.array([0]), np.array([at]), 144
+    )
+    assert got.tolist() == [expected]
+    assert not _before_first_call(np.array([thin]), None, np.array([0]), np.array([at]), 144).any()
