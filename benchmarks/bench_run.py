@@ -10,9 +10,13 @@ cron job pays them), median of ``--repeat``:
   lifecycle, reports. Its own stage timings come from the run report.
 * ``floor``: ``python -c`` running the bare ``GROUP BY OperationName, SdkVersion, bucket`` with
   count and p50/p95 over the same file (``bench_aggregate.FLOOR_SQL``), fetched into Python.
+* ``imports``: ``python -c`` importing what a run imports (the CLI, the pipeline and the
+  modules it preloads: pandas, scikit-learn, skops, SciPy, apprise, DuckDB), running nothing.
+  Not a peer: it shows how much of the budget the libraries take before any row is read.
 
-Peak RSS is ``RUSAGE_CHILDREN`` of a fresh measuring process per run. The box is shared:
-quote the ratio of medians and the load average printed with it.
+Peak RSS and CPU seconds (user + system) are ``RUSAGE_CHILDREN`` of a fresh measuring process
+per run. The box is shared: quote the ratio of medians and the load average printed with it;
+CPU seconds move less with the load than wall seconds do.
 
     .venv/bin/python benchmarks/bench_run.py [--data DIR] [--repeat 3]
 """
@@ -60,6 +64,11 @@ def _command(kind: str, path: Path, work: Path, day: tuple[str, str]) -> list[st
             f"con.execute({FLOOR_SQL!r}, [sys.argv[1]]).fetchall()"
         )
         return [sys.executable, "-c", code, str(path)]
+    if kind == "imports":
+        from detector.pipeline import _ENGINE_MODULES
+
+        mods = ["duckdb", "detector.cli", "detector.pipeline", "detector.source.files"]
+        return [sys.executable, "-c", "import " + ", ".join([*mods, *_ENGINE_MODULES])]
     cfg = work / "detector.toml"
     cfg.write_text(
         f'[source]\nkind = "file"\npath = "{path}"\n'
@@ -80,9 +89,11 @@ def _measure(kind: str, path: Path, day: tuple[str, str]) -> dict[str, object]:
         secs = time.perf_counter() - t0
         if proc.returncode not in (0, 1):  # 1: anomalies found (the run itself succeeded)
             raise SystemExit(f"{kind} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         out: dict[str, object] = {
             "seconds": secs,
-            "peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "peak_mib": usage.ru_maxrss / 1024,
         }
         report = work / "report.json"
         if report.exists():
@@ -111,18 +122,22 @@ def main() -> None:
     day = _judged_day(path)
     print(f"file {path} ({path.stat().st_size / 2**20:.0f} MiB), judged {day[0]} .. {day[1]}, "
           f"cores {os.cpu_count()}, repeat {args.repeat} (alternating), load {_load()}")  # fmt: skip
-    runs: dict[str, list[dict]] = {"floor": [], "ours": []}
+    kinds = ("floor", "ours", "imports")
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
     for i in range(args.repeat):
-        for kind in ("floor", "ours"):
+        for kind in kinds:
             cmd = [sys.executable, str(HERE), "--measure", kind, str(path), *day]
             r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
             runs[kind].append(r)
-            print(f"  run {i + 1} {kind:5s} {r['seconds']:7.2f} s  peak {r['peak_mib']:6.0f} MiB")
+            print(f"  run {i + 1} {kind:7s} {r['seconds']:7.2f} s  cpu {r['cpu_seconds']:6.2f} s  "
+                  f"peak {r['peak_mib']:6.0f} MiB")  # fmt: skip
     med = {k: statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
-    print(f"\n{'':6s} {'wall s':>8s} {'ours/floor':>10s} {'peak MiB':>9s}")
-    for kind in ("floor", "ours"):
+    cpu = {k: statistics.median(r["cpu_seconds"] for r in v) for k, v in runs.items()}
+    print(f"\n{'':7s} {'wall s':>8s} {'/floor':>7s} {'cpu s':>7s} {'/floor':>7s} {'peak MiB':>9s}")
+    for kind in kinds:
         peak = max(r["peak_mib"] for r in runs[kind])
-        print(f"{kind:6s} {med[kind]:8.2f} {med[kind] / med['floor']:10.2f} {peak:9.0f}")
+        print(f"{kind:7s} {med[kind]:8.2f} {med[kind] / med['floor']:7.2f} {cpu[kind]:7.2f} "
+              f"{cpu[kind] / cpu['floor']:7.2f} {peak:9.0f}")  # fmt: skip
     stages: dict[str, list[float]] = {}
     for r in runs["ours"]:
         for k, v in (r.get("timings") or {}).items():
