@@ -401,8 +401,30 @@ class EvaluationReport:
         return clean({"rows": self.rows, "settings": self.settings})
 
     def to_table(self) -> str:
-        """A fixed-width table: one line per data set (and detector)."""
-        return format_table(self.rows, METRIC_COLUMNS, left=("dataset", "detector"))
+        """A fixed-width table, one line per data set (and detector), then what is behind its
+        figures: each labelled incident, detected after how many buckets or missed, and each
+        false alert."""
+        lines = [format_table(self.rows, METRIC_COLUMNS, left=("dataset", "detector"))]
+        for row in self.rows:
+            lines += incident_lines(row, prefix=f"{row['dataset']}: " if len(self.rows) > 1 else "")
+        return "\n".join(lines)
+
+
+def incident_lines(row: dict[str, Any], *, prefix: str = "") -> list[str]:
+    """One line per labelled incident of a :func:`score_events` row (detected after how many
+    buckets, or missed) and one per false alert (``operation|version|metric MM-DD HH:MM+buckets``).
+    """
+    out = []
+    for inc in row.get("per_incident", []):
+        delay, vol = inc["delay_buckets"], inc.get("volume_per_hour")
+        what = "MISSED" if delay is None else f"detected after {delay:.0f} buckets"
+        ops = "" if vol is None else f" ({vol:.0f} ops/h in the partition)"
+        out.append(
+            f"{prefix}incident {inc['operation_name']}|{inc['sdk_version'] or '*'}|"
+            f"{inc['metric']} from {inc['start']}{ops}: {what}"
+        )
+    out += [f"{prefix}false alert {fa}" for fa in row.get("false_alerts", [])]
+    return out
 
 
 #: (header, row key, format, width) of the evaluation metrics, shared with the benchmarks.

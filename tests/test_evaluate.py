@@ -134,6 +134,28 @@ def test_report_table_and_json() -> None:
     json.dumps(rep.to_json())
 
 
+def test_report_table_says_which_incidents_were_missed_or_late_and_which_alerts_were_false() -> (
+    None
+):
+    events = [
+        Event("Join", None, "duration", T + timedelta(minutes=10), T + timedelta(minutes=40), 6),
+        Event("Join", None, "volume", T, T + B, 1),  # false alert
+    ]
+    judged = (T - timedelta(days=1), T + timedelta(days=1))
+    row = score_events(events, [INC_FLEET, INC_VER], judged=judged, bucket=B)
+    row.update(dataset="x", detector="acs-detector", seconds=1.0)
+    lines = EvaluationReport([row], {}).to_table().splitlines()[2:]
+    assert lines == [
+        f"incident Join|*|duration from {INC_FLEET.start.isoformat()}: detected after 3 buckets",
+        f"incident Join|{INC_VER.sdk_version}|failure_rate from "
+        f"{INC_VER.start.isoformat()}: MISSED",
+        f"false alert Join|*|volume {T:%m-%d %H:%M}+1",
+    ]
+    # Several data sets: each line says which one it is about.
+    two = EvaluationReport([row, row | {"dataset": "y"}], {}).to_table().splitlines()
+    assert sum(line.startswith("y: incident") for line in two) == 2
+
+
 def test_evaluate_end_to_end_on_a_small_simulation(tmp_path) -> None:
     simulate = pytest.importorskip("detector.simulate").simulate
     pytest.importorskip("detector.source.files")
