@@ -278,10 +278,23 @@ def _cmd_backfill(args: argparse.Namespace, now: datetime) -> int:
     return EXIT_OK
 
 
+def _demo_config(args: argparse.Namespace) -> Any:
+    """The demo's config: ``--config``, ``$ACS_DETECTOR_CONFIG`` or ``config/detector.toml``
+    when there is one; elsewhere (an install run outside the project) the built-in defaults
+    with a file source on ``--out``: state in ``./.acs-detector``, models in ``./models``, no
+    notification routes."""
+    from detector.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, config_from_dict
+
+    if args.config or os.environ.get(CONFIG_ENV) or Path(DEFAULT_CONFIG_PATH).exists():
+        return _load(args)
+    log.info("no %s here: the demo runs with the built-in defaults", DEFAULT_CONFIG_PATH)
+    return config_from_dict({"source": {"kind": "file", "path": str(args.out)}})
+
+
 def _cmd_demo(args: argparse.Namespace, now: datetime) -> int:
     from detector import pipeline
 
-    cfg = _load(args)
+    cfg = _demo_config(args)
     report = pipeline.demo(
         cfg,
         out=args.out,

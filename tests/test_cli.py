@@ -68,3 +68,20 @@ def test_log_records_follow_the_current_stderr(monkeypatch) -> None:
     logging.getLogger("detector.test").warning("two")
     assert "two" in second.getvalue()
     assert "Logging error" not in second.getvalue()
+
+
+def test_demo_runs_outside_the_project_and_shows_its_incidents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An install run from any directory: no config/detector.toml there, the built-in defaults.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ACS_DETECTOR_CONFIG", raising=False)
+    assert main(["demo", "--days", "4", "--scenario", "fleet_failure_spike"]) == EXIT_OK
+    out = capsys.readouterr().out
+    labelled = json.loads((tmp_path / "data/demo/incidents.json").read_text())
+    assert labelled and "labelled incidents in" in out
+    # The console names each labelled incident's partition among the alerts it found.
+    alerts = out.split("labelled incidents in")[0]
+    for inc in labelled:
+        assert f"[critical] {inc['operation_name']} / all versions / {inc['metric']}" in alerts
+    assert (tmp_path / ".acs-detector").is_dir()
