@@ -466,3 +466,30 @@ def test_hour_of_week_arithmetic_matches_the_calendar() -> None:
     # Naive and microsecond-unit columns read the same instants as tz-aware nanoseconds.
     naive = pd.Series(times.tz_localize(None).as_unit("us"))
     assert np.array_equal(epoch_ns(naive), times.as_unit("ns").asi8)
+
+
+@pytest.mark.parametrize(
+    ("w", "expected"),
+    [
+        (1, [[1, 2, 3, 4], [0, 5, 0, 5]]),
+        (2, [[1, 3, 5, 7], [0, 5, 5, 5]]),
+        (3, [[1, 3, 6, 9], [0, 5, 5, 10]]),
+        (9, [[1, 3, 6, 10], [0, 5, 5, 10]]),  # longer than the row: running sums
+    ],
+)
+def test_trailing_sum(w: int, expected: list[list[int]]) -> None:
+    from detector.features import _trailing_sum
+
+    x = np.array([[1.0, 2.0, 3.0, 4.0], [0.0, 5.0, 0.0, 5.0]])
+    assert _trailing_sum(x, w).tolist() == expected
+    assert x.tolist() == [[1, 2, 3, 4], [0, 5, 0, 5]]  # the input is left as it was
+
+
+@pytest.mark.parametrize(
+    ("freq", "n", "expected"), [("5min", 10, 6), ("15min", 10, 2), ("1h", 10, 1), ("5min", 1, 1)]
+)
+def test_the_ratio_window_in_buckets(freq: str, n: int, expected: int) -> None:
+    from detector.features import RATIO_WINDOW, _buckets_in
+
+    times = pd.date_range("2026-11-02", periods=n, freq=freq, tz="UTC")
+    assert _buckets_in(RATIO_WINDOW, times) == expected
