@@ -136,6 +136,12 @@ class DetectionPolicy:
         12  # a version own-deviating in most of these buckets explains the fleet
     )
     third_support: float = 1 / 3  # ... with at least this share of min_calls behind it
+    # A volume span's thirds must each show this share of the minimum change (min_volume_drop,
+    # min_volume_rise): the whole span still needs all of it. With the full minimum per third,
+    # a -67 % hour at 65 calls an hour, one of whose thirds read -45 % by chance, was missed.
+    # Durations and failure rates keep their full minimum per third (halving it there let
+    # three more false alerts through on the two simulators).
+    third_volume_share: float = 0.5
     forest_prefilter_z: float = 2.5  # the forest scores buckets with some |feature| >= this
     # --- practical significance -------------------------------------------------------------
     min_duration_rel: float = 0.20  # +20 % typical duration
@@ -210,6 +216,8 @@ class DetectionPolicy:
             problems.append("duration_p_factor: must be >= 1")
         if not self.spans or min(self.spans) < 1:
             problems.append("spans: positive bucket counts")
+        if not 0 < self.third_volume_share <= 1:
+            problems.append("third_volume_share: must be in (0, 1]")
         if not 1 <= self.persist_n <= self.persist_m:
             problems.append("persist_n/persist_m: need 1 <= N <= M")
         if not 0 < self.contamination < 0.5:

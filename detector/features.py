@@ -156,7 +156,10 @@ def build_cube(
     return Cube(times, *arrays)
 
 
-#: How much of the rest of the traffic scales an operation's expected calls (expected_calls).
+#: The rest of the traffic that scales an operation's expected calls (expected_calls): the
+#: trailing buckets that expect this many calls of it (the pseudo-count of 5 then moves the
+#: ratio by under a tenth of its deviation), at most RATIO_WINDOW of them.
+RATIO_MIN_CALLS: Final = 50.0
 RATIO_WINDOW: Final = timedelta(minutes=30)
 
 
@@ -174,6 +177,22 @@ def _trailing_sum(x: np.ndarray, w: int) -> np.ndarray:
     c = np.cumsum(x, axis=1)
     c[:, w:] -= c[:, :-w].copy()
     return c
+
+
+def _trailing_until(
+    obs: np.ndarray, exp: np.ndarray, min_exp: float, w_max: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``obs`` and ``exp`` summed over the fewest trailing columns (1 to ``w_max``) whose
+    ``exp`` reaches ``min_exp`` (``w_max`` where none does)."""
+    obs_w, exp_w = obs, exp
+    need = exp < min_exp
+    for w in range(2, w_max + 1):
+        if not need.any():
+            break
+        obs_w = np.where(need, _trailing_sum(obs, w), obs_w)
+        exp_w = np.where(need, _trailing_sum(exp, w), exp_w)
+        need &= exp_w < min_exp
+    return obs_w, exp_w
 
 
 def expected_calls(base: Baselines, slots: np.ndarray, cube: Cube, parts: Partitions) -> np.ndarray:
@@ -204,14 +223,16 @@ def expected_calls(base: Baselines, slots: np.ndarray, cube: Cube, parts: Partit
     own_exp = e[parts.fleet_of]
     rest_obs = obs_total[None, :] - own_obs
     rest_exp = exp_total[None, :] - own_exp
-    # The ratio over the trailing RATIO_WINDOW (this bucket included), not bucket by bucket: on
-    # a small tenant the rest of the traffic is a few calls a bucket at night, and the
-    # pseudo-count below then held each bucket's ratio near 1 (a night at a third of the day's
-    # traffic read ~0.5): on a fixture tenant of five operations at 36 calls an hour, every
-    # operation's night looked like a volume drop on 8 of 9 seeds. It lags a tenant-wide change
-    # by up to the window, which the band below absorbs (the plain expectation bounds it).
-    w = _buckets_in(RATIO_WINDOW, cube.times)
-    rest_obs, rest_exp = _trailing_sum(rest_obs, w), _trailing_sum(rest_exp, w)
+    # The ratio over as many trailing buckets (this one included) as it takes to expect
+    # RATIO_MIN_CALLS of the rest of the traffic, at most RATIO_WINDOW: on a small tenant the
+    # rest is a few calls a bucket at night, and the pseudo-count below then held each
+    # bucket's ratio near 1 (a night at a third of the day's traffic read ~0.5; on a fixture
+    # tenant of five operations at 36 calls an hour, every operation's night looked like a
+    # volume drop on 8 of 9 seeds). Only as long as needed: a window lags a tenant-wide change
+    # (at 1,000 calls an hour, a 30-minute one turned every weekend's start into drops).
+    rest_obs, rest_exp = _trailing_until(
+        rest_obs, rest_exp, RATIO_MIN_CALLS, _buckets_in(RATIO_WINDOW, cube.times)
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         # Smoothed ratio: a pseudo-count of 5 expected calls keeps the quietest buckets stable
         # without pulling a quiet night's ratio towards 1 (with 20, a weekend night at a third
@@ -727,7 +748,7 @@ def _span_evidence(
         m: int,
         s: int,
         r: dict[str, np.ndarray],
-        checks: list[tuple[int, float, list[int], float]],
+        checks: list[tuple[int, float, list[int], float, float]],
         rows: np.ndarray,
         cols: np.ndarray,
     ) -> np.ndarray:
@@ -760,7 +781,7 @@ def _span_evidence(
                 # way, and is skipped; one with enough calls must deviate as always (a build
                 # that was fine for hours before an incident that is over stays blocked).
                 new = _before_first_call(thin, first, rows, T - K + cols, s)
-                for off, zmin, windows, frac in checks:
+                for off, zmin, windows, frac, _ in checks:
 
                     def dev(
                         w: int, off: int = off, zmin: float = zmin, frac: float = frac
@@ -785,22 +806,31 @@ def _span_evidence(
             drop = (at("cv") - extreme_at(cv, s, "min", rows, cols) + 0.5) / sv <= -policy.loo_z
             rise = (at("cv") - extreme_at(cv, s, "max", rows, cols) - 0.5) / sv >= policy.loo_z
             span_rel = at("cv") / at("e")  # relative volume change over the span
-            for off, zmin, windows, frac in checks:
+            for off, zmin, windows, frac, share in checks:
+                drop_min, rise_min = share * policy.min_volume_drop, share * policy.min_volume_rise
 
                 def vol_drop(
-                    w: int, off: int = off, zmin: float = zmin, frac: float = frac
+                    w: int,
+                    off: int = off,
+                    zmin: float = zmin,
+                    frac: float = frac,
+                    lim: float = drop_min,
                 ) -> tuple[np.ndarray, np.ndarray]:
                     rcv, re_ = sub("cv", w, off), sub("e", w, off)
                     dev = (rcv + 0.5) / np.sqrt(sub("vv", w, off)) <= -zmin
-                    dev &= rcv / re_ <= np.minimum(-policy.min_volume_drop, frac * span_rel)
+                    dev &= rcv / re_ <= np.minimum(-lim, frac * span_rel)
                     return dev, re_ >= policy.min_expected_calls * policy.third_support
 
                 def vol_rise(
-                    w: int, off: int = off, zmin: float = zmin, frac: float = frac
+                    w: int,
+                    off: int = off,
+                    zmin: float = zmin,
+                    frac: float = frac,
+                    lim: float = rise_min,
                 ) -> tuple[np.ndarray, np.ndarray]:
                     rcv, re_ = sub("cv", w, off), sub("e", w, off)
                     dev = (rcv - 0.5) / np.sqrt(sub("vv", w, off)) >= zmin
-                    dev &= rcv / re_ >= np.maximum(policy.min_volume_rise, frac * span_rel)
+                    dev &= rcv / re_ >= np.maximum(lim, frac * span_rel)
                     return dev, np.ones_like(dev)
 
                 drop &= shortest_supported(windows, vol_drop)
@@ -828,12 +858,14 @@ def _span_evidence(
             latest.append(w)
             w *= 2
         latest.append(h)
-        # (offset, z, windows, frac): each check passes where its shortest window with enough
-        # calls deviates by z and by at least frac of the whole span's effect; the thirds have
-        # one window each. frac on the latest window: an incident over, plus a small blip in
-        # the last hour, is not a current deviation of the incident's size.
-        checks = [(off, policy.recent_z, [h], 0.0) for off in thirds]
-        checks.append((0, policy.latest_z, latest, policy.latest_share))
+        # (offset, z, windows, frac, share): each check passes where its shortest window with
+        # enough calls deviates by z, by at least frac of the whole span's effect and by the
+        # practical minimum (for volume: share of it); the thirds have one window each. frac
+        # on the latest window: an incident over, plus a small blip in the last hour, is not a
+        # current deviation of the incident's size. share: a third of a volume span needs
+        # third_volume_share of the minimum change, the latest window all of it (as the span).
+        checks = [(off, policy.recent_z, [h], 0.0, policy.third_volume_share) for off in thirds]
+        checks.append((0, policy.latest_z, latest, policy.latest_share, 1.0))
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             # ---- p-values of every cell (they rank the spans); every other field is only
             # computed where it can matter (see `cells` below).

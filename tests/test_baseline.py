@@ -493,3 +493,15 @@ def test_the_ratio_window_in_buckets(freq: str, n: int, expected: int) -> None:
 
     times = pd.date_range("2026-11-02", periods=n, freq=freq, tz="UTC")
     assert _buckets_in(RATIO_WINDOW, times) == expected
+
+
+def test_trailing_until_sums_only_as_far_back_as_needed() -> None:
+    from detector.features import _trailing_until
+
+    obs = np.array([[10.0, 20.0, 30.0, 40.0], [1.0, 2.0, 3.0, 4.0]])
+    exp = np.array([[60.0, 60.0, 60.0, 60.0], [20.0, 20.0, 20.0, 20.0]])
+    o, e = _trailing_until(obs, exp, 50.0, 3)
+    # Row 0 expects 60 a column: each column alone. Row 1 needs 3 columns (the cap) for 60;
+    # its first columns have fewer behind them (40 expected at the second: still short).
+    assert e.tolist() == [[60, 60, 60, 60], [20, 40, 60, 60]]
+    assert o.tolist() == [[10, 20, 30, 40], [1, 3, 6, 9]]

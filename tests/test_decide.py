@@ -227,6 +227,10 @@ def test_policy_from_mapping_parses_and_rejects() -> None:
     for share in (0.0, 1.0):
         with pytest.raises(ValueError, match="rollout_alpha_share"):
             DetectionPolicy.from_mapping({"rollout_alpha_share": share})
+    for share in (0.0, 1.5):
+        with pytest.raises(ValueError, match="third_volume_share"):
+            DetectionPolicy.from_mapping({"third_volume_share": share})
+    assert DetectionPolicy.from_mapping({"third_volume_share": 1}).third_volume_share == 1.0
     assert pol.config_hash() != DetectionPolicy().config_hash()
 
 
