@@ -134,9 +134,7 @@ def test_report_table_and_json() -> None:
     json.dumps(rep.to_json())
 
 
-def test_report_table_says_which_incidents_were_missed_or_late_and_which_alerts_were_false() -> (
-    None
-):
+def test_report_table_lists_each_incident_and_each_false_alert() -> None:
     events = [
         Event("Join", None, "duration", T + timedelta(minutes=10), T + timedelta(minutes=40), 6),
         Event("Join", None, "volume", T, T + B, 1),  # false alert
