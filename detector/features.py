@@ -170,13 +170,17 @@ def _buckets_in(span: timedelta, times: pd.DatetimeIndex) -> int:
     return max(1, round(span / (times[1] - times[0]).to_pytimedelta()))
 
 
+def _window_sums(cum: np.ndarray, w: int) -> np.ndarray:
+    """From row-wise cumulative sums: the sums over the last ``w`` columns up to each one
+    (fewer at the start)."""
+    out = cum.copy()
+    out[:, w:] -= cum[:, :-w]
+    return out
+
+
 def _trailing_sum(x: np.ndarray, w: int) -> np.ndarray:
     """Sum of ``x`` over its last ``w`` columns up to each one (fewer at the start)."""
-    if w <= 1:
-        return x
-    c = np.cumsum(x, axis=1)
-    c[:, w:] -= c[:, :-w].copy()
-    return c
+    return x if w <= 1 else _window_sums(np.cumsum(x, axis=1), w)
 
 
 def _trailing_until(
@@ -186,12 +190,16 @@ def _trailing_until(
     ``exp`` reaches ``min_exp`` (``w_max`` where none does)."""
     obs_w, exp_w = obs, exp
     need = exp < min_exp
+    if w_max <= 1 or not need.any():
+        return obs_w, exp_w
+    # One cumulative sum each, whatever the number of window lengths tried.
+    c_obs, c_exp = np.cumsum(obs, axis=1), np.cumsum(exp, axis=1)
     for w in range(2, w_max + 1):
+        obs_w = np.where(need, _window_sums(c_obs, w), obs_w)
+        exp_w = np.where(need, _window_sums(c_exp, w), exp_w)
+        need &= exp_w < min_exp
         if not need.any():
             break
-        obs_w = np.where(need, _trailing_sum(obs, w), obs_w)
-        exp_w = np.where(need, _trailing_sum(exp, w), exp_w)
-        need &= exp_w < min_exp
     return obs_w, exp_w
 
 
