@@ -198,6 +198,24 @@ def test_model_store_reuses_refuses_and_refits(tmp_path) -> None:
     assert stale.stats["forest"]["action"] == "fitted" and "stale" in stale.stats["forest"]
 
 
+def test_a_tampered_model_file_is_refused_and_refitted(tmp_path) -> None:
+    from tests.test_score import _reduce_node
+
+    aggs, _ = version_failures()
+    store = ModelStore(LocalBackend(tmp_path))
+    first = _run(aggs, model_store=store)
+    marker = tmp_path / "pwned"
+    store.backend.write(
+        "models/forest/forest.skops",
+        _reduce_node("builtins", "exec", f"open({str(marker)!r}, 'w').write('x')"),
+    )
+    tampered = _run(aggs, model_store=ModelStore(LocalBackend(tmp_path)))
+    assert not marker.exists()
+    assert "untrusted" in tampered.stats["forest"]["refused"]
+    assert tampered.stats["forest"]["action"] == "fitted"
+    assert [a.to_json() for a in tampered.anomalies] == [a.to_json() for a in first.anomalies]
+
+
 @settings(
     max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

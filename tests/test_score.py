@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -127,3 +129,63 @@ def test_large_inputs_score_on_threads_bit_for_bit() -> None:
     X = np.random.default_rng(3).normal(size=(score._PARALLEL_ROWS + 1001, 4))
     got = scorer.score_samples(X)
     assert np.array_equal(got, -scorer.model_.score_samples(X.astype(np.float32)))
+
+
+def _reduce_node(module: str, name: str, *args: str) -> bytes:
+    """A skops file whose one node calls ``module.name(*args)`` when loaded, as a tamperer writes it."""
+    content = [
+        {
+            "__class__": "str",
+            "__module__": "builtins",
+            "__loader__": "JsonNode",
+            "content": a,
+            "is_json": True,
+            "__id__": i,
+        }
+        for i, a in enumerate(args, start=2)
+    ]
+    schema = {
+        "__class__": name,
+        "__module__": module,
+        "__loader__": "ConstructorFromReduceNode",
+        "content": {
+            "__class__": "tuple",
+            "__module__": "builtins",
+            "__loader__": "TupleNode",
+            "content": content,
+            "__id__": 1,
+        },
+        "__id__": 0,
+        "protocol": 2,
+        "_skops_version": "0.16.0",
+    }
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("schema.json", json.dumps(schema))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("module", "name"), [("builtins", "exec"), ("builtins", "eval"), ("numpy", "load")]
+)
+def test_a_tampered_forest_never_runs_code(tmp_path, module, name) -> None:
+    marker = tmp_path / "pwned"
+    payload = f"open({str(marker)!r}, 'w').write('x')"
+    if name == "load":  # numpy.load of a pickle-laden .npy path is the numpy route to code
+        payload = str(tmp_path / "evil.npy")
+    backend = LocalBackend(tmp_path)
+    store = ModelStore(backend)
+    store.save("forest", _fit(), training_window=(NOW, NOW), config_hash="h1", now=NOW)
+    backend.write("models/forest/forest.skops", _reduce_node(module, name, payload))
+    with pytest.raises(ModelMismatchError, match="untrusted"):
+        store.load("forest", feature_names=NAMES, config_hash="h1")
+    assert not marker.exists()
+
+
+def test_a_file_of_safe_types_that_is_not_a_forest_is_refused(tmp_path) -> None:
+    backend = LocalBackend(tmp_path)
+    store = ModelStore(backend)
+    store.save("forest", _fit(), training_window=(NOW, NOW), config_hash="h1", now=NOW)
+    backend.write("models/forest/forest.skops", sio.dumps({"n_estimators": 3}))
+    with pytest.raises(ModelMismatchError, match="not a forest"):
+        store.load("forest", feature_names=NAMES, config_hash="h1")

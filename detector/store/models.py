@@ -7,8 +7,9 @@ Layout under the configured prefix (default ``models/``) of a :class:`~detector.
                                    config hash, flag threshold, fitted_at
     models/<name>/baselines.parquet  per-partition baseline summary (for audit and reports)
 
-Loading never unpickles: skops lists every type the file would instantiate and the load is
-refused unless all of them are scikit-learn or NumPy types. A model whose metadata does not
+Loading never unpickles: skops lists every type outside its own safe set that the file would
+instantiate, and the load is refused unless that list is exactly the types an IsolationForest
+needs (:data:`ALLOWED_TYPES`); nothing callable from ``builtins`` or NumPy gets through. A model whose metadata does not
 match what the caller expects (feature names, config hash, scikit-learn/skops versions) is
 refused with :class:`~detector.errors.ModelMismatchError`; the engine then refits. Does I/O
 through the backend only.
@@ -28,15 +29,19 @@ import pandas as pd
 import sklearn
 import skops
 import skops.io as sio
+from sklearn.ensemble import IsolationForest
 
 from detector.errors import ModelMismatchError, StateError
 from detector.score import PartitionScorer
 from detector.store.backend import Backend
 
-__all__ = ["ModelMeta", "ModelStore", "library_versions"]
+__all__ = ["ALLOWED_TYPES", "ModelMeta", "ModelStore", "library_versions"]
 
 FORMAT_VERSION = 1
-_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "builtins.")
+#: The only types beyond skops' own safe set that a fitted forest holds. A prefix rule
+#: ("builtins.", "numpy.") would also admit ``builtins.exec`` or ``numpy.load``: a tampered
+#: file could then run code at load, so the list is exact.
+ALLOWED_TYPES: frozenset[str] = frozenset({"sklearn.tree._tree.Tree"})
 
 
 def library_versions() -> dict[str, str]:
@@ -171,13 +176,16 @@ class ModelStore:
             untrusted = sio.get_untrusted_types(data=data)
         except Exception as exc:  # skops raises assorted errors on corrupt files
             raise ModelMismatchError(f"model {name}: unreadable forest ({exc})") from exc
-        bad = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES)]
+        bad = sorted(set(untrusted) - ALLOWED_TYPES)
         if bad:
-            raise ModelMismatchError(f"model {name}: refusing untrusted types {bad}")
+            shown = [t[:80] for t in bad[:5]]
+            raise ModelMismatchError(f"model {name}: refusing untrusted types {shown}")
         try:
             forest = sio.loads(data, trusted=untrusted)
         except Exception as exc:
             raise ModelMismatchError(f"model {name}: cannot load forest ({exc})") from exc
+        if not isinstance(forest, IsolationForest):
+            raise ModelMismatchError(f"model {name}: holds a {type(forest).__name__}, not a forest")
         self._cache[name] = (got[1], forest)
         return self._scorer(forest, meta), meta
 
