@@ -65,7 +65,15 @@ from detector.store.alerts import AlertStore, OutboxItem
 from detector.store.backend import Backend
 from detector.timeutil import iso_z
 
-__all__ = ["Delivery", "DeliveryReport", "Route", "deliver", "digest_id", "validate_routes"]
+__all__ = [
+    "Delivery",
+    "DeliveryReport",
+    "Route",
+    "deliver",
+    "delivery_lines",
+    "digest_id",
+    "validate_routes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +232,20 @@ class DeliveryReport:
             "outbox_size": self.outbox_size,
             "messages": self.messages,
         }
+
+
+def delivery_lines(summary: Mapping[str, Any]) -> list[str]:
+    """Console lines for a run report's delivery summary (:meth:`DeliveryReport.to_json`):
+    one per route and target (privacy form) with its counts, then routes that had no URL."""
+    lines = []
+    for row in summary.get("by_target") or []:
+        counts = ", ".join(f"{k.replace('_', ' ')} {row[k]}" for k in _OUTCOMES if row.get(k))
+        error = f" ({row['error'][:120]})" if row.get("error") else ""
+        lines.append(f"    {row['route']} -> {row['target']}: {counts}{error}")
+    for u in summary.get("unrouted") or []:
+        n = len(u.get("fingerprints") or [])
+        lines.append(f"    {u['route']}: no usable URL, {n} notice(s) not sent")
+    return lines
 
 
 def digest_id(route: str, decisions: Iterable[Decision]) -> str:
@@ -390,12 +412,14 @@ def _retry_outbox(
     pending = sorted(store.outbox(), key=lambda i: i.created_at)
     nflog = store.nflog()
     drop: list[str] = []
+    ends: dict[str, dict[str, Any]] = {}  # nflog entries of items dropped unsent
     for n, item in enumerate(pending):
         state = (nflog.get(item.nflog_key) or {}).get("state")
         if committed is not None and item.batch and item.batch not in committed:
             # Written by a run that died before saving its state: never sent, decided again.
             log.info("outbox: %s for %s was never committed; superseded", item.id, item.target)
             report.superseded.append(_as_delivery(item, "SUPERSEDED"))
+            ends[item.nflog_key] = _nflog_entry(item, "superseded", now)
             drop.append(item.id)
             continue
         if state in ("sent", "undeliverable"):
@@ -422,6 +446,7 @@ def _retry_outbox(
                 item.age(now) / 3600,
             )
             report.expired.append(d)
+            ends[item.nflog_key] = _nflog_entry(item, "expired", now, reason=why)
             drop.append(item.id)
             sender.log_entries.append(_log_entry(d, now))
             continue
@@ -435,6 +460,7 @@ def _retry_outbox(
             )
         item.timeout = route.timeout
         sender.send(item, url, _to_message(item, now), retried=True)
+    store.mark(ends)
     store.remove_outbox(drop)
 
 

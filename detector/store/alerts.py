@@ -11,7 +11,7 @@ a state another writer changed since :meth:`AlertStore.load_state` (StateError).
 Blobs (under ``prefix``, default ``alerts/``): ``state.json``, ``silences.json``, ``acks.json``,
 ``outbox.json``, ``runs.json`` (last :data:`MAX_RUNS`), ``log.json`` (last :data:`MAX_LOG`
 deliveries), ``nflog.json`` (the notification log: per digest and target, ``intent`` ->
-``sending`` -> ``sent`` or ``undeliverable``; last :data:`MAX_NFLOG` entries). Secrets are never
+``sending`` -> ``sent`` or ``undeliverable``, or ``superseded``/``expired``; last :data:`MAX_NFLOG` entries). Secrets are never
 stored: outbox items and log entries keep the route name, a hash of the target URL and its
 privacy form only.
 
@@ -55,8 +55,9 @@ MAX_RUNS: Final = 200
 MAX_LOG: Final = 500
 MAX_NFLOG: Final = 2000
 MAX_BATCHES: Final = 200
-#: Notification log states, in the order one delivery goes through them.
-NFLOG_STATES: Final = ("intent", "sending", "sent", "undeliverable")
+#: Notification log states: intent -> sending -> sent | undeliverable; an intent whose batch
+#: was never committed ends as superseded, one dropped from the outbox unsent as expired.
+NFLOG_STATES: Final = ("intent", "sending", "sent", "undeliverable", "superseded", "expired")
 _RETRIES: Final = 8
 T = TypeVar("T")
 
