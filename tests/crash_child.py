@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
         window_end=end,
         run=RunRecord(started_at=end, window_end=end, rows=100),
     )
-    print(json.dumps(out.report.to_json()["by_target"]))
+    print(json.dumps(out.report.to_json().get("by_target", [])))
     return 0 if out.ok else 1
 
 
