@@ -385,23 +385,30 @@ class AlertStore:
     # ---- notification log ------------------------------------------------------------------
 
     def nflog(self) -> dict[str, dict[str, Any]]:
-        """The notification log: ``nflog_key(digest, target)`` -> ``{state, at, route, target}``."""
+        """The notification log, oldest change first: ``nflog_key(digest, target)`` ->
+        ``{state, at, route, target, digest, seq}``."""
         data, _ = self._read("nflog", {})
-        return dict(data) if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            return {}
+        return dict(sorted(data.items(), key=lambda kv: kv[1].get("seq", 0)))
 
     def mark(self, entries: dict[str, dict[str, Any]]) -> None:
         """Add or update notification log entries in one write (oldest trimmed past MAX_NFLOG).
 
-        Each value needs ``state`` (one of :data:`NFLOG_STATES`); other keys are kept as given.
+        Each value needs ``state`` (one of :data:`NFLOG_STATES`); other keys are kept as given,
+        and ``seq`` orders the entries by their latest change (the blob is written key-sorted).
         """
+        for entry in entries.values():
+            if entry.get("state") not in NFLOG_STATES:
+                raise ValueError(f"nflog state must be one of {NFLOG_STATES}")
 
         def put(current: dict[str, Any]) -> None:
+            seq = max((int(e.get("seq", 0)) for e in current.values()), default=0)
             for key, entry in entries.items():
-                if entry.get("state") not in NFLOG_STATES:
-                    raise ValueError(f"nflog state must be one of {NFLOG_STATES}")
-                current.pop(key, None)  # re-insert: the newest entries stay at the end
-                current[key] = entry
-            for key in list(current)[: max(0, len(current) - MAX_NFLOG)]:
+                seq += 1
+                current[key] = {**entry, "seq": seq}
+            oldest = sorted(current, key=lambda k: current[k].get("seq", 0))
+            for key in oldest[: max(0, len(current) - MAX_NFLOG)]:
                 del current[key]
 
         if entries:
