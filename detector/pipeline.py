@@ -342,7 +342,7 @@ def run_job(
         )
         timings["alert"] = time.perf_counter() - t
         report["alerts"] = _jsonable(delivery)
-        report["delivery_failed"] = bool(delivery.get("failed"))
+        report["delivery_failed"] = bool(delivery.get("failed") or delivery.get("undeliverable"))
 
         if not dry_run:
             pstate["last_run"] = {

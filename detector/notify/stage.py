@@ -57,11 +57,21 @@ class AlertOutcome:
     def raise_for_delivery(self) -> None:
         """Raise NotifyError (exit 1) if anything was left undelivered; call after saving."""
         if not self.report.ok:
-            targets = ", ".join(sorted({f"{d.route}:{d.target}" for d in self.report.failed}))
-            raise NotifyError(
-                f"{len(self.report.failed)} notification(s) not delivered ({targets});"
-                " kept in the outbox for the next run"
-            )
+            failed, dropped = self.report.failed, self.report.undeliverable
+            parts = []
+            if failed:
+                targets = ", ".join(sorted({f"{d.route}:{d.target}" for d in failed}))
+                parts.append(
+                    f"{len(failed)} notification(s) not delivered ({targets});"
+                    " kept in the outbox for the next run"
+                )
+            if dropped:
+                targets = ", ".join(sorted({f"{d.route}:{d.target}" for d in dropped}))
+                parts.append(
+                    f"{len(dropped)} notification(s) can never be delivered ({targets}):"
+                    " fix the URL; dropped from the outbox"
+                )
+            raise NotifyError("; ".join(parts))
 
     def to_json(self) -> dict[str, Any]:
         return {
