@@ -256,3 +256,24 @@ def test_run_summary_lists_delivery_per_route_and_target(tmp_path, hook):
     (run,) = AlertStore(backend).runs()
     assert (run.delivered, run.failed, run.undeliverable) == (1, 1, 1)
     assert run.status == "delivery_failed"
+
+
+def test_route_timeout_is_read_from_config_and_checked(tmp_path):
+    from detector.config import load_config
+    from detector.errors import ConfigError
+    from detector.pipeline import routes
+
+    def config(timeout: str) -> Path:
+        path = tmp_path / "detector.toml"
+        path.write_text(
+            '[source]\nkind = "file"\npath = "data"\n'
+            '[[notify.route]]\nname = "hooks"\nurls = ["json://127.0.0.1:9/hook"]\n'
+            f"timeout = {timeout}\n"
+        )
+        return path
+
+    (route,) = routes(load_config(config("12")))
+    assert route.timeout == 12.0
+    for bad in ("0", "-1", '"slow"', "601"):
+        with pytest.raises(ConfigError, match=r"notify.route\[0\].timeout"):
+            load_config(config(bad))
