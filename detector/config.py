@@ -124,6 +124,7 @@ class RouteConfig:
     send_resolved: bool = True
     health: bool = True  # also receives self-health notices
     max_items: int | None = None  # digest size for this route (default: alerting.max_items)
+    timeout: float | None = None  # seconds a request waits for an answer (default 15)
 
 
 @dataclass(frozen=True)
@@ -411,6 +412,7 @@ def _check_routes(notify: Any, problems: list[str]) -> tuple[RouteConfig, ...]:
                 "send_resolved",
                 "health",
                 "max_items",
+                "timeout",
             ):
                 problems.append(f"{where}.{key}: unknown key")
         name = r.get("name")
@@ -455,9 +457,24 @@ def _check_routes(notify: Any, problems: list[str]) -> tuple[RouteConfig, ...]:
         ):
             problems.append(f"{where}.max_items: must be a positive integer")
             max_items = None
+        timeout = r.get("timeout")
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout <= 600
+        ):
+            problems.append(f"{where}.timeout: must be a number of seconds in (0, 600]")
+            timeout = None
         out.append(
             RouteConfig(
-                name, tuple(urls), sev, tuple(ops), tuple(metrics), max_items=max_items, **flags
+                name,
+                tuple(urls),
+                sev,
+                tuple(ops),
+                tuple(metrics),
+                max_items=max_items,
+                timeout=float(timeout) if timeout is not None else None,
+                **flags,
             )
         )
     return tuple(out)

@@ -108,6 +108,7 @@ def routes(cfg: Config) -> list[Any]:
             send_resolved=r.send_resolved,
             health=r.health,
             max_items=r.max_items,
+            timeout=r.timeout,
         )
         for r in cfg.routes
     ]
@@ -341,7 +342,7 @@ def run_job(
         )
         timings["alert"] = time.perf_counter() - t
         report["alerts"] = _jsonable(delivery)
-        report["delivery_failed"] = bool(delivery.get("failed"))
+        report["delivery_failed"] = bool(delivery.get("failed") or delivery.get("undeliverable"))
 
         if not dry_run:
             pstate["last_run"] = {
@@ -669,6 +670,11 @@ def console_summary(report: dict[str, Any], verbose: bool = False) -> str:
     delivery = report.get("delivery", {})
     if delivery:
         lines.append("  delivery: " + json.dumps(delivery, default=str)[:300])
+    alerts = report.get("alerts") or {}
+    if alerts.get("by_target") or alerts.get("unrouted"):
+        from detector.notify.deliver import delivery_lines
+
+        lines += ["  delivered / failed per route and target:", *delivery_lines(alerts)]
     t = report.get("timings_s", {})
     if t:
         lines.append("  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()))

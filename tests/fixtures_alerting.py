@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -72,10 +73,15 @@ def free_port() -> int:
 
 
 class Hook:
-    """A tiny local HTTP endpoint whose answer can be switched (200 / 500), recording bodies."""
+    """A tiny local HTTP endpoint whose answer can be switched (200 / 500), recording bodies.
 
-    def __init__(self, port: int = 0) -> None:
+    ``delay``: seconds to wait after reading a request before answering (a slow but alive
+    target: it has the message as soon as it has read it).
+    """
+
+    def __init__(self, port: int = 0, delay: float = 0.0) -> None:
         self.status = 200
+        self.delay = delay
         self.bodies: list[bytes] = []
         hook = self
 
@@ -83,6 +89,7 @@ class Hook:
             def do_POST(self) -> None:  # noqa: N802
                 n = int(self.headers.get("Content-Length", 0))
                 hook.bodies.append(self.rfile.read(n))
+                time.sleep(hook.delay)
                 self.send_response(hook.status)
                 self.end_headers()
                 self.wfile.write(b"{}")
@@ -98,3 +105,46 @@ class Hook:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class TricklingHook:
+    """An HTTP endpoint that reads a request, then answers one byte per ``every`` seconds for
+    ``for_seconds`` (a target that never quite finishes: read timeouts never fire)."""
+
+    def __init__(self, every: float = 1.0, for_seconds: float = 120.0) -> None:
+        self.requests = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = int(self.sock.getsockname()[1])
+        self.every, self.for_seconds = every, for_seconds
+        self.closed = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(4096)
+                self.requests += 1
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+                end = time.monotonic() + self.for_seconds
+                while time.monotonic() < end and not self.closed.is_set():
+                    conn.sendall(b" ")
+                    time.sleep(self.every)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.closed.set()
+        self.sock.close()

@@ -484,3 +484,28 @@ def test_add_silence_from_argparse_style_dict(tmp_path):
         add_silence(b, {"operation": None, "metric": ""}, "30m", "", T0)
     with pytest.raises(ConfigError):
         add_silence(b, {"participant": "x"}, "30m", "", T0)
+
+
+def test_committed_batches_travel_with_the_state(tmp_path):
+    b = LocalBackend(tmp_path)
+    store = AlertStore(b)
+    state = store.load_state()
+    assert store.committed() == set()
+    store.save_state(state, commit_batch="b1")
+    store.save_state(state)  # a later save keeps what was committed
+    again = AlertStore(b)
+    assert again.load_state().to_json() == state.to_json()
+    assert again.committed() == {"b1"}
+
+
+def test_notification_log_keeps_the_latest_entries(tmp_path, monkeypatch):
+    import detector.store.alerts as alerts
+
+    monkeypatch.setattr(alerts, "MAX_NFLOG", 3)
+    store = AlertStore(LocalBackend(tmp_path))
+    for i in range(4):
+        store.mark({f"d{i}/t": {"state": "intent"}})
+    store.mark({"d1/t": {"state": "sent"}})  # an update moves the entry to the newest end
+    assert list(store.nflog()) == ["d2/t", "d3/t", "d1/t"]
+    with pytest.raises(ValueError, match="nflog state"):
+        store.mark({"d9/t": {"state": "maybe"}})

@@ -188,9 +188,20 @@ def test_outbox_expires_old_items(httpserver, tmp_path):
     assert r.expired[0].age_seconds > 2 * 86400
 
 
-@pytest.mark.parametrize("bad", ["msteams://a/b/c", "bogus://nothing"])
-def test_invalid_url_is_a_failure_not_a_crash(tmp_path, bad):
+@pytest.mark.parametrize("bad", ["msteams://a/b/c", "bogus://nothing", "slack://not a url"])
+def test_undeliverable_url_leaves_the_outbox_with_its_reason(tmp_path, bad):
+    """Issue 21: a URL apprise can never use is not retried forever; the reason is visible."""
     end = T0 + STEP
+    backend = LocalBackend(tmp_path)
     d, _ = step([make_anomaly(end=end)], {}, AlertState(), LifecyclePolicy(), end, window_end=end)
-    r = deliver(d, routes=[Route("x", [bad])], store_backend=LocalBackend(tmp_path), now=end)
-    assert not r.ok and r.failed[0].status == "INVALID_URL"
+    r = deliver(d, routes=[Route("x", [bad])], store_backend=backend, now=end)
+    assert not r.ok and not r.failed
+    assert [u.status for u in r.undeliverable] == ["INVALID_URL"]
+    assert r.outbox_size == 0 and AlertStore(backend).outbox() == []
+    (row,) = r.to_json()["by_target"]
+    assert row["undeliverable"] == 1 and "INVALID_URL" in row["error"]
+    (entry,) = AlertStore(backend).nflog().values()
+    assert entry["state"] == "undeliverable" and "INVALID_URL" in entry["reason"]
+    # the next run has nothing left to retry
+    again = deliver([], routes=[Route("x", [bad])], store_backend=backend, now=end + STEP)
+    assert again.ok and not again.sent and not again.undeliverable

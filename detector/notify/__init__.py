@@ -31,6 +31,7 @@ Config it reads (``[alerting]`` and ``[[notify.route]]``; every key optional)::
     send_resolved = true         # optional
     health = true                # optional: also receive self-health notices
     max_items = 10               # optional per-route digest limit
+    timeout = 15                 # optional: seconds a request waits for an answer (apprise: 4)
 
 * :mod:`~detector.notify.render` (pure): decisions -> one message per channel;
 * :mod:`~detector.notify.chart`: observed vs baseline band PNG (matplotlib, Agg);

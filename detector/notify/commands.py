@@ -241,6 +241,17 @@ def status_text(backend: Backend, now: datetime, *, watermark: datetime | None =
             f" rows={lr['rows']} anomalies={lr['anomalies']} notified={lr['notified']}"
             + (f" error={lr['error']}" if lr["error"] else "")
         )
+        delivery = {k: lr.get(k) for k in ("delivered", "failed", "undeliverable") if lr.get(k)}
+        if delivery or lr.get("unrouted"):
+            lines.append(
+                "  delivery: "
+                + ", ".join(f"{k}={v}" for k, v in delivery.items())
+                + (
+                    f" routes without URL: {', '.join(lr['unrouted'])}"
+                    if lr.get("unrouted")
+                    else ""
+                )
+            )
     else:
         lines.append("last run: none recorded")
     lines.append(f"watermark: {d['watermark'] or 'unknown'}")

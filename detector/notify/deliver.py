@@ -7,13 +7,29 @@ produces a :class:`DeliveryReport`. Order of work:
 1. retry the outbox left by earlier runs (oldest first; a retried message says how old it is;
    messages older than ``outbox_max_age`` or for targets no longer configured are dropped and
    reported as ``expired``);
-2. per route: select the notifying decisions it takes, render one digest per target in the
-   target's format, **write it to the outbox first**, send it, and remove it on success.
+2. per route: select the notifying decisions it takes and render one digest per target;
+3. write every digest to the outbox and its *intent* to the notification log (one batch),
+   then ``commit(batch)`` (the stage saves the alert state that decided them, with the batch
+   id), then send each one: ``sending`` before, ``sent`` (or ``undeliverable``) after.
 
-Because of that write-ahead, a crash or a failed target never loses a message: the next run
-retries it exactly once per target (at-least-once delivery, like Alertmanager's fail-open HA).
-``notify()`` results are checked per target; the report's ``ok`` is False when anything was
-not delivered, and the caller exits 1 after saving its state (errors.NotifyError).
+Exactly once per target, as near as a crash allows:
+
+* a digest's id is a hash of the route and the decisions it carries; the notification log
+  (``nflog``) says, per digest and target, how far delivery got. A digest already ``sent`` to a
+  target is never sent to it again (outbox retry or a rerun deciding it again);
+* an outbox item whose batch was never committed was written by a run that died before saving
+  its state: it was never sent (sending starts after the commit), and the rerun, starting from
+  the same state, decides it again. It is dropped (``superseded``), not sent a second time;
+* between a target's acknowledgement and the ``sent`` mark (one small write) a crash leaves
+  ``sending``, which looks the same as a crash while the target was still receiving (an SMTP
+  DATA that never completed). We choose **at-least-once** there: it is sent again. A missed
+  alert costs an unnoticed outage; a rare second copy costs a glance.
+
+What can never be delivered (the URL is malformed, apprise has no such service) leaves the
+outbox at once as ``undeliverable``, with its reason in the report, the log and the run record.
+A route whose URLs are all empty (``${VAR:-}``) sends nothing and says so (``unrouted``).
+The report's ``ok`` is False when anything was not delivered; the caller exits 1 after saving
+its state (errors.NotifyError).
 
 Does I/O: network (through :mod:`detector.notify.send`) and the store.
 """
@@ -21,9 +37,11 @@ Does I/O: network (through :mod:`detector.notify.send`) and the store.
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import logging
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -45,8 +63,17 @@ from detector.notify.render import (
 from detector.notify.send import display_url, send_message, target_id, validate_url
 from detector.store.alerts import AlertStore, OutboxItem
 from detector.store.backend import Backend
+from detector.timeutil import iso_z
 
-__all__ = ["Delivery", "DeliveryReport", "Route", "deliver", "validate_routes"]
+__all__ = [
+    "Delivery",
+    "DeliveryReport",
+    "Route",
+    "deliver",
+    "delivery_lines",
+    "digest_id",
+    "validate_routes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +85,10 @@ class Route:
     ``urls`` are apprise URLs (secrets: ``repr`` hides them). ``operations`` are glob
     patterns on the operation name (None/empty = all), ``metrics`` a subset of duration,
     failure_rate, volume. ``health``: also receive self-health notices. ``max_items``
-    overrides :func:`deliver`'s digest limit for this route.
+    overrides :func:`deliver`'s digest limit for this route. ``timeout``: seconds a request to
+    this route's targets waits for a connection or the next bytes of an answer (None: the
+    sender's default, 15 s; apprise alone would give up after 4 s and the retry would reach a
+    slow but alive webhook twice).
     """
 
     name: str
@@ -69,6 +99,7 @@ class Route:
     send_resolved: bool = True
     health: bool = True
     max_items: int | None = None
+    timeout: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "urls", tuple(str(u) for u in self.urls if str(u).strip()))
@@ -78,6 +109,8 @@ class Route:
             object.__setattr__(self, "metrics", tuple(self.metrics))
         if self.min_severity not in SEVERITIES:
             raise ValueError(f"route {self.name}: min_severity must be one of {SEVERITIES}")
+        if self.timeout is not None and not 0 < float(self.timeout) <= 600:
+            raise ValueError(f"route {self.name}: timeout must be in (0, 600] seconds")
 
     @classmethod
     def from_config(cls, obj: Any) -> Route:
@@ -92,6 +125,7 @@ class Route:
             send_resolved=bool(get("send_resolved", True)),
             health=bool(get("health", True)),
             max_items=get("max_items"),
+            timeout=get("timeout"),
         )
 
     def targets(self) -> list[str]:
@@ -128,39 +162,99 @@ class Delivery:
     retried: bool = False  # came from an earlier run's outbox
     age_seconds: float = 0.0
     title: str = ""
+    digest_id: str = ""
+
+
+#: Per target outcomes counted in :meth:`DeliveryReport.by_target`.
+_OUTCOMES = ("sent", "failed", "undeliverable", "expired", "already_sent", "superseded")
 
 
 @dataclass
 class DeliveryReport:
-    """What :func:`deliver` did. ``ok`` is False when anything was left undelivered."""
+    """What :func:`deliver` did. ``ok`` is False when anything was left undelivered.
+
+    ``sent``: acknowledged by the target. ``failed``: kept in the outbox for a retry.
+    ``undeliverable``: dropped for good (malformed URL, no such service), with the reason.
+    ``expired``: dropped from the outbox (too old, target gone). ``already_sent``: the
+    notification log says the target has this digest; not sent again. ``superseded``: outbox
+    items of a run that died before committing; the rerun decided them again. ``unrouted``:
+    routes that had notices but no usable URL.
+    """
 
     sent: list[Delivery] = field(default_factory=list)
     failed: list[Delivery] = field(default_factory=list)
     expired: list[Delivery] = field(default_factory=list)
+    undeliverable: list[Delivery] = field(default_factory=list)
+    already_sent: list[Delivery] = field(default_factory=list)
+    superseded: list[Delivery] = field(default_factory=list)
+    unrouted: list[dict[str, Any]] = field(default_factory=list)
     outbox_size: int = 0
     dry_run: bool = False
     messages: list[dict[str, Any]] = field(default_factory=list)  # dry run: what would be sent
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.undeliverable
 
     @property
     def outboxed(self) -> list[str]:
         """Ids of the outbox items left for the next run by this run."""
         return [d.outbox_id for d in self.failed if d.outbox_id]
 
+    def merge(self, other: DeliveryReport) -> None:
+        """Add ``other``'s outcomes to this report (the health notices' delivery)."""
+        for name in (*_OUTCOMES, "unrouted", "messages"):
+            getattr(self, name).extend(getattr(other, name))
+        self.outbox_size = other.outbox_size
+
+    def by_target(self) -> list[dict[str, Any]]:
+        """Per route and target (privacy form): how many messages ended in each outcome."""
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for outcome in _OUTCOMES:
+            for d in getattr(self, outcome):
+                row = rows.setdefault(
+                    (d.route, d.target),
+                    {"route": d.route, "target": d.target, **dict.fromkeys(_OUTCOMES, 0)},
+                )
+                row[outcome] += 1
+                if outcome in ("failed", "undeliverable") and d.error:
+                    row["error"] = f"{d.status}: {d.error}"[:200]
+        return [rows[k] for k in sorted(rows)]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "dry_run": self.dry_run,
-            "sent": [asdict(d) for d in self.sent],
-            "failed": [asdict(d) for d in self.failed],
-            "expired": [asdict(d) for d in self.expired],
+            "by_target": self.by_target(),
+            "unrouted": self.unrouted,
+            **{name: [asdict(d) for d in getattr(self, name)] for name in _OUTCOMES},
             "outboxed": self.outboxed,
             "outbox_size": self.outbox_size,
             "messages": self.messages,
         }
+
+
+def delivery_lines(summary: Mapping[str, Any]) -> list[str]:
+    """Console lines for a run report's delivery summary (:meth:`DeliveryReport.to_json`):
+    one per route and target (privacy form) with its counts, then routes that had no URL."""
+    lines = []
+    for row in summary.get("by_target") or []:
+        counts = ", ".join(f"{k.replace('_', ' ')} {row[k]}" for k in _OUTCOMES if row.get(k))
+        error = f" ({row['error'][:120]})" if row.get("error") else ""
+        lines.append(f"    {row['route']} -> {row['target']}: {counts}{error}")
+    for u in summary.get("unrouted") or []:
+        n = len(u.get("fingerprints") or [])
+        lines.append(f"    {u['route']}: no usable URL, {n} notice(s) not sent")
+    return lines
+
+
+def digest_id(route: str, decisions: Iterable[Decision]) -> str:
+    """Content id of a route's digest: the same decisions give the same id on a rerun."""
+    key = sorted(
+        (d.kind, d.fingerprint, str(d.reason), d.status, d.severity, iso_z(d.window_end) or "")
+        for d in decisions
+    )
+    return hashlib.sha256(json.dumps([route, key]).encode()).hexdigest()[:16]
 
 
 def _notify_type(decisions: Sequence[Decision]) -> str:
@@ -196,16 +290,16 @@ def _charts(
     return out
 
 
-def _find_target(item: OutboxItem, routes: Sequence[Route]) -> str | None:
+def _find_target(item: OutboxItem, routes: Sequence[Route]) -> tuple[str, Route] | None:
     for r in routes:
         if r.name != item.route:
             continue
         for u in r.urls:
             if target_id(r.name, u) == item.target_id:
-                return u
+                return u, r
         for u in r.urls:  # secret rotated: same service and visible parts
             if display_url(u) == item.target:
-                return u
+                return u, r
     return None
 
 
@@ -231,6 +325,145 @@ def _log_entry(d: Delivery, now: datetime) -> dict[str, Any]:
     }
 
 
+def _as_delivery(
+    item: OutboxItem, status: str, *, ok: bool = False, error: str = "", retried: bool = True
+) -> Delivery:
+    return Delivery(
+        item.route,
+        item.target,
+        item.channel,
+        ok,
+        status,
+        item.fingerprints,
+        error,
+        item.attempts,
+        item.id,
+        retried,
+        0.0,
+        item.title,
+        item.digest_id,
+    )
+
+
+def _nflog_entry(item: OutboxItem, state: str, now: datetime, **extra: Any) -> dict[str, Any]:
+    return {
+        "state": state,
+        "at": iso_z(now),
+        "route": item.route,
+        "target": item.target,
+        "digest": item.digest_id,
+        **extra,
+    }
+
+
+class _Sender:
+    """Sends outbox items one by one, keeping the outbox and the notification log in step."""
+
+    def __init__(self, store: AlertStore, report: DeliveryReport, now: datetime) -> None:
+        self.store = store
+        self.report = report
+        self.now = now
+        self.log_entries: list[dict[str, Any]] = []
+
+    def send(self, item: OutboxItem, url: str, message: Message, *, retried: bool) -> None:
+        """``sending`` -> send -> ``sent`` (then out of the outbox), ``undeliverable`` or
+        back in the outbox with the error."""
+        key = item.nflog_key
+        self.store.mark({key: _nflog_entry(item, "sending", self.now)})
+        res = send_message(url, message, notify_type=item.notify_type, timeout=item.timeout)
+        item.attempts += 1
+        d = _as_delivery(item, res.status, ok=res.ok, error=res.error, retried=retried)
+        d.target, d.attempts = res.target, res.attempts
+        d.age_seconds = item.age(self.now) if retried else 0.0
+        self.log_entries.append(_log_entry(d, self.now))
+        if res.ok:
+            # Mark first: a crash before the removal leaves an item the retry skips.
+            self.store.mark({key: _nflog_entry(item, "sent", self.now)})
+            self.store.remove_outbox([item.id])
+            self.report.sent.append(d)
+        elif res.permanent:
+            reason = f"{res.status}: {res.error}"[:300]
+            self.store.mark({key: _nflog_entry(item, "undeliverable", self.now, reason=reason)})
+            self.store.remove_outbox([item.id])
+            log.error(
+                "notify route %s target %s: undeliverable, dropped (%s)",
+                item.route,
+                item.target,
+                reason,
+            )
+            self.report.undeliverable.append(d)
+        else:
+            item.last_attempt_at = self.now
+            item.last_error = res.error[:300]
+            self.store.put_outbox([item])
+            self.report.failed.append(d)
+
+
+def _retry_outbox(
+    sender: _Sender,
+    routes: Sequence[Route],
+    *,
+    committed: Collection[str] | None,
+    outbox_max_age: timedelta,
+    outbox_max_items: int,
+) -> None:
+    """Send earlier runs' undelivered messages again, or drop them with a reason."""
+    store, report, now = sender.store, sender.report, sender.now
+    pending = sorted(store.outbox(), key=lambda i: i.created_at)
+    nflog = store.nflog()
+    drop: list[str] = []
+    ends: dict[str, dict[str, Any]] = {}  # nflog entries of items dropped unsent
+    for n, item in enumerate(pending):
+        state = (nflog.get(item.nflog_key) or {}).get("state")
+        if committed is not None and item.batch and item.batch not in committed:
+            # Written by a run that died before saving its state: never sent, decided again.
+            log.info("outbox: %s for %s was never committed; superseded", item.id, item.target)
+            report.superseded.append(_as_delivery(item, "SUPERSEDED"))
+            ends[item.nflog_key] = _nflog_entry(item, "superseded", now)
+            drop.append(item.id)
+            continue
+        if state in ("sent", "undeliverable"):
+            # A crash between the mark and the removal: the target has it (or never will).
+            report.already_sent.append(_as_delivery(item, "ALREADY_SENT", ok=state == "sent"))
+            drop.append(item.id)
+            continue
+        found = _find_target(item, routes)
+        too_many = len(pending) - n > outbox_max_items
+        if found is None or item.age(now) > outbox_max_age.total_seconds() or too_many:
+            why = (
+                "target no longer configured"
+                if found is None
+                else "outbox full"
+                if too_many
+                else "older than outbox_max_age"
+            )
+            d = _as_delivery(item, "EXPIRED", error=why)
+            d.age_seconds = item.age(now)
+            log.warning(
+                "outbox: dropped message for %s (%s, age %.1f h)",
+                item.target,
+                why,
+                item.age(now) / 3600,
+            )
+            report.expired.append(d)
+            ends[item.nflog_key] = _nflog_entry(item, "expired", now, reason=why)
+            drop.append(item.id)
+            sender.log_entries.append(_log_entry(d, now))
+            continue
+        url, route = found
+        if state == "sending":
+            log.warning(
+                "outbox: the last send of %s to %s was cut off; sending again (at-least-once:"
+                " the target may already have it)",
+                item.id,
+                item.target,
+            )
+        item.timeout = route.timeout
+        sender.send(item, url, _to_message(item, now), retried=True)
+    store.mark(ends)
+    store.remove_outbox(drop)
+
+
 def deliver(
     decisions: Sequence[Decision],
     *,
@@ -245,6 +478,8 @@ def deliver(
     outbox_max_items: int = 500,
     bin_size: str = "5m",
     retry_outbox: bool = True,
+    commit: Callable[[str], None] | None = None,
+    committed: Collection[str] | None = None,
 ) -> DeliveryReport:
     """Retry the outbox, then send one digest per route and target.
 
@@ -252,7 +487,7 @@ def deliver(
     ----------
     decisions : lifecycle (and health) decisions; only ``notify=True`` ones are sent.
     routes : :class:`Route` list; a route with no matching decision sends nothing.
-    store_backend : the store's :class:`Backend` (outbox and sent log live there).
+    store_backend : the store's :class:`Backend` (outbox, notification log and sent log).
     history_for_charts : per fingerprint, a frame with ``bucket_start``, ``observed``,
         ``baseline``, ``band_low``, ``band_high``; charts are skipped where absent.
     report_url_or_path : the full run report, linked from digests (Teams points there).
@@ -264,80 +499,30 @@ def deliver(
     outbox_max_items : the outbox keeps at most this many messages (oldest dropped first).
     bin_size : bucket width for the reproduce-KQL.
     retry_outbox : retry earlier runs' undelivered messages first.
+    commit : called with the batch id once this run's digests are in the outbox and before
+        any is sent; the caller saves the state that decided them (recording the batch). If it
+        raises, nothing of the batch is sent and the error propagates.
+    committed : batch ids known to be committed; outbox items of any other batch are dropped
+        as superseded. None: every item counts as committed (no stage around this call).
 
     Returns
     -------
-    DeliveryReport; ``ok`` False when any target failed (its message waits in the outbox).
+    DeliveryReport; ``ok`` False when any target failed (its message waits in the outbox) or
+    a message could never be delivered.
     """
     store = AlertStore(store_backend)
     report = DeliveryReport(dry_run=dry_run)
-    log_entries: list[dict[str, Any]] = []
+    sender = _Sender(store, report, now)
 
     # 1. the outbox of earlier runs
     if retry_outbox and not dry_run:
-        pending = sorted(store.outbox(), key=lambda i: i.created_at)
-        drop = []
-        for n, item in enumerate(pending):
-            url = _find_target(item, routes)
-            too_many = len(pending) - n > outbox_max_items
-            if url is None or item.age(now) > outbox_max_age.total_seconds() or too_many:
-                why = (
-                    "target no longer configured"
-                    if url is None
-                    else "older than outbox_max_age"
-                    if not too_many
-                    else "outbox full"
-                )
-                d = Delivery(
-                    item.route,
-                    item.target,
-                    item.channel,
-                    False,
-                    "EXPIRED",
-                    item.fingerprints,
-                    why,
-                    item.attempts,
-                    item.id,
-                    True,
-                    item.age(now),
-                    item.title,
-                )
-                log.warning(
-                    "outbox: dropped message for %s (%s, age %.1f h)",
-                    item.target,
-                    why,
-                    item.age(now) / 3600,
-                )
-                report.expired.append(d)
-                drop.append(item.id)
-                log_entries.append(_log_entry(d, now))
-                continue
-            res = send_message(url, _to_message(item, now), notify_type=item.notify_type)
-            d = Delivery(
-                item.route,
-                res.target,
-                item.channel,
-                res.ok,
-                res.status,
-                item.fingerprints,
-                res.error,
-                res.attempts,
-                item.id,
-                True,
-                item.age(now),
-                item.title,
-            )
-            log_entries.append(_log_entry(d, now))
-            if res.ok:
-                report.sent.append(d)
-                drop.append(item.id)
-            else:
-                item.attempts += 1
-                item.last_attempt_at = now
-                item.last_error = res.error[:300]
-                store.put_outbox([item])
-                report.failed.append(d)
-        store.remove_outbox(drop)
+        _retry_outbox(
+            sender,
+            routes,
+            committed=committed,
+            outbox_max_age=outbox_max_age,
+            outbox_max_items=outbox_max_items,
+        )
 
     # 2. this run's digests
     if not routes and any(d.notify for d in decisions):
@@ -350,6 +535,8 @@ def deliver(
         if any(takes_attachments(u) for r in routes for u in r.urls)
         else {}
     )
+    batch = uuid.uuid4().hex[:12]
+    todo: list[tuple[OutboxItem, str, Message]] = []
     for route in routes:
         chosen = select(
             decisions,
@@ -362,7 +549,18 @@ def deliver(
             chosen = [d for d in chosen if d.reason != Reason.RESOLVED or d.kind == "health"]
         if not chosen:
             continue
+        if not route.urls:
+            log.warning(
+                "notify route %s has no usable URL (all empty): %d notice(s) not sent",
+                route.name,
+                len(chosen),
+            )
+            report.unrouted.append(
+                {"route": route.name, "fingerprints": [d.fingerprint for d in chosen]}
+            )
+            continue
         ntype = _notify_type(chosen)
+        digest = digest_id(route.name, chosen)
         for url in route.urls:
             channel = channel_of(url)
             msg = render_digest(
@@ -409,37 +607,38 @@ def deliver(
                     }
                     for a in msg.attachments
                 ],
-                fingerprints=msg.fingerprints,
+                # Every notice the digest covers, including those behind "+k more".
+                fingerprints=[d.fingerprint for d in chosen],
                 notify_type=ntype,
+                digest_id=digest,
+                batch=batch,
+                timeout=route.timeout,
             )
-            store.put_outbox([item])  # write-ahead: a crash from here on loses nothing
-            res = send_message(url, msg, notify_type=ntype)
-            d = Delivery(
-                route.name,
-                res.target,
-                channel,
-                res.ok,
-                res.status,
-                msg.fingerprints,
-                res.error,
-                res.attempts,
-                item.id,
-                False,
-                0.0,
-                msg.title,
-            )
-            log_entries.append(_log_entry(d, now))
-            if res.ok:
-                store.remove_outbox([item.id])
-                report.sent.append(d)
+            todo.append((item, url, msg))
+
+    if not dry_run and todo:
+        nflog = store.nflog()
+        fresh = []
+        for item, url, msg in todo:
+            if (nflog.get(item.nflog_key) or {}).get("state") == "sent":
+                log.info(
+                    "digest %s already sent to %s: not sent again", item.digest_id, item.target
+                )
+                report.already_sent.append(
+                    _as_delivery(item, "ALREADY_SENT", ok=True, retried=False)
+                )
             else:
-                item.attempts = 1
-                item.last_attempt_at = now
-                item.last_error = res.error[:300]
-                store.put_outbox([item])
-                report.failed.append(d)
+                fresh.append((item, url, msg))
+        # Write-ahead: every digest is in the outbox, and its intent logged, before any send.
+        if fresh:
+            store.put_outbox([item for item, _, _ in fresh])
+        store.mark({item.nflog_key: _nflog_entry(item, "intent", now) for item, _, _ in fresh})
+        if commit is not None and fresh:
+            commit(batch)
+        for item, url, msg in fresh:
+            sender.send(item, url, msg, retried=False)
 
     if not dry_run:
-        store.append_log(log_entries)
+        store.append_log(sender.log_entries)
         report.outbox_size = len(store.outbox())
     return report

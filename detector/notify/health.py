@@ -11,7 +11,11 @@ rules; here they come with the job):
 * ``schema_drift``: the latest run reported unexpected or missing columns;
 * ``outbox``: undelivered messages pile up (``outbox_warn_items``) or wait too long
   (``outbox_warn_age``): delivery itself is failing, so this goes to every route that takes
-  health notices, and whichever channel still works carries it.
+  health notices, and whichever channel still works carries it;
+* ``undeliverable``: the latest run dropped messages no retry can deliver (malformed URL, no
+  such service): someone must fix the route;
+* ``no_targets``: the latest run had notices for a route whose URLs are all empty (an unset
+  ``${VAR:-}``): they went nowhere.
 
 Each issue notifies once when it starts, again every ``repeat_interval``, and once when it
 clears. Pure: no I/O, no clock.
@@ -104,6 +108,20 @@ def _issues(
             "severity": "warning",
             "summary": "the log's columns changed",
             "detail": "; ".join(str(x) for x in runs[-1].schema_drift)[:300],
+        }
+    latest = runs[-1] if runs else None
+    if latest is not None and latest.undeliverable:
+        out["undeliverable"] = {
+            "severity": "critical",
+            "summary": f"{latest.undeliverable} notification(s) can never be delivered",
+            "detail": "a notify URL is malformed or names no apprise service;"
+            " see the run report's delivery.undeliverable and `acs-detector check-config`",
+        }
+    if latest is not None and latest.unrouted:
+        out["no_targets"] = {
+            "severity": "warning",
+            "summary": "notices went nowhere: route(s) with no usable URL",
+            "detail": "routes: " + ", ".join(latest.unrouted[:5]),
         }
     if outbox:
         oldest = max(i.age(now) for i in outbox)

@@ -11,6 +11,13 @@ string, where apprise leaves header values visible), and while apprise runs a fi
 ``apprise`` and ``urllib3`` loggers masks every secret part of the URL, because apprise logs the
 raw POST URL (Slack and Teams tokens are in it) at DEBUG level.
 
+Time is bounded twice: every request waits at most ``timeout`` seconds for a connection or
+for the next bytes of an answer (apprise's own default is 4 s, too short for a webhook that is
+slow but alive: it then gets the message *and* a retry), and one send takes at most
+:func:`total_timeout` seconds in all, so a target that trickles its answer byte by byte cannot
+keep the job (or the process, after the job is done) alive. A send past that bound is reported
+as TIMEOUT and its worker thread is abandoned as a daemon.
+
 Does network I/O.
 """
 
@@ -21,10 +28,12 @@ import hashlib
 import logging
 import re
 import string
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Final
 from urllib.parse import unquote
 
 with warnings.catch_warnings():
@@ -40,12 +49,15 @@ with warnings.catch_warnings():
 from detector.notify.render import Message
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
+    "PERMANENT",
     "SendResult",
     "display_url",
     "redact",
     "secrets_of",
     "send_message",
     "target_id",
+    "total_timeout",
     "validate_url",
 ]
 
@@ -65,6 +77,17 @@ _TYPES = {
 }
 
 
+#: Seconds a request waits for a connection or the next bytes of an answer (apprise: 4 s).
+DEFAULT_TIMEOUT: Final = 15.0
+#: Outcomes no retry can change: the URL is malformed or names no apprise service.
+PERMANENT: Final = frozenset({"INVALID_URL", "NOMATCH"})
+
+
+def total_timeout(timeout: float) -> float:
+    """Upper bound of one whole send (connect, write, answer) for a per-request ``timeout``."""
+    return 3 * timeout + 5
+
+
 @dataclass
 class SendResult:
     """Outcome of one message to one target."""
@@ -74,6 +97,11 @@ class SendResult:
     target: str  # display (privacy) form
     error: str = ""  # redacted apprise log lines
     attempts: int = 0
+
+    @property
+    def permanent(self) -> bool:
+        """True when retrying cannot help (malformed URL, no such service)."""
+        return self.status in PERMANENT
 
 
 def target_id(route: str, url: str) -> str:
@@ -180,7 +208,43 @@ def validate_url(url: str) -> str | None:
     return None if ok else f"{display_url(url)}: apprise does not accept this URL"
 
 
-def send_message(url: str, message: Message, *, notify_type: str = "warning") -> SendResult:
+def _send_asset() -> apprise.AppriseAsset:
+    # No apprise-side deadline or worker pool: apprise's pool threads are joined at exit, so a
+    # trickling target abandoned there kept the process alive. The bound is ours (_bounded).
+    return apprise.AppriseAsset(
+        app_id="acs-detector",
+        app_desc="ACS call anomaly detector",
+        secure_logging=True,
+        async_mode=False,
+        service_timeout=0,
+    )
+
+
+def _bounded(work: Any, seconds: float) -> tuple[bool, Any, BaseException | None]:
+    """Run ``work()`` on a daemon thread for at most ``seconds``: (finished, result, error)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = work()
+        except BaseException as exc:  # handed back to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="acs-detector-send", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        return False, None, None
+    return True, box.get("result"), box.get("error")
+
+
+def send_message(
+    url: str,
+    message: Message,
+    *,
+    notify_type: str = "warning",
+    timeout: float | None = None,
+) -> SendResult:
     """Send ``message`` to ``url``; never raises for delivery problems.
 
     Parameters
@@ -188,15 +252,19 @@ def send_message(url: str, message: Message, *, notify_type: str = "warning") ->
     url : an apprise URL (secret).
     message : the rendered digest; attachments are sent where the service takes them.
     notify_type : failure | warning | success | info (colour/icon on Slack and Teams).
+    timeout : seconds one request waits for a connection or the next bytes of an answer
+        (None: :data:`DEFAULT_TIMEOUT`); the whole send is bounded by :func:`total_timeout`.
 
     Returns
     -------
-    SendResult with the privacy form of the target and redacted error lines.
+    SendResult with the privacy form of the target and redacted error lines. ``status`` is
+    TIMEOUT when the whole send overran its bound (the target may still have the message).
     """
     secrets = secrets_of(url)
     shown = display_url(url)
+    wait = float(timeout) if timeout and timeout > 0 else DEFAULT_TIMEOUT
     with _redacting(secrets):
-        ap = apprise.Apprise(asset=_asset())
+        ap = apprise.Apprise(asset=_send_asset())
         try:
             added = ap.add(url)
         except Exception:  # malformed URL: apprise may raise deep inside its parser
@@ -204,20 +272,34 @@ def send_message(url: str, message: Message, *, notify_type: str = "warning") ->
         if not added or len(ap) == 0:
             log.warning("notify target %s: apprise does not accept this URL", shown)
             return SendResult(False, "INVALID_URL", shown, "apprise does not accept this URL")
+        for service in ap:
+            service.socket_connect_timeout = wait
+            service.socket_read_timeout = wait
         attach = None
         if message.attachments:
             attach = apprise.AppriseAttachment(asset=_asset())
             for a in message.attachments:
                 attach.add(AttachMemory(content=a.data, name=a.name, mimetype=a.mimetype))
-        try:
-            result = ap.notify(
+        done, result, exc = _bounded(
+            lambda: ap.notify(
                 body=message.body,
                 title=message.title,
                 notify_type=_TYPES.get(notify_type, apprise.NotifyType.WARNING),
                 body_format=_FORMATS.get(message.body_format, apprise.NotifyFormat.TEXT),
                 attach=attach,
+            ),
+            total_timeout(wait),
+        )
+        if not done:
+            # The abandoned thread may still log the raw URL: keep masking it for good.
+            for name in _REDACTED_LOGGERS:
+                logging.getLogger(name).addFilter(_RedactFilter(secrets))
+            total = total_timeout(wait)
+            log.warning("notify target %s: no complete answer within %.0f s", shown, total)
+            return SendResult(
+                False, "TIMEOUT", shown, f"no complete answer within {total:.0f} s", 1
             )
-        except Exception as exc:  # API misuse only; keep the run alive and the item queued
+        if exc is not None:  # API misuse only; keep the run alive and the item queued
             log.warning("notify target %s: apprise raised %s", shown, type(exc).__name__)
             return SendResult(False, "FAILURE", shown, redact(str(exc), secrets)[:300])
         status = result.status.name

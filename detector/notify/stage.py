@@ -5,13 +5,20 @@ Consumes the engine's gated anomalies and evaluated fingerprints for the judged 
 :class:`AlertOutcome` (decisions with reasons, the delivery report). Order:
 
 1. load state, silences (config + ``acs-detector silence``) and acks;
-2. :func:`detector.lifecycle.step`, then the self-health check (with this run's record);
-3. deliver (outbox first, then digests, written ahead to the outbox);
-4. save the state, prune acks of resolved alerts, record the run.
+2. :func:`detector.lifecycle.step`;
+3. deliver: the outbox first, then this run's digests: written ahead to the outbox and the
+   notification log, then the state that decided them is saved with their batch id (the
+   commit), then they are sent;
+4. the self-health check (with this run's record and delivery outcome), delivered the same way;
+5. save the state, prune acks of resolved alerts, record the run.
 
-State is saved after delivery: a crash in between re-sends on the next run (at-least-once),
-never loses. ``dry_run`` writes and sends nothing; ``no_notify`` updates the state as if sent
-but sends nothing. Raising on failed delivery is left to the caller (after this returns,
+A crash before the commit leaves outbox items of an uncommitted batch: the rerun starts from
+the old state, decides the same notices again and drops those items unsent. A crash after it
+leaves committed items the rerun's outbox retry sends, while the saved state keeps the
+lifecycle from deciding them a second time. So no target that acknowledged a digest gets it
+again, except in the instant between its acknowledgement and the ``sent`` mark (at-least-once
+there: see :mod:`detector.notify.deliver`). ``dry_run`` writes and sends nothing;
+``no_notify`` updates the state as if sent but sends nothing. Raising on failed delivery is left to the caller (after this returns,
 everything is saved): ``if not outcome.report.ok: raise NotifyError(...)``.
 """
 
@@ -50,11 +57,21 @@ class AlertOutcome:
     def raise_for_delivery(self) -> None:
         """Raise NotifyError (exit 1) if anything was left undelivered; call after saving."""
         if not self.report.ok:
-            targets = ", ".join(sorted({f"{d.route}:{d.target}" for d in self.report.failed}))
-            raise NotifyError(
-                f"{len(self.report.failed)} notification(s) not delivered ({targets});"
-                " kept in the outbox for the next run"
-            )
+            failed, dropped = self.report.failed, self.report.undeliverable
+            parts = []
+            if failed:
+                targets = ", ".join(sorted({f"{d.route}:{d.target}" for d in failed}))
+                parts.append(
+                    f"{len(failed)} notification(s) not delivered ({targets});"
+                    " kept in the outbox for the next run"
+                )
+            if dropped:
+                targets = ", ".join(sorted({f"{d.route}:{d.target}" for d in dropped}))
+                parts.append(
+                    f"{len(dropped)} notification(s) can never be delivered ({targets}):"
+                    " fix the URL; dropped from the outbox"
+                )
+            raise NotifyError("; ".join(parts))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +87,22 @@ def _counts(decisions: Sequence[Decision]) -> dict[str, int]:
         out[str(d.reason)] = out.get(str(d.reason), 0) + 1
     out["notified"] = sum(1 for d in decisions if d.notify)
     return out
+
+
+def _with_delivery(
+    run: RunRecord, report: DeliveryReport, decisions: Sequence[Decision]
+) -> RunRecord:
+    """``run`` with what delivery did: notices that reached a target (sent or queued for a
+    retry) count as notified; a notice whose routes had no usable URL does not."""
+    reached = {fp for d in report.sent + report.failed if not d.retried for fp in d.fingerprints}
+    return replace(
+        run,
+        notified=sum(1 for d in decisions if d.notify and d.fingerprint in reached),
+        delivered=len(report.sent),
+        failed=len(report.failed),
+        undeliverable=len(report.undeliverable),
+        unrouted=sorted({u["route"] for u in report.unrouted}),
+    )
 
 
 def _td(value: Any, default: timedelta) -> timedelta:
@@ -121,6 +154,7 @@ def run_alerts(
     anomalies = list(anomalies)
     store = AlertStore(backend)
     state = store.load_state()
+    committed = store.committed()
     silences = config_silences(alerting, now) + store.silences()
     decisions, state = step(
         anomalies,
@@ -146,29 +180,35 @@ def run_alerts(
         [] if no_notify else decisions,
         history_for_charts=history_for_charts,
         retry_outbox=not no_notify,
+        commit=lambda batch, st=state: store.save_state(st, commit_batch=batch),
+        committed=committed,
         **common,
     )
     # Health is judged after delivery, on the outbox as it is now (a retry that just worked
-    # is not an issue), and sent as its own message to the routes that take health notices.
-    runs = store.runs() + ([run] if run is not None else [])
+    # is not an issue) and on what this run could not deliver, and sent as its own message
+    # to the routes that take health notices.
+    this_run = _with_delivery(run, report, decisions) if run is not None else None
+    runs = store.runs() + ([this_run] if this_run is not None else [])
     outbox_now = [] if dry_run else store.outbox()
     health, state = check_health(runs, outbox_now, state, hpolicy, now)
     if any(d.notify for d in health) and not no_notify:
-        hreport = deliver(health, retry_outbox=False, **common)
-        report.sent += hreport.sent
-        report.failed += hreport.failed
-        report.messages += hreport.messages
-        report.outbox_size = hreport.outbox_size
+        hreport = deliver(
+            health,
+            retry_outbox=False,
+            commit=lambda batch, st=state: store.save_state(st, commit_batch=batch),
+            **common,
+        )
+        report.merge(hreport)
     decisions = health + decisions
     if not dry_run:
         store.save_state(state)
         store.prune_acks(state)
         if run is not None:
+            done = _with_delivery(run, report, decisions)
             store.record_run(
                 replace(
-                    run,
+                    done,
                     finished_at=run.finished_at or now,
-                    notified=sum(1 for d in decisions if d.notify),
                     anomalies=run.anomalies or len(anomalies),
                     outbox_size=report.outbox_size,
                     status=(

@@ -10,8 +10,16 @@ a state another writer changed since :meth:`AlertStore.load_state` (StateError).
 
 Blobs (under ``prefix``, default ``alerts/``): ``state.json``, ``silences.json``, ``acks.json``,
 ``outbox.json``, ``runs.json`` (last :data:`MAX_RUNS`), ``log.json`` (last :data:`MAX_LOG`
-deliveries). Secrets are never stored: outbox items keep the route name, a hash of the target
-URL and its privacy form only.
+deliveries), ``nflog.json`` (the notification log: per digest and target, ``intent`` ->
+``sending`` -> ``sent`` or ``undeliverable``, or ``superseded``/``expired``; last :data:`MAX_NFLOG` entries). Secrets are never
+stored: outbox items and log entries keep the route name, a hash of the target URL and its
+privacy form only.
+
+Delivery batches: outbox items written ahead of a send carry the id of their batch, and
+:meth:`AlertStore.save_state` records that id in ``state.json`` (``committed``) with the state
+that decided them. An item whose batch is not there was written by a run that died before its
+state was saved; it was never sent, and the rerun decides it again (see
+:mod:`detector.notify.deliver`).
 
 Consumes and produces records; does I/O through the backend only.
 """
@@ -34,14 +42,22 @@ from detector.timeutil import iso_z, to_datetime
 
 __all__ = [
     "MAX_LOG",
+    "MAX_NFLOG",
     "MAX_RUNS",
+    "NFLOG_STATES",
     "AlertStore",
     "OutboxItem",
     "RunRecord",
+    "nflog_key",
 ]
 
 MAX_RUNS: Final = 200
 MAX_LOG: Final = 500
+MAX_NFLOG: Final = 2000
+MAX_BATCHES: Final = 200
+#: Notification log states: intent -> sending -> sent | undeliverable; an intent whose batch
+#: was never committed ends as superseded, one dropped from the outbox unsent as expired.
+NFLOG_STATES: Final = ("intent", "sending", "sent", "undeliverable", "superseded", "expired")
 _RETRIES: Final = 8
 T = TypeVar("T")
 
@@ -66,6 +82,9 @@ class OutboxItem:
     attachments: list[dict[str, str]] = field(default_factory=list)  # name, mimetype, data(b64)
     fingerprints: list[str] = field(default_factory=list)
     notify_type: str = "warning"  # failure | warning | success (colour/icon on retry)
+    digest_id: str = ""  # the digest's content id (same decisions -> same id), for the nflog
+    batch: str = ""  # the write-ahead batch ("" = written before batches existed: committed)
+    timeout: float | None = None  # the route's send timeout when it was queued
     attempts: int = 0
     last_attempt_at: datetime | None = None
     last_error: str = ""
@@ -73,6 +92,11 @@ class OutboxItem:
     def age(self, now: datetime) -> float:
         """Seconds since the message was first created."""
         return (now - self.created_at).total_seconds()
+
+    @property
+    def nflog_key(self) -> str:
+        """Key of this message's notification log entry (digest and target)."""
+        return nflog_key(self.digest_id or self.id, self.target_id)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -110,6 +134,10 @@ class RunRecord:
     outbox_size: int = 0
     schema_drift: list[str] = field(default_factory=list)
     error: str = ""  # one line, no secrets
+    delivered: int = 0  # messages a target acknowledged in this run
+    failed: int = 0  # messages left in the outbox for a retry
+    undeliverable: int = 0  # messages dropped for good (malformed URL, no such service)
+    unrouted: list[str] = field(default_factory=list)  # routes with notices but no usable URL
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -133,6 +161,7 @@ class AlertStore:
         self.backend = backend
         self.prefix = prefix
         self._state_version: str | None = None
+        self._committed: list[str] = []
 
     # ---- low level -------------------------------------------------------------------------
 
@@ -177,16 +206,29 @@ class AlertStore:
         data, version = self._read("state", None)
         self._state_version = version
         if data is None:
+            self._committed = []
             return AlertState()
         try:
+            self._committed = [str(b) for b in data.get("committed", [])]
             return AlertState.from_json(data)
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"{self._key('state')}: cannot be read: {exc}") from exc
 
-    def save_state(self, state: AlertState) -> None:
-        """Write the state, only if nobody changed it since :meth:`load_state` (else StateError)."""
+    def committed(self) -> set[str]:
+        """Delivery batches whose state was saved (as of :meth:`load_state`/:meth:`save_state`)."""
+        return set(self._committed)
+
+    def save_state(self, state: AlertState, *, commit_batch: str | None = None) -> None:
+        """Write the state, only if nobody changed it since :meth:`load_state` (else StateError).
+
+        ``commit_batch``: the outbox batch this state decided; recorded in the same write, so
+        its items are known to be committed (sendable) from then on.
+        """
+        if commit_batch:
+            self._committed = [*self._committed, commit_batch][-MAX_BATCHES:]
+        data = {**state.to_json(), "committed": list(self._committed)}
         try:
-            self._state_version = self._write("state", state.to_json(), self._state_version)
+            self._state_version = self._write("state", data, self._state_version)
         except VersionConflict as exc:
             raise StateError(
                 f"{self._key('state')} was changed by another run since it was read;"
@@ -339,6 +381,43 @@ class AlertStore:
 
         if entries:
             self._update("log", [], add)
+
+    # ---- notification log ------------------------------------------------------------------
+
+    def nflog(self) -> dict[str, dict[str, Any]]:
+        """The notification log, oldest change first: ``nflog_key(digest, target)`` ->
+        ``{state, at, route, target, digest, seq}``."""
+        data, _ = self._read("nflog", {})
+        if not isinstance(data, dict):
+            return {}
+        return dict(sorted(data.items(), key=lambda kv: kv[1].get("seq", 0)))
+
+    def mark(self, entries: dict[str, dict[str, Any]]) -> None:
+        """Add or update notification log entries in one write (oldest trimmed past MAX_NFLOG).
+
+        Each value needs ``state`` (one of :data:`NFLOG_STATES`); other keys are kept as given,
+        and ``seq`` orders the entries by their latest change (the blob is written key-sorted).
+        """
+        for entry in entries.values():
+            if entry.get("state") not in NFLOG_STATES:
+                raise ValueError(f"nflog state must be one of {NFLOG_STATES}")
+
+        def put(current: dict[str, Any]) -> None:
+            seq = max((int(e.get("seq", 0)) for e in current.values()), default=0)
+            for key, entry in entries.items():
+                seq += 1
+                current[key] = {**entry, "seq": seq}
+            oldest = sorted(current, key=lambda k: current[k].get("seq", 0))
+            for key in oldest[: max(0, len(current) - MAX_NFLOG)]:
+                del current[key]
+
+        if entries:
+            self._update("nflog", {}, put)
+
+
+def nflog_key(digest_id: str, target_id: str) -> str:
+    """The notification log key of one digest to one target."""
+    return f"{digest_id}/{target_id}"
 
 
 def _ended(s: Silence) -> datetime:
