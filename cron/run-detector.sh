@@ -37,6 +37,8 @@
 # when the wrapper cannot start the job (env file unreadable or malformed, python missing).
 set -u
 set -o pipefail
+# State, reports and logs are for the service user and its group (systemd: UMask=0027).
+umask 027
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 home="${ACS_DETECTOR_HOME:-$(dirname "$here")}"
