@@ -249,22 +249,26 @@ def _cmd_run(args: argparse.Namespace, now: datetime) -> int:
     if args.start is not None and args.end <= args.start:
         raise ConfigError("--end must be after --start")
     from detector import pipeline
+    from detector.notify.heartbeat import heartbeat_on_exit
 
     cfg = _load(args)
-    report = pipeline.run_job(
-        cfg,
-        now=args.now or now,
-        start=args.start,
-        end=args.end,
-        dry_run=args.dry_run,
-        notify=args.notify,
-        output=args.output,
-        report_path=args.report,
-        html_path=args.html,
-        progress=sys.stderr.isatty(),
-    )
-    print(pipeline.console_summary(report))
-    return EXIT_FAILURE if report.get("delivery_failed") else EXIT_OK
+    # Dead man's switch: from here on every run ends with a ping, the fail form if it failed.
+    with heartbeat_on_exit(cfg.health, enabled=not args.dry_run) as outcome:
+        report = pipeline.run_job(
+            cfg,
+            now=args.now or now,
+            start=args.start,
+            end=args.end,
+            dry_run=args.dry_run,
+            notify=args.notify,
+            output=args.output,
+            report_path=args.report,
+            html_path=args.html,
+            progress=sys.stderr.isatty(),
+        )
+        print(pipeline.console_summary(report))
+        outcome.exit_code = EXIT_FAILURE if report.get("delivery_failed") else EXIT_OK
+    return outcome.exit_code
 
 
 def _cmd_backfill(args: argparse.Namespace, now: datetime) -> int:

@@ -150,6 +150,10 @@ class Config:
     routes: tuple[RouteConfig, ...] = ()
     maintenance: tuple[MaintenanceWindow, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: ``[health]``: heartbeat_urls (tuple of http(s) URLs) and heartbeat_timeout.
+    health: dict[str, Any] = field(
+        default_factory=lambda: {"heartbeat_urls": (), "heartbeat_timeout": timedelta(seconds=10)}
+    )
 
     @property
     def state_path(self) -> Path:
@@ -204,6 +208,11 @@ class Config:
                         }
                         for r in self.routes
                     ]
+                },
+                "health": {
+                    # A heartbeat URL's path is the check's secret, wherever it came from.
+                    "heartbeat_urls": [redact_url(u) for u in self.health["heartbeat_urls"]],
+                    "heartbeat_timeout": format_duration(self.health["heartbeat_timeout"]),
                 },
                 "maintenance": [
                     {
@@ -480,6 +489,34 @@ def _check_routes(notify: Any, problems: list[str]) -> tuple[RouteConfig, ...]:
     return tuple(out)
 
 
+def _check_health(health: Any, problems: list[str]) -> dict[str, Any]:
+    """``[health]``: heartbeat URLs (http or https; empty values dropped) and their timeout."""
+    if health is None:
+        health = {}
+    if not isinstance(health, dict):
+        problems.append("health: must be a table")
+        health = {}
+    for key in health:
+        if key not in ("heartbeat_urls", "heartbeat_timeout"):
+            problems.append(f"health.{key}: unknown key")
+    urls = health.get("heartbeat_urls", [])
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        problems.append("health.heartbeat_urls: must be a list of http(s) URLs")
+        urls = []
+    urls = [u.strip() for u in urls if u.strip()]  # ${VAR:-} disables a URL, as in routes
+    for i, u in enumerate(urls):
+        if not re.match(r"^https?://[^/?#\s]+", u, re.I):
+            problems.append(f"health.heartbeat_urls[{i}]: must be an http:// or https:// URL")
+    timeout = timedelta(seconds=10)
+    try:
+        timeout = _duration(health.get("heartbeat_timeout", "10s"))
+        if timeout > timedelta(seconds=60):
+            raise ValueError("must be at most 60s (a ping must not hold up the next run)")
+    except ValueError as exc:
+        problems.append(f"health.heartbeat_timeout: {exc}")
+    return {"heartbeat_urls": tuple(urls), "heartbeat_timeout": timeout}
+
+
 def _check_maintenance(windows: Any, problems: list[str]) -> tuple[MaintenanceWindow, ...]:
     if windows is None:
         return ()
@@ -587,7 +624,15 @@ def config_from_dict(
     problems: list[str] = []
     data = _substitute(data, "", os.environ if env is None else env, problems)
     for key in data:
-        if key not in ("source", "detection", "state", "alerting", "notify", "maintenance"):
+        if key not in (
+            "source",
+            "detection",
+            "state",
+            "alerting",
+            "notify",
+            "maintenance",
+            "health",
+        ):
             problems.append(f"{key}: unknown section")
     source = _check_section("source", data.get("source"), problems, passthrough=True)
     detection = _check_section("detection", data.get("detection"), problems, passthrough=True)
@@ -595,6 +640,7 @@ def config_from_dict(
     alerting = _check_section("alerting", data.get("alerting"), problems, passthrough=True)
     routes = _check_routes(data.get("notify"), problems)
     maintenance = _check_maintenance(data.get("maintenance"), problems)
+    health = _check_health(data.get("health"), problems)
     if source.get("kind") == "log_analytics" and bool(source.get("workspace_id")) == bool(
         source.get("resource_id")
     ):
@@ -618,6 +664,7 @@ def config_from_dict(
         routes=routes,
         maintenance=maintenance,
         raw=data,
+        health=health,
     )
 
 

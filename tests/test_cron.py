@@ -267,3 +267,218 @@ def test_missed_runs_are_caught_up_from_the_watermark(tmp_path: Path) -> None:
     assert second["window"]["start"] == first["window"]["end"]  # type: ignore[index]
     assert first["window"]["end"] == "2026-11-21T11:50:00Z"  # type: ignore[index]  # now - delay
     assert second["window"]["end"] == "2026-11-21T12:50:00Z"  # type: ignore[index]
+
+
+# --------------------------------------------------------------------------------------------
+# The install as cron/README.md lays it out: a root-owned, read-only checkout, an env file
+# root:<service group> mode 640, state and log directories owned by the service user, and the
+# wrapper run as that (unprivileged) user.
+# --------------------------------------------------------------------------------------------
+
+# Values a shell would mangle: `&` (mailtos to=), `;` and `==` (storage connection strings),
+# quotes, spaces, `$` and command substitutions (which must not run), a Windows line end.
+ENV_FILE = (
+    "# acs-detector secrets: KEY=VALUE, read literally\n"
+    "\n"
+    "ACS_DETECTOR_EMAIL_URL=mailtos://alerts:p%40ss@smtp.example.com:587?from=a@example.com&to=oncall@example.com\n"
+    "ACS_DETECTOR_STORAGE_CONNECTION_STRING=DefaultEndpointsProtocol=https;AccountName=st;AccountKey=bXk=a2V5==;EndpointSuffix=core.windows.net\n"
+    'ACS_DETECTOR_TEAMS_URL="workflows://prod-01.westeurope.logic.azure.com:443/abc/def?api-version=2016-06-01&sp=%2Ftriggers&sig=AbC_d-E"\n'
+    "  QUOTED_SINGLE='two  spaces \"inside\"'  \n"
+    "SPACES=a value with spaces\n"
+    "HOSTILE=$(touch {marker}) `touch {marker}` ${{HOME}} $HOME; touch {marker} & echo\n"
+    "EMPTY=\n"
+    "WINDOWS_LINE=crlf\r\n"
+    "# COMMENTED=out\n"
+    "LAST_LINE_WITHOUT_NEWLINE=end"
+)
+EXPECTED = {
+    "ACS_DETECTOR_EMAIL_URL": "mailtos://alerts:p%40ss@smtp.example.com:587?from=a@example.com&to=oncall@example.com",
+    "ACS_DETECTOR_STORAGE_CONNECTION_STRING": "DefaultEndpointsProtocol=https;AccountName=st;AccountKey=bXk=a2V5==;EndpointSuffix=core.windows.net",
+    "ACS_DETECTOR_TEAMS_URL": "workflows://prod-01.westeurope.logic.azure.com:443/abc/def?api-version=2016-06-01&sp=%2Ftriggers&sig=AbC_d-E",
+    "QUOTED_SINGLE": 'two  spaces "inside"',
+    "SPACES": "a value with spaces",
+    "HOSTILE": "$(touch {marker}) `touch {marker}` ${{HOME}} $HOME; touch {marker} & echo",
+    "EMPTY": "",
+    "WINDOWS_LINE": "crlf",
+    "LAST_LINE_WITHOUT_NEWLINE": "end",
+}
+
+# The job stand-in: dumps the environment it was given, NUL-separated (values are exact).
+ENV_DUMP = """#!/bin/sh
+env -0 > "$DUMP_TO"
+echo "job ran as $(id -u) in $(pwd)"
+exit "${FAKE_EXIT:-0}"
+"""
+
+
+def _free_id() -> int:
+    """A uid (and gid) nobody has: the test's service user needs no passwd entry."""
+    import grp
+    import pwd
+
+    for candidate in range(61000, 62000):
+        try:
+            pwd.getpwuid(candidate)
+            continue
+        except KeyError:
+            pass
+        try:
+            grp.getgrgid(candidate)
+        except KeyError:
+            return candidate
+    pytest.skip("no free uid/gid in 61000-61999")
+
+
+class Install:
+    """A sandboxed /opt, /etc, /var laid out as cron/README.md installs them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.uid = self.gid = _free_id() if os.geteuid() == 0 else os.getuid()
+        if os.geteuid() != 0:
+            self.gid = os.getgid()
+        self.home = root / "opt" / "acs-detector"
+        (self.home / "cron").mkdir(parents=True)
+        (self.home / ".venv" / "bin").mkdir(parents=True)
+        shutil.copy(WRAPPER, self.home / "cron" / "run-detector.sh")
+        python = self.home / ".venv" / "bin" / "python"
+        python.write_text(ENV_DUMP)
+        for path in (self.home / "cron" / "run-detector.sh", python):
+            path.chmod(0o755)
+        self.state = root / "var" / "lib" / "acs-detector"
+        self.logs = root / "var" / "log" / "acs-detector"
+        for d in (self.state, self.logs):
+            d.mkdir(parents=True)
+            os.chown(d, self.uid, self.gid)  # install -d -o acs-detector -g acs-detector -m 750
+            d.chmod(0o750)
+        self.env_file = root / "etc" / "acs-detector.env"
+        self.env_file.parent.mkdir()
+        self.marker = root / "pwned"
+        self.log = self.logs / "acs-detector.log"
+        self.dump = self.state / "env.dump"
+
+    def write_env(self, text: str, mode: int = 0o640, group: int | None = None) -> None:
+        self.env_file.write_text(text.format(marker=self.marker))
+        # install -m 640 -o root -g acs-detector: root writes it, the service user reads it.
+        os.chown(self.env_file, os.geteuid(), self.gid if group is None else group)
+        self.env_file.chmod(mode)
+
+    def run(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        """The wrapper as the service user, with cron's environment and the README's paths."""
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(self.state),
+            "ACS_DETECTOR_ENV_FILE": str(self.env_file),
+            "ACS_DETECTOR_LOG": str(self.log),
+            "DUMP_TO": str(self.dump),
+            **extra,
+        }
+        argv = [str(self.home / "cron" / "run-detector.sh"), *args]
+        if os.geteuid() == 0:
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                pytest.skip("setpriv (util-linux) not installed: cannot drop root")
+            argv = [
+                setpriv,
+                f"--reuid={self.uid}",
+                f"--regid={self.gid}",
+                "--clear-groups",
+                "--inh-caps=-all",
+                *argv,
+            ]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+
+    def seen(self) -> dict[str, str]:
+        pairs = [p.split("=", 1) for p in self.dump.read_bytes().decode().split("\0") if p]
+        return dict(pairs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def install() -> Install:
+    import tempfile
+
+    # Not tmp_path: pytest's base directory is private to the user running the tests, and the
+    # service user must be able to reach the install like any /opt.
+    root = Path(tempfile.mkdtemp(prefix="acs-install-", dir="/tmp"))
+    root.chmod(0o755)
+    yield Install(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_env_file_values_reach_the_job_literally_as_the_service_user(install: Install) -> None:
+    install.write_env(ENV_FILE)
+    proc = install.run()
+    assert proc.returncode == 0, proc.stderr + install.log.read_text()
+    seen = install.seen()
+    expected = {k: v.format(marker=install.marker) for k, v in EXPECTED.items()}
+    assert {k: seen.get(k) for k in expected} == expected
+    assert "COMMENTED" not in seen
+    assert not install.marker.exists(), "a value was run as shell"
+    # It ran as the service user, in the read-only install, and logged where the README says.
+    assert f"job ran as {install.uid} in {install.home}\n" in install.log.read_text()
+    assert seen["ACS_DETECTOR_CONFIG"] == str(install.home / "config" / "detector.toml")
+    if os.geteuid() == 0:  # the checkout is root's: the lock needs no write access to it
+        assert install.home.stat().st_uid == 0 and install.home.stat().st_mode & 0o022 == 0
+    assert proc.stdout == "" and proc.stderr == ""  # a good run mails nothing under cron
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a file another user cannot read")
+def test_unreadable_env_file_is_in_the_log_not_only_on_stderr(install: Install) -> None:
+    """The README's old `install -m 600` (root only): the service user cannot read it."""
+    install.write_env(ENV_FILE, mode=0o600, group=0)
+    proc = install.run()
+    assert proc.returncode == 2
+    logged = install.log.read_text()
+    assert re.search(
+        r"^\S+Z run-detector: cannot read env file .*mode 640 \(exit 2\)$", logged, re.M
+    )
+    assert "cannot read env file" in proc.stderr  # and on stderr, which cron mails
+    assert not install.dump.exists()
+
+
+def test_malformed_env_line_stops_the_run_without_showing_the_secret(install: Install) -> None:
+    install.write_env("GOOD=1\nexport TOKEN=s3cret-value\n")
+    proc = install.run()
+    assert proc.returncode == 2 and not install.dump.exists()
+    logged = install.log.read_text()
+    assert "line 2: not a KEY=VALUE line" in logged and "line 2" in proc.stderr
+    assert "s3cret" not in logged + proc.stderr
+
+
+def test_wrapper_failures_reach_the_log(install: Install) -> None:
+    install.write_env("A=1\n")
+    missing = install.run(ACS_DETECTOR_PYTHON=str(install.root / "no-python"))
+    assert missing.returncode == 2
+    assert "python not found" in install.log.read_text() and "python not found" in missing.stderr
+    failed = install.run(FAKE_EXIT="1")
+    assert failed.returncode == 1
+    assert "run failed: runtime failure" in install.log.read_text()
+    assert "run failed" in failed.stderr
+
+
+def test_unwritable_log_falls_back_to_stderr_and_syslog(install: Install) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the install is writable by its owner when not root")
+    install.write_env("A=1\n")
+    proc = install.run(ACS_DETECTOR_LOG=str(install.home / "log" / "acs-detector.log"))
+    assert proc.returncode == 0
+    assert "cannot write log file" in proc.stderr and "job ran as" in proc.stdout
+
+
+def test_shipped_files_match_the_readme_install() -> None:
+    """Static checks for what no test here can run: the README's steps and the unit's paths."""
+    readme = (CRON / "README.md").read_text()
+    service = (CRON / "acs-detector.service").read_text()
+    crontab = (CRON / "acs-detector.cron").read_text()
+    assert re.search(r"^StateDirectory=acs-detector$", service, re.M)
+    assert re.search(r"^LogsDirectory=acs-detector$", service, re.M)
+    assert "ReadWritePaths=/opt" not in service  # the install stays read-only
+    assert not re.search(r"^EnvironmentFile=", service, re.M)  # one parser: the wrapper's
+    assert not re.search(r'^MAILTO=""', crontab, re.M)
+    assert "chown -R acs-detector" not in readme
+    assert "install -m 640 -o root -g acs-detector /dev/null /etc/acs-detector.env" in readme
+    # The final check runs through the wrapper, so it sees the env file like the job does.
+    assert re.search(r"sudo -u acs-detector .*cron/run-detector\.sh check-config", readme)
+    example = (CRON.parent / "config" / "log-analytics.example.toml").read_text()
+    assert 'path = "/var/lib/acs-detector"' in example
+    assert 'models = "/var/lib/acs-detector/models"' in example

@@ -318,3 +318,43 @@ def test_end_to_end_state_in_blob_storage(
     second = json.loads(store.read("pipeline.json")[0])  # type: ignore[index]
     # The late run judged from where the first stopped: nothing skipped, nothing twice.
     assert second["last_run"]["window"]["start"] == first["judged_until"]
+
+
+def test_invocations_ping_the_heartbeat(
+    httpserver: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    records: list[dict[str, Any]],
+) -> None:
+    """The real function and CLI: the shipped config's [health] URL (an app setting) is pinged
+    after a good invocation and in its fail form after a failed one."""
+    from detector.cli import main
+
+    check = "c0ffee00-1111-2222-3333-444455556666"
+    httpserver.expect_request(f"/{check}").respond_with_data("OK")
+    httpserver.expect_request(f"/{check}/fail").respond_with_data("OK")
+    monkeypatch.setenv("ACS_DETECTOR_HEARTBEAT_URL", httpserver.url_for(f"/{check}"))
+    data = tmp_path / "data"
+    sim = ["simulate", "--out", str(data), "--days", "1", "--seed", "3", "--calls-per-hour", "10"]
+    assert main([*sim, "--start", "2026-11-20T00:00:00Z"]) == 0
+    shipped = tomllib.loads((APP_DIR / "config" / "detector.toml").read_text())
+    assert shipped["health"]["heartbeat_urls"] == ["${ACS_DETECTOR_HEARTBEAT_URL:-}"]
+    config = tmp_path / "detector.toml"
+
+    def configure(source_path: Path) -> None:
+        config.write_text(
+            f'[source]\nkind = "file"\npath = "{source_path}"\n\n'
+            '[detection]\nbaseline = "1d"\nmax_window = "2h"\n\n'
+            f'[state]\npath = "{tmp_path / "state"}"\nmodels = "{tmp_path / "models"}"\n\n'
+            '[health]\nheartbeat_urls = ["${ACS_DETECTOR_HEARTBEAT_URL:-}"]\n'
+        )
+
+    monkeypatch.setenv("ACS_DETECTOR_CONFIG", str(config))
+    configure(data)
+    fa.detector_timer(TimerRequest(past_due=False))
+    configure(tmp_path / "no-such-export")  # the run fails after the config loaded
+    with pytest.raises(RuntimeError, match="exited with code"):
+        fa.detector_timer(TimerRequest(past_due=False))
+    assert [req.path for req, _ in httpserver.log] == [f"/{check}", f"/{check}/fail"]
+    shown = json.dumps([r for r in records if r["logger"] != "werkzeug"])  # not the receiver's
+    assert "heartbeat (success) sent" in shown and check not in shown
