@@ -40,6 +40,7 @@ __all__ = [
     "for_markdown",
     "for_slack",
     "for_teams",
+    "for_terminal",
     "for_text",
     "kql_string",
 ]
@@ -92,6 +93,15 @@ def clean(value: Any, limit: int = LIMIT, *, keep_newlines: bool = False) -> str
 def for_text(value: Any, limit: int = LIMIT) -> str:
     """Plain text (email text part, logs, console): :func:`clean`."""
     return clean(value, limit)
+
+
+def for_terminal(text: str) -> str:
+    """Several lines for a terminal (status, run summary): no escape sequence, no bidi trick.
+
+    Line breaks and indentation stay; ESC, other controls and invisible characters do not,
+    so a name from the log cannot recolour, move the cursor or reorder what is shown.
+    """
+    return clean(text, 1_000_000, keep_newlines=True)
 
 
 def for_html(value: Any, limit: int = LIMIT) -> str:

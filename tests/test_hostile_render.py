@@ -248,3 +248,27 @@ def test_every_escaper_is_total_and_one_line(value):
     literal = kql_string(value)
     assert literal.isascii() and "`" not in literal and "|" not in literal
     assert "<" not in for_markdown(value) and "`" not in for_markdown(value)
+
+
+def test_terminal_output_has_no_escape_sequences(tmp_path):
+    """``run``'s console summary and ``status`` print names from the log to a terminal."""
+    from detector.notify.commands import status_text
+    from detector.pipeline import console_summary
+    from detector.store.alerts import AlertStore
+
+    _, anomalies = _decisions()
+    end = T0 + STEP
+    report = {
+        "mode": "manual",
+        "run_id": "r1",
+        "window": {"start": "a", "end": "b"},
+        "source": {},
+        "anomalies": [a.to_json() for a in anomalies],
+    }
+    _, state = step(anomalies, {}, AlertState(), LifecyclePolicy(), end, window_end=end)
+    backend = LocalBackend(tmp_path)
+    AlertStore(backend).save_state(state)
+    for text in (console_summary(report), status_text(backend, end)):
+        assert not INVISIBLE.search(text), INVISIBLE.search(text)
+        assert "\x1b" not in text and "\r" not in text
+        assert text.count("\n") >= len(HOSTILE)  # every alert still listed
