@@ -1,11 +1,13 @@
-"""Planted secrets never leave (issue 21, item 6).
+"""The whole job under hostile configuration and log input (issue 21, items 5 and 6).
+
+Planted secrets never leave:
 
 Route URLs carry secrets where real services put them: a token in a json:// webhook's path, a
 header value in its query, a Teams workflow id and signature. The job runs end to end through
 the CLI in a child process (simulated logs, DEBUG logging, a working target, a failing one and
 an unreachable Teams workflow), then retries its outbox, prints ``status``, ``check-config`` and
 writes the HTML report. Every file it wrote and all it printed are then searched for each
-secret.
+secret. And an operation name with a ``|`` is detected, decided and delivered.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ SECRETS = [WORK_TOKEN, WORK_HEADER, FAIL_TOKEN, FAIL_QUERY, TEAMS_WF, TEAMS_SIG]
 class _Hook(BaseHTTPRequestHandler):
     status = 200
     hits = 0
+    bodies: list[bytes] = []
 
     def do_POST(self) -> None:  # noqa: N802 (http.server API)
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).bodies.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         type(self).hits += 1
         self.send_response(type(self).status)
         self.end_headers()
@@ -48,7 +51,7 @@ class _Hook(BaseHTTPRequestHandler):
 
 
 def _server(status: int) -> tuple[ThreadingHTTPServer, type[_Hook]]:
-    handler = type("Hook", (_Hook,), {"status": status, "hits": 0})
+    handler = type("Hook", (_Hook,), {"status": status, "hits": 0, "bodies": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, handler
@@ -184,3 +187,57 @@ def test_display_url_hides_path_tokens_and_query_values(url: str, secret: str) -
     shown = display_url(url)
     assert secret not in shown and "://" in shown and "<invalid>" not in shown
     assert secret not in redact(f"POST {url} failed: 500", secrets_of(url))
+
+
+def test_a_pipe_in_operation_name_is_alerted_end_to_end(tmp_path: Path, targets) -> None:
+    """Issue 21 item 5: 'Start|Video' was critical on the console, 0 decisions, 0 sent."""
+    import json
+
+    import pandas as pd
+
+    work, work_h, _, _ = targets
+    sim = simulate(tmp_path / "sim", days=4, seed=3, scenario="fleet_failure_spike")
+    incident = sim.incidents[0]
+    hostile = incident.operation_name[:5] + "|" + incident.operation_name[5:]
+    frame = pd.read_parquet(sim.data_path)
+    frame["OperationName"] = frame["OperationName"].replace(incident.operation_name, hostile)
+    frame.to_parquet(sim.data_path)
+    config = tmp_path / "detector.toml"
+    config.write_text(
+        f"""
+[source]
+kind = "file"
+path = "{sim.data_path}"
+
+[detection]
+bucket = "5m"
+baseline = "7d"
+delay = "30m"
+
+[state]
+path = "{tmp_path / "state"}"
+models = "{tmp_path / "models"}"
+
+[[notify.route]]
+name = "work"
+urls = ["json://127.0.0.1:{work.server_address[1]}/hook"]
+min_severity = "info"
+"""
+    )
+    r = _cli(
+        [
+            "--config",
+            str(config),
+            "run",
+            "--start",
+            f"{sim.warmup_end:%Y-%m-%dT%H:%M:%SZ}",
+            "--end",
+            f"{sim.end:%Y-%m-%dT%H:%M:%SZ}",
+        ],
+        dict(os.environ),
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "state" / "reports" / "latest.json").read_text())
+    assert any(a["operation_name"] == hostile for a in report["anomalies"])
+    messages = [json.loads(b)["message"] for b in work_h.bodies]
+    assert any(hostile in m and "failure rate" in m for m in messages), messages
