@@ -247,9 +247,14 @@ def _redact(value: Any, key: str = "") -> Any:
     if isinstance(value, list | tuple):
         return [_redact(v, key) for v in value]
     # A notification URL carries its token in the user, host or path part even when it has
-    # no "@" or "?" (slack://xoxb-..., json://host/hook/TOKEN): never shown in clear.
+    # no "@" or "?" (slack://xoxb-..., json://host/hook/TOKEN): shown as status, reports and
+    # logs show it (send.display_url), never in clear.
+    if isinstance(value, str) and key == "urls":
+        from detector.notify.send import display_url
+
+        return display_url(value)
     if isinstance(value, str) and "://" in value:
-        return redact_url(value) if key == "urls" or "@" in value or "?" in value else value
+        return redact_url(value) if "@" in value or "?" in value else value
     return value
 
 
