@@ -1,13 +1,12 @@
 """The whole job under hostile configuration and log input (issue 21, items 5 and 6).
 
-Planted secrets never leave:
-
-Route URLs carry secrets where real services put them: a token in a json:// webhook's path, a
-header value in its query, a Teams workflow id and signature. The job runs end to end through
-the CLI in a child process (simulated logs, DEBUG logging, a working target, a failing one and
-an unreachable Teams workflow), then retries its outbox, prints ``status``, ``check-config`` and
-writes the HTML report. Every file it wrote and all it printed are then searched for each
-secret. And an operation name with a ``|`` is detected, decided and delivered.
+Planted secrets never leave. Route URLs carry secrets where real services put them: a token in
+a json:// webhook's path, a header value in its query, a Teams workflow id and signature. The
+job runs end to end through the CLI in a child process (simulated logs, DEBUG logging, a
+working target, a failing one and an unreachable Teams workflow), then retries its outbox,
+prints ``status`` and ``check-config`` and writes the HTML report. Every file it wrote and all
+it printed are then searched for each secret. And an operation name with a ``|`` is detected,
+decided and delivered.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,6 +69,31 @@ def targets():
             s.server_close()
 
 
+def _write_config(tmp_path: Path, data: Path, routes: dict[str, list[str]]) -> Path:
+    """A config reading ``data``, state under ``tmp_path``, one route per ``routes`` entry."""
+    path = tmp_path / "config" / "detector.toml"
+    path.parent.mkdir(exist_ok=True)
+    text = (
+        f'[source]\nkind = "file"\npath = "{data}"\n\n'
+        '[detection]\nbucket = "5m"\nbaseline = "7d"\ndelay = "30m"\n\n'
+        f'[state]\npath = "{tmp_path / "state"}"\nmodels = "{tmp_path / "models"}"\n'
+    )
+    for name, urls in routes.items():
+        listed = ", ".join(f'"{u}"' for u in urls)
+        text += f'\n[[notify.route]]\nname = "{name}"\nurls = [{listed}]\nmin_severity = "info"\n'
+    path.write_text(text)
+    return path
+
+
+def _window(sim: Any) -> list[str]:
+    return [
+        "--start",
+        f"{sim.warmup_end:%Y-%m-%dT%H:%M:%SZ}",
+        "--end",
+        f"{sim.end:%Y-%m-%dT%H:%M:%SZ}",
+    ]
+
+
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "detector", "--log-level", "debug", *args],
@@ -85,41 +110,15 @@ def test_planted_secrets_appear_in_no_file_and_no_output(tmp_path: Path, targets
     sim = simulate(tmp_path / "sim", days=4, seed=3, scenario="fleet_failure_spike")
     state, out = tmp_path / "state", tmp_path / "out"
     out.mkdir()
-    config = tmp_path / "config" / "detector.toml"
-    config.parent.mkdir()
     work_url = f"json://127.0.0.1:{work.server_address[1]}/hook/{WORK_TOKEN}?+X-Token={WORK_HEADER}"
     # The failing target is written into the file itself (no ${VAR}), like a hand-made config.
     fail_url = f"json://127.0.0.1:{fail.server_address[1]}/hook/{FAIL_TOKEN}?+X-Q={FAIL_QUERY}"
     teams_url = f"workflows://127.0.0.1:{fail.server_address[1]}/{TEAMS_WF}/{TEAMS_SIG}/"
-    config.write_text(
-        f"""
-[source]
-kind = "file"
-path = "{sim.data_path}"
-
-[detection]
-bucket = "5m"
-baseline = "7d"
-delay = "30m"
-
-[state]
-path = "{state}"
-models = "{tmp_path / "models"}"
-
-[[notify.route]]
-name = "work"
-urls = ["${{WORK_URL}}"]
-min_severity = "info"
-
-[[notify.route]]
-name = "broken"
-urls = ["{fail_url}", "${{TEAMS_URL}}"]
-min_severity = "info"
-"""
+    config = _write_config(
+        tmp_path, sim.data_path, {"work": ["${WORK_URL}"], "broken": [fail_url, "${TEAMS_URL}"]}
     )
     env = {**os.environ, "WORK_URL": work_url, "TEAMS_URL": teams_url, "NO_PROXY": "*"}
-    window = ["--start", f"{sim.warmup_end:%Y-%m-%dT%H:%M:%SZ}", "--end"]
-    window.append(f"{sim.end:%Y-%m-%dT%H:%M:%SZ}")
+    window = _window(sim)
     runs = [
         _cli(["--config", str(config), "check-config"], env),
         _cli(
@@ -202,40 +201,10 @@ def test_a_pipe_in_operation_name_is_alerted_end_to_end(tmp_path: Path, targets)
     frame = pd.read_parquet(sim.data_path)
     frame["OperationName"] = frame["OperationName"].replace(incident.operation_name, hostile)
     frame.to_parquet(sim.data_path)
-    config = tmp_path / "detector.toml"
-    config.write_text(
-        f"""
-[source]
-kind = "file"
-path = "{sim.data_path}"
-
-[detection]
-bucket = "5m"
-baseline = "7d"
-delay = "30m"
-
-[state]
-path = "{tmp_path / "state"}"
-models = "{tmp_path / "models"}"
-
-[[notify.route]]
-name = "work"
-urls = ["json://127.0.0.1:{work.server_address[1]}/hook"]
-min_severity = "info"
-"""
+    config = _write_config(
+        tmp_path, sim.data_path, {"work": [f"json://127.0.0.1:{work.server_address[1]}/hook"]}
     )
-    r = _cli(
-        [
-            "--config",
-            str(config),
-            "run",
-            "--start",
-            f"{sim.warmup_end:%Y-%m-%dT%H:%M:%SZ}",
-            "--end",
-            f"{sim.end:%Y-%m-%dT%H:%M:%SZ}",
-        ],
-        dict(os.environ),
-    )
+    r = _cli(["--config", str(config), "run", *_window(sim)], dict(os.environ))
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((tmp_path / "state" / "reports" / "latest.json").read_text())
     assert any(a["operation_name"] == hostile for a in report["anomalies"])
