@@ -162,9 +162,8 @@ BOT = "xoxb-123456789012-987654321098-LiteralBotToken77"
 
 def _route_config(tmp_path: Path, urls: str) -> Path:
     path = tmp_path / "detector.toml"
-    path.write_text(
-        f'[source]\nkind = "file"\npath = "data"\n\n[[notify.route]]\nname = "chat"\nurls = {urls}\n'
-    )
+    route = f'[[notify.route]]\nname = "chat"\nurls = {urls}\n'
+    path.write_text(f'[source]\nkind = "file"\npath = "data"\n\n{route}')
     return path
 
 

@@ -568,7 +568,9 @@ def _teams(dg: _Digest, *, title: str, now: datetime, report: str | None) -> tup
             a = d.anomaly
             ver = safe_version(d.sdk_version)
             who = f"SDK {ver}" if d.sdk_version is not None else ver
-            line = f"- **{d.severity.upper()} {esc(op, _LINE)}** {_metric_label(d.metric)}, {esc(who, _LINE)}"
+            line = f"- **{d.severity.upper()} {esc(op, _LINE)}** {_metric_label(d.metric)}, " + esc(
+                who, _LINE
+            )
             if a is not None:
                 share = _num(a.traffic_share)
                 if share is not None and d.sdk_version is not None:
