@@ -8,17 +8,59 @@ notifications and reports render.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
 
-__all__ = ["METRICS", "SEVERITIES", "Anomaly", "Metric", "Severity", "severity_rank"]
+__all__ = [
+    "FLEET",
+    "METRICS",
+    "SEVERITIES",
+    "Anomaly",
+    "Metric",
+    "Severity",
+    "decode_part",
+    "fingerprint_of",
+    "severity_rank",
+]
 
 Metric = Literal["duration", "failure_rate", "volume"]
 Severity = Literal["info", "warning", "critical"]
 
 METRICS: Final[tuple[str, ...]] = ("duration", "failure_rate", "volume")
 SEVERITIES: Final[tuple[str, ...]] = ("info", "warning", "critical")
+#: The SDK-version part of a fleet fingerprint (all versions of the operation together).
+FLEET: Final = "*"
+
+# Only the three characters that carry meaning in a fingerprint are encoded, so the
+# fingerprints of ordinary names (and the state files keyed by them) stay as they were.
+_ENCODE: Final = {"%": "%25", "|": "%7C"}
+_DECODE = re.compile(r"%(25|7C|2A)")
+_DECODED: Final = {"25": "%", "7C": "|", "2A": "*"}
+
+
+def _encode_part(text: str) -> str:
+    return "".join(_ENCODE.get(ch, ch) for ch in text)
+
+
+def decode_part(part: str) -> str:
+    """Inverse of the encoding :func:`fingerprint_of` applies to each part."""
+    return _DECODE.sub(lambda m: _DECODED[m.group(1)], part)
+
+
+def fingerprint_of(operation_name: str, sdk_version: str | None, metric: str) -> str:
+    """``operation|sdk_version|metric``, the identity of an alert across runs.
+
+    ``None`` and ``""`` as version both mean the fleet (``*``). ``%`` and ``|`` in any part
+    are percent-encoded and a version that is literally ``*`` becomes ``%2A``, so every
+    operation name and version string gives a fingerprint that splits back into the same
+    three parts (``detector.lifecycle.parse_fingerprint``); other characters are kept.
+    """
+    sdk = FLEET if not sdk_version else _encode_part(str(sdk_version))
+    if sdk_version == FLEET:
+        sdk = "%2A"
+    return f"{_encode_part(str(operation_name))}|{sdk}|{_encode_part(str(metric))}"
 
 
 def severity_rank(severity: str) -> int:
@@ -87,7 +129,7 @@ class Anomaly:
     @property
     def fingerprint(self) -> str:
         """Identity of the alert across runs: (operation, SDK version or fleet, metric)."""
-        return f"{self.operation_name}|{self.sdk_version or '*'}|{self.metric}"
+        return fingerprint_of(self.operation_name, self.sdk_version, self.metric)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON-lines record (design §2 keys first, explanation after)."""

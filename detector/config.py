@@ -12,6 +12,7 @@ Consumes a file path and the environment; produces a :class:`Config`. No other I
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from detector.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -154,6 +157,8 @@ class Config:
     health: dict[str, Any] = field(
         default_factory=lambda: {"heartbeat_urls": (), "heartbeat_timeout": timedelta(seconds=10)}
     )
+    #: Problems that do not stop the job (a route whose every URL is an empty ${VAR:-}).
+    warnings: tuple[str, ...] = ()
 
     @property
     def state_path(self) -> Path:
@@ -231,22 +236,33 @@ _URL_CRED_RE = re.compile(r"^([a-z][a-z0-9+.-]*://)([^/@]*@)?([^/?#]*)(.*)$", re
 
 
 def redact_url(url: str) -> str:
-    """Hide credentials and path tokens of a notification URL: ``slack://<secret>``."""
+    """Hide credentials, token hosts and path tokens of a URL: ``slack://<secret>/<secret>``."""
     m = _URL_CRED_RE.match(url)
     if not m:
         return "<secret>"
     scheme, _cred, host, rest = m.groups()
-    # Webhook tokens live in the path (Slack, Teams workflows): show the host only.
+    # Webhook tokens live in the path (Teams workflows, json://) and, for services addressed
+    # by token (slack://xoxb-..., slack://TA/TB/TC), in the host part: show a host only when
+    # it is a network name (a dot, a port or localhost).
+    if not ("." in host or ":" in host or host.lower() == "localhost"):
+        host = "<secret>" if host else ""
     return f"{scheme}{'<secret>@' if _cred else ''}{host}{'/<secret>' if rest.strip('/') else ''}"
 
 
-def _redact(value: Any) -> Any:
+def _redact(value: Any, key: str = "") -> Any:
     if isinstance(value, Secret):
         return "<secret>"
     if isinstance(value, dict):
-        return {k: _redact(v) for k, v in value.items()}
+        return {k: _redact(v, k) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_redact(v) for v in value]
+        return [_redact(v, key) for v in value]
+    # A notification URL carries its token in the user, host or path part even when it has
+    # no "@" or "?" (slack://xoxb-..., json://host/hook/TOKEN): shown as status, reports and
+    # logs show it (send.display_url), never in clear.
+    if isinstance(value, str) and key == "urls":
+        from detector.notify.send import display_url
+
+        return display_url(value)
     if isinstance(value, str) and "://" in value:
         return redact_url(value) if "@" in value or "?" in value else value
     return value
@@ -391,7 +407,20 @@ def _check_section(
     return out
 
 
-def _check_routes(notify: Any, problems: list[str]) -> tuple[RouteConfig, ...]:
+def _check_routes(
+    notify: Any,
+    problems: list[str],
+    warnings: list[str] | None = None,
+    raw_notify: Any = None,
+) -> tuple[RouteConfig, ...]:
+    """Routes from ``[[notify.route]]``; every URL is checked with apprise's own parser.
+
+    ``raw_notify`` is the table before ``${VAR}`` substitution: a route left with no URL is a
+    problem, unless every URL it lists was an empty ``${VAR:-}`` (a route switched off by
+    its environment), which is a warning.
+    """
+    warnings = [] if warnings is None else warnings
+    raw_routes = raw_notify.get("route") if isinstance(raw_notify, dict) else None
     if notify is None:
         return ()
     if not isinstance(notify, dict):
@@ -438,10 +467,23 @@ def _check_routes(notify: Any, problems: list[str]) -> tuple[RouteConfig, ...]:
             problems.append(f"{where}.urls: must be a list of apprise URLs")
             urls = []
         # An empty value (e.g. ${VAR:-}) disables that URL rather than failing the config.
-        urls = [u for u in urls if u.strip()]
-        for j, u in enumerate(urls):
+        listed = len(urls)
+        index = [j for j, u in enumerate(urls) if u.strip()]
+        urls = [urls[j] for j in index]
+        for j, u in zip(index, urls, strict=True):
             if "://" not in u:
                 problems.append(f"{where}.urls[{j}]: not a URL (expected scheme://...)")
+            else:
+                bad = _apprise_problem(u)
+                if bad:
+                    problems.append(f"{where}.urls[{j}] ({name}): {bad}")
+        if not urls:
+            if listed and _all_from_env(raw_routes, i):
+                warnings.append(
+                    f"{where} ({name}): every URL is an empty ${{VAR:-}}; this route sends nothing"
+                )
+            elif not listed or not any("${" in str(x) for x in _raw_urls(raw_routes, i)):
+                problems.append(f"{where}.urls ({name}): no URL; a route needs an apprise URL")
         sev = r.get("min_severity", "warning")
         if sev not in ("info", "warning", "critical"):
             problems.append(f"{where}.min_severity: must be info, warning or critical, got {sev!r}")
@@ -515,6 +557,31 @@ def _check_health(health: Any, problems: list[str]) -> dict[str, Any]:
     except ValueError as exc:
         problems.append(f"health.heartbeat_timeout: {exc}")
     return {"heartbeat_urls": tuple(urls), "heartbeat_timeout": timeout}
+
+
+def _raw_urls(raw_routes: Any, i: int) -> list[Any]:
+    """The URLs route ``i`` listed before ``${VAR}`` substitution ([] if unknown)."""
+    if not isinstance(raw_routes, list) or i >= len(raw_routes):
+        return []
+    r = raw_routes[i]
+    urls = r.get("urls", []) if isinstance(r, dict) else []
+    return [urls] if isinstance(urls, str) else urls if isinstance(urls, list) else []
+
+
+def _all_from_env(raw_routes: Any, i: int) -> bool:
+    """Whether every URL of route ``i`` is a ``${VAR:-default}`` reference."""
+    raw = _raw_urls(raw_routes, i)
+    return bool(raw) and all(
+        isinstance(u, str) and _ENV_RE.fullmatch(u.strip()) is not None for u in raw
+    )
+
+
+def _apprise_problem(url: str) -> str | None:
+    """apprise's verdict on one URL (None if it accepts it); the message holds no secret."""
+    # Imported here: apprise is only needed when a route lists a URL.
+    from detector.notify.send import validate_url
+
+    return validate_url(url)
 
 
 def _check_maintenance(windows: Any, problems: list[str]) -> tuple[MaintenanceWindow, ...]:
@@ -622,6 +689,8 @@ def config_from_dict(
 ) -> Config:
     """Validate an already-parsed TOML document. Raises ConfigError listing every problem."""
     problems: list[str] = []
+    warnings: list[str] = []
+    raw_notify = data.get("notify")
     data = _substitute(data, "", os.environ if env is None else env, problems)
     for key in data:
         if key not in (
@@ -638,7 +707,7 @@ def config_from_dict(
     detection = _check_section("detection", data.get("detection"), problems, passthrough=True)
     state = _check_section("state", data.get("state"), problems)
     alerting = _check_section("alerting", data.get("alerting"), problems, passthrough=True)
-    routes = _check_routes(data.get("notify"), problems)
+    routes = _check_routes(data.get("notify"), problems, warnings, raw_notify)
     maintenance = _check_maintenance(data.get("maintenance"), problems)
     health = _check_health(data.get("health"), problems)
     if source.get("kind") == "log_analytics" and bool(source.get("workspace_id")) == bool(
@@ -655,6 +724,8 @@ def config_from_dict(
         problems.append("detection.baseline: must cover at least 4 buckets")
     if problems:
         raise ConfigError(problems, path=str(path) if path else None)
+    for w in warnings:
+        log.warning("config: %s", w)
     return Config(
         path=path,
         source=source,
@@ -665,6 +736,7 @@ def config_from_dict(
         maintenance=maintenance,
         raw=data,
         health=health,
+        warnings=tuple(warnings),
     )
 
 

@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
-from detector.anomaly import SEVERITIES, Anomaly, severity_rank
+from detector.anomaly import FLEET, SEVERITIES, Anomaly, decode_part, fingerprint_of, severity_rank
 from detector.errors import ConfigError
 from detector.timeutil import iso_z, to_datetime
 
@@ -89,13 +89,19 @@ def _finite(value: Any) -> float | None:
 
 
 def parse_fingerprint(fingerprint: str) -> tuple[str, str | None, str]:
-    """Split ``operation|sdk_version-or-*|metric`` (see :attr:`Anomaly.fingerprint`)."""
+    """Split ``operation|sdk_version-or-*|metric`` into its decoded parts.
+
+    Inverse of :func:`detector.anomaly.fingerprint_of`: the parts are percent-decoded
+    (``%7C`` is a ``|`` inside a name, ``%2A`` a version that is literally ``*``), and the
+    version is None for the fleet. Raises ValueError unless there are exactly three parts
+    with a non-empty operation and metric.
+    """
     parts = fingerprint.split("|")
     # sdk_version may be "" (rows without SdkVersion form their own partition); "*" = fleet.
     if len(parts) != 3 or not parts[0] or not parts[2]:
         raise ValueError(f"not a fingerprint (operation|sdk_version|metric): {fingerprint!r}")
     op, sdk, metric = parts
-    return op, (None if sdk == "*" else sdk), metric
+    return decode_part(op), (None if sdk == FLEET else decode_part(sdk)), decode_part(metric)
 
 
 # --------------------------------------------------------------------------------------------
@@ -493,7 +499,7 @@ def _evaluated_map(evaluated: Iterable[Any] | Mapping[str, Any] | None) -> dict[
         elif hasattr(item, "fingerprint"):
             out[item.fingerprint] = None
         elif isinstance(item, Mapping):  # an engine candidate record (JSON dict)
-            fp = f"{item['operation_name']}|{_sdk_key(item.get('sdk_version'))}|{item['metric']}"
+            fp = fingerprint_of(item["operation_name"], item.get("sdk_version"), item["metric"])
             calls = _finite(item.get("calls"))
             out[fp] = {
                 "observed": item.get("observed"),
@@ -502,13 +508,8 @@ def _evaluated_map(evaluated: Iterable[Any] | Mapping[str, Any] | None) -> dict[
             }
         else:  # (operation, sdk_version, metric)
             op, sdk, metric = item
-            out[f"{op}|{_sdk_key(sdk)}|{metric}"] = None
+            out[fingerprint_of(op, sdk, metric)] = None
     return out
-
-
-def _sdk_key(sdk: Any) -> str:
-    # Same rule as Anomaly.fingerprint: None and "" both mean the fleet key "*".
-    return str(sdk) if sdk else "*"
 
 
 def _pick(anomalies: Iterable[Anomaly]) -> dict[str, Anomaly]:

@@ -41,6 +41,7 @@ import pandas as pd
 from detector.anomaly import Anomaly
 from detector.config import Config
 from detector.errors import ConfigError, DetectorError, PartialResultError, SourceError
+from detector.escape import for_terminal
 from detector.schema import BucketAggregates
 from detector.store.backend import Backend, LocalBackend
 
@@ -678,7 +679,7 @@ def console_summary(report: dict[str, Any], verbose: bool = False) -> str:
     t = report.get("timings_s", {})
     if t:
         lines.append("  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()))
-    return "\n".join(lines)
+    return for_terminal("\n".join(lines))  # names from the log: no terminal escapes
 
 
 def _calls_text(a: dict[str, Any]) -> str:

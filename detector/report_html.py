@@ -10,7 +10,9 @@ so the page looks the same from a mail attachment, a CI artefact or a file share
 Per alert: a chart of observed vs the baseline band over time with the alert window shaded,
 then the explanation (observed vs baseline with units, band, effect, corrected p-value, calls,
 baseline kind and whether it was borrowed, traffic share, drivers, top result codes, example
-CallIds, the KQL to reproduce it). Then the run summary. All text is escaped.
+CallIds, the KQL to reproduce it). Then the run summary. All text is escaped by
+:func:`detector.escape.for_html_block` (entities, and no control or bidi character), and chart
+titles are drawn without mathtext, so a ``$`` in a name is a dollar sign.
 
 Pure rendering (:func:`render_html_report`) plus one file write (:func:`write_html_report`).
 """
@@ -18,7 +20,6 @@ Pure rendering (:func:`render_html_report`) plus one file write (:func:`write_ht
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import math
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.anomaly import Anomaly, severity_rank
+from detector.escape import clean, for_html_block
 
 __all__ = [
     "SERIES_COLUMNS",
@@ -83,8 +85,8 @@ a{color:#0b5cad}
 
 
 def _e(value: Any) -> str:
-    """Escape any value for HTML text or attribute context."""
-    return html.escape("" if value is None else str(value), quote=True)
+    """Escape any value for HTML text or attribute context (line breaks kept for ``<pre>``)."""
+    return for_html_block(value)
 
 
 def _iso(ts: Any) -> str:
@@ -259,7 +261,7 @@ def chart_png(a: Anomaly, frame: Any = None, *, width: float = 9.0, height: floa
             ax.legend(loc="upper left", fontsize=8, frameon=False)
         ax.bar_label(bars, fmt="%.4g", fontsize=8)
     ax.set_ylabel(unit)
-    ax.set_title(_title(a), fontsize=10, loc="left")
+    ax.set_title(clean(_title(a), 120), fontsize=10, loc="left", parse_math=False)
     ax.grid(axis="y", color="#e6eaee", linewidth=0.8)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)

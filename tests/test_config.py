@@ -153,3 +153,72 @@ def test_loading_a_config_does_not_import_the_forest() -> None:
     ).stdout.strip()
     # (apprise comes with the notify package the alerting keys are checked by: ~0.1 s)
     assert out in ("", "apprise"), out
+
+
+# --- notification URLs (issue 21, item 12) -----------------------------------------------------
+
+BOT = "xoxb-123456789012-987654321098-LiteralBotToken77"
+
+
+def _route_config(tmp_path: Path, urls: str) -> Path:
+    path = tmp_path / "detector.toml"
+    route = f'[[notify.route]]\nname = "chat"\nurls = {urls}\n'
+    path.write_text(f'[source]\nkind = "file"\npath = "data"\n\n{route}')
+    return path
+
+
+@pytest.mark.parametrize(
+    ("url", "token"),
+    [
+        (f"slack://{BOT}/#alerts", "LiteralBotToken77"),
+        ("json://hooks.example/hook/PathTokenSecret99", "PathTokenSecret99"),
+        ("slack://T0AAAAAAA/B0BBBBBBB/LiteralWebhookToken", "LiteralWebhookToken"),
+        ("slack://T0AAAAAAA/B0BBBBBBB/LiteralWebhookToken", "T0AAAAAAA"),
+    ],
+)
+def test_check_config_never_prints_a_literal_url_in_clear(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, token: str
+) -> None:
+    from detector.cli import EXIT_OK, main
+
+    path = _route_config(tmp_path, f'["{url}"]')
+    assert main(["--config", str(path), "check-config"]) == EXIT_OK
+    out = capsys.readouterr()
+    assert token not in out.out + out.err
+    assert url.split("://")[0] + "://" in out.out  # the scheme is still there to read
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("slack://not a url", "slack://"),
+        ("htps://hooks.example/x", "htps://"),
+        ("json://", "json://"),
+    ],
+)
+def test_check_config_rejects_what_apprise_rejects(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, named: str
+) -> None:
+    from detector.cli import EXIT_USAGE, main
+
+    path = _route_config(tmp_path, f'["json://127.0.0.1:9/hook", "{url}"]')
+    assert main(["--config", str(path), "check-config"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "notify.route[0].urls[1] (chat)" in err and named in err
+    assert "apprise does not accept" in err
+
+
+def test_route_without_urls_is_a_problem() -> None:
+    for urls in ([], ["", "  "]):
+        with pytest.raises(ConfigError, match=r"notify.route\[0\].urls \(x\): no URL"):
+            config_from_dict({"notify": {"route": [{"name": "x", "urls": urls}]}}, env={})
+
+
+def test_route_switched_off_by_its_environment_is_a_warning(caplog) -> None:
+    cfg = config_from_dict(
+        {"notify": {"route": [{"name": "x", "urls": ["${A_URL:-}", "${B_URL:-}"]}]}}, env={}
+    )
+    assert cfg.routes[0].urls == ()
+    (warning,) = cfg.warnings
+    assert "notify.route[0] (x): every URL is an empty" in warning
+    assert warning in caplog.text

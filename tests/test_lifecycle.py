@@ -15,6 +15,7 @@ from detector.lifecycle import (
     LifecyclePolicy,
     Reason,
     Silence,
+    parse_fingerprint,
     step,
 )
 from tests.fixtures_alerting import STEP, T0, make_anomaly
@@ -341,3 +342,52 @@ def test_rerun_of_any_window_is_idempotent(tokens, n_m, rerun_after):
         assert not (a == "resolved" and b == "resolved")
     if kinds:
         assert kinds[0] == "firing"
+
+
+# --- fingerprints (issue 21, item 5) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("op", "sdk", "expected"),
+    [
+        ("Join", "1.30.1.1_stable", "Join|1.30.1.1_stable|duration"),  # unchanged: state valid
+        ("Join", None, "Join|*|duration"),
+        ("Join", "", "Join|*|duration"),
+        ("Join|Evil", "1.2", "Join%7CEvil|1.2|duration"),
+        ("Join", "1|2", "Join|1%7C2|duration"),
+        ("50%", "*", "50%25|%2A|duration"),
+    ],
+)
+def test_fingerprint_encodes_only_what_would_break_it(op, sdk, expected):
+    a = make_anomaly(op=op, sdk=sdk)
+    assert a.fingerprint == expected
+    assert parse_fingerprint(a.fingerprint) == (op, sdk or None, "duration")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1), st.one_of(st.none(), st.text(min_size=1)))
+def test_any_name_round_trips_through_its_fingerprint(op, sdk):
+    fp = make_anomaly(op=op, sdk=sdk).fingerprint
+    assert parse_fingerprint(fp) == (op, sdk, "duration")
+    assert fp == make_anomaly(op=op, sdk=sdk).fingerprint
+    assert (fp == make_anomaly(op=op, sdk=None).fingerprint) == (sdk is None)
+
+
+@pytest.mark.parametrize(("op", "sdk"), [("Join|x", "1.2"), ("Join", "1.2|beta"), ("a|b", "c|d")])
+def test_pipe_in_a_name_is_decided_notified_and_resolves(op, sdk):
+    """A ``|`` in OperationName or SdkVersion used to drop the alert silently (0 decisions)."""
+    policy = P(resolve_after=timedelta(0), recovery_evaluations=1)
+    end = T0 + STEP
+    d, s = step(
+        [make_anomaly(op=op, sdk=sdk, severity="critical")],
+        [],
+        AlertState(),
+        policy,
+        end,
+        window_end=end,
+    )
+    assert [(x.reason, x.notify) for x in d] == [(Reason.NEW, True)]
+    assert (d[0].operation_name, d[0].sdk_version, d[0].metric) == (op, sdk, "duration")
+    end2 = end + STEP
+    d2, _ = step([], [(op, sdk, "duration")], s, policy, end2, window_end=end2)
+    assert [(x.reason, x.notify) for x in d2] == [(Reason.RESOLVED, True)]

@@ -16,6 +16,9 @@ HOSTILE = [
     "line1\r\nline2\ttab",
     "ünïcødé ✓ 漢字",
     '@"verbatim"',
+    "Join```\n<https://evil.example|click>\n```",
+    "bidi\u202egnp.exe\u2066 zero\u200bwidth\x00nul",
+    "emoji 😀 and \\u0060 literally",
 ]
 
 
@@ -50,6 +53,8 @@ def test_hostile_names_stay_data(kusto, value: str) -> None:  # noqa: F811
     assert len(result["columns"]) == 4
     line = next(x for x in text.splitlines() if "OperationName" in x)
     assert line.startswith("| where OperationName =~ ") and "\n" not in line
+    # Nothing can close a Markdown code fence around the query or hide in it.
+    assert text.isascii() and "`" not in text and "<" not in text
 
 
 def test_unclean_version_never_echoed() -> None:

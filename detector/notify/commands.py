@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from detector.errors import ConfigError
+from detector.escape import for_terminal
 from detector.lifecycle import Ack, Silence, _duration, _iso, parse_fingerprint
 from detector.store.alerts import AlertStore
 from detector.store.backend import Backend
@@ -281,4 +282,4 @@ def status_text(backend: Backend, now: datetime, *, watermark: datetime | None =
             f"  {o['id']} {o['route']} -> {o['target']} age {o['age_hours']} h,"
             f" {o['attempts']} attempt(s): {o['last_error'][:80]}"
         )
-    return "\n".join(lines)
+    return for_terminal("\n".join(lines))  # names from the log: no terminal escapes

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from detector.anomaly import Anomaly
+from detector.anomaly import Anomaly, fingerprint_of
 from detector.schema import BucketAggregates, bin_value
 
 __all__ = ["CHART_SPAN", "NOT_EVALUATED", "chart_history", "evaluated_from_history"]
@@ -117,25 +117,29 @@ def evaluated_from_history(
         calls = int(row["calls"])
         if calls <= 0:
             continue
-        sdk = ver if ver not in ("*", "") else "*"
-        base = f"{op}|{sdk}"
-        out[f"{base}|volume"] = {"observed": calls / n_buckets, "baseline": None, "calls": calls}
+        sdk = ver if ver not in ("*", "") else None
+        out[fingerprint_of(op, sdk, "volume")] = {
+            "observed": calls / n_buckets,
+            "baseline": None,
+            "calls": calls,
+        }
         if calls >= min_calls:
-            out[f"{base}|failure_rate"] = {
+            out[fingerprint_of(op, sdk, "failure_rate")] = {
                 "observed": float(row["failures"]) / calls,
                 "baseline": None,
                 "calls": calls,
             }
         if int(row["dur_n"]) >= max(min_calls, 1):
             v = p95.get((op, ver))
-            out[f"{base}|duration"] = {
+            out[fingerprint_of(op, sdk, "duration")] = {
                 "observed": float(v) if v is not None and np.isfinite(v) else None,
                 "baseline": None,
                 "calls": int(row["dur_n"]),
             }
     for c in candidates:
-        sdk = c.get("sdk_version") or "*"
-        fp = f"{c.get('operation_name')}|{sdk}|{c.get('metric')}"
+        fp = fingerprint_of(
+            str(c.get("operation_name")), c.get("sdk_version"), str(c.get("metric"))
+        )
         if c.get("reason") in NOT_EVALUATED:
             out.pop(fp, None)
         elif fp in out and c.get("expected") is not None:

@@ -10,6 +10,11 @@ first, and ``+k more`` beyond ``max_items``. Teams bodies (title included) stay 
 No personal data: only aggregates, operation names, SDK version strings (sanitised: a raw user
 agent never passes), result codes and CallIds are rendered. ``Anomaly.details`` is never
 rendered, because the engine or the source may put anything there.
+
+Every string from the log is hostile: each one reaches a body through the escaper of the
+message's channel (:mod:`detector.escape`), and the reproduce-KQL quotes it with
+:func:`detector.escape.kql_string`, so no name can add a link, a mention, markup or close the
+query's code block.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from detector.anomaly import Anomaly, severity_rank
+from detector.escape import clean, escaper, for_html, for_html_block, for_text, kql_string
 from detector.lifecycle import Decision, Reason
 
 __all__ = [
@@ -48,7 +54,6 @@ CALL_DIAGNOSTICS_HINT: Final = (
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+\-]{0,99}$")
 _SAFE_VERSION_FULL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+\-]{0,39}")
-_SAFE_OP = re.compile(r"[^A-Za-z0-9._\- ]")
 _SAFE_DRIVER = re.compile(r"[a-z0-9_]{1,40}")
 #: Keys of a top_result_codes entry that are rendered; anything else (ids, user agents) is not.
 CODE_KEYS: Final = (
@@ -178,8 +183,8 @@ def safe_version(sdk_version: str | None) -> str:
 
 
 def safe_operation(name: str) -> str:
-    """Operation names as shown (they come from the log: keep them to name characters)."""
-    return _SAFE_OP.sub("", str(name))[:60] or "unknown"
+    """An operation name as plain text: visible characters only, at most 60 (escape per channel)."""
+    return clean(name, 60) or "unknown"
 
 
 def safe_call_ids(ids: Iterable[Any]) -> list[str]:
@@ -242,14 +247,6 @@ def _dur(td: timedelta) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _kql_str(value: str) -> str:
-    """A KQL string literal: double quotes with backslash escapes (no injection)."""
-    escaped = (
-        value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    )
-    return f'"{escaped}"'
-
-
 def _kql_dt(ts: datetime) -> str:
     return f"datetime({ts.strftime('%Y-%m-%dT%H:%M:%SZ')})"
 
@@ -267,14 +264,14 @@ def kql_for(a: Anomaly, *, bin_size: str = "5m", context: timedelta = timedelta(
     lines = [
         "ACSCallClientOperations",
         f"| where CallClientTimeStamp between ({_kql_dt(start)} .. {_kql_dt(a.window_end)})",
-        f"| where OperationName =~ {_kql_str(a.operation_name)}",
+        f"| where OperationName =~ {kql_string(a.operation_name)}",
     ]
     if a.sdk_version is not None:
         shown = safe_version(a.sdk_version)
         if shown == a.sdk_version:
-            lines.append(f"| where SdkVersion == {_kql_str(a.sdk_version)}")
+            lines.append(f"| where SdkVersion == {kql_string(a.sdk_version)}")
         elif shown != "unknown":  # not a clean version string: never echo the raw value
-            lines.append(f"| where SdkVersion startswith {_kql_str(shown)}")
+            lines.append(f"| where SdkVersion startswith {kql_string(shown)}")
     lines += [
         "| summarize arg_max(TimeGenerated, *) by OperationId, CallClientTimeStamp",
         "| extend failed = ResultType !in"
@@ -360,7 +357,13 @@ def _digest(decisions: Sequence[Decision], max_items: int) -> _Digest:
     return _Digest(health, list(groups.items()), shown_resolved, omitted)
 
 
-def _title(dg: _Digest, route: str) -> str:
+def _title(dg: _Digest, route: str, channel: str) -> str:
+    """One line; operation names escaped for where the channel shows the title.
+
+    apprise escapes a Slack title itself and an email subject is plain text; Teams and
+    json:// titles are read as Markdown.
+    """
+    esc = for_text if channel in ("email", "slack") else escaper(channel)
     n_fire = sum(len(ds) for _, ds in dg.groups)
     n_crit = sum(1 for _, ds in dg.groups for d in ds if d.severity == "critical")
     n_res = len(dg.resolved)
@@ -373,7 +376,7 @@ def _title(dg: _Digest, route: str) -> str:
         parts.append(f"{n_res} resolved")
     if dg.omitted:
         parts.append(f"+{dg.omitted} more")
-    ops = ", ".join(op for op, _ in dg.groups[:3])
+    ops = ", ".join(esc(op, _LINE) for op, _ in dg.groups[:3])
     title = "ACS anomalies: " + ", ".join(parts or ["nothing new"])
     if ops:
         title += f" - {ops}"
@@ -488,10 +491,8 @@ def _health_line(d: Decision) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _md_escape(text: str) -> str:
-    # Not "_": intraword underscores (1.30.1.1_stable) are literal in CommonMark, and Slack
-    # and Teams would show the backslash.
-    return re.sub(r"([\\`*\[\]<>|])", r"\\\1", text)
+#: Room for a whole rendered line (several values and our own words) in one escape call.
+_LINE: Final = 2000
 
 
 def _markdown(
@@ -502,21 +503,28 @@ def _markdown(
     bin_size: str,
     with_kql: bool,
     charts: Mapping[str, bytes],
+    channel: str = "other",
 ) -> str:
+    """The Markdown digest; every text line goes through ``channel``'s escaper.
+
+    Result codes and CallIds are already reduced to id characters and go in code spans; the
+    KQL block holds only ASCII outside its string literals (see ``kql_for``).
+    """
+    esc = escaper(channel)
     out: list[str] = []
     for d in dg.health:
-        out.append(f"**{_md_escape(_health_line(d))}**")
+        out.append(f"**{esc(_health_line(d), _LINE)}**")
         if d.health and d.health.get("detail"):
-            out.append(_md_escape(str(d.health["detail"])))
+            out.append(esc(d.health["detail"], _LINE))
         out.append("")
     for op, ds in dg.groups:
-        out.append(f"### {_md_escape(op)} ({len(ds)})")
+        out.append(f"### {esc(op, _LINE)} ({len(ds)})")
         for d in ds:
             f = _facts(d, now=now, bin_size=bin_size)
-            out.append(f"**{_md_escape(f.headline)}** - {f.reason}")
-            out.append(f"- {f.compare}; {f.effect}")
-            out.append(f"- {f.sample}")
-            out.append(f"- {f.when}")
+            out.append(f"**{esc(f.headline, _LINE)}** - {esc(f.reason, _LINE)}")
+            out.append(f"- {esc(f.compare, _LINE)}; {esc(f.effect, _LINE)}")
+            out.append(f"- {esc(f.sample, _LINE)}")
+            out.append(f"- {esc(f.when, _LINE)}")
             if f.codes:
                 out.append("- top result codes: " + ", ".join(f"`{c}`" for c in f.codes))
             if f.call_ids:
@@ -526,9 +534,9 @@ def _markdown(
                     + f" ({CALL_DIAGNOSTICS_HINT})"
                 )
             if f.provisional:
-                out.append(f"- _{f.provisional}_")
+                out.append(f"- _{esc(f.provisional, _LINE)}_")
             if f.extra:
-                out.append(f"- {f.extra}")
+                out.append(f"- {esc(f.extra, _LINE)}")
             if d.fingerprint in charts:
                 out.append(f"- chart attached: {_chart_name(d.fingerprint)}")
             if with_kql and f.kql:
@@ -540,7 +548,7 @@ def _markdown(
     if dg.resolved:
         out.append("### Resolved")
         for d in dg.resolved:
-            out.append(f"- {_md_escape(_resolved_line(d, now))}")
+            out.append(f"- {esc(_resolved_line(d, now), _LINE)}")
         out.append("")
     if dg.omitted:
         out.append(f"+{dg.omitted} more" + (f" - full report: {report}" if report else ""))
@@ -551,15 +559,18 @@ def _markdown(
 
 def _teams(dg: _Digest, *, title: str, now: datetime, report: str | None) -> tuple[str, int]:
     """Compact one-line-per-alert Markdown within TEAMS_LIMIT (title included)."""
+    esc = escaper("teams")
     lines: list[str] = []
     for d in dg.health:
-        lines.append(f"**{_md_escape(_health_line(d))}**")
+        lines.append(f"**{esc(_health_line(d), _LINE)}**")
     for op, ds in dg.groups:
         for d in ds:
             a = d.anomaly
             ver = safe_version(d.sdk_version)
             who = f"SDK {ver}" if d.sdk_version is not None else ver
-            line = f"- **{d.severity.upper()} {_md_escape(op)}** {_metric_label(d.metric)}, {who}"
+            line = f"- **{d.severity.upper()} {esc(op, _LINE)}** {_metric_label(d.metric)}, " + esc(
+                who, _LINE
+            )
             if a is not None:
                 share = _num(a.traffic_share)
                 if share is not None and d.sdk_version is not None:
@@ -573,7 +584,7 @@ def _teams(dg: _Digest, *, title: str, now: datetime, report: str | None) -> tup
             line += f" ({str(d.reason).replace('_', ' ')})"
             lines.append(line)
     for d in dg.resolved:
-        lines.append(f"- {_md_escape(_resolved_line(d, now))}")
+        lines.append(f"- {esc(_resolved_line(d, now), _LINE)}")
     budget = TEAMS_LIMIT - len(title) - 2
     base_omitted = dg.omitted
     kept: list[str] = []
@@ -609,7 +620,9 @@ def _html(
     bin_size: str,
     charts: Mapping[str, bytes],
 ) -> str:
-    e = html.escape
+    def e(value: Any) -> str:
+        return for_html(value, _LINE)
+
     out = ['<div style="font-family:Segoe UI,Arial,sans-serif;font-size:14px">']
     for d in dg.health:
         out.append(f"<p><strong>{e(_health_line(d))}</strong></p>")
@@ -645,7 +658,7 @@ def _html(
             if f.call_ids:
                 out.append(f"<p><small>CallIds: {e(CALL_DIAGNOSTICS_HINT)}</small></p>")
             if f.kql:
-                out.append(f"<pre><code>{e(f.kql)}</code></pre>")
+                out.append(f"<pre><code>{for_html_block(f.kql)}</code></pre>")
     if dg.resolved:
         out.append("<h3>Resolved</h3><ul>")
         out.extend(f"<li>{e(_resolved_line(d, now))}</li>" for d in dg.resolved)
@@ -696,7 +709,7 @@ def render_digest(
         raise ValueError(f"unknown channel {channel!r}")
     charts = dict(charts or {})
     dg = _digest(decisions, max_items)
-    title = _title(dg, route)
+    title = _title(dg, route, channel)
     shown = dg.shown
     attached = {fp: png for fp, png in charts.items() if fp in {d.fingerprint for d in shown}}
     if not attach_charts:
@@ -714,7 +727,16 @@ def render_digest(
     if channel == "email":
         body = _html(dg, now=now, report=report_url, bin_size=bin_size, charts=attached)
         return Message(channel, title, body, "html", text, attachments, fps, dg.omitted)
-    return Message(channel, title, text, "markdown", text, attachments, fps, dg.omitted)
+    body = _markdown(
+        dg,
+        now=now,
+        report=report_url,
+        bin_size=bin_size,
+        with_kql=True,
+        charts=attached,
+        channel=channel,
+    )
+    return Message(channel, title, body, "markdown", text, attachments, fps, dg.omitted)
 
 
 def delay_note(

@@ -6,8 +6,9 @@ on its own ``Apprise`` object so its ``AppriseResult`` (apprise 2.x: SUCCESS, FA
 PARTIAL, TIMEOUT) maps to exactly one outcome; ``notify()`` never raises for delivery problems
 and neither does :func:`send_message`.
 
-Secrets never reach logs: targets are shown only in apprise's privacy form (without the query
-string, where apprise leaves header values visible), and while apprise runs a filter on the
+Secrets never reach logs: targets are shown only in apprise's privacy form with every part
+that may hold a token masked (:func:`display_url`: path segments, token hosts, the whole
+query, where apprise leaves header values visible), and while apprise runs a filter on the
 ``apprise`` and ``urllib3`` loggers masks every secret part of the URL, because apprise logs the
 raw POST URL (Slack and Teams tokens are in it) at DEBUG level.
 
@@ -139,7 +140,32 @@ def display_url(url: str) -> str:
     if not obj:
         scheme = url.split("://", 1)[0] if "://" in url else "?"
         return f"{scheme[:12]}://<invalid>"
-    return str(obj.url(privacy=True)).split("?", 1)[0]
+    return _mask_tokens(str(obj.url(privacy=True)))
+
+
+# apprise's own mask of a token it knows (first and last character kept): "T...1".
+_APPRISE_MASK = re.compile(r"^.\.\.\..$")
+
+
+def _mask_tokens(privacy_url: str) -> str:
+    """apprise's privacy form with every part it left visible that may be a token masked.
+
+    apprise masks the tokens it knows by name but keeps the path of generic webhooks
+    (json://host/hook/TOKEN) and shows query values (headers, sig=...). Kept: the scheme, a
+    user name, a host that is a network name (a dot, a port or localhost) and apprise's own
+    ``T...1`` masks; every other host or path segment becomes ``****``; the query goes.
+    """
+    scheme, _, rest = privacy_url.split("?", 1)[0].partition("://")
+    netloc, slash, path = rest.partition("/")
+    user, at, host = netloc.rpartition("@")
+    if not ("." in host or ":" in host or host.lower() == "localhost" or _shown(host)):
+        host = "****"
+    masked = [seg if seg == "" or _shown(seg) else "****" for seg in path.split("/")]
+    return f"{scheme}://{user}{at}{host}{slash}{'/'.join(masked)}"
+
+
+def _shown(part: str) -> bool:
+    return part == "****" or bool(_APPRISE_MASK.match(part))
 
 
 _SPLIT = re.compile(r"[/:@?&=#,;+ \s]+")
