@@ -183,6 +183,13 @@ def _build_parser() -> _Parser:
     ack.add_argument("fingerprint", help="operation|sdk_version|metric, as shown by status")
     ack.add_argument("--comment", default="")
 
+    nt = sub.add_parser("notify", help="notification tools (test the routes)")
+    nt_sub = nt.add_subparsers(dest="notify_command", metavar="ACTION", parser_class=_Parser)
+    nt_test = nt_sub.add_parser(
+        "test", help="send a marked test message to every target; exit 1 if one fails"
+    )
+    nt_test.add_argument("--route", default=None, help="test this route only (by name)")
+
     rep = sub.add_parser("report", help="write the HTML report of a run")
     rep.add_argument("--run", type=Path, default=None, help="run report JSON (default: latest)")
     rep.add_argument("--html", type=Path, required=True)
@@ -373,6 +380,19 @@ def _cmd_report(args: argparse.Namespace, now: datetime) -> int:
     return EXIT_OK
 
 
+def _cmd_notify(args: argparse.Namespace, now: datetime) -> int:
+    import socket
+
+    from detector.notify.probe import probe_routes, probe_text
+
+    if args.notify_command != "test":
+        raise ConfigError("notify: choose test")
+    cfg = _load(args)
+    results = probe_routes(cfg.routes, now=now, host=socket.gethostname(), route=args.route)
+    print(probe_text(results))
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE
+
+
 _HANDLERS = {
     "check-config": _cmd_check_config,
     "simulate": _cmd_simulate,
@@ -384,6 +404,7 @@ _HANDLERS = {
     "silence": _cmd_silence,
     "ack": _cmd_ack,
     "report": _cmd_report,
+    "notify": _cmd_notify,
 }
 
 
