@@ -510,8 +510,10 @@ def _json_select(source: str) -> str:
         f"CASE WHEN ok THEN json_type(j, '$.properties') = 'OBJECT' ELSE FALSE END AS has_props "
         # A record is a JSON object; anything else on a line (text, an array, a number, a
         # truncated object) is a malformed record.
-        f"FROM (SELECT j, {_FILE_COL}, CASE WHEN coalesce(json_valid(j), FALSE) "
-        f"THEN json_type(j) = 'OBJECT' ELSE FALSE END AS ok FROM {source}))"
+        # (valid JSON starting with '{' is an object: cheaper than a second parse)
+        f"FROM (SELECT j, {_FILE_COL}, coalesce(json_valid(j), FALSE) AND "
+        f"(CASE WHEN left(j, 1) = '{{' THEN TRUE ELSE starts_with(ltrim(j), '{{') END) AS ok "
+        f"FROM {source}))"
     )
 
 
@@ -926,14 +928,15 @@ FROM ({norm}) n JOIN _dim d ON hash(n.op, n.sdk, n.rt) = d.h)))"""
 
 def _prior_failures(
     con: duckdb.DuckDBPyConnection,
-    parts: list[str],
+    rows_in: Callable[[tuple[int, int]], str],
     window: tuple[int, int] | None,
     lookback_us: int,
     ids: pd.DataFrame,
 ) -> _Prior:
     """Failures that arrived in ``lookback_us`` before ``window`` (none without a window), in
     the read's operations: per (partition id, operation, call hash) how many, partitions and
-    calls keyed as the rows pass keys them (``ids``: name, sdk -> pid, op).
+    calls keyed as the rows pass keys them (``ids``: name, sdk -> pid, op). ``rows_in``: the
+    normalised rows that arrived in a window, as SQL.
 
     One pass over the look-back: failures classified in SQL (:data:`RESULT_CLASS_SQL`), names
     per distinct raw triple in Python as for the read; re-ingested copies are not taken out
@@ -941,7 +944,7 @@ def _prior_failures(
     """
     if window is None or lookback_us <= 0:
         return _Prior.none()
-    norm = _norm_sql(parts, (window[0] - lookback_us, window[0]))
+    norm = rows_in((window[0] - lookback_us, window[0]))
     rc = RESULT_CLASS_SQL.format(rt="rt")
     got = con.execute(f"""
 SELECT any_value(op) AS op, any_value(sdk) AS sdk, h, ck, count(*) AS n
@@ -995,13 +998,28 @@ def _run(
     """
     norm = _norm_sql(parts, window, mtimes)
     rejected = 0
+
+    def rows_in(w: tuple[int, int]) -> str:
+        return _norm_sql(parts, w)
+
     if bounds is None:
+        # Text is parsed once, for the window and the look-backs before it together.
+        back = max(lookback, dedup_lookback) if window is not None else 0
+        scan = (window[0] - back, window[1]) if window is not None else None
         for table in ("_acs_rej", "_acs_rej_scan"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _norm AS {norm}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _scan AS {_norm_sql(parts, scan, mtimes)}")
         rejected = _rejected_lines(con, window, mtimes or {})
-        norm = "SELECT * FROM _norm"
-        bounds = ["SELECT min(cct_us) AS lo, max(cct_us) AS hi, max(dur) AS dmax FROM _norm"]
+
+        def rows_in(w: tuple[int, int]) -> str:
+            return f"SELECT * FROM _scan WHERE arr_us >= {w[0]} AND arr_us < {w[1]}"
+
+        if window is not None and back > 0:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _norm AS {rows_in(window)}")
+            norm = "SELECT * FROM _norm"
+        else:
+            norm = "SELECT * FROM _scan"
+        bounds = [f"SELECT min(cct_us) AS lo, max(cct_us) AS hi, max(dur) AS dmax FROM ({norm})"]
 
     # 1. Partitions: canonical casing and point events from the Python contract, applied to
     #    the few distinct (OperationName, SdkVersion, ResultType) triples; dense ids for fast
@@ -1028,7 +1046,7 @@ def _run(
     # 3. Duplicates, in numpy (one sort of the key column is several times faster than a
     #    10M-group hash aggregate). See _duplicates().
     discard = _duplicates(rows, partial(_tie_break, rows, shape))
-    seen = _seen_before(rows, _prior_keys(con, parts, window, dedup_lookback))
+    seen = _seen_before(rows, _prior_keys(con, rows_in, window, dedup_lookback))
     if len(seen):
         discard = np.union1d(discard, seen)
 
@@ -1040,7 +1058,7 @@ def _run(
     op_of_pid = np.zeros(int(by_pid["pid"].max()) + 1 if len(by_pid) else 0, dtype=np.int64)
     op_of_pid[by_pid["pid"].to_numpy()] = pd.factorize(by_pid["name"])[0]
     by_pid = by_pid.assign(op=op_of_pid[by_pid["pid"].to_numpy()])
-    prior = _prior_failures(con, parts, window, lookback, by_pid[["name", "sdk", "pid", "op"]])
+    prior = _prior_failures(con, rows_in, window, lookback, by_pid[["name", "sdk", "pid", "op"]])
     if shape.compact:
         per_cf, stats_cols, hist_cols = _group_compact(rows, discard, shape, op_of_pid, prior)
     else:
@@ -1111,7 +1129,7 @@ def _rejected_lines(
 
 def _prior_keys(
     con: duckdb.DuckDBPyConnection,
-    parts: list[str],
+    rows_in: Callable[[tuple[int, int]], str],
     window: tuple[int, int] | None,
     lookback_us: int,
 ) -> np.ndarray:
@@ -1120,12 +1138,15 @@ def _prior_keys(
     consecutive reads count a re-ingested operation once (the KQL's ``_Prior``)."""
     if window is None or lookback_us <= 0:
         return np.empty(0, dtype="uint64")
-    norm = _norm_sql(parts, (window[0] - lookback_us, window[0]))
+    norm = rows_in((window[0] - lookback_us, window[0]))
     got = con.execute(f"""
 SELECT DISTINCT hash(opid, cct_us) AS k FROM ({norm})
-WHERE NOT bad AND cct_us IS NOT NULL AND opid IS NOT NULL AND trim(opid, {_WS}) <> ''
-  AND trim(coalesce(op, ''), {_WS}) <> ''
-  AND lower(trim(op, {_WS})) <> {_lit(_PSEUDO_LOWER)}""").fetchnumpy()["k"]
+WHERE NOT bad AND cct_us IS NOT NULL AND opid IS NOT NULL AND op IS NOT NULL
+  -- blank values sort below '!' and the pseudo name is short: CASEs keep trim() off most rows
+  AND (CASE WHEN opid < '!' THEN trim(opid, {_WS}) <> '' ELSE TRUE END)
+  AND (CASE WHEN op < '!' THEN trim(op, {_WS}) <> '' ELSE TRUE END)
+  AND (CASE WHEN length(op) < 64 THEN lower(trim(op, {_WS})) <> {_lit(_PSEUDO_LOWER)}
+       ELSE TRUE END)""").fetchnumpy()["k"]
     return np.sort(np.asarray(got, dtype="uint64"))
 
 
