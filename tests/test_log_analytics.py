@@ -208,8 +208,9 @@ def test_transient_faults_are_retried(emulator, fault: Fault) -> None:  # noqa: 
 
 def test_read_timeout_is_retried_then_succeeds(emulator) -> None:  # noqa: F811
     emu = emulator(CASE)
-    emu.push(Fault("slow", delay=1.5))
-    src = make_source(emu, read_timeout=0.5)
+    emu.push(Fault("slow", delay=4.0))
+    # (2 s: a loaded box answers the normal retry well within it; 0.5 s timed it out too)
+    src = make_source(emu, read_timeout=2.0)
     assert src.read_aggregates((T0, T0 + H), bucket=BUCKET).rows_read == 9
     assert src.stats.retries == 1
 
@@ -725,7 +726,7 @@ def test_a_copy_re_ingested_hours_later_counts_once_across_reads_and_chunks(emul
 
 def test_non_ascii_env_token_is_a_clear_error(emulator, monkeypatch) -> None:  # noqa: F811
     emu = emulator(CASE)
-    monkeypatch.setenv("LA_TOKEN", "t\u00f6k\u00e9n-secret")
+    monkeypatch.setenv("LA_TOKEN", "\u0442\u043e\u043a\u0435\u043d-secret")  # not even latin-1
     src = make_source(emu, credential=EnvTokenCredential("LA_TOKEN"))
     with pytest.raises(
         AuthError, match="LA_TOKEN holds characters an HTTP Authorization header cannot"

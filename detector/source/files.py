@@ -32,17 +32,25 @@ How the work is split, and why (measured on 9M rows, see benchmarks/bench_aggreg
 Semantics (one reason per dropped row, the first that matches, in
 :data:`~detector.schema.DROP_REASONS` order):
 
-1. rows are selected by arrival: ``TimeGenerated`` in ``arrival_window`` (half-open); rows
-   outside the window are not read (``rows_read`` counts only selected rows; without a window
-   every row is selected);
-2. ``missing_operation_name``: empty or whitespace ``OperationName`` (also: a JSON line that is
-   not valid JSON, whose fields are all missing);
-3. ``pseudo_operation``: ``OperationName`` equals ``CallClientOperations`` (case-insensitive);
-4. ``missing_operation_id``: empty ``OperationId``;
-5. ``invalid_timestamp``: ``CallClientTimeStamp`` empty or unparseable;
-6. ``duplicate``: a later copy of the same ``(OperationId, CallClientTimeStamp)``; the copy with
+1. rows are selected by arrival in ``arrival_window`` (half-open): a row arrives at its
+   ``TimeGenerated``; without a usable one at its ``CallClientTimeStamp``; without either (a
+   malformed record) when its file was last modified, so every row falls in one window of a
+   series. Rows outside the window are not read (``rows_read`` counts only selected rows;
+   without a window every row is selected). Timestamps outside
+   [:data:`~detector.schema.TIMESTAMP_MIN`, :data:`~detector.schema.TIMESTAMP_MAX`) are
+   unusable;
+2. ``malformed_record``: a JSON line that is not a JSON object (not JSON, truncated, an
+   array), or a line the reader rejects (invalid UTF-8, longer than 2 MB, more CSV fields
+   than the header): that line is lost, counted, and the rest of the file is read;
+3. ``missing_operation_name``: empty or whitespace ``OperationName``;
+4. ``pseudo_operation``: ``OperationName`` equals ``CallClientOperations`` (case-insensitive);
+5. ``missing_operation_id``: empty ``OperationId``;
+6. ``invalid_timestamp``: ``CallClientTimeStamp`` empty, unparseable or out of range;
+7. ``duplicate``: a later copy of the same ``(OperationId, CallClientTimeStamp)``; the copy with
    the latest ``TimeGenerated`` is kept (ties broken by content, so the choice does not depend
-   on file order).
+   on file order). With an arrival window, a key that arrived in the ``dedup_lookback`` before
+   it is a duplicate too (an earlier read counted it);
+8. ``partition_cap``: the rows of partitions beyond ``max_partitions`` (the busiest are kept).
 
 Kept rows are bucketed by ``CallClientTimeStamp`` floored to ``bucket`` (epoch aligned, UTC).
 Flags (a kept row may carry several; each is counted once per row under each reason that
