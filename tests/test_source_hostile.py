@@ -18,6 +18,7 @@ import pytest
 
 from detector import aggregate, schema
 from detector.cli import main
+from detector.errors import InputError
 from detector.source import kql
 from detector.source.files import read_aggregates
 from tests.fixtures_files import FORMATS, file_name, row, write_rows
@@ -282,3 +283,17 @@ def test_partition_cap_keeps_the_busiest_and_counts_the_rest(tmp_path: Path, fmt
     _check_accounted(agg, read=40, kept=10)
     uncapped = read_aggregates(path, bucket=BUCKET, max_partitions=None)
     assert uncapped.stats["operation_name"].nunique() == 32
+
+
+def test_a_garbage_file_in_a_scanned_directory_costs_its_lines_not_the_run(tmp_path: Path) -> None:
+    """Named directly it is refused (exit 2, the message names it); found by a scan beside
+    good files, its lines are malformed records and the good files are read."""
+    write_rows(_good(), tmp_path / "good.jsonl", "jsonl")
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_bytes(b"\xff\xfe not json\n" * 3 + b"<html>\n")
+    os.utime(garbage, (IN_WINDOW, IN_WINDOW))
+    for agg in _both_reads(tmp_path):
+        _check_accounted(agg, read=9, kept=5)
+        assert agg.dropped["malformed_record"] == 4
+    with pytest.raises(InputError, match="garbage.jsonl: not a JSON lines file"):
+        read_aggregates(garbage, bucket=BUCKET)

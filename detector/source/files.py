@@ -156,6 +156,9 @@ _JSON_SAMPLE_LINES: Final = 200
 class _File:
     path: Path
     fmt: str  # "parquet" | "csv" | "jsonl" | "json_array"
+    # Found by a scan, JSON lines without one valid record in its sample: read anyway, every
+    # line a malformed record, so one garbage file cannot stop the run.
+    garbage: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,10 +282,23 @@ def _select_files(path: str | os.PathLike[str]) -> list[_File]:
         if reason:
             log.warning("skipping %s: %s", f, reason)
             continue
-        selected.append(_File(f, _detect_format(f)))
+        fmt = _detect_format(f)
+        selected.append(_File(f, fmt, fmt == "jsonl" and _no_valid_record(f)))
     if not selected:
         raise InputError(f"{os.fspath(path)}: no ACS call client operations export among the files")
     return selected
+
+
+def _no_valid_record(path: Path) -> bool:
+    """True when none of the first lines of a JSON lines file is valid JSON (warned)."""
+    try:
+        _json_sample_keys(path)
+    except InputError as exc:
+        if "valid JSON" not in str(exc):
+            raise
+        log.warning("%s; its lines are counted as malformed records", exc)
+        return True
+    return False
 
 
 def _skip_reason(path: Path) -> str | None:
@@ -710,9 +726,12 @@ def _json_keys_ok(path: Path, keys: set[str]) -> None:
         )
 
 
-def _jsonl_part(files: list[Path], parallel: bool = True) -> list[str]:
+def _jsonl_part(
+    files: list[Path], parallel: bool = True, garbage: frozenset[Path] = frozenset()
+) -> list[str]:
     for f in files:
-        _json_keys_ok(f, _json_sample_keys(f))
+        if f not in garbage:
+            _json_keys_ok(f, _json_sample_keys(f))
     # Each line is read as one text value (no quoting, no delimiter), so a malformed line is a
     # row with all fields missing (counted as a drop), never a reader error.
     source = (
@@ -756,12 +775,14 @@ def _json_array_part(con: duckdb.DuckDBPyConnection, files: list[Path]) -> list[
 # --------------------------------------------------------------------------------------------
 
 
-def _text_parts(by_fmt: dict[str, list[Path]], *, parallel: bool) -> list[str]:
+def _text_parts(
+    by_fmt: dict[str, list[Path]], *, parallel: bool, garbage: frozenset[Path] = frozenset()
+) -> list[str]:
     parts: list[str] = []
     if "csv" in by_fmt:
         parts += _csv_part(by_fmt["csv"], parallel)
     if "jsonl" in by_fmt:
-        parts += _jsonl_part(by_fmt["jsonl"], parallel)
+        parts += _jsonl_part(by_fmt["jsonl"], parallel, garbage)
     return parts
 
 
@@ -1704,6 +1725,7 @@ def read_aggregates(
 
     files = _select_files(path)
     mtimes = _mtimes(f.path for f in files)
+    garbage = frozenset(f.path for f in files if f.garbage)
     run = partial(_run, lookback=lookback_us, mtimes=mtimes, dedup_lookback=dedup_us)
     spill_dir = tempfile.mkdtemp(prefix="acs-duckdb-")
     try:
@@ -1720,7 +1742,7 @@ def read_aggregates(
                 parts += _json_array_part(con, by_fmt["json_array"])
             try:
                 try:
-                    text = _text_parts(by_fmt, parallel=True)
+                    text = _text_parts(by_fmt, parallel=True, garbage=garbage)
                     if text or "json_array" in by_fmt:
                         bounds = None  # read once into a table (see _run)
                     out = run(con, parts + text, bucket_us, window, bounds)
@@ -1731,7 +1753,7 @@ def read_aggregates(
                     # a line break): re-read it with the lenient single-threaded reader, so bad
                     # rows are counted, not fatal. A bug in our SQL fails again and propagates.
                     log.info("re-reading text files with the single-threaded CSV reader")
-                    text = _text_parts(by_fmt, parallel=False)
+                    text = _text_parts(by_fmt, parallel=False, garbage=garbage)
                     out = run(con, parts + text, bucket_us, window, None)
             except _READ_ERRORS as exc:
                 names = ", ".join(str(f.path) for f in files[:3])
