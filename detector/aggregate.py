@@ -24,6 +24,7 @@ from detector.schema import AGG_COLUMNS, AGG_KEY, HIST_COLUMNS, BucketAggregates
 
 __all__ = [
     "FLEET",
+    "cap_partitions",
     "coarsen",
     "fleet",
     "merge",
@@ -154,6 +155,50 @@ def merge(*aggs: BucketAggregates) -> BucketAggregates:
         dropped=_add_counts(a.dropped for a in aggs),
         flagged=_add_counts(a.flagged for a in aggs),
         rows_read=sum(a.rows_read for a in aggs),
+        partitions_left_out=sum(a.partitions_left_out for a in aggs),
+    )
+
+
+def cap_partitions(aggs: BucketAggregates, max_partitions: int | None) -> BucketAggregates:
+    """Keep the ``max_partitions`` busiest partitions (operation, SDK version); count the rest.
+
+    Busiest: most operations (``calls``) in ``aggs``; ties go to the smaller key, so the
+    choice does not depend on row order. The calls of the partitions left out move to
+    ``dropped["partition_cap"]`` (``rows_read == kept + dropped`` still holds) and their number
+    to ``partitions_left_out``. ``None`` (or a cap not reached) returns ``aggs`` unchanged.
+
+    Raises
+    ------
+    ValueError
+        If ``max_partitions`` is below 1.
+    """
+    if max_partitions is None:
+        return aggs
+    if max_partitions < 1:
+        raise ValueError(f"max_partitions must be at least 1, got {max_partitions}")
+    stats = aggs.stats
+    if not len(stats):
+        return aggs
+    code = _codes([stats], ["operation_name", "sdk_version"])[0]
+    pids, inv = np.unique(code, return_inverse=True)
+    if len(pids) <= max_partitions:
+        return aggs
+    calls = np.bincount(inv.ravel(), weights=stats["calls"].to_numpy("float64"))
+    # Stable sort on -calls keeps key order (np.unique sorted the codes) among equal counts.
+    keep_pid = np.zeros(len(pids), dtype=bool)
+    keep_pid[np.argsort(-calls, kind="stable")[:max_partitions]] = True
+    keep = keep_pid[inv.ravel()]
+    kept_keys = stats.loc[keep, ["operation_name", "sdk_version"]].drop_duplicates()
+    hist = aggs.hist.merge(kept_keys, on=["operation_name", "sdk_version"], how="inner")
+    dropped = dict(aggs.dropped)
+    dropped["partition_cap"] = dropped.get("partition_cap", 0) + int(calls[~keep_pid].sum())
+    return BucketAggregates(
+        stats=stats[keep].reset_index(drop=True),
+        hist=hist[list(HIST_COLUMNS)].astype(HIST_COLUMNS),
+        dropped=dropped,
+        flagged=dict(aggs.flagged),
+        rows_read=aggs.rows_read,
+        partitions_left_out=aggs.partitions_left_out + int((~keep_pid).sum()),
     )
 
 

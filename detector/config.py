@@ -354,6 +354,9 @@ SCHEMA: dict[str, dict[str, tuple[Any, Checker]]] = {
         "credential": ("default", _credential),
         "threads": (None, _int_range(1, 256)),  # DuckDB threads for the file source
         "memory_limit": ("640MB", _string),  # DuckDB's limit for the file source (spills beyond)
+        # Partitions (operation, SDK version) one read models, busiest first; the rest are
+        # counted as dropped (partition_cap), so junk operation names cannot drive memory.
+        "max_partitions": (5000, _int_range(1, 1_000_000)),
         # Further Log Analytics keys (arrival, overlap, server_timeout, chunk sizes, retry
         # budget, ...) pass through and are validated by LogAnalyticsSettings at load.
     },

@@ -142,6 +142,7 @@ class _Source:
                 arrival_window=arrival_window,
                 threads=self.cfg.source.get("threads"),
                 memory_limit=self.cfg.source.get("memory_limit"),
+                max_partitions=self.cfg.source.get("max_partitions"),
             )
 
         def chunk_progress(p: Any) -> None:

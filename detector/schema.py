@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import numpy as np
@@ -38,6 +38,7 @@ __all__ = [
     "AGG_COLUMNS",
     "AGG_KEY",
     "CLUSTER_LOOKBACK",
+    "DEDUP_LOOKBACK",
     "DROP_REASONS",
     "FLAG_REASONS",
     "HIST_ALPHA",
@@ -45,9 +46,12 @@ __all__ = [
     "HIST_GAMMA",
     "KNOWN_OPERATIONS",
     "LOG_COLUMNS",
+    "MAX_PARTITIONS",
     "POINT_EVENTS",
     "PSEUDO_OPERATION",
     "REQUIRED_COLUMNS",
+    "TIMESTAMP_MAX",
+    "TIMESTAMP_MIN",
     "BucketAggregates",
     "ResultClass",
     "SdkVersionInfo",
@@ -311,13 +315,30 @@ HIST_COLUMNS: Final[dict[str, str]] = {
     "count": "int64",
 }
 
-#: Rows left out of the aggregates, each counted under one reason.
+#: How far before a read's arrival window a dedup key counts as already seen (both sources):
+#: a copy re-ingested up to this long after the first is a duplicate even when the two copies
+#: fall in different reads or chunks. Data export retries can duplicate records for up to 12 h.
+DEDUP_LOOKBACK: Final = timedelta(hours=12)
+
+#: Timestamps outside ``[TIMESTAMP_MIN, TIMESTAMP_MAX)`` are treated as unparseable: clients set
+#: ``CallClientTimeStamp`` themselves, and a year 2999 or 0001 cannot be a bucket (nor fit the
+#: nanosecond timestamps the frames use). Buckets are aligned on the epoch, the lower bound.
+TIMESTAMP_MIN: Final = datetime(1970, 1, 1, tzinfo=UTC)
+TIMESTAMP_MAX: Final = datetime(2100, 1, 1, tzinfo=UTC)
+
+#: Default cap on the partitions (operation, SDK version) one read models: the busiest are
+#: kept, the rest counted under ``partition_cap`` (junk operation names must not drive memory).
+MAX_PARTITIONS: Final = 5000
+
+#: Rows left out of the aggregates, each counted under one reason (the first that matches).
 DROP_REASONS: Final[tuple[str, ...]] = (
+    "malformed_record",  # a line that cannot be decoded: not JSON, invalid UTF-8, oversized
     "missing_operation_name",  # empty OperationName
     "pseudo_operation",  # OperationName == "CallClientOperations"
     "missing_operation_id",  # empty OperationId (Microsoft's queries drop these too)
-    "invalid_timestamp",  # CallClientTimeStamp empty or unparseable
+    "invalid_timestamp",  # CallClientTimeStamp empty, unparseable or out of range
     "duplicate",  # same (OperationId, CallClientTimeStamp) seen before
+    "partition_cap",  # a partition beyond the read's cap (MAX_PARTITIONS busiest kept)
 )
 
 #: Rows kept in the aggregates but with a defect, each counted under one reason.
@@ -337,6 +358,8 @@ class BucketAggregates:
     :data:`HIST_COLUMNS`. ``dropped`` and ``flagged`` count rows per reason
     (:data:`DROP_REASONS`, :data:`FLAG_REASONS`); ``rows_read`` counts input rows before any drop.
     Invariant: ``rows_read == stats.calls.sum() + sum(dropped.values())`` for a source's output.
+    ``partitions_left_out`` counts the partitions the cap left out (their rows are
+    ``dropped["partition_cap"]``).
     """
 
     stats: pd.DataFrame
@@ -344,6 +367,7 @@ class BucketAggregates:
     dropped: dict[str, int] = field(default_factory=dict)
     flagged: dict[str, int] = field(default_factory=dict)
     rows_read: int = 0
+    partitions_left_out: int = 0
 
 
 def fill_failed_calls(stats: pd.DataFrame) -> pd.DataFrame:

@@ -206,7 +206,11 @@ def _drop_reason(df: pd.DataFrame) -> pd.Series:
     op = df["OperationName"].str.strip()
     opid = df["OperationId"].str.strip()
     reason = pd.Series("", index=df.index, dtype=object)
-    reason = reason.mask(df["CallClientTimeStamp"].isna(), "invalid_timestamp")
+    cct = df["CallClientTimeStamp"]
+    out_of_range = (cct < pd.Timestamp(schema.TIMESTAMP_MIN)) | (
+        cct >= pd.Timestamp(schema.TIMESTAMP_MAX)
+    )
+    reason = reason.mask(cct.isna() | out_of_range, "invalid_timestamp")
     reason = reason.mask(opid == "", "missing_operation_id")
     reason = reason.mask(op.str.lower() == schema.PSEUDO_OPERATION.lower(), "pseudo_operation")
     reason = reason.mask(op == "", "missing_operation_name")

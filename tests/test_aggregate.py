@@ -193,3 +193,40 @@ def test_merge_order_and_coarsening_commute(pieces, order) -> None:
     hour = timedelta(hours=1)
     _same(coarsen(a, hour), merge(*[coarsen(p, hour) for p in shuffled]))
     _same(fleet(a), merge(*[fleet(p) for p in shuffled]))
+
+
+@pytest.mark.parametrize(
+    ("cap", "kept", "left_out_calls"),
+    [
+        (None, {("Join", "1"), ("Join", "2"), ("Hangup", "1"), ("Zap", "1")}, 0),
+        (9, {("Join", "1"), ("Join", "2"), ("Hangup", "1"), ("Zap", "1")}, 0),
+        (2, {("Join", "1"), ("Hangup", "1")}, 2),  # Join 2 and Zap 1 tie: the smaller key
+        (3, {("Join", "1"), ("Hangup", "1"), ("Join", "2")}, 1),
+        (1, {("Join", "1")}, 4),
+    ],
+)
+def test_cap_partitions_keeps_the_busiest(
+    cap: int | None, kept: set[tuple[str, str]], left_out_calls: int
+) -> None:
+    aggs = make(
+        [
+            ("Join", "1", 0, [100, 200], 0),
+            ("Join", "1", 1, [100, 200], 1),  # 4 calls over two buckets
+            ("Hangup", "1", 0, [10, 20], 0),
+            ("Join", "2", 0, [50], 0),
+            ("Zap", "1", 3, [50], 0),
+        ],
+        rows_read=10,
+        dropped={"duplicate": 2},
+    )
+    out = aggregate.cap_partitions(aggs, cap)
+    assert set(zip(out.stats["operation_name"], out.stats["sdk_version"], strict=True)) == kept
+    assert set(zip(out.hist["operation_name"], out.hist["sdk_version"], strict=True)) == kept
+    assert out.dropped.get("partition_cap", 0) == left_out_calls
+    assert out.partitions_left_out == 4 - len(kept)
+    assert out.rows_read == out.stats["calls"].sum() + sum(out.dropped.values())
+
+
+def test_cap_partitions_refuses_a_cap_below_one() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        aggregate.cap_partitions(A, 0)

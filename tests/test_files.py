@@ -309,7 +309,7 @@ def test_camel_case_and_top_level_fields(tmp_path: Path) -> None:
     assert agg.rows_read == 3  # the blank line is not a row, the broken one is
     assert agg.stats["calls"].sum() == 2
     assert agg.stats["failures"].sum() == 1
-    assert agg.dropped["missing_operation_name"] == 1
+    assert agg.dropped["malformed_record"] == 1
     assert agg.flagged["string_number"] == 1
 
 

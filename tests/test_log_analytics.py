@@ -103,11 +103,13 @@ def test_case_table_one_window(emulator) -> None:  # noqa: F811
     assert (sc.calls, sc.dur_n) == (1, 0)  # point event: no duration
     assert agg.rows_read == 9
     assert agg.dropped == {
+        "malformed_record": 0,  # a typed table has none
         "missing_operation_name": 1,
         "pseudo_operation": 1,
         "missing_operation_id": 1,
         "invalid_timestamp": 1,
         "duplicate": 1,
+        "partition_cap": 0,
     }
     assert agg.flagged["invalid_duration"] == 1
     assert agg.flagged["invalid_payload_json"] == 1
@@ -206,8 +208,9 @@ def test_transient_faults_are_retried(emulator, fault: Fault) -> None:  # noqa: 
 
 def test_read_timeout_is_retried_then_succeeds(emulator) -> None:  # noqa: F811
     emu = emulator(CASE)
-    emu.push(Fault("slow", delay=1.5))
-    src = make_source(emu, read_timeout=0.5)
+    emu.push(Fault("slow", delay=4.0))
+    # (2 s: a loaded box answers the normal retry well within it; 0.5 s timed it out too)
+    src = make_source(emu, read_timeout=2.0)
     assert src.read_aggregates((T0, T0 + H), bucket=BUCKET).rows_read == 9
     assert src.stats.retries == 1
 
@@ -435,7 +438,7 @@ def test_request_timespan_reaches_the_cluster_lookback(emulator, arrival: str) -
         ]
     )
     emu = emulator(rows, ingest_lag=timedelta(minutes=1))
-    src = make_source(emu, arrival=arrival)
+    src = make_source(emu, arrival=arrival, dedup_lookback=timedelta(hours=1))
     assert src.settings.dedup_lookback < timedelta(minutes=90) <= CLUSTER_LOOKBACK
     agg = src.read_aggregates((T0 + timedelta(minutes=90), T0 + 2 * H), bucket=BUCKET)
     assert agg.stats["failures"].sum() == 1
@@ -693,3 +696,66 @@ def test_same_aggregates_as_the_file_source_on_simulated_data(emulator, tmp_path
     by_files.flagged["string_number"] = 0  # typed columns in Log Analytics
     _assert_same(by_kql, by_files)
     assert by_kql.rows_read == len(rows)
+
+
+# -- issue 21: look-back, token, retry budget, partition cap ------------------------------------
+
+
+def test_a_copy_re_ingested_hours_later_counts_once_across_reads_and_chunks(emulator) -> None:  # noqa: F811
+    """The same operation ingested again 3.5 h later: two scheduled reads, and one long read
+    whose plan failed (so it falls back to 1-hour chunks), count it once, as one read does."""
+    rows = pd.DataFrame(
+        [
+            _row("Join", "a", "2025-03-01T00:05:00Z", "2025-03-01T00:10:00Z"),
+            _row("Join", "a", "2025-03-01T00:05:00Z", "2025-03-01T03:40:00Z"),  # the copy
+            _row("Join", "b", "2025-03-01T03:30:00Z", "2025-03-01T03:35:00Z"),
+        ]
+    )
+    emu = emulator(rows, ingest_lag=timedelta(minutes=1))
+    src = make_source(emu)
+    first = src.read_aggregates((T0, T0 + 2 * H), bucket=BUCKET)
+    second = src.read_aggregates((T0 + 2 * H, T0 + 4 * H), bucket=BUCKET)
+    assert (first.stats["calls"].sum(), second.stats["calls"].sum()) == (1, 1)
+    assert second.dropped["duplicate"] == 1
+    emu.push(Fault("status", 400))  # the plan query fails: one chunk per plan step
+    chunked = src.read_aggregates((T0, T0 + 8 * H), bucket=BUCKET)
+    assert len(src.stats.chunks) > 3
+    assert chunked.stats["calls"].sum() == 2
+    assert chunked.rows_read == chunked.stats["calls"].sum() + sum(chunked.dropped.values())
+
+
+def test_non_ascii_env_token_is_a_clear_error(emulator, monkeypatch) -> None:  # noqa: F811
+    emu = emulator(CASE)
+    monkeypatch.setenv("LA_TOKEN", "\u0442\u043e\u043a\u0435\u043d-secret")  # not even latin-1
+    src = make_source(emu, credential=EnvTokenCredential("LA_TOKEN"))
+    with pytest.raises(
+        AuthError, match="LA_TOKEN holds characters an HTTP Authorization header cannot"
+    ) as err:
+        src.read_aggregates((T0, T0 + H), bucket=BUCKET)
+    assert "secret" not in str(err.value)
+    assert len(emu.requests) == 0
+
+
+def test_time_lost_to_timeouts_counts_in_the_retry_budget(emulator) -> None:  # noqa: F811
+    """Each attempt times out after 0.5 s: a 0.3 s budget is spent by the first one."""
+    emu = emulator(CASE)
+    emu.push(Fault("slow", delay=1.5))
+    src = make_source(emu, read_timeout=0.5, retry_budget=0.3)
+    with pytest.raises(QueryFailedError, match="retry budget"):
+        src.read_aggregates((T0, T0 + H), bucket=BUCKET)
+    assert src.stats.retries == 0
+
+
+def test_partition_cap_keeps_the_busiest(emulator) -> None:  # noqa: F811
+    emu = emulator(CASE)
+    full = make_source(emu).read_aggregates((T0, T0 + H), bucket=BUCKET)
+    capped = make_source(emu, max_partitions=1).read_aggregates((T0, T0 + H), bucket=BUCKET)
+    parts = full.stats.groupby(["operation_name", "sdk_version"])["calls"].sum()
+    assert len(parts) > 1
+    busiest = parts.idxmax()
+    assert set(zip(capped.stats["operation_name"], capped.stats["sdk_version"], strict=True)) == {
+        busiest
+    }
+    assert capped.dropped["partition_cap"] == parts.sum() - parts.max()
+    assert capped.partitions_left_out == len(parts) - 1
+    assert capped.rows_read == capped.stats["calls"].sum() + sum(capped.dropped.values())

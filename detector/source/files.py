@@ -32,17 +32,25 @@ How the work is split, and why (measured on 9M rows, see benchmarks/bench_aggreg
 Semantics (one reason per dropped row, the first that matches, in
 :data:`~detector.schema.DROP_REASONS` order):
 
-1. rows are selected by arrival: ``TimeGenerated`` in ``arrival_window`` (half-open); rows
-   outside the window are not read (``rows_read`` counts only selected rows; without a window
-   every row is selected);
-2. ``missing_operation_name``: empty or whitespace ``OperationName`` (also: a JSON line that is
-   not valid JSON, whose fields are all missing);
-3. ``pseudo_operation``: ``OperationName`` equals ``CallClientOperations`` (case-insensitive);
-4. ``missing_operation_id``: empty ``OperationId``;
-5. ``invalid_timestamp``: ``CallClientTimeStamp`` empty or unparseable;
-6. ``duplicate``: a later copy of the same ``(OperationId, CallClientTimeStamp)``; the copy with
+1. rows are selected by arrival in ``arrival_window`` (half-open): a row arrives at its
+   ``TimeGenerated``; without a usable one at its ``CallClientTimeStamp``; without either (a
+   malformed record) when its file was last modified, so every row falls in one window of a
+   series. Rows outside the window are not read (``rows_read`` counts only selected rows;
+   without a window every row is selected). Timestamps outside
+   [:data:`~detector.schema.TIMESTAMP_MIN`, :data:`~detector.schema.TIMESTAMP_MAX`) are
+   unusable;
+2. ``malformed_record``: a JSON line that is not a JSON object (not JSON, truncated, an
+   array), or a line the reader rejects (invalid UTF-8, longer than 2 MB, more CSV fields
+   than the header): that line is lost, counted, and the rest of the file is read;
+3. ``missing_operation_name``: empty or whitespace ``OperationName``;
+4. ``pseudo_operation``: ``OperationName`` equals ``CallClientOperations`` (case-insensitive);
+5. ``missing_operation_id``: empty ``OperationId``;
+6. ``invalid_timestamp``: ``CallClientTimeStamp`` empty, unparseable or out of range;
+7. ``duplicate``: a later copy of the same ``(OperationId, CallClientTimeStamp)``; the copy with
    the latest ``TimeGenerated`` is kept (ties broken by content, so the choice does not depend
-   on file order).
+   on file order). With an arrival window, a key that arrived in the ``dedup_lookback`` before
+   it is a duplicate too (an earlier read counted it);
+8. ``partition_cap``: the rows of partitions beyond ``max_partitions`` (the busiest are kept).
 
 Kept rows are bucketed by ``CallClientTimeStamp`` floored to ``bucket`` (epoch aligned, UTC).
 Flags (a kept row may carry several; each is counted once per row under each reason that
@@ -77,7 +85,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from detector import schema
+from detector import aggregate, schema
 from detector.errors import InputError
 
 __all__ = [
@@ -125,6 +133,11 @@ _OPTIONAL: Final[frozenset[str]] = frozenset({"OperationPayload", "ResultSignatu
 _WS: Final = "' \t\n\r\x0b\x0c'"
 _LN_GAMMA: Final = math.log(schema.HIST_GAMMA)
 _DROP_CODES: Final[dict[int, str]] = {i + 1: r for i, r in enumerate(schema.DROP_REASONS)}
+_CODE: Final[dict[str, int]] = {r: c for c, r in _DROP_CODES.items()}
+# Names of DuckDB's tables of rejected lines (undecodable, too long, too many fields).
+_REJECTS: Final = "rejects_table='_acs_rej', rejects_scan='_acs_rej_scan', store_rejects=true"
+# Column that carries each row's file name (a name no export uses).
+_FILE_COL: Final = "_acs_file"
 _PSEUDO_LOWER: Final = schema.PSEUDO_OPERATION.lower()
 # DuckDB errors that mean "this input cannot be read" (others are bugs and propagate).
 _READ_ERRORS: Final = (
@@ -143,6 +156,9 @@ _JSON_SAMPLE_LINES: Final = 200
 class _File:
     path: Path
     fmt: str  # "parquet" | "csv" | "jsonl" | "json_array"
+    # Found by a scan, JSON lines without one valid record in its sample: read anyway, every
+    # line a malformed record, so one garbage file cannot stop the run.
+    garbage: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,16 +248,21 @@ def _detect_format(path: Path) -> str:
     stripped = head.lstrip()
     if not stripped:
         raise InputError(f"{path}: empty file, not an ACS call client operations export")
-    if stripped[0] == "[":
+    if stripped[0] == "[" and not _is_json_lines(stripped):
         return "json_array"
-    if stripped[0] == "{":
+    if stripped[0] in "{[" or suffix is not None:
+        # A JSON lines name (or a first record): whatever the first line holds, the file is
+        # read line by line and a line that is not a JSON object is one malformed record.
         return "jsonl"
-    if suffix is None:
-        # Not JSON: a CSV header line names the columns.
-        return "csv"
-    raise InputError(
-        f"{path}: not a JSON lines file (first character {stripped[0]!r}, expected '{{')"
-    )
+    # Not JSON: a CSV header line names the columns.
+    return "csv"
+
+
+def _is_json_lines(head: str) -> bool:
+    """True when ``head`` (a file's start, opening with '[') is a one-line JSON value followed
+    by more lines: JSON lines whose first record is an array, not one JSON array document."""
+    first, sep, rest = head.partition("\n")
+    return bool(sep and rest.strip()) and _json_record(first) is not None
 
 
 def _select_files(path: str | os.PathLike[str]) -> list[_File]:
@@ -261,10 +282,23 @@ def _select_files(path: str | os.PathLike[str]) -> list[_File]:
         if reason:
             log.warning("skipping %s: %s", f, reason)
             continue
-        selected.append(_File(f, _detect_format(f)))
+        fmt = _detect_format(f)
+        selected.append(_File(f, fmt, fmt == "jsonl" and _no_valid_record(f)))
     if not selected:
         raise InputError(f"{os.fspath(path)}: no ACS call client operations export among the files")
     return selected
+
+
+def _no_valid_record(path: Path) -> bool:
+    """True when none of the first lines of a JSON lines file is valid JSON (warned)."""
+    try:
+        _json_sample_keys(path)
+    except InputError as exc:
+        if "valid JSON" not in str(exc):
+            raise
+        log.warning("%s; its lines are counted as malformed records", exc)
+        return True
+    return False
 
 
 def _skip_reason(path: Path) -> str | None:
@@ -281,7 +315,9 @@ def _skip_reason(path: Path) -> str | None:
             keys = _json_sample_keys(path)
         elif fmt == "json_array" and path.stat().st_size < 16 * 2**20:
             with _open_text(path) as fh:
-                doc = json.load(fh)
+                doc = _json_record(fh.read())
+            if doc is None:
+                return "not JSON"
             keys = set()
             for rec in doc[:_JSON_SAMPLE_LINES] if isinstance(doc, list) else []:
                 if isinstance(rec, dict):
@@ -366,7 +402,7 @@ def _ts_expr(col: str | None, typ: str) -> str:
         return "CAST(NULL AS BIGINT)"
     t = typ.upper()
     if t.startswith("TIMESTAMP") or t == "DATE":
-        return f"epoch_us(CAST({_q(col)} AS TIMESTAMPTZ))"
+        return f"_acs_in_range(epoch_us(CAST({_q(col)} AS TIMESTAMPTZ)))"
     if _is_text_type(t):
         return f"_acs_ts_us({_q(col)})"
     return "CAST(NULL AS BIGINT)"
@@ -422,7 +458,8 @@ def _typed_select(source: str, cols: dict[str, str], types: dict[str, str], *, c
         f"({dur_str} OR {rs_str}) AS str_num, "
         f"{_payload_bad_expr(col('OperationPayload'), typ('OperationPayload'))} AS pay_bad, "
         f"coalesce({_str_expr(col('SdkVersion'))}, '') AS sdk, "
-        f"{_str_expr(col('CallId'))} AS call "
+        f"{_str_expr(col('CallId'))} AS call, "
+        f"FALSE AS bad, {_FILE_COL} "
         f"FROM {source}"
     )
 
@@ -491,10 +528,16 @@ def _json_select(source: str) -> str:
         f"OR ({is_str('ResultSignature')} AND {rs_val} IS NOT NULL)) AS str_num, "
         f"{pay_bad} AS pay_bad, "
         f"coalesce({text('SdkVersion')}, '') AS sdk, "
-        f"{text('CallId')} AS call "
-        f"FROM (SELECT CASE WHEN ok THEN json_extract(j, {plist}) END AS v, "
+        f"{text('CallId')} AS call, "
+        f"NOT ok AS bad, {_FILE_COL} "
+        f"FROM (SELECT ok, {_FILE_COL}, CASE WHEN ok THEN json_extract(j, {plist}) END AS v, "
         f"CASE WHEN ok THEN json_type(j, '$.properties') = 'OBJECT' ELSE FALSE END AS has_props "
-        f"FROM (SELECT j, coalesce(json_valid(j), FALSE) AS ok FROM {source}))"
+        # A record is a JSON object; anything else on a line (text, an array, a number, a
+        # truncated object) is a malformed record.
+        # (valid JSON starting with '{' is an object: cheaper than a second parse)
+        f"FROM (SELECT j, {_FILE_COL}, coalesce(json_valid(j), FALSE) AND "
+        f"(CASE WHEN left(j, 1) = '{{' THEN TRUE ELSE starts_with(ltrim(j), '{{') END) AS ok "
+        f"FROM {source}))"
     )
 
 
@@ -534,7 +577,7 @@ def _parquet_part(con: duckdb.DuckDBPyConnection, files: list[Path]) -> tuple[li
     for sig, group in groups.items():
         cols = {name: spec.rsplit(":", 1)[0] for name, spec in sig}
         types = {spec.rsplit(":", 1)[0]: spec.rsplit(":", 1)[1] for _, spec in sig}
-        source = f"read_parquet({_file_list(group)})"
+        source = f"read_parquet({_file_list(group)}, filename={_lit(_FILE_COL)})"
         parts.append(_typed_select(source, cols, types, csv_=False))
         bounds.append(_bounds_select(source, cols, types))
     return parts, bounds
@@ -552,8 +595,10 @@ def _bounds_select(source: str, cols: dict[str, str], types: dict[str, str]) -> 
     if cct is None:
         lo = hi = "CAST(NULL AS BIGINT)"
     elif cct_t.upper().startswith("TIMESTAMP") or cct_t.upper() == "DATE":
-        lo = f"epoch_us(CAST(min({_q(cct)}) AS TIMESTAMPTZ))"
-        hi = f"epoch_us(CAST(max({_q(cct)}) AS TIMESTAMPTZ))"
+        # Clamped to the accepted range: rows beyond it are dropped, they size no codes.
+        lo_us, hi_us = _us(schema.TIMESTAMP_MIN), _us(schema.TIMESTAMP_MAX)
+        lo = f"least(greatest(epoch_us(CAST(min({_q(cct)}) AS TIMESTAMPTZ)), {lo_us}), {hi_us})"
+        hi = f"greatest(least(epoch_us(CAST(max({_q(cct)}) AS TIMESTAMPTZ)), {hi_us}), {lo_us})"
     else:
         lo, hi = f"min({_ts_expr(cct, cct_t)})", f"max({_ts_expr(cct, cct_t)})"
     dur_t = types.get(dur, "") if dur else ""
@@ -564,7 +609,8 @@ def _bounds_select(source: str, cols: dict[str, str], types: dict[str, str]) -> 
     return f"SELECT {lo} AS lo, {hi} AS hi, {dmax} AS dmax FROM {source}"
 
 
-def _csv_header(path: Path) -> list[str]:
+def _csv_header(path: Path) -> tuple[list[str], str, str]:
+    """The header's field names, its delimiter and quote character (sniffed on that line)."""
     try:
         with _open_text(path) as fh:
             first = fh.readline()
@@ -576,55 +622,76 @@ def _csv_header(path: Path) -> list[str]:
         raise InputError(f"{path}: empty file, not an ACS call client operations export")
     try:
         dialect = csv.Sniffer().sniff(first, delimiters=",;\t|")
-        delim = dialect.delimiter
+        delim, quote = dialect.delimiter, dialect.quotechar or '"'
     except csv.Error:
-        delim = ","
-    return next(csv.reader([first], delimiter=delim))
+        delim, quote = ",", '"'
+    return next(csv.reader([first], delimiter=delim, quotechar=quote)), delim, quote
 
 
 def _csv_part(files: list[Path], parallel: bool = True) -> list[str]:
-    groups: dict[tuple[str, ...], list[Path]] = {}
+    groups: dict[tuple[tuple[str, ...], str, str], list[Path]] = {}
     for f in files:
-        header = [h.strip() for h in _csv_header(f)]
+        raw, delim, quote = _csv_header(f)
+        header = [h.strip() for h in raw]
         cols = _resolve(header)
         if any(c not in cols for c in schema.REQUIRED_COLUMNS):
             raise InputError(_missing_message(f, header, "CSV"))
-        groups.setdefault(tuple(header), []).append(f)
+        groups.setdefault((tuple(header), delim, quote), []).append(f)
     parts = []
-    for header_key, group in groups.items():
+    for (header_key, delim, quote), group in groups.items():
         header = list(header_key)
         cols = _resolve(header)
         # Read every field as text: the export may quote numbers, leave them empty, or put
-        # garbage in them; typing happens in SQL with TRY_CAST, never as a reader error.
-        names = "[" + ", ".join(_lit(h) for h in header) + "]"
+        # garbage in them; typing happens in SQL with TRY_CAST, never as a reader error. The
+        # dialect is the header's, never sniffed from the data (a ';' in a UserAgent would win).
+        columns = "{" + ", ".join(f"{_lit(h)}: 'VARCHAR'" for h in _unique(header)) + "}"
         source = (
-            f"read_csv({_file_list(group)}, header=true, all_varchar=true, names={names}, "
-            "null_padding=true, quote='\"', escape='\"', "
-            # Strict and parallel is fastest; malformed files are re-read leniently (a row with
-            # extra fields becomes a row, counted) by the single-threaded reader.
+            f"read_csv({_file_list(group)}, header=true, auto_detect=false, columns={columns}, "
+            f"delim={_lit(delim)}, quote={_lit(quote)}, escape={_lit(quote)}, "
+            f"null_padding=true, filename={_lit(_FILE_COL)}, {_REJECTS}, "
+            # Strict and parallel is fastest; a line that does not fit (too many fields, bad
+            # UTF-8, too long) is rejected and counted as a malformed record. Should the strict
+            # reader fail anyway, the file is re-read by the lenient single-threaded one.
             + ("strict_mode=true)" if parallel else "strict_mode=false, parallel=false)")
         )
         parts.append(_typed_select(source, cols, {}, csv_=True))
     return parts
 
 
+def _unique(names: list[str]) -> list[str]:
+    """Column names made unique (``a``, ``a_1``) as DuckDB's reader would name them."""
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        cand, i = name or "column", 0
+        while cand.lower() in seen:
+            i += 1
+            cand = f"{name}_{i}"
+        seen.add(cand.lower())
+        out.append(cand)
+    return out
+
+
+def _json_record(line: str) -> object:
+    """One JSON value, or None when the line is not JSON (nested too deep included)."""
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+
+
 def _json_sample_keys(path: Path) -> set[str]:
     keys: set[str] = set()
-    seen = 0
+    seen = parsed = 0
     try:
         with _open_text(path) as fh:
             for line in fh:
                 if not line.strip():
                     continue
                 seen += 1
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    if seen == 1:
-                        raise InputError(
-                            f"{path}: not a JSON lines file (the first record is not valid JSON)"
-                        ) from None
-                    continue
+                # A bad line (even the first) costs that line, counted when read, not the file.
+                rec = _json_record(line)
+                parsed += rec is not None
                 if isinstance(rec, dict):
                     keys.update(rec)
                     props = rec.get("properties")
@@ -638,6 +705,10 @@ def _json_sample_keys(path: Path) -> set[str]:
         raise InputError(f"{path}: cannot read file ({exc})") from exc
     if seen == 0:
         raise InputError(f"{path}: empty file, not an ACS call client operations export")
+    if parsed == 0:
+        raise InputError(
+            f"{path}: not a JSON lines file (none of the first {seen} records is valid JSON)"
+        )
     return keys
 
 
@@ -655,15 +726,19 @@ def _json_keys_ok(path: Path, keys: set[str]) -> None:
         )
 
 
-def _jsonl_part(files: list[Path], parallel: bool = True) -> list[str]:
+def _jsonl_part(
+    files: list[Path], parallel: bool = True, garbage: frozenset[Path] = frozenset()
+) -> list[str]:
     for f in files:
-        _json_keys_ok(f, _json_sample_keys(f))
+        if f not in garbage:
+            _json_keys_ok(f, _json_sample_keys(f))
     # Each line is read as one text value (no quoting, no delimiter), so a malformed line is a
     # row with all fields missing (counted as a drop), never a reader error.
     source = (
-        f"(SELECT line AS j FROM read_csv({_file_list(files)}, columns={{'line': 'VARCHAR'}}, "
-        "header=false, delim=E'\\x1e', quote='', escape='', auto_detect=false, "
-        f"strict_mode=false, null_padding=true, parallel={str(parallel).lower()}) "
+        f"(SELECT line AS j, {_FILE_COL} FROM read_csv({_file_list(files)}, "
+        "columns={'line': 'VARCHAR'}, header=false, delim=E'\\x1e', quote='', escape='', "
+        f"auto_detect=false, strict_mode=false, null_padding=true, filename={_lit(_FILE_COL)}, "
+        f"{_REJECTS}, parallel={str(parallel).lower()}) "
         "WHERE line >= '!' OR trim(line, ' \t\r') <> '')"
     )
     return [_json_select(source)]
@@ -682,13 +757,16 @@ def _json_array_part(con: duckdb.DuckDBPyConnection, files: list[Path]) -> list[
             raise InputError(f"{f}: empty JSON array, no ACS call client operations")
         keys: set[str] = set()
         for (text,) in rows:
-            rec = json.loads(text)
+            rec = _json_record(text)
             if isinstance(rec, dict):
                 keys.update(rec)
                 if isinstance(rec.get("properties"), dict):
                     keys.update(rec["properties"])
         _json_keys_ok(f, keys)
-    source = f"(SELECT json AS j FROM read_json_objects({_file_list(files)}, format='array'))"
+    source = (
+        f"(SELECT json AS j, {_FILE_COL} FROM read_json_objects({_file_list(files)}, "
+        f"format='array', filename={_lit(_FILE_COL)}))"
+    )
     return [_json_select(source)]
 
 
@@ -697,23 +775,30 @@ def _json_array_part(con: duckdb.DuckDBPyConnection, files: list[Path]) -> list[
 # --------------------------------------------------------------------------------------------
 
 
-def _text_parts(by_fmt: dict[str, list[Path]], *, parallel: bool) -> list[str]:
+def _text_parts(
+    by_fmt: dict[str, list[Path]], *, parallel: bool, garbage: frozenset[Path] = frozenset()
+) -> list[str]:
     parts: list[str] = []
     if "csv" in by_fmt:
         parts += _csv_part(by_fmt["csv"], parallel)
     if "jsonl" in by_fmt:
-        parts += _jsonl_part(by_fmt["jsonl"], parallel)
+        parts += _jsonl_part(by_fmt["jsonl"], parallel, garbage)
     return parts
 
 
 def _macros(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE OR REPLACE TEMP MACRO _acs_finite(x) AS CASE WHEN isfinite(x) THEN x END")
+    # Out-of-range timestamps (schema.TIMESTAMP_MIN/MAX) read as unparseable (NULL).
+    con.execute(
+        "CREATE OR REPLACE TEMP MACRO _acs_in_range(us) AS CASE WHEN us >= "
+        f"{_us(schema.TIMESTAMP_MIN)} AND us < {_us(schema.TIMESTAMP_MAX)} THEN us END"
+    )
     # ISO 8601 (any offset, 'Z', up to 7 fractional digits), else the portal's display format.
     con.execute(
-        "CREATE OR REPLACE TEMP MACRO _acs_ts_us(s) AS epoch_us(coalesce("
+        "CREATE OR REPLACE TEMP MACRO _acs_ts_us(s) AS _acs_in_range(epoch_us(coalesce("
         "TRY_CAST(s AS TIMESTAMPTZ), TRY_CAST(trim(s) AS TIMESTAMPTZ), "
         "CAST(try_strptime(trim(s), ['%m/%d/%Y, %I:%M:%S.%f %p', '%m/%d/%Y, %I:%M:%S %p']) "
-        "AS TIMESTAMPTZ)))"
+        "AS TIMESTAMPTZ))))"
     )
 
 
@@ -724,15 +809,31 @@ def _us(dt: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def _norm_sql(parts: list[str], window: tuple[int, int] | None) -> str:
-    """Normalised rows of every file, selected by arrival."""
+def _mtime_sql(mtimes: dict[str, int]) -> str:
+    """SQL of the modification time (us) of the row's file, from ``mtimes`` (name -> us)."""
+    if not mtimes:
+        return "CAST(NULL AS BIGINT)"
+    cases = " ".join(f"WHEN {_lit(name)} THEN {us}" for name, us in mtimes.items())
+    return f"CASE {_FILE_COL} {cases} END"
+
+
+def _norm_sql(
+    parts: list[str], window: tuple[int, int] | None, mtimes: dict[str, int] | None = None
+) -> str:
+    """Normalised rows of every file, selected by arrival.
+
+    A row's arrival (``arr_us``) is its ``TimeGenerated``; without a usable one, its
+    ``CallClientTimeStamp``; without either (a malformed record), its file's modification
+    time: every row falls in exactly one window of a series, so none is lost uncounted.
+    """
     src = "\nUNION ALL\n".join(parts)
-    where = f"WHERE tg_us >= {window[0]} AND tg_us < {window[1]}" if window else ""
+    where = f"WHERE arr_us >= {window[0]} AND arr_us < {window[1]}" if window else ""
     return f"""
-SELECT tg_us, cct_us, op, opid, rt, dur, str_num, pay_bad, sdk, call
+SELECT tg_us, cct_us, op, opid, rt, dur, str_num, pay_bad, sdk, call, bad, arr_us
 FROM (
+SELECT *, coalesce(tg_us, cct_us, {_mtime_sql(mtimes or {})}) AS arr_us FROM (
 {src}
-) {where}"""
+)) {where}"""
 
 
 @dataclass(frozen=True)
@@ -836,12 +937,13 @@ FROM (
 SELECT
   -- Name-based drop codes come from _dim (decided in Python on the distinct names); only the
   -- id and timestamp checks run per row, with cheap comparisons guarding the slow trim().
-  CASE WHEN d.name_code > 0 THEN d.name_code
-       WHEN n.opid IS NULL THEN 3
+  CASE WHEN n.bad THEN {_CODE["malformed_record"]}
+       WHEN d.name_code > 0 THEN d.name_code
+       WHEN n.opid IS NULL THEN {_CODE["missing_operation_id"]}
        -- '' and blank ids sort below '!'; a CASE (unlike OR) runs trim() on those only
        WHEN n.opid < '!' AND (CASE WHEN n.opid < '!' THEN trim(n.opid, {_WS}) = ''
-                                   ELSE FALSE END) THEN 3
-       WHEN n.cct_us IS NULL THEN 4
+                                   ELSE FALSE END) THEN {_CODE["missing_operation_id"]}
+       WHEN n.cct_us IS NULL THEN {_CODE["invalid_timestamp"]}
        ELSE 0 END AS code,
   n.opid, n.cct_us, n.tg_us, n.call, d.pid, d.rc,
   CAST(floor(n.cct_us / {b!r}) AS BIGINT) AS bi,  -- exact: |cct_us| < 2**53
@@ -855,14 +957,15 @@ FROM ({norm}) n JOIN _dim d ON hash(n.op, n.sdk, n.rt) = d.h)))"""
 
 def _prior_failures(
     con: duckdb.DuckDBPyConnection,
-    parts: list[str],
+    rows_in: Callable[[tuple[int, int]], str],
     window: tuple[int, int] | None,
     lookback_us: int,
     ids: pd.DataFrame,
 ) -> _Prior:
     """Failures that arrived in ``lookback_us`` before ``window`` (none without a window), in
     the read's operations: per (partition id, operation, call hash) how many, partitions and
-    calls keyed as the rows pass keys them (``ids``: name, sdk -> pid, op).
+    calls keyed as the rows pass keys them (``ids``: name, sdk -> pid, op). ``rows_in``: the
+    normalised rows that arrived in a window, as SQL.
 
     One pass over the look-back: failures classified in SQL (:data:`RESULT_CLASS_SQL`), names
     per distinct raw triple in Python as for the read; re-ingested copies are not taken out
@@ -870,7 +973,7 @@ def _prior_failures(
     """
     if window is None or lookback_us <= 0:
         return _Prior.none()
-    norm = _norm_sql(parts, (window[0] - lookback_us, window[0]))
+    norm = rows_in((window[0] - lookback_us, window[0]))
     rc = RESULT_CLASS_SQL.format(rt="rt")
     got = con.execute(f"""
 SELECT any_value(op) AS op, any_value(sdk) AS sdk, h, ck, count(*) AS n
@@ -909,19 +1012,43 @@ def _run(
     window: tuple[int, int] | None,
     bounds: list[str] | None,
     lookback: int = 0,
+    *,
+    mtimes: dict[str, int] | None = None,
+    dedup_lookback: int = 0,
 ) -> schema.BucketAggregates:
     """Aggregate the normalised rows of ``parts``.
 
     ``bounds``: one _bounds_select per part (Parquet); None for text and JSON, which are then
     parsed once into DuckDB's own spillable storage rather than three times (bounds, names and
     rows passes). ``lookback`` (microseconds): how far before ``window`` earlier failures of
-    the read's failing calls are looked up (see :func:`_prior_failures`).
+    the read's failing calls are looked up (see :func:`_prior_failures`). ``mtimes``: file
+    name -> modification time (us), the arrival of rows that carry no time.
+    ``dedup_lookback`` (us): keys that arrived that long before ``window`` are duplicates.
     """
-    norm = _norm_sql(parts, window)
+    norm = _norm_sql(parts, window, mtimes)
+    rejected = 0
+
+    def rows_in(w: tuple[int, int]) -> str:
+        return _norm_sql(parts, w)
+
     if bounds is None:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _norm AS {norm}")
-        norm = "SELECT * FROM _norm"
-        bounds = ["SELECT min(cct_us) AS lo, max(cct_us) AS hi, max(dur) AS dmax FROM _norm"]
+        # Text is parsed once, for the window and the look-backs before it together.
+        back = max(lookback, dedup_lookback) if window is not None else 0
+        scan = (window[0] - back, window[1]) if window is not None else None
+        for table in ("_acs_rej", "_acs_rej_scan"):
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _scan AS {_norm_sql(parts, scan, mtimes)}")
+        rejected = _rejected_lines(con, window, mtimes or {})
+
+        def rows_in(w: tuple[int, int]) -> str:
+            return f"SELECT * FROM _scan WHERE arr_us >= {w[0]} AND arr_us < {w[1]}"
+
+        if window is not None and back > 0:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _norm AS {rows_in(window)}")
+            norm = "SELECT * FROM _norm"
+        else:
+            norm = "SELECT * FROM _scan"
+        bounds = [f"SELECT min(cct_us) AS lo, max(cct_us) AS hi, max(dur) AS dmax FROM ({norm})"]
 
     # 1. Partitions: canonical casing and point events from the Python contract, applied to
     #    the few distinct (OperationName, SdkVersion, ResultType) triples; dense ids for fast
@@ -948,6 +1075,9 @@ def _run(
     # 3. Duplicates, in numpy (one sort of the key column is several times faster than a
     #    10M-group hash aggregate). See _duplicates().
     discard = _duplicates(rows, partial(_tie_break, rows, shape))
+    seen = _seen_before(rows, _prior_keys(con, rows_in, window, dedup_lookback))
+    if len(seen):
+        discard = np.union1d(discard, seen)
 
     # 4. Counts per reason and flag (one bincount of code * 16 + flags), then stats and
     #    histogram of the kept rows.
@@ -957,13 +1087,14 @@ def _run(
     op_of_pid = np.zeros(int(by_pid["pid"].max()) + 1 if len(by_pid) else 0, dtype=np.int64)
     op_of_pid[by_pid["pid"].to_numpy()] = pd.factorize(by_pid["name"])[0]
     by_pid = by_pid.assign(op=op_of_pid[by_pid["pid"].to_numpy()])
-    prior = _prior_failures(con, parts, window, lookback, by_pid[["name", "sdk", "pid", "op"]])
+    prior = _prior_failures(con, rows_in, window, lookback, by_pid[["name", "sdk", "pid", "op"]])
     if shape.compact:
         per_cf, stats_cols, hist_cols = _group_compact(rows, discard, shape, op_of_pid, prior)
     else:
         per_cf, stats_cols, hist_cols = _group_general(rows, discard, op_of_pid, prior)
     dropped = {r: int(per_cf[c].sum()) for c, r in _DROP_CODES.items()}
     dropped["duplicate"] = len(discard)
+    dropped["malformed_record"] += rejected
     per_value = per_cf[0]  # flags of kept rows
     flagged = {
         reason: int(per_value[(np.arange(16) & bit) != 0].sum())
@@ -974,7 +1105,7 @@ def _run(
             ("noncanonical_operation_case", 8),
         )
     }
-    rows_read = sum(dropped.values()) + int(per_value.sum())
+    rows_read = sum(dropped.values()) + int(per_value.sum())  # rejected lines included
     del rows
     names = dim.drop_duplicates("pid").set_index("pid").sort_index()
     stats = _partition_frame(
@@ -996,6 +1127,68 @@ def _run(
     return schema.BucketAggregates(
         stats=stats, hist=hist, dropped=dropped, flagged=flagged, rows_read=rows_read
     )
+
+
+def _rejected_lines(
+    con: duckdb.DuckDBPyConnection, window: tuple[int, int] | None, mtimes: dict[str, int]
+) -> int:
+    """Lines DuckDB's reader rejected (undecodable, too long, too many fields) in ``window``.
+
+    A rejected line has no time: it arrives with its file's modification time (as a
+    malformed record does in :func:`_norm_sql`).
+    """
+    try:
+        per_file = con.execute(
+            # one error per offending field: count each line once
+            "SELECT s.file_path, count(*) FROM "
+            "(SELECT DISTINCT scan_id, file_id, line FROM _acs_rej) e JOIN _acs_rej_scan s "
+            "ON e.scan_id = s.scan_id AND e.file_id = s.file_id GROUP BY s.file_path"
+        ).fetchall()
+    except duckdb.CatalogException:  # no text file was read
+        return 0
+    total = 0
+    for path, n in per_file:
+        mtime = mtimes.get(str(path))
+        if window is None or (mtime is not None and window[0] <= mtime < window[1]):
+            total += int(n)
+    if total:
+        log.warning("%d malformed line(s) rejected by the reader (counted as dropped)", total)
+    return total
+
+
+def _prior_keys(
+    con: duckdb.DuckDBPyConnection,
+    rows_in: Callable[[tuple[int, int]], str],
+    window: tuple[int, int] | None,
+    lookback_us: int,
+) -> np.ndarray:
+    """Sorted dedup keys (the rows pass's ``k``) of the rows that arrived in ``lookback_us``
+    before ``window`` and were not dropped: a later copy in the window is a duplicate, so
+    consecutive reads count a re-ingested operation once (the KQL's ``_Prior``)."""
+    if window is None or lookback_us <= 0:
+        return np.empty(0, dtype="uint64")
+    norm = rows_in((window[0] - lookback_us, window[0]))
+    got = con.execute(f"""
+SELECT DISTINCT hash(opid, cct_us) AS k FROM ({norm})
+WHERE NOT bad AND cct_us IS NOT NULL AND opid IS NOT NULL AND op IS NOT NULL
+  -- blank values sort below '!' and the pseudo name is short: CASEs keep trim() off most rows
+  AND (CASE WHEN opid < '!' THEN trim(opid, {_WS}) <> '' ELSE TRUE END)
+  AND (CASE WHEN op < '!' THEN trim(op, {_WS}) <> '' ELSE TRUE END)
+  AND (CASE WHEN length(op) < 64 THEN lower(trim(op, {_WS})) <> {_lit(_PSEUDO_LOWER)}
+       ELSE TRUE END)""").fetchnumpy()["k"]
+    return np.sort(np.asarray(got, dtype="uint64"))
+
+
+def _seen_before(rows: pa.Table, prior: np.ndarray) -> np.ndarray:
+    """Row indices whose dedup key is in ``prior`` (sorted keys), a step at a time."""
+    if not len(prior):
+        return np.empty(0, dtype="int64")
+    hits = []
+    for off, part in _steps(rows, _STEP):
+        k = _col(part, "k")
+        pos = np.minimum(np.searchsorted(prior, k), len(prior) - 1)
+        hits.append(np.flatnonzero((prior[pos] == k) & (k != 0)) + off)
+    return np.concatenate(hits) if hits else np.empty(0, dtype="int64")
 
 
 def _shape(
@@ -1410,8 +1603,9 @@ def _dimension(triples: list[tuple]) -> pd.DataFrame:
     dim["point"] = [schema.is_point_event(x) for x in names]
     dim["noncanon"] = [o is not None and o != x for o, x in zip(ops, names, strict=True)]
     # Drop codes decided on names (first matching reason): 1 missing, 2 pseudo operation.
+    missing, pseudo = _CODE["missing_operation_name"], _CODE["pseudo_operation"]
     dim["name_code"] = np.where(
-        dim["name"] == "", 1, np.where(dim["name"].str.lower() == _PSEUDO_LOWER, 2, 0)
+        dim["name"] == "", missing, np.where(dim["name"].str.lower() == _PSEUDO_LOWER, pseudo, 0)
     ).astype("int8")
     dim["pid"] = dim.groupby(["name", "sdk"], sort=True).ngroup().astype("int32")
     return dim
@@ -1468,6 +1662,8 @@ def read_aggregates(
     threads: int | None = None,
     memory_limit: str | None = None,
     cluster_lookback: timedelta = schema.CLUSTER_LOOKBACK,
+    dedup_lookback: timedelta = schema.DEDUP_LOOKBACK,
+    max_partitions: int | None = schema.MAX_PARTITIONS,
 ) -> schema.BucketAggregates:
     """Aggregate ACS call client operation exports into bucket aggregates with DuckDB.
 
@@ -1493,6 +1689,13 @@ def read_aggregates(
         With an ``arrival_window``: how far before it the earlier failures of the window's
         failing calls are looked up, so ``failure_cluster`` of consecutive windows adds up to
         that of one read of both (calls whose failures arrive over a longer time are cut).
+    dedup_lookback : timedelta
+        With an ``arrival_window``: a dedup key that arrived this long before the window is a
+        duplicate in it, so consecutive windows count a re-ingested operation once.
+    max_partitions : int, optional
+        Keep the busiest partitions (operation, SDK version) up to this many; the rows of the
+        rest are counted under ``partition_cap`` (see :func:`detector.aggregate.cap_partitions`).
+        None: no cap.
 
     Returns
     -------
@@ -1511,6 +1714,7 @@ def read_aggregates(
     """
     bucket_us = int(bucket / timedelta(microseconds=1))
     lookback_us = int(cluster_lookback / timedelta(microseconds=1))
+    dedup_us = int(dedup_lookback / timedelta(microseconds=1))
     if bucket_us <= 0:
         raise ValueError(f"bucket must be positive, got {bucket}")
     window = None
@@ -1520,6 +1724,9 @@ def read_aggregates(
             raise ValueError(f"arrival_window ends before it starts: {arrival_window}")
 
     files = _select_files(path)
+    mtimes = _mtimes(f.path for f in files)
+    garbage = frozenset(f.path for f in files if f.garbage)
+    run = partial(_run, lookback=lookback_us, mtimes=mtimes, dedup_lookback=dedup_us)
     spill_dir = tempfile.mkdtemp(prefix="acs-duckdb-")
     try:
         con = _connect(threads, memory_limit, spill_dir)
@@ -1535,18 +1742,19 @@ def read_aggregates(
                 parts += _json_array_part(con, by_fmt["json_array"])
             try:
                 try:
-                    text = _text_parts(by_fmt, parallel=True)
+                    text = _text_parts(by_fmt, parallel=True, garbage=garbage)
                     if text or "json_array" in by_fmt:
                         bounds = None  # read once into a table (see _run)
-                    return _run(con, parts + text, bucket_us, window, bounds, lookback_us)
-                except (duckdb.NotImplementedException, duckdb.InvalidInputException):
+                    out = run(con, parts + text, bucket_us, window, bounds)
+                except duckdb.Error:
                     if not text:
                         raise
-                    # A malformed text file (extra fields, stray quotes): re-read it with the
-                    # lenient single-threaded reader, so bad rows are counted, not fatal.
+                    # A text file the strict parallel reader cannot split (a stray quote before
+                    # a line break): re-read it with the lenient single-threaded reader, so bad
+                    # rows are counted, not fatal. A bug in our SQL fails again and propagates.
                     log.info("re-reading text files with the single-threaded CSV reader")
-                    text = _text_parts(by_fmt, parallel=False)
-                    return _run(con, parts + text, bucket_us, window, None, lookback_us)
+                    text = _text_parts(by_fmt, parallel=False, garbage=garbage)
+                    out = run(con, parts + text, bucket_us, window, None)
             except _READ_ERRORS as exc:
                 names = ", ".join(str(f.path) for f in files[:3])
                 more = f" (+{len(files) - 3} more)" if len(files) > 3 else ""
@@ -1555,6 +1763,27 @@ def read_aggregates(
             con.close()
     finally:
         shutil.rmtree(spill_dir, ignore_errors=True)
+    capped = aggregate.cap_partitions(out, max_partitions)
+    if capped.partitions_left_out:
+        log.warning(
+            "partition cap: modelled the %d busiest partitions, left out %d (%d operations, "
+            "counted as dropped: partition_cap)",
+            max_partitions,
+            capped.partitions_left_out,
+            capped.dropped["partition_cap"],
+        )
+    return capped
+
+
+def _mtimes(paths: Iterable[Path]) -> dict[str, int]:
+    """File name (as DuckDB reports it) -> modification time in microseconds since the epoch."""
+    out = {}
+    for p in paths:
+        try:
+            out[str(p)] = int(p.stat().st_mtime_ns // 1000)
+        except OSError:
+            continue  # reported when read
+    return out
 
 
 def _arrow_strings(values: np.ndarray, index: pa.Array) -> pd.api.extensions.ExtensionArray:

@@ -21,7 +21,8 @@ the test emulator can tell them apart):
        by time; rows generated more than ``overlap`` before they were ingested are not read.
     2. *Drops* (first matching reason wins, in :data:`~detector.schema.DROP_REASONS` order):
        empty ``OperationName``, the ``CallClientOperations`` pseudo operation, empty
-       ``OperationId``, missing ``CallClientTimeStamp``.
+       ``OperationId``, missing or out-of-range ``CallClientTimeStamp``
+       (:data:`~detector.schema.TIMESTAMP_MIN`, :data:`~detector.schema.TIMESTAMP_MAX`).
     3. *Dedup* on ``(OperationId, CallClientTimeStamp)`` keeping the copy with the latest
        ``TimeGenerated``; a key that already arrived in the ``dedup_lookback`` before ``start``
        (an earlier run or chunk counted it) is a duplicate too, so chunked and scheduled reads
@@ -66,6 +67,7 @@ from detector.anomaly import METRICS
 from detector.schema import (
     AGG_COLUMNS,
     CLUSTER_LOOKBACK,
+    DEDUP_LOOKBACK,
     DROP_REASONS,
     FLAG_REASONS,
     HIST_COLUMNS,
@@ -73,6 +75,8 @@ from detector.schema import (
     KNOWN_OPERATIONS,
     POINT_EVENTS,
     PSEUDO_OPERATION,
+    TIMESTAMP_MAX,
+    TIMESTAMP_MIN,
     BucketAggregates,
     empty_aggregates,
     fill_failed_calls,
@@ -158,6 +162,16 @@ FLAG_REASONS_KQL: Final[tuple[str, ...]] = (
     "invalid_duration",
     "invalid_payload_json",
     "noncanonical_operation_case",
+)
+
+#: Drop reasons decided row by row in KQL. ``duplicate`` is counted from the dedup,
+#: ``partition_cap`` by the source after the answer; ``malformed_record`` cannot happen in a
+#: typed table.
+_DROPS_KQL: Final[tuple[str, ...]] = (
+    "missing_operation_name",
+    "pseudo_operation",
+    "missing_operation_id",
+    "invalid_timestamp",
 )
 
 # ln(gamma) written with all 17 significant digits, so KQL divides by the very double that
@@ -326,7 +340,10 @@ def _rows_fragment(table: str, arrival: str) -> str:
         f"        tolower(_OpTrim) == {kql_string(PSEUDO_OPERATION.lower())}, "
         '"pseudo_operation",\n'
         '        isempty(trim(@"\\s+", OperationId)), "missing_operation_id",\n'
-        '        isnull(CallClientTimeStamp), "invalid_timestamp",\n'
+        "        isnull(CallClientTimeStamp) or CallClientTimeStamp < "
+        f"{kql_datetime(TIMESTAMP_MIN)}\n"
+        f"            or CallClientTimeStamp >= {kql_datetime(TIMESTAMP_MAX)}, "
+        '"invalid_timestamp",\n'
         '        "")'
     )
 
@@ -358,7 +375,7 @@ def aggregate_query(
     bucket: timedelta,
     arrival: str = "ingestion_time",
     overlap: timedelta = timedelta(days=2),
-    dedup_lookback: timedelta = timedelta(hours=1),
+    dedup_lookback: timedelta = DEDUP_LOOKBACK,
     table: str = DEFAULT_TABLE,
     cluster_lookback: timedelta = CLUSTER_LOOKBACK,
 ) -> str:
@@ -411,13 +428,9 @@ def aggregate_query(
         else ""
     )
     drop_counts = ",\n        ".join(
-        f'{reason} = countif(_Drop == "{reason}")'
-        for reason in DROP_REASONS
-        if reason != "duplicate"
+        f'{reason} = countif(_Drop == "{reason}")' for reason in _DROPS_KQL
     )
-    count_pairs = ", ".join(
-        f'"{r}", {r}' for r in ("rows_read", *[d for d in DROP_REASONS if d != "duplicate"])
-    )
+    count_pairs = ", ".join(f'"{r}", {r}' for r in ("rows_read", *_DROPS_KQL))
     flag_pairs = ", ".join(f'"{r}", {r}' for r in FLAG_REASONS_KQL)
     return f"""// acs-detector:aggregate v1
 let _Start = {kql_datetime(start)};
@@ -501,7 +514,10 @@ def _as_bag(value: Any) -> dict[str, Any]:
     if value is None or value == "":
         return {}
     if isinstance(value, str):
-        value = json.loads(value)
+        try:
+            value = json.loads(value)
+        except RecursionError:
+            raise ValueError("a JSON cell is nested too deep") from None
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object, got {type(value).__name__}")
     return value
@@ -553,10 +569,20 @@ def aggregates_from_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) 
     counts = _as_bag(counts_rows["Counts"].iloc[0])
     b = frame[frame["Kind"] == "bucket"]
     out = empty_aggregates()
+    # A bucket the contract cannot hold (no, an unparseable or an out-of-range BucketStart:
+    # the query drops those rows, so only a changed query could send one) costs its rows,
+    # counted as invalid_timestamp, never the answer.
+    starts = pd.DatetimeIndex(
+        pd.to_datetime(b["BucketStart"].tolist(), utc=True, errors="coerce", format="mixed")
+    )
+    good = np.asarray(
+        starts.notna()
+        & (starts >= pd.Timestamp(TIMESTAMP_MIN))
+        & (starts < pd.Timestamp(TIMESTAMP_MAX))
+    )
+    bad_calls = int(pd.to_numeric(b["Calls"][~good], errors="coerce").fillna(0).sum())
+    b, starts = b[good], starts[good].as_unit("ns")
     if len(b):
-        starts = pd.to_datetime(b["BucketStart"].tolist(), utc=True)
-        if starts.isna().any():
-            raise ValueError("a bucket row has no BucketStart")
         stats = pd.DataFrame(
             {
                 "operation_name": b["OperationName"].fillna("").to_numpy(),
@@ -589,6 +615,7 @@ def aggregates_from_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) 
             out.hist = hist[list(HIST_COLUMNS)].astype(HIST_COLUMNS)
     out.rows_read = int(counts.get("rows_read", 0))
     out.dropped = {r: int(counts.get(r, 0)) for r in DROP_REASONS}
+    out.dropped["invalid_timestamp"] += bad_calls
     out.flagged = {r: int(counts.get(r, 0)) for r in FLAG_REASONS}
     return out
 

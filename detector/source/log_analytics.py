@@ -20,8 +20,8 @@ How a window is read:
   :class:`~detector.errors.PartialResultError` naming the window.
 * 429 (with or without ``Retry-After``), 500/502/503/504, connection errors and timeouts are
   retried here, with exponential backoff and the server's ``Retry-After``, within
-  ``max_attempts`` per query and ``retry_budget`` seconds of waiting (sleep between attempts,
-  summed) per read or drill-down (azure-core's own policy is switched off: it does not retry
+  ``max_attempts`` per query and ``retry_budget`` seconds lost per read or drill-down (the
+  sleeps between attempts and the time the failed attempts took, a timeout's included) (azure-core's own policy is switched off: it does not retry
   POST for most of these).
 * 401/403 raise :class:`~detector.errors.AuthError` naming the role to grant
   (Log Analytics Reader); tokens and secrets never appear in messages.
@@ -45,6 +45,7 @@ from typing import Any, Final, NoReturn
 
 import pandas as pd
 
+from detector.aggregate import cap_partitions
 from detector.anomaly import Anomaly
 from detector.errors import (
     AuthError,
@@ -57,9 +58,11 @@ from detector.schema import (
     AGG_COLUMNS,
     AGG_KEY,
     CLUSTER_LOOKBACK,
+    DEDUP_LOOKBACK,
     DROP_REASONS,
     FLAG_REASONS,
     HIST_COLUMNS,
+    MAX_PARTITIONS,
     BucketAggregates,
     empty_aggregates,
 )
@@ -105,6 +108,8 @@ BIN_BYTES: Final = 12
 _WORKSPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,127}")
 _RESOURCE_RE = re.compile(r"/subscriptions/[^/?#\s]+/resource[Gg]roups/[^?#\s]+")
 _ENV_CRED_RE = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
+# What a bearer token may hold in an Authorization header: printable ASCII, no spaces.
+_TOKEN_RE = re.compile(r"[\x21-\x7e]+")
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,7 +139,8 @@ class LogAnalyticsSettings:
     table: str = kql.DEFAULT_TABLE
     arrival: str = "ingestion_time"
     overlap: timedelta = timedelta(days=2)
-    dedup_lookback: timedelta = timedelta(hours=1)
+    dedup_lookback: timedelta = DEDUP_LOOKBACK
+    max_partitions: int | None = MAX_PARTITIONS
     server_timeout: int = 180
     read_timeout: float | None = None
     max_rows_per_chunk: int = 250_000
@@ -204,6 +210,7 @@ class LogAnalyticsSettings:
             "max_attempts": (1, 20),
             "top_codes": (1, 100),
             "example_calls": (1, 100),
+            **({"max_partitions": (1, 1_000_000)} if self.max_partitions is not None else {}),
         }
         for name, (lo, hi) in ints.items():
             value = getattr(self, name)
@@ -275,6 +282,13 @@ class EnvTokenCredential:
         if not token:
             raise ClientAuthenticationError(
                 message=f"environment variable {self.name} is empty or unset"
+            )
+        if not _TOKEN_RE.fullmatch(token):
+            # An HTTP header cannot carry it (the library would fail with a traceback deep in
+            # the request); the token itself is never echoed.
+            raise ClientAuthenticationError(
+                message=f"environment variable {self.name} holds characters an HTTP "
+                "Authorization header cannot carry (a token is printable ASCII, no spaces)"
             )
         return AccessToken(token, _jwt_expiry(token) or int(time.time()) + 300)
 
@@ -431,8 +445,9 @@ class LogAnalyticsSource:
     credential
         A ``TokenCredential``; None builds one from ``settings.credential``
         (:func:`make_credential`). Tests pass a fake with ``get_token``.
-    sleep
-        Injected for tests (default ``time.sleep``).
+    sleep, clock
+        Injected for tests (default ``time.sleep``, ``time.monotonic``): the retry budget
+        counts the sleeps and the time failed attempts took.
     """
 
     def __init__(
@@ -441,12 +456,14 @@ class LogAnalyticsSource:
         credential: Any = None,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.stats = SourceStats()
         self._credential = credential
         self._client: Any = None
         self._sleep = sleep
+        self._clock = clock
         self._waited = 0.0
 
     # -- client ------------------------------------------------------------------------------
@@ -533,6 +550,7 @@ class LogAnalyticsSource:
             setattr(self.stats, f"{purpose}_queries", getattr(self.stats, f"{purpose}_queries") + 1)
             retry_after: float | None = None
             reason = ""
+            began = self._clock()
             with self._mapped(what):
                 try:
                     kwargs = {
@@ -586,7 +604,9 @@ class LogAnalyticsSource:
                 if splittable:
                     raise _ChunkTooBig(f"partial answer: {cause}")
                 raise PartialResultError(f"{what}: partial answer, not used: {cause}")
-            # a retryable failure: wait (Retry-After or backoff) within the budget
+            # a retryable failure: the attempt's time is lost (a timeout's can be minutes);
+            # wait (Retry-After or backoff) within what is left of the budget
+            self._waited += max(0.0, self._clock() - began)
             delay = retry_after if retry_after is not None else self._backoff(attempt)
             if attempt >= s.max_attempts or self._waited + delay > s.retry_budget:
                 why = (
@@ -709,7 +729,21 @@ class LogAnalyticsSource:
             )
             if progress is not None:
                 progress(ChunkProgress(done, total, c_start, c_end, rows, size, agg.rows_read))
-        return merge_aggregates(parts)
+        return self._capped(merge_aggregates(parts))
+
+    def _capped(self, aggs: BucketAggregates) -> BucketAggregates:
+        """``aggs`` with the busiest ``max_partitions`` partitions (the rest counted)."""
+        cap = self.settings.max_partitions
+        capped = cap_partitions(aggs, cap)
+        if capped.partitions_left_out:
+            log.warning(
+                "partition cap: modelled the %d busiest partitions, left out %d (%d operations, "
+                "counted as dropped: partition_cap)",
+                cap,
+                capped.partitions_left_out,
+                capped.dropped["partition_cap"],
+            )
+        return capped
 
     def _fail(
         self,
@@ -723,7 +757,7 @@ class LogAnalyticsSource:
             raise err
         raise IncompleteReadError(
             f"read {_span((start, c_start))} fully; chunk {_span((c_start, c_end))} failed: {err}",
-            aggregates=merge_aggregates(parts),
+            aggregates=self._capped(merge_aggregates(parts)),
             completed_until=c_start,
             failed=(c_start, c_end),
         ) from err
