@@ -416,6 +416,11 @@ def test_schema_drift_reasons_from_source_summary():
         and "80% of rows dropped as missing_operation_name" in got
     )
     assert "75% of operations flagged invalid_duration" in got
+    # an input that is mostly unparseable lines (a changed export format) is drift too
+    got = schema_drift_reasons(
+        {"rows_read": 10, "operations": 2, "dropped": {"malformed_record": 8}}
+    )
+    assert got == ["80% of rows dropped as malformed_record"]
 
 
 def test_validate_routes_for_check_config(caplog):

@@ -245,7 +245,12 @@ def _report_dt(value: Any) -> datetime | None:
 
 #: Share of rows dropped/flagged for a structural reason above which the schema likely drifted.
 DRIFT_SHARE = 0.5
-_STRUCTURAL_DROPS = ("missing_operation_name", "missing_operation_id", "invalid_timestamp")
+_STRUCTURAL_DROPS = (
+    "missing_operation_name",
+    "missing_operation_id",
+    "invalid_timestamp",
+    "malformed_record",
+)
 _STRUCTURAL_FLAGS = ("invalid_duration", "invalid_payload_json")
 
 
