@@ -15,9 +15,9 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from detector.lifecycle import AlertState, LifecyclePolicy, step
 from detector.notify import Route, deliver
 from detector.notify.render import kql_for
-from detector.words import decode_portal_query
 from detector.store.alerts import AlertStore
 from detector.store.backend import LocalBackend
+from detector.words import decode_portal_query
 from tests.fixtures_alerting import STEP, T0, free_port, make_anomaly
 
 PASSWORD = "Sm7pS3cretPassw0rd"
