@@ -7,14 +7,17 @@ file with inline CSS and each chart as an inline base64 PNG (matplotlib, Agg bac
 scripts, no fonts, no network; a Content-Security-Policy forbids anything that is not inline,
 so the page looks the same from a mail attachment, a CI artefact or a file share.
 
-Per alert: a chart of observed vs the baseline band over time with the alert window shaded,
-then the explanation (observed vs baseline with units, band, effect, corrected p-value, calls,
-baseline kind and whether it was borrowed, traffic share, drivers, top result codes, example
-CallIds, the KQL to reproduce it). Then the run summary. All text is escaped by
-:func:`detector.escape.for_html_block` (entities, and no control or bidi character), and chart
-titles are drawn without mathtext, so a ``$`` in a name is a dollar sign.
+One section per alert (the windows of a partition x metric merged, see
+:func:`detector.words.incidents`): what moved in plain words with units, since when, why it
+is believed, an "Open in Log Analytics" link that runs its KQL in the Azure portal, a chart
+of observed vs the usual range with the alert's windows shaded, then result codes, example
+CallIds and the KQL. Then a compact "why not alerted" table of near misses and the run
+summary; the raw run report is a JSON file beside the page, behind a link. All text is
+escaped by :func:`detector.escape.for_html_block` (entities, and no control or bidi
+character), and chart titles are drawn without mathtext, so a ``$`` in a name is a dollar
+sign.
 
-Pure rendering (:func:`render_html_report`) plus one file write (:func:`write_html_report`).
+Pure rendering (:func:`render_html_report`) plus the file writes (:func:`write_html_report`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import io
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,7 +79,7 @@ th,td{border-bottom:1px solid #e6eaee;padding:4px 10px 4px 0;text-align:left;ver
 overflow-wrap:anywhere}
 p.moved{font-size:15px;margin:6px 0}
 a.portal{display:inline-block;margin:4px 0 8px;font-weight:600}
-th{color:#5b6670;font-weight:600}
+th{color:#5b6670;font-weight:600;white-space:nowrap}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .badge{display:inline-block;border-radius:10px;padding:1px 9px;font-size:12px;font-weight:600;
 color:#fff;vertical-align:middle}
@@ -203,11 +207,11 @@ def chart_png(a: Anomaly, frame: Any = None, *, width: float = 9.0, height: floa
         high = frame["band_high"].to_numpy() * scale
         if np.isfinite(low).any() and np.isfinite(high).any():
             ax.fill_between(
-                x, low, high, color=BAND_COLOR, alpha=0.7, linewidth=0, label="baseline band"
+                x, low, high, color=BAND_COLOR, alpha=0.7, linewidth=0, label="usual range"
             )
         base = frame["baseline"].to_numpy() * scale
         if np.isfinite(base).any():
-            ax.plot(x, base, color=BASELINE_COLOR, linestyle="--", linewidth=1.5, label="baseline")
+            ax.plot(x, base, color=BASELINE_COLOR, linestyle="--", linewidth=1.5, label="usual")
         # The band is a profile, drawn continuously; observed breaks where buckets are missing.
         gapped = _break_gaps(frame)
         ax.plot(
@@ -241,7 +245,7 @@ def chart_png(a: Anomaly, frame: Any = None, *, width: float = 9.0, height: floa
         observed = a.observed * scale if _finite(a.observed) else 0.0
         baseline = a.baseline * scale if _finite(a.baseline) else 0.0
         bars = ax.bar(
-            ["baseline", "observed"], [baseline, observed], color=[BASELINE_COLOR, OBSERVED_COLOR]
+            ["usual", "observed"], [baseline, observed], color=[BASELINE_COLOR, OBSERVED_COLOR]
         )
         if _finite(a.band_low) and _finite(a.band_high):
             lo, hi = a.band_low * scale, a.band_high * scale  # type: ignore[operator]
@@ -251,7 +255,7 @@ def chart_png(a: Anomaly, frame: Any = None, *, width: float = 9.0, height: floa
                 yerr=[[max(baseline - lo, 0)], [max(hi - baseline, 0)]],
                 color="#333333",
                 capsize=8,
-                label="baseline band",
+                label="usual range",
             )
             ax.legend(loc="upper left", fontsize=8, frameon=False)
         ax.bar_label(bars, fmt="%.4g", fontsize=8)
@@ -389,7 +393,8 @@ def _portal_block(kql: str, scope: Mapping[str, Any]) -> str:
 def _alert_section(i: int, inc: Incident, frame: Any, scope: Mapping[str, Any]) -> str:
     """One alert: what moved, since when, why it is believed, its chart, then drill-down."""
     a = inc.worst
-    png = chart_png(a, frame)
+    # The chart shades every window of the alert, not only the one whose numbers are shown.
+    png = chart_png(replace(a, window_start=inc.start, window_end=inc.end), frame)
     src = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     alt = (
         f"{_title(a)}: {fmt_value(a.metric, a.observed)} vs {fmt_value(a.metric, a.baseline)} usual"
@@ -419,7 +424,7 @@ def _alert_section(i: int, inc: Incident, frame: Any, scope: Mapping[str, Any]) 
                 f"{fmt_value(a.metric, a.band_low)} to {fmt_value(a.metric, a.band_high)}",
             )
         )
-    if a.failures is not None and a.metric != "failure_rate":
+    if a.failures and a.metric != "failure_rate":
         facts.append(("failed operations", f"{a.failures:,}"))
     if facts:
         parts.append(_kv_table(facts))
@@ -444,7 +449,7 @@ _NEAR_GATES = (
 )
 
 
-def _near_misses(candidates: Any, limit: int = 15) -> str:
+def _near_misses(candidates: Any, limit: int = 12) -> str:
     """The compact "why not alerted" table: candidates that got furthest, nearest first."""
     if not isinstance(candidates, list):
         return ""
@@ -633,12 +638,13 @@ def write_html_report(
 ) -> Path:
     """Write the self-contained HTML report to ``path`` (parents created); return the path.
 
-    The raw run report is written beside it as ``<name>.json`` and linked from the page (not
+    The raw run report is written beside it as ``<stem>.run.json`` and linked from the page (not
     inlined: it can be megabytes). See :func:`render_html_report` for the inputs. Each file is
     written to a temporary name and renamed, so a reader never sees half a page.
     """
     out = Path(path)
-    raw = out.with_suffix(".json") if out.suffix != ".json" else out.with_name(out.name + ".json")
+    # Not "<stem>.json": beside latest.html the store already keeps latest.json as it likes.
+    raw = out.with_name(f"{out.stem}.run.json")
     text = render_html_report(
         anomalies=anomalies,
         run_report=run_report,

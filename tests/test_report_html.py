@@ -225,9 +225,9 @@ def test_page_structure_and_escaping(report: Path) -> None:
         for key in ("src", "href"):
             value = attrs.get(key)
             if value:
-                assert value.startswith(("data:", "#", "report.json", PORTAL)), (tag, key, value)
-    assert (report.parent / "report.json").exists()
-    assert json.loads((report.parent / "report.json").read_text())["run_id"] == "abc123"
+                assert value.startswith(("data:", "#", "report.run.json", PORTAL)), (tag, key, value)
+    assert (report.parent / "report.run.json").exists()
+    assert json.loads((report.parent / "report.run.json").read_text())["run_id"] == "abc123"
     assert "&quot;run_id&quot;" not in text  # raw JSON behind the link, not inline
     # index + 3 alerts + near misses + run summary
     assert tags.count("section") == 1 + 3 + 1 + 1
