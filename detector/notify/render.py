@@ -608,7 +608,10 @@ def _html(
             if f.portal:
                 out.append(f'<p><a href="{e(f.portal)}">Open in Log Analytics</a></p>')
             if f.kql:
-                out.append(f"<pre><code>{for_html_block(f.kql)}</code></pre>")
+                out.append(
+                    '<pre style="white-space:pre-wrap;font-size:12px">'
+                    f"<code>{for_html_block(f.kql)}</code></pre>"
+                )
     if dg.resolved:
         out.append("<h3>Resolved</h3><ul>")
         out.extend(f"<li>{e(_resolved_line(d, now))}</li>" for d in dg.resolved)
