@@ -44,6 +44,7 @@ from detector.errors import ConfigError, DetectorError, PartialResultError, Sour
 from detector.escape import for_terminal
 from detector.schema import BucketAggregates
 from detector.store.backend import Backend, LocalBackend
+from detector.words import log_analytics_scope
 
 __all__ = [
     "backfill",
@@ -267,6 +268,7 @@ def run_job(
         "notify": notify and not dry_run,
         "now": _iso(now),
         "config": str(cfg.path) if cfg.path else None,
+        "log_analytics": log_analytics_scope(cfg.source),  # for "Open in Log Analytics" links
     }
     say = _progress_printer(progress)
 

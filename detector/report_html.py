@@ -7,14 +7,17 @@ file with inline CSS and each chart as an inline base64 PNG (matplotlib, Agg bac
 scripts, no fonts, no network; a Content-Security-Policy forbids anything that is not inline,
 so the page looks the same from a mail attachment, a CI artefact or a file share.
 
-Per alert: a chart of observed vs the baseline band over time with the alert window shaded,
-then the explanation (observed vs baseline with units, band, effect, corrected p-value, calls,
-baseline kind and whether it was borrowed, traffic share, drivers, top result codes, example
-CallIds, the KQL to reproduce it). Then the run summary. All text is escaped by
-:func:`detector.escape.for_html_block` (entities, and no control or bidi character), and chart
-titles are drawn without mathtext, so a ``$`` in a name is a dollar sign.
+One section per alert (the windows of a partition x metric merged, see
+:func:`detector.words.incidents`): what moved in plain words with units, since when, why it
+is believed, an "Open in Log Analytics" link that runs its KQL in the Azure portal, a chart
+of observed vs the usual range with the alert's windows shaded, then result codes, example
+CallIds and the KQL. Then a compact "why not alerted" table of near misses and the run
+summary; the raw run report is a JSON file beside the page, behind a link. All text is
+escaped by :func:`detector.escape.for_html_block` (entities, and no control or bidi
+character), and chart titles are drawn without mathtext, so a ``$`` in a name is a dollar
+sign.
 
-Pure rendering (:func:`render_html_report`) plus one file write (:func:`write_html_report`).
+Pure rendering (:func:`render_html_report`) plus the file writes (:func:`write_html_report`).
 """
 
 from __future__ import annotations
@@ -24,12 +27,24 @@ import io
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from detector.anomaly import Anomaly, severity_rank
+from detector.anomaly import Anomaly
 from detector.escape import clean, for_html_block
+from detector.words import (
+    Incident,
+    change_text,
+    fmt_value,
+    gate_words,
+    incidents,
+    portal_query_url,
+    what_moved,
+    why_believed,
+)
 
 __all__ = [
     "SERIES_COLUMNS",
@@ -59,9 +74,12 @@ h3{font-size:15px;margin:16px 0 6px}
 .meta{color:#5b6670;margin:0 0 12px}
 section.card{background:#fff;border:1px solid #dde3e8;border-radius:8px;padding:16px 20px;
 margin:16px 0}
-table{border-collapse:collapse;margin:4px 0 8px;font-size:13px}
-th,td{border-bottom:1px solid #e6eaee;padding:4px 10px 4px 0;text-align:left;vertical-align:top}
-th{color:#5b6670;font-weight:600}
+table{border-collapse:collapse;margin:4px 0 8px;font-size:13px;max-width:100%}
+th,td{border-bottom:1px solid #e6eaee;padding:4px 10px 4px 0;text-align:left;vertical-align:top;
+overflow-wrap:anywhere}
+p.moved{font-size:15px;margin:6px 0}
+a.portal{display:inline-block;margin:4px 0 8px;font-weight:600}
+th{color:#5b6670;font-weight:600;white-space:nowrap}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .badge{display:inline-block;border-radius:10px;padding:1px 9px;font-size:12px;font-weight:600;
 color:#fff;vertical-align:middle}
@@ -99,25 +117,6 @@ def _iso(ts: Any) -> str:
 
 def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _fmt_value(metric: str, x: Any) -> str:
-    """A metric value in its display unit (failure rates as percent)."""
-    if not _finite(x):
-        return "n/a"
-    if metric == "failure_rate":
-        return f"{100 * x:.2f} %"
-    if metric == "duration":
-        return f"{x:,.0f} ms" if abs(x) >= 100 else f"{x:,.1f} ms"
-    return f"{x:,.1f} calls / bucket" if metric == "volume" else f"{x:,.4g}"
-
-
-def _fmt_effect(metric: str, x: Any) -> str:
-    if not _finite(x):
-        return "n/a"
-    if metric == "failure_rate":
-        return f"{100 * x:+.2f} points"
-    return f"{100 * x:+.1f} %"
 
 
 def _fmt_num(x: Any) -> str:
@@ -208,11 +207,11 @@ def chart_png(a: Anomaly, frame: Any = None, *, width: float = 9.0, height: floa
         high = frame["band_high"].to_numpy() * scale
         if np.isfinite(low).any() and np.isfinite(high).any():
             ax.fill_between(
-                x, low, high, color=BAND_COLOR, alpha=0.7, linewidth=0, label="baseline band"
+                x, low, high, color=BAND_COLOR, alpha=0.7, linewidth=0, label="usual range"
             )
         base = frame["baseline"].to_numpy() * scale
         if np.isfinite(base).any():
-            ax.plot(x, base, color=BASELINE_COLOR, linestyle="--", linewidth=1.5, label="baseline")
+            ax.plot(x, base, color=BASELINE_COLOR, linestyle="--", linewidth=1.5, label="usual")
         # The band is a profile, drawn continuously; observed breaks where buckets are missing.
         gapped = _break_gaps(frame)
         ax.plot(
@@ -246,7 +245,7 @@ def chart_png(a: Anomaly, frame: Any = None, *, width: float = 9.0, height: floa
         observed = a.observed * scale if _finite(a.observed) else 0.0
         baseline = a.baseline * scale if _finite(a.baseline) else 0.0
         bars = ax.bar(
-            ["baseline", "observed"], [baseline, observed], color=[BASELINE_COLOR, OBSERVED_COLOR]
+            ["usual", "observed"], [baseline, observed], color=[BASELINE_COLOR, OBSERVED_COLOR]
         )
         if _finite(a.band_low) and _finite(a.band_high):
             lo, hi = a.band_low * scale, a.band_high * scale  # type: ignore[operator]
@@ -256,7 +255,7 @@ def chart_png(a: Anomaly, frame: Any = None, *, width: float = 9.0, height: floa
                 yerr=[[max(baseline - lo, 0)], [max(hi - baseline, 0)]],
                 color="#333333",
                 capsize=8,
-                label="baseline band",
+                label="usual range",
             )
             ax.legend(loc="upper left", fontsize=8, frameon=False)
         ax.bar_label(bars, fmt="%.4g", fontsize=8)
@@ -331,27 +330,6 @@ def _flat(d: Mapping[str, Any]) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
     return rows, nested
 
 
-def _json_pre(value: Any) -> str:
-    return f"<pre>{_e(json.dumps(value, indent=2, default=str, sort_keys=False))}</pre>"
-
-
-def _dict_block(d: Mapping[str, Any]) -> str:
-    rows, nested = _flat(d)
-    parts = [_kv_table(rows)] if rows else []
-    for k, v in nested.items():
-        if (
-            isinstance(v, Mapping)
-            and v
-            and all(not isinstance(x, Mapping | list) for x in v.values())
-        ):
-            parts.append(f"<h3>{_e(k)}</h3>{_kv_table((str(a), b) for a, b in v.items())}")
-        elif isinstance(v, list) and v and all(isinstance(x, Mapping) for x in v):
-            parts.append(f"<h3>{_e(k)}</h3>{_records_table(v)}")
-        elif v:
-            parts.append(f"<h3>{_e(k)}</h3>{_json_pre(v)}")
-    return "".join(parts) or "<p>none</p>"
-
-
 _PREFERRED = (
     "operation_name",
     "sdk_version",
@@ -394,132 +372,162 @@ def _badge(severity: str) -> str:
     return f'<span class="badge {cls}">{_e(severity)}</span>'
 
 
-def _alert_section(i: int, a: Anomaly, frame: Any) -> str:
-    png = chart_png(a, frame)
+def _kql_of(a: Anomaly) -> str:
+    """The KQL that reproduces an alert: the engine's own when it gave one, else ours."""
+    kql = a.details.get("kql") if isinstance(a.details, Mapping) else None
+    if isinstance(kql, str) and kql.strip():
+        return kql
+    from detector.notify.render import kql_for
+
+    return kql_for(a)
+
+
+def _portal_block(kql: str, scope: Mapping[str, Any]) -> str:
+    url = portal_query_url(kql, scope.get("resource_id"))
+    if url:
+        return f'<a class="portal" href="{_e(url)}">Open in Log Analytics</a>'
+    note = scope.get("note")
+    return f'<p class="meta">{_e(note)}</p>' if note else ""
+
+
+def _alert_section(i: int, inc: Incident, frame: Any, scope: Mapping[str, Any]) -> str:
+    """One alert: what moved, since when, why it is believed, its chart, then drill-down."""
+    a = inc.worst
+    # The chart shades every window of the alert, not only the one whose numbers are shown.
+    png = chart_png(replace(a, window_start=inc.start, window_end=inc.end), frame)
     src = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-    alt = f"{_title(a)}: observed {_fmt_value(a.metric, a.observed)} vs baseline {_fmt_value(a.metric, a.baseline)}"
-    facts: list[tuple[str, Any]] = [
-        ("window", f"{_iso(a.window_start)} → {_iso(a.window_end)}"),
-        ("observed", _fmt_value(a.metric, a.observed)),
-        ("baseline", _fmt_value(a.metric, a.baseline)),
-    ]
-    if _finite(a.band_low) or _finite(a.band_high):
-        facts.append(
-            (
-                "baseline band",
-                f"{_fmt_value(a.metric, a.band_low)} … {_fmt_value(a.metric, a.band_high)}",
-            )
-        )
-    facts.append(("effect", _fmt_effect(a.metric, a.effect)))
-    if _finite(a.p_value):
-        facts.append(("p-value (corrected)", f"{a.p_value:.2g}"))
-    facts.append(("calls", f"{a.calls:,}"))
-    if a.failures is not None:
-        facts.append(("failures", f"{a.failures:,}"))
-    if _finite(a.traffic_share):
-        facts.append(("traffic share of this version", f"{100 * a.traffic_share:.1f} %"))  # type: ignore[operator]
-    baseline_kind = a.baseline_kind + (
-        f", {a.baseline_calls:,} calls" if a.baseline_calls is not None else ""
+    alt = (
+        f"{_title(a)}: {fmt_value(a.metric, a.observed)} vs {fmt_value(a.metric, a.baseline)} usual"
     )
-    facts += [
-        ("baseline kind", baseline_kind),
-        ("score", _fmt_num(a.score)),
-        ("reason", a.reason),
-    ]
-    if a.drivers:
-        facts.append(("drivers", ", ".join(a.drivers)))
+    span = f"{_iso(inc.start)} to {_iso(inc.end)}"
+    if inc.windows > 1:
+        span += f" ({inc.windows} windows merged; the numbers are from the furthest from usual)"
+    kql = _kql_of(a)
     parts = [
         f'<section class="card" id="{_anchor(i)}">',
-        f"<h2>{_badge(a.severity)} {_e(_title(a))}</h2>",
+        f"<h2>{_badge(inc.severity)} {_e(_title(a))}</h2>",
+        f'<p class="moved"><b>{_e(what_moved(a))}</b></p>',
+        _kv_table([("When", span), ("Why we believe it", why_believed(a))]),
+        _portal_block(kql, scope),
     ]
-    if a.provisional:
-        parts.append(
-            '<div class="provisional">Provisional baseline: this SDK version has little history, '
-            "so its baseline is partly borrowed from the operation across all versions.</div>"
-        )
     parts.append(f'<img class="chart" alt="{_e(alt)}" src="{src}">')
     if frame is None:
         parts.append(
             '<p class="meta">No time series was stored for this alert; the chart shows '
-            "the window's value against the baseline.</p>"
+            "the window's value against the usual level.</p>"
         )
-    parts.append(_kv_table(facts))
+    facts: list[tuple[str, Any]] = []
+    if _finite(a.band_low) or _finite(a.band_high):
+        facts.append(
+            (
+                "usual range",
+                f"{fmt_value(a.metric, a.band_low)} to {fmt_value(a.metric, a.band_high)}",
+            )
+        )
+    if a.failures and a.metric != "failure_rate":
+        facts.append(("failed operations", f"{a.failures:,}"))
+    if facts:
+        parts.append(_kv_table(facts))
     if a.top_result_codes:
         parts.append(f"<h3>Top failing result codes</h3>{_records_table(a.top_result_codes)}")
     if a.example_call_ids:
         items = "".join(f"<li><code>{_e(c)}</code></li>" for c in a.example_call_ids)
         parts.append(f"<h3>Example CallIds (for Call Diagnostics)</h3><ul>{items}</ul>")
-    details = {k: v for k, v in a.details.items() if k != "series"}
-    kql = details.pop("kql", None)
-    if kql:
-        parts.append(f"<h3>Reproduce in Log Analytics</h3><pre>{_e(kql)}</pre>")
-    if details:
-        parts.append(f"<details><summary>details</summary>{_json_pre(details)}</details>")
+    parts.append(f"<details><summary>KQL to reproduce</summary><pre>{_e(kql)}</pre></details>")
     parts.append("</section>")
     return "".join(parts)
 
 
-def _run_summary(report: Mapping[str, Any]) -> str:
-    parts = ['<section class="card" id="run"><h2>Run summary</h2>']
-    head = [
-        (k, report[k])
-        for k in ("run_id", "mode", "now", "dry_run", "notify", "config", "delivery_failed")
-        if k in report
+#: Gates in the order a candidate passes them: the further, the nearer a miss.
+_NEAR_GATES = (
+    "explained_by_version",
+    "explained_by_fleet",
+    "not_persistent",
+    "below_min_effect",
+    "not_significant",
+    "suppressed_low_volume",
+)
+
+
+def _near_misses(candidates: Any, limit: int = 12) -> str:
+    """The compact "why not alerted" table: candidates that got furthest, nearest first."""
+    if not isinstance(candidates, list):
+        return ""
+    rows = [
+        c
+        for c in candidates
+        if isinstance(c, Mapping) and c.get("reason") in _NEAR_GATES and c.get("metric")
     ]
+    if not rows:
+        return "<p>No near misses.</p>"
+
+    def key(c: Mapping[str, Any]) -> tuple[int, float]:
+        p = c.get("p_value")
+        return (_NEAR_GATES.index(c["reason"]), p if _finite(p) else 1.0)
+
+    rows.sort(key=key)
+    out = [
+        "<table><tr><th>partition</th><th>value vs usual</th><th>change</th><th>calls</th>"
+        "<th>why not alerted</th></tr>"
+    ]
+    for c in rows[:limit]:
+        m = str(c.get("metric"))
+        ver = c.get("sdk_version") or "all SDK versions"
+        what = f"{c.get('operation_name')} · {ver} · {_METRIC_LABEL.get(m, m)}"
+        value = f"{fmt_value(m, c.get('observed'))} vs {fmt_value(m, c.get('expected'))}"
+        calls = c.get("calls")
+        out.append(
+            f"<tr><td>{_e(what)}</td><td>{_e(value)}</td>"
+            f'<td class="num">{_e(change_text(m, c.get("observed"), c.get("expected")))}</td>'
+            f'<td class="num">{_e(f"{calls:,.0f}" if _finite(calls) else "n/a")}</td>'
+            f"<td>{_e(gate_words(c.get('reason')))}</td></tr>"
+        )
+    out.append("</table>")
+    if len(rows) > limit:
+        out.append(f'<p class="meta">and {len(rows) - limit:,} more in the raw JSON</p>')
+    return "".join(out)
+
+
+def _run_summary(report: Mapping[str, Any], json_href: str | None) -> str:
+    """Compact run facts; everything else is in the raw JSON behind a link."""
+    parts = ['<section class="card" id="run"><h2>Run summary</h2>']
+    head = [(k, report[k]) for k in ("run_id", "mode", "now", "dry_run", "notify") if k in report]
     for k in ("window", "arrival_window"):
         w = report.get(k)
         if isinstance(w, Mapping):
-            head.append((k.replace("_", " "), f"{w.get('start')} → {w.get('end')}"))
+            head.append((k.replace("_", " "), f"{w.get('start')} to {w.get('end')}"))
     if head:
         parts.append(_kv_table(head))
     source = report.get("source")
     if isinstance(source, Mapping):
         rows, nested = _flat(source)
         parts.append(f"<h3>Source</h3>{_kv_table(rows)}")
-        dropped = nested.pop("dropped", None)
-        parts.append("<h3>Dropped rows per reason</h3>")
-        parts.append(
-            _kv_table(sorted(dropped.items()))
-            if isinstance(dropped, Mapping) and dropped
-            else "<p>none</p>"
-        )
-        for k, v in nested.items():
-            parts.append(
-                f"<h3>{_e(k)}</h3>{_dict_block(v) if isinstance(v, Mapping) else _json_pre(v)}"
-            )
-    detection = report.get("detection")
-    if isinstance(detection, Mapping):
-        parts.append(f"<h3>Detection</h3>{_dict_block(detection)}")
+        for name in ("dropped", "flagged"):
+            per = nested.get(name)
+            label = "Dropped rows per reason" if name == "dropped" else "Flagged rows (kept)"
+            if isinstance(per, Mapping) and per:
+                parts.append(f"<h3>{label}</h3>{_kv_table(sorted(per.items()))}")
+            elif name == "dropped":
+                parts.append(f"<h3>{label}</h3><p>none</p>")
     timings = report.get("timings_s") or report.get("timings")
     if isinstance(timings, Mapping):
         parts.append(
             "<h3>Timings (seconds)</h3>" + _kv_table((str(k), v) for k, v in timings.items())
         )
-    decisions = report.get("candidates") or report.get("decisions")
-    parts.append("<h3>Decisions (every candidate, with the reason it did or did not alert)</h3>")
-    if isinstance(decisions, list) and decisions and all(isinstance(d, Mapping) for d in decisions):
+    decisions = report.get("candidates")
+    if isinstance(decisions, list) and decisions:
         reasons: dict[str, int] = {}
         for d in decisions:
-            r = str(d.get("reason", d.get("decision", "?")))
-            reasons[r] = reasons.get(r, 0) + 1
+            if isinstance(d, Mapping):
+                words = gate_words(d.get("reason"))
+                reasons[words] = reasons.get(words, 0) + 1
+        parts.append("<h3>Every candidate, by what stopped it</h3>")
         parts.append(_kv_table(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))))
-        parts.append(_records_table(decisions))
-    else:
-        parts.append("<p>none</p>")
-    delivery = report.get("delivery")
-    if isinstance(delivery, Mapping):
-        parts.append(f"<h3>Delivery</h3>{_dict_block(delivery)}")
-    known = {
-        "run_id", "mode", "now", "dry_run", "notify", "config", "delivery_failed", "window",
-        "arrival_window", "source", "detection", "timings_s", "timings", "candidates",
-        "decisions", "delivery", "anomalies",
-    }  # fmt: skip
-    rest = {k: v for k, v in report.items() if k not in known}
-    if rest:
-        parts.append(f"<h3>More</h3>{_dict_block(rest)}")
-    parts.append(
-        f"<details><summary>Full run report (JSON)</summary>{_json_pre(dict(report))}</details>"
-    )
+    if json_href:
+        parts.append(
+            f'<p><a href="{_e(json_href)}">Raw run report (JSON)</a>: every candidate,'
+            " decision, delivery and setting of this run.</p>"
+        )
     parts.append("</section>")
     return "".join(parts)
 
@@ -535,43 +543,40 @@ def render_html_report(
     run_report: Mapping[str, Any],
     series: Mapping[str, Any] | None = None,
     title: str = "acs-detector report",
+    json_href: str | None = None,
 ) -> str:
     """Render the report page (pure: no file, no clock).
 
     Parameters
     ----------
     anomalies : sequence of Anomaly
-        The run's alerts; shown most severe first.
+        The run's anomalous windows; the windows of one partition and metric are merged into
+        one alert (:func:`detector.words.incidents`), most severe first.
     run_report : mapping
         The run report (``run_id``, ``mode``, ``window``, ``source`` with ``dropped``,
-        ``detection``, ``timings_s``, ``candidates``, ``delivery``...); unknown keys are shown
-        generically, missing ones are left out.
+        ``timings_s``, ``candidates``, ``log_analytics``...); missing keys are left out.
     series : mapping of fingerprint to DataFrame, optional
         Per alert (key ``Anomaly.fingerprint``) a frame with :data:`SERIES_COLUMNS`. An alert
         without one falls back to ``anomaly.details["series"]`` (a list of records), then to a
-        bar chart of observed vs baseline.
+        bar chart of observed vs usual.
     title : str
         Page title.
+    json_href : str, optional
+        Link to the raw run report (JSON); None: no link.
 
     Returns
     -------
     str
         The HTML document.
     """
-    ordered = sorted(
-        anomalies,
-        key=lambda a: (
-            -severity_rank(a.severity) if a.severity in ("info", "warning", "critical") else 1,
-            -(a.score if _finite(a.score) else -math.inf),
-        ),
-    )
-    counts = {
-        s: sum(1 for a in ordered if a.severity == s) for s in ("critical", "warning", "info")
-    }
+    alerts = incidents(anomalies)
+    counts = {s: sum(1 for i in alerts if i.severity == s) for s in ("critical", "warning", "info")}
+    scope = run_report.get("log_analytics")
+    scope = scope if isinstance(scope, Mapping) else {}
     window = run_report.get("window") if isinstance(run_report.get("window"), Mapping) else None
     subtitle = [f"run {run_report.get('run_id', '?')}", str(run_report.get("mode", ""))]
     if window:
-        subtitle.append(f"window {window.get('start')} → {window.get('end')}")
+        subtitle.append(f"window {window.get('start')} to {window.get('end')}")
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -583,39 +588,42 @@ def render_html_report(
         f"<h1>{_e(title)}</h1>",
         f'<p class="meta">{_e(" · ".join(s for s in subtitle if s))}</p>',
         '<div class="cards">',
-        f'<div class="stat"><b>{len(ordered)}</b>alerts</div>',
-        *(f'<div class="stat"><b>{n}</b>{_badge(s)}</div>' for s, n in counts.items()),
+        f'<div class="stat"><b>{len(alerts)}</b>alert{"s" if len(alerts) != 1 else ""}</div>',
+        *(f'<div class="stat"><b>{n}</b>{_badge(s)}</div>' for s, n in counts.items() if n),
     ]
     if run_report.get("delivery_failed"):
         parts.append(
             '<div class="stat"><b>!</b><span class="badge critical">delivery failed</span></div>'
         )
     parts.append("</div>")
-    if ordered:
+    if alerts:
         rows = []
-        for i, a in enumerate(ordered):
+        for i, inc in enumerate(alerts):
+            a = inc.worst
             rows.append(
-                f'<tr><td>{_badge(a.severity)}</td><td><a href="#{_anchor(i)}">{_e(_title(a))}</a></td>'
-                f'<td class="num">{_e(_fmt_value(a.metric, a.observed))}</td>'
-                f'<td class="num">{_e(_fmt_value(a.metric, a.baseline))}</td>'
-                f'<td class="num">{_e(_fmt_effect(a.metric, a.effect))}</td>'
-                f'<td class="num">{a.calls:,}</td><td>{_e(_iso(a.window_start))}</td></tr>'
+                f"<tr><td>{_badge(inc.severity)}</td>"
+                f'<td><a href="#{_anchor(i)}">{_e(_title(a))}</a></td>'
+                f'<td class="num">{_e(change_text(a.metric, a.observed, a.baseline, a.effect))}'
+                f"</td><td>{_e(_iso(inc.start))}</td></tr>"
             )
         parts.append(
             '<section class="card"><h2>Alerts</h2><table><tr><th></th><th>alert</th>'
-            "<th>observed</th><th>baseline</th><th>effect</th><th>calls</th><th>since</th></tr>"
-            + "".join(rows)
-            + "</table></section>"
+            "<th>change</th><th>since</th></tr>" + "".join(rows) + "</table></section>"
         )
-        for i, a in enumerate(ordered):
-            parts.append(_alert_section(i, a, _series_for(a, series)))
+        for i, inc in enumerate(alerts):
+            parts.append(_alert_section(i, inc, _series_for(inc.worst, series), scope))
     else:
         parts.append(
             '<section class="card"><h2>No alerts in this run</h2>'
-            "<p>See the decisions below for candidates that were suppressed and why.</p>"
+            "<p>The near misses below say what came closest and why it did not alert.</p>"
             "</section>"
         )
-    parts.append(_run_summary(run_report))
+    parts.append(
+        '<section class="card" id="near-misses"><h2>Why not alerted: near misses</h2>'
+        + _near_misses(run_report.get("candidates"))
+        + "</section>"
+    )
+    parts.append(_run_summary(run_report, json_href))
     parts.append("</main></body></html>")
     return "\n".join(parts)
 
@@ -630,17 +638,28 @@ def write_html_report(
 ) -> Path:
     """Write the self-contained HTML report to ``path`` (parents created); return the path.
 
-    See :func:`render_html_report` for the inputs. The file is written to a temporary name
-    and renamed, so a reader never sees half a page.
+    The raw run report is written beside it as ``<stem>.run.json`` and linked from the page (not
+    inlined: it can be megabytes). See :func:`render_html_report` for the inputs. Each file is
+    written to a temporary name and renamed, so a reader never sees half a page.
     """
     out = Path(path)
+    # Not "<stem>.json": beside latest.html the store already keeps latest.json as it likes.
+    raw = out.with_name(f"{out.stem}.run.json")
     text = render_html_report(
-        anomalies=anomalies, run_report=run_report, series=series, title=title
+        anomalies=anomalies,
+        run_report=run_report,
+        series=series,
+        title=title,
+        json_href=quote(raw.name),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    for target, body in (
+        (raw, json.dumps(dict(run_report), indent=2, default=str)),
+        (out, text),
+    ):
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(body, encoding="utf-8")
+        tmp.replace(target)
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import logging
+import re
 from email import policy as email_policy
 
 import pandas as pd
@@ -13,11 +14,17 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from detector.lifecycle import AlertState, LifecyclePolicy, step
 from detector.notify import Route, deliver
+from detector.notify.render import kql_for
 from detector.store.alerts import AlertStore
 from detector.store.backend import LocalBackend
+from detector.words import decode_portal_query
 from tests.fixtures_alerting import STEP, T0, free_port, make_anomaly
 
 PASSWORD = "Sm7pS3cretPassw0rd"
+RESOURCE_ID = (
+    "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-acs"
+    "/providers/Microsoft.Communication/CommunicationServices/acs-prod"
+)
 
 
 class _Sink:
@@ -92,7 +99,7 @@ def test_email_digest_html_text_and_chart(tmp_path, smtp, caplog):
         "?from=acs-detector <alerts@example.com>&to=oncall@example.com"
     )
     route = Route("oncall", [url], min_severity="warning")
-    history = {decisions[0].fingerprint: _history(pd.Timestamp(end))}
+    history = {d.fingerprint: _history(pd.Timestamp(end)) for d in decisions}
     report = deliver(
         decisions,
         routes=[route],
@@ -100,6 +107,7 @@ def test_email_digest_html_text_and_chart(tmp_path, smtp, caplog):
         history_for_charts=history,
         report_url_or_path="https://reports.example/acs/run-1.html",
         now=end,
+        portal_resource_id=RESOURCE_ID,
     )
     assert report.ok, report.to_json()
     assert len(report.sent) == 1 and not report.failed
@@ -108,23 +116,38 @@ def test_email_digest_html_text_and_chart(tmp_path, smtp, caplog):
     assert msg["Subject"].startswith("ACS anomalies: 2 firing (1 critical)")
     assert "Join" in msg["Subject"] and "StartVideo" in msg["Subject"]
     assert msg["To"] == "oncall@example.com"
-    parts = {p.get_content_type(): p for p in msg.walk() if not p.is_multipart()}
+    assert msg.get_content_type() == "multipart/related"  # RFC 2387: images inline
+    leaves = [p for p in msg.walk() if not p.is_multipart()]
+    parts = {p.get_content_type(): p for p in leaves}
     assert {"text/plain", "text/html", "image/png"} <= set(parts)
     html = parts["text/html"].get_content()
     text = parts["text/plain"].get_content()
     for body in (html, text):
         assert "Join" in body and "StartVideo" in body
         assert "2,400 ms" in body and "900 ms" in body  # observed vs baseline
-        assert "42%" in body  # traffic share
+        assert "42 % of Join calls" in body  # traffic share
         assert "500/41003" in body  # top result code
         assert "0d8f2a3c-1111-4a4a-9c9c-000000000001" in body  # CallId
         assert "ACSCallClientOperations" in body  # KQL to reproduce
         assert "https://reports.example/acs/run-1.html" in body
     # ranked by severity: the critical Join alert comes before the warning StartVideo one
     assert html.index("CRITICAL Join") < html.index("WARNING StartVideo")
-    png = parts["image/png"].get_content()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
-    assert parts["image/png"].get_filename().endswith(".png")
+    # One chart per alert, each inline and referenced from the HTML part by its Content-ID.
+    images = [p for p in leaves if p.get_content_type() == "image/png"]
+    assert len(images) == 2
+    for img in images:
+        png = img.get_content()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
+        assert img.get_content_disposition() == "inline"
+        cid = img["Content-ID"].strip("<>")
+        assert cid == img.get_filename() and cid.endswith(".png")
+        assert f'src="cid:{cid}"' in html
+    assert html.count('src="cid:') == 2  # no chart appended twice by apprise
+    # "Open in Log Analytics" runs each alert's KQL: the link decodes back to it.
+    links = re.findall(r'<a href="([^"]+)">Open in Log Analytics</a>', html)
+    assert len(links) == 2
+    rid, kql = decode_portal_query(links[0].replace("&amp;", "&"))
+    assert rid == RESOURCE_ID and kql == kql_for(decisions[0].anomaly)
     # the store has nothing pending and a sent-log entry
     store = AlertStore(LocalBackend(tmp_path))
     assert store.outbox() == []

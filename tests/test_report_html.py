@@ -4,6 +4,8 @@ real headless Chromium and screenshotted (when /usr/bin/chromium exists)."""
 from __future__ import annotations
 
 import base64
+import json
+import re
 import struct
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -22,10 +24,15 @@ from detector.report_html import (
     render_html_report,
     write_html_report,
 )
+from detector.words import INTERNAL_NAMES, PORTAL, decode_portal_query
 
 CHROMIUM = Path("/usr/bin/chromium")
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 EVIL = "<script>alert('x')</script>&"
+RESOURCE_ID = (
+    "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-acs"
+    "/providers/Microsoft.Communication/CommunicationServices/acs-prod"
+)
 
 
 def _series(n: int, base: float, jump_at: int, jump: float, spread: float) -> pd.DataFrame:
@@ -129,13 +136,41 @@ RUN_REPORT: dict[str, Any] = {
         "flagged": {"casing_variant": 40},
     },
     "detection": {"partitions": 42, "scored": 1_200, "models": {"refit": 2, "loaded": 40}},
+    "log_analytics": {"resource_id": RESOURCE_ID, "note": None},
     "candidates": [
-        {"operation_name": "Join", "sdk_version": "1.30.1", "metric": "duration", "reason": "new"},
+        {
+            "operation_name": "Join",
+            "sdk_version": "1.30.1",
+            "metric": "duration",
+            "reason": "anomaly",
+        },
         {
             "operation_name": "Mute",
             "sdk_version": "1.2",
             "metric": "volume",
             "reason": "suppressed_low_volume",
+            "observed": 2.0,
+            "expected": 9.0,
+            "calls": 4.0,
+        },
+        {
+            "operation_name": "Hold",
+            "sdk_version": None,
+            "metric": "duration",
+            "reason": "not_persistent",
+            "observed": 4192.0,
+            "expected": 3000.0,
+            "calls": 310.0,
+            "p_value": 1e-5,
+            # the rest of the engine's candidate record (it made the old table 1,650 px wide)
+            "bucket": "2026-11-25T10:10:00Z",
+            "effect": 0.3973333333333333,
+            "failures": None,
+            "span_buckets": 3,
+            "score": 0.5512345678,
+            "provisional": False,
+            "baseline_kind": "seasonal",
+            "buckets_by_reason": {"not_significant": 20, "not_persistent": 2},
         },
     ],
     "delivery": {"sent": 1, "failed": 0, "outbox": 0},
@@ -184,28 +219,45 @@ def test_page_structure_and_escaping(report: Path) -> None:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
         assert attrs.get("alt")
-    # Self-contained: nothing outside the page is referenced.
+    # Self-contained: images inline; links go to anchors, the raw JSON beside the page, or
+    # the Azure portal.
     for tag, attrs in page.tags:
         for key in ("src", "href"):
             value = attrs.get(key)
             if value:
-                assert value.startswith(("data:", "#")), (tag, key, value)
-    assert tags.count("section") == 3 + 2  # index + 3 alerts + run summary
+                assert value.startswith(("data:", "#", "report.run.json", PORTAL)), (tag, key, value)
+    assert (report.parent / "report.run.json").exists()
+    assert json.loads((report.parent / "report.run.json").read_text())["run_id"] == "abc123"
+    assert "&quot;run_id&quot;" not in text  # raw JSON behind the link, not inline
+    # index + 3 alerts + near misses + run summary
+    assert tags.count("section") == 1 + 3 + 1 + 1
+    # Every alert links to its KQL in the portal, and the link decodes back to that KQL.
+    links = [
+        a["href"] for t, a in page.tags if t == "a" and (a.get("href") or "").startswith(PORTAL)
+    ]
+    assert len(links) == 3
+    rid, kql = decode_portal_query(links[0])
+    assert rid == RESOURCE_ID
+    assert kql == "ACSCallClientOperations\n| where OperationName == 'Join'"
     # Explanations and the run summary.
     for needle in [
         "Join · 1.30.1 · duration",
         "StartVideo · all SDK versions · failure rate",
         "2,450 ms",
         "8.00 %",
-        "+104.0 %",
-        "+7.00 points",
-        "Provisional baseline",
+        "p95 duration +104 % (2,450 ms vs 1,200 ms usual) on 412 calls, SDK 1.30.1,"
+        " 18 % of Join calls",
+        "failure rate +7.0 points (8.00 % vs 1.00 % usual) on 900 calls (72 failed)",
+        "usual level mostly borrowed from the operation across all SDK versions",
+        "less than once a century across everything watched",
+        "time-of-day usual level learned from 50,000 calls",
         "duplicate_operation_id",
         "bad<reason>",
-        "suppressed_low_volume",
+        "Why not alerted: near misses",
+        "did not last long enough",
+        "too few calls to judge",
         "UnexpectedClientError",
         "ACSCallClientOperations\n| where OperationName == 'Join'",
-        "18.0 %",
         "Timings (seconds)",
     ]:
         assert needle in joined, needle
@@ -304,3 +356,72 @@ def test_observed_line_breaks_at_missing_buckets() -> None:
     assert gapped["observed"].isna().sum() == 1
     assert gapped["bucket_start"].is_monotonic_increasing
     assert len(_break_gaps(frame.iloc[:3])) == 3  # no gap, nothing added
+
+
+def test_windows_of_one_partition_are_one_alert() -> None:
+    """Issue 23: 11 windows in 4 alerts must read "4 alerts", not "11 alerts"."""
+    join = _anomalies()[0]
+    later = Anomaly.from_json(
+        {
+            **join.to_json(),
+            "window_start": "2026-11-25T10:00:00Z",
+            "window_end": "2026-11-25T10:05:00Z",
+            "observed": 1250.0,
+        }
+    )
+    page = render_html_report(anomalies=[join, later, _anomalies()[1]], run_report={})
+    assert '<div class="stat"><b>2</b>alerts</div>' in page
+    assert page.count('<section class="card" id="alert-') == 2
+    # The merged alert shows its furthest window's numbers and spans both windows.
+    assert "2,450 ms vs 1,200 ms usual" in page and "1,250 ms vs" not in page
+    assert "2026-11-25 09:40 UTC to 2026-11-25 10:05 UTC (2 windows merged" in page
+
+
+def test_no_internal_names_in_the_report(report: Path) -> None:
+    page = _Page()
+    page.feed(report.read_text(encoding="utf-8"))
+    visible = "".join(page.text)
+    found = [n for n in INTERNAL_NAMES if n in visible]
+    assert found == [], found
+
+
+def test_fits_a_laptop_screen_in_chromium(report: Path, tmp_path: Path) -> None:
+    """At 1366 px the page has no horizontal scroll (measured by the browser's layout)."""
+    if not CHROMIUM.exists():
+        pytest.skip("browser check skipped: /usr/bin/chromium not installed")
+    # A copy with a measuring script (the real page's CSP forbids scripts, rightly).
+    probe = tmp_path / "probe.html"
+    text = report.read_text(encoding="utf-8")
+    text = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", text)
+    text = text.replace(
+        "</body>",
+        "<script>document.body.setAttribute('data-sw',"
+        " document.documentElement.scrollWidth + 'x' + document.documentElement.clientWidth"
+        " + 'x' + document.documentElement.scrollHeight)</script></body>",
+    )
+    probe.write_text(text, encoding="utf-8")
+    proc = subprocess.run(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1366,768",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = re.search(r'data-sw="(\d+)x(\d+)x(\d+)"', proc.stdout)
+    assert m, proc.stdout[:500]
+    scroll_w, client_w, height = map(int, m.groups())
+    assert scroll_w <= client_w <= 1366, (scroll_w, client_w)
+    assert height < 8000, height  # three alerts with charts, not 28,700 px of tables

@@ -17,13 +17,15 @@ from typing import Any
 import pandas as pd
 
 from detector.anomaly import Anomaly
+from detector.escape import clean
+from detector.words import metric_words, safe_version
 
 __all__ = ["REQUIRED_COLUMNS", "chart_png"]
 
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("bucket_start", "observed")
-_UNIT = {"duration": "ms", "failure_rate": "%", "volume": "operations / bucket"}
+_UNIT = {"duration": "p95 ms", "failure_rate": "% failed", "volume": "calls per bucket"}
 
 
 def chart_png(
@@ -75,17 +77,17 @@ def chart_png(
     ax = fig.add_subplot(1, 1, 1)
     low, high, base = col("band_low"), col("band_high"), col("baseline")
     if low is not None and high is not None:
-        ax.fill_between(
-            x, low, high, color="#9ecae1", alpha=0.5, linewidth=0, label="baseline band"
-        )
+        ax.fill_between(x, low, high, color="#9ecae1", alpha=0.5, linewidth=0, label="usual range")
     if base is not None:
-        ax.plot(x, base, color="#3182bd", linewidth=1, linestyle="--", label="baseline")
+        ax.plot(x, base, color="#3182bd", linewidth=1, linestyle="--", label="usual")
     ax.plot(x, col("observed"), color="#d62728", linewidth=1.4, label="observed")
     ws = pd.Timestamp(anomaly.window_start).tz_convert("UTC").tz_localize(None)
     we = pd.Timestamp(anomaly.window_end).tz_convert("UTC").tz_localize(None)
     ax.axvspan(ws, we, color="#fdae6b", alpha=0.3, label="alert window")
-    who = anomaly.sdk_version or "all versions"
-    ax.set_title(f"{anomaly.operation_name} {anomaly.metric} ({who})", fontsize=10)
+    who = f"SDK {safe_version(anomaly.sdk_version)}" if anomaly.sdk_version else "all versions"
+    title = f"{anomaly.operation_name} {metric_words(anomaly.metric)} ({who})"
+    # Drawn as plain text: a "$" in a log name is a dollar sign, not mathtext.
+    ax.set_title(clean(title, 120), fontsize=10, parse_math=False)
     ax.set_ylabel(_UNIT.get(anomaly.metric, ""), fontsize=9)
     ax.set_xlabel("UTC", fontsize=8)
     ax.tick_params(labelsize=8)

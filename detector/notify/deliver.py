@@ -477,6 +477,7 @@ def deliver(
     outbox_max_age: timedelta = timedelta(days=2),
     outbox_max_items: int = 500,
     bin_size: str = "5m",
+    portal_resource_id: str | None = None,
     retry_outbox: bool = True,
     commit: Callable[[str], None] | None = None,
     committed: Collection[str] | None = None,
@@ -498,6 +499,7 @@ def deliver(
     outbox_max_age : undelivered messages older than this are dropped (reported as expired).
     outbox_max_items : the outbox keeps at most this many messages (oldest dropped first).
     bin_size : bucket width for the reproduce-KQL.
+    portal_resource_id : resource id for each alert's "Open in Log Analytics" link (None: none).
     retry_outbox : retry earlier runs' undelivered messages first.
     commit : called with the batch id once this run's digests are in the outbox and before
         any is sent; the caller saves the state that decided them (recording the batch). If it
@@ -573,6 +575,7 @@ def deliver(
                 charts=charts,
                 attach_charts=takes_attachments(url),
                 bin_size=bin_size,
+                portal_resource_id=portal_resource_id,
             )
             shown = display_url(url)
             if dry_run:

@@ -30,6 +30,7 @@ from typing import Any, Final
 from detector.anomaly import Anomaly, severity_rank
 from detector.escape import clean, escaper, for_html, for_html_block, for_text, kql_string
 from detector.lifecycle import Decision, Reason
+from detector.words import fmt_value, portal_query_url, what_moved, why_believed
 
 __all__ = [
     "CHANNELS",
@@ -54,7 +55,6 @@ CALL_DIAGNOSTICS_HINT: Final = (
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+\-]{0,99}$")
 _SAFE_VERSION_FULL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+\-]{0,39}")
-_SAFE_DRIVER = re.compile(r"[a-z0-9_]{1,40}")
 #: Keys of a top_result_codes entry that are rendered; anything else (ids, user agents) is not.
 CODE_KEYS: Final = (
     "result_signature",
@@ -130,35 +130,6 @@ def _num(x: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
-
-
-def fmt_value(metric: str, value: Any) -> str:
-    """A metric value in its unit: ms for duration, % for failure rate, ops/bucket for volume."""
-    v = _num(value)
-    if v is None:
-        return "n/a"
-    if metric == "failure_rate":
-        return f"{v * 100:.2f}%" if v < 0.1 else f"{v * 100:.1f}%"
-    if metric == "duration":
-        return f"{v:,.0f} ms" if v >= 10 else f"{v:.1f} ms"
-    return f"{v:,.0f}" if abs(v) >= 10 else f"{v:.1f}"
-
-
-def fmt_effect(a: Anomaly) -> str:
-    """Effect size, computed from observed vs baseline when both are known."""
-    obs, base = _num(a.observed), _num(a.baseline)
-    if a.metric == "failure_rate":
-        if obs is not None and base is not None:
-            return f"{(obs - base) * 100:+.1f} pts"
-        eff = _num(a.effect)
-        return f"{eff * 100:+.1f} pts" if eff is not None and abs(eff) <= 1 else "n/a"
-    if obs is not None and base:
-        rel = obs / base - 1
-        if a.metric == "duration":
-            return f"{rel * 100:+.0f}% ({obs - base:+,.0f} ms)"
-        return f"{rel * 100:+.0f}%"
-    eff = _num(a.effect)
-    return f"{eff * 100:+.0f}%" if eff is not None else "n/a"
 
 
 def _metric_label(metric: str) -> str:
@@ -390,74 +361,54 @@ def _title(dg: _Digest, route: str, channel: str) -> str:
 
 @dataclass
 class _Facts:
-    headline: str  # "CRITICAL Join failure rate, SDK 1.2 (42% of calls)"
-    compare: str  # "observed 12.0% vs baseline 1.5% (band 0.8%-2.4%)"
-    sample: str  # "1,234 calls in window; baseline n=50,000"
-    effect: str
-    when: str
+    headline: str  # "CRITICAL Join slower, SDK 1.2"
+    moved: str  # what moved, by how much, vs usual, on how many calls, for whom
+    when: str  # since when (and for how long)
+    why: str  # sample size, what usual rests on, how unusual in words
     reason: str
     codes: list[str]
     call_ids: list[str]
-    provisional: str
     kql: str
-    extra: str  # score, p-value, drivers
+    portal: str | None  # "Open in Log Analytics" link
 
 
-def _facts(d: Decision, *, now: datetime, bin_size: str) -> _Facts:
+def _facts(
+    d: Decision, *, now: datetime, bin_size: str, portal_resource_id: str | None = None
+) -> _Facts:
+    """Everything said about one alert, in the words of :mod:`detector.notify.words`."""
     a = d.anomaly
     op, metric = safe_operation(d.operation_name), d.metric
-    ver = safe_version(d.sdk_version)
-    share = _num(a.traffic_share) if a else None
-    who = f"SDK {ver}" if d.sdk_version is not None else ver
-    if share is not None and d.sdk_version is not None:
-        who += f" ({share * 100:.0f}% of {op} calls)"
+    who = f"SDK {safe_version(d.sdk_version)}" if d.sdk_version is not None else "all versions"
     headline = f"{d.severity.upper()} {op} {_metric_label(metric)}, {who}"
+    reason = _REASON_WORDS.get(str(d.reason), str(d.reason).replace("_", " "))
     if a is None:
-        return _Facts(headline, "", "", "", "", str(d.reason), [], [], "", "", "")
-    band = ""
-    if a.band_low is not None or a.band_high is not None:
-        band = f" (band {fmt_value(metric, a.band_low)} - {fmt_value(metric, a.band_high)})"
-    compare = f"observed {fmt_value(metric, a.observed)} vs baseline {fmt_value(metric, a.baseline)}{band}"
-    sample = f"{a.calls:,} calls in window"
-    if a.failures is not None and metric == "failure_rate":
-        sample += f", {a.failures:,} failed"
-        fc = (a.details or {}).get("failed_calls")
-        if fc is not None:
-            sample += f" in {fc:,} call{'s' if fc != 1 else ''}"
-    if a.baseline_calls is not None:
-        sample += f"; baseline n={a.baseline_calls:,}"
-    when = f"window {_hm(a.window_start)} - {a.window_end.strftime('%H:%M UTC')}"
-    if d.started_at is not None:
-        when += f"; firing since {_hm(d.started_at)} ({_dur(now - d.started_at)})"
-    provisional = ""
-    if a.provisional or a.baseline_kind == "borrowed":
-        provisional = (
-            f"Provisional baseline: partly borrowed from {op} across all SDK versions"
-            " (this version has little history yet)."
-        )
-    extra_parts = [f"score {a.score:.2f}" if _num(a.score) is not None else ""]
-    p = _num(a.p_value)
-    if p is not None:
-        extra_parts.append("p<1e-300" if p < 1e-300 else f"p={p:.1g}")
-    if a.drivers:
-        drivers = [str(x) for x in a.drivers if _SAFE_DRIVER.fullmatch(str(x))][:3]
-        if drivers:
-            extra_parts.append("drivers: " + ", ".join(drivers))
-    if a.baseline_kind and a.baseline_kind != "borrowed":
-        extra_parts.append(f"{a.baseline_kind} baseline")
+        return _Facts(headline, "", "", "", reason, [], [], "", None)
+    start = d.started_at or a.window_start
+    when = (
+        f"since {_hm(start)} ({_dur(now - start)} ago)" if now >= start else f"since {_hm(start)}"
+    )
+    kql = kql_for(a, bin_size=bin_size)
     return _Facts(
         headline=headline,
-        compare=compare,
-        sample=sample,
-        effect=f"effect {fmt_effect(a)}",
+        moved=what_moved(a),
         when=when,
-        reason=str(d.reason).replace("_", " "),
+        why=why_believed(a),
+        reason=reason,
         codes=fmt_codes(a.top_result_codes),
         call_ids=safe_call_ids(a.example_call_ids),
-        provisional=provisional,
-        kql=kql_for(a, bin_size=bin_size),
-        extra=", ".join(p for p in extra_parts if p),
+        kql=kql,
+        portal=portal_query_url(kql, portal_resource_id),
     )
+
+
+#: Lifecycle reasons as a person reads them.
+_REASON_WORDS: Final = {
+    "new": "new",
+    "escalated": "got worse",
+    "repeat_due": "still going (reminder)",
+    "still_firing": "still going",
+    "resolved": "resolved",
+}
 
 
 def _resolved_line(d: Decision, now: datetime) -> str:
@@ -469,7 +420,7 @@ def _resolved_line(d: Decision, now: datetime) -> str:
     line = (
         f"RESOLVED {safe_operation(d.operation_name)} {_metric_label(metric)}, {who}: now {now_v}"
     )
-    line += f" (baseline {fmt_value(metric, base)}"
+    line += f" (usual {fmt_value(metric, base)}"
     if cur and cur.calls is not None:
         line += f", {cur.calls:,} calls"
     line += ")"
@@ -504,6 +455,7 @@ def _markdown(
     with_kql: bool,
     charts: Mapping[str, bytes],
     channel: str = "other",
+    portal_resource_id: str | None = None,
 ) -> str:
     """The Markdown digest; every text line goes through ``channel``'s escaper.
 
@@ -520,11 +472,11 @@ def _markdown(
     for op, ds in dg.groups:
         out.append(f"### {esc(op, _LINE)} ({len(ds)})")
         for d in ds:
-            f = _facts(d, now=now, bin_size=bin_size)
+            f = _facts(d, now=now, bin_size=bin_size, portal_resource_id=portal_resource_id)
             out.append(f"**{esc(f.headline, _LINE)}** - {esc(f.reason, _LINE)}")
-            out.append(f"- {esc(f.compare, _LINE)}; {esc(f.effect, _LINE)}")
-            out.append(f"- {esc(f.sample, _LINE)}")
+            out.append(f"- {esc(f.moved, _LINE)}")
             out.append(f"- {esc(f.when, _LINE)}")
+            out.append(f"- why we believe it: {esc(f.why, _LINE)}")
             if f.codes:
                 out.append("- top result codes: " + ", ".join(f"`{c}`" for c in f.codes))
             if f.call_ids:
@@ -533,12 +485,15 @@ def _markdown(
                     + ", ".join(f"`{c}`" for c in f.call_ids)
                     + f" ({CALL_DIAGNOSTICS_HINT})"
                 )
-            if f.provisional:
-                out.append(f"- _{esc(f.provisional, _LINE)}_")
-            if f.extra:
-                out.append(f"- {esc(f.extra, _LINE)}")
             if d.fingerprint in charts:
                 out.append(f"- chart attached: {_chart_name(d.fingerprint)}")
+            if f.portal:
+                # Our own URL (resource id and query percent-encoded): no log text in it.
+                out.append(
+                    f"- [Open in Log Analytics]({f.portal})"
+                    if channel in ("slack", "teams", "json")
+                    else f"- Open in Log Analytics: {f.portal}"
+                )
             if with_kql and f.kql:
                 out.append("")
                 out.append("```")
@@ -568,20 +523,14 @@ def _teams(dg: _Digest, *, title: str, now: datetime, report: str | None) -> tup
             a = d.anomaly
             ver = safe_version(d.sdk_version)
             who = f"SDK {ver}" if d.sdk_version is not None else ver
-            line = f"- **{d.severity.upper()} {esc(op, _LINE)}** {_metric_label(d.metric)}, " + esc(
-                who, _LINE
-            )
+            line = f"- **{d.severity.upper()} {esc(op, _LINE)}** "
             if a is not None:
-                share = _num(a.traffic_share)
-                if share is not None and d.sdk_version is not None:
-                    line += f" ({share * 100:.0f}%)"
-                line += (
-                    f": {fmt_value(d.metric, a.observed)} vs {fmt_value(d.metric, a.baseline)}"
-                    f", {fmt_effect(a)}, n={a.calls:,}"
-                )
+                line += esc(what_moved(a), _LINE)
                 if a.provisional:
-                    line += ", provisional baseline"
-            line += f" ({str(d.reason).replace('_', ' ')})"
+                    line += ", usual level borrowed from all versions"
+            else:
+                line += f"{_metric_label(d.metric)}, " + esc(who, _LINE)
+            line += f" ({_REASON_WORDS.get(str(d.reason), str(d.reason).replace('_', ' '))})"
             lines.append(line)
     for d in dg.resolved:
         lines.append(f"- {esc(_resolved_line(d, now), _LINE)}")
@@ -619,7 +568,10 @@ def _html(
     report: str | None,
     bin_size: str,
     charts: Mapping[str, bytes],
+    portal_resource_id: str | None = None,
 ) -> str:
+    """The email HTML part; each alert's chart inline as ``cid:<chart name>`` (see send)."""
+
     def e(value: Any) -> str:
         return for_html(value, _LINE)
 
@@ -631,25 +583,21 @@ def _html(
     for op, ds in dg.groups:
         out.append(f"<h3>{e(op)} ({len(ds)})</h3>")
         for d in ds:
-            f = _facts(d, now=now, bin_size=bin_size)
+            f = _facts(d, now=now, bin_size=bin_size, portal_resource_id=portal_resource_id)
             out.append(f"<p><strong>{e(f.headline)}</strong> - {e(f.reason)}</p>")
+            if d.fingerprint in charts:
+                # apprise (inline=yes) sends the attachment of this name with this Content-ID.
+                name = _chart_name(d.fingerprint)
+                out.append(
+                    f'<p><img src="cid:{name}" alt="{e(f.headline)}: chart"'
+                    ' width="600" style="max-width:100%;height:auto"></p>'
+                )
             out.append("<table>")
-            rows = [
-                ("Observed vs baseline", f.compare),
-                ("Effect", f.effect.removeprefix("effect ")),
-                ("Sample", f.sample),
-                ("When", f.when),
-            ]
+            rows = [("What moved", f.moved), ("When", f.when), ("Why we believe it", f.why)]
             if f.codes:
                 rows.append(("Top result codes", ", ".join(f.codes)))
             if f.call_ids:
                 rows.append(("Example CallIds", ", ".join(f.call_ids)))
-            if f.provisional:
-                rows.append(("Baseline", f.provisional))
-            if f.extra:
-                rows.append(("Detail", f.extra))
-            if d.fingerprint in charts:
-                rows.append(("Chart", f"attached: {_chart_name(d.fingerprint)}"))
             for k, v in rows:
                 out.append(
                     f'<tr><td style="padding-right:12px;color:#555">{e(k)}</td><td>{e(v)}</td></tr>'
@@ -657,8 +605,13 @@ def _html(
             out.append("</table>")
             if f.call_ids:
                 out.append(f"<p><small>CallIds: {e(CALL_DIAGNOSTICS_HINT)}</small></p>")
+            if f.portal:
+                out.append(f'<p><a href="{e(f.portal)}">Open in Log Analytics</a></p>')
             if f.kql:
-                out.append(f"<pre><code>{for_html_block(f.kql)}</code></pre>")
+                out.append(
+                    '<pre style="white-space:pre-wrap;font-size:12px">'
+                    f"<code>{for_html_block(f.kql)}</code></pre>"
+                )
     if dg.resolved:
         out.append("<h3>Resolved</h3><ul>")
         out.extend(f"<li>{e(_resolved_line(d, now))}</li>" for d in dg.resolved)
@@ -688,6 +641,7 @@ def render_digest(
     charts: Mapping[str, bytes] | None = None,
     attach_charts: bool = False,
     bin_size: str = "5m",
+    portal_resource_id: str | None = None,
 ) -> Message:
     """Render the digest of ``decisions`` (already selected for a route) for one channel.
 
@@ -700,6 +654,8 @@ def render_digest(
     max_items : alerts shown before "+k more".
     charts : PNG bytes by fingerprint; attached when ``attach_charts``.
     bin_size : bucket width used in the reproduce-KQL.
+    portal_resource_id : Azure resource id (ACS resource or Log Analytics workspace) for the
+        "Open in Log Analytics" link of each alert; None: no link.
 
     Returns
     -------
@@ -714,8 +670,15 @@ def render_digest(
     attached = {fp: png for fp, png in charts.items() if fp in {d.fingerprint for d in shown}}
     if not attach_charts:
         attached = {}
+    pid = portal_resource_id
     text = _markdown(
-        dg, now=now, report=report_url, bin_size=bin_size, with_kql=True, charts=attached
+        dg,
+        now=now,
+        report=report_url,
+        bin_size=bin_size,
+        with_kql=True,
+        charts=attached,
+        portal_resource_id=pid,
     )
     attachments = [
         Attachment(_chart_name(fp), "image/png", png) for fp, png in sorted(attached.items())
@@ -725,7 +688,14 @@ def render_digest(
         body, omitted = _teams(dg, title=title, now=now, report=report_url)
         return Message(channel, title, body, "markdown", text, [], fps, omitted)
     if channel == "email":
-        body = _html(dg, now=now, report=report_url, bin_size=bin_size, charts=attached)
+        body = _html(
+            dg,
+            now=now,
+            report=report_url,
+            bin_size=bin_size,
+            charts=attached,
+            portal_resource_id=pid,
+        )
         return Message(channel, title, body, "html", text, attachments, fps, dg.omitted)
     body = _markdown(
         dg,
@@ -735,6 +705,7 @@ def render_digest(
         with_kql=True,
         charts=attached,
         channel=channel,
+        portal_resource_id=pid,
     )
     return Message(channel, title, body, "markdown", text, attachments, fps, dg.omitted)
 

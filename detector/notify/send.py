@@ -301,6 +301,8 @@ def send_message(
         for service in ap:
             service.socket_connect_timeout = wait
             service.socket_read_timeout = wait
+            if message.body_format == "html" and hasattr(service, "inline"):
+                service.inline = True  # email: charts as cid: images in the HTML part
         attach = None
         if message.attachments:
             attach = apprise.AppriseAttachment(asset=_asset())

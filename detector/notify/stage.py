@@ -132,6 +132,7 @@ def run_alerts(
     bin_size: str = "5m",
     dry_run: bool = False,
     no_notify: bool = False,
+    portal_resource_id: str | None = None,
 ) -> AlertOutcome:
     """Run the alerting stage for one judged window (see the module docstring).
 
@@ -143,6 +144,7 @@ def run_alerts(
     alerting : the ``[alerting]`` table (lifecycle, health, digest and outbox keys).
     run : this run's record (status, window, rows, schema drift); recorded at the end with
         the notified count and outbox size filled in. None: no run is recorded.
+    portal_resource_id : resource id for the "Open in Log Analytics" link of each alert.
 
     Returns
     -------
@@ -175,6 +177,7 @@ def run_alerts(
         "max_items": int(alerting.get("max_items", alerting.get("max_items_per_digest", 10))),
         "outbox_max_age": _td(alerting.get("outbox_max_age"), timedelta(days=2)),
         "bin_size": bin_size,
+        "portal_resource_id": portal_resource_id,
     }
     report = deliver(
         [] if no_notify else decisions,
@@ -323,8 +326,9 @@ def run_alerting(
     history : the :class:`~detector.schema.BucketAggregates` the engine judged (current values
         for resolved notices, chart series). None: only ``evaluated`` counts as evaluated.
     send : False = ``--no-notify`` (state updated, nothing sent).
-    report : the run report so far (``window``, ``now``, ``source``, ``detection``): gives the
-        judged window and this run's record for ``status`` and health.
+    report : the run report so far (``window``, ``now``, ``source``, ``detection``,
+        ``log_analytics``): gives the judged window, this run's record for ``status`` and
+        health, and the resource id of the "Open in Log Analytics" links.
     window : the judged window, if ``report`` does not carry it.
     bucket : the bucket width (timedelta or "5m") for the reproduce-KQL.
 
@@ -386,6 +390,7 @@ def run_alerting(
         bin_size=_bin_text(bucket),
         dry_run=dry_run,
         no_notify=not send,
+        portal_resource_id=(report.get("log_analytics") or {}).get("resource_id"),
     )
     out = outcome.report.to_json()
     out["decisions"] = [d.to_json() for d in outcome.decisions]
