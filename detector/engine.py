@@ -52,7 +52,6 @@ from detector.features import (
     bucket_features,
     build_cube,
     span_evidence,
-    tail_stats,
 )
 from detector.rollout import Applied, Rollout, apply_rollout, first_buckets, rollout_history
 from detector.schema import BucketAggregates, bin_value
@@ -222,21 +221,7 @@ def detect(
     # and at the candidates p does not make: forest flags and maintenance buckets.
     keep = forest_flag | maint[:, None, :]
     # First calls in the cube's columns (a new build's span may reach back before it).
-    tails = tail_stats(
-        history.hist,
-        parts,
-        base,
-        policy,
-        base_start=_py(base_start),
-        ws=_py(ws),
-        times=full.times,
-        excluded=lambda rows: exclusion_mask(rows, maintenance, state.excluded()),
-    )
-    if tails is not None:
-        tails.exclude(maint_full)
-    ev = span_evidence(
-        full, parts, base, policy, last=K, keep=keep, first=first - cube_offset, tail=tails
-    )
+    ev = span_evidence(full, parts, base, policy, last=K, keep=keep, first=first - cube_offset)
     del keep
     P, T = cube.calls.shape
     judged = np.asarray(cube.times >= ws)
@@ -596,13 +581,6 @@ def _explain(
                     f"duration p95 {observed:.0f} ms vs {baseline:.0f} ms "
                     f"(typical {effect:+.0%}, p={_fmt_p(ev.p[p, m, j])}"
                 )
-                if ev.tail[p, m, j]:  # the tail moved: say so, and by how much
-                    above = float(ev.k[p, m, j]) / max(float(ev.n[p, m, j]), 1.0)
-                    text = (
-                        f"duration tail: {above:.0%} of calls above the baseline p95 (~5 %), "
-                        f"p95 {observed:.0f} ms vs {baseline:.0f} ms "
-                        f"(p95 {effect:+.0%}, p={_fmt_p(ev.p[p, m, j])}"
-                    )
             elif (
                 metric == "failure_rate"
                 and rollout is not None
@@ -664,11 +642,6 @@ def _explain(
             details = {
                 "gate": "anomaly",
                 "gate_effect": effect,  # the effect over the span that passed the gates
-                # which part of the duration distribution moved: its tail (calls above the
-                # baseline p95) or its typical value (mean log-duration)
-                "duration_part": (
-                    ("tail" if ev.tail[p, m, j] else "typical") if metric == "duration" else None
-                ),
                 "span_buckets": span,
                 # Calls over the whole span the test used: a run's own buckets can hold few
                 # calls (a quiet night) while the evidence reaches back hours.

@@ -29,7 +29,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any, Final
 
 import numpy as np
@@ -37,8 +36,7 @@ import pandas as pd
 from scipy import special
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
 
-from detector.baseline import FLEET as FLEET_VERSION
-from detector.baseline import Baselines, Partitions, _between_hours, epoch_ns, slot_of
+from detector.baseline import Baselines, Partitions, epoch_ns, slot_of
 from detector.decide import METRIC_NAMES, DetectionPolicy, volume_effect_ok
 
 __all__ = [
@@ -156,146 +154,6 @@ def build_cube(
         w = stats[col].to_numpy()[ok].astype(np.float64, copy=False)
         arrays.append(np.bincount(flat, weights=w, minlength=P * T).reshape(P, T))
     return Cube(times, *arrays)
-
-
-#: Tail test: the quantile of the baseline a call is compared with (its p95), and the calls of
-#: baseline behind it (20 expected above it); a version with fewer borrows its operation's.
-TAIL_LEVEL: Final = 0.95
-TAIL_MIN_CALLS: Final = 400.0
-#: The p95 rise implied by a share above it is a model's; past this (x11) it says little more.
-_MAX_TAIL_RISE: Final = 10.0
-
-
-@dataclass
-class TailStats:
-    """Calls above each partition's baseline p95, per cube bucket, and the null they face.
-
-    The p95 is taken on residuals, ``ln d - mu`` of the call's hour slot, so the tail follows
-    the daily cycle of the typical duration. ``above``/``total`` are ``(P, T)`` over the cube's
-    buckets; ``q`` is the baseline's share above the threshold (about 5 %, the histogram is
-    discrete), ``phi`` the dispersion of the per-bucket counts around ``q`` on the baseline
-    (calls of one client call are slow together), ``n_base`` the baseline calls behind ``q``
-    (NaN ``q``: too little baseline, no tail test), ``thr`` the residual threshold, ``tau2``
-    the share's wander between hours.
-    """
-
-    above: np.ndarray
-    above_big: np.ndarray  # calls above the p95 raised by the practical minimum (see tail_stats)
-    total: np.ndarray
-    q: np.ndarray
-    phi: np.ndarray
-    n_base: np.ndarray
-    thr: np.ndarray
-    tau2: np.ndarray  # hour-to-hour variance of the share (baseline.py's _between_hours)
-
-    def take(self, sl: slice) -> TailStats:
-        """The partitions ``sl``."""
-        return TailStats(*(getattr(self, f)[sl] for f in self.__dataclass_fields__))
-
-    def exclude(self, mask: np.ndarray) -> None:
-        """Zero the ``(P, T)`` buckets of ``mask`` (maintenance), as :meth:`Cube.exclude`."""
-        self.above[mask] = 0.0
-        self.above_big[mask] = 0.0
-        self.total[mask] = 0.0
-
-
-def tail_stats(
-    hist: pd.DataFrame | None,
-    parts: Partitions,
-    base: Baselines,
-    policy: DetectionPolicy,
-    *,
-    base_start: datetime,
-    ws: datetime,
-    times: pd.DatetimeIndex,
-    excluded: Callable[[pd.DataFrame], np.ndarray],
-) -> TailStats | None:
-    """Per-partition baseline p95 (residual), its share and dispersion, and the calls above it
-    in each bucket of ``times`` (the cube), read from the sparse duration histogram.
-
-    ``hist``: rows (operation, version, bucket_start, bin, count) covering ``[base_start, end
-    of times)``; fleet rows are added here. ``excluded(rows)``: True for the rows to keep out
-    of the baseline (alerted spans, maintenance). None when there is no histogram.
-
-    ``above_big`` counts the calls above the p95 raised by the practical minimum (x(1 +
-    ``min_duration_rel``) and + ``min_duration_ms``, whichever is higher): where at least
-    ``q`` of a span's calls are above it, the span's p95 rose by that much. It measures the
-    practical effect directly, with no model of the distribution's shape.
-    """
-    from detector.schema import bin_value  # (a light module; kept beside its one use)
-
-    if hist is None or hist.empty or not len(times):
-        return None
-    bucket = times[1] - times[0] if len(times) > 1 else pd.Timedelta(policy.bucket)
-    lo, hi = pd.Timestamp(base_start), times[-1] + bucket
-    h = hist.loc[(hist["bucket_start"] >= lo) & (hist["bucket_start"] < hi)]
-    if h.empty:
-        return None
-    cols = ["operation_name", "sdk_version", "bucket_start", "bin", "count"]
-    h = h[cols].astype({"operation_name": object, "sdk_version": object})
-    fleet = h.groupby(["operation_name", "bucket_start", "bin"], sort=False)["count"].sum()
-    fleet = fleet.reset_index().assign(sdk_version=FLEET_VERSION)[cols]
-    h = pd.concat([h, fleet], ignore_index=True)
-    pid = parts.index_of(h)
-    h, pid = h.loc[pid >= 0].reset_index(drop=True), pid[pid >= 0]
-    P = len(parts)
-    count = h["count"].to_numpy(np.float64)
-    slots = slot_of(h["bucket_start"])
-    resid = np.log(bin_value(h["bin"].to_numpy())) - base.mu_log[pid, slots]
-    t_ns = epoch_ns(h["bucket_start"])
-    is_base = (t_ns < pd.Timestamp(ws).value) & np.isfinite(resid) & ~excluded(h)
-    # Weighted p95 of the residuals per partition (sorted by partition, then residual).
-    bp, br, bc = pid[is_base], resid[is_base], count[is_base]
-    order = np.lexsort((br, bp))
-    bp, br, bc = bp[order], br[order], bc[order]
-    n_base = np.bincount(bp, weights=bc, minlength=P)
-    csum = np.cumsum(bc)
-    before = np.concatenate([[0.0], np.cumsum(n_base)])[bp]  # calls of earlier partitions
-    reached = np.flatnonzero(csum >= before + TAIL_LEVEL * n_base[bp] - 1e-9)
-    got, first = np.unique(bp[reached], return_index=True)
-    thr = np.full(P, np.nan)
-    thr[got] = br[reached[first]]
-    above_base = np.bincount(bp, weights=bc * (br > thr[bp] + 1e-9), minlength=P)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        q = np.where(n_base >= TAIL_MIN_CALLS, above_base / n_base, np.nan)
-    # Dispersion of the per-bucket counts around q on the baseline.
-    b_ns = t_ns[is_base][order]
-    key, inv = np.unique(np.stack([bp, b_ns]), axis=1, return_inverse=True)
-    n_b = np.bincount(inv.ravel(), weights=bc)
-    x_b = np.bincount(inv.ravel(), weights=bc * (br > thr[bp] + 1e-9))
-    kp = key[0]
-    qb = q[kp]
-    ok = np.isfinite(qb)
-    num = np.bincount(kp[ok], weights=(x_b[ok] - n_b[ok] * qb[ok]) ** 2, minlength=P)
-    den = np.bincount(kp[ok], weights=n_b[ok] * qb[ok] * (1 - qb[ok]), minlength=P)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        phi = np.clip(np.where(den > 0, num / den, 1.0), 1.0, policy.max_dispersion)
-    # How much the share itself wanders from hour to hour (as the log-mean test allows for
-    # its level): a slow drift of the tail over hours is not a fault of the last hour.
-    hour = (key[1] - key[1].min()) // (3600 * 10**9) if key.shape[1] else key[1]
-    tau2 = _between_hours(
-        kp[ok], hour[ok], (x_b - n_b * qb)[ok], (phi[kp] * n_b * qb * (1 - qb))[ok], n_b[ok], P
-    )
-    # A version with too little baseline of its own faces its operation's tail.
-    borrow = ~parts.is_fleet & ~np.isfinite(q)
-    f = parts.fleet_of[borrow]
-    q[borrow], phi[borrow], n_base[borrow], thr[borrow] = q[f], phi[f], n_base[f], thr[f]
-    tau2[borrow] = tau2[f]
-    # Calls above the threshold in each cube bucket.
-    step = int(pd.Timedelta(bucket).value)
-    tid = (t_ns - int(times[0].value)) // step
-    in_cube = (tid >= 0) & (tid < len(times)) & np.isfinite(thr[pid])
-    T = len(times)
-    pc, rc, cc = pid[in_cube], resid[in_cube], count[in_cube]
-    flat = pc * T + tid[in_cube]
-    p95_ms = np.exp(base.mu_log[pc, slots[in_cube]] + thr[pc])
-    lift = np.maximum(np.log1p(policy.min_duration_rel), np.log1p(policy.min_duration_ms / p95_ms))
-    above = np.bincount(flat, weights=cc * (rc > thr[pc] + 1e-9), minlength=P * T)
-    big = np.bincount(flat, weights=cc * (rc > thr[pc] + lift), minlength=P * T)
-    total = np.bincount(flat, weights=cc, minlength=P * T)
-    return TailStats(
-        above.reshape(P, T), big.reshape(P, T), total.reshape(P, T), q, phi, n_base, thr, tau2
-    )
 
 
 #: The rest of the traffic that scales an operation's expected calls (expected_calls): the
@@ -527,7 +385,6 @@ class SpanEvidence:
     expected: np.ndarray  # its baseline counterpart
     z: np.ndarray  # signed z at the best span
     share: np.ndarray  # the version's share of its operation's calls over the span (1 for fleet)
-    tail: np.ndarray  # duration only: the evidence is the tail test's (calls above the p95)
 
 
 _EVIDENCE_FIELDS = tuple(SpanEvidence.__dataclass_fields__)
@@ -690,7 +547,6 @@ def span_evidence(
     threads: int | None = None,
     keep: np.ndarray | None = None,
     first: np.ndarray | None = None,
-    tail: TailStats | None = None,
 ) -> SpanEvidence:
     """Test every (partition, metric, bucket) over the trailing spans; keep the best span.
 
@@ -712,9 +568,6 @@ def span_evidence(
     before the cube; None: every partition is older than the cube). An earlier third of a
     provisional version's span that reaches back before its first call is skipped where it
     holds too few calls to judge (see ``sub_checks``).
-    ``tail``: calls above the baseline p95 (:func:`tail_stats`, over the cube's buckets). With
-    it, duration has two tests, the mean log-duration and the share of calls above the p95
-    (Bonferroni over both); the better evidence is kept and ``tail`` says which.
     """
     slots = cube.slots
     e_all = expected_calls(base, slots, cube, parts)  # needs every operation (rest of traffic)
@@ -738,7 +591,6 @@ def span_evidence(
             view,
             np.ones(view.p.shape, bool) if keep is None else keep[sl],
             None if first is None else first[sl],
-            None if tail is None else tail.take(sl),
         )
 
     blocks = _op_blocks(parts, chunk)
@@ -771,7 +623,6 @@ def _empty_evidence(shape: tuple[int, int, int]) -> SpanEvidence:
         expected=np.full(shape, np.nan, np.float32),
         z=np.zeros(shape, np.float32),
         share=np.ones(shape, np.float32),
-        tail=np.zeros(shape, bool),
     )
 
 
@@ -802,118 +653,6 @@ def shortest_supported(
     return res
 
 
-def tail_rise(share: np.ndarray, q: np.ndarray, sd: np.ndarray) -> np.ndarray:
-    """Relative rise of the p95 implied by ``share`` of calls above the baseline's p95.
-
-    Inputs broadcast: ``q`` the baseline's share above it, ``sd`` the baseline's sd of
-    log-durations. Read under a log-normal whose median stays put and whose spread moved: the
-    threshold, once its ``1 - q`` quantile, is now the ``1 - share`` quantile, so the spread
-    grew by ``z(q) / z(share)`` and the p95 by ``exp(z(q) sd (z(q) / z(share) - 1)) - 1``.
-    Negative when fewer calls than ``q`` are above it.
-    """
-    zq = -special.ndtri(q)
-    zo = np.maximum(-special.ndtri(np.clip(share, 1e-9, 1 - 1e-9)), 0.25)
-    return np.expm1(np.minimum(zq * sd * (zq / zo - 1.0), _CLIP))
-
-
-def _tail_pass(
-    s: int,
-    r: dict[str, np.ndarray],
-    cells: _Cells,
-    best: SpanEvidence,
-    best_key: np.ndarray,
-    policy: DetectionPolicy,
-    n_spans: int,
-    n_dur_tests: int,
-    t: dict[str, np.ndarray],
-    checks: Callable[[np.ndarray, np.ndarray], np.ndarray],
-) -> None:
-    """The tail test of span ``s``: where the share of calls above the baseline p95 is
-    significant (exact binomial tail, counts deflated by the dispersion and the baseline's
-    own uncertainty; Bonferroni over the spans and both duration tests) and its evidence
-    ranks before the mean test's, it becomes the duration evidence (``best.tail``)."""
-    a_, h_ = r["A"], r["H"]
-    # Variance: binomial x dispersion, the baseline share's own uncertainty, and the share's
-    # wander over the hours spanned, except for a thin version above its siblings in the
-    # same buckets (compared at the same time, the wander does not enter).
-    hours = policy.buckets_per_hour / max(s, policy.buckets_per_hour)
-    wander = h_**2 * t["tau2"] * hours
-    thin_rows = t["thin_rows"]
-    if len(thin_rows):
-        ho, ao = _version_sums(h_, cells.parts), _version_sums(a_, cells.parts)
-        oi = cells.parts.op_index[thin_rows]
-        ho, ao = ho[oi] - h_[thin_rows], ao[oi] - a_[thin_rows]
-        qt = t["q"][thin_rows]
-        pz = (
-            a_[thin_rows] / np.maximum(h_[thin_rows], 1e-12) - ao / np.maximum(ho, 1e-12)
-        ) / np.sqrt(
-            t["phi"][thin_rows]
-            * qt
-            * (1 - qt)
-            * (1 / np.maximum(h_[thin_rows], 1e-12) + 1 / np.maximum(ho, 1e-12))
-        )
-        wander[thin_rows] = np.where((ho > 0) & (pz >= policy.peer_z), 0.0, wander[thin_rows])
-    vt = r["vt0"] * (1.0 + h_ / t["nb"]) + wander
-    base_v = h_ * t["q"] * (1 - t["q"])
-    infl = np.where(base_v > 0, vt / np.maximum(base_v, 1e-12), t["phi"])
-    zt = np.where(vt > 0, r["ct"] / np.sqrt(vt), 0.0)
-    pt = np.ones_like(zt)
-    cand = t["valid"] & (zt >= 1.5) & (h_ > 0)
-    kk, nn = a_[cand] / infl[cand], h_[cand] / infl[cand]
-    pt[cand] = special.betainc(
-        np.maximum(kk, 1e-9), np.maximum(nn - kk + 1, 1e-9), np.broadcast_to(t["q"], pt.shape)[cand]
-    )
-    p_m = np.fmin(pt * n_spans * n_dur_tests, 1.0)
-    rows, cols = np.nonzero(p_m <= policy.alpha)
-    if not len(rows):
-        return
-    at = cells.at(rows, cols)
-    hc, ac = h_[rows, cols], a_[rows, cols]
-    qc, sdc, p95 = t["q"][rows, 0], t["sd"][rows, cols], t["p95"][rows, cols]
-    # The span's p95 rose by the practical minimum: measured (above_big), not modelled. The
-    # effect shown is the rise a log-normal of unchanged median implies, at least that much.
-    practical = r["AB"][rows, cols] >= qc * hc
-    floor = np.maximum(policy.min_duration_rel, policy.min_duration_ms / np.maximum(p95, 1e-9))
-    rise = np.minimum(tail_rise(ac / hc, qc, sdc), _MAX_TAIL_RISE)
-    rise = np.where(practical, np.maximum(rise, floor), rise)
-    versions = ~cells.parts.is_fleet[rows]
-    calls = r["C"][rows, cols]
-    share = np.where(versions, calls / np.maximum(at.fleet(r["C"]), 1.0), 1.0)
-    so, vo = at.others("ct"), at.others("vt0")
-    ho, ao = at.others("H"), at.others("A")
-    phic = t["phi"][rows, 0]
-    pz = (ac / hc - ao / np.maximum(ho, 1e-12)) / np.sqrt(
-        phic * qc * (1 - qc) * (1 / hc + 1 / np.maximum(ho, 1e-12))
-    )
-    f = dict(
-        effect=rise,
-        effect_ms=p95 * rise,
-        n=hc,
-        k=ac,
-        peer_sig=versions & (ho > 0) & (pz >= policy.peer_z),
-        shared=(vo <= 0) | (so / np.sqrt(vo) >= policy.shared_z),
-        observed=p95 * (1.0 + rise),
-        expected=p95,
-        z=zt[rows, cols],
-        share=share,
-    )
-    ok = practical & (hc >= policy.min_calls) & (share >= policy.min_share)
-    loo = np.zeros(len(rows), bool)
-    if ok.any():
-        loo[ok] = checks(rows[ok], cols[ok])
-    ok &= loo
-    f["loo_ok"] = loo
-    key = np.where(ok, p_m[rows, cols], p_m[rows, cols] + 10.0)
-    better = key < best_key[rows, 0, cols]
-    br, bc = rows[better], cols[better]
-    best_key[br, 0, bc] = key[better]
-    best.p[br, 0, bc] = p_m[br, bc]
-    best.span[br, 0, bc] = s
-    for name, val in f.items():
-        getattr(best, name)[br, 0, bc] = val[better]
-    best.tail[br, 0, bc] = True
-
-
 def _span_evidence(
     cube: Cube,
     parts: Partitions,
@@ -925,7 +664,6 @@ def _span_evidence(
     out: SpanEvidence | None = None,
     keep: np.ndarray | None = None,
     first: np.ndarray | None = None,
-    tails: TailStats | None = None,
 ) -> SpanEvidence:
     P, T = cube.calls.shape
     M = len(METRIC_NAMES)
@@ -992,24 +730,6 @@ def _span_evidence(
     }
     tail = slice(T - K, T)
     p95_base = p95_base[:, tail]
-    n_dur_tests = 1
-    if tails is not None:
-        # Calls above the baseline p95: their excess over q, and its binomial variance times
-        # the learnt dispersion (the baseline q's own uncertainty is added per span, below).
-        n_dur_tests = 2
-        valid_t = np.isfinite(tails.q)[:, None]
-        q_t = np.where(valid_t[:, 0], tails.q, 0.5)[:, None]
-        nb_t = np.where(valid_t[:, 0], tails.n_base, np.inf)[:, None]
-        ct_b = tails.above - tails.total * q_t
-        sums.update(
-            A=cs(tails.above),
-            AB=cs(tails.above_big),
-            H=cs(tails.total),
-            ct=cs(ct_b),
-            vt0=cs(tails.total * q_t * (1 - q_t) * tails.phi[:, None]),
-        )
-        sd_k = np.sqrt(var[:, tail])
-        p95_t = np.exp(mu[:, tail] + np.nan_to_num(tails.thr)[:, None])
 
     def extreme(x: np.ndarray, s: int, fn: str) -> np.ndarray:
         return _roll_extreme(x[:, max(T - K - s + 1, 0) :], s, fn)[:, -K:]
@@ -1125,45 +845,6 @@ def _span_evidence(
                 rise &= shortest_supported(windows, vol_rise)
             return np.where(at("cv") < 0, drop, rise)
 
-    def tail_checks(
-        s: int,
-        r: dict[str, np.ndarray],
-        checks: list[tuple[int, float, list[int], float, float]],
-        rows: np.ndarray,
-        cols: np.ndarray,
-    ) -> np.ndarray:
-        """The duration checks of ``sub_checks`` on the calls above the p95: the excess
-        survives dropping its strongest bucket, every third and the latest window deviate
-        (z, a practically large implied p95 rise, some share of the span's excess)."""
-        if s == 1:
-            return np.ones(len(rows), bool)
-        qc, nbc = q_t[rows, 0], nb_t[rows, 0]
-        ct, h = r["ct"][rows, cols], r["H"][rows, cols]
-        vt = r["vt0"][rows, cols] * (1.0 + h / nbc)
-        ok = (ct - extreme_at(ct_b, s, "max", rows, cols)) / np.sqrt(vt) >= policy.loo_z
-        span_shift = ct / h
-        new = _before_first_call(thin, first, rows, T - K + cols, s)
-        for off, zmin, windows, frac, _ in checks:
-
-            def dev(
-                w: int, off: int = off, zmin: float = zmin, frac: float = frac
-            ) -> tuple[np.ndarray, np.ndarray]:
-                rc, rn = roll_at("ct", w, off, rows, cols), roll_at("H", w, off, rows, cols)
-                rv = roll_at("vt0", w, off, rows, cols) * (1.0 + rn / nbc)
-                # The window's p95 rose by the practical minimum (see TailStats.above_big).
-                big = roll_at("AB", w, off, rows, cols) >= qc * rn
-                big &= rc / rn >= frac * span_shift
-                return (
-                    rc / np.sqrt(rv) >= zmin
-                ) & big, rn >= policy.min_calls * policy.third_support
-
-            if off > 0:
-                dv, sup = dev(windows[0])
-                ok &= np.where(sup, dv, new)
-            else:
-                ok &= shortest_supported(windows, dev)
-        return ok
-
     shape = (P, M, K)
     best = out if out is not None else _empty_evidence(shape)
     best_key = np.full(shape, np.inf)
@@ -1219,7 +900,7 @@ def _span_evidence(
             del wander
             zd = np.where(vd_tot > 0, r["cd"] / np.sqrt(vd_tot), 0.0)
             # Calibrated: the normal approximation understates its tails (DetectionPolicy).
-            pd_ = np.fmin(special.ndtr(-zd) * policy.duration_p_factor * n_dur_tests, 1.0)
+            pd_ = np.fmin(special.ndtr(-zd) * policy.duration_p_factor, 1.0)
             del vd_tot
             # Failure rate: one-sided binomial, counts deflated by the overdispersion.
             n_, k_ = r["C"], r["F"]
@@ -1336,8 +1017,6 @@ def _span_evidence(
                     f["loo_ok"] = loo
                 key[rows, cols] = np.where(ok, p_m[rows, cols], p_m[rows, cols] + 10.0)
             better = key < best_key[:, m]
-            if m == 0 and tails is not None:
-                np.copyto(best.tail[:, 0], False, where=better)
             np.copyto(best_key[:, m], key, where=better)
             np.copyto(best.p[:, m], p_m, where=better)
             np.copyto(best.span[:, m], s, where=better, casting="unsafe")
@@ -1348,28 +1027,5 @@ def _span_evidence(
                     getattr(best, name)[br, m, bc] = val[b] if np.ndim(val) else val
             if s == 1:
                 del f_all, ok_all
-        if tails is not None:
-            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                _tail_pass(
-                    s,
-                    r,
-                    full_cells,
-                    best,
-                    best_key,
-                    policy,
-                    n_spans,
-                    n_dur_tests,
-                    dict(
-                        valid=valid_t,
-                        q=q_t,
-                        nb=nb_t,
-                        sd=sd_k,
-                        p95=p95_t,
-                        phi=tails.phi[:, None],
-                        tau2=tails.tau2[:, None],
-                        thin_rows=thin_rows,
-                    ),
-                    partial(tail_checks, s, r, checks),
-                )
         del r, full_cells, pd_, pf, pv, pbar, infl, zd
     return best
