@@ -62,9 +62,15 @@ DETECTORS = ("acs-detector", "static", "median_mad", "iforest_raw")
 
 # ------------------------------------------------------------------------------ dense data
 class Dense:
-    """Per (partition, bucket) raw values over the whole data set (fleet partitions included)."""
+    """Per (partition, bucket) raw values over the whole data set (fleet partitions included).
 
-    def __init__(self, ds: Dataset, bucket: timedelta) -> None:
+    ``train`` marks the buckets the peers learn from and ``judged`` those whose flags count:
+    by default the warm-up and the rest. With ``fit_on_all`` the peers learn from every bucket
+    and every bucket is judged (a set with too little clean history for a warm-up: the peers
+    then see the future, which can only flatter them).
+    """
+
+    def __init__(self, ds: Dataset, bucket: timedelta, *, fit_on_all: bool = False) -> None:
         stats = with_fleet(ds.aggs.stats)
         self.parts = Partitions.from_frame(stats)
         start = pd.Timestamp(ds.start)
@@ -88,7 +94,9 @@ class Dense:
             self.rate = np.where(self.calls > 0, self.fails / self.calls, np.nan)
             self.mlog = np.where(self.dur_n > 0, self.s1 / self.dur_n, np.nan)
         self.p95 = self._p95(ds, start, bucket, P, T)
-        self.warm = np.asarray(self.times < pd.Timestamp(ds.warmup_end))
+        warm = np.asarray(self.times < pd.Timestamp(ds.warmup_end))
+        self.train = np.ones(T, bool) if fit_on_all else warm
+        self.judged = np.ones(T, bool) if fit_on_all else ~warm
 
     def _p95(
         self, ds: Dataset, start: pd.Timestamp, bucket: timedelta, P: int, T: int
@@ -117,7 +125,7 @@ class Dense:
         """Alerting (op, version|None, metric, bucket_start) from (P, T) flags per metric."""
         out = []
         for metric, f in flags.items():
-            f = f & ~self.warm[None, :]
+            f = f & self.judged[None, :]
             for p, t in zip(*np.nonzero(f), strict=True):
                 ver = self.parts.version[p]
                 out.append(
@@ -139,7 +147,7 @@ def _two_of_three(f: np.ndarray) -> np.ndarray:
 
 
 def peer_static(d: Dense) -> dict[str, np.ndarray]:
-    w = d.warm
+    w = d.train
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         # A partition with no warm-up data has no threshold (NaN): expected, not news.
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -178,13 +186,13 @@ def peer_iforest(d: Dense, seed: int) -> dict[str, np.ndarray]:
         X = np.stack([np.log1p(d.calls), d.rate, d.mlog, d.p95], axis=-1)
     active = d.calls > 0
     X = np.where(np.isfinite(X), X, 0.0)
-    train = X[active & d.warm[None, :]]
+    train = X[active & d.train[None, :]]
     forest = IsolationForest(contamination=0.01, random_state=seed).fit(train)
-    judged = active & ~d.warm[None, :]
+    judged = active & d.judged[None, :]
     flag = np.zeros(d.calls.shape, bool)
     flag[judged] = forest.predict(X[judged]) < 0
     # Attribute to the metric whose raw value is furthest from the partition's warm-up median.
-    wX = np.where(d.warm[None, :, None] & active[..., None], X, np.nan)
+    wX = np.where(d.train[None, :, None] & active[..., None], X, np.nan)
     with warnings.catch_warnings():  # partitions without warm-up data: NaN, as intended
         warnings.simplefilter("ignore", RuntimeWarning)
         med = np.nanmedian(wX, axis=1)
@@ -269,6 +277,7 @@ def run_one(data_dir: Path, policy: DetectionPolicy, step: timedelta, seed: int)
             detector=name,
             seconds=secs[name],
             days=(judged[1] - judged[0]) / timedelta(days=1),
+            bucket_minutes=policy.bucket / timedelta(minutes=1),
             partitions=n_parts,
             ops_at_detection=ops_at_detection(ds, events, policy.bucket),
         )
@@ -277,60 +286,72 @@ def run_one(data_dir: Path, policy: DetectionPolicy, step: timedelta, seed: int)
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
-    """Micro-average per (scenario, detector) over seeds."""
+    """Micro-average per (scenario, detector) over seeds, then one ``ALL`` row per detector
+    over every scenario of the source (hard negatives add their false alerts and days)."""
     out = []
     keys = sorted(
         {(r["scenario"], r["detector"]) for r in rows}, key=lambda k: (k[0], DETECTORS.index(k[1]))
     )
     for scen, det in keys:
-        rs = [r for r in rows if r["scenario"] == scen and r["detector"] == det]
-        inc = sum(r["incidents"] for r in rs)
-        detected = sum(r["detected"] for r in rs)
-        ev = sum(r["events"] for r in rs)
-        tp = sum(r["true_events"] for r in rs)
-        fp = sum(r["false_events"] for r in rs)
-        days = sum(r["days"] for r in rs)
-        parts = np.mean([r["partitions"] for r in rs])
-        prec = tp / ev if ev else (1.0 if not inc else 0.0)
-        rec = detected / inc if inc else math.nan
-        f1 = (
-            2 * prec * rec / (prec + rec)
-            if inc and prec + rec > 0
-            else (math.nan if not inc else 0.0)
-        )
-        delays = [r["median_delay_buckets"] for r in rs if math.isfinite(r["median_delay_buckets"])]
-        big_n = sum(r["incidents_big"] for r in rs)
-        big_d = sum(
-            r["recall_big"] * r["incidents_big"] for r in rs if math.isfinite(r["recall_big"])
-        )
-        ops = [o for r in rs for o in r["ops_at_detection"]]
         out.append(
-            {
-                "scenario": scen,
-                "detector": det,
-                "seeds": len(rs),
-                "incidents": inc,
-                "detected": detected,
-                "events": ev,
-                "false_events": fp,
-                "precision": prec,
-                "recall": rec,
-                "f1": f1,
-                "false_per_day": fp / days if days else math.nan,
-                "false_per_day_per_100": fp / days / parts * 100 if days else math.nan,
-                "median_delay_buckets": float(np.median(delays)) if delays else math.nan,
-                "recall_big": big_d / big_n if big_n else math.nan,
-                "ops_at_detection": float(np.median(ops)) if ops else math.nan,
-                "seconds": sum(r["seconds"] for r in rs),
-            }
+            _micro(scen, det, [r for r in rows if r["scenario"] == scen and r["detector"] == det])
         )
+    for det in DETECTORS:
+        rs = [r for r in rows if r["detector"] == det]
+        if rs and len({r["scenario"] for r in rs}) > 1:
+            out.append(_micro("ALL", det, rs))
     return out
+
+
+def _micro(scen: str, det: str, rs: list[dict]) -> dict:
+    """One aggregate row: summed events and incidents of the per-run rows ``rs``."""
+    inc = sum(r["incidents"] for r in rs)
+    detected = sum(r["detected"] for r in rs)
+    ev = sum(r["events"] for r in rs)
+    tp = sum(r["true_events"] for r in rs)
+    fp = sum(r["false_events"] for r in rs)
+    days = sum(r["days"] for r in rs)
+    parts = np.mean([r["partitions"] for r in rs])
+    prec = tp / ev if ev else (1.0 if not inc else 0.0)
+    rec = detected / inc if inc else math.nan
+    f1 = 2 * prec * rec / (prec + rec) if inc and prec + rec > 0 else (math.nan if not inc else 0.0)
+    delays = [r["median_delay_buckets"] for r in rs if math.isfinite(r["median_delay_buckets"])]
+    # Per incident (not the median of per-run medians): the figure the ALL row needs.
+    per_inc = [
+        i["delay_buckets"] * r.get("bucket_minutes", 5.0)
+        for r in rs
+        for i in r.get("per_incident", [])
+        if i["delay_buckets"] is not None
+    ]
+    big_n = sum(r["incidents_big"] for r in rs)
+    big_d = sum(r["recall_big"] * r["incidents_big"] for r in rs if math.isfinite(r["recall_big"]))
+    ops = [o for r in rs for o in r["ops_at_detection"]]
+    return {
+        "scenario": scen,
+        "detector": det,
+        "seeds": len(rs),
+        "incidents": inc,
+        "detected": detected,
+        "events": ev,
+        "false_events": fp,
+        "precision": prec,
+        "recall": rec,
+        "f1": f1,
+        "false_per_day": fp / days if days else math.nan,
+        "false_per_day_per_100": fp / days / parts * 100 if days else math.nan,
+        "median_delay_buckets": float(np.median(delays)) if delays else math.nan,
+        "median_delay_min": float(np.median(per_inc)) if per_inc else math.nan,
+        "recall_big": big_d / big_n if big_n else math.nan,
+        "ops_at_detection": float(np.median(ops)) if ops else math.nan,
+        "seconds": sum(r["seconds"] for r in rs),
+    }
 
 
 def table(rows: list[dict]) -> str:
     from detector.evaluate import METRIC_COLUMNS, format_table
 
     extra = [
+        ("delay min", "median_delay_min", "{:.0f}", 9),
         ("rec>=200/h", "recall_big", "{:.2f}", 10),
         ("ops@det", "ops_at_detection", "{:.0f}", 7),
     ]
