@@ -126,7 +126,7 @@ def test_unreachable_target_and_empty_route_fail(
     assert main(["--config", str(cfg), "notify", "test"]) == EXIT_FAILURE
 
     rows = [ln.split()[:4] for ln in capsys.readouterr().out.splitlines()]
-    assert rows[0] == ["down", f"json://127.0.0.1:{port}/hook", "FAILED", "FAILURE"]
+    assert rows[0] == ["down", f"json://127.0.0.1:{port}/****", "FAILED", "FAILURE"]
     assert rows[1] == ["unset", "-", "FAILED", "NO_TARGET"]
     assert rows[2] == ["0", "of", "2", "target(s)"]
 
