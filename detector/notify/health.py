@@ -93,7 +93,9 @@ def _issues(
         if r.status == "source_error":
             continue  # a failed read says nothing about data; source_errors covers it
         if r.rows == 0:
-            streak_start = r.window_start or r.started_at
+            # what was read, not what was judged: a rerun after a crash judges hours it
+            # had already read, and finding nothing new there is not an outage
+            streak_start = r.read_start or r.window_start or r.started_at
         else:
             break
     if streak_start is not None and now - streak_start >= policy.no_data_after:

@@ -284,9 +284,11 @@ def _run_record(report: Mapping[str, Any], now: datetime, n_anomalies: int) -> R
     src = report.get("source") or {}
     det = report.get("detection") or {}
     win = report.get("window") or {}
+    read = report.get("arrival_window") or win
     rows = src.get("operations", src.get("rows_read", src.get("rows")))
     return RunRecord(
         started_at=_report_dt(report.get("now")) or now,
+        read_start=_report_dt(read.get("start")),
         window_start=_report_dt(win.get("start")),
         window_end=_report_dt(win.get("end")),
         rows=int(rows) if rows is not None else None,

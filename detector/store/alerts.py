@@ -112,13 +112,17 @@ class OutboxItem:
         return cls(**kw)
 
 
+_TIMES = ("started_at", "finished_at", "window_start", "window_end", "read_start")
+
+
 @dataclass
 class RunRecord:
     """What one run did, for ``status`` and the self-health checks.
 
     ``status``: ``ok``, ``source_error`` (reading the log failed), ``delivery_failed``
     (something went to the outbox), ``error`` (anything else). ``rows`` is what the source
-    returned for the window (0 = no data). ``schema_drift`` lists unexpected/missing columns
+    returned for the arrival window starting at ``read_start`` (0 = no data); the judged
+    window (``window_start`` .. ``window_end``) can reach further back, e.g. after a crash. ``schema_drift`` lists unexpected/missing columns
     or other drift reasons the source reported.
     """
 
@@ -138,17 +142,18 @@ class RunRecord:
     failed: int = 0  # messages left in the outbox for a retry
     undeliverable: int = 0  # messages dropped for good (malformed URL, no such service)
     unrouted: list[str] = field(default_factory=list)  # routes with notices but no usable URL
+    read_start: datetime | None = None  # start of the arrival window ``rows`` were read from
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("started_at", "finished_at", "window_start", "window_end"):
+        for k in _TIMES:
             d[k] = _iso(d[k])
         return d
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunRecord:
         kw = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-        for k in ("started_at", "finished_at", "window_start", "window_end"):
+        for k in _TIMES:
             if k in kw:
                 kw[k] = _dt(kw[k])
         return cls(**kw)
