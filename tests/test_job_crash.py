@@ -68,8 +68,8 @@ def _scheduled_run(tmp: Path, sim, out: Path) -> list[str]:
 def test_a_run_killed_at_any_stage_loses_nothing_and_repeats_nothing(
     sim,
     tmp_path: Path,
-    receiver,
-    point: str,  # noqa: F811
+    receiver,  # noqa: F811 (the fixture imported above)
+    point: str,
 ) -> None:
     handler, url = receiver
     ref_dir, crash_dir = tmp_path / "ref", tmp_path / "crash"
