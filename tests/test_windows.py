@@ -210,3 +210,12 @@ def test_a_catch_up_cap_that_bites_is_a_warning_not_silence(
     skipped = f"{_iso(first)} .. {_iso(back - timedelta(hours=6))} was NOT judged"
     assert any(skipped in w for w in report["warnings"])
     assert skipped in capsys.readouterr().out
+    # ... and a self-health notice, which clears on the next run that misses nothing.
+    health = [d for d in report["alerts"]["decisions"] if d.get("kind") == "health"]
+    assert [d["fingerprint"] for d in health] == ["health|unjudged_span"]
+    assert health[0]["status"] == "firing" and health[0]["notify"]
+    assert main(["--config", cfg, "run", "--now", _iso(back + timedelta(minutes=90))]) == 0
+    health = [d for d in _latest(tmp_path)["alerts"]["decisions"] if d.get("kind") == "health"]
+    assert [(d["fingerprint"], d["status"]) for d in health] == [
+        ("health|unjudged_span", "resolved")
+    ]

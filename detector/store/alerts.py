@@ -110,6 +110,7 @@ class RunRecord:
     outbox_size: int = 0
     schema_drift: list[str] = field(default_factory=list)
     error: str = ""  # one line, no secrets
+    unjudged: str = ""  # a span the run left unjudged (catch-up cap), as its warning says
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
