@@ -21,8 +21,9 @@ trailing baseline, the engine state and forest schedule of the steps before it; 
   scheduled runs' forest alone (merging again would count rows twice). Alert state still
   prevents a second notification for what was already sent (``suppressed_duplicate``).
 
-Memory follows one step and its baseline: the steps read a rolling buffer (:class:`_Rolling`)
-of the store's day files or of the rerun's aggregates, never a dense array over the window.
+Memory follows one step and its baseline, never a dense array over the window: scheduled
+steps read a rolling buffer of the store's day files (:class:`_Rolling`); a rerun's steps
+select their rows from what it read (bucket aggregates: as large as the data, not the window).
 
 Crash safety: the bucket history and its watermark move together in one manifest write; the
 alert state is saved after delivery; ``judged_until`` last. A crash in between makes the next
@@ -348,7 +349,8 @@ def run_job(
             source.drill_down(anomalies, judge)
             # What alerting reads: the end of the judged window (its current values) and a
             # day before it for the charts, so its filters scan a day or two, not the window.
-            history = plan.history(max(judge[0], judge[1] - _ALERT_SPAN) - CHART_SPAN, judge[1])
+            since = max(judge[0], judge[1] - _ALERT_SPAN) - CHART_SPAN
+            history = _between(plan.history(since, judge[1]), since, judge[1])
         else:
             report["detection"] = {"skipped": "nothing new to judge", "steps": 0}
             report["candidates"] = []
@@ -445,9 +447,9 @@ def _since(aggs: BucketAggregates, start: datetime) -> BucketAggregates:
 @dataclasses.dataclass
 class _Plan:
     """What a run judges, from where: the source's fresh aggregates (for the report), a
-    ``history(start, end)`` loader over the rolling buffer, the judged and arrival windows,
-    the bucket starts that hold data when known (a manual rerun skips empty stretches), and
-    the warnings the run summary must carry (a span left unjudged)."""
+    ``history(start, end)`` loader (every bucket in the range, maybe more), the judged and
+    arrival windows, the bucket starts that hold data when known (a manual rerun skips empty
+    stretches), and the warnings the run summary must carry (a span left unjudged)."""
 
     fresh: BucketAggregates
     history: Callable[[datetime, datetime], BucketAggregates]
@@ -482,8 +484,13 @@ def _read(
         fresh = source.read(arrival, bucket, progress=say)
         data = pd.unique(fresh.stats["bucket_start"]) if len(fresh.stats) else []
         data = _sorted_times(data)
-        rolling = _Rolling(lambda a, b: _between(fresh, a, b), limit=judge[1])
-        return _Plan(fresh, rolling.get, judge, arrival, data)
+
+        def read(a: datetime, b: datetime) -> BucketAggregates:
+            # What was read is in memory already: each step selects its own rows from it
+            # (a copy into a rolling buffer would only add one).
+            return fresh
+
+        return _Plan(fresh, read, judge, arrival, data)
 
     arrival_end = now - cfg.detection["delay"]
     watermark = store.watermark
