@@ -77,14 +77,16 @@ def _command(kind: str, path: Path, work: Path, window: tuple[datetime, datetime
 
 def _measure(cmd: list[str], work: Path) -> dict[str, object]:
     """Run ``cmd``; its wall seconds, CPU seconds and peak RSS, and the run report's counts."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    secs = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if proc.returncode not in (0, 1):
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
+    log = work / "stderr.log"  # a file, not a pipe: a step's log line must never block
+    with log.open("wb") as err_file:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file)
+        _, status, usage = os.wait4(proc.pid, 0)
+        secs = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 1):
+        err = log.read_text(errors="replace")
+        raise SystemExit(f"failed ({code}): {' '.join(cmd)}\n{err[-2000:]}")
     out: dict[str, object] = {
         "seconds": secs,
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
