@@ -135,6 +135,9 @@ def _build_parser() -> _Parser:
     run.add_argument("--output", type=Path, help="anomalies as JSON lines to this file")
     run.add_argument("--report", type=Path, help="run report (JSON) to this file")
     run.add_argument("--html", type=Path, help="HTML report with a chart per alert")
+    run.add_argument(
+        "--step", default=None, help="judge in steps of this (default detection.step, 1h)"
+    )
     run.add_argument("--now", type=_time, help=argparse.SUPPRESS)  # for replay and tests
 
     bf = sub.add_parser("backfill", help="load history into the store (warms the baselines)")
@@ -259,6 +262,8 @@ def _cmd_run(args: argparse.Namespace, now: datetime) -> int:
     from detector.notify.heartbeat import heartbeat_on_exit
 
     cfg = _load(args)
+    if args.step is not None:
+        cfg = _with_step(cfg, args.step)
     # Dead man's switch: from here on every run ends with a ping, the fail form if it failed.
     with heartbeat_on_exit(cfg.health, enabled=not args.dry_run) as outcome:
         report = pipeline.run_job(
@@ -276,6 +281,19 @@ def _cmd_run(args: argparse.Namespace, now: datetime) -> int:
         print(pipeline.console_summary(report))
         outcome.exit_code = EXIT_FAILURE if report.get("delivery_failed") else EXIT_OK
     return outcome.exit_code
+
+
+def _with_step(cfg: Any, text: str) -> Any:
+    """``cfg`` with ``detection.step`` from ``--step`` (a duration such as ``1h`` or ``30m``)."""
+    from dataclasses import replace
+
+    from detector.decide import parse_duration
+
+    try:
+        step = parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"--step: {exc}") from None
+    return replace(cfg, detection={**cfg.detection, "step": step})
 
 
 def _cmd_backfill(args: argparse.Namespace, now: datetime) -> int:

@@ -366,6 +366,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Checker]]] = {
         "delay": ("10m", _duration),  # scheduled window ends at now - delay
         "lateness": ("6h", _duration),  # late rows still merged into buckets this old
         "max_window": ("1d", _duration),  # first scheduled run judges at most this much
+        "step": ("1h", _duration),  # every window is judged in steps of this (a scheduled run's)
+        "max_catchup": ("30d", _duration),  # after downtime, judge at most this much (warns)
         "seed": (0, _int_range(0, 2**31 - 1)),
     },
     "state": {

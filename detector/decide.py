@@ -173,10 +173,10 @@ class DetectionPolicy:
         """Build a policy from a ``[detection]`` table; unknown keys raise ``ValueError``.
 
         Keys the engine does not use but the pipeline does (``delay``, ``lateness``,
-        ``max_window``) are accepted and ignored.
+        ``max_window``, ``step``, ``max_catchup``) are accepted and ignored.
         """
         data = dict(data or {})
-        for ignored in ("delay", "lateness", "max_window"):
+        for ignored in ("delay", "lateness", "max_window", "step", "max_catchup"):
             data.pop(ignored, None)
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))

@@ -18,9 +18,9 @@ Deterministic: the same history, window, policy (seed), state and ``now`` give t
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -61,7 +61,15 @@ if TYPE_CHECKING:  # scikit-learn and skops load in ~2.5 s: imported when a fore
     from detector.score import PartitionScorer
     from detector.store.models import ModelStore
 
-__all__ = ["DetectionPolicy", "DetectionResult", "EngineState", "detect"]
+__all__ = [
+    "DetectionPolicy",
+    "DetectionResult",
+    "EngineState",
+    "StepProgress",
+    "detect",
+    "detect_steps",
+    "plan_steps",
+]
 
 MODEL_NAME = "forest"
 
@@ -343,6 +351,203 @@ def detect(
     return DetectionResult(
         anomalies, candidates, result_stats, state, (_py(ws), _py(we)), alert_buckets, debug
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Windows of any length: judged in steps
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """Where :func:`detect_steps` is: ``done`` of ``total`` steps, the last one judged."""
+
+    done: int
+    total: int
+    start: datetime
+    end: datetime
+    anomalies: int  # found so far
+    elapsed_s: float
+
+    @property
+    def eta_s(self) -> float:
+        """Seconds left at the pace so far."""
+        return self.elapsed_s / max(self.done, 1) * (self.total - self.done)
+
+
+def plan_steps(
+    window: tuple[datetime, datetime],
+    step: timedelta,
+    *,
+    bucket: timedelta,
+    data: np.ndarray | None = None,
+    reach: timedelta = timedelta(0),
+) -> list[tuple[datetime, datetime]]:
+    """The steps a window is judged in: ``[start, end)`` pairs on multiples of ``step`` from
+    the epoch (as hourly scheduled runs would end), cut by the window snapped to buckets.
+
+    With ``data`` (sorted ``datetime64[ns]`` bucket starts that hold rows), a step with no
+    data in ``[start - reach, end)`` is left out: with ``reach`` = the baseline span, such a
+    step has nothing to judge and nothing to learn from, so an empty stretch costs nothing.
+    """
+    if step <= timedelta(0) or step % bucket:
+        raise ValueError(f"step {step} must be a positive multiple of the bucket {bucket}")
+    b = pd.Timedelta(bucket)
+    start, end = _utc(window[0]).floor(b), _utc(window[1]).ceil(b)
+    width = pd.Timedelta(step)
+    times = None if data is None else np.asarray(data, dtype="datetime64[ns]")
+    out: list[tuple[datetime, datetime]] = []
+    s = start
+    while s < end:
+        e = min(s.floor(width) + width, end)
+        if times is not None:
+            lo = np.datetime64(_naive(s - pd.Timedelta(reach)), "ns")
+            i = int(np.searchsorted(times, lo, side="left"))
+            if i == len(times):
+                break  # no data from here on
+            nxt = pd.Timestamp(times[i], tz="UTC")
+            if nxt >= e:  # jump to the step holding the next data (it may reach back to it)
+                s = max(nxt.floor(width), e)
+                continue
+        out.append((_py(s), _py(e)))
+        s = e
+    return out
+
+
+def _naive(ts: pd.Timestamp) -> pd.Timestamp:
+    return ts.tz_convert("UTC").tz_localize(None)
+
+
+def detect_steps(
+    history: Callable[[datetime, datetime], BucketAggregates],
+    *,
+    window: tuple[datetime, datetime],
+    steps: Sequence[tuple[datetime, datetime]],
+    policy: DetectionPolicy,
+    now: datetime,
+    delay: timedelta = timedelta(0),
+    maintenance: Sequence[tuple[datetime, datetime, str | None]] = (),
+    model_store: ModelStore | None = None,
+    state: EngineState | None = None,
+    progress: Callable[[StepProgress], None] | None = None,
+) -> DetectionResult:
+    """Judge ``steps`` one after the other, each as the scheduled run ending it would have.
+
+    One code path for every window: a scheduled run is one step, a catch-up or a manual rerun
+    many. Each step is :func:`detect` over ``history(step_start - baseline, step_end)`` with the
+    run's clock at ``min(now, step_end + delay)`` (forest refits follow that clock, as they do
+    run by run) and the engine state the previous step left (alerted and suspect buckets of
+    earlier steps stay out of later baselines). Only the step and its baseline are asked of
+    ``history``, so memory follows the step, not the window.
+
+    Returns one :class:`DetectionResult` for ``window``: every step's anomalies and alert
+    buckets, candidates merged per (partition, metric) at their furthest gate, summed counts
+    (``steps``, ``buckets_judged``, ``candidate_buckets``), and the final state. A single step
+    returns that step's :func:`detect` result as it is.
+    """
+    state = (state or EngineState()).copy()
+    if len(steps) == 1:
+        s, e = steps[0]
+        one = detect(
+            history(s - policy.baseline, e),
+            window=(s, e),
+            policy=policy,
+            now=min(now, e + delay),
+            maintenance=maintenance,
+            model_store=model_store,
+            state=state,
+        )
+        one.stats["steps"] = 1
+        return one
+    t0 = time.perf_counter()
+    anomalies: list[Anomaly] = []
+    alert_buckets: list[tuple[str, str | None, str, datetime]] = []
+    merged: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+    totals = _StepTotals()
+    for i, (s, e) in enumerate(steps):
+        res = detect(
+            history(s - policy.baseline, e),
+            window=(s, e),
+            policy=policy,
+            now=min(now, e + delay),
+            maintenance=maintenance,
+            model_store=model_store,
+            state=state,
+        )
+        state = res.state
+        anomalies.extend(res.anomalies)
+        alert_buckets.extend(res.alert_buckets)
+        _merge_candidates(merged, res.candidates)
+        totals.add(res.stats)
+        if progress is not None:
+            elapsed = time.perf_counter() - t0
+            progress(StepProgress(i + 1, len(steps), s, e, len(anomalies), elapsed))
+    stats = totals.to_json(window, now, len(merged), len(anomalies))
+    stats["timings"]["total"] = round(time.perf_counter() - t0, 4)
+    return DetectionResult(
+        anomalies, list(merged.values()), stats, state, (window[0], window[1]), alert_buckets
+    )
+
+
+def _merge_candidates(
+    into: dict[tuple[str, str | None, str], dict[str, Any]], found: list[dict[str, Any]]
+) -> None:
+    """One record per (partition, metric) over steps: the one at the furthest gate (the
+    smaller p on a tie), with the bucket counts per reason summed."""
+    rank = {name: i for i, name in enumerate(GATE_REASONS)}
+    for c in found:
+        key = (c["operation_name"], c["sdk_version"], c["metric"])
+        old = into.get(key)
+        if old is None:
+            into[key] = dict(c)
+            continue
+        counts = dict(old["buckets_by_reason"])
+        for k, v in c["buckets_by_reason"].items():
+            counts[k] = counts.get(k, 0) + v
+        if (rank[c["reason"]], -c["p_value"]) > (rank[old["reason"]], -old["p_value"]):
+            old = into[key] = dict(c)
+        old["buckets_by_reason"] = counts
+
+
+@dataclass
+class _StepTotals:
+    """What the steps of a window add up to, for the run report."""
+
+    steps: int = 0
+    buckets_judged: int = 0
+    partitions: int = 0
+    candidate_buckets: dict[str, int] = field(default_factory=dict)
+    forest: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stats: dict[str, Any]) -> None:
+        self.steps += 1
+        self.buckets_judged += int(stats.get("buckets_judged", 0))
+        self.partitions = max(self.partitions, int(stats.get("partitions", 0)))
+        for k, v in stats.get("candidate_buckets", {}).items():
+            self.candidate_buckets[k] = self.candidate_buckets.get(k, 0) + int(v)
+        action = (stats.get("forest") or {}).get("action")
+        if action:
+            self.forest[action] = self.forest.get(action, 0) + 1
+        for k, v in stats.get("timings", {}).items():
+            if k != "total":
+                self.timings[k] = self.timings.get(k, 0.0) + float(v)
+
+    def to_json(
+        self, window: tuple[datetime, datetime], now: datetime, candidates: int, anomalies: int
+    ) -> dict[str, Any]:
+        return {
+            "window": [_iso(window[0]), _iso(window[1])],
+            "now": _iso(now),
+            "steps": self.steps,
+            "partitions": self.partitions,
+            "buckets_judged": self.buckets_judged,
+            "candidate_buckets": self.candidate_buckets,
+            "candidates": candidates,
+            "anomalies": anomalies,
+            "forest": {"steps_by_action": self.forest},
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,16 +4,26 @@ Consumes a validated :class:`~detector.config.Config` and ``now`` (read by the C
 produces a JSON-able run report and, as side effects through the stages that own them, the
 bucket store, alert state, outbox, run reports and notifications.
 
-Two modes (design §1.8):
+Two modes (design §1.8), one way of judging: every window is judged in steps of
+``detection.step`` (1 h), each step as the scheduled run ending it would have judged it (its
+trailing baseline, the engine state and forest schedule of the steps before it; see
+:func:`detector.engine.detect_steps`). A scheduled run is usually one step.
 
 * **scheduled** (``start``/``end`` not given): read what *arrived* since the stored watermark up
   to ``now - delay``, merge it into the bucket history (atomically, with the new watermark),
-  then judge the buckets not judged yet (from the stored ``judged_until``, at most
-  ``detection.max_window`` back). A missed run is therefore caught up on the next one.
-* **manual** (``--start/--end``): rebuild the history for ``[start - baseline, end)`` from the
-  source (rows that arrived up to ``end + lateness``), judge ``[start, end)``, and leave the
-  bucket store alone (merging again would count rows twice). Alert state still prevents a
-  second notification for what was already sent (``suppressed_duplicate``).
+  then judge every bucket not judged yet (from the stored ``judged_until``; the first run
+  ``detection.max_window`` back). A missed run is caught up on the next one, in steps, up to
+  ``detection.max_catchup`` back; a span beyond that is left out *loudly* (a warning in the
+  report and summary, and the ``unjudged_span`` self-health notice).
+* **manual** (``--start/--end``): read the rows that arrived in ``[start - baseline, end +
+  lateness)`` from the source, judge ``[start, end)`` in steps (stretches with no data within a
+  baseline skipped, stopping where the data ends), and leave the bucket store and the
+  scheduled runs' forest alone (merging again would count rows twice). Alert state still
+  prevents a second notification for what was already sent (``suppressed_duplicate``).
+
+Memory follows one step and its baseline, never a dense array over the window: scheduled
+steps read a rolling buffer of the store's day files (:class:`_Rolling`); a rerun's steps
+select their rows from what it read (bucket aggregates: as large as the data, not the window).
 
 Crash safety: the bucket history and its watermark move together in one manifest write; the
 alert state is saved after delivery; ``judged_until`` last. A crash in between makes the next
@@ -277,7 +287,7 @@ def run_job(
         pstate = _read_pipeline_state(backend)
         t = time.perf_counter()
         try:
-            fresh, history, judge, arrival = _read(
+            plan = _read(
                 cfg, source, store, pstate, now=now, start=start, end=end, dry_run=dry_run, say=say
             )
         except SourceError as exc:
@@ -285,29 +295,55 @@ def run_job(
                 _record_source_error(cfg, backend, exc, now=now, notify=notify)
             raise
         timings["source"] = time.perf_counter() - t
+        judge, arrival = plan.judge, plan.arrival
         preload.join()  # then the imports below are lookups (or raise the real ImportError)
-        from detector.engine import detect
+        from detector.engine import detect_steps, plan_steps
         from detector.notify import run_alerting
-        from detector.notify.evaluated import CHART_SPAN, chart_history
+        from detector.notify.evaluated import CHART_SPAN
 
         report["window"] = {"start": _iso(judge[0]), "end": _iso(judge[1])}
         report["arrival_window"] = {"start": _iso(arrival[0]), "end": _iso(arrival[1])}
-        report["source"] = {"kind": source.kind, **_agg_summary(fresh), **source.stats()}
+        report["source"] = {"kind": source.kind, **_agg_summary(plan.fresh), **source.stats()}
+        report["warnings"] = list(plan.warnings)
+        for warning in plan.warnings:
+            log.warning("%s", warning)
 
         anomalies: list[Anomaly] = []
-        series: dict[str, Any] = {}
-        if judge[0] < judge[1] and len(history.stats):
+        history: BucketAggregates | None = None
+        steps: list[tuple[datetime, datetime]] = []
+        if judge[0] < judge[1]:
+            try:
+                steps = plan_steps(
+                    judge,
+                    cfg.detection["step"],
+                    bucket=bucket,
+                    data=plan.data,
+                    reach=cfg.detection["baseline"],
+                )
+            except ValueError as exc:
+                raise ConfigError(f"detection.step: {exc}") from None
+            if plan.data is not None and len(plan.data):
+                # A file ends where its export ended, not in an outage: judge up to its end.
+                last = pd.Timestamp(plan.data[-1], tz="UTC").to_pydatetime()
+                steps = [st for st in steps if st[0] <= last]
+        if steps:
             t = time.perf_counter()
-            say(f"judging {_iso(judge[0])} .. {_iso(judge[1])}")
+            say(
+                f"judging {_iso(steps[0][0])} .. {_iso(steps[-1][1])} in {len(steps)} "
+                f"step{'s' if len(steps) > 1 else ''} of at most {cfg.detection['step']}"
+            )
             engine_state, engine_version = load_engine_state(backend)
-            result = detect(
-                history,
+            result = detect_steps(
+                plan.history,
                 window=judge,
+                steps=steps,
                 policy=policy,
                 now=now,
+                delay=cfg.detection["delay"],
                 maintenance=_maintenance(cfg),
-                model_store=None if dry_run else _model_store(cfg, backend),
+                model_store=_model_store(cfg, backend, scratch=manual or dry_run),
                 state=engine_state,
+                progress=_step_printer(progress) if len(steps) > 1 else None,
             )
             timings["detect"] = time.perf_counter() - t
             anomalies = list(result.anomalies)
@@ -316,14 +352,12 @@ def run_job(
             if not dry_run:
                 save_engine_state(backend, result.state, if_version=engine_version)
             source.drill_down(anomalies, judge)
-            # What alerting reads (the judged window, charts of a day before its end): cut once
-            # from the week of history, so its filters scan a day, not the baseline.
-            history = _since(history, judge[0] - CHART_SPAN)
-            # One chart per alert, drawn around its most deviating window.
-            worst_first = sorted(anomalies, key=lambda a: -_deviation(a.to_json()))
-            series = chart_history(history, worst_first, now=judge[1])
+            # What alerting reads: the end of the judged window (its current values) and a
+            # day before it for the charts, so its filters scan a day or two, not the window.
+            since = max(judge[0], judge[1] - _ALERT_SPAN) - CHART_SPAN
+            history = _between(plan.history(since, judge[1]), since, judge[1])
         else:
-            report["detection"] = {"skipped": "nothing new to judge"}
+            report["detection"] = {"skipped": "nothing new to judge", "steps": 0}
             report["candidates"] = []
         report["anomalies"] = [a.to_json() for a in anomalies]
 
@@ -362,6 +396,13 @@ def run_job(
 
     timings["total"] = time.perf_counter() - t0
     report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+    series: dict[str, Any] = {}
+    if history is not None and anomalies and html_path is not None:
+        from detector.notify.evaluated import chart_history
+
+        # One chart per alert, drawn around its most deviating window.
+        worst_first = sorted(anomalies, key=lambda a: -_deviation(a.to_json()))
+        series = chart_history(history, worst_first, now=judge[1])
     _write_outputs(cfg, report, anomalies, output, report_path, html_path, series, dry_run)
     return report
 
@@ -408,6 +449,21 @@ def _since(aggs: BucketAggregates, start: datetime) -> BucketAggregates:
     return dataclasses.replace(aggs, stats=stats, hist=hist)
 
 
+@dataclasses.dataclass
+class _Plan:
+    """What a run judges, from where: the source's fresh aggregates (for the report), a
+    ``history(start, end)`` loader (every bucket in the range, maybe more), the judged and
+    arrival windows, the bucket starts that hold data when known (a manual rerun skips empty
+    stretches), and the warnings the run summary must carry (a span left unjudged)."""
+
+    fresh: BucketAggregates
+    history: Callable[[datetime, datetime], BucketAggregates]
+    judge: tuple[datetime, datetime]
+    arrival: tuple[datetime, datetime]
+    data: Any = None  # sorted datetime64 bucket starts, or None (the store: not known)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
 def _read(
     cfg: Config,
     source: _Source,
@@ -419,57 +475,148 @@ def _read(
     end: datetime | None,
     dry_run: bool,
     say: Callable[[str], None],
-) -> tuple[
-    BucketAggregates, BucketAggregates, tuple[datetime, datetime], tuple[datetime, datetime]
-]:
-    """Read the source; return (fresh rows' aggregates, history to judge on, judge window,
-    arrival window). Scheduled runs merge the fresh aggregates into the store."""
+) -> _Plan:
+    """Read the source and plan the judging. Scheduled runs merge the fresh aggregates into
+    the store and judge from it; a manual rerun judges what it read and leaves the store."""
     from detector import aggregate
 
     bucket: timedelta = cfg.detection["bucket"]
     baseline: timedelta = cfg.detection["baseline"]
-    manual = start is not None and end is not None
-    if manual:
-        assert start is not None and end is not None
+    if start is not None and end is not None:
         judge = (_floor(start, bucket), _ceil(end, bucket))
         arrival = (judge[0] - baseline, judge[1] + cfg.detection["lateness"])
         say(f"reading {_iso(arrival[0])} .. {_iso(arrival[1])} from the {source.kind} source")
         fresh = source.read(arrival, bucket, progress=say)
-        history = fresh
+        data = pd.unique(fresh.stats["bucket_start"]) if len(fresh.stats) else []
+        data = _sorted_times(data)
+
+        def read(a: datetime, b: datetime) -> BucketAggregates:
+            # What was read is in memory already: each step selects its own rows from it
+            # (a copy into a rolling buffer would only add one).
+            return fresh
+
+        return _Plan(fresh, read, judge, arrival, data)
+
+    arrival_end = now - cfg.detection["delay"]
+    watermark = store.watermark
+    arrival_start = watermark or arrival_end - baseline - cfg.detection["lateness"]
+    arrival = (arrival_start, arrival_end)
+    if arrival_start < arrival_end:
+        say(f"reading arrivals {_iso(arrival_start)} .. {_iso(arrival_end)}")
+        try:
+            fresh = source.read(arrival, bucket, progress=say)
+        except PartialResultError as exc:
+            # Keep what was read completely: the watermark advances only over it, and
+            # the next run resumes at the first window that was not read whole.
+            done = getattr(exc, "completed_until", None)
+            if not dry_run and done is not None and done > arrival_start:
+                store.merge(exc.aggregates, watermark=done)
+            raise
     else:
-        arrival_end = now - cfg.detection["delay"]
-        watermark = store.watermark
-        arrival_start = watermark or arrival_end - baseline - cfg.detection["lateness"]
-        arrival = (arrival_start, arrival_end)
-        if arrival_start < arrival_end:
-            say(f"reading arrivals {_iso(arrival_start)} .. {_iso(arrival_end)}")
-            try:
-                fresh = source.read(arrival, bucket, progress=say)
-            except PartialResultError as exc:
-                # Keep what was read completely: the watermark advances only over it, and
-                # the next run resumes at the first window that was not read whole.
-                done = getattr(exc, "completed_until", None)
-                if not dry_run and done is not None and done > arrival_start:
-                    store.merge(exc.aggregates, watermark=done)
-                raise
-        else:
-            fresh = aggregate.merge()
-        judge_end = _floor(arrival_end, bucket)
-        judged_until = pstate.get("judged_until")
-        judge_start = (
-            datetime.fromisoformat(judged_until.replace("Z", "+00:00"))
-            if judged_until
-            else judge_end - cfg.detection["max_window"]
+        fresh = aggregate.merge()
+    judge_end = _floor(arrival_end, bucket)
+    judged_until = pstate.get("judged_until")
+    judge_start = (
+        datetime.fromisoformat(judged_until.replace("Z", "+00:00"))
+        if judged_until
+        else judge_end - cfg.detection["max_window"]
+    )
+    warnings: list[str] = []
+    # A missed run is caught up in steps, up to max_catchup back; beyond it the span is
+    # left unjudged, and the run says so (warning, report, self-health).
+    cap = judge_end - cfg.detection["max_catchup"]
+    if judge_start < cap:
+        warnings.append(
+            f"catch-up capped: {_iso(judge_start)} .. {_iso(cap)} was NOT judged "
+            f"(down longer than detection.max_catchup = {cfg.detection['max_catchup']}); "
+            "rerun it with `acs-detector run --start ... --end ...`"
         )
-        # Catch up missed runs, but never judge more than max_window in one go.
-        judge_start = max(judge_start, judge_end - cfg.detection["max_window"])
-        judge = (judge_start, judge_end)
-        if not dry_run and arrival_start < arrival_end:
-            store.merge(fresh, watermark=arrival_end)
-            history = store.load(judge[0] - baseline, judge[1])
-        else:
-            history = aggregate.merge(store.load(judge[0] - baseline, judge[1]), fresh)
-    return fresh, history, judge, arrival
+        judge_start = cap
+    judge = (judge_start, judge_end)
+    if not dry_run and arrival_start < arrival_end:
+        store.merge(fresh, watermark=arrival_end)
+        load = store.load
+    else:
+
+        def load(a: datetime, b: datetime) -> BucketAggregates:
+            return aggregate.merge(store.load(a, b), _between(fresh, a, b))
+
+    return _Plan(fresh, _Rolling(load, limit=judge_end).get, judge, arrival, None, warnings)
+
+
+#: How much of the judged window alerting reads back for current values (plus a chart span).
+_ALERT_SPAN = timedelta(days=1)
+
+
+def _sorted_times(values: Any) -> Any:
+    """Bucket starts as a sorted ``datetime64[ns]`` array (UTC, naive)."""
+    import numpy as np
+
+    times = pd.DatetimeIndex(values)
+    if times.tz is not None:
+        times = times.tz_convert("UTC").tz_localize(None)
+    return np.sort(times.to_numpy(dtype="datetime64[ns]"))
+
+
+def _between(aggs: BucketAggregates, start: datetime, end: datetime) -> BucketAggregates:
+    """The rows of ``aggs`` with ``start <= bucket_start < end`` (counters left out)."""
+    lo, hi = pd.Timestamp(start), pd.Timestamp(end)
+    stats = aggs.stats
+    stats = stats[(stats["bucket_start"] >= lo) & (stats["bucket_start"] < hi)]
+    hist = aggs.hist
+    if hist is not None:
+        hist = hist[(hist["bucket_start"] >= lo) & (hist["bucket_start"] < hi)]
+    return BucketAggregates(stats=stats, hist=hist)
+
+
+class _Rolling:
+    """The history steps read, a chunk ahead at a time: ``get(start, end)`` returns the
+    buffer with every bucket in ``[start, end)``, forgetting what is before ``start``.
+
+    Steps move forward, so each bucket is loaded once (a day file of the store, a slice of a
+    rerun's read) and the buffer holds one baseline plus at most ``chunk``: memory follows
+    the step and its baseline, not the window. A request that goes back loads afresh.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[datetime, datetime], BucketAggregates],
+        *,
+        limit: datetime,
+        chunk: timedelta = timedelta(days=1),
+    ) -> None:
+        self._load, self._limit, self._chunk = load, limit, chunk
+        self._lo: datetime | None = None
+        self._hi: datetime | None = None
+        self._buf: BucketAggregates | None = None
+
+    def get(self, start: datetime, end: datetime) -> BucketAggregates:
+        """Every bucket in ``[start, end)``, and possibly some after ``end``."""
+        if self._buf is None or self._lo is None or self._hi is None or start < self._lo:
+            self._lo = self._hi = start
+            self._buf = self._load(start, start)  # an empty frame with the right columns
+        if end > self._hi:
+            upto = max(end, min(self._hi + self._chunk, self._limit))
+            more = self._load(self._hi, upto)
+            self._buf = _concat(self._buf, more)
+            self._hi = upto
+        if start > self._lo:
+            self._buf = _since(self._buf, start)
+            self._lo = start
+        return self._buf  # (buckets after ``end`` too: detect selects its own range)
+
+
+def _concat(a: BucketAggregates, b: BucketAggregates) -> BucketAggregates:
+    """Two loads of disjoint bucket ranges, ``a`` before ``b``, as one."""
+    if not len(a.stats):
+        return b
+    if not len(b.stats):
+        return a
+    stats = pd.concat([a.stats, b.stats], ignore_index=True)
+    hist = a.hist
+    if b.hist is not None and len(b.hist):
+        hist = b.hist if a.hist is None or not len(a.hist) else pd.concat([a.hist, b.hist])
+    return BucketAggregates(stats=stats, hist=hist)
 
 
 def _record_source_error(
@@ -490,9 +637,15 @@ def _record_source_error(
         log.warning("could not record the failed run: %s", inner)
 
 
-def _model_store(cfg: Config, backend: Backend) -> Any:
+def _model_store(cfg: Config, backend: Backend, *, scratch: bool = False) -> Any:
+    """Where forests are kept. ``scratch``: in memory for this run only (a manual rerun or a
+    dry run refits on its own steps' schedule and leaves the scheduled runs' model alone)."""
     from detector.store.models import ModelStore
 
+    if scratch:
+        from detector.store.backend import MemoryBackend
+
+        return ModelStore(MemoryBackend(), prefix="models")
     if cfg.state.get("url"):
         return ModelStore(backend, prefix="models")
     models = cfg.models_path
@@ -532,6 +685,34 @@ def _write_outputs(
         from detector.report_html import write_html_report
 
         write_html_report(html_path, anomalies=anomalies, run_report=report, series=series)
+
+
+def _step_printer(terminal: bool) -> Callable[[Any], None]:
+    """A progress line per judged step (where, alerts so far, time left): printed on a
+    terminal, and a log record whose ``data`` carries the same fields for JSON logs."""
+    import sys
+
+    def step(p: Any) -> None:
+        eta = int(p.eta_s)
+        msg = (
+            f"step {p.done}/{p.total} {_iso(p.start)} .. {_iso(p.end)}: "
+            f"{p.anomalies} anomalies so far, {p.elapsed_s:.0f}s elapsed, "
+            f"ETA {eta // 3600}h{eta % 3600 // 60:02d}m{eta % 60:02d}s"
+        )
+        data = {
+            "step": p.done,
+            "steps": p.total,
+            "step_start": _iso(p.start),
+            "step_end": _iso(p.end),
+            "anomalies": p.anomalies,
+            "elapsed_s": round(p.elapsed_s, 1),
+            "eta_s": round(p.eta_s, 1),
+        }
+        log.info(msg, extra={"data": data})
+        if terminal:
+            print(f"  {msg}", file=sys.stderr, flush=True)
+
+    return step
 
 
 def _progress_printer(enabled: bool) -> Callable[[str], None]:
@@ -645,6 +826,11 @@ def console_summary(report: dict[str, Any], verbose: bool = False) -> str:
         lines.append(
             "  flagged (kept): " + ", ".join(f"{k} {v:,}" for k, v in src["flagged"].items())
         )
+    for warning in report.get("warnings") or []:
+        lines.append(f"  WARNING: {warning}")
+    det = report.get("detection") or {}
+    if int(det.get("steps") or 0) > 1:
+        lines.append(f"  judged in {det['steps']} steps, {det.get('buckets_judged', 0):,} buckets")
     anomalies = report.get("anomalies", [])
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for a in anomalies:

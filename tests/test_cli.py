@@ -85,3 +85,12 @@ def test_demo_runs_outside_the_project_and_shows_its_incidents(
     for inc in labelled:
         assert f"[critical] {inc['operation_name']} / all versions / {inc['metric']}" in alerts
     assert (tmp_path / ".acs-detector").is_dir()
+
+
+def test_run_step_must_be_a_duration(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    monkeypatch.setenv("TEST_HOOK_URL", "json://127.0.0.1:9/x")
+    cfg = str(DATA / "good.toml")
+    args = ["--config", cfg, "run", "--start", "2026-11-10T00:00:00Z"]
+    rc = main([*args, "--end", "2026-11-11T00:00:00Z", "--step", "soon"])
+    assert rc == EXIT_USAGE
+    assert "--step" in capsys.readouterr().err

@@ -817,3 +817,73 @@ def test_only_a_new_builds_span_from_before_its_first_call_skips_thin_thirds(
     )
     assert got.tolist() == [expected]
     assert not _before_first_call(np.array([thin]), None, np.array([0]), np.array([at]), 144).any()
+
+
+# --------------------------------------------------------------------------------------------
+# Windows judged in steps (issue 19)
+# --------------------------------------------------------------------------------------------
+
+H, B5 = timedelta(hours=1), timedelta(minutes=5)
+D0 = datetime(2026, 11, 2, tzinfo=UTC)
+
+
+def _t(hours: float) -> datetime:
+    return D0 + timedelta(hours=hours)
+
+
+@pytest.mark.parametrize(
+    ("window", "step", "data", "reach", "expected"),
+    [
+        # Steps end on multiples of the step, as hourly scheduled runs do; the window cuts them.
+        ((_t(0.25), _t(3)), H, None, H, [(0.25, 1), (1, 2), (2, 3)]),
+        ((_t(0), _t(2.5)), H, None, H, [(0, 1), (1, 2), (2, 2.5)]),
+        ((_t(0), _t(12)), 6 * H, None, H, [(0, 6), (6, 12)]),
+        # Data only at 10:05: a step is kept while its reach back (2 h) holds data.
+        ((_t(0), _t(24)), H, [10.1], 2 * H, [(10, 11), (11, 12), (12, 13)]),
+        # Two islands of data: the stretch between them costs nothing.
+        ((_t(-9e4), _t(9e4)), H, [5.5, 50.0], 0 * H, [(5, 6), (50, 51)]),
+        # No data in the window: nothing to judge.
+        ((_t(0), _t(24)), H, [30.0], H, []),
+    ],
+)
+def test_plan_steps(window, step, data, reach, expected) -> None:
+    from detector.engine import plan_steps
+
+    times = None
+    if data is not None:
+        times = np.array([np.datetime64(_t(h).replace(tzinfo=None), "ns") for h in data])
+    got = plan_steps(window, step, bucket=B5, data=times, reach=reach)
+    assert got == [(_t(a), _t(b)) for a, b in expected]
+
+
+def test_plan_steps_refuses_a_step_that_is_not_whole_buckets() -> None:
+    from detector.engine import plan_steps
+
+    with pytest.raises(ValueError, match="multiple of the bucket"):
+        plan_steps((_t(0), _t(1)), timedelta(minutes=7), bucket=B5)
+
+
+def test_steps_judge_as_consecutive_runs_and_one_step_is_detect_itself() -> None:
+    from detector.engine import detect_steps, plan_steps
+
+    aggs, inc = fleet_latency()
+    steps = plan_steps((WS, WE), H, bucket=B5)
+    assert len(steps) == 12
+    stepped = detect_steps(lambda a, b: aggs, window=(WS, WE), steps=steps, policy=POLICY, now=WE)
+    # The same as scheduled runs one hour apart, each carrying the state of the one before.
+    state, found = EngineState(), []
+    for s, e in steps:
+        res = detect(aggs, window=(s, e), policy=POLICY, now=e, state=state)
+        state, found = res.state, found + res.anomalies
+    assert [a.to_json() for a in stepped.anomalies] == [a.to_json() for a in found]
+    assert stepped.state == state
+    assert stepped.stats["steps"] == 12 and stepped.stats["buckets_judged"] == 144
+    assert any(a.operation_name == inc.operation for a in stepped.anomalies)
+    # Candidates: one per (partition, metric), at the furthest gate any step reached.
+    keys = [(c["operation_name"], c["sdk_version"], c["metric"]) for c in stepped.candidates]
+    assert len(keys) == len(set(keys))
+    # One step is plain detect (its stats included), with the step count added.
+    one = detect_steps(lambda a, b: aggs, window=(WS, WE), steps=[(WS, WE)], policy=POLICY, now=WE)
+    plain = _run(aggs)
+    assert [a.to_json() for a in one.anomalies] == [a.to_json() for a in plain.anomalies]
+    assert one.stats["steps"] == 1 and one.stats["partitions"] == plain.stats["partitions"]

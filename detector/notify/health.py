@@ -9,6 +9,7 @@ rules; here they come with the job):
 * ``source_errors``: the last ``source_error_runs`` runs all failed to read the log;
 * ``no_data``: runs have returned no rows for at least ``no_data_after``;
 * ``schema_drift``: the latest run reported unexpected or missing columns;
+* ``unjudged_span``: the latest run caught up less than its downtime (``max_catchup``);
 * ``outbox``: undelivered messages pile up (``outbox_warn_items``) or wait too long
   (``outbox_warn_age``): delivery itself is failing, so this goes to every route that takes
   health notices, and whichever channel still works carries it;
@@ -124,6 +125,12 @@ def _issues(
             "severity": "warning",
             "summary": "notices went nowhere: route(s) with no usable URL",
             "detail": "routes: " + ", ".join(latest.unrouted[:5]),
+        }
+    if runs and runs[-1].unjudged:
+        out["unjudged_span"] = {
+            "severity": "critical",
+            "summary": "the detector was down longer than it catches up: a span was not judged",
+            "detail": runs[-1].unjudged[:300],
         }
     if outbox:
         oldest = max(i.age(now) for i in outbox)

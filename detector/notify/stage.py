@@ -295,6 +295,7 @@ def _run_record(report: Mapping[str, Any], now: datetime, n_anomalies: int) -> R
         partitions=det.get("partitions"),
         anomalies=n_anomalies,
         schema_drift=schema_drift_reasons(src),
+        unjudged="; ".join(str(w) for w in report.get("warnings") or [])[:300],
     )
 
 

@@ -143,6 +143,7 @@ class RunRecord:
     undeliverable: int = 0  # messages dropped for good (malformed URL, no such service)
     unrouted: list[str] = field(default_factory=list)  # routes with notices but no usable URL
     read_start: datetime | None = None  # start of the arrival window ``rows`` were read from
+    unjudged: str = ""  # a span the run left unjudged (catch-up cap), as its warning says
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 from detector.errors import StateError
 
-__all__ = ["Backend", "LocalBackend", "VersionConflict"]
+__all__ = ["Backend", "LocalBackend", "MemoryBackend", "VersionConflict"]
 
 
 class VersionConflict(StateError):
@@ -112,3 +112,29 @@ class LocalBackend:
                 if key.startswith(prefix):
                     keys.append(key)
         return iter(sorted(keys))
+
+
+class MemoryBackend:
+    """A :class:`Backend` in memory, gone with the process: a manual rerun's forests, which
+    must not replace the model the scheduled runs use."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+
+    def read(self, key: str) -> tuple[bytes, str] | None:
+        data = self.blobs.get(key)
+        return None if data is None else (data, _version(data))
+
+    def write(self, key: str, data: bytes, *, if_version: str | None = None) -> str:
+        if if_version is not None:
+            current = self.read(key)
+            if (current[1] if current else "") != if_version:
+                raise VersionConflict(f"{key} changed since it was read")
+        self.blobs[key] = data
+        return _version(data)
+
+    def delete(self, key: str) -> None:
+        self.blobs.pop(key, None)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        return iter(sorted(k for k in self.blobs if k.startswith(prefix)))
