@@ -382,6 +382,19 @@ def run_job(
         report["alerts"] = _jsonable(delivery)
         report["delivery_failed"] = bool(delivery.get("failed") or delivery.get("undeliverable"))
 
+        timings["total"] = time.perf_counter() - t0
+        report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+        series: dict[str, Any] = {}
+        if history is not None and anomalies and html_path is not None:
+            from detector.notify.evaluated import chart_history
+
+            # One chart per alert, drawn around its most deviating window.
+            worst_first = sorted(anomalies, key=lambda a: -_deviation(a.to_json()))
+            series = chart_history(history, worst_first, now=judge[1])
+        # Outputs before the run is recorded: a crash in between reruns the window and
+        # writes them again, where the other order would lose this run's anomalies file.
+        _write_outputs(cfg, report, anomalies, output, report_path, html_path, series, dry_run)
+
         if not dry_run:
             pstate["last_run"] = {
                 "run_id": report["run_id"],
@@ -394,16 +407,6 @@ def run_job(
                 pstate["judged_until"] = _iso(judge[1])
             backend.write(PIPELINE_KEY, json.dumps(pstate, indent=2).encode())
 
-    timings["total"] = time.perf_counter() - t0
-    report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-    series: dict[str, Any] = {}
-    if history is not None and anomalies and html_path is not None:
-        from detector.notify.evaluated import chart_history
-
-        # One chart per alert, drawn around its most deviating window.
-        worst_first = sorted(anomalies, key=lambda a: -_deviation(a.to_json()))
-        series = chart_history(history, worst_first, now=judge[1])
-    _write_outputs(cfg, report, anomalies, output, report_path, html_path, series, dry_run)
     return report
 
 

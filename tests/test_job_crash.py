@@ -30,6 +30,7 @@ POINTS = (
     "after_engine_state",
     "after_alerting",
     "before_pipeline_state",
+    "before_outputs",
 )
 
 
