@@ -327,6 +327,23 @@ def _float_range(lo: float, hi: float) -> Checker:
     return check
 
 
+def _report_url(v: Any) -> str:
+    """A base URL (http or https, no query or fragment) the run reports are served under."""
+    v = _string(v).strip()
+    if not re.match(r"^https?://[^/?#\s]+[^?#\s]*$", v, re.I):
+        # A query would be a SAS token: in every message, it would hand read access to the
+        # state container (alert state, outbox) to everyone who sees an alert.
+        raise ValueError("must be an http:// or https:// base URL without ?query or #fragment")
+    return v.rstrip("/")
+
+
+def _count_or_age(v: Any) -> int | timedelta:
+    """``keep_reports``: how many runs' reports to keep (>= 1), or for how long (``"14d"``)."""
+    if isinstance(v, str):
+        return _duration(v)
+    return _int_range(1, 10_000_000)(v)
+
+
 def _bool_or_path(v: Any) -> bool | str:
     if isinstance(v, bool):
         return v
@@ -380,6 +397,10 @@ SCHEMA: dict[str, dict[str, tuple[Any, Checker]]] = {
         "resolve_after": ("30m", _duration),
         "max_items": (10, _int_range(1, 1000)),
         "outbox_max_age": ("2d", _duration),
+        # Where people open the run reports (reports/run-*.html): messages link there.
+        "report_url": (None, _report_url),
+        # Run reports kept in <state>/reports: a count of runs, or an age ("14d").
+        "keep_reports": (500, _count_or_age),
     },
 }
 

@@ -375,7 +375,7 @@ def run_job(
             send=notify and not dry_run,
             report=report,
             window=judge,
-            report_url_or_path=str(cfg.state_path / "reports" / "latest.html"),
+            report_url_or_path=report_link(cfg, report),
             bucket=bucket,
         )
         timings["alert"] = time.perf_counter() - t
@@ -385,7 +385,7 @@ def run_job(
         timings["total"] = time.perf_counter() - t0
         report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         series: dict[str, Any] = {}
-        if history is not None and anomalies and html_path is not None:
+        if history is not None and anomalies and (html_path is not None or not dry_run):
             from detector.notify.evaluated import chart_history
 
             # One chart per alert, drawn around its most deviating window.
@@ -406,6 +406,7 @@ def run_job(
             if not manual:
                 pstate["judged_until"] = _iso(judge[1])
             backend.write(PIPELINE_KEY, json.dumps(pstate, indent=2).encode())
+            _prune_reports(backend, cfg.alerting.get("keep_reports"), now=now)
 
     return report
 
@@ -677,17 +678,90 @@ def _write_outputs(
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(json.dumps(report, indent=2))
     if not dry_run:
-        stamp = report["now"].replace(":", "").replace("-", "")
+        name = _run_report_name(report)
         # Through the store backend: under Azure Functions the local disk is not kept.
         reports = open_backend(cfg)
         body = json.dumps(report, indent=2).encode()
-        reports.write(f"reports/run-{stamp}-{report['run_id']}.json", body)
+        reports.write(f"reports/{name}.json", body)
         reports.write("reports/latest.json", body)
         reports.write("reports/latest-anomalies.jsonl", lines.encode())
+        page = _html_page(report, anomalies, series, json_href=f"{name}.json")
+        if page is not None:
+            reports.write(f"reports/{name}.html", page)  # what messages link to
+            reports.write("reports/latest.html", page)
     if html_path is not None:
         from detector.report_html import write_html_report
 
         write_html_report(html_path, anomalies=anomalies, run_report=report, series=series)
+
+
+def _run_report_name(report: dict[str, Any]) -> str:
+    """``run-<stamp>-<run id>``: the name of a run's reports (``.json``, ``.html``) under
+    ``reports/``; the stamp (``20261207T040000Z``) sorts by time."""
+    stamp = report["now"].replace(":", "").replace("-", "")
+    return f"run-{stamp}-{report['run_id']}"
+
+
+def report_link(cfg: Config, report: dict[str, Any]) -> str:
+    """What messages say about this run's HTML report.
+
+    With ``[alerting] report_url``: ``<report_url>/run-<stamp>-<id>.html``. Without it, a
+    sentence saying where the file is on the job's side: a local path is no link in Teams,
+    Slack or an email, so it must not pose as one.
+    """
+    page = f"{_run_report_name(report)}.html"
+    base = cfg.alerting.get("report_url")
+    if base:
+        return f"{base.rstrip('/')}/{page}"
+    if cfg.state.get("url"):
+        where = "under reports/ in the job's state container"
+    else:
+        where = f"in {cfg.state_path / 'reports'} on the job's host"
+    return f"{page}, {where} (set [alerting] report_url to link it here)"
+
+
+def _html_page(
+    report: dict[str, Any], anomalies: list[Anomaly], series: dict[str, Any], *, json_href: str
+) -> bytes | None:
+    """The run's HTML page, or None when it cannot be drawn: a chart that fails must not
+    cost the run its record (logged as an error, the JSON report is already written)."""
+    from detector.report_html import render_html_report
+
+    try:
+        text = render_html_report(
+            anomalies=anomalies, run_report=report, series=series, json_href=json_href
+        )
+    except Exception as exc:  # noqa: BLE001 - any drawing failure, reported below
+        log.error("HTML report of run %s not written: %s", report["run_id"], exc)
+        return None
+    return text.encode("utf-8")
+
+
+def _prune_reports(backend: Backend, keep: int | timedelta | None, *, now: datetime) -> int:
+    """Delete the oldest runs' ``reports/run-*`` files beyond ``keep`` (a count of runs, or an
+    age before ``now``); return how many files went. A failure is logged, never the run's."""
+    if keep is None:
+        return 0
+    try:
+        runs: dict[str, list[str]] = {}
+        for key in backend.list("reports/run-"):
+            runs.setdefault(key.rsplit(".", 1)[0], []).append(key)
+        names = sorted(runs)  # run-<stamp>-<id>: oldest first
+        if isinstance(keep, timedelta):
+            cutoff = "reports/run-" + (now - keep).strftime("%Y%m%dT%H%M%SZ")
+            old = [n for n in names if n < cutoff]
+        else:
+            old = names[: max(0, len(names) - keep)]
+        for name in old:
+            for key in runs[name]:
+                backend.delete(key)
+    except DetectorError as exc:
+        log.warning("old run reports not pruned: %s", exc)
+        return 0
+    deleted = sum(len(runs[n]) for n in old)
+    if deleted:
+        log.info("pruned %d old run report files (%d runs)", deleted, len(old))
+    return deleted
 
 
 def _step_printer(terminal: bool) -> Callable[[Any], None]:

@@ -505,11 +505,27 @@ def _markdown(
         for d in dg.resolved:
             out.append(f"- {esc(_resolved_line(d, now), _LINE)}")
         out.append("")
+    ref = _report_ref(report, channel) if report else ""
     if dg.omitted:
-        out.append(f"+{dg.omitted} more" + (f" - full report: {report}" if report else ""))
+        out.append(f"+{dg.omitted} more" + (f" - full report: {ref}" if report else ""))
     elif report:
-        out.append(f"Full report: {report}")
+        out.append(f"Full report: {ref}")
     return "\n".join(out).strip()
+
+
+def _is_link(report: str) -> bool:
+    return bool(re.match(r"^https?://\S+$", report, re.I))
+
+
+def _report_ref(report: str, channel: str) -> str:
+    """The run report in a Markdown message: a link when it is a URL (``[alerting]
+    report_url``), else the pipeline's words for where it is, escaped as text."""
+    if not _is_link(report):
+        return escaper(channel)(report, _LINE)
+    if channel in ("slack", "teams", "json"):
+        # Parentheses would end the Markdown link target early.
+        return f"[open the run report]({report.replace('(', '%28').replace(')', '%29')})"
+    return report
 
 
 def _teams(dg: _Digest, *, title: str, now: datetime, report: str | None) -> tuple[str, int]:
@@ -555,7 +571,7 @@ def _teams_tail(omitted: int, report: str | None) -> str:
     if omitted:
         parts.append(f"+{omitted} more")
     if report:
-        parts.append(f"full report: {report}")
+        parts.append(f"full report: {_report_ref(report, 'teams')}")
     elif omitted:
         parts.append("see the run report")
     return " - ".join(parts)
@@ -616,12 +632,14 @@ def _html(
         out.append("<h3>Resolved</h3><ul>")
         out.extend(f"<li>{e(_resolved_line(d, now))}</li>" for d in dg.resolved)
         out.append("</ul>")
+    ref = ""
+    if report:
+        # The URL as the link's text too: the plain-text part is made from this HTML.
+        ref = f'<a href="{e(report)}">{e(report)}</a>' if _is_link(report) else e(report)
     if dg.omitted:
-        out.append(
-            f"<p>+{dg.omitted} more" + (f" - full report: {e(report)}" if report else "") + "</p>"
-        )
+        out.append(f"<p>+{dg.omitted} more" + (f" - full report: {ref}" if report else "") + "</p>")
     elif report:
-        out.append(f"<p>Full report: {e(report)}</p>")
+        out.append(f"<p>Full report: {ref}</p>")
     out.append("</div>")
     return "\n".join(out)
 

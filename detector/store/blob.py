@@ -64,6 +64,11 @@ log = logging.getLogger(__name__)
 CONNECTION_STRING_ENV = "ACS_DETECTOR_STORAGE_CONNECTION_STRING"
 
 _OCTET = ContentSettings(content_type="application/octet-stream")
+#: Run reports are opened in a browser (issue 22): served with their own type, not downloaded.
+_TYPES = {
+    ".html": ContentSettings(content_type="text/html; charset=utf-8"),
+    ".json": ContentSettings(content_type="application/json"),
+}
 
 
 def _describe(exc: AzureError) -> str:
@@ -216,7 +221,7 @@ class BlobBackend:
                 result = blob.upload_blob(
                     data,
                     overwrite=True,
-                    content_settings=_OCTET,
+                    content_settings=_TYPES.get(PurePosixPath(key).suffix, _OCTET),
                     retry_hook=on_retry,
                     **kwargs,
                 )
