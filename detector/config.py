@@ -327,9 +327,12 @@ def _float_range(lo: float, hi: float) -> Checker:
     return check
 
 
-def _report_url(v: Any) -> str:
-    """A base URL (http or https, no query or fragment) the run reports are served under."""
+def _report_url(v: Any) -> str | None:
+    """A base URL (http or https, no query or fragment) the run reports are served under;
+    empty (an unset ``${VAR:-}``) means none."""
     v = _string(v).strip()
+    if not v:
+        return None
     if not re.match(r"^https?://[^/?#\s]+[^?#\s]*$", v, re.I):
         # A query would be a SAS token: in every message, it would hand read access to the
         # state container (alert state, outbox) to everyone who sees an alert.

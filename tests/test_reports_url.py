@@ -235,3 +235,14 @@ def test_blob_state_gets_the_html_report_and_is_pruned(
     assert html is not None and b"<!DOCTYPE html>" in html[0]
     assert not list((tmp_path / "state").rglob("*.html"))  # nothing on the local disk
     assert re.fullmatch(r"reports/run-\d{8}T\d{6}Z-[0-9a-f]{12}\.html", runs[0])
+
+
+def test_an_empty_report_url_from_the_environment_means_none(monkeypatch) -> None:
+    from detector.config import config_from_dict
+
+    doc = {"alerting": {"report_url": "${TEST_REPORT_URL:-}", "keep_reports": "14d"}}
+    cfg = config_from_dict(doc, env={})
+    assert cfg.alerting["report_url"] is None
+    assert cfg.alerting["keep_reports"] == timedelta(days=14)
+    cfg = config_from_dict(doc, env={"TEST_REPORT_URL": "https://r.example/acs/"})
+    assert cfg.alerting["report_url"] == "https://r.example/acs"
