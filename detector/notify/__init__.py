@@ -12,6 +12,8 @@ Config it reads (``[alerting]`` and ``[[notify.route]]``; every key optional)::
     resolve_min_calls = 50       # fewer calls in the window = not evaluated (keeps state)
     max_items = 10               # alerts per digest before "+k more" (alias max_items_per_digest)
     outbox_max_age = "2d"        # undelivered messages are dropped (reported) after this
+    report_url = "https://reports.example.com/acs"  # messages link to <it>/run-<stamp>-<id>.html
+    keep_reports = 500           # run reports kept (runs), or an age: "14d"
     health_source_error_runs = 3 # self-health: source failed this many runs in a row
     health_no_data_after = "6h"  # self-health: no operations read for this long
     health_outbox_items = 10     # self-health: outbox holds this many messages ...
