@@ -1,0 +1,120 @@
+"""The command line as people type it (issue 23): global options anywhere, help on every
+option, validated choices, ``simulate --list`` alone, quiet on a closed pipe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from detector.cli import EXIT_CLOSED_PIPE, EXIT_OK, EXIT_USAGE, _all_parsers, _build_parser, main
+
+DATA = Path(__file__).parent / "data" / "config"
+
+
+def _state_config(tmp_path: Path) -> Path:
+    """A config whose state lives in ``tmp_path`` (status reads an empty store)."""
+    cfg = tmp_path / "detector.toml"
+    cfg.write_text(
+        f'[source]\nkind = "file"\npath = "{(tmp_path / "data").as_posix()}"\n'
+        f'[state]\npath = "{(tmp_path / "state").as_posix()}"\n'
+    )
+    return cfg
+
+
+def test_global_options_after_the_sub_command(capsys: pytest.CaptureFixture[str], monkeypatch):
+    monkeypatch.setenv("TEST_HOOK_URL", "json://127.0.0.1:9/x")
+    good = str(DATA / "good.toml")
+    assert main(["check-config", "--config", good, "--log-level", "debug"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["config"].endswith("good.toml")
+    # Given on both sides, the later one (after the sub-command) wins.
+    bad = str(DATA / "bad-many.toml")
+    assert main(["--config", good, "check-config", "--config", bad]) == EXIT_USAGE
+    assert main(["--config", bad, "check-config", "--log-format", "text"]) == EXIT_USAGE
+
+
+def test_global_options_after_nested_sub_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = str(_state_config(tmp_path))
+    assert main(["silence", "list", "--config", cfg, "--log-level", "warning"]) == EXIT_OK
+    assert "no silences" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--log-level", "verbose", "check-config"],
+        ["check-config", "--log-level", "verbose"],
+        ["status", "--log-format", "xml"],
+    ],
+)
+def test_choices_are_validated(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "invalid choice" in err
+    assert ("debug" in err and "critical" in err) or ("json" in err and "text" in err)
+
+
+def test_log_level_from_the_environment_is_validated(
+    capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.setenv("ACS_DETECTOR_LOG_LEVEL", "verbose")
+    assert main(["check-config", "--config", str(DATA / "bad-many.toml")]) == EXIT_USAGE
+    assert "ACS_DETECTOR_LOG_LEVEL" in capsys.readouterr().err
+    monkeypatch.setenv("ACS_DETECTOR_LOG_LEVEL", "DEBUG")  # case does not matter
+    monkeypatch.setenv("TEST_HOOK_URL", "json://127.0.0.1:9/x")
+    assert main(["check-config", "--config", str(DATA / "good.toml")]) == EXIT_OK
+
+
+def test_every_option_of_every_command_has_help_and_every_command_an_example() -> None:
+    missing, no_example = [], []
+    for parser in _all_parsers(_build_parser()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            if action.help is argparse.SUPPRESS:  # hidden on purpose (run --now, for replay)
+                assert action.option_strings == ["--now"], action.option_strings
+                continue
+            if not (action.help or "").strip():
+                missing.append(f"{parser.prog} {'/'.join(action.option_strings) or action.dest}")
+        if "example:" not in (parser.epilog or ""):
+            no_example.append(parser.prog)
+    assert not missing, f"options without help: {missing}"
+    assert not no_example, f"commands without an example: {no_example}"
+
+
+def test_help_shows_defaults_and_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--help"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "(default: 9)" in out and "(default: data/demo)" in out
+    assert "example:\n  acs-detector demo" in out
+    assert "--config" in out and "--log-level" in out
+    assert "(default: None)" not in out and "(default: False)" not in out
+
+
+def test_simulate_list_needs_no_out(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--list"]) == EXIT_OK
+    assert "default" in capsys.readouterr().out
+    assert main(["simulate", "--days", "1"]) == EXIT_USAGE
+    assert "--out is required" in capsys.readouterr().err
+
+
+def test_status_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    """``acs-detector status | head -0``: the reader is gone before status writes a line."""
+    cfg = _state_config(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "detector", "status", "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader goes away before the first line
+    err = proc.stderr.read().decode()
+    rc = proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert rc == EXIT_CLOSED_PIPE
