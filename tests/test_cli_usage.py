@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,19 @@ def test_status_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
     rc = proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert rc == EXIT_CLOSED_PIPE
+
+
+def test_evaluate_prints_delays_in_minutes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no config/detector.toml: evaluate's built-in defaults
+    monkeypatch.delenv("ACS_DETECTOR_CONFIG", raising=False)
+    sim = ["simulate", "--out", "sim", "--days", "4", "--seed", "3"]
+    assert main([*sim, "--scenario", "fleet_failure_spike", "--calls-per-hour", "60"]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["evaluate", "--data", "sim"]) == EXIT_OK
+    out = capsys.readouterr().out
+    header = out.splitlines()[0]
+    assert "delay min" in header
+    detected = [line for line in out.splitlines() if "detected after" in line]
+    assert detected and all(re.search(r"buckets \(\d+ min\)$", line) for line in detected), out
