@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,32 @@ def test_evaluate_prints_delays_in_minutes(
     assert "delay min" in header
     detected = [line for line in out.splitlines() if "detected after" in line]
     assert detected and all(re.search(r"buckets \(\d+ min\)$", line) for line in detected), out
+
+
+def test_status_shows_durations_in_human_units(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 23: ``for 31 days, 9:24:15`` reads ``for 31 d 9 h``; outbox ages likewise."""
+    from detector.lifecycle import AlertState, LifecyclePolicy, step
+    from detector.store.alerts import AlertStore, OutboxItem
+    from detector.store.backend import LocalBackend
+    from tests.fixtures_alerting import make_anomaly
+
+    cfg = _state_config(tmp_path)
+    clock = datetime.now(UTC)
+    end = (clock - timedelta(days=31, hours=9, minutes=24)).replace(second=0, microsecond=0)
+    end -= timedelta(minutes=end.minute % 5)
+    store = AlertStore(LocalBackend(tmp_path / "state"))
+    anomaly = make_anomaly(end=end, severity="critical")
+    _, state = step([anomaly], {}, AlertState(), LifecyclePolicy(), end, window_end=end)
+    store.save_state(state)
+    item = OutboxItem(
+        "o1", "oncall", "t", "json://127.0.0.1:9/hook", "json", "T", "B", "markdown",
+        created_at=clock - timedelta(hours=2, minutes=30), last_error="error=500",
+    )  # fmt: skip
+    store.put_outbox([item])
+    assert main(["status", "--config", str(cfg)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert re.search(r"for 31 d 9 h$", out, re.M), out
+    assert "age 2 h 30 min," in out
+    assert "days," not in out and not re.search(r"\d:\d\d:\d\d", out)
