@@ -165,3 +165,26 @@ def test_status_shows_durations_in_human_units(
     assert re.search(r"for 31 d 9 h$", out, re.M), out
     assert "age 2 h 30 min," in out
     assert "days," not in out and not re.search(r"\d:\d\d:\d\d", out)
+
+
+def test_run_summary_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    """``acs-detector run ... | head -0``: the job runs and records itself; no traceback."""
+    from detector.simulate import simulate
+
+    simulate(tmp_path / "data", days=1, seed=1, calls_per_hour=30)
+    cfg = _state_config(tmp_path)
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    window = ["--start", f"{end - timedelta(hours=2):%Y-%m-%dT%H:%M:%SZ}"]
+    window += ["--end", f"{end:%Y-%m-%dT%H:%M:%SZ}"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "detector", "--config", str(cfg), "run", *window, "--no-notify"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    rc = proc.wait(timeout=300)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert rc == EXIT_CLOSED_PIPE, err
+    assert (tmp_path / "state").is_dir()  # the run itself went through
