@@ -870,9 +870,19 @@ def _alert_lines(anomalies: Sequence[dict[str, Any]]) -> list[str]:
     for inc in found:
         lines.append(
             f"    [{inc.severity}] {inc.worst.operation_name}: {words.what_moved(inc.worst)},"
-            f" {inc.start:%Y-%m-%d %H:%M} .. {inc.end:%Y-%m-%d %H:%M} UTC"
+            f" {inc.start:%Y-%m-%d %H:%M} .. {inc.end:%Y-%m-%d %H:%M} UTC{_evidence_text(inc.worst)}"
         )
     return lines
+
+
+def _evidence_text(a: Anomaly) -> str:
+    """The calls behind a long span's evidence when they outnumber the worst window's, so a
+    quiet window ("on 0 calls") does not read as an alert on nothing; else ""."""
+    details = a.details or {}
+    ev_calls, span = details.get("evidence_calls"), details.get("span_buckets")
+    if ev_calls is None or not span or ev_calls <= a.calls:
+        return ""
+    return f" ({int(ev_calls):,} calls over the {int(span)}-bucket span behind it)"
 
 
 def _plural(n: int, noun: str) -> str:
