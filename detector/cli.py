@@ -219,6 +219,7 @@ def _build_parser() -> _Parser:
     run.add_argument("--start", type=_time, help="judge buckets from this time (ISO-8601 UTC)")
     run.add_argument("--end", type=_time, help="... up to this time (exclusive)")
     run.add_argument("--dry-run", action="store_true", help="write nothing, send nothing")
+    run.add_argument("--json", action="store_true", help="print the run report as JSON")
     notify = run.add_mutually_exclusive_group()
     notify.add_argument(
         "--no-notify",
@@ -248,6 +249,7 @@ def _build_parser() -> _Parser:
     bf.add_argument(
         "--end", type=_time, required=True, help="... up to this time (ISO-8601 UTC, exclusive)"
     )
+    bf.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     demo = command(
         sub,
@@ -308,12 +310,13 @@ def _build_parser() -> _Parser:
         "validate the config and print it, secrets hidden",
         "acs-detector check-config --config config/detector.toml",
     )
-    command(
+    status = command(
         sub,
         "status",
         "open alerts, silences, outbox, last run and watermark",
         "acs-detector status",
     )
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     sil = command(sub, "silence", "manage silences", "acs-detector silence list")
     sil_sub = sil.add_subparsers(dest="silence_command", metavar="ACTION", parser_class=_Parser)
@@ -452,7 +455,7 @@ def _cmd_run(args: argparse.Namespace, now: datetime) -> int:
         )
         outcome.exit_code = EXIT_FAILURE if report.get("delivery_failed") else EXIT_OK
     # Printed after the heartbeat: a reader that closes the pipe early is not a failed run.
-    print(pipeline.console_summary(report))
+    print(_json(report) if args.json else pipeline.console_summary(report))
     return outcome.exit_code
 
 
@@ -476,8 +479,26 @@ def _cmd_backfill(args: argparse.Namespace, now: datetime) -> int:
     if args.end <= args.start:
         raise ConfigError("--end must be after --start")
     summary = pipeline.backfill(cfg, start=args.start, end=args.end, now=now)
-    print(json.dumps(summary, indent=2, default=str))
+    print(_json(summary) if args.json else _backfill_text(summary))
     return EXIT_OK
+
+
+def _backfill_text(summary: dict[str, Any]) -> str:
+    """``backfill``'s summary for a person, in the words of ``run``'s."""
+    start, end = summary.get("arrival_window") or ("?", "?")
+    lines = [
+        f"backfilled {start} .. {end}: read {summary.get('rows_read', 0):,} rows ->"
+        f" {summary.get('operations', 0):,} operations in {summary.get('buckets', 0):,} buckets"
+        f" over {summary.get('partitions', 0):,} partitions"
+    ]
+    for label, key in (("dropped", "dropped"), ("flagged (kept)", "flagged")):
+        if summary.get(key):
+            lines.append(f"  {label}: " + ", ".join(f"{k} {v:,}" for k, v in summary[key].items()))
+    return "\n".join(lines)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2, default=str)
 
 
 def _demo_config(args: argparse.Namespace) -> Any:
@@ -521,7 +542,15 @@ def _cmd_evaluate(args: argparse.Namespace, now: datetime) -> int:
 def _cmd_status(args: argparse.Namespace, now: datetime) -> int:
     from detector import pipeline
 
-    print(pipeline.status_text(_load(args), now=now))
+    cfg = _load(args)
+    if not args.json:
+        print(pipeline.status_text(cfg, now=now))
+        return EXIT_OK
+    from detector.notify.commands import status_data
+    from detector.store.buckets import BucketStore
+
+    backend = pipeline.open_backend(cfg)
+    print(_json(status_data(backend, now, watermark=BucketStore(backend).watermark)))
     return EXIT_OK
 
 

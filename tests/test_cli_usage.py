@@ -188,3 +188,35 @@ def test_run_summary_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert rc == EXIT_CLOSED_PIPE, err
     assert (tmp_path / "state").is_dir()  # the run itself went through
+
+
+def test_json_for_scripts_text_for_people(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``run``, ``backfill`` and ``status`` print text; ``--json`` gives scripts the data."""
+    from detector.simulate import simulate
+
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    simulate(tmp_path / "data", days=1, seed=1, calls_per_hour=30, start=end - timedelta(hours=8))
+    cfg = str(_state_config(tmp_path))
+
+    def iso(hours_before: int) -> str:
+        return f"{end - timedelta(hours=hours_before):%Y-%m-%dT%H:%M:%SZ}"
+
+    assert main(["backfill", "--config", cfg, "--start", iso(6), "--end", iso(4)]) == EXIT_OK
+    text = capsys.readouterr().out
+    assert text.startswith(f"backfilled {iso(6)} .. {iso(4)}: read ") and "{" not in text
+    assert main(["backfill", "--config", cfg, "--start", iso(4), "--end", iso(2), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["arrival_window"] == [iso(4), iso(2)] and summary["rows_read"] > 0
+
+    run = ["run", "--config", cfg, "--start", iso(2), "--end", iso(0), "--no-notify"]
+    assert main([*run, "--json"]) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["window"] and "anomalies" in report
+
+    assert main(["status", "--config", cfg]) == EXIT_OK
+    assert capsys.readouterr().out.startswith("last run: ")
+    assert main(["status", "--config", cfg, "--json"]) == EXIT_OK
+    data = json.loads(capsys.readouterr().out)
+    assert data["last_run"] is not None and data["firing"] == data["firing"] and "outbox" in data
