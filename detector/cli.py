@@ -1,8 +1,8 @@
 """Command line: argv in, exit code out. The only place that turns errors into exit codes.
 
 Exit codes (design §1.8): 0 ran (with or without anomalies), 1 runtime failure (source, store
-or delivery), 2 bad config or usage, 75 skipped (another run holds the lock). The clock is read
-here and passed down as ``now``.
+or delivery), 2 bad config or usage, 75 skipped (another run holds the lock), 141 stdout
+closed early by its reader. The clock is read here and passed down as ``now``.
 """
 
 from __future__ import annotations
@@ -27,12 +27,21 @@ from detector.errors import (
 )
 from detector.logjson import JsonFormatter
 
-__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_SKIPPED", "EXIT_USAGE", "main"]
+__all__ = [
+    "EXIT_CLOSED_PIPE",
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_SKIPPED",
+    "EXIT_USAGE",
+    "LOG_LEVELS",
+    "main",
+]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_SKIPPED = 75
+EXIT_CLOSED_PIPE = 141
 
 log = logging.getLogger("detector")
 
@@ -111,91 +120,255 @@ def _time(text: str) -> datetime:
         ) from None
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("auto", "text", "json")
+LOG_LEVEL_ENV = "ACS_DETECTOR_LOG_LEVEL"
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help that keeps the examples' line breaks and shows each option's default when it has a
+    real one (not the None/False/True of an unset value or a flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in text
+            or default in (None, "")
+            or isinstance(default, bool)
+            or default is argparse.SUPPRESS
+            or not action.option_strings
+            or "default" in text
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _example(*lines: str) -> str:
+    return "example:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """--config, --log-level and --log-format, on the top parser and on every sub-command.
+
+    On sub-commands their default is SUPPRESS: a value given after the sub-command overrides
+    the top parser's, and leaving it out keeps whatever was given before (or the default).
+    """
+    env_level = os.environ.get(LOG_LEVEL_ENV, "info")
+    parser.add_argument(
+        "--config",
+        default=None if top else argparse.SUPPRESS,
+        help="config file (default: $ACS_DETECTOR_CONFIG or config/detector.toml)",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=env_level if top else argparse.SUPPRESS,
+        help=f"log verbosity (default: ${LOG_LEVEL_ENV} or info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="auto" if top else argparse.SUPPRESS,
+        help="log line format; auto is JSON under Azure Functions, text elsewhere (default: auto)",
+    )
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and every sub-command parser under it, depth first."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to one parser
+                found += _all_parsers(child)
+    return found
+
+
 def _build_parser() -> _Parser:
     p = _Parser(
         prog="acs-detector",
         description="Anomaly detection and alerting for ACS call client operations.",
+        formatter_class=_Formatter,
+        epilog=_example(
+            "acs-detector demo",
+            "acs-detector run --config config/detector.toml",
+            "acs-detector status",
+        ),
     )
     p.add_argument("--version", action="version", version=f"acs-detector {__version__}")
-    p.add_argument(
-        "--config",
-        help="config file (default: $ACS_DETECTOR_CONFIG or config/detector.toml)",
-    )
-    p.add_argument("--log-level", default=os.environ.get("ACS_DETECTOR_LOG_LEVEL", "info"))
-    p.add_argument("--log-format", choices=("auto", "text", "json"), default="auto")
+    _add_global_options(p, top=True)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    run = sub.add_parser("run", help="run the job (scheduled window, or --start/--end)")
+    def command(parent: Any, name: str, help: str, *examples: str) -> _Parser:
+        return parent.add_parser(  # type: ignore[no-any-return]
+            name,
+            help=help,
+            description=help,
+            epilog=_example(*examples),
+            formatter_class=_Formatter,
+        )
+
+    run = command(
+        sub,
+        "run",
+        "run the job (scheduled window, or --start/--end)",
+        "acs-detector run",
+        "acs-detector run --start 2026-11-20T00:00:00Z --end 2026-11-21T00:00:00Z --no-notify",
+    )
     run.add_argument("--start", type=_time, help="judge buckets from this time (ISO-8601 UTC)")
     run.add_argument("--end", type=_time, help="... up to this time (exclusive)")
     run.add_argument("--dry-run", action="store_true", help="write nothing, send nothing")
+    run.add_argument("--json", action="store_true", help="print the run report as JSON")
     notify = run.add_mutually_exclusive_group()
-    notify.add_argument("--no-notify", dest="notify", action="store_false", default=True)
-    notify.add_argument("--notify", dest="notify", action="store_true")
+    notify.add_argument(
+        "--no-notify",
+        dest="notify",
+        action="store_false",
+        default=True,
+        help="update the alert state but send nothing",
+    )
+    notify.add_argument(
+        "--notify", dest="notify", action="store_true", help="send to the routes (the default)"
+    )
     run.add_argument("--output", type=Path, help="anomalies as JSON lines to this file")
     run.add_argument("--report", type=Path, help="run report (JSON) to this file")
     run.add_argument("--html", type=Path, help="HTML report with a chart per alert")
     run.add_argument(
-        "--step", default=None, help="judge in steps of this (default detection.step, 1h)"
+        "--step", default=None, help="judge in steps of this, e.g. 30m (default: detection.step)"
     )
     run.add_argument("--now", type=_time, help=argparse.SUPPRESS)  # for replay and tests
 
-    bf = sub.add_parser("backfill", help="load history into the store (warms the baselines)")
-    bf.add_argument("--start", type=_time, required=True)
-    bf.add_argument("--end", type=_time, required=True)
+    bf = command(
+        sub,
+        "backfill",
+        "load history into the store (warms the baselines)",
+        "acs-detector backfill --start 2026-11-01T00:00:00Z --end 2026-11-20T00:00:00Z",
+    )
+    bf.add_argument("--start", type=_time, required=True, help="load from this time (ISO-8601 UTC)")
+    bf.add_argument(
+        "--end", type=_time, required=True, help="... up to this time (ISO-8601 UTC, exclusive)"
+    )
+    bf.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    demo = sub.add_parser("demo", help="simulate logs, run the job over them, show the result")
+    demo = command(
+        sub,
+        "demo",
+        "simulate logs, run the job over them, show the result",
+        "acs-detector demo",
+        "acs-detector demo --scenario fleet_failure_spike --days 4",
+    )
     demo.add_argument("--out", type=Path, default=Path("data/demo"), help="where to simulate")
-    demo.add_argument("--days", type=int, default=9)
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--scenario", default="default")
+    demo.add_argument("--days", type=int, default=9, help="days of logs to simulate")
+    demo.add_argument("--seed", type=int, default=7, help="random seed (same seed, same logs)")
+    demo.add_argument(
+        "--scenario", default="default", help="incidents to inject (see: simulate --list)"
+    )
     demo.add_argument("--notify", action="store_true", help="send the digest to the routes")
 
-    sim = sub.add_parser("simulate", help="write simulated ACSCallClientOperations logs")
-    sim.add_argument("--out", type=Path, required=True)
-    sim.add_argument("--days", type=int, default=7)
-    sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--scenario", default="default")
-    sim.add_argument(
-        "--format", dest="fmt", default="parquet", choices=("parquet", "jsonl", "csv", "diagnostic")
+    sim = command(
+        sub,
+        "simulate",
+        "write simulated ACSCallClientOperations logs",
+        "acs-detector simulate --list",
+        "acs-detector simulate --out data/sim --days 7 --scenario default",
     )
-    sim.add_argument("--calls-per-hour", type=float, default=None)
-    sim.add_argument("--start", type=_time, default=None)
+    sim.add_argument("--out", type=Path, default=None, help="directory to write (required)")
+    sim.add_argument("--days", type=int, default=7, help="days of logs to simulate")
+    sim.add_argument("--seed", type=int, default=0, help="random seed (same seed, same logs)")
+    sim.add_argument("--scenario", default="default", help="incidents to inject (see: --list)")
+    sim.add_argument(
+        "--format",
+        dest="fmt",
+        default="parquet",
+        choices=("parquet", "jsonl", "csv", "diagnostic"),
+        help="file format; diagnostic is the Azure diagnostic-settings JSON layout",
+    )
+    sim.add_argument(
+        "--calls-per-hour",
+        type=float,
+        default=None,
+        help="traffic level (default: the scenario's own)",
+    )
+    sim.add_argument(
+        "--start", type=_time, default=None, help="first log time (default: --days before now)"
+    )
     sim.add_argument("--list", action="store_true", help="list the scenarios and exit")
 
-    ev = sub.add_parser("evaluate", help="precision/recall of the detector on simulated data")
+    ev = command(
+        sub,
+        "evaluate",
+        "precision/recall of the detector on simulated data",
+        "acs-detector evaluate --data data/demo",
+    )
     ev.add_argument("--data", type=Path, required=True, help="a directory written by simulate")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    sub.add_parser("check-config", help="validate the config and print it, secrets hidden")
-    sub.add_parser("status", help="open alerts, silences, outbox, last run and watermark")
+    command(
+        sub,
+        "check-config",
+        "validate the config and print it, secrets hidden",
+        "acs-detector check-config --config config/detector.toml",
+    )
+    status = command(
+        sub,
+        "status",
+        "open alerts, silences, outbox, last run and watermark",
+        "acs-detector status",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
 
-    sil = sub.add_parser("silence", help="manage silences")
+    sil = command(sub, "silence", "manage silences", "acs-detector silence list")
     sil_sub = sil.add_subparsers(dest="silence_command", metavar="ACTION", parser_class=_Parser)
-    sa = sil_sub.add_parser("add", help="silence alerts matching operation/version/metric")
-    sa.add_argument("--operation", default=None)
-    sa.add_argument("--sdk-version", default=None)
-    sa.add_argument("--metric", default=None, choices=("duration", "failure_rate", "volume"))
-    sa.add_argument("--for", dest="duration", default="2h", help="e.g. 2h, 1d")
-    sa.add_argument("--comment", default="")
-    sil_sub.add_parser("list", help="list active silences")
-    se = sil_sub.add_parser("expire", help="expire a silence")
-    se.add_argument("silence_id")
+    sa = command(
+        sil_sub,
+        "add",
+        "silence alerts matching operation/version/metric",
+        "acs-detector silence add --operation Join --metric duration --for 4h --comment 'CDN fix'",
+    )
+    sa.add_argument("--operation", default=None, help="operation name, e.g. Join")
+    sa.add_argument("--sdk-version", default=None, help="SDK version, as shown by status")
+    sa.add_argument(
+        "--metric",
+        default=None,
+        choices=("duration", "failure_rate", "volume"),
+        help="only this metric (default: all)",
+    )
+    sa.add_argument("--for", dest="duration", default="2h", help="how long, e.g. 2h, 1d")
+    sa.add_argument("--comment", default="", help="why, shown by status and silence list")
+    command(sil_sub, "list", "list active silences", "acs-detector silence list")
+    se = command(sil_sub, "expire", "expire a silence", "acs-detector silence expire SILENCE_ID")
+    se.add_argument("silence_id", help="the id shown by silence list")
 
-    ack = sub.add_parser("ack", help="acknowledge a firing alert: muted until it resolves")
+    ack = command(
+        sub,
+        "ack",
+        "acknowledge a firing alert: muted until it resolves",
+        "acs-detector ack 'Join|1.40.1.0_stable|duration' --comment 'known, rollout paused'",
+    )
     ack.add_argument("fingerprint", help="operation|sdk_version|metric, as shown by status")
-    ack.add_argument("--comment", default="")
+    ack.add_argument("--comment", default="", help="why, shown by status")
 
-    nt = sub.add_parser("notify", help="notification tools (test the routes)")
+    nt = command(sub, "notify", "notification tools (test the routes)", "acs-detector notify test")
     nt_sub = nt.add_subparsers(dest="notify_command", metavar="ACTION", parser_class=_Parser)
-    nt_test = nt_sub.add_parser(
-        "test", help="send a marked test message to every target; exit 1 if one fails"
+    nt_test = command(
+        nt_sub,
+        "test",
+        "send a marked test message to every target; exit 1 if one fails",
+        "acs-detector notify test --route oncall",
     )
     nt_test.add_argument("--route", default=None, help="test this route only (by name)")
 
-    rep = sub.add_parser("report", help="write the HTML report of a run")
+    rep = command(
+        sub,
+        "report",
+        "write the HTML report of a run",
+        "acs-detector report --html report.html",
+    )
     rep.add_argument("--run", type=Path, default=None, help="run report JSON (default: latest)")
-    rep.add_argument("--html", type=Path, required=True)
+    rep.add_argument("--html", type=Path, required=True, help="HTML file to write")
+    for child in _all_parsers(p)[1:]:
+        _add_global_options(child, top=False)
     return p
 
 
@@ -224,6 +397,8 @@ def _cmd_simulate(args: argparse.Namespace, now: datetime) -> int:
         for name, scenario in sim.SCENARIOS.items():
             print(f"{name:24} {getattr(scenario, 'description', scenario)}")
         return EXIT_OK
+    if args.out is None:
+        raise ConfigError("simulate: --out is required (or --list to see the scenarios)")
     if args.scenario not in sim.SCENARIOS:
         raise ConfigError(
             f"--scenario: unknown scenario {args.scenario!r}; "
@@ -278,8 +453,9 @@ def _cmd_run(args: argparse.Namespace, now: datetime) -> int:
             html_path=args.html,
             progress=sys.stderr.isatty(),
         )
-        print(pipeline.console_summary(report))
         outcome.exit_code = EXIT_FAILURE if report.get("delivery_failed") else EXIT_OK
+    # Printed after the heartbeat: a reader that closes the pipe early is not a failed run.
+    print(_json(report) if args.json else pipeline.console_summary(report))
     return outcome.exit_code
 
 
@@ -303,8 +479,26 @@ def _cmd_backfill(args: argparse.Namespace, now: datetime) -> int:
     if args.end <= args.start:
         raise ConfigError("--end must be after --start")
     summary = pipeline.backfill(cfg, start=args.start, end=args.end, now=now)
-    print(json.dumps(summary, indent=2, default=str))
+    print(_json(summary) if args.json else _backfill_text(summary))
     return EXIT_OK
+
+
+def _backfill_text(summary: dict[str, Any]) -> str:
+    """``backfill``'s summary for a person, in the words of ``run``'s."""
+    start, end = summary.get("arrival_window") or ("?", "?")
+    lines = [
+        f"backfilled {start} .. {end}: read {summary.get('rows_read', 0):,} rows ->"
+        f" {summary.get('operations', 0):,} operations in {summary.get('buckets', 0):,} buckets"
+        f" over {summary.get('partitions', 0):,} partitions"
+    ]
+    for label, key in (("dropped", "dropped"), ("flagged (kept)", "flagged")):
+        if summary.get(key):
+            lines.append(f"  {label}: " + ", ".join(f"{k} {v:,}" for k, v in summary[key].items()))
+    return "\n".join(lines)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2, default=str)
 
 
 def _demo_config(args: argparse.Namespace) -> Any:
@@ -348,7 +542,15 @@ def _cmd_evaluate(args: argparse.Namespace, now: datetime) -> int:
 def _cmd_status(args: argparse.Namespace, now: datetime) -> int:
     from detector import pipeline
 
-    print(pipeline.status_text(_load(args), now=now))
+    cfg = _load(args)
+    if not args.json:
+        print(pipeline.status_text(cfg, now=now))
+        return EXIT_OK
+    from detector.notify.commands import status_data
+    from detector.store.buckets import BucketStore
+
+    backend = pipeline.open_backend(cfg)
+    print(_json(status_data(backend, now, watermark=BucketStore(backend).watermark)))
     return EXIT_OK
 
 
@@ -426,6 +628,21 @@ _HANDLERS = {
 }
 
 
+def _reader_went_away() -> int:
+    """Exit code for stdout closed early (``status | head -1``): no traceback, no message.
+
+    Python would flush stdout again at exit and print "Exception ignored ... BrokenPipeError",
+    so stdout is pointed at /dev/null first. 141 is what a shell reports for any filter
+    stopped this way (128 + SIGPIPE).
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (an embedding host): nothing to do
+        pass
+    return EXIT_CLOSED_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code (never raises for expected failures)."""
     parser = _build_parser()
@@ -439,10 +656,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if args.log_level not in LOG_LEVELS:  # from $ACS_DETECTOR_LOG_LEVEL: argparse checks flags only
+        print(
+            f"acs-detector: ${LOG_LEVEL_ENV}: invalid choice {args.log_level!r}"
+            f" (choose from {', '.join(LOG_LEVELS)})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     _setup_logging(args.log_level, args.log_format)
     now = datetime.now(UTC)
     try:
-        return _HANDLERS[args.command](args, now)
+        code = _HANDLERS[args.command](args, now)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at exit
+        return code
+    except BrokenPipeError:
+        return _reader_went_away()
     except (ConfigError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -908,24 +908,7 @@ def console_summary(report: dict[str, Any], verbose: bool = False) -> str:
     det = report.get("detection") or {}
     if int(det.get("steps") or 0) > 1:
         lines.append(f"  judged in {det['steps']} steps, {det.get('buckets_judged', 0):,} buckets")
-    anomalies = report.get("anomalies", [])
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for a in anomalies:
-        groups.setdefault((a["operation_name"], a["sdk_version"] or "", a["metric"]), []).append(a)
-    lines.append(f"  anomalies: {len(anomalies)} windows in {len(groups)} alerts")
-    # One line per alert (operation, version, metric): its span, and the most significant
-    # window's numbers; the lifecycle notifies per alert too.
-    for (op, ver, metric), items in sorted(groups.items()):
-        best = max(items, key=_deviation)
-        sev = "critical" if any(a["severity"] == "critical" for a in items) else best["severity"]
-        span = f"{min(a['window_start'] for a in items)} .. {max(a['window_end'] for a in items)}"
-        lines.append(
-            f"    [{sev}] {op} / {ver or 'all versions'} / {metric}: "
-            f"{_fmt(metric, best['observed'])} vs baseline {_fmt(metric, best['baseline'])}"
-            f" ({_calls_text(best)}), {span}"
-            f"{f', {len(items)} windows' if len(items) > 1 else ''}"
-            f"{' (provisional baseline)' if best.get('provisional') else ''}"
-        )
+    lines += _alert_lines(report.get("anomalies") or [])
     if verbose and report.get("demo"):
         lines.append(f"  labelled incidents in {report['demo']['data']}/incidents.json:")
         for inc in report["demo"]["incidents"]:
@@ -948,14 +931,36 @@ def console_summary(report: dict[str, Any], verbose: bool = False) -> str:
     return for_terminal("\n".join(lines))  # names from the log: no terminal escapes
 
 
-def _calls_text(a: dict[str, Any]) -> str:
-    """Calls in the alert's worst window, and behind its evidence when the span is longer."""
-    text = f"{a['calls']:,} calls in its worst window"
-    details = a.get("details") or {}
+def _alert_lines(anomalies: Sequence[dict[str, Any]]) -> list[str]:
+    """The run's alerts for the console, counted as the HTML report and the messages count them.
+
+    In: the report's anomalies (JSON form). Out: "N alerts (M anomalous windows)", then one
+    line per alert (its windows merged): severity, operation, what moved in plain words, span.
+    """
+    from detector import words
+
+    found = words.incidents(Anomaly.from_json(a) for a in anomalies)
+    lines = [f"  {_plural(len(found), 'alert')} ({_plural(len(anomalies), 'anomalous window')})"]
+    for inc in found:
+        lines.append(
+            f"    [{inc.severity}] {inc.worst.operation_name}: {words.what_moved(inc.worst)},"
+            f" {inc.start:%Y-%m-%d %H:%M} .. {inc.end:%Y-%m-%d %H:%M} UTC{_evidence_text(inc.worst)}"
+        )
+    return lines
+
+
+def _evidence_text(a: Anomaly) -> str:
+    """The calls behind a long span's evidence when they outnumber the worst window's, so a
+    quiet window ("on 0 calls") does not read as an alert on nothing; else ""."""
+    details = a.details or {}
     ev_calls, span = details.get("evidence_calls"), details.get("span_buckets")
-    if ev_calls is not None and span and ev_calls > a["calls"]:
-        text += f", {ev_calls:,} over the {span}-bucket span behind it"
-    return text
+    if ev_calls is None or not span or ev_calls <= a.calls:
+        return ""
+    return f" ({int(ev_calls):,} calls over the {int(span)}-bucket span behind it)"
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _deviation(a: dict[str, Any]) -> float:
@@ -966,16 +971,6 @@ def _deviation(a: dict[str, Any]) -> float:
     if a["metric"] == "failure_rate":
         return abs(float(obs) - float(base))
     return abs(math.log(max(float(obs), 1e-9) / max(float(base), 1e-9)))
-
-
-def _fmt(metric: str, value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if metric == "failure_rate":
-        return f"{100 * float(value):.1f}%"
-    if metric == "duration":
-        return f"{float(value):,.0f} ms"
-    return f"{float(value):,.0f}/bucket"
 
 
 # --------------------------------------------------------------------------------------------

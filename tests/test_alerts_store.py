@@ -128,7 +128,7 @@ def test_ack_and_status(tmp_path):
     add_silence(b, "metric=volume", "1d", "noisy", end)
     text = status_text(b, end + timedelta(hours=1), watermark=end)
     assert "critical" in text and FP in text and "acked by alice" in text
-    assert "outbox: 1" in text and "age 1.0 h" in text and "error=500" in text
+    assert "outbox: 1" in text and "age 1 h," in text and "error=500" in text
     assert "silences: 1" in text and "metric=volume" in text
     assert "watermark: 2026-11-25T08:05:00Z" in text and "rows=4200" in text
     data = status_data(b, end + timedelta(hours=1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from detector.cli import EXIT_OK, EXIT_USAGE, main
+from detector.words import INTERNAL_NAMES, metric_words
 
 DATA = Path(__file__).parent / "data" / "config"
 
@@ -80,10 +82,20 @@ def test_demo_runs_outside_the_project_and_shows_its_incidents(
     out = capsys.readouterr().out
     labelled = json.loads((tmp_path / "data/demo/incidents.json").read_text())
     assert labelled and "labelled incidents in" in out
-    # The console names each labelled incident's partition among the alerts it found.
+    # The console names each labelled incident's partition among the alerts it found, in words.
     alerts = out.split("labelled incidents in")[0]
     for inc in labelled:
-        assert f"[critical] {inc['operation_name']} / all versions / {inc['metric']}" in alerts
+        said = f"[critical] {inc['operation_name']}: {metric_words(inc['metric'])} "
+        assert said in alerts and "all SDK versions" in alerts
+    assert not [name for name in INTERNAL_NAMES if name in out]
+    # It counts alerts as the HTML report does (issue 23: "11 windows in 4 alerts" vs "11 alerts").
+    counted = re.search(r"^  (\d+) alerts? \((\d+) anomalous windows?\)$", out, re.M)
+    assert counted, out
+    page = Path(re.search(r"HTML report: (\S+)", out)[1]).read_text()
+    assert re.search(rf'<div class="stat"><b>{counted[1]}</b>alerts?</div>', page)
+    assert int(counted[1]) == out.count("    [critical] ") + out.count(
+        "    [warning] "
+    ) + out.count("    [info] ")
     assert (tmp_path / ".acs-detector").is_dir()
 
 

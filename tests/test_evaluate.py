@@ -144,7 +144,8 @@ def test_report_table_lists_each_incident_and_each_false_alert() -> None:
     row.update(dataset="x", detector="acs-detector", seconds=1.0)
     lines = EvaluationReport([row], {}).to_table().splitlines()[2:]
     assert lines == [
-        f"incident Join|*|duration from {INC_FLEET.start.isoformat()}: detected after 3 buckets",
+        f"incident Join|*|duration from {INC_FLEET.start.isoformat()}: detected after 3 buckets"
+        f" ({3 * B / timedelta(minutes=1):.0f} min)",
         f"incident Join|{INC_VER.sdk_version}|failure_rate from "
         f"{INC_VER.start.isoformat()}: MISSED",
         f"false alert Join|*|volume {T:%m-%d %H:%M}+1",

@@ -243,7 +243,7 @@ def test_backfill_then_silence_through_the_cli(
     monkeypatch.delenv("TEST_ROUTE_URL", raising=False)
     cfg = str(_config(tmp_path, sim.data_path))
     start, end = _iso(sim.start), _iso(sim.warmup_end)
-    assert main(["--config", cfg, "backfill", "--start", start, "--end", end]) == EXIT_OK
+    assert main(["--config", cfg, "backfill", "--start", start, "--end", end, "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["rows_read"] > 0
     # The store now holds that history; backfilling over it again would count rows twice.
@@ -263,12 +263,16 @@ def test_backfill_then_silence_through_the_cli(
 
 
 def test_console_shows_the_calls_behind_a_long_span() -> None:
-    from detector.pipeline import _calls_text
+    from detector.pipeline import console_summary
+    from tests.fixtures_alerting import make_anomaly
 
-    quiet = {"calls": 0, "details": {"evidence_calls": 50, "span_buckets": 144}}
-    assert (
-        _calls_text(quiet) == "0 calls in its worst window, 50 over the 144-bucket span behind it"
-    )
-    busy = {"calls": 170, "details": {"evidence_calls": 150, "span_buckets": 12}}
-    assert _calls_text(busy) == "170 calls in its worst window"
-    assert _calls_text({"calls": 3}) == "3 calls in its worst window"  # older reports
+    def line(calls: int, details: dict[str, int]) -> str:
+        a = make_anomaly(calls=calls, details=details).to_json()
+        report = {"mode": "manual", "run_id": "r", "window": {"start": "a", "end": "b"}}
+        return console_summary({**report, "anomalies": [a]})
+
+    quiet = line(0, {"evidence_calls": 50, "span_buckets": 144})
+    assert "on 0 calls" in quiet and "(50 calls over the 144-bucket span behind it)" in quiet
+    busy = line(170, {"evidence_calls": 150, "span_buckets": 12})
+    assert "on 170 calls" in busy and "span behind it" not in busy
+    assert "span behind it" not in line(3, {})  # older reports

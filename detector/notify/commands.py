@@ -24,6 +24,7 @@ __all__ = [
     "add_silence",
     "config_silences",
     "expire_silence",
+    "human_duration",
     "list_silences",
     "parse_matcher",
     "parse_until",
@@ -231,6 +232,24 @@ def status_data(
     }
 
 
+def human_duration(span: timedelta) -> str:
+    """A span for a person, its two largest units: ``31 d 9 h``, ``2 h 5 min``, ``4 min``, ``30 s``.
+
+    Negative spans (a clock behind the data) read as ``0 s``.
+    """
+    seconds = max(int(span.total_seconds()), 0)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    if minutes:
+        return f"{minutes} min"
+    return f"{secs} s"
+
+
 def status_text(backend: Backend, now: datetime, *, watermark: datetime | None = None) -> str:
     """Human-readable ``acs-detector status``."""
     d = status_data(backend, now, watermark=watermark)
@@ -261,7 +280,7 @@ def status_text(backend: Backend, now: datetime, *, watermark: datetime | None =
         age = ""
         if f["since"]:
             since = datetime.fromisoformat(f["since"].replace("Z", "+00:00"))
-            age = f" for {timedelta(seconds=int((now - since).total_seconds()))}"
+            age = f" for {human_duration(now - since)}"
         lines.append(
             f"  {f['severity'] or '?':8} {f['fingerprint']}{age}"
             + (f"  (acked by {f['acked_by']})" if f["acked_by"] else "")
@@ -279,7 +298,8 @@ def status_text(backend: Backend, now: datetime, *, watermark: datetime | None =
     lines.append(f"outbox: {len(d['outbox'])}")
     for o in d["outbox"]:
         lines.append(
-            f"  {o['id']} {o['route']} -> {o['target']} age {o['age_hours']} h,"
+            f"  {o['id']} {o['route']} -> {o['target']}"
+            f" age {human_duration(timedelta(hours=o['age_hours']))},"
             f" {o['attempts']} attempt(s): {o['last_error'][:80]}"
         )
     return for_terminal("\n".join(lines))  # names from the log: no terminal escapes
