@@ -52,7 +52,7 @@ def routes_env(smtp, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch):  
 
 def test_every_target_of_every_route_gets_the_marked_message(
     tmp_path: Path,
-    smtp,
+    smtp,  # noqa: F811 (the fixture imported above)
     httpserver: HTTPServer,
     routes_env: str,
     capsys,  # noqa: F811
@@ -89,7 +89,7 @@ def test_every_target_of_every_route_gets_the_marked_message(
 
 def test_one_failing_target_exits_1_and_names_it(
     tmp_path: Path,
-    smtp,
+    smtp,  # noqa: F811 (the fixture imported above)
     httpserver: HTTPServer,
     routes_env: str,
     capsys,  # noqa: F811

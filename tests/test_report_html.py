@@ -225,7 +225,11 @@ def test_page_structure_and_escaping(report: Path) -> None:
         for key in ("src", "href"):
             value = attrs.get(key)
             if value:
-                assert value.startswith(("data:", "#", "report.run.json", PORTAL)), (tag, key, value)
+                assert value.startswith(("data:", "#", "report.run.json", PORTAL)), (
+                    tag,
+                    key,
+                    value,
+                )
     assert (report.parent / "report.run.json").exists()
     assert json.loads((report.parent / "report.run.json").read_text())["run_id"] == "abc123"
     assert "&quot;run_id&quot;" not in text  # raw JSON behind the link, not inline
