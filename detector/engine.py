@@ -446,9 +446,9 @@ def detect_steps(
     returns that step's :func:`detect` result as it is.
     """
     state = (state or EngineState()).copy()
-    if len(steps) == 1:
-        s, e = steps[0]
-        one = detect(
+
+    def judge(s: datetime, e: datetime, state: EngineState) -> DetectionResult:
+        return detect(
             history(s - policy.baseline, e),
             window=(s, e),
             policy=policy,
@@ -457,6 +457,9 @@ def detect_steps(
             model_store=model_store,
             state=state,
         )
+
+    if len(steps) == 1:
+        one = judge(*steps[0], state)
         one.stats["steps"] = 1
         return one
     t0 = time.perf_counter()
@@ -465,15 +468,7 @@ def detect_steps(
     merged: dict[tuple[str, str | None, str], dict[str, Any]] = {}
     totals = _StepTotals()
     for i, (s, e) in enumerate(steps):
-        res = detect(
-            history(s - policy.baseline, e),
-            window=(s, e),
-            policy=policy,
-            now=min(now, e + delay),
-            maintenance=maintenance,
-            model_store=model_store,
-            state=state,
-        )
+        res = judge(s, e, state)
         state = res.state
         anomalies.extend(res.anomalies)
         alert_buckets.extend(res.alert_buckets)

@@ -103,7 +103,8 @@ _RESOURCE_ID = re.compile(r"/subscriptions/[^/\s]+/resourcegroups/[^/\s]+/provid
 PORTAL: Final = "https://portal.azure.com"
 
 
-def _num(x: Any) -> float | None:
+def finite(x: Any) -> float | None:
+    """``x`` as a finite float, or None (missing, not a number, NaN or infinite)."""
     try:
         f = float(x)
     except (TypeError, ValueError):
@@ -123,7 +124,7 @@ def metric_words(metric: str) -> str:
 
 def fmt_value(metric: str, value: Any) -> str:
     """A value in its unit: ``7,051 ms``, ``12.0 %``, ``31 calls per bucket``; ``n/a`` if unknown."""
-    v = _num(value)
+    v = finite(value)
     if v is None:
         return "n/a"
     if metric == "failure_rate":
@@ -139,11 +140,11 @@ def change_text(metric: str, observed: Any, usual: Any, effect: Any = None) -> s
     Computed from ``observed`` and ``usual`` when both are known, so it can never contradict
     them; ``effect`` (the engine's own, same convention) only when they are not.
     """
-    obs, base = _num(observed), _num(usual)
+    obs, base = finite(observed), finite(usual)
     if metric == "failure_rate":
-        pts = (obs - base) if obs is not None and base is not None else _num(effect)
+        pts = (obs - base) if obs is not None and base is not None else finite(effect)
         return "n/a" if pts is None or abs(pts) > 1 else f"{pts * 100:+.1f} points"
-    rel = obs / base - 1 if obs is not None and base else _num(effect)
+    rel = obs / base - 1 if obs is not None and base else finite(effect)
     return "n/a" if rel is None else f"{rel * 100:+.0f} %"
 
 
@@ -160,7 +161,7 @@ def who_words(a: Anomaly) -> str:
     if a.sdk_version is None:
         return "all SDK versions"
     text = f"SDK {safe_version(a.sdk_version)}"
-    share = _num(a.traffic_share)
+    share = finite(a.traffic_share)
     if share is not None:
         text += f", {share * 100:.0f} % of {a.operation_name} calls"
     return text
@@ -176,7 +177,7 @@ def what_moved(a: Anomaly) -> str:
     )
     if m == "failure_rate" and a.failures is not None:
         text += f" ({int(a.failures):,} failed"
-        fc = _num((a.details or {}).get("failed_calls"))
+        fc = finite((a.details or {}).get("failed_calls"))
         if fc is not None:
             text += f" in {int(fc):,} call{'s' if fc != 1 else ''}"
         text += ")"
@@ -195,7 +196,7 @@ def rarity_words(p_value: Any) -> str:
     is about the chance of one such false alarm per hour across everything watched: once in
     ``1/p`` hours.
     """
-    p = _num(p_value)
+    p = finite(p_value)
     if p is None or p < 0:
         return ""
     if p >= 0.5:
@@ -216,7 +217,7 @@ def why_believed(a: Anomaly) -> str:
     """The sample behind an alert, what "usual" rests on, and how unusual it is, in words."""
     parts = []
     details = a.details or {}
-    ev = _num(details.get("evidence_calls"))
+    ev = finite(details.get("evidence_calls"))
     if ev is not None and ev > a.calls:
         parts.append(f"{int(ev):,} calls behind the evidence")
     else:
@@ -247,7 +248,7 @@ def gate_words(code: Any) -> str:
 
 
 def _deviation(a: Anomaly) -> float:
-    obs, base = _num(a.observed), _num(a.baseline)
+    obs, base = finite(a.observed), finite(a.baseline)
     if obs is None or base is None:
         return 0.0
     if a.metric == "failure_rate":

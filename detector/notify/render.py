@@ -20,7 +20,6 @@ query's code block.
 from __future__ import annotations
 
 import html
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Any, Final
 from detector.anomaly import Anomaly, severity_rank
 from detector.escape import clean, escaper, for_html, for_html_block, for_text, kql_string
 from detector.lifecycle import Decision, Reason
-from detector.words import fmt_value, portal_query_url, what_moved, why_believed
+from detector.words import finite, fmt_value, portal_query_url, what_moved, why_believed
 
 __all__ = [
     "CHANNELS",
@@ -124,14 +123,6 @@ def takes_attachments(url: str) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _num(x: Any) -> float | None:
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _metric_label(metric: str) -> str:
     return {
         "duration": "slower",
@@ -195,7 +186,7 @@ def fmt_codes(codes: Sequence[Mapping[str, Any]]) -> list[str]:
         if rtype:
             label += f" ({rtype})"
         if count is not None:
-            label += f" x{int(_num(count) or 0):,}"
+            label += f" x{int(finite(count) or 0):,}"
         out.append(label)
     return out
 
@@ -293,7 +284,7 @@ def select(
 
 
 def _score(d: Decision) -> float:
-    return _num(d.anomaly.score) or 0.0 if d.anomaly else 0.0
+    return finite(d.anomaly.score) or 0.0 if d.anomaly else 0.0
 
 
 @dataclass
