@@ -384,8 +384,15 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _cmd_check_config(args: argparse.Namespace, now: datetime) -> int:
+    from detector.config import describe
+
     cfg = _load(args)
-    print(json.dumps({"config": str(cfg.path), "effective": cfg.redacted()}, indent=2))
+    settings = dict(describe(cfg))  # every setting, effective value, secrets hidden
+    print(
+        json.dumps(
+            {"config": str(cfg.path), "effective": cfg.redacted(), "settings": settings}, indent=2
+        )
+    )
     print("config OK", file=sys.stderr)
     return EXIT_OK
 

@@ -1,11 +1,20 @@
-"""Configuration: TOML in, a frozen validated :class:`Config` out.
+"""Configuration: TOML in, a frozen validated :class:`Config` of typed settings out.
 
 ``load_config(path)`` parses the file with :mod:`tomllib`, substitutes ``${ENV_VAR}`` references
-(``${VAR:-default}`` gives a default), checks every key against a declarative table and raises
-one :class:`~detector.errors.ConfigError` listing *every* problem with its key (alertmanager's
-``config.Load``), so a user fixes them all in one go. Values that came from the environment are
-wrapped in :class:`Secret` and print as ``<secret>``; ``Config.redacted()`` is what
-``acs-detector check-config`` prints.
+(``${VAR:-default}`` gives a default) and checks every key against its section's constraints
+table (:data:`SCHEMA`, built from :mod:`detector.settings`), raising one
+:class:`~detector.errors.ConfigError` that lists *every* problem with its full key
+(alertmanager's ``config.Load``), so a user fixes them all in one go.
+
+Each section becomes a typed settings object (:class:`SourceSettings`,
+:class:`DetectionSettings`, :class:`StateSettings`, :class:`AlertingSettings`,
+:class:`HealthSettings`, :class:`RouteConfig`); they also read as mappings (``cfg.source["kind"]``)
+for stages that take a plain table. Defaults live in the tables, or, for keys marked
+:data:`~detector.settings.POLICY`, in the policy class that consumes them (``DetectionPolicy``,
+``LifecyclePolicy``, ``HealthPolicy``, ``LogAnalyticsSettings``).
+
+Values that came from the environment are wrapped in :class:`Secret` and print as ``<secret>``;
+``Config.redacted()`` and :func:`describe` are what ``acs-detector check-config`` prints.
 
 Consumes a file path and the environment; produces a :class:`Config`. No other I/O.
 """
@@ -16,22 +25,57 @@ import logging
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator, Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from detector.errors import ConfigError
+from detector.settings import (
+    POLICY,
+    Boolean,
+    BoolOrText,
+    Bucket,
+    Custom,
+    Duration,
+    Integer,
+    IntList,
+    KeyedError,
+    Options,
+    Param,
+    Real,
+    Text,
+    check_table,
+    defaults,
+)
+from detector.timeutil import format_duration, parse_duration, parse_time, utc
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    from detector.decide import DetectionPolicy
+    from detector.lifecycle import LifecyclePolicy
+    from detector.notify.health import HealthPolicy
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "SCHEMA",
+    "AlertingSettings",
     "Config",
+    "DetectionSettings",
+    "HealthSettings",
     "MaintenanceWindow",
     "RouteConfig",
     "Secret",
+    "SourceSettings",
+    "StateSettings",
+    "alerting_settings",
+    "config_from_dict",
+    "describe",
     "format_duration",
     "load_config",
     "parse_duration",
@@ -46,35 +90,10 @@ CONFIG_ENV = "ACS_DETECTOR_CONFIG"
 class Secret(str):
     """A string that came from the environment: kept usable, printed as ``<secret>``."""
 
+    __slots__ = ()
+
     def __repr__(self) -> str:
         return "'<secret>'"
-
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> timedelta:
-    """``"5m"`` -> 5 minutes. Units: ms, s, m, h, d, w. Raises ValueError."""
-    m = _DURATION_RE.match(str(text))
-    if not m:
-        raise ValueError(f"{text!r} is not a duration like '5m', '1h' or '7d'")
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
-
-
-def format_duration(td: timedelta) -> str:
-    """Inverse of :func:`parse_duration` for whole units (``timedelta(hours=1)`` -> ``"1h"``)."""
-    secs = td.total_seconds()
-    for unit in ("d", "h", "m", "s"):
-        if secs >= _UNITS[unit] and secs % _UNITS[unit] == 0:
-            return f"{int(secs // _UNITS[unit])}{unit}"
-    return f"{secs}s"
-
-
-def parse_time(text: str) -> datetime:
-    """ISO-8601 to an aware UTC datetime; naive times are taken as UTC. Raises ValueError."""
-    value = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,7 +103,8 @@ def parse_time(text: str) -> datetime:
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _substitute(value: Any, key: str, env: Mapping[str, str], problems: list[str]) -> Any:
+def _substitute(value: object, key: str, env: Mapping[str, str], problems: list[str]) -> object:
+    """``value`` with every ``${VAR}`` replaced (recursively); unset variables are problems."""
     if isinstance(value, dict):
         return {
             k: _substitute(v, f"{key}.{k}" if key else k, env, problems) for k, v in value.items()
@@ -111,8 +131,404 @@ def _substitute(value: Any, key: str, env: Mapping[str, str], problems: list[str
 
 
 # --------------------------------------------------------------------------------------------
-# The model
+# Constraints that only the config needs
 # --------------------------------------------------------------------------------------------
+
+_STRING = Text()
+_POSITIVE = Duration()
+_NON_NEGATIVE = Duration(lo_open=False, seconds_ok=True)
+_SECONDS = Duration(seconds_ok=True, whole_seconds=True)
+_COUNT = Integer(1)
+_SHARE = Real(0, 1, closed="neither")
+_Z = Real(0)
+
+
+def _report_url(v: object) -> str | None:
+    """A base URL (http or https, no query or fragment) the run reports are served under;
+    empty (an unset ``${VAR:-}``) means none."""
+    v = Text().check(v).strip()
+    if not v:
+        return None
+    if not re.match(r"^https?://[^/?#\s]+[^?#\s]*$", v, re.I):
+        # A query would be a SAS token: in every message, it would hand read access to the
+        # state container (alert state, outbox) to everyone who sees an alert.
+        raise ValueError("must be an http:// or https:// base URL without ?query or #fragment")
+    return v.rstrip("/")
+
+
+def _count_or_age(v: object) -> int | timedelta:
+    """``keep_reports``: how many runs' reports to keep (>= 1), or for how long (``"14d"``)."""
+    if isinstance(v, str | timedelta):
+        return Duration().check(v)
+    return Integer(1, 10_000_000).check(v)
+
+
+def _n_of_m(v: object) -> str | tuple[int, int]:
+    """``n_of_m``: ``"N/M"`` or ``[N, M]`` with 1 <= N <= M (kept as given for the lifecycle)."""
+    parts = v.split("/") if isinstance(v, str) else v if isinstance(v, list | tuple) else None
+    if parts is None or len(parts) != 2:
+        raise ValueError(f"expected 'N/M' or [N, M], got {v!r}")
+    n, m = (Integer(1).check(x.strip() if isinstance(x, str) else x) for x in parts)
+    if n > m:
+        raise ValueError(f"need 1 <= N <= M, got {n}/{m}")
+    return v if isinstance(v, str) else (n, m)
+
+
+def _tables(v: object) -> tuple[Mapping[str, object], ...]:
+    """An array of tables (``[[alerting.silences]]``); their keys are checked by their owner."""
+    if not isinstance(v, list | tuple) or not all(isinstance(x, Mapping) for x in v):
+        raise ValueError("must be an array of tables")
+    return tuple(v)
+
+
+def _strings(v: object) -> tuple[str, ...]:
+    """A list of strings (a single string is a list of one)."""
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, list | tuple) or not all(isinstance(x, str) for x in items):
+        raise ValueError(f"must be a list of strings, got {v!r}")
+    return tuple(items)
+
+
+def _metrics(v: object) -> tuple[str, ...]:
+    out = _strings(v)
+    if not all(m in ("duration", "failure_rate", "volume") for m in out):
+        raise ValueError("must be a list of duration, failure_rate, volume")
+    return out
+
+
+def _http_urls(v: object) -> tuple[str, ...]:
+    """http(s) URLs; empty values (an unset ``${VAR:-}``) are dropped, as in routes."""
+    urls = [u.strip() for u in _strings(v) if u.strip()]
+    for i, u in enumerate(urls):
+        if not re.match(r"^https?://[^/?#\s]+", u, re.I):
+            raise KeyedError(f"[{i}]", "must be an http:// or https:// URL")
+    return tuple(urls)
+
+
+def _heartbeat_timeout(v: object) -> timedelta:
+    td = _POSITIVE.check(v)
+    if td > timedelta(seconds=60):
+        raise ValueError("must be at most 60s (a ping must not hold up the next run)")
+    return td
+
+
+def _credential(v: object) -> str:
+    v = Text().check(v)
+    if v in ("default", "managed_identity", "azure_cli") or re.fullmatch(r"env:[A-Za-z_]\w*", v):
+        return v
+    raise ValueError(
+        "must be 'default', 'managed_identity', 'azure_cli' or 'env:NAME', got " + repr(v)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The tables: section -> key -> Param(default, constraint). POLICY = the consumer's default.
+# --------------------------------------------------------------------------------------------
+
+SOURCE: dict[str, Param] = {
+    "kind": Param("file", Options(("file", "log_analytics"))),
+    "path": Param("data/demo", _STRING),
+    "workspace_id": Param(None, _STRING, nullable=True),
+    "resource_id": Param(None, _STRING, nullable=True),
+    "endpoint": Param("https://api.loganalytics.io", _STRING),
+    "audience": Param(None, _STRING, nullable=True),
+    "connection_verify": Param(True, BoolOrText()),
+    "credential": Param("default", Custom(_credential, "'default', 'managed_identity', ...")),
+    "threads": Param(None, Integer(1, 256), nullable=True),  # DuckDB threads, file source
+    "memory_limit": Param("640MB", _STRING),  # DuckDB's limit for the file source (spills beyond)
+    # Partitions (operation, SDK version) one read models, busiest first; the rest are
+    # counted as dropped (partition_cap), so junk operation names cannot drive memory.
+    "max_partitions": Param(5000, Integer(1, 1_000_000)),
+    # Log Analytics keys: defaults and exact limits in source.log_analytics.LogAnalyticsSettings.
+    "table": Param(POLICY, _STRING),
+    "arrival": Param(POLICY, _STRING),
+    "overlap": Param(POLICY, _NON_NEGATIVE),
+    "dedup_lookback": Param(POLICY, _NON_NEGATIVE),
+    "server_timeout": Param(POLICY, _COUNT),
+    "read_timeout": Param(POLICY, Real(0, closed="neither"), nullable=True),
+    "max_rows_per_chunk": Param(POLICY, _COUNT),
+    "max_bytes_per_chunk": Param(POLICY, _COUNT),
+    "max_scan_rows_per_chunk": Param(POLICY, _COUNT),
+    "plan_step": Param(POLICY, _SECONDS),
+    "plan_threshold": Param(POLICY, _SECONDS),
+    "min_chunk": Param(POLICY, _SECONDS),
+    "max_attempts": Param(POLICY, _COUNT),
+    "retry_budget": Param(POLICY, Real(0)),
+    "backoff_base": Param(POLICY, Real(0)),
+    "backoff_max": Param(POLICY, Real(0)),
+    "drill_lateness": Param(POLICY, _NON_NEGATIVE),
+    "top_codes": Param(POLICY, _COUNT),
+    "example_calls": Param(POLICY, _COUNT),
+}
+
+#: [detection]: the pipeline's own keys, then every DetectionPolicy knob (defaults there).
+DETECTION: dict[str, Param] = {
+    "delay": Param("10m", _POSITIVE),  # scheduled window ends at now - delay
+    "lateness": Param("6h", _POSITIVE),  # late rows still merged into buckets this old
+    "max_window": Param("1d", _POSITIVE),  # first scheduled run judges at most this much
+    "step": Param("1h", _POSITIVE),  # every window is judged in steps of this
+    "max_catchup": Param("30d", _POSITIVE),  # after downtime, judge at most this much (warns)
+    # --- buckets and baselines
+    "bucket": Param(POLICY, Bucket()),
+    "baseline": Param(POLICY, _POSITIVE),
+    "min_history": Param(POLICY, _POSITIVE),
+    "seasonal_min_days": Param(POLICY, Real(0)),
+    "weekly_min_days": Param(POLICY, Real(0)),
+    "slot_prior_calls": Param(POLICY, Real(0)),
+    "cold_start_k": Param(POLICY, Real(0)),
+    "provisional_weight": Param(POLICY, Real(0, 1)),
+    "suspect_horizon": Param(POLICY, _POSITIVE),
+    "suspect_factor": Param(POLICY, Real(0)),
+    "max_dispersion": Param(POLICY, Real(1)),
+    # --- tests
+    "spans": Param(POLICY, IntList(1)),
+    "alpha": Param(POLICY, _SHARE),
+    "rollout_alpha_share": Param(POLICY, _SHARE),
+    "duration_p_factor": Param(POLICY, Real(1)),
+    "loo_z": Param(POLICY, _Z),
+    "peer_z": Param(POLICY, _Z),
+    "shared_z": Param(POLICY, _Z),
+    "recent_z": Param(POLICY, _Z),
+    "latest_z": Param(POLICY, _Z),
+    "latest_span": Param(POLICY, _COUNT),
+    "latest_share": Param(POLICY, Real(0, 1)),
+    "attribution_lookback": Param(POLICY, _COUNT),
+    "third_support": Param(POLICY, Real(0, 1)),
+    "third_volume_share": Param(POLICY, Real(0, 1, closed="right")),
+    "forest_prefilter_z": Param(POLICY, _Z),
+    # --- practical significance
+    "min_duration_rel": Param(POLICY, Real(0)),
+    "min_duration_ms": Param(POLICY, Real(0)),
+    "min_failure_points": Param(POLICY, Real(0, 1)),
+    "min_volume_drop": Param(POLICY, Real(0, 1, closed="right")),
+    "min_volume_rise": Param(POLICY, Real(0, closed="neither")),
+    "volume_direction": Param(POLICY, Options(("drop", "rise", "both"))),
+    "critical_factor": Param(POLICY, Real(1)),
+    # --- volume
+    "min_calls": Param(POLICY, _COUNT),
+    "min_failures": Param(POLICY, _COUNT),
+    "min_share": Param(POLICY, Real(0, 1)),
+    "min_expected_calls": Param(POLICY, Real(0, closed="neither")),
+    "volume_scope": Param(POLICY, Options(("fleet", "all"))),
+    # --- persistence
+    "persist_n": Param(POLICY, _COUNT),
+    "persist_m": Param(POLICY, _COUNT),
+    # --- forest
+    "n_estimators": Param(POLICY, _COUNT),
+    "max_samples": Param(POLICY, Integer(2)),
+    "contamination": Param(POLICY, Real(0, 0.5, closed="neither")),
+    "max_train_rows": Param(POLICY, _COUNT),
+    "refit_every": Param(POLICY, _POSITIVE),
+    "seed": Param(POLICY, Integer(0, 2**31 - 1)),
+}
+
+STATE: dict[str, Param] = {
+    "path": Param(".acs-detector", _STRING),
+    "models": Param("models", _STRING),
+    "url": Param(None, _STRING, nullable=True),  # blob://account/container/prefix (Functions)
+}
+
+#: [alerting]: digest, outbox and report keys, then the lifecycle's and self-health's knobs.
+ALERTING: dict[str, Param] = {
+    "max_items": Param(10, Integer(1, 1000)),  # alerts per digest before "+k more"
+    "max_items_per_digest": Param(None, Integer(1, 1000), nullable=True),  # old max_items
+    "outbox_max_age": Param("2d", _POSITIVE),
+    # Where people open the run reports (reports/run-*.html): messages link there.
+    "report_url": Param(None, Custom(_report_url, "an http(s) base URL"), nullable=True),
+    # Run reports kept in <state>/reports: a count of runs, or an age ("14d").
+    "keep_reports": Param(500, Custom(_count_or_age, "a count >= 1 or a duration")),
+    "resolve_min_calls": Param(50, Integer(0)),  # calls a clean window needs to count as clean
+    "silences": Param((), Custom(_tables, "an array of tables"), nullable=True),
+    # lifecycle.LifecyclePolicy
+    "n_of_m": Param(POLICY, Custom(_n_of_m, "'N/M' or [N, M] with 1 <= N <= M")),
+    "recovery_evaluations": Param(POLICY, _COUNT),
+    "resolve_after": Param(POLICY, _POSITIVE),
+    "repeat_interval": Param(POLICY, _POSITIVE),
+    "send_resolved": Param(POLICY, Boolean()),
+    "retention": Param(POLICY, _POSITIVE),
+    # notify.health.HealthPolicy
+    "health_source_error_runs": Param(POLICY, _COUNT),
+    "health_no_data_after": Param(POLICY, _POSITIVE),
+    "health_outbox_items": Param(POLICY, _COUNT),
+    "health_outbox_age": Param(POLICY, _POSITIVE),
+    "health_repeat_interval": Param(POLICY, _POSITIVE),
+}
+
+HEALTH: dict[str, Param] = {
+    "heartbeat_urls": Param((), Custom(_http_urls, "a list of http(s) URLs")),
+    "heartbeat_timeout": Param("10s", Custom(_heartbeat_timeout, "a duration up to 60s")),
+}
+
+ROUTE: dict[str, Param] = {
+    "name": Param(None, Text(r"(?s).+", "a non-empty string (required)")),
+    "urls": Param((), Custom(_strings, "a list of apprise URLs")),
+    "min_severity": Param("warning", Options(("info", "warning", "critical"))),
+    "operations": Param((), Custom(_strings, "a list of operation names (globs)")),
+    "metrics": Param((), Custom(_metrics, "a list of duration, failure_rate, volume")),
+    "send_resolved": Param(True, Boolean()),
+    "health": Param(True, Boolean()),  # also receives self-health notices
+    "max_items": Param(None, _COUNT, nullable=True),  # digest size (default alerting.max_items)
+    "timeout": Param(None, Real(0, 600, closed="right"), nullable=True),  # seconds (default 15)
+}
+
+MAINTENANCE: dict[str, Param] = {
+    "start": Param(None, Custom(lambda v: _time(v), "an ISO-8601 time (required)")),
+    "end": Param(None, Custom(lambda v: _time(v), "an ISO-8601 time (required)")),
+    "operation_name": Param(None, _STRING, nullable=True),  # None: every operation
+    "note": Param("", _STRING),
+}
+
+#: Every table, by section (``notify.route`` and ``maintenance`` hold arrays of tables).
+SCHEMA: dict[str, dict[str, Param]] = {
+    "source": SOURCE,
+    "detection": DETECTION,
+    "state": STATE,
+    "alerting": ALERTING,
+    "health": HEALTH,
+    "notify.route": ROUTE,
+    "maintenance": MAINTENANCE,
+}
+
+
+def _time(v: object) -> datetime:
+    if isinstance(v, datetime):
+        return utc(v)
+    if not isinstance(v, str):
+        raise ValueError(f"must be an ISO-8601 time, got {v!r}")
+    return parse_time(v)
+
+
+# --------------------------------------------------------------------------------------------
+# The typed settings
+# --------------------------------------------------------------------------------------------
+
+
+_S = TypeVar("_S", bound="_Section")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Section(Mapping[str, Any]):
+    """A validated section: typed attributes, plus a read-only mapping view of its effective
+    values for stages that take a plain table (``cfg.source["kind"]``).
+
+    ``extra`` holds the keys given for the section's policy (:data:`POLICY` defaults).
+    """
+
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+    def _view(self) -> dict[str, object]:
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**own, **self.extra}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._view()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._view())
+
+    def __len__(self) -> int:
+        return len(self._view())
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, object]) -> Self:
+        """Build from checked values: the class's fields by name, every other key in ``extra``."""
+        names = {f.name for f in fields(cls)} - {"extra"}
+        # Checked against the section's table, whose constraints give each field its type.
+        own: dict[str, Any] = {k: v for k, v in values.items() if k in names}
+        return cls(**own, extra={k: v for k, v in values.items() if k not in names})
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceSettings(_Section):
+    """``[source]``: where the calls are read (file or Log Analytics) and the reader's bounds."""
+
+    kind: str
+    path: str
+    workspace_id: str | None
+    resource_id: str | None
+    endpoint: str
+    audience: str | None
+    connection_verify: bool | str
+    credential: str
+    threads: int | None
+    memory_limit: str
+    max_partitions: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectionSettings(_Section):
+    """``[detection]``: the pipeline's window keys plus the engine's :class:`DetectionPolicy`.
+
+    The mapping view holds every key with its effective value, the policy's included.
+    """
+
+    delay: timedelta
+    lateness: timedelta
+    max_window: timedelta
+    step: timedelta
+    max_catchup: timedelta
+
+    @cached_property
+    def policy(self) -> DetectionPolicy:
+        """The engine's knobs (given keys over the policy's defaults)."""
+        from detector.decide import DetectionPolicy
+
+        return DetectionPolicy.from_mapping(dict(self.extra))
+
+    @property
+    def bucket(self) -> timedelta:
+        return self.policy.bucket
+
+    @property
+    def baseline(self) -> timedelta:
+        return self.policy.baseline
+
+    def _view(self) -> dict[str, object]:
+        policy = {f.name: getattr(self.policy, f.name) for f in fields(self.policy)}
+        return {**super()._view(), **policy}
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateSettings(_Section):
+    """``[state]``: the embedded store directory, the models directory, or a blob URL."""
+
+    path: str
+    models: str
+    url: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlertingSettings(_Section):
+    """``[alerting]``: digest, outbox and report keys; the lifecycle's and self-health's knobs
+    (``extra``) become :attr:`lifecycle` and :attr:`health`."""
+
+    max_items: int
+    max_items_per_digest: int | None
+    outbox_max_age: timedelta
+    report_url: str | None
+    keep_reports: int | timedelta
+    resolve_min_calls: int
+    silences: tuple[Mapping[str, object], ...] | None
+
+    @cached_property
+    def lifecycle(self) -> LifecyclePolicy:
+        from detector.lifecycle import LifecyclePolicy
+
+        return LifecyclePolicy.from_config(self.extra)
+
+    @cached_property
+    def health(self) -> HealthPolicy:
+        from detector.notify.health import HealthPolicy
+
+        return HealthPolicy.from_config(self.extra)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthSettings(_Section):
+    """``[health]``: heartbeat URLs pinged after every run and how long a ping may take."""
+
+    heartbeat_urls: tuple[str, ...]
+    heartbeat_timeout: timedelta
 
 
 @dataclass(frozen=True)
@@ -140,38 +556,91 @@ class MaintenanceWindow:
     note: str = ""
 
 
+def _build(cls: type[_S], name: str, given: Mapping[str, object] | None) -> _S:
+    """A section built from a plain table; raises ConfigError listing every problem."""
+    if isinstance(given, cls):
+        return given
+    checked = check_table(name, SCHEMA[name], given)
+    problems = checked.problems + [f"{name}.{k}: unknown key" for k in checked.unknown]
+    if problems:
+        raise ConfigError(problems)
+    return cls.from_values(_aliases(name, checked.values, given or {}))
+
+
+def _aliases(
+    name: str, values: dict[str, object], given: Mapping[str, object]
+) -> dict[str, object]:
+    """``alerting.max_items_per_digest`` is the older name of ``max_items``."""
+    if name == "alerting" and "max_items" not in given and values.get("max_items_per_digest"):
+        return {**values, "max_items": values["max_items_per_digest"]}
+    return values
+
+
+def alerting_settings(alerting: Mapping[str, object] | None) -> AlertingSettings:
+    """``[alerting]`` as :class:`AlertingSettings` (a plain table is checked and defaulted;
+    keys other stages own are ignored). Raises ConfigError listing every problem."""
+    if isinstance(alerting, AlertingSettings):
+        return alerting
+    known = {k: v for k, v in (alerting or {}).items() if k in ALERTING}
+    return _build(AlertingSettings, "alerting", known)
+
+
+# --------------------------------------------------------------------------------------------
+# The configuration
+# --------------------------------------------------------------------------------------------
+
+_SECTION_TYPES: dict[str, type[_Section]] = {
+    "source": SourceSettings,
+    "detection": DetectionSettings,
+    "state": StateSettings,
+    "alerting": AlertingSettings,
+    "health": HealthSettings,
+}
+
+
 @dataclass(frozen=True)
 class Config:
-    """The validated configuration. Sections are plain dicts of checked values plus typed
-    lists for routes and maintenance windows; ``raw`` keeps the substituted TOML."""
+    """The validated configuration: one typed settings object per section, the routes and
+    maintenance windows; ``raw`` keeps the substituted TOML."""
 
     path: Path | None
-    source: dict[str, Any]
-    detection: dict[str, Any]
-    state: dict[str, Any]
-    alerting: dict[str, Any]
+    source: SourceSettings
+    detection: DetectionSettings
+    state: StateSettings
+    alerting: AlertingSettings
     routes: tuple[RouteConfig, ...] = ()
     maintenance: tuple[MaintenanceWindow, ...] = ()
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
-    #: ``[health]``: heartbeat_urls (tuple of http(s) URLs) and heartbeat_timeout.
-    health: dict[str, Any] = field(
-        default_factory=lambda: {"heartbeat_urls": (), "heartbeat_timeout": timedelta(seconds=10)}
-    )
+    raw: dict[str, object] = field(default_factory=dict, repr=False)
+    health: HealthSettings = field(default_factory=lambda: _build(HealthSettings, "health", {}))
     #: Problems that do not stop the job (a route whose every URL is an empty ${VAR:-}).
     warnings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A section replaced by a plain table (dataclasses.replace(cfg, detection={...})) is
+        # checked like the file's, so a Config never holds an unchecked value.
+        for name, cls in _SECTION_TYPES.items():
+            value = getattr(self, name)
+            if not isinstance(value, cls):
+                object.__setattr__(self, name, _build(cls, name, value))
+
+    def updated(self, section: str, **values: object) -> Config:
+        """A copy with ``values`` set in ``section`` (checked; raises ConfigError)."""
+        current = getattr(self, section)
+        return replace(self, **{section: _build(type(current), section, {**current, **values})})
 
     @property
     def state_path(self) -> Path:
         """The embedded store directory, relative to the config file's project root."""
-        return self._resolve(self.state["path"])
+        return self._resolve(self.state.path)
 
     @property
     def models_path(self) -> Path:
-        return self._resolve(self.state["models"])
+        """The models directory, resolved like :attr:`state_path`."""
+        return self._resolve(self.state.models)
 
     def source_path(self) -> str:
         """The file source path (a file, directory or glob), resolved like the state path."""
-        return str(self._resolve(self.source["path"]))
+        return str(self._resolve(self.source.path))
 
     def _resolve(self, value: str) -> Path:
         p = Path(value).expanduser()
@@ -184,52 +653,54 @@ class Config:
             base = base.parent
         return base / p
 
-    def redacted(self) -> dict[str, Any]:
+    def redacted(self) -> dict[str, object]:
         """The effective config with every secret hidden (for ``check-config``)."""
 
-        def durations(section: dict[str, Any]) -> dict[str, Any]:
+        def durations(section: Mapping[str, object]) -> dict[str, object]:
             return {
                 k: (format_duration(v) if isinstance(v, timedelta) else v)
                 for k, v in section.items()
             }
 
-        return _redact(
+        out = _redact(
             {
                 "source": durations(self.source),
                 "detection": durations(self.detection),
-                "state": self.state,
+                "state": dict(self.state),
                 "alerting": durations(self.alerting),
-                "notify": {
-                    "route": [
-                        {
-                            "name": r.name,
-                            "urls": list(r.urls),
-                            "min_severity": r.min_severity,
-                            "operations": list(r.operations),
-                            "metrics": list(r.metrics),
-                            "send_resolved": r.send_resolved,
-                            "health": r.health,
-                            "max_items": r.max_items,
-                        }
-                        for r in self.routes
-                    ]
-                },
+                "notify": {"route": [_route_dict(r) for r in self.routes]},
                 "health": {
                     # A heartbeat URL's path is the check's secret, wherever it came from.
-                    "heartbeat_urls": [redact_url(u) for u in self.health["heartbeat_urls"]],
-                    "heartbeat_timeout": format_duration(self.health["heartbeat_timeout"]),
+                    "heartbeat_urls": [redact_url(u) for u in self.health.heartbeat_urls],
+                    "heartbeat_timeout": format_duration(self.health.heartbeat_timeout),
                 },
-                "maintenance": [
-                    {
-                        "start": w.start.isoformat(),
-                        "end": w.end.isoformat(),
-                        "operation_name": w.operation_name,
-                        "note": w.note,
-                    }
-                    for w in self.maintenance
-                ],
+                "maintenance": [_window_dict(w) for w in self.maintenance],
             }
         )
+        assert isinstance(out, dict)  # _redact keeps a dict a dict
+        return out
+
+
+def _route_dict(r: RouteConfig) -> dict[str, object]:
+    return {
+        "name": r.name,
+        "urls": list(r.urls),
+        "min_severity": r.min_severity,
+        "operations": list(r.operations),
+        "metrics": list(r.metrics),
+        "send_resolved": r.send_resolved,
+        "health": r.health,
+        "max_items": r.max_items,
+    }
+
+
+def _window_dict(w: MaintenanceWindow) -> dict[str, object]:
+    return {
+        "start": w.start.isoformat(),
+        "end": w.end.isoformat(),
+        "operation_name": w.operation_name,
+        "note": w.note,
+    }
 
 
 _URL_CRED_RE = re.compile(r"^([a-z][a-z0-9+.-]*://)([^/@]*@)?([^/?#]*)(.*)$", re.I)
@@ -249,10 +720,11 @@ def redact_url(url: str) -> str:
     return f"{scheme}{'<secret>@' if _cred else ''}{host}{'/<secret>' if rest.strip('/') else ''}"
 
 
-def _redact(value: Any, key: str = "") -> Any:
+def _redact(value: object, key: str = "") -> object:
+    """``value`` with secrets hidden: Secrets, notification URLs, URL credentials."""
     if isinstance(value, Secret):
         return "<secret>"
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {k: _redact(v, k) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_redact(v, key) for v in value]
@@ -263,184 +735,120 @@ def _redact(value: Any, key: str = "") -> Any:
         from detector.notify.send import display_url
 
         return display_url(value)
+    if isinstance(value, str) and key == "heartbeat_urls":
+        return redact_url(value)
     if isinstance(value, str) and "://" in value:
         return redact_url(value) if "@" in value or "?" in value else value
     return value
 
 
 # --------------------------------------------------------------------------------------------
-# Validation table: section -> key -> (default, checker). A checker returns the converted value
-# or raises ValueError with a message; every failure becomes one "section.key: message" problem.
+# check-config: every setting with its effective value
 # --------------------------------------------------------------------------------------------
 
-Checker = Callable[[Any], Any]
-
-
-def _one_of(*choices: str) -> Checker:
-    def check(v: Any) -> Any:
-        if v not in choices:
-            raise ValueError(f"must be one of {', '.join(map(repr, choices))}, got {v!r}")
-        return v
-
-    return check
-
-
-def _string(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError(f"must be a string, got {type(v).__name__}")
-    return v
-
-
-def _opt_string(v: Any) -> str | None:
-    return None if v is None else _string(v)
-
-
-def _duration(v: Any) -> timedelta:
-    td = parse_duration(_string(v))
-    if td <= timedelta(0):
-        raise ValueError("must be positive")
-    return td
-
-
-def _bucket(v: Any) -> timedelta:
-    td = _duration(v)
-    if 86400 % td.total_seconds() != 0 or td < timedelta(minutes=1):
-        raise ValueError("must be at least 1m and divide a day evenly (1m, 5m, 15m, 1h, ...)")
-    return td
-
-
-def _int_range(lo: int, hi: int) -> Checker:
-    def check(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise ValueError(f"must be an integer in [{lo}, {hi}], got {v!r}")
-        return v
-
-    return check
-
-
-def _float_range(lo: float, hi: float) -> Checker:
-    def check(v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
-            raise ValueError(f"must be a number in [{lo}, {hi}], got {v!r}")
-        return float(v)
-
-    return check
-
-
-def _report_url(v: Any) -> str | None:
-    """A base URL (http or https, no query or fragment) the run reports are served under;
-    empty (an unset ``${VAR:-}``) means none."""
-    v = _string(v).strip()
-    if not v:
-        return None
-    if not re.match(r"^https?://[^/?#\s]+[^?#\s]*$", v, re.I):
-        # A query would be a SAS token: in every message, it would hand read access to the
-        # state container (alert state, outbox) to everyone who sees an alert.
-        raise ValueError("must be an http:// or https:// base URL without ?query or #fragment")
-    return v.rstrip("/")
-
-
-def _count_or_age(v: Any) -> int | timedelta:
-    """``keep_reports``: how many runs' reports to keep (>= 1), or for how long (``"14d"``)."""
-    if isinstance(v, str):
-        return _duration(v)
-    return _int_range(1, 10_000_000)(v)
-
-
-def _bool_or_path(v: Any) -> bool | str:
-    if isinstance(v, bool):
-        return v
-    return _string(v)
-
-
-def _credential(v: Any) -> str:
-    v = _string(v)
-    if v in ("default", "managed_identity", "azure_cli") or re.fullmatch(r"env:[A-Za-z_]\w*", v):
-        return v
-    raise ValueError(
-        "must be 'default', 'managed_identity', 'azure_cli' or 'env:NAME', got " + repr(v)
-    )
-
-
-SCHEMA: dict[str, dict[str, tuple[Any, Checker]]] = {
-    "source": {
-        "kind": ("file", _one_of("file", "log_analytics")),
-        "path": ("data/demo", _string),
-        "workspace_id": (None, _opt_string),
-        "resource_id": (None, _opt_string),
-        "endpoint": ("https://api.loganalytics.io", _string),
-        "audience": (None, _opt_string),
-        "connection_verify": (True, _bool_or_path),
-        "credential": ("default", _credential),
-        "threads": (None, _int_range(1, 256)),  # DuckDB threads for the file source
-        "memory_limit": ("640MB", _string),  # DuckDB's limit for the file source (spills beyond)
-        # Partitions (operation, SDK version) one read models, busiest first; the rest are
-        # counted as dropped (partition_cap), so junk operation names cannot drive memory.
-        "max_partitions": (5000, _int_range(1, 1_000_000)),
-        # Further Log Analytics keys (arrival, overlap, server_timeout, chunk sizes, retry
-        # budget, ...) pass through and are validated by LogAnalyticsSettings at load.
-    },
-    "detection": {
-        "bucket": ("5m", _bucket),
-        "baseline": ("7d", _duration),
-        "delay": ("10m", _duration),  # scheduled window ends at now - delay
-        "lateness": ("6h", _duration),  # late rows still merged into buckets this old
-        "max_window": ("1d", _duration),  # first scheduled run judges at most this much
-        "step": ("1h", _duration),  # every window is judged in steps of this (a scheduled run's)
-        "max_catchup": ("30d", _duration),  # after downtime, judge at most this much (warns)
-        "seed": (0, _int_range(0, 2**31 - 1)),
-    },
-    "state": {
-        "path": (".acs-detector", _string),
-        "models": ("models", _string),
-        "url": (None, _opt_string),  # blob://account/container/prefix (Azure Functions)
-    },
-    "alerting": {
-        "repeat_interval": ("4h", _duration),
-        "resolve_after": ("30m", _duration),
-        "max_items": (10, _int_range(1, 1000)),
-        "outbox_max_age": ("2d", _duration),
-        # Where people open the run reports (reports/run-*.html): messages link there.
-        "report_url": (None, _report_url),
-        # Run reports kept in <state>/reports: a count of runs, or an age ("14d").
-        "keep_reports": (500, _count_or_age),
-    },
+#: [alerting] keys of the self-health checks -> HealthPolicy attributes.
+_HEALTH_ATTRS: dict[str, str] = {
+    "health_source_error_runs": "source_error_runs",
+    "health_no_data_after": "no_data_after",
+    "health_outbox_items": "outbox_warn_items",
+    "health_outbox_age": "outbox_warn_age",
+    "health_repeat_interval": "repeat_interval",
 }
 
 
-def _check_section(
-    name: str, given: Any, problems: list[str], passthrough: bool = False
-) -> dict[str, Any]:
-    table = SCHEMA[name]
-    if given is None:
-        given = {}
-    if not isinstance(given, dict):
-        problems.append(f"{name}: must be a table")
-        given = {}
-    out: dict[str, Any] = {}
-    for key, (default, check) in table.items():
-        value = given.get(key, default)
-        if value is None:
-            out[key] = None
-            continue
-        try:
-            out[key] = check(value) if not isinstance(value, timedelta) else value
-        except ValueError as exc:
-            problems.append(f"{name}.{key}: {exc}")
-    for key in given:
-        if key not in table:
-            if passthrough:
-                out[key] = given[key]  # engine knobs, validated by the engine's own policy
-            else:
-                problems.append(f"{name}.{key}: unknown key")
+def describe(cfg: Config) -> list[tuple[str, str]]:
+    """Every setting as ``(full key, effective value)``, secrets hidden, in table order.
+
+    Keys left to a policy's default show that default (read from the policy class).
+    """
+    rows = _rows("source", cfg.source, _source_defaults())
+    rows += _rows("detection", cfg.detection, {})
+    rows += _rows("state", cfg.state, {})
+    rows += _rows("alerting", cfg.alerting, _alerting_effective(cfg.alerting))
+    rows += _rows("health", cfg.health, {})
+    for i, r in enumerate(cfg.routes):
+        rows += _rows(f"notify.route[{i}]", _route_dict(r) | {"timeout": r.timeout}, {})
+    for i, w in enumerate(cfg.maintenance):
+        rows += _rows(f"maintenance[{i}]", _window_dict(w), {})
+    return rows
+
+
+def _rows(
+    section: str, values: Mapping[str, object], fallback: Mapping[str, object]
+) -> list[tuple[str, str]]:
+    effective = {**fallback, **values}
+    table = SCHEMA.get(section.split("[")[0], {})
+    keys = [k for k in table if k in effective] + [k for k in effective if k not in table]
+    return [(f"{section}.{k}", _show(_redact(effective[k], k))) for k in keys]
+
+
+def _show(value: object) -> str:
+    """A value as TOML-like text (durations as ``5m``)."""
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _source_defaults() -> dict[str, object]:
+    """The Log Analytics keys' defaults, from the settings class that owns them."""
+    from detector.source.log_analytics import LogAnalyticsSettings
+
+    return {k: v for k, v in _field_defaults(LogAnalyticsSettings).items() if k in SOURCE}
+
+
+def _field_defaults(cls: type[DataclassInstance]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
     return out
 
 
+def _alerting_effective(alerting: AlertingSettings) -> dict[str, object]:
+    """The lifecycle's and self-health's effective values under their ``[alerting]`` keys."""
+    life, health = alerting.lifecycle, alerting.health
+    out: dict[str, object] = {"n_of_m": f"{life.n}/{life.m}"}
+    for key in ("recovery_evaluations", "resolve_after", "repeat_interval", "send_resolved"):
+        out[key] = getattr(life, key)
+    out["retention"] = life.retention
+    out.update({key: getattr(health, attr) for key, attr in _HEALTH_ATTRS.items()})
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+_TOP_LEVEL = ("source", "detection", "state", "alerting", "notify", "maintenance", "health")
+
+
+def _check_section(name: str, given: object, problems: list[str]) -> dict[str, object]:
+    """One section's checked values (defaults filled); its problems appended to ``problems``."""
+    if given is None:
+        given = {}
+    if not isinstance(given, Mapping):
+        problems.append(f"{name}: must be a table")
+        given = {}
+    checked = check_table(name, SCHEMA[name], given)
+    problems.extend(checked.problems)
+    problems.extend(f"{name}.{key}: unknown key" for key in checked.unknown)
+    return _aliases(name, checked.values, given)
+
+
 def _check_routes(
-    notify: Any,
-    problems: list[str],
-    warnings: list[str] | None = None,
-    raw_notify: Any = None,
+    notify: object, problems: list[str], warnings: list[str], raw_notify: object
 ) -> tuple[RouteConfig, ...]:
     """Routes from ``[[notify.route]]``; every URL is checked with apprise's own parser.
 
@@ -448,161 +856,91 @@ def _check_routes(
     problem, unless every URL it lists was an empty ``${VAR:-}`` (a route switched off by
     its environment), which is a warning.
     """
-    warnings = [] if warnings is None else warnings
-    raw_routes = raw_notify.get("route") if isinstance(raw_notify, dict) else None
     if notify is None:
         return ()
-    if not isinstance(notify, dict):
+    if not isinstance(notify, Mapping):
         problems.append("notify: must be a table")
         return ()
-    for key in notify:
-        if key != "route":
-            problems.append(f"notify.{key}: unknown key")
+    problems.extend(f"notify.{key}: unknown key" for key in notify if key != "route")
     routes = notify.get("route", [])
     if not isinstance(routes, list):
         problems.append("notify.route: must be an array of tables ([[notify.route]])")
         return ()
-    out = []
-    names: set[str] = set()
-    for i, r in enumerate(routes):
-        where = f"notify.route[{i}]"
-        if not isinstance(r, dict):
-            problems.append(f"{where}: must be a table")
+    raw_routes = raw_notify.get("route") if isinstance(raw_notify, Mapping) else None
+    out: list[RouteConfig] = []
+    for i, given in enumerate(routes):
+        route = _check_route(i, given, problems, warnings, _raw_urls(raw_routes, i))
+        if route is None:
             continue
-        for key in r:
-            if key not in (
-                "name",
-                "urls",
-                "min_severity",
-                "operations",
-                "metrics",
-                "send_resolved",
-                "health",
-                "max_items",
-                "timeout",
-            ):
-                problems.append(f"{where}.{key}: unknown key")
-        name = r.get("name")
-        if not isinstance(name, str) or not name:
-            problems.append(f"{where}.name: required string")
-            name = f"route{i}"
-        elif name in names:
-            problems.append(f"{where}.name: duplicate route name {name!r}")
-        names.add(name)
-        urls = r.get("urls", [])
-        if isinstance(urls, str):
-            urls = [urls]
-        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
-            problems.append(f"{where}.urls: must be a list of apprise URLs")
-            urls = []
-        # An empty value (e.g. ${VAR:-}) disables that URL rather than failing the config.
-        listed = len(urls)
-        index = [j for j, u in enumerate(urls) if u.strip()]
-        urls = [urls[j] for j in index]
-        for j, u in zip(index, urls, strict=True):
-            if "://" not in u:
-                problems.append(f"{where}.urls[{j}]: not a URL (expected scheme://...)")
-            else:
-                bad = _apprise_problem(u)
-                if bad:
-                    problems.append(f"{where}.urls[{j}] ({name}): {bad}")
-        if not urls:
-            if listed and _all_from_env(raw_routes, i):
-                warnings.append(
-                    f"{where} ({name}): every URL is an empty ${{VAR:-}}; this route sends nothing"
-                )
-            elif not listed or not any("${" in str(x) for x in _raw_urls(raw_routes, i)):
-                problems.append(f"{where}.urls ({name}): no URL; a route needs an apprise URL")
-        sev = r.get("min_severity", "warning")
-        if sev not in ("info", "warning", "critical"):
-            problems.append(f"{where}.min_severity: must be info, warning or critical, got {sev!r}")
-        ops = r.get("operations", [])
-        if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
-            problems.append(f"{where}.operations: must be a list of operation names")
-            ops = []
-        metrics = r.get("metrics", [])
-        if not isinstance(metrics, list) or not all(
-            m in ("duration", "failure_rate", "volume") for m in metrics
-        ):
-            problems.append(f"{where}.metrics: must be a list of duration, failure_rate, volume")
-            metrics = []
-        flags = {}
-        for flag in ("send_resolved", "health"):
-            if not isinstance(r.get(flag, True), bool):
-                problems.append(f"{where}.{flag}: must be true or false")
-            flags[flag] = bool(r.get(flag, True))
-        max_items = r.get("max_items")
-        if max_items is not None and (
-            isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1
-        ):
-            problems.append(f"{where}.max_items: must be a positive integer")
-            max_items = None
-        timeout = r.get("timeout")
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not 0 < timeout <= 600
-        ):
-            problems.append(f"{where}.timeout: must be a number of seconds in (0, 600]")
-            timeout = None
-        out.append(
-            RouteConfig(
-                name,
-                tuple(urls),
-                sev,
-                tuple(ops),
-                tuple(metrics),
-                max_items=max_items,
-                timeout=float(timeout) if timeout is not None else None,
-                **flags,
-            )
-        )
+        if any(r.name == route.name for r in out):
+            problems.append(f"notify.route[{i}].name: duplicate route name {route.name!r}")
+        out.append(route)
     return tuple(out)
 
 
-def _check_health(health: Any, problems: list[str]) -> dict[str, Any]:
-    """``[health]``: heartbeat URLs (http or https; empty values dropped) and their timeout."""
-    if health is None:
-        health = {}
-    if not isinstance(health, dict):
-        problems.append("health: must be a table")
-        health = {}
-    for key in health:
-        if key not in ("heartbeat_urls", "heartbeat_timeout"):
-            problems.append(f"health.{key}: unknown key")
-    urls = health.get("heartbeat_urls", [])
-    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
-        problems.append("health.heartbeat_urls: must be a list of http(s) URLs")
-        urls = []
-    urls = [u.strip() for u in urls if u.strip()]  # ${VAR:-} disables a URL, as in routes
-    for i, u in enumerate(urls):
-        if not re.match(r"^https?://[^/?#\s]+", u, re.I):
-            problems.append(f"health.heartbeat_urls[{i}]: must be an http:// or https:// URL")
-    timeout = timedelta(seconds=10)
-    try:
-        timeout = _duration(health.get("heartbeat_timeout", "10s"))
-        if timeout > timedelta(seconds=60):
-            raise ValueError("must be at most 60s (a ping must not hold up the next run)")
-    except ValueError as exc:
-        problems.append(f"health.heartbeat_timeout: {exc}")
-    return {"heartbeat_urls": tuple(urls), "heartbeat_timeout": timeout}
+def _check_route(
+    i: int, given: object, problems: list[str], warnings: list[str], raw_urls: list[object]
+) -> RouteConfig | None:
+    """One ``[[notify.route]]`` table as a RouteConfig (None if it is not a table)."""
+    where = f"notify.route[{i}]"
+    if not isinstance(given, Mapping):
+        problems.append(f"{where}: must be a table")
+        return None
+    checked = check_table(where, ROUTE, given)
+    problems.extend(checked.problems)
+    problems.extend(f"{where}.{key}: unknown key" for key in checked.unknown)
+    # A bad key costs that key: the route is still built (from defaults) to check the rest.
+    v: dict[str, Any] = {**defaults(ROUTE), **checked.values}
+    name = str(v.get("name") or f"route{i}")  # required: a problem above if missing
+    urls = _route_urls(where, name, v["urls"], problems, warnings, raw_urls)
+    return RouteConfig(
+        name,
+        urls,
+        v["min_severity"],
+        v["operations"],
+        v["metrics"],
+        send_resolved=v["send_resolved"],
+        health=v["health"],
+        max_items=v["max_items"],
+        timeout=v["timeout"],
+    )
 
 
-def _raw_urls(raw_routes: Any, i: int) -> list[Any]:
+def _route_urls(
+    where: str,
+    name: str,
+    listed: tuple[str, ...],
+    problems: list[str],
+    warnings: list[str],
+    raw_urls: list[object],
+) -> tuple[str, ...]:
+    """The route's non-empty URLs, each checked by apprise; an empty ``${VAR:-}`` drops one."""
+    kept = [(j, u) for j, u in enumerate(listed) if u.strip()]
+    for j, u in kept:
+        if "://" not in u:
+            problems.append(f"{where}.urls[{j}]: not a URL (expected scheme://...)")
+        elif bad := _apprise_problem(u):
+            problems.append(f"{where}.urls[{j}] ({name}): {bad}")
+    if not kept:
+        all_env = bool(raw_urls) and all(
+            isinstance(u, str) and _ENV_RE.fullmatch(u.strip()) is not None for u in raw_urls
+        )
+        if listed and all_env:
+            warnings.append(
+                f"{where} ({name}): every URL is an empty ${{VAR:-}}; this route sends nothing"
+            )
+        elif not listed or not any("${" in str(x) for x in raw_urls):
+            problems.append(f"{where}.urls ({name}): no URL; a route needs an apprise URL")
+    return tuple(u for _, u in kept)
+
+
+def _raw_urls(raw_routes: object, i: int) -> list[object]:
     """The URLs route ``i`` listed before ``${VAR}`` substitution ([] if unknown)."""
     if not isinstance(raw_routes, list) or i >= len(raw_routes):
         return []
     r = raw_routes[i]
-    urls = r.get("urls", []) if isinstance(r, dict) else []
-    return [urls] if isinstance(urls, str) else urls if isinstance(urls, list) else []
-
-
-def _all_from_env(raw_routes: Any, i: int) -> bool:
-    """Whether every URL of route ``i`` is a ``${VAR:-default}`` reference."""
-    raw = _raw_urls(raw_routes, i)
-    return bool(raw) and all(
-        isinstance(u, str) and _ENV_RE.fullmatch(u.strip()) is not None for u in raw
-    )
+    urls = r.get("urls", []) if isinstance(r, Mapping) else []
+    return [urls] if isinstance(urls, str) else list(urls) if isinstance(urls, list) else []
 
 
 def _apprise_problem(url: str) -> str | None:
@@ -613,7 +951,8 @@ def _apprise_problem(url: str) -> str | None:
     return validate_url(url)
 
 
-def _check_maintenance(windows: Any, problems: list[str]) -> tuple[MaintenanceWindow, ...]:
+def _check_maintenance(windows: object, problems: list[str]) -> tuple[MaintenanceWindow, ...]:
+    """``[[maintenance]]`` windows; each needs a start before its end."""
     if windows is None:
         return ()
     if not isinstance(windows, list):
@@ -622,149 +961,95 @@ def _check_maintenance(windows: Any, problems: list[str]) -> tuple[MaintenanceWi
     out = []
     for i, w in enumerate(windows):
         where = f"maintenance[{i}]"
-        if not isinstance(w, dict):
+        if not isinstance(w, Mapping):
             problems.append(f"{where}: must be a table")
             continue
-        try:
-            start = w["start"] if isinstance(w.get("start"), datetime) else parse_time(w["start"])
-            end = w["end"] if isinstance(w.get("end"), datetime) else parse_time(w["end"])
-        except (KeyError, ValueError, TypeError):
-            problems.append(f"{where}: start and end must be ISO-8601 times")
+        checked = check_table(where, MAINTENANCE, w)
+        problems.extend(checked.problems)
+        problems.extend(f"{where}.{key}: unknown key" for key in checked.unknown)
+        v: dict[str, Any] = checked.values
+        if checked.problems:
             continue
-        start = start.replace(tzinfo=UTC) if start.tzinfo is None else start
-        end = end.replace(tzinfo=UTC) if end.tzinfo is None else end
-        if end <= start:
+        if v["end"] <= v["start"]:
             problems.append(f"{where}: end must be after start")
             continue
-        out.append(MaintenanceWindow(start, end, w.get("operation_name"), str(w.get("note", ""))))
+        out.append(MaintenanceWindow(v["start"], v["end"], v["operation_name"], v["note"]))
     return tuple(out)
 
 
-def _check_source_extras(source: dict[str, Any], problems: list[str]) -> None:
-    """Validate Log Analytics keys with the source's own settings class (offline)."""
-    from dataclasses import fields
-
+def _check_source(source: dict[str, object], problems: list[str]) -> None:
+    """A Log Analytics source: exactly one target, then its settings class's own limits."""
+    if source.get("kind") != "log_analytics":
+        return
+    if bool(source.get("workspace_id")) == bool(source.get("resource_id")):
+        problems.append("source: log_analytics needs exactly one of workspace_id, resource_id")
+        return
     from detector.source.log_analytics import LogAnalyticsSettings
 
-    la_keys = {f.name: f for f in fields(LogAnalyticsSettings)}
-    for key in list(source):
-        if key in SCHEMA["source"]:
-            continue
-        if key not in la_keys:
-            problems.append(f"source.{key}: unknown key")
-            source.pop(key)
-        elif la_keys[key].type == "timedelta" and isinstance(source[key], str):
-            try:
-                source[key] = parse_duration(source[key])
-            except ValueError as exc:
-                problems.append(f"source.{key}: {exc}")
-    if source.get("kind") == "log_analytics" and not any(
-        p.startswith("source") and "workspace_id, resource_id" in p for p in problems
-    ):
-        try:
-            LogAnalyticsSettings.from_config(source)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-        except (TypeError, ValueError) as exc:
-            problems.append(f"source: {exc}")
+    try:
+        LogAnalyticsSettings.from_config(source)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
 
 
-#: [alerting] keys read by the lifecycle, delivery and self-health stages.
-ALERTING_KEYS = frozenset(
-    {
-        "n_of_m",
-        "recovery_evaluations",
-        "send_resolved",
-        "retention",
-        "resolve_min_calls",
-        "max_items_per_digest",
-        "health_source_error_runs",
-        "health_no_data_after",
-        "health_outbox_items",
-        "health_outbox_age",
-        "health_repeat_interval",
-        "silences",
-    }
-)
-
-
-def _check_stage_keys(
-    detection: dict[str, Any], alerting: dict[str, Any], problems: list[str]
+def _check_policies(
+    detection: dict[str, object], alerting: dict[str, object], problems: list[str]
 ) -> None:
-    """Validate the engine's and the alerting stage's keys offline, with their own policies."""
+    """Cross-key rules the engine's and the alerting stage's policies own (N <= M, ...)."""
     from detector.decide import DetectionPolicy
     from detector.lifecycle import LifecyclePolicy
     from detector.notify.commands import config_silences
     from detector.notify.health import HealthPolicy
 
     try:
-        DetectionPolicy.from_mapping(dict(detection))
-    except (TypeError, ValueError) as exc:
-        problems.append(f"detection: {exc}")
-    for key in alerting:
-        if key not in SCHEMA["alerting"] and key not in ALERTING_KEYS:
-            problems.append(f"alerting.{key}: unknown key")
+        DetectionPolicy.from_mapping({k: v for k, v in detection.items() if k not in SCHEMA_OWN})
+    except ValueError as exc:
+        problems.extend(
+            p if p.startswith("detection.") else f"detection.{p}" for p in str(exc).split("; ")
+        )
     for build in (LifecyclePolicy.from_config, HealthPolicy.from_config, config_silences):
         try:
             build(alerting)
         except ConfigError as exc:
             problems.extend(exc.problems)
-        except (TypeError, ValueError) as exc:
-            problems.append(f"alerting: {exc}")
+
+
+#: [detection] keys the pipeline reads itself (the rest are DetectionPolicy's).
+SCHEMA_OWN = frozenset(f.name for f in fields(DetectionSettings)) - {"extra"}
 
 
 def config_from_dict(
-    data: dict[str, Any], *, path: Path | None = None, env: Mapping[str, str] | None = None
+    data: Mapping[str, object],
+    *,
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Config:
     """Validate an already-parsed TOML document. Raises ConfigError listing every problem."""
     problems: list[str] = []
     warnings: list[str] = []
-    raw_notify = data.get("notify")
-    data = _substitute(data, "", os.environ if env is None else env, problems)
-    for key in data:
-        if key not in (
-            "source",
-            "detection",
-            "state",
-            "alerting",
-            "notify",
-            "maintenance",
-            "health",
-        ):
-            problems.append(f"{key}: unknown section")
-    source = _check_section("source", data.get("source"), problems, passthrough=True)
-    detection = _check_section("detection", data.get("detection"), problems, passthrough=True)
-    state = _check_section("state", data.get("state"), problems)
-    alerting = _check_section("alerting", data.get("alerting"), problems, passthrough=True)
-    routes = _check_routes(data.get("notify"), problems, warnings, raw_notify)
-    maintenance = _check_maintenance(data.get("maintenance"), problems)
-    health = _check_health(data.get("health"), problems)
-    if source.get("kind") == "log_analytics" and bool(source.get("workspace_id")) == bool(
-        source.get("resource_id")
-    ):
-        problems.append("source: log_analytics needs exactly one of workspace_id, resource_id")
-    _check_source_extras(source, problems)
-    _check_stage_keys(detection, alerting, problems)
-    if (
-        isinstance(detection.get("bucket"), timedelta)
-        and isinstance(detection.get("baseline"), timedelta)
-        and detection["baseline"] < 4 * detection["bucket"]
-    ):
-        problems.append("detection.baseline: must cover at least 4 buckets")
+    substituted = _substitute(dict(data), "", os.environ if env is None else env, problems)
+    doc: dict[str, object] = substituted if isinstance(substituted, dict) else {}
+    problems.extend(f"{key}: unknown section" for key in doc if key not in _TOP_LEVEL)
+    values = {name: _check_section(name, doc.get(name), problems) for name in _SECTION_TYPES}
+    routes = _check_routes(doc.get("notify"), problems, warnings, data.get("notify"))
+    maintenance = _check_maintenance(doc.get("maintenance"), problems)
+    _check_source(values["source"], problems)
+    if not any(p.startswith(("detection", "alerting")) for p in problems):
+        _check_policies(values["detection"], values["alerting"], problems)
     if problems:
         raise ConfigError(problems, path=str(path) if path else None)
     for w in warnings:
         log.warning("config: %s", w)
     return Config(
         path=path,
-        source=source,
-        detection=detection,
-        state=state,
-        alerting=alerting,
+        source=SourceSettings.from_values(values["source"]),
+        detection=DetectionSettings.from_values(values["detection"]),
+        state=StateSettings.from_values(values["state"]),
+        alerting=AlertingSettings.from_values(values["alerting"]),
         routes=routes,
         maintenance=maintenance,
-        raw=data,
-        health=health,
+        raw=doc,
+        health=HealthSettings.from_values(values["health"]),
         warnings=tuple(warnings),
     )
 

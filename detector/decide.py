@@ -33,11 +33,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 import numpy as np
+
+from detector.timeutil import parse_duration
 
 __all__ = [
     "GATE_REASONS",
@@ -68,27 +71,6 @@ GATE_REASONS: Final[tuple[str, ...]] = (
 R_NONE, R_MAINT, R_HIST, R_LOWVOL, R_NOTSIG, R_EFFECT, R_PERSIST, R_FLEET, R_VERSION, R_ANOM = (
     range(len(GATE_REASONS))
 )
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(value: Any) -> timedelta:
-    """``"5m"``, ``"7d"``, ``"1h30m"`` or a :class:`~datetime.timedelta` -> timedelta."""
-    if isinstance(value, timedelta):
-        return value
-    text = str(value).strip().lower()
-    total, num = 0.0, ""
-    for ch in text:
-        if ch.isdigit() or ch == ".":
-            num += ch
-        elif ch in _UNITS and num:
-            total += float(num) * _UNITS[ch]
-            num = ""
-        else:
-            raise ValueError(f"invalid duration {value!r} (use e.g. 5m, 1h, 7d)")
-    if num or total <= 0:
-        raise ValueError(f"invalid duration {value!r} (use e.g. 5m, 1h, 7d)")
-    return timedelta(seconds=total)
 
 
 @dataclass(frozen=True)
@@ -169,34 +151,24 @@ class DetectionPolicy:
     seed: int = 0
 
     @classmethod
-    def from_mapping(cls, data: dict[str, Any] | None) -> DetectionPolicy:
-        """Build a policy from a ``[detection]`` table; unknown keys raise ``ValueError``.
+    def from_mapping(cls, data: Mapping[str, object] | None) -> DetectionPolicy:
+        """Build a policy from a ``[detection]`` table, checked by the config's constraints
+        table (:data:`detector.config.DETECTION`): types, ranges and choices per key.
 
         Keys the engine does not use but the pipeline does (``delay``, ``lateness``,
-        ``max_window``, ``step``, ``max_catchup``) are accepted and ignored.
+        ``max_window``, ``step``, ``max_catchup``) are accepted and ignored. Raises
+        ``ValueError`` listing every problem (``detection.alpha: must be ...; ...``).
         """
-        data = dict(data or {})
-        for ignored in ("delay", "lateness", "max_window", "step", "max_catchup"):
-            data.pop(ignored, None)
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"unknown [detection] keys: {', '.join(unknown)}")
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            default = getattr(cls, key)
-            if isinstance(default, timedelta):
-                kwargs[key] = parse_duration(value)
-            elif isinstance(default, tuple):
-                kwargs[key] = tuple(int(v) for v in value)
-            elif isinstance(default, bool):
-                kwargs[key] = bool(value)
-            elif isinstance(default, int):
-                kwargs[key] = int(value)
-            elif isinstance(default, float):
-                kwargs[key] = float(value)
-            else:
-                kwargs[key] = value
+        from detector.config import DETECTION  # the table lives with the other sections'
+        from detector.settings import check_table
+
+        checked = check_table("detection", DETECTION, data, defaults=False)
+        problems = checked.problems + [f"unknown [detection] key {k!r}" for k in checked.unknown]
+        if problems:
+            raise ValueError("; ".join(problems))
+        known = {f.name for f in fields(cls)}
+        # Typed by the table's constraints (each key's check returns the field's type).
+        kwargs: dict[str, Any] = {k: v for k, v in checked.values.items() if k in known}
         policy = cls(**kwargs)
         policy.validate()
         return policy
