@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
 
+from detector.timeutil import iso
+
 __all__ = [
     "FLEET",
     "METRICS",
@@ -68,16 +70,12 @@ def severity_rank(severity: str) -> int:
     return SEVERITIES.index(severity)
 
 
-def _iso(ts: datetime) -> str:
-    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _clean(value: Any) -> Any:
     """JSON-safe: NaN/inf become None, datetimes ISO-8601 UTC strings."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, datetime):
-        return _iso(value)
+        return iso(value)
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -133,7 +131,9 @@ class Anomaly:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON-lines record (design §2 keys first, explanation after)."""
-        return _clean(asdict(self))
+        out = _clean(asdict(self))
+        assert isinstance(out, dict)  # _clean keeps a dict a dict
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Anomaly:

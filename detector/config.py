@@ -342,7 +342,7 @@ ALERTING: dict[str, Param] = {
     # lifecycle.LifecyclePolicy
     "n_of_m": Param(POLICY, Custom(_n_of_m, "'N/M' or [N, M] with 1 <= N <= M")),
     "recovery_evaluations": Param(POLICY, _COUNT),
-    "resolve_after": Param(POLICY, _POSITIVE),
+    "resolve_after": Param(POLICY, Duration(lo_open=False)),
     "repeat_interval": Param(POLICY, _POSITIVE),
     "send_resolved": Param(POLICY, Boolean()),
     "retention": Param(POLICY, _POSITIVE),

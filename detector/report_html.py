@@ -28,13 +28,14 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import quote
 
 from detector.anomaly import Anomaly
 from detector.escape import clean, for_html_block
+from detector.timeutil import utc
 from detector.words import (
     Incident,
     change_text,
@@ -107,15 +108,14 @@ def _e(value: Any) -> str:
     return for_html_block(value)
 
 
-def _iso(ts: Any) -> str:
+def _when(ts: object) -> str:
+    """A time for people: ``2026-11-25 10:00 UTC`` (anything else as text, None as "")."""
     if isinstance(ts, datetime):
-        if ts.tzinfo is not None:
-            ts = ts.astimezone(UTC)
-        return str(ts.strftime("%Y-%m-%d %H:%M UTC"))
+        return utc(ts).strftime("%Y-%m-%d %H:%M UTC")
     return "" if ts is None else str(ts)
 
 
-def _finite(x: Any) -> bool:
+def _finite(x: object) -> TypeGuard[int | float]:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -226,7 +226,7 @@ def chart_png(a: Anomaly, frame: Any = None, *, width: float = 9.0, height: floa
         start = _naive_utc(a.window_start)
         end = _naive_utc(a.window_end)
         if start is not None and end is not None:
-            x0, x1 = date2num([start, end])  # type: ignore[no-untyped-call]
+            x0, x1 = date2num([start, end])
             ax.axvspan(
                 float(x0),
                 float(x1),
@@ -235,9 +235,9 @@ def chart_png(a: Anomaly, frame: Any = None, *, width: float = 9.0, height: floa
                 linewidth=0,
                 label="alert window",
             )
-        locator = AutoDateLocator()  # type: ignore[no-untyped-call]
+        locator = AutoDateLocator()
         ax.xaxis.set_major_locator(locator)
-        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
         ax.set_xlabel("bucket start (UTC)")
         # Below the axes, so it never hides the data.
         ax.legend(loc="upper left", bbox_to_anchor=(0, -0.3), fontsize=8, frameon=False, ncol=4)
@@ -248,7 +248,7 @@ def chart_png(a: Anomaly, frame: Any = None, *, width: float = 9.0, height: floa
             ["usual", "observed"], [baseline, observed], color=[BASELINE_COLOR, OBSERVED_COLOR]
         )
         if _finite(a.band_low) and _finite(a.band_high):
-            lo, hi = a.band_low * scale, a.band_high * scale  # type: ignore[operator]
+            lo, hi = a.band_low * scale, a.band_high * scale
             ax.errorbar(
                 [0],
                 [baseline],
@@ -295,11 +295,8 @@ def _break_gaps(frame: Any) -> Any:
 
 
 def _naive_utc(ts: object) -> datetime | None:
-    if not isinstance(ts, datetime):
-        return None
-    if ts.tzinfo is not None:
-        return ts.astimezone(UTC).replace(tzinfo=None)
-    return ts
+    """A datetime in UTC without its zone (matplotlib's dates), None for anything else."""
+    return utc(ts).replace(tzinfo=None) if isinstance(ts, datetime) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,7 +396,7 @@ def _alert_section(i: int, inc: Incident, frame: Any, scope: Mapping[str, Any]) 
     alt = (
         f"{_title(a)}: {fmt_value(a.metric, a.observed)} vs {fmt_value(a.metric, a.baseline)} usual"
     )
-    span = f"{_iso(inc.start)} to {_iso(inc.end)}"
+    span = f"{_when(inc.start)} to {_when(inc.end)}"
     if inc.windows > 1:
         span += f" ({inc.windows} windows merged; the numbers are from the furthest from usual)"
     kql = _kql_of(a)
@@ -604,7 +601,7 @@ def render_html_report(
                 f"<tr><td>{_badge(inc.severity)}</td>"
                 f'<td><a href="#{_anchor(i)}">{_e(_title(a))}</a></td>'
                 f'<td class="num">{_e(change_text(a.metric, a.observed, a.baseline, a.effect))}'
-                f"</td><td>{_e(_iso(inc.start))}</td></tr>"
+                f"</td><td>{_e(_when(inc.start))}</td></tr>"
             )
         parts.append(
             '<section class="card"><h2>Alerts</h2><table><tr><th></th><th>alert</th>'

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final, NamedTuple, TypeGuard
 
-from detector.timeutil import parse_duration
+from detector.timeutil import format_duration, parse_duration
 
 __all__ = [
     "POLICY",
@@ -244,8 +244,8 @@ class Duration(Constraint):
     nonsense: tuple[object, ...] = ("0", "soon", "-5m", 7.5j)
 
     def describe(self) -> str:
-        low = f"> {self.lo}" if self.lo_open else f">= {self.lo}"
-        return f"a duration {low}" + (f" and <= {self.hi}" if self.hi is not None else "")
+        low = f"> {_td(self.lo)}" if self.lo_open else f">= {_td(self.lo)}"
+        return f"a duration {low}" + (f" and <= {_td(self.hi)}" if self.hi is not None else "")
 
     def check(self, value: object) -> timedelta:
         td = self._parse(value)
@@ -266,6 +266,10 @@ class Duration(Constraint):
         if not isinstance(value, str):
             raise ValueError(f"must be a duration like '5m', '1h' or '7d', got {_got(value)}")
         return parse_duration(value)
+
+
+def _td(td: timedelta) -> str:
+    return format_duration(td) if td else "0"
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,9 @@ def utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
-def timestamp_utc(value: object) -> pd.Timestamp:
+def timestamp_utc(value: datetime | str) -> pd.Timestamp:
     """Anything pandas reads as a time (datetime, ISO text, epoch ns) as a UTC Timestamp."""
-    t = pd.Timestamp(value)  # type: ignore[arg-type]  # pandas raises on what it cannot read
+    t = pd.Timestamp(value)
     return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 

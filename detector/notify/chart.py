@@ -56,6 +56,7 @@ def chart_png(
         log.warning("chart skipped for %s: history lacks %s", anomaly.fingerprint, REQUIRED_COLUMNS)
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.dates import date2num
     from matplotlib.figure import Figure
 
     df = history.copy()
@@ -83,7 +84,7 @@ def chart_png(
     ax.plot(x, col("observed"), color="#d62728", linewidth=1.4, label="observed")
     ws = pd.Timestamp(anomaly.window_start).tz_convert("UTC").tz_localize(None)
     we = pd.Timestamp(anomaly.window_end).tz_convert("UTC").tz_localize(None)
-    ax.axvspan(ws, we, color="#fdae6b", alpha=0.3, label="alert window")
+    ax.axvspan(date2num(ws), date2num(we), color="#fdae6b", alpha=0.3, label="alert window")
     who = f"SDK {safe_version(anomaly.sdk_version)}" if anomaly.sdk_version else "all versions"
     title = f"{anomaly.operation_name} {metric_words(anomaly.metric)} ({who})"
     # Drawn as plain text: a "$" in a log name is a dollar sign, not mathtext.

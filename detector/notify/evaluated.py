@@ -21,6 +21,7 @@ import pandas as pd
 
 from detector.anomaly import Anomaly, fingerprint_of
 from detector.schema import BucketAggregates, bin_value
+from detector.timeutil import timestamp_utc
 
 __all__ = ["CHART_SPAN", "NOT_EVALUATED", "chart_history", "evaluated_from_history"]
 
@@ -31,9 +32,11 @@ CHART_SPAN = timedelta(days=1)
 NOT_EVALUATED = frozenset({"maintenance", "insufficient_history", "suppressed_low_volume"})
 
 
-def _utc(ts: Any) -> pd.Timestamp:
-    t = pd.Timestamp(ts)
-    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+def _pair(key: object) -> tuple[str, str]:
+    """A (operation, version) group key as two strings."""
+    if not isinstance(key, tuple) or len(key) != 2:
+        raise TypeError(f"expected an (operation, version) key, got {key!r}")
+    return str(key[0]), str(key[1])
 
 
 def _bucket_width(stats: pd.DataFrame, default: timedelta) -> pd.Timedelta:
@@ -92,7 +95,7 @@ def evaluated_from_history(
     out: dict[str, dict[str, Any]] = {}
     if stats is None or stats.empty:
         return out
-    ws, we = _utc(window[0]), _utc(window[1])
+    ws, we = timestamp_utc(window[0]), timestamp_utc(window[1])
     sel = stats[(stats["bucket_start"] >= ws) & (stats["bucket_start"] < we)]
     if sel.empty:
         return out
@@ -113,7 +116,8 @@ def evaluated_from_history(
         # work on a few thousand rows instead of every (bucket, bin) of the window.
         hk = hsel.groupby([*keys, "bin"], observed=True, sort=False)["count"].sum().reset_index()
         p95 = _p95(pd.concat([hk, _fleet(hk)]), keys)
-    for (op, ver), row in agg.iterrows():
+    for key, row in agg.iterrows():
+        op, ver = _pair(key)
         calls = int(row["calls"])
         if calls <= 0:
             continue
@@ -168,7 +172,7 @@ def chart_history(
         return out
     spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]] = {}
     for a in anomalies:  # the first anomaly of a fingerprint (the worst one) is charted
-        hi = min(_utc(now), _utc(a.window_end) + pd.Timedelta(span) / 4)
+        hi = min(timestamp_utc(now), timestamp_utc(a.window_end) + pd.Timedelta(span) / 4)
         spans.setdefault(a.fingerprint, (hi - pd.Timedelta(span), hi))
     # Every filter is a mask over the whole frame and takes only the numeric columns it
     # needs: taking the (Arrow) string columns of millions of rows is what made this slow.

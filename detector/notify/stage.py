@@ -24,7 +24,7 @@ everything is saved): ``if not outcome.report.ok: raise NotifyError(...)``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,11 +32,12 @@ from typing import Any
 import pandas as pd
 
 from detector.anomaly import Anomaly
+from detector.config import alerting_settings
 from detector.errors import NotifyError
-from detector.lifecycle import Decision, LifecyclePolicy, step
+from detector.lifecycle import AlertState, Decision, step
 from detector.notify.commands import config_silences
 from detector.notify.deliver import DeliveryReport, Route, deliver
-from detector.notify.health import HealthPolicy, check_health
+from detector.notify.health import check_health
 from detector.store.alerts import AlertStore, RunRecord
 from detector.store.backend import Backend
 
@@ -105,16 +106,13 @@ def _with_delivery(
     )
 
 
-def _td(value: Any, default: timedelta) -> timedelta:
-    if value is None:
-        return default
-    if isinstance(value, timedelta):
-        return value
-    from detector.lifecycle import _duration
+def _committer(store: AlertStore, state: AlertState) -> Callable[[str], None]:
+    """``deliver``'s commit: save ``state`` (as it is now) with the batch id."""
 
-    problems: list[str] = []
-    out = _duration(value, "outbox_max_age", problems)
-    return out if out is not None else default
+    def commit(batch: str) -> None:
+        store.save_state(state, commit_batch=batch)
+
+    return commit
 
 
 def run_alerts(
@@ -151,18 +149,17 @@ def run_alerts(
     AlertOutcome. Raises ConfigError for bad ``[alerting]`` values, StateError when the store
     fails.
     """
-    policy = LifecyclePolicy.from_config(alerting)
-    hpolicy = HealthPolicy.from_config(alerting)
+    settings = alerting_settings(alerting)
     anomalies = list(anomalies)
     store = AlertStore(backend)
     state = store.load_state()
     committed = store.committed()
-    silences = config_silences(alerting, now) + store.silences()
+    silences = config_silences(settings, now) + store.silences()
     decisions, state = step(
         anomalies,
         evaluated,
         state,
-        policy,
+        settings.lifecycle,
         now,
         window_end=window_end,
         silences=silences,
@@ -174,8 +171,8 @@ def run_alerts(
         "report_url_or_path": report_url_or_path,
         "now": now,
         "dry_run": dry_run,
-        "max_items": int(alerting.get("max_items", alerting.get("max_items_per_digest", 10))),
-        "outbox_max_age": _td(alerting.get("outbox_max_age"), timedelta(days=2)),
+        "max_items": settings.max_items,
+        "outbox_max_age": settings.outbox_max_age,
         "bin_size": bin_size,
         "portal_resource_id": portal_resource_id,
     }
@@ -183,7 +180,7 @@ def run_alerts(
         [] if no_notify else decisions,
         history_for_charts=history_for_charts,
         retry_outbox=not no_notify,
-        commit=lambda batch, st=state: store.save_state(st, commit_batch=batch),
+        commit=_committer(store, state),
         committed=committed,
         **common,
     )
@@ -193,12 +190,12 @@ def run_alerts(
     this_run = _with_delivery(run, report, decisions) if run is not None else None
     runs = store.runs() + ([this_run] if this_run is not None else [])
     outbox_now = [] if dry_run else store.outbox()
-    health, state = check_health(runs, outbox_now, state, hpolicy, now)
+    health, state = check_health(runs, outbox_now, state, settings.health, now)
     if any(d.notify for d in health) and not no_notify:
         hreport = deliver(
             health,
             retry_outbox=False,
-            commit=lambda batch, st=state: store.save_state(st, commit_batch=batch),
+            commit=_committer(store, state),
             **common,
         )
         report.merge(hreport)
@@ -372,7 +369,7 @@ def run_alerting(
                 window,
                 candidates=[c for c in cands if isinstance(c, Mapping)],
                 bucket=width,
-                min_calls=int(alerting.get("resolve_min_calls", 50)),
+                min_calls=alerting_settings(alerting).resolve_min_calls,
             )
         )
         try:

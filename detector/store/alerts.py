@@ -62,10 +62,6 @@ _RETRIES: Final = 8
 T = TypeVar("T")
 
 
-_iso = iso_z
-_dt = to_datetime
-
-
 @dataclass
 class OutboxItem:
     """One message that could not be delivered to one target yet."""
@@ -100,15 +96,15 @@ class OutboxItem:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d["created_at"] = _iso(self.created_at)
-        d["last_attempt_at"] = _iso(self.last_attempt_at)
+        d["created_at"] = iso_z(self.created_at)
+        d["last_attempt_at"] = iso_z(self.last_attempt_at)
         return d
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OutboxItem:
         kw = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-        kw["created_at"] = _dt(kw["created_at"])
-        kw["last_attempt_at"] = _dt(kw.get("last_attempt_at"))
+        kw["created_at"] = to_datetime(kw["created_at"])
+        kw["last_attempt_at"] = to_datetime(kw.get("last_attempt_at"))
         return cls(**kw)
 
 
@@ -148,7 +144,7 @@ class RunRecord:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         for k in _TIMES:
-            d[k] = _iso(d[k])
+            d[k] = iso_z(d[k])
         return d
 
     @classmethod
@@ -156,7 +152,7 @@ class RunRecord:
         kw = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         for k in _TIMES:
             if k in kw:
-                kw[k] = _dt(kw[k])
+                kw[k] = to_datetime(kw[k])
         return cls(**kw)
 
 

@@ -39,18 +39,11 @@ from detector.schema import (
     fill_failed_calls,
 )
 from detector.store.backend import Backend
+from detector.timeutil import iso, parse_time, utc
 
 __all__ = ["BucketStore"]
 
 _FORMAT = 1
-
-
-def _iso(ts: datetime) -> str:
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def _day_numbers(frame: pd.DataFrame) -> np.ndarray:
@@ -72,14 +65,8 @@ def _from_bytes(data: bytes, dtypes: dict[str, str], key: str) -> pd.DataFrame:
         raise StateError(f"bucket store file {key} is unreadable: {exc}") from exc
     if "failures" in dtypes:  # a store written before failed_calls existed
         frame = fill_failed_calls(frame)
-    return frame.reindex(columns=list(dtypes)).astype(dtypes)
-
-
-def _utc(ts: datetime | None) -> datetime | None:
-    """Naive datetimes are UTC (the job's convention); aware ones are converted."""
-    if ts is None:
-        return None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    out: pd.DataFrame = frame.reindex(columns=list(dtypes)).astype(dtypes)
+    return out
 
 
 def _select(
@@ -130,7 +117,7 @@ class BucketStore:
     def watermark(self) -> datetime | None:
         """End of the last arrival window merged (None before the first merge)."""
         wm = self._manifest()[0].get("watermark")
-        return _parse(wm) if wm else None
+        return parse_time(wm) if wm else None
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -159,7 +146,8 @@ class BucketStore:
         """
         manifest, _ = self._manifest()
         days = sorted(manifest["days"])
-        start, end = _utc(start), _utc(end)
+        start = None if start is None else utc(start)
+        end = None if end is None else utc(end)
         lo = start.astimezone(UTC).date().isoformat() if start else None
         hi = end.astimezone(UTC).date().isoformat() if end else None
         ops = set(operations) if operations is not None else None
@@ -208,14 +196,14 @@ class BucketStore:
                     self.backend.write(f"{self.prefix}/{names[part]}", _to_bytes(frame))
                 days[day] = names
         if watermark is not None:
-            watermark = _utc(watermark)
+            watermark = utc(watermark)
             assert watermark is not None
             old = manifest.get("watermark")
-            if old and _parse(old) > watermark:
+            if old and parse_time(old) > watermark:
                 raise StateError(
-                    f"watermark would move back from {old} to {_iso(watermark)}; refusing"
+                    f"watermark would move back from {old} to {iso(watermark, fraction=True)}; refusing"
                 )
-            manifest["watermark"] = _iso(watermark)
+            manifest["watermark"] = iso(watermark, fraction=True)
         manifest.update({"generation": generation, "days": days})
         self.backend.write(
             self._manifest_key, json.dumps(manifest, indent=1).encode(), if_version=version

@@ -12,23 +12,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from detector.errors import StateError
 from detector.store.backend import Backend
+from detector.timeutil import iso, parse_time
 
 __all__ = ["EngineState", "load_engine_state", "save_engine_state"]
 
 STATE_KEY = "engine/state.json"
-
-
-def _parse(text: str) -> datetime:
-    ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
-
-
-def _iso(ts: datetime) -> str:
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 Span = tuple[str, str, datetime, datetime]
@@ -100,8 +92,8 @@ class EngineState:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "alerted": [[op, ver, _iso(a), _iso(b)] for op, ver, a, b in self.alerted],
-            "suspect": [[op, ver, _iso(a), _iso(b)] for op, ver, a, b in self.suspect],
+            "alerted": [[op, ver, iso(a), iso(b)] for op, ver, a, b in self.alerted],
+            "suspect": [[op, ver, iso(a), iso(b)] for op, ver, a, b in self.suspect],
         }
 
     @classmethod
@@ -111,7 +103,7 @@ class EngineState:
             for key in ("alerted", "suspect"):
                 spans = data.get(key, [])
                 assert isinstance(spans, list)
-                out.append([(str(o), str(v), _parse(a), _parse(b)) for o, v, a, b in spans])
+                out.append([(str(o), str(v), parse_time(a), parse_time(b)) for o, v, a, b in spans])
             return cls(out[0], out[1])
         except (AssertionError, TypeError, ValueError) as exc:
             raise StateError(f"engine state unreadable: {exc}") from exc

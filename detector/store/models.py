@@ -34,6 +34,7 @@ from sklearn.ensemble import IsolationForest
 from detector.errors import ModelMismatchError, StateError
 from detector.score import PartitionScorer
 from detector.store.backend import Backend
+from detector.timeutil import iso
 
 __all__ = ["ALLOWED_TYPES", "ModelMeta", "ModelStore", "library_versions"]
 
@@ -109,9 +110,9 @@ class ModelStore:
             raise StateError("refusing to save an unfitted scorer")
         meta = ModelMeta(
             name=name,
-            training_start=_iso(training_window[0]),
-            training_end=_iso(training_window[1]),
-            fitted_at=_iso(now),
+            training_start=iso(training_window[0]),
+            training_end=iso(training_window[1]),
+            fitted_at=iso(now),
             feature_names=list(scorer.feature_names_),
             config_hash=config_hash,
             threshold=float(scorer.threshold_),
@@ -205,11 +206,3 @@ class ModelStore:
         """The persisted baseline summary of ``name`` (None when absent)."""
         got = self.backend.read(self._key(name, "baselines.parquet"))
         return None if got is None else pd.read_parquet(io.BytesIO(got[0]))
-
-
-def _iso(ts: datetime) -> str:
-    return (
-        pd.Timestamp(ts).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
-        if pd.Timestamp(ts).tzinfo
-        else pd.Timestamp(ts).strftime("%Y-%m-%dT%H:%M:%SZ")
-    )
