@@ -882,9 +882,7 @@ def _incident_json(inc: Any) -> dict[str, Any]:
 
 
 def _with_source_path(cfg: Config, path: Path) -> Config:
-    from dataclasses import replace
-
-    return replace(cfg, source={**cfg.source, "kind": "file", "path": str(path.resolve())})
+    return cfg.updated("source", kind="file", path=str(path.resolve()))
 
 
 def console_summary(report: dict[str, Any], verbose: bool = False) -> str:
