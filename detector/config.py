@@ -212,6 +212,15 @@ def _heartbeat_timeout(v: object) -> timedelta:
     return td
 
 
+def _time(v: object) -> datetime:
+    """A maintenance window's start or end: ISO-8601 text or a TOML datetime, in UTC."""
+    if isinstance(v, datetime):
+        return utc(v)
+    if not isinstance(v, str):
+        raise ValueError(f"must be an ISO-8601 time, got {v!r}")
+    return parse_time(v)
+
+
 def _credential(v: object) -> str:
     v = Text().check(v)
     if v in ("default", "managed_identity", "azure_cli") or re.fullmatch(r"env:[A-Za-z_]\w*", v):
@@ -233,7 +242,9 @@ SOURCE: dict[str, Param] = {
     "endpoint": Param("https://api.loganalytics.io", _STRING),
     "audience": Param(None, _STRING, nullable=True),
     "connection_verify": Param(True, BoolOrText()),
-    "credential": Param("default", Custom(_credential, "'default', 'managed_identity', ...")),
+    "credential": Param(
+        "default", Custom(_credential, "'default', 'managed_identity', ...", ("password", 3))
+    ),
     "threads": Param(None, Integer(1, 256), nullable=True),  # DuckDB threads, file source
     "memory_limit": Param("640MB", _STRING),  # DuckDB's limit for the file source (spills beyond)
     # Partitions (operation, SDK version) one read models, busiest first; the rest are
@@ -334,13 +345,21 @@ ALERTING: dict[str, Param] = {
     "max_items_per_digest": Param(None, Integer(1, 1000), nullable=True),  # old max_items
     "outbox_max_age": Param("2d", _POSITIVE),
     # Where people open the run reports (reports/run-*.html): messages link there.
-    "report_url": Param(None, Custom(_report_url, "an http(s) base URL"), nullable=True),
+    "report_url": Param(
+        None,
+        Custom(_report_url, "an http(s) base URL", ("ftp://x", "https://h/r?sig=1")),
+        nullable=True,
+    ),
     # Run reports kept in <state>/reports: a count of runs, or an age ("14d").
-    "keep_reports": Param(500, Custom(_count_or_age, "a count >= 1 or a duration")),
+    "keep_reports": Param(
+        500, Custom(_count_or_age, "a count >= 1 or a duration", (0, "soon", 2.5))
+    ),
     "resolve_min_calls": Param(50, Integer(0)),  # calls a clean window needs to count as clean
-    "silences": Param((), Custom(_tables, "an array of tables"), nullable=True),
+    "silences": Param((), Custom(_tables, "an array of tables", ("x", [1])), nullable=True),
     # lifecycle.LifecyclePolicy
-    "n_of_m": Param(POLICY, Custom(_n_of_m, "'N/M' or [N, M] with 1 <= N <= M")),
+    "n_of_m": Param(
+        POLICY, Custom(_n_of_m, "'N/M' or [N, M] with 1 <= N <= M", ("7/2", "x", [0, 1]))
+    ),
     "recovery_evaluations": Param(POLICY, _COUNT),
     "resolve_after": Param(POLICY, Duration(lo_open=False)),
     "repeat_interval": Param(POLICY, _POSITIVE),
@@ -355,16 +374,22 @@ ALERTING: dict[str, Param] = {
 }
 
 HEALTH: dict[str, Param] = {
-    "heartbeat_urls": Param((), Custom(_http_urls, "a list of http(s) URLs")),
-    "heartbeat_timeout": Param("10s", Custom(_heartbeat_timeout, "a duration up to 60s")),
+    "heartbeat_urls": Param(
+        (), Custom(_http_urls, "a list of http(s) URLs", (["file:///etc/passwd"], 5))
+    ),
+    "heartbeat_timeout": Param(
+        "10s", Custom(_heartbeat_timeout, "a duration up to 60s", ("5m", "soon"))
+    ),
 }
 
 ROUTE: dict[str, Param] = {
     "name": Param(None, Text(r"(?s).+", "a non-empty string (required)")),
-    "urls": Param((), Custom(_strings, "a list of apprise URLs")),
+    "urls": Param((), Custom(_strings, "a list of apprise URLs", (5, [1]))),
     "min_severity": Param("warning", Options(("info", "warning", "critical"))),
-    "operations": Param((), Custom(_strings, "a list of operation names (globs)")),
-    "metrics": Param((), Custom(_metrics, "a list of duration, failure_rate, volume")),
+    "operations": Param((), Custom(_strings, "a list of operation names (globs)", (5, [1]))),
+    "metrics": Param(
+        (), Custom(_metrics, "a list of duration, failure_rate, volume", (["latency"], 5))
+    ),
     "send_resolved": Param(True, Boolean()),
     "health": Param(True, Boolean()),  # also receives self-health notices
     "max_items": Param(None, _COUNT, nullable=True),  # digest size (default alerting.max_items)
@@ -372,8 +397,8 @@ ROUTE: dict[str, Param] = {
 }
 
 MAINTENANCE: dict[str, Param] = {
-    "start": Param(None, Custom(lambda v: _time(v), "an ISO-8601 time (required)")),
-    "end": Param(None, Custom(lambda v: _time(v), "an ISO-8601 time (required)")),
+    "start": Param(None, Custom(_time, "an ISO-8601 time (required)", ("yesterday", 5))),
+    "end": Param(None, Custom(_time, "an ISO-8601 time (required)", ("yesterday", 5))),
     "operation_name": Param(None, _STRING, nullable=True),  # None: every operation
     "note": Param("", _STRING),
 }
@@ -388,14 +413,6 @@ SCHEMA: dict[str, dict[str, Param]] = {
     "notify.route": ROUTE,
     "maintenance": MAINTENANCE,
 }
-
-
-def _time(v: object) -> datetime:
-    if isinstance(v, datetime):
-        return utc(v)
-    if not isinstance(v, str):
-        raise ValueError(f"must be an ISO-8601 time, got {v!r}")
-    return parse_time(v)
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ given for a section and returns the converted values plus *every* problem, each 
 full key (``detection.latest_span: must be an integer >= 1, got 0``).
 
 A constraint is an object with ``check(value) -> converted`` (raising ``ValueError`` with the
-message), ``describe()`` (what it accepts, in words) and ``nonsense`` (values it must reject, which the
-tests feed to every key). Values from ``${VAR}`` substitution arrive as strings, so numbers and
+message), ``describe()`` (what it accepts, in words) and ``nonsense()`` (values it must reject,
+which the tests feed to every key). Values from ``${VAR}`` substitution arrive as strings, so numbers and
 booleans also accept their plain spelling (``"30"``, ``"true"``), never a partial one (``"0.01x"``).
 
 Pure: no I/O.
@@ -71,11 +71,13 @@ class KeyedError(ValueError):
 class Constraint:
     """Base class: what one key accepts. Subclasses implement :meth:`check`."""
 
-    nonsense: tuple[object, ...] = ()
-
     def describe(self) -> str:
         """What the constraint accepts, in words (for messages and docs)."""
         return "any value"
+
+    def nonsense(self) -> tuple[object, ...]:
+        """Values this constraint rejects (TOML values: the tests feed them to every key)."""
+        return ()
 
     def check(self, value: object) -> object:
         """The value converted to its setting type; raises ``ValueError(message)``."""
@@ -128,7 +130,6 @@ class Integer(Constraint):
 
     lo: int
     hi: int | None = None
-    nonsense: tuple[object, ...] = (30.9, True, "12x")
 
     def describe(self) -> str:
         return (
@@ -136,6 +137,10 @@ class Integer(Constraint):
             if self.hi is not None
             else (f"an integer >= {self.lo}")
         )
+
+    def nonsense(self) -> tuple[object, ...]:
+        over = () if self.hi is None else (self.hi + 1,)
+        return (30.9, True, "12x", self.lo - 1, *over)
 
     def check(self, value: object) -> int:
         out: int | None = None
@@ -155,7 +160,6 @@ class Real(Constraint):
     lo: float | None = None
     hi: float | None = None
     closed: str = "both"  # "both" | "left" | "right" | "neither"
-    nonsense: tuple[object, ...] = ("0.01x", True, [1])
 
     def describe(self) -> str:
         left = "[" if self.closed in ("both", "left") else "("
@@ -163,6 +167,16 @@ class Real(Constraint):
         if self.hi is None:
             return f"a number {'>=' if left == '[' else '>'} {self.lo}"
         return f"a number in {left}{self.lo}, {self.hi}{right}"
+
+    def nonsense(self) -> tuple[object, ...]:
+        edges = (
+            [self.lo if self.closed in ("right", "neither") else self.lo - 1]
+            if (self.lo is not None)
+            else []
+        )
+        if self.hi is not None:
+            edges.append(self.hi if self.closed in ("left", "neither") else self.hi + 1)
+        return ("0.01x", True, [1], *edges)
 
     def check(self, value: object) -> float:
         x = _number(value)
@@ -180,7 +194,8 @@ class Real(Constraint):
 class Boolean(Constraint):
     """``true`` or ``false`` (a string ``"true"``/``"false"`` from the environment too)."""
 
-    nonsense: tuple[object, ...] = ("maybe", 2)
+    def nonsense(self) -> tuple[object, ...]:
+        return ("maybe", 2)
 
     def describe(self) -> str:
         return "true or false"
@@ -199,7 +214,9 @@ class Text(Constraint):
 
     pattern: str | None = None
     hint: str = "a string"
-    nonsense: tuple[object, ...] = (5, ["x"])
+
+    def nonsense(self) -> tuple[object, ...]:
+        return (5, ["x"])
 
     def describe(self) -> str:
         return self.hint
@@ -217,7 +234,9 @@ class Options(Constraint):
     """One of a fixed set of strings."""
 
     choices: tuple[str, ...]
-    nonsense: tuple[object, ...] = ("no-such-choice", 1)
+
+    def nonsense(self) -> tuple[object, ...]:
+        return ("no-such-choice", 1)
 
     def describe(self) -> str:
         return "one of " + ", ".join(map(repr, self.choices))
@@ -241,11 +260,14 @@ class Duration(Constraint):
     hi: timedelta | None = None
     seconds_ok: bool = False
     whole_seconds: bool = False
-    nonsense: tuple[object, ...] = ("0", "soon", "-5m", 7.5j)
 
     def describe(self) -> str:
         low = f"> {_td(self.lo)}" if self.lo_open else f">= {_td(self.lo)}"
         return f"a duration {low}" + (f" and <= {_td(self.hi)}" if self.hi is not None else "")
+
+    def nonsense(self) -> tuple[object, ...]:
+        zero = ("0s",) if self.lo_open and not self.lo else ()
+        return ("soon", "-5m", [5], *zero)
 
     def check(self, value: object) -> timedelta:
         td = self._parse(value)
@@ -276,7 +298,8 @@ def _td(td: timedelta) -> str:
 class Bucket(Duration):
     """A bucket width: at least one minute and dividing a day evenly."""
 
-    nonsense: tuple[object, ...] = ("7m", "30s", "0m", 5)
+    def nonsense(self) -> tuple[object, ...]:
+        return ("7m", "30s", "0m", 5)
 
     def describe(self) -> str:
         return "at least 1m and dividing a day evenly (1m, 5m, 15m, 1h, ...)"
@@ -293,7 +316,9 @@ class IntList(Constraint):
     """A non-empty list of whole numbers, each at least ``lo`` (kept as a tuple)."""
 
     lo: int = 1
-    nonsense: tuple[object, ...] = ([1.7, 3], [], [0], "1,2", [True])
+
+    def nonsense(self) -> tuple[object, ...]:
+        return ([1.7, 3], [], [self.lo - 1], "1,2", [True])
 
     def describe(self) -> str:
         return f"a non-empty list of integers >= {self.lo}"
@@ -316,7 +341,8 @@ def _whole(value: object) -> TypeGuard[int]:
 class BoolOrText(Constraint):
     """``true``, ``false`` or a string (a CA bundle path for ``connection_verify``)."""
 
-    nonsense: tuple[object, ...] = (3, [True])
+    def nonsense(self) -> tuple[object, ...]:
+        return (3, [True])
 
     def describe(self) -> str:
         return "true, false or a CA bundle path"
@@ -333,10 +359,13 @@ class Custom(Constraint):
 
     func: Callable[[object], object]
     words: str
-    nonsense: tuple[object, ...] = (object(),)
+    bad: tuple[object, ...]
 
     def describe(self) -> str:
         return self.words
+
+    def nonsense(self) -> tuple[object, ...]:
+        return self.bad
 
     def check(self, value: object) -> object:
         return self.func(value)

@@ -222,3 +222,37 @@ def test_route_switched_off_by_its_environment_is_a_warning(caplog) -> None:
     (warning,) = cfg.warnings
     assert "notify.route[0] (x): every URL is an empty" in warning
     assert warning in caplog.text
+
+
+# --- issue 24: every setting range-checked, every problem listed at once ---------------------
+
+
+def test_nonsense_the_engine_used_to_accept_is_rejected_naming_each_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # latest_span = 0 used to pass and then loop until MemoryError; the others were coerced
+    # (30.9 -> 30, true -> 1, 1.7 -> 1) or failed with no key and hid the rest.
+    from detector.cli import EXIT_USAGE, main
+
+    path = tmp_path / "detector.toml"
+    path.write_text(
+        "[detection]\nlatest_span = 0\nmin_calls = 30.9\npersist_n = true\n"
+        'spans = [1.7, 3]\nalpha = "0.01x"\n'
+    )
+    assert main(["--config", str(path), "check-config"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    for key in ("latest_span", "min_calls", "persist_n", "spans", "alpha"):
+        assert f"detection.{key}: must be" in err, key
+
+
+def test_check_config_prints_every_detection_setting(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from detector.cli import EXIT_OK, main
+    from detector.decide import DetectionPolicy
+
+    monkeypatch.setenv("TEST_HOOK_URL", "json://127.0.0.1:9/x")
+    assert main(["--config", str(DATA / "good.toml"), "check-config"]) == EXIT_OK
+    printed = capsys.readouterr().out
+    for name in DetectionPolicy.__dataclass_fields__:
+        assert f'"detection.{name}"' in printed, name
