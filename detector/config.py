@@ -81,6 +81,7 @@ __all__ = [
     "parse_duration",
     "parse_time",
     "redact_url",
+    "route_config",
 ]
 
 DEFAULT_CONFIG_PATH = "config/detector.toml"
@@ -913,6 +914,28 @@ def _check_route(
     return RouteConfig(
         name,
         urls,
+        v["min_severity"],
+        v["operations"],
+        v["metrics"],
+        send_resolved=v["send_resolved"],
+        health=v["health"],
+        max_items=v["max_items"],
+        timeout=v["timeout"],
+    )
+
+
+def route_config(table: Mapping[str, object]) -> RouteConfig:
+    """One route table (as a test or a caller writes it) checked and defaulted by
+    :data:`ROUTE`; the URLs are kept as given (apprise checks them at load, :func:`load_config`).
+    Raises ConfigError listing every problem."""
+    checked = check_table("notify.route", ROUTE, table)
+    problems = checked.problems + [f"notify.route.{k}: unknown key" for k in checked.unknown]
+    if problems:
+        raise ConfigError(problems)
+    v: dict[str, Any] = checked.values
+    return RouteConfig(
+        v["name"],
+        tuple(u for u in v["urls"] if u.strip()),
         v["min_severity"],
         v["operations"],
         v["metrics"],

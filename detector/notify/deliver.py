@@ -49,6 +49,7 @@ from typing import Any
 import pandas as pd
 
 from detector.anomaly import SEVERITIES
+from detector.config import RouteConfig, route_config
 from detector.lifecycle import Decision, Reason
 from detector.notify.chart import chart_png
 from detector.notify.render import (
@@ -113,19 +114,20 @@ class Route:
             raise ValueError(f"route {self.name}: timeout must be in (0, 600] seconds")
 
     @classmethod
-    def from_config(cls, obj: Any) -> Route:
-        """From a mapping or any object with ``name``/``urls``/... attributes (RouteConfig)."""
-        get = obj.get if isinstance(obj, Mapping) else lambda k, d=None: getattr(obj, k, d)
+    def from_config(cls, obj: RouteConfig | Mapping[str, object]) -> Route:
+        """From the config's :class:`RouteConfig`, or a ``[[notify.route]]`` table (checked and
+        defaulted by :func:`detector.config.route_config`; raises ConfigError)."""
+        r = obj if isinstance(obj, RouteConfig) else route_config(obj)
         return cls(
-            name=str(get("name")),
-            urls=tuple(get("urls", ()) or ()),
-            min_severity=get("min_severity", "warning") or "warning",
-            operations=tuple(get("operations") or ()) or None,
-            metrics=tuple(get("metrics") or ()) or None,
-            send_resolved=bool(get("send_resolved", True)),
-            health=bool(get("health", True)),
-            max_items=get("max_items"),
-            timeout=get("timeout"),
+            name=r.name,
+            urls=r.urls,
+            min_severity=r.min_severity,
+            operations=r.operations or None,
+            metrics=r.metrics or None,
+            send_resolved=r.send_resolved,
+            health=r.health,
+            max_items=r.max_items,
+            timeout=r.timeout,
         )
 
     def targets(self) -> list[str]:
