@@ -74,7 +74,8 @@ def parse_duration(value: str | timedelta) -> timedelta:
         return value
     text = str(value)
     if not _DURATION_RE.fullmatch(text):
-        raise ValueError(f"{text!r} is not a duration like '5m', '1h' or '7d'")
+        # repr of the value itself: a config Secret prints as '<secret>'.
+        raise ValueError(f"{value!r} is not a duration like '5m', '1h' or '7d'")
     seconds = sum(float(n) * _UNITS[u.lower()] for n, u in _PART_RE.findall(text))
     return timedelta(seconds=seconds)
 

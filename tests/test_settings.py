@@ -298,3 +298,18 @@ def test_source_keys_of_log_analytics_are_in_the_table() -> None:
 
     la = {f.name for f in fields(LogAnalyticsSettings)}
     assert la <= set(SOURCE), sorted(la - set(SOURCE))
+
+
+def test_a_bad_value_from_the_environment_is_not_echoed() -> None:
+    env = {"A": "s3cret-alpha", "D": "t0ken-delay", "N": "n0pe"}
+    doc = {
+        "detection": {"alpha": "${A}", "delay": "${D}", "min_calls": "${N}"},
+        "source": {"kind": "${N}", "credential": "${A}"},
+        "alerting": {"n_of_m": "${D}", "report_url": "${A}"},
+    }
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(doc, env=env)
+    text = str(info.value) + repr(info.value.problems)
+    assert len(info.value.problems) == 7
+    for secret in env.values():
+        assert secret not in text
