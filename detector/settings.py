@@ -93,7 +93,9 @@ class Param:
     nullable: bool = False
 
 
-Table = Mapping[str, Param]
+#: A table's entry: a Param, or the older ``(default, checker)`` pair (read as Param(*pair)).
+Entry = Param | tuple[object, Callable[[object], object]]
+Table = Mapping[str, Entry]
 Tables = Mapping[str, Table]
 
 
@@ -398,7 +400,8 @@ def check_table(
     given = given or {}
     values: dict[str, object] = {}
     problems: list[str] = []
-    for key, param in table.items():
+    for key, entry in table.items():
+        param = entry if isinstance(entry, Param) else Param(*entry)
         if key not in given and (not defaults or param.default is POLICY):
             continue
         value = given.get(key, param.default)
