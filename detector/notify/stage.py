@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 
 from detector.anomaly import Anomaly
-from detector.config import alerting_settings
+from detector.config import AlertingSettings, alerting_settings
 from detector.errors import NotifyError
 from detector.lifecycle import AlertState, Decision, step
 from detector.notify.commands import config_silences
@@ -152,19 +152,8 @@ def run_alerts(
     settings = alerting_settings(alerting)
     anomalies = list(anomalies)
     store = AlertStore(backend)
-    state = store.load_state()
+    decisions, state = _decide(store, settings, anomalies, evaluated, now, window_end)
     committed = store.committed()
-    silences = config_silences(settings, now) + store.silences()
-    decisions, state = step(
-        anomalies,
-        evaluated,
-        state,
-        settings.lifecycle,
-        now,
-        window_end=window_end,
-        silences=silences,
-        acks=store.acks(),
-    )
     common: dict[str, Any] = {
         "routes": routes,
         "store_backend": backend,
@@ -201,22 +190,57 @@ def run_alerts(
         report.merge(hreport)
     decisions = health + decisions
     if not dry_run:
-        store.save_state(state)
-        store.prune_acks(state)
-        if run is not None:
-            done = _with_delivery(run, report, decisions)
-            store.record_run(
-                replace(
-                    done,
-                    finished_at=run.finished_at or now,
-                    anomalies=run.anomalies or len(anomalies),
-                    outbox_size=report.outbox_size,
-                    status=(
-                        "delivery_failed" if run.status == "ok" and not report.ok else run.status
-                    ),
-                )
-            )
+        _save_and_record(store, state, run, report, decisions, len(anomalies), now)
     return AlertOutcome(decisions, report)
+
+
+def _decide(
+    store: AlertStore,
+    settings: AlertingSettings,
+    anomalies: list[Anomaly],
+    evaluated: Iterable[Any] | Mapping[str, Any] | None,
+    now: datetime,
+    window_end: datetime,
+) -> tuple[list[Decision], AlertState]:
+    """The lifecycle's decisions and next state, from the stored state, silences and acks."""
+    state = store.load_state()
+    silences = config_silences(settings, now) + store.silences()
+    return step(
+        anomalies,
+        evaluated,
+        state,
+        settings.lifecycle,
+        now,
+        window_end=window_end,
+        silences=silences,
+        acks=store.acks(),
+    )
+
+
+def _save_and_record(
+    store: AlertStore,
+    state: AlertState,
+    run: RunRecord | None,
+    report: DeliveryReport,
+    decisions: list[Decision],
+    n_anomalies: int,
+    now: datetime,
+) -> None:
+    """Save the state, prune acks of resolved alerts, record the run with its outcome."""
+    store.save_state(state)
+    store.prune_acks(state)
+    if run is None:
+        return
+    failed = run.status == "ok" and not report.ok
+    store.record_run(
+        replace(
+            _with_delivery(run, report, decisions),
+            finished_at=run.finished_at or now,
+            anomalies=run.anomalies or n_anomalies,
+            outbox_size=report.outbox_size,
+            status="delivery_failed" if failed else run.status,
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,44 +362,12 @@ def run_alerting(
     ``outboxed``, ``outbox_size``, ``messages`` (dry run), ``decisions`` and ``counts``.
     Everything is saved before it returns; the caller exits 1 when ``failed`` is non-empty.
     """
-    from detector.lifecycle import _evaluated_map
-    from detector.notify.evaluated import NOT_EVALUATED, chart_history, evaluated_from_history
-
     anomalies = list(anomalies)
     report = report or {}
-    if window is None:
-        win = report.get("window") or {}
-        ws, we = _report_dt(win.get("start")), _report_dt(win.get("end"))
-        if ws is not None and we is not None:
-            window = (ws, we)
-        elif anomalies:
-            window = (min(a.window_start for a in anomalies), max(a.window_end for a in anomalies))
-        else:
-            window = (now, now)
-    cands = list(evaluated) if evaluated is not None and not isinstance(evaluated, Mapping) else []
-    # Candidates the engine could not judge (maintenance, too little history or volume) are
-    # not "evaluated": a firing alert on them keeps its state instead of resolving.
-    ev: dict[str, Any] = _evaluated_map(
-        [c for c in cands if not (isinstance(c, Mapping) and c.get("reason") in NOT_EVALUATED)]
-        if cands
-        else evaluated
+    window = window or _judged_window(report, anomalies, now)
+    ev, charts = _evaluated_and_charts(
+        evaluated, history, window, anomalies, bucket, alerting_settings(alerting)
     )
-    charts = None
-    if history is not None:
-        width = bucket if isinstance(bucket, timedelta) else timedelta(minutes=5)
-        ev.update(
-            evaluated_from_history(
-                history,
-                window,
-                candidates=[c for c in cands if isinstance(c, Mapping)],
-                bucket=width,
-                min_calls=alerting_settings(alerting).resolve_min_calls,
-            )
-        )
-        try:
-            charts = chart_history(history, anomalies, now=window[1])
-        except Exception:  # a chart must never cost the alert
-            charts = None
     outcome = run_alerts(
         anomalies,
         ev,
@@ -396,6 +388,59 @@ def run_alerting(
     out["decisions"] = [d.to_json() for d in outcome.decisions]
     out["counts"] = _counts(outcome.decisions)
     return out
+
+
+def _judged_window(
+    report: Mapping[str, Any], anomalies: list[Anomaly], now: datetime
+) -> tuple[datetime, datetime]:
+    """The window the engine judged: the report's, else the anomalies' span, else ``now``."""
+    win = report.get("window") or {}
+    ws, we = _report_dt(win.get("start")), _report_dt(win.get("end"))
+    if ws is not None and we is not None:
+        return ws, we
+    if anomalies:
+        return min(a.window_start for a in anomalies), max(a.window_end for a in anomalies)
+    return now, now
+
+
+def _evaluated_and_charts(
+    evaluated: Iterable[Any] | Mapping[str, Any] | None,
+    history: Any,
+    window: tuple[datetime, datetime],
+    anomalies: list[Anomaly],
+    bucket: Any,
+    settings: AlertingSettings,
+) -> tuple[dict[str, Any], Mapping[str, pd.DataFrame] | None]:
+    """What was evaluated in the window (the engine's candidates, plus every partition with
+    calls in ``history``) and the chart series of the anomalies (None without history)."""
+    from detector.lifecycle import _evaluated_map
+    from detector.notify.evaluated import NOT_EVALUATED, chart_history, evaluated_from_history
+
+    cands = list(evaluated) if evaluated is not None and not isinstance(evaluated, Mapping) else []
+    # Candidates the engine could not judge (maintenance, too little history or volume) are
+    # not "evaluated": a firing alert on them keeps its state instead of resolving.
+    ev: dict[str, Any] = _evaluated_map(
+        [c for c in cands if not (isinstance(c, Mapping) and c.get("reason") in NOT_EVALUATED)]
+        if cands
+        else evaluated
+    )
+    if history is None:
+        return ev, None
+    width = bucket if isinstance(bucket, timedelta) else timedelta(minutes=5)
+    ev.update(
+        evaluated_from_history(
+            history,
+            window,
+            candidates=[c for c in cands if isinstance(c, Mapping)],
+            bucket=width,
+            min_calls=settings.resolve_min_calls,
+        )
+    )
+    try:
+        charts = chart_history(history, anomalies, now=window[1])
+    except Exception:  # a chart must never cost the alert
+        charts = None
+    return ev, charts
 
 
 def record_failed_run(
