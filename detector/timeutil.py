@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "format_duration",
@@ -38,6 +40,8 @@ def utc(ts: datetime) -> datetime:
 
 def timestamp_utc(value: datetime | str) -> pd.Timestamp:
     """Anything pandas reads as a time (datetime, ISO text, epoch ns) as a UTC Timestamp."""
+    import pandas as pd  # here: loading the config (which uses this module) stays light
+
     t = pd.Timestamp(value)
     return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
