@@ -353,6 +353,29 @@ def _bool_or_path(v: Any) -> bool | str:
     return _string(v)
 
 
+# --- issue 22, many ACS resources: [source] lists of workspaces / resource ids ---------------
+
+
+def _string_list(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list | tuple) or not all(isinstance(x, str) for x in v):
+        raise ValueError("must be a list of strings")
+    return tuple(v)
+
+
+def _workspaces(v: Any) -> str | tuple[str, ...] | None:
+    """``workspace_id``: one id, or a list (the first is the main one)."""
+    return _string_list(v) if isinstance(v, list | tuple) else _opt_string(v)
+
+
+def _flag(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("must be true or false")
+    return v
+
+
+# --- end issue 22 ---------------------------------------------------------------------------
+
+
 def _credential(v: Any) -> str:
     v = _string(v)
     if v in ("default", "managed_identity", "azure_cli") or re.fullmatch(r"env:[A-Za-z_]\w*", v):
@@ -366,8 +389,13 @@ SCHEMA: dict[str, dict[str, tuple[Any, Checker]]] = {
     "source": {
         "kind": ("file", _one_of("file", "log_analytics")),
         "path": ("data/demo", _string),
-        "workspace_id": (None, _opt_string),
+        "workspace_id": (None, _workspaces),
         "resource_id": (None, _opt_string),
+        # issue 22: more workspaces / ACS resources, one query each; judge each ACS resource
+        # that writes to them on its own baseline (split_resources).
+        "additional_workspaces": ((), _string_list),
+        "resource_ids": ((), _string_list),
+        "split_resources": (True, _flag),
         "endpoint": ("https://api.loganalytics.io", _string),
         "audience": (None, _opt_string),
         "connection_verify": (True, _bool_or_path),
@@ -669,6 +697,10 @@ def _check_source_extras(source: dict[str, Any], problems: list[str]) -> None:
             problems.append(f"source: {exc}")
 
 
+#: The [source] keys naming what Log Analytics queries (issue 22).
+_LA_TARGETS = ("workspace_id", "resource_id", "additional_workspaces", "resource_ids")
+
+
 #: [alerting] keys read by the lifecycle, delivery and self-health stages.
 ALERTING_KEYS = frozenset(
     {
@@ -739,10 +771,14 @@ def config_from_dict(
     routes = _check_routes(data.get("notify"), problems, warnings, raw_notify)
     maintenance = _check_maintenance(data.get("maintenance"), problems)
     health = _check_health(data.get("health"), problems)
-    if source.get("kind") == "log_analytics" and bool(source.get("workspace_id")) == bool(
-        source.get("resource_id")
+    if source.get("kind") == "log_analytics" and (
+        (source.get("workspace_id") and source.get("resource_id"))
+        or not any(source.get(k) for k in _LA_TARGETS)
     ):
-        problems.append("source: log_analytics needs exactly one of workspace_id, resource_id")
+        problems.append(
+            "source: log_analytics needs exactly one of workspace_id, resource_id "
+            "(more in additional_workspaces, resource_ids)"
+        )
     _check_source_extras(source, problems)
     _check_stage_keys(detection, alerting, problems)
     if (
