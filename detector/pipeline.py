@@ -177,9 +177,10 @@ class _Source:
 
         sources = self._log_analytics()
         if len(sources) == 1:  # one target: its errors (and partial reads) are the run's
-            return sources[0].read_aggregates(
+            aggs: BucketAggregates = sources[0].read_aggregates(
                 arrival_window, bucket=bucket, progress=chunk_progress
             )
+            return aggs
         return self._read_each(sources, arrival_window, bucket, chunk_progress)
 
     def _read_each(
@@ -356,15 +357,7 @@ def run_job(
         say=_progress_printer(progress),
         policy=detection_policy(cfg),
     )
-    report: dict[str, Any] = {
-        "run_id": uuid.uuid4().hex[:12],
-        "mode": "manual" if run.manual else "scheduled",
-        "dry_run": dry_run,
-        "notify": notify and not dry_run,
-        "now": _iso(now),
-        "config": str(cfg.path) if cfg.path else None,
-        "log_analytics": log_analytics_scope(cfg.source),  # for "Open in Log Analytics" links
-    }
+    report = _report_header(run)
     with _lock(cfg, backend, enabled=not dry_run):
         root_state = _read_pipeline_state(backend)
         tenants, notes = _tenants(run, backend, root_state)
@@ -381,6 +374,20 @@ def run_job(
             _save_pipeline_states(run, backend, root_state, report, judged)
             _prune_reports(backend, cfg.alerting.get("keep_reports"), now=now)
     return report
+
+
+def _report_header(run: _Run) -> dict[str, Any]:
+    """The first keys of the run report: who, when, how."""
+    cfg = run.cfg
+    return {
+        "run_id": uuid.uuid4().hex[:12],
+        "mode": "manual" if run.manual else "scheduled",
+        "dry_run": run.dry_run,
+        "notify": run.notify and not run.dry_run,
+        "now": _iso(run.now),
+        "config": str(cfg.path) if cfg.path else None,
+        "log_analytics": log_analytics_scope(cfg.source),  # for "Open in Log Analytics" links
+    }
 
 
 @dataclasses.dataclass
@@ -702,20 +709,7 @@ def _read(
     bucket: timedelta = cfg.detection["bucket"]
     baseline: timedelta = cfg.detection["baseline"]
     if start is not None and end is not None:
-        judge = (_floor(start, bucket), _ceil(end, bucket))
-        arrival = (judge[0] - baseline, judge[1] + cfg.detection["lateness"])
-        say(f"reading {_iso(arrival[0])} .. {_iso(arrival[1])} from the {source.kind} source")
-        fresh = source.read(arrival, bucket, progress=say)
-        data = pd.unique(fresh.stats["bucket_start"]) if len(fresh.stats) else []
-        data = _sorted_times(data)
-
-        def read(a: datetime, b: datetime) -> BucketAggregates:
-            # What was read is in memory already: each step selects its own rows from it
-            # (a copy into a rolling buffer would only add one).
-            return fresh
-
-        return _Plan(fresh, read, judge, arrival, data)
-
+        return _read_rerun(cfg, source, start, end, say)
     arrival_end = now - cfg.detection["delay"]
     watermark = store.watermark
     arrival_start = watermark or arrival_end - baseline - cfg.detection["lateness"]
@@ -728,8 +722,9 @@ def _read(
             # Keep what was read completely: the watermark advances only over it, and
             # the next run resumes at the first window that was not read whole.
             done = getattr(exc, "completed_until", None)
+            read_whole = getattr(exc, "aggregates", None)
             if not dry_run and done is not None and done > arrival_start:
-                store.merge(exc.aggregates, watermark=done)
+                store.merge(read_whole, watermark=done)
             raise
     else:
         fresh = aggregate.merge()
@@ -761,6 +756,26 @@ def _read(
             return aggregate.merge(store.load(a, b), _between(fresh, a, b))
 
     return _Plan(fresh, _Rolling(load, limit=judge_end).get, judge, arrival, None, warnings)
+
+
+def _read_rerun(
+    cfg: Config, source: _Source, start: datetime, end: datetime, say: Callable[[str], None]
+) -> _Plan:
+    """A manual rerun's plan: the rows that arrived in ``[start - baseline, end + lateness)``,
+    judged over ``[start, end)`` (whole buckets); the store is left alone."""
+    bucket: timedelta = cfg.detection["bucket"]
+    judge = (_floor(start, bucket), _ceil(end, bucket))
+    arrival = (judge[0] - cfg.detection["baseline"], judge[1] + cfg.detection["lateness"])
+    say(f"reading {_iso(arrival[0])} .. {_iso(arrival[1])} from the {source.kind} source")
+    fresh = source.read(arrival, bucket, progress=say)
+    data = _sorted_times(pd.unique(fresh.stats["bucket_start"]) if len(fresh.stats) else [])
+
+    def read(a: datetime, b: datetime) -> BucketAggregates:
+        # What was read is in memory already: each step selects its own rows from it
+        # (a copy into a rolling buffer would only add one).
+        return fresh
+
+    return _Plan(fresh, read, judge, arrival, data)
 
 
 #: How much of the judged window alerting reads back for current values (plus a chart span).

@@ -78,7 +78,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import duckdb
 import numpy as np
@@ -1016,7 +1016,7 @@ GROUP BY h, ck""").fetchall()
     names = names.loc[names["name_code"] == 0, ["h", "name", "sdk"]]
     names = names.merge(ids[["name", "op"]].drop_duplicates(), on="name")
     names = names.merge(ids[["name", "sdk", "pid"]], on=["name", "sdk"], how="left")
-    got = pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "h": pd.Series([r[2] for r in got], dtype="uint64"),
             "ck": np.array([r[3] for r in got], np.int64),
@@ -1024,10 +1024,10 @@ GROUP BY h, ck""").fetchall()
         }
     ).merge(names[["h", "pid", "op"]], on="h")
     return _Prior(
-        pid=got["pid"].fillna(-1).to_numpy(np.int64),
-        op=got["op"].to_numpy(np.int64),
-        key=got["ck"].to_numpy(np.int64),
-        n=got["n"].to_numpy(np.float64),
+        pid=frame["pid"].fillna(-1).to_numpy(np.int64),
+        op=frame["op"].to_numpy(np.int64),
+        key=frame["ck"].to_numpy(np.int64),
+        n=frame["n"].to_numpy(np.float64),
     )
 
 
@@ -1219,7 +1219,7 @@ def _seen_before(rows: pa.Table, prior: np.ndarray) -> np.ndarray:
 
 def _shape(
     con: duckdb.DuckDBPyConnection,
-    triples: list[tuple],
+    triples: list[tuple[Any, ...]],
     dim: pd.DataFrame,
     bounds: list[str],
     bucket_us: int,
@@ -1391,7 +1391,8 @@ class _Prior:
 
     @staticmethod
     def none() -> _Prior:
-        return _Prior(*(np.empty(0, np.int64) for _ in range(3)), np.empty(0))
+        ints = np.empty(0, np.int64)
+        return _Prior(pid=ints, op=ints, key=ints, n=np.empty(0))
 
 
 def _cluster_weights(
@@ -1480,9 +1481,10 @@ def _group_general(
     keep = cf < 16
     keep[discard] = False
     del cf
-    stats, hist = _group(
-        *(_col(rows, c)[keep] for c in ("pid", "bi", "rc", "ld", "bin", "ck")), op_of_pid, prior
+    pid, bi, rc, ld, bins, ck = (
+        _col(rows, c)[keep] for c in ("pid", "bi", "rc", "ld", "bin", "ck")
     )
+    stats, hist = _group(pid, bi, rc, ld, bins, ck, op_of_pid, prior)
     return per_cf, stats, hist
 
 
@@ -1612,7 +1614,7 @@ def _duplicates(rows: pa.Table, tie_break: Callable[[np.ndarray], list[np.ndarra
     return np.sort(cand[order[~first]])
 
 
-def _dimension(triples: list[tuple]) -> pd.DataFrame:
+def _dimension(triples: list[tuple[Any, ...]]) -> pd.DataFrame:
     """Distinct raw (name, version, result type) -> dense partition id of (canonical name,
     version), name-based flags and drop code, result class."""
     ops = [t[0] for t in triples]
@@ -1792,7 +1794,8 @@ def _mtimes(paths: Iterable[Path]) -> dict[str, int]:
 
 def _arrow_strings(values: np.ndarray, index: pa.Array) -> pd.api.extensions.ExtensionArray:
     taken = pa.array(list(values), type=pa.large_string()).take(index)
-    return pd.array(taken, dtype=pd.StringDtype("pyarrow"))
+    out: pd.api.extensions.ExtensionArray = pd.array(taken, dtype=pd.StringDtype("pyarrow"))
+    return out
 
 
 def _window_us(arrival_window: tuple[datetime, datetime] | None) -> tuple[int, int] | None:

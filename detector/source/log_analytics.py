@@ -199,6 +199,22 @@ class LogAnalyticsSettings:
                 or value % timedelta(seconds=1)
             ):
                 p.append(f"source.{name}: must be a positive whole number of seconds")
+        p += self._int_problems()
+        if self.read_timeout is not None and (
+            isinstance(self.read_timeout, bool)
+            or not isinstance(self.read_timeout, int | float)
+            or self.read_timeout <= 0
+        ):
+            p.append("source.read_timeout: must be a number of seconds > 0")
+        for name in ("retry_budget", "backoff_base", "backoff_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                p.append(f"source.{name}: must be a number >= 0")
+        return p
+
+    def _int_problems(self) -> list[str]:
+        """What is wrong with the integer settings (each within its documented range)."""
+        p: list[str] = []
         ints = {
             "server_timeout": (1, API_MAX_SECONDS),
             "max_rows_per_chunk": (1, API_MAX_ROWS),
@@ -213,16 +229,6 @@ class LogAnalyticsSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 p.append(f"source.{name}: must be an integer in [{lo}, {hi}], got {value!r}")
-        if self.read_timeout is not None and (
-            isinstance(self.read_timeout, bool)
-            or not isinstance(self.read_timeout, int | float)
-            or self.read_timeout <= 0
-        ):
-            p.append("source.read_timeout: must be a number of seconds > 0")
-        for name in ("retry_budget", "backoff_base", "backoff_max"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                p.append(f"source.{name}: must be a number >= 0")
         return p
 
     def _target_problems(self) -> list[str]:
@@ -254,12 +260,15 @@ class LogAnalyticsSettings:
         """One settings per workspace / resource to query, each with one target only."""
         spaces = [self.workspace_id] if self.workspace_id else []
         ids = [self.resource_id] if self.resource_id else []
-        bare = {"additional_workspaces": (), "resource_ids": ()}
         return [
-            replace(self, workspace_id=w, resource_id=None, **bare)
+            replace(
+                self, workspace_id=w, resource_id=None, additional_workspaces=(), resource_ids=()
+            )
             for w in [*spaces, *self.additional_workspaces]
         ] + [
-            replace(self, workspace_id=None, resource_id=r, **bare)
+            replace(
+                self, workspace_id=None, resource_id=r, additional_workspaces=(), resource_ids=()
+            )
             for r in [*ids, *self.resource_ids]
         ]
 
@@ -465,8 +474,10 @@ def merge_aggregates(parts: Sequence[BucketAggregates]) -> BucketAggregates:
         out.stats = merged[list(AGG_COLUMNS)].astype(AGG_COLUMNS).reset_index(drop=True)
     if hists:
         hkey = [*AGG_KEY, "bin"]
-        merged = pd.concat(hists).groupby(hkey, as_index=False, sort=True)["count"].sum()
-        out.hist = merged[list(HIST_COLUMNS)].astype(HIST_COLUMNS).reset_index(drop=True)
+        counts = (
+            pd.concat(hists).groupby(hkey, as_index=False, sort=True).agg(count=("count", "sum"))
+        )
+        out.hist = counts[list(HIST_COLUMNS)].astype(HIST_COLUMNS).reset_index(drop=True)
     out.dropped = {r: sum(p.dropped.get(r, 0) for p in parts) for r in DROP_REASONS}
     out.flagged = {r: sum(p.flagged.get(r, 0) for p in parts) for r in FLAG_REASONS}
     out.rows_read = sum(p.rows_read for p in parts)
