@@ -17,7 +17,7 @@ __all__ = ["RESOURCE_ID_RE", "resource_key", "short_name", "slug"]
 #: A lower-cased Azure resource id of the ASCII characters Azure allows in its segments
 #: (no segment starts with a dot: ``..`` never reaches a path).
 RESOURCE_ID_RE: Final = re.compile(
-    r"/subscriptions/[0-9a-f-]{1,64}/resourcegroups/[a-z0-9_()-][a-z0-9._()-]{0,89}"
+    r"/subscriptions/[0-9a-z-]{1,64}/resourcegroups/[a-z0-9_()-][a-z0-9._()-]{0,89}"
     r"/providers/[a-z0-9][a-z0-9.]{0,79}(?:/[a-z0-9_-][a-z0-9._-]{0,127}){2,6}"
 )
 
