@@ -190,6 +190,18 @@ def _strings(v: object) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _string_list(v: object) -> tuple[str, ...]:
+    """A list of strings (a single string is refused: these keys name several targets)."""
+    if not isinstance(v, list | tuple) or not all(isinstance(x, str) for x in v):
+        raise ValueError(f"must be a list of strings, got {v!r}")
+    return tuple(v)
+
+
+def _workspaces(v: object) -> str | tuple[str, ...]:
+    """``workspace_id``: one id, or a list (the first is the main one)."""
+    return _string_list(v) if isinstance(v, list | tuple) else Text().check(v)
+
+
 def _metrics(v: object) -> tuple[str, ...]:
     out = _strings(v)
     if not all(m in ("duration", "failure_rate", "volume") for m in out):
@@ -238,8 +250,15 @@ def _credential(v: object) -> str:
 SOURCE: dict[str, Param] = {
     "kind": Param("file", Options(("file", "log_analytics"))),
     "path": Param("data/demo", _STRING),
-    "workspace_id": Param(None, _STRING, nullable=True),
+    "workspace_id": Param(
+        None, Custom(_workspaces, "a workspace id or a list of them", (3, [1])), nullable=True
+    ),
     "resource_id": Param(None, _STRING, nullable=True),
+    # More workspaces / ACS resources, one query each; each ACS resource that writes to them
+    # is judged on its own baseline (split_resources).
+    "additional_workspaces": Param((), Custom(_string_list, "a list of workspace ids", (3, "w"))),
+    "resource_ids": Param((), Custom(_string_list, "a list of resource ids", (3, "r"))),
+    "split_resources": Param(True, Boolean()),
     "endpoint": Param("https://api.loganalytics.io", _STRING),
     "audience": Param(None, _STRING, nullable=True),
     "connection_verify": Param(True, BoolOrText()),
@@ -462,8 +481,11 @@ class SourceSettings(_Section):
 
     kind: str
     path: str
-    workspace_id: str | None
+    workspace_id: str | tuple[str, ...] | None
     resource_id: str | None
+    additional_workspaces: tuple[str, ...]
+    resource_ids: tuple[str, ...]
+    split_resources: bool
     endpoint: str
     audience: str | None
     connection_verify: bool | str
@@ -1017,12 +1039,21 @@ def _check_maintenance(windows: object, problems: list[str]) -> tuple[Maintenanc
     return tuple(out)
 
 
+#: The [source] keys naming what Log Analytics queries.
+_LA_TARGETS = ("workspace_id", "resource_id", "additional_workspaces", "resource_ids")
+
+
 def _check_source(source: dict[str, object], problems: list[str]) -> None:
     """A Log Analytics source: exactly one target, then its settings class's own limits."""
     if source.get("kind") != "log_analytics":
         return
-    if bool(source.get("workspace_id")) == bool(source.get("resource_id")):
-        problems.append("source: log_analytics needs exactly one of workspace_id, resource_id")
+    if (source.get("workspace_id") and source.get("resource_id")) or not any(
+        source.get(k) for k in _LA_TARGETS
+    ):
+        problems.append(
+            "source: log_analytics needs exactly one of workspace_id, resource_id "
+            "(more in additional_workspaces, resource_ids)"
+        )
         return
     from detector.source.log_analytics import LogAnalyticsSettings
 

@@ -131,12 +131,23 @@ def _maintenance(cfg: Config) -> list[tuple[datetime, datetime, str | None]]:
 
 
 class _Source:
-    """Adapter over the configured source: ``read(arrival_window, bucket)`` -> aggregates."""
+    """Adapter over the configured source: ``read(arrival_window, bucket)`` -> aggregates.
 
-    def __init__(self, cfg: Config) -> None:
+    ``resource``: read only that ACS resource's rows (a tenant key); ``targets``: the indices
+    of the Log Analytics workspaces / resources to query (default all). With several targets
+    one that fails is recorded in :attr:`failed` (and its rows are not read); the others'
+    aggregates are returned. When every target fails, the first error is raised.
+    """
+
+    def __init__(
+        self, cfg: Config, *, resource: str | None = None, targets: Sequence[int] | None = None
+    ) -> None:
         self.cfg = cfg
         self.kind = cfg.source["kind"]
-        self._la: Any = None
+        self.resource = resource
+        self._targets = targets
+        self._la: list[Any] | None = None
+        self.failed: list[str] = []
 
     def read(
         self,
@@ -154,6 +165,7 @@ class _Source:
                 threads=self.cfg.source.get("threads"),
                 memory_limit=self.cfg.source.get("memory_limit"),
                 max_partitions=self.cfg.source.get("max_partitions"),
+                resource=self.resource,
             )
 
         def chunk_progress(p: Any) -> None:
@@ -163,35 +175,100 @@ class _Source:
                     f"{p.rows:,} result rows, {p.rows_read:,} log rows so far"
                 )
 
-        return self._log_analytics().read_aggregates(
-            arrival_window, bucket=bucket, progress=chunk_progress
-        )
+        sources = self._log_analytics()
+        if len(sources) == 1:  # one target: its errors (and partial reads) are the run's
+            aggs: BucketAggregates = sources[0].read_aggregates(
+                arrival_window, bucket=bucket, progress=chunk_progress
+            )
+            return aggs
+        return self._read_each(sources, arrival_window, bucket, chunk_progress)
 
-    def _log_analytics(self) -> Any:
+    def _read_each(
+        self,
+        sources: list[Any],
+        arrival_window: tuple[datetime, datetime],
+        bucket: timedelta,
+        progress: Callable[[Any], None],
+    ) -> BucketAggregates:
+        """Every target's aggregates merged; a failing target is recorded, not fatal."""
+        from detector.source.log_analytics import merge_aggregates
+
+        parts: list[BucketAggregates] = []
+        errors: list[SourceError] = []
+        for src in sources:
+            try:
+                parts.append(src.read_aggregates(arrival_window, bucket=bucket, progress=progress))
+            except SourceError as exc:
+                errors.append(exc)
+                what = f"{src.settings.target}: {str(exc).splitlines()[0][:300]}"
+                log.warning("reading %s failed; the other targets are read", what)
+                self.failed.append(what)
+        if not parts:
+            raise errors[0]
+        return merge_aggregates(parts)
+
+    def _log_analytics(self) -> list[Any]:
+        """One LogAnalyticsSource per target; a workspace's is scoped to ``resource``."""
         if self._la is None:
             from detector.source.log_analytics import LogAnalyticsSettings, LogAnalyticsSource
 
-            self._la = LogAnalyticsSource(LogAnalyticsSettings.from_config(self.cfg.source))
+            targets = LogAnalyticsSettings.from_config(self.cfg.source).targets()
+            chosen = range(len(targets)) if self._targets is None else self._targets
+            self._la = [
+                LogAnalyticsSource(
+                    targets[i], resource=self.resource if targets[i].workspace_id else None
+                )
+                for i in chosen
+            ]
         return self._la
 
+    def targets_used(self) -> list[int]:
+        """The Log Analytics targets this source reads (indices; [] for files)."""
+        if self.kind != "log_analytics":
+            return []
+        if self._targets is not None:
+            return list(self._targets)
+        return list(range(len(self._log_analytics())))
+
     def stats(self) -> dict[str, Any]:
-        if self._la is not None and hasattr(self._la, "stats"):
-            return {"queries": self._la.stats.as_dict()}
-        return {}
+        """The query statistics for the run report (summed over targets), and failed targets."""
+        out: dict[str, Any] = {}
+        if self._la:
+            each = [src.stats.as_dict() for src in self._la if hasattr(src, "stats")]
+            out["queries"] = each[0] if len(each) == 1 else _sum_stats(each)
+        if self.failed:
+            out["failed_targets"] = list(self.failed)
+        return out
 
     def drill_down(self, anomalies: list[Anomaly], window: tuple[datetime, datetime]) -> None:
         """Fill top result codes and example CallIds (Log Analytics only; best effort)."""
         if self.kind != "log_analytics" or not anomalies:
             return
-        try:
-            found = self._log_analytics().drill_down(anomalies)
-        except DetectorError as exc:
-            log.warning("drill-down failed, alerts go out without it: %s", exc)
-            return
+        found: dict[str, Any] = {}
+        for src in self._log_analytics():
+            try:
+                for fp, extra in src.drill_down(anomalies).items():
+                    if extra.get("top_result_codes") or extra.get("example_call_ids"):
+                        found.setdefault(fp, extra)
+            except DetectorError as exc:
+                log.warning("drill-down failed, alerts go out without it: %s", exc)
         for a in anomalies:
             extra = found.get(a.fingerprint) or {}
             a.top_result_codes = list(extra.get("top_result_codes", a.top_result_codes))
             a.example_call_ids = list(extra.get("example_call_ids", a.example_call_ids))
+
+
+def _sum_stats(each: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several targets' query statistics as one: numbers summed, maxima kept, chunks joined."""
+    out: dict[str, Any] = {}
+    for stats in each:
+        for key, value in stats.items():
+            if isinstance(value, list):
+                out[key] = [*out.get(key, []), *value]
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                prev = out.get(key, 0)
+                out[key] = max(prev, value) if key.startswith("max_") else prev + value
+    return out
 
 
 @contextmanager
@@ -256,159 +333,304 @@ def run_job(
 ) -> dict[str, Any]:
     """Run the job once; return the run report (also written under ``<state>/reports/``).
 
+    When more than one ACS resource writes to the source (``[source] split_resources``, on
+    by default), each is judged on its own (:class:`_Tenant`): its own bucket history,
+    baselines, forests and alert state under ``resources/<slug>/`` in the state, its alerts
+    naming it. A single resource keeps the store's root layout, as before.
+
     Raises the stage errors (SourceError, StateError, LockHeldError, ConfigError, InputError);
     a delivery failure does not raise: the report says ``delivery_failed`` after everything
-    was saved (the CLI exits 1).
+    was saved (the CLI exits 1). With several resources, one whose read fails is recorded
+    (self-health) and reported; the run raises only when every resource failed.
     """
-    from detector.store.buckets import BucketStore
-    from detector.store.engine_state import load_engine_state, save_engine_state
-
     t0 = time.perf_counter()
-    preload = _preload(_ENGINE_MODULES)
-    timings: dict[str, float] = {}
-    bucket: timedelta = cfg.detection["bucket"]
-    policy = detection_policy(cfg)
     backend = open_backend(cfg)
-    source = _Source(cfg)
-    manual = start is not None and end is not None
-    report: dict[str, Any] = {
-        "run_id": uuid.uuid4().hex[:12],
-        "mode": "manual" if manual else "scheduled",
-        "dry_run": dry_run,
-        "notify": notify and not dry_run,
-        "now": _iso(now),
-        "config": str(cfg.path) if cfg.path else None,
-        "log_analytics": log_analytics_scope(cfg.source),  # for "Open in Log Analytics" links
-    }
-    say = _progress_printer(progress)
-
+    run = _Run(
+        cfg=cfg,
+        now=now,
+        start=start,
+        end=end,
+        dry_run=dry_run,
+        notify=notify,
+        progress=progress,
+        preload=_preload(_ENGINE_MODULES),
+        say=_progress_printer(progress),
+        policy=detection_policy(cfg),
+    )
+    report = _report_header(run)
     with _lock(cfg, backend, enabled=not dry_run):
-        store = BucketStore(backend)
-        pstate = _read_pipeline_state(backend)
-        t = time.perf_counter()
-        try:
-            plan = _read(
-                cfg, source, store, pstate, now=now, start=start, end=end, dry_run=dry_run, say=say
-            )
-        except SourceError as exc:
-            if not dry_run:
-                _record_source_error(cfg, backend, exc, now=now, notify=notify)
-            raise
-        timings["source"] = time.perf_counter() - t
-        judge, arrival = plan.judge, plan.arrival
-        preload.join()  # then the imports below are lookups (or raise the real ImportError)
-        from detector.engine import detect_steps, plan_steps
-        from detector.notify import run_alerting
-        from detector.notify.evaluated import CHART_SPAN
-
-        report["window"] = {"start": _iso(judge[0]), "end": _iso(judge[1])}
-        report["arrival_window"] = {"start": _iso(arrival[0]), "end": _iso(arrival[1])}
-        report["source"] = {"kind": source.kind, **_agg_summary(plan.fresh), **source.stats()}
-        report["warnings"] = list(plan.warnings)
-        for warning in plan.warnings:
-            log.warning("%s", warning)
-
-        anomalies: list[Anomaly] = []
-        history: BucketAggregates | None = None
-        steps: list[tuple[datetime, datetime]] = []
-        if judge[0] < judge[1]:
-            try:
-                steps = plan_steps(
-                    judge,
-                    cfg.detection["step"],
-                    bucket=bucket,
-                    data=plan.data,
-                    reach=cfg.detection["baseline"],
-                )
-            except ValueError as exc:
-                raise ConfigError(f"detection.step: {exc}") from None
-            if plan.data is not None and len(plan.data):
-                # A file ends where its export ended, not in an outage: judge up to its end.
-                last = pd.Timestamp(plan.data[-1], tz="UTC").to_pydatetime()
-                steps = [st for st in steps if st[0] <= last]
-        if steps:
-            t = time.perf_counter()
-            say(
-                f"judging {_iso(steps[0][0])} .. {_iso(steps[-1][1])} in {len(steps)} "
-                f"step{'s' if len(steps) > 1 else ''} of at most {cfg.detection['step']}"
-            )
-            engine_state, engine_version = load_engine_state(backend)
-            result = detect_steps(
-                plan.history,
-                window=judge,
-                steps=steps,
-                policy=policy,
-                now=now,
-                delay=cfg.detection["delay"],
-                maintenance=_maintenance(cfg),
-                model_store=_model_store(cfg, backend, scratch=manual or dry_run),
-                state=engine_state,
-                progress=_step_printer(progress) if len(steps) > 1 else None,
-            )
-            timings["detect"] = time.perf_counter() - t
-            anomalies = list(result.anomalies)
-            report["detection"] = _jsonable(result.stats)
-            report["candidates"] = _jsonable(result.candidates)
-            if not dry_run:
-                save_engine_state(backend, result.state, if_version=engine_version)
-            source.drill_down(anomalies, judge)
-            # What alerting reads: the end of the judged window (its current values) and a
-            # day before it for the charts, so its filters scan a day or two, not the window.
-            since = max(judge[0], judge[1] - _ALERT_SPAN) - CHART_SPAN
-            history = _between(plan.history(since, judge[1]), since, judge[1])
-        else:
-            report["detection"] = {"skipped": "nothing new to judge", "steps": 0}
-            report["candidates"] = []
-        report["anomalies"] = [a.to_json() for a in anomalies]
-
-        t = time.perf_counter()
-        delivery = run_alerting(
-            anomalies,
-            evaluated=report["candidates"],
-            routes=routes(cfg),
-            alerting=cfg.alerting,
-            backend=backend,
-            history=history,
-            # A manual rerun judges a past window: its lifecycle clock is the window's end.
-            now=judge[1] if manual else now,
-            dry_run=dry_run,
-            send=notify and not dry_run,
-            report=report,
-            window=judge,
-            report_url_or_path=report_link(cfg, report),
-            bucket=bucket,
-        )
-        timings["alert"] = time.perf_counter() - t
-        report["alerts"] = _jsonable(delivery)
-        report["delivery_failed"] = bool(delivery.get("failed") or delivery.get("undeliverable"))
-
-        timings["total"] = time.perf_counter() - t0
-        report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-        series: dict[str, Any] = {}
-        if history is not None and anomalies and (html_path is not None or not dry_run):
-            from detector.notify.evaluated import chart_history
-
-            # One chart per alert, drawn around its most deviating window.
-            worst_first = sorted(anomalies, key=lambda a: -_deviation(a.to_json()))
-            series = chart_history(history, worst_first, now=judge[1])
+        root_state = _read_pipeline_state(backend)
+        tenants, notes = _tenants(run, backend, root_state)
+        judged = [_judge_tenant(run, t, report) for t in tenants]
+        _check_all_failed(judged)
+        _combine(report, judged, notes)
+        report["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
+        anomalies = [a for j in judged for a in j.anomalies]
+        series = _series(judged, want=html_path is not None or not dry_run)
         # Outputs before the run is recorded: a crash in between reruns the window and
         # writes them again, where the other order would lose this run's anomalies file.
         _write_outputs(cfg, report, anomalies, output, report_path, html_path, series, dry_run)
-
         if not dry_run:
-            pstate["last_run"] = {
-                "run_id": report["run_id"],
-                "at": _iso(now),
-                "mode": report["mode"],
-                "window": report["window"],
-                "anomalies": len(anomalies),
-            }
-            if not manual:
-                pstate["judged_until"] = _iso(judge[1])
-            backend.write(PIPELINE_KEY, json.dumps(pstate, indent=2).encode())
+            _save_pipeline_states(run, backend, root_state, report, judged)
             _prune_reports(backend, cfg.alerting.get("keep_reports"), now=now)
-
     return report
+
+
+def _report_header(run: _Run) -> dict[str, Any]:
+    """The first keys of the run report: who, when, how."""
+    cfg = run.cfg
+    return {
+        "run_id": uuid.uuid4().hex[:12],
+        "mode": "manual" if run.manual else "scheduled",
+        "dry_run": run.dry_run,
+        "notify": run.notify and not run.dry_run,
+        "now": _iso(run.now),
+        "config": str(cfg.path) if cfg.path else None,
+        "log_analytics": log_analytics_scope(cfg.source),  # for "Open in Log Analytics" links
+    }
+
+
+@dataclasses.dataclass
+class _Run:
+    """What every tenant's judging shares: the config, clock, mode and the run's switches."""
+
+    cfg: Config
+    now: datetime
+    start: datetime | None
+    end: datetime | None
+    dry_run: bool
+    notify: bool
+    progress: bool
+    preload: threading.Thread
+    say: Callable[[str], None]
+    policy: Any
+
+    @property
+    def manual(self) -> bool:
+        return self.start is not None and self.end is not None
+
+
+@dataclasses.dataclass
+class _Tenant:
+    """One baseline's worth of the source: an ACS resource (``key``, a lower-case resource
+    id) with its state under ``resources/<slug>/``, or (``key`` None) the whole source in the
+    store's root layout, as before resources were told apart."""
+
+    key: str | None
+    backend: Backend
+    source: _Source
+    models_prefix: str = ""
+
+    @property
+    def name(self) -> str | None:
+        from detector.source.resources import short_name
+
+        return short_name(self.key) if self.key else None
+
+
+@dataclasses.dataclass
+class _Judged:
+    """One tenant's outcome: its part of the report, anomalies, chart history and the
+    pipeline state to save; ``error`` when reading its rows failed."""
+
+    tenant: _Tenant
+    part: dict[str, Any]
+    anomalies: list[Anomaly] = dataclasses.field(default_factory=list)
+    history: BucketAggregates | None = None
+    pstate: dict[str, Any] = dataclasses.field(default_factory=dict)
+    error: SourceError | None = None
+
+
+def _judge_tenant(run: _Run, tenant: _Tenant, base: dict[str, Any]) -> _Judged:
+    """Read, judge and alert one tenant, as a single-resource run does the whole source."""
+    from detector.store.buckets import BucketStore
+
+    cfg, timings = run.cfg, {}
+    part: dict[str, Any] = dict(base)
+    if tenant.key is not None:
+        part["resource"] = {"id": tenant.key, "name": tenant.name}
+        if cfg.source["kind"] == "log_analytics":  # links scoped to this resource's rows
+            part["log_analytics"] = {"resource_id": tenant.key, "note": None}
+    store = BucketStore(tenant.backend)
+    pstate = _read_pipeline_state(tenant.backend)
+    t = time.perf_counter()
+    try:
+        plan = _read(
+            cfg,
+            tenant.source,
+            store,
+            pstate,
+            now=run.now,
+            start=run.start,
+            end=run.end,
+            dry_run=run.dry_run,
+            say=run.say,
+        )
+    except SourceError as exc:
+        if not run.dry_run:
+            _record_source_error(cfg, tenant.backend, exc, now=run.now, notify=run.notify)
+        return _Judged(tenant, part, pstate=pstate, error=exc)
+    timings["source"] = time.perf_counter() - t
+    run.preload.join()  # then the imports below are lookups (or raise the real ImportError)
+    part["window"] = {"start": _iso(plan.judge[0]), "end": _iso(plan.judge[1])}
+    part["arrival_window"] = {"start": _iso(plan.arrival[0]), "end": _iso(plan.arrival[1])}
+    part["source"] = {
+        "kind": tenant.source.kind,
+        **_agg_summary(plan.fresh),
+        **tenant.source.stats(),
+    }
+    part["warnings"] = list(plan.warnings) + [
+        f"not read: {what} (its rows in this arrival window are not counted)"
+        for what in tenant.source.failed
+    ]
+    for warning in part["warnings"]:
+        log.warning("%s", warning)
+    t = time.perf_counter()
+    anomalies, history = _detect(run, tenant, plan, part)
+    timings["detect"] = time.perf_counter() - t
+    t = time.perf_counter()
+    _alert(run, tenant, part, anomalies, history, window=plan.judge)
+    timings["alert"] = time.perf_counter() - t
+    part["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+    return _Judged(tenant, part, anomalies, history, pstate)
+
+
+def _detect(
+    run: _Run, tenant: _Tenant, plan: _Plan, part: dict[str, Any]
+) -> tuple[list[Anomaly], BucketAggregates | None]:
+    """Judge ``plan.judge`` in steps; fill the report's ``detection``, ``candidates`` and
+    ``anomalies``; return the anomalies (named after the tenant's resource) and the history
+    alerting reads."""
+    from detector.engine import detect_steps
+    from detector.notify.evaluated import CHART_SPAN
+    from detector.store.engine_state import load_engine_state, save_engine_state
+
+    cfg, judge = run.cfg, plan.judge
+    steps = _steps(cfg, plan)
+    if not steps:
+        part["detection"] = {"skipped": "nothing new to judge", "steps": 0}
+        part["candidates"], part["anomalies"] = [], []
+        return [], None
+    run.say(
+        f"judging {_iso(steps[0][0])} .. {_iso(steps[-1][1])} in {len(steps)} "
+        f"step{'s' if len(steps) > 1 else ''} of at most {cfg.detection['step']}"
+        + (f" for {tenant.name}" if tenant.name else "")
+    )
+    engine_state, engine_version = load_engine_state(tenant.backend)
+    result = detect_steps(
+        plan.history,
+        window=judge,
+        steps=steps,
+        policy=run.policy,
+        now=run.now,
+        delay=cfg.detection["delay"],
+        maintenance=_maintenance(cfg),
+        model_store=_model_store(
+            cfg, tenant.backend, scratch=run.manual or run.dry_run, prefix=tenant.models_prefix
+        ),
+        state=engine_state,
+        progress=_step_printer(run.progress) if len(steps) > 1 else None,
+    )
+    anomalies = list(result.anomalies)
+    if not run.dry_run:
+        save_engine_state(tenant.backend, result.state, if_version=engine_version)
+    tenant.source.drill_down(anomalies, judge)
+    _name_resource(anomalies, tenant)
+    part["detection"] = _jsonable(result.stats)
+    part["candidates"] = _jsonable(result.candidates)
+    part["anomalies"] = [a.to_json() for a in anomalies]
+    # What alerting reads: the end of the judged window (its current values) and a day
+    # before it for the charts, so its filters scan a day or two, not the window.
+    since = max(judge[0], judge[1] - _ALERT_SPAN) - CHART_SPAN
+    return anomalies, _between(plan.history(since, judge[1]), since, judge[1])
+
+
+def _steps(cfg: Config, plan: _Plan) -> list[tuple[datetime, datetime]]:
+    """The steps that judge ``plan.judge`` (none when it is empty or holds no data)."""
+    from detector.engine import plan_steps
+
+    judge = plan.judge
+    if judge[0] >= judge[1]:
+        return []
+    try:
+        steps: list[tuple[datetime, datetime]] = plan_steps(
+            judge,
+            cfg.detection["step"],
+            bucket=cfg.detection["bucket"],
+            data=plan.data,
+            reach=cfg.detection["baseline"],
+        )
+    except ValueError as exc:
+        raise ConfigError(f"detection.step: {exc}") from None
+    if plan.data is not None and len(plan.data):
+        # A file ends where its export ended, not in an outage: judge up to its end.
+        last = pd.Timestamp(plan.data[-1], tz="UTC").to_pydatetime()
+        steps = [st for st in steps if st[0] <= last]
+    return steps
+
+
+def _name_resource(anomalies: list[Anomaly], tenant: _Tenant) -> None:
+    """Say in each anomaly which ACS resource it is about (alerts and reports name it)."""
+    if tenant.key is None:
+        return
+    for a in anomalies:
+        a.details = {**(a.details or {}), "resource_id": tenant.key, "resource": tenant.name}
+
+
+def _alert(
+    run: _Run,
+    tenant: _Tenant,
+    part: dict[str, Any],
+    anomalies: list[Anomaly],
+    history: BucketAggregates | None,
+    *,
+    window: tuple[datetime, datetime],
+) -> None:
+    """The tenant's alerting stage (its own alert state); fills ``alerts``/``delivery_failed``."""
+    from detector.notify import run_alerting
+
+    cfg = run.cfg
+    delivery = run_alerting(
+        anomalies,
+        evaluated=part["candidates"],
+        routes=routes(cfg),
+        alerting=cfg.alerting,
+        backend=tenant.backend,
+        history=history,
+        # A manual rerun judges a past window: its lifecycle clock is the window's end.
+        now=window[1] if run.manual else run.now,
+        dry_run=run.dry_run,
+        send=run.notify and not run.dry_run,
+        report=part,
+        window=window,
+        report_url_or_path=report_link(cfg, part),
+        bucket=cfg.detection["bucket"],
+    )
+    part["alerts"] = _jsonable(delivery)
+    part["delivery_failed"] = bool(delivery.get("failed") or delivery.get("undeliverable"))
+
+
+def _check_all_failed(judged: list[_Judged]) -> None:
+    """Raise the first read error when no tenant was read (the run itself failed)."""
+    errors = [j.error for j in judged if j.error is not None]
+    if errors and len(errors) == len(judged):
+        raise errors[0]
+
+
+def _series(judged: list[_Judged], *, want: bool) -> dict[str, Any]:
+    """Chart series of every tenant's alerts, one per alert, drawn around its most deviating
+    window (none when no HTML page is drawn)."""
+    series: dict[str, Any] = {}
+    if not want:
+        return series
+    from detector.notify.evaluated import chart_history
+
+    for j in judged:
+        if j.history is not None and j.anomalies:
+            worst_first = sorted(j.anomalies, key=lambda a: -_deviation(a.to_json()))
+            end = datetime.fromisoformat(str(j.part["window"]["end"]).replace("Z", "+00:00"))
+            series.update(chart_history(j.history, worst_first, now=end))
+    return series
 
 
 # What the stages after the source import: scikit-learn, skops, SciPy and apprise, about 3 s of
@@ -487,20 +709,7 @@ def _read(
     bucket: timedelta = cfg.detection["bucket"]
     baseline: timedelta = cfg.detection["baseline"]
     if start is not None and end is not None:
-        judge = (_floor(start, bucket), _ceil(end, bucket))
-        arrival = (judge[0] - baseline, judge[1] + cfg.detection["lateness"])
-        say(f"reading {_iso(arrival[0])} .. {_iso(arrival[1])} from the {source.kind} source")
-        fresh = source.read(arrival, bucket, progress=say)
-        data = pd.unique(fresh.stats["bucket_start"]) if len(fresh.stats) else []
-        data = _sorted_times(data)
-
-        def read(a: datetime, b: datetime) -> BucketAggregates:
-            # What was read is in memory already: each step selects its own rows from it
-            # (a copy into a rolling buffer would only add one).
-            return fresh
-
-        return _Plan(fresh, read, judge, arrival, data)
-
+        return _read_rerun(cfg, source, start, end, say)
     arrival_end = now - cfg.detection["delay"]
     watermark = store.watermark
     arrival_start = watermark or arrival_end - baseline - cfg.detection["lateness"]
@@ -513,8 +722,9 @@ def _read(
             # Keep what was read completely: the watermark advances only over it, and
             # the next run resumes at the first window that was not read whole.
             done = getattr(exc, "completed_until", None)
+            read_whole = getattr(exc, "aggregates", None)
             if not dry_run and done is not None and done > arrival_start:
-                store.merge(exc.aggregates, watermark=done)
+                store.merge(read_whole, watermark=done)
             raise
     else:
         fresh = aggregate.merge()
@@ -546,6 +756,26 @@ def _read(
             return aggregate.merge(store.load(a, b), _between(fresh, a, b))
 
     return _Plan(fresh, _Rolling(load, limit=judge_end).get, judge, arrival, None, warnings)
+
+
+def _read_rerun(
+    cfg: Config, source: _Source, start: datetime, end: datetime, say: Callable[[str], None]
+) -> _Plan:
+    """A manual rerun's plan: the rows that arrived in ``[start - baseline, end + lateness)``,
+    judged over ``[start, end)`` (whole buckets); the store is left alone."""
+    bucket: timedelta = cfg.detection["bucket"]
+    judge = (_floor(start, bucket), _ceil(end, bucket))
+    arrival = (judge[0] - cfg.detection["baseline"], judge[1] + cfg.detection["lateness"])
+    say(f"reading {_iso(arrival[0])} .. {_iso(arrival[1])} from the {source.kind} source")
+    fresh = source.read(arrival, bucket, progress=say)
+    data = _sorted_times(pd.unique(fresh.stats["bucket_start"]) if len(fresh.stats) else [])
+
+    def read(a: datetime, b: datetime) -> BucketAggregates:
+        # What was read is in memory already: each step selects its own rows from it
+        # (a copy into a rolling buffer would only add one).
+        return fresh
+
+    return _Plan(fresh, read, judge, arrival, data)
 
 
 #: How much of the judged window alerting reads back for current values (plus a chart span).
@@ -623,6 +853,318 @@ def _concat(a: BucketAggregates, b: BucketAggregates) -> BucketAggregates:
     return BucketAggregates(stats=stats, hist=hist)
 
 
+# --------------------------------------------------------------------------------------------
+# Many ACS resources: one tenant (bucket history, baselines, forests, alerts) per resource
+# --------------------------------------------------------------------------------------------
+
+#: Where a resource's state lives in the store when several resources are judged apart.
+RESOURCES_PREFIX = "resources"
+
+
+class _Prefixed:
+    """A view of a :class:`Backend` under ``prefix/``: one resource's own state.
+
+    Silences pass through to the job's root, so ``acs-detector silence add`` applies to every
+    resource; everything else (buckets, engine state, alert state, outbox) is the resource's.
+    """
+
+    _SHARED: tuple[str, ...] = ("alerts/silences.json",)
+
+    def __init__(self, inner: Backend, prefix: str) -> None:
+        self.inner = inner
+        self.prefix = prefix.strip("/") + "/"
+
+    def _key(self, key: str) -> str:
+        return key if key in self._SHARED else self.prefix + key
+
+    def read(self, key: str) -> tuple[bytes, str] | None:
+        return self.inner.read(self._key(key))
+
+    def write(self, key: str, data: bytes, *, if_version: str | None = None) -> str:
+        return self.inner.write(self._key(key), data, if_version=if_version)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(self._key(key))
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        cut = len(self.prefix)
+        return iter([k[cut:] for k in self.inner.list(self.prefix + prefix)])
+
+
+@dataclasses.dataclass
+class _Found:
+    """What the source says about resources: resource key -> indices of the Log Analytics
+    targets holding its rows, rows without a usable ``_ResourceId``, targets that failed."""
+
+    targets: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    unattributed: int = 0
+    failed: list[str] = dataclasses.field(default_factory=list)
+
+
+def _tenants(
+    run: _Run, backend: Backend, root_state: dict[str, Any]
+) -> tuple[list[_Tenant], list[str]]:
+    """The tenants this run judges, and warnings about the resources it could not tell.
+
+    One tenant in the root layout while at most one resource is known (from this run's
+    arrivals and from earlier runs); one per resource from the moment a second one appears
+    (remembered in ``pipeline.json``, so a quiet hour does not blend them again).
+    """
+    from detector.source.resources import slug
+
+    cfg = run.cfg
+    known = _known_resources(cfg, root_state)
+    found = _Found()
+    if cfg.source.get("split_resources", True):
+        window = _discovery_window(run, backend, known)
+        if window[0] < window[1]:
+            found = _discover(cfg, window)
+    notes = [f"resources not listed: {what}" for what in found.failed]
+    keys = sorted(set(known) | set(found.targets))
+    if len(keys) <= 1 and len(known) <= 1:
+        return [_Tenant(None, backend, _Source(cfg))], notes
+    if found.unattributed:
+        notes.append(
+            f"{found.unattributed:,} rows carry no usable _ResourceId and were not judged: "
+            "the source holds several ACS resources, each judged on its own baseline"
+        )
+    tenants = []
+    for key in keys:
+        targets = found.targets.get(key) or known.get(key)
+        prefix = f"{RESOURCES_PREFIX}/{slug(key)}"
+        source = _Source(cfg, resource=key, targets=targets or None)
+        tenants.append(_Tenant(key, _Prefixed(backend, prefix), source, prefix))
+    return tenants, notes
+
+
+def _known_resources(cfg: Config, root_state: dict[str, Any]) -> dict[str, list[int]]:
+    """Resources judged apart by earlier runs (``pipeline.json``), validated again: the
+    state file is input like any other. Key -> Log Analytics target indices."""
+    from detector.source.resources import resource_key
+
+    entries = root_state.get("resources")
+    if not isinstance(entries, dict):
+        return {}
+    n_targets = len(_la_targets(cfg))
+    out: dict[str, list[int]] = {}
+    for key, entry in entries.items():
+        if resource_key(key) != key and key not in _configured_resources(cfg):
+            log.warning("pipeline.json: ignoring a resource entry that is not a resource id")
+            continue
+        raw = entry.get("targets") if isinstance(entry, dict) else None
+        ok = isinstance(raw, list) and all(isinstance(i, int) for i in raw)
+        out[key] = [i for i in raw if 0 <= i < n_targets] if ok and raw else []
+    return out
+
+
+def _la_targets(cfg: Config) -> list[Any]:
+    if cfg.source["kind"] != "log_analytics":
+        return []
+    from detector.source.log_analytics import LogAnalyticsSettings
+
+    targets: list[Any] = LogAnalyticsSettings.from_config(cfg.source).targets()
+    return targets
+
+
+def _configured_resources(cfg: Config) -> set[str]:
+    """The resource ids the config queries by resource (their own tenant keys)."""
+    return {t.resource_id.strip().lower() for t in _la_targets(cfg) if t.resource_id}
+
+
+def _discovery_window(
+    run: _Run, backend: Backend, known: dict[str, list[int]]
+) -> tuple[datetime, datetime]:
+    """The arrival window whose rows say which resources write: what this run reads (from
+    the oldest tenant watermark) or, for a rerun, what the rerun reads."""
+    from detector.source.resources import slug
+    from detector.store.buckets import BucketStore
+
+    det = run.cfg.detection
+    if run.start is not None and run.end is not None:
+        judge = (_floor(run.start, det["bucket"]), _ceil(run.end, det["bucket"]))
+        return judge[0] - det["baseline"], judge[1] + det["lateness"]
+    end = run.now - det["delay"]
+    stores = (
+        [backend]
+        if len(known) <= 1
+        else [_Prefixed(backend, f"{RESOURCES_PREFIX}/{slug(k)}") for k in known]
+    )
+    marks = [m for m in (BucketStore(s).watermark for s in stores) if m is not None]
+    start = min(marks) if marks and len(marks) == len(stores) else None
+    return (start or end - det["baseline"] - det["lateness"]), end
+
+
+def _discover(cfg: Config, window: tuple[datetime, datetime]) -> _Found:
+    """Which ACS resources wrote the rows that arrived in ``window`` (values validated)."""
+    from detector.source.resources import resource_key
+
+    found = _Found()
+    if cfg.source["kind"] == "file":
+        from detector.source.files import read_resources
+
+        counts = read_resources(
+            cfg.source_path(),
+            arrival_window=window,
+            threads=cfg.source.get("threads"),
+            memory_limit=cfg.source.get("memory_limit"),
+        )
+        _tally(found, counts, target=None)
+        return found
+    from detector.source.log_analytics import LogAnalyticsSource
+
+    configured = _configured_resources(cfg)
+    for i, target in enumerate(_la_targets(cfg)):
+        if target.resource_id:  # queried by resource: its rows are that resource's
+            found.targets.setdefault(target.resource_id.strip().lower(), []).append(i)
+            continue
+        try:
+            counts = LogAnalyticsSource(target).read_resources(window)
+        except SourceError as exc:
+            found.failed.append(f"{target.target}: {str(exc).splitlines()[0][:300]}")
+            continue
+        # A resource also queried by its own id is read there, not twice.
+        _tally(found, {v: n for v, n in counts.items() if resource_key(v) not in configured}, i)
+    return found
+
+
+def _tally(found: _Found, counts: dict[str, int], target: int | None) -> None:
+    """Add one target's rows per ``_ResourceId`` value to ``found``."""
+    from detector.source.resources import resource_key
+
+    for value, n in counts.items():
+        key = resource_key(value)
+        if key is None:
+            found.unattributed += int(n)
+            continue
+        where = found.targets.setdefault(key, [])
+        if target is not None and target not in where:
+            where.append(target)
+
+
+def _combine(report: dict[str, Any], judged: list[_Judged], notes: list[str]) -> None:
+    """The run report from the tenants' parts: a single tenant's part is the report as it
+    always was; several are summed, listed under ``resources``, their warnings named."""
+    for note in notes:
+        log.warning("%s", note)
+    if len(judged) == 1 and judged[0].tenant.key is None:
+        part = judged[0].part
+        report.update({k: v for k, v in part.items() if k not in report})
+        report["warnings"] = list(notes) + list(part.get("warnings", []))
+        return
+    done = [j for j in judged if j.error is None]
+    report["resources"] = [_resource_entry(j) for j in judged]
+    report["window"] = _span_of([j.part["window"] for j in done])
+    report["arrival_window"] = _span_of([j.part["arrival_window"] for j in done])
+    report["source"] = _merge_json([j.part["source"] for j in done])
+    report["warnings"] = list(notes) + [
+        f"{j.tenant.name}: {w}" for j in judged for w in _tenant_warnings(j)
+    ]
+    report["detection"] = _merge_json([j.part["detection"] for j in done])
+    report["detection"]["steps"] = max(int(j.part["detection"].get("steps") or 0) for j in done)
+    report["candidates"] = [
+        {**c, "resource": j.tenant.name} for j in done for c in j.part["candidates"]
+    ]
+    report["anomalies"] = [a for j in done for a in j.part["anomalies"]]
+    report["alerts"] = _merge_json([j.part["alerts"] for j in done])
+    report["delivery_failed"] = any(j.part["delivery_failed"] for j in done)
+    report["timings_s"] = _merge_json([j.part["timings_s"] for j in done])
+
+
+def _tenant_warnings(j: _Judged) -> list[str]:
+    if j.error is not None:
+        return [f"reading failed, not judged: {str(j.error).splitlines()[0][:300]}"]
+    return list(j.part.get("warnings", []))
+
+
+def _resource_entry(j: _Judged) -> dict[str, Any]:
+    """One resource's line in a multi-resource report."""
+    entry: dict[str, Any] = {"id": j.tenant.key, "name": j.tenant.name}
+    if j.error is not None:
+        return {**entry, "error": str(j.error).splitlines()[0][:300]}
+    src = j.part["source"]
+    return {
+        **entry,
+        "window": j.part["window"],
+        "rows_read": src.get("rows_read", 0),
+        "operations": src.get("operations", 0),
+        "partitions": src.get("partitions", 0),
+        "anomalies": len(j.anomalies),
+        "delivery_failed": j.part["delivery_failed"],
+    }
+
+
+def _span_of(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The smallest window holding all of ``windows`` (ISO strings sort by time)."""
+    starts = [w["start"] for w in windows if w.get("start")]
+    ends = [w["end"] for w in windows if w.get("end")]
+    return {"start": min(starts, default=None), "end": max(ends, default=None)}
+
+
+def _merge_json(parts: list[Any]) -> Any:
+    """Several tenants' report sections as one: numbers summed, lists joined, mappings merged
+    key by key, flags or'ed, anything else the last one's."""
+    out: Any = None
+    for part in parts:
+        out = part if out is None else _merge_two(out, part)
+    return out if out is not None else {}
+
+
+def _merge_two(a: Any, b: Any) -> Any:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {
+            k: _merge_two(a[k], b[k]) if k in a and k in b else a.get(k, b.get(k))
+            for k in {**a, **b}
+        }
+    if isinstance(a, list) and isinstance(b, list):
+        return [*a, *b]
+    if isinstance(a, bool) or isinstance(b, bool):
+        return bool(a) or bool(b)
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a + b
+    return b
+
+
+def _save_pipeline_states(
+    run: _Run,
+    backend: Backend,
+    root_state: dict[str, Any],
+    report: dict[str, Any],
+    judged: list[_Judged],
+) -> None:
+    """Record the run: ``judged_until`` per tenant (scheduled runs), ``last_run`` at the root
+    and, with several resources, which ones are judged apart (so they stay apart)."""
+    last_run = {
+        "run_id": report["run_id"],
+        "at": _iso(run.now),
+        "mode": report["mode"],
+        "window": report.get("window"),
+        "anomalies": len(report.get("anomalies") or []),
+    }
+    for j in judged:
+        if j.error is not None:
+            continue
+        if not run.manual:
+            j.pstate["judged_until"] = j.part["window"]["end"]
+        if j.tenant.key is not None:
+            j.pstate["last_run"] = {**last_run, "window": j.part["window"]}
+            j.tenant.backend.write(PIPELINE_KEY, json.dumps(j.pstate, indent=2).encode())
+    if len(judged) == 1 and judged[0].tenant.key is None:
+        root_state = {**judged[0].pstate}
+    else:
+        previous = (
+            root_state.get("resources") if isinstance(root_state.get("resources"), dict) else {}
+        )
+        root_state["resources"] = {
+            j.tenant.key: {
+                "name": j.tenant.name,
+                "targets": j.tenant.source.targets_used(),
+            }
+            for j in judged
+        } | {k: v for k, v in (previous or {}).items() if k not in {j.tenant.key for j in judged}}
+    root_state["last_run"] = last_run
+    backend.write(PIPELINE_KEY, json.dumps(root_state, indent=2).encode())
+
+
 def _record_source_error(
     cfg: Config, backend: Backend, exc: Exception, *, now: datetime, notify: bool
 ) -> None:
@@ -641,9 +1183,11 @@ def _record_source_error(
         log.warning("could not record the failed run: %s", inner)
 
 
-def _model_store(cfg: Config, backend: Backend, *, scratch: bool = False) -> Any:
+def _model_store(cfg: Config, backend: Backend, *, scratch: bool = False, prefix: str = "") -> Any:
     """Where forests are kept. ``scratch``: in memory for this run only (a manual rerun or a
-    dry run refits on its own steps' schedule and leaves the scheduled runs' model alone)."""
+    dry run refits on its own steps' schedule and leaves the scheduled runs' model alone).
+    ``prefix``: a resource's folder (``resources/<slug>``) when resources are judged apart;
+    ``backend`` is then that resource's view of the store."""
     from detector.store.models import ModelStore
 
     if scratch:
@@ -653,7 +1197,8 @@ def _model_store(cfg: Config, backend: Backend, *, scratch: bool = False) -> Any
     if cfg.state.get("url"):
         return ModelStore(backend, prefix="models")
     models = cfg.models_path
-    return ModelStore(LocalBackend(models.parent), prefix=models.name)
+    where = f"{models.name}/{prefix}" if prefix else models.name
+    return ModelStore(LocalBackend(models.parent), prefix=where)
 
 
 def _jsonable(value: Any) -> Any:
@@ -678,21 +1223,49 @@ def _write_outputs(
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(json.dumps(report, indent=2))
     if not dry_run:
-        name = _run_report_name(report)
         # Through the store backend: under Azure Functions the local disk is not kept.
         reports = open_backend(cfg)
         body = json.dumps(report, indent=2).encode()
-        reports.write(f"reports/{name}.json", body)
+        reports.write(f"reports/{_run_report_name(report)}.json", body)
         reports.write("reports/latest.json", body)
         reports.write("reports/latest-anomalies.jsonl", lines.encode())
-        page = _html_page(report, anomalies, series, json_href=f"{name}.json")
-        if page is not None:
-            reports.write(f"reports/{name}.html", page)  # what messages link to
-            reports.write("reports/latest.html", page)
-    if html_path is not None:
-        from detector.report_html import write_html_report
+    _write_html(cfg, report, anomalies, series, html_path, dry_run)
 
-        write_html_report(html_path, anomalies=anomalies, run_report=report, series=series)
+
+def _write_html(
+    cfg: Config,
+    report: dict[str, Any],
+    anomalies: list[Anomaly],
+    series: dict[str, Any],
+    html_path: Path | None,
+    dry_run: bool,
+) -> None:
+    """Draw the run's HTML page once; store it under ``reports/`` (what messages link to)
+    and, with ``--html``, write the same page there with the JSON report it links beside it."""
+    if dry_run and html_path is None:
+        return
+    name = _run_report_name(report)
+    href = f"{html_path.stem}.run.json" if dry_run and html_path is not None else f"{name}.json"
+    page = _html_page(report, anomalies, series, json_href=href)
+    if page is None:
+        if html_path is not None:
+            raise DetectorError(f"HTML report not written to {html_path}: see the log")
+        return
+    if not dry_run:
+        reports = open_backend(cfg)
+        reports.write(f"reports/{name}.html", page)
+        reports.write("reports/latest.html", page)
+    if html_path is not None:
+        _write_atomic(html_path.with_name(href), json.dumps(report, indent=2).encode())
+        _write_atomic(html_path, page)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` through a temporary name, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def _run_report_name(report: dict[str, Any]) -> str:

@@ -45,6 +45,7 @@ __all__ = [
     "metric_words",
     "portal_query_url",
     "rarity_words",
+    "resource_name",
     "what_moved",
     "who_words",
     "why_believed",
@@ -157,14 +158,29 @@ def safe_version(sdk_version: str | None) -> str:
 
 
 def who_words(a: Anomaly) -> str:
-    """``SDK 1.40.1.0_stable, 15 % of Join calls`` or ``all SDK versions``."""
+    """``SDK 1.40.1.0_stable, 15 % of Join calls`` or ``all SDK versions``, then the ACS
+    resource when several are judged apart (``..., ACS resource acs-test``)."""
     if a.sdk_version is None:
-        return "all SDK versions"
-    text = f"SDK {safe_version(a.sdk_version)}"
-    share = finite(a.traffic_share)
-    if share is not None:
-        text += f", {share * 100:.0f} % of {a.operation_name} calls"
-    return text
+        text = "all SDK versions"
+    else:
+        text = f"SDK {safe_version(a.sdk_version)}"
+        share = finite(a.traffic_share)
+        if share is not None:
+            text += f", {share * 100:.0f} % of {a.operation_name} calls"
+    name = resource_name(a)
+    return f"{text}, ACS resource {name}" if name else text
+
+
+#: What a resource's short name may hold (the last segment of a validated resource id).
+_RESOURCE_NAME: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+
+
+def resource_name(a: Anomaly) -> str | None:
+    """The short name of the ACS resource an anomaly is about (``acs-test``), or None when
+    the source holds one resource. Read from ``details`` (which a state file carries back),
+    so anything but a plain name is refused rather than shown."""
+    name = (a.details or {}).get("resource")
+    return name if isinstance(name, str) and _RESOURCE_NAME.fullmatch(name) else None
 
 
 def what_moved(a: Anomaly) -> str:
@@ -277,9 +293,9 @@ class Incident:
 
 def incidents(anomalies: Iterable[Anomaly]) -> list[Incident]:
     """Merge the windows of each fingerprint; most severe first, then furthest from usual."""
-    groups: dict[str, list[Anomaly]] = {}
-    for a in anomalies:
-        groups.setdefault(a.fingerprint, []).append(a)
+    groups: dict[tuple[str | None, str], list[Anomaly]] = {}
+    for a in anomalies:  # the same partition in two ACS resources is two alerts
+        groups.setdefault((resource_name(a), a.fingerprint), []).append(a)
     out = []
     for items in groups.values():
         worst = max(items, key=_deviation)

@@ -140,7 +140,16 @@ def load_rows(rows: pd.DataFrame, *, ingest_lag: timedelta = timedelta(seconds=3
     payloads = df["OperationPayload"].astype("object")
     uniq = {v: _as_dynamic(v) for v in pd.unique(payloads.dropna())}
     df["OperationPayload"] = payloads.map(uniq).astype("object")
-    for col in ("OperationName", "OperationId", "ResultType", "SdkVersion", "CallId"):
+    if "_ResourceId" not in df.columns:
+        df["_ResourceId"] = ""
+    for col in (
+        "OperationName",
+        "OperationId",
+        "ResultType",
+        "SdkVersion",
+        "CallId",
+        "_ResourceId",
+    ):
         df[col] = df[col].astype("object").where(df[col].notna(), "").astype(str)
     if "_IngestionTime" in df.columns:
         df["_IngestionTime"] = pd.to_datetime(df["_IngestionTime"], utc=True)
@@ -361,6 +370,37 @@ def aggregate_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[li
     return out
 
 
+def _resource_of(df: pd.DataFrame) -> pd.Series:
+    """Each row's resource as ``kql.RESOURCE_EXPR`` computes it (trimmed, lower case)."""
+    return df["_ResourceId"].str.strip().str.lower()
+
+
+def scoped(df: pd.DataFrame, text: str) -> pd.DataFrame:
+    """The rows a text reads: one resource's when it carries ``kql.resource_filter``."""
+    m = re.search(
+        r'\| where tolower\(trim\(@"\\s\+", tostring\(_ResourceId\)\)\) == '
+        r'(?:"([^"]*)"|base64_decode_tostring\("([^"]*)"\))',
+        text,
+    )
+    if m is None:
+        return df
+    value = m.group(1) if m.group(1) is not None else base64.b64decode(m.group(2)).decode()
+    return df[_resource_of(df) == value]
+
+
+def resources_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[list[Any]]:
+    """Rows of :data:`kql.RESOURCES_RESULT_COLUMNS` for a ``resources`` text."""
+    start, end = _let_datetime(text, "_Start"), _let_datetime(text, "_End")
+    scan_from, scan_to = _let_datetime(text, "_ScanFrom"), _let_datetime(text, "_ScanTo")
+    arrival = "_IngestionTime" if "_Arrival = ingestion_time()" in text else "TimeGenerated"
+    tg, arr = df["TimeGenerated"], df[arrival]
+    keep = (tg >= scan_from) & (tg < scan_to) & (arr >= start) & (arr < end)
+    if span is not None:
+        keep &= (tg >= span[0]) & (tg < span[1])
+    counts = _resource_of(df[keep]).value_counts()
+    return [[str(k), int(n)] for k, n in counts.head(kql.MAX_RESOURCES).items()]
+
+
 def plan_answer(df: pd.DataFrame, text: str, span: tuple | None) -> list[list[Any]]:
     """Rows of :data:`kql.PLAN_RESULT_COLUMNS` for a ``plan`` text (exact distinct counts)."""
     start, end = _let_datetime(text, "_Start"), _let_datetime(text, "_End")
@@ -536,7 +576,10 @@ class Emulator:
     rows
         A simulated ``ACSCallClientOperations`` export (typed by :func:`load_rows`).
     workspaces, resources
-        Ids that exist (others get 404).
+        Ids that exist (others get 404). A resource-scoped query reads the rows whose
+        ``_ResourceId`` is that resource, as the service does.
+    tables
+        Workspace id -> its own rows (others hold ``rows``).
     max_rows, max_bytes
         Service limits per answer (default the real ones); over them the answer is partial.
     """
@@ -547,12 +590,15 @@ class Emulator:
         *,
         workspaces: tuple[str, ...] = ("ws-test",),
         resources: tuple[str, ...] = (),
+        tables: dict[str, pd.DataFrame] | None = None,
         max_rows: int = 500_000,
         max_bytes: int = 100 * 2**20,
         ingest_lag: timedelta = timedelta(seconds=30),
     ) -> None:
         self.df = load_rows(rows if rows is not None else pd.DataFrame(), ingest_lag=ingest_lag)
-        self.workspaces = set(workspaces)
+        # A workspace listed in ``tables`` holds those rows; every other one holds ``rows``.
+        self.tables = {ws: load_rows(t, ingest_lag=ingest_lag) for ws, t in (tables or {}).items()}
+        self.workspaces = set(workspaces) | set(self.tables)
         self.resources = {r.lower() for r in resources}
         self.max_rows = max_rows
         self.max_bytes = max_bytes
@@ -646,15 +692,24 @@ class Emulator:
         ):
             self._send(h, req, 404, _error_body("WorkspaceNotFoundError", "not found"))
             return
+        if m_ws:
+            df = self.tables.get(m_ws.group(1), self.df)
+        elif (_resource_of(self.df) != "").any():
+            df = self.df[_resource_of(self.df) == m_res.group(1).lower()]
+        else:  # a table written without resource ids: all of it is the resource's
+            df = self.df
         try:
             span = _parse_timespan(req.timespan)
             kind = kql.query_kind(req.query)
+            df = scoped(df, req.query)
             if kind == "aggregate":
-                columns, rows = kql.AGG_RESULT_COLUMNS, aggregate_answer(self.df, req.query, span)
+                columns, rows = kql.AGG_RESULT_COLUMNS, aggregate_answer(df, req.query, span)
             elif kind == "plan":
-                columns, rows = kql.PLAN_RESULT_COLUMNS, plan_answer(self.df, req.query, span)
+                columns, rows = kql.PLAN_RESULT_COLUMNS, plan_answer(df, req.query, span)
             elif kind == "drilldown":
-                columns, rows = kql.DRILL_RESULT_COLUMNS, drill_answer(self.df, req.query, span)
+                columns, rows = kql.DRILL_RESULT_COLUMNS, drill_answer(df, req.query, span)
+            elif kind == "resources":
+                columns, rows = kql.RESOURCES_RESULT_COLUMNS, resources_answer(df, req.query, span)
             else:
                 raise ValueError("unknown query shape")
         except (ValueError, AttributeError, KeyError) as err:

@@ -511,3 +511,43 @@ def test_a_call_failing_in_two_versions_is_one_failing_call_of_the_operation(
     fleet = with_fleet(s)
     fleet = fleet[fleet["sdk_version"] == FLEET]
     assert int(fleet["failed_calls"].iloc[0]) == 2  # group-call and other-call, once each
+
+
+# -- issue 22: rows of several ACS resources --------------------------------------------------
+
+_ACS = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Communication/CommunicationServices"
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "csv"])
+def test_resource_column_splits_the_rows(tmp_path: Path, fmt: str) -> None:
+    from detector.source.files import read_resources
+
+    rows = []
+    for i in range(30):
+        r = row(opid=f"op-{i}", cct=f"2026-11-02T10:{i:02d}:00Z")
+        r["_ResourceId"] = f"{_ACS}/acs-a" if i % 3 else f" {_ACS.upper()}/ACS-B "
+        rows.append(r)
+    rows[0]["_ResourceId"] = "../../etc/passwd'; --"
+    path = write_rows(rows, tmp_path / file_name(fmt), fmt)
+    a, b = f"{_ACS}/acs-a".lower(), f"{_ACS}/acs-b".lower()
+    assert read_resources(path) == {a: 20, b: 9, "../../etc/passwd'; --": 1}
+    five = timedelta(minutes=5)
+    got = {k: read_aggregates(path, bucket=five, resource=k) for k in (a, b)}
+    assert int(got[a].stats["calls"].sum()) == 20 and int(got[b].stats["calls"].sum()) == 9
+    assert int(read_aggregates(path, bucket=five).stats["calls"].sum()) == 30
+    with pytest.raises(ValueError, match="resource"):
+        read_aggregates(path, bucket=five, resource="x' OR 1=1 --")
+
+
+def test_diagnostic_export_resource_id(tmp_path: Path) -> None:
+    from detector.source.files import read_resources
+
+    path = write_rows(
+        [row(opid=f"op-{i}") for i in range(3)],
+        tmp_path / "d" / file_name("diagnostic"),
+        "diagnostic",
+    )
+    # the Diagnostic Settings record names its resource at the top level, in upper case
+    assert read_resources(path) == {
+        "/subscriptions/x/resourcegroups/rg/providers/microsoft.communication/communicationservices/acs": 3
+    }

@@ -178,7 +178,67 @@ def _shapes() -> list[tuple[str, str, dict[str, str]]]:
             kql.DRILL_RESULT_COLUMNS,
         )
     )
+    out += _resource_shapes()
     return out
+
+
+RESOURCE = (
+    "/subscriptions/11111111-1111-1111-1111-111111111111/resourcegroups/rg-test"
+    "/providers/microsoft.communication/communicationservices/acs-test"
+)
+
+
+def _resource_shapes() -> list[tuple[str, str, dict[str, str]]]:
+    """Issue 22: the resources query, and every shape scoped to one ACS resource."""
+    five = timedelta(minutes=5)
+    target = kql.DrillTarget("Join|*|volume", "Join", None, "volume", S, E)
+    return [
+        ("resources", kql.resources_query(S, E), kql.RESOURCES_RESULT_COLUMNS),
+        (
+            "resources-timegenerated",
+            kql.resources_query(S, E, arrival="TimeGenerated"),
+            kql.RESOURCES_RESULT_COLUMNS,
+        ),
+        (
+            "aggregate-resource",
+            kql.aggregate_query(S, E, bucket=five, resource=RESOURCE),
+            kql.AGG_RESULT_COLUMNS,
+        ),
+        (
+            "plan-resource",
+            kql.plan_query(S, E, step=timedelta(hours=1), bucket=five, resource=RESOURCE),
+            kql.PLAN_RESULT_COLUMNS,
+        ),
+        (
+            "drilldown-resource",
+            kql.drill_down_query([target], lateness=timedelta(0), resource=RESOURCE),
+            kql.DRILL_RESULT_COLUMNS,
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    "value", [RESOURCE.upper(), f" {RESOURCE}", f'{RESOURCE}" or 1==1', "", "/subscriptions/x"]
+)
+def test_resource_filter_takes_tenant_keys_only(value: str) -> None:
+    with pytest.raises(ValueError, match="resource"):
+        kql.resource_filter(value)
+    with pytest.raises(ValueError, match="resource"):
+        kql.aggregate_query(S, E, bucket=timedelta(minutes=5), resource=value)
+
+
+def test_resource_filter_is_one_where_line() -> None:
+    assert kql.resource_filter(None) == ""
+    line = kql.resource_filter(RESOURCE)
+    assert line.count("\n") == 1 and line.strip().startswith("| where ")
+    assert kql.kql_string(RESOURCE) in line
+
+
+def test_resources_from_rows() -> None:
+    got = kql.resources_from_rows(["ResourceId", "Rows"], [[RESOURCE, 5], [None, 2], ["", 1]])
+    assert got == {RESOURCE: 5, "": 3}
+    with pytest.raises(ValueError, match="lacks"):
+        kql.resources_from_rows(["Rows"], [])
 
 
 @pytest.mark.node

@@ -759,3 +759,53 @@ def test_partition_cap_keeps_the_busiest(emulator) -> None:  # noqa: F811
     assert capped.dropped["partition_cap"] == parts.sum() - parts.max()
     assert capped.partitions_left_out == len(parts) - 1
     assert capped.rows_read == capped.stats["calls"].sum() + sum(capped.dropped.values())
+
+
+def test_settings_several_targets() -> None:
+    # issue 22: workspace_id as a list, additional_workspaces, resource_ids; one query each
+    rid = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Communication/CommunicationServices/a"
+    s = LogAnalyticsSettings.from_config(
+        {"workspace_id": ["ws-1", "ws-2"], "additional_workspaces": ["ws-3"], "resource_ids": [rid]}
+    )
+    targets = s.targets()
+    assert [t.target for t in targets] == [
+        "workspace ws-1",
+        "workspace ws-2",
+        "workspace ws-3",
+        f"resource {rid}",
+    ]
+    assert all(not t.additional_workspaces and not t.resource_ids for t in targets)
+    assert LogAnalyticsSettings(resource_ids=(rid,)).targets()[0].resource_id == rid
+    for bad, key in (
+        ({"workspace_id": "ws-1", "additional_workspaces": ["WS-1"]}, "listed twice"),
+        ({"workspace_id": "ws-1", "additional_workspaces": ["bad id!"]}, "additional_workspaces"),
+        ({"workspace_id": "ws-1", "resource_ids": ["not-a-resource"]}, "resource_ids"),
+        ({"additional_workspaces": []}, "exactly one of workspace_id, resource_id"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            LogAnalyticsSettings.from_config(bad)
+
+
+def test_resource_scoped_reads_through_the_emulator(emulator) -> None:  # noqa: F811
+    # Two resources in one workspace: each filtered read holds its own rows, and they add up.
+    rows = sample_rows(hours=2, per_hour=120)
+    a, b = (
+        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Communication/"
+        f"CommunicationServices/{name}"
+        for name in ("acs-a", "acs-b")
+    )
+    rows["_ResourceId"] = [a if i % 3 else f" {b.upper()}" for i in range(len(rows))]
+    emu = emulator(rows)
+    window = (T0 - timedelta(hours=1), T0 + timedelta(hours=8))
+    five = timedelta(minutes=5)
+    found = make_source(emu).read_resources(window)
+    assert set(found) == {a.lower(), b.lower()} and sum(found.values()) == len(rows)
+    whole = make_source(emu).read_aggregates(window, bucket=five)
+    parts = [
+        LogAnalyticsSource(
+            make_source(emu).settings, credential=FakeCredential(), resource=key.lower()
+        ).read_aggregates(window, bucket=five)
+        for key in (a, b)
+    ]
+    assert all(int(p.stats["calls"].sum()) > 0 for p in parts)
+    assert sum(int(p.rows_read) for p in parts) == int(whole.rows_read)

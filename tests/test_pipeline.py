@@ -276,3 +276,34 @@ def test_console_shows_the_calls_behind_a_long_span() -> None:
     busy = line(170, {"evidence_calls": 150, "span_buckets": 12})
     assert "on 170 calls" in busy and "span behind it" not in busy
     assert "span behind it" not in line(3, {})  # older reports
+
+
+def test_html_report_is_drawn_once_with_html(
+    sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 22: `run --html` (and demo) drew the page twice: once for the store, once for --html.
+    import detector.report_html as report_html
+
+    drawn: list[str] = []
+    real = report_html.render_html_report
+
+    def counting(**kwargs: object) -> str:
+        drawn.append(str(kwargs.get("json_href")))
+        return real(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(report_html, "render_html_report", counting)
+    incident = sim.incidents[0]
+    html = tmp_path / "out" / "report.html"
+    args = ["--config", str(_config(tmp_path, sim.data_path)), "run", "--no-notify"]
+    window = [
+        "--start",
+        _iso(incident.start.replace(minute=0) - timedelta(hours=1)),
+        "--end",
+        _iso(incident.end.replace(minute=0) + timedelta(hours=1)),
+    ]
+    assert main([*args, *window, "--html", str(html)]) == EXIT_OK
+    assert len(drawn) == 1
+    stored = sorted((tmp_path / "state" / "reports").glob("run-*.html"))
+    assert len(stored) == 1 and stored[0].read_bytes() == html.read_bytes()
+    # the JSON report the page links to is beside it
+    assert (html.parent / drawn[0]).is_file()

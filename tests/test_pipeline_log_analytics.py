@@ -60,8 +60,10 @@ def test_failed_chunk_advances_watermark_only_over_what_was_read(
     now = (T0 + timedelta(hours=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
     store = BucketStore(LocalBackend(tmp_path / "state"))
 
-    # plan and first chunk answer, then the next chunk fails on both attempts
-    emu.push(Fault("slow"), Fault("slow"), Fault("status", 500), Fault("status", 500))
+    # the resources query, plan and first chunk answer; the next chunk fails on both attempts
+    emu.push(
+        Fault("slow"), Fault("slow"), Fault("slow"), Fault("status", 500), Fault("status", 500)
+    )
     assert main(["--config", str(cfg), "run", "--now", now]) == 1
     partial_wm = store.watermark
     assert partial_wm is not None and partial_wm < T0 + timedelta(hours=10)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -29,7 +29,14 @@ from typing import Any, Final
 from detector.anomaly import Anomaly, severity_rank
 from detector.escape import clean, escaper, for_html, for_html_block, for_text, kql_string
 from detector.lifecycle import Decision, Reason
-from detector.words import finite, fmt_value, portal_query_url, what_moved, why_believed
+from detector.words import (
+    finite,
+    fmt_value,
+    portal_query_url,
+    resource_name,
+    what_moved,
+    why_believed,
+)
 
 __all__ = [
     "CHANNELS",
@@ -339,10 +346,17 @@ def _title(dg: _Digest, route: str, channel: str) -> str:
     if dg.omitted:
         parts.append(f"+{dg.omitted} more")
     ops = ", ".join(esc(op, _LINE) for op, _ in dg.groups[:3])
-    title = "ACS anomalies: " + ", ".join(parts or ["nothing new"])
+    title = f"ACS anomalies{_resources_label(dg, esc)}: " + ", ".join(parts or ["nothing new"])
     if ops:
         title += f" - {ops}"
     return title[:200]
+
+
+def _resources_label(dg: _Digest, esc: Callable[[Any, int], str]) -> str:
+    """`` (acs-test)``: the ACS resources a digest's alerts are about, when resources are
+    judged apart (each digest then comes from one resource); "" otherwise."""
+    names = sorted({n for d in dg.shown if d.anomaly and (n := resource_name(d.anomaly))})
+    return f" ({esc(', '.join(names), _LINE)})" if names else ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,7 +384,10 @@ def _facts(
     a = d.anomaly
     op, metric = safe_operation(d.operation_name), d.metric
     who = f"SDK {safe_version(d.sdk_version)}" if d.sdk_version is not None else "all versions"
+    where = resource_name(a) if a is not None else None
     headline = f"{d.severity.upper()} {op} {_metric_label(metric)}, {who}"
+    if where:
+        headline += f", on {where}"
     reason = _REASON_WORDS.get(str(d.reason), str(d.reason).replace("_", " "))
     if a is None:
         return _Facts(headline, "", "", "", reason, [], [], "", None)

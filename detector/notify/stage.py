@@ -307,7 +307,10 @@ def _run_record(report: Mapping[str, Any], now: datetime, n_anomalies: int) -> R
     win = report.get("window") or {}
     read = report.get("arrival_window") or win
     rows = src.get("operations", src.get("rows_read", src.get("rows")))
+    failed = [str(x) for x in src.get("failed_targets") or []]  # workspaces not read (issue 22)
     return RunRecord(
+        status="source_error" if failed else "ok",
+        error="; ".join(failed)[:300],
         started_at=_report_dt(report.get("now")) or now,
         read_start=_report_dt(read.get("start")),
         window_start=_report_dt(win.get("start")),

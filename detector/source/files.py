@@ -78,7 +78,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import duckdb
 import numpy as np
@@ -87,13 +87,17 @@ import pyarrow as pa
 
 from detector import aggregate, schema
 from detector.errors import InputError
+from detector.source.resources import resource_key
 
 __all__ = [
     "RESULT_CLASS_SQL",
     "SUPPORTED_SUFFIXES",
     "discover_files",
     "read_aggregates",
+    "read_resources",
 ]
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +133,9 @@ _NEEDED: Final[tuple[str, ...]] = (
     "CallId",  # optional: the call behind a failure (failed_calls)
 )
 _OPTIONAL: Final[frozenset[str]] = frozenset({"OperationPayload", "ResultSignature"})
+# The resource column: ``_ResourceId`` (Log Analytics export) or ``resourceId`` (Diagnostic
+# Settings), lower-cased as _resolve compares them.
+_RESOURCE_NAMES: Final[tuple[str, ...]] = ("_resourceid", "resourceid")
 # ASCII whitespace trimmed from names and ids (DuckDB's trim() alone strips spaces only).
 _WS: Final = "' \t\n\r\x0b\x0c'"
 _LN_GAMMA: Final = math.log(schema.HIST_GAMMA)
@@ -345,7 +352,11 @@ def _resolve(columns: Iterable[str]) -> dict[str, str]:
     for col in columns:
         key = re.sub(r"\s*\[[^\]]*\]\s*$", "", col).strip().lower()
         by_lower.setdefault(key, col)
-    return {name: by_lower[name.lower()] for name in _NEEDED if name.lower() in by_lower}
+    out = {name: by_lower[name.lower()] for name in _NEEDED if name.lower() in by_lower}
+    res = next((by_lower[n] for n in _RESOURCE_NAMES if n in by_lower), None)
+    if res is not None:  # optional: which ACS resource wrote the row
+        out["_ResourceId"] = res
+    return out
 
 
 def _missing_message(path: Path, found: Iterable[str], fmt_label: str) -> str:
@@ -459,9 +470,21 @@ def _typed_select(source: str, cols: dict[str, str], types: dict[str, str], *, c
         f"{_payload_bad_expr(col('OperationPayload'), typ('OperationPayload'))} AS pay_bad, "
         f"coalesce({_str_expr(col('SdkVersion'))}, '') AS sdk, "
         f"{_str_expr(col('CallId'))} AS call, "
+        f"{_str_expr(col('_ResourceId'))} AS res, "
         f"FALSE AS bad, {_FILE_COL} "
         f"FROM {source}"
     )
+
+
+#: Where a JSON record names its ACS resource: top level in both exports, under
+#: ``properties`` in hand-made files.
+_RESOURCE_JSON: Final[tuple[str, ...]] = (
+    "$.resourceId",
+    "$._ResourceId",
+    "$.ResourceId",
+    "$.properties._ResourceId",
+    "$.properties.resourceId",
+)
 
 
 def _json_key_variants(name: str) -> list[str]:
@@ -489,6 +512,8 @@ def _json_select(source: str) -> str:
         for v in [*variants, *(["time"] if name == "TimeGenerated" else [])]:
             top[name].append(len(paths) + 1)
             paths.append(f"$.{v}")
+    res_at = list(range(len(paths) + 1, len(paths) + 1 + len(_RESOURCE_JSON)))
+    paths += list(_RESOURCE_JSON)
     plist = "[" + ", ".join(_lit(p) for p in paths) + "]"
 
     def first(indices: list[int]) -> str:
@@ -529,6 +554,7 @@ def _json_select(source: str) -> str:
         f"{pay_bad} AS pay_bad, "
         f"coalesce({text('SdkVersion')}, '') AS sdk, "
         f"{text('CallId')} AS call, "
+        f"json_extract_string({first(res_at)}, '$') AS res, "
         f"NOT ok AS bad, {_FILE_COL} "
         f"FROM (SELECT ok, {_FILE_COL}, CASE WHEN ok THEN json_extract(j, {plist}) END AS v, "
         f"CASE WHEN ok THEN json_type(j, '$.properties') = 'OBJECT' ELSE FALSE END AS has_props "
@@ -990,7 +1016,7 @@ GROUP BY h, ck""").fetchall()
     names = names.loc[names["name_code"] == 0, ["h", "name", "sdk"]]
     names = names.merge(ids[["name", "op"]].drop_duplicates(), on="name")
     names = names.merge(ids[["name", "sdk", "pid"]], on=["name", "sdk"], how="left")
-    got = pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "h": pd.Series([r[2] for r in got], dtype="uint64"),
             "ck": np.array([r[3] for r in got], np.int64),
@@ -998,10 +1024,10 @@ GROUP BY h, ck""").fetchall()
         }
     ).merge(names[["h", "pid", "op"]], on="h")
     return _Prior(
-        pid=got["pid"].fillna(-1).to_numpy(np.int64),
-        op=got["op"].to_numpy(np.int64),
-        key=got["ck"].to_numpy(np.int64),
-        n=got["n"].to_numpy(np.float64),
+        pid=frame["pid"].fillna(-1).to_numpy(np.int64),
+        op=frame["op"].to_numpy(np.int64),
+        key=frame["ck"].to_numpy(np.int64),
+        n=frame["n"].to_numpy(np.float64),
     )
 
 
@@ -1193,7 +1219,7 @@ def _seen_before(rows: pa.Table, prior: np.ndarray) -> np.ndarray:
 
 def _shape(
     con: duckdb.DuckDBPyConnection,
-    triples: list[tuple],
+    triples: list[tuple[Any, ...]],
     dim: pd.DataFrame,
     bounds: list[str],
     bucket_us: int,
@@ -1365,7 +1391,8 @@ class _Prior:
 
     @staticmethod
     def none() -> _Prior:
-        return _Prior(*(np.empty(0, np.int64) for _ in range(3)), np.empty(0))
+        ints = np.empty(0, np.int64)
+        return _Prior(pid=ints, op=ints, key=ints, n=np.empty(0))
 
 
 def _cluster_weights(
@@ -1454,9 +1481,10 @@ def _group_general(
     keep = cf < 16
     keep[discard] = False
     del cf
-    stats, hist = _group(
-        *(_col(rows, c)[keep] for c in ("pid", "bi", "rc", "ld", "bin", "ck")), op_of_pid, prior
+    pid, bi, rc, ld, bins, ck = (
+        _col(rows, c)[keep] for c in ("pid", "bi", "rc", "ld", "bin", "ck")
     )
+    stats, hist = _group(pid, bi, rc, ld, bins, ck, op_of_pid, prior)
     return per_cf, stats, hist
 
 
@@ -1586,7 +1614,7 @@ def _duplicates(rows: pa.Table, tie_break: Callable[[np.ndarray], list[np.ndarra
     return np.sort(cand[order[~first]])
 
 
-def _dimension(triples: list[tuple]) -> pd.DataFrame:
+def _dimension(triples: list[tuple[Any, ...]]) -> pd.DataFrame:
     """Distinct raw (name, version, result type) -> dense partition id of (canonical name,
     version), name-based flags and drop code, result class."""
     ops = [t[0] for t in triples]
@@ -1664,6 +1692,7 @@ def read_aggregates(
     cluster_lookback: timedelta = schema.CLUSTER_LOOKBACK,
     dedup_lookback: timedelta = schema.DEDUP_LOOKBACK,
     max_partitions: int | None = schema.MAX_PARTITIONS,
+    resource: str | None = None,
 ) -> schema.BucketAggregates:
     """Aggregate ACS call client operation exports into bucket aggregates with DuckDB.
 
@@ -1696,6 +1725,10 @@ def read_aggregates(
         Keep the busiest partitions (operation, SDK version) up to this many; the rows of the
         rest are counted under ``partition_cap`` (see :func:`detector.aggregate.cap_partitions`).
         None: no cap.
+    resource : str, optional
+        Only the rows of this ACS resource (a tenant key, see
+        :func:`detector.source.resources.resource_key`), matched on the row's
+        ``_ResourceId`` / ``resourceId`` trimmed and lower-cased. None: every row.
 
     Returns
     -------
@@ -1717,52 +1750,25 @@ def read_aggregates(
     dedup_us = int(dedup_lookback / timedelta(microseconds=1))
     if bucket_us <= 0:
         raise ValueError(f"bucket must be positive, got {bucket}")
-    window = None
-    if arrival_window is not None:
-        window = (_us(arrival_window[0]), _us(arrival_window[1]))
-        if window[1] < window[0]:
-            raise ValueError(f"arrival_window ends before it starts: {arrival_window}")
-
+    window = _window_us(arrival_window)
     files = _select_files(path)
     mtimes = _mtimes(f.path for f in files)
-    garbage = frozenset(f.path for f in files if f.garbage)
-    run = partial(_run, lookback=lookback_us, mtimes=mtimes, dedup_lookback=dedup_us)
-    spill_dir = tempfile.mkdtemp(prefix="acs-duckdb-")
-    try:
-        con = _connect(threads, memory_limit, spill_dir)
-        try:
-            by_fmt: dict[str, list[Path]] = {}
-            for f in files:
-                by_fmt.setdefault(f.fmt, []).append(f.path)
-            parts: list[str] = []
-            bounds: list[str] | None = []
-            if "parquet" in by_fmt:
-                parts, bounds = _parquet_part(con, by_fmt["parquet"])
-            if "json_array" in by_fmt:
-                parts += _json_array_part(con, by_fmt["json_array"])
-            try:
-                try:
-                    text = _text_parts(by_fmt, parallel=True, garbage=garbage)
-                    if text or "json_array" in by_fmt:
-                        bounds = None  # read once into a table (see _run)
-                    out = run(con, parts + text, bucket_us, window, bounds)
-                except duckdb.Error:
-                    if not text:
-                        raise
-                    # A text file the strict parallel reader cannot split (a stray quote before
-                    # a line break): re-read it with the lenient single-threaded reader, so bad
-                    # rows are counted, not fatal. A bug in our SQL fails again and propagates.
-                    log.info("re-reading text files with the single-threaded CSV reader")
-                    text = _text_parts(by_fmt, parallel=False, garbage=garbage)
-                    out = run(con, parts + text, bucket_us, window, None)
-            except _READ_ERRORS as exc:
-                names = ", ".join(str(f.path) for f in files[:3])
-                more = f" (+{len(files) - 3} more)" if len(files) > 3 else ""
-                raise InputError(f"cannot read {names}{more}: {_short(exc)}") from exc
-        finally:
-            con.close()
-    finally:
-        shutil.rmtree(spill_dir, ignore_errors=True)
+
+    def run(
+        con: duckdb.DuckDBPyConnection, parts: list[str], bounds: list[str] | None
+    ) -> schema.BucketAggregates:
+        return _run(
+            con,
+            _scoped(parts, resource),
+            bucket_us,
+            window,
+            bounds,
+            lookback_us,
+            mtimes=mtimes,
+            dedup_lookback=dedup_us,
+        )
+
+    out = _with_inputs(files, threads, memory_limit, run)
     capped = aggregate.cap_partitions(out, max_partitions)
     if capped.partitions_left_out:
         log.warning(
@@ -1788,4 +1794,104 @@ def _mtimes(paths: Iterable[Path]) -> dict[str, int]:
 
 def _arrow_strings(values: np.ndarray, index: pa.Array) -> pd.api.extensions.ExtensionArray:
     taken = pa.array(list(values), type=pa.large_string()).take(index)
-    return pd.array(taken, dtype=pd.StringDtype("pyarrow"))
+    out: pd.api.extensions.ExtensionArray = pd.array(taken, dtype=pd.StringDtype("pyarrow"))
+    return out
+
+
+def _window_us(arrival_window: tuple[datetime, datetime] | None) -> tuple[int, int] | None:
+    """An arrival window in microseconds since the epoch (None: every row)."""
+    if arrival_window is None:
+        return None
+    window = (_us(arrival_window[0]), _us(arrival_window[1]))
+    if window[1] < window[0]:
+        raise ValueError(f"arrival_window ends before it starts: {arrival_window}")
+    return window
+
+
+def _scoped(parts: list[str], resource: str | None) -> list[str]:
+    """The normalised SELECTs keeping only ``resource``'s rows (all of them for None)."""
+    if resource is None:
+        return parts
+    if resource_key(resource) != resource:
+        raise ValueError("resource must be a lower-case Azure resource id")
+    cond = f"lower(trim(res, {_WS})) = {_lit(resource)}"
+    return [f"SELECT * FROM ({p}) WHERE {cond}" for p in parts]
+
+
+def _with_inputs(
+    files: list[_File],
+    threads: int | None,
+    memory_limit: str | None,
+    run: Callable[[duckdb.DuckDBPyConnection, list[str], list[str] | None], _T],
+) -> _T:
+    """Open DuckDB on ``files`` and return ``run(con, parts, bounds)``: the normalised SELECTs
+    of every file (by format) and the Parquet bounds SELECTs (None when text is read)."""
+    garbage = frozenset(f.path for f in files if f.garbage)
+    spill_dir = tempfile.mkdtemp(prefix="acs-duckdb-")
+    try:
+        con = _connect(threads, memory_limit, spill_dir)
+        try:
+            by_fmt: dict[str, list[Path]] = {}
+            for f in files:
+                by_fmt.setdefault(f.fmt, []).append(f.path)
+            parts: list[str] = []
+            bounds: list[str] | None = []
+            if "parquet" in by_fmt:
+                parts, bounds = _parquet_part(con, by_fmt["parquet"])
+            if "json_array" in by_fmt:
+                parts += _json_array_part(con, by_fmt["json_array"])
+            try:
+                try:
+                    text = _text_parts(by_fmt, parallel=True, garbage=garbage)
+                    if text or "json_array" in by_fmt:
+                        bounds = None  # read once into a table (see _run)
+                    return run(con, parts + text, bounds)
+                except duckdb.Error:
+                    if not text:
+                        raise
+                    # A text file the strict parallel reader cannot split (a stray quote before
+                    # a line break): re-read it with the lenient single-threaded reader, so bad
+                    # rows are counted, not fatal. A bug in our SQL fails again and propagates.
+                    log.info("re-reading text files with the single-threaded CSV reader")
+                    text = _text_parts(by_fmt, parallel=False, garbage=garbage)
+                    return run(con, parts + text, None)
+            except _READ_ERRORS as exc:
+                names = ", ".join(str(f.path) for f in files[:3])
+                more = f" (+{len(files) - 3} more)" if len(files) > 3 else ""
+                raise InputError(f"cannot read {names}{more}: {_short(exc)}") from exc
+        finally:
+            con.close()
+    finally:
+        shutil.rmtree(spill_dir, ignore_errors=True)
+
+
+def read_resources(
+    path: str | os.PathLike[str],
+    *,
+    arrival_window: tuple[datetime, datetime] | None = None,
+    threads: int | None = None,
+    memory_limit: str | None = None,
+) -> dict[str, int]:
+    """Rows per resource value (``_ResourceId`` / ``resourceId``, trimmed and lower-cased;
+    ``""`` without one) among the rows that arrived in ``arrival_window``: which ACS
+    resources wrote these files. Values are hostile text; the busiest 1000 are listed.
+    Raises :class:`InputError` like :func:`read_aggregates`."""
+    window = _window_us(arrival_window)
+    files = _select_files(path)
+    mtimes = _mtimes(f.path for f in files)
+
+    def count(
+        con: duckdb.DuckDBPyConnection, parts: list[str], bounds: list[str] | None
+    ) -> dict[str, int]:
+        src = "\nUNION ALL\n".join(
+            f"SELECT res, coalesce(tg_us, cct_us, {_mtime_sql(mtimes)}) AS arr_us FROM ({p})"
+            for p in parts
+        )
+        where = f"WHERE arr_us >= {window[0]} AND arr_us < {window[1]}" if window else ""
+        rows = con.execute(
+            f"SELECT coalesce(lower(trim(res, {_WS})), '') AS r, count(*) AS n FROM ({src}) "
+            f"{where} GROUP BY r ORDER BY n DESC LIMIT 1000"
+        ).fetchall()
+        return {str(r): int(n) for r, n in rows}
+
+    return _with_inputs(files, threads, memory_limit, count)

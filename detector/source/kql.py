@@ -81,6 +81,7 @@ from detector.schema import (
     empty_aggregates,
     fill_failed_calls,
 )
+from detector.source.resources import resource_key
 
 __all__ = [
     "AGG_RESULT_COLUMNS",
@@ -89,6 +90,7 @@ __all__ = [
     "DRILL_RESULT_COLUMNS",
     "FLAG_REASONS_KQL",
     "PLAN_RESULT_COLUMNS",
+    "RESOURCES_RESULT_COLUMNS",
     "DrillTarget",
     "PlanStep",
     "aggregate_query",
@@ -102,6 +104,9 @@ __all__ = [
     "plan_from_rows",
     "plan_query",
     "query_kind",
+    "resource_filter",
+    "resources_from_rows",
+    "resources_query",
     "scan_span",
     "table_schema",
 ]
@@ -143,6 +148,16 @@ PLAN_RESULT_COLUMNS: Final[dict[str, str]] = {
     "Keys": "long",
     "KeyBins": "long",
 }
+
+#: Columns of the ``resources`` answer: rows per ``_ResourceId`` value (lower-cased, at most
+#: :data:`MAX_RESOURCES` values; ``""`` for rows without one).
+RESOURCES_RESULT_COLUMNS: Final[dict[str, str]] = {"ResourceId": "string", "Rows": "long"}
+
+#: A row's resource as the tenant key compares it (trimmed, lower case).
+RESOURCE_EXPR: Final = 'tolower(trim(@"\\s+", tostring(_ResourceId)))'
+
+#: How many distinct ``_ResourceId`` values one ``resources`` answer lists.
+MAX_RESOURCES: Final = 1000
 
 #: Columns of the ``drilldown`` answer. ``Kind`` is "code" (a failing result code) or "call".
 DRILL_RESULT_COLUMNS: Final[dict[str, str]] = {
@@ -327,11 +342,26 @@ def _point_list() -> str:
     return ", ".join(kql_string(name) for name in sorted(POINT_EVENTS))
 
 
-def _rows_fragment(table: str, arrival: str) -> str:
-    """The table with ``_Arrival`` and the trimmed operation name, bounded by the scan span."""
+def resource_filter(resource: str | None) -> str:
+    """The ``where`` line keeping one ACS resource's rows (``""`` when ``resource`` is None).
+
+    ``resource`` must be a tenant key (:func:`detector.source.resources.resource_key`); it
+    still travels through :func:`kql_string`, like every value that reaches a text.
+    """
+    if resource is None:
+        return ""
+    if resource_key(resource) != resource:
+        raise ValueError("resource must be a lower-case Azure resource id")
+    return f"    | where {RESOURCE_EXPR} == {kql_string(resource)}\n"
+
+
+def _rows_fragment(table: str, arrival: str, resource: str | None = None) -> str:
+    """The table with ``_Arrival`` and the trimmed operation name, bounded by the scan span
+    (one resource's rows only when ``resource`` is given)."""
     arrival_expr = "ingestion_time()" if arrival == "ingestion_time" else "TimeGenerated"
     return (
         f"{table}\n"
+        f"{resource_filter(resource)}"
         "    | where TimeGenerated >= _ScanFrom and TimeGenerated < _ScanTo\n"
         f"    | extend _Arrival = {arrival_expr}\n"
         '    | extend _OpTrim = trim(@"\\s+", OperationName)\n'
@@ -378,6 +408,7 @@ def aggregate_query(
     dedup_lookback: timedelta = DEDUP_LOOKBACK,
     table: str = DEFAULT_TABLE,
     cluster_lookback: timedelta = CLUSTER_LOOKBACK,
+    resource: str | None = None,
 ) -> str:
     """The pushdown query for one arrival window ``[start, end)`` (see module docstring).
 
@@ -399,6 +430,8 @@ def aggregate_query(
     cluster_lookback
         How far before ``start`` (in arrival time) earlier failures of the window's failing
         calls weigh their clusters (``FailureCluster``; see ``files._cluster_weights``).
+    resource
+        Only this ACS resource's rows (a lower-case resource id); None: every row.
 
     Returns
     -------
@@ -441,7 +474,7 @@ let _Lookback = {kql_timespan(dedup_lookback)};
 let _ClusterLookback = {kql_timespan(cluster_lookback)};
 let _Bucket = {kql_timespan(bucket)};
 let _Canonical = {_canonical_bag()};
-let _Rows = {_rows_fragment(table, arrival)};
+let _Rows = {_rows_fragment(table, arrival, resource)};
 let _Window = materialize(_Rows | where _Arrival >= _Start and _Arrival < _End);
 let _Prior = _Rows
     | where _Arrival >= _Start - _Lookback and _Arrival < _Start and isempty(_Drop)
@@ -649,6 +682,7 @@ def plan_query(
     arrival: str = "ingestion_time",
     overlap: timedelta = timedelta(days=2),
     table: str = DEFAULT_TABLE,
+    resource: str | None = None,
 ) -> str:
     """Per-step sizes of an arrival window, to plan the chunks of a backfill.
 
@@ -668,7 +702,7 @@ let _ScanFrom = {kql_datetime(scan_from)};
 let _ScanTo = {kql_datetime(scan_to)};
 let _Bucket = {kql_timespan(bucket)};
 let _Step = {kql_timespan(step)};
-{_rows_fragment(table, arrival)}
+{_rows_fragment(table, arrival, resource)}
 | where _Arrival >= _Start and _Arrival < _End
 | extend _Key = hash(strcat(tolower(_OpTrim), "|", SdkVersion, "|",
     tostring(bin_at(CallClientTimeStamp, _Bucket, {_EPOCH}))))
@@ -678,6 +712,53 @@ let _Step = {kql_timespan(step)};
     by Step = bin_at(_Arrival, _Step, _Start)
 | order by Step asc
 """
+
+
+def resources_query(
+    start: datetime,
+    end: datetime,
+    *,
+    arrival: str = "ingestion_time",
+    overlap: timedelta = timedelta(days=2),
+    table: str = DEFAULT_TABLE,
+) -> str:
+    """Which ACS resources wrote the rows that arrived in ``[start, end)``, and how many each.
+
+    Answers :data:`RESOURCES_RESULT_COLUMNS` (the busiest :data:`MAX_RESOURCES` values).
+    Raises ``ValueError`` like :func:`aggregate_query`.
+    """
+    _check_window(start, end)
+    _check_arrival(arrival)
+    table = kql_identifier(table)
+    scan_from, scan_to = scan_span(start, end, arrival=arrival, overlap=overlap)
+    arrival_expr = "ingestion_time()" if arrival == "ingestion_time" else "TimeGenerated"
+    return f"""// acs-detector:resources v1
+let _Start = {kql_datetime(start)};
+let _End = {kql_datetime(end)};
+let _ScanFrom = {kql_datetime(scan_from)};
+let _ScanTo = {kql_datetime(scan_to)};
+{table}
+| where TimeGenerated >= _ScanFrom and TimeGenerated < _ScanTo
+| extend _Arrival = {arrival_expr}
+| where _Arrival >= _Start and _Arrival < _End
+| summarize Rows = count() by ResourceId = {RESOURCE_EXPR}
+| top {MAX_RESOURCES} by Rows desc
+"""
+
+
+def resources_from_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> dict[str, int]:
+    """Parse a ``resources`` answer: ``{value: rows}`` with the values as sent (hostile text:
+    callers keep only :func:`~detector.source.resources.resource_key` ones as tenants)."""
+    index = {name: i for i, name in enumerate(columns)}
+    missing = [c for c in RESOURCES_RESULT_COLUMNS if c not in index]
+    if missing:
+        raise ValueError(f"answer lacks columns {missing}")
+    out: dict[str, int] = {}
+    for row in rows:
+        value = row[index["ResourceId"]]
+        text = value if isinstance(value, str) else ""
+        out[text] = out.get(text, 0) + int(row[index["Rows"]] or 0)
+    return out
 
 
 def plan_from_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[PlanStep]:
@@ -725,6 +806,7 @@ def drill_down_query(
     top_codes: int = 5,
     example_calls: int = 3,
     table: str = DEFAULT_TABLE,
+    resource: str | None = None,
 ) -> str:
     """Top failing result codes and example ``CallId`` values for flagged partitions.
 
@@ -786,7 +868,7 @@ let _Targets = datatable(Fingerprint:string, Op:string, Sdk:string, AllSdk:bool,
     | extend Fingerprint = base64_decode_tostring(Fingerprint), Op = base64_decode_tostring(Op),
         Sdk = base64_decode_tostring(Sdk);
 let _Hits = materialize({table}
-    | where TimeGenerated >= _ScanFrom and TimeGenerated < _ScanTo
+{resource_filter(resource)}    | where TimeGenerated >= _ScanFrom and TimeGenerated < _ScanTo
     | where CallClientTimeStamp >= _From and CallClientTimeStamp < _To
     | where isnotempty(trim(@"\\s+", OperationId))
     | extend _OpTrim = trim(@"\\s+", OperationName)

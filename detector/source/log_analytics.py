@@ -39,7 +39,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NoReturn
 
@@ -122,7 +122,8 @@ class LogAnalyticsSettings:
     """Where and how to query (``[source]`` keys of the config, see :meth:`from_config`).
 
     Exactly one of ``workspace_id`` and ``resource_id`` (an ACS resource id, queried with
-    ``query_resource``). ``endpoint``/``audience``/``connection_verify`` serve sovereign clouds
+    ``query_resource``), and any further ``additional_workspaces`` / ``resource_ids``: one
+    query each (:meth:`targets`; ``workspace_id`` may also be given as a list). ``endpoint``/``audience``/``connection_verify`` serve sovereign clouds
     and the test emulator (audience defaults to the endpoint, as in the client).
     ``read_timeout`` (seconds, default ``server_timeout + 30``) bounds one HTTP read.
     ``arrival``/``overlap``/``dedup_lookback`` define which rows a window holds
@@ -132,6 +133,8 @@ class LogAnalyticsSettings:
 
     workspace_id: str | None = None
     resource_id: str | None = None
+    additional_workspaces: tuple[str, ...] = ()
+    resource_ids: tuple[str, ...] = ()
     endpoint: str = "https://api.loganalytics.io"
     audience: str | None = None
     connection_verify: bool | str = True
@@ -164,13 +167,7 @@ class LogAnalyticsSettings:
 
     def problems(self) -> list[str]:
         """Every problem with these settings, each prefixed with its ``source.`` key."""
-        p: list[str] = []
-        if bool(self.workspace_id) == bool(self.resource_id):
-            p.append("source: log_analytics needs exactly one of workspace_id, resource_id")
-        if self.workspace_id and not _WORKSPACE_RE.fullmatch(self.workspace_id):
-            p.append("source.workspace_id: must be a workspace id (letters, digits, '-')")
-        if self.resource_id and not _RESOURCE_RE.fullmatch(self.resource_id):
-            p.append("source.resource_id: must look like /subscriptions/<id>/resourceGroups/...")
+        p = self._target_problems()
         if not re.match(r"https://[^/\s?#]+/?$", str(self.endpoint)):
             p.append("source.endpoint: must be an https:// URL without a path")
         if self.audience is not None and not re.match(r"https://\S+$", str(self.audience)):
@@ -202,6 +199,22 @@ class LogAnalyticsSettings:
                 or value % timedelta(seconds=1)
             ):
                 p.append(f"source.{name}: must be a positive whole number of seconds")
+        p += self._int_problems()
+        if self.read_timeout is not None and (
+            isinstance(self.read_timeout, bool)
+            or not isinstance(self.read_timeout, int | float)
+            or self.read_timeout <= 0
+        ):
+            p.append("source.read_timeout: must be a number of seconds > 0")
+        for name in ("retry_budget", "backoff_base", "backoff_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                p.append(f"source.{name}: must be a number >= 0")
+        return p
+
+    def _int_problems(self) -> list[str]:
+        """What is wrong with the integer settings (each within its documented range)."""
+        p: list[str] = []
         ints = {
             "server_timeout": (1, API_MAX_SECONDS),
             "max_rows_per_chunk": (1, API_MAX_ROWS),
@@ -216,17 +229,48 @@ class LogAnalyticsSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 p.append(f"source.{name}: must be an integer in [{lo}, {hi}], got {value!r}")
-        if self.read_timeout is not None and (
-            isinstance(self.read_timeout, bool)
-            or not isinstance(self.read_timeout, int | float)
-            or self.read_timeout <= 0
-        ):
-            p.append("source.read_timeout: must be a number of seconds > 0")
-        for name in ("retry_budget", "backoff_base", "backoff_max"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                p.append(f"source.{name}: must be a number >= 0")
         return p
+
+    def _target_problems(self) -> list[str]:
+        """What is wrong with the workspaces and resource ids to query."""
+        p: list[str] = []
+        if (self.workspace_id and self.resource_id) or not (
+            self.workspace_id or self.resource_id or self.additional_workspaces or self.resource_ids
+        ):
+            p.append(
+                "source: log_analytics needs exactly one of workspace_id, resource_id "
+                "(more in additional_workspaces, resource_ids)"
+            )
+        spaces = [("workspace_id", self.workspace_id)] if self.workspace_id else []
+        spaces += [("additional_workspaces", w) for w in self.additional_workspaces]
+        for key, value in spaces:
+            if not isinstance(value, str) or not _WORKSPACE_RE.fullmatch(value):
+                p.append(f"source.{key}: must be a workspace id (letters, digits, '-')")
+        ids = [("resource_id", self.resource_id)] if self.resource_id else []
+        ids += [("resource_ids", r) for r in self.resource_ids]
+        for key, value in ids:
+            if not isinstance(value, str) or not _RESOURCE_RE.fullmatch(value):
+                p.append(f"source.{key}: must look like /subscriptions/<id>/resourceGroups/...")
+        names = [str(v).lower() for _, v in spaces + ids]
+        if len(set(names)) != len(names):
+            p.append("source: a workspace or resource id is listed twice (it would count twice)")
+        return p
+
+    def targets(self) -> list[LogAnalyticsSettings]:
+        """One settings per workspace / resource to query, each with one target only."""
+        spaces = [self.workspace_id] if self.workspace_id else []
+        ids = [self.resource_id] if self.resource_id else []
+        return [
+            replace(
+                self, workspace_id=w, resource_id=None, additional_workspaces=(), resource_ids=()
+            )
+            for w in [*spaces, *self.additional_workspaces]
+        ] + [
+            replace(
+                self, workspace_id=None, resource_id=r, additional_workspaces=(), resource_ids=()
+            )
+            for r in [*ids, *self.resource_ids]
+        ]
 
     @classmethod
     def from_config(cls, source: Mapping[str, Any]) -> LogAnalyticsSettings:
@@ -247,7 +291,14 @@ class LogAnalyticsSettings:
                 continue
             if names[key].type == "timedelta" and isinstance(value, int | float):
                 value = timedelta(seconds=value)
-            kwargs[key] = value
+            kwargs[key] = tuple(value) if isinstance(value, list) else value
+        spaces = kwargs.get("workspace_id")
+        if isinstance(spaces, tuple):  # a list: the first is the main workspace
+            kwargs["workspace_id"] = spaces[0] if spaces else None
+            kwargs["additional_workspaces"] = (
+                *spaces[1:],
+                *kwargs.get("additional_workspaces", ()),
+            )
         return cls(**kwargs)
 
     @property
@@ -350,6 +401,7 @@ class SourceStats:
     aggregate_queries: int = 0
     plan_queries: int = 0
     drill_queries: int = 0
+    resources_queries: int = 0
     rows: int = 0
     bytes: int = 0
     retries: int = 0
@@ -422,8 +474,10 @@ def merge_aggregates(parts: Sequence[BucketAggregates]) -> BucketAggregates:
         out.stats = merged[list(AGG_COLUMNS)].astype(AGG_COLUMNS).reset_index(drop=True)
     if hists:
         hkey = [*AGG_KEY, "bin"]
-        merged = pd.concat(hists).groupby(hkey, as_index=False, sort=True)["count"].sum()
-        out.hist = merged[list(HIST_COLUMNS)].astype(HIST_COLUMNS).reset_index(drop=True)
+        counts = (
+            pd.concat(hists).groupby(hkey, as_index=False, sort=True).agg(count=("count", "sum"))
+        )
+        out.hist = counts[list(HIST_COLUMNS)].astype(HIST_COLUMNS).reset_index(drop=True)
     out.dropped = {r: sum(p.dropped.get(r, 0) for p in parts) for r in DROP_REASONS}
     out.flagged = {r: sum(p.flagged.get(r, 0) for p in parts) for r in FLAG_REASONS}
     out.rows_read = sum(p.rows_read for p in parts)
@@ -448,6 +502,9 @@ class LogAnalyticsSource:
     sleep, clock
         Injected for tests (default ``time.sleep``, ``time.monotonic``): the retry budget
         counts the sleeps and the time failed attempts took.
+    resource
+        Read only this ACS resource's rows (a tenant key, see
+        :func:`detector.source.resources.resource_key`); None: every row of the target.
     """
 
     def __init__(
@@ -457,8 +514,10 @@ class LogAnalyticsSource:
         *,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        resource: str | None = None,
     ) -> None:
         self.settings = settings
+        self.resource = resource
         self.stats = SourceStats()
         self._credential = credential
         self._client: Any = None
@@ -775,6 +834,7 @@ class LogAnalyticsSource:
             dedup_lookback=s.dedup_lookback,
             table=s.table,
             cluster_lookback=CLUSTER_LOOKBACK,
+            resource=self.resource,
         )
         span = kql.scan_span(
             start,
@@ -806,6 +866,7 @@ class LogAnalyticsSource:
             arrival=s.arrival,
             overlap=s.overlap,
             table=s.table,
+            resource=self.resource,
         )
         span = kql.scan_span(start, end, arrival=s.arrival, overlap=s.overlap)
         try:
@@ -824,6 +885,20 @@ class LogAnalyticsSource:
             max_bytes=s.max_bytes_per_chunk,
             max_scan_rows=s.max_scan_rows_per_chunk,
         )
+
+    def read_resources(self, arrival_window: tuple[datetime, datetime]) -> dict[str, int]:
+        """Rows per ``_ResourceId`` value (lower-cased, hostile text) that arrived in the
+        window: which ACS resources write to this target. Raises like :meth:`read_aggregates`."""
+        start, end = _check_window(arrival_window)
+        s = self.settings
+        self._waited = 0.0
+        text = kql.resources_query(start, end, arrival=s.arrival, overlap=s.overlap, table=s.table)
+        span = kql.scan_span(start, end, arrival=s.arrival, overlap=s.overlap)
+        columns, rows, _ = self._send(text, span, purpose="resources", splittable=False)
+        try:
+            return kql.resources_from_rows(columns, rows)
+        except (ValueError, TypeError) as err:
+            raise QueryFailedError(f"resources answer for {_span((start, end))}: {err}") from None
 
     # -- drill-down --------------------------------------------------------------------------
 
@@ -879,6 +954,7 @@ class LogAnalyticsSource:
                 top_codes=s.top_codes,
                 example_calls=s.example_calls,
                 table=s.table,
+                resource=self.resource,
             )
             lo = min(t.start for t in group) - timedelta(hours=1)
             hi = max(t.end for t in group) + s.drill_lateness
