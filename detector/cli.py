@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from detector import __version__
 from detector.errors import (
@@ -68,8 +68,8 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
-    def stream(self):  # noqa: ANN201
+    @property
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
@@ -318,6 +318,30 @@ def _build_parser() -> _Parser:
     )
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
 
+    ex = command(
+        sub,
+        "explain",
+        "why an operation alerted or not at a time, from the stored history",
+        "acs-detector explain --operation Join --at 2026-11-20T14:00:00Z",
+        "acs-detector explain --operation Join --version 1.40.1.0_stable --metric duration"
+        " --at 2026-11-20T14:00:00Z --json",
+    )
+    ex.add_argument("--operation", required=True, help="operation name, e.g. Join")
+    ex.add_argument(
+        "--version",
+        dest="sdk_version",
+        default=None,
+        help="SDK version, as shown by status (default: the operation across all versions)",
+    )
+    ex.add_argument(
+        "--metric",
+        default=None,
+        choices=("duration", "failures", "volume"),
+        help="only this metric (default: all three)",
+    )
+    ex.add_argument("--at", type=_time, required=True, help="the time to explain (ISO-8601 UTC)")
+    ex.add_argument("--json", action="store_true", help="print JSON for scripts")
+
     sil = command(sub, "silence", "manage silences", "acs-detector silence list")
     sil_sub = sil.add_subparsers(dest="silence_command", metavar="ACTION", parser_class=_Parser)
     sa = command(
@@ -554,6 +578,52 @@ def _cmd_status(args: argparse.Namespace, now: datetime) -> int:
     return EXIT_OK
 
 
+def _cmd_explain(args: argparse.Namespace, now: datetime) -> int:
+    from detector import explain, pipeline
+    from detector.store.alerts import AlertStore
+    from detector.store.buckets import BucketStore
+    from detector.store.engine_state import load_engine_state
+
+    cfg = _load(args)
+    backend = pipeline.open_backend(cfg)
+    alerts = AlertStore(backend)
+    found = explain.explain(
+        _stored_or_read(cfg, BucketStore(backend)),
+        operation=args.operation,
+        sdk_version=args.sdk_version,
+        at=args.at,
+        policy=pipeline.detection_policy(cfg),
+        step=cfg.detection["step"],
+        delay=cfg.detection["delay"],
+        metric=args.metric,
+        maintenance=[(w.start, w.end, w.operation_name) for w in cfg.maintenance],
+        engine_state=load_engine_state(backend)[0],
+        alert_state=alerts.load_state(),
+        silences=alerts.silences(),
+        acks=alerts.acks(),
+        now=now,
+    )
+    print(_json(found.to_json()) if args.json else explain.explanation_text(found))
+    return EXIT_OK
+
+
+def _stored_or_read(cfg: Any, store: Any) -> Any:
+    """``history(start, end)`` for ``explain``: the bucket store, or the configured source
+    when the store holds nothing then (a ``demo`` or a manual rerun judges what it reads and
+    leaves the store empty)."""
+    from detector import pipeline
+
+    def history(start: datetime, end: datetime) -> Any:
+        stored = store.load(start, end)
+        if len(stored.stats):
+            return stored
+        log.info("the store holds nothing for %s .. %s: reading the source", start, end)
+        window = (start, end + cfg.detection["lateness"])
+        return pipeline._Source(cfg).read(window, cfg.detection["bucket"])
+
+    return history
+
+
 def _cmd_silence(args: argparse.Namespace, now: datetime) -> int:
     from detector import pipeline
 
@@ -621,6 +691,7 @@ _HANDLERS = {
     "demo": _cmd_demo,
     "evaluate": _cmd_evaluate,
     "status": _cmd_status,
+    "explain": _cmd_explain,
     "silence": _cmd_silence,
     "ack": _cmd_ack,
     "report": _cmd_report,
