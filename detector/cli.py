@@ -25,6 +25,7 @@ from detector.errors import (
     LockHeldError,
     NotifyError,
 )
+from detector.escape import for_terminal
 from detector.logjson import JsonFormatter
 
 __all__ = [
@@ -264,7 +265,11 @@ def _build_parser() -> _Parser:
     demo.add_argument(
         "--scenario", default="default", help="incidents to inject (see: simulate --list)"
     )
-    demo.add_argument("--notify", action="store_true", help="send the digest to the routes")
+    demo.add_argument(
+        "--notify",
+        action="store_true",
+        help="send the demo's digest to the routes (every time: the demo keeps its own state)",
+    )
 
     sim = command(
         sub,
@@ -317,6 +322,11 @@ def _build_parser() -> _Parser:
         "acs-detector status",
     )
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    status.add_argument(
+        "--demo",
+        action="store_true",
+        help="the demo's own state (its alerts and outbox) instead of the job's",
+    )
 
     ex = command(
         sub,
@@ -360,6 +370,7 @@ def _build_parser() -> _Parser:
     )
     sa.add_argument("--for", dest="duration", default="2h", help="how long, e.g. 2h, 1d")
     sa.add_argument("--comment", default="", help="why, shown by status and silence list")
+    sa.add_argument("--by", default=None, help="who silences, shown by status (default: you)")
     command(sil_sub, "list", "list active silences", "acs-detector silence list")
     se = command(sil_sub, "expire", "expire a silence", "acs-detector silence expire SILENCE_ID")
     se.add_argument("silence_id", help="the id shown by silence list")
@@ -372,6 +383,9 @@ def _build_parser() -> _Parser:
     )
     ack.add_argument("fingerprint", help="operation|sdk_version|metric, as shown by status")
     ack.add_argument("--comment", default="", help="why, shown by status")
+    ack.add_argument(
+        "--by", default=None, help="who acknowledges, shown by status (default: your login name)"
+    )
 
     nt = command(sub, "notify", "notification tools (test the routes)", "acs-detector notify test")
     nt_sub = nt.add_subparsers(dest="notify_command", metavar="ACTION", parser_class=_Parser)
@@ -541,7 +555,7 @@ def _demo_config(args: argparse.Namespace) -> Any:
 def _cmd_demo(args: argparse.Namespace, now: datetime) -> int:
     from detector import pipeline
 
-    cfg = _demo_config(args)
+    cfg = _demo_state(_demo_config(args), reset=True)
     report = pipeline.demo(
         cfg,
         out=args.out,
@@ -551,7 +565,55 @@ def _cmd_demo(args: argparse.Namespace, now: datetime) -> int:
         notify=args.notify,
     )
     print(pipeline.console_summary(report, verbose=True))
+    if args.notify:
+        print(_digest_text(report, has_routes=bool(cfg.routes)))
     return EXIT_FAILURE if report.get("delivery_failed") else EXIT_OK
+
+
+#: Where the demo keeps its state, under the configured state path.
+DEMO_STATE = "demo"
+
+
+def _demo_state(cfg: Any, *, reset: bool) -> Any:
+    """``cfg`` with the demo's own local state: ``<state.path>/demo``, never a Blob store.
+
+    ``reset`` empties it first, so every demo starts from nothing: alerts a previous demo left
+    firing would otherwise suppress this one's digest as duplicates, and its engine state
+    would change what this one finds.
+    """
+    import shutil
+    from dataclasses import replace
+
+    path = (cfg.state_path / DEMO_STATE).resolve()
+    if reset and path.is_dir():
+        shutil.rmtree(path)
+    return replace(cfg, state={**cfg.state, "url": None, "path": str(path)})
+
+
+def _digest_text(report: dict[str, Any], *, has_routes: bool) -> str:
+    """Where ``demo --notify`` sent its digest, or why it sent nothing."""
+    alerts = report.get("alerts") or {}
+    sent, waiting = len(alerts.get("sent") or []), len(alerts.get("failed") or [])
+    lost = len(alerts.get("undeliverable") or [])
+    if not has_routes:
+        return (
+            "digest: not sent: the config has no [[notify.route]] (see the README, Try it locally)"
+        )
+    lines = []
+    if alerts.get("by_target"):
+        lines.append(
+            f"digest: {sent} message(s) delivered, {waiting} waiting in the outbox,"
+            f" {lost} undeliverable (per target above)"
+        )
+    for u in alerts.get("unrouted") or []:
+        lines.append(
+            f"digest: route {u['route']} has no URL (its ${{VAR:-}} is unset): nothing sent there"
+        )
+    if not lines:
+        lines.append("digest: nothing to send (no alerts in the demo's window)")
+    if waiting:
+        lines.append("  the outbox: acs-detector status --demo")
+    return for_terminal("\n".join(lines))
 
 
 def _cmd_evaluate(args: argparse.Namespace, now: datetime) -> int:
@@ -565,17 +627,31 @@ def _cmd_evaluate(args: argparse.Namespace, now: datetime) -> int:
 
 def _cmd_status(args: argparse.Namespace, now: datetime) -> int:
     from detector import pipeline
-
-    cfg = _load(args)
-    if not args.json:
-        print(pipeline.status_text(cfg, now=now))
-        return EXIT_OK
-    from detector.notify.commands import status_data
+    from detector.notify.commands import status_data, status_text
     from detector.store.buckets import BucketStore
 
+    cfg = _load(args)
+    if args.demo:
+        cfg = _demo_state(cfg, reset=False)
     backend = pipeline.open_backend(cfg)
-    print(_json(status_data(backend, now, watermark=BucketStore(backend).watermark)))
+    watermark = BucketStore(backend).watermark
+    judged = _judged_until(backend, pipeline.PIPELINE_KEY)
+    if args.json:
+        print(_json(status_data(backend, now, watermark=watermark, judged_until=judged)))
+    else:
+        print(status_text(backend, now, watermark=watermark, judged_until=judged))
     return EXIT_OK
+
+
+def _judged_until(backend: Any, key: str) -> str | None:
+    """How far scheduled runs have judged (the pipeline state's ``judged_until``), or None."""
+    found = backend.read(key)
+    try:
+        value = json.loads(found[0]).get("judged_until") if found else None
+    except (ValueError, AttributeError):
+        log.warning("%s is unreadable: judged_until unknown", key)
+        return None
+    return str(value) if value else None
 
 
 def _cmd_explain(args: argparse.Namespace, now: datetime) -> int:
@@ -635,17 +711,7 @@ def _cmd_silence(args: argparse.Namespace, now: datetime) -> int:
             duration = parse_duration(args.duration)
         except ValueError as exc:
             raise ConfigError(f"--for: {exc}") from None
-        print(
-            pipeline.add_silence(
-                cfg,
-                operation=args.operation,
-                sdk_version=args.sdk_version,
-                metric=args.metric,
-                duration=duration,
-                comment=args.comment,
-                now=now,
-            )
-        )
+        print(_add_silence(cfg, args, duration, now))
     elif args.silence_command == "list":
         print(pipeline.list_silences(cfg, now=now))
     elif args.silence_command == "expire":
@@ -655,11 +721,50 @@ def _cmd_silence(args: argparse.Namespace, now: datetime) -> int:
     return EXIT_OK
 
 
+def _add_silence(cfg: Any, args: argparse.Namespace, duration: Any, now: datetime) -> str:
+    """``silence add``: the new silence, one line, with who added it."""
+    from detector import pipeline
+    from detector.notify.commands import add_silence, silences_text
+
+    matcher = {
+        k: v
+        for k, v in (
+            ("operation", args.operation),
+            ("sdk_version", args.sdk_version),
+            ("metric", args.metric),
+        )
+        if v
+    }
+    if not matcher:
+        raise ConfigError("silence add: give at least one of --operation, --sdk-version, --metric")
+    backend = pipeline.open_backend(cfg)
+    by = args.by or _login()
+    silence = add_silence(backend, matcher, now + duration, args.comment, now, created_by=by)
+    return silences_text([silence], now)
+
+
 def _cmd_ack(args: argparse.Namespace, now: datetime) -> int:
     from detector import pipeline
+    from detector.notify.commands import ack
 
-    print(pipeline.acknowledge(_load(args), args.fingerprint, comment=args.comment, now=now))
+    backend = pipeline.open_backend(_load(args))
+    done = ack(backend, args.fingerprint, now, by=args.by or _login(), comment=args.comment)
+    print(
+        for_terminal(
+            f"acknowledged {done.fingerprint} by {done.by or 'someone'}: muted until it resolves"
+        )
+    )
     return EXIT_OK
+
+
+def _login() -> str:
+    """Who runs the command: the login name, or "" where there is none (a container)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no $USER/$LOGNAME and no passwd entry
+        return ""
 
 
 def _cmd_report(args: argparse.Namespace, now: datetime) -> int:
