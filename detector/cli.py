@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -78,6 +78,13 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass  # always the current sys.stderr
 
 
+def _not_progress(record: logging.LogRecord) -> bool:
+    """Drop a judged step's progress record from text logs: on a terminal the step printer
+    shows it already, and piped stderr gets no line per step. JSON logs keep it."""
+    data = getattr(record, "data", None)
+    return not (isinstance(data, dict) and "steps" in data and "step" in data)
+
+
 def _setup_logging(level: str, fmt: str) -> None:
     in_functions = bool(os.environ.get("FUNCTIONS_WORKER_RUNTIME"))
     root = logging.getLogger()
@@ -94,6 +101,7 @@ def _setup_logging(level: str, fmt: str) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(_not_progress)
     for h in list(root.handlers):
         if getattr(h, "_acs_detector", False):
             root.removeHandler(h)
@@ -563,6 +571,7 @@ def _cmd_demo(args: argparse.Namespace, now: datetime) -> int:
         seed=args.seed,
         scenario=args.scenario,
         notify=args.notify,
+        progress=sys.stderr.isatty(),
     )
     print(pipeline.console_summary(report, verbose=True))
     if args.notify:
@@ -620,9 +629,20 @@ def _cmd_evaluate(args: argparse.Namespace, now: datetime) -> int:
     from detector import pipeline
 
     cfg = _load(args) if args.config or Path("config/detector.toml").exists() else None
-    result = pipeline.evaluate_dir(cfg, args.data)
+    result = pipeline.evaluate_dir(cfg, args.data, progress=_terminal_progress())
     print(json.dumps(result.to_json(), indent=2) if args.json else result.to_table())
     return EXIT_OK
+
+
+def _terminal_progress() -> Callable[[str], None] | None:
+    """A progress line printer on stderr when it is a terminal; None when it is piped."""
+    if not sys.stderr.isatty():
+        return None
+
+    def say(msg: str) -> None:
+        print(f"  {msg}", file=sys.stderr, flush=True)
+
+    return say
 
 
 def _cmd_status(args: argparse.Namespace, now: datetime) -> int:

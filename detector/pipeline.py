@@ -826,7 +826,9 @@ def backfill(cfg: Config, *, start: datetime, end: datetime, now: datetime) -> d
     return {"arrival_window": [_iso(start), _iso(end)], **_agg_summary(aggs)}
 
 
-def evaluate_dir(cfg: Config | None, data_dir: Path) -> Any:
+def evaluate_dir(
+    cfg: Config | None, data_dir: Path, progress: Callable[[str], None] | None = None
+) -> Any:
     """Run ``detector.evaluate`` over a simulated data set with the configured policy."""
     from detector.decide import DetectionPolicy
     from detector.evaluate import evaluate
@@ -834,11 +836,18 @@ def evaluate_dir(cfg: Config | None, data_dir: Path) -> Any:
     if not data_dir.exists():
         raise ConfigError(f"--data: {data_dir} does not exist")
     policy = detection_policy(cfg) if cfg is not None else DetectionPolicy()
-    return evaluate(data_dir, policy=policy)
+    return evaluate(data_dir, policy=policy, progress=progress)
 
 
 def demo(
-    cfg: Config, *, out: Path, days: int, seed: int, scenario: str, notify: bool
+    cfg: Config,
+    *,
+    out: Path,
+    days: int,
+    seed: int,
+    scenario: str,
+    notify: bool,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Simulate ``days`` of logs into ``out``, run the job over them, return the run report."""
     from detector.simulate import simulate
@@ -863,6 +872,7 @@ def demo(
         notify=notify,
         html_path=html,
         output=demo_cfg.state_path / "reports" / "demo-anomalies.jsonl",
+        progress=progress,
     )
     report["demo"] = {
         "data": str(out),
