@@ -62,5 +62,5 @@ def test_readme_try_it_locally_sends_the_demo_digest_after_the_quick_start(
     # The mail reached the local SMTP server, which printed it.
     assert re.search(r"^Subject: ", out, re.M), out[-3000:]
     # status --demo shows the waiting item, aged by the clock (seconds, not weeks).
-    (item,) = [x for x in out.splitlines() if f"-> json://127.0.0.1:{web}/" in x]
+    (item,) = [x for x in out.splitlines() if f"-> json://127.0.0.1:{web}/" in x and " age " in x]
     assert re.search(r" age \d+ (s|min)\b", item), item
