@@ -513,9 +513,11 @@ def _metric_lines(mv: MetricVerdict) -> list[str]:
     if mv.alert_text:
         lines.append(f"    alert: {mv.alert_text}")
     if mv.value is not None or mv.usual is not None:
+        # The tests' own measure: a duration test compares mean (log) durations, not the p95.
+        what = {"duration": "mean duration", "failure_rate": "failure rate"}.get(m, "volume")
         span = f" over the last {mv.span_buckets} buckets" if mv.span_buckets else ""
         lines.append(
-            f"    {words.fmt_value(m, mv.value)} vs {words.fmt_value(m, mv.usual)} usual"
+            f"    {what} {words.fmt_value(m, mv.value)} vs {words.fmt_value(m, mv.usual)} usual"
             f" ({words.change_text(m, mv.value, mv.usual)}){span}"
         )
     for t in mv.tests:
