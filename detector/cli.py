@@ -194,31 +194,20 @@ def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParse
     return found
 
 
-def _build_parser() -> _Parser:
-    p = _Parser(
-        prog="acs-detector",
-        description="Anomaly detection and alerting for ACS call client operations.",
+def _command(parent: Any, name: str, help: str, *examples: str) -> _Parser:
+    """A sub-command parser with its help as description and its examples as epilog."""
+    return parent.add_parser(  # type: ignore[no-any-return]
+        name,
+        help=help,
+        description=help,
+        epilog=_example(*examples),
         formatter_class=_Formatter,
-        epilog=_example(
-            "acs-detector demo",
-            "acs-detector run --config config/detector.toml",
-            "acs-detector status",
-        ),
     )
-    p.add_argument("--version", action="version", version=f"acs-detector {__version__}")
-    _add_global_options(p, top=True)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    def command(parent: Any, name: str, help: str, *examples: str) -> _Parser:
-        return parent.add_parser(  # type: ignore[no-any-return]
-            name,
-            help=help,
-            description=help,
-            epilog=_example(*examples),
-            formatter_class=_Formatter,
-        )
 
-    run = command(
+def _add_run(sub: Any) -> None:
+    """Add the ``run`` command to the sub-command parsers ``sub``."""
+    run = _command(
         sub,
         "run",
         "run the job (scheduled window, or --start/--end)",
@@ -248,7 +237,10 @@ def _build_parser() -> _Parser:
     )
     run.add_argument("--now", type=_time, help=argparse.SUPPRESS)  # for replay and tests
 
-    bf = command(
+
+def _add_backfill_demo(sub: Any) -> None:
+    """Add ``backfill`` and ``demo`` to the sub-command parsers ``sub``."""
+    bf = _command(
         sub,
         "backfill",
         "load history into the store (warms the baselines)",
@@ -260,7 +252,7 @@ def _build_parser() -> _Parser:
     )
     bf.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    demo = command(
+    demo = _command(
         sub,
         "demo",
         "simulate logs, run the job over them, show the result",
@@ -279,7 +271,10 @@ def _build_parser() -> _Parser:
         help="send the demo's digest to the routes (every time: the demo keeps its own state)",
     )
 
-    sim = command(
+
+def _add_simulate_evaluate(sub: Any) -> None:
+    """Add ``simulate`` and ``evaluate`` to the sub-command parsers ``sub``."""
+    sim = _command(
         sub,
         "simulate",
         "write simulated ACSCallClientOperations logs",
@@ -308,7 +303,7 @@ def _build_parser() -> _Parser:
     )
     sim.add_argument("--list", action="store_true", help="list the scenarios and exit")
 
-    ev = command(
+    ev = _command(
         sub,
         "evaluate",
         "precision/recall of the detector on simulated data",
@@ -317,13 +312,16 @@ def _build_parser() -> _Parser:
     ev.add_argument("--data", type=Path, required=True, help="a directory written by simulate")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    command(
+
+def _add_inspect(sub: Any) -> None:
+    """Add ``check-config``, ``status`` and ``explain`` to the sub-command parsers ``sub``."""
+    _command(
         sub,
         "check-config",
         "validate the config and print it, secrets hidden",
         "acs-detector check-config --config config/detector.toml",
     )
-    status = command(
+    status = _command(
         sub,
         "status",
         "open alerts, silences, outbox, last run and watermark",
@@ -336,7 +334,7 @@ def _build_parser() -> _Parser:
         help="the demo's own state (its alerts and outbox) instead of the job's",
     )
 
-    ex = command(
+    ex = _command(
         sub,
         "explain",
         "why an operation alerted or not at a time, from the stored history",
@@ -360,9 +358,12 @@ def _build_parser() -> _Parser:
     ex.add_argument("--at", type=_time, required=True, help="the time to explain (ISO-8601 UTC)")
     ex.add_argument("--json", action="store_true", help="print JSON for scripts")
 
-    sil = command(sub, "silence", "manage silences", "acs-detector silence list")
+
+def _add_alert_commands(sub: Any) -> None:
+    """Add ``silence`` and ``ack`` to the sub-command parsers ``sub``."""
+    sil = _command(sub, "silence", "manage silences", "acs-detector silence list")
     sil_sub = sil.add_subparsers(dest="silence_command", metavar="ACTION", parser_class=_Parser)
-    sa = command(
+    sa = _command(
         sil_sub,
         "add",
         "silence alerts matching operation/version/metric",
@@ -379,11 +380,11 @@ def _build_parser() -> _Parser:
     sa.add_argument("--for", dest="duration", default="2h", help="how long, e.g. 2h, 1d")
     sa.add_argument("--comment", default="", help="why, shown by status and silence list")
     sa.add_argument("--by", default=None, help="who silences, shown by status (default: you)")
-    command(sil_sub, "list", "list active silences", "acs-detector silence list")
-    se = command(sil_sub, "expire", "expire a silence", "acs-detector silence expire SILENCE_ID")
+    _command(sil_sub, "list", "list active silences", "acs-detector silence list")
+    se = _command(sil_sub, "expire", "expire a silence", "acs-detector silence expire SILENCE_ID")
     se.add_argument("silence_id", help="the id shown by silence list")
 
-    ack = command(
+    ack = _command(
         sub,
         "ack",
         "acknowledge a firing alert: muted until it resolves",
@@ -395,9 +396,12 @@ def _build_parser() -> _Parser:
         "--by", default=None, help="who acknowledges, shown by status (default: your login name)"
     )
 
-    nt = command(sub, "notify", "notification tools (test the routes)", "acs-detector notify test")
+
+def _add_tools(sub: Any) -> None:
+    """Add ``notify`` and ``report`` to the sub-command parsers ``sub``."""
+    nt = _command(sub, "notify", "notification tools (test the routes)", "acs-detector notify test")
     nt_sub = nt.add_subparsers(dest="notify_command", metavar="ACTION", parser_class=_Parser)
-    nt_test = command(
+    nt_test = _command(
         nt_sub,
         "test",
         "send a marked test message to every target; exit 1 if one fails",
@@ -405,7 +409,7 @@ def _build_parser() -> _Parser:
     )
     nt_test.add_argument("--route", default=None, help="test this route only (by name)")
 
-    rep = command(
+    rep = _command(
         sub,
         "report",
         "write the HTML report of a run",
@@ -413,6 +417,28 @@ def _build_parser() -> _Parser:
     )
     rep.add_argument("--run", type=Path, default=None, help="run report JSON (default: latest)")
     rep.add_argument("--html", type=Path, required=True, help="HTML file to write")
+
+
+def _build_parser() -> _Parser:
+    p = _Parser(
+        prog="acs-detector",
+        description="Anomaly detection and alerting for ACS call client operations.",
+        formatter_class=_Formatter,
+        epilog=_example(
+            "acs-detector demo",
+            "acs-detector run --config config/detector.toml",
+            "acs-detector status",
+        ),
+    )
+    p.add_argument("--version", action="version", version=f"acs-detector {__version__}")
+    _add_global_options(p, top=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_run(sub)
+    _add_backfill_demo(sub)
+    _add_simulate_evaluate(sub)
+    _add_inspect(sub)
+    _add_alert_commands(sub)
+    _add_tools(sub)
     for child in _all_parsers(p)[1:]:
         _add_global_options(child, top=False)
     return p
