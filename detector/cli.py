@@ -550,7 +550,9 @@ def _cmd_backfill(args: argparse.Namespace, now: datetime) -> int:
     cfg = _load(args)
     if args.end <= args.start:
         raise ConfigError("--end must be after --start")
-    summary = pipeline.backfill(cfg, start=args.start, end=args.end, now=now)
+    summary = pipeline.backfill(
+        cfg, start=args.start, end=args.end, now=now, progress=_terminal_progress()
+    )
     print(_json(summary) if args.json else _backfill_text(summary))
     return EXIT_OK
 

@@ -808,8 +808,16 @@ def _progress_printer(enabled: bool) -> Callable[[str], None]:
 # --------------------------------------------------------------------------------------------
 
 
-def backfill(cfg: Config, *, start: datetime, end: datetime, now: datetime) -> dict[str, Any]:
-    """Read arrivals in ``[start, end)`` into the bucket store (warms the baselines)."""
+def backfill(
+    cfg: Config,
+    *,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Read arrivals in ``[start, end)`` into the bucket store (warms the baselines);
+    ``progress`` gets a line per Log Analytics chunk read."""
     from detector.store.buckets import BucketStore
 
     backend = open_backend(cfg)
@@ -821,7 +829,7 @@ def backfill(cfg: Config, *, start: datetime, end: datetime, now: datetime) -> d
                 f"--start {_iso(start)} is before the store's watermark {_iso(wm)}: "
                 "those rows are already counted; backfill only extends history forward"
             )
-        aggs = _Source(cfg).read((start, end), cfg.detection["bucket"])
+        aggs = _Source(cfg).read((start, end), cfg.detection["bucket"], progress=progress)
         store.merge(aggs, watermark=end)
     return {"arrival_window": [_iso(start), _iso(end)], **_agg_summary(aggs)}
 
