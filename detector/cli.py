@@ -12,10 +12,10 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from detector import __version__
 from detector.errors import (
@@ -25,6 +25,7 @@ from detector.errors import (
     LockHeldError,
     NotifyError,
 )
+from detector.escape import for_terminal
 from detector.logjson import JsonFormatter
 
 __all__ = [
@@ -68,13 +69,20 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
-    def stream(self):  # noqa: ANN201
+    @property
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
     def stream(self, value: object) -> None:
         pass  # always the current sys.stderr
+
+
+def _not_progress(record: logging.LogRecord) -> bool:
+    """Drop a judged step's progress record from text logs: on a terminal the step printer
+    shows it already, and piped stderr gets no line per step. JSON logs keep it."""
+    data = getattr(record, "data", None)
+    return not (isinstance(data, dict) and "steps" in data and "step" in data)
 
 
 def _setup_logging(level: str, fmt: str) -> None:
@@ -93,6 +101,7 @@ def _setup_logging(level: str, fmt: str) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(_not_progress)
     for h in list(root.handlers):
         if getattr(h, "_acs_detector", False):
             root.removeHandler(h)
@@ -185,31 +194,20 @@ def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParse
     return found
 
 
-def _build_parser() -> _Parser:
-    p = _Parser(
-        prog="acs-detector",
-        description="Anomaly detection and alerting for ACS call client operations.",
+def _command(parent: Any, name: str, help: str, *examples: str) -> _Parser:
+    """A sub-command parser with its help as description and its examples as epilog."""
+    return parent.add_parser(  # type: ignore[no-any-return]
+        name,
+        help=help,
+        description=help,
+        epilog=_example(*examples),
         formatter_class=_Formatter,
-        epilog=_example(
-            "acs-detector demo",
-            "acs-detector run --config config/detector.toml",
-            "acs-detector status",
-        ),
     )
-    p.add_argument("--version", action="version", version=f"acs-detector {__version__}")
-    _add_global_options(p, top=True)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    def command(parent: Any, name: str, help: str, *examples: str) -> _Parser:
-        return parent.add_parser(  # type: ignore[no-any-return]
-            name,
-            help=help,
-            description=help,
-            epilog=_example(*examples),
-            formatter_class=_Formatter,
-        )
 
-    run = command(
+def _add_run(sub: Any) -> None:
+    """Add the ``run`` command to the sub-command parsers ``sub``."""
+    run = _command(
         sub,
         "run",
         "run the job (scheduled window, or --start/--end)",
@@ -239,7 +237,10 @@ def _build_parser() -> _Parser:
     )
     run.add_argument("--now", type=_time, help=argparse.SUPPRESS)  # for replay and tests
 
-    bf = command(
+
+def _add_backfill_demo(sub: Any) -> None:
+    """Add ``backfill`` and ``demo`` to the sub-command parsers ``sub``."""
+    bf = _command(
         sub,
         "backfill",
         "load history into the store (warms the baselines)",
@@ -251,7 +252,7 @@ def _build_parser() -> _Parser:
     )
     bf.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    demo = command(
+    demo = _command(
         sub,
         "demo",
         "simulate logs, run the job over them, show the result",
@@ -264,9 +265,16 @@ def _build_parser() -> _Parser:
     demo.add_argument(
         "--scenario", default="default", help="incidents to inject (see: simulate --list)"
     )
-    demo.add_argument("--notify", action="store_true", help="send the digest to the routes")
+    demo.add_argument(
+        "--notify",
+        action="store_true",
+        help="send the demo's digest to the routes (every time: the demo keeps its own state)",
+    )
 
-    sim = command(
+
+def _add_simulate_evaluate(sub: Any) -> None:
+    """Add ``simulate`` and ``evaluate`` to the sub-command parsers ``sub``."""
+    sim = _command(
         sub,
         "simulate",
         "write simulated ACSCallClientOperations logs",
@@ -295,7 +303,7 @@ def _build_parser() -> _Parser:
     )
     sim.add_argument("--list", action="store_true", help="list the scenarios and exit")
 
-    ev = command(
+    ev = _command(
         sub,
         "evaluate",
         "precision/recall of the detector on simulated data",
@@ -304,23 +312,58 @@ def _build_parser() -> _Parser:
     ev.add_argument("--data", type=Path, required=True, help="a directory written by simulate")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    command(
+
+def _add_inspect(sub: Any) -> None:
+    """Add ``check-config``, ``status`` and ``explain`` to the sub-command parsers ``sub``."""
+    _command(
         sub,
         "check-config",
         "validate the config and print it, secrets hidden",
         "acs-detector check-config --config config/detector.toml",
     )
-    status = command(
+    status = _command(
         sub,
         "status",
         "open alerts, silences, outbox, last run and watermark",
         "acs-detector status",
     )
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    status.add_argument(
+        "--demo",
+        action="store_true",
+        help="the demo's own state (its alerts and outbox) instead of the job's",
+    )
 
-    sil = command(sub, "silence", "manage silences", "acs-detector silence list")
+    ex = _command(
+        sub,
+        "explain",
+        "why an operation alerted or not at a time, from the stored history",
+        "acs-detector explain --operation Join --at 2026-11-20T14:00:00Z",
+        "acs-detector explain --operation Join --version 1.40.1.0_stable --metric duration"
+        " --at 2026-11-20T14:00:00Z --json",
+    )
+    ex.add_argument("--operation", required=True, help="operation name, e.g. Join")
+    ex.add_argument(
+        "--version",
+        dest="sdk_version",
+        default=None,
+        help="SDK version, as shown by status (default: the operation across all versions)",
+    )
+    ex.add_argument(
+        "--metric",
+        default=None,
+        choices=("duration", "failures", "volume"),
+        help="only this metric (default: all three)",
+    )
+    ex.add_argument("--at", type=_time, required=True, help="the time to explain (ISO-8601 UTC)")
+    ex.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def _add_alert_commands(sub: Any) -> None:
+    """Add ``silence`` and ``ack`` to the sub-command parsers ``sub``."""
+    sil = _command(sub, "silence", "manage silences", "acs-detector silence list")
     sil_sub = sil.add_subparsers(dest="silence_command", metavar="ACTION", parser_class=_Parser)
-    sa = command(
+    sa = _command(
         sil_sub,
         "add",
         "silence alerts matching operation/version/metric",
@@ -336,11 +379,12 @@ def _build_parser() -> _Parser:
     )
     sa.add_argument("--for", dest="duration", default="2h", help="how long, e.g. 2h, 1d")
     sa.add_argument("--comment", default="", help="why, shown by status and silence list")
-    command(sil_sub, "list", "list active silences", "acs-detector silence list")
-    se = command(sil_sub, "expire", "expire a silence", "acs-detector silence expire SILENCE_ID")
+    sa.add_argument("--by", default=None, help="who silences, shown by status (default: you)")
+    _command(sil_sub, "list", "list active silences", "acs-detector silence list")
+    se = _command(sil_sub, "expire", "expire a silence", "acs-detector silence expire SILENCE_ID")
     se.add_argument("silence_id", help="the id shown by silence list")
 
-    ack = command(
+    ack = _command(
         sub,
         "ack",
         "acknowledge a firing alert: muted until it resolves",
@@ -348,10 +392,16 @@ def _build_parser() -> _Parser:
     )
     ack.add_argument("fingerprint", help="operation|sdk_version|metric, as shown by status")
     ack.add_argument("--comment", default="", help="why, shown by status")
+    ack.add_argument(
+        "--by", default=None, help="who acknowledges, shown by status (default: your login name)"
+    )
 
-    nt = command(sub, "notify", "notification tools (test the routes)", "acs-detector notify test")
+
+def _add_tools(sub: Any) -> None:
+    """Add ``notify`` and ``report`` to the sub-command parsers ``sub``."""
+    nt = _command(sub, "notify", "notification tools (test the routes)", "acs-detector notify test")
     nt_sub = nt.add_subparsers(dest="notify_command", metavar="ACTION", parser_class=_Parser)
-    nt_test = command(
+    nt_test = _command(
         nt_sub,
         "test",
         "send a marked test message to every target; exit 1 if one fails",
@@ -359,7 +409,7 @@ def _build_parser() -> _Parser:
     )
     nt_test.add_argument("--route", default=None, help="test this route only (by name)")
 
-    rep = command(
+    rep = _command(
         sub,
         "report",
         "write the HTML report of a run",
@@ -367,6 +417,28 @@ def _build_parser() -> _Parser:
     )
     rep.add_argument("--run", type=Path, default=None, help="run report JSON (default: latest)")
     rep.add_argument("--html", type=Path, required=True, help="HTML file to write")
+
+
+def _build_parser() -> _Parser:
+    p = _Parser(
+        prog="acs-detector",
+        description="Anomaly detection and alerting for ACS call client operations.",
+        formatter_class=_Formatter,
+        epilog=_example(
+            "acs-detector demo",
+            "acs-detector run --config config/detector.toml",
+            "acs-detector status",
+        ),
+    )
+    p.add_argument("--version", action="version", version=f"acs-detector {__version__}")
+    _add_global_options(p, top=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_run(sub)
+    _add_backfill_demo(sub)
+    _add_simulate_evaluate(sub)
+    _add_inspect(sub)
+    _add_alert_commands(sub)
+    _add_tools(sub)
     for child in _all_parsers(p)[1:]:
         _add_global_options(child, top=False)
     return p
@@ -485,7 +557,9 @@ def _cmd_backfill(args: argparse.Namespace, now: datetime) -> int:
     cfg = _load(args)
     if args.end <= args.start:
         raise ConfigError("--end must be after --start")
-    summary = pipeline.backfill(cfg, start=args.start, end=args.end, now=now)
+    summary = pipeline.backfill(
+        cfg, start=args.start, end=args.end, now=now, progress=_terminal_progress()
+    )
     print(_json(summary) if args.json else _backfill_text(summary))
     return EXIT_OK
 
@@ -524,7 +598,7 @@ def _demo_config(args: argparse.Namespace) -> Any:
 def _cmd_demo(args: argparse.Namespace, now: datetime) -> int:
     from detector import pipeline
 
-    cfg = _demo_config(args)
+    cfg = _demo_state(_demo_config(args), reset=True)
     report = pipeline.demo(
         cfg,
         out=args.out,
@@ -532,33 +606,153 @@ def _cmd_demo(args: argparse.Namespace, now: datetime) -> int:
         seed=args.seed,
         scenario=args.scenario,
         notify=args.notify,
+        progress=sys.stderr.isatty(),
     )
     print(pipeline.console_summary(report, verbose=True))
+    if args.notify:
+        print(_digest_text(report, has_routes=bool(cfg.routes)))
     return EXIT_FAILURE if report.get("delivery_failed") else EXIT_OK
+
+
+#: Where the demo keeps its state, under the configured state path.
+DEMO_STATE = "demo"
+
+
+def _demo_state(cfg: Any, *, reset: bool) -> Any:
+    """``cfg`` with the demo's own local state: ``<state.path>/demo``, never a Blob store.
+
+    ``reset`` empties it first, so every demo starts from nothing: alerts a previous demo left
+    firing would otherwise suppress this one's digest as duplicates, and its engine state
+    would change what this one finds.
+    """
+    import shutil
+    from dataclasses import replace
+
+    path = (cfg.state_path / DEMO_STATE).resolve()
+    if reset and path.is_dir():
+        shutil.rmtree(path)
+    return replace(cfg, state={**cfg.state, "url": None, "path": str(path)})
+
+
+def _digest_text(report: dict[str, Any], *, has_routes: bool) -> str:
+    """Where ``demo --notify`` sent its digest, or why it sent nothing."""
+    alerts = report.get("alerts") or {}
+    sent, waiting = len(alerts.get("sent") or []), len(alerts.get("failed") or [])
+    lost = len(alerts.get("undeliverable") or [])
+    if not has_routes:
+        return (
+            "digest: not sent: the config has no [[notify.route]] (see the README, Try it locally)"
+        )
+    lines = []
+    if alerts.get("by_target"):
+        lines.append(
+            f"digest: {sent} message(s) delivered, {waiting} waiting in the outbox,"
+            f" {lost} undeliverable (per target above)"
+        )
+    for u in alerts.get("unrouted") or []:
+        lines.append(
+            f"digest: route {u['route']} has no URL (its ${{VAR:-}} is unset): nothing sent there"
+        )
+    if not lines:
+        lines.append("digest: nothing to send (no alerts in the demo's window)")
+    if waiting:
+        lines.append("  the outbox: acs-detector status --demo")
+    return for_terminal("\n".join(lines))
 
 
 def _cmd_evaluate(args: argparse.Namespace, now: datetime) -> int:
     from detector import pipeline
 
     cfg = _load(args) if args.config or Path("config/detector.toml").exists() else None
-    result = pipeline.evaluate_dir(cfg, args.data)
+    result = pipeline.evaluate_dir(cfg, args.data, progress=_terminal_progress())
     print(json.dumps(result.to_json(), indent=2) if args.json else result.to_table())
     return EXIT_OK
 
 
+def _terminal_progress() -> Callable[[str], None] | None:
+    """A progress line printer on stderr when it is a terminal; None when it is piped."""
+    if not sys.stderr.isatty():
+        return None
+
+    def say(msg: str) -> None:
+        print(f"  {msg}", file=sys.stderr, flush=True)
+
+    return say
+
+
 def _cmd_status(args: argparse.Namespace, now: datetime) -> int:
     from detector import pipeline
-
-    cfg = _load(args)
-    if not args.json:
-        print(pipeline.status_text(cfg, now=now))
-        return EXIT_OK
-    from detector.notify.commands import status_data
+    from detector.notify.commands import status_data, status_text
     from detector.store.buckets import BucketStore
 
+    cfg = _load(args)
+    if args.demo:
+        cfg = _demo_state(cfg, reset=False)
     backend = pipeline.open_backend(cfg)
-    print(_json(status_data(backend, now, watermark=BucketStore(backend).watermark)))
+    watermark = BucketStore(backend).watermark
+    judged = _judged_until(backend, pipeline.PIPELINE_KEY)
+    if args.json:
+        print(_json(status_data(backend, now, watermark=watermark, judged_until=judged)))
+    else:
+        print(status_text(backend, now, watermark=watermark, judged_until=judged))
     return EXIT_OK
+
+
+def _judged_until(backend: Any, key: str) -> str | None:
+    """How far scheduled runs have judged (the pipeline state's ``judged_until``), or None."""
+    found = backend.read(key)
+    try:
+        value = json.loads(found[0]).get("judged_until") if found else None
+    except (ValueError, AttributeError):
+        log.warning("%s is unreadable: judged_until unknown", key)
+        return None
+    return str(value) if value else None
+
+
+def _cmd_explain(args: argparse.Namespace, now: datetime) -> int:
+    from detector import explain, pipeline
+    from detector.store.alerts import AlertStore
+    from detector.store.buckets import BucketStore
+    from detector.store.engine_state import load_engine_state
+
+    cfg = _load(args)
+    backend = pipeline.open_backend(cfg)
+    alerts = AlertStore(backend)
+    found = explain.explain(
+        _stored_or_read(cfg, BucketStore(backend)),
+        operation=args.operation,
+        sdk_version=args.sdk_version,
+        at=args.at,
+        policy=pipeline.detection_policy(cfg),
+        step=cfg.detection["step"],
+        delay=cfg.detection["delay"],
+        metric=args.metric,
+        maintenance=[(w.start, w.end, w.operation_name) for w in cfg.maintenance],
+        engine_state=load_engine_state(backend)[0],
+        alert_state=alerts.load_state(),
+        silences=alerts.silences(),
+        acks=alerts.acks(),
+        now=now,
+    )
+    print(_json(found.to_json()) if args.json else explain.explanation_text(found))
+    return EXIT_OK
+
+
+def _stored_or_read(cfg: Any, store: Any) -> Any:
+    """``history(start, end)`` for ``explain``: the bucket store, or the configured source
+    when the store holds nothing then (a ``demo`` or a manual rerun judges what it reads and
+    leaves the store empty)."""
+    from detector import pipeline
+
+    def history(start: datetime, end: datetime) -> Any:
+        stored = store.load(start, end)
+        if len(stored.stats):
+            return stored
+        log.info("the store holds nothing for %s .. %s: reading the source", start, end)
+        window = (start, end + cfg.detection["lateness"])
+        return pipeline._Source(cfg).read(window, cfg.detection["bucket"])
+
+    return history
 
 
 def _cmd_silence(args: argparse.Namespace, now: datetime) -> int:
@@ -572,17 +766,7 @@ def _cmd_silence(args: argparse.Namespace, now: datetime) -> int:
             duration = parse_duration(args.duration)
         except ValueError as exc:
             raise ConfigError(f"--for: {exc}") from None
-        print(
-            pipeline.add_silence(
-                cfg,
-                operation=args.operation,
-                sdk_version=args.sdk_version,
-                metric=args.metric,
-                duration=duration,
-                comment=args.comment,
-                now=now,
-            )
-        )
+        print(_add_silence(cfg, args, duration, now))
     elif args.silence_command == "list":
         print(pipeline.list_silences(cfg, now=now))
     elif args.silence_command == "expire":
@@ -592,11 +776,50 @@ def _cmd_silence(args: argparse.Namespace, now: datetime) -> int:
     return EXIT_OK
 
 
+def _add_silence(cfg: Any, args: argparse.Namespace, duration: Any, now: datetime) -> str:
+    """``silence add``: the new silence, one line, with who added it."""
+    from detector import pipeline
+    from detector.notify.commands import add_silence, silences_text
+
+    matcher = {
+        k: v
+        for k, v in (
+            ("operation", args.operation),
+            ("sdk_version", args.sdk_version),
+            ("metric", args.metric),
+        )
+        if v
+    }
+    if not matcher:
+        raise ConfigError("silence add: give at least one of --operation, --sdk-version, --metric")
+    backend = pipeline.open_backend(cfg)
+    by = args.by or _login()
+    silence = add_silence(backend, matcher, now + duration, args.comment, now, created_by=by)
+    return silences_text([silence], now)
+
+
 def _cmd_ack(args: argparse.Namespace, now: datetime) -> int:
     from detector import pipeline
+    from detector.notify.commands import ack
 
-    print(pipeline.acknowledge(_load(args), args.fingerprint, comment=args.comment, now=now))
+    backend = pipeline.open_backend(_load(args))
+    done = ack(backend, args.fingerprint, now, by=args.by or _login(), comment=args.comment)
+    print(
+        for_terminal(
+            f"acknowledged {done.fingerprint} by {done.by or 'someone'}: muted until it resolves"
+        )
+    )
     return EXIT_OK
+
+
+def _login() -> str:
+    """Who runs the command: the login name, or "" where there is none (a container)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no $USER/$LOGNAME and no passwd entry
+        return ""
 
 
 def _cmd_report(args: argparse.Namespace, now: datetime) -> int:
@@ -628,6 +851,7 @@ _HANDLERS = {
     "demo": _cmd_demo,
     "evaluate": _cmd_evaluate,
     "status": _cmd_status,
+    "explain": _cmd_explain,
     "silence": _cmd_silence,
     "ack": _cmd_ack,
     "report": _cmd_report,

@@ -343,10 +343,12 @@ def replay(
     policy: DetectionPolicy,
     step: timedelta = timedelta(hours=1),
     backend: Backend | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[list[tuple[str, str | None, str, datetime]], dict[str, Any]]:
     """Run :func:`detector.engine.detect` over the judged span in windows of ``step``.
 
     Returns the alerting buckets and replay statistics (runs, seconds, partitions, reasons).
+    ``progress`` gets a line per window judged.
     """
     from detector.engine import detect
     from detector.store.engine_state import EngineState
@@ -377,6 +379,10 @@ def replay(
             reasons[k] = reasons.get(k, 0) + v
         runs += 1
         t = end
+        if progress:
+            progress(
+                f"judged {runs} windows up to {end:%Y-%m-%d %H:%M}, {len(buckets)} alert buckets"
+            )
     return buckets, {
         "runs": runs,
         "seconds": time.perf_counter() - t0,
@@ -535,7 +541,7 @@ def evaluate(
     load_s = time.perf_counter() - t0
     if progress:
         progress(f"loaded {ds.name}: {len(ds.aggs.stats)} bucket rows in {load_s:.1f}s")
-    buckets, info = replay(ds, policy=policy, step=step)
+    buckets, info = replay(ds, policy=policy, step=step, progress=progress)
     events = events_from_buckets(buckets, bucket=policy.bucket, max_gap=alert_gap(policy))
     row = score_events(
         events,

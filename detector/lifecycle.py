@@ -196,11 +196,20 @@ class Silence:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Silence:
-        kw = {f.name: data.get(f.name) for f in fields(cls) if f.name in data}
-        for k in ("starts_at", "ends_at", "created_at", "expired_at"):
-            if k in kw:
-                kw[k] = _dt(kw[k])
-        return cls(**kw)
+        """Inverse of :meth:`to_json`; KeyError/ValueError on a record missing its window."""
+        starts, ends = _dt(data["starts_at"]), _dt(data["ends_at"])
+        if starts is None or ends is None:
+            raise ValueError(f"silence {data.get('id')!r}: starts_at and ends_at are required")
+        return cls(
+            id=str(data["id"]),
+            matchers={str(k): str(v) for k, v in dict(data.get("matchers") or {}).items()},
+            starts_at=starts,
+            ends_at=ends,
+            comment=str(data.get("comment") or ""),
+            created_by=str(data.get("created_by") or ""),
+            created_at=_dt(data.get("created_at")),
+            expired_at=_dt(data.get("expired_at")),
+        )
 
 
 @dataclass

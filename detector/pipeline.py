@@ -1381,8 +1381,16 @@ def _progress_printer(enabled: bool) -> Callable[[str], None]:
 # --------------------------------------------------------------------------------------------
 
 
-def backfill(cfg: Config, *, start: datetime, end: datetime, now: datetime) -> dict[str, Any]:
-    """Read arrivals in ``[start, end)`` into the bucket store (warms the baselines)."""
+def backfill(
+    cfg: Config,
+    *,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Read arrivals in ``[start, end)`` into the bucket store (warms the baselines);
+    ``progress`` gets a line per Log Analytics chunk read."""
     from detector.store.buckets import BucketStore
 
     backend = open_backend(cfg)
@@ -1394,12 +1402,14 @@ def backfill(cfg: Config, *, start: datetime, end: datetime, now: datetime) -> d
                 f"--start {_iso(start)} is before the store's watermark {_iso(wm)}: "
                 "those rows are already counted; backfill only extends history forward"
             )
-        aggs = _Source(cfg).read((start, end), cfg.detection["bucket"])
+        aggs = _Source(cfg).read((start, end), cfg.detection["bucket"], progress=progress)
         store.merge(aggs, watermark=end)
     return {"arrival_window": [_iso(start), _iso(end)], **_agg_summary(aggs)}
 
 
-def evaluate_dir(cfg: Config | None, data_dir: Path) -> Any:
+def evaluate_dir(
+    cfg: Config | None, data_dir: Path, progress: Callable[[str], None] | None = None
+) -> Any:
     """Run ``detector.evaluate`` over a simulated data set with the configured policy."""
     from detector.decide import DetectionPolicy
     from detector.evaluate import evaluate
@@ -1407,11 +1417,18 @@ def evaluate_dir(cfg: Config | None, data_dir: Path) -> Any:
     if not data_dir.exists():
         raise ConfigError(f"--data: {data_dir} does not exist")
     policy = detection_policy(cfg) if cfg is not None else DetectionPolicy()
-    return evaluate(data_dir, policy=policy)
+    return evaluate(data_dir, policy=policy, progress=progress)
 
 
 def demo(
-    cfg: Config, *, out: Path, days: int, seed: int, scenario: str, notify: bool
+    cfg: Config,
+    *,
+    out: Path,
+    days: int,
+    seed: int,
+    scenario: str,
+    notify: bool,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Simulate ``days`` of logs into ``out``, run the job over them, return the run report."""
     from detector.simulate import simulate
@@ -1436,6 +1453,7 @@ def demo(
         notify=notify,
         html_path=html,
         output=demo_cfg.state_path / "reports" / "demo-anomalies.jsonl",
+        progress=progress,
     )
     report["demo"] = {
         "data": str(out),

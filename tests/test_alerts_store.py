@@ -89,8 +89,8 @@ def test_config_silences():
 
 def test_ack_and_status(tmp_path):
     b = LocalBackend(tmp_path)
-    store = AlertStore(b)
     end = T0 + STEP
+    store = AlertStore(b, clock=lambda: end)  # the outbox item is queued at `end`
     _, st = step(
         [make_anomaly(end=end, severity="critical")],
         {},

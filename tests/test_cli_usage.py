@@ -151,13 +151,14 @@ def test_status_shows_durations_in_human_units(
     clock = datetime.now(UTC)
     end = (clock - timedelta(days=31, hours=9, minutes=24)).replace(second=0, microsecond=0)
     end -= timedelta(minutes=end.minute % 5)
-    store = AlertStore(LocalBackend(tmp_path / "state"))
+    queued = clock - timedelta(hours=2, minutes=30)  # when the store took the outbox item
+    store = AlertStore(LocalBackend(tmp_path / "state"), clock=lambda: queued)
     anomaly = make_anomaly(end=end, severity="critical")
     _, state = step([anomaly], {}, AlertState(), LifecyclePolicy(), end, window_end=end)
     store.save_state(state)
     item = OutboxItem(
         "o1", "oncall", "t", "json://127.0.0.1:9/hook", "json", "T", "B", "markdown",
-        created_at=clock - timedelta(hours=2, minutes=30), last_error="error=500",
+        created_at=queued, last_error="error=500",
     )  # fmt: skip
     store.put_outbox([item])
     assert main(["status", "--config", str(cfg)]) == EXIT_OK

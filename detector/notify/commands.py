@@ -16,7 +16,7 @@ from typing import Any
 from detector.errors import ConfigError
 from detector.escape import for_terminal
 from detector.lifecycle import Ack, Silence, _duration, _iso, parse_fingerprint
-from detector.store.alerts import AlertStore
+from detector.store.alerts import AlertStore, RunRecord
 from detector.store.backend import Backend
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "parse_matcher",
     "parse_until",
     "silences_text",
+    "run_outcome",
     "status_data",
     "status_text",
 ]
@@ -130,11 +131,15 @@ def silences_text(silences: Sequence[Silence], now: datetime) -> str:
     for s in silences:
         m = ",".join(f"{k}={v}" for k, v in sorted(s.matchers.items()))
         state = "active" if s.active(now) else ("pending" if s.starts_at > now else "expired")
+        left = ""
+        if state == "active":
+            left = f" (ends in {human_duration(s.ends_at - now)})"
         lines.append(
-            f"{s.id}  {m}  {_iso(s.starts_at)} .. {_iso(s.ends_at)}  {state}"
+            f"{s.id}  {m}  {_iso(s.starts_at)} .. {_iso(s.ends_at)}  {state}{left}"
+            + (f"  by {s.created_by}" if s.created_by else "")
             + (f"  # {s.comment}" if s.comment else "")
         )
-    return "\n".join(lines)
+    return for_terminal("\n".join(lines))
 
 
 def ack(
@@ -189,20 +194,30 @@ def config_silences(alerting: Mapping[str, Any], now: datetime | None = None) ->
     return out
 
 
+#: How many of the latest runs ``status`` lists.
+RUNS_SHOWN = 5
+
+
 def status_data(
-    backend: Backend, now: datetime, *, watermark: datetime | None = None
+    backend: Backend,
+    now: datetime,
+    *,
+    watermark: datetime | None = None,
+    judged_until: datetime | str | None = None,
 ) -> dict[str, Any]:
-    """What ``acs-detector status --json`` prints: open alerts, silences, acks, outbox, last run."""
+    """What ``acs-detector status --json`` prints: open alerts with their acknowledgements,
+    silences, the outbox (ages from the clock ``now``), the latest runs and their outcome,
+    the store's watermark and how far scheduled runs have judged (``judged_until``)."""
     store = AlertStore(backend)
     state = store.load_state()
     acks = store.acks()
-    outbox = store.outbox()
     runs = store.runs()
-    last = runs[-1] if runs else None
     return {
         "now": _iso(now),
         "watermark": _iso(watermark),
-        "last_run": last.to_json() if last else None,
+        "judged_until": _iso(_when(judged_until)),
+        "last_run": runs[-1].to_json() if runs else None,
+        "runs": [{**r.to_json(), "outcome": run_outcome(r)} for r in reversed(runs[-RUNS_SHOWN:])],
         "firing": [
             {
                 "fingerprint": r.fingerprint,
@@ -212,9 +227,11 @@ def status_data(
                 "baseline": (r.anomaly or {}).get("baseline"),
                 "last_notified": _iso(r.notified_at),
                 "acked_by": acks[r.fingerprint].by if r.fingerprint in acks else None,
+                "acked_at": _iso(acks[r.fingerprint].at) if r.fingerprint in acks else None,
             }
             for r in sorted(state.firing(), key=lambda r: r.fingerprint)
         ],
+        "acks": [a.to_json() for _, a in sorted(acks.items())],
         "pending": sorted(r.fingerprint for r in state.records.values() if r.status == "pending"),
         "health": state.health,
         "silences": [s.to_json() for s in list_silences(backend, now)],
@@ -223,13 +240,45 @@ def status_data(
                 "id": i.id,
                 "route": i.route,
                 "target": i.target,
-                "age_hours": round(i.age(now) / 3600, 2),
+                "queued_at": _iso(i.queued_at or i.created_at),
+                "age_hours": round(i.queued_age(now) / 3600, 2),
                 "attempts": i.attempts,
                 "last_error": i.last_error,
             }
-            for i in outbox
+            for i in store.outbox()
         ],
     }
+
+
+def _when(value: datetime | str | None) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def run_outcome(run: RunRecord) -> str:
+    """What a run came to, in words: ``ok: 2 alerts, 1 notified`` or ``failed: <error>``."""
+    words = {
+        "ok": "ok",
+        "delivery_failed": "delivery failed",
+        "source_error": "could not read the log",
+        "error": "failed",
+    }.get(run.status, run.status)
+    parts = [f"{run.anomalies:,} anomalous window{'s' if run.anomalies != 1 else ''}"]
+    if run.notified:
+        parts.append(f"{run.notified:,} notified")
+    if run.delivered or run.failed or run.undeliverable:
+        parts.append(
+            f"{run.delivered} delivered, {run.failed} waiting in the outbox,"
+            f" {run.undeliverable} undeliverable"
+        )
+    if run.rows == 0:
+        parts.append("no new rows")
+    text = f"{words}: {', '.join(parts)}"
+    return text + (f" ({run.error})" if run.error else "")
 
 
 def human_duration(span: timedelta) -> str:
@@ -250,56 +299,95 @@ def human_duration(span: timedelta) -> str:
     return f"{secs} s"
 
 
-def status_text(backend: Backend, now: datetime, *, watermark: datetime | None = None) -> str:
-    """Human-readable ``acs-detector status``."""
-    d = status_data(backend, now, watermark=watermark)
-    lines = []
-    lr = d["last_run"]
-    if lr:
-        lines.append(
-            f"last run: {lr['started_at']} status={lr['status']} window={lr['window_start']}..{lr['window_end']}"
-            f" rows={lr['rows']} anomalies={lr['anomalies']} notified={lr['notified']}"
-            + (f" error={lr['error']}" if lr["error"] else "")
-        )
-        delivery = {k: lr.get(k) for k in ("delivered", "failed", "undeliverable") if lr.get(k)}
-        if delivery or lr.get("unrouted"):
-            lines.append(
-                "  delivery: "
-                + ", ".join(f"{k}={v}" for k, v in delivery.items())
-                + (
-                    f" routes without URL: {', '.join(lr['unrouted'])}"
-                    if lr.get("unrouted")
-                    else ""
-                )
-            )
-    else:
-        lines.append("last run: none recorded")
-    lines.append(f"watermark: {d['watermark'] or 'unknown'}")
-    lines.append(f"firing: {len(d['firing'])}")
-    for f in d["firing"]:
-        age = ""
-        if f["since"]:
-            since = datetime.fromisoformat(f["since"].replace("Z", "+00:00"))
-            age = f" for {human_duration(now - since)}"
-        lines.append(
-            f"  {f['severity'] or '?':8} {f['fingerprint']}{age}"
-            + (f"  (acked by {f['acked_by']})" if f["acked_by"] else "")
-        )
+def status_text(
+    backend: Backend,
+    now: datetime,
+    *,
+    watermark: datetime | None = None,
+    judged_until: datetime | str | None = None,
+) -> str:
+    """Human-readable ``acs-detector status``: times with how long ago, spans in human units."""
+    d = status_data(backend, now, watermark=watermark, judged_until=judged_until)
+    lines = _last_run_lines(d["last_run"], now)
+    lines.append(
+        f"watermark: {_ago(d['watermark'], now, 'unknown (nothing read into the store yet)')}"
+    )
+    lines.append(f"judged until: {_ago(d['judged_until'], now, 'never (no scheduled run yet)')}")
+    lines += _firing_lines(d, now)
     if d["pending"]:
         lines.append(f"pending: {', '.join(d['pending'])}")
     for name, h in sorted(d["health"].items()):
         lines.append(f"health: {name}: {h.get('summary')} since {h.get('since')}")
-    lines.append(f"silences: {len(d['silences'])}")
-    for s in d["silences"]:
-        m = ",".join(f"{k}={v}" for k, v in sorted(s["matchers"].items()))
+    lines += _silence_lines(d["silences"], now)
+    lines += _outbox_lines(d["outbox"])
+    if len(d["runs"]) > 1:
+        lines.append(f"latest runs (newest first, last {len(d['runs'])}):")
+        for r in d["runs"]:
+            lines.append(f"  {_ago(r['started_at'], now, '?')}: {r['outcome']}")
+    return for_terminal("\n".join(lines))  # names from the log: no terminal escapes
+
+
+def _ago(iso: str | None, now: datetime, missing: str) -> str:
+    """``2026-11-25T08:05:00Z (3 h 5 min ago)``, or ``missing`` when there is no time."""
+    when = _when(iso)
+    if when is None:
+        return missing
+    span = now - when
+    rel = (
+        f"in {human_duration(-span)}" if span.total_seconds() < 0 else f"{human_duration(span)} ago"
+    )
+    return f"{iso} ({rel})"
+
+
+def _last_run_lines(lr: dict[str, Any] | None, now: datetime) -> list[str]:
+    if not lr:
+        return ["last run: none recorded"]
+    lines = [
+        f"last run: {_ago(lr['started_at'], now, '?')} status={lr['status']}"
+        f" window={lr['window_start']}..{lr['window_end']}"
+        f" rows={lr['rows']} anomalies={lr['anomalies']} notified={lr['notified']}"
+        + (f" error={lr['error']}" if lr["error"] else "")
+    ]
+    delivery = {k: lr.get(k) for k in ("delivered", "failed", "undeliverable") if lr.get(k)}
+    if delivery or lr.get("unrouted"):
         lines.append(
-            f"  {s['id']} {m} until {s['ends_at']}" + (f" # {s['comment']}" if s["comment"] else "")
+            "  delivery: "
+            + ", ".join(f"{k}={v}" for k, v in delivery.items())
+            + (f" routes without URL: {', '.join(lr['unrouted'])}" if lr.get("unrouted") else "")
         )
-    lines.append(f"outbox: {len(d['outbox'])}")
-    for o in d["outbox"]:
+    return lines
+
+
+def _firing_lines(d: dict[str, Any], now: datetime) -> list[str]:
+    lines = [f"firing: {len(d['firing'])}"]
+    for f in d["firing"]:
+        since = _when(f["since"])
+        age = f" for {human_duration(now - since)}" if since else ""
+        acked, at = "", _when(f["acked_at"])
+        if f["acked_by"] is not None and at is not None:
+            acked = f"  (acked by {f['acked_by'] or 'someone'} {human_duration(now - at)} ago)"
+        lines.append(f"  {f['severity'] or '?':8} {f['fingerprint']}{age}{acked}")
+    return lines
+
+
+def _silence_lines(silences: list[dict[str, Any]], now: datetime) -> list[str]:
+    lines = [f"silences: {len(silences)}"]
+    for s in silences:
+        m = ",".join(f"{k}={v}" for k, v in sorted(s["matchers"].items()))
+        who = f" by {s['created_by']}" if s.get("created_by") else ""
+        lines.append(
+            f"  {s['id']} {m} until {_ago(s['ends_at'], now, '?')}{who}"
+            + (f" # {s['comment']}" if s["comment"] else "")
+        )
+    return lines
+
+
+def _outbox_lines(outbox: list[dict[str, Any]]) -> list[str]:
+    lines = [f"outbox: {len(outbox)}"]
+    for o in outbox:
         lines.append(
             f"  {o['id']} {o['route']} -> {o['target']}"
             f" age {human_duration(timedelta(hours=o['age_hours']))},"
             f" {o['attempts']} attempt(s): {o['last_error'][:80]}"
         )
-    return for_terminal("\n".join(lines))  # names from the log: no terminal escapes
+    return lines

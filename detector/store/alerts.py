@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 from detector.errors import StateError
@@ -84,10 +84,18 @@ class OutboxItem:
     attempts: int = 0
     last_attempt_at: datetime | None = None
     last_error: str = ""
+    #: Wall-clock time the store first took the item. ``created_at`` is the run's clock, which
+    #: is data time for a manual rerun or the demo: ``status`` shows ages from this one.
+    queued_at: datetime | None = None
 
     def age(self, now: datetime) -> float:
-        """Seconds since the message was first created."""
+        """Seconds since the message was first created (on the run's clock)."""
         return (now - self.created_at).total_seconds()
+
+    def queued_age(self, clock: datetime) -> float:
+        """Seconds it has waited by the wall clock (``created_at`` for items stored before
+        ``queued_at`` existed)."""
+        return (clock - (self.queued_at or self.created_at)).total_seconds()
 
     @property
     def nflog_key(self) -> str:
@@ -98,6 +106,7 @@ class OutboxItem:
         d = asdict(self)
         d["created_at"] = iso_z(self.created_at)
         d["last_attempt_at"] = iso_z(self.last_attempt_at)
+        d["queued_at"] = iso_z(self.queued_at)
         return d
 
     @classmethod
@@ -105,6 +114,7 @@ class OutboxItem:
         kw = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         kw["created_at"] = to_datetime(kw["created_at"])
         kw["last_attempt_at"] = to_datetime(kw.get("last_attempt_at"))
+        kw["queued_at"] = to_datetime(kw.get("queued_at"))
         return cls(**kw)
 
 
@@ -156,12 +166,27 @@ class RunRecord:
         return cls(**kw)
 
 
-class AlertStore:
-    """Alert bookkeeping on a :class:`Backend` (local directory or Azure Blob Storage)."""
+def _wall_clock() -> datetime:
+    return datetime.now(UTC)
 
-    def __init__(self, backend: Backend, prefix: str = "alerts/") -> None:
+
+class AlertStore:
+    """Alert bookkeeping on a :class:`Backend` (local directory or Azure Blob Storage).
+
+    ``clock`` stamps an outbox item's ``queued_at`` when the store first takes it (the wall
+    clock unless a test passes its own).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        prefix: str = "alerts/",
+        *,
+        clock: Callable[[], datetime] = _wall_clock,
+    ) -> None:
         self.backend = backend
         self.prefix = prefix
+        self.clock = clock
         self._state_version: str | None = None
         self._committed: list[str] = []
 
@@ -335,7 +360,11 @@ class AlertStore:
         return [OutboxItem.from_json(i) for i in data]
 
     def put_outbox(self, items: list[OutboxItem]) -> None:
-        """Add or replace items (by id)."""
+        """Add or replace items (by id); a new item is stamped ``queued_at`` by the clock."""
+        queued = self.clock()
+        for item in items:
+            if item.queued_at is None:
+                item.queued_at = queued
         by_id = {i.id: i.to_json() for i in items}
 
         def put(current: list[dict[str, Any]]) -> None:
