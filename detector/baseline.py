@@ -294,6 +294,9 @@ class Baselines:
     #: (P,) first bucket of the baseline window (index from its start) holding the
     #: partition's rows, or the window's length if none (see detector.rollout).
     first_bucket: np.ndarray | None = None
+    #: (P,) >= 1: how much a short history widened the bands (min_history / its hours; 1 with
+    #: enough history). Above 1 the tests also need stronger evidence (short_history_alpha).
+    stretch: np.ndarray | None = None
 
     def fail_dispersion(self) -> np.ndarray:
         """(P,) variance factor of a failure count spanning whole calls, as the tests use it:
@@ -655,7 +658,7 @@ def compute_baselines(
     with np.errstate(invalid="ignore"):
         var_log = np.maximum(m2 - mu_log**2, 1e-4)
     p_any = np.nanmax(np.where(np.isfinite(fail_rate), fail_rate, -1.0), axis=1) >= 0
-    has_history = p_any & (Bf[fo] * bucket_days * 24 >= policy.min_history.total_seconds() / 3600)
+    has_history, stretch = _history_stretch(p_any, Bf[fo] * bucket_days * 24, policy)
 
     # Overdispersion from the baseline rows themselves (median squared Pearson residual), one
     # metric at a time so the per-row temporaries do not pile up.
@@ -690,6 +693,10 @@ def compute_baselines(
     phi_dur = np.maximum(phi_dur, np.where(fleet, 1.0, phi_dur[fo] * (1 - w_dur)))
     phi_fail = np.maximum(phi_fail, np.where(fleet, 1.0, phi_fail[fo] * (1 - w_calls)))
     phi_fcall = np.maximum(phi_fcall, np.where(fleet, 1.0, phi_fcall[fo] * (1 - w_calls)))
+    # A short history has not seen the day's cycle: every band widens by its stretch.
+    phi_dur, phi_fail, phi_fcall, phi_vol = (
+        a * stretch for a in (phi_dur, phi_fail, phi_fcall, phi_vol)
+    )
 
     # How much the true level wanders from hour to hour beyond the profile (day-to-day mix of
     # calls, devices, networks), from the baseline's hourly residuals.
@@ -712,6 +719,7 @@ def compute_baselines(
     # A version with thin history takes its operation's wander as it takes its level.
     tau2_fail = np.where(fleet, tau2_fail, _blend(tau2_fail, tau2_fail[fo], w_calls))
     tau2_dur = np.where(fleet, tau2_dur, _blend(tau2_dur, tau2_dur[fo], w_dur))
+    tau2_fail, tau2_dur = tau2_fail * stretch, tau2_dur * stretch
     del own_fail, own_mu
 
     weight = np.minimum(w_calls, np.where(np.isfinite(w_dur), w_dur, 1.0))
@@ -752,7 +760,24 @@ def compute_baselines(
         first_bucket=first_idx,
         tau2_fail=tau2_fail,
         tau2_dur=tau2_dur,
+        stretch=stretch,
     )
+
+
+def _history_stretch(
+    p_any: np.ndarray, hours: np.ndarray, policy: DetectionPolicy
+) -> tuple[np.ndarray, np.ndarray]:
+    """(has_history, stretch), both (P,), from each partition's operation's usable baseline
+    ``hours``. Without ``policy.short_history`` a partition needs ``min_history``; with it,
+    ``history_floor``, and below ``min_history`` its bands widen by ``stretch = min_history /
+    hours`` (1 with enough history): the variance a level learnt from a few hours carries,
+    having seen neither the day's cycle nor enough buckets to know its own spread."""
+    min_h = policy.min_history.total_seconds() / 3600
+    floor = policy.history_floor if policy.short_history else policy.min_history
+    has_history = p_any & (hours >= floor.total_seconds() / 3600)
+    short = has_history & (hours < min_h)
+    stretch = np.where(short, min_h / np.maximum(hours, 1e-9), 1.0)
+    return has_history, stretch
 
 
 def _eb_prior_strength(

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from detector.anomaly import Anomaly, fingerprint_of
+from detector.anomaly import TENANT_FINGERPRINT, Anomaly, fingerprint_of
 from detector.schema import BucketAggregates, bin_value
 
 __all__ = ["CHART_SPAN", "NOT_EVALUATED", "chart_history", "evaluated_from_history"]
@@ -113,6 +113,10 @@ def evaluated_from_history(
         # work on a few thousand rows instead of every (bucket, bin) of the window.
         hk = hsel.groupby([*keys, "bin"], observed=True, sort=False)["count"].sum().reset_index()
         p95 = _p95(pd.concat([hk, _fleet(hk)]), keys)
+    # The tenant's calls: a tenant-wide stop resolves once traffic is back.
+    total = int(sel["calls"].sum())
+    if total > 0:
+        out[TENANT_FINGERPRINT] = {"observed": total / n_buckets, "baseline": None, "calls": total}
     for (op, ver), row in agg.iterrows():
         calls = int(row["calls"])
         if calls <= 0:
