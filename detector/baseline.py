@@ -81,7 +81,8 @@ _CHI2_MEDIAN = 0.454936
 def slot_of(ts: pd.Series | pd.DatetimeIndex | np.ndarray) -> np.ndarray:
     """Hour-of-week slot of UTC timestamps (Monday 00:00 = 0)."""
     idx = pd.DatetimeIndex(ts)
-    return (idx.day_of_week.to_numpy() * 24 + idx.hour.to_numpy()).astype(np.int16)
+    out: np.ndarray = (idx.day_of_week.to_numpy() * 24 + idx.hour.to_numpy()).astype(np.int16)
+    return out
 
 
 def epoch_ns(values: pd.Series | pd.DatetimeIndex) -> np.ndarray:
@@ -180,7 +181,8 @@ class Partitions:
 
     @property
     def is_fleet(self) -> np.ndarray:
-        return self.version == FLEET
+        out: np.ndarray = self.version == FLEET
+        return out
 
     def take(self, sl: slice) -> Partitions:
         """A contiguous block of whole operations (indices re-based)."""
@@ -308,12 +310,11 @@ class Baselines:
 
     def take(self, sl: slice) -> Baselines:
         """The partitions ``sl``."""
-        return Baselines(
-            **{
-                name: (None if getattr(self, name) is None else getattr(self, name)[sl])
-                for name in self.__dataclass_fields__
-            }
-        )
+        kwargs: dict[str, Any] = {
+            name: (None if getattr(self, name) is None else getattr(self, name)[sl])
+            for name in self.__dataclass_fields__
+        }
+        return Baselines(**kwargs)
 
     def to_frame(self, parts: Partitions) -> pd.DataFrame:
         """One row per partition (flat summaries), for persistence and reports."""
@@ -398,7 +399,8 @@ def _np_ts(value: datetime | pd.Timestamp) -> np.datetime64:
     """A UTC instant as naive ``datetime64[ns]`` (naive input is taken as UTC)."""
     ts = pd.Timestamp(value)
     ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return ts.tz_localize(None).to_datetime64().astype("datetime64[ns]")
+    out: np.datetime64 = ts.tz_localize(None).to_datetime64().astype("datetime64[ns]")
+    return out
 
 
 def _naive_ns(values: pd.Series | pd.DatetimeIndex) -> np.ndarray:
@@ -833,7 +835,8 @@ def rolled_out(first: np.ndarray, parts: Partitions, policy: DetectionPolicy) ->
     along is not new, however much it fails: only a later rollout is.
     """
     gap = int(pd.Timedelta(policy.min_history) / pd.Timedelta(policy.bucket))
-    return ~parts.is_fleet & (first - first[parts.fleet_of] >= gap)
+    out: np.ndarray = ~parts.is_fleet & (first - first[parts.fleet_of] >= gap)
+    return out
 
 
 def _regressed_since_rollout(
@@ -855,7 +858,8 @@ def _regressed_since_rollout(
         p = np.where(n > 0, e / np.maximum(n, 1e-12), 0.0)
         z = (f - e) / np.sqrt(np.maximum(e * (1 - p), 1e-12))
         excess = np.where(n > 0, (f - e) / np.maximum(n, 1e-12), 0.0)
-    return (n > 0) & (z >= policy.peer_z) & (excess >= policy.min_failure_points)
+    out: np.ndarray = (n > 0) & (z >= policy.peer_z) & (excess >= policy.min_failure_points)
+    return out
 
 
 def _slower_since_rollout(
@@ -880,7 +884,8 @@ def _slower_since_rollout(
     with np.errstate(invalid="ignore", divide="ignore"):
         z = excess / np.sqrt(np.maximum(var, 1e-12))
         shift = np.where(n > 0, excess / np.maximum(n, 1e-12), 0.0)
-    return (n > 0) & (z >= policy.peer_z) & (np.expm1(shift) >= policy.min_duration_rel)
+    out: np.ndarray = (n > 0) & (z >= policy.peer_z) & (np.expm1(shift) >= policy.min_duration_rel)
+    return out
 
 
 def _slot_prior_fail(
@@ -925,7 +930,8 @@ def _slot_prior_fail(
             between = (q - (used - 1) * within) / np.maximum(denom, 1e-12)
             ok = (n > 0) & (used > 1) & (between > 0) & (within > 0) & np.isfinite(between)
             k[rows[ok]] = within[ok] / between[ok]
-    return np.maximum(k, floor)
+    out: np.ndarray = np.maximum(k, floor)
+    return out
 
 
 def _between_hours(

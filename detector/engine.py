@@ -952,9 +952,9 @@ def _explain(
                 )
             )
             state.add(op, ver, _py(start), _py(end))
-            for i in idx:
+            for col in idx.tolist():
                 alert_buckets.append(
-                    (op, None if ver == FLEET else ver, metric, _py(cube.times[i]))
+                    (op, None if ver == FLEET else ver, metric, _py(cube.times[col]))
                 )
     if scorer is not None and driver_rows:
         names = scorer.drivers_many(np.stack([x for _, x in driver_rows]))

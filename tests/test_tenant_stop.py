@@ -23,7 +23,7 @@ from detector.engine import DetectionPolicy, DetectionResult, detect
 from detector.simulate import simulate
 from tests.fixtures_alerting import Hook
 from tests.fixtures_engine import T0, Incident, Part, make_aggs
-from tests.test_pipeline import _config, _iso
+from tests.test_pipeline import _iso
 
 DAYS = 3.0
 WE = T0 + timedelta(days=DAYS)
@@ -98,9 +98,9 @@ def test_an_operation_literally_named_star_cannot_take_the_tenant_fingerprint() 
 
 @pytest.fixture(scope="module")
 def gap_sim(tmp_path_factory: pytest.TempPathFactory):
-    """Four simulated days; every row from 04:20 to 07:00 of the last day cut out (as when
+    """Three simulated days; every row from 04:20 to 07:00 of the last day cut out (as when
     the diagnostic setting breaks: nothing happens in the log, nothing arrives)."""
-    sim = simulate(tmp_path_factory.mktemp("gap"), days=4, seed=3, scenario="quiet")
+    sim = simulate(tmp_path_factory.mktemp("gap"), days=3, seed=3, scenario="quiet")
     day = sim.end - timedelta(days=1)
     gap = (day + timedelta(hours=4, minutes=20), day + timedelta(hours=7))
     table = pq.read_table(sim.data_path)
@@ -123,12 +123,34 @@ def test_scheduled_runs_over_a_tenant_stop_send_one_alert_then_resolve_it(
     sim, (gap_start, gap_end) = gap_sim
     hook = Hook()
     monkeypatch.setenv("TEST_ROUTE_URL", f"json://127.0.0.1:{hook.port}/hook")
-    cfg = str(_config(tmp_path, sim.data_path))
+    cfg = tmp_path / "detector.toml"
+    # The first run judges one hour (max_window), not the default day: hourly runs from the
+    # hour the stop began.
+    cfg.write_text(
+        f"""
+[source]
+kind = "file"
+path = "{sim.data_path}"
+
+[detection]
+delay = "30m"
+max_window = "1h"
+
+[state]
+path = "{tmp_path / "state"}"
+models = "{tmp_path / "models"}"
+
+[[notify.route]]
+name = "hook"
+urls = ["${{TEST_ROUTE_URL:-}}"]
+min_severity = "info"
+"""
+    )
     fired: list[str] = []
     resolved: list[str] = []
-    now = gap_start - timedelta(minutes=20)
+    now = gap_start + timedelta(minutes=40)
     while now <= gap_end + timedelta(hours=3):
-        assert main(["--config", cfg, "run", "--now", _iso(now)]) == EXIT_OK
+        assert main(["--config", str(cfg), "run", "--now", _iso(now)]) == EXIT_OK
         report = json.loads((tmp_path / "state" / "reports" / "latest.json").read_text())
         for d in report["alerts"]["decisions"]:
             if d["reason"] == "new":
