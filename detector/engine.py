@@ -55,7 +55,7 @@ from detector.features import (
 )
 from detector.rollout import Applied, Rollout, apply_rollout, first_buckets, rollout_history
 from detector.schema import BucketAggregates, bin_value
-from detector.stop import find_stops, fold_into_stops, stop_anomaly
+from detector.stop import AlertBucket, find_stops, fold_buckets, fold_into_stops, stop_anomaly
 from detector.store.engine_state import EngineState
 
 if TYPE_CHECKING:  # scikit-learn and skops load in ~2.5 s: imported when a forest is needed
@@ -306,7 +306,9 @@ def detect(
         rollout=(roll, rolled),
     )
     if policy.tenant_stop:
-        anomalies = _fold_tenant_stops(anomalies, full, parts, base, policy, ws=ws, now=now)
+        anomalies, alert_buckets = _fold_tenant_stops(
+            anomalies, alert_buckets, full, parts, base, policy, ws=ws, now=now
+        )
     n_stops = sum(a.details.get("scope") == "tenant" for a in anomalies)
     candidates = _candidates(reasons, ev, scores, cube, parts, base)
     timings["explain"] = time.perf_counter() - t
@@ -684,6 +686,7 @@ def _alpha_scale(base: Baselines, policy: DetectionPolicy) -> np.ndarray | None:
 
 def _fold_tenant_stops(
     anomalies: list[Anomaly],
+    alert_buckets: list[AlertBucket],
     full: Cube,
     parts: Partitions,
     base: Baselines,
@@ -691,10 +694,10 @@ def _fold_tenant_stops(
     *,
     ws: pd.Timestamp,
     now: datetime,
-) -> list[Anomaly]:
-    """``anomalies`` with the volume drops of a tenant-wide stop folded into one tenant alert
-    (see :mod:`detector.stop`). The whole cube is searched, so a stop that began before the
-    window is reported from its start."""
+) -> tuple[list[Anomaly], list[AlertBucket]]:
+    """``anomalies`` and their alerting buckets with the volume drops of a tenant-wide stop
+    folded into one tenant alert (see :mod:`detector.stop`). The whole cube is searched, so
+    a stop that began before the window is reported from its start."""
     bucket = pd.Timedelta(policy.bucket)
     times = full.times
     judged = np.asarray(times >= ws)
@@ -713,7 +716,8 @@ def _fold_tenant_stops(
     # The volume family's multiplicity, as the per-operation volume alerts report it.
     n_vol = float(max(int(parts.is_fleet.sum()), 1) * policy.buckets_per_hour)
     tenant = [stop_anomaly(s, times, policy, n_vol) for s in stops if s.alerting]
-    return fold_into_stops(anomalies, quiet, tenant)
+    kept, folded = fold_into_stops(anomalies, quiet, tenant)
+    return kept, fold_buckets(alert_buckets, folded, tenant, times, _py(ws))
 
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:

@@ -25,7 +25,7 @@ from detector.baseline import Baselines, Partitions
 from detector.decide import DetectionPolicy
 from detector.features import Cube
 
-__all__ = ["Stop", "find_stops", "fold_into_stops", "stop_anomaly"]
+__all__ = ["AlertBucket", "Stop", "find_stops", "fold_buckets", "fold_into_stops", "stop_anomaly"]
 
 
 @dataclass(frozen=True)
@@ -168,16 +168,44 @@ def _iso(ts: datetime) -> str:
 
 def fold_into_stops(
     anomalies: list[Anomaly], quiet: list[tuple[datetime, datetime]], stops: list[Anomaly]
-) -> list[Anomaly]:
-    """``anomalies`` without the volume drops a tenant-quiet span covers (their windows
-    overlap one of ``quiet``, ``(start, end)``), followed by ``stops``: one alert says the
-    tenant went quiet, not one per operation."""
-    if not quiet:
-        return anomalies + stops
+) -> tuple[list[Anomaly], list[Anomaly]]:
+    """``(kept, folded)``: ``kept`` is ``anomalies`` without the volume drops a tenant-quiet
+    span covers (their windows overlap one of ``quiet``, ``(start, end)``), followed by
+    ``stops``; ``folded`` the drops left out. One alert says the tenant went quiet, not one
+    per operation."""
 
     def covered(a: Anomaly) -> bool:
         if a.metric != "volume" or (a.effect is not None and a.effect > 0):
             return False
         return any(a.window_start < e and s < a.window_end for s, e in quiet)
 
-    return [a for a in anomalies if not covered(a)] + stops
+    folded = [a for a in anomalies if covered(a)]
+    return [a for a in anomalies if not covered(a)] + stops, folded
+
+
+AlertBucket = tuple[str, str | None, str, datetime]
+
+
+def fold_buckets(
+    buckets: list[AlertBucket],
+    folded: list[Anomaly],
+    stops: list[Anomaly],
+    times: pd.DatetimeIndex,
+    first_judged: datetime,
+) -> list[AlertBucket]:
+    """The alerting buckets ``(operation, version, metric, bucket start)`` to match what
+    :func:`fold_into_stops` did: the buckets of the ``folded`` anomalies go, the judged
+    buckets of each stop (from ``times``) come as the tenant's."""
+    gone = {(a.operation_name, a.sdk_version, a.metric): a for a in folded}
+
+    def kept(b: AlertBucket) -> bool:
+        a = gone.get((b[0], b[1], b[2]))
+        return a is None or not a.window_start <= b[3] < a.window_end
+
+    out = [b for b in buckets if kept(b)]
+    for s in stops:
+        for t in times:
+            ts = t.to_pydatetime().astimezone(UTC)
+            if ts >= first_judged and s.window_start <= ts < s.window_end:
+                out.append((TENANT_OPERATION, None, "volume", ts))
+    return out

@@ -56,6 +56,10 @@ def test_every_operation_silent_is_one_tenant_alert_since_the_stop() -> None:
     assert tenant.calls == 0 and tenant.observed == 0.0 and tenant.baseline > 0
     assert tenant.details["operations_silent"] == len(OPS)
     assert res.stats["tenant_stops"] == 1
+    # The alerting buckets (what replays score) say the same: the tenant's, from the stop on.
+    volume_buckets = [b for b in res.alert_buckets if b[2] == "volume"]
+    assert {b[0] for b in volume_buckets} == {"*"}
+    assert min(b[3] for b in volume_buckets) == start
 
 
 def test_without_the_fold_each_operation_alerts_on_its_own() -> None:
