@@ -307,7 +307,7 @@ def detect(
     )
     if policy.tenant_stop:
         anomalies, alert_buckets = _fold_tenant_stops(
-            anomalies, alert_buckets, full, parts, base, policy, ws=ws, now=now
+            anomalies, alert_buckets, full, parts, base, policy, ws=ws, now=now, state=state
         )
     n_stops = sum(a.details.get("scope") == "tenant" for a in anomalies)
     candidates = _candidates(reasons, ev, scores, cube, parts, base)
@@ -694,6 +694,7 @@ def _fold_tenant_stops(
     *,
     ws: pd.Timestamp,
     now: datetime,
+    state: EngineState,
 ) -> tuple[list[Anomaly], list[AlertBucket]]:
     """``anomalies`` and their alerting buckets with the volume drops of a tenant-wide stop
     folded into one tenant alert (see :mod:`detector.stop`). The whole cube is searched, so
@@ -703,6 +704,16 @@ def _fold_tenant_stops(
     judged = np.asarray(times >= ws)
     complete = np.asarray(times + bucket <= _utc(now))
     stops = find_stops(full, parts, base, policy, judged=judged, complete=complete)
+    # Only a quiet span some operation alerted in (this run or an earlier one) is a stop: a
+    # tenant's quiet night its operations' own tests accept is not.
+    fleet_spans = [(a, b) for _, ver, a, b in state.alerted if ver == FLEET]
+    stops = [
+        s
+        for s in stops
+        if any(
+            a < _py(times[s.end - 1] + bucket) and _py(times[s.start]) < b for a, b in fleet_spans
+        )
+    ]
     # A stop covers its aftermath too (stop_recovery); a short quiet run only itself.
     quiet = [
         (

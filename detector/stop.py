@@ -82,7 +82,8 @@ def find_stops(
     """Runs of complete buckets in which the tenant had at most ``policy.stop_share`` of its
     expected calls, ending at most ``policy.stop_recovery`` before the judged buckets;
     ``confirmed`` when the run holds at least ``policy.stop_buckets`` buckets and
-    ``policy.min_expected_calls`` expected calls.
+    ``policy.min_expected_calls`` expected calls. A run not confirmed is kept only when it
+    reaches the last complete bucket.
 
     ``judged`` (T,) marks the window's buckets, ``complete`` (T,) those that ended by ``now``
     (a bucket still filling is not silent yet). A run may start in the look-back buckets
@@ -92,6 +93,7 @@ def find_stops(
     quiet = complete & (exp > 0) & (obs <= policy.stop_share * exp)
     first_judged = int(np.argmax(judged)) if judged.any() else len(judged)
     recovery = int(pd.Timedelta(policy.stop_recovery) / pd.Timedelta(policy.bucket))
+    last = int(np.flatnonzero(complete).max()) + 1 if complete.any() else 0
     out: list[Stop] = []
     for a, b in _runs(quiet):
         # A stop that ended shortly before the window still explains the volume drops of
@@ -99,6 +101,11 @@ def find_stops(
         if b + recovery <= first_judged:
             continue
         e = float(exp[a:b].sum())
+        confirmed = b - a >= policy.stop_buckets and e >= policy.min_expected_calls
+        # A short quiet run counts only while it lasts (a stop in the making); with traffic
+        # back after it, it was a gap in the data, and the operations' alerts stand.
+        if not confirmed and b != last:
+            continue
         expecting = per_op[:, a:b].sum(axis=1) > 0
         rows = np.flatnonzero(parts.is_fleet & base.has_history)
         silent = cube.calls[rows][:, a:b].sum(axis=1) == 0
@@ -110,7 +117,7 @@ def find_stops(
                 expected=e,
                 operations=int(expecting.sum()),
                 silent=int((expecting & silent).sum()),
-                confirmed=b - a >= policy.stop_buckets and e >= policy.min_expected_calls,
+                confirmed=confirmed,
                 in_window=bool(judged[a:b].any()),
             )
         )

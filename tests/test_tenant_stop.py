@@ -169,3 +169,16 @@ min_severity = "info"
     digest = b"".join(hook.bodies).decode()
     assert f"no call client operations since {gap_start:%H:%M} UTC" in digest
     assert "ingestion or the whole app" in digest
+
+
+def test_a_quiet_spell_no_operation_alerts_on_is_not_a_stop() -> None:
+    # A small tenant (6 operations x 20 calls an hour) silent for an hour: too few calls
+    # for any operation's own volume test, so no operation alerts and neither does the tenant.
+    start = WE - timedelta(hours=1)
+    parts = [Part(op, "1.30.1.0_stable", 20.0, 0.01, 400.0) for op in OPS]
+    incs = tuple(Incident(op, None, start, WE, volume_factor=0.0) for op in OPS)
+    aggs = make_aggs(parts, days=DAYS, incidents=incs, seed=4)
+    off = _detect(aggs, WE - timedelta(hours=3), WE, policy=DetectionPolicy(tenant_stop=False))
+    assert not [a for a in off.anomalies if a.metric == "volume"]
+    res = _detect(aggs, WE - timedelta(hours=3), WE, policy=DetectionPolicy())
+    assert not res.anomalies and res.stats["tenant_stops"] == 0
