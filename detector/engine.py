@@ -721,6 +721,7 @@ def _fold_tenant_stops(
             _py(
                 times[s.end - 1] + bucket + (policy.stop_recovery if s.confirmed else timedelta(0))
             ),
+            s.confirmed,
         )
         for s in stops
     ]

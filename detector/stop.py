@@ -174,17 +174,22 @@ def _iso(ts: datetime) -> str:
 
 
 def fold_into_stops(
-    anomalies: list[Anomaly], quiet: list[tuple[datetime, datetime]], stops: list[Anomaly]
+    anomalies: list[Anomaly], quiet: list[tuple[datetime, datetime, bool]], stops: list[Anomaly]
 ) -> tuple[list[Anomaly], list[Anomaly]]:
     """``(kept, folded)``: ``kept`` is ``anomalies`` without the volume drops a tenant-quiet
-    span covers (their windows overlap one of ``quiet``, ``(start, end)``), followed by
-    ``stops``; ``folded`` the drops left out. One alert says the tenant went quiet, not one
-    per operation."""
+    span covers, followed by ``stops``; ``folded`` the drops left out. A span of ``quiet``,
+    ``(start, end, confirmed)``, covers the drops whose windows overlap it when confirmed (a
+    stop), else only those that began inside it (a stop in the making is not why an
+    operation's drop that began earlier alerts). One alert says the tenant went quiet, not
+    one per operation."""
 
     def covered(a: Anomaly) -> bool:
         if a.metric != "volume" or (a.effect is not None and a.effect > 0):
             return False
-        return any(a.window_start < e and s < a.window_end for s, e in quiet)
+        return any(
+            (s <= a.window_start if not ok else s < a.window_end) and a.window_start < e
+            for s, e, ok in quiet
+        )
 
     folded = [a for a in anomalies if covered(a)]
     return [a for a in anomalies if not covered(a)] + stops, folded
