@@ -94,6 +94,7 @@ def find_stops(
     first_judged = int(np.argmax(judged)) if judged.any() else len(judged)
     recovery = int(pd.Timedelta(policy.stop_recovery) / pd.Timedelta(policy.bucket))
     last = int(np.flatnonzero(complete).max()) + 1 if complete.any() else 0
+    op_calls = cube.calls[np.flatnonzero(parts.is_fleet & base.has_history)]
     out: list[Stop] = []
     for a, b in _runs(quiet):
         # A stop that ended shortly before the window still explains the volume drops of
@@ -107,8 +108,7 @@ def find_stops(
         if not confirmed and b != last:
             continue
         expecting = per_op[:, a:b].sum(axis=1) > 0
-        rows = np.flatnonzero(parts.is_fleet & base.has_history)
-        silent = cube.calls[rows][:, a:b].sum(axis=1) == 0
+        silent = op_calls[:, a:b].sum(axis=1) == 0
         out.append(
             Stop(
                 start=a,
