@@ -18,6 +18,8 @@ from detector.timeutil import iso
 __all__ = [
     "FLEET",
     "METRICS",
+    "TENANT_FINGERPRINT",
+    "TENANT_OPERATION",
     "SEVERITIES",
     "Anomaly",
     "Metric",
@@ -34,6 +36,10 @@ METRICS: Final[tuple[str, ...]] = ("duration", "failure_rate", "volume")
 SEVERITIES: Final[tuple[str, ...]] = ("info", "warning", "critical")
 #: The SDK-version part of a fleet fingerprint (all versions of the operation together).
 FLEET: Final = "*"
+#: ``operation_name`` of a tenant-level alert (every operation together) and its fingerprint.
+#: An operation literally named ``*`` is encoded ``%2A``, so no log row can take it.
+TENANT_OPERATION: Final = "*"
+TENANT_FINGERPRINT: Final = "*|*|volume"
 
 # Only the three characters that carry meaning in a fingerprint are encoded, so the
 # fingerprints of ordinary names (and the state files keyed by them) stay as they were.
@@ -55,14 +61,15 @@ def fingerprint_of(operation_name: str, sdk_version: str | None, metric: str) ->
     """``operation|sdk_version|metric``, the identity of an alert across runs.
 
     ``None`` and ``""`` as version both mean the fleet (``*``). ``%`` and ``|`` in any part
-    are percent-encoded and a version that is literally ``*`` becomes ``%2A``, so every
+    are percent-encoded and a version or operation literally ``*`` becomes ``%2A``, so every
     operation name and version string gives a fingerprint that splits back into the same
     three parts (``detector.lifecycle.parse_fingerprint``); other characters are kept.
     """
     sdk = FLEET if not sdk_version else _encode_part(str(sdk_version))
     if sdk_version == FLEET:
         sdk = "%2A"
-    return f"{_encode_part(str(operation_name))}|{sdk}|{_encode_part(str(metric))}"
+    op = "%2A" if operation_name == TENANT_OPERATION else _encode_part(str(operation_name))
+    return f"{op}|{sdk}|{_encode_part(str(metric))}"
 
 
 def severity_rank(severity: str) -> int:
@@ -126,7 +133,10 @@ class Anomaly:
 
     @property
     def fingerprint(self) -> str:
-        """Identity of the alert across runs: (operation, SDK version or fleet, metric)."""
+        """Identity of the alert across runs: (operation, SDK version or fleet, metric), or
+        :data:`TENANT_FINGERPRINT` for a tenant-level alert."""
+        if self.details.get("scope") == "tenant":
+            return TENANT_FINGERPRINT
         return fingerprint_of(self.operation_name, self.sdk_version, self.metric)
 
     def to_json(self) -> dict[str, Any]:

@@ -81,7 +81,8 @@ _CHI2_MEDIAN = 0.454936
 def slot_of(ts: pd.Series | pd.DatetimeIndex | np.ndarray) -> np.ndarray:
     """Hour-of-week slot of UTC timestamps (Monday 00:00 = 0)."""
     idx = pd.DatetimeIndex(ts)
-    return (idx.day_of_week.to_numpy() * 24 + idx.hour.to_numpy()).astype(np.int16)
+    out: np.ndarray = (idx.day_of_week.to_numpy() * 24 + idx.hour.to_numpy()).astype(np.int16)
+    return out
 
 
 def epoch_ns(values: pd.Series | pd.DatetimeIndex) -> np.ndarray:
@@ -180,7 +181,8 @@ class Partitions:
 
     @property
     def is_fleet(self) -> np.ndarray:
-        return self.version == FLEET
+        out: np.ndarray = self.version == FLEET
+        return out
 
     def take(self, sl: slice) -> Partitions:
         """A contiguous block of whole operations (indices re-based)."""
@@ -294,6 +296,9 @@ class Baselines:
     #: (P,) first bucket of the baseline window (index from its start) holding the
     #: partition's rows, or the window's length if none (see detector.rollout).
     first_bucket: np.ndarray | None = None
+    #: (P,) >= 1: how much a short history widened the bands (min_history / its hours; 1 with
+    #: enough history). Above 1 the tests also need stronger evidence (short_history_alpha).
+    stretch: np.ndarray | None = None
 
     def fail_dispersion(self) -> np.ndarray:
         """(P,) variance factor of a failure count spanning whole calls, as the tests use it:
@@ -305,12 +310,11 @@ class Baselines:
 
     def take(self, sl: slice) -> Baselines:
         """The partitions ``sl``."""
-        return Baselines(
-            **{
-                name: (None if getattr(self, name) is None else getattr(self, name)[sl])
-                for name in self.__dataclass_fields__
-            }
-        )
+        kwargs: dict[str, Any] = {
+            name: (None if getattr(self, name) is None else getattr(self, name)[sl])
+            for name in self.__dataclass_fields__
+        }
+        return Baselines(**kwargs)
 
     def to_frame(self, parts: Partitions) -> pd.DataFrame:
         """One row per partition (flat summaries), for persistence and reports."""
@@ -395,7 +399,8 @@ def _np_ts(value: datetime | pd.Timestamp) -> np.datetime64:
     """A UTC instant as naive ``datetime64[ns]`` (naive input is taken as UTC)."""
     ts = pd.Timestamp(value)
     ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return ts.tz_localize(None).to_datetime64().astype("datetime64[ns]")
+    out: np.datetime64 = ts.tz_localize(None).to_datetime64().astype("datetime64[ns]")
+    return out
 
 
 def _naive_ns(values: pd.Series | pd.DatetimeIndex) -> np.ndarray:
@@ -655,7 +660,7 @@ def compute_baselines(
     with np.errstate(invalid="ignore"):
         var_log = np.maximum(m2 - mu_log**2, 1e-4)
     p_any = np.nanmax(np.where(np.isfinite(fail_rate), fail_rate, -1.0), axis=1) >= 0
-    has_history = p_any & (Bf[fo] * bucket_days * 24 >= policy.min_history.total_seconds() / 3600)
+    has_history, stretch = _history_stretch(p_any, Bf[fo] * bucket_days * 24, policy)
 
     # Overdispersion from the baseline rows themselves (median squared Pearson residual), one
     # metric at a time so the per-row temporaries do not pile up.
@@ -690,6 +695,10 @@ def compute_baselines(
     phi_dur = np.maximum(phi_dur, np.where(fleet, 1.0, phi_dur[fo] * (1 - w_dur)))
     phi_fail = np.maximum(phi_fail, np.where(fleet, 1.0, phi_fail[fo] * (1 - w_calls)))
     phi_fcall = np.maximum(phi_fcall, np.where(fleet, 1.0, phi_fcall[fo] * (1 - w_calls)))
+    # A short history has not seen the day's cycle: every band widens by its stretch.
+    phi_dur, phi_fail, phi_fcall, phi_vol = (
+        a * stretch for a in (phi_dur, phi_fail, phi_fcall, phi_vol)
+    )
 
     # How much the true level wanders from hour to hour beyond the profile (day-to-day mix of
     # calls, devices, networks), from the baseline's hourly residuals.
@@ -712,6 +721,7 @@ def compute_baselines(
     # A version with thin history takes its operation's wander as it takes its level.
     tau2_fail = np.where(fleet, tau2_fail, _blend(tau2_fail, tau2_fail[fo], w_calls))
     tau2_dur = np.where(fleet, tau2_dur, _blend(tau2_dur, tau2_dur[fo], w_dur))
+    tau2_fail, tau2_dur = tau2_fail * stretch, tau2_dur * stretch
     del own_fail, own_mu
 
     weight = np.minimum(w_calls, np.where(np.isfinite(w_dur), w_dur, 1.0))
@@ -752,7 +762,24 @@ def compute_baselines(
         first_bucket=first_idx,
         tau2_fail=tau2_fail,
         tau2_dur=tau2_dur,
+        stretch=stretch,
     )
+
+
+def _history_stretch(
+    p_any: np.ndarray, hours: np.ndarray, policy: DetectionPolicy
+) -> tuple[np.ndarray, np.ndarray]:
+    """(has_history, stretch), both (P,), from each partition's operation's usable baseline
+    ``hours``. Without ``policy.short_history`` a partition needs ``min_history``; with it,
+    ``history_floor``, and below ``min_history`` its bands widen by ``stretch = min_history /
+    hours`` (1 with enough history): the variance a level learnt from a few hours carries,
+    having seen neither the day's cycle nor enough buckets to know its own spread."""
+    min_h = policy.min_history.total_seconds() / 3600
+    floor = policy.history_floor if policy.short_history else policy.min_history
+    has_history = p_any & (hours >= floor.total_seconds() / 3600)
+    short = has_history & (hours < min_h)
+    stretch = np.where(short, min_h / np.maximum(hours, 1e-9), 1.0)
+    return has_history, stretch
 
 
 def _eb_prior_strength(
@@ -808,7 +835,8 @@ def rolled_out(first: np.ndarray, parts: Partitions, policy: DetectionPolicy) ->
     along is not new, however much it fails: only a later rollout is.
     """
     gap = int(pd.Timedelta(policy.min_history) / pd.Timedelta(policy.bucket))
-    return ~parts.is_fleet & (first - first[parts.fleet_of] >= gap)
+    out: np.ndarray = ~parts.is_fleet & (first - first[parts.fleet_of] >= gap)
+    return out
 
 
 def _regressed_since_rollout(
@@ -830,7 +858,8 @@ def _regressed_since_rollout(
         p = np.where(n > 0, e / np.maximum(n, 1e-12), 0.0)
         z = (f - e) / np.sqrt(np.maximum(e * (1 - p), 1e-12))
         excess = np.where(n > 0, (f - e) / np.maximum(n, 1e-12), 0.0)
-    return (n > 0) & (z >= policy.peer_z) & (excess >= policy.min_failure_points)
+    out: np.ndarray = (n > 0) & (z >= policy.peer_z) & (excess >= policy.min_failure_points)
+    return out
 
 
 def _slower_since_rollout(
@@ -855,7 +884,8 @@ def _slower_since_rollout(
     with np.errstate(invalid="ignore", divide="ignore"):
         z = excess / np.sqrt(np.maximum(var, 1e-12))
         shift = np.where(n > 0, excess / np.maximum(n, 1e-12), 0.0)
-    return (n > 0) & (z >= policy.peer_z) & (np.expm1(shift) >= policy.min_duration_rel)
+    out: np.ndarray = (n > 0) & (z >= policy.peer_z) & (np.expm1(shift) >= policy.min_duration_rel)
+    return out
 
 
 def _slot_prior_fail(
@@ -900,7 +930,8 @@ def _slot_prior_fail(
             between = (q - (used - 1) * within) / np.maximum(denom, 1e-12)
             ok = (n > 0) & (used > 1) & (between > 0) & (within > 0) & np.isfinite(between)
             k[rows[ok]] = within[ok] / between[ok]
-    return np.maximum(k, floor)
+    out: np.ndarray = np.maximum(k, floor)
+    return out
 
 
 def _between_hours(

@@ -351,6 +351,14 @@ DETECTION: dict[str, Param] = {
     "max_train_rows": Param(POLICY, _COUNT),
     "refit_every": Param(POLICY, _POSITIVE),
     "seed": Param(POLICY, Integer(0, 2**31 - 1)),
+    # --- short history and tenant-wide stop
+    "short_history": Param(POLICY, Boolean()),
+    "history_floor": Param(POLICY, _POSITIVE),
+    "short_history_alpha": Param(POLICY, Real(0, 1, closed="right")),
+    "tenant_stop": Param(POLICY, Boolean()),
+    "stop_share": Param(POLICY, Real(0, 1, closed="left")),
+    "stop_buckets": Param(POLICY, _COUNT),
+    "stop_recovery": Param(POLICY, _NON_NEGATIVE),
 }
 
 STATE: dict[str, Param] = {

@@ -149,6 +149,18 @@ class DetectionPolicy:
     max_train_rows: int = 50_000
     refit_every: timedelta = timedelta(days=1)
     seed: int = 0
+    # --- short history and tenant-wide stop (issue 20, history) --------------------------------
+    # Short history: an operation with history_floor..min_history of baseline is judged, with
+    # bands widened by min_history / its history and alpha times short_history_alpha.
+    short_history: bool = False  # bool: judge short histories (False: refuse below min_history)
+    history_floor: timedelta = timedelta(hours=2)  # timedelta, bucket..min_history: hard floor
+    short_history_alpha: float = 0.1  # float in (0, 1]: alpha factor below min_history
+    # Tenant-wide stop: the whole tenant at or near zero is one tenant alert, the operations'
+    # volume drops folded into it.
+    tenant_stop: bool = True  # bool: fold a tenant-wide stop into one alert
+    stop_share: float = 0.1  # float in [0, 1): tenant calls at most this share of expected
+    stop_buckets: int = 2  # int >= 1: quiet buckets in a row before the tenant alert
+    stop_recovery: timedelta = timedelta(hours=1)  # timedelta >= 0: aftermath folded in too
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, object] | None) -> DetectionPolicy:
@@ -200,6 +212,12 @@ class DetectionPolicy:
             problems.append("volume_scope: 'fleet' or 'all'")
         if self.cold_start_k < 0 or self.slot_prior_calls < 0:
             problems.append("cold_start_k/slot_prior_calls: must be >= 0")
+        if not self.bucket <= self.history_floor <= self.min_history:
+            problems.append("history_floor: must be between bucket and min_history")
+        if not 0 < self.short_history_alpha <= 1:
+            problems.append("short_history_alpha: must be in (0, 1]")
+        if not 0 <= self.stop_share < 1 or self.stop_buckets < 1:
+            problems.append("stop_share/stop_buckets: need 0 <= share < 1 and buckets >= 1")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -280,6 +298,8 @@ class Evidence:
     #: (P,) for fleet rows: column just after the last alerted span of any of the operation's
     #: versions in earlier runs (-inf if none), for attribution to a version.
     last_version_dev_end: np.ndarray | None = None
+    #: (P,) factor on alpha per partition (short history: ``short_history_alpha``); None = 1.
+    alpha_scale: np.ndarray | None = None
 
 
 def _practical(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
@@ -392,7 +412,8 @@ def decide(
     )[:, None, :]
     if ev.raw_z is not None:  # deviations inside maintenance are reported as such
         candidate = candidate | (maint & (ev.raw_z >= 3.0) & ev.testable[:, :, None])
-    sig = ev.p * np.maximum(n_tests, 1.0) <= policy.alpha
+    scale = 1.0 if ev.alpha_scale is None else ev.alpha_scale[:, None, None]
+    sig = ev.p * np.maximum(n_tests, 1.0) <= policy.alpha * scale
     practical = _practical(ev, policy)
     volume = _enough_volume(ev, policy)
     hist = ev.has_history[:, None, None]

@@ -55,6 +55,7 @@ from detector.features import (
 )
 from detector.rollout import Applied, Rollout, apply_rollout, first_buckets, rollout_history
 from detector.schema import BucketAggregates, bin_value
+from detector.stop import AlertBucket, find_stops, fold_buckets, fold_into_stops, stop_anomaly
 from detector.store.engine_state import EngineState
 
 if TYPE_CHECKING:  # scikit-learn and skops load in ~2.5 s: imported when a forest is needed
@@ -278,6 +279,7 @@ def detect(
         raw_z=raw_z,
         last_alert_end=_last_alert_end(state, parts, cube.times, bucket),
         last_version_dev_end=_last_version_dev_end(state, parts, cube.times, bucket),
+        alpha_scale=_alpha_scale(base, policy),
     )
     bucket_end = (cube.times + bucket).tz_convert("UTC").tz_localize(None).to_numpy()
     reasons = decide(evidence, policy=policy, now=now, bucket_end=bucket_end)
@@ -303,6 +305,11 @@ def detect(
         test_alpha=test_alpha,
         rollout=(roll, rolled),
     )
+    if policy.tenant_stop:
+        anomalies, alert_buckets = _fold_tenant_stops(
+            anomalies, alert_buckets, full, parts, base, policy, ws=ws, now=now, state=state
+        )
+    n_stops = sum(a.details.get("scope") == "tenant" for a in anomalies)
     candidates = _candidates(reasons, ev, scores, cube, parts, base)
     timings["explain"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -335,6 +342,7 @@ def detect(
         tests_per_metric={m: int(n) for m, n in zip(METRIC_NAMES, n_tested, strict=True)},
         multiplicity={m: float(n) for m, n in zip(METRIC_NAMES, n_tests, strict=True)},
         rollout_tests=len(roll),  # new builds in the since-rollout family (DetectionPolicy)
+        tenant_stops=n_stops,
         forest=forest_status,
         timings={k: round(v, 4) for k, v in timings.items()},
     )
@@ -668,6 +676,62 @@ def _maintenance_mask(
     return mask
 
 
+def _alpha_scale(base: Baselines, policy: DetectionPolicy) -> np.ndarray | None:
+    """(P,) factor on alpha: ``short_history_alpha`` where a short history stretched the
+    bands (stronger evidence needed), else 1; None when no partition is short."""
+    if base.stretch is None or not (base.stretch > 1).any():
+        return None
+    return np.where(base.stretch > 1, policy.short_history_alpha, 1.0)
+
+
+def _fold_tenant_stops(
+    anomalies: list[Anomaly],
+    alert_buckets: list[AlertBucket],
+    full: Cube,
+    parts: Partitions,
+    base: Baselines,
+    policy: DetectionPolicy,
+    *,
+    ws: pd.Timestamp,
+    now: datetime,
+    state: EngineState,
+) -> tuple[list[Anomaly], list[AlertBucket]]:
+    """``anomalies`` and their alerting buckets with the volume drops of a tenant-wide stop
+    folded into one tenant alert (see :mod:`detector.stop`). The whole cube is searched, so
+    a stop that began before the window is reported from its start."""
+    bucket = pd.Timedelta(policy.bucket)
+    times = full.times
+    judged = np.asarray(times >= ws)
+    complete = np.asarray(times + bucket <= _utc(now))
+    stops = find_stops(full, parts, base, policy, judged=judged, complete=complete)
+    # Only a quiet span some operation alerted in (this run or an earlier one) is a stop: a
+    # tenant's quiet night its operations' own tests accept is not.
+    fleet_spans = [(a, b) for _, ver, a, b in state.alerted if ver == FLEET]
+    stops = [
+        s
+        for s in stops
+        if any(
+            a < _py(times[s.end - 1] + bucket) and _py(times[s.start]) < b for a, b in fleet_spans
+        )
+    ]
+    # A stop covers its aftermath too (stop_recovery); a short quiet run only itself.
+    quiet = [
+        (
+            _py(times[s.start]),
+            _py(
+                times[s.end - 1] + bucket + (policy.stop_recovery if s.confirmed else timedelta(0))
+            ),
+            s.confirmed,
+        )
+        for s in stops
+    ]
+    # The volume family's multiplicity, as the per-operation volume alerts report it.
+    n_vol = float(max(int(parts.is_fleet.sum()), 1) * policy.buckets_per_hour)
+    tenant = [stop_anomaly(s, times, policy, n_vol) for s in stops if s.alerting]
+    kept, folded = fold_into_stops(anomalies, quiet, tenant)
+    return kept, fold_buckets(alert_buckets, folded, tenant, times, _py(ws))
+
+
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     """Half-open index ranges of consecutive True values."""
     if not flags.any():
@@ -904,9 +968,9 @@ def _explain(
                 )
             )
             state.add(op, ver, _py(start), _py(end))
-            for i in idx:
+            for col in idx.tolist():
                 alert_buckets.append(
-                    (op, None if ver == FLEET else ver, metric, _py(cube.times[i]))
+                    (op, None if ver == FLEET else ver, metric, _py(cube.times[col]))
                 )
     if scorer is not None and driver_rows:
         names = scorer.drivers_many(np.stack([x for _, x in driver_rows]))

@@ -391,4 +391,7 @@ def effective_looks(growth: np.ndarray, z: float, per_hour: int) -> np.ndarray:
     """
     mills = np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi) / special.ndtr(-z)  # phi(z) / Q(z)
     s = np.asarray(growth, np.float64)  # inf in a first hour: capped, every look a test
-    return np.clip(1.0 + mills * (np.sqrt(2 * s / np.pi) + 0.5 * z * s), 1.0, float(per_hour))
+    out: np.ndarray = np.clip(
+        1.0 + mills * (np.sqrt(2 * s / np.pi) + 0.5 * z * s), 1.0, float(per_hour)
+    )
+    return out

@@ -183,8 +183,30 @@ def resource_name(a: Anomaly) -> str | None:
     return name if isinstance(name, str) and _RESOURCE_NAME.fullmatch(name) else None
 
 
+def is_tenant(a: Anomaly) -> bool:
+    """A tenant-level alert (every operation together), as :mod:`detector.stop` emits it."""
+    return (a.details or {}).get("scope") == "tenant"
+
+
+def tenant_words(a: Anomaly) -> str:
+    """``no call client operations since 04:20 UTC (...); ingestion or the whole app``."""
+    calls = int(a.calls)
+    # baseline_calls: the calls the tenant usually has over the same buckets.
+    usual = f"{a.baseline_calls:,}" if a.baseline_calls is not None else "n/a"
+    lead = "no call client operations" if calls == 0 else "almost no call client operations"
+    ops = finite((a.details or {}).get("operations_expected"))
+    silent = finite((a.details or {}).get("operations_silent"))
+    who = f"{int(silent)} of {int(ops)} operations silent; " if ops and silent is not None else ""
+    return (
+        f"{lead} since {a.window_start:%H:%M} UTC ({calls:,} calls vs about {usual} usual;"
+        f" {who}every operation at once): ingestion or the whole app"
+    )
+
+
 def what_moved(a: Anomaly) -> str:
     """One line: what moved, by how much, against what, on how many calls, for whom."""
+    if is_tenant(a):
+        return tenant_words(a)
     m = a.metric
     text = (
         f"{metric_words(m)} {change_text(m, a.observed, a.baseline, a.effect)}"

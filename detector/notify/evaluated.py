@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from detector.anomaly import Anomaly, fingerprint_of
+from detector.anomaly import TENANT_FINGERPRINT, Anomaly, fingerprint_of
 from detector.schema import BucketAggregates, bin_value
 from detector.timeutil import timestamp_utc
 
@@ -116,6 +116,10 @@ def evaluated_from_history(
         # work on a few thousand rows instead of every (bucket, bin) of the window.
         hk = hsel.groupby([*keys, "bin"], observed=True, sort=False)["count"].sum().reset_index()
         p95 = _p95(pd.concat([hk, _fleet(hk)]), keys)
+    # The tenant's calls: a tenant-wide stop resolves once traffic is back.
+    total = int(sel["calls"].sum())
+    if total > 0:
+        out[TENANT_FINGERPRINT] = {"observed": total / n_buckets, "baseline": None, "calls": total}
     for key, row in agg.iterrows():
         op, ver = _pair(key)
         calls = int(row["calls"])

@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from detector.anomaly import Anomaly, severity_rank
+from detector.anomaly import TENANT_FINGERPRINT, Anomaly, severity_rank
 from detector.escape import clean, escaper, for_html, for_html_block, for_text, kql_string
 from detector.lifecycle import Decision, Reason
 from detector.words import (
     finite,
     fmt_value,
+    is_tenant,
     portal_query_url,
     resource_name,
     what_moved,
@@ -233,8 +234,9 @@ def kql_for(a: Anomaly, *, bin_size: str = "5m", context: timedelta = timedelta(
     lines = [
         "ACSCallClientOperations",
         f"| where CallClientTimeStamp between ({_kql_dt(start)} .. {_kql_dt(a.window_end)})",
-        f"| where OperationName =~ {kql_string(a.operation_name)}",
     ]
+    if not is_tenant(a):
+        lines.append(f"| where OperationName =~ {kql_string(a.operation_name)}")
     if a.sdk_version is not None:
         shown = safe_version(a.sdk_version)
         if shown == a.sdk_version:
@@ -385,6 +387,8 @@ def _facts(
     op, metric = safe_operation(d.operation_name), d.metric
     who = f"SDK {safe_version(d.sdk_version)}" if d.sdk_version is not None else "all versions"
     where = resource_name(a) if a is not None else None
+    if d.fingerprint == TENANT_FINGERPRINT:
+        op, who = "all operations", "whole tenant"
     headline = f"{d.severity.upper()} {op} {_metric_label(metric)}, {who}"
     if where:
         headline += f", on {where}"
