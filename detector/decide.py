@@ -167,6 +167,13 @@ class DetectionPolicy:
     max_train_rows: int = 50_000
     refit_every: timedelta = timedelta(days=1)
     seed: int = 0
+    # --- sequential evidence (issue 20): a windowed CUSUM per partition accumulates evidence
+    # over buckets (failure rate rising, volume falling), for thin partitions
+    sequential: bool = True  # bool: run the sequential test beside the trailing spans
+    sequential_fold: float = 4.0  # float > 1: the k-fold rise of failure rate (fall of volume)
+    # the CUSUM is tuned to; the failure rate it is tuned to is at least +min_failure_points
+    sequential_false_alerts_per_day: float = 0.1  # float > 0: tenant-wide false alarms a day
+    # the test may raise (its thresholds follow from it, see features.sequential_thresholds)
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any] | None) -> DetectionPolicy:
@@ -226,6 +233,8 @@ class DetectionPolicy:
             problems.append("volume_direction: 'drop', 'rise' or 'both'")
         if self.volume_scope not in ("fleet", "all"):
             problems.append("volume_scope: 'fleet' or 'all'")
+        if not self.sequential_fold > 1 or not self.sequential_false_alerts_per_day > 0:
+            problems.append("sequential_fold: must be > 1; sequential_false_alerts_per_day: > 0")
         if self.cold_start_k < 0 or self.slot_prior_calls < 0:
             problems.append("cold_start_k/slot_prior_calls: must be >= 0")
         if problems:
