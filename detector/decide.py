@@ -169,7 +169,8 @@ class DetectionPolicy:
     seed: int = 0
     # --- sequential evidence (issue 20): a windowed CUSUM per partition accumulates evidence
     # over buckets (failure rate rising, volume falling), for thin partitions
-    sequential: bool = True  # bool: run the sequential test beside the trailing spans
+    sequential: str = "failures"  # "off" | "failures" | "both" (failures and volume drops):
+    # which metrics the sequential test runs on, beside the trailing spans
     sequential_fold: float = 4.0  # float > 1: the k-fold rise of failure rate (fall of volume)
     # the CUSUM is tuned to; the failure rate it is tuned to is at least +min_failure_points
     sequential_false_alerts_per_day: float = 0.1  # float > 0: tenant-wide false alarms a day
@@ -233,6 +234,8 @@ class DetectionPolicy:
             problems.append("volume_direction: 'drop', 'rise' or 'both'")
         if self.volume_scope not in ("fleet", "all"):
             problems.append("volume_scope: 'fleet' or 'all'")
+        if self.sequential not in ("off", "failures", "both"):
+            problems.append("sequential: 'off', 'failures' or 'both'")
         if not self.sequential_fold > 1 or not self.sequential_false_alerts_per_day > 0:
             problems.append("sequential_fold: must be > 1; sequential_false_alerts_per_day: > 0")
         if self.cold_start_k < 0 or self.slot_prior_calls < 0:

@@ -1090,7 +1090,7 @@ def failure_llr(
     than that is never alerted). Counts are deflated by their overdispersion (quasi-likelihood),
     so clustered failures (legs of one bad call) count as the independent evidence they are.
     """
-    p0 = np.clip(base.fail_rate[:, slots], 1e-6, 0.5)
+    p0 = null_failure_rate(base, slots)
     ratio = base.call_ratio if base.call_ratio is not None else np.ones(len(p0))
     phi_g = base.phi_fcall if base.phi_fcall is not None else base.phi_fail
     q0 = np.clip(p0 * ratio[:, None], 1e-6, 0.5)
@@ -1098,6 +1098,23 @@ def failure_llr(
     calls_llr = _binomial_llr(calls, failed_calls, q0, phi_g[:, None], policy)
     np.minimum(out, calls_llr, out=out)
     return out
+
+
+#: z of the baseline failure rate's upper bound the sequential test is run against.
+_NULL_Z: Final = 2.0
+
+
+def null_failure_rate(base: Baselines, slots: np.ndarray) -> np.ndarray:
+    """The failure rate (P, len(slots)) the sequential test holds as "no change": the
+    baseline's upper bound (``_NULL_Z`` standard errors of its own estimate, from its n_eff
+    calls, and of its hour-to-hour wander). The baseline rate is itself an estimate (a thin
+    version's is mostly borrowed from its operation): a likelihood ratio against it alone
+    accumulated a version's ordinary difference from its siblings into alarms."""
+    p0 = np.clip(base.fail_rate[:, slots], 1e-6, 0.5)
+    n_eff = base.n_eff_fail if base.n_eff_fail is not None else np.full(len(p0), np.inf)
+    var = p0 * (1 - p0) / np.maximum(n_eff, 1.0)[:, None] + base.tau2_fail[:, None]
+    res: np.ndarray = np.clip(p0 + _NULL_Z * np.sqrt(var), 1e-6, 0.5)
+    return res
 
 
 def _binomial_llr(
@@ -1213,6 +1230,19 @@ class _Windows:
         return out
 
 
+def _latest(win: _Windows, support: np.ndarray, need: float, policy: DetectionPolicy) -> np.ndarray:
+    """Buckets of each window's latest part: the last ``latest_span``, doubled while it holds
+    less than ``need`` of ``support`` (calls, or expected calls), never past the window's
+    last third (as the trailing spans' latest window)."""
+    third = np.maximum(-(-win.length // 3), 1)
+    recent: np.ndarray = np.minimum(np.full(len(win.length), max(policy.latest_span, 1)), third)
+    while True:
+        short = (win.recent_sum(support, recent) < need) & (recent < third)
+        if not short.any():
+            return recent
+        recent = np.where(short, np.minimum(2 * recent, third), recent)
+
+
 def _failures_current(
     win: _Windows,
     C: np.ndarray,
@@ -1221,10 +1251,10 @@ def _failures_current(
     excess: np.ndarray,
     policy: DetectionPolicy,
 ) -> np.ndarray:
-    """The failures are current: the latest part of each window (its last third, at least an
-    hour) fails in excess by at least ``latest_share`` of the whole window's ``excess`` (an
-    incident that ended stops alerting, however much evidence its window still holds)."""
-    recent = np.maximum(-(-win.length // 3), policy.buckets_per_hour)
+    """The failures are current: the latest part of each window (see :func:`_latest`) fails
+    in excess by at least ``latest_share`` of the whole window's ``excess`` (an incident that
+    ended stops alerting, however much evidence its window still holds)."""
+    recent = _latest(win, C, policy.min_calls * policy.third_support, policy)
     n, k, e = (win.recent_sum(x, recent) for x in (C, F, ef))
     with np.errstate(invalid="ignore", divide="ignore"):
         out: np.ndarray = (n > 0) & ((k - e) / n >= policy.latest_share * excess)
@@ -1236,7 +1266,7 @@ def _volume_current(
 ) -> np.ndarray:
     """The drop is current: the latest part of each window (as for failures) is down by at
     least ``latest_share`` of the whole window's relative ``drop`` (negative)."""
-    recent = np.maximum(-(-win.length // 3), policy.buckets_per_hour)
+    recent = _latest(win, e, policy.min_expected_calls * policy.third_support, policy)
     c, ee = win.recent_sum(calls, recent), win.recent_sum(e, recent)
     with np.errstate(invalid="ignore", divide="ignore"):
         out: np.ndarray = (ee > 0) & (c / ee - 1.0 <= policy.latest_share * drop)
@@ -1338,9 +1368,28 @@ def _looks_per_day(base: Baselines, policy: DetectionPolicy) -> tuple[np.ndarray
     buckets expected to hold a failure (a bucket without one only lowers the CUSUM), for the
     volume test every bucket (a quiet bucket raises it)."""
     per_day = _BUCKETS_PER_DAY_H * policy.buckets_per_hour
-    lam = np.maximum(base.exp_calls, 0.0) * np.clip(base.fail_rate, 0.0, 1.0)
+    lam = np.maximum(base.exp_calls, 0.0) * null_failure_rate(
+        base, np.arange(base.exp_calls.shape[1])
+    )
     busy: np.ndarray = -np.expm1(-lam).mean(axis=1) * per_day
     return busy, float(per_day)
+
+
+def _thresholds(
+    base: Baselines, parts: Partitions, policy: DetectionPolicy, n_tested: np.ndarray
+) -> np.ndarray:
+    """(P, M) alarm level of each partition's sequential tests (inf where not run)."""
+    P = len(parts)
+    h = np.full((P, len(METRIC_NAMES)), np.inf)
+    busy, every = _looks_per_day(base, policy)
+    both = policy.sequential == "both"
+    n_seq = int(n_tested[_FAIL] + (n_tested[_VOL] if both else 0))
+    hist = np.asarray(base.has_history, bool)
+    h[:, _FAIL] = np.where(hist, sequential_thresholds(busy, n_seq, policy), np.inf)
+    if both:
+        vol = policy.volume_judged(parts.is_fleet) & hist
+        h[:, _VOL] = np.where(vol, sequential_thresholds(np.full(P, every), n_seq, policy), np.inf)
+    return h
 
 
 def apply_sequential(
@@ -1365,23 +1414,18 @@ def apply_sequential(
     P, M, K = ev.p.shape
     T = cube.calls.shape[1]
     w = min(max(policy.spans), T)
-    stat, h = np.zeros((P, M, K)), np.full((P, M), np.inf)
+    stat = np.zeros((P, M, K))
     used = np.zeros((P, M, K), bool)
     ev.sequential = used
-    if not policy.sequential or not P:
-        return Sequential(stat, h, used)
+    if policy.sequential == "off" or not P:
+        return Sequential(stat, np.full((P, M), np.inf), used)
     slots = cube.slots
-    busy, every = _looks_per_day(base, policy)
-    n_seq = int(n_tested[_FAIL] + n_tested[_VOL])
-    hist = np.asarray(base.has_history, bool)
-    h[:, _FAIL] = np.where(hist, sequential_thresholds(busy, n_seq, policy), np.inf)
-    vol_rows = policy.volume_judged(parts.is_fleet) & hist
-    h[:, _VOL] = np.where(vol_rows, sequential_thresholds(np.full(P, every), n_seq, policy), np.inf)
+    h = _thresholds(base, parts, policy, n_tested)
     p0 = np.clip(base.fail_rate[:, slots], 1e-6, 0.5)
     llr_f = failure_llr(cube.calls, cube.failures, cube.failed_calls, base, slots, policy)
     e = expected_calls(base, slots, cube, parts)
     llr_v = volume_llr(cube.calls, e, base.phi_vol, policy.sequential_fold)
-    for m, llr in ((_FAIL, llr_f), (_VOL, llr_v)):
+    for m, llr in ((_FAIL, llr_f), (_VOL, llr_v))[: 2 if policy.sequential == "both" else 1]:
         s_all = windowed_cusum(llr, w, T)
         stat[:, m] = s_all[:, T - K :]
         rows, cols = np.nonzero(stat[:, m] >= h[:, m, None])
