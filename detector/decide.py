@@ -169,7 +169,7 @@ class DetectionPolicy:
     seed: int = 0
     # --- sequential evidence (issue 20): a windowed CUSUM per partition accumulates evidence
     # over buckets (failure rate rising, volume falling), for thin partitions
-    sequential: str = "off"  # "off" | "failures" | "both" (failures and volume drops):
+    sequential: str = "failures"  # "off" | "failures" | "both" (failures and volume drops):
     # which metrics the sequential test runs on, beside the trailing spans
     sequential_fold: float = 4.0  # float > 1: the k-fold rise of failure rate (fall of volume)
     # the CUSUM is tuned to; the failure rate it is tuned to is at least +min_failure_points

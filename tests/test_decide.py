@@ -252,7 +252,7 @@ def test_sequential_knobs_parse_and_validate() -> None:
     )
     assert pol.sequential == "off" and pol.sequential_fold == 8.0
     assert pol.sequential_false_alerts_per_day == 0.5
-    assert DetectionPolicy().sequential == "off"
+    assert DetectionPolicy().sequential == "failures"
     for bad in (
         {"sequential_fold": 1.0},
         {"sequential_false_alerts_per_day": 0.0},

@@ -15,7 +15,7 @@ from detector.schema import BucketAggregates
 from detector.words import accumulated_words, why_believed
 from tests.fixtures_engine import T0, Incident, Part, make_aggs
 
-POLICY = DetectionPolicy(sequential="failures")  # off by default (docs/decisions.md)
+POLICY = DetectionPolicy()
 BETA = "1.32.0.1_beta"
 WS, WE = T0 + timedelta(days=3), T0 + timedelta(days=4)
 
