@@ -359,6 +359,10 @@ DETECTION: dict[str, Param] = {
     "stop_share": Param(POLICY, Real(0, 1, closed="left")),
     "stop_buckets": Param(POLICY, _COUNT),
     "stop_recovery": Param(POLICY, _NON_NEGATIVE),
+    # --- sequential evidence
+    "sequential": Param(POLICY, Options(("off", "failures", "both"))),
+    "sequential_fold": Param(POLICY, Real(1, closed="neither")),
+    "sequential_false_alerts_per_day": Param(POLICY, Real(0, closed="neither")),
 }
 
 STATE: dict[str, Param] = {

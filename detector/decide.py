@@ -161,6 +161,14 @@ class DetectionPolicy:
     stop_share: float = 0.1  # float in [0, 1): tenant calls at most this share of expected
     stop_buckets: int = 2  # int >= 1: quiet buckets in a row before the tenant alert
     stop_recovery: timedelta = timedelta(hours=1)  # timedelta >= 0: aftermath folded in too
+    # --- sequential evidence (issue 20): a windowed CUSUM per partition accumulates evidence
+    # over buckets (failure rate rising, volume falling), for thin partitions
+    sequential: str = "failures"  # "off" | "failures" | "both" (failures and volume drops):
+    # which metrics the sequential test runs on, beside the trailing spans
+    sequential_fold: float = 4.0  # float > 1: the k-fold rise of failure rate (fall of volume)
+    # the CUSUM is tuned to; the failure rate it is tuned to is at least +min_failure_points
+    sequential_false_alerts_per_day: float = 0.1  # float > 0: tenant-wide false alarms a day
+    # the test may raise (its thresholds follow from it, see features.sequential_thresholds)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, object] | None) -> DetectionPolicy:
@@ -210,6 +218,10 @@ class DetectionPolicy:
             problems.append("volume_direction: 'drop', 'rise' or 'both'")
         if self.volume_scope not in ("fleet", "all"):
             problems.append("volume_scope: 'fleet' or 'all'")
+        if self.sequential not in ("off", "failures", "both"):
+            problems.append("sequential: 'off', 'failures' or 'both'")
+        if not self.sequential_fold > 1 or not self.sequential_false_alerts_per_day > 0:
+            problems.append("sequential_fold: must be > 1; sequential_false_alerts_per_day: > 0")
         if self.cold_start_k < 0 or self.slot_prior_calls < 0:
             problems.append("cold_start_k/slot_prior_calls: must be >= 0")
         if not self.bucket <= self.history_floor <= self.min_history:

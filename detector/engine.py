@@ -49,8 +49,10 @@ from detector.features import (
     FEATURE_METRIC,
     FEATURE_NAMES,
     Cube,
+    apply_sequential,
     bucket_features,
     build_cube,
+    sequential_details,
     span_evidence,
 )
 from detector.rollout import Applied, Rollout, apply_rollout, first_buckets, rollout_history
@@ -251,6 +253,8 @@ def detect(
     f = METRIC_NAMES.index("failure_rate")
     if len(roll):  # (without new builds the trailing spans keep all of alpha: factor 1)
         ev.p[:, f] = np.fmin(ev.p[:, f] * (on_scale[f] / test_alpha[f]), 1.0)
+    # Evidence accumulated over buckets (thin partitions), on the same scale.
+    apply_sequential(ev, full, parts, base, policy, n_tested=n_tested, on_scale=on_scale)
     rolled = apply_rollout(
         ev, roll, base, parts, policy, times=cube.times, alpha=roll_alpha, on_scale=on_scale[f]
     )
@@ -936,6 +940,8 @@ def _explain(
                 "new_version": bool(~parts.is_fleet[p] and base.calls[p] == 0),
                 # the evidence is everything since the version's first call (see rollout.py)
                 "since_rollout": rollout_details,
+                # what the sequential test accumulated, when its evidence passed the gates
+                "sequential": None if rollout_details else sequential_details(ev, p, m, j, policy),
                 "features": {
                     n: round(float(v), 3)
                     for n, v in zip(FEATURE_NAMES, feats[p, idx[k_best]], strict=True)

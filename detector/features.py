@@ -42,9 +42,12 @@ from detector.decide import METRIC_NAMES, DetectionPolicy, volume_effect_ok
 __all__ = [
     "FEATURE_NAMES",
     "Cube",
+    "Sequential",
     "SpanEvidence",
+    "apply_sequential",
     "bucket_features",
     "build_cube",
+    "sequential_details",
     "span_evidence",
 ]
 
@@ -247,7 +250,8 @@ def expected_calls(base: Baselines, slots: np.ndarray, cube: Cube, parts: Partit
         # of the weekday traffic read as 0.6 and the operations looked like volume drops).
         ratio = (rest_obs + 5.0) / (rest_exp + 5.0)
     scaled = e * np.clip(np.nan_to_num(ratio, nan=1.0), 0.2, 5.0)
-    return np.clip(cube.calls, np.minimum(e, scaled), np.maximum(e, scaled))
+    res: np.ndarray = np.clip(cube.calls, np.minimum(e, scaled), np.maximum(e, scaled))
+    return res
 
 
 def _version_sums(x: np.ndarray, parts: Partitions) -> np.ndarray:
@@ -274,7 +278,10 @@ def _peer_z_duration(
     ``cd_o``/``d_o``: the same summed over the other versions; ``vdu``: summed per-operation
     variance (baseline). NaN or inf where a side has no durations.
     """
-    return (cd / d - cd_o / d_o) / np.sqrt(np.where(d > 0, vdu / d, 1.0) * phi * (1 / d + 1 / d_o))
+    res: np.ndarray = (cd / d - cd_o / d_o) / np.sqrt(
+        np.where(d > 0, vdu / d, 1.0) * phi * (1 / d + 1 / d_o)
+    )
+    return res
 
 
 def _peer_z_failure(
@@ -290,14 +297,16 @@ def _peer_z_failure(
     ``cf``/``n``: the version's failures over expected and its calls; ``cf_o``/``n_o``: the
     same summed over the other versions; ``pbar``: the version's expected rate.
     """
-    return (cf / n - cf_o / n_o) / np.sqrt(pbar * (1 - pbar) * phi * (1 / n + 1 / n_o))
+    res: np.ndarray = (cf / n - cf_o / n_o) / np.sqrt(pbar * (1 - pbar) * phi * (1 / n + 1 / n_o))
+    return res
 
 
 def _others(x: np.ndarray, parts: Partitions) -> np.ndarray:
     """For every version row: the sum of ``x`` over the *other* versions of its operation."""
     out = _version_sums(x, parts)[parts.op_index] - x
     out[parts.is_fleet] = 0.0
-    return out
+    res: np.ndarray = out
+    return res
 
 
 def _op_blocks(parts: Partitions, chunk: int) -> list[slice]:
@@ -385,9 +394,12 @@ class SpanEvidence:
     expected: np.ndarray  # its baseline counterpart
     z: np.ndarray  # signed z at the best span
     share: np.ndarray  # the version's share of its operation's calls over the span (1 for fleet)
+    #: (P, M, K) where the sequential test's evidence stands (see apply_sequential); None
+    #: before it ran
+    sequential: np.ndarray | None = None
 
 
-_EVIDENCE_FIELDS = tuple(SpanEvidence.__dataclass_fields__)
+_EVIDENCE_FIELDS = tuple(f for f in SpanEvidence.__dataclass_fields__ if f != "sequential")
 
 
 def _roll_extreme(x: np.ndarray, s: int, fn: str) -> np.ndarray:
@@ -462,7 +474,8 @@ class _Cells:
             self.groups[name] = _version_sums(x, self.parts)
         out = self.groups[name][self.parts.op_index[self.rows], self.cols] - x[self.rows, self.cols]
         out[self.parts.is_fleet[self.rows]] = 0.0
-        return out
+        res: np.ndarray = out
+        return res
 
     def fields(self, m: int, s: int, policy: DetectionPolicy) -> dict[str, Any]:
         """Evidence fields of metric ``m`` for span ``s`` at the cells, plus two gates:
@@ -634,7 +647,8 @@ def _before_first_call(
     first call (``first``: cube column per row; None: every row is older than the cube)."""
     if first is None:
         return np.zeros(len(rows), bool)
-    return thin[rows] & (at - first[rows] + 1 < s)
+    res: np.ndarray = thin[rows] & (at - first[rows] + 1 < s)
+    return res
 
 
 def shortest_supported(
@@ -689,7 +703,8 @@ def _span_evidence(
 
     def others_at_thin(x: np.ndarray) -> np.ndarray:
         """:func:`_others` at the thin rows only."""
-        return _version_sums(x, parts)[parts.op_index[thin_rows]] - x[thin_rows]
+        res: np.ndarray = _version_sums(x, parts)[parts.op_index[thin_rows]] - x[thin_rows]
+        return res
 
     # Failing calls (several legs of one bad call fail together): their expected count per
     # operation is the failure rate times the baseline's failing calls per failure.
@@ -738,19 +753,22 @@ def _span_evidence(
         """Sums over buckets ``t-offset-s+1 .. t-offset`` (zeros before the cube start)."""
         c = sums[name]
         hi = Z + T - K + 1 - offset
-        return c[:, hi : hi + K] - c[:, hi - s : hi - s + K]
+        res: np.ndarray = c[:, hi : hi + K] - c[:, hi - s : hi - s + K]
+        return res
 
     def roll_at(name: str, w: int, offset: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """:func:`roll` at the cells ``(rows, cols)`` only."""
         c = sums[name] if name in sums else call_sums[name]
         hi = Z + T - K + 1 - offset
-        return c[rows, hi + cols] - c[rows, hi - w + cols]
+        res: np.ndarray = c[rows, hi + cols] - c[rows, hi - w + cols]
+        return res
 
     def extreme_at(
         x: np.ndarray, w: int, fn: str, rows: np.ndarray, cols: np.ndarray
     ) -> np.ndarray:
         uniq, inv = np.unique(rows, return_inverse=True)
-        return extreme(x[uniq], w, fn)[inv, cols]
+        res: np.ndarray = extreme(x[uniq], w, fn)[inv, cols]
+        return res
 
     def sub_checks(
         m: int,
@@ -771,7 +789,8 @@ def _span_evidence(
         """
 
         def at(name: str) -> np.ndarray:
-            return r[name][rows, cols]
+            res: np.ndarray = r[name][rows, cols]
+            return res
 
         def sub(name: str, w: int, off: int) -> np.ndarray:
             return roll_at(name, w, off, rows, cols)
@@ -809,7 +828,8 @@ def _span_evidence(
                         ok &= np.where(sup, dv, new)
                     else:
                         ok &= shortest_supported(windows, dev)
-                return ok
+                res: np.ndarray = ok
+                return res
             sv = np.sqrt(at("vv"))
             drop = (at("cv") - extreme_at(cv, s, "min", rows, cols) + 0.5) / sv <= -policy.loo_z
             rise = (at("cv") - extreme_at(cv, s, "max", rows, cols) - 0.5) / sv >= policy.loo_z
@@ -843,7 +863,8 @@ def _span_evidence(
 
                 drop &= shortest_supported(windows, vol_drop)
                 rise &= shortest_supported(windows, vol_rise)
-            return np.where(at("cv") < 0, drop, rise)
+            vol: np.ndarray = np.where(at("cv") < 0, drop, rise)
+            return vol
 
     shape = (P, M, K)
     best = out if out is not None else _empty_evidence(shape)
@@ -1029,3 +1050,429 @@ def _span_evidence(
                 del f_all, ok_all
         del r, full_cells, pd_, pf, pv, pbar, infl, zd
     return best
+
+
+# --------------------------------------------------------------------------------------------
+# Sequential evidence: a windowed CUSUM per partition (failures rising, volume falling)
+# --------------------------------------------------------------------------------------------
+
+_FAIL: Final = METRIC_NAMES.index("failure_rate")
+_VOL: Final = METRIC_NAMES.index("volume")
+_BUCKETS_PER_DAY_H: Final = 24.0
+
+
+@dataclass
+class Sequential:
+    """What :func:`apply_sequential` found, for the ``K`` judged columns of the evidence.
+
+    ``stat`` (P, M, K): the windowed CUSUM, a log-likelihood ratio (0 where not tested);
+    ``threshold`` (P, M): its alarm level (inf where not tested); ``used`` (P, M, K): where
+    its evidence replaced the trailing spans' in the :class:`SpanEvidence`.
+    """
+
+    stat: np.ndarray
+    threshold: np.ndarray
+    used: np.ndarray
+
+
+def failure_llr(
+    calls: np.ndarray,
+    failures: np.ndarray,
+    failed_calls: np.ndarray,
+    base: Baselines,
+    slots: np.ndarray,
+    policy: DetectionPolicy,
+) -> np.ndarray:
+    """Per-bucket log-likelihood ratio (P, T) of "failure rate risen ``sequential_fold``-fold"
+    against the baseline rate, the smaller of the failures' and the distinct failing calls'.
+
+    The rate tuned to is at least ``min_failure_points`` above the baseline (a rise smaller
+    than that is never alerted). Counts are deflated by their overdispersion (quasi-likelihood),
+    so clustered failures (legs of one bad call) count as the independent evidence they are.
+    """
+    p0 = null_failure_rate(base, slots)
+    ratio = base.call_ratio if base.call_ratio is not None else np.ones(len(p0))
+    phi_g = base.phi_fcall if base.phi_fcall is not None else base.phi_fail
+    q0 = np.clip(p0 * ratio[:, None], 1e-6, 0.5)
+    out = _binomial_llr(calls, failures, p0, base.fail_dispersion()[:, None], policy)
+    calls_llr = _binomial_llr(calls, failed_calls, q0, phi_g[:, None], policy)
+    np.minimum(out, calls_llr, out=out)
+    return out
+
+
+#: z of the baseline failure rate's upper bound the sequential test is run against.
+_NULL_Z: Final = 2.0
+
+
+def null_failure_rate(base: Baselines, slots: np.ndarray) -> np.ndarray:
+    """The failure rate (P, len(slots)) the sequential test holds as "no change": the
+    baseline's upper bound (``_NULL_Z`` standard errors of its own estimate, from its n_eff
+    calls, and of its hour-to-hour wander). The baseline rate is itself an estimate (a thin
+    version's is mostly borrowed from its operation): a likelihood ratio against it alone
+    accumulated a version's ordinary difference from its siblings into alarms."""
+    p0 = np.clip(base.fail_rate[:, slots], 1e-6, 0.5)
+    n_eff = base.n_eff_fail if base.n_eff_fail is not None else np.full(len(p0), np.inf)
+    var = p0 * (1 - p0) / np.maximum(n_eff, 1.0)[:, None] + base.tau2_fail[:, None]
+    res: np.ndarray = np.clip(p0 + _NULL_Z * np.sqrt(var), 1e-6, 0.5)
+    return res
+
+
+def _binomial_llr(
+    n: np.ndarray, k: np.ndarray, p0: np.ndarray, phi: np.ndarray, policy: DetectionPolicy
+) -> np.ndarray:
+    """Bernoulli log-likelihood ratio of ``k`` in ``n`` at rate p1 against ``p0``, over ``phi``."""
+    p1 = np.minimum(np.maximum(policy.sequential_fold * p0, p0 + policy.min_failure_points), 0.99)
+    k = np.minimum(k, n)
+    llr: np.ndarray = k * np.log(p1 / p0) + (n - k) * np.log1p(-p1) - (n - k) * np.log1p(-p0)
+    llr /= np.maximum(phi, 1.0)
+    return llr
+
+
+def volume_llr(
+    calls: np.ndarray, expected: np.ndarray, phi_v: np.ndarray, fold: float
+) -> np.ndarray:
+    """Per-bucket Poisson log-likelihood ratio (P, T) of "volume fallen ``fold``-fold" against
+    the ``expected`` calls, deflated by the overdispersion ``phi_v`` (P,)."""
+    r = 1.0 / fold
+    llr: np.ndarray = (calls * np.log(r) + expected * (1.0 - r)) / np.maximum(phi_v, 1.0)[:, None]
+    return llr
+
+
+def windowed_cusum(llr: np.ndarray, w: int, k: int) -> np.ndarray:
+    """The CUSUM of ``llr`` (P, T) at its last ``k`` columns, over windows of at most ``w``.
+
+    S_t = max(0, the largest sum of llr over the buckets t-L+1..t, L <= w). Windows of a fixed
+    reach make it a function of the last ``w`` buckets alone, so a rerun over any steps judges
+    a bucket exactly as the scheduled run did (no state carried between runs).
+    """
+    P, T = llr.shape
+    c = np.zeros((P, T + 1))
+    np.cumsum(llr, axis=1, out=c[:, 1:])
+    low = _roll_extreme(c, w + 1, "min")  # min of c over indices t+1-w .. t+1
+    stat: np.ndarray = (c - low)[:, 1:][:, T - k :]
+    return stat
+
+
+def sequential_thresholds(
+    looks_per_day: np.ndarray, n_seq: int, policy: DetectionPolicy
+) -> np.ndarray:
+    """Alarm level per test: ln(n_seq x looks per day / sequential_false_alerts_per_day).
+
+    A CUSUM is a chain of one-sided SPRTs, each started by an observation that raises it
+    from 0; with exact likelihood ratios each reaches h with probability at most e^-h
+    (Ville's inequality), so its false alarms a day are at most e^-h x such observations a
+    day (``looks_per_day``, see :func:`_looks_per_day`). The tenant's budget is split
+    evenly over its ``n_seq`` tests, so the tenant raises at most
+    ``sequential_false_alerts_per_day`` false alarms a day from this test (simulated from
+    baseline rates, the bound holds within sampling noise and is nearly tight for thin
+    partitions).
+    """
+    per_test = policy.sequential_false_alerts_per_day / max(n_seq, 1)
+    h: np.ndarray = np.log(np.maximum(looks_per_day, 1e-9) / per_test)
+    res: np.ndarray = np.maximum(h, 1.0)
+    return res
+
+
+def _gather(x: np.ndarray, rows: np.ndarray, t: np.ndarray, w: int) -> np.ndarray:
+    """``x[rows, t-w+1 .. t]`` as (n, w) (columns before the cube read 0)."""
+    idx = t[:, None] - np.arange(w - 1, -1, -1)[None, :]
+    out: np.ndarray = np.where(idx >= 0, x[rows[:, None], np.clip(idx, 0, None)], 0.0)
+    return out
+
+
+def _best_window(llr_w: np.ndarray) -> np.ndarray:
+    """(n, w) trailing llr (last column = the judged bucket) -> the length of the shortest
+    trailing window with the largest sum."""
+    suffix = np.cumsum(llr_w[:, ::-1], axis=1)
+    out: np.ndarray = np.argmax(suffix, axis=1) + 1
+    return out
+
+
+def _in_window(lengths: np.ndarray, w: int) -> np.ndarray:
+    """(n, w) mask of the last ``lengths`` columns of each row."""
+    out: np.ndarray = np.arange(w)[None, :] >= (w - lengths)[:, None]
+    return out
+
+
+class _Windows:
+    """The best CUSUM window of a set of cells and masked sums over it.
+
+    ``rows``/``t``: the cells' partitions and cube columns; ``llr`` (P, T) the test's
+    increments; ``w`` the longest window. :meth:`sum` and :meth:`extreme` read any (P, T)
+    array over each cell's own window.
+    """
+
+    def __init__(self, llr: np.ndarray, rows: np.ndarray, t: np.ndarray, w: int) -> None:
+        self.rows, self.t, self.w = rows, t, w
+        lg = _gather(llr, rows, t, w)
+        self.length = _best_window(lg)
+        self.mask = _in_window(self.length, w)
+
+    def sum(self, x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Sum of ``x`` over each window (of partition ``rows`` if given: e.g. the fleet's)."""
+        g = _gather(x, self.rows if rows is None else rows, self.t, self.w)
+        out: np.ndarray = (g * self.mask).sum(axis=1)
+        return out
+
+    def extreme(self, x: np.ndarray, fn: str) -> np.ndarray:
+        """The largest (``max``) or smallest (``min``) bucket value of ``x`` in each window."""
+        g = _gather(x, self.rows, self.t, self.w)
+        fill = -np.inf if fn == "max" else np.inf
+        g = np.where(self.mask, g, fill)
+        out: np.ndarray = g.max(axis=1) if fn == "max" else g.min(axis=1)
+        return out
+
+    def recent_sum(self, x: np.ndarray, recent: np.ndarray) -> np.ndarray:
+        """Sum of ``x`` over the last ``recent`` (per cell) buckets of each window."""
+        g = _gather(x, self.rows, self.t, self.w)
+        last = np.arange(self.w)[None, :] >= self.w - np.minimum(self.length, recent)[:, None]
+        out: np.ndarray = (g * last).sum(axis=1)
+        return out
+
+
+def _latest(win: _Windows, support: np.ndarray, need: float, policy: DetectionPolicy) -> np.ndarray:
+    """Buckets of each window's latest part: the last ``latest_span``, doubled while it holds
+    less than ``need`` of ``support`` (calls, or expected calls), never past the window's
+    last third (as the trailing spans' latest window)."""
+    third = np.maximum(-(-win.length // 3), 1)
+    recent: np.ndarray = np.minimum(np.full(len(win.length), max(policy.latest_span, 1)), third)
+    while True:
+        short = (win.recent_sum(support, recent) < need) & (recent < third)
+        if not short.any():
+            return recent
+        recent = np.where(short, np.minimum(2 * recent, third), recent)
+
+
+def _failures_current(
+    win: _Windows,
+    C: np.ndarray,
+    F: np.ndarray,
+    ef: np.ndarray,
+    excess: np.ndarray,
+    policy: DetectionPolicy,
+) -> np.ndarray:
+    """The failures are current: the latest part of each window (see :func:`_latest`) fails
+    in excess by at least ``latest_share`` of the whole window's ``excess`` (an incident that
+    ended stops alerting, however much evidence its window still holds)."""
+    recent = _latest(win, C, policy.min_calls * policy.third_support, policy)
+    n, k, e = (win.recent_sum(x, recent) for x in (C, F, ef))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out: np.ndarray = (n > 0) & ((k - e) / n >= policy.latest_share * excess)
+    return out
+
+
+def _volume_current(
+    win: _Windows, calls: np.ndarray, e: np.ndarray, drop: np.ndarray, policy: DetectionPolicy
+) -> np.ndarray:
+    """The drop is current: the latest part of each window (as for failures) is down by at
+    least ``latest_share`` of the whole window's relative ``drop`` (negative)."""
+    recent = _latest(win, e, policy.min_expected_calls * policy.third_support, policy)
+    c, ee = win.recent_sum(calls, recent), win.recent_sum(e, recent)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out: np.ndarray = (ee > 0) & (c / ee - 1.0 <= policy.latest_share * drop)
+    return out
+
+
+def _failure_fields(
+    win: _Windows,
+    cube: Cube,
+    parts: Partitions,
+    p0: np.ndarray,
+    phi: np.ndarray,
+    policy: DetectionPolicy,
+) -> dict[str, np.ndarray]:
+    """Evidence fields of the failure CUSUM at ``win``'s cells, and ``passes`` (its gates:
+    practical effect, calls, failures, share, leave-one-out, current)."""
+    C, F = cube.calls, cube.failures
+    ef, vf = C * p0, C * p0 * (1 - p0) * phi
+    rows = win.rows
+    versions = ~parts.is_fleet[rows]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n, k, e, v = win.sum(C), win.sum(F), win.sum(ef), win.sum(vf)
+        pbar = np.where(n > 0, e / n, 0.0)
+        cf = k - e
+        loo = (cf - win.extreme(F - ef, "max") - 0.5) / np.sqrt(v) >= policy.loo_z
+        fleet_n = win.sum(C, parts.fleet_of[rows])
+        share = np.where(versions, n / np.maximum(fleet_n, 1.0), 1.0)
+        cf_o, n_o = win.sum(_others(F - ef, parts)), win.sum(_others(C, parts))
+        v_o = win.sum(_others(vf, parts))
+        pz = _peer_z_failure(cf, n, cf_o, n_o, pbar, phi[rows, 0])
+        effect = np.where(n > 0, k / n - pbar, 0.0)
+        passes = (effect >= policy.min_failure_points) & (n >= policy.min_calls)
+        passes &= (k >= policy.min_failures) & (share >= policy.min_share) & loo
+        passes &= _failures_current(win, C, F, ef, effect, policy)
+        return dict(
+            effect=effect,
+            n=n,
+            k=k,
+            peer_sig=versions & (n > 0) & (n_o > 0) & (pz >= policy.peer_z),
+            shared=(v_o <= 0) | (cf_o / np.sqrt(v_o) >= policy.shared_z),
+            observed=np.where(n > 0, k / n, np.nan),
+            expected=pbar,
+            z=np.where(v > 0, cf / np.sqrt(v), 0.0),
+            share=share,
+            passes=passes,
+        )
+
+
+def _volume_fields(
+    win: _Windows, calls: np.ndarray, e: np.ndarray, phi_v: np.ndarray, policy: DetectionPolicy
+) -> dict[str, np.ndarray]:
+    """Evidence fields of the volume CUSUM at ``win``'s cells, and ``passes`` (practical drop,
+    expected calls, leave-one-out, current)."""
+    cv, vv = calls - e, e * np.maximum(phi_v, 1.0)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c, ee, v = win.sum(calls), win.sum(e), win.sum(vv)
+        effect = np.where(ee > 0, c / ee - 1.0, 0.0)
+        loo = (c - ee - win.extreme(cv, "min") + 0.5) / np.sqrt(v) <= -policy.loo_z
+        passes = volume_effect_ok(effect, policy) & (ee >= policy.min_expected_calls) & loo
+        passes &= _volume_current(win, calls, e, effect, policy)
+        length = win.length.astype(np.float64)
+        return dict(
+            effect=effect,
+            n=ee,
+            k=np.zeros_like(ee),
+            peer_sig=np.zeros(len(ee), bool),
+            shared=np.ones(len(ee), bool),
+            observed=c / length,
+            expected=ee / length,
+            z=np.where(v > 0, (c - ee) / np.sqrt(v), 0.0),
+            share=np.ones_like(ee),
+            passes=passes,
+        )
+
+
+def _span_passes(
+    ev: SpanEvidence,
+    m: int,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    on_scale: float,
+    policy: DetectionPolicy,
+) -> np.ndarray:
+    """Whether the trailing spans' evidence at the cells passes the gates decide applies
+    (significance, practical effect, sample, leave-one-out)."""
+    p, eff, n = ev.p[rows, m, cols], ev.effect[rows, m, cols], ev.n[rows, m, cols]
+    ok = (p <= on_scale) & ev.loo_ok[rows, m, cols] & (ev.share[rows, m, cols] >= policy.min_share)
+    if m == _FAIL:
+        ok &= (eff >= policy.min_failure_points) & (n >= policy.min_calls)
+        ok &= ev.k[rows, m, cols] >= policy.min_failures
+    else:
+        ok &= volume_effect_ok(eff, policy) & (n >= policy.min_expected_calls)
+    out: np.ndarray = ok
+    return out
+
+
+def _looks_per_day(base: Baselines, policy: DetectionPolicy) -> tuple[np.ndarray, float]:
+    """Observations a day that can start an alarm: for the failure test (per partition) the
+    buckets expected to hold a failure (a bucket without one only lowers the CUSUM), for the
+    volume test every bucket (a quiet bucket raises it)."""
+    per_day = _BUCKETS_PER_DAY_H * policy.buckets_per_hour
+    lam = np.maximum(base.exp_calls, 0.0) * null_failure_rate(
+        base, np.arange(base.exp_calls.shape[1])
+    )
+    busy: np.ndarray = -np.expm1(-lam).mean(axis=1) * per_day
+    return busy, float(per_day)
+
+
+def _thresholds(
+    base: Baselines, parts: Partitions, policy: DetectionPolicy, n_tested: np.ndarray
+) -> np.ndarray:
+    """(P, M) alarm level of each partition's sequential tests (inf where not run)."""
+    P = len(parts)
+    h = np.full((P, len(METRIC_NAMES)), np.inf)
+    busy, every = _looks_per_day(base, policy)
+    both = policy.sequential == "both"
+    n_seq = int(n_tested[_FAIL] + (n_tested[_VOL] if both else 0))
+    hist = np.asarray(base.has_history, bool)
+    h[:, _FAIL] = np.where(hist, sequential_thresholds(busy, n_seq, policy), np.inf)
+    if both:
+        vol = policy.volume_judged(parts.is_fleet) & hist
+        h[:, _VOL] = np.where(vol, sequential_thresholds(np.full(P, every), n_seq, policy), np.inf)
+    return h
+
+
+def apply_sequential(
+    ev: SpanEvidence,
+    cube: Cube,
+    parts: Partitions,
+    base: Baselines,
+    policy: DetectionPolicy,
+    *,
+    n_tested: np.ndarray,
+    on_scale: np.ndarray,
+) -> Sequential:
+    """Put the sequential evidence (failures rising, volume falling) into ``ev``, in place.
+
+    ``cube``: the buckets behind ``ev`` (its last ``K`` columns are ``ev``'s), reaching at
+    least ``max(policy.spans)`` buckets before them. ``n_tested`` (M,): partitions tested per
+    metric (the tests the false-alarm budget is split over); ``on_scale`` (M,): the alpha
+    decide reads ``ev.p`` against. Where the CUSUM passes its threshold and gates and beats the
+    trailing spans' evidence, its window becomes the cell's evidence, with a p-value put on the
+    scale (``on_scale x e^(threshold - stat)``: significant exactly when the CUSUM alarms).
+    """
+    P, M, K = ev.p.shape
+    T = cube.calls.shape[1]
+    w = min(max(policy.spans), T)
+    stat = np.zeros((P, M, K))
+    used = np.zeros((P, M, K), bool)
+    ev.sequential = used
+    if policy.sequential == "off" or not P:
+        return Sequential(stat, np.full((P, M), np.inf), used)
+    slots = cube.slots
+    h = _thresholds(base, parts, policy, n_tested)
+    p0 = np.clip(base.fail_rate[:, slots], 1e-6, 0.5)
+    llr_f = failure_llr(cube.calls, cube.failures, cube.failed_calls, base, slots, policy)
+    e = expected_calls(base, slots, cube, parts)
+    llr_v = volume_llr(cube.calls, e, base.phi_vol, policy.sequential_fold)
+    for m, llr in ((_FAIL, llr_f), (_VOL, llr_v))[: 2 if policy.sequential == "both" else 1]:
+        s_all = windowed_cusum(llr, w, T)
+        stat[:, m] = s_all[:, T - K :]
+        rows, cols = np.nonzero(stat[:, m] >= h[:, m, None])
+        if not len(rows):
+            continue
+        win = _Windows(llr, rows, T - K + cols, w)
+        # Ended: since its peak in the window, the data favour the baseline over the
+        # alternative by half the alarm's likelihood ratio (an incident over stops alerting).
+        falling = win.extreme(s_all, "max") - stat[rows, m, cols] >= h[rows, m] / 2
+        if m == _FAIL:
+            f = _failure_fields(win, cube, parts, p0, base.fail_dispersion()[:, None], policy)
+        else:
+            f = _volume_fields(win, cube.calls, e, base.phi_vol, policy)
+        p = np.fmin(on_scale[m] * np.exp(h[rows, m] - stat[rows, m, cols]), 1.0)
+        beats = (p < ev.p[rows, m, cols]) | ~_span_passes(ev, m, rows, cols, on_scale[m], policy)
+        ok = f.pop("passes") & beats & ~falling
+        r, c = rows[ok], cols[ok]
+        used[r, m, c] = True
+        ev.p[r, m, c] = p[ok]
+        ev.loo_ok[r, m, c] = True
+        ev.effect_ms[r, m, c] = np.nan
+        ev.span[r, m, c] = win.length[ok]
+        for name, val in f.items():
+            getattr(ev, name)[r, m, c] = val[ok]
+    return Sequential(stat, h, used)
+
+
+def sequential_details(
+    ev: SpanEvidence, p: int, m: int, j: int, policy: DetectionPolicy
+) -> dict[str, Any] | None:
+    """What the sequential test accumulated at cell (p, m, j), for an alert's details: the
+    hours, calls (and failures, or expected calls) of its window; None where it was not used."""
+    used = getattr(ev, "sequential", None)
+    if used is None or not used[p, m, j]:
+        return None
+    hours = float(ev.span[p, m, j]) / policy.buckets_per_hour
+    out: dict[str, Any] = {"metric": METRIC_NAMES[m], "hours": round(hours, 2)}
+    if m == _FAIL:
+        out.update(
+            calls=int(round(float(ev.n[p, m, j]))),
+            failures=int(round(float(ev.k[p, m, j]))),
+            usual_rate=float(ev.expected[p, m, j]),
+        )
+    else:
+        span = float(ev.span[p, m, j])
+        out.update(
+            calls=int(round(float(ev.observed[p, m, j]) * span)),
+            usual_calls=float(ev.expected[p, m, j]) * span,
+        )
+    return out

@@ -35,6 +35,7 @@ from detector.anomaly import Anomaly, severity_rank
 
 __all__ = [
     "INTERNAL_NAMES",
+    "accumulated_words",
     "Incident",
     "change_text",
     "decode_portal_query",
@@ -269,10 +270,32 @@ def why_believed(a: Anomaly) -> str:
     else:
         kind = "time-of-day " if a.baseline_kind == "seasonal" else ""
         parts.append(f"{kind}usual level learned from {int(n_base):,} calls")
+    accumulated = accumulated_words(details.get("sequential"))
+    if accumulated:
+        parts.append(accumulated)
     rare = rarity_words(a.p_value)
     if rare:
         parts.append(rare)
     return "; ".join(parts)
+
+
+def accumulated_words(seq: Any) -> str:
+    """What evidence accumulated over buckets (the sequential test), or "" when none:
+    "failures 11 of 46 calls over the last 3 h, usual 3 %" or "120 calls over the last 2 h,
+    usual 410"."""
+    if not isinstance(seq, Mapping):
+        return ""
+    hours, calls = finite(seq.get("hours")), finite(seq.get("calls"))
+    if hours is None or calls is None or hours <= 0 or calls < 0:
+        return ""
+    span = f"over the last {hours:.0f} h" if hours >= 1.5 else f"over the last {hours * 60:.0f} min"
+    fails, rate = finite(seq.get("failures")), finite(seq.get("usual_rate"))
+    if fails is not None and rate is not None and 0 <= rate <= 1:
+        return f"failures {int(fails):,} of {int(calls):,} calls {span}, usual {rate * 100:.2g} %"
+    usual = finite(seq.get("usual_calls"))
+    if usual is not None and usual >= 0:
+        return f"{int(calls):,} calls {span}, usual {usual:,.0f}"
+    return ""
 
 
 def gate_words(code: Any) -> str:

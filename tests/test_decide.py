@@ -244,3 +244,19 @@ def test_volume_judged_per_scope() -> None:
 def test_buckets_per_hour(minutes: int, per_hour: int) -> None:
     """The looks an hour of a test re-run every bucket: whole buckets, at least one."""
     assert DetectionPolicy(bucket=timedelta(minutes=minutes)).buckets_per_hour == per_hour
+
+
+def test_sequential_knobs_parse_and_validate() -> None:
+    pol = DetectionPolicy.from_mapping(
+        {"sequential": "off", "sequential_fold": 8, "sequential_false_alerts_per_day": 0.5}
+    )
+    assert pol.sequential == "off" and pol.sequential_fold == 8.0
+    assert pol.sequential_false_alerts_per_day == 0.5
+    assert DetectionPolicy().sequential == "failures"
+    for bad in (
+        {"sequential_fold": 1.0},
+        {"sequential_false_alerts_per_day": 0.0},
+        {"sequential": "x"},
+    ):
+        with pytest.raises(ValueError, match="sequential"):
+            DetectionPolicy.from_mapping(bad)
