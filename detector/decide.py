@@ -167,6 +167,14 @@ class DetectionPolicy:
     max_train_rows: int = 50_000
     refit_every: timedelta = timedelta(days=1)
     seed: int = 0
+    # --- forest vote (issue 20) ------------------------------------------------------------
+    # bool: the forest scores buckets and its conformal p-value (rank among held-out baseline
+    # vectors of the operation, combined over the spans) may alert on its own; false: no
+    # forest at all (scikit-learn is not even imported).
+    forest: bool = True
+    # float in (0, 1]: a forest alert needs an unusual *combination*: at least two metrics
+    # each moved by this share of their own minimum effect, the shares summing to >= 1.
+    forest_min_share: float = 0.25
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any] | None) -> DetectionPolicy:
@@ -228,6 +236,8 @@ class DetectionPolicy:
             problems.append("volume_scope: 'fleet' or 'all'")
         if self.cold_start_k < 0 or self.slot_prior_calls < 0:
             problems.append("cold_start_k/slot_prior_calls: must be >= 0")
+        if not 0 < self.forest_min_share <= 1:
+            problems.append("forest_min_share: must be in (0, 1]")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -308,6 +318,10 @@ class Evidence:
     #: (P,) for fleet rows: column just after the last alerted span of any of the operation's
     #: versions in earlier runs (-inf if none), for attribution to a version.
     last_version_dev_end: np.ndarray | None = None
+    #: (P, T) the forest's best span p-value (spans in it already), None: no forest vote.
+    forest_p: np.ndarray | None = None
+    #: the forest test's multiplicity (partitions scored x buckets an hour), as ``n_tests``.
+    forest_n_tests: float = 1.0
 
 
 def _practical(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
@@ -385,6 +399,7 @@ def decide(
     now: datetime | None = None,
     bucket_end: np.ndarray | None = None,
     previous_hot: np.ndarray | None = None,
+    forest_out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Return the reason code (index into :data:`GATE_REASONS`) of every (partition, metric, bucket).
 
@@ -403,6 +418,9 @@ def decide(
         ``(P, M, k)`` hot flags of the buckets just before the first one in ``evidence``, from
         the previous run (the engine normally recomputes them from the look-back buckets and
         leaves this None).
+    forest_out
+        Optional ``(P, M, T)`` bool array, set True where the alert is the forest's alone
+        (routed to the metric that moved most); the engine words those alerts differently.
 
     Returns
     -------
@@ -501,8 +519,75 @@ def decide(
     # A bucket passing every gate but not itself hot (e.g. carried by one strong bucket) or hot
     # without N of M support is "not persistent".
     reason[candidate & (reason == R_ANOM) & ~alert] = R_PERSIST
+    if ev.forest_p is not None:
+        blocked = (maint[:, 0], ~hist[:, :, 0])
+        _forest_vote(ev, policy, reason, alert, blocked, volume, forest_out)
     reason[:, :, ~ev.judged.astype(bool)] = R_NONE
+    if forest_out is not None:
+        forest_out &= reason == R_ANOM
     if now is not None and bucket_end is not None:
         future = np.asarray(bucket_end) > np.datetime64(now.replace(tzinfo=None), "ns")
         reason[:, :, future] = R_NONE
     return reason
+
+
+def _effect_shares(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
+    """(P, M, T) each metric's adverse effect as a share of its minimum (0 where untested)."""
+    eff = np.nan_to_num(ev.effect, nan=0.0)
+    share = np.zeros(eff.shape)
+    share[:, 0] = eff[:, 0] / policy.min_duration_rel
+    share[:, 1] = eff[:, 1] / policy.min_failure_points
+    drop, rise = -eff[:, 2] / policy.min_volume_drop, eff[:, 2] / policy.min_volume_rise
+    share[:, 2] = {"drop": drop, "rise": rise}.get(policy.volume_direction, np.maximum(drop, rise))
+    return np.clip(share, 0.0, None) * ev.testable[:, :, None]
+
+
+def _forest_vote(
+    ev: Evidence,
+    policy: DetectionPolicy,
+    reason: np.ndarray,
+    alert: np.ndarray,
+    blocked: tuple[np.ndarray, np.ndarray],
+    volume: np.ndarray,
+    forest_out: np.ndarray | None,
+) -> None:
+    """Add the forest's own test to ``reason`` (in place), on the metric that moved most.
+
+    The forest's span p-value meets alpha corrected for its own multiplicity, like any test;
+    what passes must be a joint shift (:attr:`DetectionPolicy.forest_min_share`), on enough
+    calls, persistent (N of M), on a partition no metric's own test alerts on at that bucket
+    (the forest adds what the tests miss, not a second alert), and not a version moving with
+    its operation (whose own forest alert covers it). ``blocked``: maintenance (P, T) and
+    no history (P, 1).
+    """
+    assert ev.forest_p is not None
+    P, M, T = reason.shape
+    shares = _effect_shares(ev, policy)
+    joint = ((shares >= policy.forest_min_share).sum(axis=1) >= 2) & (shares.sum(axis=1) >= 1.0)
+    nominal = ev.forest_p <= policy.alpha
+    sig = ev.forest_p * max(float(ev.forest_n_tests), 1.0) <= policy.alpha
+    # One metric per partition carries its forest alerts (the one that moved most over the
+    # buckets the forest found), so one joint change is one alert, not a metric per bucket.
+    weight = (sig & joint)[:, None, :] | ~(sig & joint).any(axis=1)[:, None, None]
+    routed = np.broadcast_to(np.argmax((shares * weight).sum(axis=2), axis=1)[:, None], (P, T))
+    pick = (np.arange(P)[:, None], routed, np.arange(T)[None, :])
+    maint, no_hist = blocked
+    enough = volume[pick]
+    hot = sig & joint & enough & ~maint & ~no_hist
+    fa = hot & _n_of_m(hot, policy.persist_n, policy.persist_m) & ~alert.any(axis=1)
+    fleet = ev.is_fleet.astype(bool)
+    n_ops = int(ev.op_index.max()) + 1 if P else 0
+    op_fa = np.zeros((n_ops, T), dtype=bool)
+    np.logical_or.at(op_fa, ev.op_index[fleet], fa[fleet])
+    by_fleet = fa & ~fleet[:, None] & op_fa[ev.op_index]
+    # The first gate failed, in gate order (as the metrics' own reasons).
+    code = np.select(
+        [maint, no_hist & ~maint, ~enough, ~sig, ~joint, ~fa, by_fleet],
+        [R_MAINT, R_HIST, R_LOWVOL, R_NOTSIG, R_EFFECT, R_PERSIST, R_FLEET],
+        R_ANOM,
+    ).astype(np.int8)
+    cells = reason[pick]
+    # The forest's reason stands where it got further than the metric's own (gate order).
+    reason[pick] = np.where(nominal & (code > cells) & (cells != R_ANOM), code, cells)
+    if forest_out is not None:
+        forest_out[pick] |= fa & ~by_fleet

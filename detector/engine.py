@@ -53,6 +53,7 @@ from detector.features import (
     build_cube,
     span_evidence,
 )
+from detector.forest import CalibrationRows, forest_evidence, joint_text, partition_labels
 from detector.rollout import Applied, Rollout, apply_rollout, first_buckets, rollout_history
 from detector.schema import BucketAggregates, bin_value
 from detector.store.engine_state import EngineState
@@ -205,14 +206,27 @@ def detect(
     full.exclude(maint_full)
     cube = full.tail(K)
     maint = maint_full[:, -K:]
-    feats = bucket_features(cube, parts, base)
+    # The forest's span test reads the look-back buckets' vectors too.
+    L = min(len(full.times), K + max(policy.spans) - 1) if policy.forest else K
+    feats_long = bucket_features(full.tail(L), parts, base)
+    feats = feats_long[:, -K:]
     timings["features"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    scorer, forest_status = _get_scorer(
-        stats, parts, base, policy, ws=ws, base_start=base_start, now=now, model_store=model_store
-    )
+    scorer, forest_status = None, {"action": "off"}
+    if policy.forest:
+        scorer, forest_status = _get_scorer(
+            stats,
+            parts,
+            base,
+            policy,
+            ws=ws,
+            base_start=base_start,
+            now=now,
+            model_store=model_store,
+        )
     scores, forest_flag = _score(scorer, feats, cube, policy)
+    forest_p = _forest_p(scorer, feats_long, full.calls[:, -L:], parts, policy, K)
     timings["score"] = time.perf_counter() - t
     # New builds' whole history since their first call, taken from the rows before they go.
     cube_offset = int((cube_start - base_start) / bucket)  # baseline buckets before the cube
@@ -228,6 +242,8 @@ def detect(
     # Fields beyond p are needed where a gate looks (p <= alpha, found by span_evidence itself)
     # and at the candidates p does not make: forest flags and maintenance buckets.
     keep = forest_flag | maint[:, None, :]
+    if forest_p is not None:
+        keep |= (forest_p[0] <= policy.alpha)[:, None, :]
     # First calls in the cube's columns (a new build's span may reach back before it).
     ev = span_evidence(full, parts, base, policy, last=K, keep=keep, first=first - cube_offset)
     del keep
@@ -278,9 +294,14 @@ def detect(
         raw_z=raw_z,
         last_alert_end=_last_alert_end(state, parts, cube.times, bucket),
         last_version_dev_end=_last_version_dev_end(state, parts, cube.times, bucket),
+        forest_p=None if forest_p is None else forest_p[0],
+        forest_n_tests=float(active.sum() * per_hour),
     )
     bucket_end = (cube.times + bucket).tz_convert("UTC").tz_localize(None).to_numpy()
-    reasons = decide(evidence, policy=policy, now=now, bucket_end=bucket_end)
+    forest_only = np.zeros(ev.p.shape, dtype=bool)
+    reasons = decide(
+        evidence, policy=policy, now=now, bucket_end=bucket_end, forest_out=forest_only
+    )
     timings["decide"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -302,6 +323,7 @@ def detect(
         n_tests=n_tests,
         test_alpha=test_alpha,
         rollout=(roll, rolled),
+        forest=None if forest_p is None else (forest_only, forest_p[0] * evidence.forest_n_tests),
     )
     candidates = _candidates(reasons, ev, scores, cube, parts, base)
     timings["explain"] = time.perf_counter() - t
@@ -347,6 +369,7 @@ def detect(
         "baselines": base,
         "features": feats,
         "rollout": (roll, rolled),
+        "forest_p": evidence.forest_p,
     }
     return DetectionResult(
         anomalies, candidates, result_stats, state, (_py(ws), _py(we)), alert_buckets, debug
@@ -557,18 +580,24 @@ def _training_vectors(
     policy: DetectionPolicy,
     ws: pd.Timestamp,
     base_start: pd.Timestamp,
-) -> tuple[np.ndarray, pd.Timestamp]:
+) -> tuple[np.ndarray, CalibrationRows, pd.Timestamp]:
     bucket = pd.Timedelta(policy.bucket)
     n_base = int((ws - base_start) / bucket)
     # As many trailing baseline buckets as keep the dense training cube near max_train_rows.
-    n_train = int(np.clip(2 * policy.max_train_rows // max(len(parts), 1), 12, max(n_base, 12)))
+    n_train = int(np.clip(policy.max_train_rows // max(len(parts), 1), 12, max(n_base, 12)))
     start = max(ws - n_train * bucket, base_start)
     cube = build_cube(stats, parts, start=_py(start), end=_py(ws), bucket=bucket)
     X = bucket_features(cube, parts, base)[cube.calls > 0]
+    p_idx, t_idx = np.nonzero(cube.calls > 0)
+    groups, kinds = partition_labels(parts.operation, parts.version, parts.is_fleet)
+    rows = CalibrationRows(
+        groups[p_idx], kinds[p_idx], t_idx, tuple(policy.spans), policy.forest_prefilter_z
+    )
     if len(X) > policy.max_train_rows:
         rng = np.random.default_rng(policy.seed)
-        X = X[np.sort(rng.choice(len(X), policy.max_train_rows, replace=False))]
-    return X, start
+        keep = np.sort(rng.choice(len(X), policy.max_train_rows, replace=False))
+        X, rows = X[keep], rows.take(keep)
+    return X, rows, start
 
 
 def _get_scorer(
@@ -594,11 +623,11 @@ def _get_scorer(
             status["refused"] = str(exc)
         if got is not None:
             scorer, meta = got
-            if not meta.is_stale(now, policy.refit_every):
+            if not meta.is_stale(now, policy.refit_every) and scorer.calibrated:
                 status.update(action="loaded", fitted_at=meta.fitted_at)
                 return scorer, status
             status["stale"] = meta.fitted_at
-    X, train_start = _training_vectors(stats, parts, base, policy, ws, base_start)
+    X, rows, train_start = _training_vectors(stats, parts, base, policy, ws, base_start)
     if len(X) < 16:
         status.update(action="none", reason="too few baseline buckets to fit a forest")
         return None, status
@@ -607,7 +636,7 @@ def _get_scorer(
         max_samples=policy.max_samples,
         contamination=policy.contamination,
         random_state=policy.seed,
-    ).fit(X, feature_names=FEATURE_NAMES)
+    ).fit(X, feature_names=FEATURE_NAMES, rows=rows)
     status.update(action="fitted", n_train=len(X), training=[_iso(train_start), _iso(ws)])
     if model_store is not None:
         model_store.save(
@@ -648,6 +677,29 @@ def _score(
     pi, ti = np.nonzero(mask)
     flag[pi[hit], metric[hit], ti[hit]] = True
     return scores, flag
+
+
+def _forest_p(
+    scorer: PartitionScorer | None,
+    feats: np.ndarray,
+    calls: np.ndarray,
+    parts: Partitions,
+    policy: DetectionPolicy,
+    last: int,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The forest's span p-values and spans, (P, last) each; None without a calibrated forest."""
+    if scorer is None or not scorer.calibrated:
+        return None
+    _, p, span = forest_evidence(
+        scorer,
+        feats,
+        calls,
+        partition_labels(parts.operation, parts.version, parts.is_fleet),
+        min_z=policy.forest_prefilter_z,
+        spans=policy.spans,
+        last=last,
+    )
+    return p, span
 
 
 # --------------------------------------------------------------------------------------------
@@ -724,6 +776,7 @@ def _explain(
     n_tests: np.ndarray,
     test_alpha: np.ndarray,
     rollout: tuple[Rollout, Applied] | None = None,
+    forest: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[list[Anomaly], list[tuple[str, str | None, str, datetime]]]:
     bucket = pd.Timedelta(policy.bucket)
     # Rows of versions whose failure evidence may be the since-rollout test (see rollout.py).
@@ -830,6 +883,9 @@ def _explain(
                 run_effect = float(observed / baseline - 1) if baseline > 0 else effect
             hot = int((reasons[p, m, max(a - policy.persist_m + 1, 0) : b] == R_ANOM).sum())
             text += f", {len(idx)} bucket{'s' if len(idx) > 1 else ''}, span {span})"
+            joint = _forest_words(ev, forest, (p, m, idx)) if forest is not None else None
+            if joint is not None:
+                text, p_corr = joint
             if base.provisional[p]:
                 text += f" [provisional baseline: {base.weight[p]:.0%} own]"
             s_run = scores[p, idx]
@@ -872,6 +928,8 @@ def _explain(
                 "new_version": bool(~parts.is_fleet[p] and base.calls[p] == 0),
                 # the evidence is everything since the version's first call (see rollout.py)
                 "since_rollout": rollout_details,
+                # the forest alone alerted: an unusual combination of moderate changes
+                "combination": joint[0] if joint is not None else None,
                 "features": {
                     n: round(float(v), 3)
                     for n, v in zip(FEATURE_NAMES, feats[p, idx[k_best]], strict=True)
@@ -914,6 +972,20 @@ def _explain(
             out[i].drivers = d
     out.sort(key=lambda x: (x.operation_name, x.sdk_version or "", x.metric, x.window_start))
     return out, alert_buckets
+
+
+def _forest_words(
+    ev: Any, forest: tuple[np.ndarray, np.ndarray], at: tuple[int, int, np.ndarray]
+) -> tuple[str, float] | None:
+    """Text and corrected p-value of a forest-only alert run, None for a metric's own."""
+    p, _, idx = at
+    alone = forest[0][p, at[1], idx]
+    if not alone.any():
+        return None
+    j = int(idx[np.argmin(np.where(alone, forest[1][p, idx], np.inf))])
+    moved = joint_text({n: float(ev.effect[p, i, j]) for i, n in enumerate(METRIC_NAMES)})
+    p_corr = float(min(1.0, forest[1][p, j]))
+    return f"an unusual combination: {moved}; no one of them conclusive alone", p_corr
 
 
 def _per_test_alpha(

@@ -3,8 +3,10 @@
 Consumes feature vectors (:data:`detector.features.FEATURE_NAMES`) of baseline buckets to
 ``fit`` and of recent buckets to score; produces anomaly scores in (0, 1] (the forest's
 ``2 ** (-E[h(x)] / c(n))``, so about 0.5 is ordinary and close to 1 is isolated at once), a flag
-threshold learnt from the training scores, and per-feature ablation "drivers". Pure (no I/O);
-persistence lives in :mod:`detector.store.models`.
+threshold learnt from the training scores, per-feature ablation "drivers", and conformal
+p-values: a score's rank among the scores of held-out baseline vectors of the same operation
+(split conformal: the forest never saw them), combined over trailing spans by
+:func:`detector.forest.span_p_values`. Pure (no I/O); persistence lives in :mod:`detector.store.models`.
 
 :class:`PartitionScorer` follows the scikit-learn estimator contract: ``__init__`` only stores
 its keyword arguments, ``fit`` validates them and learns ``model_``, ``feature_names_``,
@@ -25,11 +27,16 @@ from sklearn.ensemble import IsolationForest
 from sklearn.utils._param_validation import Interval
 
 from detector.errors import ModelMismatchError, NotFittedError
+from detector.forest import FALLBACK, CalibrationRows, brown_params, conformal_p
 
 __all__ = ["PartitionScorer"]
 
 #: Inputs at least this long are scored on several threads (below, threads cost more).
 _PARALLEL_ROWS = 20_000
+#: Fewest training vectors for a held-out calibration half (fewer: no p-values at all).
+_MIN_SPLIT = 64
+#: Fewest calibration scores of one operation for its own ranking (else the pooled one).
+_MIN_GROUP = 100
 
 
 class PartitionScorer(BaseEstimator):
@@ -55,6 +62,12 @@ class PartitionScorer(BaseEstimator):
     n_train_ : int
     scale_ : ndarray
         Robust spread (1.4826 MAD) of each training feature, to compare features' deviations.
+    calibration_ : dict of str to ndarray
+        Sorted scores of the held-out half of the training vectors, per partition and per
+        kind of partition; empty when there were too few vectors to hold any out.
+    brown_ : dict of int to (float, float)
+        Per span: the scale and degrees of freedom of the chi-square that the sum of
+        ``-2 ln p`` over that many held-out buckets follows (Brown's method).
     """
 
     _parameter_constraints: dict[str, list[Any]] = {
@@ -78,9 +91,21 @@ class PartitionScorer(BaseEstimator):
         self.random_state = random_state
 
     def fit(
-        self, X: np.ndarray, y: Any = None, *, feature_names: Sequence[str] | None = None
+        self,
+        X: np.ndarray,
+        y: Any = None,
+        *,
+        feature_names: Sequence[str] | None = None,
+        rows: CalibrationRows | None = None,
     ) -> PartitionScorer:
-        """Fit the forest on baseline feature vectors ``X`` (n_samples, n_features)."""
+        """Fit the forest on baseline feature vectors ``X`` (n_samples, n_features).
+
+        With at least 64 rows, the earlier half (by ``rows.times``; a seeded random half
+        without them) fits the forest and the later half calibrates its p-values: the sorted
+        held-out scores per ``rows.groups`` label (partition) and per ``rows.fallbacks`` label
+        (kind of partition), and Brown's scaled chi-square for each span in ``rows.spans``
+        (:func:`detector.forest.brown_params`).
+        """
         self._validate_params()
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or len(X) < 2:
@@ -88,6 +113,25 @@ class PartitionScorer(BaseEstimator):
         self.feature_names_ = tuple(feature_names or (f"x{i}" for i in range(X.shape[1])))
         if len(self.feature_names_) != X.shape[1]:
             raise ValueError("feature_names does not match the number of columns")
+        info = rows or CalibrationRows.pooled(len(X))
+        if len(info.groups) != len(X):
+            raise ValueError("rows does not match the number of rows of X")
+        held = np.zeros(len(X), dtype=bool)
+        if len(X) >= _MIN_SPLIT:
+            if rows is not None and rows.times is not None:
+                held = rows.times >= np.median(rows.times)
+            else:
+                order = np.random.default_rng(self.random_state).permutation(len(X))
+                held[order[: len(X) // 2]] = True
+        self._fit_forest(X[~held] if (~held).sum() >= 2 else X)
+        self.calibration_: dict[str, np.ndarray] = {}
+        self.brown_: dict[int, tuple[float, float]] = {}
+        if held.any():
+            self._calibrate(X[held], info.take(held))
+        return self
+
+    def _fit_forest(self, X: np.ndarray) -> None:
+        """Learn ``model_``, ``scale_``, ``threshold_`` and ``n_train_`` from ``X``."""
         self.model_ = IsolationForest(
             n_estimators=self.n_estimators,
             max_samples=min(self.max_samples, len(X)),
@@ -100,7 +144,49 @@ class PartitionScorer(BaseEstimator):
         train = self.score_samples(X)
         self.threshold_ = float(np.quantile(train, 1 - self.contamination))
         self.n_train_ = len(X)
-        return self
+
+    def _calibrate(self, X: np.ndarray, info: CalibrationRows) -> None:
+        """Learn ``calibration_`` (sorted held-out scores per group with enough of them, and
+        per fallback) and ``brown_`` from the held-out rows."""
+        s = self.score_samples(X)
+        # The engine leaves such buckets unscored (p = 1): the same rule on both sides keeps
+        # the ranks exchangeable.
+        s[np.abs(X).max(axis=1) < info.min_z] = 0.0
+        for labels, least in ((info.fallbacks, 1), (info.groups, _MIN_GROUP)):
+            for name in np.unique(labels):
+                own = s[labels == name]
+                if len(own) >= least:
+                    self.calibration_[str(name)] = np.sort(own)
+        p = self.p_values(s, info.groups, info.fallbacks)
+        self.brown_ = brown_params(p, info.groups, info.times, info.spans)
+
+    @property
+    def calibrated(self) -> bool:
+        """True when the scorer has held-out scores to turn scores into p-values."""
+        return bool(getattr(self, "calibration_", None))
+
+    def p_values(
+        self, scores: np.ndarray, groups: np.ndarray, fallbacks: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Conformal p-value of each score among its group's held-out scores (its fallback's
+        when the group has too few, else every held-out score):
+        ``(1 + #{held-out >= s}) / (n + 1)``; NaN scores give 1."""
+        if not self.calibrated:
+            raise NotFittedError("PartitionScorer has no calibration: refit it")
+        scores = np.asarray(scores, dtype=np.float64)
+        g = np.asarray(groups, dtype=object)
+        fb = g if fallbacks is None else np.asarray(fallbacks, dtype=object)
+        everything = np.sort(
+            np.concatenate(
+                [v for k, v in self.calibration_.items() if k.startswith(FALLBACK)] or [np.zeros(0)]
+            )
+        )
+        out = np.ones(len(scores))
+        for name, back in set(zip(g.tolist(), fb.tolist(), strict=True)):
+            rows = (g == name) & (fb == back)
+            ref = self.calibration_.get(str(name), self.calibration_.get(str(back), everything))
+            out[rows] = conformal_p(scores[rows], ref)
+        return out
 
     def _check(self, X: np.ndarray, feature_names: Sequence[str] | None) -> np.ndarray:
         if not hasattr(self, "model_"):

@@ -170,6 +170,11 @@ def who_words(a: Anomaly) -> str:
 def what_moved(a: Anomaly) -> str:
     """One line: what moved, by how much, against what, on how many calls, for whom."""
     m = a.metric
+    combination = (a.details or {}).get("combination")
+    if isinstance(combination, str) and combination:  # the forest's alone: several small moves
+        return (
+            f"{combination}, on {int(a.calls):,} call{'s' if a.calls != 1 else ''}, {who_words(a)}"
+        )
     text = (
         f"{metric_words(m)} {change_text(m, a.observed, a.baseline, a.effect)}"
         f" ({fmt_value(m, a.observed)} vs {fmt_value(m, a.baseline)} usual)"
