@@ -53,7 +53,13 @@ from detector.features import (
     build_cube,
     span_evidence,
 )
-from detector.forest import CalibrationRows, forest_evidence, joint_text, partition_labels
+from detector.forest import (
+    CalibrationRows,
+    forest_evidence,
+    forest_spans,
+    joint_text,
+    partition_labels,
+)
 from detector.rollout import Applied, Rollout, apply_rollout, first_buckets, rollout_history
 from detector.schema import BucketAggregates, bin_value
 from detector.store.engine_state import EngineState
@@ -207,7 +213,7 @@ def detect(
     cube = full.tail(K)
     maint = maint_full[:, -K:]
     # The forest's span test reads the look-back buckets' vectors too.
-    L = min(len(full.times), K + max(policy.spans) - 1) if policy.forest else K
+    L = min(len(full.times), K + max(forest_spans(policy.spans)) - 1) if policy.forest else K
     feats_long = bucket_features(full.tail(L), parts, base)
     feats = feats_long[:, -K:]
     timings["features"] = time.perf_counter() - t
@@ -590,9 +596,7 @@ def _training_vectors(
     X = bucket_features(cube, parts, base)[cube.calls > 0]
     p_idx, t_idx = np.nonzero(cube.calls > 0)
     groups, kinds = partition_labels(parts.operation, parts.version, parts.is_fleet)
-    rows = CalibrationRows(
-        groups[p_idx], kinds[p_idx], t_idx, tuple(policy.spans), policy.forest_prefilter_z
-    )
+    rows = CalibrationRows(groups[p_idx], kinds[p_idx], t_idx, forest_spans(policy.spans))
     if len(X) > policy.max_train_rows:
         rng = np.random.default_rng(policy.seed)
         keep = np.sort(rng.choice(len(X), policy.max_train_rows, replace=False))
@@ -690,16 +694,14 @@ def _forest_p(
     """The forest's span p-values and spans, (P, last) each; None without a calibrated forest."""
     if scorer is None or not scorer.calibrated:
         return None
-    _, p, span = forest_evidence(
+    return forest_evidence(
         scorer,
         feats,
         calls,
-        partition_labels(parts.operation, parts.version, parts.is_fleet),
-        min_z=policy.forest_prefilter_z,
-        spans=policy.spans,
+        partition_labels(parts.operation, parts.version, parts.is_fleet)[1],
+        spans=forest_spans(policy.spans),
         last=last,
     )
-    return p, span
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,9 +4,8 @@ Consumes feature vectors (:data:`detector.features.FEATURE_NAMES`) of baseline b
 ``fit`` and of recent buckets to score; produces anomaly scores in (0, 1] (the forest's
 ``2 ** (-E[h(x)] / c(n))``, so about 0.5 is ordinary and close to 1 is isolated at once), a flag
 threshold learnt from the training scores, per-feature ablation "drivers", and conformal
-p-values: a score's rank among the scores of held-out baseline vectors of the same operation
-(split conformal: the forest never saw them), combined over trailing spans by
-:func:`detector.forest.span_p_values`. Pure (no I/O); persistence lives in :mod:`detector.store.models`.
+p-values of span vectors against held-out baseline windows (split: the forest never saw
+them; see :mod:`detector.forest`). Pure (no I/O); persistence lives in :mod:`detector.store.models`.
 
 :class:`PartitionScorer` follows the scikit-learn estimator contract: ``__init__`` only stores
 its keyword arguments, ``fit`` validates them and learns ``model_``, ``feature_names_``,
@@ -27,7 +26,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.utils._param_validation import Interval
 
 from detector.errors import ModelMismatchError, NotFittedError
-from detector.forest import FALLBACK, CalibrationRows, brown_params, conformal_p
+from detector.forest import POOLED, CalibrationRows, calibration_key, tail_p, window_vectors
 
 __all__ = ["PartitionScorer"]
 
@@ -35,8 +34,6 @@ __all__ = ["PartitionScorer"]
 _PARALLEL_ROWS = 20_000
 #: Fewest training vectors for a held-out calibration half (fewer: no p-values at all).
 _MIN_SPLIT = 64
-#: Fewest calibration scores of one operation for its own ranking (else the pooled one).
-_MIN_GROUP = 100
 
 
 class PartitionScorer(BaseEstimator):
@@ -63,11 +60,8 @@ class PartitionScorer(BaseEstimator):
     scale_ : ndarray
         Robust spread (1.4826 MAD) of each training feature, to compare features' deviations.
     calibration_ : dict of str to ndarray
-        Sorted scores of the held-out half of the training vectors, per partition and per
-        kind of partition; empty when there were too few vectors to hold any out.
-    brown_ : dict of int to (float, float)
-        Per span: the scale and degrees of freedom of the chi-square that the sum of
-        ``-2 ln p`` over that many held-out buckets follows (Brown's method).
+        Sorted scores of held-out windows per span and kind of partition
+        (:func:`detector.forest.calibration_key`); empty when too few rows to hold any out.
     """
 
     _parameter_constraints: dict[str, list[Any]] = {
@@ -102,9 +96,8 @@ class PartitionScorer(BaseEstimator):
 
         With at least 64 rows, the earlier half (by ``rows.times``; a seeded random half
         without them) fits the forest and the later half calibrates its p-values: the sorted
-        held-out scores per ``rows.groups`` label (partition) and per ``rows.fallbacks`` label
-        (kind of partition), and Brown's scaled chi-square for each span in ``rows.spans``
-        (:func:`detector.forest.brown_params`).
+        scores of the held-out windows of each span in ``rows.spans`` (consecutive rows of
+        one ``rows.groups`` partition), per ``rows.fallbacks`` kind of partition and pooled.
         """
         self._validate_params()
         X = np.asarray(X, dtype=np.float32)
@@ -118,14 +111,13 @@ class PartitionScorer(BaseEstimator):
             raise ValueError("rows does not match the number of rows of X")
         held = np.zeros(len(X), dtype=bool)
         if len(X) >= _MIN_SPLIT:
-            if rows is not None and rows.times is not None:
-                held = rows.times >= np.median(rows.times)
+            if info.times is not None:
+                held = info.times >= np.median(info.times)
             else:
                 order = np.random.default_rng(self.random_state).permutation(len(X))
                 held[order[: len(X) // 2]] = True
         self._fit_forest(X[~held] if (~held).sum() >= 2 else X)
         self.calibration_: dict[str, np.ndarray] = {}
-        self.brown_: dict[int, tuple[float, float]] = {}
         if held.any():
             self._calibrate(X[held], info.take(held))
         return self
@@ -146,46 +138,36 @@ class PartitionScorer(BaseEstimator):
         self.n_train_ = len(X)
 
     def _calibrate(self, X: np.ndarray, info: CalibrationRows) -> None:
-        """Learn ``calibration_`` (sorted held-out scores per group with enough of them, and
-        per fallback) and ``brown_`` from the held-out rows."""
-        s = self.score_samples(X)
-        # The engine leaves such buckets unscored (p = 1): the same rule on both sides keeps
-        # the ranks exchangeable.
-        s[np.abs(X).max(axis=1) < info.min_z] = 0.0
-        for labels, least in ((info.fallbacks, 1), (info.groups, _MIN_GROUP)):
-            for name in np.unique(labels):
-                own = s[labels == name]
-                if len(own) >= least:
-                    self.calibration_[str(name)] = np.sort(own)
-        p = self.p_values(s, info.groups, info.fallbacks)
-        self.brown_ = brown_params(p, info.groups, info.times, info.spans)
+        """``calibration_``: sorted scores of the held-out windows, per span and kind."""
+        for k in info.spans:
+            V, last = window_vectors(X, info.groups, info.times, k)
+            if not len(V):
+                continue
+            s = self.score_samples(V.astype(np.float32))
+            self.calibration_[calibration_key(POOLED, k)] = np.sort(s)
+            kinds = info.fallbacks[last]
+            for kind in np.unique(kinds):
+                self.calibration_[calibration_key(str(kind), k)] = np.sort(s[kinds == kind])
 
     @property
     def calibrated(self) -> bool:
         """True when the scorer has held-out scores to turn scores into p-values."""
         return bool(getattr(self, "calibration_", None))
 
-    def p_values(
-        self, scores: np.ndarray, groups: np.ndarray, fallbacks: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Conformal p-value of each score among its group's held-out scores (its fallback's
-        when the group has too few, else every held-out score):
-        ``(1 + #{held-out >= s}) / (n + 1)``; NaN scores give 1."""
+    def p_values(self, scores: np.ndarray, labels: np.ndarray, span: int) -> np.ndarray:
+        """p-value (:func:`detector.forest.tail_p`) of each span score among the held-out
+        windows of that span and the row's kind of partition (``labels``; all kinds pooled
+        when there are none of its kind); NaN scores give 1."""
         if not self.calibrated:
             raise NotFittedError("PartitionScorer has no calibration: refit it")
         scores = np.asarray(scores, dtype=np.float64)
-        g = np.asarray(groups, dtype=object)
-        fb = g if fallbacks is None else np.asarray(fallbacks, dtype=object)
-        everything = np.sort(
-            np.concatenate(
-                [v for k, v in self.calibration_.items() if k.startswith(FALLBACK)] or [np.zeros(0)]
-            )
-        )
+        lab = np.asarray(labels, dtype=object)
+        pooled = self.calibration_.get(calibration_key(POOLED, span), np.zeros(0))
         out = np.ones(len(scores))
-        for name, back in set(zip(g.tolist(), fb.tolist(), strict=True)):
-            rows = (g == name) & (fb == back)
-            ref = self.calibration_.get(str(name), self.calibration_.get(str(back), everything))
-            out[rows] = conformal_p(scores[rows], ref)
+        for name in set(lab.tolist()):
+            rows = lab == name
+            ref = self.calibration_.get(calibration_key(str(name), span), pooled)
+            out[rows] = tail_p(scores[rows], ref)
         return out
 
     def _check(self, X: np.ndarray, feature_names: Sequence[str] | None) -> np.ndarray:

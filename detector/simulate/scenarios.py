@@ -421,8 +421,9 @@ def _maintenance(ctx: ScenarioContext, plan: ScenarioPlan) -> None:
 
 
 def _joint_shift(ctx: ScenarioContext, plan: ScenarioPlan) -> None:
-    """Latency, failures and volume of one operation move a little each, for 2-4 h."""
-    op = ctx.choose(("Join", "StartCall", "CreateView"))
+    """Latency, failures and volume of a busy operation move a little each, for 2-4 h (on
+    a quiet one, changes this small are beyond any test's reach)."""
+    op = ctx.choose(("CreateView", "DisposeView"))
     dur = ctx.hours(2.0, 4.0)
     start = ctx.slot(dur)
     slower = round(ctx.uniform(1.08, 1.12), 3)  # under the +20 % minimum
@@ -543,7 +544,7 @@ SCENARIOS: Final[dict[str, Scenario]] = {
         ),
         Scenario(
             "joint_shift",
-            "one operation's latency (+8-12 %), failures (+1-1.5 points) and volume (-15-25 %) "
+            "a busy operation's latency (+8-12 %), failures (+1-1.5 points) and volume (-15-25 %) "
             "move at once for 2-4 h, each under its own threshold",
             _plan(_joint_shift),
         ),

@@ -69,9 +69,8 @@ class ModelMeta:
     versions: dict[str, str]
     scale: list[float] | None = None
     format: int = FORMAT_VERSION
-    #: the forest's p-value calibration: held-out scores per label ("scores") and Brown's
-    #: (scale, df) per span ("brown"); see detector.forest
-    calibration: dict[str, Any] | None = None
+    #: the forest's held-out window scores per span and kind (detector.forest.calibration_key)
+    calibration: dict[str, list[float]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -122,11 +121,8 @@ class ModelStore:
             versions=library_versions(),
             scale=[float(v) for v in scorer.scale_],
             calibration={
-                "scores": {
-                    k: [round(float(x), 6) for x in v]
-                    for k, v in getattr(scorer, "calibration_", {}).items()
-                },
-                "brown": {str(k): list(v) for k, v in getattr(scorer, "brown_", {}).items()},
+                k: [round(float(x), 6) for x in v]
+                for k, v in getattr(scorer, "calibration_", {}).items()
             },
         )
         version = self.backend.write(self._key(name, "forest.skops"), sio.dumps(scorer.model_))
@@ -209,7 +205,7 @@ class ModelStore:
         scorer.threshold_ = meta.threshold
         scorer.n_train_ = meta.n_train
         scorer.scale_ = np.asarray(meta.scale or [1.0] * len(meta.feature_names), dtype=np.float64)
-        scorer.calibration_, scorer.brown_ = _calibration(meta)
+        scorer.calibration_ = _calibration(meta)
         return scorer
 
     def baselines(self, name: str) -> pd.DataFrame | None:
@@ -218,27 +214,18 @@ class ModelStore:
         return None if got is None else pd.read_parquet(io.BytesIO(got[0]))
 
 
-def _calibration(meta: ModelMeta) -> tuple[dict[str, np.ndarray], dict[int, tuple[float, float]]]:
-    """The held-out scores and Brown's parameters of ``meta``; a tampered record is refused
-    (the caller refits)."""
-    cal = meta.calibration or {}
+def _calibration(meta: ModelMeta) -> dict[str, np.ndarray]:
+    """The held-out scores of ``meta``; a tampered record is refused (the caller refits)."""
     try:
-        scores = {
+        out = {
             str(k): np.sort(np.asarray(v, dtype=np.float64))
-            for k, v in cal.get("scores", {}).items()
+            for k, v in (meta.calibration or {}).items()
         }
-        brown = {int(k): (float(v[0]), float(v[1])) for k, v in cal.get("brown", {}).items()}
-    except (TypeError, ValueError, AttributeError, IndexError, KeyError) as exc:
+    except (TypeError, ValueError, AttributeError) as exc:
         raise ModelMismatchError(f"model {meta.name}: unreadable calibration ({exc})") from exc
-    bad = any(v.ndim != 1 or not np.isfinite(v).all() for v in scores.values())
-    bad |= any(
-        not (np.isfinite(c) and np.isfinite(nu) and c > 0 and nu > 0) for c, nu in brown.values()
-    )
-    if bad:
-        raise ModelMismatchError(
-            f"model {meta.name}: calibration is not finite scores and parameters"
-        )
-    return scores, brown
+    if any(v.ndim != 1 or not np.isfinite(v).all() for v in out.values()):
+        raise ModelMismatchError(f"model {meta.name}: calibration is not lists of finite scores")
+    return out
 
 
 def _iso(ts: datetime) -> str:
