@@ -556,8 +556,8 @@ def _forest_vote(
     The forest's span p-value meets alpha corrected for its own multiplicity, like any test;
     what passes must be a joint shift (:attr:`DetectionPolicy.forest_min_share`), on enough
     calls, persistent (N of M), on a partition no metric's own test alerts on at that bucket
-    (the forest adds what the tests miss, not a second alert), and not a version moving with
-    its operation (whose own forest alert covers it). ``blocked``: maintenance (P, T) and
+    (the forest adds what the tests miss, not a second alert), and not a version whose
+    operation's vector is unusual too (nominally; the operation's alert covers it). ``blocked``: maintenance (P, T) and
     no history (P, 1).
     """
     assert ev.forest_p is not None
@@ -577,9 +577,10 @@ def _forest_vote(
     fa = hot & _n_of_m(hot, policy.persist_n, policy.persist_m) & ~alert.any(axis=1)
     fleet = ev.is_fleet.astype(bool)
     n_ops = int(ev.op_index.max()) + 1 if P else 0
-    op_fa = np.zeros((n_ops, T), dtype=bool)
-    np.logical_or.at(op_fa, ev.op_index[fleet], fa[fleet])
-    by_fleet = fa & ~fleet[:, None] & op_fa[ev.op_index]
+    # The operation as a whole shows an unusual vector too: its alert speaks for the version.
+    op_seen = np.zeros((n_ops, T), dtype=bool)
+    np.logical_or.at(op_seen, ev.op_index[fleet], (fa | nominal)[fleet])
+    by_fleet = fa & ~fleet[:, None] & op_seen[ev.op_index]
     # The first gate failed, in gate order (as the metrics' own reasons).
     code = np.select(
         [maint, no_hist & ~maint, ~enough, ~sig, ~joint, ~fa, by_fleet],
