@@ -191,11 +191,11 @@ def forest_evidence(
     return np.minimum(best * len(set(spans)), 1.0), best_span
 
 
-#: A metric's words in a forest alert, and how its effect is shown.
-_JOINT_WORDS = {
-    "duration": ("latency", lambda e: f"{e * 100:+.0f} %"),
-    "failure_rate": ("failures", lambda e: f"{e * 100:+.1f} points"),
-    "volume": ("volume", lambda e: f"{e * 100:+.0f} %"),
+#: A metric's words in a forest alert: its name, how its effect is scaled, unit, decimals.
+_JOINT_WORDS: dict[str, tuple[str, float, str, int]] = {
+    "duration": ("latency", 100.0, "%", 0),
+    "failure_rate": ("failures", 100.0, "points", 1),
+    "volume": ("volume", 100.0, "%", 0),
 }
 
 
@@ -205,6 +205,6 @@ def joint_text(effects: dict[str, float]) -> str:
     parts = []
     for metric, value in effects.items():
         if metric in _JOINT_WORDS and np.isfinite(value):
-            word, fmt = _JOINT_WORDS[metric]
-            parts.append(f"{word} {fmt(value)}")
+            word, scale, unit, decimals = _JOINT_WORDS[metric]
+            parts.append(f"{word} {value * scale:+.{decimals}f} {unit}")
     return ", ".join(parts)

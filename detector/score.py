@@ -36,7 +36,8 @@ _PARALLEL_ROWS = 20_000
 _MIN_SPLIT = 64
 
 
-class PartitionScorer(BaseEstimator):
+# scikit-learn ships no type information: its base class is Any to mypy.
+class PartitionScorer(BaseEstimator):  # type: ignore[misc]
     """Isolation forest on per-(partition, bucket) deviation features.
 
     Parameters
@@ -194,7 +195,7 @@ class PartitionScorer(BaseEstimator):
         # sklearn's score_samples is the *opposite* of the paper's score: flip it once, here.
         workers = min(os.cpu_count() or 1, 4)
         if len(X) < _PARALLEL_ROWS or workers < 2:
-            return -self.model_.score_samples(X)
+            return -np.asarray(self.model_.score_samples(X), dtype=np.float64)
         # Large inputs: contiguous row blocks on threads (the trees' apply releases the GIL).
         # A row's score sums its trees in the same order whatever the blocks, so the result
         # is bit-for-bit the sequential one (sklearn's own threading adds trees in any order).
