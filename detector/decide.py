@@ -168,10 +168,11 @@ class DetectionPolicy:
     refit_every: timedelta = timedelta(days=1)
     seed: int = 0
     # --- forest vote (issue 20) ------------------------------------------------------------
-    # bool: the forest scores buckets and its conformal p-value (rank among held-out baseline
-    # vectors of the operation, combined over the spans) may alert on its own; false: no
-    # forest at all (scikit-learn is not even imported).
-    forest: bool = True
+    # bool: true: the forest scores span vectors and its p-value (rank among held-out
+    # baseline windows, detector.forest) may alert on its own; false (default: its one gain,
+    # a joint shift on 1 of 3 simulator seeds, is noise by our protocol; docs/decisions.md):
+    # no forest at all, and scikit-learn is not even imported.
+    forest: bool = False
     # float in (0, 1]: a forest alert needs an unusual *combination*: at least two metrics
     # each moved by this share of their own minimum effect, the shares summing to >= 1.
     forest_min_share: float = 0.25

@@ -27,7 +27,7 @@ from tests.fixtures_engine import (
     with_failure_rates,
 )
 
-POLICY = DetectionPolicy()
+POLICY = DetectionPolicy(forest=True)  # the tests of the forest need it on
 DAYS = 3.0
 WS = T0 + timedelta(days=DAYS - 0.5)
 WE = T0 + timedelta(days=DAYS)
