@@ -174,7 +174,8 @@ class DetectionPolicy:
     # no forest at all, and scikit-learn is not even imported.
     forest: bool = False
     # float in (0, 1]: a forest alert needs an unusual *combination*: at least two metrics
-    # each moved by this share of their own minimum effect, the shares summing to >= 1.
+    # each moved by this share of their own minimum effect, none by all of it, the shares
+    # summing to >= 1.
     forest_min_share: float = 0.25
 
     @classmethod
@@ -540,7 +541,8 @@ def _effect_shares(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
     share[:, 1] = eff[:, 1] / policy.min_failure_points
     drop, rise = -eff[:, 2] / policy.min_volume_drop, eff[:, 2] / policy.min_volume_rise
     share[:, 2] = {"drop": drop, "rise": rise}.get(policy.volume_direction, np.maximum(drop, rise))
-    return np.clip(share, 0.0, None) * ev.testable[:, :, None]
+    out: np.ndarray = np.clip(share, 0.0, None) * ev.testable[:, :, None]
+    return out
 
 
 def _forest_vote(
@@ -555,7 +557,8 @@ def _forest_vote(
     """Add the forest's own test to ``reason`` (in place), on the metric that moved most.
 
     The forest's span p-value meets alpha corrected for its own multiplicity, like any test;
-    what passes must be a joint shift (:attr:`DetectionPolicy.forest_min_share`), on enough
+    what passes must be a joint shift under every metric's own minimum
+    (:attr:`DetectionPolicy.forest_min_share`), on enough
     calls, persistent (N of M), on a partition no metric's own test alerts on at that bucket
     (the forest adds what the tests miss, not a second alert), and not a version whose
     operation's vector is unusual too (nominally; the operation's alert covers it). ``blocked``: maintenance (P, T) and
@@ -564,7 +567,13 @@ def _forest_vote(
     assert ev.forest_p is not None
     P, M, T = reason.shape
     shares = _effect_shares(ev, policy)
-    joint = ((shares >= policy.forest_min_share).sum(axis=1) >= 2) & (shares.sum(axis=1) >= 1.0)
+    # Under every metric's minimum (a larger change is its metric's to judge), yet together
+    # worth at least one whole minimum, moved in at least two metrics.
+    joint = (
+        ((shares >= policy.forest_min_share).sum(axis=1) >= 2)
+        & (shares.sum(axis=1) >= 1.0)
+        & (shares.max(axis=1) < 1.0)
+    )
     nominal = ev.forest_p <= policy.alpha
     sig = ev.forest_p * max(float(ev.forest_n_tests), 1.0) <= policy.alpha
     # One metric per partition carries its forest alerts (the one that moved most over the

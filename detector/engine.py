@@ -982,7 +982,7 @@ def _forest_words(
     """Text and corrected p-value of a forest-only alert run, None for a metric's own."""
     p, _, idx = at
     alone = forest[0][p, at[1], idx]
-    if not alone.any():
+    if not alone.all():  # the metric's own alert speaks for the run
         return None
     j = int(idx[np.argmin(np.where(alone, forest[1][p, idx], np.inf))])
     moved = joint_text({n: float(ev.effect[p, i, j]) for i, n in enumerate(METRIC_NAMES)})
