@@ -311,6 +311,12 @@ def _add_simulate_evaluate(sub: Any) -> None:
     )
     ev.add_argument("--data", type=Path, required=True, help="a directory written by simulate")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.add_argument(
+        "--ablate",
+        choices=("forest",),
+        default=None,
+        help="evaluate twice, with and without this part, and print what it adds",
+    )
 
 
 def _add_inspect(sub: Any) -> None:
@@ -664,7 +670,9 @@ def _cmd_evaluate(args: argparse.Namespace, now: datetime) -> int:
     from detector import pipeline
 
     cfg = _load(args) if args.config or Path("config/detector.toml").exists() else None
-    result = pipeline.evaluate_dir(cfg, args.data, progress=_terminal_progress())
+    result = pipeline.evaluate_dir(
+        cfg, args.data, ablate=args.ablate, progress=_terminal_progress()
+    )
     print(json.dumps(result.to_json(), indent=2) if args.json else result.to_table())
     return EXIT_OK
 

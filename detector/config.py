@@ -363,6 +363,9 @@ DETECTION: dict[str, Param] = {
     "sequential": Param(POLICY, Options(("off", "failures", "both"))),
     "sequential_fold": Param(POLICY, Real(1, closed="neither")),
     "sequential_false_alerts_per_day": Param(POLICY, Real(0, closed="neither")),
+    # --- forest vote
+    "forest": Param(POLICY, Boolean()),
+    "forest_min_share": Param(POLICY, Real(0, 1, closed="right")),
 }
 
 STATE: dict[str, Param] = {

@@ -169,6 +169,16 @@ class DetectionPolicy:
     # the CUSUM is tuned to; the failure rate it is tuned to is at least +min_failure_points
     sequential_false_alerts_per_day: float = 0.1  # float > 0: tenant-wide false alarms a day
     # the test may raise (its thresholds follow from it, see features.sequential_thresholds)
+    # --- forest vote (issue 20) ------------------------------------------------------------
+    # bool: true: the forest scores span vectors and its p-value (rank among held-out
+    # baseline windows, detector.forest) may alert on its own; false (default: its one gain,
+    # a joint shift on 1 of 3 simulator seeds, is noise by our protocol; docs/decisions.md):
+    # no forest at all, and scikit-learn is not even imported.
+    forest: bool = False
+    # float in (0, 1]: a forest alert needs an unusual *combination*: at least two metrics
+    # each moved by this share of their own minimum effect, none by all of it, the shares
+    # summing to >= 1.
+    forest_min_share: float = 0.25
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, object] | None) -> DetectionPolicy:
@@ -230,6 +240,8 @@ class DetectionPolicy:
             problems.append("short_history_alpha: must be in (0, 1]")
         if not 0 <= self.stop_share < 1 or self.stop_buckets < 1:
             problems.append("stop_share/stop_buckets: need 0 <= share < 1 and buckets >= 1")
+        if not 0 < self.forest_min_share <= 1:
+            problems.append("forest_min_share: must be in (0, 1]")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -312,6 +324,10 @@ class Evidence:
     last_version_dev_end: np.ndarray | None = None
     #: (P,) factor on alpha per partition (short history: ``short_history_alpha``); None = 1.
     alpha_scale: np.ndarray | None = None
+    #: (P, T) the forest's best span p-value (spans in it already), None: no forest vote.
+    forest_p: np.ndarray | None = None
+    #: the forest test's multiplicity (partitions scored x buckets an hour), as ``n_tests``.
+    forest_n_tests: float = 1.0
 
 
 def _practical(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
@@ -389,6 +405,7 @@ def decide(
     now: datetime | None = None,
     bucket_end: np.ndarray | None = None,
     previous_hot: np.ndarray | None = None,
+    forest_out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Return the reason code (index into :data:`GATE_REASONS`) of every (partition, metric, bucket).
 
@@ -407,6 +424,9 @@ def decide(
         ``(P, M, k)`` hot flags of the buckets just before the first one in ``evidence``, from
         the previous run (the engine normally recomputes them from the look-back buckets and
         leaves this None).
+    forest_out
+        Optional ``(P, M, T)`` bool array, set True where the alert is the forest's alone
+        (routed to the metric that moved most); the engine words those alerts differently.
 
     Returns
     -------
@@ -506,8 +526,84 @@ def decide(
     # A bucket passing every gate but not itself hot (e.g. carried by one strong bucket) or hot
     # without N of M support is "not persistent".
     reason[candidate & (reason == R_ANOM) & ~alert] = R_PERSIST
+    if ev.forest_p is not None:
+        blocked = (maint[:, 0], ~hist[:, :, 0])
+        _forest_vote(ev, policy, reason, alert, blocked, volume, forest_out)
     reason[:, :, ~ev.judged.astype(bool)] = R_NONE
+    if forest_out is not None:
+        forest_out &= reason == R_ANOM
     if now is not None and bucket_end is not None:
         future = np.asarray(bucket_end) > np.datetime64(now.replace(tzinfo=None), "ns")
         reason[:, :, future] = R_NONE
     return reason
+
+
+def _effect_shares(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
+    """(P, M, T) each metric's adverse effect as a share of its minimum (0 where untested)."""
+    eff = np.nan_to_num(ev.effect, nan=0.0)
+    share = np.zeros(eff.shape)
+    share[:, 0] = eff[:, 0] / policy.min_duration_rel
+    share[:, 1] = eff[:, 1] / policy.min_failure_points
+    drop, rise = -eff[:, 2] / policy.min_volume_drop, eff[:, 2] / policy.min_volume_rise
+    share[:, 2] = {"drop": drop, "rise": rise}.get(policy.volume_direction, np.maximum(drop, rise))
+    out: np.ndarray = np.clip(share, 0.0, None) * ev.testable[:, :, None]
+    return out
+
+
+def _forest_vote(
+    ev: Evidence,
+    policy: DetectionPolicy,
+    reason: np.ndarray,
+    alert: np.ndarray,
+    blocked: tuple[np.ndarray, np.ndarray],
+    volume: np.ndarray,
+    forest_out: np.ndarray | None,
+) -> None:
+    """Add the forest's own test to ``reason`` (in place), on the metric that moved most.
+
+    The forest's span p-value meets alpha corrected for its own multiplicity, like any test;
+    what passes must be a joint shift under every metric's own minimum
+    (:attr:`DetectionPolicy.forest_min_share`), on enough
+    calls, persistent (N of M), on a partition no metric's own test alerts on at that bucket
+    (the forest adds what the tests miss, not a second alert), and not a version whose
+    operation's vector is unusual too (nominally; the operation's alert covers it). ``blocked``: maintenance (P, T) and
+    no history (P, 1).
+    """
+    assert ev.forest_p is not None
+    P, M, T = reason.shape
+    shares = _effect_shares(ev, policy)
+    # Under every metric's minimum (a larger change is its metric's to judge), yet together
+    # worth at least one whole minimum, moved in at least two metrics.
+    joint = (
+        ((shares >= policy.forest_min_share).sum(axis=1) >= 2)
+        & (shares.sum(axis=1) >= 1.0)
+        & (shares.max(axis=1) < 1.0)
+    )
+    nominal = ev.forest_p <= policy.alpha
+    sig = ev.forest_p * max(float(ev.forest_n_tests), 1.0) <= policy.alpha
+    # One metric per partition carries its forest alerts (the one that moved most over the
+    # buckets the forest found), so one joint change is one alert, not a metric per bucket.
+    weight = (sig & joint)[:, None, :] | ~(sig & joint).any(axis=1)[:, None, None]
+    routed = np.broadcast_to(np.argmax((shares * weight).sum(axis=2), axis=1)[:, None], (P, T))
+    pick = (np.arange(P)[:, None], routed, np.arange(T)[None, :])
+    maint, no_hist = blocked
+    enough = volume[pick]
+    hot = sig & joint & enough & ~maint & ~no_hist
+    fa = hot & _n_of_m(hot, policy.persist_n, policy.persist_m) & ~alert.any(axis=1)
+    fleet = ev.is_fleet.astype(bool)
+    n_ops = int(ev.op_index.max()) + 1 if P else 0
+    # The operation as a whole shows an unusual vector too: its alert speaks for the version.
+    op_seen = np.zeros((n_ops, T), dtype=bool)
+    np.logical_or.at(op_seen, ev.op_index[fleet], (fa | nominal)[fleet])
+    by_fleet = fa & ~fleet[:, None] & op_seen[ev.op_index]
+    # The first gate failed, in gate order (as the metrics' own reasons).
+    code = np.select(
+        [maint, no_hist & ~maint, ~enough, ~sig, ~joint, ~fa, by_fleet],
+        [R_MAINT, R_HIST, R_LOWVOL, R_NOTSIG, R_EFFECT, R_PERSIST, R_FLEET],
+        R_ANOM,
+    ).astype(np.int8)
+    cells = reason[pick]
+    # The forest's reason stands where it got further than the metric's own (gate order).
+    reason[pick] = np.where(nominal & (code > cells) & (cells != R_ANOM), code, cells)
+    if forest_out is not None:
+        forest_out[pick] |= fa & ~by_fleet

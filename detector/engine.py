@@ -55,6 +55,13 @@ from detector.features import (
     sequential_details,
     span_evidence,
 )
+from detector.forest import (
+    CalibrationRows,
+    forest_evidence,
+    forest_spans,
+    joint_text,
+    partition_labels,
+)
 from detector.rollout import Applied, Rollout, apply_rollout, first_buckets, rollout_history
 from detector.schema import BucketAggregates, bin_value
 from detector.stop import AlertBucket, find_stops, fold_buckets, fold_into_stops, stop_anomaly
@@ -208,14 +215,27 @@ def detect(
     full.exclude(maint_full)
     cube = full.tail(K)
     maint = maint_full[:, -K:]
-    feats = bucket_features(cube, parts, base)
+    # The forest's span test reads the look-back buckets' vectors too.
+    L = min(len(full.times), K + max(forest_spans(policy.spans)) - 1) if policy.forest else K
+    feats_long = bucket_features(full.tail(L), parts, base)
+    feats = feats_long[:, -K:]
     timings["features"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    scorer, forest_status = _get_scorer(
-        stats, parts, base, policy, ws=ws, base_start=base_start, now=now, model_store=model_store
-    )
+    scorer, forest_status = None, {"action": "off"}
+    if policy.forest:
+        scorer, forest_status = _get_scorer(
+            stats,
+            parts,
+            base,
+            policy,
+            ws=ws,
+            base_start=base_start,
+            now=now,
+            model_store=model_store,
+        )
     scores, forest_flag = _score(scorer, feats, cube, policy)
+    forest_p = _forest_p(scorer, feats_long, full.calls[:, -L:], parts, policy, K)
     timings["score"] = time.perf_counter() - t
     # New builds' whole history since their first call, taken from the rows before they go.
     cube_offset = int((cube_start - base_start) / bucket)  # baseline buckets before the cube
@@ -231,6 +251,8 @@ def detect(
     # Fields beyond p are needed where a gate looks (p <= alpha, found by span_evidence itself)
     # and at the candidates p does not make: forest flags and maintenance buckets.
     keep = forest_flag | maint[:, None, :]
+    if forest_p is not None:
+        keep |= (forest_p[0] <= policy.alpha)[:, None, :]
     # First calls in the cube's columns (a new build's span may reach back before it).
     ev = span_evidence(full, parts, base, policy, last=K, keep=keep, first=first - cube_offset)
     del keep
@@ -284,9 +306,14 @@ def detect(
         last_alert_end=_last_alert_end(state, parts, cube.times, bucket),
         last_version_dev_end=_last_version_dev_end(state, parts, cube.times, bucket),
         alpha_scale=_alpha_scale(base, policy),
+        forest_p=None if forest_p is None else forest_p[0],
+        forest_n_tests=float(active.sum() * per_hour),
     )
     bucket_end = (cube.times + bucket).tz_convert("UTC").tz_localize(None).to_numpy()
-    reasons = decide(evidence, policy=policy, now=now, bucket_end=bucket_end)
+    forest_only = np.zeros(ev.p.shape, dtype=bool)
+    reasons = decide(
+        evidence, policy=policy, now=now, bucket_end=bucket_end, forest_out=forest_only
+    )
     timings["decide"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -308,6 +335,7 @@ def detect(
         n_tests=n_tests,
         test_alpha=test_alpha,
         rollout=(roll, rolled),
+        forest=None if forest_p is None else (forest_only, forest_p[0] * evidence.forest_n_tests),
     )
     if policy.tenant_stop:
         anomalies, alert_buckets = _fold_tenant_stops(
@@ -359,6 +387,7 @@ def detect(
         "baselines": base,
         "features": feats,
         "rollout": (roll, rolled),
+        "forest_p": evidence.forest_p,
     }
     return DetectionResult(
         anomalies, candidates, result_stats, state, (_py(ws), _py(we)), alert_buckets, debug
@@ -569,18 +598,22 @@ def _training_vectors(
     policy: DetectionPolicy,
     ws: pd.Timestamp,
     base_start: pd.Timestamp,
-) -> tuple[np.ndarray, pd.Timestamp]:
+) -> tuple[np.ndarray, CalibrationRows, pd.Timestamp]:
     bucket = pd.Timedelta(policy.bucket)
     n_base = int((ws - base_start) / bucket)
     # As many trailing baseline buckets as keep the dense training cube near max_train_rows.
-    n_train = int(np.clip(2 * policy.max_train_rows // max(len(parts), 1), 12, max(n_base, 12)))
+    n_train = int(np.clip(policy.max_train_rows // max(len(parts), 1), 12, max(n_base, 12)))
     start = max(ws - n_train * bucket, base_start)
     cube = build_cube(stats, parts, start=_py(start), end=_py(ws), bucket=bucket)
     X = bucket_features(cube, parts, base)[cube.calls > 0]
+    p_idx, t_idx = np.nonzero(cube.calls > 0)
+    groups, kinds = partition_labels(parts.operation, parts.version, parts.is_fleet)
+    rows = CalibrationRows(groups[p_idx], kinds[p_idx], t_idx, forest_spans(policy.spans))
     if len(X) > policy.max_train_rows:
         rng = np.random.default_rng(policy.seed)
-        X = X[np.sort(rng.choice(len(X), policy.max_train_rows, replace=False))]
-    return X, start
+        keep = np.sort(rng.choice(len(X), policy.max_train_rows, replace=False))
+        X, rows = X[keep], rows.take(keep)
+    return X, rows, start
 
 
 def _get_scorer(
@@ -606,11 +639,11 @@ def _get_scorer(
             status["refused"] = str(exc)
         if got is not None:
             scorer, meta = got
-            if not meta.is_stale(now, policy.refit_every):
+            if not meta.is_stale(now, policy.refit_every) and scorer.calibrated:
                 status.update(action="loaded", fitted_at=meta.fitted_at)
                 return scorer, status
             status["stale"] = meta.fitted_at
-    X, train_start = _training_vectors(stats, parts, base, policy, ws, base_start)
+    X, rows, train_start = _training_vectors(stats, parts, base, policy, ws, base_start)
     if len(X) < 16:
         status.update(action="none", reason="too few baseline buckets to fit a forest")
         return None, status
@@ -619,7 +652,7 @@ def _get_scorer(
         max_samples=policy.max_samples,
         contamination=policy.contamination,
         random_state=policy.seed,
-    ).fit(X, feature_names=FEATURE_NAMES)
+    ).fit(X, feature_names=FEATURE_NAMES, rows=rows)
     status.update(action="fitted", n_train=len(X), training=[_iso(train_start), _iso(ws)])
     if model_store is not None:
         model_store.save(
@@ -660,6 +693,27 @@ def _score(
     pi, ti = np.nonzero(mask)
     flag[pi[hit], metric[hit], ti[hit]] = True
     return scores, flag
+
+
+def _forest_p(
+    scorer: PartitionScorer | None,
+    feats: np.ndarray,
+    calls: np.ndarray,
+    parts: Partitions,
+    policy: DetectionPolicy,
+    last: int,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The forest's span p-values and spans, (P, last) each; None without a calibrated forest."""
+    if scorer is None or not scorer.calibrated:
+        return None
+    return forest_evidence(
+        scorer,
+        feats,
+        calls,
+        partition_labels(parts.operation, parts.version, parts.is_fleet)[1],
+        spans=forest_spans(policy.spans),
+        last=last,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -792,6 +846,7 @@ def _explain(
     n_tests: np.ndarray,
     test_alpha: np.ndarray,
     rollout: tuple[Rollout, Applied] | None = None,
+    forest: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[list[Anomaly], list[tuple[str, str | None, str, datetime]]]:
     bucket = pd.Timedelta(policy.bucket)
     # Rows of versions whose failure evidence may be the since-rollout test (see rollout.py).
@@ -898,6 +953,9 @@ def _explain(
                 run_effect = float(observed / baseline - 1) if baseline > 0 else effect
             hot = int((reasons[p, m, max(a - policy.persist_m + 1, 0) : b] == R_ANOM).sum())
             text += f", {len(idx)} bucket{'s' if len(idx) > 1 else ''}, span {span})"
+            joint = _forest_words(ev, forest, (p, m, idx)) if forest is not None else None
+            if joint is not None:
+                text, p_corr = joint
             if base.provisional[p]:
                 text += f" [provisional baseline: {base.weight[p]:.0%} own]"
             s_run = scores[p, idx]
@@ -942,6 +1000,8 @@ def _explain(
                 "since_rollout": rollout_details,
                 # what the sequential test accumulated, when its evidence passed the gates
                 "sequential": None if rollout_details else sequential_details(ev, p, m, j, policy),
+                # the forest alone alerted: an unusual combination of moderate changes
+                "combination": joint[0] if joint is not None else None,
                 "features": {
                     n: round(float(v), 3)
                     for n, v in zip(FEATURE_NAMES, feats[p, idx[k_best]], strict=True)
@@ -984,6 +1044,20 @@ def _explain(
             out[i].drivers = d
     out.sort(key=lambda x: (x.operation_name, x.sdk_version or "", x.metric, x.window_start))
     return out, alert_buckets
+
+
+def _forest_words(
+    ev: Any, forest: tuple[np.ndarray, np.ndarray], at: tuple[int, int, np.ndarray]
+) -> tuple[str, float] | None:
+    """Text and corrected p-value of a forest-only alert run, None for a metric's own."""
+    p, _, idx = at
+    alone = forest[0][p, at[1], idx]
+    if not alone.all():  # the metric's own alert speaks for the run
+        return None
+    j = int(idx[np.argmin(np.where(alone, forest[1][p, idx], np.inf))])
+    moved = joint_text({n: float(ev.effect[p, i, j]) for i, n in enumerate(METRIC_NAMES)})
+    p_corr = float(min(1.0, forest[1][p, j]))
+    return f"an unusual combination: {moved}; no one of them conclusive alone", p_corr
 
 
 def _per_test_alpha(

@@ -1408,15 +1408,23 @@ def backfill(
 
 
 def evaluate_dir(
-    cfg: Config | None, data_dir: Path, progress: Callable[[str], None] | None = None
+    cfg: Config | None,
+    data_dir: Path,
+    progress: Callable[[str], None] | None = None,
+    *,
+    ablate: str | None = None,
 ) -> Any:
-    """Run ``detector.evaluate`` over a simulated data set with the configured policy."""
+    """Run ``detector.evaluate`` over a simulated data set with the configured policy (twice,
+    with and without the part ``ablate`` names, when given)."""
     from detector.decide import DetectionPolicy
+    from detector.evaluate import ablate as run_ablation
     from detector.evaluate import evaluate
 
     if not data_dir.exists():
         raise ConfigError(f"--data: {data_dir} does not exist")
     policy = detection_policy(cfg) if cfg is not None else DetectionPolicy()
+    if ablate:
+        return run_ablation(data_dir, part=ablate, policy=policy)
     return evaluate(data_dir, policy=policy, progress=progress)
 
 

@@ -3,8 +3,9 @@
 Consumes feature vectors (:data:`detector.features.FEATURE_NAMES`) of baseline buckets to
 ``fit`` and of recent buckets to score; produces anomaly scores in (0, 1] (the forest's
 ``2 ** (-E[h(x)] / c(n))``, so about 0.5 is ordinary and close to 1 is isolated at once), a flag
-threshold learnt from the training scores, and per-feature ablation "drivers". Pure (no I/O);
-persistence lives in :mod:`detector.store.models`.
+threshold learnt from the training scores, per-feature ablation "drivers", and conformal
+p-values of span vectors against held-out baseline windows (split: the forest never saw
+them; see :mod:`detector.forest`). Pure (no I/O); persistence lives in :mod:`detector.store.models`.
 
 :class:`PartitionScorer` follows the scikit-learn estimator contract: ``__init__`` only stores
 its keyword arguments, ``fit`` validates them and learns ``model_``, ``feature_names_``,
@@ -25,14 +26,18 @@ from sklearn.ensemble import IsolationForest
 from sklearn.utils._param_validation import Interval
 
 from detector.errors import ModelMismatchError, NotFittedError
+from detector.forest import POOLED, CalibrationRows, calibration_key, tail_p, window_vectors
 
 __all__ = ["PartitionScorer"]
 
 #: Inputs at least this long are scored on several threads (below, threads cost more).
 _PARALLEL_ROWS = 20_000
+#: Fewest training vectors for a held-out calibration half (fewer: no p-values at all).
+_MIN_SPLIT = 64
 
 
-class PartitionScorer(BaseEstimator):
+# scikit-learn ships no type information: its base class is Any to mypy.
+class PartitionScorer(BaseEstimator):  # type: ignore[misc]
     """Isolation forest on per-(partition, bucket) deviation features.
 
     Parameters
@@ -55,6 +60,9 @@ class PartitionScorer(BaseEstimator):
     n_train_ : int
     scale_ : ndarray
         Robust spread (1.4826 MAD) of each training feature, to compare features' deviations.
+    calibration_ : dict of str to ndarray
+        Sorted scores of held-out windows per span and kind of partition
+        (:func:`detector.forest.calibration_key`); empty when too few rows to hold any out.
     """
 
     _parameter_constraints: dict[str, list[Any]] = {
@@ -78,9 +86,20 @@ class PartitionScorer(BaseEstimator):
         self.random_state = random_state
 
     def fit(
-        self, X: np.ndarray, y: Any = None, *, feature_names: Sequence[str] | None = None
+        self,
+        X: np.ndarray,
+        y: Any = None,
+        *,
+        feature_names: Sequence[str] | None = None,
+        rows: CalibrationRows | None = None,
     ) -> PartitionScorer:
-        """Fit the forest on baseline feature vectors ``X`` (n_samples, n_features)."""
+        """Fit the forest on baseline feature vectors ``X`` (n_samples, n_features).
+
+        With at least 64 rows, the earlier half (by ``rows.times``; a seeded random half
+        without them) fits the forest and the later half calibrates its p-values: the sorted
+        scores of the held-out windows of each span in ``rows.spans`` (consecutive rows of
+        one ``rows.groups`` partition), per ``rows.fallbacks`` kind of partition and pooled.
+        """
         self._validate_params()
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or len(X) < 2:
@@ -88,6 +107,24 @@ class PartitionScorer(BaseEstimator):
         self.feature_names_ = tuple(feature_names or (f"x{i}" for i in range(X.shape[1])))
         if len(self.feature_names_) != X.shape[1]:
             raise ValueError("feature_names does not match the number of columns")
+        info = rows or CalibrationRows.pooled(len(X))
+        if len(info.groups) != len(X):
+            raise ValueError("rows does not match the number of rows of X")
+        held = np.zeros(len(X), dtype=bool)
+        if len(X) >= _MIN_SPLIT:
+            if info.times is not None:
+                held = info.times >= np.median(info.times)
+            else:
+                order = np.random.default_rng(self.random_state).permutation(len(X))
+                held[order[: len(X) // 2]] = True
+        self._fit_forest(X[~held] if (~held).sum() >= 2 else X)
+        self.calibration_: dict[str, np.ndarray] = {}
+        if held.any():
+            self._calibrate(X[held], info.take(held))
+        return self
+
+    def _fit_forest(self, X: np.ndarray) -> None:
+        """Learn ``model_``, ``scale_``, ``threshold_`` and ``n_train_`` from ``X``."""
         self.model_ = IsolationForest(
             n_estimators=self.n_estimators,
             max_samples=min(self.max_samples, len(X)),
@@ -100,7 +137,39 @@ class PartitionScorer(BaseEstimator):
         train = self.score_samples(X)
         self.threshold_ = float(np.quantile(train, 1 - self.contamination))
         self.n_train_ = len(X)
-        return self
+
+    def _calibrate(self, X: np.ndarray, info: CalibrationRows) -> None:
+        """``calibration_``: sorted scores of the held-out windows, per span and kind."""
+        for k in info.spans:
+            V, last = window_vectors(X, info.groups, info.times, k)
+            if not len(V):
+                continue
+            s = self.score_samples(V.astype(np.float32))
+            self.calibration_[calibration_key(POOLED, k)] = np.sort(s)
+            kinds = info.fallbacks[last]
+            for kind in np.unique(kinds):
+                self.calibration_[calibration_key(str(kind), k)] = np.sort(s[kinds == kind])
+
+    @property
+    def calibrated(self) -> bool:
+        """True when the scorer has held-out scores to turn scores into p-values."""
+        return bool(getattr(self, "calibration_", None))
+
+    def p_values(self, scores: np.ndarray, labels: np.ndarray, span: int) -> np.ndarray:
+        """p-value (:func:`detector.forest.tail_p`) of each span score among the held-out
+        windows of that span and the row's kind of partition (``labels``; all kinds pooled
+        when there are none of its kind); NaN scores give 1."""
+        if not self.calibrated:
+            raise NotFittedError("PartitionScorer has no calibration: refit it")
+        scores = np.asarray(scores, dtype=np.float64)
+        lab = np.asarray(labels, dtype=object)
+        pooled = self.calibration_.get(calibration_key(POOLED, span), np.zeros(0))
+        out = np.ones(len(scores))
+        for name in set(lab.tolist()):
+            rows = lab == name
+            ref = self.calibration_.get(calibration_key(str(name), span), pooled)
+            out[rows] = tail_p(scores[rows], ref)
+        return out
 
     def _check(self, X: np.ndarray, feature_names: Sequence[str] | None) -> np.ndarray:
         if not hasattr(self, "model_"):
@@ -126,7 +195,7 @@ class PartitionScorer(BaseEstimator):
         # sklearn's score_samples is the *opposite* of the paper's score: flip it once, here.
         workers = min(os.cpu_count() or 1, 4)
         if len(X) < _PARALLEL_ROWS or workers < 2:
-            return -self.model_.score_samples(X)
+            return -np.asarray(self.model_.score_samples(X), dtype=np.float64)
         # Large inputs: contiguous row blocks on threads (the trees' apply releases the GIL).
         # A row's score sums its trees in the same order whatever the blocks, so the result
         # is bit-for-bit the sequential one (sklearn's own threading adds trees in any order).

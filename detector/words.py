@@ -209,6 +209,11 @@ def what_moved(a: Anomaly) -> str:
     if is_tenant(a):
         return tenant_words(a)
     m = a.metric
+    combination = (a.details or {}).get("combination")
+    if isinstance(combination, str) and combination:  # the forest's alone: several small moves
+        return (
+            f"{combination}, on {int(a.calls):,} call{'s' if a.calls != 1 else ''}, {who_words(a)}"
+        )
     text = (
         f"{metric_words(m)} {change_text(m, a.observed, a.baseline, a.effect)}"
         f" ({fmt_value(m, a.observed)} vs {fmt_value(m, a.baseline)} usual)"

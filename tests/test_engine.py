@@ -27,7 +27,7 @@ from tests.fixtures_engine import (
     with_failure_rates,
 )
 
-POLICY = DetectionPolicy()
+POLICY = DetectionPolicy(forest=True)  # the tests of the forest need it on
 DAYS = 3.0
 WS = T0 + timedelta(days=DAYS - 0.5)
 WE = T0 + timedelta(days=DAYS)
@@ -188,7 +188,7 @@ def test_model_store_reuses_refuses_and_refits(tmp_path) -> None:
     again = _run(aggs, model_store=store)
     assert again.stats["forest"]["action"] == "loaded"
     assert [a.to_json() for a in again.anomalies] == [a.to_json() for a in first.anomalies]
-    other = DetectionPolicy(n_estimators=50)
+    other = DetectionPolicy(forest=True, n_estimators=50)
     refused = _run(aggs, model_store=store, policy=other)
     assert "config hash" in refused.stats["forest"]["refused"]
     assert refused.stats["forest"]["action"] == "fitted"

@@ -168,3 +168,53 @@ def test_evaluate_end_to_end_on_a_small_simulation(tmp_path) -> None:
     assert row["precision"] >= 0.5
     assert "delay" in report.to_table()
     assert report.settings["delay_measured_from"].startswith("incident start")
+
+
+def test_a_joint_incident_is_matched_by_any_metric_of_its_partition() -> None:
+    joint = LabelledIncident("Join", None, "joint", T, T + timedelta(hours=1))
+    judged = (T - timedelta(days=1), T + timedelta(days=1))
+    for metric in ("duration", "failure_rate", "volume"):
+        got = score_events(
+            [Event("Join", None, metric, T, T + B, 1)], [joint], judged=judged, bucket=B
+        )
+        assert got["detected"] == 1
+    other = score_events(
+        [Event("StartCall", None, "volume", T, T + B, 1)], [joint], judged=judged, bucket=B
+    )
+    assert other["detected"] == 0
+
+
+def test_ablation_summary_says_what_the_part_adds() -> None:
+    from detector.evaluate import Ablation
+
+    judged = (T - timedelta(days=1), T + timedelta(days=1))
+    found = Event("Join", None, "duration", T + timedelta(minutes=10), T + timedelta(minutes=40), 6)
+    false = Event("Join", None, "volume", T, T + B, 1)
+
+    def report(events: list[Event]) -> EvaluationReport:
+        row = score_events(events, [INC_FLEET, INC_VER], judged=judged, bucket=B)
+        return EvaluationReport([row | {"dataset": "x", "detector": "acs-detector"}], {})
+
+    ab = Ablation("forest", report([found, false]), report([]))
+    s = ab.summary()
+    assert s["found_only_with"] == [f"Join|*|duration {INC_FLEET.start.isoformat()}"]
+    assert s["false_alerts_only_with"] == [f"Join|*|volume {T:%m-%d %H:%M}+1"]
+    assert s["found_only_without"] == [] and s["false_alerts_only_without"] == []
+    text = ab.to_table()
+    assert "incidents found only with the forest: 1" in text
+    assert "false alerts only with the forest: 1" in text
+    assert json.loads(json.dumps(ab.to_json()))["summary"]["part"] == "forest"
+
+
+def test_cli_evaluate_ablate_forest_prints_json(tmp_path, capsys, monkeypatch) -> None:
+    simulate = pytest.importorskip("detector.simulate").simulate
+    from detector.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no config/detector.toml here: the default policy
+    simulate(tmp_path / "sim", days=3, seed=2, scenario="quiet", calls_per_hour=40)
+    assert main(["evaluate", "--data", str(tmp_path / "sim"), "--ablate", "forest", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert set(got) == {"summary", "with", "without"}
+    assert got["summary"]["part"] == "forest"
+    assert got["with"]["settings"]["policy"]["forest"] is True
+    assert got["without"]["settings"]["policy"]["forest"] is False

@@ -288,7 +288,7 @@ def test_end_to_end_state_in_blob_storage(
     config.write_text(
         f'[source]\nkind = "file"\npath = "{data}"\n\n'
         # A short judged window keeps the first run (which fits the models) quick.
-        '[detection]\nbaseline = "1d"\nmax_window = "2h"\n\n'
+        '[detection]\nbaseline = "1d"\nmax_window = "2h"\nforest = true\n\n'
         f'[state]\npath = "{tmp_path / "scratch"}"\n'
         f'url = "blob://devstoreaccount1/{blob_container}/state"\n'
     )
@@ -344,7 +344,7 @@ def test_invocations_ping_the_heartbeat(
     def configure(source_path: Path) -> None:
         config.write_text(
             f'[source]\nkind = "file"\npath = "{source_path}"\n\n'
-            '[detection]\nbaseline = "1d"\nmax_window = "2h"\n\n'
+            '[detection]\nbaseline = "1d"\nmax_window = "2h"\nforest = true\n\n'
             f'[state]\npath = "{tmp_path / "state"}"\nmodels = "{tmp_path / "models"}"\n\n'
             '[health]\nheartbeat_urls = ["${ACS_DETECTOR_HEARTBEAT_URL:-}"]\n'
         )

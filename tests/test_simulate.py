@@ -526,7 +526,7 @@ def test_every_scenario_writes_valid_labels(tmp_path: Path, name: str) -> None:
     for d, inc in zip(raw, incidents, strict=True):
         assert {"operation_name", "sdk_version", "metric", "start", "end"} <= set(d)
         assert ISO_S.match(d["start"]) and ISO_S.match(d["end"])
-        assert d["metric"] in ("duration", "failure_rate", "volume")
+        assert d["metric"] in ("duration", "failure_rate", "volume", "joint")  # joint: several
         assert res.start <= inc.start < inc.end <= res.end
         assert inc.start >= res.warmup_end  # clean history first
         if d["metric"] != "duration" or d["sdk_version"] is None and "creep" not in d["effect"]:

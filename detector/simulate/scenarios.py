@@ -12,8 +12,12 @@ more, failure rate +12 points or more, volume down to 40 % or less; they last 1-
 the new-version latency regression (from the rollout until a fix, 18-36 h later) and the slow
 drift (labelled from where its factor exceeds ``params.drift_label_threshold`` to the end).
 
-Hard negatives (``rare_version_noise``, ``busy_hour``, ``maintenance_window``, ``quiet``) label
-nothing: any alert on them is a false alert. Pure: no I/O except :func:`load_incidents` and
+The joint shift (``joint_shift``) is the exception to that sizing: latency, failures and volume
+of one operation each move by less than the detector's own minimum at once, labelled as one
+incident with metric ``joint`` (an alert on any metric of the operation matches it).
+
+Hard negatives (``rare_version_noise``, ``busy_hour``, ``maintenance_window``, ``quiet``,
+``moderate_lull``) label nothing: any alert on them is a false alert. Pure: no I/O except :func:`load_incidents` and
 :func:`load_maintenance`.
 """
 
@@ -34,6 +38,7 @@ from . import params as P
 from .params import ResultCode, SimParams
 
 __all__ = [
+    "LABEL_METRICS",
     "METRICS",
     "SCENARIOS",
     "Effect",
@@ -50,6 +55,8 @@ __all__ = [
 ]
 
 METRICS: Final = ("duration", "failure_rate", "volume")
+#: What an incident may be labelled with: a metric, or ``joint`` (several at once, each small).
+LABEL_METRICS: Final = (*METRICS, "joint")
 _H = 3_600_000
 _MIN5 = 300_000
 
@@ -79,7 +86,7 @@ class Incident:
 
     operation_name: str
     sdk_version: str | None
-    metric: str  # one of METRICS
+    metric: str  # one of LABEL_METRICS
     start: datetime
     end: datetime
     effect: str = ""
@@ -98,8 +105,8 @@ class Incident:
         ]
         if missing:
             raise ValueError(f"incident {d!r} lacks {', '.join(missing)}")
-        if d["metric"] not in METRICS:
-            raise ValueError(f"incident metric {d['metric']!r} is not one of {METRICS}")
+        if d["metric"] not in LABEL_METRICS:
+            raise ValueError(f"incident metric {d['metric']!r} is not one of {LABEL_METRICS}")
         start, end = parse_time(d["start"]), parse_time(d["end"])
         if not start < end:
             raise ValueError(f"incident {d!r}: start must be before end")
@@ -413,6 +420,42 @@ def _maintenance(ctx: ScenarioContext, plan: ScenarioPlan) -> None:
     )
 
 
+def _joint_shift(ctx: ScenarioContext, plan: ScenarioPlan) -> None:
+    """Latency, failures and volume of a busy operation move a little each, for 2-4 h (on
+    a quiet one, changes this small are beyond any test's reach)."""
+    op = ctx.choose(("CreateView", "DisposeView"))
+    dur = ctx.hours(2.0, 4.0)
+    start = ctx.slot(dur)
+    slower = round(ctx.uniform(1.08, 1.12), 3)  # under the +20 % minimum
+    extra = round(ctx.uniform(0.01, 0.015), 4)  # under the +2 points minimum
+    keep = round(ctx.uniform(0.75, 0.85), 3)  # under the -50 % minimum
+    code = P.SERVER_NO_ANSWER
+    plan.effects.append(Effect("duration", op, None, start, start + dur, slower))
+    plan.effects.append(Effect("failure", op, None, start, start + dur, extra, code))
+    plan.effects.append(Effect("volume", op, None, start, start + dur, keep))
+    plan.incidents.append(
+        Incident(
+            op,
+            None,
+            "joint",
+            _dt(start),
+            _dt(start + dur),
+            f"durations x{slower}, failure rate +{extra * 100:.1f} points, volume x{keep}",
+            "each change under its own minimum effect; together an unusual combination",
+        )
+    )
+
+
+def _moderate_lull(ctx: ScenarioContext, plan: ScenarioPlan) -> None:
+    """One operation's volume dips by 15-25 % for 2-4 h with normal quality (a lull)."""
+    op = ctx.choose(("Join", "StartCall", "CreateView"))
+    dur = ctx.hours(2.0, 4.0)
+    start = ctx.slot(dur)
+    plan.effects.append(
+        Effect("volume", op, None, start, start + dur, round(ctx.uniform(0.75, 0.85), 3))
+    )
+
+
 # ------------------------------------------------------------------------------- scenarios
 @dataclass(frozen=True)
 class Scenario:
@@ -497,6 +540,18 @@ SCENARIOS: Final[dict[str, Scenario]] = {
             "maintenance_window",
             "hard negative: call setup degrades inside a window listed in maintenance.json",
             _plan(_maintenance),
+            hard_negative=True,
+        ),
+        Scenario(
+            "joint_shift",
+            "a busy operation's latency (+8-12 %), failures (+1-1.5 points) and volume (-15-25 %) "
+            "move at once for 2-4 h, each under its own threshold",
+            _plan(_joint_shift),
+        ),
+        Scenario(
+            "moderate_lull",
+            "hard negative: one operation's volume dips 15-25 % for 2-4 h, quality normal",
+            _plan(_moderate_lull),
             hard_negative=True,
         ),
         Scenario(

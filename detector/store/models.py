@@ -70,6 +70,8 @@ class ModelMeta:
     versions: dict[str, str]
     scale: list[float] | None = None
     format: int = FORMAT_VERSION
+    #: the forest's held-out window scores per span and kind (detector.forest.calibration_key)
+    calibration: dict[str, list[float]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -119,6 +121,10 @@ class ModelStore:
             n_train=int(scorer.n_train_),
             versions=library_versions(),
             scale=[float(v) for v in scorer.scale_],
+            calibration={
+                k: [round(float(x), 6) for x in v]
+                for k, v in getattr(scorer, "calibration_", {}).items()
+            },
         )
         version = self.backend.write(self._key(name, "forest.skops"), sio.dumps(scorer.model_))
         self._cache[name] = (version, scorer.model_)
@@ -200,9 +206,25 @@ class ModelStore:
         scorer.threshold_ = meta.threshold
         scorer.n_train_ = meta.n_train
         scorer.scale_ = np.asarray(meta.scale or [1.0] * len(meta.feature_names), dtype=np.float64)
+        scorer.calibration_ = _calibration(meta)
         return scorer
 
     def baselines(self, name: str) -> pd.DataFrame | None:
         """The persisted baseline summary of ``name`` (None when absent)."""
         got = self.backend.read(self._key(name, "baselines.parquet"))
         return None if got is None else pd.read_parquet(io.BytesIO(got[0]))
+
+
+def _calibration(meta: ModelMeta) -> dict[str, np.ndarray]:
+    """The held-out scores of ``meta``; a tampered record is refused (the caller refits)."""
+    try:
+        out = {
+            str(k): np.sort(np.asarray(v, dtype=np.float64))
+            for k, v in (meta.calibration or {}).items()
+        }
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ModelMismatchError(f"model {meta.name}: unreadable calibration ({exc})") from exc
+    if any(v.ndim != 1 or not np.isfinite(v).all() for v in out.values()):
+        raise ModelMismatchError(f"model {meta.name}: calibration is not lists of finite scores")
+    return out
+
