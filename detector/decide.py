@@ -205,45 +205,54 @@ class DetectionPolicy:
 
     def validate(self) -> None:
         """Raise ``ValueError`` listing every out-of-range knob."""
-        problems = []
-        if self.bucket < timedelta(minutes=1) or 86400 % self.bucket.total_seconds():
-            problems.append("bucket: must be >= 1m and divide a day")
-        if self.baseline < 4 * self.bucket:
-            problems.append("baseline: must cover at least 4 buckets")
-        if not 0 < self.alpha < 1:
-            problems.append("alpha: must be in (0, 1)")
-        if not 0 < self.rollout_alpha_share < 1:
-            problems.append("rollout_alpha_share: must be in (0, 1)")
-        if not self.duration_p_factor >= 1:
-            problems.append("duration_p_factor: must be >= 1")
-        if not self.spans or min(self.spans) < 1:
-            problems.append("spans: positive bucket counts")
-        if not 0 < self.third_volume_share <= 1:
-            problems.append("third_volume_share: must be in (0, 1]")
-        if not 1 <= self.persist_n <= self.persist_m:
-            problems.append("persist_n/persist_m: need 1 <= N <= M")
-        if not 0 < self.contamination < 0.5:
-            problems.append("contamination: must be in (0, 0.5)")
-        if self.volume_direction not in ("drop", "rise", "both"):
-            problems.append("volume_direction: 'drop', 'rise' or 'both'")
-        if self.volume_scope not in ("fleet", "all"):
-            problems.append("volume_scope: 'fleet' or 'all'")
-        if self.sequential not in ("off", "failures", "both"):
-            problems.append("sequential: 'off', 'failures' or 'both'")
-        if not self.sequential_fold > 1 or not self.sequential_false_alerts_per_day > 0:
-            problems.append("sequential_fold: must be > 1; sequential_false_alerts_per_day: > 0")
-        if self.cold_start_k < 0 or self.slot_prior_calls < 0:
-            problems.append("cold_start_k/slot_prior_calls: must be >= 0")
-        if not self.bucket <= self.history_floor <= self.min_history:
-            problems.append("history_floor: must be between bucket and min_history")
-        if not 0 < self.short_history_alpha <= 1:
-            problems.append("short_history_alpha: must be in (0, 1]")
-        if not 0 <= self.stop_share < 1 or self.stop_buckets < 1:
-            problems.append("stop_share/stop_buckets: need 0 <= share < 1 and buckets >= 1")
-        if not 0 < self.forest_min_share <= 1:
-            problems.append("forest_min_share: must be in (0, 1]")
+        problems = [message for bad, message in self._range_checks() if bad]
         if problems:
             raise ValueError("; ".join(problems))
+
+    def _range_checks(self) -> list[tuple[bool, str]]:
+        """(is out of range, message) per rule tying knobs together or to their range."""
+        b = self.bucket
+        return [
+            (
+                b < timedelta(minutes=1) or bool(86400 % b.total_seconds()),
+                "bucket: must be >= 1m and divide a day",
+            ),
+            (self.baseline < 4 * b, "baseline: must cover at least 4 buckets"),
+            (not 0 < self.alpha < 1, "alpha: must be in (0, 1)"),
+            (not 0 < self.rollout_alpha_share < 1, "rollout_alpha_share: must be in (0, 1)"),
+            (not self.duration_p_factor >= 1, "duration_p_factor: must be >= 1"),
+            (not self.spans or min(self.spans) < 1, "spans: positive bucket counts"),
+            (not 0 < self.third_volume_share <= 1, "third_volume_share: must be in (0, 1]"),
+            (not 1 <= self.persist_n <= self.persist_m, "persist_n/persist_m: need 1 <= N <= M"),
+            (not 0 < self.contamination < 0.5, "contamination: must be in (0, 0.5)"),
+            (
+                self.volume_direction not in ("drop", "rise", "both"),
+                "volume_direction: 'drop', 'rise' or 'both'",
+            ),
+            (self.volume_scope not in ("fleet", "all"), "volume_scope: 'fleet' or 'all'"),
+            (
+                self.sequential not in ("off", "failures", "both"),
+                "sequential: 'off', 'failures' or 'both'",
+            ),
+            (
+                not self.sequential_fold > 1 or not self.sequential_false_alerts_per_day > 0,
+                "sequential_fold: must be > 1; sequential_false_alerts_per_day: > 0",
+            ),
+            (
+                self.cold_start_k < 0 or self.slot_prior_calls < 0,
+                "cold_start_k/slot_prior_calls: must be >= 0",
+            ),
+            (
+                not b <= self.history_floor <= self.min_history,
+                "history_floor: must be between bucket and min_history",
+            ),
+            (not 0 < self.short_history_alpha <= 1, "short_history_alpha: must be in (0, 1]"),
+            (
+                not 0 <= self.stop_share < 1 or self.stop_buckets < 1,
+                "stop_share/stop_buckets: need 0 <= share < 1 and buckets >= 1",
+            ),
+            (not 0 < self.forest_min_share <= 1, "forest_min_share: must be in (0, 1]"),
+        ]
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict (durations as seconds)."""
@@ -365,9 +374,10 @@ def _enough_volume(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
 def _n_of_m(hot: np.ndarray, n: int, m: int) -> np.ndarray:
     """True at t when at least n of the buckets t-m+1..t are hot (trailing, along the last axis)."""
     # int16 counts when they fit: (P, M, T) temporaries at 10k partitions are tens of MB each.
-    c = np.cumsum(hot, axis=-1, dtype=np.int16 if hot.shape[-1] < 2**15 else np.int32)
-    c[..., m:] -= c[..., :-m].copy()
-    return c >= n
+    c: np.ndarray = np.cumsum(hot, axis=-1, dtype=np.int16 if hot.shape[-1] < 2**15 else np.int32)
+    c[..., m:] = c[..., m:] - c[..., :-m].copy()
+    out: np.ndarray = c >= n
+    return out
 
 
 def _any_within(flags: np.ndarray, span: np.ndarray) -> np.ndarray:
@@ -380,7 +390,8 @@ def _any_within(flags: np.ndarray, span: np.ndarray) -> np.ndarray:
     np.cumsum(flags, axis=-1, dtype=small, out=c[..., 1:])
     lo = np.arange(1, T + 1, dtype=small) - span.astype(small)
     np.clip(lo, 0, T, out=lo)
-    return c[..., 1:] > np.take_along_axis(c, lo, axis=-1)
+    out: np.ndarray = c[..., 1:] > np.take_along_axis(c, lo, axis=-1)
+    return out
 
 
 def _span_starts_before(span: np.ndarray, before: np.ndarray) -> np.ndarray:
@@ -391,7 +402,8 @@ def _span_starts_before(span: np.ndarray, before: np.ndarray) -> np.ndarray:
     lim = 2.0**30
     b = np.clip(np.nan_to_num(before, neginf=-lim, posinf=lim), -lim, lim)
     start = np.arange(1, T + 1, dtype=np.int32) - span.astype(np.int32)
-    return start < np.ceil(b).astype(np.int32)[:, None, None]
+    out: np.ndarray = start < np.ceil(b).astype(np.int32)[:, None, None]
+    return out
 
 
 #: The longest span whose thirds (each checked on its own) are single buckets.

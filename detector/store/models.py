@@ -227,4 +227,3 @@ def _calibration(meta: ModelMeta) -> dict[str, np.ndarray]:
     if any(v.ndim != 1 or not np.isfinite(v).all() for v in out.values()):
         raise ModelMismatchError(f"model {meta.name}: calibration is not lists of finite scores")
     return out
-
