@@ -64,7 +64,7 @@ from detector.forest import (
 )
 from detector.rollout import Applied, Rollout, apply_rollout, first_buckets, rollout_history
 from detector.schema import BucketAggregates, bin_value
-from detector.stop import AlertBucket, find_stops, fold_buckets, fold_into_stops, stop_anomaly
+from detector.stop import AlertBucket, Stop, find_stops, fold_buckets, fold_into_stops, stop_anomaly
 from detector.store.engine_state import EngineState
 
 if TYPE_CHECKING:  # scikit-learn and skops load in ~2.5 s: imported when a forest is needed
@@ -762,16 +762,7 @@ def _fold_tenant_stops(
     judged = np.asarray(times >= ws)
     complete = np.asarray(times + bucket <= _utc(now))
     stops = find_stops(full, parts, base, policy, judged=judged, complete=complete)
-    # Only a quiet span some operation alerted in (this run or an earlier one) is a stop: a
-    # tenant's quiet night its operations' own tests accept is not.
-    fleet_spans = [(a, b) for _, ver, a, b in state.alerted if ver == FLEET]
-    stops = [
-        s
-        for s in stops
-        if any(
-            a < _py(times[s.end - 1] + bucket) and _py(times[s.start]) < b for a, b in fleet_spans
-        )
-    ]
+    stops = [s for s in stops if _an_operation_stopped(s, times, policy, anomalies)]
     # A stop covers its aftermath too (stop_recovery); a short quiet run only itself.
     quiet = [
         (
@@ -788,6 +779,29 @@ def _fold_tenant_stops(
     tenant = [stop_anomaly(s, times, policy, n_vol) for s in stops if s.alerting]
     kept, folded = fold_into_stops(anomalies, quiet, tenant)
     return kept, fold_buckets(alert_buckets, folded, tenant, times, _py(ws))
+
+
+def _an_operation_stopped(
+    stop: Stop,
+    times: pd.DatetimeIndex,
+    policy: DetectionPolicy,
+    anomalies: list[Anomaly],
+) -> bool:
+    """Only a quiet span in which an operation's own volume test saw the drop is a stop: a
+    volume drop of an operation overlapping it or its aftermath (``stop_recovery``). A
+    tenant's quiet night its operations' tests accept is not, nor a night that only overlaps
+    another metric's alert (a latency drift under way)."""
+    bucket = pd.Timedelta(policy.bucket)
+    a = _py(times[stop.start])
+    b = _py(times[stop.end - 1] + bucket) + policy.stop_recovery
+    return any(
+        x.metric == "volume"
+        and x.sdk_version is None
+        and (x.effect is None or x.effect < 0)
+        and x.window_start < b
+        and a < x.window_end
+        for x in anomalies
+    )
 
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:

@@ -182,3 +182,38 @@ def test_a_quiet_spell_no_operation_alerts_on_is_not_a_stop() -> None:
     assert not [a for a in off.anomalies if a.metric == "volume"]
     res = _detect(aggs, WE - timedelta(hours=3), WE, policy=DetectionPolicy())
     assert not res.anomalies and res.stats["tenant_stops"] == 0
+
+
+def _alert(metric: str, start, end, version: str | None = None, effect: float = -0.9):
+    from detector.anomaly import Anomaly
+
+    return Anomaly(
+        "StartVideo", version, metric, start, end, 1.0, 2.0, 0.0, "warning", 10, "anomaly",
+        effect=effect,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("metric", "version", "effect", "offset_h", "expected"),
+    [
+        ("volume", None, -0.9, 0.0, True),  # an operation's own drop inside the quiet span
+        ("volume", None, -0.9, 1.0, True),  # ... or in its aftermath (stop_recovery, 1 h)
+        ("volume", None, -0.9, 3.0, False),  # later than the aftermath
+        ("duration", None, 0.4, 0.0, False),  # a latency drift under way over a quiet night
+        ("volume", "1.2.3", -0.9, 0.0, False),  # a version's drop is not the operation's
+        ("volume", None, 0.5, 0.0, False),  # a rise
+    ],
+)
+def test_only_an_operation_s_own_volume_drop_makes_a_quiet_span_a_stop(
+    metric: str, version: str | None, effect: float, offset_h: float, expected: bool
+) -> None:
+    import pandas as pd
+
+    from detector.engine import _an_operation_stopped
+    from detector.stop import Stop
+
+    times = pd.date_range(T0, periods=24, freq="5min", tz="UTC")
+    stop = Stop(6, 12, 0.0, 100.0, 6, 6, confirmed=True, in_window=True)
+    s = T0 + timedelta(minutes=30) + timedelta(hours=offset_h)
+    alert = _alert(metric, s, s + timedelta(minutes=20), version, effect)
+    assert _an_operation_stopped(stop, times, DetectionPolicy(), [alert]) is expected
