@@ -188,3 +188,17 @@ def test_email_text_format_without_chart(tmp_path, smtp):
     types = [p.get_content_type() for p in msg.walk() if not p.is_multipart()]
     assert "image/png" not in types  # no history given: chart skipped cleanly
     assert any(t in ("text/plain", "text/html") for t in types)
+
+
+def test_an_alert_found_days_before_the_runs_end_still_gets_its_chart() -> None:
+    # A manual rerun's clock is the end of its window; the chart series ends near the alert.
+    # Drawn against the run's end, the day before it held no point of the series: no chart.
+    import importlib
+
+    deliver_mod = importlib.import_module("detector.notify.deliver")
+    decisions, end = _decisions()
+    history = {d.fingerprint: _history(pd.Timestamp(end)) for d in decisions}
+    later = end + pd.Timedelta(days=3).to_pytimedelta()
+    charts = deliver_mod._charts(decisions, history, later)
+    assert set(charts) == {d.fingerprint for d in decisions if d.kind == "alert"}
+    assert all(png.startswith(b"\x89PNG") for png in charts.values())

@@ -64,7 +64,7 @@ from detector.notify.render import (
 from detector.notify.send import display_url, send_message, target_id, validate_url
 from detector.store.alerts import AlertStore, OutboxItem
 from detector.store.backend import Backend
-from detector.timeutil import iso_z
+from detector.timeutil import iso_z, timestamp_utc
 
 __all__ = [
     "Delivery",
@@ -283,13 +283,22 @@ def _charts(
         if frame is None:
             continue
         try:
-            png = chart_png(frame, d.anomaly, now=now)
+            png = chart_png(frame, d.anomaly, now=_chart_end(frame, now))
         except Exception as exc:  # a chart must never cost the alert
             log.warning("chart for %s failed: %s", d.fingerprint, type(exc).__name__)
             png = None
         if png:
             out[d.fingerprint] = png
     return out
+
+
+def _chart_end(frame: pd.DataFrame, now: datetime) -> datetime:
+    """The chart's right edge: ``now``, or the series' own end when it ends earlier (an alert
+    found in the middle of a manual rerun is charted around its window, not the rerun's end)."""
+    if frame.empty or "bucket_start" not in frame:
+        return now
+    last = pd.to_datetime(frame["bucket_start"], utc=True).max() + pd.Timedelta(minutes=5)
+    return min(timestamp_utc(now), last).to_pydatetime()
 
 
 def _find_target(item: OutboxItem, routes: Sequence[Route]) -> tuple[str, Route] | None:

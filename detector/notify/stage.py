@@ -24,6 +24,7 @@ everything is saved): ``if not outcome.report.ok: raise NotifyError(...)``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -40,6 +41,8 @@ from detector.notify.deliver import DeliveryReport, Route, deliver
 from detector.notify.health import check_health
 from detector.store.alerts import AlertStore, RunRecord
 from detector.store.backend import Backend
+
+log = logging.getLogger(__name__)
 
 __all__ = ["AlertOutcome", "run_alerts"]
 
@@ -441,7 +444,8 @@ def _evaluated_and_charts(
     )
     try:
         charts = chart_history(history, anomalies, now=window[1])
-    except Exception:  # a chart must never cost the alert
+    except Exception as exc:  # a chart must never cost the alert, but it is not silent
+        log.warning("charts for the alerts failed: %s: %s", type(exc).__name__, exc)
         charts = None
     return ev, charts
 
