@@ -16,6 +16,8 @@ from typing import Any, Final, Literal
 from detector.timeutil import iso
 
 __all__ = [
+    "deviation",
+    "worst_key",
     "FLEET",
     "METRICS",
     "TENANT_FINGERPRINT",
@@ -75,6 +77,23 @@ def fingerprint_of(operation_name: str, sdk_version: str | None, metric: str) ->
 def severity_rank(severity: str) -> int:
     """0 for info, 1 for warning, 2 for critical (for ``min_severity`` routing)."""
     return SEVERITIES.index(severity)
+
+
+def deviation(a: Anomaly) -> float:
+    """How far a window is from usual: failure rate in points, other metrics as |log ratio|
+    (a halving and a doubling weigh the same); 0 when a value is missing or not finite."""
+    obs, base = a.observed, a.baseline
+    if obs is None or base is None or not (math.isfinite(obs) and math.isfinite(base)):
+        return 0.0
+    if a.metric == "failure_rate":
+        return abs(obs - base)
+    return abs(math.log(max(obs, 1e-9) / max(base, 1e-9)))
+
+
+def worst_key(a: Anomaly) -> tuple[int, float]:
+    """Sort key of an alert's windows: the most severe, then the furthest from usual. The one
+    window every channel (digest, report, chart) shows for an alert is the max of this."""
+    return (severity_rank(a.severity) if a.severity in SEVERITIES else -1, deviation(a))
 
 
 def _clean(value: Any) -> Any:

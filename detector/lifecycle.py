@@ -30,7 +30,15 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
-from detector.anomaly import FLEET, SEVERITIES, Anomaly, decode_part, fingerprint_of, severity_rank
+from detector.anomaly import (
+    FLEET,
+    SEVERITIES,
+    Anomaly,
+    decode_part,
+    fingerprint_of,
+    severity_rank,
+    worst_key,
+)
 from detector.errors import ConfigError
 from detector.timeutil import iso_z, to_datetime
 
@@ -522,12 +530,12 @@ def _evaluated_map(evaluated: Iterable[Any] | Mapping[str, Any] | None) -> dict[
 
 
 def _pick(anomalies: Iterable[Anomaly]) -> dict[str, Anomaly]:
-    """One anomaly per fingerprint: the most severe, then the highest score."""
+    """One anomaly per fingerprint: the most severe, then the furthest from usual (the window
+    the run report shows for the alert too)."""
     out: dict[str, Anomaly] = {}
     for a in anomalies:
         old = out.get(a.fingerprint)
-        key = (severity_rank(a.severity), _finite(a.score) or -math.inf)
-        if old is None or key > (severity_rank(old.severity), _finite(old.score) or -math.inf):
+        if old is None or worst_key(a) > worst_key(old):
             out[a.fingerprint] = a
     return out
 

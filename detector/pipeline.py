@@ -36,7 +36,6 @@ import dataclasses
 import importlib
 import json
 import logging
-import math
 import threading
 import time
 import uuid
@@ -48,7 +47,7 @@ from typing import Any
 
 import pandas as pd
 
-from detector.anomaly import Anomaly
+from detector.anomaly import Anomaly, worst_key
 from detector.config import Config
 from detector.errors import ConfigError, DetectorError, PartialResultError, SourceError
 from detector.escape import for_terminal
@@ -627,7 +626,7 @@ def _series(judged: list[_Judged], *, want: bool) -> dict[str, Any]:
 
     for j in judged:
         if j.history is not None and j.anomalies:
-            worst_first = sorted(j.anomalies, key=lambda a: -_deviation(a.to_json()))
+            worst_first = sorted(j.anomalies, key=worst_key, reverse=True)
             end = datetime.fromisoformat(str(j.part["window"]["end"]).replace("Z", "+00:00"))
             series.update(chart_history(j.history, worst_first, now=end))
     return series
@@ -1558,16 +1557,6 @@ def _evidence_text(a: Anomaly) -> str:
 
 def _plural(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
-
-
-def _deviation(a: dict[str, Any]) -> float:
-    """How far a window's observed value is from its baseline, to pick an alert's worst window."""
-    obs, base = a.get("observed"), a.get("baseline")
-    if obs is None or base is None:
-        return 0.0
-    if a["metric"] == "failure_rate":
-        return abs(float(obs) - float(base))
-    return abs(math.log(max(float(obs), 1e-9) / max(float(base), 1e-9)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any, Final
 from urllib.parse import quote, unquote
 
-from detector.anomaly import Anomaly, severity_rank
+from detector.anomaly import Anomaly, deviation, severity_rank, worst_key
 
 __all__ = [
     "INTERNAL_NAMES",
@@ -313,20 +313,12 @@ def gate_words(code: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _deviation(a: Anomaly) -> float:
-    obs, base = finite(a.observed), finite(a.baseline)
-    if obs is None or base is None:
-        return 0.0
-    if a.metric == "failure_rate":
-        return abs(obs - base)
-    return abs(obs / base - 1) if base else 0.0
-
-
 @dataclass
 class Incident:
     """One alert of a run: a partition x metric with its windows merged.
 
-    ``worst`` is the window furthest from usual (its numbers are the ones shown); ``start`` and
+    ``worst`` is the most severe window, then the furthest from usual (its numbers are the
+    ones every channel shows); ``start`` and
     ``end`` span every window; ``windows`` counts them.
     """
 
@@ -348,7 +340,7 @@ def incidents(anomalies: Iterable[Anomaly]) -> list[Incident]:
         groups.setdefault((resource_name(a), a.fingerprint), []).append(a)
     out = []
     for items in groups.values():
-        worst = max(items, key=_deviation)
+        worst = max(items, key=worst_key)
         sev = max((a.severity for a in items), key=_rank)
         out.append(
             Incident(
@@ -359,7 +351,7 @@ def incidents(anomalies: Iterable[Anomaly]) -> list[Incident]:
                 severity=sev,
             )
         )
-    out.sort(key=lambda i: (-_rank(i.severity), -_deviation(i.worst), i.fingerprint))
+    out.sort(key=lambda i: (-_rank(i.severity), -deviation(i.worst), i.fingerprint))
     return out
 
 

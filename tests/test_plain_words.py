@@ -213,3 +213,20 @@ def test_workspace_guid_alone_gives_no_link_and_says_so():
     assert portal_query_url("T", "not-a-resource-id") is None
     page = render_html_report(anomalies=_anomalies()[:1], run_report={"log_analytics": scope})
     assert "Open in Log Analytics" not in page and "only the workspace GUID" in page
+
+
+def test_the_digest_and_the_report_show_the_same_window_of_an_alert() -> None:
+    # Two windows of one alert in a run: the first scores higher, the second is further from
+    # usual. The digest (lifecycle's pick) and the report (incidents) must show one window.
+    from detector.words import incidents
+
+    end = T0 + STEP
+    first = make_anomaly(end=end - STEP / 2, observed=1500.0, baseline=900.0, score=0.9)
+    second = make_anomaly(end=end, observed=2700.0, baseline=900.0, score=0.6)
+    decisions, _ = step([first, second], {}, AlertState(), LifecyclePolicy(), end, window_end=end)
+    (alert,) = [d for d in decisions if d.kind == "alert"]
+    (incident,) = incidents([first, second])
+    assert alert.anomaly is not None and alert.anomaly.observed == 2700.0
+    assert incident.worst.observed == 2700.0
+    text = render_digest(decisions, channel="slack", now=end).text
+    assert "2,700 ms" in text and "1,500 ms" not in text
