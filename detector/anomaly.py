@@ -80,14 +80,18 @@ def severity_rank(severity: str) -> int:
 
 
 def deviation(a: Anomaly) -> float:
-    """How far a window is from usual: failure rate in points, other metrics as |log ratio|
-    (a halving and a doubling weigh the same); 0 when a value is missing or not finite."""
+    """How far a window moved in the alert's direction (the sign of its ``effect``): failure
+    rate in points, other metrics as a relative change; 0 when a value is missing. A window
+    that moved the other way (a lower p95 on one call of a slower partition) ranks last."""
     obs, base = a.observed, a.baseline
     if obs is None or base is None or not (math.isfinite(obs) and math.isfinite(base)):
         return 0.0
     if a.metric == "failure_rate":
-        return abs(obs - base)
-    return abs(math.log(max(obs, 1e-9) / max(base, 1e-9)))
+        moved = obs - base
+    else:
+        moved = obs / base - 1 if base else 0.0
+    effect = a.effect if a.effect is not None and math.isfinite(a.effect) else moved
+    return moved if effect >= 0 else -moved
 
 
 def worst_key(a: Anomaly) -> tuple[int, float]:

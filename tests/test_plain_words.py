@@ -223,9 +223,12 @@ def test_the_digest_and_the_report_show_the_same_window_of_an_alert() -> None:
     end = T0 + STEP
     first = make_anomaly(end=end - STEP / 2, observed=1500.0, baseline=900.0, score=0.9)
     second = make_anomaly(end=end, observed=2700.0, baseline=900.0, score=0.6)
-    decisions, _ = step([first, second], {}, AlertState(), LifecyclePolicy(), end, window_end=end)
+    # A window of the slower partition whose p95 (one call) fell: further in ratio, wrong way.
+    other_way = make_anomaly(end=end - STEP / 4, observed=90.0, baseline=900.0, effect=0.3)
+    both = [first, other_way, second]
+    decisions, _ = step(both, {}, AlertState(), LifecyclePolicy(), end, window_end=end)
     (alert,) = [d for d in decisions if d.kind == "alert"]
-    (incident,) = incidents([first, second])
+    (incident,) = incidents(both)
     assert alert.anomaly is not None and alert.anomaly.observed == 2700.0
     assert incident.worst.observed == 2700.0
     text = render_digest(decisions, channel="slack", now=end).text
