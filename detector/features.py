@@ -29,7 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -593,17 +593,15 @@ def span_evidence(
 
     def block(sl: slice) -> None:
         view = SpanEvidence(**{name: getattr(full, name)[sl] for name in _EVIDENCE_FIELDS})
-        _span_evidence(
+        blk = _Block(
             cube.rows(sl),
             parts.take(sl),
             base.take(sl),
-            policy,
-            last,
             e_all[sl],
-            slots,
-            view,
-            np.ones(view.p.shape, bool) if keep is None else keep[sl],
             None if first is None else first[sl],
+        )
+        _span_evidence(
+            blk, policy, slots, view, np.ones(view.p.shape, bool) if keep is None else keep[sl]
         )
 
     blocks = _op_blocks(parts, chunk)
@@ -667,389 +665,573 @@ def shortest_supported(
     return res
 
 
-def _span_evidence(
-    cube: Cube,
-    parts: Partitions,
-    base: Baselines,
-    policy: DetectionPolicy,
-    last: int | None,
-    e: np.ndarray,
-    slots: np.ndarray,
-    out: SpanEvidence | None = None,
-    keep: np.ndarray | None = None,
-    first: np.ndarray | None = None,
-) -> SpanEvidence:
-    P, T = cube.calls.shape
-    M = len(METRIC_NAMES)
-    mu, var, p0 = base.mu_log[:, slots], base.var_log[:, slots], base.fail_rate[:, slots]
-    phi_d = base.phi_dur[:, None]
-    phi_f = base.phi_fail[:, None]
-    phi_v = base.phi_vol[:, None]
-    # Calls behind each baseline level (no estimate: as if known exactly).
-    n_eff_d = np.maximum(base.n_eff_dur if base.n_eff_dur is not None else np.full(P, np.inf), 1.0)[
-        :, None
-    ]
-    n_eff_f = np.maximum(
-        base.n_eff_fail if base.n_eff_fail is not None else np.full(P, np.inf), 1.0
-    )[:, None]
-    C, F, D, S1 = cube.calls, cube.failures, cube.dur_n, cube.s1
-    # Hour-to-hour wander of the true level (variance, see baseline._between_hours); over a
-    # span of h hours its mean wanders 1/h as much (the hours are taken as independent).
-    tau2_f, tau2_d = base.tau2_fail[:, None], base.tau2_dur[:, None]
-    per_hour = policy.buckets_per_hour
-    thin = ~parts.is_fleet & np.asarray(base.provisional, dtype=bool)
-    thin_rows = np.flatnonzero(thin)
-    vol_rows = policy.volume_judged(parts.is_fleet)[:, None]
+class _Block(NamedTuple):
+    """One block of partitions: its cube rows, partitions, baselines, expected calls ``(P, T)``
+    and first-call columns (see :func:`span_evidence`)."""
 
-    def others_at_thin(x: np.ndarray) -> np.ndarray:
-        """:func:`_others` at the thin rows only."""
-        res: np.ndarray = _version_sums(x, parts)[parts.op_index[thin_rows]] - x[thin_rows]
-        return res
+    cube: Cube
+    parts: Partitions
+    base: Baselines
+    e: np.ndarray
+    first: np.ndarray | None
 
-    # Failing calls (several legs of one bad call fail together): their expected count per
-    # operation is the failure rate times the baseline's failing calls per failure.
-    ratio = base.call_ratio if base.call_ratio is not None else np.ones(P)
-    phi_g = (base.phi_fcall if base.phi_fcall is not None else base.phi_fail)[:, None]
-    # Failures come in calls: over a span holding whole calls the count varies `cluster` times
-    # as much as a binomial one (the bucket-level phi_f sees calls cut in pieces); see
-    # Baselines.fail_dispersion. (A thin version's failures still face the failing-calls test.)
-    phi_s = base.fail_dispersion()[:, None]
-    eg = C * (p0 * ratio[:, None])
-    p95_base = np.exp(mu + _Z95 * np.sqrt(var))
-    cd = S1 - D * mu
-    vd = D * var * phi_d
-    ef = C * p0
-    cf = F - ef
-    vf = ef * (1 - p0) * phi_f
-    cv = C - e
-    vv = e * phi_v
 
-    # Cumulative sums with Z leading zero columns, so every trailing window is two slices
-    # (a window reaches at most max(spans) + 2 buckets behind the first judged one).
-    K = T if last is None else max(min(last, T), 1)
-    Z = max(1, max(policy.spans) + 3 - (T - K))
+@dataclass
+class _Prior:
+    """Per-partition constants of one block's baselines: ``(P, 1)`` dispersions, certainty of
+    the baseline level and its wander, and which rows are provisional or volume-judged."""
 
-    def cs(x: np.ndarray) -> np.ndarray:
-        out = np.zeros((P, T + 1 + Z), dtype=np.float64)
-        np.cumsum(x, axis=1, out=out[:, Z + 1 :])
-        return out
+    phi_d: np.ndarray
+    phi_f: np.ndarray
+    phi_v: np.ndarray
+    phi_g: np.ndarray  # failing calls' dispersion
+    phi_s: np.ndarray  # failures over a span of whole calls (Baselines.fail_dispersion)
+    n_eff_d: np.ndarray  # calls behind the baseline level (inf: known exactly)
+    n_eff_f: np.ndarray
+    tau2_d: np.ndarray  # hour-to-hour wander of the true level (baseline._between_hours)
+    tau2_f: np.ndarray
+    thin: np.ndarray  # (P,) provisional versions (never a fleet row)
+    thin_rows: np.ndarray
+    vol_rows: np.ndarray  # (P, 1) where volume is judged
 
-    # Failing calls: read only where the failures' own test is promising (roll_at).
-    call_sums = {"G": cs(cube.failed_calls), "eg": cs(eg)}
-    del eg
-    sums = {
-        name: cs(x)
-        for name, x in dict(
-            D=D, cd=cd, vd=vd, C=C, F=F, ef=ef, cf=cf, vf=vf, e=e, cv=cv, vv=vv, vdu=D * var
-        ).items()
-    }
-    tail = slice(T - K, T)
-    p95_base = p95_base[:, tail]
+    @classmethod
+    def of(cls, base: Baselines, parts: Partitions, policy: DetectionPolicy) -> _Prior:
+        """The constants of ``base`` for the rows of ``parts``."""
+        P = len(base.phi_dur)
+        # Calls behind each baseline level (no estimate: as if known exactly).
+        n_eff_d = base.n_eff_dur if base.n_eff_dur is not None else np.full(P, np.inf)
+        n_eff_f = base.n_eff_fail if base.n_eff_fail is not None else np.full(P, np.inf)
+        thin = ~parts.is_fleet & np.asarray(base.provisional, dtype=bool)
+        return cls(
+            phi_d=base.phi_dur[:, None],
+            phi_f=base.phi_fail[:, None],
+            phi_v=base.phi_vol[:, None],
+            phi_g=(base.phi_fcall if base.phi_fcall is not None else base.phi_fail)[:, None],
+            # Failures come in calls: over a span holding whole calls the count varies
+            # `cluster` times as much as a binomial one (the bucket-level phi_f sees calls cut
+            # in pieces). (A thin version's failures still face the failing-calls test.)
+            phi_s=base.fail_dispersion()[:, None],
+            n_eff_d=np.maximum(n_eff_d, 1.0)[:, None],
+            n_eff_f=np.maximum(n_eff_f, 1.0)[:, None],
+            # Over a span of h hours the level's mean wanders 1/h as much (the hours are taken
+            # as independent).
+            tau2_d=base.tau2_dur[:, None],
+            tau2_f=base.tau2_fail[:, None],
+            thin=thin,
+            thin_rows=np.flatnonzero(thin),
+            vol_rows=policy.volume_judged(parts.is_fleet)[:, None],
+        )
 
-    def extreme(x: np.ndarray, s: int, fn: str) -> np.ndarray:
-        return _roll_extreme(x[:, max(T - K - s + 1, 0) :], s, fn)[:, -K:]
 
-    def roll(name: str, s: int, offset: int = 0) -> np.ndarray:
+@dataclass
+class _Sums:
+    """Cumulative sums ``(P, T + 1 + Z)`` of per-bucket terms, read as trailing-window sums
+    ending at each of the last ``K`` buckets of the cube."""
+
+    sums: dict[str, np.ndarray]  # rolled into every span (roll)
+    call_sums: dict[str, np.ndarray]  # failing calls: read at some cells only (roll_at)
+    T: int
+    K: int
+    Z: int  # leading zero columns
+
+    @classmethod
+    def build(
+        cls,
+        terms: dict[str, np.ndarray],
+        call_terms: dict[str, np.ndarray],
+        K: int,
+        spans: tuple[int, ...],
+    ) -> _Sums:
+        """Cumulative sums of ``(P, T)`` ``terms`` and ``call_terms``, judged on the last ``K``."""
+        P, T = terms["C"].shape
+        # Z leading zero columns, so every trailing window is two slices (a window reaches at
+        # most max(spans) + 2 buckets behind the first judged one).
+        Z = max(1, max(spans) + 3 - (T - K))
+
+        def cs(x: np.ndarray) -> np.ndarray:
+            out = np.zeros((P, T + 1 + Z), dtype=np.float64)
+            np.cumsum(x, axis=1, out=out[:, Z + 1 :])
+            return out
+
+        call_sums = {name: cs(x) for name, x in call_terms.items()}
+        return cls({name: cs(x) for name, x in terms.items()}, call_sums, T, K, Z)
+
+    def roll(self, name: str, s: int, offset: int = 0) -> np.ndarray:
         """Sums over buckets ``t-offset-s+1 .. t-offset`` (zeros before the cube start)."""
-        c = sums[name]
-        hi = Z + T - K + 1 - offset
-        res: np.ndarray = c[:, hi : hi + K] - c[:, hi - s : hi - s + K]
+        c = self.sums[name]
+        hi = self.Z + self.T - self.K + 1 - offset
+        res: np.ndarray = c[:, hi : hi + self.K] - c[:, hi - s : hi - s + self.K]
         return res
 
-    def roll_at(name: str, w: int, offset: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """:func:`roll` at the cells ``(rows, cols)`` only."""
-        c = sums[name] if name in sums else call_sums[name]
-        hi = Z + T - K + 1 - offset
+    def roll_at(
+        self, name: str, w: int, offset: int, rows: np.ndarray, cols: np.ndarray
+    ) -> np.ndarray:
+        """:meth:`roll` at the cells ``(rows, cols)`` only."""
+        c = self.sums[name] if name in self.sums else self.call_sums[name]
+        hi = self.Z + self.T - self.K + 1 - offset
         res: np.ndarray = c[rows, hi + cols] - c[rows, hi - w + cols]
         return res
 
+    def extreme(self, x: np.ndarray, s: int, fn: str) -> np.ndarray:
+        """Trailing max (or min) of ``(P, T)`` ``x`` over ``s`` buckets at the last ``K``."""
+        T, K = self.T, self.K
+        return _roll_extreme(x[:, max(T - K - s + 1, 0) :], s, fn)[:, -K:]
+
     def extreme_at(
-        x: np.ndarray, w: int, fn: str, rows: np.ndarray, cols: np.ndarray
+        self, x: np.ndarray, w: int, fn: str, rows: np.ndarray, cols: np.ndarray
     ) -> np.ndarray:
+        """:meth:`extreme` at the cells ``(rows, cols)`` only."""
         uniq, inv = np.unique(rows, return_inverse=True)
-        res: np.ndarray = extreme(x[uniq], w, fn)[inv, cols]
+        res: np.ndarray = self.extreme(x[uniq], w, fn)[inv, cols]
         return res
 
-    def sub_checks(
-        m: int,
-        s: int,
-        r: dict[str, np.ndarray],
-        checks: list[tuple[int, float, list[int], float, float]],
-        rows: np.ndarray,
-        cols: np.ndarray,
-    ) -> np.ndarray:
-        """Leave-one-out and sub-window consistency of span ``s``, metric ``m``, at some cells.
 
-        The evidence must survive dropping its strongest bucket (z >= loo_z), every third of
-        the span must deviate (recent_z, practical effect, some support) and the latest window
-        at latest_z (the evidence is current). Failure and volume counts are continuity
-        corrected (+-0.5): with a handful of calls, one failure against 0.2 expected is z = 2
-        by the normal approximation but an exact tail of 0.18, and kept an incident's tail
-        alerting at night.
-        """
+@dataclass
+class _Tested:
+    """What one block's spans are tested with: its constants, sums and per-bucket deviations
+    ``(P, T)`` (for the leave-one-out extremes)."""
 
-        def at(name: str) -> np.ndarray:
-            res: np.ndarray = r[name][rows, cols]
-            return res
+    parts: Partitions
+    policy: DetectionPolicy
+    prior: _Prior
+    sums: _Sums
+    p95_base: np.ndarray  # (P, K) baseline p95 duration (ms)
+    cd: np.ndarray  # log-duration excess per bucket
+    cf: np.ndarray  # failures over expected per bucket
+    cv: np.ndarray  # calls over expected per bucket
+    first: np.ndarray | None  # cube column of each row's first call (None: older than the cube)
 
-        def sub(name: str, w: int, off: int) -> np.ndarray:
-            return roll_at(name, w, off, rows, cols)
+    def others_at_thin(self, x: np.ndarray) -> np.ndarray:
+        """:func:`_others` at the thin rows only."""
+        parts, thin_rows = self.parts, self.prior.thin_rows
+        res: np.ndarray = _version_sums(x, parts)[parts.op_index[thin_rows]] - x[thin_rows]
+        return res
 
-        with np.errstate(invalid="ignore", divide="ignore"):
-            if m < 2:  # duration (continuous) or failures (counts, continuity-corrected)
-                num, var, cnt, x = ("cd", "vd", "D", cd) if m == 0 else ("cf", "vf", "C", cf)
-                cc = 0.0 if m == 0 else 0.5
-                ok = (at(num) - extreme_at(x, s, "max", rows, cols) - cc) / np.sqrt(
-                    at(var)
-                ) >= policy.loo_z
-                span_shift = at(num) / at(cnt)  # mean log-shift / failure-rate excess
-                # A new build's span reaching back before its first call: an earlier third
-                # with too few calls to judge (its rollout, its ramp-up) is no evidence either
-                # way, and is skipped; one with enough calls must deviate as always (a build
-                # that was fine for hours before an incident that is over stays blocked).
-                new = _before_first_call(thin, first, rows, T - K + cols, s)
-                for off, zmin, windows, frac, _ in checks:
 
-                    def dev(
-                        w: int, off: int = off, zmin: float = zmin, frac: float = frac
-                    ) -> tuple[np.ndarray, np.ndarray]:
-                        rc, rv, rn = sub(num, w, off), sub(var, w, off), sub(cnt, w, off)
-                        big = (
-                            np.expm1(rc / rn) >= policy.min_duration_rel
-                            if m == 0
-                            else rc / rn >= policy.min_failure_points
-                        )
-                        big &= rc / rn >= frac * span_shift
-                        ok = ((rc - cc) / np.sqrt(rv) >= zmin) & big
-                        return ok, rn >= policy.min_calls * policy.third_support
+def _tested(blk: _Block, policy: DetectionPolicy, slots: np.ndarray, K: int) -> _Tested:
+    """The per-bucket terms of ``blk`` against its baselines, summed for the spans."""
+    cube, base, e = blk.cube, blk.base, blk.e
+    P, T = cube.calls.shape
+    prior = _Prior.of(base, blk.parts, policy)
+    mu, var, p0 = base.mu_log[:, slots], base.var_log[:, slots], base.fail_rate[:, slots]
+    C, F, D, S1 = cube.calls, cube.failures, cube.dur_n, cube.s1
+    # Failing calls (several legs of one bad call fail together): their expected count per
+    # operation is the failure rate times the baseline's failing calls per failure.
+    ratio = base.call_ratio if base.call_ratio is not None else np.ones(P)
+    eg = C * (p0 * ratio[:, None])
+    p95_base = np.exp(mu + _Z95 * np.sqrt(var))
+    cd = S1 - D * mu
+    vd = D * var * prior.phi_d
+    ef = C * p0
+    cf = F - ef
+    vf = ef * (1 - p0) * prior.phi_f
+    cv = C - e
+    vv = e * prior.phi_v
+    terms = dict(D=D, cd=cd, vd=vd, C=C, F=F, ef=ef, cf=cf, vf=vf, e=e, cv=cv, vv=vv, vdu=D * var)
+    # Failing calls: read only where the failures' own test is promising (roll_at).
+    sums = _Sums.build(terms, {"G": cube.failed_calls, "eg": eg}, K, policy.spans)
+    return _Tested(blk.parts, policy, prior, sums, p95_base[:, T - K : T], cd, cf, cv, blk.first)
 
-                    if off > 0:  # an earlier third (one window; the last has offset 0)
-                        dv, sup = dev(windows[0])
-                        ok &= np.where(sup, dv, new)
-                    else:
-                        ok &= shortest_supported(windows, dev)
-                res: np.ndarray = ok
-                return res
-            sv = np.sqrt(at("vv"))
-            drop = (at("cv") - extreme_at(cv, s, "min", rows, cols) + 0.5) / sv <= -policy.loo_z
-            rise = (at("cv") - extreme_at(cv, s, "max", rows, cols) - 0.5) / sv >= policy.loo_z
-            span_rel = at("cv") / at("e")  # relative volume change over the span
-            for off, zmin, windows, frac, share in checks:
-                drop_min, rise_min = share * policy.min_volume_drop, share * policy.min_volume_rise
 
-                def vol_drop(
-                    w: int,
-                    off: int = off,
-                    zmin: float = zmin,
-                    frac: float = frac,
-                    lim: float = drop_min,
-                ) -> tuple[np.ndarray, np.ndarray]:
-                    rcv, re_ = sub("cv", w, off), sub("e", w, off)
-                    dev = (rcv + 0.5) / np.sqrt(sub("vv", w, off)) <= -zmin
-                    dev &= rcv / re_ <= np.minimum(-lim, frac * span_rel)
-                    return dev, re_ >= policy.min_expected_calls * policy.third_support
+class _Check(NamedTuple):
+    """One sub-window check of a span: it passes where its shortest window with enough calls
+    deviates by ``zmin``, by ``frac`` of the whole span's effect and by the practical minimum
+    (for volume: ``share`` of it)."""
 
-                def vol_rise(
-                    w: int,
-                    off: int = off,
-                    zmin: float = zmin,
-                    frac: float = frac,
-                    lim: float = rise_min,
-                ) -> tuple[np.ndarray, np.ndarray]:
-                    rcv, re_ = sub("cv", w, off), sub("e", w, off)
-                    dev = (rcv - 0.5) / np.sqrt(sub("vv", w, off)) >= zmin
-                    dev &= rcv / re_ >= np.maximum(lim, frac * span_rel)
-                    return dev, np.ones_like(dev)
+    off: int  # buckets between the window's end and the span's end
+    zmin: float
+    windows: list[int]  # candidate window lengths, ascending
+    frac: float
+    share: float
 
-                drop &= shortest_supported(windows, vol_drop)
-                rise &= shortest_supported(windows, vol_rise)
-            vol: np.ndarray = np.where(at("cv") < 0, drop, rise)
-            return vol
 
-    shape = (P, M, K)
-    best = out if out is not None else _empty_evidence(shape)
-    best_key = np.full(shape, np.inf)
-    n_spans = len(policy.spans)
+def _span_checks(s: int, policy: DetectionPolicy) -> list[_Check]:
+    """The sub-window checks of a span of ``s`` buckets: its thirds and its latest window."""
+    # Consistency: every third of a span must deviate (z and practical effect), so a long
+    # span is not carried by an old short incident plus a little recent noise.
+    h = -(-s // 3)
+    thirds = (0, h, 2 * h) if s >= 3 else (0,)
+    # Plus the latest window at latest_z: the evidence has to be current, not an incident
+    # that ended hours ago still filling a long span. The window is the last latest_span
+    # buckets, doubled while it has too few calls to judge (a version with 6 calls an
+    # hour is judged on its last 2-4 hours), never longer than the last third.
+    latest = []
+    w = min(h, policy.latest_span)
+    while w < h:
+        latest.append(w)
+        w *= 2
+    latest.append(h)
+    # The thirds have one window each. frac on the latest window: an incident over, plus a
+    # small blip in the last hour, is not a current deviation of the incident's size. share:
+    # a third of a volume span needs third_volume_share of the minimum change, the latest
+    # window all of it (as the span).
+    checks = [_Check(off, policy.recent_z, [h], 0.0, policy.third_volume_share) for off in thirds]
+    checks.append(_Check(0, policy.latest_z, latest, policy.latest_share, 1.0))
+    return checks
 
-    for s in sorted(set(policy.spans)):
-        r = {k: roll(k, s) for k in sums}
-        # Consistency: every third of a span must deviate (z and practical effect), so a long
-        # span is not carried by an old short incident plus a little recent noise.
-        h = -(-s // 3)
-        thirds = (0, h, 2 * h) if s >= 3 else (0,)
-        # Plus the latest window at latest_z: the evidence has to be current, not an incident
-        # that ended hours ago still filling a long span. The window is the last latest_span
-        # buckets, doubled while it has too few calls to judge (a version with 6 calls an
-        # hour is judged on its last 2-4 hours), never longer than the last third.
-        latest = []
-        w = min(h, policy.latest_span)
-        while w < h:
-            latest.append(w)
-            w *= 2
-        latest.append(h)
-        # (offset, z, windows, frac, share): each check passes where its shortest window with
-        # enough calls deviates by z, by at least frac of the whole span's effect and by the
-        # practical minimum (for volume: share of it); the thirds have one window each. frac
-        # on the latest window: an incident over, plus a small blip in the last hour, is not a
-        # current deviation of the incident's size. share: a third of a volume span needs
-        # third_volume_share of the minimum change, the latest window all of it (as the span).
-        checks = [(off, policy.recent_z, [h], 0.0, policy.third_volume_share) for off in thirds]
-        checks.append((0, policy.latest_z, latest, policy.latest_share, 1.0))
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            # ---- p-values of every cell (they rank the spans); every other field is only
-            # computed where it can matter (see `cells` below).
-            # Duration: one-sided (slower) normal test on the mean log-duration. The baseline
-            # level is an estimate from n_eff calls: its variance (var / n_eff per call,
-            # D^2 var / n_eff over the span) adds to the sampling variance. A version with 40
-            # calls of history no longer reads +25 % on 100 calls as p = 1e-7.
-            hours = per_hour / max(s, per_hour)
-            wander = r["D"] ** 2 * tau2_d * hours
-            if len(thin_rows):
-                # A thin version slower than its siblings in the very same buckets: see the
-                # failure rate below. (Computed on the thin rows only: ~1 in 5 at 10k.)
-                pz = _peer_z_duration(
-                    r["cd"][thin_rows],
-                    r["D"][thin_rows],
-                    others_at_thin(r["cd"]),
-                    others_at_thin(r["D"]),
-                    r["vdu"][thin_rows],
-                    phi_d[thin_rows],
-                )
-                wander[thin_rows] = np.where(pz >= policy.peer_z, 0.0, wander[thin_rows])
-                del pz
-            vd_tot = r["vd"] + r["D"] * r["vdu"] / n_eff_d + wander
-            del wander
-            zd = np.where(vd_tot > 0, r["cd"] / np.sqrt(vd_tot), 0.0)
-            # Calibrated: the normal approximation understates its tails (DetectionPolicy).
-            pd_ = np.fmin(special.ndtr(-zd) * policy.duration_p_factor, 1.0)
-            del vd_tot
-            # Failure rate: one-sided binomial, counts deflated by the overdispersion.
-            n_, k_ = r["C"], r["F"]
-            pbar = np.where(n_ > 0, r["ef"] / n_, 0.0)
-            # Baseline-rate uncertainty as extra dispersion of this span (see duration).
-            # The level's wander between hours too (n^2 tau2 / hours spanned) ...
-            wander = n_**2 * tau2_f * hours
-            if len(thin_rows):
-                # ... except for a thin version failing more than its siblings in the very
-                # same buckets: its hypothesis is "behaves like its siblings", and a
-                # comparison at the same time does not see the level's wander.
-                pz = _peer_z_failure(
-                    r["cf"][thin_rows],
-                    n_[thin_rows],
-                    others_at_thin(r["cf"]),
-                    others_at_thin(n_),
-                    pbar[thin_rows],
-                    phi_f[thin_rows],
-                )
-                wander[thin_rows] = np.where(pz >= policy.peer_z, 0.0, wander[thin_rows])
-                del pz
-            # Variance over the binomial one: dispersion (phi_s, with the clusters), plus the
-            # baseline level's and the wander's (``infl`` relative to the rolled ``vf``, which
-            # holds phi_f).
-            vb = r["vf"] / phi_f
-            extra = np.where(vb > 0, (n_ * r["ef"] * (1 - pbar) / n_eff_f + wander), 0.0)
-            extra /= np.maximum(vb, 1e-12)
-            infl = (phi_s + extra) / phi_f
-            infl_g = 1.0 + extra / phi_f  # failing calls: the bucket-level dispersion only
-            del wander, vb, extra
-            kk, nn = k_ / (phi_f * infl), n_ / (phi_f * infl)
-            # Exact (overdispersed) binomial tail only where the normal z is at all promising:
-            # the special function dominates the run time on large inputs.
-            zf0 = (k_ - n_ * pbar) / np.sqrt(
-                np.maximum(n_ * pbar * (1 - pbar) * phi_f * infl, 1e-12)
+
+def _duration_p(t: _Tested, r: dict[str, np.ndarray], s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Duration z and p-value ``(P, K)`` of every cell from the span's sums ``r``."""
+    pr, policy = t.prior, t.policy
+    # One-sided (slower) normal test on the mean log-duration. The baseline level is an
+    # estimate from n_eff calls: its variance (var / n_eff per call, D^2 var / n_eff over the
+    # span) adds to the sampling variance. A version with 40 calls of history no longer reads
+    # +25 % on 100 calls as p = 1e-7.
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        hours = policy.buckets_per_hour / max(s, policy.buckets_per_hour)
+        wander = r["D"] ** 2 * pr.tau2_d * hours
+        if len(thin_rows := pr.thin_rows):
+            # A thin version slower than its siblings in the very same buckets: see the
+            # failure rate. (Computed on the thin rows only: ~1 in 5 at 10k.)
+            pz = _peer_z_duration(
+                r["cd"][thin_rows],
+                r["D"][thin_rows],
+                t.others_at_thin(r["cd"]),
+                t.others_at_thin(r["D"]),
+                r["vdu"][thin_rows],
+                pr.phi_d[thin_rows],
             )
-            pf = np.ones_like(zf0)
-            cand = (kk > 0) & (nn > 0) & (zf0 >= 1.5)
-            pf[cand] = special.betainc(
-                np.maximum(kk[cand], 1e-9), np.maximum((nn - kk + 1)[cand], 1e-9), pbar[cand]
+            wander[thin_rows] = np.where(pz >= policy.peer_z, 0.0, wander[thin_rows])
+            del pz
+        vd_tot = r["vd"] + r["D"] * r["vdu"] / pr.n_eff_d + wander
+        del wander
+        zd = np.where(vd_tot > 0, r["cd"] / np.sqrt(vd_tot), 0.0)
+        # Calibrated: the normal approximation understates its tails (DetectionPolicy).
+        pd_ = np.fmin(special.ndtr(-zd) * policy.duration_p_factor, 1.0)
+    return zd, pd_
+
+
+def _failure_p(
+    t: _Tested, r: dict[str, np.ndarray], s: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Failure-rate ``pbar`` (expected rate), ``infl`` (variance inflation) and p-value
+    ``(P, K)`` of every cell from the span's sums ``r``."""
+    pr, policy = t.prior, t.policy
+    # One-sided binomial, counts deflated by the overdispersion.
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        n_, k_ = r["C"], r["F"]
+        pbar = np.where(n_ > 0, r["ef"] / n_, 0.0)
+        # Baseline-rate uncertainty as extra dispersion of this span (see duration).
+        # The level's wander between hours too (n^2 tau2 / hours spanned) ...
+        hours = policy.buckets_per_hour / max(s, policy.buckets_per_hour)
+        wander = n_**2 * pr.tau2_f * hours
+        if len(thin_rows := pr.thin_rows):
+            # ... except for a thin version failing more than its siblings in the very
+            # same buckets: its hypothesis is "behaves like its siblings", and a
+            # comparison at the same time does not see the level's wander.
+            pz = _peer_z_failure(
+                r["cf"][thin_rows],
+                n_[thin_rows],
+                t.others_at_thin(r["cf"]),
+                t.others_at_thin(n_),
+                pbar[thin_rows],
+                pr.phi_f[thin_rows],
             )
-            # ... and the same test on the distinct calls behind the failures: a deviation
-            # must be significant in calls too, so one bad call failing 30 CreateViews is one
-            # failing call, not 30 independent failures. Only where the operations' test is
-            # nominally significant: elsewhere max(pf, pg) is not significant either, and pf
-            # stands (a lower bound; it only ranks spans that fail anyway).
-            cand &= pf * n_spans <= policy.alpha
-            rows_c, cols_c = np.nonzero(cand)
-            g_, n_c = roll_at("G", s, 0, rows_c, cols_c), n_[cand]
-            deflate = phi_g[rows_c, 0] * infl_g[cand]
-            ng, kg = n_c / deflate, g_ / deflate
-            eg_c = roll_at("eg", s, 0, rows_c, cols_c)
-            qbar = np.where(n_c > 0, eg_c / np.maximum(n_c, 1e-12), 0.0)
-            pg = np.ones_like(kg)
-            hit = (kg > 0) & (qbar > 0)
-            pg[hit] = special.betainc(
-                np.maximum(kg[hit], 1e-9), np.maximum((ng - kg + 1)[hit], 1e-9), qbar[hit]
-            )
-            pf[cand] = np.maximum(pf[cand], pg)
-            del kk, nn, zf0, cand, rows_c, cols_c, g_, n_c, deflate, ng, eg_c, qbar, kg, pg, hit
-            del infl_g
-            # Volume: two-sided Poisson, deflated by the overdispersion.
-            ee = r["e"]
-            cc, e2 = n_ / phi_v, ee / phi_v
-            zv0 = (n_ - ee) / np.sqrt(np.maximum(ee * phi_v, 1e-12))
-            pv = np.ones_like(zv0)
-            # Only where volume is judged (the operations alone by default): a version's volume
-            # is never a candidate then, and its tail functions were most of this test's time.
-            low = (ee > 0) & (zv0 <= -1.5) & vol_rows
-            high = (ee > 0) & (zv0 >= 1.5) & (cc > 0) & vol_rows
-            pv[low] = special.gammaincc(cc[low] + 1, e2[low])  # P(X <= c)
-            pv[high] = special.gammainc(cc[high], e2[high])  # P(X >= c)
-            pv = np.minimum(1.0, 2 * pv)
-            del cc, e2, zv0, low, high
-        full_cells = _Cells.everywhere(
-            r, parts, zd=zd, pbar=pbar, infl=infl, p95_base=p95_base, phi_d=phi_d, phi_f=phi_f
+            wander[thin_rows] = np.where(pz >= policy.peer_z, 0.0, wander[thin_rows])
+            del pz
+        # Variance over the binomial one: dispersion (phi_s, with the clusters), plus the
+        # baseline level's and the wander's (``infl`` relative to the rolled ``vf``, which
+        # holds phi_f).
+        vb = r["vf"] / pr.phi_f
+        extra = np.where(vb > 0, (n_ * r["ef"] * (1 - pbar) / pr.n_eff_f + wander), 0.0)
+        extra /= np.maximum(vb, 1e-12)
+        infl = (pr.phi_s + extra) / pr.phi_f
+        infl_g = 1.0 + extra / pr.phi_f  # failing calls: the bucket-level dispersion only
+        del wander, vb, extra
+        kk, nn = k_ / (pr.phi_f * infl), n_ / (pr.phi_f * infl)
+        # Exact (overdispersed) binomial tail only where the normal z is at all promising:
+        # the special function dominates the run time on large inputs.
+        zf0 = (k_ - n_ * pbar) / np.sqrt(
+            np.maximum(n_ * pbar * (1 - pbar) * pr.phi_f * infl, 1e-12)
         )
-        for m, p_raw in enumerate((pd_, pf, pv)):
-            p_m = np.fmin(p_raw * n_spans, 1.0)  # (fmin: a NaN p, nothing to test, reads 1)
-            # The fields of a cell matter only where its best span is nominally significant
-            # (every gate downstream starts from p <= alpha) or where the caller asks for them
-            # (`keep`: forest flags and maintenance, reported as candidates whatever their p).
-            # A span beats an earlier one in a cell only when it is significant there or the
-            # earlier one was not either, so copying fields at those cells alone leaves every
-            # significant cell exactly as computing them everywhere would, for ~1/20 the work.
-            cells = p_m <= policy.alpha
-            if keep is not None:
-                cells |= keep[:, m]
-            if s == 1:
-                # A single bucket has no leave-one-out: a practically large one-bucket span
-                # ranks before a longer span that fails its checks, significant or not, so
-                # its gates are needed in every cell.
-                f_all = full_cells.fields(m, s, policy)
-                ok_all = f_all.pop("passes") & f_all.pop("share_ok")
-                key = np.where(ok_all, p_m, p_m + 10.0)
+        pf = np.ones_like(zf0)
+        cand = (kk > 0) & (nn > 0) & (zf0 >= 1.5)
+        pf[cand] = special.betainc(
+            np.maximum(kk[cand], 1e-9), np.maximum((nn - kk + 1)[cand], 1e-9), pbar[cand]
+        )
+        del kk, nn, zf0
+        # Only where the operations' test is nominally significant: elsewhere max(pf, pg) is
+        # not significant either, and pf stands (a lower bound; it only ranks spans that
+        # fail anyway).
+        cand &= pf * len(policy.spans) <= policy.alpha
+        pf[cand] = np.maximum(pf[cand], _failing_calls_p(t, s, n_, cand, infl_g))
+    return pbar, infl, pf
+
+
+def _failing_calls_p(
+    t: _Tested, s: int, n_: np.ndarray, cand: np.ndarray, infl_g: np.ndarray
+) -> np.ndarray:
+    """The failure test on the distinct calls behind the failures, at the ``cand`` cells.
+
+    A deviation must be significant in calls too, so one bad call failing 30 CreateViews is
+    one failing call, not 30 independent failures.
+    """
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        rows_c, cols_c = np.nonzero(cand)
+        g_, n_c = t.sums.roll_at("G", s, 0, rows_c, cols_c), n_[cand]
+        deflate = t.prior.phi_g[rows_c, 0] * infl_g[cand]
+        ng, kg = n_c / deflate, g_ / deflate
+        eg_c = t.sums.roll_at("eg", s, 0, rows_c, cols_c)
+        qbar = np.where(n_c > 0, eg_c / np.maximum(n_c, 1e-12), 0.0)
+        pg: np.ndarray = np.ones_like(kg)
+        hit = (kg > 0) & (qbar > 0)
+        pg[hit] = special.betainc(
+            np.maximum(kg[hit], 1e-9), np.maximum((ng - kg + 1)[hit], 1e-9), qbar[hit]
+        )
+    return pg
+
+
+def _volume_p(t: _Tested, r: dict[str, np.ndarray]) -> np.ndarray:
+    """Volume p-value ``(P, K)`` of every cell from the span's sums ``r``: two-sided Poisson,
+    deflated by the overdispersion."""
+    phi_v = t.prior.phi_v
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        n_, ee = r["C"], r["e"]
+        cc, e2 = n_ / phi_v, ee / phi_v
+        zv0 = (n_ - ee) / np.sqrt(np.maximum(ee * phi_v, 1e-12))
+        pv: np.ndarray = np.ones_like(zv0)
+        # Only where volume is judged (the operations alone by default): a version's volume
+        # is never a candidate then, and its tail functions were most of this test's time.
+        low = (ee > 0) & (zv0 <= -1.5) & t.prior.vol_rows
+        high = (ee > 0) & (zv0 >= 1.5) & (cc > 0) & t.prior.vol_rows
+        pv[low] = special.gammaincc(cc[low] + 1, e2[low])  # P(X <= c)
+        pv[high] = special.gammainc(cc[high], e2[high])  # P(X >= c)
+        pv = np.minimum(1.0, 2 * pv)
+    return pv
+
+
+class _Span(NamedTuple):
+    """One span length under test: its sums ``r`` ``(P, K)``, checks and cells."""
+
+    s: int
+    r: dict[str, np.ndarray]
+    checks: list[_Check]
+    cells: _Cells  # every cell
+
+
+class _Best(NamedTuple):
+    """The best span so far per cell ``(P, M, K)``: its evidence and ranking key."""
+
+    ev: SpanEvidence
+    key: np.ndarray
+
+
+class _Fields(NamedTuple):
+    """One metric's ranking key ``(P, K)`` and its fields at the cells ``(rows, cols)``."""
+
+    key: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    f: dict[str, Any]
+
+
+def _test_span(t: _Tested, s: int, keep: np.ndarray, best: _Best) -> None:
+    """Test every cell over the trailing span of ``s`` buckets; update ``best`` where it wins."""
+    r = {k: t.sums.roll(k, s) for k in t.sums.sums}
+    # ---- p-values of every cell (they rank the spans); every other field is only computed
+    # where it can matter (see _metric_fields).
+    zd, pd_ = _duration_p(t, r, s)
+    pbar, infl, pf = _failure_p(t, r, s)
+    pv = _volume_p(t, r)
+    pr = t.prior
+    full_cells = _Cells.everywhere(
+        r, t.parts, zd=zd, pbar=pbar, infl=infl, p95_base=t.p95_base, phi_d=pr.phi_d, phi_f=pr.phi_f
+    )
+    span = _Span(s, r, _span_checks(s, t.policy), full_cells)
+    for m, p_raw in enumerate((pd_, pf, pv)):
+        p_m = np.fmin(p_raw * len(t.policy.spans), 1.0)  # (fmin: a NaN p, nothing to test, 1)
+        tested = _metric_fields(t, span, m, p_m, keep[:, m])
+        _keep_better(best, m, s, p_m, tested)
+
+
+def _metric_fields(t: _Tested, span: _Span, m: int, p_m: np.ndarray, keep: np.ndarray) -> _Fields:
+    """Metric ``m``'s ranking key over span ``span`` (Bonferroni p ``p_m``; +10 where a gate
+    fails) and its fields where they can matter."""
+    policy, s = t.policy, span.s
+    # The fields of a cell matter only where its best span is nominally significant (every
+    # gate downstream starts from p <= alpha) or where the caller asks for them (`keep`:
+    # forest flags and maintenance, reported as candidates whatever their p). A span beats an
+    # earlier one in a cell only when it is significant there or the earlier one was not
+    # either, so copying fields at those cells alone leaves every significant cell exactly as
+    # computing them everywhere would, for ~1/20 the work.
+    cells = p_m <= policy.alpha
+    cells |= keep
+    if s == 1:
+        # A single bucket has no leave-one-out: a practically large one-bucket span ranks
+        # before a longer span that fails its checks, significant or not, so its gates are
+        # needed in every cell.
+        f_all = span.cells.fields(m, s, policy)
+        ok_all = f_all.pop("passes") & f_all.pop("share_ok")
+        key = np.where(ok_all, p_m, p_m + 10.0)
+    else:
+        key = p_m + 10.0
+    rows, cols = np.nonzero(cells)
+    f: dict[str, Any] = {}
+    if len(rows):
+        if s == 1:
+            f = {name: v[rows, cols] if np.ndim(v) else v for name, v in f_all.items()}
+            f["loo_ok"] = True
+            ok = ok_all[rows, cols]
+        else:
+            f = span.cells.at(rows, cols).fields(m, s, policy)
+            ok = f.pop("passes") & f.pop("share_ok")
+            # Leave-one-out and sub-window checks where they can change a decision:
+            # significant, practically large, enough calls and share.
+            need = ok & (p_m[rows, cols] <= policy.alpha)
+            loo = np.zeros(len(rows), bool)
+            if need.any():
+                loo[need] = _sub_checks(t, span, m, rows[need], cols[need])
+            ok &= loo
+            f["loo_ok"] = loo
+        key[rows, cols] = np.where(ok, p_m[rows, cols], p_m[rows, cols] + 10.0)
+    return _Fields(key, rows, cols, f)
+
+
+def _keep_better(best: _Best, m: int, s: int, p_m: np.ndarray, tested: _Fields) -> None:
+    """Where ``tested`` (metric ``m``, span ``s``) ranks before ``best``, it becomes the best."""
+    key, rows, cols = tested.key, tested.rows, tested.cols
+    better = key < best.key[:, m]
+    np.copyto(best.key[:, m], key, where=better)
+    np.copyto(best.ev.p[:, m], p_m, where=better)
+    np.copyto(best.ev.span[:, m], s, where=better, casting="unsafe")
+    if len(rows):
+        b = better[rows, cols]
+        br, bc = rows[b], cols[b]
+        for name, val in tested.f.items():
+            getattr(best.ev, name)[br, m, bc] = val[b] if np.ndim(val) else val
+
+
+class _At(NamedTuple):
+    """One span's sums at some cells ``(rows, cols)``: over the span and over sub-windows."""
+
+    sums: _Sums
+    r: dict[str, np.ndarray]
+    rows: np.ndarray
+    cols: np.ndarray
+
+    def at(self, name: str) -> np.ndarray:
+        """``name`` summed over the whole span."""
+        res: np.ndarray = self.r[name][self.rows, self.cols]
+        return res
+
+    def sub(self, name: str, w: int, off: int) -> np.ndarray:
+        """``name`` summed over the ``w`` buckets ending ``off`` before the span's end."""
+        return self.sums.roll_at(name, w, off, self.rows, self.cols)
+
+    def extreme(self, x: np.ndarray, w: int, fn: str) -> np.ndarray:
+        """The max (or min) bucket of ``(P, T)`` ``x`` within the last ``w``."""
+        return self.sums.extreme_at(x, w, fn, self.rows, self.cols)
+
+
+def _sub_checks(t: _Tested, span: _Span, m: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Leave-one-out and sub-window consistency of ``span``, metric ``m``, at some cells.
+
+    The evidence must survive dropping its strongest bucket (z >= loo_z), every third of
+    the span must deviate (recent_z, practical effect, some support) and the latest window
+    at latest_z (the evidence is current). Failure and volume counts are continuity
+    corrected (+-0.5): with a handful of calls, one failure against 0.2 expected is z = 2
+    by the normal approximation but an exact tail of 0.18, and kept an incident's tail
+    alerting at night.
+    """
+    at = _At(t.sums, span.r, rows, cols)
+    if m < 2:
+        return _rate_sub_checks(t, span, m, at)
+    return _volume_sub_checks(t, span, at)
+
+
+def _rate_sub_checks(t: _Tested, span: _Span, m: int, c: _At) -> np.ndarray:
+    """:func:`_sub_checks` of duration (continuous) or failures (counts, continuity-corrected)."""
+    policy, s = t.policy, span.s
+    with np.errstate(invalid="ignore", divide="ignore"):
+        num, var, cnt, x = ("cd", "vd", "D", t.cd) if m == 0 else ("cf", "vf", "C", t.cf)
+        cc = 0.0 if m == 0 else 0.5
+        ok = (c.at(num) - c.extreme(x, s, "max") - cc) / np.sqrt(c.at(var)) >= policy.loo_z
+        span_shift = c.at(num) / c.at(cnt)  # mean log-shift / failure-rate excess
+        # A new build's span reaching back before its first call: an earlier third
+        # with too few calls to judge (its rollout, its ramp-up) is no evidence either
+        # way, and is skipped; one with enough calls must deviate as always (a build
+        # that was fine for hours before an incident that is over stays blocked).
+        new = _before_first_call(t.prior.thin, t.first, c.rows, t.sums.T - t.sums.K + c.cols, s)
+        for off, zmin, windows, frac, _ in span.checks:
+
+            def dev(
+                w: int, off: int = off, zmin: float = zmin, frac: float = frac
+            ) -> tuple[np.ndarray, np.ndarray]:
+                rc, rv, rn = c.sub(num, w, off), c.sub(var, w, off), c.sub(cnt, w, off)
+                big = (
+                    np.expm1(rc / rn) >= policy.min_duration_rel
+                    if m == 0
+                    else rc / rn >= policy.min_failure_points
+                )
+                big &= rc / rn >= frac * span_shift
+                ok = ((rc - cc) / np.sqrt(rv) >= zmin) & big
+                return ok, rn >= policy.min_calls * policy.third_support
+
+            if off > 0:  # an earlier third (one window; the last has offset 0)
+                dv, sup = dev(windows[0])
+                ok &= np.where(sup, dv, new)
             else:
-                key = p_m + 10.0
-            rows, cols = np.nonzero(cells)
-            if len(rows):
-                if s == 1:
-                    f = {name: v[rows, cols] if np.ndim(v) else v for name, v in f_all.items()}
-                    f["loo_ok"] = True
-                    ok = ok_all[rows, cols]
-                else:
-                    f = full_cells.at(rows, cols).fields(m, s, policy)
-                    ok = f.pop("passes") & f.pop("share_ok")
-                    # Leave-one-out and sub-window checks where they can change a decision:
-                    # significant, practically large, enough calls and share.
-                    need = ok & (p_m[rows, cols] <= policy.alpha)
-                    loo = np.zeros(len(rows), bool)
-                    if need.any():
-                        loo[need] = sub_checks(m, s, r, checks, rows[need], cols[need])
-                    ok &= loo
-                    f["loo_ok"] = loo
-                key[rows, cols] = np.where(ok, p_m[rows, cols], p_m[rows, cols] + 10.0)
-            better = key < best_key[:, m]
-            np.copyto(best_key[:, m], key, where=better)
-            np.copyto(best.p[:, m], p_m, where=better)
-            np.copyto(best.span[:, m], s, where=better, casting="unsafe")
-            if len(rows):
-                b = better[rows, cols]
-                br, bc = rows[b], cols[b]
-                for name, val in f.items():
-                    getattr(best, name)[br, m, bc] = val[b] if np.ndim(val) else val
-            if s == 1:
-                del f_all, ok_all
-        del r, full_cells, pd_, pf, pv, pbar, infl, zd
-    return best
+                ok &= shortest_supported(windows, dev)
+        res: np.ndarray = ok
+        return res
+
+
+def _volume_sub_checks(t: _Tested, span: _Span, c: _At) -> np.ndarray:
+    """:func:`_sub_checks` of volume: a drop or a rise, as the whole span's change."""
+    policy, s, cv = t.policy, span.s, t.cv
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sv = np.sqrt(c.at("vv"))
+        drop = (c.at("cv") - c.extreme(cv, s, "min") + 0.5) / sv <= -policy.loo_z
+        rise = (c.at("cv") - c.extreme(cv, s, "max") - 0.5) / sv >= policy.loo_z
+        span_rel = c.at("cv") / c.at("e")  # relative volume change over the span
+        for off, zmin, windows, frac, share in span.checks:
+            drop_min, rise_min = share * policy.min_volume_drop, share * policy.min_volume_rise
+
+            def vol_drop(
+                w: int,
+                off: int = off,
+                zmin: float = zmin,
+                frac: float = frac,
+                lim: float = drop_min,
+            ) -> tuple[np.ndarray, np.ndarray]:
+                rcv, re_ = c.sub("cv", w, off), c.sub("e", w, off)
+                dev = (rcv + 0.5) / np.sqrt(c.sub("vv", w, off)) <= -zmin
+                dev &= rcv / re_ <= np.minimum(-lim, frac * span_rel)
+                return dev, re_ >= policy.min_expected_calls * policy.third_support
+
+            def vol_rise(
+                w: int,
+                off: int = off,
+                zmin: float = zmin,
+                frac: float = frac,
+                lim: float = rise_min,
+            ) -> tuple[np.ndarray, np.ndarray]:
+                rcv, re_ = c.sub("cv", w, off), c.sub("e", w, off)
+                dev = (rcv - 0.5) / np.sqrt(c.sub("vv", w, off)) >= zmin
+                dev &= rcv / re_ >= np.maximum(lim, frac * span_rel)
+                return dev, np.ones_like(dev)
+
+            drop &= shortest_supported(windows, vol_drop)
+            rise &= shortest_supported(windows, vol_rise)
+        vol: np.ndarray = np.where(c.at("cv") < 0, drop, rise)
+        return vol
+
+
+def _span_evidence(
+    blk: _Block,
+    policy: DetectionPolicy,
+    slots: np.ndarray,
+    out: SpanEvidence,
+    keep: np.ndarray,
+) -> SpanEvidence:
+    """Fill ``out`` ``(P, M, K)`` with the best span's evidence of each cell of ``blk``
+    (``keep``: cells whose fields are needed whatever their p; see :func:`span_evidence`)."""
+    K = out.p.shape[2]
+    t = _tested(blk, policy, slots, K)
+    best = _Best(out, np.full(out.p.shape, np.inf))
+    for s in sorted(set(policy.spans)):
+        _test_span(t, s, keep, best)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
