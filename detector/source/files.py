@@ -78,7 +78,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import duckdb
 import numpy as np
@@ -1031,6 +1031,23 @@ GROUP BY h, ck""").fetchall()
     )
 
 
+class _Inputs(NamedTuple):
+    """Where the aggregation reads its rows: SQL texts over the files or the parsed scan."""
+
+    norm: str  # the window's normalised rows
+    rows_in: Callable[[tuple[int, int]], str]  # the normalised rows that arrived in a range
+    bounds: list[str]  # selects of min/max CallClientTimeStamp and max DurationMs
+    rejected: int  # unparseable text lines (malformed records)
+
+
+class _Reasons(NamedTuple):
+    """Rows per drop reason and per flag, and the rows read (rejected lines included)."""
+
+    dropped: dict[str, int]
+    flagged: dict[str, int]
+    rows_read: int
+
+
 def _run(
     con: duckdb.DuckDBPyConnection,
     parts: list[str],
@@ -1051,34 +1068,80 @@ def _run(
     name -> modification time (us), the arrival of rows that carry no time.
     ``dedup_lookback`` (us): keys that arrived that long before ``window`` are duplicates.
     """
-    norm = _norm_sql(parts, window, mtimes)
-    rejected = 0
-
-    def rows_in(w: tuple[int, int]) -> str:
-        return _norm_sql(parts, w)
-
     if bounds is None:
         # Text is parsed once, for the window and the look-backs before it together.
         back = max(lookback, dedup_lookback) if window is not None else 0
-        scan = (window[0] - back, window[1]) if window is not None else None
-        for table in ("_acs_rej", "_acs_rej_scan"):
-            con.execute(f"DROP TABLE IF EXISTS {table}")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _scan AS {_norm_sql(parts, scan, mtimes)}")
-        rejected = _rejected_lines(con, window, mtimes or {})
-
-        def rows_in(w: tuple[int, int]) -> str:
-            return f"SELECT * FROM _scan WHERE arr_us >= {w[0]} AND arr_us < {w[1]}"
-
-        if window is not None and back > 0:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE _norm AS {rows_in(window)}")
-            norm = "SELECT * FROM _norm"
-        else:
-            norm = "SELECT * FROM _scan"
-        bounds = [f"SELECT min(cct_us) AS lo, max(cct_us) AS hi, max(dur) AS dmax FROM ({norm})"]
+        inputs = _scanned_inputs(con, parts, window, back, mtimes)
+    else:
+        inputs = _Inputs(_norm_sql(parts, window, mtimes), partial(_norm_sql, parts), bounds, 0)
 
     # 1. Partitions: canonical casing and point events from the Python contract, applied to
     #    the few distinct (OperationName, SdkVersion, ResultType) triples; dense ids for fast
     #    grouping; the bounds that size the integer codes of step 2.
+    dim, shape = _partitions(con, inputs.norm, inputs.bounds, bucket_us)
+
+    # 2. One pass over the input into a compact Arrow table of integers (~37 bytes a row).
+    rows = _read_rows(con, inputs.norm, bucket_us, shape)
+
+    # 3. Duplicates, in numpy (one sort of the key column is several times faster than a
+    #    10M-group hash aggregate). See _duplicates().
+    discard = _duplicates(rows, partial(_tie_break, rows, shape))
+    seen = _seen_before(rows, _prior_keys(con, inputs.rows_in, window, dedup_lookback))
+    if len(seen):
+        discard = np.union1d(discard, seen)
+
+    # 4. Counts per reason and flag (one bincount of code * 16 + flags), then stats and
+    #    histogram of the kept rows.
+    keys, op_of_pid = _pid_operations(dim)
+    prior = _prior_failures(con, inputs.rows_in, window, lookback, keys)
+    if shape.compact:
+        per_cf, stats_cols, hist_cols = _group_compact(rows, discard, shape, op_of_pid, prior)
+    else:
+        per_cf, stats_cols, hist_cols = _group_general(rows, discard, op_of_pid, prior)
+    reasons = _reason_counts(per_cf, len(discard), inputs.rejected)
+    del rows
+    stats, hist = _contract_frames(dim, stats_cols, hist_cols, bucket_us)
+    return schema.BucketAggregates(
+        stats=stats,
+        hist=hist,
+        dropped=reasons.dropped,
+        flagged=reasons.flagged,
+        rows_read=reasons.rows_read,
+    )
+
+
+def _scanned_inputs(
+    con: duckdb.DuckDBPyConnection,
+    parts: list[str],
+    window: tuple[int, int] | None,
+    back: int,
+    mtimes: dict[str, int] | None,
+) -> _Inputs:
+    """Parse text ``parts`` once into ``_scan`` (the window and ``back`` us before it): inputs."""
+    scan = (window[0] - back, window[1]) if window is not None else None
+    for table in ("_acs_rej", "_acs_rej_scan"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _scan AS {_norm_sql(parts, scan, mtimes)}")
+    rejected = _rejected_lines(con, window, mtimes or {})
+    if window is not None and back > 0:
+        # The look-backs read _scan again: the window's own rows get a table of their own.
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _norm AS {_scan_rows_in(window)}")
+        norm = "SELECT * FROM _norm"
+    else:
+        norm = "SELECT * FROM _scan"
+    bounds = [f"SELECT min(cct_us) AS lo, max(cct_us) AS hi, max(dur) AS dmax FROM ({norm})"]
+    return _Inputs(norm, _scan_rows_in, bounds, rejected)
+
+
+def _scan_rows_in(w: tuple[int, int]) -> str:
+    """SQL of the ``_scan`` rows that arrived in ``w`` (us, half-open)."""
+    return f"SELECT * FROM _scan WHERE arr_us >= {w[0]} AND arr_us < {w[1]}"
+
+
+def _partitions(
+    con: duckdb.DuckDBPyConnection, norm: str, bounds: list[str], bucket_us: int
+) -> tuple[pd.DataFrame, _Shape]:
+    """Distinct names of ``norm`` -> the ``_dim`` frame (also as DuckDB table) and the shape."""
     triples = con.execute(_names_sql(norm)).fetchall()
     dim = _dimension(triples)
     shape = _shape(con, triples, dim, bounds, bucket_us)
@@ -1090,36 +1153,36 @@ def _run(
         "FROM _dim_df"
     )
     con.unregister("_dim_df")
+    return dim, shape
 
-    # 2. One pass over the input into a compact Arrow table of integers (~37 bytes a row);
-    #    the string columns are decoded and hashed exactly once. Arrow instead of a DuckDB
-    #    temp table: cheaper to build, and numpy reads its columns without a copy.
+
+def _read_rows(
+    con: duckdb.DuckDBPyConnection, norm: str, bucket_us: int, shape: _Shape
+) -> pa.Table:
+    """The rows pass (:func:`_rows_sql`) over ``norm`` as one Arrow table of ``shape.rows``."""
+    # The string columns are decoded and hashed exactly once. Arrow instead of a DuckDB temp
+    # table: cheaper to build, and numpy reads its columns without a copy.
     rows = con.sql(_rows_sql(norm, bucket_us, shape)).to_arrow_reader(1 << 20).read_all()
     if rows.num_rows != shape.rows:  # every row joins exactly one name
         raise RuntimeError(f"read {rows.num_rows} rows, expected {shape.rows}; input changed?")
+    return rows
 
-    # 3. Duplicates, in numpy (one sort of the key column is several times faster than a
-    #    10M-group hash aggregate). See _duplicates().
-    discard = _duplicates(rows, partial(_tie_break, rows, shape))
-    seen = _seen_before(rows, _prior_keys(con, rows_in, window, dedup_lookback))
-    if len(seen):
-        discard = np.union1d(discard, seen)
 
-    # 4. Counts per reason and flag (one bincount of code * 16 + flags), then stats and
-    #    histogram of the kept rows.
-    # Operation of each partition id: a call failing in several versions of one operation is
-    # one failing call of the operation's fleet (failed_calls_op).
+def _pid_operations(dim: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """``dim`` -> (name, sdk, pid, op) per partition id, and the operation index of each id."""
+    # A call failing in several versions of one operation is one failing call of the
+    # operation's fleet (failed_calls_op).
     by_pid = dim.drop_duplicates("pid").sort_values("pid")
     op_of_pid = np.zeros(int(by_pid["pid"].max()) + 1 if len(by_pid) else 0, dtype=np.int64)
     op_of_pid[by_pid["pid"].to_numpy()] = pd.factorize(by_pid["name"])[0]
     by_pid = by_pid.assign(op=op_of_pid[by_pid["pid"].to_numpy()])
-    prior = _prior_failures(con, rows_in, window, lookback, by_pid[["name", "sdk", "pid", "op"]])
-    if shape.compact:
-        per_cf, stats_cols, hist_cols = _group_compact(rows, discard, shape, op_of_pid, prior)
-    else:
-        per_cf, stats_cols, hist_cols = _group_general(rows, discard, op_of_pid, prior)
+    return by_pid[["name", "sdk", "pid", "op"]], op_of_pid
+
+
+def _reason_counts(per_cf: np.ndarray, duplicates: int, rejected: int) -> _Reasons:
+    """Rows per (drop code, flags) ``per_cf``, duplicates and rejected lines -> the counts."""
     dropped = {r: int(per_cf[c].sum()) for c, r in _DROP_CODES.items()}
-    dropped["duplicate"] = len(discard)
+    dropped["duplicate"] = duplicates
     dropped["malformed_record"] += rejected
     per_value = per_cf[0]  # flags of kept rows
     flagged = {
@@ -1132,7 +1195,16 @@ def _run(
         )
     }
     rows_read = sum(dropped.values()) + int(per_value.sum())  # rejected lines included
-    del rows
+    return _Reasons(dropped, flagged, rows_read)
+
+
+def _contract_frames(
+    dim: pd.DataFrame,
+    stats_cols: dict[str, np.ndarray],
+    hist_cols: dict[str, np.ndarray],
+    bucket_us: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Grouped columns (``pid``, ``bi`` and values; consumed) -> the stats and hist frames."""
     names = dim.drop_duplicates("pid").set_index("pid").sort_index()
     stats = _partition_frame(
         names,
@@ -1150,9 +1222,7 @@ def _run(
         schema.HIST_COLUMNS,
         sort=False,
     )
-    return schema.BucketAggregates(
-        stats=stats, hist=hist, dropped=dropped, flagged=flagged, rows_read=rows_read
-    )
+    return stats, hist
 
 
 def _rejected_lines(

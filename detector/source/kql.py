@@ -58,7 +58,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -398,6 +398,18 @@ def _normalise_fragment() -> str:
 # --------------------------------------------------------------------------------------------
 
 
+class _AggWindow(NamedTuple):
+    """The arrival window of an aggregate query and the spans its ``let`` lines declare."""
+
+    start: datetime
+    end: datetime
+    scan_from: datetime
+    scan_to: datetime
+    dedup_lookback: timedelta
+    cluster_lookback: timedelta
+    bucket: timedelta
+
+
 def aggregate_query(
     start: datetime,
     end: datetime,
@@ -455,26 +467,38 @@ def aggregate_query(
         dedup_lookback=dedup_lookback,
         cluster_lookback=cluster_lookback,
     )
-    dedup = (
-        "    | join kind=leftanti _Prior on OperationId, CallClientTimeStamp\n"
-        if dedup_lookback > timedelta(0)
-        else ""
+    window = _AggWindow(start, end, scan_from, scan_to, dedup_lookback, cluster_lookback, bucket)
+    return (
+        _aggregate_header(window)
+        + _kept_lets(table, arrival, resource, dedup=dedup_lookback > timedelta(0))
+        + _failed_calls_lets()
+        + _stats_let()
+        + _counts_lets()
+        + _AGG_PROJECT
     )
-    drop_counts = ",\n        ".join(
-        f'{reason} = countif(_Drop == "{reason}")' for reason in _DROPS_KQL
-    )
-    count_pairs = ", ".join(f'"{r}", {r}' for r in ("rows_read", *_DROPS_KQL))
-    flag_pairs = ", ".join(f'"{r}", {r}' for r in FLAG_REASONS_KQL)
+
+
+def _aggregate_header(window: _AggWindow) -> str:
+    """The kind comment and the ``let`` lines of the window's literals, from ``window``."""
     return f"""// acs-detector:aggregate v1
-let _Start = {kql_datetime(start)};
-let _End = {kql_datetime(end)};
-let _ScanFrom = {kql_datetime(scan_from)};
-let _ScanTo = {kql_datetime(scan_to)};
-let _Lookback = {kql_timespan(dedup_lookback)};
-let _ClusterLookback = {kql_timespan(cluster_lookback)};
-let _Bucket = {kql_timespan(bucket)};
+let _Start = {kql_datetime(window.start)};
+let _End = {kql_datetime(window.end)};
+let _ScanFrom = {kql_datetime(window.scan_from)};
+let _ScanTo = {kql_datetime(window.scan_to)};
+let _Lookback = {kql_timespan(window.dedup_lookback)};
+let _ClusterLookback = {kql_timespan(window.cluster_lookback)};
+let _Bucket = {kql_timespan(window.bucket)};
 let _Canonical = {_canonical_bag()};
-let _Rows = {_rows_fragment(table, arrival, resource)};
+"""
+
+
+def _kept_lets(table: str, arrival: str, resource: str | None, *, dedup: bool) -> str:
+    """``_Rows``, ``_Window``, ``_Prior`` and ``_Kept`` (deduplicated, normalised) as text."""
+    # The anti-join against earlier arrivals only exists with a look-back (dedup_lookback > 0).
+    prior_join = (
+        "    | join kind=leftanti _Prior on OperationId, CallClientTimeStamp\n" if dedup else ""
+    )
+    return f"""let _Rows = {_rows_fragment(table, arrival, resource)};
 let _Window = materialize(_Rows | where _Arrival >= _Start and _Arrival < _End);
 let _Prior = _Rows
     | where _Arrival >= _Start - _Lookback and _Arrival < _Start and isempty(_Drop)
@@ -482,9 +506,14 @@ let _Prior = _Rows
 let _Kept = materialize(_Window
     | where isempty(_Drop)
     | summarize arg_max(TimeGenerated, *) by OperationId, CallClientTimeStamp
-{dedup}{_normalise_fragment()}
+{prior_join}{_normalise_fragment()}
     | extend _BucketStart = bin_at(CallClientTimeStamp, _Bucket, {_EPOCH}));
-let _FailCalls = materialize(_Kept
+"""
+
+
+def _failed_calls_lets() -> str:
+    """``_FailCalls``, ``_PriorFail`` and ``_FailedCalls`` (failing calls, cluster weights)."""
+    return f"""let _FailCalls = materialize(_Kept
     | where _Class == "failure"
     | summarize _F = count()
         by _Op, SdkVersion, _BucketStart, _Call = iff(isempty(CallId), OperationId, CallId));
@@ -507,7 +536,12 @@ let _FailedCalls = _FailCalls
         FailureCluster = sum(todouble(_F * (_S + 2 * _K0))),
         FailureClusterOp = sum(todouble(_F * (_SOp + 2 * _K0Op)))
         by OperationName = _Op, SdkVersion, BucketStart = _BucketStart;
-let _Stats = _Kept
+"""
+
+
+def _stats_let() -> str:
+    """``_Stats``: the ``bucket`` rows (sums, histogram bag, failing-call columns) as text."""
+    return """let _Stats = _Kept
     | summarize _N = count(), _F = countif(_Class == "failure"),
         _E = countif(_Class == "expected_error"), _S1 = sum(_Ld), _S2 = sum(_Ld * _Ld)
         by _Op, SdkVersion, _BucketStart, _Bin
@@ -519,7 +553,17 @@ let _Stats = _Kept
     | extend FailedCalls = coalesce(FailedCalls, 0), FailedCallsOp = coalesce(FailedCallsOp, 0.0),
         FailureCluster = coalesce(FailureCluster, 0.0),
         FailureClusterOp = coalesce(FailureClusterOp, 0.0), Kind = "bucket";
-let _WindowCounts = _Window
+"""
+
+
+def _counts_lets() -> str:
+    """``_WindowCounts``, ``_KeptCounts`` and ``_Counts`` (the single ``counts`` row) as text."""
+    drop_counts = ",\n        ".join(
+        f'{reason} = countif(_Drop == "{reason}")' for reason in _DROPS_KQL
+    )
+    count_pairs = ", ".join(f'"{r}", {r}' for r in ("rows_read", *_DROPS_KQL))
+    flag_pairs = ", ".join(f'"{r}", {r}' for r in FLAG_REASONS_KQL)
+    return f"""let _WindowCounts = _Window
     | summarize rows_read = count(), valid = countif(isempty(_Drop)),
         {drop_counts}
     | extend _J = 1;
@@ -535,7 +579,11 @@ let _Counts = _WindowCounts
     | join kind=inner _KeptCounts on _J
     | project Kind = "counts",
         Counts = bag_pack({count_pairs}, "duplicate", valid - kept, {flag_pairs});
-union _Stats, _Counts
+"""
+
+
+# The answer's column order (:data:`AGG_RESULT_COLUMNS`), both row kinds in one table.
+_AGG_PROJECT: Final = """union _Stats, _Counts
 | project Kind, OperationName, SdkVersion, BucketStart, Calls, Failures, FailedCalls,
     FailedCallsOp, FailureCluster, FailureClusterOp, ExpectedErrors, DurN, LogDurSum,
     LogDurSumSq, Hist, Counts
@@ -840,6 +888,16 @@ def drill_down_query(
     _positive_int("top_codes", top_codes, 100)
     _positive_int("example_calls", example_calls, 100)
     table = kql_identifier(table)
+    table_rows = _target_rows(targets)
+    return (
+        _drill_header(targets, lateness, table_rows)
+        + _hits_let(table, resource)
+        + _codes_calls_lets(top_codes, example_calls)
+    )
+
+
+def _target_rows(targets: Sequence[DrillTarget]) -> str:
+    """The ``datatable`` rows of ``targets`` (validated), one line each, as text."""
     lines = []
     for t in targets:
         _check_window(t.start, t.end)
@@ -852,9 +910,13 @@ def drill_down_query(
             f'"{_b64(t.sdk_version or "")}", {"true" if t.sdk_version is None else "false"}, '
             f'"{t.metric}", {kql_datetime(t.start)}, {kql_datetime(t.end)},'
         )
+    return "\n".join(lines)
+
+
+def _drill_header(targets: Sequence[DrillTarget], lateness: timedelta, table_rows: str) -> str:
+    """The kind comment, the span ``let`` lines and ``_Targets`` (from ``table_rows``)."""
     lo = min(t.start for t in targets)
     hi = max(t.end for t in targets)
-    table_rows = "\n".join(lines)
     return f"""// acs-detector:drilldown v1
 let _From = {kql_datetime(lo)};
 let _To = {kql_datetime(hi)};
@@ -867,7 +929,12 @@ let _Targets = datatable(Fingerprint:string, Op:string, Sdk:string, AllSdk:bool,
 ]
     | extend Fingerprint = base64_decode_tostring(Fingerprint), Op = base64_decode_tostring(Op),
         Sdk = base64_decode_tostring(Sdk);
-let _Hits = materialize({table}
+"""
+
+
+def _hits_let(table: str, resource: str | None) -> str:
+    """``_Hits``: the targets' deduplicated, classified rows of ``table``, as text."""
+    return f"""let _Hits = materialize({table}
 {resource_filter(resource)}    | where TimeGenerated >= _ScanFrom and TimeGenerated < _ScanTo
     | where CallClientTimeStamp >= _From and CallClientTimeStamp < _To
     | where isnotempty(trim(@"\\s+", OperationId))
@@ -882,7 +949,12 @@ let _Hits = materialize({table}
         ResultType startswith "expected", "expected_error",
         "failure")
     | extend _SubCode = toint(todecimal({_PAYLOAD_SUBCODE})));
-let _Codes = _Hits
+"""
+
+
+def _codes_calls_lets(top_codes: int, example_calls: int) -> str:
+    """``_Codes``, ``_Calls`` (``top_codes``, ``example_calls`` per target), the union: text."""
+    return f"""let _Codes = _Hits
     | where _Class == "failure"
     | summarize Count = count() by Fingerprint, ResultSignature, SubCode = _SubCode, ResultType
     | order by Fingerprint asc, Count desc, ResultSignature asc
