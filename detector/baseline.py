@@ -32,7 +32,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from functools import cached_property
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -484,56 +485,172 @@ def compute_baselines(
     Baselines
     """
     alerted = list(alerted)
+    win = _window_of(start, end, policy)
+    P = len(parts)
+    seen = _window_rows(stats, parts, win)
+    first_idx = seen.first_idx
+    # The rolled-out versions' rows are set aside before alerted buckets are left out.
+    roll = _rollout_rows(stats, parts, policy, seen, maintenance)
+    rows = _kept_rows(stats, seen, maintenance, alerted)
+    del seen
+    n_slot_buckets, excluded = _slot_buckets(parts, win, first_idx, maintenance, alerted)
+    sums = _slot_sums(rows, P, n_slot_buckets)
+    del n_slot_buckets
+    history_days, kind = _profile_kind(first_idx, win, policy)
+    flat = _flat_stats(sums)
+    clusters = _failure_clustering(parts, sums, flat, rows, policy)
+    own = _own_profiles(sums, kind, flat, clusters[1], policy)
+    regressed, slower = _since_rollout(stats, roll, own, parts.fleet_of, P, policy)
+    # (P, 168) arrays add up at 10k partitions: drop the sums once folded.
+    del roll, sums
+    lv = _cold_start(parts, flat, own, regressed, slower, policy)
+    p_any = np.nanmax(np.where(np.isfinite(lv.fail_rate), lv.fail_rate, -1.0), axis=1) >= 0
+    hours = flat.buckets[parts.fleet_of] * win.bucket_days * 24
+    has_history, stretch = _history_stretch(p_any, hours, policy)
+    hist = _History(first_idx, history_days, kind, excluded, has_history, stretch)
+    phi = _row_dispersion(rows, own, lv, clusters[0], P, policy.max_dispersion)
+    phi = _borrowed_dispersion(phi, parts, lv, stretch)
+    tau2 = _wander(rows, win, own, lv, phi, clusters[1], parts, stretch)
+    del own, rows
+    return _finish(parts, policy, flat, lv, phi, hist, clusters, tau2)
+
+
+@dataclass
+class _Window:
+    """The baseline window: UTC start and end, the bucket, and its calendar buckets."""
+
+    start: pd.Timestamp
+    end: pd.Timestamp
+    bucket: pd.Timedelta
+    n_cal: int
+
+    @property
+    def bucket_days(self) -> float:
+        """One bucket in days."""
+        out: float = self.bucket / pd.Timedelta(days=1)
+        return out
+
+
+def _window_of(start: datetime, end: datetime, policy: DetectionPolicy) -> _Window:
+    """Consumes the window's bounds and the policy's bucket; produces the :class:`_Window`."""
     start_ts, end_ts = (
         pd.Timestamp(_np_ts(start)).tz_localize("UTC"),
         pd.Timestamp(_np_ts(end)).tz_localize("UTC"),
     )
     bucket = pd.Timedelta(policy.bucket)
-    P = len(parts)
     n_cal = max(int((end_ts - start_ts) / bucket), 0)
+    return _Window(start_ts, end_ts, bucket, n_cal)
 
+
+class _Seen(NamedTuple):
+    """The window's stats rows of the partitions, before any exclusion."""
+
+    ns: np.ndarray  # (N,) epoch nanoseconds of every stats row
+    idx: np.ndarray  # positions in stats of the window's rows
+    pid: np.ndarray  # their partitions
+    t_idx: np.ndarray  # their buckets, from the window's start
+    first_idx: np.ndarray  # (P,) first bucket each partition was seen (n_cal if never)
+
+
+def _window_rows(stats: pd.DataFrame, parts: Partitions, win: _Window) -> _Seen:
+    """Consumes the stats rows and partitions; produces the window's rows (:class:`_Seen`)."""
     # Rows of the window by position, columns read one at a time through them: a copy of the
     # selected rows (every column at once) was the largest temporary of a large run.
     ns = epoch_ns(stats["bucket_start"])
-    t_all = (ns - start_ts.value) // bucket.value
+    t_all = (ns - win.start.value) // win.bucket.value
     pid_all = parts.index_of(stats)
-    idx = np.flatnonzero((t_all >= 0) & (t_all < n_cal) & (pid_all >= 0))
+    idx = np.flatnonzero((t_all >= 0) & (t_all < win.n_cal) & (pid_all >= 0))
     pid, t_idx = pid_all[idx], t_all[idx]
     del t_all, pid_all
-
     # First bucket each partition was seen in the window (a new version has fewer buckets).
-    first_idx = np.full(P, n_cal, dtype=np.int64)
+    first_idx = np.full(len(parts), win.n_cal, dtype=np.int64)
     if len(pid):
         np.minimum.at(first_idx, pid, t_idx)
-    # Versions rolled out within the window: first seen at least min_history after their
-    # operation (a rare version present all along is not new, however much it fails). Their
-    # rows are kept aside before alerted and suspect buckets are left out: those are the very
-    # evidence that the build fails since it appeared (see _regressed_since_rollout).
-    fo = parts.fleet_of
-    late = rolled_out(first_idx, parts, policy)
+    return _Seen(ns, idx, pid, t_idx, first_idx)
+
+
+class _RollRows(NamedTuple):
+    """Rows of the versions rolled out within the window: positions, partitions, slots."""
+
+    idx: np.ndarray
+    pid: np.ndarray
+    slot: np.ndarray
+
+
+def _rollout_rows(
+    stats: pd.DataFrame,
+    parts: Partitions,
+    policy: DetectionPolicy,
+    seen: _Seen,
+    maintenance: Sequence[tuple[datetime, datetime, str | None]],
+) -> _RollRows:
+    """Consumes the window's rows; produces those of its rolled-out versions, less maintenance.
+
+    Rolled out: first seen at least min_history after their operation (a rare version present
+    all along is not new, however much it fails). Their alerted and suspect buckets are kept:
+    those are the very evidence that the build fails since it appeared (see
+    _regressed_since_rollout).
+    """
+    idx, pid = seen.idx, seen.pid
+    late = rolled_out(seen.first_idx, parts, policy)
     r_idx, r_pid = idx[late[pid]], pid[late[pid]]
     if len(maintenance) and len(r_idx):
         keys = stats[["operation_name", "sdk_version", "bucket_start"]].iloc[r_idx]
         keep = ~exclusion_mask(keys, maintenance, ())
         r_idx, r_pid = r_idx[keep], r_pid[keep]
-        del keys, keep
-    r_slot = _hour_of_week(ns[r_idx])
-    del late
+    return _RollRows(r_idx, r_pid, _hour_of_week(seen.ns[r_idx]))
+
+
+@dataclass
+class _Rows:
+    """The baseline rows kept (maintenance and alerted buckets left out), by position."""
+
+    stats: pd.DataFrame
+    idx: np.ndarray  # positions in stats
+    pid: np.ndarray  # partitions
+    t_idx: np.ndarray  # buckets from the window's start
+    slot: np.ndarray  # hour-of-week slots
+
+    def col(self, name: str) -> np.ndarray:
+        """A stats column at the kept rows, as float64."""
+        out: np.ndarray = self.stats[name].to_numpy()[self.idx].astype(np.float64, copy=False)
+        return out
+
+    @cached_property
+    def calls(self) -> np.ndarray:
+        """The rows' calls (read once: most steps use them)."""
+        return self.col("calls")
+
+
+def _kept_rows(
+    stats: pd.DataFrame,
+    seen: _Seen,
+    maintenance: Sequence[tuple[datetime, datetime, str | None]],
+    alerted: list[tuple[str, str, datetime, datetime]],
+) -> _Rows:
+    """Consumes the window's rows and the spans kept out; produces the baseline :class:`_Rows`."""
+    idx, pid, t_idx = seen.idx, seen.pid, seen.t_idx
     if len(maintenance) or alerted:
         keys = stats[["operation_name", "sdk_version", "bucket_start"]].iloc[idx]
         excl = exclusion_mask(keys, maintenance, alerted)
         del keys
         if excl.any():
             idx, pid, t_idx = idx[~excl], pid[~excl], t_idx[~excl]
-    slot = _hour_of_week(ns[idx])
-    del ns
+    return _Rows(stats, idx, pid, t_idx, _hour_of_week(seen.ns[idx]))
 
-    def col(name: str) -> np.ndarray:
-        return stats[name].to_numpy()[idx].astype(np.float64, copy=False)
 
-    # Calendar bucket counts per slot from each partition's first bucket, minus exclusions.
+def _slot_buckets(
+    parts: Partitions,
+    win: _Window,
+    first_idx: np.ndarray,
+    maintenance: Sequence[tuple[datetime, datetime, str | None]],
+    alerted: list[tuple[str, str, datetime, datetime]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Consumes the window and each partition's first bucket; produces (P, 168) calendar
+    buckets per slot from that bucket on, less the excluded, and (P,) the excluded."""
+    n_cal = win.n_cal
     grid_slots = (
-        slot_of(pd.date_range(start_ts, periods=n_cal, freq=bucket))
+        slot_of(pd.date_range(win.start, periods=n_cal, freq=win.bucket))
         if n_cal
         else np.zeros(0, np.int16)
     )
@@ -544,51 +661,90 @@ def compute_baselines(
         rev[:-1] = np.cumsum(onehot[::-1], axis=0)[::-1]
     n_slot_buckets = rev[np.minimum(first_idx, n_cal)]
     excluded = _excluded_bucket_counts(
-        parts, start_ts, end_ts, bucket, maintenance, alerted, first_idx
+        parts, win.start, win.end, win.bucket, maintenance, alerted, first_idx
     )
-    n_slot_buckets = np.maximum(n_slot_buckets - excluded, 0.0)
+    return np.maximum(n_slot_buckets - excluded, 0.0), excluded.sum(axis=1)
+
+
+@dataclass
+class _SlotSums:
+    """(P, 168) hour-of-week sums of the baseline rows, and the buckets counted per slot."""
+
+    C: np.ndarray  # calls
+    F: np.ndarray  # failures
+    G: np.ndarray  # failing calls
+    D: np.ndarray  # durations
+    S1: np.ndarray  # sum of log-durations
+    S2: np.ndarray  # sum of squared log-durations
+    B: np.ndarray  # calendar buckets
+
+
+def _slot_sums(rows: _Rows, P: int, buckets: np.ndarray) -> _SlotSums:
+    """Consumes the baseline rows and the buckets per slot; produces the :class:`_SlotSums`."""
+    flat = rows.pid.astype(np.int64) * SLOTS + rows.slot
 
     def acc(values: np.ndarray) -> np.ndarray:
-        flat = pid.astype(np.int64) * SLOTS + slot
         return np.bincount(flat, weights=values, minlength=P * SLOTS).reshape(P, SLOTS)
 
-    calls = col("calls")
-    C = acc(calls)
-    F = acc(col("failures"))
-    G = acc(col("failed_calls"))
-    D = acc(col("dur_n"))
-    S1 = acc(col("log_dur_sum"))
-    S2 = acc(col("log_dur_sumsq"))
+    return _SlotSums(
+        C=acc(rows.calls),
+        F=acc(rows.col("failures")),
+        G=acc(rows.col("failed_calls")),
+        D=acc(rows.col("dur_n")),
+        S1=acc(rows.col("log_dur_sum")),
+        S2=acc(rows.col("log_dur_sumsq")),
+        B=buckets,
+    )
 
-    bucket_days = bucket / pd.Timedelta(days=1)
-    history_days = np.maximum(n_cal - first_idx, 0) * bucket_days
+
+def _profile_kind(
+    first_idx: np.ndarray, win: _Window, policy: DetectionPolicy
+) -> tuple[np.ndarray, np.ndarray]:
+    """Consumes each partition's first bucket; produces (P,) its days of history and its
+    profile kind ("weekly", "seasonal" or "flat")."""
+    history_days = np.maximum(win.n_cal - first_idx, 0) * win.bucket_days
     kind = np.where(
         history_days >= policy.weekly_min_days,
         "weekly",
         np.where(history_days >= policy.seasonal_min_days, "seasonal", "flat"),
     ).astype(object)
+    return history_days, kind
 
-    # Flat (whole-window) statistics per partition.
-    Cf, Ff, Df, S1f, S2f, Bf = (a.sum(axis=1) for a in (C, F, D, S1, S2, n_slot_buckets))
+
+@dataclass
+class _Flat:
+    """Whole-window statistics per partition, (P,) each."""
+
+    calls: np.ndarray
+    failures: np.ndarray
+    dur_n: np.ndarray
+    buckets: np.ndarray
+    rate: np.ndarray  # calls per bucket
+    p: np.ndarray  # failure rate (NaN without calls)
+    mu: np.ndarray  # mean log-duration (NaN without durations)
+    var: np.ndarray  # variance of log-duration (>= 1e-4; NaN below two durations)
+
+
+def _flat_stats(s: _SlotSums) -> _Flat:
+    """Consumes the slot sums; produces each partition's :class:`_Flat` statistics."""
+    Cf, Ff, Df, S1f, S2f, Bf = (a.sum(axis=1) for a in (s.C, s.F, s.D, s.S1, s.S2, s.B))
     with np.errstate(invalid="ignore", divide="ignore"):
         rate_f = np.where(Bf > 0, Cf / np.maximum(Bf, 1), 0.0)
         p_f = np.where(Cf > 0, Ff / np.maximum(Cf, 1), np.nan)
         mu_f = np.where(Df > 0, S1f / np.maximum(Df, 1), np.nan)
         var_f = np.where(Df > 1, S2f / np.maximum(Df, 1) - mu_f**2, np.nan)
     var_f = np.where(np.isfinite(var_f), np.maximum(var_f, 1e-4), var_f)
+    return _Flat(Cf, Ff, Df, Bf, rate_f, p_f, mu_f, var_f)
 
-    # Profiles: fold the hour-of-week sums to the partition's profile.
-    def fold(a: np.ndarray) -> np.ndarray:
-        out = a.copy()
-        hod = a.reshape(P, 7, 24).sum(axis=1)
-        seasonal = kind == "seasonal"
-        out[seasonal] = np.tile(hod[seasonal], (1, 7))
-        flat = kind == "flat"
-        out[flat] = a[flat].sum(axis=1, keepdims=True)
-        return out
 
+def _failure_clustering(
+    parts: Partitions, s: _SlotSums, flat: _Flat, rows: _Rows, policy: DetectionPolicy
+) -> tuple[np.ndarray, np.ndarray]:
+    """Consumes the sums and the rows' failure clusters; produces (P,) ``call_ratio`` (failing
+    calls per failure) and ``cluster`` (failures per failing call), both shrunk."""
+    P, fo, Ff = len(parts), parts.fleet_of, flat.failures
     # Failing calls per failure, per partition, shrunk towards the operation's fleet ratio.
-    Gf = G.sum(axis=1)
+    Gf = s.G.sum(axis=1)
     a_r = _CALL_RATIO_PRIOR
     ratio_fleet = (Gf + a_r) / (Ff + a_r)
     call_ratio = np.clip((Gf + a_r * ratio_fleet[fo]) / (Ff + a_r), 0.0, 1.0)
@@ -596,38 +752,78 @@ def compute_baselines(
     # E[S^2] / E[S] times as much as a binomial one, S the failures of one failing call over
     # its whole length. Thin partitions lean on their operation's versions (a fleet on 1).
     fleet = parts.is_fleet
-    CLf = np.bincount(pid, weights=col("failure_cluster"), minlength=P)
+    CLf = np.bincount(rows.pid, weights=rows.col("failure_cluster"), minlength=P)
     vers = ~fleet
     op_cl = np.bincount(fo[vers], weights=CLf[vers], minlength=P)
     op_f = np.bincount(fo[vers], weights=Ff[vers], minlength=P)
     cl_prior = np.where(fleet, 1.0, (op_cl[fo] + a_r) / (op_f[fo] + a_r))
     cluster = np.clip((CLf + a_r * cl_prior) / (Ff + a_r), 1.0, policy.max_dispersion)
-    del CLf, op_cl, op_f, vers
+    return call_ratio, cluster
+
+
+def _fold(a: np.ndarray, kind: np.ndarray) -> np.ndarray:
+    """Consumes (P, 168) hour-of-week sums; produces them folded to each partition's profile."""
+    out = a.copy()
+    hod = a.reshape(a.shape[0], 7, 24).sum(axis=1)
+    seasonal = kind == "seasonal"
+    out[seasonal] = np.tile(hod[seasonal], (1, 7))
+    flat = kind == "flat"
+    out[flat] = a[flat].sum(axis=1, keepdims=True)
+    return out
+
+
+class _Own(NamedTuple):
+    """Each partition's own (P, 168) profile, every slot shrunk towards its flat value."""
+
+    exp_calls: np.ndarray  # calls per bucket
+    fail: np.ndarray  # failure rate
+    mu: np.ndarray  # mean log-duration
+    m2: np.ndarray  # mean squared log-duration
+
+
+def _own_profiles(
+    s: _SlotSums, kind: np.ndarray, flat: _Flat, cluster: np.ndarray, policy: DetectionPolicy
+) -> _Own:
+    """Consumes the slot sums, profile kinds and flat statistics; produces the :class:`_Own`."""
+    p_f, mu_f, var_f = flat.p, flat.mu, flat.var
     # How strongly an hour's failure rate leans on the partition's flat rate: as much as the
     # hours really differ beyond sampling noise (see _slot_prior_fail).
-    k_slot = _slot_prior_fail(C, F, kind, p_f, cluster, policy.slot_prior_calls)
-
-    Cs, Fs, Ds, S1s, S2s, Bs = (fold(a) for a in (C, F, D, S1, S2, n_slot_buckets))
-    # Each slot is shrunk towards the partition's own flat value (a thin hour stays sane) ...
+    k_slot = _slot_prior_fail(s.C, s.F, kind, p_f, cluster, policy.slot_prior_calls)
+    Cs, Fs, Ds, S1s, S2s, Bs = (_fold(a, kind) for a in (s.C, s.F, s.D, s.S1, s.S2, s.B))
+    # Each slot is shrunk towards the partition's own flat value (a thin hour stays sane).
     prior = policy.slot_prior_calls
     prior_b = 2.0  # pseudo-buckets for the volume profile
     with np.errstate(invalid="ignore", divide="ignore"):
-        exp_calls = (Cs + prior_b * rate_f[:, None]) / (Bs + prior_b)
+        exp_calls = (Cs + prior_b * flat.rate[:, None]) / (Bs + prior_b)
         kf = k_slot[:, None]
         own_fail = np.where(np.isinf(kf), p_f[:, None], (Fs + kf * p_f[:, None]) / (Cs + kf))
         own_mu = (S1s + prior * mu_f[:, None]) / (Ds + prior)
         own_m2 = (S2s + prior * (var_f + mu_f**2)[:, None]) / (Ds + prior)
+    return _Own(exp_calls, own_fail, own_mu, own_m2)
+
+
+def _since_rollout(
+    stats: pd.DataFrame,
+    roll: _RollRows,
+    own: _Own,
+    fo: np.ndarray,
+    P: int,
+    policy: DetectionPolicy,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Consumes the rolled-out versions' rows and their fleets' own profiles; produces (P,)
+    ``regressed`` and ``slower`` since the rollout (see _regressed_since_rollout)."""
+    r_idx, r_pid, r_slot = roll
     r_calls = stats["calls"].to_numpy()[r_idx].astype(np.float64)
     regressed = _regressed_since_rollout(
         np.bincount(r_pid, weights=r_calls, minlength=P),
         np.bincount(r_pid, weights=stats["failures"].to_numpy()[r_idx], minlength=P),
-        np.bincount(r_pid, weights=r_calls * own_fail[fo[r_pid], r_slot], minlength=P),
+        np.bincount(r_pid, weights=r_calls * own.fail[fo[r_pid], r_slot], minlength=P),
         policy,
     )
     r_dn = stats["dur_n"].to_numpy()[r_idx].astype(np.float64)
-    r_mu = own_mu[fo[r_pid], r_slot]
+    r_mu = own.mu[fo[r_pid], r_slot]
     with np.errstate(invalid="ignore"):
-        r_var = np.maximum(own_m2[fo[r_pid], r_slot] - r_mu**2, 1e-4)
+        r_var = np.maximum(own.m2[fo[r_pid], r_slot] - r_mu**2, 1e-4)
     slower = _slower_since_rollout(
         np.bincount(r_pid, weights=r_dn, minlength=P),
         np.bincount(
@@ -638,13 +834,36 @@ def compute_baselines(
         np.bincount(r_pid, weights=np.nan_to_num(r_dn * r_var), minlength=P),
         policy,
     )
-    del r_idx, r_pid, r_slot, r_calls, r_dn, r_mu, r_var
-    # (P, 168) arrays add up at 10k partitions: drop the sums once folded and blended.
-    del C, F, G, D, S1, S2, n_slot_buckets, Cs, Fs, Ds, S1s, S2s, Bs
+    return regressed, slower
 
-    # ... then (cold start) a version's slots are blended with its operation's fleet slots with
-    # the empirical-Bayes weight n/(n+k), n = the version's own baseline calls (durations).
-    k_fail, k_dur = _eb_prior_strength(parts, Cf, Ff, Df, mu_f, var_f, policy)
+
+@dataclass
+class _Levels:
+    """The baseline levels after the cold-start blend, and the weights behind them."""
+
+    exp_calls: np.ndarray  # (P, 168) the partition's own
+    fail_rate: np.ndarray  # (P, 168)
+    mu_log: np.ndarray  # (P, 168)
+    var_log: np.ndarray  # (P, 168)
+    k_fail: np.ndarray  # (P,) empirical-Bayes prior strengths
+    k_dur: np.ndarray
+    w_calls: np.ndarray  # (P,) own weights, failure rate
+    w_dur: np.ndarray  # (P,) own weights, log-duration
+
+
+def _cold_start(
+    parts: Partitions,
+    flat: _Flat,
+    own: _Own,
+    regressed: np.ndarray,
+    slower: np.ndarray,
+    policy: DetectionPolicy,
+) -> _Levels:
+    """Consumes the own profiles and flat statistics; produces the :class:`_Levels`, each
+    version's slots blended with its operation's fleet slots by n / (n + k)."""
+    fleet, fo, Cf, Df = parts.is_fleet, parts.fleet_of, flat.calls, flat.dur_n
+    # n = the version's own baseline calls (durations); k by empirical Bayes.
+    k_fail, k_dur = _eb_prior_strength(parts, Cf, flat.failures, Df, flat.mu, flat.var, policy)
     with np.errstate(invalid="ignore", divide="ignore"):
         w_calls = np.where(fleet, 1.0, Cf / (Cf + k_fail))
         # A thin version already failing more than its siblings since it appeared does not
@@ -653,101 +872,152 @@ def compute_baselines(
         w_dur = np.where(fleet, 1.0, Df / (Df + k_dur))
         # ... nor, slower than its siblings since it appeared, on its durations.
         w_dur = np.where(slower & (w_dur < policy.provisional_weight), 0.0, w_dur)
-    fail_rate = _blend(own_fail, own_fail[fo], w_calls[:, None])
-    mu_log = _blend(own_mu, own_mu[fo], w_dur[:, None])
-    m2 = _blend(own_m2, own_m2[fo], w_dur[:, None])
-    del own_m2
+    fail_rate = _blend(own.fail, own.fail[fo], w_calls[:, None])
+    mu_log = _blend(own.mu, own.mu[fo], w_dur[:, None])
+    m2 = _blend(own.m2, own.m2[fo], w_dur[:, None])
     with np.errstate(invalid="ignore"):
         var_log = np.maximum(m2 - mu_log**2, 1e-4)
-    p_any = np.nanmax(np.where(np.isfinite(fail_rate), fail_rate, -1.0), axis=1) >= 0
-    has_history, stretch = _history_stretch(p_any, Bf[fo] * bucket_days * 24, policy)
+    return _Levels(own.exp_calls, fail_rate, mu_log, var_log, k_fail, k_dur, w_calls, w_dur)
 
-    # Overdispersion from the baseline rows themselves (median squared Pearson residual), one
-    # metric at a time so the per-row temporaries do not pile up.
-    cap = policy.max_dispersion
+
+class _Dispersion(NamedTuple):
+    """(P,) overdispersion factors: log-duration, failures, failing calls, calls."""
+
+    dur: np.ndarray
+    fail: np.ndarray
+    fcall: np.ndarray
+    vol: np.ndarray
+
+
+def _row_dispersion(
+    rows: _Rows, own: _Own, lv: _Levels, call_ratio: np.ndarray, P: int, cap: float
+) -> _Dispersion:
+    """Consumes the baseline rows and levels; produces each partition's own :class:`_Dispersion`
+    (median squared Pearson residual), one metric at a time so temporaries do not pile up."""
+    pid, slot, calls = rows.pid, rows.slot, rows.calls
+    fail_rate, var_log = lv.fail_rate, lv.var_log
     with np.errstate(invalid="ignore", divide="ignore"):
-        n_d = col("dur_n")
-        s1 = col("log_dur_sum")
+        n_d = rows.col("dur_n")
+        s1 = rows.col("log_dur_sum")
         # Around the partition's own level, as the wander below: how far a thin version's
         # level is from the one it borrows is the deviation under test, not dispersion (a
         # build x2 slower since its rollout read phi ~10 against its siblings' level).
-        mu_r = np.where(np.isfinite(own_mu), own_mu, mu_log)[pid, slot]
+        mu_r = np.where(np.isfinite(own.mu), own.mu, lv.mu_log)[pid, slot]
         r = np.where(n_d >= 2, (s1 - n_d * mu_r) / np.sqrt(n_d * var_log[pid, slot]), np.nan)
         del n_d, s1, mu_r
         phi_dur = _median_dispersion(pid, r, P, cap)
         p_r = fail_rate[pid, slot]
-        f_r = col("failures")
+        f_r = rows.col("failures")
         v_r = calls * p_r * (1 - p_r)
         r = np.where(v_r >= 3, (f_r - calls * p_r) / np.sqrt(v_r), np.nan)
         del p_r, f_r, v_r
         phi_fail = _median_dispersion(pid, r, P, cap)
         q_r = fail_rate[pid, slot] * call_ratio[pid]
         v_r = calls * q_r * (1 - q_r)
-        r = np.where(v_r >= 3, (col("failed_calls") - calls * q_r) / np.sqrt(v_r), np.nan)
+        r = np.where(v_r >= 3, (rows.col("failed_calls") - calls * q_r) / np.sqrt(v_r), np.nan)
         del q_r, v_r
         phi_fcall = _median_dispersion(pid, r, P, cap)
-        e_r = exp_calls[pid, slot]
+        e_r = lv.exp_calls[pid, slot]
         r = np.where(e_r >= 5, (calls - e_r) / np.sqrt(e_r), np.nan)
         del e_r
         phi_vol = _median_dispersion(pid, r, P, cap)
-        del r
-    # Versions with thin history borrow the operation's dispersion as they borrow its level.
-    phi_dur = np.maximum(phi_dur, np.where(fleet, 1.0, phi_dur[fo] * (1 - w_dur)))
-    phi_fail = np.maximum(phi_fail, np.where(fleet, 1.0, phi_fail[fo] * (1 - w_calls)))
-    phi_fcall = np.maximum(phi_fcall, np.where(fleet, 1.0, phi_fcall[fo] * (1 - w_calls)))
-    # A short history has not seen the day's cycle: every band widens by its stretch.
-    phi_dur, phi_fail, phi_fcall, phi_vol = (
-        a * stretch for a in (phi_dur, phi_fail, phi_fcall, phi_vol)
-    )
+    return _Dispersion(phi_dur, phi_fail, phi_fcall, phi_vol)
 
-    # How much the true level wanders from hour to hour beyond the profile (day-to-day mix of
-    # calls, devices, networks), from the baseline's hourly residuals.
-    block = (t_idx // max(int(pd.Timedelta(hours=1) / bucket), 1)).astype(np.int64)
+
+def _borrowed_dispersion(
+    phi: _Dispersion, parts: Partitions, lv: _Levels, stretch: np.ndarray
+) -> _Dispersion:
+    """Consumes each partition's own dispersion; produces it with thin versions' borrowed from
+    their operation (as they borrow its level), every band widened by a short history's stretch."""
+    fleet, fo, w_calls, w_dur = parts.is_fleet, parts.fleet_of, lv.w_calls, lv.w_dur
+    phi_dur = np.maximum(phi.dur, np.where(fleet, 1.0, phi.dur[fo] * (1 - w_dur)))
+    phi_fail = np.maximum(phi.fail, np.where(fleet, 1.0, phi.fail[fo] * (1 - w_calls)))
+    phi_fcall = np.maximum(phi.fcall, np.where(fleet, 1.0, phi.fcall[fo] * (1 - w_calls)))
+    # A short history has not seen the day's cycle: every band widens by its stretch.
+    return _Dispersion(*(a * stretch for a in (phi_dur, phi_fail, phi_fcall, phi.vol)))
+
+
+def _wander(
+    rows: _Rows,
+    win: _Window,
+    own: _Own,
+    lv: _Levels,
+    phi: _Dispersion,
+    cluster: np.ndarray,
+    parts: Partitions,
+    stretch: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Consumes the baseline rows, levels and dispersions; produces (P,) ``tau2_fail`` and
+    ``tau2_dur``: how much the true level wanders from hour to hour beyond the profile
+    (day-to-day mix of calls, devices, networks), from the baseline's hourly residuals."""
+    pid, slot, calls, P = rows.pid, rows.slot, rows.calls, len(parts)
+    block = (rows.t_idx // max(int(pd.Timedelta(hours=1) / win.bucket), 1)).astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         # Around the partition's own level: how a thin version differs from the level it
         # borrows is the deviation under test, not wander.
-        p_r = np.where(np.isfinite(own_fail), own_fail, fail_rate)[pid, slot]
+        p_r = np.where(np.isfinite(own.fail), own.fail, lv.fail_rate)[pid, slot]
         # Failures come in clusters (one bad call fails several): an hour holds most of a
         # call, so the clusters inflate its sampling variance by ``cluster``.
-        v_r = calls * p_r * (1 - p_r) * np.maximum(phi_fail, cluster)[pid]
-        tau2_fail = _between_hours(pid, block, col("failures") - calls * p_r, v_r, calls, P)
+        v_r = calls * p_r * (1 - p_r) * np.maximum(phi.fail, cluster)[pid]
+        tau2_fail = _between_hours(pid, block, rows.col("failures") - calls * p_r, v_r, calls, P)
         del p_r, v_r
-        n_d = col("dur_n")
-        mu_r = np.where(np.isfinite(own_mu), own_mu, mu_log)[pid, slot]
-        r = np.where(n_d > 0, col("log_dur_sum") - n_d * mu_r, 0.0)
-        v_r = n_d * var_log[pid, slot] * phi_dur[pid]
+        n_d = rows.col("dur_n")
+        mu_r = np.where(np.isfinite(own.mu), own.mu, lv.mu_log)[pid, slot]
+        r = np.where(n_d > 0, rows.col("log_dur_sum") - n_d * mu_r, 0.0)
+        v_r = n_d * lv.var_log[pid, slot] * phi.dur[pid]
         tau2_dur = _between_hours(pid, block, r, v_r, n_d, P)
         del n_d, mu_r, r, v_r
     # A version with thin history takes its operation's wander as it takes its level.
-    tau2_fail = np.where(fleet, tau2_fail, _blend(tau2_fail, tau2_fail[fo], w_calls))
-    tau2_dur = np.where(fleet, tau2_dur, _blend(tau2_dur, tau2_dur[fo], w_dur))
-    tau2_fail, tau2_dur = tau2_fail * stretch, tau2_dur * stretch
-    del own_fail, own_mu
+    fleet, fo = parts.is_fleet, parts.fleet_of
+    tau2_fail = np.where(fleet, tau2_fail, _blend(tau2_fail, tau2_fail[fo], lv.w_calls))
+    tau2_dur = np.where(fleet, tau2_dur, _blend(tau2_dur, tau2_dur[fo], lv.w_dur))
+    return tau2_fail * stretch, tau2_dur * stretch
 
-    weight = np.minimum(w_calls, np.where(np.isfinite(w_dur), w_dur, 1.0))
+
+class _History(NamedTuple):
+    """(P,) what each partition's history holds."""
+
+    first_idx: np.ndarray  # first bucket seen in the window
+    days: np.ndarray  # days since then
+    kind: np.ndarray  # profile kind
+    excluded: np.ndarray  # buckets left out
+    has_history: np.ndarray  # any usable baseline
+    stretch: np.ndarray  # band widening of a short history
+
+
+def _finish(
+    parts: Partitions,
+    policy: DetectionPolicy,
+    flat: _Flat,
+    lv: _Levels,
+    phi: _Dispersion,
+    hist: _History,
+    clusters: tuple[np.ndarray, np.ndarray],
+    tau2: tuple[np.ndarray, np.ndarray],
+) -> Baselines:
+    """Consumes every step's result; produces the :class:`Baselines`, provisional versions
+    marked "borrowed" and levels without data made neutral."""
+    fleet, Cf, Df, k_fail, k_dur = parts.is_fleet, flat.calls, flat.dur_n, lv.k_fail, lv.k_dur
+    weight = np.minimum(lv.w_calls, np.where(np.isfinite(lv.w_dur), lv.w_dur, 1.0))
     provisional = ~fleet & (weight < policy.provisional_weight)
-    kind = np.where(provisional, "borrowed", kind)
+    kind = np.where(provisional, "borrowed", hist.kind)
     # Partitions without any duration data at all (point events): neutral duration baseline.
-    mu_log = np.where(np.isfinite(mu_log), mu_log, 0.0)
-    var_log = np.where(np.isfinite(var_log), var_log, 1.0)
-    fail_rate = np.clip(np.where(np.isfinite(fail_rate), fail_rate, 0.0), 1e-5, 1 - 1e-5)
-    exp_calls = np.where(np.isfinite(exp_calls), exp_calls, 0.0)
     return Baselines(
-        exp_calls=exp_calls,
-        fail_rate=fail_rate,
-        mu_log=mu_log,
-        var_log=var_log,
-        phi_dur=phi_dur,
-        phi_fail=phi_fail,
-        phi_vol=phi_vol,
+        exp_calls=np.where(np.isfinite(lv.exp_calls), lv.exp_calls, 0.0),
+        fail_rate=np.clip(np.where(np.isfinite(lv.fail_rate), lv.fail_rate, 0.0), 1e-5, 1 - 1e-5),
+        mu_log=np.where(np.isfinite(lv.mu_log), lv.mu_log, 0.0),
+        var_log=np.where(np.isfinite(lv.var_log), lv.var_log, 1.0),
+        phi_dur=phi.dur,
+        phi_fail=phi.fail,
+        phi_vol=phi.vol,
         calls=Cf,
-        buckets=Bf,
-        excluded=excluded.sum(axis=1),
-        history_days=history_days,
+        buckets=flat.buckets,
+        excluded=hist.excluded,
+        history_days=hist.days,
         kind=kind.astype(object),
         weight=weight,
         provisional=provisional,
-        has_history=has_history,
+        has_history=hist.has_history,
         k_fail=k_fail,
         k_dur=k_dur,
         # A version's level is w * own + (1 - w) * fleet, w = n / (n + k): the own part's
@@ -756,13 +1026,13 @@ def compute_baselines(
         # a brand-new version (n = 0) is judged against it as if known.
         n_eff_fail=np.where(fleet, Cf, (Cf + k_fail) ** 2 / np.maximum(Cf, 1e-9)),
         n_eff_dur=np.where(fleet, Df, (Df + k_dur) ** 2 / np.maximum(Df, 1e-9)),
-        call_ratio=call_ratio,
-        phi_fcall=phi_fcall,
-        cluster=cluster,
-        first_bucket=first_idx,
-        tau2_fail=tau2_fail,
-        tau2_dur=tau2_dur,
-        stretch=stretch,
+        call_ratio=clusters[0],
+        phi_fcall=phi.fcall,
+        cluster=clusters[1],
+        first_bucket=hist.first_idx,
+        tau2_fail=tau2[0],
+        tau2_dur=tau2[1],
+        stretch=hist.stretch,
     )
 
 

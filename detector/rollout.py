@@ -255,27 +255,120 @@ def rollout_test(
     ``passes`` (every check, and longer than the trailing spans) and ``growth``: ln of the
     calls since the first call over those an hour before (inf in its first hour; see
     :func:`effective_looks`)."""
-    L, K = len(roll), len(col)
+    c = _running_counts(roll, base, parts, col, policy.buckets_per_hour)
+    x = _expectation(c, base, parts, roll.rows, policy)
+    p = _p_value(c, x)
+    loo = _survives_loo(roll, c, x, col, policy.loo_z)
+    steady, current = _steady_and_current(c, x, col, policy)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(c.n + c.co > 0, c.n / (c.n + c.co), 0.0)
+        growth = np.where(c.n_hour_ago > 0, np.log(c.n / c.n_hour_ago), np.inf)
+    passes = (
+        (c.span > max(policy.spans))
+        & (x.effect >= policy.min_failure_points)
+        & (c.n >= policy.min_calls)
+        & (c.k >= policy.min_failures)
+        & (share >= policy.min_share)
+        & loo
+        & steady
+        & current
+    )
+    return {
+        "p": p,
+        "effect": x.effect,
+        "n": c.n,
+        "k": c.k,
+        "expected": x.ex,
+        "z": x.z,
+        "span": c.span,
+        "loo": loo,
+        "steady": steady,
+        "current": current,
+        "share": share,
+        "others_z": x.others_z,
+        "passes": passes,
+        "growth": growth,
+    }
+
+
+def _cum(x: np.ndarray) -> np.ndarray:
+    """Running sums with a leading zero column: buckets [a, b) sum to c[:, b] - c[:, a]."""
+    out = np.zeros((x.shape[0], x.shape[1] + 1))
+    np.cumsum(x, axis=1, out=out[:, 1:])
+    return out
+
+
+@dataclass
+class _Counts:
+    """A rollout's running sums (``(L, T + 1)``, see :func:`_cum`) and what they read at the
+    tested columns (``(L, K)``): the version's own, and the operation's other versions'."""
+
+    cs: np.ndarray  # running calls
+    fs: np.ndarray  # running failures
+    es: np.ndarray  # running failures the fleet's rates expect
+    n: np.ndarray  # calls since the first call
+    k: np.ndarray  # failures since the first call
+    e: np.ndarray  # failures the fleet's rates expect of them
+    n_hour_ago: np.ndarray  # calls at the look one hour before
+    co: np.ndarray  # the other versions' calls
+    fo: np.ndarray  # ... failures
+    eo: np.ndarray  # ... and failures expected
+    span: np.ndarray  # buckets since the first call
+    cl: np.ndarray  # (L, 1) the version's failures per failing call (>= 1)
+    cl_o: np.ndarray  # (L, 1) its fleet's
+
+
+def _running_counts(
+    roll: Rollout, base: Baselines, parts: Partitions, col: np.ndarray, per_hour: int
+) -> _Counts:
+    """Consumes a rollout, the baselines' clusters and the tested columns; produces the
+    :class:`_Counts` of every version at those columns."""
     rows = roll.rows
-    per_hour = policy.buckets_per_hour
-
-    def cum(x: np.ndarray) -> np.ndarray:
-        """Running sums with a leading zero column: buckets [a, b) sum to c[:, b] - c[:, a]."""
-        out = np.zeros((x.shape[0], x.shape[1] + 1))
-        np.cumsum(x, axis=1, out=out[:, 1:])
-        return out
-
     C, F, Co, Fo = roll.calls, roll.failures, roll.other_calls, roll.other_failures
-    cs, fs, es = cum(C), cum(F), cum(C * roll.rate)
-    n, k, e = cs[:, col + 1], fs[:, col + 1], es[:, col + 1]
-    # Calls at the look one hour (per_hour buckets) before each column.
-    n_hour_ago = cs[:, np.clip(col + 1 - per_hour, 0, None)]
-    co, fo_, eo = (cum(x)[:, col + 1] for x in (Co, Fo, Co * roll.rate))
-    span = col[None, :] - roll.first[:, None] + 1
+    cs, fs, es = _cum(C), _cum(F), _cum(C * roll.rate)
+    co, fo_, eo = (_cum(x)[:, col + 1] for x in (Co, Fo, Co * roll.rate))
     cl = np.maximum(base.cluster[rows] if base.cluster is not None else 1.0, 1.0)[:, None]
     cl_o = np.maximum(base.cluster[parts.fleet_of[rows]] if base.cluster is not None else 1.0, 1.0)[
         :, None
     ]
+    return _Counts(
+        cs=cs,
+        fs=fs,
+        es=es,
+        n=cs[:, col + 1],
+        k=fs[:, col + 1],
+        e=es[:, col + 1],
+        # Calls at the look one hour (per_hour buckets) before each column.
+        n_hour_ago=cs[:, np.clip(col + 1 - per_hour, 0, None)],
+        co=co,
+        fo=fo_,
+        eo=eo,
+        span=col[None, :] - roll.first[:, None] + 1,
+        cl=cl,
+        cl_o=cl_o,
+    )
+
+
+class _Expected(NamedTuple):
+    """The test's expectation at the tested columns, ``(L, K)`` each."""
+
+    drift: np.ndarray  # failure rate the other versions moved by (shrunk), added to the fleet's
+    ex: np.ndarray  # failures expected
+    pbar: np.ndarray  # expected failure rate
+    var: np.ndarray  # variance of the failure count
+    sd: np.ndarray
+    z: np.ndarray
+    others_z: np.ndarray  # the other versions' excess, as a z
+    effect: np.ndarray  # excess failure rate (points)
+
+
+def _expectation(
+    c: _Counts, base: Baselines, parts: Partitions, rows: np.ndarray, policy: DetectionPolicy
+) -> _Expected:
+    """Consumes the running counts and the fleet's wander (``base.tau2_fail``); produces the
+    failures expected of each version, moved by its siblings' drift, and its z."""
+    n, k, e, co, fo_, eo, cl_o = c.n, c.k, c.e, c.co, c.fo, c.eo, c.cl_o
+    per_hour = policy.buckets_per_hour
     with np.errstate(invalid="ignore", divide="ignore"):
         # The other versions' excess over the fleet's rates in the same buckets moves the
         # expectation: a fleet-wide bad stretch is not the build's. Their count is noisy too
@@ -285,7 +378,7 @@ def rollout_test(
         # (the fleet's tau2 / hours).
         sampling = np.where(co > 0, np.maximum(fo_, 1.0) * cl_o / np.maximum(co, 1e-12) ** 2, 0.0)
         others_z = (fo_ - eo) / np.sqrt(np.maximum(eo * cl_o, 1e-12))
-        prior = base.tau2_fail[parts.fleet_of[rows]][:, None] / np.maximum(span / per_hour, 1.0)
+        prior = base.tau2_fail[parts.fleet_of[rows]][:, None] / np.maximum(c.span / per_hour, 1.0)
         keep = np.where(
             np.abs(others_z) >= policy.shared_z,
             1.0,
@@ -294,75 +387,85 @@ def rollout_test(
         drift = keep * np.where(co > 0, (fo_ - eo) / np.maximum(co, 1e-12), 0.0)
         ex = np.maximum(e + n * drift, 0.1 * e)
         pbar = np.clip(np.where(n > 0, ex / n, 0.0), 1e-9, 1 - 1e-9)
-        var = ex * (1 - pbar) * cl + n**2 * keep * sampling
+        var = ex * (1 - pbar) * c.cl + n**2 * keep * sampling
         sd = np.sqrt(np.maximum(var, 1e-12))
         z = (k - ex) / sd
-        d = np.maximum(var / np.maximum(n * pbar * (1 - pbar), 1e-12), 1.0)
-        kk, nn = k / d, n / d
-        p = np.ones((L, K))
-        cand = (n > 0) & (kk > 0) & (z >= 1.5)
-        p[cand] = special.betainc(kk[cand], (nn - kk + 1)[cand], pbar[cand])
         effect = np.where(n > 0, (k - ex) / n, 0.0)
-        # Survives dropping its strongest bucket (the largest single-bucket excess so far).
-        x = F - C * roll.rate
-        x_max = np.maximum.accumulate(np.where(C > 0, x, -np.inf), axis=1)[:, col]
-        loo = (k - ex - np.maximum(x_max, 0.0) - 0.5) / sd >= policy.loo_z
-        rows_i = np.arange(L)[:, None]
-        end = np.broadcast_to(col[None, :] + 1, (L, K))
+    return _Expected(drift, ex, pbar, var, sd, z, others_z, effect)
 
-        def window(w: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            """Excess failures' z, and the excess rate, of the ``w`` buckets ending ``off``
-            buckets before the tested one; -inf and -1 where it holds too few calls to judge."""
-            hi = np.clip(end - off, 0, None)
-            lo = np.clip(hi - w, 0, None)
-            nw = cs[rows_i, hi] - cs[rows_i, lo]
-            kw = fs[rows_i, hi] - fs[rows_i, lo]
-            ew = np.maximum(es[rows_i, hi] - es[rows_i, lo] + nw * drift, 0.0)
-            pw = np.clip(np.where(nw > 0, ew / nw, 0.0), 1e-9, 1 - 1e-9)
-            zw = (kw - ew - 0.5) / np.sqrt(np.maximum(ew * (1 - pw) * cl, 1e-12))
-            rate = np.where(nw >= policy.min_calls * policy.third_support, (kw - ew) / nw, -1.0)
-            return np.where(rate > -1.0, zw, -np.inf), rate
 
-        # Since the rollout: every third of the span fails more on its own (recent_z and the
-        # practical minimum), so a build that failed for an afternoon a day after its rollout
-        # is that afternoon's incident (the trailing spans' business), not "failing since".
-        third = -(-span // 3)
-        steady = np.ones((L, K), bool)
-        for i in range(3):
-            zt, rt = window(third, i * third)
-            steady &= (zt >= policy.recent_z) & (rt >= policy.min_failure_points)
-        # Current: the last third (at most the longest trailing span) carries at least
-        # latest_share of the whole effect.
-        zc, rc = window(np.minimum(third, max(policy.spans)), np.zeros_like(third))
-        current = (zc >= policy.recent_z) & (rc >= policy.latest_share * effect)
-        share = np.where(n + co > 0, n / (n + co), 0.0)
-        growth = np.where(n_hour_ago > 0, np.log(n / n_hour_ago), np.inf)
-    passes = (
-        (span > max(policy.spans))
-        & (effect >= policy.min_failure_points)
-        & (n >= policy.min_calls)
-        & (k >= policy.min_failures)
-        & (share >= policy.min_share)
-        & loo
-        & steady
-        & current
-    )
-    return {
-        "p": p,
-        "effect": effect,
-        "n": n,
-        "k": k,
-        "expected": ex,
-        "z": z,
-        "span": span,
-        "loo": loo,
-        "steady": steady,
-        "current": current,
-        "share": share,
-        "others_z": others_z,
-        "passes": passes,
-        "growth": growth,
-    }
+def _p_value(c: _Counts, x: _Expected) -> np.ndarray:
+    """Consumes the counts and their expectation; produces ``(L, K)`` one test's p-values (a
+    beta-binomial tail on the counts scaled down by the dispersion; 1 where z < 1.5)."""
+    n, k, pbar = c.n, c.k, x.pbar
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = np.maximum(x.var / np.maximum(n * pbar * (1 - pbar), 1e-12), 1.0)
+        kk, nn = k / d, n / d
+        p = np.ones(n.shape)
+        cand = (n > 0) & (kk > 0) & (x.z >= 1.5)
+        p[cand] = special.betainc(kk[cand], (nn - kk + 1)[cand], pbar[cand])
+    return p
+
+
+def _survives_loo(
+    roll: Rollout, c: _Counts, x: _Expected, col: np.ndarray, loo_z: float
+) -> np.ndarray:
+    """Consumes the history, counts and expectation; produces ``(L, K)`` bool: the evidence
+    survives dropping its strongest bucket (the largest single-bucket excess so far)."""
+    C = roll.calls
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xs = roll.failures - C * roll.rate
+        x_max = np.maximum.accumulate(np.where(C > 0, xs, -np.inf), axis=1)[:, col]
+        out: np.ndarray = (c.k - x.ex - np.maximum(x_max, 0.0) - 0.5) / x.sd >= loo_z
+    return out
+
+
+def _window(
+    c: _Counts,
+    drift: np.ndarray,
+    col: np.ndarray,
+    w: np.ndarray,
+    off: np.ndarray,
+    policy: DetectionPolicy,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Excess failures' z, and the excess rate, of the ``w`` buckets ending ``off``
+    buckets before the tested one; -inf and -1 where it holds too few calls to judge."""
+    L, K = c.n.shape
+    rows_i = np.arange(L)[:, None]
+    end = np.broadcast_to(col[None, :] + 1, (L, K))
+    cs, fs, es = c.cs, c.fs, c.es
+    with np.errstate(invalid="ignore", divide="ignore"):
+        hi = np.clip(end - off, 0, None)
+        lo = np.clip(hi - w, 0, None)
+        nw = cs[rows_i, hi] - cs[rows_i, lo]
+        kw = fs[rows_i, hi] - fs[rows_i, lo]
+        ew = np.maximum(es[rows_i, hi] - es[rows_i, lo] + nw * drift, 0.0)
+        pw = np.clip(np.where(nw > 0, ew / nw, 0.0), 1e-9, 1 - 1e-9)
+        zw = (kw - ew - 0.5) / np.sqrt(np.maximum(ew * (1 - pw) * c.cl, 1e-12))
+        rate = np.where(nw >= policy.min_calls * policy.third_support, (kw - ew) / nw, -1.0)
+    return np.where(rate > -1.0, zw, -np.inf), rate
+
+
+def _steady_and_current(
+    c: _Counts, x: _Expected, col: np.ndarray, policy: DetectionPolicy
+) -> tuple[np.ndarray, np.ndarray]:
+    """Consumes the counts and expectation; produces ``(L, K)`` bools ``steady`` (every third
+    of the span fails more) and ``current`` (the last third carries its share)."""
+    # Since the rollout: every third of the span fails more on its own (recent_z and the
+    # practical minimum), so a build that failed for an afternoon a day after its rollout
+    # is that afternoon's incident (the trailing spans' business), not "failing since".
+    third = -(-c.span // 3)
+    steady = np.ones(c.n.shape, bool)
+    for i in range(3):
+        zt, rt = _window(c, x.drift, col, third, i * third, policy)
+        steady &= (zt >= policy.recent_z) & (rt >= policy.min_failure_points)
+    # Current: the last third (at most the longest trailing span) carries at least
+    # latest_share of the whole effect.
+    w = np.minimum(third, max(policy.spans))
+    zc, rc = _window(c, x.drift, col, w, np.zeros_like(third), policy)
+    with np.errstate(invalid="ignore"):
+        current = (zc >= policy.recent_z) & (rc >= policy.latest_share * x.effect)
+    return steady, current
 
 
 def effective_looks(growth: np.ndarray, z: float, per_hour: int) -> np.ndarray:
