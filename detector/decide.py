@@ -447,6 +447,38 @@ def decide(
         (nothing deviated), else the first gate it failed or ``anomaly``.
     """
     ev = evidence
+    g = _gates(ev, policy, previous_hot)
+    reason = _first_failed_gate(g, *_attribution(ev, policy, g))
+    if ev.forest_p is not None:
+        blocked = (g.maint[:, 0], ~g.hist[:, :, 0])
+        _forest_vote(ev, policy, reason, g.alert, blocked, g.volume, forest_out)
+    reason[:, :, ~ev.judged.astype(bool)] = R_NONE
+    if forest_out is not None:
+        forest_out &= reason == R_ANOM
+    if now is not None and bucket_end is not None:
+        future = np.asarray(bucket_end) > np.datetime64(now.replace(tzinfo=None), "ns")
+        reason[:, :, future] = R_NONE
+    return reason
+
+
+@dataclass(frozen=True)
+class _Gates:
+    """Where each gate of :func:`decide` passes, (P, M, T) (``maint`` (P, 1, T), ``hist``
+    (P, 1, 1)); ``raw_sig``: nominally significant, before any correction."""
+
+    raw_sig: np.ndarray
+    candidate: np.ndarray
+    maint: np.ndarray
+    hist: np.ndarray
+    volume: np.ndarray
+    sig: np.ndarray
+    practical: np.ndarray
+    persistent: np.ndarray
+    alert: np.ndarray  # hot (every gate up to the effect) and persistent
+
+
+def _gates(ev: Evidence, policy: DetectionPolicy, previous_hot: np.ndarray | None) -> _Gates:
+    """Evidence -> the candidates and where each gate (attribution aside) passes."""
     P, M, T = ev.p.shape
     n_tests = np.asarray(ev.n_tests, dtype="float64").reshape(1, M, 1)
     raw_sig = ev.p <= policy.alpha  # nominally interesting, before any correction
@@ -463,6 +495,15 @@ def decide(
     hist = ev.has_history[:, None, None]
 
     hot = sig & practical & volume & ev.loo_ok & ~maint & hist & ev.testable[:, :, None]
+    hot, persistent = _persistence(ev, policy, hot, previous_hot)
+    alert = hot & persistent
+    return _Gates(raw_sig, candidate, maint, hist, volume, sig, practical, persistent, alert)
+
+
+def _persistence(
+    ev: Evidence, policy: DetectionPolicy, hot: np.ndarray, previous_hot: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hot buckets (and the previous run's) -> (hot, persistent), (P, M, T) each."""
     if previous_hot is not None:
         hot = np.concatenate([previous_hot.astype(bool), hot], axis=-1)
         persistent = _n_of_m(hot, policy.persist_n, policy.persist_m)[..., previous_hot.shape[-1] :]
@@ -478,24 +519,32 @@ def decide(
         persistent = persistent | (
             hot & (ev.span >= policy.persist_m) & (ev.span <= _SINGLE_BUCKET_THIRDS)
         )
-    alert = hot & persistent
+    return hot, persistent
 
-    # Attribution between a version and its operation's fleet, per (operation, metric, bucket).
+
+def _attribution(ev: Evidence, policy: DetectionPolicy, g: _Gates) -> tuple[np.ndarray, np.ndarray]:
+    """Gates -> (explained by the fleet, explained by a version), (P, M, T) each.
+
+    Attribution between a version and its operation's fleet, per (operation, metric, bucket),
+    looks back over the partition's own evidence span: the fleet's trailing span still holds
+    a version's deviation for a while after the version stops (and vice versa).
+    """
+    P, M, T = ev.p.shape
     n_ops = int(ev.op_index.max()) + 1 if P else 0
     fleet = ev.is_fleet.astype(bool)
+    span = ev.span if ev.span is not None else np.ones((P, M, T), np.int64)
+    by_fleet = _by_fleet(ev, g.alert, fleet, n_ops, span)
+    return by_fleet, _by_version(ev, policy, g, fleet, n_ops, span)
+
+
+def _by_fleet(
+    ev: Evidence, alert: np.ndarray, fleet: np.ndarray, n_ops: int, span: np.ndarray
+) -> np.ndarray:
+    """Alerts, fleet rows, operations, spans -> (P, M, T) version alerts the fleet explains."""
+    P, M, T = ev.p.shape
     fleet_alert = np.zeros((n_ops, M, T), dtype=bool)
     if n_ops:
         np.logical_or.at(fleet_alert, ev.op_index[fleet], alert[fleet])
-    # A version deviating on its own: nominally significant and practically large while the
-    # other versions are fine. Volume and sample size do not matter here (a new version with 20
-    # calls can still be why its operation's fleet moved).
-    own = raw_sig & practical & ~ev.shared & ~fleet[:, None, None] & ev.testable[:, :, None]
-    version_own = np.zeros((n_ops, M, T), dtype=bool)
-    if n_ops:
-        np.logical_or.at(version_own, ev.op_index[~fleet], own[~fleet])
-    # Attribution looks back over the partition's own evidence span: the fleet's trailing span
-    # still holds a version's deviation for a while after the version stops (and vice versa).
-    span = ev.span if ev.span is not None else np.ones((P, M, T), np.int64)
     fleet_recent = _any_within(fleet_alert[ev.op_index], span)
     if ev.last_alert_end is not None and P:
         # The fleet alerted in an earlier run within this partition's evidence span.
@@ -511,7 +560,27 @@ def decide(
     siblings = np.bincount(ev.op_index[~fleet], minlength=n_ops)[ev.op_index] >= 2
     with_siblings = ev.shared & ~ev.peer_sig & siblings[:, None, None]
     with_siblings[:, 2] = False
-    explained_by_fleet = alert & ~fleet[:, None, None] & ev.shared & (fleet_recent | with_siblings)
+    out: np.ndarray = alert & ~fleet[:, None, None] & ev.shared & (fleet_recent | with_siblings)
+    return out
+
+
+def _by_version(
+    ev: Evidence,
+    policy: DetectionPolicy,
+    g: _Gates,
+    fleet: np.ndarray,
+    n_ops: int,
+    span: np.ndarray,
+) -> np.ndarray:
+    """Gates, fleet rows, operations, spans -> (P, M, T) fleet alerts a version explains."""
+    P, M, T = ev.p.shape
+    # A version deviating on its own: nominally significant and practically large while the
+    # other versions are fine. Volume and sample size do not matter here (a new version with 20
+    # calls can still be why its operation's fleet moved).
+    own = g.raw_sig & g.practical & ~ev.shared & ~fleet[:, None, None] & ev.testable[:, :, None]
+    version_own = np.zeros((n_ops, M, T), dtype=bool)
+    if n_ops:
+        np.logical_or.at(version_own, ev.op_index[~fleet], own[~fleet])
     version_recent = _any_within(version_own[ev.op_index], span)
     # ... and a version that deviated on its own in most of the last attribution_lookback
     # buckets still explains the fleet when its own evidence blinks for a few buckets (a
@@ -522,31 +591,27 @@ def decide(
         version_recent |= _n_of_m(version_own, -(-lb // 2), lb)[ev.op_index]
     if ev.last_version_dev_end is not None and P:
         version_recent |= _span_starts_before(span, ev.last_version_dev_end)
-    explained_by_version = alert & fleet[:, None, None] & version_recent
+    out: np.ndarray = g.alert & fleet[:, None, None] & version_recent
+    return out
 
-    reason = np.zeros((P, M, T), dtype=np.int8)
+
+def _first_failed_gate(g: _Gates, by_fleet: np.ndarray, by_version: np.ndarray) -> np.ndarray:
+    """Gates and attribution -> (P, M, T) int8 reason codes (0 where not a candidate)."""
+    candidate = g.candidate
+    reason = np.zeros(candidate.shape, dtype=np.int8)
     # Assign from the last gate backwards, so the first failed gate wins.
     reason[candidate] = R_ANOM
-    reason[candidate & explained_by_version] = R_VERSION
-    reason[candidate & explained_by_fleet] = R_FLEET
-    reason[candidate & ~persistent] = R_PERSIST
-    reason[candidate & ~practical] = R_EFFECT
-    reason[candidate & ~sig] = R_NOTSIG
-    reason[candidate & ~volume] = R_LOWVOL
-    reason[candidate & ~hist] = R_HIST
-    reason[candidate & maint] = R_MAINT
+    reason[candidate & by_version] = R_VERSION
+    reason[candidate & by_fleet] = R_FLEET
+    reason[candidate & ~g.persistent] = R_PERSIST
+    reason[candidate & ~g.practical] = R_EFFECT
+    reason[candidate & ~g.sig] = R_NOTSIG
+    reason[candidate & ~g.volume] = R_LOWVOL
+    reason[candidate & ~g.hist] = R_HIST
+    reason[candidate & g.maint] = R_MAINT
     # A bucket passing every gate but not itself hot (e.g. carried by one strong bucket) or hot
     # without N of M support is "not persistent".
-    reason[candidate & (reason == R_ANOM) & ~alert] = R_PERSIST
-    if ev.forest_p is not None:
-        blocked = (maint[:, 0], ~hist[:, :, 0])
-        _forest_vote(ev, policy, reason, alert, blocked, volume, forest_out)
-    reason[:, :, ~ev.judged.astype(bool)] = R_NONE
-    if forest_out is not None:
-        forest_out &= reason == R_ANOM
-    if now is not None and bucket_end is not None:
-        future = np.asarray(bucket_end) > np.datetime64(now.replace(tzinfo=None), "ns")
-        reason[:, :, future] = R_NONE
+    reason[candidate & (reason == R_ANOM) & ~g.alert] = R_PERSIST
     return reason
 
 

@@ -49,6 +49,7 @@ from detector.features import (
     FEATURE_METRIC,
     FEATURE_NAMES,
     Cube,
+    SpanEvidence,
     apply_sequential,
     bucket_features,
     build_cube,
@@ -160,50 +161,221 @@ def detect(
     -------
     DetectionResult
     """
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
+    clock = _Stopwatch()
     policy.validate()
+    frame = _frame(window, policy)
+    state = (state or EngineState()).copy()
+    stats = _rows(history, frame)  # (a copy of millions of rows)
+    result_stats: dict[str, Any] = {"window": [_iso(frame.ws), _iso(frame.we)], "now": _iso(now)}
+    if stats.empty:
+        result_stats.update(partitions=0, candidates={}, anomalies=0, timings={})
+        return DetectionResult([], [], result_stats, state, frame.window)
+    parts = Partitions.from_frame(stats)
+    clock.lap("prepare")
+    base = _baselines(stats, parts, frame, policy, maintenance, state)
+    run = _Run(policy, frame, parts, base, state, now, maintenance)
+    clock.lap("baseline")
+    cubes = _cubes(run, stats)
+    clock.lap("features")
+    forest = _forest(run, stats, cubes, model_store)
+    clock.lap("score")
+    roll, first = _rollout(run, stats, cubes)
+    # The row frame (with fleet rows) is not needed past this point: freeing it before the
+    # span evidence and the decisions keeps the peak of a 10k-partition run under 1 GiB.
+    del stats
+
+    clock.start()
+    tested = _evidence(run, cubes, forest, roll, first)
+    clock.lap("evidence")
+    decided = _decide(run, cubes, forest, tested)
+    clock.lap("decide")
+    anomalies, alert_buckets = _explain(run, tested, decided, cubes, forest, history.hist)
+    if policy.tenant_stop:
+        anomalies, alert_buckets = _fold_tenant_stops(run, anomalies, alert_buckets, cubes.full)
+    candidates = _candidates(decided.reasons, tested.ev, forest.scores, cubes.cube, parts, base)
+    clock.lap("explain")
+    _record_suspects(decided.reasons, tested.ev, cubes.cube, parts, state, policy, tested.n_tests)
+    clock.lap("state")
+    state.prune(
+        _py(frame.ws - pd.Timedelta(policy.baseline) - frame.bucket * frame.lookback),
+        _py(frame.ws - pd.Timedelta(policy.suspect_horizon)),
+    )
+    clock.total()
+
+    result_stats.update(_summary(run, cubes, forest, tested, decided, anomalies, candidates))
+    result_stats["timings"] = {k: round(v, 4) for k, v in clock.timings.items()}
+    debug = _debug(run, cubes, forest, tested, decided)
+    return DetectionResult(
+        anomalies, candidates, result_stats, state, frame.window, alert_buckets, debug
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The stages of detect
+# --------------------------------------------------------------------------------------------
+
+
+class _Stopwatch:
+    """Seconds per stage of one detect call, for the run report's timings."""
+
+    def __init__(self) -> None:
+        self.t0 = self.t = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def start(self) -> None:
+        """Start timing the next stage (what ran since the last lap is not counted)."""
+        self.t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        """Record the seconds since the last lap (or start) as ``stage``'s; start the next."""
+        self.timings[stage] = time.perf_counter() - self.t
+        self.t = time.perf_counter()
+
+    def total(self) -> None:
+        """Record the seconds since the call began as ``total``."""
+        self.timings["total"] = time.perf_counter() - self.t0
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """The run's time frame: judged ``[ws, we)``, where the baseline and the cube start."""
+
+    bucket: pd.Timedelta
+    ws: pd.Timestamp
+    we: pd.Timestamp
+    lookback: int  # buckets before ws the persistence and the longest span reach back
+    base_start: pd.Timestamp
+    cube_start: pd.Timestamp
+
+    @property
+    def window(self) -> tuple[datetime, datetime]:
+        """The judged window, as the result reports it."""
+        return _py(self.ws), _py(self.we)
+
+    @property
+    def cube_offset(self) -> int:
+        """Baseline buckets before the cube's first."""
+        return int((self.cube_start - self.base_start) / self.bucket)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every stage after the baselines reads: policy, frame, partitions and baselines."""
+
+    policy: DetectionPolicy
+    frame: _Frame
+    parts: Partitions
+    base: Baselines
+    state: EngineState
+    now: datetime
+    maintenance: Sequence[tuple[datetime, datetime, str | None]]
+
+
+@dataclass(frozen=True)
+class _Cubes:
+    """The evidence cube: ``full`` (look-back and judged buckets), its last ``n_last`` buckets
+    (``cube``, ``maint``, ``feats``), the features of the last ``n_long`` (the forest's spans
+    reach further back) and the single-bucket |z| inside maintenance (None: none there)."""
+
+    full: Cube
+    cube: Cube
+    maint: np.ndarray
+    raw_z: np.ndarray | None
+    feats_long: np.ndarray
+    feats: np.ndarray
+    n_last: int
+    n_long: int
+
+
+@dataclass(frozen=True)
+class _ForestRun:
+    """The forest's part: the scorer and its status, scores (P, K), flags routed to a metric
+    (P, M, K) and its span p-values and spans (None without a calibrated forest)."""
+
+    scorer: PartitionScorer | None
+    status: dict[str, Any]
+    scores: np.ndarray
+    flag: np.ndarray
+    p: tuple[np.ndarray, np.ndarray] | None
+
+
+@dataclass(frozen=True)
+class _Tested:
+    """The span evidence on the scale decide reads, and the families it was corrected for."""
+
+    ev: SpanEvidence
+    testable: np.ndarray  # (P, M) the metric can be tested on the partition
+    judged: np.ndarray  # (K,) the bucket is in the window (not look-back)
+    active: np.ndarray  # (P,) the partition has calls in the window
+    n_tested: np.ndarray  # (M,) partitions tested (at least 1)
+    per_hour: float  # buckets an hour (at least 1)
+    n_tests: np.ndarray  # (M,) tests an hour per metric
+    test_alpha: np.ndarray  # (M,) alpha of one trailing test
+    roll: Rollout
+    rolled: Applied
+
+
+@dataclass(frozen=True)
+class _Decided:
+    """Reason codes (P, M, K), the Evidence decide read, and where the forest alone alerted."""
+
+    reasons: np.ndarray
+    evidence: Evidence
+    forest_only: np.ndarray
+
+
+def _frame(window: tuple[datetime, datetime], policy: DetectionPolicy) -> _Frame:
+    """Window and policy -> the run's frame (window snapped outwards to buckets)."""
     bucket = pd.Timedelta(policy.bucket)
     ws = _utc(window[0]).floor(bucket)
     we = _utc(window[1]).ceil(bucket)
     if we <= ws:
         raise ValueError(f"empty window {window}")
-    state = (state or EngineState()).copy()
     lookback = (policy.persist_m - 1) + (max(policy.spans) - 1)
     base_start = ws - pd.Timedelta(policy.baseline)
-    cube_start = ws - lookback * bucket
+    return _Frame(bucket, ws, we, lookback, base_start, ws - lookback * bucket)
 
+
+def _rows(history: BucketAggregates, frame: _Frame) -> pd.DataFrame:
+    """History -> its rows from the baseline start to the window end, with fleet rows."""
     raw = history.stats
-    sel = (raw["bucket_start"] >= base_start) & (raw["bucket_start"] < we)
-    stats = with_fleet(raw if sel.all() else raw.loc[sel])  # (a copy of millions of rows)
-    result_stats: dict[str, Any] = {"window": [_iso(ws), _iso(we)], "now": _iso(now)}
-    if stats.empty:
-        result_stats.update(partitions=0, candidates={}, anomalies=0, timings={})
-        return DetectionResult([], [], result_stats, state, (_py(ws), _py(we)))
-    parts = Partitions.from_frame(stats)
-    timings["prepare"] = time.perf_counter() - t0
+    sel = (raw["bucket_start"] >= frame.base_start) & (raw["bucket_start"] < frame.we)
+    return with_fleet(raw if sel.all() else raw.loc[sel])
 
-    t = time.perf_counter()
-    base = compute_baselines(
+
+def _baselines(
+    stats: pd.DataFrame,
+    parts: Partitions,
+    frame: _Frame,
+    policy: DetectionPolicy,
+    maintenance: Sequence[tuple[datetime, datetime, str | None]],
+    state: EngineState,
+) -> Baselines:
+    """Rows -> baselines over the trailing window, maintenance and alerted spans left out."""
+    return compute_baselines(
         stats,
         parts,
-        start=_py(base_start),
-        end=_py(ws),
+        start=_py(frame.base_start),
+        end=_py(frame.ws),
         policy=policy,
         maintenance=maintenance,
         alerted=state.excluded(),
     )
-    timings["baseline"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    full = build_cube(stats, parts, start=_py(cube_start), end=_py(we), bucket=bucket)
+
+def _cubes(run: _Run, stats: pd.DataFrame) -> _Cubes:
+    """Rows -> the dense cube, maintenance zeroed out, and the bucket feature vectors."""
+    frame, policy, parts, base = run.frame, run.policy, run.parts, run.base
+    full = build_cube(
+        stats, parts, start=_py(frame.cube_start), end=_py(frame.we), bucket=frame.bucket
+    )
     # Evidence is needed for the judged buckets plus the M-1 before them (persistence); the
     # rest of the cube is look-back feeding the trailing spans.
-    n_judged = int(np.asarray(full.times >= ws).sum())
+    n_judged = int(np.asarray(full.times >= frame.ws).sum())
     K = min(len(full.times), n_judged + policy.persist_m - 1)
     # Maintenance buckets carry no evidence at all: spans skip them, so nothing fires on a
     # maintenance window's aftermath either.
-    maint_full = _maintenance_mask(full.times, parts, maintenance)
+    maint_full = _maintenance_mask(full.times, parts, run.maintenance)
     raw_z = None
     if maint_full[:, -K:].any():
         # What deviated inside maintenance (reported as such), before it is zeroed out.
@@ -213,52 +385,77 @@ def detect(
         )
         raw_z[:, 2][~parts.is_fleet] = 0.0
     full.exclude(maint_full)
-    cube = full.tail(K)
-    maint = maint_full[:, -K:]
     # The forest's span test reads the look-back buckets' vectors too.
     L = min(len(full.times), K + max(forest_spans(policy.spans)) - 1) if policy.forest else K
     feats_long = bucket_features(full.tail(L), parts, base)
-    feats = feats_long[:, -K:]
-    timings["features"] = time.perf_counter() - t
+    return _Cubes(
+        full, full.tail(K), maint_full[:, -K:], raw_z, feats_long, feats_long[:, -K:], K, L
+    )
 
-    t = time.perf_counter()
-    scorer, forest_status = None, {"action": "off"}
+
+def _forest(
+    run: _Run, stats: pd.DataFrame, cubes: _Cubes, model_store: ModelStore | None
+) -> _ForestRun:
+    """Rows and cube -> the forest (fitted, loaded or off), its scores, flags and p-values."""
+    policy, parts = run.policy, run.parts
+    scorer: PartitionScorer | None = None
+    status: dict[str, Any] = {"action": "off"}
     if policy.forest:
-        scorer, forest_status = _get_scorer(
+        scorer, status = _get_scorer(
             stats,
             parts,
-            base,
+            run.base,
             policy,
-            ws=ws,
-            base_start=base_start,
-            now=now,
+            ws=run.frame.ws,
+            base_start=run.frame.base_start,
+            now=run.now,
             model_store=model_store,
         )
-    scores, forest_flag = _score(scorer, feats, cube, policy)
-    forest_p = _forest_p(scorer, feats_long, full.calls[:, -L:], parts, policy, K)
-    timings["score"] = time.perf_counter() - t
-    # New builds' whole history since their first call, taken from the rows before they go.
-    cube_offset = int((cube_start - base_start) / bucket)  # baseline buckets before the cube
-    first = first_buckets(base, full.calls, cube_offset, int((ws - base_start) / bucket))
-    roll = rollout_history(
-        stats, parts, base, policy, start=base_start, end=we, first=first, maintenance=maintenance
-    )
-    # The row frame (with fleet rows) is not needed past this point: freeing it before the
-    # span evidence and the decisions keeps the peak of a 10k-partition run under 1 GiB.
-    del stats
+    scores, flag = _score(scorer, cubes.feats, cubes.cube, policy)
+    calls = cubes.full.calls[:, -cubes.n_long :]
+    forest_p = _forest_p(scorer, cubes.feats_long, calls, parts, policy, cubes.n_last)
+    return _ForestRun(scorer, status, scores, flag, forest_p)
 
-    t = time.perf_counter()
+
+def _rollout(run: _Run, stats: pd.DataFrame, cubes: _Cubes) -> tuple[Rollout, np.ndarray]:
+    """Rows and cube -> new builds' whole history since their first call, and (P,) the first
+    bucket of every partition counted from the baseline start."""
+    frame = run.frame
+    n_cal = int((frame.ws - frame.base_start) / frame.bucket)
+    first = first_buckets(run.base, cubes.full.calls, frame.cube_offset, n_cal)
+    roll = rollout_history(
+        stats,
+        run.parts,
+        run.base,
+        run.policy,
+        start=frame.base_start,
+        end=frame.we,
+        first=first,
+        maintenance=run.maintenance,
+    )
+    return roll, first
+
+
+def _evidence(
+    run: _Run, cubes: _Cubes, forest: _ForestRun, roll: Rollout, first: np.ndarray
+) -> _Tested:
+    """Cube, forest flags and new builds -> span, sequential and since-rollout evidence, its
+    p-values on the scale decide reads (p * n_tests <= alpha)."""
+    policy, parts, base = run.policy, run.parts, run.base
     # Fields beyond p are needed where a gate looks (p <= alpha, found by span_evidence itself)
     # and at the candidates p does not make: forest flags and maintenance buckets.
-    keep = forest_flag | maint[:, None, :]
-    if forest_p is not None:
-        keep |= (forest_p[0] <= policy.alpha)[:, None, :]
+    keep = forest.flag | cubes.maint[:, None, :]
+    if forest.p is not None:
+        keep |= (forest.p[0] <= policy.alpha)[:, None, :]
     # First calls in the cube's columns (a new build's span may reach back before it).
-    ev = span_evidence(full, parts, base, policy, last=K, keep=keep, first=first - cube_offset)
+    first_col = first - run.frame.cube_offset
+    ev = span_evidence(
+        cubes.full, parts, base, policy, last=cubes.n_last, keep=keep, first=first_col
+    )
     del keep
-    P, T = cube.calls.shape
-    judged = np.asarray(cube.times >= ws)
-    testable = np.zeros((P, len(METRIC_NAMES)), dtype=bool)
+    cube = cubes.cube
+    judged = np.asarray(cube.times >= run.frame.ws)
+    testable = np.zeros((len(cube.calls), len(METRIC_NAMES)), dtype=bool)
     testable[:, 0] = cube.dur_n.sum(axis=1) > 0
     testable[:, 1] = True
     testable[:, 2] = policy.volume_judged(parts.is_fleet)
@@ -266,7 +463,7 @@ def detect(
     n_tested = np.maximum((testable & active[:, None]).sum(axis=0), 1)
     # Bonferroni over the partitions tested and the buckets of one hour: alpha is the chance of
     # one false significant bucket per hour across the whole run (spans are in ev.p already).
-    per_hour = max(1.0, 3600.0 / bucket.total_seconds())
+    per_hour = max(1.0, 3600.0 / run.frame.bucket.total_seconds())
     n_tests = n_tested * per_hour
     # Both families put on the scale decide reads (p * n_tests <= alpha): one test meets
     # test_alpha (trailing spans, per metric) or roll_alpha (a since-rollout test).
@@ -276,13 +473,18 @@ def detect(
     if len(roll):  # (without new builds the trailing spans keep all of alpha: factor 1)
         ev.p[:, f] = np.fmin(ev.p[:, f] * (on_scale[f] / test_alpha[f]), 1.0)
     # Evidence accumulated over buckets (thin partitions), on the same scale.
-    apply_sequential(ev, full, parts, base, policy, n_tested=n_tested, on_scale=on_scale)
+    apply_sequential(ev, cubes.full, parts, base, policy, n_tested=n_tested, on_scale=on_scale)
     rolled = apply_rollout(
         ev, roll, base, parts, policy, times=cube.times, alpha=roll_alpha, on_scale=on_scale[f]
     )
-    timings["evidence"] = time.perf_counter() - t
+    return _Tested(
+        ev, testable, judged, active, n_tested, per_hour, n_tests, test_alpha, roll, rolled
+    )
 
-    t = time.perf_counter()
+
+def _decide(run: _Run, cubes: _Cubes, forest: _ForestRun, tested: _Tested) -> _Decided:
+    """Evidence, forest p-values and earlier alerts -> a reason code per bucket (decide)."""
+    ev, cube, parts, state, bucket = tested.ev, cubes.cube, run.parts, run.state, run.frame.bucket
     evidence = Evidence(
         p=ev.p,
         effect=ev.effect,
@@ -290,108 +492,85 @@ def detect(
         n=ev.n,
         k=ev.k,
         loo_ok=ev.loo_ok,
-        forest=forest_flag,
+        forest=forest.flag,
         peer_sig=ev.peer_sig,
         shared=ev.shared,
         is_fleet=parts.is_fleet,
         op_index=parts.op_index,
-        has_history=base.has_history,
-        testable=testable,
-        maintenance=maint,
-        judged=judged,
-        n_tests=n_tests,
+        has_history=run.base.has_history,
+        testable=tested.testable,
+        maintenance=cubes.maint,
+        judged=tested.judged,
+        n_tests=tested.n_tests,
         span=ev.span,
         share=ev.share,
-        raw_z=raw_z,
+        raw_z=cubes.raw_z,
         last_alert_end=_last_alert_end(state, parts, cube.times, bucket),
         last_version_dev_end=_last_version_dev_end(state, parts, cube.times, bucket),
-        alpha_scale=_alpha_scale(base, policy),
-        forest_p=None if forest_p is None else forest_p[0],
-        forest_n_tests=float(active.sum() * per_hour),
+        alpha_scale=_alpha_scale(run.base, run.policy),
+        forest_p=None if forest.p is None else forest.p[0],
+        forest_n_tests=float(tested.active.sum() * tested.per_hour),
     )
     bucket_end = (cube.times + bucket).tz_convert("UTC").tz_localize(None).to_numpy()
     forest_only = np.zeros(ev.p.shape, dtype=bool)
     reasons = decide(
-        evidence, policy=policy, now=now, bucket_end=bucket_end, forest_out=forest_only
+        evidence, policy=run.policy, now=run.now, bucket_end=bucket_end, forest_out=forest_only
     )
-    timings["decide"] = time.perf_counter() - t
+    return _Decided(reasons, evidence, forest_only)
 
-    t = time.perf_counter()
-    anomalies, alert_buckets = _explain(
-        reasons,
-        ev,
-        feats,
-        scores,
-        scorer,
-        cube,
-        parts,
-        base,
-        history,
-        policy,
-        ws=ws,
-        base_start=base_start,
-        maintenance=maintenance,
-        state=state,
-        n_tests=n_tests,
-        test_alpha=test_alpha,
-        rollout=(roll, rolled),
-        forest=None if forest_p is None else (forest_only, forest_p[0] * evidence.forest_n_tests),
-    )
-    if policy.tenant_stop:
-        anomalies, alert_buckets = _fold_tenant_stops(
-            anomalies, alert_buckets, full, parts, base, policy, ws=ws, now=now, state=state
-        )
-    n_stops = sum(a.details.get("scope") == "tenant" for a in anomalies)
-    candidates = _candidates(reasons, ev, scores, cube, parts, base)
-    timings["explain"] = time.perf_counter() - t
-    t = time.perf_counter()
-    _record_suspects(reasons, ev, cube, parts, state, policy, n_tests)
-    timings["state"] = time.perf_counter() - t
-    state.prune(
-        _py(ws - pd.Timedelta(policy.baseline) - bucket * lookback),
-        _py(ws - pd.Timedelta(policy.suspect_horizon)),
-    )
-    timings["total"] = time.perf_counter() - t0
 
+def _summary(
+    run: _Run,
+    cubes: _Cubes,
+    forest: _ForestRun,
+    tested: _Tested,
+    decided: _Decided,
+    anomalies: list[Anomaly],
+    candidates: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The run's counts for the report (every stats key but window, now and timings)."""
+    parts, base = run.parts, run.base
     counts: dict[str, int] = {}
-    judged_reasons = reasons[:, :, judged]
+    judged_reasons = decided.reasons[:, :, tested.judged]
     for code, name in enumerate(GATE_REASONS):
         if code:
             c = int((judged_reasons == code).sum())
             if c:
                 counts[name] = c
     kinds, kind_counts = np.unique(base.kind.astype(str), return_counts=True)
-    result_stats.update(
-        partitions=int(P),
+    return dict(
+        partitions=int(cubes.cube.calls.shape[0]),
         versions=int((~parts.is_fleet).sum()),
         operations=len(parts.operations),
-        buckets_judged=int(judged.sum()),
+        buckets_judged=int(tested.judged.sum()),
         candidate_buckets=counts,
         candidates=len(candidates),
         anomalies=len(anomalies),
         baseline_kinds={str(k): int(c) for k, c in zip(kinds, kind_counts, strict=True)},
         provisional_partitions=int(base.provisional.sum()),
-        tests_per_metric={m: int(n) for m, n in zip(METRIC_NAMES, n_tested, strict=True)},
-        multiplicity={m: float(n) for m, n in zip(METRIC_NAMES, n_tests, strict=True)},
-        rollout_tests=len(roll),  # new builds in the since-rollout family (DetectionPolicy)
-        tenant_stops=n_stops,
-        forest=forest_status,
-        timings={k: round(v, 4) for k, v in timings.items()},
+        tests_per_metric={m: int(n) for m, n in zip(METRIC_NAMES, tested.n_tested, strict=True)},
+        multiplicity={m: float(n) for m, n in zip(METRIC_NAMES, tested.n_tests, strict=True)},
+        rollout_tests=len(tested.roll),  # new builds in the since-rollout family (DetectionPolicy)
+        tenant_stops=sum(a.details.get("scope") == "tenant" for a in anomalies),
+        forest=forest.status,
     )
-    debug = {
-        "reasons": reasons,
-        "evidence": ev,
-        "scores": scores,
-        "parts": parts,
-        "times": cube.times,
-        "baselines": base,
-        "features": feats,
-        "rollout": (roll, rolled),
-        "forest_p": evidence.forest_p,
+
+
+def _debug(
+    run: _Run, cubes: _Cubes, forest: _ForestRun, tested: _Tested, decided: _Decided
+) -> dict[str, Any]:
+    """The stages' outputs -> DetectionResult.debug (per-bucket internals for tests, tuning)."""
+    return {
+        "reasons": decided.reasons,
+        "evidence": tested.ev,
+        "scores": forest.scores,
+        "parts": run.parts,
+        "times": cubes.cube.times,
+        "baselines": run.base,
+        "features": cubes.feats,
+        "rollout": (tested.roll, tested.rolled),
+        "forest_p": decided.evidence.forest_p,
     }
-    return DetectionResult(
-        anomalies, candidates, result_stats, state, (_py(ws), _py(we)), alert_buckets, debug
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -743,20 +922,12 @@ def _alpha_scale(base: Baselines, policy: DetectionPolicy) -> np.ndarray | None:
 
 
 def _fold_tenant_stops(
-    anomalies: list[Anomaly],
-    alert_buckets: list[AlertBucket],
-    full: Cube,
-    parts: Partitions,
-    base: Baselines,
-    policy: DetectionPolicy,
-    *,
-    ws: pd.Timestamp,
-    now: datetime,
-    state: EngineState,
+    run: _Run, anomalies: list[Anomaly], alert_buckets: list[AlertBucket], full: Cube
 ) -> tuple[list[Anomaly], list[AlertBucket]]:
     """``anomalies`` and their alerting buckets with the volume drops of a tenant-wide stop
     folded into one tenant alert (see :mod:`detector.stop`). The whole cube is searched, so
     a stop that began before the window is reported from its start."""
+    parts, base, policy, ws, now = run.parts, run.base, run.policy, run.frame.ws, run.now
     bucket = pd.Timedelta(policy.bucket)
     times = full.times
     judged = np.asarray(times >= ws)
@@ -841,223 +1012,322 @@ def _hist_p95(
     return float(bin_value(int(counts.index[min(i, len(cum) - 1)]))), total
 
 
+@dataclass(frozen=True)
+class _Explaining:
+    """What the words of every alert read: the run, its evidence, decisions and cube."""
+
+    run: _Run
+    tested: _Tested
+    decided: _Decided
+    cubes: _Cubes
+    scores: np.ndarray  # (P, K) forest scores (NaN = not scored)
+    hist: pd.DataFrame  # the history's duration histogram (p95 values)
+    alerted_before: list[Any]  # the spans alerted before this run (kept out of the p95s)
+    roll_row: dict[int, int]  # row of a new build -> its index in the rollout history
+    forest: tuple[np.ndarray, np.ndarray] | None  # forest-only alerts, corrected p-values
+
+
+@dataclass(frozen=True)
+class _AlertRun:
+    """One alerting run: partition ``p``, metric ``m``, columns ``idx``, ``j`` the most
+    significant; the operation, version and the run's ``[start, end)``."""
+
+    p: int
+    m: int
+    idx: np.ndarray
+    j: int
+    op: str
+    ver: str
+    start: pd.Timestamp
+    end: pd.Timestamp
+
+
+@dataclass(frozen=True)
+class _Figures:
+    """What an alert shows: observed and baseline value, band, text (without the span), calls
+    and failures behind it, the traffic share and the since-rollout details (None: none)."""
+
+    observed: float
+    baseline: float
+    band: tuple[float, float]
+    text: str
+    calls: int
+    fails: int
+    fail_calls: int
+    share: float | None
+    since: dict[str, Any] | None = None
+
+
 def _explain(
-    reasons: np.ndarray,
-    ev: Any,
-    feats: np.ndarray,
-    scores: np.ndarray,
-    scorer: PartitionScorer | None,
-    cube: Cube,
-    parts: Partitions,
-    base: Baselines,
-    history: BucketAggregates,
-    policy: DetectionPolicy,
-    *,
-    ws: pd.Timestamp,
-    base_start: pd.Timestamp,
-    maintenance: Sequence[Any],
-    state: EngineState,
-    n_tests: np.ndarray,
-    test_alpha: np.ndarray,
-    rollout: tuple[Rollout, Applied] | None = None,
-    forest: tuple[np.ndarray, np.ndarray] | None = None,
+    run: _Run,
+    tested: _Tested,
+    decided: _Decided,
+    cubes: _Cubes,
+    forest: _ForestRun,
+    hist: pd.DataFrame,
 ) -> tuple[list[Anomaly], list[tuple[str, str | None, str, datetime]]]:
-    bucket = pd.Timedelta(policy.bucket)
-    # Rows of versions whose failure evidence may be the since-rollout test (see rollout.py).
-    roll_row: dict[int, int] = {}
-    if rollout is not None:
-        roll_row = {int(r): i for i, r in enumerate(rollout[0].rows)}
-    per_hour = policy.buckets_per_hour
-    alert = reasons == R_ANOM
+    """Decisions -> one Anomaly per alerting run (sorted) and its alerting buckets; the runs
+    are added to the engine state as alerted."""
+    fp = forest.p
+    x = _Explaining(
+        run,
+        tested,
+        decided,
+        cubes,
+        forest.scores,
+        hist,
+        list(run.state.alerted),
+        # Rows of versions whose failure evidence may be the since-rollout test (rollout.py).
+        {int(r): i for i, r in enumerate(tested.roll.rows)},
+        None if fp is None else (decided.forest_only, fp[0] * decided.evidence.forest_n_tests),
+    )
+    parts, cube, bucket = run.parts, cubes.cube, run.frame.bucket
+    alert = decided.reasons == R_ANOM
     out: list[Anomaly] = []
     alert_buckets: list[tuple[str, str | None, str, datetime]] = []
-    alerted_before = list(state.alerted)
     driver_rows: list[tuple[int, np.ndarray]] = []
-    slots = cube.slots
     for p, m in zip(*np.nonzero(alert.any(axis=2)), strict=True):
-        metric = METRIC_NAMES[m]
         op, ver = str(parts.operation[p]), str(parts.version[p])
-        fleet_row = parts.fleet_of[p]
         for a, b in _runs(alert[p, m]):
             idx = np.arange(a, b)
-            start, end = cube.times[a], cube.times[b - 1] + bucket
-            rollout_details: dict[str, Any] | None = None
             # The evidence at the run's most significant bucket is what passed the gates.
-            j = idx[np.argmin(ev.p[p, m, idx])]
-            span = int(ev.span[p, m, j])
-            calls = int(cube.calls[p, idx].sum())
-            fails = int(cube.failures[p, idx].sum())
-            # Distinct calls behind the failures (summed per bucket: a call failing in two
-            # buckets counts twice, so this errs towards ``fails``).
-            fail_calls = int(cube.failed_calls[p, idx].sum())
-            share_den = float(cube.calls[fleet_row, idx].sum())
-            share = float(calls / share_den) if share_den > 0 else None
-            # Reported p-value: corrected for the partitions tested (spans already in ev.p).
-            p_corr = float(min(1.0, ev.p[p, m, j] * n_tests[m]))
-            # norm.isf(q) == -ndtri(q); scipy.special, not scipy.stats (0.8 s of imports).
-            # The band is as wide as the test's own threshold (its family's, see detect).
-            zc = float(-special.ndtri(test_alpha[m]))
-            effect = float(ev.effect[p, m, j])
-            # The level's hour-to-hour wander, averaged over the hours the run spans (as in the
-            # tests): the band is where the level itself may be, not only sampling noise.
-            hours = per_hour / max(len(idx), per_hour)
-            if metric == "duration":
-                var = base.var_log[p, slots[idx]].mean() * base.phi_dur[p]
-                d_n = max(float(ev.n[p, m, j]), 1.0)  # operations behind the evidence
-                obs_hist, _ = _hist_p95(history.hist, op, ver, start, end)
-                # A provisional baseline is mostly the operation's: show the fleet's p95.
-                base_ver = FLEET if base.provisional[p] else ver
-                base_hist, _ = _hist_p95(
-                    history.hist, op, base_ver, base_start, ws, alerted_before, maintenance
-                )
-                baseline = base_hist if np.isfinite(base_hist) else float(ev.expected[p, m, j])
-                observed = obs_hist if np.isfinite(obs_hist) else float(ev.observed[p, m, j])
-                half = zc * np.sqrt(var / d_n + base.tau2_dur[p] * hours)
-                band = (baseline * float(np.exp(-half)), baseline * float(np.exp(half)))
-                text = (
-                    f"duration p95 {observed:.0f} ms vs {baseline:.0f} ms "
-                    f"(typical {effect:+.0%}, p={_fmt_p(ev.p[p, m, j])}"
-                )
-            elif (
-                metric == "failure_rate"
-                and rollout is not None
-                and p in roll_row
-                and (rollout[1].used[roll_row[p], j])
-            ):
-                # Judged on everything since its first call: show those figures, not the run's
-                # own buckets (a quiet build's run can hold a handful of operations).
-                observed, baseline, band, text, rollout_details = _since_rollout(
-                    ev,
-                    (p, m, j),
-                    rollout[0],
-                    roll_row[p],
-                    float(-special.ndtri(rollout[1].alpha[roll_row[p], j])),
-                )
-                calls, fails = rollout_details["calls"], rollout_details["failures"]
-                share = float(ev.share[p, m, j])  # of its operation's calls since then
-            elif metric == "failure_rate":
-                n_ = max(float(cube.calls[p, idx].sum()), 1.0)
-                baseline = float((cube.calls[p, idx] * base.fail_rate[p, slots[idx]]).sum() / n_)
-                observed = fails / n_
-                half = zc * np.sqrt(
-                    float(base.fail_dispersion()[p]) * baseline * (1 - baseline) / n_
-                    + base.tau2_fail[p] * hours
-                )
-                band = (max(baseline - half, 0.0), min(baseline + half, 1.0))
-                text = (
-                    f"failure rate {observed:.1%} vs {baseline:.1%} "
-                    f"({(observed - baseline) * 100:+.1f} pts, {fails}/{calls} failed "
-                    f"in {fail_calls} call{'s' if fail_calls != 1 else ''}, "
-                    f"p={_fmt_p(ev.p[p, m, j])}"
-                )
-            else:
-                nb = len(idx)
-                baseline = float(base.exp_calls[p, slots[idx]].mean())
-                observed = calls / nb
-                half = zc * np.sqrt(base.phi_vol[p] * max(baseline, 1.0) / nb)
-                band = (max(baseline - half, 0.0), baseline + half)
-                text = (
-                    f"volume {observed:.1f} vs {baseline:.1f} calls/bucket "
-                    f"({observed / max(baseline, 1e-9) - 1:+.0%}, p={_fmt_p(ev.p[p, m, j])}"
-                )
-            # Effect shown with the values: over the run (relative; points for failure rate).
-            if metric == "failure_rate":
-                run_effect = float(observed - baseline)
-            else:
-                run_effect = float(observed / baseline - 1) if baseline > 0 else effect
-            hot = int((reasons[p, m, max(a - policy.persist_m + 1, 0) : b] == R_ANOM).sum())
-            text += f", {len(idx)} bucket{'s' if len(idx) > 1 else ''}, span {span})"
-            joint = _forest_words(ev, forest, (p, m, idx)) if forest is not None else None
-            if joint is not None:
-                text, p_corr = joint
-            if base.provisional[p]:
-                text += f" [provisional baseline: {base.weight[p]:.0%} own]"
-            s_run = scores[p, idx]
-            k_best = int(np.nanargmax(s_run)) if np.isfinite(s_run).any() else int(j - a)
-            score = float(s_run[k_best]) if np.isfinite(s_run).any() else float("nan")
-            drivers: list[str] = []
-            driver_rows.append((len(out), feats[p, idx[k_best]]))
-            ratio = abs(effect) / max(policy.min_effect(metric), 1e-9)
-            severity = "critical" if ratio >= policy.critical_factor else "warning"
-            details = {
-                "gate": "anomaly",
-                "gate_effect": effect,  # the effect over the span that passed the gates
-                "span_buckets": span,
-                # Calls over the whole span the test used: a run's own buckets can hold few
-                # calls (a quiet night) while the evidence reaches back hours.
-                "evidence_calls": int(
-                    round(float(ev.n[p, m, j]) if m < 2 else float(ev.observed[p, m, j]) * span)
-                ),
-                "hot_buckets": hot,
-                "z": float(ev.z[p, m, j]),
-                "effect_ms": float(ev.effect_ms[p, m, j]) if metric == "duration" else None,
-                "expected_calls": float(base.exp_calls[p, slots[idx]].sum()),
-                "own_weight": float(base.weight[p]),
-                "baseline_buckets": int(base.buckets[p]),
-                "baseline_excluded_buckets": int(base.excluded[p]),
-                "dispersion": float([base.phi_dur, base.phi_fail, base.phi_vol][m][p]),
-                # hour-to-hour wander of the level (sd: failure rate, or log-duration), in the
-                # tests and the band
-                "level_wander": (
-                    float(np.sqrt([base.tau2_dur, base.tau2_fail][m][p])) if m < 2 else None
-                ),
-                "failed_calls": fail_calls if metric == "failure_rate" else None,
-                # failures come this many to a failing call (failure-weighted, baseline): the
-                # tests and the band widen by it
-                "failures_per_failing_call": (
-                    float(base.cluster[p])
-                    if metric == "failure_rate" and base.cluster is not None
-                    else None
-                ),
-                "new_version": bool(~parts.is_fleet[p] and base.calls[p] == 0),
-                # the evidence is everything since the version's first call (see rollout.py)
-                "since_rollout": rollout_details,
-                # what the sequential test accumulated, when its evidence passed the gates
-                "sequential": None if rollout_details else sequential_details(ev, p, m, j, policy),
-                # the forest alone alerted: an unusual combination of moderate changes
-                "combination": joint[0] if joint is not None else None,
-                "features": {
-                    n: round(float(v), 3)
-                    for n, v in zip(FEATURE_NAMES, feats[p, idx[k_best]], strict=True)
-                },
-            }
-            out.append(
-                Anomaly(
-                    operation_name=op,
-                    sdk_version=None if ver == FLEET else ver,
-                    metric=metric,
-                    window_start=_py(start),
-                    window_end=_py(end),
-                    observed=float(observed),
-                    baseline=float(baseline),
-                    score=score,
-                    severity=severity,
-                    calls=calls,
-                    reason=f"anomaly: {text}",
-                    band_low=float(band[0]),
-                    band_high=float(band[1]),
-                    effect=run_effect,
-                    p_value=p_corr,
-                    baseline_kind=str(base.kind[p]),
-                    provisional=bool(base.provisional[p]),
-                    baseline_calls=int(base.calls[p]),
-                    traffic_share=share,
-                    drivers=drivers,
-                    failures=fails,
-                    details=details,
-                )
-            )
-            state.add(op, ver, _py(start), _py(end))
+            j = idx[np.argmin(tested.ev.p[p, m, idx])]
+            at = _AlertRun(p, m, idx, j, op, ver, cube.times[a], cube.times[b - 1] + bucket)
+            anomaly, k_best = _alert(x, at, _figures(x, at))
+            driver_rows.append((len(out), cubes.feats[p, idx[k_best]]))
+            out.append(anomaly)
+            run.state.add(op, ver, _py(at.start), _py(at.end))
             for col in idx.tolist():
                 alert_buckets.append(
-                    (op, None if ver == FLEET else ver, metric, _py(cube.times[col]))
+                    (op, None if ver == FLEET else ver, METRIC_NAMES[m], _py(cube.times[col]))
                 )
-    if scorer is not None and driver_rows:
-        names = scorer.drivers_many(np.stack([x for _, x in driver_rows]))
+    if forest.scorer is not None and driver_rows:
+        names = forest.scorer.drivers_many(np.stack([v for _, v in driver_rows]))
         for (i, _), d in zip(driver_rows, names, strict=True):
             out[i].drivers = d
-    out.sort(key=lambda x: (x.operation_name, x.sdk_version or "", x.metric, x.window_start))
+    out.sort(key=lambda a: (a.operation_name, a.sdk_version or "", a.metric, a.window_start))
     return out, alert_buckets
+
+
+def _zc(x: _Explaining, m: int) -> float:
+    """Metric -> the z of its test's own threshold (the band is that wide; see detect)."""
+    # norm.isf(q) == -ndtri(q); scipy.special, not scipy.stats (0.8 s of imports).
+    return float(-special.ndtri(x.tested.test_alpha[m]))
+
+
+def _hours(x: _Explaining, at: _AlertRun) -> float:
+    """Run -> the share of an hour its level's wander is averaged over (as in the tests)."""
+    # The level's hour-to-hour wander, averaged over the hours the run spans: the band is
+    # where the level itself may be, not only sampling noise.
+    per_hour = x.run.policy.buckets_per_hour
+    return per_hour / max(len(at.idx), per_hour)
+
+
+def _figures(x: _Explaining, at: _AlertRun) -> _Figures:
+    """Run -> its figures: the metric's own, or a new build's since its rollout."""
+    cube, p, m, j, idx = x.cubes.cube, at.p, at.m, at.j, at.idx
+    calls = int(cube.calls[p, idx].sum())
+    fails = int(cube.failures[p, idx].sum())
+    # Distinct calls behind the failures (summed per bucket: a call failing in two buckets
+    # counts twice, so this errs towards ``fails``).
+    fail_calls = int(cube.failed_calls[p, idx].sum())
+    share_den = float(cube.calls[x.run.parts.fleet_of[p], idx].sum())
+    share = float(calls / share_den) if share_den > 0 else None
+    metric = METRIC_NAMES[m]
+    if metric == "duration":
+        shown = _duration_figures(x, at)
+    elif metric == "failure_rate" and p in x.roll_row and x.tested.rolled.used[x.roll_row[p], j]:
+        # Judged on everything since its first call: show those figures, not the run's own
+        # buckets (a quiet build's run can hold a handful of operations).
+        li = x.roll_row[p]
+        zc = float(-special.ndtri(x.tested.rolled.alpha[li, j]))
+        observed, baseline, band, text, since = _since_rollout(
+            x.tested.ev, (p, m, j), x.tested.roll, li, zc
+        )
+        # share: of its operation's calls since then
+        return _Figures(
+            observed,
+            baseline,
+            band,
+            text,
+            since["calls"],
+            since["failures"],
+            fail_calls,
+            float(x.tested.ev.share[p, m, j]),
+            since,
+        )
+    elif metric == "failure_rate":
+        shown = _failure_figures(x, at, calls, fails, fail_calls)
+    else:
+        shown = _volume_figures(x, at, calls)
+    return _Figures(*shown, calls, fails, fail_calls, share)
+
+
+def _duration_figures(
+    x: _Explaining, at: _AlertRun
+) -> tuple[float, float, tuple[float, float], str]:
+    """Duration run -> p95 observed and baseline (from the histogram), band and text."""
+    ev, base, frame, p, m, j = x.tested.ev, x.run.base, x.run.frame, at.p, at.m, at.j
+    var = base.var_log[p, x.cubes.cube.slots[at.idx]].mean() * base.phi_dur[p]
+    d_n = max(float(ev.n[p, m, j]), 1.0)  # operations behind the evidence
+    obs_hist, _ = _hist_p95(x.hist, at.op, at.ver, at.start, at.end)
+    # A provisional baseline is mostly the operation's: show the fleet's p95.
+    base_ver = FLEET if base.provisional[p] else at.ver
+    base_hist, _ = _hist_p95(
+        x.hist, at.op, base_ver, frame.base_start, frame.ws, x.alerted_before, x.run.maintenance
+    )
+    baseline = base_hist if np.isfinite(base_hist) else float(ev.expected[p, m, j])
+    observed = obs_hist if np.isfinite(obs_hist) else float(ev.observed[p, m, j])
+    half = _zc(x, m) * np.sqrt(var / d_n + base.tau2_dur[p] * _hours(x, at))
+    band = (baseline * float(np.exp(-half)), baseline * float(np.exp(half)))
+    text = (
+        f"duration p95 {observed:.0f} ms vs {baseline:.0f} ms "
+        f"(typical {float(ev.effect[p, m, j]):+.0%}, p={_fmt_p(ev.p[p, m, j])}"
+    )
+    return observed, baseline, band, text
+
+
+def _failure_figures(
+    x: _Explaining, at: _AlertRun, calls: int, fails: int, fail_calls: int
+) -> tuple[float, float, tuple[float, float], str]:
+    """Failure-rate run -> the run's rate, the baseline's over its buckets, band and text."""
+    cube, base, p, idx = x.cubes.cube, x.run.base, at.p, at.idx
+    n_ = max(float(cube.calls[p, idx].sum()), 1.0)
+    baseline = float((cube.calls[p, idx] * base.fail_rate[p, cube.slots[idx]]).sum() / n_)
+    observed = fails / n_
+    half = _zc(x, at.m) * np.sqrt(
+        float(base.fail_dispersion()[p]) * baseline * (1 - baseline) / n_
+        + base.tau2_fail[p] * _hours(x, at)
+    )
+    band = (max(baseline - half, 0.0), min(baseline + half, 1.0))
+    text = (
+        f"failure rate {observed:.1%} vs {baseline:.1%} "
+        f"({(observed - baseline) * 100:+.1f} pts, {fails}/{calls} failed "
+        f"in {fail_calls} call{'s' if fail_calls != 1 else ''}, "
+        f"p={_fmt_p(x.tested.ev.p[p, at.m, at.j])}"
+    )
+    return observed, baseline, band, text
+
+
+def _volume_figures(
+    x: _Explaining, at: _AlertRun, calls: int
+) -> tuple[float, float, tuple[float, float], str]:
+    """Volume run -> calls per bucket observed and expected, band and text."""
+    base, p = x.run.base, at.p
+    nb = len(at.idx)
+    baseline = float(base.exp_calls[p, x.cubes.cube.slots[at.idx]].mean())
+    observed = calls / nb
+    half = _zc(x, at.m) * np.sqrt(base.phi_vol[p] * max(baseline, 1.0) / nb)
+    band = (max(baseline - half, 0.0), baseline + half)
+    text = (
+        f"volume {observed:.1f} vs {baseline:.1f} calls/bucket "
+        f"({observed / max(baseline, 1e-9) - 1:+.0%}, p={_fmt_p(x.tested.ev.p[p, at.m, at.j])}"
+    )
+    return observed, baseline, band, text
+
+
+def _alert(x: _Explaining, at: _AlertRun, fig: _Figures) -> tuple[Anomaly, int]:
+    """Run and its figures -> the Anomaly, and the run column whose features drive it."""
+    ev, base, policy, p, m, j = x.tested.ev, x.run.base, x.run.policy, at.p, at.m, at.j
+    metric = METRIC_NAMES[m]
+    effect = float(ev.effect[p, m, j])
+    span = int(ev.span[p, m, j])
+    # Reported p-value: corrected for the partitions tested (spans already in ev.p).
+    p_corr = float(min(1.0, ev.p[p, m, j] * x.tested.n_tests[m]))
+    # Effect shown with the values: over the run (relative; points for failure rate).
+    if metric == "failure_rate":
+        run_effect = float(fig.observed - fig.baseline)
+    else:
+        run_effect = float(fig.observed / fig.baseline - 1) if fig.baseline > 0 else effect
+    n = len(at.idx)
+    text = fig.text + f", {n} bucket{'s' if n > 1 else ''}, span {span})"
+    joint = _forest_words(ev, x.forest, (p, m, at.idx)) if x.forest is not None else None
+    if joint is not None:
+        text, p_corr = joint
+    if base.provisional[p]:
+        text += f" [provisional baseline: {base.weight[p]:.0%} own]"
+    s_run = x.scores[p, at.idx]
+    k_best = int(np.nanargmax(s_run)) if np.isfinite(s_run).any() else int(j - at.idx[0])
+    score = float(s_run[k_best]) if np.isfinite(s_run).any() else float("nan")
+    ratio = abs(effect) / max(policy.min_effect(metric), 1e-9)
+    anomaly = Anomaly(
+        operation_name=at.op,
+        sdk_version=None if at.ver == FLEET else at.ver,
+        metric=metric,
+        window_start=_py(at.start),
+        window_end=_py(at.end),
+        observed=float(fig.observed),
+        baseline=float(fig.baseline),
+        score=score,
+        severity="critical" if ratio >= policy.critical_factor else "warning",
+        calls=fig.calls,
+        reason=f"anomaly: {text}",
+        band_low=float(fig.band[0]),
+        band_high=float(fig.band[1]),
+        effect=run_effect,
+        p_value=p_corr,
+        baseline_kind=str(base.kind[p]),
+        provisional=bool(base.provisional[p]),
+        baseline_calls=int(base.calls[p]),
+        traffic_share=fig.share,
+        drivers=[],
+        failures=fig.fails,
+        details=_details(x, at, fig, joint[0] if joint is not None else None, k_best),
+    )
+    return anomaly, k_best
+
+
+def _details(
+    x: _Explaining, at: _AlertRun, fig: _Figures, combination: str | None, k_best: int
+) -> dict[str, Any]:
+    """Run, figures, forest words and driving column -> the anomaly's ``details``."""
+    ev, base, parts, policy = x.tested.ev, x.run.base, x.run.parts, x.run.policy
+    p, m, j, idx = at.p, at.m, at.j, at.idx
+    metric = METRIC_NAMES[m]
+    span = int(ev.span[p, m, j])
+    a, b = int(idx[0]), int(idx[-1]) + 1
+    return {
+        "gate": "anomaly",
+        "gate_effect": float(ev.effect[p, m, j]),  # the effect over the span that passed
+        "span_buckets": span,
+        # Calls over the whole span the test used: a run's own buckets can hold few calls (a
+        # quiet night) while the evidence reaches back hours.
+        "evidence_calls": int(
+            round(float(ev.n[p, m, j]) if m < 2 else float(ev.observed[p, m, j]) * span)
+        ),
+        "hot_buckets": int(
+            (x.decided.reasons[p, m, max(a - policy.persist_m + 1, 0) : b] == R_ANOM).sum()
+        ),
+        "z": float(ev.z[p, m, j]),
+        "effect_ms": float(ev.effect_ms[p, m, j]) if metric == "duration" else None,
+        "expected_calls": float(base.exp_calls[p, x.cubes.cube.slots[idx]].sum()),
+        "own_weight": float(base.weight[p]),
+        "baseline_buckets": int(base.buckets[p]),
+        "baseline_excluded_buckets": int(base.excluded[p]),
+        "dispersion": float([base.phi_dur, base.phi_fail, base.phi_vol][m][p]),
+        # hour-to-hour wander of the level (sd: failure rate, or log-duration), in the tests
+        # and the band
+        "level_wander": (float(np.sqrt([base.tau2_dur, base.tau2_fail][m][p])) if m < 2 else None),
+        "failed_calls": fig.fail_calls if metric == "failure_rate" else None,
+        # failures come this many to a failing call (failure-weighted, baseline): the tests and
+        # the band widen by it
+        "failures_per_failing_call": (
+            float(base.cluster[p])
+            if metric == "failure_rate" and base.cluster is not None
+            else None
+        ),
+        "new_version": bool(~parts.is_fleet[p] and base.calls[p] == 0),
+        # the evidence is everything since the version's first call (see rollout.py)
+        "since_rollout": fig.since,
+        # what the sequential test accumulated, when its evidence passed the gates
+        "sequential": None if fig.since else sequential_details(ev, p, m, j, policy),
+        # the forest alone alerted: an unusual combination of moderate changes
+        "combination": combination,
+        "features": {
+            n: round(float(v), 3)
+            for n, v in zip(FEATURE_NAMES, x.cubes.feats[p, idx[k_best]], strict=True)
+        },
+    }
 
 
 def _forest_words(
