@@ -16,7 +16,7 @@ rows and malformed rows.
 For each scenario and seed the data set is generated under ``--data`` (cached; regenerated when
 missing or generated with other settings or an older generator), then judged exactly as
 ``bench_quality.py`` judges its own data sets (its ``run_one``: the engine replayed in windows of
-``--step`` with the default :class:`~detector.decide.DetectionPolicy`, and the peers
+``--step`` with the default :class:`~detector.detect.decide.DetectionPolicy`, and the peers
 ``static``, ``median_mad`` and ``iforest_raw`` on the same buckets, all scored with
 ``detector.evaluate.score_events``). Prints one table (micro-averaged over seeds per scenario)
 and bench_quality's summary lines; ``--details`` adds one line per acs-detector incident missed
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import holdout_sim  # noqa: E402
 from bench_quality import judge, parser, report  # noqa: E402
 
-from detector.decide import parse_duration  # noqa: E402
+from detector.detect.decide import parse_duration  # noqa: E402
 
 LATE_BUCKETS = 6
 

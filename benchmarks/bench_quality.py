@@ -44,8 +44,8 @@ from sklearn.ensemble import IsolationForest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.baseline import FLEET, Partitions, with_fleet  # noqa: E402
-from detector.decide import DetectionPolicy, parse_duration  # noqa: E402
+from detector.detect.baseline import FLEET, Partitions, with_fleet  # noqa: E402
+from detector.detect.decide import DetectionPolicy, parse_duration  # noqa: E402
 from detector.evaluate import (  # noqa: E402
     Dataset,
     alert_gap,

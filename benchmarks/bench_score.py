@@ -12,7 +12,7 @@ bucket populated. Two anomalies are injected so the explain path runs.
 
 Measured in the same run, side by side:
 
-* ``detect (fit)``   : a first :func:`detector.engine.detect` call that also fits and saves the
+* ``detect (fit)``   : a first :func:`detector.detect.engine.detect` call that also fits and saves the
                        forest (in-memory model store);
 * ``detect (scoring)``: the same call with the persisted forest loaded: baselines, features,
                        span evidence, forest scores, decisions, explanations -- the target
@@ -39,8 +39,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.decide import DetectionPolicy  # noqa: E402
-from detector.engine import detect  # noqa: E402
+from detector.detect.decide import DetectionPolicy  # noqa: E402
+from detector.detect.engine import detect  # noqa: E402
 from detector.evaluate import _MemoryBackend  # noqa: E402
 from detector.schema import (  # noqa: E402
     AGG_COLUMNS,

@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_quality import Dense, peer_iforest, peer_median_mad, peer_static  # noqa: E402
 
-from detector.decide import DetectionPolicy, parse_duration  # noqa: E402
+from detector.detect.decide import DetectionPolicy, parse_duration  # noqa: E402
 from detector.evaluate import Dataset, LabelledIncident, format_table, replay  # noqa: E402
 
 DETECTORS = ("acs-detector", "static", "median_mad", "iforest_raw")

@@ -115,7 +115,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("/tmp/acs-bench-windows"))
     args = ap.parse_args()
 
-    from detector.decide import parse_duration
+    from detector.detect.decide import parse_duration
 
     path, end = _ensure_data(args.data, args.rows, args.days)
     print(f"file {path} ({path.stat().st_size / 2**20:.0f} MiB), data ends {_iso(end)}, "

@@ -86,10 +86,8 @@ def deviation(a: Anomaly) -> float:
     obs, base = a.observed, a.baseline
     if obs is None or base is None or not (math.isfinite(obs) and math.isfinite(base)):
         return 0.0
-    if a.metric == "failure_rate":
-        moved = obs - base
-    else:
-        moved = obs / base - 1 if base else 0.0
+    relative = obs / base - 1 if base else 0.0
+    moved = obs - base if a.metric == "failure_rate" else relative
     effect = a.effect if a.effect is not None and math.isfinite(a.effect) else moved
     return moved if effect >= 0 else -moved
 

@@ -548,7 +548,7 @@ def _with_step(cfg: Any, text: str) -> Any:
     """``cfg`` with ``detection.step`` from ``--step`` (a duration such as ``1h`` or ``30m``)."""
     from dataclasses import replace
 
-    from detector.decide import parse_duration
+    from detector.detect.decide import parse_duration
 
     try:
         step = parse_duration(text)
@@ -718,7 +718,8 @@ def _judged_until(backend: Any, key: str) -> str | None:
 
 
 def _cmd_explain(args: argparse.Namespace, now: datetime) -> int:
-    from detector import explain, pipeline
+    from detector import pipeline
+    from detector.detect import explain
     from detector.store.alerts import AlertStore
     from detector.store.buckets import BucketStore
     from detector.store.engine_state import load_engine_state

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from detector.decide import DetectionPolicy
+from detector.detect.decide import DetectionPolicy
 from detector.errors import InputError
 from detector.lifecycle import LifecyclePolicy
 from detector.schema import BucketAggregates
@@ -350,12 +350,12 @@ def replay(
     backend: Backend | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[list[tuple[str, str | None, str, datetime]], dict[str, Any]]:
-    """Run :func:`detector.engine.detect` over the judged span in windows of ``step``.
+    """Run :func:`detector.detect.engine.detect` over the judged span in windows of ``step``.
 
     Returns the alerting buckets and replay statistics (runs, seconds, partitions, reasons).
     ``progress`` gets a line per window judged.
     """
-    from detector.engine import detect
+    from detector.detect.engine import detect
     from detector.store.engine_state import EngineState
     from detector.store.models import ModelStore
 

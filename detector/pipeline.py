@@ -7,7 +7,7 @@ bucket store, alert state, outbox, run reports and notifications.
 Two modes (design §1.8), one way of judging: every window is judged in steps of
 ``detection.step`` (1 h), each step as the scheduled run ending it would have judged it (its
 trailing baseline, the engine state and forest schedule of the steps before it; see
-:func:`detector.engine.detect_steps`). A scheduled run is usually one step.
+:func:`detector.detect.engine.detect_steps`). A scheduled run is usually one step.
 
 * **scheduled** (``start``/``end`` not given): read what *arrived* since the stored watermark up
   to ``now - delay``, merge it into the bucket history (atomically, with the new watermark),
@@ -97,7 +97,7 @@ def _ceil(ts: datetime, width: timedelta) -> datetime:
 
 def detection_policy(cfg: Config) -> Any:
     """The engine's DetectionPolicy from ``[detection]``; unknown keys are config errors."""
-    from detector.decide import DetectionPolicy
+    from detector.detect.decide import DetectionPolicy
 
     try:
         return DetectionPolicy.from_mapping(dict(cfg.detection))
@@ -500,7 +500,7 @@ def _detect(
     """Judge ``plan.judge`` in steps; fill the report's ``detection``, ``candidates`` and
     ``anomalies``; return the anomalies (named after the tenant's resource) and the history
     alerting reads."""
-    from detector.engine import detect_steps
+    from detector.detect.engine import detect_steps
     from detector.notify.evaluated import CHART_SPAN
     from detector.store.engine_state import load_engine_state, save_engine_state
 
@@ -546,7 +546,7 @@ def _detect(
 
 def _steps(cfg: Config, plan: _Plan) -> list[tuple[datetime, datetime]]:
     """The steps that judge ``plan.judge`` (none when it is empty or holds no data)."""
-    from detector.engine import plan_steps
+    from detector.detect.engine import plan_steps
 
     judge = plan.judge
     if judge[0] >= judge[1]:
@@ -635,8 +635,8 @@ def _series(judged: list[_Judged], *, want: bool) -> dict[str, Any]:
 # What the stages after the source import: scikit-learn, skops, SciPy and apprise, about 3 s of
 # a cold start.
 _ENGINE_MODULES = (
-    "detector.engine",
-    "detector.score",
+    "detector.detect.engine",
+    "detector.detect.score",
     "detector.store.models",
     "detector.notify.stage",
     "detector.notify.deliver",
@@ -1415,7 +1415,7 @@ def evaluate_dir(
 ) -> Any:
     """Run ``detector.evaluate`` over a simulated data set with the configured policy (twice,
     with and without the part ``ablate`` names, when given)."""
-    from detector.decide import DetectionPolicy
+    from detector.detect.decide import DetectionPolicy
     from detector.evaluate import ablate as run_ablation
     from detector.evaluate import evaluate
 

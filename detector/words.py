@@ -81,7 +81,7 @@ INTERNAL_NAMES: Final[tuple[str, ...]] = (
     "still_firing",
 )
 
-#: Why a candidate did not alert, by the engine's gate code (see ``detector.decide``).
+#: Why a candidate did not alert, by the engine's gate code (see ``detector.detect.decide``).
 _GATE_WORDS: Final = {
     "maintenance": "in a maintenance window",
     "insufficient_history": "too little history yet to know what is usual",
@@ -185,7 +185,7 @@ def resource_name(a: Anomaly) -> str | None:
 
 
 def is_tenant(a: Anomaly) -> bool:
-    """A tenant-level alert (every operation together), as :mod:`detector.stop` emits it."""
+    """A tenant-level alert (every operation together), as :mod:`detector.detect.stop` emits it."""
     return (a.details or {}).get("scope") == "tenant"
 
 

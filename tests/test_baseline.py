@@ -8,8 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detector.baseline import FLEET, Partitions, compute_baselines, exclusion_mask, with_fleet
-from detector.decide import DetectionPolicy
+from detector.detect.baseline import (
+    FLEET,
+    Partitions,
+    compute_baselines,
+    exclusion_mask,
+    with_fleet,
+)
+from detector.detect.decide import DetectionPolicy
 from tests.fixtures_engine import T0, Part, hours_since_t0, make_aggs, with_failure_rates
 
 POLICY = DetectionPolicy()
@@ -317,7 +323,7 @@ def test_a_thin_baseline_weakens_the_evidence_against_it() -> None:
     # against one learnt from thousands: the tests add the level's own variance (var / n_eff).
     from dataclasses import replace
 
-    from detector.features import build_cube, span_evidence
+    from detector.detect.features import build_cube, span_evidence
 
     parts = [Part("Join", "1.0.0", 240.0, 0.02, 800.0), Part("Join", "1.1.0", 240.0, 0.02, 800.0)]
     p, base, stats = _baselines(parts, days=3.0, extra=0.5)
@@ -346,7 +352,7 @@ def test_duration_p_values_are_calibrated_by_the_policy_factor() -> None:
     # tests (exact tails) are left as they are.
     from dataclasses import replace
 
-    from detector.features import build_cube, span_evidence
+    from detector.detect.features import build_cube, span_evidence
 
     parts = [Part("Join", "1.0.0", 240.0, 0.02, 800.0), Part("Join", "1.1.0", 240.0, 0.02, 800.0)]
     p, base, stats = _baselines(parts, days=3.0, extra=0.5)
@@ -369,7 +375,7 @@ def test_evidence_kept_only_where_a_gate_looks_equals_the_full_evidence() -> Non
     # flags, maintenance); elsewhere they are computed where the best span is significant.
     # p and span must equal the full computation everywhere, every field wherever p <= alpha,
     # and every field at a kept cell whatever its p.
-    from detector.features import build_cube, span_evidence
+    from detector.detect.features import build_cube, span_evidence
     from tests.fixtures_engine import Incident
 
     parts = [
@@ -406,7 +412,7 @@ def test_evidence_kept_only_where_a_gate_looks_equals_the_full_evidence() -> Non
 def test_evidence_and_features_do_not_depend_on_blocks_or_threads(chunk, threads) -> None:
     # Blocks of whole operations, processed by a thread pool, write disjoint rows: the result
     # must be the same as one block on one thread.
-    from detector.features import bucket_features, build_cube, span_evidence
+    from detector.detect.features import bucket_features, build_cube, span_evidence
 
     parts = [
         Part(op, ver, 120.0, 0.02, 500.0)
@@ -462,7 +468,7 @@ def test_with_fleet_codes_match_string_grouping() -> None:
 def test_hour_of_week_arithmetic_matches_the_calendar() -> None:
     # compute_baselines takes slots from epoch arithmetic (no calendar fields for millions of
     # rows); it must agree with slot_of everywhere, before 1970 and across DST-free UTC.
-    from detector.baseline import _hour_of_week, epoch_ns, slot_of
+    from detector.detect.baseline import _hour_of_week, epoch_ns, slot_of
 
     times = pd.date_range("1969-12-20", "2027-01-10", freq="37h", tz="UTC")
     assert np.array_equal(_hour_of_week(epoch_ns(times)), slot_of(times))
@@ -481,7 +487,7 @@ def test_hour_of_week_arithmetic_matches_the_calendar() -> None:
     ],
 )
 def test_trailing_sum(w: int, expected: list[list[int]]) -> None:
-    from detector.features import _trailing_sum
+    from detector.detect.features import _trailing_sum
 
     x = np.array([[1.0, 2.0, 3.0, 4.0], [0.0, 5.0, 0.0, 5.0]])
     assert _trailing_sum(x, w).tolist() == expected
@@ -492,14 +498,14 @@ def test_trailing_sum(w: int, expected: list[list[int]]) -> None:
     ("freq", "n", "expected"), [("5min", 10, 6), ("15min", 10, 2), ("1h", 10, 1), ("5min", 1, 1)]
 )
 def test_the_ratio_window_in_buckets(freq: str, n: int, expected: int) -> None:
-    from detector.features import RATIO_WINDOW, _buckets_in
+    from detector.detect.features import RATIO_WINDOW, _buckets_in
 
     times = pd.date_range("2026-11-02", periods=n, freq=freq, tz="UTC")
     assert _buckets_in(RATIO_WINDOW, times) == expected
 
 
 def test_trailing_until_sums_only_as_far_back_as_needed() -> None:
-    from detector.features import _trailing_until
+    from detector.detect.features import _trailing_until
 
     obs = np.array([[10.0, 20.0, 30.0, 40.0], [1.0, 2.0, 3.0, 4.0]])
     exp = np.array([[60.0, 60.0, 60.0, 60.0], [20.0, 20.0, 20.0, 20.0]])

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from detector.decide import GATE_REASONS, METRIC_NAMES, DetectionPolicy, Evidence, decide
+from detector.detect.decide import GATE_REASONS, METRIC_NAMES, DetectionPolicy, Evidence, decide
 
 POLICY = DetectionPolicy()
 T = 6

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detector.engine import DetectionPolicy, DetectionResult, detect
+from detector.detect.engine import DetectionPolicy, DetectionResult, detect
 from detector.schema import BucketAggregates
 from detector.store.backend import LocalBackend
 from detector.store.engine_state import EngineState, load_engine_state, save_engine_state
@@ -810,7 +810,7 @@ def test_only_a_new_builds_span_from_before_its_first_call_skips_thin_thirds(
     """Skipping an earlier third with too few calls is for a provisional version whose span
     reaches back before its first call (its rollout), nothing else: applied to every thin
     version it let a quiet beta's one-hour burst through on the holdout."""
-    from detector.features import _before_first_call
+    from detector.detect.features import _before_first_call
 
     got = _before_first_call(
         np.array([thin]), np.array([first]), np.array([0]), np.array([at]), 144
@@ -847,7 +847,7 @@ def _t(hours: float) -> datetime:
     ],
 )
 def test_plan_steps(window, step, data, reach, expected) -> None:
-    from detector.engine import plan_steps
+    from detector.detect.engine import plan_steps
 
     times = None
     if data is not None:
@@ -857,14 +857,14 @@ def test_plan_steps(window, step, data, reach, expected) -> None:
 
 
 def test_plan_steps_refuses_a_step_that_is_not_whole_buckets() -> None:
-    from detector.engine import plan_steps
+    from detector.detect.engine import plan_steps
 
     with pytest.raises(ValueError, match="multiple of the bucket"):
         plan_steps((_t(0), _t(1)), timedelta(minutes=7), bucket=B5)
 
 
 def test_steps_judge_as_consecutive_runs_and_one_step_is_detect_itself() -> None:
-    from detector.engine import detect_steps, plan_steps
+    from detector.detect.engine import detect_steps, plan_steps
 
     aggs, inc = fleet_latency()
     steps = plan_steps((WS, WE), H, bucket=B5)

@@ -9,8 +9,14 @@ from functools import cache
 import numpy as np
 import pytest
 
-from detector.engine import DetectionPolicy, DetectionResult, detect, detect_steps, plan_steps
-from detector.features import sequential_thresholds, windowed_cusum
+from detector.detect.engine import (
+    DetectionPolicy,
+    DetectionResult,
+    detect,
+    detect_steps,
+    plan_steps,
+)
+from detector.detect.features import sequential_thresholds, windowed_cusum
 from detector.schema import BucketAggregates
 from detector.words import accumulated_words, why_believed
 from tests.fixtures_engine import T0, Incident, Part, make_aggs

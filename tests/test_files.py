@@ -499,7 +499,7 @@ def test_a_call_failing_in_two_versions_is_one_failing_call_of_the_operation(
 ) -> None:
     """A group call's legs run different SDK versions: each version counts the call once, and
     the weights (1 / versions it failed in) add up to one failing call for the operation."""
-    from detector.baseline import FLEET, with_fleet
+    from detector.detect.baseline import FLEET, with_fleet
 
     rows = [row(opid="a", rt="Failure", sdk="1.0") | {"CallId": "group-call"}]
     rows += [row(opid="b", rt="Failure", sdk="2.0") | {"CallId": "group-call"}]

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector.decide import GATE_REASONS, METRIC_NAMES, DetectionPolicy, Evidence, decide
-from detector.engine import DetectionResult, detect
-from detector.forest import CalibrationRows, joint_text, span_vectors, tail_p
+from detector.detect.decide import GATE_REASONS, METRIC_NAMES, DetectionPolicy, Evidence, decide
+from detector.detect.engine import DetectionResult, detect
+from detector.detect.forest import CalibrationRows, joint_text, span_vectors, tail_p
 from detector.store.backend import LocalBackend
 from detector.store.models import ModelStore
 from detector.words import INTERNAL_NAMES, what_moved
@@ -71,7 +71,7 @@ def test_span_vectors_sum_over_the_root_of_the_buckets_with_calls() -> None:
 
 
 def test_p_values_hold_their_level_on_fresh_data_without_change() -> None:
-    from detector.score import PartitionScorer
+    from detector.detect.score import PartitionScorer
 
     rng = np.random.default_rng(3)
     P, T = 20, 400
@@ -162,7 +162,7 @@ def test_forest_off_imports_no_scikit_learn_and_computes_no_forest_p() -> None:
     code = (
         "import sys\n"
         "from datetime import timedelta\n"
-        "from detector.engine import DetectionPolicy, detect\n"
+        "from detector.detect.engine import DetectionPolicy, detect\n"
         "from tests.fixtures_engine import T0, Part, make_aggs\n"
         "aggs = make_aggs([Part('Join', '1.0')], days=2, seed=1)\n"
         "end = T0 + timedelta(days=2)\n"

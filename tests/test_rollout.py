@@ -1,4 +1,4 @@
-"""The since-rollout failure test of new builds (detector.rollout), on hand-built histories."""
+"""The since-rollout failure test of new builds (detector.detect.rollout), on hand-built histories."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from scipy import special
 
-from detector.decide import DetectionPolicy
-from detector.rollout import Rollout, effective_looks, first_buckets, rollout_test
+from detector.detect.decide import DetectionPolicy
+from detector.detect.rollout import Rollout, effective_looks, first_buckets, rollout_test
 
 POLICY = DetectionPolicy()
 T = 600  # buckets of history (50 hours)
@@ -156,8 +156,8 @@ def test_history_of_a_new_build_leaves_out_maintenance() -> None:
     operation leaves those buckets out."""
     from datetime import timedelta
 
-    from detector.baseline import Partitions, compute_baselines, with_fleet
-    from detector.rollout import rollout_history
+    from detector.detect.baseline import Partitions, compute_baselines, with_fleet
+    from detector.detect.rollout import rollout_history
     from tests.fixtures_engine import T0, Part, make_aggs
 
     start, end = pd.Timestamp(T0), pd.Timestamp(T0 + timedelta(days=3))

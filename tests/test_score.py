@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import skops.io as sio
 
+from detector.detect.score import PartitionScorer
 from detector.errors import ModelMismatchError, NotFittedError
-from detector.score import PartitionScorer
 from detector.store.backend import LocalBackend
 from detector.store.models import ModelStore
 
@@ -123,7 +123,7 @@ def test_store_refuses_untrusted_types(tmp_path) -> None:
 def test_large_inputs_score_on_threads_bit_for_bit() -> None:
     # Above _PARALLEL_ROWS the rows are scored in blocks on threads: every row must get
     # exactly the score the sequential forest gives it (same trees, same order).
-    from detector import score
+    from detector.detect import score
 
     scorer = _fit()
     X = np.random.default_rng(3).normal(size=(score._PARALLEL_ROWS + 1001, 4))

@@ -10,8 +10,8 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from detector.baseline import Partitions, compute_baselines, with_fleet
-from detector.engine import DetectionPolicy, DetectionResult, detect
+from detector.detect.baseline import Partitions, compute_baselines, with_fleet
+from detector.detect.engine import DetectionPolicy, DetectionResult, detect
 from tests.fixtures_engine import T0, Incident, make_aggs, standard_parts
 
 SHORT = DetectionPolicy(short_history=True)

@@ -19,7 +19,7 @@ import pytest
 
 from detector.anomaly import TENANT_FINGERPRINT, fingerprint_of
 from detector.cli import EXIT_OK, main
-from detector.engine import DetectionPolicy, DetectionResult, detect
+from detector.detect.engine import DetectionPolicy, DetectionResult, detect
 from detector.simulate import simulate
 from tests.fixtures_alerting import Hook
 from tests.fixtures_engine import T0, Incident, Part, make_aggs
@@ -209,8 +209,8 @@ def test_only_an_operation_s_own_volume_drop_makes_a_quiet_span_a_stop(
 ) -> None:
     import pandas as pd
 
-    from detector.engine import _an_operation_stopped
-    from detector.stop import Stop
+    from detector.detect.engine import _an_operation_stopped
+    from detector.detect.stop import Stop
 
     times = pd.date_range(T0, periods=24, freq="5min", tz="UTC")
     stop = Stop(6, 12, 0.0, 100.0, 6, 6, confirmed=True, in_window=True)

@@ -31,8 +31,8 @@ import skops
 import skops.io as sio
 from sklearn.ensemble import IsolationForest
 
+from detector.detect.score import PartitionScorer
 from detector.errors import ModelMismatchError, StateError
-from detector.score import PartitionScorer
 from detector.store.backend import Backend
 from detector.timeutil import iso
 
@@ -70,7 +70,7 @@ class ModelMeta:
     versions: dict[str, str]
     scale: list[float] | None = None
     format: int = FORMAT_VERSION
-    #: the forest's held-out window scores per span and kind (detector.forest.calibration_key)
+    #: the forest's held-out window scores per span and kind (detector.detect.forest.calibration_key)
     calibration: dict[str, list[float]] | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -85,7 +85,7 @@ class ModelMeta:
 
 
 class ModelStore:
-    """Save and load :class:`~detector.score.PartitionScorer` models through a backend."""
+    """Save and load :class:`~detector.detect.score.PartitionScorer` models through a backend."""
 
     def __init__(self, backend: Backend, prefix: str = "models") -> None:
         self.backend = backend

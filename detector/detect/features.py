@@ -1,7 +1,7 @@
 """Features: how far each (partition, bucket) is from its baseline, already scaled by sample size.
 
-Consumes the bucket stats (with fleet rows), the :class:`~detector.baseline.Partitions` and
-:class:`~detector.baseline.Baselines`; produces
+Consumes the bucket stats (with fleet rows), the :class:`~detector.detect.baseline.Partitions` and
+:class:`~detector.detect.baseline.Baselines`; produces
 
 * :func:`bucket_features`: one vector per (partition, bucket) for the isolation forest,
   :data:`FEATURE_NAMES`:
@@ -17,7 +17,7 @@ Consumes the bucket stats (with fleet rows), the :class:`~detector.baseline.Part
 * :func:`span_evidence`: the statistical evidence of every (partition, metric, bucket) over the
   trailing spans of ``policy.spans`` buckets: best one-sided p-value (Bonferroni over the spans),
   practical effect, sample size, a leave-strongest-bucket-out check and the peer test. This is
-  what :func:`detector.decide.decide` gates.
+  what :func:`detector.detect.decide.decide` gates.
 
 Everything is vectorised over (partition, bucket) arrays; pure, no I/O.
 """
@@ -36,8 +36,8 @@ import pandas as pd
 from scipy import special
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
 
-from detector.baseline import Baselines, Partitions, epoch_ns, slot_of
-from detector.decide import METRIC_NAMES, DetectionPolicy, volume_effect_ok
+from detector.detect.baseline import Baselines, Partitions, epoch_ns, slot_of
+from detector.detect.decide import METRIC_NAMES, DetectionPolicy, volume_effect_ok
 
 __all__ = [
     "FEATURE_NAMES",
@@ -127,7 +127,7 @@ def build_cube(
 ) -> Cube:
     """Pivot the stats rows in ``[start, end)`` into dense (P, T) arrays (missing = 0 calls).
 
-    ``stats`` as :func:`~detector.baseline.with_fleet` returns them (``failed_calls`` filled).
+    ``stats`` as :func:`~detector.detect.baseline.with_fleet` returns them (``failed_calls`` filled).
     """
     start_ts = (
         pd.Timestamp(start).tz_convert("UTC")
@@ -379,7 +379,7 @@ def _features_block(
 
 @dataclass
 class SpanEvidence:
-    """(P, M, T) arrays; see :class:`detector.decide.Evidence` for their meaning."""
+    """(P, M, T) arrays; see :class:`detector.detect.decide.Evidence` for their meaning."""
 
     p: np.ndarray
     effect: np.ndarray

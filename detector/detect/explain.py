@@ -3,8 +3,8 @@
 In: the stored bucket history (:class:`~detector.store.buckets.BucketStore`), the engine state,
 the alert state and the policy; an operation, an optional SDK version and metric, and a time
 ``T``. Out: an :class:`Explanation` that re-judges the step holding ``T`` exactly as the
-scheduled job judges it (:func:`detector.engine.plan_steps` and
-:func:`detector.engine.detect_steps`) and lists, per metric, each test with its value against
+scheduled job judges it (:func:`detector.detect.engine.plan_steps` and
+:func:`detector.detect.engine.detect_steps`) and lists, per metric, each test with its value against
 the usual, its threshold and the gate that stopped it, or the alert it raised.
 
 Numbers come from the engine; the words from :mod:`detector.words`. Names from the log are
@@ -22,7 +22,7 @@ from typing import Any
 
 from detector import words
 from detector.anomaly import Anomaly
-from detector.decide import GATE_REASONS, METRIC_NAMES, DetectionPolicy
+from detector.detect.decide import GATE_REASONS, METRIC_NAMES, DetectionPolicy
 from detector.errors import ConfigError
 from detector.escape import for_terminal
 from detector.lifecycle import AlertState, Silence
@@ -39,7 +39,7 @@ METRIC_CHOICES: dict[str, str] = {
     "failure_rate": "failure_rate",
     "volume": "volume",
 }
-_FLEET = "*"  # detector.baseline.FLEET: the operation across all its SDK versions
+_FLEET = "*"  # detector.detect.baseline.FLEET: the operation across all its SDK versions
 
 
 @dataclass
@@ -116,7 +116,7 @@ class Explanation:
 
 def _step_of(at: datetime, step: timedelta, bucket: timedelta) -> tuple[datetime, datetime]:
     """The scheduled step holding ``at`` (steps end on multiples of ``step`` from the epoch)."""
-    from detector.engine import plan_steps
+    from detector.detect.engine import plan_steps
 
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     start = epoch + (at - epoch) // step * step
@@ -142,7 +142,7 @@ def _judge(
     state: EngineState,
 ) -> Any:
     """The engine's result for ``step``, judged as the scheduled run ending it judged it."""
-    from detector.engine import detect_steps
+    from detector.detect.engine import detect_steps
 
     return detect_steps(
         history,
@@ -191,7 +191,7 @@ def _nearest(name: str, known: set[str]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# The tests of one metric, in the order the engine meets them (detector.decide)
+# The tests of one metric, in the order the engine meets them (detector.detect.decide)
 # --------------------------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import special
 
 from detector.anomaly import Anomaly
-from detector.baseline import (
+from detector.detect.baseline import (
     FLEET,
     Baselines,
     Partitions,
@@ -36,7 +36,7 @@ from detector.baseline import (
     exclusion_mask,
     with_fleet,
 )
-from detector.decide import (
+from detector.detect.decide import (
     GATE_REASONS,
     METRIC_NAMES,
     R_ANOM,
@@ -44,8 +44,7 @@ from detector.decide import (
     Evidence,
     decide,
 )
-from detector.errors import ModelMismatchError
-from detector.features import (
+from detector.detect.features import (
     FEATURE_METRIC,
     FEATURE_NAMES,
     Cube,
@@ -56,20 +55,28 @@ from detector.features import (
     sequential_details,
     span_evidence,
 )
-from detector.forest import (
+from detector.detect.forest import (
     CalibrationRows,
     forest_evidence,
     forest_spans,
     joint_text,
     partition_labels,
 )
-from detector.rollout import Applied, Rollout, apply_rollout, first_buckets, rollout_history
+from detector.detect.rollout import Applied, Rollout, apply_rollout, first_buckets, rollout_history
+from detector.detect.stop import (
+    AlertBucket,
+    Stop,
+    find_stops,
+    fold_buckets,
+    fold_into_stops,
+    stop_anomaly,
+)
+from detector.errors import ModelMismatchError
 from detector.schema import BucketAggregates, bin_value
-from detector.stop import AlertBucket, Stop, find_stops, fold_buckets, fold_into_stops, stop_anomaly
 from detector.store.engine_state import EngineState
 
 if TYPE_CHECKING:  # scikit-learn and skops load in ~2.5 s: imported when a forest is needed
-    from detector.score import PartitionScorer
+    from detector.detect.score import PartitionScorer
     from detector.store.models import ModelStore
 
 __all__ = [
@@ -806,7 +813,7 @@ def _get_scorer(
     now: datetime,
     model_store: ModelStore | None,
 ) -> tuple[PartitionScorer | None, dict[str, Any]]:
-    from detector.score import PartitionScorer
+    from detector.detect.score import PartitionScorer
 
     status: dict[str, Any] = {}
     config_hash = policy.config_hash()
@@ -925,7 +932,7 @@ def _fold_tenant_stops(
     run: _Run, anomalies: list[Anomaly], alert_buckets: list[AlertBucket], full: Cube
 ) -> tuple[list[Anomaly], list[AlertBucket]]:
     """``anomalies`` and their alerting buckets with the volume drops of a tenant-wide stop
-    folded into one tenant alert (see :mod:`detector.stop`). The whole cube is searched, so
+    folded into one tenant alert (see :mod:`detector.detect.stop`). The whole cube is searched, so
     a stop that began before the window is reported from its start."""
     parts, base, policy, ws, now = run.parts, run.base, run.policy, run.frame.ws, run.now
     bucket = pd.Timedelta(policy.bucket)

@@ -3,7 +3,7 @@
 A build rolled out mid-window at 10 operations an hour holds ~120 operations in the longest
 trailing span (12 hours): at a corrected threshold that is not enough to see +8 points of failure
 rate, and by the time a span is long enough its failures would have become its own baseline (see
-:func:`detector.baseline._regressed_since_rollout`). Its whole history since the first call is
+:func:`detector.detect.baseline._regressed_since_rollout`). Its whole history since the first call is
 enough: 58 failures in 476 calls against 22 expected reads z = 8.
 
 Two stages, split so the engine can free its row frame in between:
@@ -41,9 +41,9 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from detector.baseline import Baselines, Partitions, epoch_ns, rolled_out, slot_of
-from detector.decide import METRIC_NAMES, DetectionPolicy
-from detector.features import SpanEvidence
+from detector.detect.baseline import Baselines, Partitions, epoch_ns, rolled_out, slot_of
+from detector.detect.decide import METRIC_NAMES, DetectionPolicy
+from detector.detect.features import SpanEvidence
 
 __all__ = [
     "Applied",

@@ -21,9 +21,9 @@ import pandas as pd
 from scipy import special
 
 from detector.anomaly import TENANT_OPERATION, Anomaly
-from detector.baseline import Baselines, Partitions
-from detector.decide import DetectionPolicy
-from detector.features import Cube
+from detector.detect.baseline import Baselines, Partitions
+from detector.detect.decide import DetectionPolicy
+from detector.detect.features import Cube
 
 __all__ = ["AlertBucket", "Stop", "find_stops", "fold_buckets", "fold_into_stops", "stop_anomaly"]
 

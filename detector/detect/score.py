@@ -1,11 +1,11 @@
 """Score: an isolation forest over the bucket features, one sign convention (higher = worse).
 
-Consumes feature vectors (:data:`detector.features.FEATURE_NAMES`) of baseline buckets to
+Consumes feature vectors (:data:`detector.detect.features.FEATURE_NAMES`) of baseline buckets to
 ``fit`` and of recent buckets to score; produces anomaly scores in (0, 1] (the forest's
 ``2 ** (-E[h(x)] / c(n))``, so about 0.5 is ordinary and close to 1 is isolated at once), a flag
 threshold learnt from the training scores, per-feature ablation "drivers", and conformal
 p-values of span vectors against held-out baseline windows (split: the forest never saw
-them; see :mod:`detector.forest`). Pure (no I/O); persistence lives in :mod:`detector.store.models`.
+them; see :mod:`detector.detect.forest`). Pure (no I/O); persistence lives in :mod:`detector.store.models`.
 
 :class:`PartitionScorer` follows the scikit-learn estimator contract: ``__init__`` only stores
 its keyword arguments, ``fit`` validates them and learns ``model_``, ``feature_names_``,
@@ -25,8 +25,8 @@ from sklearn.base import BaseEstimator
 from sklearn.ensemble import IsolationForest
 from sklearn.utils._param_validation import Interval
 
+from detector.detect.forest import POOLED, CalibrationRows, calibration_key, tail_p, window_vectors
 from detector.errors import ModelMismatchError, NotFittedError
-from detector.forest import POOLED, CalibrationRows, calibration_key, tail_p, window_vectors
 
 __all__ = ["PartitionScorer"]
 
@@ -62,7 +62,7 @@ class PartitionScorer(BaseEstimator):  # type: ignore[misc]
         Robust spread (1.4826 MAD) of each training feature, to compare features' deviations.
     calibration_ : dict of str to ndarray
         Sorted scores of held-out windows per span and kind of partition
-        (:func:`detector.forest.calibration_key`); empty when too few rows to hold any out.
+        (:func:`detector.detect.forest.calibration_key`); empty when too few rows to hold any out.
     """
 
     _parameter_constraints: dict[str, list[Any]] = {
@@ -156,7 +156,7 @@ class PartitionScorer(BaseEstimator):  # type: ignore[misc]
         return bool(getattr(self, "calibration_", None))
 
     def p_values(self, scores: np.ndarray, labels: np.ndarray, span: int) -> np.ndarray:
-        """p-value (:func:`detector.forest.tail_p`) of each span score among the held-out
+        """p-value (:func:`detector.detect.forest.tail_p`) of each span score among the held-out
         windows of that span and the row's kind of partition (``labels``; all kinds pooled
         when there are none of its kind); NaN scores give 1."""
         if not self.calibrated:

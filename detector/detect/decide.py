@@ -1,7 +1,7 @@
 """Decide: which deviations become anomalies, and why the others did not.
 
 Consumes the per-(partition, metric, bucket) :class:`Evidence` computed by
-:mod:`detector.features` (p-values over a few trailing spans, effects, sample sizes, the forest's
+:mod:`detector.detect.features` (p-values over a few trailing spans, effects, sample sizes, the forest's
 flag) and a :class:`DetectionPolicy`; produces a reason code for every (partition, metric,
 bucket), from which the engine builds anomalies and the run report. Pure: no I/O, no clock
 (``now`` is a parameter and only bounds which buckets may be judged).
@@ -171,7 +171,7 @@ class DetectionPolicy:
     # the test may raise (its thresholds follow from it, see features.sequential_thresholds)
     # --- forest vote (issue 20) ------------------------------------------------------------
     # bool: true: the forest scores span vectors and its p-value (rank among held-out
-    # baseline windows, detector.forest) may alert on its own; false (default: its one gain,
+    # baseline windows, detector.detect.forest) may alert on its own; false (default: its one gain,
     # a joint shift on 1 of 3 simulator seeds, is noise by our protocol; docs/decisions.md):
     # no forest at all, and scikit-learn is not even imported.
     forest: bool = False

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from detector.decide import DetectionPolicy
+from detector.detect.decide import DetectionPolicy
 from detector.schema import fill_failed_calls
 
 __all__ = [
@@ -295,7 +295,7 @@ class Baselines:
     #: failures' coming in calls inflates the variance of a count spanning whole calls.
     cluster: np.ndarray | None = None
     #: (P,) first bucket of the baseline window (index from its start) holding the
-    #: partition's rows, or the window's length if none (see detector.rollout).
+    #: partition's rows, or the window's length if none (see detector.detect.rollout).
     first_bucket: np.ndarray | None = None
     #: (P,) >= 1: how much a short history widened the bands (min_history / its hours; 1 with
     #: enough history). Above 1 the tests also need stronger evidence (short_history_alpha).

@@ -8,7 +8,7 @@ windows of the same length and kind of partition (conformal), and beyond the hig
 an exponential tail fitted to their top scores (peaks over threshold, as in SPOT: Siffer et al.,
 KDD 2017), so a p-value can be smaller than one over the number of held-out windows
 (:func:`tail_p`). The best span's p-value times the number of spans is the forest's test,
-which :func:`detector.decide.decide` gates like any other; :func:`joint_text` words an alert.
+which :func:`detector.detect.decide.decide` gates like any other; :func:`joint_text` words an alert.
 NumPy only: a run with ``[detection] forest = false`` never imports scikit-learn.
 """
 

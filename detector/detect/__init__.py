@@ -1,0 +1,23 @@
+"""The detection engine, one module per stage, in the order the data flows:
+
+- ``baseline``: partitions (operation x SDK version, and each operation's fleet) and their
+  baselines (levels, seasonal profiles, dispersions) from the trailing bucket history;
+- ``features``: the bucket cube and the evidence of each test (duration, failure rate, failing
+  calls, volume, the sequential CUSUM) over trailing spans;
+- ``rollout``: a new version judged on everything since its first call;
+- ``forest`` and ``score``: the isolation forest's span vectors, conformal p-values and models;
+- ``decide``: the :class:`~detector.detect.decide.DetectionPolicy` and the gates, multiplicity,
+  persistence and attribution that turn evidence into anomalies;
+- ``stop``: a tenant-wide stop folded into one alert;
+- ``engine``: :func:`~detector.detect.engine.detect` wires the stages for one window and
+  :func:`~detector.detect.engine.detect_steps` judges any window as scheduled runs would;
+- ``explain``: why a partition alerted or not at a time (``acs-detector explain``).
+
+Consumes :class:`detector.schema.BucketAggregates`; produces anomalies, candidates and the
+engine state. Nothing here reads or writes outside the model store it is given.
+
+The package itself imports nothing: importing a stage pulls only what it needs (scikit-learn
+loads only when a forest is used).
+"""
+
+__all__: list[str] = []
