@@ -570,12 +570,7 @@ def deliver(
         batch=uuid.uuid4().hex[:12],
         dry_run=dry_run,
     )
-    todo: list[tuple[OutboxItem, str, Message]] = []
-    for route in routes:
-        digest = _route_digest(route, decisions, report)
-        if digest is not None:
-            todo.extend(_render_targets(digest, opts, report))
-
+    todo = _render_all(decisions, routes, opts, report)
     if not dry_run:
         if todo:
             _send_batch(sender, todo, commit, opts.batch)
@@ -601,6 +596,21 @@ def _run_charts(
         if any(takes_attachments(u) for r in routes for u in r.urls)
         else {}
     )
+
+
+def _render_all(
+    decisions: Sequence[Decision],
+    routes: Sequence[Route],
+    opts: _RenderOptions,
+    report: DeliveryReport,
+) -> list[tuple[OutboxItem, str, Message]]:
+    """Decisions and routes -> (outbox item, URL, message) per route and target, in order."""
+    todo: list[tuple[OutboxItem, str, Message]] = []
+    for route in routes:
+        digest = _route_digest(route, decisions, report)
+        if digest is not None:
+            todo.extend(_render_targets(digest, opts, report))
+    return todo
 
 
 def _route_digest(
