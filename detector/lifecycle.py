@@ -602,6 +602,19 @@ def _apply(
     return Reason.RECOVERING
 
 
+@dataclass(frozen=True)
+class _StepInput:
+    """What every fingerprint of one step is judged against (built once per step)."""
+
+    picked: dict[str, Anomaly]
+    ev: dict[str, Any]
+    policy: LifecyclePolicy
+    now: datetime
+    window_end: datetime
+    silences: list[Silence]
+    acks: Mapping[str, Ack]
+
+
 def step(
     anomalies: Iterable[Anomaly],
     evaluated: Iterable[Any] | Mapping[str, Any] | None,
@@ -640,97 +653,127 @@ def step(
     state, guarantees delivery.
     """
     picked = _pick(anomalies)
-    ev = _evaluated_map(evaluated)
     if window_end is None:
         window_end = max((a.window_end for a in picked.values()), default=now)
-    acks = acks or {}
-    active_silences = [s for s in silences if s.active(now)]
+    inp = _StepInput(
+        picked=picked,
+        ev=_evaluated_map(evaluated),
+        policy=policy,
+        now=now,
+        window_end=window_end,
+        silences=[s for s in silences if s.active(now)],
+        acks=acks or {},
+    )
     new_state = AlertState(
         {fp: AlertRecord.from_json(r.to_json()) for fp, r in state.records.items()},
         copy.deepcopy(state.health),
     )
     decisions: list[Decision] = []
     open_fps = {fp for fp, r in state.records.items() if r.status in ("firing", "pending")}
+    for fp in sorted(set(picked) | set(inp.ev) | open_fps):
+        decision = _step_one(fp, state.records.get(fp), inp, new_state)
+        if decision is not None:
+            decisions.append(decision)
+    _forget_quiet(new_state, policy, now)
+    return decisions, new_state
 
-    for fp in sorted(set(picked) | set(ev) | open_fps):
-        old = state.records.get(fp)
-        anomaly = picked.get(fp)
-        if fp not in picked and fp not in ev:
-            if old is not None and old.status == "firing":
-                decisions.append(_decision(old, Reason.NO_DATA, False, window_end))
-            continue
-        if old is None and anomaly is None:
-            continue  # clean and never seen: nothing to remember (the state stays small)
-        try:
-            parse_fingerprint(fp)
-        except ValueError:
-            continue  # not an alert fingerprint (the engine's own bookkeeping): ignore
-        rerun = False
-        if old is not None and old.last_window_end is not None:
-            if window_end < old.last_window_end:
-                if anomaly is not None or old.status == "firing":
-                    decisions.append(_decision(old, Reason.OUT_OF_ORDER, False, window_end))
-                continue
-            rerun = window_end == old.last_window_end
-        if rerun and old is not None:
-            base = AlertRecord.from_json(old.prev) if old.prev else AlertRecord(fp)
-        elif old is not None:
-            base = AlertRecord.from_json(old.snapshot())
-        else:
-            base = AlertRecord(fp)
-        rec = AlertRecord.from_json(base.snapshot())
-        rec.prev = base.snapshot()
-        reason = _apply(rec, anomaly, Current.coerce(ev.get(fp)), policy, now, window_end)
-        new_state.records[fp] = rec
-        if reason is None:
-            continue
 
-        if rerun and old is not None and rec.status == old.status:
-            # The outcome of this window was recorded before: keep that episode's bookkeeping.
-            for k in _EPISODE_FIELDS:
-                setattr(rec, k, getattr(old, k))
+def _step_one(
+    fp: str, old: AlertRecord | None, inp: _StepInput, new_state: AlertState
+) -> Decision | None:
+    """Fingerprint, its previous record, step input -> its decision (new record into new_state)."""
+    anomaly = inp.picked.get(fp)
+    if fp not in inp.picked and fp not in inp.ev:
+        if old is not None and old.status == "firing":
+            return _decision(old, Reason.NO_DATA, False, inp.window_end)
+        return None
+    if old is None and anomaly is None:
+        return None  # clean and never seen: nothing to remember (the state stays small)
+    try:
+        parse_fingerprint(fp)
+    except ValueError:
+        return None  # not an alert fingerprint (the engine's own bookkeeping): ignore
+    rerun = False
+    if old is not None and old.last_window_end is not None:
+        if inp.window_end < old.last_window_end:
+            if anomaly is not None or old.status == "firing":
+                return _decision(old, Reason.OUT_OF_ORDER, False, inp.window_end)
+            return None
+        rerun = inp.window_end == old.last_window_end
+    rerun_of = old if rerun else None
+    rec = _start_record(fp, old, rerun_of)
+    current = Current.coerce(inp.ev.get(fp))
+    reason = _apply(rec, anomaly, current, inp.policy, inp.now, inp.window_end)
+    new_state.records[fp] = rec
+    if reason is None:
+        return None
+    if rerun_of is not None and rec.status == rerun_of.status:
+        # The outcome of this window was recorded before: keep that episode's bookkeeping.
+        for k in _EPISODE_FIELDS:
+            setattr(rec, k, getattr(rerun_of, k))
+    return _gated_decision(rec, reason, rerun_of, inp)
 
-        silence = next((s for s in active_silences if s.matches(fp, rec.severity)), None)
-        ack = acks.get(fp)
-        ack_ok = (
-            ack is not None
-            and rec.status == "firing"
-            and rec.fired_at is not None
-            and ack.at >= rec.fired_at
-        )
-        if reason in (Reason.NEW, Reason.ESCALATED, Reason.REPEAT_DUE, Reason.STILL_FIRING):
-            if silence is not None:
-                reason = Reason.SILENCED
-            elif ack_ok:
-                reason = Reason.ACKNOWLEDGED
-        notify = reason in NOTIFY_REASONS
-        if reason == Reason.RESOLVED:
-            # Only tell people an alert resolved if they were told it fired (and not silenced).
-            notify = policy.send_resolved and rec.notified_status == "firing" and silence is None
-        if (
-            notify
-            and rerun
-            and old is not None
-            and (old.notified_window_end == window_end or reason == Reason.REPEAT_DUE)
-        ):
-            reason, notify = Reason.SUPPRESSED_DUPLICATE, False
-        if notify:
-            rec.notified_at = now
-            rec.notified_status = "resolved" if reason == Reason.RESOLVED else "firing"
-            rec.notified_severity = rec.severity
-            rec.notified_window_end = window_end
-            rec.notifications += 1
-        decisions.append(
-            _decision(
-                rec,
-                reason,
-                notify,
-                window_end,
-                silence_id=silence.id if silence and reason == Reason.SILENCED else None,
-                ack_by=(ack.by or "someone") if ack and reason == Reason.ACKNOWLEDGED else None,
-            )
-        )
 
+def _start_record(fp: str, old: AlertRecord | None, rerun_of: AlertRecord | None) -> AlertRecord:
+    """Previous record (and the one a rerun replays) -> fresh record to apply the window to."""
+    # A rerun replays the window from the snapshot taken before it was first applied.
+    if rerun_of is not None:
+        base = AlertRecord.from_json(rerun_of.prev) if rerun_of.prev else AlertRecord(fp)
+    elif old is not None:
+        base = AlertRecord.from_json(old.snapshot())
+    else:
+        base = AlertRecord(fp)
+    rec = AlertRecord.from_json(base.snapshot())
+    rec.prev = base.snapshot()
+    return rec
+
+
+def _gated_decision(
+    rec: AlertRecord, reason: Reason, rerun_of: AlertRecord | None, inp: _StepInput
+) -> Decision:
+    """Applied record and raw reason -> decision after silences, acks and rerun dedup."""
+    fp = rec.fingerprint
+    silence = next((s for s in inp.silences if s.matches(fp, rec.severity)), None)
+    ack = inp.acks.get(fp)
+    ack_ok = (
+        ack is not None
+        and rec.status == "firing"
+        and rec.fired_at is not None
+        and ack.at >= rec.fired_at
+    )
+    if reason in (Reason.NEW, Reason.ESCALATED, Reason.REPEAT_DUE, Reason.STILL_FIRING):
+        if silence is not None:
+            reason = Reason.SILENCED
+        elif ack_ok:
+            reason = Reason.ACKNOWLEDGED
+    notify = reason in NOTIFY_REASONS
+    if reason == Reason.RESOLVED:
+        # Only tell people an alert resolved if they were told it fired (and not silenced).
+        notify = inp.policy.send_resolved and rec.notified_status == "firing" and silence is None
+    if (
+        notify
+        and rerun_of is not None
+        and (rerun_of.notified_window_end == inp.window_end or reason == Reason.REPEAT_DUE)
+    ):
+        reason, notify = Reason.SUPPRESSED_DUPLICATE, False
+    if notify:
+        rec.notified_at = inp.now
+        rec.notified_status = "resolved" if reason == Reason.RESOLVED else "firing"
+        rec.notified_severity = rec.severity
+        rec.notified_window_end = inp.window_end
+        rec.notifications += 1
+    return _decision(
+        rec,
+        reason,
+        notify,
+        inp.window_end,
+        silence_id=silence.id if silence and reason == Reason.SILENCED else None,
+        ack_by=(ack.by or "someone") if ack and reason == Reason.ACKNOWLEDGED else None,
+    )
+
+
+def _forget_quiet(new_state: AlertState, policy: LifecyclePolicy, now: datetime) -> None:
+    """New state -> same state without inactive/resolved records older than the retention."""
     # Forget what is long quiet, so the state does not grow with every version ever seen.
     for fp, rec in list(new_state.records.items()):
         if (
@@ -739,7 +782,6 @@ def step(
             and now - rec.last_window_end > policy.retention
         ):
             del new_state.records[fp]
-    return decisions, new_state
 
 
 def _decision(

@@ -44,7 +44,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -475,6 +475,37 @@ def _retry_outbox(
     store.remove_outbox(drop)
 
 
+@dataclass(frozen=True)
+class _RenderOptions:
+    """Run-wide settings every digest of :func:`deliver` is rendered and queued with."""
+
+    now: datetime
+    report_url: str | None
+    max_items: int
+    bin_size: str
+    portal_resource_id: str | None
+    charts: dict[str, bytes]
+    batch: str
+    dry_run: bool
+
+
+class _Target(NamedTuple):
+    """One target URL with its privacy form and renderer channel."""
+
+    url: str
+    shown: str
+    channel: str
+
+
+class _Digest(NamedTuple):
+    """One route's notices and what all its targets' messages share."""
+
+    route: Route
+    chosen: list[Decision]
+    notify_type: str
+    digest_id: str
+
+
 def deliver(
     decisions: Sequence[Decision],
     *,
@@ -538,121 +569,180 @@ def deliver(
         )
 
     # 2. this run's digests
+    opts = _RenderOptions(
+        now=now,
+        report_url=report_url_or_path,
+        max_items=max_items,
+        bin_size=bin_size,
+        portal_resource_id=portal_resource_id,
+        charts=_run_charts(decisions, routes, history_for_charts, now),
+        batch=uuid.uuid4().hex[:12],
+        dry_run=dry_run,
+    )
+    todo = _render_all(decisions, routes, opts, report)
+    if not dry_run:
+        if todo:
+            _send_batch(sender, todo, commit, opts.batch)
+        store.append_log(sender.log_entries)
+        report.outbox_size = len(store.outbox())
+    return report
+
+
+def _run_charts(
+    decisions: Sequence[Decision],
+    routes: Sequence[Route],
+    history: Mapping[str, pd.DataFrame] | None,
+    now: datetime,
+) -> dict[str, bytes]:
+    """Decisions and routes -> charts by fingerprint (none if no target takes attachments)."""
     if not routes and any(d.notify for d in decisions):
         log.warning(
             "no [[notify.route]] configured: %d notification(s) only in the run report",
             sum(1 for d in decisions if d.notify),
         )
-    charts = (
-        _charts([d for d in decisions if d.notify], history_for_charts, now)
+    return (
+        _charts([d for d in decisions if d.notify], history, now)
         if any(takes_attachments(u) for r in routes for u in r.urls)
         else {}
     )
-    batch = uuid.uuid4().hex[:12]
+
+
+def _render_all(
+    decisions: Sequence[Decision],
+    routes: Sequence[Route],
+    opts: _RenderOptions,
+    report: DeliveryReport,
+) -> list[tuple[OutboxItem, str, Message]]:
+    """Decisions and routes -> (outbox item, URL, message) per route and target, in order."""
     todo: list[tuple[OutboxItem, str, Message]] = []
     for route in routes:
-        chosen = select(
-            decisions,
-            min_severity=route.min_severity,
-            operations=route.operations,
-            metrics=route.metrics,
-            health=route.health,
+        digest = _route_digest(route, decisions, report)
+        if digest is not None:
+            todo.extend(_render_targets(digest, opts, report))
+    return todo
+
+
+def _route_digest(
+    route: Route, decisions: Sequence[Decision], report: DeliveryReport
+) -> _Digest | None:
+    """Route and all decisions -> the digest it sends (None: nothing, or no usable URL)."""
+    chosen = select(
+        decisions,
+        min_severity=route.min_severity,
+        operations=route.operations,
+        metrics=route.metrics,
+        health=route.health,
+    )
+    if not route.send_resolved:
+        chosen = [d for d in chosen if d.reason != Reason.RESOLVED or d.kind == "health"]
+    if not chosen:
+        return None
+    if not route.urls:
+        log.warning(
+            "notify route %s has no usable URL (all empty): %d notice(s) not sent",
+            route.name,
+            len(chosen),
         )
-        if not route.send_resolved:
-            chosen = [d for d in chosen if d.reason != Reason.RESOLVED or d.kind == "health"]
-        if not chosen:
-            continue
-        if not route.urls:
-            log.warning(
-                "notify route %s has no usable URL (all empty): %d notice(s) not sent",
-                route.name,
-                len(chosen),
-            )
-            report.unrouted.append(
-                {"route": route.name, "fingerprints": [d.fingerprint for d in chosen]}
-            )
-            continue
-        ntype = _notify_type(chosen)
-        digest = digest_id(route.name, chosen)
-        for url in route.urls:
-            channel = channel_of(url)
-            msg = render_digest(
-                chosen,
-                channel=channel,
-                route=route.name,
-                now=now,
-                report_url=report_url_or_path,
-                max_items=route.max_items or max_items,
-                charts=charts,
-                attach_charts=takes_attachments(url),
-                bin_size=bin_size,
-                portal_resource_id=portal_resource_id,
-            )
-            shown = display_url(url)
-            if dry_run:
-                report.messages.append(
-                    {
-                        "route": route.name,
-                        "target": shown,
-                        "channel": channel,
-                        "title": msg.title,
-                        "body": msg.body,
-                        "body_format": msg.body_format,
-                        "attachments": [a.name for a in msg.attachments],
-                        "fingerprints": msg.fingerprints,
-                    }
-                )
-                continue
-            item = OutboxItem(
-                id=uuid.uuid4().hex[:12],
-                route=route.name,
-                target_id=target_id(route.name, url),
-                target=shown,
-                channel=channel,
-                title=msg.title,
-                body=msg.body,
-                body_format=msg.body_format,
-                created_at=now,
-                attachments=[
-                    {
-                        "name": a.name,
-                        "mimetype": a.mimetype,
-                        "data": base64.b64encode(a.data).decode(),
-                    }
-                    for a in msg.attachments
-                ],
-                # Every notice the digest covers, including those behind "+k more".
-                fingerprints=[d.fingerprint for d in chosen],
-                notify_type=ntype,
-                digest_id=digest,
-                batch=batch,
-                timeout=route.timeout,
-            )
-            todo.append((item, url, msg))
+        report.unrouted.append(
+            {"route": route.name, "fingerprints": [d.fingerprint for d in chosen]}
+        )
+        return None
+    return _Digest(route, chosen, _notify_type(chosen), digest_id(route.name, chosen))
 
-    if not dry_run and todo:
-        nflog = store.nflog()
-        fresh = []
-        for item, url, msg in todo:
-            if (nflog.get(item.nflog_key) or {}).get("state") == "sent":
-                log.info(
-                    "digest %s already sent to %s: not sent again", item.digest_id, item.target
-                )
-                report.already_sent.append(
-                    _as_delivery(item, "ALREADY_SENT", ok=True, retried=False)
-                )
-            else:
-                fresh.append((item, url, msg))
-        # Write-ahead: every digest is in the outbox, and its intent logged, before any send.
-        if fresh:
-            store.put_outbox([item for item, _, _ in fresh])
-        store.mark({item.nflog_key: _nflog_entry(item, "intent", now) for item, _, _ in fresh})
-        if commit is not None and fresh:
-            commit(batch)
-        for item, url, msg in fresh:
-            sender.send(item, url, msg, retried=False)
 
-    if not dry_run:
-        store.append_log(sender.log_entries)
-        report.outbox_size = len(store.outbox())
-    return report
+def _render_targets(
+    digest: _Digest, opts: _RenderOptions, report: DeliveryReport
+) -> list[tuple[OutboxItem, str, Message]]:
+    """Digest -> (outbox item, URL, message) per target; a dry run only records the messages."""
+    route = digest.route
+    out: list[tuple[OutboxItem, str, Message]] = []
+    for url in route.urls:
+        channel = channel_of(url)
+        msg = render_digest(
+            digest.chosen,
+            channel=channel,
+            route=route.name,
+            now=opts.now,
+            report_url=opts.report_url,
+            max_items=route.max_items or opts.max_items,
+            charts=opts.charts,
+            attach_charts=takes_attachments(url),
+            bin_size=opts.bin_size,
+            portal_resource_id=opts.portal_resource_id,
+        )
+        shown = display_url(url)
+        if opts.dry_run:
+            report.messages.append(
+                {
+                    "route": route.name,
+                    "target": shown,
+                    "channel": channel,
+                    "title": msg.title,
+                    "body": msg.body,
+                    "body_format": msg.body_format,
+                    "attachments": [a.name for a in msg.attachments],
+                    "fingerprints": msg.fingerprints,
+                }
+            )
+            continue
+        target = _Target(url, shown, channel)
+        out.append((_outbox_item(digest, target, msg, opts), url, msg))
+    return out
+
+
+def _outbox_item(
+    digest: _Digest, target: _Target, msg: Message, opts: _RenderOptions
+) -> OutboxItem:
+    """Digest, one target and its rendered message -> the outbox item that carries it."""
+    route = digest.route
+    return OutboxItem(
+        id=uuid.uuid4().hex[:12],
+        route=route.name,
+        target_id=target_id(route.name, target.url),
+        target=target.shown,
+        channel=target.channel,
+        title=msg.title,
+        body=msg.body,
+        body_format=msg.body_format,
+        created_at=opts.now,
+        attachments=[
+            {
+                "name": a.name,
+                "mimetype": a.mimetype,
+                "data": base64.b64encode(a.data).decode(),
+            }
+            for a in msg.attachments
+        ],
+        # Every notice the digest covers, including those behind "+k more".
+        fingerprints=[d.fingerprint for d in digest.chosen],
+        notify_type=digest.notify_type,
+        digest_id=digest.digest_id,
+        batch=opts.batch,
+        timeout=route.timeout,
+    )
+
+
+def _send_batch(
+    sender: _Sender,
+    todo: list[tuple[OutboxItem, str, Message]],
+    commit: Callable[[str], None] | None,
+    batch: str,
+) -> None:
+    """This run's digests -> skip those already sent, write ahead, commit, then send each."""
+    store, report, now = sender.store, sender.report, sender.now
+    nflog = store.nflog()
+    fresh = []
+    for item, url, msg in todo:
+        if (nflog.get(item.nflog_key) or {}).get("state") == "sent":
+            log.info("digest %s already sent to %s: not sent again", item.digest_id, item.target)
+            report.already_sent.append(_as_delivery(item, "ALREADY_SENT", ok=True, retried=False))
+        else:
+            fresh.append((item, url, msg))
+    # Write-ahead: every digest is in the outbox, and its intent logged, before any send.
+    if fresh:
+        store.put_outbox([item for item, _, _ in fresh])
+    store.mark({item.nflog_key: _nflog_entry(item, "intent", now) for item, _, _ in fresh})
+    if commit is not None and fresh:
+        commit(batch)
+    for item, url, msg in fresh:
+        sender.send(item, url, msg, retried=False)

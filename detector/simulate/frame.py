@@ -15,7 +15,7 @@ Value shapes follow the Log Analytics API: strings are never null (empty string 
 from __future__ import annotations
 
 import json
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from detector.schema import LOG_COLUMNS, PSEUDO_OPERATION
 
 from .calls import OpTable, Rows
-from .params import SimParams
+from .params import QuirkRates, SimParams
 from .population import Legs, Population
 from .strings import guid_matrix, matrix_rows
 
@@ -165,6 +165,39 @@ def _lag_ms(rng: np.random.Generator, p: SimParams, n: int) -> np.ndarray:
     return np.asarray((np.maximum(lag_s, 5.0) * 1000).astype(np.int64))
 
 
+class _Part(NamedTuple):
+    """One part's rows in output order, with the per-row facts several columns need."""
+
+    r: Rows
+    n: int
+    leg: np.ndarray
+    legs: Legs
+    payload_kind: np.ndarray
+    incoming: np.ndarray
+
+
+class _Ids(NamedTuple):
+    """The id columns of one part (empty strings where a quirk blanks them)."""
+
+    operation_id: pa.Array
+    call_id: pa.Array
+    participant: pa.Array
+    endpoint: pa.Array
+    client: pa.Array
+
+
+class _Numbers(NamedTuple):
+    """The numeric and time columns of one part, before they become Arrow arrays."""
+
+    dur: np.ndarray
+    dur_null: np.ndarray
+    ts_null: np.ndarray
+    tg: np.ndarray  # TimeGenerated in ms (the duplicates' lag is added to it)
+    sig: np.ndarray
+    rtype: pa.Array
+    string_numbers: np.ndarray
+
+
 def rows_to_table(
     rng: np.random.Generator,
     rows: Rows,
@@ -180,20 +213,34 @@ def rows_to_table(
     the data range is exactly the simulated period (``TimeGenerated`` may run past its end).
     """
     p = pop.params
-    q = p.quirks
+    part = _ordered_part(rows, legs, pop, table, end_ms)
+    # The helpers draw from rng in this order; changing it changes every simulated file.
+    payload = _payload_column(rng, part, table, payloads, p.quirks)
+    names = _name_column(rng, part, table, p.quirks)
+    ids = _id_columns(rng, part, table, p.quirks)
+    nums = _numbers(rng, part, table, p)
+    out = pa.table(_columns(part, pop, payload, names, ids, nums))
+    return _add_duplicates(rng, out, nums.tg, p)
+
+
+def _ordered_part(rows: Rows, legs: Legs, pop: Population, table: OpTable, end_ms: int) -> _Part:
+    """A part's rows -> those inside the period, sorted by client time, with per-row facts."""
     inside = (rows.t >= pop.start_ms) & (rows.t < end_ms)
     order = np.nonzero(inside)[0]
     order = order[np.argsort(rows.t[order], kind="stable")]
     r = rows.take(order)
-    n = r.n
     leg = r.leg
-    names = np.asarray(table.names)
-    point = table.point[r.op]
     kinds = np.asarray(pop.start_kinds)[legs.start_kind[leg]]
     incoming = np.isin(kinds, ("AcceptIncomingCall", "RejectIncomingCall"))
     payload_kind = np.asarray(table.payload_kind)[r.op]
+    return _Part(r, r.n, leg, legs, payload_kind, incoming)
 
-    # -- payload -------------------------------------------------------------------------
+
+def _payload_column(
+    rng: np.random.Generator, part: _Part, table: OpTable, payloads: PayloadCache, q: QuirkRates
+) -> pa.Array:
+    """Part rows -> ``OperationPayload`` texts (draws the payload quirks from rng)."""
+    r, n, leg, legs, payload_kind = part.r, part.n, part.leg, part.legs, part.payload_kind
     # Parts that do not change a payload are zeroed, so fewer distinct payloads are rendered.
     view = payload_kind == "view"
     screen = view & (rng.random(n) < 0.1)
@@ -208,7 +255,7 @@ def rows_to_table(
             r.op,
             legs.platform[leg],
             group,
-            incoming & (payload_kind == "call"),
+            part.incoming & (payload_kind == "call"),
             r.res,
             screen,
             sid,
@@ -219,9 +266,13 @@ def rows_to_table(
             invalid,
         ]
     )
-    payload = payloads.texts(codes)
+    return payloads.texts(codes)
 
-    # -- names ---------------------------------------------------------------------------
+
+def _name_column(rng: np.random.Generator, part: _Part, table: OpTable, q: QuirkRates) -> pa.Array:
+    """Part rows -> ``OperationName`` (draws lower-case twins, empty and pseudo names)."""
+    r, n = part.r, part.n
+    names = np.asarray(table.names)
     u = rng.random(n)
     name_idx = r.op.astype(np.int32)
     vocab = list(names) + [x[0].lower() + x[1:] for x in names] + ["", PSEUDO_OPERATION]
@@ -237,8 +288,12 @@ def rows_to_table(
         2 * k + 1,
         name_idx,
     )
+    return _pick(vocab, name_idx)
 
-    # -- ids -----------------------------------------------------------------------------
+
+def _id_columns(rng: np.random.Generator, part: _Part, table: OpTable, q: QuirkRates) -> _Ids:
+    """Part rows -> operation, call, participant, endpoint and client ids (draws empties)."""
+    r, n, leg, legs = part.r, part.n, part.leg, part.legs
     uniq, inv = np.unique(r.opid, return_inverse=True)
     op_guids = guid_matrix(rng, uniq.size)
     operation_id = matrix_rows(op_guids, inv.ravel())
@@ -252,8 +307,14 @@ def rows_to_table(
     participant = pc.if_else(no_call_pa, "", matrix_rows(legs.ids[:, 1], leg))
     endpoint = matrix_rows(legs.ids[:, 2], leg)
     client = matrix_rows(legs.ids[:, 3], leg)
+    return _Ids(operation_id, call_id, participant, endpoint, client)
 
-    # -- numbers and times -----------------------------------------------------------------
+
+def _numbers(rng: np.random.Generator, part: _Part, table: OpTable, p: SimParams) -> _Numbers:
+    """Part rows -> durations, times with ingestion lag and results (draws nulls and lag)."""
+    q = p.quirks
+    r, n = part.r, part.n
+    point = table.point[r.op]
     dur = r.dur.astype(np.int64)
     dur_null = ~point & (rng.random(n) < q.null_duration)
     ts_null = rng.random(n) < q.null_timestamp
@@ -261,7 +322,20 @@ def rows_to_table(
     sig = np.array([c.signature for c in table.codes], dtype=np.int32)[r.res]
     rtype = _pick([c.result_type for c in table.codes], r.res)
     string_numbers = rng.random(n) < q.string_numbers
+    return _Numbers(dur, dur_null, ts_null, tg, sig, rtype, string_numbers)
 
+
+def _columns(
+    part: _Part,
+    pop: Population,
+    payload: pa.Array,
+    names: pa.Array,
+    ids: _Ids,
+    nums: _Numbers,
+) -> dict[str, pa.Array]:
+    """Part rows and their built columns -> every table column, in ``LOG_COLUMNS`` order."""
+    p = pop.params
+    r, n, leg, legs = part.r, part.n, part.leg, part.legs
     ua_idx = legs.version[leg] * pop.n_browsers + np.where(
         np.asarray(pop.platforms)[legs.platform[leg]] == "Web", legs.browser[leg], 0
     )
@@ -269,32 +343,35 @@ def rows_to_table(
         pop.user_agent(v, b) for v in range(len(pop.versions)) for b in range(pop.n_browsers)
     ]
     ver_vocab = [v.sdk_version for v in pop.versions]
-
-    columns: dict[str, pa.Array] = {
+    return {
         "TenantId": _const(p.tenant_id, n),
-        "TimeGenerated": pa.array(tg * 1000, type=pa.int64()).cast(_TS),
-        "CallClientTimeStamp": pa.array(r.t * 1000, mask=ts_null, type=pa.int64()).cast(_TS),
-        "CallId": call_id,
-        "ClientInstanceId": client,
-        "DurationMs": pa.array(dur, mask=dur_null, type=pa.int64()),
-        "EndpointId": endpoint,
-        "OperationId": operation_id,
-        "OperationName": _pick(vocab, name_idx),
+        "TimeGenerated": pa.array(nums.tg * 1000, type=pa.int64()).cast(_TS),
+        "CallClientTimeStamp": pa.array(r.t * 1000, mask=nums.ts_null, type=pa.int64()).cast(_TS),
+        "CallId": ids.call_id,
+        "ClientInstanceId": ids.client,
+        "DurationMs": pa.array(nums.dur, mask=nums.dur_null, type=pa.int64()),
+        "EndpointId": ids.endpoint,
+        "OperationId": ids.operation_id,
+        "OperationName": names,
         "OperationPayload": payload,
         "OperationType": _const("client-api-request", n),
-        "ParticipantId": participant,
-        "ResultSignature": pa.array(sig, type=pa.int32()),
-        "ResultType": rtype,
+        "ParticipantId": ids.participant,
+        "ResultSignature": pa.array(nums.sig, type=pa.int32()),
+        "ResultType": nums.rtype,
         "SdkVersion": _pick(ver_vocab, legs.version[leg]),
         "UserAgent": _pick(ua_vocab, ua_idx),
         "SourceSystem": _const("Azure", n),
         "Type": _const("ACSCallClientOperations", n),
         "_ResourceId": _const(resource_id(p).lower(), n),
-        "_string_numbers": pa.array(string_numbers),
+        "_string_numbers": pa.array(nums.string_numbers),
     }
-    out = pa.table(columns)
-    # -- exact duplicates, ingested again later ------------------------------------------------
-    dup = np.nonzero(rng.random(n) < q.duplicate)[0]
+
+
+def _add_duplicates(
+    rng: np.random.Generator, out: pa.Table, tg: np.ndarray, p: SimParams
+) -> pa.Table:
+    """Part table and its TimeGenerated (ms) -> with exact duplicates ingested again later."""
+    dup = np.nonzero(rng.random(out.num_rows) < p.quirks.duplicate)[0]
     if dup.size:
         copies = out.take(pa.array(dup))
         extra = np.exp(rng.normal(np.log(p.duplicate_extra_lag_s), 1.0, dup.size)) * 1000

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from .scenarios import (
     SCENARIOS,
     Incident,
     MaintenanceWindow,
+    ScenarioPlan,
     format_time,
     maintenance_to_dict,
     parse_time,
@@ -155,6 +157,77 @@ def simulate(
         Unknown scenario or format, ``days < 1``, ``calls_per_hour < 0``, or params that
         :func:`~detector.simulate.params.check_params` rejects (all problems in one message).
     """
+    p = _checked_params(fmt, scenario, days, calls_per_hour, params)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if fmt == "diagnostic":
+        # The writer appends to hourly blobs: start from an empty container.
+        shutil.rmtree(out / DIAGNOSTIC_CONTAINER, ignore_errors=True)
+    start_ms = _start_ms(start)
+    run = _Run(out, fmt, scenario, seed, days, p, start_ms, start_ms + days * 24 * _H)
+    world = _build_world(run)
+    written = _write_data(run, world, progress)
+    incidents_path, maintenance_path = _write_labels(out, world.plan)
+    wu = warmup_end(run.start_ms, run.end_ms, p)
+    manifest = _manifest(run, world.plan, wu, written)
+    (out / "simulation.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return SimulationResult(
+        out_dir=out,
+        fmt=fmt,
+        scenario=scenario,
+        seed=seed,
+        start=datetime.fromtimestamp(run.start_ms / 1000, tz=UTC),
+        end=datetime.fromtimestamp(run.end_ms / 1000, tz=UTC),
+        warmup_end=datetime.fromtimestamp(wu / 1000, tz=UTC),
+        rows=written.rows,
+        legs=written.legs,
+        files=written.files,
+        incidents_path=incidents_path,
+        maintenance_path=maintenance_path,
+        incidents=list(world.plan.incidents),
+        maintenance=list(world.plan.maintenance),
+    )
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One simulation's checked inputs: where, what, which seed and which period."""
+
+    out: Path
+    fmt: str
+    scenario: str
+    seed: int
+    days: int
+    p: SimParams
+    start_ms: int
+    end_ms: int
+
+
+class _World(NamedTuple):
+    """What the scenario decided and the population and tables the rows are drawn from."""
+
+    plan: ScenarioPlan
+    pop: Population
+    table: OpTable
+    payloads: PayloadCache
+
+
+class _Written(NamedTuple):
+    """What the data writer wrote: rows (duplicates included), call legs and files."""
+
+    rows: int
+    legs: int
+    files: list[Path]
+
+
+def _checked_params(
+    fmt: str,
+    scenario: str,
+    days: int,
+    calls_per_hour: float | None,
+    params: SimParams | None,
+) -> SimParams:
+    """Arguments of :func:`simulate` -> the params to simulate with; ValueError if invalid."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     if scenario not in SCENARIOS:
@@ -169,23 +242,25 @@ def simulate(
     problems = check_params(p)
     if problems:
         raise ValueError("invalid simulator params: " + "; ".join(problems))
+    return p
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if fmt == "diagnostic":
-        # The writer appends to hourly blobs: start from an empty container.
-        shutil.rmtree(out / DIAGNOSTIC_CONTAINER, ignore_errors=True)
-    start_ms = _start_ms(start)
-    end_ms = start_ms + days * 24 * _H
-    plan = plan_scenario(scenario, start_ms, end_ms, p, seed)
-    day_rng = np.random.default_rng([seed, 0xDA7])
-    day_level = np.exp(day_rng.normal(0.0, p.daily_jitter, days + 1))
-    pop = Population(p, start_ms, plan.rollout_ms, surge_function(plan.effects), day_level)
+
+def _build_world(run: _Run) -> _World:
+    """Run -> scenario plan, population (with daily jitter), operation table, payload cache."""
+    p = run.p
+    # Draw order is fixed (scenario, then daily levels): it decides every simulated byte.
+    plan = plan_scenario(run.scenario, run.start_ms, run.end_ms, p, run.seed)
+    day_rng = np.random.default_rng([run.seed, 0xDA7])
+    day_level = np.exp(day_rng.normal(0.0, p.daily_jitter, run.days + 1))
+    pop = Population(p, run.start_ms, plan.rollout_ms, surge_function(plan.effects), day_level)
     table = OpTable(p, plan.effects)
-    payloads = PayloadCache(pop, table)
-    rid = resource_id(p)
-    writer = make_writer(fmt, out, rid)
+    return _World(plan, pop, table, PayloadCache(pop, table))
 
+
+def _write_data(run: _Run, world: _World, progress: Callable[[int], None] | None) -> _Written:
+    """Run and world -> the data files, block of hours by block, and what was written."""
+    p = run.p
+    writer = make_writer(run.fmt, run.out, resource_id(p))
     rows = legs_total = 0
     try:
         # Legs that start in the last minutes before the start still write rows inside it;
@@ -193,14 +268,14 @@ def simulate(
         # are drawn at once when the volume is small (fixed cost per part), one at a time
         # when it is large (bounded memory).
         block = _block_hours(p)
-        first, last = -1, days * 24
+        first, last = -1, run.days * 24
         for index, h in enumerate(range(first, last, block)):
             hours = min(block, last - h)
-            rng = np.random.default_rng([seed, index])
-            for legs in pop.legs_for_block(rng, start_ms + h * _H, hours):
-                legs_total += int((legs.t0 >= start_ms).sum())
-                r = expand_legs(rng, legs, pop, table, plan.effects)
-                t = rows_to_table(rng, r, legs, pop, table, payloads, end_ms)
+            rng = np.random.default_rng([run.seed, index])
+            for legs in world.pop.legs_for_block(rng, run.start_ms + h * _H, hours):
+                legs_total += int((legs.t0 >= run.start_ms).sum())
+                r = expand_legs(rng, legs, world.pop, world.table, world.plan.effects)
+                t = rows_to_table(rng, r, legs, world.pop, world.table, world.payloads, run.end_ms)
                 if t.num_rows:
                     writer.write(t)
                     rows += t.num_rows
@@ -208,9 +283,11 @@ def simulate(
                         progress(rows)
     finally:
         files = writer.close()
+    return _Written(rows, legs_total, files)
 
-    start_dt = datetime.fromtimestamp(start_ms / 1000, tz=UTC)
-    end_dt = datetime.fromtimestamp(end_ms / 1000, tz=UTC)
+
+def _write_labels(out: Path, plan: ScenarioPlan) -> tuple[Path, Path | None]:
+    """Plan -> incidents.json and maintenance.json (removed when none); their paths."""
     incidents_path = out / "incidents.json"
     incidents_path.write_text(
         json.dumps([i.to_dict() for i in plan.incidents], indent=2) + "\n", encoding="utf-8"
@@ -225,22 +302,27 @@ def simulate(
     else:
         maintenance_path.unlink(missing_ok=True)
         maintenance_path = None
-    wu = warmup_end(start_ms, end_ms, p)
-    manifest = {
-        "scenario": scenario,
-        "description": SCENARIOS[scenario].description,
-        "hard_negative": SCENARIOS[scenario].hard_negative,
-        "seed": seed,
+    return incidents_path, maintenance_path
+
+
+def _manifest(run: _Run, plan: ScenarioPlan, wu: int, written: _Written) -> dict[str, Any]:
+    """Run, plan, warm-up end and what was written -> the simulation.json content."""
+    p, fmt = run.p, run.fmt
+    return {
+        "scenario": run.scenario,
+        "description": SCENARIOS[run.scenario].description,
+        "hard_negative": SCENARIOS[run.scenario].hard_negative,
+        "seed": run.seed,
         "format": fmt,
-        "start": format_time(start_ms),
-        "end": format_time(end_ms),
+        "start": format_time(run.start_ms),
+        "end": format_time(run.end_ms),
         "warmup_end": format_time(wu),
         "rollout": {"sdk_version": _new_version(p), "start": format_time(plan.rollout_ms)},
         "rare_sdk_version": p.rare_version.sdk_version,
         "calls_per_hour": p.calls_per_hour,
-        "rows": rows,
-        "legs": legs_total,
-        "data": [str(f.relative_to(out)) for f in files[:1]]
+        "rows": written.rows,
+        "legs": written.legs,
+        "data": [str(f.relative_to(run.out)) for f in written.files[:1]]
         if fmt != "diagnostic"
         else [DIAGNOSTIC_CONTAINER],
         "incidents": len(plan.incidents),
@@ -257,23 +339,6 @@ def simulate(
             for e in plan.effects
         ],
     }
-    (out / "simulation.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return SimulationResult(
-        out_dir=out,
-        fmt=fmt,
-        scenario=scenario,
-        seed=seed,
-        start=start_dt,
-        end=end_dt,
-        warmup_end=datetime.fromtimestamp(wu / 1000, tz=UTC),
-        rows=rows,
-        legs=legs_total,
-        files=files,
-        incidents_path=incidents_path,
-        maintenance_path=maintenance_path,
-        incidents=list(plan.incidents),
-        maintenance=list(plan.maintenance),
-    )
 
 
 def _block_hours(p: SimParams) -> int:

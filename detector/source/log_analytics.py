@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NamedTuple, NoReturn
 
 import pandas as pd
 
@@ -489,6 +489,26 @@ def merge_aggregates(parts: Sequence[BucketAggregates]) -> BucketAggregates:
 # --------------------------------------------------------------------------------------------
 
 
+class _Query(NamedTuple):
+    """One query as :meth:`LogAnalyticsSource._send` sends it (``what`` names it in errors)."""
+
+    text: str
+    timespan: tuple[datetime, datetime]
+    purpose: str
+    what: str
+    splittable: bool
+
+
+class _Attempt(NamedTuple):
+    """One attempt's outcome: the answer (``reason`` empty) or a retryable failure."""
+
+    result: Any
+    size: int  # response body bytes
+    retry_after: float | None
+    reason: str
+    began: float  # clock at the start of the attempt
+
+
 class LogAnalyticsSource:
     """Reads bucket aggregates and drill-downs from Log Analytics.
 
@@ -585,99 +605,122 @@ class LogAnalyticsSource:
         Raises _ChunkTooBig (partial answer or 504, when ``splittable``), AuthError,
         PartialResultError (partial answer, not splittable), QueryFailedError.
         """
+        what = f"{purpose} query on {self.settings.target} for {_span(timespan)}"
+        query = _Query(text, timespan, purpose, what, splittable)
+        attempt = 0
+        while True:
+            attempt += 1
+            outcome = self._attempt(query)
+            if not outcome.reason:  # an answer: whole, or partial (never used as whole)
+                return self._answer(query, outcome)
+            self._wait_for_retry(query, attempt, outcome)
+
+    def _attempt(self, query: _Query) -> _Attempt:
+        """Query -> one attempt's outcome: the answer, or why it failed in a retryable way."""
         from azure.core.exceptions import (
             ClientAuthenticationError,
             HttpResponseError,
             ServiceRequestError,
             ServiceResponseError,
         )
-        from azure.monitor.query import LogsQueryStatus
 
         s = self.settings
         client = self._get_client()
-        what = f"{purpose} query on {s.target} for {_span(timespan)}"
-        attempt = 0
-        while True:
-            attempt += 1
-            size = [0]
+        size = [0]
 
-            def hook(response: Any, size: list[int] = size) -> None:
-                body = response.http_response.body()
-                size[0] = len(body) if body else 0
+        def hook(response: Any, size: list[int] = size) -> None:
+            body = response.http_response.body()
+            size[0] = len(body) if body else 0
 
-            self.stats.queries += 1
-            setattr(self.stats, f"{purpose}_queries", getattr(self.stats, f"{purpose}_queries") + 1)
-            retry_after: float | None = None
-            reason = ""
-            began = self._clock()
-            with self._mapped(what):
-                try:
-                    kwargs = {
-                        "timespan": timespan,
-                        "server_timeout": s.server_timeout,
-                        "raw_response_hook": hook,
-                    }
-                    if s.workspace_id:
-                        result = client.query_workspace(s.workspace_id, text, **kwargs)
-                    else:
-                        result = client.query_resource(s.resource_id, text, **kwargs)
-                except ClientAuthenticationError:
-                    raise  # the credential failed before sending (mapped by _mapped)
-                except HttpResponseError as err:
-                    if err.response is None:
-                        # query_workspace re-wraps a ClientAuthenticationError raised by
-                        # the credential (no request was sent) as HttpResponseError.
-                        raise AuthError(
-                            f"{what}: could not get a token with credential "
-                            f"{s.credential!r}: {_first_line(err)}"
-                        ) from None
-                    self.stats.bytes += size[0]
-                    status = err.status_code or 0
-                    if status in (401, 403):
-                        self._auth_failed(status, what, err)
-                    if status == 504 and splittable:
-                        raise _ChunkTooBig(
-                            f"HTTP 504 (query ran out of time){_code(err)}"
-                        ) from None
-                    if status not in RETRY_STATUSES:
-                        raise QueryFailedError(
-                            f"{what}: HTTP {status}{_code(err)}: {_error_message(err)}"
-                        ) from None
-                    if status == 429:
-                        self.stats.throttled += 1
-                    retry_after = _retry_after(err.response)
-                    reason = f"HTTP {status}{_code(err)}"
-                except (ServiceRequestError, ServiceResponseError) as err:
-                    reason = f"{type(err).__name__}: {_first_line(err)}"
-            if not reason:  # an answer: whole, or partial (never used as whole)
-                self.stats.bytes += size[0]
-                if result.status == LogsQueryStatus.SUCCESS:
-                    tables = result.tables
-                    if len(tables) != 1:
-                        raise QueryFailedError(f"{what}: expected 1 table, got {len(tables)}")
-                    rows = list(tables[0].rows)
-                    self.stats.rows += len(rows)
-                    return list(tables[0].columns), rows, size[0]
-                cause = _partial_message(result.partial_error)
-                self.stats.rows += sum(len(t.rows) for t in result.partial_data)
-                if splittable:
-                    raise _ChunkTooBig(f"partial answer: {cause}")
-                raise PartialResultError(f"{what}: partial answer, not used: {cause}")
-            # a retryable failure: the attempt's time is lost (a timeout's can be minutes);
-            # wait (Retry-After or backoff) within what is left of the budget
-            self._waited += max(0.0, self._clock() - began)
-            delay = retry_after if retry_after is not None else self._backoff(attempt)
-            if attempt >= s.max_attempts or self._waited + delay > s.retry_budget:
-                why = (
-                    f"{attempt} attempts"
-                    if attempt >= s.max_attempts
-                    else f"the retry budget ({s.retry_budget:g} s) would be exceeded"
-                )
-                raise QueryFailedError(f"{what}: {reason}; gave up after {why}")
-            log.warning("%s: %s; retry %d in %.1f s", what, reason, attempt, delay)
-            self.stats.retries += 1
-            self._waited += delay
-            self._sleep(delay)
+        purpose = query.purpose
+        self.stats.queries += 1
+        setattr(self.stats, f"{purpose}_queries", getattr(self.stats, f"{purpose}_queries") + 1)
+        retry_after: float | None = None
+        reason = ""
+        result: Any = None
+        began = self._clock()
+        with self._mapped(query.what):
+            try:
+                kwargs = {
+                    "timespan": query.timespan,
+                    "server_timeout": s.server_timeout,
+                    "raw_response_hook": hook,
+                }
+                if s.workspace_id:
+                    result = client.query_workspace(s.workspace_id, query.text, **kwargs)
+                else:
+                    result = client.query_resource(s.resource_id, query.text, **kwargs)
+            except ClientAuthenticationError:
+                raise  # the credential failed before sending (mapped by _mapped)
+            except HttpResponseError as err:
+                retry_after, reason = self._http_failure(query, err, size[0])
+            except (ServiceRequestError, ServiceResponseError) as err:
+                reason = f"{type(err).__name__}: {_first_line(err)}"
+        return _Attempt(result, size[0], retry_after, reason, began)
+
+    def _http_failure(self, query: _Query, err: Any, size: int) -> tuple[float | None, str]:
+        """HTTP error of one attempt -> (Retry-After, reason) if retryable; raises otherwise."""
+        what = query.what
+        if err.response is None:
+            # query_workspace re-wraps a ClientAuthenticationError raised by
+            # the credential (no request was sent) as HttpResponseError.
+            raise AuthError(
+                f"{what}: could not get a token with credential "
+                f"{self.settings.credential!r}: {_first_line(err)}"
+            ) from None
+        self.stats.bytes += size
+        status = err.status_code or 0
+        if status in (401, 403):
+            self._auth_failed(status, what, err)
+        if status == 504 and query.splittable:
+            raise _ChunkTooBig(f"HTTP 504 (query ran out of time){_code(err)}") from None
+        if status not in RETRY_STATUSES:
+            raise QueryFailedError(
+                f"{what}: HTTP {status}{_code(err)}: {_error_message(err)}"
+            ) from None
+        if status == 429:
+            self.stats.throttled += 1
+        return _retry_after(err.response), f"HTTP {status}{_code(err)}"
+
+    def _answer(self, query: _Query, outcome: _Attempt) -> tuple[list[str], list[Any], int]:
+        """An answered attempt -> (columns, rows, body bytes); raises if it is partial."""
+        from azure.monitor.query import LogsQueryStatus
+
+        what = query.what
+        result = outcome.result
+        self.stats.bytes += outcome.size
+        if result.status == LogsQueryStatus.SUCCESS:
+            tables = result.tables
+            if len(tables) != 1:
+                raise QueryFailedError(f"{what}: expected 1 table, got {len(tables)}")
+            rows = list(tables[0].rows)
+            self.stats.rows += len(rows)
+            return list(tables[0].columns), rows, outcome.size
+        cause = _partial_message(result.partial_error)
+        self.stats.rows += sum(len(t.rows) for t in result.partial_data)
+        if query.splittable:
+            raise _ChunkTooBig(f"partial answer: {cause}")
+        raise PartialResultError(f"{what}: partial answer, not used: {cause}")
+
+    def _wait_for_retry(self, query: _Query, attempt: int, outcome: _Attempt) -> None:
+        """A failed attempt -> sleep before the next; raises when attempts or budget run out."""
+        s = self.settings
+        # The attempt's time is lost (a timeout's can be minutes); wait (Retry-After or
+        # backoff) within what is left of the budget.
+        self._waited += max(0.0, self._clock() - outcome.began)
+        retry_after = outcome.retry_after
+        delay = retry_after if retry_after is not None else self._backoff(attempt)
+        if attempt >= s.max_attempts or self._waited + delay > s.retry_budget:
+            why = (
+                f"{attempt} attempts"
+                if attempt >= s.max_attempts
+                else f"the retry budget ({s.retry_budget:g} s) would be exceeded"
+            )
+            raise QueryFailedError(f"{query.what}: {outcome.reason}; gave up after {why}")
+        log.warning("%s: %s; retry %d in %.1f s", query.what, outcome.reason, attempt, delay)
+        self.stats.retries += 1
+        self._waited += delay
+        self._sleep(delay)
 
     def _backoff(self, attempt: int) -> float:
         s = self.settings
