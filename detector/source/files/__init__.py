@@ -1,0 +1,28 @@
+"""File source: ACS call client operation exports aggregated by DuckDB into bucket aggregates.
+
+One module per stage, in the order the data flows (as :mod:`detector.source.kql` is to the Log
+Analytics source):
+
+- ``read``: opens DuckDB on the files, runs the passes and counts the drops
+  (:func:`~detector.source.files.read.read_aggregates`,
+  :func:`~detector.source.files.read.read_resources`).
+
+The design and the semantics (drop reasons, flags, arrival) are described in
+:mod:`detector.source.files.read`.
+"""
+
+from detector.source.files.read import (
+    RESULT_CLASS_SQL,
+    SUPPORTED_SUFFIXES,
+    discover_files,
+    read_aggregates,
+    read_resources,
+)
+
+__all__ = [
+    "RESULT_CLASS_SQL",
+    "SUPPORTED_SUFFIXES",
+    "discover_files",
+    "read_aggregates",
+    "read_resources",
+]
