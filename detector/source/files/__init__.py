@@ -3,6 +3,8 @@
 One module per stage, in the order the data flows (as :mod:`detector.source.kql` is to the Log
 Analytics source):
 
+- ``discover``: the files a path designates, their formats (Parquet, CSV, JSON lines and the
+  Diagnostic Settings ``PT1H.json``, JSON arrays), and arrival times in microseconds;
 - ``read``: opens DuckDB on the files, runs the passes and counts the drops
   (:func:`~detector.source.files.read.read_aggregates`,
   :func:`~detector.source.files.read.read_resources`).
@@ -11,13 +13,8 @@ The design and the semantics (drop reasons, flags, arrival) are described in
 :mod:`detector.source.files.read`.
 """
 
-from detector.source.files.read import (
-    RESULT_CLASS_SQL,
-    SUPPORTED_SUFFIXES,
-    discover_files,
-    read_aggregates,
-    read_resources,
-)
+from detector.source.files.discover import SUPPORTED_SUFFIXES, discover_files
+from detector.source.files.read import RESULT_CLASS_SQL, read_aggregates, read_resources
 
 __all__ = [
     "RESULT_CLASS_SQL",
