@@ -30,7 +30,6 @@ __all__ = ["SUPPORTED_SUFFIXES", "discover_files"]
 
 log = logging.getLogger("detector.source.files")  # the package's logger, as before the split
 
-
 #: File name endings the file source reads (a directory scan ignores everything else).
 SUPPORTED_SUFFIXES: Final[tuple[str, ...]] = (
     ".parquet",
@@ -45,10 +44,8 @@ SUPPORTED_SUFFIXES: Final[tuple[str, ...]] = (
     ".ndjson.gz",
 )
 
-
 # Fields a JSON sample must show to be taken for an export (others may be omitted when null).
 _JSON_IDENTITY: Final = ("TimeGenerated", "CallClientTimeStamp", "OperationName")
-
 
 # How many leading JSON lines are inspected to decide whether a file is an ACS export.
 _JSON_SAMPLE_LINES: Final = 200
