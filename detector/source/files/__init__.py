@@ -7,6 +7,8 @@ Analytics source):
   Diagnostic Settings ``PT1H.json``, JSON arrays), and arrival times in microseconds;
 - ``sql``: the DuckDB SQL as text (normalised SELECTs per format, the arrival selection, the
   names and rows passes; :data:`~detector.source.files.sql.RESULT_CLASS_SQL`);
+- ``reduce``: numpy on the rows pass's Arrow table: partitions of the distinct names,
+  duplicates, sums and histograms per (partition, bucket), failing calls, the contract frames;
 - ``read``: opens DuckDB on the files, runs the passes and counts the drops
   (:func:`~detector.source.files.read.read_aggregates`,
   :func:`~detector.source.files.read.read_resources`).
