@@ -9,6 +9,7 @@ The tree (stages raise these; ``detector.cli`` alone maps them to exit codes)::
     │   ├── QueryFailedError   the query API answered with an error
     │   ├── AuthError          401/403: credential or role missing
     │   └── PartialResultError the answer was partial: never scored as whole
+    │       └── IncompleteReadError  a multi-chunk read stopped part-way
     ├── StateError             the store could not be read or written   -> exit 1
     │   └── LockHeldError      another run holds the lock                -> exit 75
     ├── ModelError             a persisted model cannot be used
@@ -19,10 +20,18 @@ The tree (stages raise these; ``detector.cli`` alone maps them to exit codes)::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from detector.schema import BucketAggregates
+
 __all__ = [
     "AuthError",
     "ConfigError",
     "DetectorError",
+    "IncompleteReadError",
     "InputError",
     "LockHeldError",
     "ModelError",
@@ -78,6 +87,28 @@ class AuthError(SourceError):
 
 class PartialResultError(SourceError):
     """The source returned only part of a window; it must not be scored as whole."""
+
+
+class IncompleteReadError(PartialResultError):
+    """A multi-chunk read stopped after some chunks were read fully.
+
+    ``aggregates`` holds the fully read chunks ``[window start, completed_until)``: the caller
+    may store them and advance its watermark to ``completed_until``, never further.
+    ``failed`` is the chunk that could not be read; ``__cause__`` says why.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        aggregates: BucketAggregates,
+        completed_until: datetime,
+        failed: tuple[datetime, datetime],
+    ) -> None:
+        super().__init__(message)
+        self.aggregates = aggregates
+        self.completed_until = completed_until
+        self.failed = failed
 
 
 class StateError(DetectorError):

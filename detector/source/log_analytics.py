@@ -50,6 +50,7 @@ from detector.anomaly import Anomaly
 from detector.errors import (
     AuthError,
     ConfigError,
+    IncompleteReadError,
     PartialResultError,
     QueryFailedError,
     SourceError,
@@ -436,28 +437,6 @@ class ChunkProgress:
     rows: int
     bytes: int
     rows_read: int
-
-
-class IncompleteReadError(PartialResultError):
-    """A multi-chunk read stopped after some chunks were read fully.
-
-    ``aggregates`` holds the fully read chunks ``[window start, completed_until)``: the caller
-    may store them and advance its watermark to ``completed_until``, never further.
-    ``failed`` is the chunk that could not be read; ``__cause__`` says why.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        aggregates: BucketAggregates,
-        completed_until: datetime,
-        failed: tuple[datetime, datetime],
-    ) -> None:
-        super().__init__(message)
-        self.aggregates = aggregates
-        self.completed_until = completed_until
-        self.failed = failed
 
 
 class _ChunkTooBig(Exception):
