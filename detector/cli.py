@@ -751,7 +751,7 @@ def _stored_or_read(cfg: Any, store: Any) -> Any:
     """``history(start, end)`` for ``explain``: the bucket store, or the configured source
     when the store holds nothing then (a ``demo`` or a manual rerun judges what it reads and
     leaves the store empty)."""
-    from detector import pipeline
+    from detector.source.base import open_source
 
     def history(start: datetime, end: datetime) -> Any:
         stored = store.load(start, end)
@@ -759,7 +759,7 @@ def _stored_or_read(cfg: Any, store: Any) -> Any:
             return stored
         log.info("the store holds nothing for %s .. %s: reading the source", start, end)
         window = (start, end + cfg.detection["lateness"])
-        return pipeline._Source(cfg).read(window, cfg.detection["bucket"])
+        return open_source(cfg).read(window, cfg.detection["bucket"])
 
     return history
 

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -54,6 +54,9 @@ from detector.escape import for_terminal
 from detector.schema import BucketAggregates
 from detector.store.backend import Backend, LocalBackend
 from detector.words import log_analytics_scope
+
+if TYPE_CHECKING:
+    from detector.source.base import Source
 
 __all__ = [
     "backfill",
@@ -127,147 +130,6 @@ def routes(cfg: Config) -> list[Any]:
 
 def _maintenance(cfg: Config) -> list[tuple[datetime, datetime, str | None]]:
     return [(w.start, w.end, w.operation_name) for w in cfg.maintenance]
-
-
-class _Source:
-    """Adapter over the configured source: ``read(arrival_window, bucket)`` -> aggregates.
-
-    ``resource``: read only that ACS resource's rows (a tenant key); ``targets``: the indices
-    of the Log Analytics workspaces / resources to query (default all). With several targets
-    one that fails is recorded in :attr:`failed` (and its rows are not read); the others'
-    aggregates are returned. When every target fails, the first error is raised.
-    """
-
-    def __init__(
-        self, cfg: Config, *, resource: str | None = None, targets: Sequence[int] | None = None
-    ) -> None:
-        self.cfg = cfg
-        self.kind = cfg.source["kind"]
-        self.resource = resource
-        self._targets = targets
-        self._la: list[Any] | None = None
-        self.failed: list[str] = []
-
-    def read(
-        self,
-        arrival_window: tuple[datetime, datetime],
-        bucket: timedelta,
-        progress: Callable[[str], None] | None = None,
-    ) -> BucketAggregates:
-        if self.kind == "file":
-            from detector.source.files import read_aggregates
-
-            return read_aggregates(
-                self.cfg.source_path(),
-                bucket=bucket,
-                arrival_window=arrival_window,
-                threads=self.cfg.source.get("threads"),
-                memory_limit=self.cfg.source.get("memory_limit"),
-                max_partitions=self.cfg.source.get("max_partitions"),
-                resource=self.resource,
-            )
-
-        def chunk_progress(p: Any) -> None:
-            if progress is not None:
-                progress(
-                    f"chunk {p.done}/{p.total} {_iso(p.start)} .. {_iso(p.end)}: "
-                    f"{p.rows:,} result rows, {p.rows_read:,} log rows so far"
-                )
-
-        sources = self._log_analytics()
-        if len(sources) == 1:  # one target: its errors (and partial reads) are the run's
-            aggs: BucketAggregates = sources[0].read_aggregates(
-                arrival_window, bucket=bucket, progress=chunk_progress
-            )
-            return aggs
-        return self._read_each(sources, arrival_window, bucket, chunk_progress)
-
-    def _read_each(
-        self,
-        sources: list[Any],
-        arrival_window: tuple[datetime, datetime],
-        bucket: timedelta,
-        progress: Callable[[Any], None],
-    ) -> BucketAggregates:
-        """Every target's aggregates merged; a failing target is recorded, not fatal."""
-        from detector.source.log_analytics import merge_aggregates
-
-        parts: list[BucketAggregates] = []
-        errors: list[SourceError] = []
-        for src in sources:
-            try:
-                parts.append(src.read_aggregates(arrival_window, bucket=bucket, progress=progress))
-            except SourceError as exc:
-                errors.append(exc)
-                what = f"{src.settings.target}: {str(exc).splitlines()[0][:300]}"
-                log.warning("reading %s failed; the other targets are read", what)
-                self.failed.append(what)
-        if not parts:
-            raise errors[0]
-        return merge_aggregates(parts)
-
-    def _log_analytics(self) -> list[Any]:
-        """One LogAnalyticsSource per target; a workspace's is scoped to ``resource``."""
-        if self._la is None:
-            from detector.source.log_analytics import LogAnalyticsSettings, LogAnalyticsSource
-
-            targets = LogAnalyticsSettings.from_config(self.cfg.source).targets()
-            chosen = range(len(targets)) if self._targets is None else self._targets
-            self._la = [
-                LogAnalyticsSource(
-                    targets[i], resource=self.resource if targets[i].workspace_id else None
-                )
-                for i in chosen
-            ]
-        return self._la
-
-    def targets_used(self) -> list[int]:
-        """The Log Analytics targets this source reads (indices; [] for files)."""
-        if self.kind != "log_analytics":
-            return []
-        if self._targets is not None:
-            return list(self._targets)
-        return list(range(len(self._log_analytics())))
-
-    def stats(self) -> dict[str, Any]:
-        """The query statistics for the run report (summed over targets), and failed targets."""
-        out: dict[str, Any] = {}
-        if self._la:
-            each = [src.stats.as_dict() for src in self._la if hasattr(src, "stats")]
-            out["queries"] = each[0] if len(each) == 1 else _sum_stats(each)
-        if self.failed:
-            out["failed_targets"] = list(self.failed)
-        return out
-
-    def drill_down(self, anomalies: list[Anomaly], window: tuple[datetime, datetime]) -> None:
-        """Fill top result codes and example CallIds (Log Analytics only; best effort)."""
-        if self.kind != "log_analytics" or not anomalies:
-            return
-        found: dict[str, Any] = {}
-        for src in self._log_analytics():
-            try:
-                for fp, extra in src.drill_down(anomalies).items():
-                    if extra.get("top_result_codes") or extra.get("example_call_ids"):
-                        found.setdefault(fp, extra)
-            except DetectorError as exc:
-                log.warning("drill-down failed, alerts go out without it: %s", exc)
-        for a in anomalies:
-            extra = found.get(a.fingerprint) or {}
-            a.top_result_codes = list(extra.get("top_result_codes", a.top_result_codes))
-            a.example_call_ids = list(extra.get("example_call_ids", a.example_call_ids))
-
-
-def _sum_stats(each: list[dict[str, Any]]) -> dict[str, Any]:
-    """Several targets' query statistics as one: numbers summed, maxima kept, chunks joined."""
-    out: dict[str, Any] = {}
-    for stats in each:
-        for key, value in stats.items():
-            if isinstance(value, list):
-                out[key] = [*out.get(key, []), *value]
-            elif isinstance(value, int | float) and not isinstance(value, bool):
-                prev = out.get(key, 0)
-                out[key] = max(prev, value) if key.startswith("max_") else prev + value
-    return out
 
 
 @contextmanager
@@ -417,7 +279,7 @@ class _Tenant:
 
     key: str | None
     backend: Backend
-    source: _Source
+    source: Source
     models_prefix: str = ""
 
     @property
@@ -448,7 +310,7 @@ def _judge_tenant(run: _Run, tenant: _Tenant, base: dict[str, Any]) -> _Judged:
     part: dict[str, Any] = dict(base)
     if tenant.key is not None:
         part["resource"] = {"id": tenant.key, "name": tenant.name}
-        if cfg.source["kind"] == "log_analytics":  # links scoped to this resource's rows
+        if tenant.source.kind == "log_analytics":  # links scoped to this resource's rows
             part["log_analytics"] = {"resource_id": tenant.key, "note": None}
     store = BucketStore(tenant.backend)
     pstate = _read_pipeline_state(tenant.backend)
@@ -691,7 +553,7 @@ class _Plan:
 
 def _read(
     cfg: Config,
-    source: _Source,
+    source: Source,
     store: Any,
     pstate: dict[str, Any],
     *,
@@ -758,7 +620,7 @@ def _read(
 
 
 def _read_rerun(
-    cfg: Config, source: _Source, start: datetime, end: datetime, say: Callable[[str], None]
+    cfg: Config, source: Source, start: datetime, end: datetime, say: Callable[[str], None]
 ) -> _Plan:
     """A manual rerun's plan: the rows that arrived in ``[start - baseline, end + lateness)``,
     judged over ``[start, end)`` (whole buckets); the store is left alone."""
@@ -909,6 +771,7 @@ def _tenants(
     arrivals and from earlier runs); one per resource from the moment a second one appears
     (remembered in ``pipeline.json``, so a quiet hour does not blend them again).
     """
+    from detector.source.base import open_source
     from detector.source.resources import slug
 
     cfg = run.cfg
@@ -921,7 +784,7 @@ def _tenants(
     notes = [f"resources not listed: {what}" for what in found.failed]
     keys = sorted(set(known) | set(found.targets))
     if len(keys) <= 1 and len(known) <= 1:
-        return [_Tenant(None, backend, _Source(cfg))], notes
+        return [_Tenant(None, backend, open_source(cfg))], notes
     if found.unattributed:
         notes.append(
             f"{found.unattributed:,} rows carry no usable _ResourceId and were not judged: "
@@ -931,7 +794,7 @@ def _tenants(
     for key in keys:
         targets = found.targets.get(key) or known.get(key)
         prefix = f"{RESOURCES_PREFIX}/{slug(key)}"
-        source = _Source(cfg, resource=key, targets=targets or None)
+        source = open_source(cfg, resource=key, targets=targets or None)
         tenants.append(_Tenant(key, _Prefixed(backend, prefix), source, prefix))
     return tenants, notes
 
@@ -1390,6 +1253,7 @@ def backfill(
 ) -> dict[str, Any]:
     """Read arrivals in ``[start, end)`` into the bucket store (warms the baselines);
     ``progress`` gets a line per Log Analytics chunk read."""
+    from detector.source.base import open_source
     from detector.store.buckets import BucketStore
 
     backend = open_backend(cfg)
@@ -1401,7 +1265,7 @@ def backfill(
                 f"--start {_iso(start)} is before the store's watermark {_iso(wm)}: "
                 "those rows are already counted; backfill only extends history forward"
             )
-        aggs = _Source(cfg).read((start, end), cfg.detection["bucket"], progress=progress)
+        aggs = open_source(cfg).read((start, end), cfg.detection["bucket"], progress=progress)
         store.merge(aggs, watermark=end)
     return {"arrival_window": [_iso(start), _iso(end)], **_agg_summary(aggs)}
 

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, NoReturn
 
 import pandas as pd
 
@@ -50,6 +50,7 @@ from detector.anomaly import Anomaly
 from detector.errors import (
     AuthError,
     ConfigError,
+    DetectorError,
     IncompleteReadError,
     PartialResultError,
     QueryFailedError,
@@ -69,6 +70,9 @@ from detector.schema import (
 )
 from detector.source import kql
 
+if TYPE_CHECKING:
+    from detector.config import Config
+
 __all__ = [
     "CREDENTIAL_CHOICES",
     "ChunkProgress",
@@ -76,12 +80,15 @@ __all__ = [
     "IncompleteReadError",
     "LogAnalyticsSettings",
     "LogAnalyticsSource",
+    "LogAnalyticsTargets",
     "SourceStats",
     "make_credential",
     "merge_aggregates",
 ]
 
 log = logging.getLogger(__name__)
+#: The run's lines about its targets keep the logger they were written under.
+_run_log = logging.getLogger("detector.pipeline")
 
 #: ``credential`` values: ``default`` (DefaultAzureCredential: managed identity under Azure
 #: Functions, ``az login`` on a laptop), ``managed_identity``, ``azure_cli``, ``env:NAME``.
@@ -1135,3 +1142,132 @@ def _retry_after(response: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, (until - sent).total_seconds())
+
+
+def _iso_z(ts: datetime) -> str:
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _sum_stats(each: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several targets' query statistics as one: numbers summed, maxima kept, chunks joined."""
+    out: dict[str, Any] = {}
+    for stats in each:
+        for key, value in stats.items():
+            if isinstance(value, list):
+                out[key] = [*out.get(key, []), *value]
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                prev = out.get(key, 0)
+                out[key] = max(prev, value) if key.startswith("max_") else prev + value
+    return out
+
+
+class LogAnalyticsTargets:
+    """The Log Analytics source as a :class:`detector.source.base.Source`: every target.
+
+    ``resource``: read only that ACS resource's rows (a tenant key); ``targets``: the indices
+    of the Log Analytics workspaces / resources to query (default all). With several targets
+    one that fails is recorded in :attr:`failed` (and its rows are not read); the others'
+    aggregates are returned. When every target fails, the first error is raised.
+    """
+
+    kind = "log_analytics"
+
+    def __init__(
+        self, cfg: Config, *, resource: str | None = None, targets: Sequence[int] | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.resource = resource
+        self._targets = targets
+        self._la: list[Any] | None = None
+        self.failed: list[str] = []
+
+    def read(
+        self,
+        arrival_window: tuple[datetime, datetime],
+        bucket: timedelta,
+        progress: Callable[[str], None] | None = None,
+    ) -> BucketAggregates:
+        """The targets' aggregates for ``arrival_window``; chunks reported to ``progress``."""
+
+        def chunk_progress(p: Any) -> None:
+            if progress is not None:
+                progress(
+                    f"chunk {p.done}/{p.total} {_iso_z(p.start)} .. {_iso_z(p.end)}: "
+                    f"{p.rows:,} result rows, {p.rows_read:,} log rows so far"
+                )
+
+        sources = self._sources()
+        if len(sources) == 1:  # one target: its errors (and partial reads) are the run's
+            aggs: BucketAggregates = sources[0].read_aggregates(
+                arrival_window, bucket=bucket, progress=chunk_progress
+            )
+            return aggs
+        return self._read_each(sources, arrival_window, bucket, chunk_progress)
+
+    def _read_each(
+        self,
+        sources: list[Any],
+        arrival_window: tuple[datetime, datetime],
+        bucket: timedelta,
+        progress: Callable[[Any], None],
+    ) -> BucketAggregates:
+        """Every target's aggregates merged; a failing target is recorded, not fatal."""
+        parts: list[BucketAggregates] = []
+        errors: list[SourceError] = []
+        for src in sources:
+            try:
+                parts.append(src.read_aggregates(arrival_window, bucket=bucket, progress=progress))
+            except SourceError as exc:
+                errors.append(exc)
+                what = f"{src.settings.target}: {str(exc).splitlines()[0][:300]}"
+                _run_log.warning("reading %s failed; the other targets are read", what)
+                self.failed.append(what)
+        if not parts:
+            raise errors[0]
+        return merge_aggregates(parts)
+
+    def _sources(self) -> list[Any]:
+        """One LogAnalyticsSource per target; a workspace's is scoped to ``resource``."""
+        if self._la is None:
+            targets = LogAnalyticsSettings.from_config(self.cfg.source).targets()
+            chosen = range(len(targets)) if self._targets is None else self._targets
+            self._la = [
+                LogAnalyticsSource(
+                    targets[i], resource=self.resource if targets[i].workspace_id else None
+                )
+                for i in chosen
+            ]
+        return self._la
+
+    def targets_used(self) -> list[int]:
+        """The Log Analytics targets this source reads (indices)."""
+        if self._targets is not None:
+            return list(self._targets)
+        return list(range(len(self._sources())))
+
+    def stats(self) -> dict[str, Any]:
+        """The query statistics for the run report (summed over targets), and failed targets."""
+        out: dict[str, Any] = {}
+        if self._la:
+            each = [src.stats.as_dict() for src in self._la if hasattr(src, "stats")]
+            out["queries"] = each[0] if len(each) == 1 else _sum_stats(each)
+        if self.failed:
+            out["failed_targets"] = list(self.failed)
+        return out
+
+    def drill_down(self, anomalies: list[Anomaly], window: tuple[datetime, datetime]) -> None:
+        """Fill top result codes and example CallIds (best effort)."""
+        if not anomalies:
+            return
+        found: dict[str, Any] = {}
+        for src in self._sources():
+            try:
+                for fp, extra in src.drill_down(anomalies).items():
+                    if extra.get("top_result_codes") or extra.get("example_call_ids"):
+                        found.setdefault(fp, extra)
+            except DetectorError as exc:
+                _run_log.warning("drill-down failed, alerts go out without it: %s", exc)
+        for a in anomalies:
+            extra = found.get(a.fingerprint) or {}
+            a.top_result_codes = list(extra.get("top_result_codes", a.top_result_codes))
+            a.example_call_ids = list(extra.get("example_call_ids", a.example_call_ids))
