@@ -520,6 +520,7 @@ def _cmd_run(args: argparse.Namespace, now: datetime) -> int:
         raise ConfigError("--end must be after --start")
     from detector import pipeline
     from detector.notify.heartbeat import heartbeat_on_exit
+    from detector.summary import console_summary
 
     cfg = _load(args)
     if args.step is not None:
@@ -540,7 +541,7 @@ def _cmd_run(args: argparse.Namespace, now: datetime) -> int:
         )
         outcome.exit_code = EXIT_FAILURE if report.get("delivery_failed") else EXIT_OK
     # Printed after the heartbeat: a reader that closes the pipe early is not a failed run.
-    print(_json(report) if args.json else pipeline.console_summary(report))
+    print(_json(report) if args.json else console_summary(report))
     return outcome.exit_code
 
 
@@ -603,6 +604,7 @@ def _demo_config(args: argparse.Namespace) -> Any:
 
 def _cmd_demo(args: argparse.Namespace, now: datetime) -> int:
     from detector import pipeline
+    from detector.summary import console_summary
 
     cfg = _demo_state(_demo_config(args), reset=True)
     report = pipeline.demo(
@@ -614,7 +616,7 @@ def _cmd_demo(args: argparse.Namespace, now: datetime) -> int:
         notify=args.notify,
         progress=sys.stderr.isatty(),
     )
-    print(pipeline.console_summary(report, verbose=True))
+    print(console_summary(report, verbose=True))
     if args.notify:
         print(_digest_text(report, has_routes=bool(cfg.routes)))
     return EXIT_FAILURE if report.get("delivery_failed") else EXIT_OK

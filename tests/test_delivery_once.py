@@ -24,9 +24,9 @@ from aiosmtpd.controller import Controller
 
 from detector.notify import Route, run_alerts
 from detector.notify.commands import status_text
-from detector.pipeline import console_summary
 from detector.store.alerts import AlertStore, RunRecord
 from detector.store.backend import LocalBackend
+from detector.summary import console_summary
 from tests.fixtures_alerting import STEP, T0, Hook, TricklingHook, free_port, make_anomaly
 
 ROOT = Path(__file__).resolve().parents[1]

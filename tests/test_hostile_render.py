@@ -253,8 +253,8 @@ def test_every_escaper_is_total_and_one_line(value):
 def test_terminal_output_has_no_escape_sequences(tmp_path):
     """``run``'s console summary and ``status`` print names from the log to a terminal."""
     from detector.notify.commands import status_text
-    from detector.pipeline import console_summary
     from detector.store.alerts import AlertStore
+    from detector.summary import console_summary
 
     _, anomalies = _decisions()
     end = T0 + STEP

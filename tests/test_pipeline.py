@@ -263,7 +263,7 @@ def test_backfill_then_silence_through_the_cli(
 
 
 def test_console_shows_the_calls_behind_a_long_span() -> None:
-    from detector.pipeline import console_summary
+    from detector.summary import console_summary
     from tests.fixtures_alerting import make_anomaly
 
     def line(calls: int, details: dict[str, int]) -> str:

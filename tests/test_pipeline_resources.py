@@ -22,9 +22,10 @@ import pandas as pd
 import pytest
 
 from detector.config import load_config
-from detector.pipeline import console_summary, run_job
+from detector.pipeline import run_job
 from detector.simulate import simulate
 from detector.source.resources import resource_key, short_name, slug
+from detector.summary import console_summary
 from tests.fixtures_alerting import Hook
 from tests.fixtures_loganalytics import emulator, kusto  # noqa: F401
 from tests.la_emulator import TOKEN
