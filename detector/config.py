@@ -948,6 +948,11 @@ def _check_route(
     v: dict[str, Any] = {**defaults(ROUTE), **checked.values}
     name = str(v.get("name") or f"route{i}")  # required: a problem above if missing
     urls = _route_urls(where, name, v["urls"], problems, warnings, raw_urls)
+    return _route_of(v, name, urls)
+
+
+def _route_of(v: Mapping[str, Any], name: str, urls: tuple[str, ...]) -> RouteConfig:
+    """A RouteConfig from a route table's checked values, its name and its usable URLs."""
     return RouteConfig(
         name,
         urls,
@@ -970,17 +975,7 @@ def route_config(table: Mapping[str, object]) -> RouteConfig:
     if problems:
         raise ConfigError(problems)
     v: dict[str, Any] = checked.values
-    return RouteConfig(
-        v["name"],
-        tuple(u for u in v["urls"] if u.strip()),
-        v["min_severity"],
-        v["operations"],
-        v["metrics"],
-        send_resolved=v["send_resolved"],
-        health=v["health"],
-        max_items=v["max_items"],
-        timeout=v["timeout"],
-    )
+    return _route_of(v, v["name"], tuple(u for u in v["urls"] if u.strip()))
 
 
 def _route_urls(

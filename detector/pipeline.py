@@ -110,20 +110,7 @@ def routes(cfg: Config) -> list[Any]:
     """``[[notify.route]]`` as the alerting stage's Route objects."""
     from detector.notify import Route
 
-    return [
-        Route(
-            name=r.name,
-            urls=r.urls,
-            min_severity=r.min_severity,
-            operations=r.operations or None,
-            metrics=r.metrics or None,
-            send_resolved=r.send_resolved,
-            health=r.health,
-            max_items=r.max_items,
-            timeout=r.timeout,
-        )
-        for r in cfg.routes
-    ]
+    return [Route.from_config(r) for r in cfg.routes]
 
 
 def _maintenance(cfg: Config) -> list[tuple[datetime, datetime, str | None]]:

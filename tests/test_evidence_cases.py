@@ -759,3 +759,18 @@ def test_gates_bonferroni(p: float, n_tests: float, alpha_scale: float | None, s
     g = _gates(ev, POLICY, None)
     assert bool(g.sig[0, F, 0]) is sig
     assert bool(g.raw_sig[0, F, 0]) is (p <= POLICY.alpha)
+
+
+@pytest.mark.parametrize(
+    ("flags", "runs"),
+    [
+        pytest.param([], [], id="empty"),
+        pytest.param([0, 0, 0], [], id="no-true"),
+        pytest.param([1, 1, 1], [(0, 3)], id="all-true-half-open"),
+        pytest.param([0, 1, 1, 0, 1], [(1, 3), (4, 5)], id="two-runs-last-at-the-end"),
+    ],
+)
+def test_true_runs_are_half_open_ranges(flags: list[int], runs: list[tuple[int, int]]) -> None:
+    from detector.detect.features import true_runs
+
+    assert true_runs(np.asarray(flags, dtype=bool)) == runs

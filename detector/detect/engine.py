@@ -54,6 +54,7 @@ from detector.detect.features import (
     build_cube,
     sequential_details,
     span_evidence,
+    true_runs,
 )
 from detector.detect.forest import (
     CalibrationRows,
@@ -982,14 +983,6 @@ def _an_operation_stopped(
     )
 
 
-def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
-    """Half-open index ranges of consecutive True values."""
-    if not flags.any():
-        return []
-    d = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1), strict=True))
-
-
 def _hist_p95(
     hist: pd.DataFrame,
     op: str,
@@ -1095,7 +1088,7 @@ def _explain(
     driver_rows: list[tuple[int, np.ndarray]] = []
     for p, m in zip(*np.nonzero(alert.any(axis=2)), strict=True):
         op, ver = str(parts.operation[p]), str(parts.version[p])
-        for a, b in _runs(alert[p, m]):
+        for a, b in true_runs(alert[p, m]):
             idx = np.arange(a, b)
             # The evidence at the run's most significant bucket is what passed the gates.
             j = idx[np.argmin(tested.ev.p[p, m, idx])]

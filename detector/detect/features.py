@@ -49,6 +49,7 @@ __all__ = [
     "build_cube",
     "sequential_details",
     "span_evidence",
+    "true_runs",
 ]
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -1658,3 +1659,10 @@ def sequential_details(
             usual_calls=float(ev.expected[p, m, j]) * span,
         )
     return out
+
+
+def true_runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, end)`` of every run of True in a 1-D bool array, half-open."""
+    padded = np.concatenate([[False], np.asarray(flags, dtype=bool), [False]])
+    edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]

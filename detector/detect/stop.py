@@ -23,7 +23,8 @@ from scipy import special
 from detector.anomaly import TENANT_OPERATION, Anomaly
 from detector.detect.baseline import Baselines, Partitions
 from detector.detect.decide import DetectionPolicy
-from detector.detect.features import Cube
+from detector.detect.features import Cube, true_runs
+from detector.timeutil import iso_z
 
 __all__ = ["AlertBucket", "Stop", "find_stops", "fold_buckets", "fold_into_stops", "stop_anomaly"]
 
@@ -96,7 +97,7 @@ def find_stops(
     last = int(np.flatnonzero(complete).max()) + 1 if complete.any() else 0
     op_calls = cube.calls[np.flatnonzero(parts.is_fleet & base.has_history)]
     out: list[Stop] = []
-    for a, b in _runs(quiet):
+    for a, b in true_runs(quiet):
         # A stop that ended shortly before the window still explains the volume drops of
         # its aftermath (calls under way when it began never finish in the log).
         if b + recovery <= first_judged:
@@ -122,13 +123,6 @@ def find_stops(
             )
         )
     return out
-
-
-def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
-    """(start, end) of every run of True in a 1-D bool array, half-open."""
-    padded = np.concatenate([[False], flags.astype(bool), [False]])
-    edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
-    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
 def stop_anomaly(
@@ -162,15 +156,11 @@ def stop_anomaly(
         baseline_calls=int(round(stop.expected)),
         details={
             "scope": "tenant",
-            "since": _iso(start),
+            "since": iso_z(start),
             "operations_expected": stop.operations,
             "operations_silent": stop.silent,
         },
     )
-
-
-def _iso(ts: datetime) -> str:
-    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def fold_into_stops(
