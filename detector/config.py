@@ -55,7 +55,7 @@ from detector.timeutil import format_duration, parse_duration, parse_time, utc
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-    from detector.detect.decide import DetectionPolicy
+    from detector.detect.policy import DetectionPolicy
     from detector.lifecycle import LifecyclePolicy
     from detector.notify.health import HealthPolicy
 
@@ -526,7 +526,7 @@ class DetectionSettings(_Section):
     @cached_property
     def policy(self) -> DetectionPolicy:
         """The engine's knobs (given keys over the policy's defaults)."""
-        from detector.detect.decide import DetectionPolicy
+        from detector.detect.policy import DetectionPolicy
 
         return DetectionPolicy.from_mapping(dict(self.extra))
 
@@ -1077,7 +1077,7 @@ def _check_policies(
     detection: dict[str, object], alerting: dict[str, object], problems: list[str]
 ) -> None:
     """Cross-key rules the engine's and the alerting stage's policies own (N <= M, ...)."""
-    from detector.detect.decide import DetectionPolicy
+    from detector.detect.policy import DetectionPolicy
     from detector.lifecycle import LifecyclePolicy
     from detector.notify.commands import config_silences
     from detector.notify.health import HealthPolicy

@@ -15,7 +15,7 @@ from detector.detect.baseline import (
     exclusion_mask,
     with_fleet,
 )
-from detector.detect.decide import DetectionPolicy
+from detector.detect.policy import DetectionPolicy
 from tests.fixtures_engine import T0, Part, hours_since_t0, make_aggs, with_failure_rates
 
 POLICY = DetectionPolicy()

@@ -26,9 +26,20 @@ def test_the_engine_package_lists_its_stages_in_data_flow_order() -> None:
     engine = Path(detector.__file__).parent / "detect"
     stages = {p.stem for p in engine.glob("*.py")} - {"__init__"}
     assert stages == {
-        "baseline", "features", "rollout", "forest", "score", "decide", "stop", "engine", "explain"
+        "policy", "baseline", "features", "rollout", "forest", "score", "decide", "stop", "engine",
+        "explain",
     }  # fmt: skip
     doc = (engine / "__init__.py").read_text(encoding="utf-8")
-    order = ["baseline", "features", "rollout", "forest", "decide", "stop", "engine", "explain"]
+    order = [
+        "policy",
+        "baseline",
+        "features",
+        "rollout",
+        "forest",
+        "decide",
+        "stop",
+        "engine",
+        "explain",
+    ]
     positions = [doc.index(f"``{s}``") for s in order]
     assert positions == sorted(positions)

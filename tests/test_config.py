@@ -249,7 +249,7 @@ def test_check_config_prints_every_detection_setting(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from detector.cli import EXIT_OK, main
-    from detector.detect.decide import DetectionPolicy
+    from detector.detect.policy import DetectionPolicy
 
     monkeypatch.setenv("TEST_HOOK_URL", "json://127.0.0.1:9/x")
     assert main(["--config", str(DATA / "good.toml"), "check-config"]) == EXIT_OK

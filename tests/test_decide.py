@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from detector.detect.decide import GATE_REASONS, METRIC_NAMES, DetectionPolicy, Evidence, decide
+from detector.detect.decide import GATE_REASONS, Evidence, decide
+from detector.detect.policy import METRIC_NAMES, DetectionPolicy
 
 POLICY = DetectionPolicy()
 T = 6

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from detector.detect.decide import DetectionPolicy
+from detector.detect.policy import DetectionPolicy
 from detector.evaluate import (
     EvaluationReport,
     Event,

@@ -18,8 +18,6 @@ from scipy import stats
 
 from detector.detect.baseline import FLEET, Baselines, Partitions
 from detector.detect.decide import (
-    METRIC_NAMES,
-    DetectionPolicy,
     Evidence,
     _any_within,
     _enough_volume,
@@ -27,7 +25,6 @@ from detector.detect.decide import (
     _n_of_m,
     _persistence,
     _practical,
-    volume_effect_ok,
 )
 from detector.detect.features import (
     _binomial_llr,
@@ -46,6 +43,7 @@ from detector.detect.features import (
     volume_llr,
     windowed_cusum,
 )
+from detector.detect.policy import METRIC_NAMES, DetectionPolicy, volume_effect_ok
 
 POLICY = DetectionPolicy()
 D, F, V = 0, 1, 2  # metric rows

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector.detect.decide import GATE_REASONS, METRIC_NAMES, DetectionPolicy, Evidence, decide
+from detector.detect.decide import GATE_REASONS, Evidence, decide
 from detector.detect.engine import DetectionResult, detect
 from detector.detect.forest import CalibrationRows, joint_text, span_vectors, tail_p
+from detector.detect.policy import METRIC_NAMES, DetectionPolicy
 from detector.store.backend import LocalBackend
 from detector.store.models import ModelStore
 from detector.words import INTERNAL_NAMES, what_moved

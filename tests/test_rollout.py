@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import special
 
-from detector.detect.decide import DetectionPolicy
+from detector.detect.policy import DetectionPolicy
 from detector.detect.rollout import Rollout, effective_looks, first_buckets, rollout_test
 
 POLICY = DetectionPolicy()

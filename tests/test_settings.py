@@ -26,7 +26,7 @@ from detector.config import (
     config_from_dict,
     describe,
 )
-from detector.detect.decide import DetectionPolicy
+from detector.detect.policy import DetectionPolicy
 from detector.errors import ConfigError
 from detector.settings import (
     POLICY,

@@ -1,13 +1,15 @@
 """The detection engine, one module per stage, in the order the data flows:
 
+- ``policy``: the settings every stage reads: the :class:`~detector.detect.policy.DetectionPolicy`
+  and the metric axis (:data:`~detector.detect.policy.METRIC_NAMES`);
 - ``baseline``: partitions (operation x SDK version, and each operation's fleet) and their
   baselines (levels, seasonal profiles, dispersions) from the trailing bucket history;
 - ``features``: the bucket cube and the evidence of each test (duration, failure rate, failing
   calls, volume, the sequential CUSUM) over trailing spans;
 - ``rollout``: a new version judged on everything since its first call;
 - ``forest`` and ``score``: the isolation forest's span vectors, conformal p-values and models;
-- ``decide``: the :class:`~detector.detect.decide.DetectionPolicy` and the gates, multiplicity,
-  persistence and attribution that turn evidence into anomalies;
+- ``decide``: the gates, multiplicity, persistence and attribution that turn evidence into
+  anomalies;
 - ``stop``: a tenant-wide stop folded into one alert;
 - ``engine``: :func:`~detector.detect.engine.detect` wires the stages for one window and
   :func:`~detector.detect.engine.detect_steps` judges any window as scheduled runs would;

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from detector.detect.decide import DetectionPolicy
+from detector.detect.policy import DetectionPolicy
 from detector.schema import fill_failed_calls
 
 __all__ = [

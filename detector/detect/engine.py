@@ -36,14 +36,7 @@ from detector.detect.baseline import (
     exclusion_mask,
     with_fleet,
 )
-from detector.detect.decide import (
-    GATE_REASONS,
-    METRIC_NAMES,
-    R_ANOM,
-    DetectionPolicy,
-    Evidence,
-    decide,
-)
+from detector.detect.decide import GATE_REASONS, R_ANOM, Evidence, decide
 from detector.detect.features import (
     FEATURE_METRIC,
     FEATURE_NAMES,
@@ -63,6 +56,7 @@ from detector.detect.forest import (
     joint_text,
     partition_labels,
 )
+from detector.detect.policy import METRIC_NAMES, DetectionPolicy
 from detector.detect.rollout import Applied, Rollout, apply_rollout, first_buckets, rollout_history
 from detector.detect.stop import (
     AlertBucket,

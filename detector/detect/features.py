@@ -37,7 +37,7 @@ from scipy import special
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
 
 from detector.detect.baseline import Baselines, Partitions, epoch_ns, slot_of
-from detector.detect.decide import METRIC_NAMES, DetectionPolicy, volume_effect_ok
+from detector.detect.policy import METRIC_NAMES, DetectionPolicy, volume_effect_ok
 
 __all__ = [
     "FEATURE_NAMES",

@@ -42,8 +42,8 @@ import pandas as pd
 from scipy import special
 
 from detector.detect.baseline import Baselines, Partitions, epoch_ns, rolled_out, slot_of
-from detector.detect.decide import METRIC_NAMES, DetectionPolicy
 from detector.detect.features import SpanEvidence
+from detector.detect.policy import METRIC_NAMES, DetectionPolicy
 
 __all__ = [
     "Applied",

@@ -22,8 +22,8 @@ from scipy import special
 
 from detector.anomaly import TENANT_OPERATION, Anomaly
 from detector.detect.baseline import Baselines, Partitions
-from detector.detect.decide import DetectionPolicy
 from detector.detect.features import Cube, true_runs
+from detector.detect.policy import DetectionPolicy
 from detector.timeutil import iso_z
 
 __all__ = ["AlertBucket", "Stop", "find_stops", "fold_buckets", "fold_into_stops", "stop_anomaly"]
