@@ -37,7 +37,7 @@ from typing import Final
 
 import numpy as np
 
-from detector.detect.policy import METRIC_NAMES, DetectionPolicy, volume_effect_ok
+from detector.detect.policy import METRIC_NAMES, DetectionPolicy, Metric, volume_effect_ok
 from detector.timeutil import parse_duration
 
 __all__ = [
@@ -123,19 +123,20 @@ def _practical(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
     eff = ev.effect
     out = np.zeros(eff.shape, dtype=bool)
     with np.errstate(invalid="ignore"):
-        out[:, 0] = (eff[:, 0] >= policy.min_duration_rel) & (
-            ev.effect_ms[:, 0] >= policy.min_duration_ms
+        out[:, Metric.DURATION] = (eff[:, Metric.DURATION] >= policy.min_duration_rel) & (
+            ev.effect_ms[:, Metric.DURATION] >= policy.min_duration_ms
         )
-        out[:, 1] = eff[:, 1] >= policy.min_failure_points
-        out[:, 2] = volume_effect_ok(eff[:, 2], policy)
+        out[:, Metric.FAILURE_RATE] = eff[:, Metric.FAILURE_RATE] >= policy.min_failure_points
+        out[:, Metric.VOLUME] = volume_effect_ok(eff[:, Metric.VOLUME], policy)
     return out
 
 
 def _enough_volume(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
     out = np.zeros(ev.n.shape, dtype=bool)
-    out[:, 0] = ev.n[:, 0] >= policy.min_calls
-    out[:, 1] = (ev.n[:, 1] >= policy.min_calls) & (ev.k[:, 1] >= policy.min_failures)
-    out[:, 2] = ev.n[:, 2] >= policy.min_expected_calls
+    d, f, v = Metric.DURATION, Metric.FAILURE_RATE, Metric.VOLUME
+    out[:, d] = ev.n[:, d] >= policy.min_calls
+    out[:, f] = (ev.n[:, f] >= policy.min_calls) & (ev.k[:, f] >= policy.min_failures)
+    out[:, v] = ev.n[:, v] >= policy.min_expected_calls
     if ev.share is not None:
         out &= ev.share >= policy.min_share
     return out
@@ -329,7 +330,7 @@ def _by_fleet(
     # and failure rate; a version's volume has no peer test.)
     siblings = np.bincount(ev.op_index[~fleet], minlength=n_ops)[ev.op_index] >= 2
     with_siblings = ev.shared & ~ev.peer_sig & siblings[:, None, None]
-    with_siblings[:, 2] = False
+    with_siblings[:, Metric.VOLUME] = False
     out: np.ndarray = alert & ~fleet[:, None, None] & ev.shared & (fleet_recent | with_siblings)
     return out
 
@@ -389,10 +390,11 @@ def _effect_shares(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
     """(P, M, T) each metric's adverse effect as a share of its minimum (0 where untested)."""
     eff = np.nan_to_num(ev.effect, nan=0.0)
     share = np.zeros(eff.shape)
-    share[:, 0] = eff[:, 0] / policy.min_duration_rel
-    share[:, 1] = eff[:, 1] / policy.min_failure_points
-    drop, rise = -eff[:, 2] / policy.min_volume_drop, eff[:, 2] / policy.min_volume_rise
-    share[:, 2] = {"drop": drop, "rise": rise}.get(policy.volume_direction, np.maximum(drop, rise))
+    d, f, v = Metric.DURATION, Metric.FAILURE_RATE, Metric.VOLUME
+    share[:, d] = eff[:, d] / policy.min_duration_rel
+    share[:, f] = eff[:, f] / policy.min_failure_points
+    drop, rise = -eff[:, v] / policy.min_volume_drop, eff[:, v] / policy.min_volume_rise
+    share[:, v] = {"drop": drop, "rise": rise}.get(policy.volume_direction, np.maximum(drop, rise))
     out: np.ndarray = np.clip(share, 0.0, None) * ev.testable[:, :, None]
     return out
 

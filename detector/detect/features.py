@@ -37,7 +37,7 @@ from scipy import special
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
 
 from detector.detect.baseline import Baselines, Partitions, epoch_ns, slot_of
-from detector.detect.policy import METRIC_NAMES, DetectionPolicy, volume_effect_ok
+from detector.detect.policy import METRIC_NAMES, DetectionPolicy, Metric, volume_effect_ok
 
 __all__ = [
     "FEATURE_NAMES",
@@ -487,7 +487,7 @@ class _Cells:
             calls = v(r["C"])
             share = np.where(versions, calls / np.maximum(self.fleet(r["C"]), 1.0), 1.0)
             out: dict[str, Any]
-            if m == 0:
+            if m == Metric.DURATION:
                 dn, cd, vdu = v(r["D"]), v(r["cd"]), v(r["vdu"])
                 shift = np.where(dn > 0, cd / dn, 0.0)
                 eff = np.expm1(shift)
@@ -510,7 +510,7 @@ class _Cells:
                     & (eff_ms >= policy.min_duration_ms)
                     & (dn >= policy.min_calls),
                 )
-            elif m == 1:
+            elif m == Metric.FAILURE_RATE:
                 k_, cf, vf = v(r["F"]), v(r["cf"]), v(r["vf"])
                 pbar, infl = v(a["pbar"]), v(a["infl"])
                 eff = np.where(calls > 0, k_ / calls - pbar, 0.0)
@@ -1135,7 +1135,7 @@ def _sub_checks(t: _Tested, span: _Span, m: int, rows: np.ndarray, cols: np.ndar
     alerting at night.
     """
     at = _At(t.sums, span.r, rows, cols)
-    if m < 2:
+    if m < Metric.VOLUME:
         return _rate_sub_checks(t, span, m, at)
     return _volume_sub_checks(t, span, at)
 
@@ -1144,8 +1144,10 @@ def _rate_sub_checks(t: _Tested, span: _Span, m: int, c: _At) -> np.ndarray:
     """:func:`_sub_checks` of duration (continuous) or failures (counts, continuity-corrected)."""
     policy, s = t.policy, span.s
     with np.errstate(invalid="ignore", divide="ignore"):
-        num, var, cnt, x = ("cd", "vd", "D", t.cd) if m == 0 else ("cf", "vf", "C", t.cf)
-        cc = 0.0 if m == 0 else 0.5
+        num, var, cnt, x = (
+            ("cd", "vd", "D", t.cd) if m == Metric.DURATION else ("cf", "vf", "C", t.cf)
+        )
+        cc = 0.0 if m == Metric.DURATION else 0.5
         ok = (c.at(num) - c.extreme(x, s, "max") - cc) / np.sqrt(c.at(var)) >= policy.loo_z
         span_shift = c.at(num) / c.at(cnt)  # mean log-shift / failure-rate excess
         # A new build's span reaching back before its first call: an earlier third
@@ -1161,7 +1163,7 @@ def _rate_sub_checks(t: _Tested, span: _Span, m: int, c: _At) -> np.ndarray:
                 rc, rv, rn = c.sub(num, w, off), c.sub(var, w, off), c.sub(cnt, w, off)
                 big = (
                     np.expm1(rc / rn) >= policy.min_duration_rel
-                    if m == 0
+                    if m == Metric.DURATION
                     else rc / rn >= policy.min_failure_points
                 )
                 big &= rc / rn >= frac * span_shift
@@ -1239,8 +1241,6 @@ def _span_evidence(
 # Sequential evidence: a windowed CUSUM per partition (failures rising, volume falling)
 # --------------------------------------------------------------------------------------------
 
-_FAIL: Final = METRIC_NAMES.index("failure_rate")
-_VOL: Final = METRIC_NAMES.index("volume")
 _BUCKETS_PER_DAY_H: Final = 24.0
 
 
@@ -1537,7 +1537,7 @@ def _span_passes(
     (significance, practical effect, sample, leave-one-out)."""
     p, eff, n = ev.p[rows, m, cols], ev.effect[rows, m, cols], ev.n[rows, m, cols]
     ok = (p <= on_scale) & ev.loo_ok[rows, m, cols] & (ev.share[rows, m, cols] >= policy.min_share)
-    if m == _FAIL:
+    if m == Metric.FAILURE_RATE:
         ok &= (eff >= policy.min_failure_points) & (n >= policy.min_calls)
         ok &= ev.k[rows, m, cols] >= policy.min_failures
     else:
@@ -1566,12 +1566,14 @@ def _thresholds(
     h = np.full((P, len(METRIC_NAMES)), np.inf)
     busy, every = _looks_per_day(base, policy)
     both = policy.sequential == "both"
-    n_seq = int(n_tested[_FAIL] + (n_tested[_VOL] if both else 0))
+    n_seq = int(n_tested[Metric.FAILURE_RATE] + (n_tested[Metric.VOLUME] if both else 0))
     hist = np.asarray(base.has_history, bool)
-    h[:, _FAIL] = np.where(hist, sequential_thresholds(busy, n_seq, policy), np.inf)
+    h[:, Metric.FAILURE_RATE] = np.where(hist, sequential_thresholds(busy, n_seq, policy), np.inf)
     if both:
         vol = policy.volume_judged(parts.is_fleet) & hist
-        h[:, _VOL] = np.where(vol, sequential_thresholds(np.full(P, every), n_seq, policy), np.inf)
+        h[:, Metric.VOLUME] = np.where(
+            vol, sequential_thresholds(np.full(P, every), n_seq, policy), np.inf
+        )
     return h
 
 
@@ -1608,7 +1610,8 @@ def apply_sequential(
     llr_f = failure_llr(cube.calls, cube.failures, cube.failed_calls, base, slots, policy)
     e = expected_calls(base, slots, cube, parts)
     llr_v = volume_llr(cube.calls, e, base.phi_vol, policy.sequential_fold)
-    for m, llr in ((_FAIL, llr_f), (_VOL, llr_v))[: 2 if policy.sequential == "both" else 1]:
+    seq = ((Metric.FAILURE_RATE, llr_f), (Metric.VOLUME, llr_v))
+    for m, llr in seq[: 2 if policy.sequential == "both" else 1]:
         s_all = windowed_cusum(llr, w, T)
         stat[:, m] = s_all[:, T - K :]
         rows, cols = np.nonzero(stat[:, m] >= h[:, m, None])
@@ -1618,7 +1621,7 @@ def apply_sequential(
         # Ended: since its peak in the window, the data favour the baseline over the
         # alternative by half the alarm's likelihood ratio (an incident over stops alerting).
         falling = win.extreme(s_all, "max") - stat[rows, m, cols] >= h[rows, m] / 2
-        if m == _FAIL:
+        if m == Metric.FAILURE_RATE:
             f = _failure_fields(win, cube, parts, p0, base.fail_dispersion()[:, None], policy)
         else:
             f = _volume_fields(win, cube.calls, e, base.phi_vol, policy)
@@ -1646,7 +1649,7 @@ def sequential_details(
         return None
     hours = float(ev.span[p, m, j]) / policy.buckets_per_hour
     out: dict[str, Any] = {"metric": METRIC_NAMES[m], "hours": round(hours, 2)}
-    if m == _FAIL:
+    if m == Metric.FAILURE_RATE:
         out.update(
             calls=int(round(float(ev.n[p, m, j]))),
             failures=int(round(float(ev.k[p, m, j]))),

@@ -1,9 +1,10 @@
 """Policy: the settings every stage reads.
 
 :class:`DetectionPolicy` holds every knob of the engine (config section ``[detection]``) with
-its default and checks; :data:`METRIC_NAMES` fixes the metric axis of every (partition,
-metric, bucket) array; :func:`volume_effect_ok` is the policy's practical minimum for a volume
-change. Consumes a ``[detection]`` table; produces the policy. Pure: no I/O, no clock.
+its default and checks; :class:`Metric` (its names: :data:`METRIC_NAMES`) is the metric axis
+of every (partition, metric, bucket) array; :func:`volume_effect_ok` is the policy's practical
+minimum for a volume change. Consumes a ``[detection]`` table; produces the policy. Pure: no
+I/O, no clock.
 """
 
 from __future__ import annotations
@@ -13,14 +14,24 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
+from enum import IntEnum
 from typing import Any, Final
 
 import numpy as np
 
-__all__ = ["METRIC_NAMES", "DetectionPolicy", "volume_effect_ok"]
+__all__ = ["METRIC_NAMES", "DetectionPolicy", "Metric", "volume_effect_ok"]
+
+
+class Metric(IntEnum):
+    """The metric axis of every (partition, metric, bucket) array: each value is its index."""
+
+    DURATION = 0
+    FAILURE_RATE = 1
+    VOLUME = 2
+
 
 #: Metric order of every (partition, metric, bucket) array in this package.
-METRIC_NAMES: Final[tuple[str, ...]] = ("duration", "failure_rate", "volume")
+METRIC_NAMES: Final[tuple[str, ...]] = tuple(m.name.lower() for m in Metric)
 
 
 @dataclass(frozen=True)

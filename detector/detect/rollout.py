@@ -43,7 +43,7 @@ from scipy import special
 
 from detector.detect.baseline import Baselines, Partitions, epoch_ns, rolled_out, slot_of
 from detector.detect.features import SpanEvidence
-from detector.detect.policy import METRIC_NAMES, DetectionPolicy
+from detector.detect.policy import DetectionPolicy, Metric
 
 __all__ = [
     "Applied",
@@ -54,8 +54,6 @@ __all__ = [
     "rollout_history",
     "rollout_test",
 ]
-
-_FAIL = METRIC_NAMES.index("failure_rate")
 
 
 @dataclass
@@ -220,28 +218,29 @@ def apply_rollout(
     looks = effective_looks(t["growth"], float(-special.ndtri(alpha)), per_hour)
     own_alpha = alpha * per_hour / looks  # of each test
     p, passes = np.fmin(t["p"] * (on_scale / own_alpha), 1.0), t["passes"]
-    old_p, old_ok = ev.p[rows, _FAIL], ev.loo_ok[rows, _FAIL]
+    f = Metric.FAILURE_RATE  # the since-rollout test is a failure-rate test
+    old_p, old_ok = ev.p[rows, f], ev.loo_ok[rows, f]
     used = passes & ((p < old_p) | ~old_ok)
     cell_alpha = np.where(used, own_alpha, np.nan)
     r, c = np.nonzero(used)
     if not len(r):
         return Applied(used, cell_alpha)
     pr = rows[r]
-    ev.p[pr, _FAIL, c] = p[r, c]
+    ev.p[pr, f, c] = p[r, c]
     effect, n, k, ex, z = t["effect"], t["n"], t["k"], t["expected"], t["z"]
     span, share, others_z = t["span"], t["share"], t["others_z"]
-    ev.effect[pr, _FAIL, c] = effect[r, c]
-    ev.effect_ms[pr, _FAIL, c] = np.nan
-    ev.n[pr, _FAIL, c] = n[r, c]
-    ev.k[pr, _FAIL, c] = k[r, c]
-    ev.loo_ok[pr, _FAIL, c] = True
-    ev.peer_sig[pr, _FAIL, c] = True
-    ev.shared[pr, _FAIL, c] = others_z[r, c] >= policy.shared_z
-    ev.span[pr, _FAIL, c] = np.minimum(span[r, c], np.iinfo(ev.span.dtype).max)
-    ev.observed[pr, _FAIL, c] = k[r, c] / n[r, c]
-    ev.expected[pr, _FAIL, c] = ex[r, c] / n[r, c]
-    ev.z[pr, _FAIL, c] = z[r, c]
-    ev.share[pr, _FAIL, c] = share[r, c]
+    ev.effect[pr, f, c] = effect[r, c]
+    ev.effect_ms[pr, f, c] = np.nan
+    ev.n[pr, f, c] = n[r, c]
+    ev.k[pr, f, c] = k[r, c]
+    ev.loo_ok[pr, f, c] = True
+    ev.peer_sig[pr, f, c] = True
+    ev.shared[pr, f, c] = others_z[r, c] >= policy.shared_z
+    ev.span[pr, f, c] = np.minimum(span[r, c], np.iinfo(ev.span.dtype).max)
+    ev.observed[pr, f, c] = k[r, c] / n[r, c]
+    ev.expected[pr, f, c] = ex[r, c] / n[r, c]
+    ev.z[pr, f, c] = z[r, c]
+    ev.share[pr, f, c] = share[r, c]
     return Applied(used, cell_alpha)
 
 
