@@ -31,12 +31,14 @@ if TYPE_CHECKING:
     from detector.anomaly import Anomaly
     from detector.config import Config
     from detector.schema import BucketAggregates
+    from detector.source.base import Found
 
 __all__ = [
     "RESULT_CLASS_SQL",
     "SUPPORTED_SUFFIXES",
     "FileSource",
     "discover_files",
+    "discover_resources",
     "read_aggregates",
     "read_resources",
 ]
@@ -80,5 +82,24 @@ class FileSource:
         """No query statistics: {}."""
         return {}
 
+    def link_scope(self) -> dict[str, Any] | None:
+        """Files have no portal links to scope: None."""
+        return None
+
     def drill_down(self, anomalies: list[Anomaly], window: tuple[datetime, datetime]) -> None:
         """Nothing to drill into in files (the alerts go out as they are)."""
+
+
+def discover_resources(cfg: Config, window: tuple[datetime, datetime]) -> Found:
+    """Which ACS resources wrote the files' rows that arrived in ``window``, tallied."""
+    from detector.source.base import Found
+
+    counts = read_resources(
+        cfg.source_path(),
+        arrival_window=window,
+        threads=cfg.source.get("threads"),
+        memory_limit=cfg.source.get("memory_limit"),
+    )
+    found = Found()
+    found.tally(counts, target=None)
+    return found
