@@ -326,10 +326,14 @@ def _judge_tenant(run: _Run, tenant: _Tenant, base: dict[str, Any]) -> _Judged:
         **_agg_summary(plan.fresh),
         **tenant.source.stats(),
     }
-    part["warnings"] = list(plan.warnings) + [
-        f"not read: {what} (its rows in this arrival window are not counted)"
-        for what in tenant.source.failed
-    ]
+    part["warnings"] = (
+        list(plan.warnings)
+        + tenant.source.notes()
+        + [
+            f"not read: {what} (its rows in this arrival window are not counted)"
+            for what in tenant.source.failed
+        ]
+    )
     for warning in part["warnings"]:
         log.warning("%s", warning)
     t = time.perf_counter()

@@ -61,6 +61,10 @@ class Source(Protocol):
         """The query statistics for the run report, and failed targets (may be empty)."""
         ...
 
+    def notes(self) -> list[str]:
+        """Run-report warnings about what the last read found (schema drift), one line each."""
+        ...
+
     def drill_down(self, anomalies: list[Anomaly], window: tuple[datetime, datetime]) -> None:
         """Fill top result codes and example CallIds where the source can (best effort)."""
         ...

@@ -1257,6 +1257,10 @@ class LogAnalyticsTargets:
             out["failed_targets"] = list(self.failed)
         return out
 
+    def notes(self) -> list[str]:
+        """Nothing beyond the failed targets (listed apart): []."""
+        return []
+
     def link_scope(self) -> dict[str, Any] | None:
         """Portal links scoped to this resource's rows, or None when reading every resource."""
         return {"resource_id": self.resource, "note": None} if self.resource else None
