@@ -190,3 +190,13 @@ def test_the_run_report_warns_and_lists_the_drift(
     (entry,) = report["source"]["schema_drift"]
     assert entry["where"].endswith("bad.csv") and entry["missing"] == ["DurationMs"]
     assert report["source"]["dropped"]["malformed_record"] == 2
+
+
+def test_the_html_report_shows_the_warning_escaped(tmp_path: Path) -> None:
+    from detector.report_html import render_html_report
+
+    line = drift_warning([SchemaDrift("f", unknown=(clean_name("<script>x"),))])
+    report = {"run_id": "r", "mode": "run", "warnings": [line], "source": {"rows_read": 0}}
+    html = render_html_report(anomalies=[], run_report=report)
+    assert "schema drift in 1 file: unknown column &lt;script&gt;x (1)" in html
+    assert "<script>x" not in html
