@@ -141,6 +141,17 @@ def test_hostile_unknown_column_names_are_escaped_and_cut(tmp_path: Path, fmt: s
     assert "\x1b" not in line and "\n" not in line
 
 
+def test_csv_duration_that_is_never_a_number_is_text(tmp_path: Path) -> None:
+    path = _write(_rows(DurationMs=lambda d: f"{d}ms"), tmp_path / "x.csv", "csv")
+    aggs, drift = _read(path)
+    (d,) = drift.values()
+    assert d.retyped == (("DurationMs", "text"),) and not d.unusable
+    assert aggs.flagged["invalid_duration"] == 4  # kept and flagged, as before
+    # Numbers in CSV text are the format, not drift.
+    aggs, drift = _read(_write(_rows(), tmp_path / "y.csv", "csv"))
+    assert drift == {}
+
+
 def test_identity_columns_missing_is_still_not_an_export(tmp_path: Path) -> None:
     path = _write(_rows(drop_OperationName=1), tmp_path / "x.csv", "csv")
     with pytest.raises(InputError, match="missing required column"):

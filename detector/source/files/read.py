@@ -70,7 +70,10 @@ canonical form).
 
 from __future__ import annotations
 
+import csv
+import itertools
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -223,6 +226,37 @@ def _parquet_part(
     return parts, bounds
 
 
+def _csv_kinds(path: Path, header: list[str], delim: str, quote: str) -> dict[str, str | None]:
+    """Column -> kind for a CSV file: None (CSV has no types) except a numeric log column
+    whose sampled non-empty fields are all non-numbers ("text": e.g. ``1000ms``)."""
+    kinds: dict[str, str | None] = dict.fromkeys(header)
+    numeric = {c.lower() for c, k in schema.LOG_COLUMNS.items() if k in ("long", "int")}
+    at = [i for i, h in enumerate(header) if h.split("[")[0].strip().lower() in numeric]
+    if not at:
+        return kinds
+    seen: dict[int, list[bool]] = {i: [] for i in at}
+    try:
+        with _open_text(path) as fh:
+            rows = csv.reader(fh, delimiter=delim, quotechar=quote)
+            for fields in itertools.islice(rows, 1, _JSON_SAMPLE_LINES + 1):
+                for i in at:
+                    if i < len(fields) and fields[i].strip():
+                        seen[i].append(_is_number(fields[i]))
+    except (OSError, EOFError, ValueError, csv.Error):
+        pass  # what was sampled is judged; the read counts the rows it cannot parse
+    for i, numbers in seen.items():
+        if numbers and not any(numbers):
+            kinds[header[i]] = "text"
+    return kinds
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 def _csv_part(files: list[Path], parallel: bool = True, drift: Drift | None = None) -> list[str]:
     groups: dict[tuple[tuple[str, ...], str, str], list[Path]] = {}
     for f in files:
@@ -231,7 +265,7 @@ def _csv_part(files: list[Path], parallel: bool = True, drift: Drift | None = No
         cols = _resolve(header)
         if any(c not in cols for c in IDENTITY_COLUMNS):
             raise InputError(_missing_message(f, header, "CSV"))
-        _note(drift, column_drift(str(f), dict.fromkeys(header)))  # CSV has no types
+        _note(drift, column_drift(str(f), _csv_kinds(f, header, delim, quote)))
         groups.setdefault((tuple(header), delim, quote), []).append(f)
     parts = []
     for (header_key, delim, quote), group in groups.items():
