@@ -295,8 +295,9 @@ def _judge_tenant(run: _Run, tenant: _Tenant, base: dict[str, Any]) -> _Judged:
     part: dict[str, Any] = dict(base)
     if tenant.key is not None:
         part["resource"] = {"id": tenant.key, "name": tenant.name}
-        if tenant.source.kind == "log_analytics":  # links scoped to this resource's rows
-            part["log_analytics"] = {"resource_id": tenant.key, "note": None}
+        scope = tenant.source.link_scope()
+        if scope is not None:  # links scoped to this resource's rows
+            part["log_analytics"] = scope
     store = BucketStore(tenant.backend)
     pstate = _read_pipeline_state(tenant.backend)
     t = time.perf_counter()
@@ -325,10 +326,14 @@ def _judge_tenant(run: _Run, tenant: _Tenant, base: dict[str, Any]) -> _Judged:
         **_agg_summary(plan.fresh),
         **tenant.source.stats(),
     }
-    part["warnings"] = list(plan.warnings) + [
-        f"not read: {what} (its rows in this arrival window are not counted)"
-        for what in tenant.source.failed
-    ]
+    part["warnings"] = (
+        list(plan.warnings)
+        + tenant.source.notes()
+        + [
+            f"not read: {what} (its rows in this arrival window are not counted)"
+            for what in tenant.source.failed
+        ]
+    )
     for warning in part["warnings"]:
         log.warning("%s", warning)
     t = time.perf_counter()
@@ -737,16 +742,6 @@ class _Prefixed:
         return iter([k[cut:] for k in self.inner.list(self.prefix + prefix)])
 
 
-@dataclasses.dataclass
-class _Found:
-    """What the source says about resources: resource key -> indices of the Log Analytics
-    targets holding its rows, rows without a usable ``_ResourceId``, targets that failed."""
-
-    targets: dict[str, list[int]] = dataclasses.field(default_factory=dict)
-    unattributed: int = 0
-    failed: list[str] = dataclasses.field(default_factory=list)
-
-
 def _tenants(
     run: _Run, backend: Backend, root_state: dict[str, Any]
 ) -> tuple[list[_Tenant], list[str]]:
@@ -756,16 +751,16 @@ def _tenants(
     arrivals and from earlier runs); one per resource from the moment a second one appears
     (remembered in ``pipeline.json``, so a quiet hour does not blend them again).
     """
-    from detector.source.base import open_source
+    from detector.source.base import Found, discover_resources, open_source
     from detector.source.resources import slug
 
     cfg = run.cfg
     known = _known_resources(cfg, root_state)
-    found = _Found()
+    found = Found()
     if cfg.source.get("split_resources", True):
         window = _discovery_window(run, backend, known)
         if window[0] < window[1]:
-            found = _discover(cfg, window)
+            found = discover_resources(cfg, window)
     notes = [f"resources not listed: {what}" for what in found.failed]
     keys = sorted(set(known) | set(found.targets))
     if len(keys) <= 1 and len(known) <= 1:
@@ -787,35 +782,22 @@ def _tenants(
 def _known_resources(cfg: Config, root_state: dict[str, Any]) -> dict[str, list[int]]:
     """Resources judged apart by earlier runs (``pipeline.json``), validated again: the
     state file is input like any other. Key -> Log Analytics target indices."""
+    from detector.source.base import configured_resources, configured_targets
     from detector.source.resources import resource_key
 
     entries = root_state.get("resources")
     if not isinstance(entries, dict):
         return {}
-    n_targets = len(_la_targets(cfg))
+    n_targets = len(configured_targets(cfg))
     out: dict[str, list[int]] = {}
     for key, entry in entries.items():
-        if resource_key(key) != key and key not in _configured_resources(cfg):
+        if resource_key(key) != key and key not in configured_resources(cfg):
             log.warning("pipeline.json: ignoring a resource entry that is not a resource id")
             continue
         raw = entry.get("targets") if isinstance(entry, dict) else None
         ok = isinstance(raw, list) and all(isinstance(i, int) for i in raw)
         out[key] = [i for i in raw if 0 <= i < n_targets] if ok and raw else []
     return out
-
-
-def _la_targets(cfg: Config) -> list[Any]:
-    if cfg.source["kind"] != "log_analytics":
-        return []
-    from detector.source.log_analytics import LogAnalyticsSettings
-
-    targets: list[Any] = LogAnalyticsSettings.from_config(cfg.source).targets()
-    return targets
-
-
-def _configured_resources(cfg: Config) -> set[str]:
-    """The resource ids the config queries by resource (their own tenant keys)."""
-    return {t.resource_id.strip().lower() for t in _la_targets(cfg) if t.resource_id}
 
 
 def _discovery_window(
@@ -839,53 +821,6 @@ def _discovery_window(
     marks = [m for m in (BucketStore(s).watermark for s in stores) if m is not None]
     start = min(marks) if marks and len(marks) == len(stores) else None
     return (start or end - det["baseline"] - det["lateness"]), end
-
-
-def _discover(cfg: Config, window: tuple[datetime, datetime]) -> _Found:
-    """Which ACS resources wrote the rows that arrived in ``window`` (values validated)."""
-    from detector.source.resources import resource_key
-
-    found = _Found()
-    if cfg.source["kind"] == "file":
-        from detector.source.files import read_resources
-
-        counts = read_resources(
-            cfg.source_path(),
-            arrival_window=window,
-            threads=cfg.source.get("threads"),
-            memory_limit=cfg.source.get("memory_limit"),
-        )
-        _tally(found, counts, target=None)
-        return found
-    from detector.source.log_analytics import LogAnalyticsSource
-
-    configured = _configured_resources(cfg)
-    for i, target in enumerate(_la_targets(cfg)):
-        if target.resource_id:  # queried by resource: its rows are that resource's
-            found.targets.setdefault(target.resource_id.strip().lower(), []).append(i)
-            continue
-        try:
-            counts = LogAnalyticsSource(target).read_resources(window)
-        except SourceError as exc:
-            found.failed.append(f"{target.target}: {str(exc).splitlines()[0][:300]}")
-            continue
-        # A resource also queried by its own id is read there, not twice.
-        _tally(found, {v: n for v, n in counts.items() if resource_key(v) not in configured}, i)
-    return found
-
-
-def _tally(found: _Found, counts: dict[str, int], target: int | None) -> None:
-    """Add one target's rows per ``_ResourceId`` value to ``found``."""
-    from detector.source.resources import resource_key
-
-    for value, n in counts.items():
-        key = resource_key(value)
-        if key is None:
-            found.unattributed += int(n)
-            continue
-        where = found.targets.setdefault(key, [])
-        if target is not None and target not in where:
-            where.append(target)
 
 
 def _combine(report: dict[str, Any], judged: list[_Judged], notes: list[str]) -> None:

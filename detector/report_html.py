@@ -495,6 +495,10 @@ def _run_summary(report: Mapping[str, Any], json_href: str | None) -> str:
             head.append((k.replace("_", " "), f"{w.get('start')} to {w.get('end')}"))
     if head:
         parts.append(_kv_table(head))
+    warnings = report.get("warnings")
+    if isinstance(warnings, list) and warnings:  # e.g. schema drift: never silent
+        items = "".join(f"<li>{_e(w)}</li>" for w in warnings[:20])
+        parts.append(f"<h3>Warnings</h3><ul>{items}</ul>")
     source = report.get("source")
     if isinstance(source, Mapping):
         rows, nested = _flat(source)

@@ -358,12 +358,17 @@ def test_bad_files_raise_one_clear_input_error(
 
 def test_missing_columns_are_named(tmp_path: Path) -> None:
     path = write_rows([row()], tmp_path / "x.parquet", "parquet")
-    table = pd.read_parquet(path).drop(columns=["DurationMs", "SdkVersion"])
+    table = pd.read_parquet(path).drop(columns=["CallClientTimeStamp", "SdkVersion"])
     table.to_parquet(tmp_path / "y.parquet")
     with pytest.raises(
-        InputError, match=r"y\.parquet.*missing required columns DurationMs, SdkVersion"
+        InputError, match=r"y\.parquet.*missing required columns CallClientTimeStamp, SdkVersion"
     ):
         read_aggregates(tmp_path / "y.parquet", bucket=BUCKET)
+    # Without a non-identity column the file is read; its rows are malformed records.
+    table = pd.read_parquet(path).drop(columns=["DurationMs", "SdkVersion"])
+    table.to_parquet(tmp_path / "z.parquet")
+    aggs = read_aggregates(tmp_path / "z.parquet", bucket=BUCKET)
+    assert aggs.dropped["malformed_record"] == aggs.rows_read == 1
 
 
 def test_corrupt_parquet_raises_input_error(tmp_path: Path) -> None:

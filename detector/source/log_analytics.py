@@ -72,6 +72,7 @@ from detector.source import kql
 
 if TYPE_CHECKING:
     from detector.config import Config
+    from detector.source.base import Found
 
 __all__ = [
     "CREDENTIAL_CHOICES",
@@ -82,6 +83,7 @@ __all__ = [
     "LogAnalyticsSource",
     "LogAnalyticsTargets",
     "SourceStats",
+    "discover_resources",
     "make_credential",
     "merge_aggregates",
 ]
@@ -1255,6 +1257,14 @@ class LogAnalyticsTargets:
             out["failed_targets"] = list(self.failed)
         return out
 
+    def notes(self) -> list[str]:
+        """Nothing beyond the failed targets (listed apart): []."""
+        return []
+
+    def link_scope(self) -> dict[str, Any] | None:
+        """Portal links scoped to this resource's rows, or None when reading every resource."""
+        return {"resource_id": self.resource, "note": None} if self.resource else None
+
     def drill_down(self, anomalies: list[Anomaly], window: tuple[datetime, datetime]) -> None:
         """Fill top result codes and example CallIds (best effort)."""
         if not anomalies:
@@ -1271,3 +1281,25 @@ class LogAnalyticsTargets:
             extra = found.get(a.fingerprint) or {}
             a.top_result_codes = list(extra.get("top_result_codes", a.top_result_codes))
             a.example_call_ids = list(extra.get("example_call_ids", a.example_call_ids))
+
+
+def discover_resources(cfg: Config, window: tuple[datetime, datetime]) -> Found:
+    """Which ACS resources wrote the rows that arrived in ``window``, target by target: a
+    target queried by resource is that resource's; a workspace is asked (failures recorded)."""
+    from detector.source.base import Found, configured_resources
+    from detector.source.resources import resource_key
+
+    found = Found()
+    configured = configured_resources(cfg)
+    for i, target in enumerate(LogAnalyticsSettings.from_config(cfg.source).targets()):
+        if target.resource_id:  # queried by resource: its rows are that resource's
+            found.targets.setdefault(target.resource_id.strip().lower(), []).append(i)
+            continue
+        try:
+            counts = LogAnalyticsSource(target).read_resources(window)
+        except SourceError as exc:
+            found.failed.append(f"{target.target}: {str(exc).splitlines()[0][:300]}")
+            continue
+        # A resource also queried by its own id is read there, not twice.
+        found.tally({v: n for v, n in counts.items() if resource_key(v) not in configured}, i)
+    return found

@@ -23,20 +23,23 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from detector.source.drift import drift_warning
 from detector.source.files.discover import SUPPORTED_SUFFIXES, discover_files
-from detector.source.files.read import read_aggregates, read_resources
+from detector.source.files.read import Drift, read_aggregates, read_resources
 from detector.source.files.sql import RESULT_CLASS_SQL
 
 if TYPE_CHECKING:
     from detector.anomaly import Anomaly
     from detector.config import Config
     from detector.schema import BucketAggregates
+    from detector.source.base import Found
 
 __all__ = [
     "RESULT_CLASS_SQL",
     "SUPPORTED_SUFFIXES",
     "FileSource",
     "discover_files",
+    "discover_resources",
     "read_aggregates",
     "read_resources",
 ]
@@ -54,6 +57,7 @@ class FileSource:
         self.cfg = cfg
         self.resource = resource
         self.failed: list[str] = []
+        self.drift: Drift = {}
 
     def read(
         self,
@@ -62,6 +66,7 @@ class FileSource:
         progress: Callable[[str], None] | None = None,
     ) -> BucketAggregates:
         """The aggregates of the files' rows that arrived in ``arrival_window``."""
+        self.drift = {}
         return read_aggregates(
             self.cfg.source_path(),
             bucket=bucket,
@@ -70,6 +75,7 @@ class FileSource:
             memory_limit=self.cfg.source.get("memory_limit"),
             max_partitions=self.cfg.source.get("max_partitions"),
             resource=self.resource,
+            drift=self.drift,
         )
 
     def targets_used(self) -> list[int]:
@@ -77,8 +83,34 @@ class FileSource:
         return []
 
     def stats(self) -> dict[str, Any]:
-        """No query statistics: {}."""
-        return {}
+        """No query statistics; the files whose columns drifted, when any."""
+        if not self.drift:
+            return {}
+        return {"schema_drift": [d.as_dict() for _, d in sorted(self.drift.items())]}
+
+    def notes(self) -> list[str]:
+        """The run-report line about schema drift in the files read ([] without any)."""
+        line = drift_warning(self.drift.values())
+        return [line] if line else []
+
+    def link_scope(self) -> dict[str, Any] | None:
+        """Files have no portal links to scope: None."""
+        return None
 
     def drill_down(self, anomalies: list[Anomaly], window: tuple[datetime, datetime]) -> None:
         """Nothing to drill into in files (the alerts go out as they are)."""
+
+
+def discover_resources(cfg: Config, window: tuple[datetime, datetime]) -> Found:
+    """Which ACS resources wrote the files' rows that arrived in ``window``, tallied."""
+    from detector.source.base import Found
+
+    counts = read_resources(
+        cfg.source_path(),
+        arrival_window=window,
+        threads=cfg.source.get("threads"),
+        memory_limit=cfg.source.get("memory_limit"),
+    )
+    found = Found()
+    found.tally(counts, target=None)
+    return found

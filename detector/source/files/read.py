@@ -46,7 +46,9 @@ Semantics (one reason per dropped row, the first that matches, in
    unusable;
 2. ``malformed_record``: a JSON line that is not a JSON object (not JSON, truncated, an
    array), or a line the reader rejects (invalid UTF-8, longer than 2 MB, more CSV fields
-   than the header): that line is lost, counted, and the rest of the file is read;
+   than the header): that line is lost, counted, and the rest of the file is read. Every row
+   of a file that lacks a required column (schema drift, see :mod:`detector.source.drift`)
+   is one too; a file without the identity columns is not an export (InputError);
 3. ``missing_operation_name``: empty or whitespace ``OperationName``;
 4. ``pseudo_operation``: ``OperationName`` equals ``CallClientOperations`` (case-insensitive);
 5. ``missing_operation_id``: empty ``OperationId``;
@@ -68,7 +70,10 @@ canonical form).
 
 from __future__ import annotations
 
+import csv
+import itertools
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -85,6 +90,13 @@ import pyarrow as pa
 
 from detector import aggregate, schema
 from detector.errors import InputError
+from detector.source.drift import (
+    IDENTITY_COLUMNS,
+    SchemaDrift,
+    column_drift,
+    record_kinds,
+    value_kind,
+)
 from detector.source.files.discover import (
     _JSON_SAMPLE_LINES,
     _csv_header,
@@ -93,6 +105,7 @@ from detector.source.files.discover import (
     _json_record,
     _json_sample_keys,
     _mtimes,
+    _open_text,
     _select_files,
     _us,
     _window_us,
@@ -116,6 +129,7 @@ from detector.source.files.sql import (
     _REJECTS,
     _WS,
     RESULT_CLASS_SQL,
+    _as_malformed,
     _bounds_select,
     _file_list,
     _json_select,
@@ -136,6 +150,12 @@ from detector.source.files.sql import (
 __all__ = ["read_aggregates", "read_resources"]
 
 _T = TypeVar("_T")
+
+#: Schema drift found per file (path -> record), filled by the read when a caller passes one.
+Drift = dict[str, SchemaDrift]
+
+# JSON exporters leave out null-valued keys: a sample without these keeps its rows (reported).
+_JSON_OPTIONAL: Final = ("DurationMs", "SdkVersion")
 
 log = logging.getLogger("detector.source.files")  # the package's logger, as before the split
 
@@ -164,7 +184,20 @@ def _short(exc: BaseException) -> str:
     return text[:300]
 
 
-def _parquet_part(con: duckdb.DuckDBPyConnection, files: list[Path]) -> tuple[list[str], list[str]]:
+def _note(drift: Drift | None, found: SchemaDrift | None) -> None:
+    """Record one file's drift in ``drift`` (when the caller collects it)."""
+    if drift is not None and found is not None:
+        drift[found.where] = found
+
+
+def _unusable(cols: dict[str, str]) -> bool:
+    """A file lacking a required column: its rows are counted as malformed records."""
+    return any(c not in cols for c in schema.REQUIRED_COLUMNS)
+
+
+def _parquet_part(
+    con: duckdb.DuckDBPyConnection, files: list[Path], drift: Drift | None = None
+) -> tuple[list[str], list[str]]:
     """Normalised SELECTs over the Parquet files, and their bounds SELECTs (see _bounds_select)."""
     # Group files by their (column -> type) signature, so each read has one consistent type per
     # column: a string DurationMs in one file must not turn another file's integers into strings.
@@ -177,8 +210,9 @@ def _parquet_part(con: duckdb.DuckDBPyConnection, files: list[Path]) -> tuple[li
         except duckdb.Error as exc:
             raise InputError(f"{f}: not a readable Parquet file ({_short(exc)})") from exc
         cols = _resolve(types)
-        if any(c not in cols for c in schema.REQUIRED_COLUMNS):
+        if any(c not in cols for c in IDENTITY_COLUMNS):
             raise InputError(_missing_message(f, types, "Parquet"))
+        _note(drift, column_drift(str(f), {n: value_kind(t) for n, t in types.items()}))
         sig = tuple(sorted((name, f"{cols[name]}:{types[cols[name]]}") for name in cols))
         groups.setdefault(sig, []).append(f)
     parts, bounds = [], []
@@ -186,19 +220,52 @@ def _parquet_part(con: duckdb.DuckDBPyConnection, files: list[Path]) -> tuple[li
         cols = {name: spec.rsplit(":", 1)[0] for name, spec in sig}
         types = {spec.rsplit(":", 1)[0]: spec.rsplit(":", 1)[1] for _, spec in sig}
         source = f"read_parquet({_file_list(group)}, filename={_lit(_FILE_COL)})"
-        parts.append(_typed_select(source, cols, types, csv_=False))
+        part = _typed_select(source, cols, types, csv_=False)
+        parts.append(_as_malformed(part, "TRUE") if _unusable(cols) else part)
         bounds.append(_bounds_select(source, cols, types))
     return parts, bounds
 
 
-def _csv_part(files: list[Path], parallel: bool = True) -> list[str]:
+def _csv_kinds(path: Path, header: list[str], delim: str, quote: str) -> dict[str, str | None]:
+    """Column -> kind for a CSV file: None (CSV has no types) except a numeric log column
+    whose sampled non-empty fields are all non-numbers ("text": e.g. ``1000ms``)."""
+    kinds: dict[str, str | None] = dict.fromkeys(header)
+    numeric = {c.lower() for c, k in schema.LOG_COLUMNS.items() if k in ("long", "int")}
+    at = [i for i, h in enumerate(header) if h.split("[")[0].strip().lower() in numeric]
+    if not at:
+        return kinds
+    seen: dict[int, list[bool]] = {i: [] for i in at}
+    try:
+        with _open_text(path) as fh:
+            rows = csv.reader(fh, delimiter=delim, quotechar=quote)
+            for fields in itertools.islice(rows, 1, _JSON_SAMPLE_LINES + 1):
+                for i in at:
+                    if i < len(fields) and fields[i].strip():
+                        seen[i].append(_is_number(fields[i]))
+    except (OSError, EOFError, ValueError, csv.Error):
+        pass  # what was sampled is judged; the read counts the rows it cannot parse
+    for i, numbers in seen.items():
+        if numbers and not any(numbers):
+            kinds[header[i]] = "text"
+    return kinds
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _csv_part(files: list[Path], parallel: bool = True, drift: Drift | None = None) -> list[str]:
     groups: dict[tuple[tuple[str, ...], str, str], list[Path]] = {}
     for f in files:
         raw, delim, quote = _csv_header(f)
         header = [h.strip() for h in raw]
         cols = _resolve(header)
-        if any(c not in cols for c in schema.REQUIRED_COLUMNS):
+        if any(c not in cols for c in IDENTITY_COLUMNS):
             raise InputError(_missing_message(f, header, "CSV"))
+        _note(drift, column_drift(str(f), _csv_kinds(f, header, delim, quote)))
         groups.setdefault((tuple(header), delim, quote), []).append(f)
     parts = []
     for (header_key, delim, quote), group in groups.items():
@@ -217,16 +284,48 @@ def _csv_part(files: list[Path], parallel: bool = True) -> list[str]:
             # reader fail anyway, the file is re-read by the lenient single-threaded one.
             + ("strict_mode=true)" if parallel else "strict_mode=false, parallel=false)")
         )
-        parts.append(_typed_select(source, cols, {}, csv_=True))
+        part = _typed_select(source, cols, {}, csv_=True)
+        parts.append(_as_malformed(part, "TRUE") if _unusable(cols) else part)
     return parts
 
 
+def _json_sample(path: Path) -> list[object]:
+    """The first sampled non-blank lines of a JSON lines file, parsed (None where not JSON)."""
+    out: list[object] = []
+    try:
+        with _open_text(path) as fh:
+            for line in fh:
+                if line.strip():
+                    out.append(_json_record(line))
+                    if len(out) >= _JSON_SAMPLE_LINES:
+                        break
+    except (OSError, EOFError, ValueError):
+        pass  # what was sampled is judged; the read counts the undecodable lines
+    return out
+
+
+def _json_drift(files: list[Path], samples: list[list[object]], drift: Drift | None) -> str:
+    """Note the drift of JSON ``files`` (their ``samples``); the SQL condition true on the rows
+    of those whose drift makes them unusable (FALSE when none does)."""
+    bad = []
+    for f, sample in zip(files, samples, strict=True):
+        found = column_drift(str(f), record_kinds(sample), optional=_JSON_OPTIONAL)
+        _note(drift, found)
+        if found is not None and found.unusable:
+            bad.append(_lit(str(f)))
+    return f"{_FILE_COL} IN ({', '.join(bad)})" if bad else "FALSE"
+
+
 def _jsonl_part(
-    files: list[Path], parallel: bool = True, garbage: frozenset[Path] = frozenset()
+    files: list[Path],
+    parallel: bool = True,
+    garbage: frozenset[Path] = frozenset(),
+    drift: Drift | None = None,
 ) -> list[str]:
-    for f in files:
-        if f not in garbage:
-            _json_keys_ok(f, _json_sample_keys(f))
+    checked = [f for f in files if f not in garbage]
+    for f in checked:
+        _json_keys_ok(f, _json_sample_keys(f))
+    unusable = _json_drift(checked, [_json_sample(f) for f in checked], drift)
     # Each line is read as one text value (no quoting, no delimiter), so a malformed line is a
     # row with all fields missing (counted as a drop), never a reader error.
     source = (
@@ -236,10 +335,14 @@ def _jsonl_part(
         f"{_REJECTS}, parallel={str(parallel).lower()}) "
         "WHERE line >= '!' OR trim(line, ' \t\r') <> '')"
     )
-    return [_json_select(source)]
+    part = _json_select(source)
+    return [part if unusable == "FALSE" else _as_malformed(part, unusable)]
 
 
-def _json_array_part(con: duckdb.DuckDBPyConnection, files: list[Path]) -> list[str]:
+def _json_array_part(
+    con: duckdb.DuckDBPyConnection, files: list[Path], drift: Drift | None = None
+) -> list[str]:
+    samples: list[list[object]] = []
     for f in files:
         try:
             rows = con.execute(
@@ -258,11 +361,14 @@ def _json_array_part(con: duckdb.DuckDBPyConnection, files: list[Path]) -> list[
                 if isinstance(rec.get("properties"), dict):
                     keys.update(rec["properties"])
         _json_keys_ok(f, keys)
+        samples.append([_json_record(text) for (text,) in rows])
+    unusable = _json_drift(files, samples, drift)
     source = (
         f"(SELECT json AS j, {_FILE_COL} FROM read_json_objects({_file_list(files)}, "
         f"format='array', filename={_lit(_FILE_COL)}))"
     )
-    return [_json_select(source)]
+    part = _json_select(source)
+    return [part if unusable == "FALSE" else _as_malformed(part, unusable)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,13 +377,17 @@ def _json_array_part(con: duckdb.DuckDBPyConnection, files: list[Path]) -> list[
 
 
 def _text_parts(
-    by_fmt: dict[str, list[Path]], *, parallel: bool, garbage: frozenset[Path] = frozenset()
+    by_fmt: dict[str, list[Path]],
+    *,
+    parallel: bool,
+    garbage: frozenset[Path] = frozenset(),
+    drift: Drift | None = None,
 ) -> list[str]:
     parts: list[str] = []
     if "csv" in by_fmt:
-        parts += _csv_part(by_fmt["csv"], parallel)
+        parts += _csv_part(by_fmt["csv"], parallel, drift)
     if "jsonl" in by_fmt:
-        parts += _jsonl_part(by_fmt["jsonl"], parallel, garbage)
+        parts += _jsonl_part(by_fmt["jsonl"], parallel, garbage, drift)
     return parts
 
 
@@ -563,7 +673,7 @@ def _connect(
     return con
 
 
-def read_aggregates(  # noqa: PLR0913 (9 keyword arguments)
+def read_aggregates(  # noqa: PLR0913 (10 keyword arguments)
     path: str | os.PathLike[str],
     *,
     bucket: timedelta,
@@ -574,6 +684,7 @@ def read_aggregates(  # noqa: PLR0913 (9 keyword arguments)
     dedup_lookback: timedelta = schema.DEDUP_LOOKBACK,
     max_partitions: int | None = schema.MAX_PARTITIONS,
     resource: str | None = None,
+    drift: Drift | None = None,
 ) -> schema.BucketAggregates:
     """Aggregate ACS call client operation exports into bucket aggregates with DuckDB.
 
@@ -610,6 +721,8 @@ def read_aggregates(  # noqa: PLR0913 (9 keyword arguments)
         Only the rows of this ACS resource (a tenant key, see
         :func:`detector.source.resources.resource_key`), matched on the row's
         ``_ResourceId`` / ``resourceId`` trimmed and lower-cased. None: every row.
+    drift : dict, optional
+        Filled with each drifted file's :class:`~detector.source.drift.SchemaDrift` (by path).
 
     Returns
     -------
@@ -621,7 +734,7 @@ def read_aggregates(  # noqa: PLR0913 (9 keyword arguments)
     Raises
     ------
     InputError
-        A file is not an ACS export (required columns missing, not a data file, empty,
+        A file is not an ACS export (identity columns missing, not a data file, empty,
         corrupt); the message names the file and what is wrong.
     ValueError
         ``bucket`` is not positive or ``arrival_window`` is reversed.
@@ -649,7 +762,7 @@ def read_aggregates(  # noqa: PLR0913 (9 keyword arguments)
             dedup_lookback=dedup_us,
         )
 
-    out = _with_inputs(files, threads, memory_limit, run)
+    out = _with_inputs(files, threads, memory_limit, run, drift)
     capped = aggregate.cap_partitions(out, max_partitions)
     if capped.partitions_left_out:
         log.warning(
@@ -667,6 +780,7 @@ def _with_inputs(
     threads: int | None,
     memory_limit: str | None,
     run: Callable[[duckdb.DuckDBPyConnection, list[str], list[str] | None], _T],
+    drift: Drift | None = None,
 ) -> _T:
     """Open DuckDB on ``files`` and return ``run(con, parts, bounds)``: the normalised SELECTs
     of every file (by format) and the Parquet bounds SELECTs (None when text is read)."""
@@ -681,12 +795,12 @@ def _with_inputs(
             parts: list[str] = []
             bounds: list[str] | None = []
             if "parquet" in by_fmt:
-                parts, bounds = _parquet_part(con, by_fmt["parquet"])
+                parts, bounds = _parquet_part(con, by_fmt["parquet"], drift)
             if "json_array" in by_fmt:
-                parts += _json_array_part(con, by_fmt["json_array"])
+                parts += _json_array_part(con, by_fmt["json_array"], drift)
             try:
                 try:
-                    text = _text_parts(by_fmt, parallel=True, garbage=garbage)
+                    text = _text_parts(by_fmt, parallel=True, garbage=garbage, drift=drift)
                     if text or "json_array" in by_fmt:
                         bounds = None  # read once into a table (see _run)
                     return run(con, parts + text, bounds)
@@ -697,7 +811,7 @@ def _with_inputs(
                     # a line break): re-read it with the lenient single-threaded reader, so bad
                     # rows are counted, not fatal. A bug in our SQL fails again and propagates.
                     log.info("re-reading text files with the single-threaded CSV reader")
-                    text = _text_parts(by_fmt, parallel=False, garbage=garbage)
+                    text = _text_parts(by_fmt, parallel=False, garbage=garbage, drift=drift)
                     return run(con, parts + text, None)
             except _READ_ERRORS as exc:
                 names = ", ".join(str(f.path) for f in files[:3])

@@ -288,6 +288,23 @@ def _json_select(source: str) -> str:
     )
 
 
+def _as_malformed(part: str, cond: str) -> str:
+    """``part`` with the rows where the SQL ``cond`` holds made malformed records (their file
+    lacks a required column): fields cleared, arrival, timestamps and resource kept."""
+    c = f"({cond})"
+
+    def cleared(col: str, empty: str = "NULL") -> str:
+        return f"CASE WHEN {c} THEN {empty} ELSE {col} END AS {col}"
+
+    sdk = cleared("sdk", "''")
+    return (
+        f"SELECT tg_us, cct_us, {cleared('op')}, {cleared('opid')}, {cleared('rt')}, "
+        f"{cleared('dur')}, str_num AND NOT {c} AS str_num, pay_bad AND NOT {c} AS pay_bad, "
+        f"{sdk}, {cleared('call')}, res, bad OR {c} AS bad, {_FILE_COL} "
+        f"FROM ({part})"
+    )
+
+
 def _bounds_select(source: str, cols: dict[str, str], types: dict[str, str]) -> str:
     """(lo, hi, dmax): bounds of ``cct_us`` and ``dur`` over a Parquet source, for :class:`_Shape`.
 
