@@ -40,8 +40,6 @@ from detector.detect.baseline import (
 from detector.detect.decide import (
     GATE_REASONS,
     R_ANOM,
-    R_FLEET,
-    R_VERSION,
     Evidence,
     decide,
     gates_but_significance,
