@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import holdout_sim  # noqa: E402
-from bench_quality import judge, parser, report  # noqa: E402
+from bench_quality import judge, parser, policy_from, report  # noqa: E402
 
 from detector.detect.decide import parse_duration  # noqa: E402
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         for scen in args.scenarios.split(",")
         for seed in (int(s) for s in args.seeds.split(","))
     )
-    rows = judge(datasets, parse_duration(args.step))
+    rows = judge(datasets, parse_duration(args.step), policy_from(args.set))
     extra = (
         (details(rows) or ["no missed, late or false acs-detector alerts"]) if args.details else []
     )

@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 yield d, seed
 
-    rows = judge(datasets(), parse_duration(args.step))
+    rows = judge(datasets(), parse_duration(args.step), policy_from(args.set))
     report(rows, json_path=args.json)
     return 0
 
@@ -399,13 +399,35 @@ def parser(
     ap.add_argument("--data", default=data)
     ap.add_argument("--calls-per-hour", type=float, default=calls_per_hour)
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [detection] setting for this run (TOML value, e.g. calibrate=true); repeatable",
+    )
     return ap
 
 
-def judge(datasets: Iterable[tuple[Path, int]], step: timedelta) -> list[dict]:
-    """:func:`run_one` (engine and peers, default policy) on each (data set, seed) as the
-    iterable yields it; one progress line per data set on stderr. Returns every row."""
-    policy = DetectionPolicy()
+def policy_from(settings: Sequence[str], **fixed: object) -> DetectionPolicy:
+    """``KEY=VALUE`` strings (TOML values) -> the policy they set over the defaults."""
+    import tomllib
+
+    table: dict[str, object] = dict(fixed)
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        table.update(tomllib.loads(f"{key.strip()} = {value.strip()}"))
+    return DetectionPolicy.from_mapping(table)
+
+
+def judge(
+    datasets: Iterable[tuple[Path, int]], step: timedelta, policy: DetectionPolicy | None = None
+) -> list[dict]:
+    """:func:`run_one` (engine and peers, ``policy`` or the default) on each (data set, seed)
+    as the iterable yields it; one progress line per data set on stderr. Returns every row."""
+    policy = policy or DetectionPolicy()
     rows: list[dict] = []
     t0 = time.perf_counter()
     for d, seed in datasets:

@@ -288,9 +288,11 @@ GROUP_COLUMNS = [
 ]
 
 
-def run(data_dir: Path, *, step: timedelta, seed: int = 0) -> list[dict[str, Any]]:
+def run(
+    data_dir: Path, *, step: timedelta, seed: int = 0, policy: DetectionPolicy | None = None
+) -> list[dict[str, Any]]:
     """Replay the engine and run the peers on ``data_dir``; one :func:`score` row per detector."""
-    policy = DetectionPolicy(seed=seed)
+    policy = policy or DetectionPolicy(seed=seed)
     ds, faults = load(data_dir, policy.bucket)
     data_buckets = {t.to_pydatetime() for t in ds.aggs.stats["bucket_start"].unique()}
     found: dict[str, list[AlertBucket]] = {}
@@ -327,12 +329,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step", default="1h")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [detection] setting (TOML value, e.g. calibrate=true); repeatable",
+    )
     args = ap.parse_args(argv)
     data = Path(args.data)
     if not (data / "operations.parquet").is_file() or not (data / "incidents.json").is_file():
         print(f"TrainTicket: skipped, no operations.parquet and incidents.json in {data}")
         return 0
-    rows = run(data, step=parse_duration(args.step), seed=args.seed)
+    from bench_quality import policy_from
+
+    policy = policy_from(args.set, seed=args.seed)
+    rows = run(data, step=parse_duration(args.step), seed=args.seed, policy=policy)
     print(
         f"TrainTicket ({rows[0]['incidents']} incidents, {rows[0]['hours_with_data']:.0f} h with data)"
     )

@@ -366,6 +366,10 @@ DETECTION: dict[str, Param] = {
     # --- forest vote
     "forest": Param(POLICY, Boolean()),
     "forest_min_share": Param(POLICY, Real(0, 1, closed="right")),
+    # --- calibration on the tenant's own history
+    "calibrate": Param(POLICY, Boolean()),
+    "false_alerts_per_day": Param(POLICY, Real(0, closed="neither")),
+    "calibration_min_hours": Param(POLICY, Integer(1)),
 }
 
 STATE: dict[str, Param] = {

@@ -26,8 +26,8 @@ def test_the_engine_package_lists_its_stages_in_data_flow_order() -> None:
     engine = Path(detector.__file__).parent / "detect"
     stages = {p.stem for p in engine.glob("*.py")} - {"__init__"}
     assert stages == {
-        "policy", "baseline", "features", "rollout", "forest", "score", "decide", "stop", "engine",
-        "explain",
+        "policy", "baseline", "features", "rollout", "forest", "score", "calibrate", "decide",
+        "stop", "engine", "explain",
     }  # fmt: skip
     doc = (engine / "__init__.py").read_text(encoding="utf-8")
     order = [
@@ -36,6 +36,7 @@ def test_the_engine_package_lists_its_stages_in_data_flow_order() -> None:
         "features",
         "rollout",
         "forest",
+        "calibrate",
         "decide",
         "stop",
         "engine",

@@ -19,6 +19,7 @@ ORDER = [
     "rollout",
     "forest",
     "score",
+    "calibrate",
     "decide",
     "stop",
     "engine",

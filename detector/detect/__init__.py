@@ -8,6 +8,8 @@
   calls, volume, the sequential CUSUM) over trailing spans;
 - ``rollout``: a new version judged on everything since its first call;
 - ``forest`` and ``score``: the isolation forest's span vectors, conformal p-values and models;
+- ``calibrate``: each metric's significance threshold, from the tenant's own judged history
+  (or ``alpha`` while that history is short);
 - ``decide``: the gates, multiplicity, persistence and attribution that turn evidence into
   anomalies;
 - ``stop``: a tenant-wide stop folded into one alert;

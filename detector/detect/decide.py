@@ -46,6 +46,7 @@ __all__ = [
     "DetectionPolicy",
     "Evidence",
     "decide",
+    "gates_but_significance",
     "parse_duration",
     "volume_effect_ok",
 ]
@@ -117,6 +118,9 @@ class Evidence:
     forest_p: np.ndarray | None = None
     #: the forest test's multiplicity (partitions scored x buckets an hour), as ``n_tests``.
     forest_n_tests: float = 1.0
+    #: (M,) each metric's threshold on the scale ``p x n_tests``, calibrated on the tenant's
+    #: history (detector.detect.calibrate); None: ``policy.alpha`` for every metric.
+    alpha_m: np.ndarray | None = None
 
 
 def _practical(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
@@ -260,7 +264,8 @@ def _gates(ev: Evidence, policy: DetectionPolicy, previous_hot: np.ndarray | Non
     if ev.raw_z is not None:  # deviations inside maintenance are reported as such
         candidate = candidate | (maint & (ev.raw_z >= 3.0) & ev.testable[:, :, None])
     scale = 1.0 if ev.alpha_scale is None else ev.alpha_scale[:, None, None]
-    sig = ev.p * np.maximum(n_tests, 1.0) <= policy.alpha * scale
+    level = policy.alpha if ev.alpha_m is None else ev.alpha_m.reshape(1, M, 1)
+    sig = ev.p * np.maximum(n_tests, 1.0) <= level * scale
     practical = _practical(ev, policy)
     volume = _enough_volume(ev, policy)
     hist = ev.has_history[:, None, None]
@@ -269,6 +274,19 @@ def _gates(ev: Evidence, policy: DetectionPolicy, previous_hot: np.ndarray | Non
     hot, persistent = _persistence(ev, policy, hot, previous_hot)
     alert = hot & persistent
     return _Gates(raw_sig, candidate, maint, hist, volume, sig, practical, persistent, alert)
+
+
+def gates_but_significance(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
+    """Evidence -> (P, M, T) where every gate before persistence passes but significance:
+    the buckets whose p-values calibration learns from (practical effect, volume, survives
+    losing its strongest bucket, history, no maintenance, testable)."""
+    P, M, T = ev.p.shape
+    maint = np.broadcast_to(
+        ev.maintenance if ev.maintenance.ndim == 2 else ev.maintenance[None, :], (P, T)
+    )[:, None, :]
+    ok = _practical(ev, policy) & _enough_volume(ev, policy) & ev.loo_ok & ~maint
+    out: np.ndarray = ok & ev.has_history[:, None, None] & ev.testable[:, :, None]
+    return out
 
 
 def _persistence(

@@ -28,6 +28,7 @@ import pandas as pd
 from scipy import special
 
 from detector.anomaly import Anomaly
+from detector.detect import calibrate
 from detector.detect.baseline import (
     FLEET,
     Baselines,
@@ -36,7 +37,13 @@ from detector.detect.baseline import (
     exclusion_mask,
     with_fleet,
 )
-from detector.detect.decide import GATE_REASONS, R_ANOM, Evidence, decide
+from detector.detect.decide import (
+    GATE_REASONS,
+    R_ANOM,
+    Evidence,
+    decide,
+    gates_but_significance,
+)
 from detector.detect.features import (
     FEATURE_METRIC,
     FEATURE_NAMES,
@@ -324,6 +331,7 @@ class _Decided:
     reasons: np.ndarray
     evidence: Evidence
     forest_only: np.ndarray
+    calibration: calibrate.Calibration
 
 
 def _frame(window: tuple[datetime, datetime], policy: DetectionPolicy) -> _Frame:
@@ -513,12 +521,39 @@ def _decide(run: _Run, cubes: _Cubes, forest: _ForestRun, tested: _Tested) -> _D
         forest_p=None if forest.p is None else forest.p[0],
         forest_n_tests=float(tested.active.sum() * tested.per_hour),
     )
+    cal = calibrate.thresholds(state.calibration, _py(run.frame.ws), run.policy, state.alerted)
+    evidence.alpha_m = cal.alpha
     bucket_end = (cube.times + bucket).tz_convert("UTC").tz_localize(None).to_numpy()
     forest_only = np.zeros(ev.p.shape, dtype=bool)
     reasons = decide(
         evidence, policy=run.policy, now=run.now, bucket_end=bucket_end, forest_out=forest_only
     )
-    return _Decided(reasons, evidence, forest_only)
+    if run.policy.calibrate:
+        minima, ops = _calibration_minima(evidence, run.policy, run.parts)
+        judged = tested.judged & (bucket_end <= np.datetime64(_naive_utc(run.now), "ns"))
+        times = [_py(t) for t in cube.times[judged]]
+        calibrate.record(state.calibration, times, minima[:, judged], ops[:, judged])
+    return _Decided(reasons, evidence, forest_only, cal)
+
+
+def _naive_utc(ts: datetime) -> datetime:
+    """A UTC datetime without its zone (numpy's datetime64 reads naive times)."""
+    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
+
+
+def _calibration_minima(
+    ev: Evidence, policy: DetectionPolicy, parts: Partitions
+) -> tuple[np.ndarray, np.ndarray]:
+    """Evidence -> (M, K) the smallest ``p x n_tests`` among the buckets that passed every
+    gate but significance (1 where none did), and (M, K) the operation it came from."""
+    P, M, K = ev.p.shape
+    ok = gates_but_significance(ev, policy)
+    scaled = np.where(ok, ev.p * np.asarray(ev.n_tests, dtype="float64").reshape(1, M, 1), 1.0)
+    if not P:
+        return np.ones((M, K)), np.full((M, K), "", dtype=object)
+    best = scaled.argmin(axis=0)
+    ops = np.asarray(parts.operations, dtype=object)[ev.op_index[best]]
+    return np.clip(scaled.min(axis=0), 0.0, 1.0), ops
 
 
 def _summary(
@@ -555,6 +590,7 @@ def _summary(
         rollout_tests=len(tested.roll),  # new builds in the since-rollout family (DetectionPolicy)
         tenant_stops=sum(a.details.get("scope") == "tenant" for a in anomalies),
         forest=forest.status,
+        calibration=decided.calibration.to_json(run.policy.alpha),
     )
 
 

@@ -140,6 +140,14 @@ class DetectionPolicy:
     # each moved by this share of their own minimum effect, none by all of it, the shares
     # summing to >= 1.
     forest_min_share: float = 0.25
+    # --- calibration (issue 20): significance thresholds from the tenant's own history ------
+    # bool: true: once ``calibration_min_hours`` of judged history are recorded, each metric's
+    # threshold (on the scale p x tests-an-hour) is set so that, on that history, the hours
+    # whose best bucket passed every other gate would have alerted at most
+    # ``false_alerts_per_day`` times a day (split over the metrics); false: ``alpha`` for all.
+    calibrate: bool = False
+    false_alerts_per_day: float = 0.5  # float > 0: the tenant's false-alert budget
+    calibration_min_hours: int = 24  # int >= 1: judged hours before calibration replaces alpha
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, object] | None) -> DetectionPolicy:

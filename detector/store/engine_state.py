@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from detector.errors import StateError
 from detector.store.backend import Backend
@@ -64,6 +65,10 @@ class EngineState:
 
     alerted: list[Span] = field(default_factory=list)
     suspect: list[Span] = field(default_factory=list)
+    #: judged bucket start (ISO) -> ``{"p": [...], "op": [...]}``: per metric, the smallest p
+    #: on decide's scale among the buckets that passed every gate but significance, and its
+    #: operation (detector.detect.calibrate).
+    calibration: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
     def add(self, operation: str, sdk_version: str, start: datetime, end: datetime) -> None:
         """Record a span that alerted (merged with touching/overlapping spans of the partition)."""
@@ -86,15 +91,19 @@ class EngineState:
         self.alerted = [x for x in self.alerted if x[3] > before]
         cut = suspect_before or before
         self.suspect = [x for x in self.suspect if x[3] > cut]
+        self.calibration = {k: v for k, v in self.calibration.items() if parse_time(k) >= before}
 
     def copy(self) -> EngineState:
-        return EngineState(list(self.alerted), list(self.suspect))
+        return EngineState(list(self.alerted), list(self.suspect), dict(self.calibration))
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "alerted": [[op, ver, iso(a), iso(b)] for op, ver, a, b in self.alerted],
             "suspect": [[op, ver, iso(a), iso(b)] for op, ver, a, b in self.suspect],
         }
+        if self.calibration:
+            out["calibration"] = dict(sorted(self.calibration.items()))
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> EngineState:
@@ -104,9 +113,25 @@ class EngineState:
                 spans = data.get(key, [])
                 assert isinstance(spans, list)
                 out.append([(str(o), str(v), parse_time(a), parse_time(b)) for o, v, a, b in spans])
-            return cls(out[0], out[1])
+            return cls(out[0], out[1], _calibration(data.get("calibration", {})))
         except (AssertionError, TypeError, ValueError) as exc:
             raise StateError(f"engine state unreadable: {exc}") from exc
+
+
+def _calibration(raw: object) -> dict[str, dict[str, list[Any]]]:
+    """The stored calibration record, checked: ISO bucket start -> p-values in [0, 1] and
+    operation names, as many of each."""
+    assert isinstance(raw, dict)
+    out: dict[str, dict[str, list[Any]]] = {}
+    for key, rec in raw.items():
+        parse_time(str(key))
+        assert isinstance(rec, dict)
+        p, ops = rec.get("p"), rec.get("op")
+        assert isinstance(p, list) and isinstance(ops, list) and len(p) == len(ops)
+        assert all(isinstance(v, int | float) and 0.0 <= float(v) <= 1.0 for v in p)
+        assert all(isinstance(o, str) for o in ops)
+        out[str(key)] = {"p": [float(v) for v in p], "op": list(ops)}
+    return out
 
 
 def load_engine_state(backend: Backend) -> tuple[EngineState, str]:
