@@ -61,7 +61,7 @@ def test_combination_text_words_the_forests_moves() -> None:
     )
 
 
-@pytest.mark.parametrize("module", ["detect/engine.py", "detect/forest.py"])
+@pytest.mark.parametrize("module", ["detect/engine.py", "detect/forest.py", "detect/explain.py"])
 def test_the_engine_imports_no_words_module(module: str) -> None:
     tree = ast.parse((Path(detector.__file__).parent / module).read_text(encoding="utf-8"))
     imported = {
