@@ -161,6 +161,7 @@ def _verdict(mv: MetricVerdict, policy: DetectionPolicy) -> str:
 
 
 def _row(code: str, shown: str, threshold: str, passed: bool | None) -> dict[str, Any]:
+    """A test's code, shown value, threshold and outcome -> its row in ``explain``'s answer."""
     return {"test": _TEST_NAMES[code], "value": shown, "threshold": threshold, "passed": passed}
 
 
@@ -205,6 +206,7 @@ def _size_row(mv: MetricVerdict, p: DetectionPolicy, passed: bool | None) -> dic
 
 
 def _min_effect_words(metric: str, p: DetectionPolicy) -> str:
+    """A metric and the policy -> the smallest change worth a page, in words."""
     if metric == "failure_rate":
         return f"at least +{p.min_failure_points * 100:.1f} points"
     if metric == "duration":

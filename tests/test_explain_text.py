@@ -1,14 +1,23 @@
-"""The engine's numbers in words: an alert's ``reason`` from its :class:`AlertNumbers`."""
+"""The engine's numbers in words: an alert's ``reason`` and ``explain``'s answer."""
 
 from __future__ import annotations
 
 import ast
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 import detector
-from detector.explain_text import AlertNumbers, combination_text, reason_text
+from detector.detect.decide import DetectionPolicy
+from detector.detect.explain import Check, Explanation, LifecycleEntry, MetricVerdict, TimelineRun
+from detector.explain_text import (
+    AlertNumbers,
+    combination_text,
+    explanation_json,
+    explanation_text,
+    reason_text,
+)
 
 
 @pytest.mark.parametrize(
@@ -71,3 +80,49 @@ def test_the_engine_imports_no_words_module(module: str) -> None:
         for a in n.names
     }
     assert not [name for name in imported if name.startswith("detector.words")]
+
+
+def test_explanation_words_verdicts_and_lifecycle_from_codes() -> None:
+    t = datetime(2026, 11, 4, 13, tzinfo=UTC)
+    late = MetricVerdict("failure_rate", "not_persistent", calls=40.0, failures=6.0)
+    late.checks = [Check("calls", True), Check("not_persistent", False)]
+    late.furthest_gate = "not_persistent"
+    late.timeline = [TimelineRun(t, t + timedelta(minutes=10), "not_persistent")]
+    found = Explanation(
+        "Join",
+        None,
+        t,
+        (t, t + timedelta(minutes=5)),
+        (t, t + timedelta(hours=1)),
+        [MetricVerdict("duration", ""), late, MetricVerdict("volume", "", judged=False)],
+        DetectionPolicy(),
+        [LifecycleEntry("failure_rate", "acknowledged", t, "alice")],
+    )
+    out = explanation_json(found)
+    verdicts = [m["verdict"] for m in out["metrics"]]
+    assert verdicts[0].startswith("nothing unusual: no span of recent buckets")
+    assert verdicts[1:] == [
+        "did not last long enough",
+        "not judged: volume is judged per operation",
+    ]
+    assert [m["furthest_in_step"] for m in out["metrics"]] == [
+        "nothing unusual: not a candidate",
+        "did not last long enough",
+        "",
+    ]
+    assert out["metrics"][1]["tests"] == [
+        {
+            "test": "enough calls",
+            "value": "40 calls, 6 failures",
+            "threshold": "at least 30 calls and 4 failures",
+            "passed": True,
+        },
+        {
+            "test": "lasted",
+            "value": "did not last long enough",
+            "threshold": "unusual in 2 of the last 3 buckets",
+            "passed": False,
+        },
+    ]
+    assert out["lifecycle"] == ["failure rate: acknowledged by alice at 2026-11-04T13:00:00Z"]
+    assert "  failure rate: did not last long enough" in explanation_text(found)
