@@ -722,6 +722,7 @@ def _judged_until(backend: Any, key: str) -> str | None:
 def _cmd_explain(args: argparse.Namespace, now: datetime) -> int:
     from detector import pipeline
     from detector.detect import explain
+    from detector.explain_text import explanation_json, explanation_text
     from detector.store.alerts import AlertStore
     from detector.store.buckets import BucketStore
     from detector.store.engine_state import load_engine_state
@@ -745,7 +746,7 @@ def _cmd_explain(args: argparse.Namespace, now: datetime) -> int:
         acks=alerts.acks(),
         now=now,
     )
-    print(_json(found.to_json()) if args.json else explain.explanation_text(found))
+    print(_json(explanation_json(found)) if args.json else explanation_text(found))
     return EXIT_OK
 
 

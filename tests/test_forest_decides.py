@@ -14,8 +14,9 @@ import pytest
 
 from detector.detect.decide import GATE_REASONS, Evidence, decide
 from detector.detect.engine import DetectionResult, detect
-from detector.detect.forest import CalibrationRows, joint_text, span_vectors, tail_p
+from detector.detect.forest import CalibrationRows, span_vectors, tail_p
 from detector.detect.policy import METRIC_NAMES, DetectionPolicy
+from detector.explain_text import joint_text
 from detector.store.backend import LocalBackend
 from detector.store.models import ModelStore
 from detector.words import INTERNAL_NAMES, what_moved

@@ -60,7 +60,6 @@ from detector.detect.forest import (
     CalibrationRows,
     forest_evidence,
     forest_spans,
-    joint_text,
     partition_labels,
 )
 from detector.detect.policy import METRIC_NAMES, DetectionPolicy
@@ -74,6 +73,7 @@ from detector.detect.stop import (
     stop_anomaly,
 )
 from detector.errors import ModelMismatchError
+from detector.explain_text import AlertNumbers, combination_text, reason_text
 from detector.schema import BucketAggregates, bin_value
 from detector.store.engine_state import EngineState
 
@@ -1074,13 +1074,12 @@ class _AlertRun:
 
 @dataclass(frozen=True)
 class _Figures:
-    """What an alert shows: observed and baseline value, band, text (without the span), calls
-    and failures behind it, the traffic share and the since-rollout details (None: none)."""
+    """What an alert shows: observed and baseline value, band, calls and failures behind it,
+    the traffic share and the since-rollout details (None: none)."""
 
     observed: float
     baseline: float
     band: tuple[float, float]
-    text: str
     calls: int
     fails: int
     fail_calls: int
@@ -1171,7 +1170,7 @@ def _figures(x: _Explaining, at: _AlertRun) -> _Figures:
         # buckets (a quiet build's run can hold a handful of operations).
         li = x.roll_row[p]
         zc = float(-special.ndtri(x.tested.rolled.alpha[li, j]))
-        observed, baseline, band, text, since = _since_rollout(
+        observed, baseline, band, since = _since_rollout(
             x.tested.ev, (p, m, j), x.tested.roll, li, zc
         )
         # share: of its operation's calls since then
@@ -1179,7 +1178,6 @@ def _figures(x: _Explaining, at: _AlertRun) -> _Figures:
             observed,
             baseline,
             band,
-            text,
             since["calls"],
             since["failures"],
             fail_calls,
@@ -1187,16 +1185,14 @@ def _figures(x: _Explaining, at: _AlertRun) -> _Figures:
             since,
         )
     elif metric == "failure_rate":
-        shown = _failure_figures(x, at, calls, fails, fail_calls)
+        shown = _failure_figures(x, at, fails)
     else:
         shown = _volume_figures(x, at, calls)
     return _Figures(*shown, calls, fails, fail_calls, share)
 
 
-def _duration_figures(
-    x: _Explaining, at: _AlertRun
-) -> tuple[float, float, tuple[float, float], str]:
-    """Duration run -> p95 observed and baseline (from the histogram), band and text."""
+def _duration_figures(x: _Explaining, at: _AlertRun) -> tuple[float, float, tuple[float, float]]:
+    """Duration run -> p95 observed and baseline (from the histogram) and band."""
     ev, base, frame, p, m, j = x.tested.ev, x.run.base, x.run.frame, at.p, at.m, at.j
     var = base.var_log[p, x.cubes.cube.slots[at.idx]].mean() * base.phi_dur[p]
     d_n = max(float(ev.n[p, m, j]), 1.0)  # operations behind the evidence
@@ -1210,17 +1206,13 @@ def _duration_figures(
     observed = obs_hist if np.isfinite(obs_hist) else float(ev.observed[p, m, j])
     half = _zc(x, m) * np.sqrt(var / d_n + base.tau2_dur[p] * _hours(x, at))
     band = (baseline * float(np.exp(-half)), baseline * float(np.exp(half)))
-    text = (
-        f"duration p95 {observed:.0f} ms vs {baseline:.0f} ms "
-        f"(typical {float(ev.effect[p, m, j]):+.0%}, p={_fmt_p(ev.p[p, m, j])}"
-    )
-    return observed, baseline, band, text
+    return observed, baseline, band
 
 
 def _failure_figures(
-    x: _Explaining, at: _AlertRun, calls: int, fails: int, fail_calls: int
-) -> tuple[float, float, tuple[float, float], str]:
-    """Failure-rate run -> the run's rate, the baseline's over its buckets, band and text."""
+    x: _Explaining, at: _AlertRun, fails: int
+) -> tuple[float, float, tuple[float, float]]:
+    """Failure-rate run -> the run's rate, the baseline's over its buckets and band."""
     cube, base, p, idx = x.cubes.cube, x.run.base, at.p, at.idx
     n_ = max(float(cube.calls[p, idx].sum()), 1.0)
     baseline = float((cube.calls[p, idx] * base.fail_rate[p, cube.slots[idx]]).sum() / n_)
@@ -1230,30 +1222,20 @@ def _failure_figures(
         + base.tau2_fail[p] * _hours(x, at)
     )
     band = (max(baseline - half, 0.0), min(baseline + half, 1.0))
-    text = (
-        f"failure rate {observed:.1%} vs {baseline:.1%} "
-        f"({(observed - baseline) * 100:+.1f} pts, {fails}/{calls} failed "
-        f"in {fail_calls} call{'s' if fail_calls != 1 else ''}, "
-        f"p={_fmt_p(x.tested.ev.p[p, at.m, at.j])}"
-    )
-    return observed, baseline, band, text
+    return observed, baseline, band
 
 
 def _volume_figures(
     x: _Explaining, at: _AlertRun, calls: int
-) -> tuple[float, float, tuple[float, float], str]:
-    """Volume run -> calls per bucket observed and expected, band and text."""
+) -> tuple[float, float, tuple[float, float]]:
+    """Volume run -> calls per bucket observed and expected, and band."""
     base, p = x.run.base, at.p
     nb = len(at.idx)
     baseline = float(base.exp_calls[p, x.cubes.cube.slots[at.idx]].mean())
     observed = calls / nb
     half = _zc(x, at.m) * np.sqrt(base.phi_vol[p] * max(baseline, 1.0) / nb)
     band = (max(baseline - half, 0.0), baseline + half)
-    text = (
-        f"volume {observed:.1f} vs {baseline:.1f} calls/bucket "
-        f"({observed / max(baseline, 1e-9) - 1:+.0%}, p={_fmt_p(x.tested.ev.p[p, at.m, at.j])}"
-    )
-    return observed, baseline, band, text
+    return observed, baseline, band
 
 
 def _alert(x: _Explaining, at: _AlertRun, fig: _Figures) -> tuple[Anomaly, int]:
@@ -1269,13 +1251,24 @@ def _alert(x: _Explaining, at: _AlertRun, fig: _Figures) -> tuple[Anomaly, int]:
         run_effect = float(fig.observed - fig.baseline)
     else:
         run_effect = float(fig.observed / fig.baseline - 1) if fig.baseline > 0 else effect
-    n = len(at.idx)
-    text = fig.text + f", {n} bucket{'s' if n > 1 else ''}, span {span})"
-    joint = _forest_words(ev, x.forest, (p, m, at.idx)) if x.forest is not None else None
+    joint = _forest_moves(ev, x.forest, (p, m, at.idx)) if x.forest is not None else None
     if joint is not None:
-        text, p_corr = joint
-    if base.provisional[p]:
-        text += f" [provisional baseline: {base.weight[p]:.0%} own]"
+        p_corr = joint[1]
+    numbers = AlertNumbers(
+        metric,
+        fig.observed,
+        fig.baseline,
+        float(ev.p[p, m, j]),  # the test's own: the reason shows it before the correction
+        buckets=len(at.idx),
+        span=span,
+        effect=effect,
+        calls=fig.calls,
+        failures=fig.fails,
+        failed_calls=fig.fail_calls,
+        rollout_since=None if fig.since is None else fig.since["since"],
+        provisional_weight=float(base.weight[p]) if base.provisional[p] else None,
+        forest_moves=None if joint is None else joint[0],
+    )
     s_run = x.scores[p, at.idx]
     k_best = int(np.nanargmax(s_run)) if np.isfinite(s_run).any() else int(j - at.idx[0])
     score = float(s_run[k_best]) if np.isfinite(s_run).any() else float("nan")
@@ -1291,7 +1284,7 @@ def _alert(x: _Explaining, at: _AlertRun, fig: _Figures) -> tuple[Anomaly, int]:
         score=score,
         severity="critical" if ratio >= policy.critical_factor else "warning",
         calls=fig.calls,
-        reason=f"anomaly: {text}",
+        reason=reason_text(numbers),
         band_low=float(fig.band[0]),
         band_high=float(fig.band[1]),
         effect=run_effect,
@@ -1302,7 +1295,7 @@ def _alert(x: _Explaining, at: _AlertRun, fig: _Figures) -> tuple[Anomaly, int]:
         traffic_share=fig.share,
         drivers=[],
         failures=fig.fails,
-        details=_details(x, at, fig, joint[0] if joint is not None else None, k_best),
+        details=_details(x, at, fig, None if joint is None else combination_text(joint[0]), k_best),
     )
     return anomaly, k_best
 
@@ -1360,18 +1353,18 @@ def _details(
     }
 
 
-def _forest_words(
+def _forest_moves(
     ev: Any, forest: tuple[np.ndarray, np.ndarray], at: tuple[int, int, np.ndarray]
-) -> tuple[str, float] | None:
-    """Text and corrected p-value of a forest-only alert run, None for a metric's own."""
+) -> tuple[dict[str, float], float] | None:
+    """Effect per metric and corrected p-value of a forest-only alert run, None for a metric's
+    own."""
     p, _, idx = at
     alone = forest[0][p, at[1], idx]
     if not alone.all():  # the metric's own alert speaks for the run
         return None
     j = int(idx[np.argmin(np.where(alone, forest[1][p, idx], np.inf))])
-    moved = joint_text({n: float(ev.effect[p, i, j]) for i, n in enumerate(METRIC_NAMES)})
-    p_corr = float(min(1.0, forest[1][p, j]))
-    return f"an unusual combination: {moved}; no one of them conclusive alone", p_corr
+    moves = {n: float(ev.effect[p, i, j]) for i, n in enumerate(METRIC_NAMES)}
+    return moves, float(min(1.0, forest[1][p, j]))
 
 
 def _per_test_alpha(
@@ -1398,8 +1391,8 @@ def _per_test_alpha(
 
 def _since_rollout(
     ev: Any, at: tuple[int, int, int], roll: Rollout, li: int, zc: float
-) -> tuple[float, float, tuple[float, float], str, dict[str, Any]]:
-    """Observed and expected rate, band, text and details of a since-rollout failure alert
+) -> tuple[float, float, tuple[float, float], dict[str, Any]]:
+    """Observed and expected rate, band and details of a since-rollout failure alert
     (the evidence at ``at`` = (partition, metric, column), version ``li`` of ``roll``)."""
     since = _iso(roll.times[roll.first[li]])
     n = int(round(float(ev.n[at])))
@@ -1407,11 +1400,6 @@ def _since_rollout(
     observed, expected = float(ev.observed[at]), float(ev.expected[at])
     # The test's own standard error (clusters and the other versions' rate included).
     half = zc * float(abs(ev.effect[at]) / max(abs(float(ev.z[at])), 1e-9))
-    text = (
-        f"failure rate {observed:.1%} vs {expected:.1%} since its rollout at {since} "
-        f"({(observed - expected) * 100:+.1f} pts, {k}/{n} failed, against its operation's "
-        f"other versions at the same hours, p={_fmt_p(ev.p[at])}"
-    )
     details = {
         "since": since,
         "calls": n,
@@ -1419,7 +1407,7 @@ def _since_rollout(
         "observed": observed,
         "expected": expected,
     }
-    return observed, expected, (max(expected - half, 0.0), min(expected + half, 1.0)), text, details
+    return observed, expected, (max(expected - half, 0.0), min(expected + half, 1.0)), details
 
 
 def _last_alert_end(
@@ -1501,10 +1489,6 @@ def _record_suspects(
         for p, a, b in zip(rows.tolist(), starts.tolist(), ends.tolist(), strict=True)
     ]
     state.add_suspects(spans)
-
-
-def _fmt_p(p: float) -> str:
-    return f"{p:.1g}" if p >= 1e-300 else "<1e-300"
 
 
 def _candidates(

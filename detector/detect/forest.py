@@ -8,7 +8,8 @@ windows of the same length and kind of partition (conformal), and beyond the hig
 an exponential tail fitted to their top scores (peaks over threshold, as in SPOT: Siffer et al.,
 KDD 2017), so a p-value can be smaller than one over the number of held-out windows
 (:func:`tail_p`). The best span's p-value times the number of spans is the forest's test,
-which :func:`detector.detect.decide.decide` gates like any other; :func:`joint_text` words an alert.
+which :func:`detector.detect.decide.decide` gates like any other; :mod:`detector.explain_text`
+words an alert.
 NumPy only: a run with ``[detection] forest = false`` never imports scikit-learn.
 """
 
@@ -32,7 +33,6 @@ __all__ = [
     "span_vectors",
     "tail_p",
     "forest_evidence",
-    "joint_text",
 ]
 
 #: Separator in calibration labels and keys (not in any name a log would carry as text).
@@ -189,22 +189,3 @@ def forest_evidence(
         best = np.where(better, pk, best)
         best_span = np.where(better, k, best_span)
     return np.minimum(best * len(set(spans)), 1.0), best_span
-
-
-#: A metric's words in a forest alert: its name, how its effect is scaled, unit, decimals.
-_JOINT_WORDS: dict[str, tuple[str, float, str, int]] = {
-    "duration": ("latency", 100.0, "%", 0),
-    "failure_rate": ("failures", 100.0, "points", 1),
-    "volume": ("volume", 100.0, "%", 0),
-}
-
-
-def joint_text(effects: dict[str, float]) -> str:
-    """``"latency +9 %, failures +1.2 points, volume -20 %"`` from effects per metric name
-    (relative for duration and volume, absolute for the failure rate; NaN ones left out)."""
-    parts = []
-    for metric, value in effects.items():
-        if metric in _JOINT_WORDS and np.isfinite(value):
-            word, scale, unit, decimals = _JOINT_WORDS[metric]
-            parts.append(f"{word} {value * scale:+.{decimals}f} {unit}")
-    return ", ".join(parts)
