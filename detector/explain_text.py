@@ -183,13 +183,14 @@ def _calls_row(mv: MetricVerdict, policy: DetectionPolicy, passed: bool | None) 
 def _chance_row(mv: MetricVerdict, policy: DetectionPolicy, passed: bool | None) -> dict[str, Any]:
     """The corrected p-value against alpha, in words."""
     corrected = mv.corrected_p_value
+    level = policy.alpha if mv.alpha is None else mv.alpha
     if corrected is None:
-        return _row("chance", "n/a", f"corrected chance at most {policy.alpha:g}", None)
+        return _row("chance", "n/a", f"corrected chance at most {level:g}", None)
     shown = f"chance {corrected:.2g} after correcting for {mv.n_tests:,.0f} tests an hour"
     rare = words.rarity_words(corrected)
     if rare:
         shown += f" ({rare})"
-    return _row("chance", shown, f"at most {policy.alpha:g}", passed)
+    return _row("chance", shown, f"at most {level:g}", passed)
 
 
 def _size_row(mv: MetricVerdict, p: DetectionPolicy, passed: bool | None) -> dict[str, Any]:

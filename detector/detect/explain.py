@@ -234,6 +234,15 @@ def _ge(x: float | None, need: float) -> bool | None:
     return None if x is None else x >= need
 
 
+def _level(stats: dict[str, Any], metric: str, policy: DetectionPolicy) -> float:
+    """The threshold the metric's corrected p-value met in this step: calibrated on the
+    tenant's history when the run says so, else ``alpha``."""
+    cal = stats.get("calibration", {})
+    if cal.get("source") == "history":
+        return float(cal["thresholds"][metric])
+    return policy.alpha
+
+
 def _corrected(p: float | None, n_tests: float) -> float | None:
     """The p-value once corrected for every test of an hour (what meets alpha)."""
     return None if p is None else min(1.0, p * max(n_tests, 1.0))
@@ -278,17 +287,17 @@ def _metric_verdict(res: Any, row: int, col: int, m: int, policy: DetectionPolic
     found.calls, found.p_value = _num(ev.n[at]), _num(ev.p[at])
     found.effect, found.effect_ms = _num(ev.effect[at]), _num(ev.effect_ms[at])
     found.corrected_p_value = _corrected(found.p_value, found.n_tests)
+    found.alpha = _level(res.stats, metric, policy)
     found.checks = [
         Check("history", bool(res.debug["baselines"].has_history[row])),
         Check("calls", _calls_passed(metric, found.calls, found.failures, policy)),
         Check(
             "chance",
-            None if found.corrected_p_value is None else found.corrected_p_value <= policy.alpha,
+            None if found.corrected_p_value is None else found.corrected_p_value <= found.alpha,
         ),
         Check("size", _size_passed(metric, found.effect, found.effect_ms, policy)),
         *_late_gates(found.gate, fleet=bool(res.debug["parts"].is_fleet[row])),
     ]
-    found.alpha = policy.alpha
     found.value, found.usual = _num(ev.observed[at]), _num(ev.expected[at])
     span = _num(ev.span[at])
     found.span_buckets = None if span is None else int(span)
