@@ -146,7 +146,7 @@ class DetectionPolicy:
     # whose best bucket passed every other gate would have alerted at most
     # ``false_alerts_per_day`` times a day (split over the metrics); false: ``alpha`` for all.
     calibrate: bool = False
-    false_alerts_per_day: float = 0.5  # float > 0: the tenant's false-alert budget
+    false_alerts_per_day: float = 0.1  # float > 0: the tenant's false-alert budget a day
     calibration_min_hours: int = 24  # int >= 1: judged hours before calibration replaces alpha
 
     @classmethod
