@@ -149,3 +149,18 @@ def test_an_incident_is_still_found_with_calibration_on() -> None:
         found += [(a.operation_name, a.metric) for a in res.anomalies]
     assert ("Join", "failure_rate") in found
     assert res.stats["calibration"]["source"] == "history"
+
+
+def test_a_stepped_run_reports_the_last_steps_thresholds() -> None:
+    """A rerun in hourly steps records as scheduled runs do and reports where it ended."""
+    from detector.detect.engine import detect_steps
+
+    aggs = make_aggs(standard_parts(), days=4.0, seed=3)
+    policy = DetectionPolicy.from_mapping({"calibrate": True, "calibration_min_hours": 3})
+    ws, we = T0 + timedelta(days=3), T0 + timedelta(days=3, hours=6)
+    steps = [(ws + timedelta(hours=h), ws + timedelta(hours=h + 1)) for h in range(6)]
+    res = detect_steps(lambda a, b: aggs, window=(ws, we), steps=steps, policy=policy, now=we)
+    assert res.stats["steps"] == 6
+    assert res.stats["calibration"]["source"] == "history"
+    assert res.stats["calibration"]["hours"] == 5  # the hours before the last step
+    assert len(res.state.calibration) == 6 * 12

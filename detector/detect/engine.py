@@ -772,9 +772,11 @@ class _StepTotals:
     candidate_buckets: dict[str, int] = field(default_factory=dict)
     forest: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)  # the last step's thresholds
 
     def add(self, stats: dict[str, Any]) -> None:
         self.steps += 1
+        self.calibration = stats.get("calibration", self.calibration)
         self.buckets_judged += int(stats.get("buckets_judged", 0))
         self.partitions = max(self.partitions, int(stats.get("partitions", 0)))
         for k, v in stats.get("candidate_buckets", {}).items():
@@ -799,6 +801,7 @@ class _StepTotals:
             "candidates": candidates,
             "anomalies": anomalies,
             "forest": {"steps_by_action": self.forest},
+            "calibration": self.calibration,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }
 
