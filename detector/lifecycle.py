@@ -505,6 +505,13 @@ class Decision:
 
 
 def _evaluated_map(evaluated: Iterable[Any] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """What :func:`step` was told was evaluated -> ``{fingerprint: current value or None}``.
+
+    The one adapter for the shapes ``step`` accepts: the alerting stage passes the mapping
+    (copied as it is); fingerprint strings, ``(operation, sdk_version, metric)`` tuples and
+    objects with ``.fingerprint`` (evaluated, no current value) are for callers and tests
+    that have nothing more.
+    """
     if evaluated is None:
         return {}
     if isinstance(evaluated, Mapping):
@@ -515,14 +522,6 @@ def _evaluated_map(evaluated: Iterable[Any] | Mapping[str, Any] | None) -> dict[
             out[item] = None
         elif hasattr(item, "fingerprint"):
             out[item.fingerprint] = None
-        elif isinstance(item, Mapping):  # an engine candidate record (JSON dict)
-            fp = fingerprint_of(item["operation_name"], item.get("sdk_version"), item["metric"])
-            calls = _finite(item.get("calls"))
-            out[fp] = {
-                "observed": item.get("observed"),
-                "baseline": item.get("expected", item.get("baseline")),
-                "calls": int(calls) if calls is not None else None,
-            }
         else:  # (operation, sdk_version, metric)
             op, sdk, metric = item
             out[fingerprint_of(op, sdk, metric)] = None

@@ -49,6 +49,7 @@ import pandas as pd
 
 from detector.anomaly import Anomaly, worst_key
 from detector.config import Config
+from detector.detect.candidate import Candidate
 from detector.errors import ConfigError, DetectorError, PartialResultError, SourceError
 from detector.schema import BucketAggregates
 from detector.store.backend import Backend, LocalBackend
@@ -337,10 +338,10 @@ def _judge_tenant(run: _Run, tenant: _Tenant, base: dict[str, Any]) -> _Judged:
     for warning in part["warnings"]:
         log.warning("%s", warning)
     t = time.perf_counter()
-    anomalies, history = _detect(run, tenant, plan, part)
+    anomalies, candidates, history = _detect(run, tenant, plan, part)
     timings["detect"] = time.perf_counter() - t
     t = time.perf_counter()
-    _alert(run, tenant, part, anomalies, history, window=plan.judge)
+    _alert(run, tenant, part, anomalies, candidates, history, window=plan.judge)
     timings["alert"] = time.perf_counter() - t
     part["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     return _Judged(tenant, part, anomalies, history, pstate)
@@ -348,10 +349,10 @@ def _judge_tenant(run: _Run, tenant: _Tenant, base: dict[str, Any]) -> _Judged:
 
 def _detect(
     run: _Run, tenant: _Tenant, plan: _Plan, part: dict[str, Any]
-) -> tuple[list[Anomaly], BucketAggregates | None]:
+) -> tuple[list[Anomaly], list[Candidate], BucketAggregates | None]:
     """Judge ``plan.judge`` in steps; fill the report's ``detection``, ``candidates`` and
-    ``anomalies``; return the anomalies (named after the tenant's resource) and the history
-    alerting reads."""
+    ``anomalies``; return the anomalies (named after the tenant's resource), the candidates
+    and the history alerting reads."""
     from detector.detect.engine import detect_steps
     from detector.notify.evaluated import CHART_SPAN
     from detector.store.engine_state import load_engine_state, save_engine_state
@@ -361,7 +362,7 @@ def _detect(
     if not steps:
         part["detection"] = {"skipped": "nothing new to judge", "steps": 0}
         part["candidates"], part["anomalies"] = [], []
-        return [], None
+        return [], [], None
     run.say(
         f"judging {_iso(steps[0][0])} .. {_iso(steps[-1][1])} in {len(steps)} "
         f"step{'s' if len(steps) > 1 else ''} of at most {cfg.detection['step']}"
@@ -388,12 +389,12 @@ def _detect(
     tenant.source.drill_down(anomalies, judge)
     _name_resource(anomalies, tenant)
     part["detection"] = _jsonable(result.stats)
-    part["candidates"] = _jsonable(result.candidates)
+    part["candidates"] = _jsonable([c.to_json() for c in result.candidates])
     part["anomalies"] = [a.to_json() for a in anomalies]
     # What alerting reads: the end of the judged window (its current values) and a day
     # before it for the charts, so its filters scan a day or two, not the window.
     since = max(judge[0], judge[1] - _ALERT_SPAN) - CHART_SPAN
-    return anomalies, _between(plan.history(since, judge[1]), since, judge[1])
+    return anomalies, result.candidates, _between(plan.history(since, judge[1]), since, judge[1])
 
 
 def _steps(cfg: Config, plan: _Plan) -> list[tuple[datetime, datetime]]:
@@ -433,17 +434,19 @@ def _alert(
     tenant: _Tenant,
     part: dict[str, Any],
     anomalies: list[Anomaly],
+    candidates: Sequence[Candidate],
     history: BucketAggregates | None,
     *,
     window: tuple[datetime, datetime],
 ) -> None:
-    """The tenant's alerting stage (its own alert state); fills ``alerts``/``delivery_failed``."""
+    """The tenant's alerting stage (its own alert state) on the engine's anomalies and
+    candidates; fills ``alerts``/``delivery_failed``."""
     from detector.notify import run_alerting
 
     cfg = run.cfg
     delivery = run_alerting(
         anomalies,
-        evaluated=part["candidates"],
+        evaluated=candidates,
         routes=routes(cfg),
         alerting=cfg.alerting,
         backend=tenant.backend,

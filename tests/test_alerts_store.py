@@ -451,6 +451,7 @@ def test_validate_routes_for_check_config(caplog):
 def test_evaluated_skips_low_volume_and_ungated_candidates():
     import pandas as pd
 
+    from detector.detect.candidate import Candidate
     from detector.notify.evaluated import evaluated_from_history
 
     hist = _aggregates(pd.Timestamp(T0), hours=1)
@@ -459,20 +460,24 @@ def test_evaluated_skips_low_volume_and_ungated_candidates():
     assert FP not in ev and "Join|1.30.1.1_stable|failure_rate" not in ev
     assert "Join|1.30.1.1_stable|volume" in ev and "Join|1.29.0.0_stable|duration" in ev
     cands = [
-        {
-            "operation_name": "Join",
-            "sdk_version": "1.29.0.0_stable",
-            "metric": "duration",
-            "reason": "suppressed_low_volume",
-            "expected": 800.0,
-        },
-        {
-            "operation_name": "Join",
-            "sdk_version": None,
-            "metric": "duration",
-            "reason": "not_significant",
-            "expected": 850.0,
-        },
+        Candidate.from_json(
+            {
+                "operation_name": "Join",
+                "sdk_version": "1.29.0.0_stable",
+                "metric": "duration",
+                "reason": "suppressed_low_volume",
+                "expected": 800.0,
+            }
+        ),
+        Candidate.from_json(
+            {
+                "operation_name": "Join",
+                "sdk_version": None,
+                "metric": "duration",
+                "reason": "not_significant",
+                "expected": 850.0,
+            }
+        ),
     ]
     ev = evaluated_from_history(hist, w, candidates=cands, min_calls=50)
     assert "Join|1.29.0.0_stable|duration" not in ev

@@ -27,7 +27,7 @@ def test_the_engine_package_lists_its_stages_in_data_flow_order() -> None:
     stages = {p.stem for p in engine.glob("*.py")} - {"__init__"}
     assert stages == {
         "policy", "baseline", "features", "rollout", "forest", "score", "calibrate", "decide",
-        "stop", "engine", "explain",
+        "stop", "candidate", "engine", "explain",
     }  # fmt: skip
     doc = (engine / "__init__.py").read_text(encoding="utf-8")
     order = [
@@ -39,6 +39,7 @@ def test_the_engine_package_lists_its_stages_in_data_flow_order() -> None:
         "calibrate",
         "decide",
         "stop",
+        "candidate",
         "engine",
         "explain",
     ]

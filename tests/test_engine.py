@@ -65,12 +65,10 @@ def test_version_failure_spike_alerts_on_the_version_only() -> None:
     # The delay: flagged within an hour of the start at ~20 calls per bucket.
     assert a.window_start - inc.start <= timedelta(hours=1)
     # The fleet moved too, but only because of this version: its candidate says so.
-    fleet = [
-        c for c in res.candidates if c["sdk_version"] is None and c["metric"] == "failure_rate"
-    ]
-    assert fleet and fleet[0]["operation_name"] == "Join"
-    assert fleet[0]["buckets_by_reason"].get("explained_by_version", 0) > 0
-    assert "anomaly" not in fleet[0]["buckets_by_reason"]
+    fleet = [c for c in res.candidates if c.sdk_version is None and c.metric == "failure_rate"]
+    assert fleet and fleet[0].operation_name == "Join"
+    assert fleet[0].buckets_by_reason.get("explained_by_version", 0) > 0
+    assert "anomaly" not in fleet[0].buckets_by_reason
 
 
 def test_explanation_fields() -> None:
@@ -102,11 +100,9 @@ def test_fleet_wide_latency_alerts_on_the_fleet_and_explains_versions() -> None:
     versions = [
         c
         for c in res.candidates
-        if c["operation_name"] == "StartVideo"
-        and c["sdk_version"] is not None
-        and c["metric"] == "duration"
+        if c.operation_name == "StartVideo" and c.sdk_version is not None and c.metric == "duration"
     ]
-    assert {c["reason"] for c in versions} == {"explained_by_fleet"}
+    assert {c.reason for c in versions} == {"explained_by_fleet"}
     assert a.traffic_share == 1.0
 
 
@@ -135,8 +131,8 @@ def test_rare_version_noise_is_suppressed() -> None:
     inc = Incident("Join", "0.9.0", WS + timedelta(hours=2), WS + timedelta(hours=6), 3.0, 0.5)
     res = _run(make_aggs(parts, days=DAYS, incidents=(inc,), seed=5))
     assert not res.anomalies
-    rare = [c for c in res.candidates if c["sdk_version"] == "0.9.0"]
-    assert rare and {c["reason"] for c in rare} <= {"suppressed_low_volume", "not_significant"}
+    rare = [c for c in res.candidates if c.sdk_version == "0.9.0"]
+    assert rare and {c.reason for c in rare} <= {"suppressed_low_volume", "not_significant"}
 
 
 def test_maintenance_window_suppresses_and_is_reported() -> None:
@@ -145,7 +141,7 @@ def test_maintenance_window_suppresses_and_is_reported() -> None:
         aggs, maintenance=[(inc.start - timedelta(minutes=30), inc.end + timedelta(hours=1), None)]
     )
     assert not res.anomalies
-    assert any(c["reason"] == "maintenance" for c in res.candidates)
+    assert any(c.reason == "maintenance" for c in res.candidates)
 
 
 def test_alerted_spans_are_recorded_and_kept_out_of_the_next_baseline(tmp_path) -> None:
@@ -880,7 +876,7 @@ def test_steps_judge_as_consecutive_runs_and_one_step_is_detect_itself() -> None
     assert stepped.stats["steps"] == 12 and stepped.stats["buckets_judged"] == 144
     assert any(a.operation_name == inc.operation for a in stepped.anomalies)
     # Candidates: one per (partition, metric), at the furthest gate any step reached.
-    keys = [(c["operation_name"], c["sdk_version"], c["metric"]) for c in stepped.candidates]
+    keys = [(c.operation_name, c.sdk_version, c.metric) for c in stepped.candidates]
     assert len(keys) == len(set(keys))
     # One step is plain detect (its stats included), with the step count added.
     one = detect_steps(lambda a, b: aggs, window=(WS, WE), steps=[(WS, WE)], policy=POLICY, now=WE)

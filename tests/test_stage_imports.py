@@ -22,6 +22,7 @@ ORDER = [
     "calibrate",
     "decide",
     "stop",
+    "candidate",
     "engine",
     "explain",
 ]

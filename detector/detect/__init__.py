@@ -13,6 +13,8 @@
 - ``decide``: the gates, multiplicity, persistence and attribution that turn evidence into
   anomalies;
 - ``stop``: a tenant-wide stop folded into one alert;
+- ``candidate``: :class:`~detector.detect.candidate.Candidate`, a (partition, metric) that
+  deviated, with the furthest gate it reached (the run report's record, alerting's input);
 - ``engine``: :func:`~detector.detect.engine.detect` wires the stages for one window and
   :func:`~detector.detect.engine.detect_steps` judges any window as scheduled runs would;
 - ``explain``: why a partition alerted or not at a time (``acs-detector explain``).

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from detector.detect.baseline import (
     exclusion_mask,
     with_fleet,
 )
+from detector.detect.candidate import Candidate
 from detector.detect.decide import (
     GATE_REASONS,
     R_ANOM,
@@ -100,12 +101,12 @@ class DetectionResult:
 
     ``anomalies``: the alert candidates that passed every gate. ``candidates``: every
     (partition, metric) that deviated in the window, with the furthest gate it reached
-    (``reason``) and the evidence behind it (JSON-able dicts). ``stats``: counts and timings.
+    (``reason``) and the evidence behind it (:class:`Candidate`). ``stats``: counts and timings.
     ``state``: the engine state to persist for the next run (alerted spans added).
     """
 
     anomalies: list[Anomaly]
-    candidates: list[dict[str, Any]]
+    candidates: list[Candidate]
     stats: dict[str, Any]
     state: EngineState
     window: tuple[datetime, datetime]
@@ -117,7 +118,7 @@ class DetectionResult:
         return {
             "window": [_iso(self.window[0]), _iso(self.window[1])],
             "anomalies": [a.to_json() for a in self.anomalies],
-            "candidates": self.candidates,
+            "candidates": [c.to_json() for c in self.candidates],
             "stats": self.stats,
         }
 
@@ -563,7 +564,7 @@ def _summary(
     tested: _Tested,
     decided: _Decided,
     anomalies: list[Anomaly],
-    candidates: list[dict[str, Any]],
+    candidates: list[Candidate],
 ) -> dict[str, Any]:
     """The run's counts for the report (every stats key but window, now and timings)."""
     parts, base = run.parts, run.base
@@ -723,7 +724,7 @@ def detect_steps(
     t0 = time.perf_counter()
     anomalies: list[Anomaly] = []
     alert_buckets: list[tuple[str, str | None, str, datetime]] = []
-    merged: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+    merged: dict[tuple[str, str | None, str], Candidate] = {}
     totals = _StepTotals()
     for i, (s, e) in enumerate(steps):
         res = judge(s, e, state)
@@ -743,23 +744,22 @@ def detect_steps(
 
 
 def _merge_candidates(
-    into: dict[tuple[str, str | None, str], dict[str, Any]], found: list[dict[str, Any]]
+    into: dict[tuple[str, str | None, str], Candidate], found: list[Candidate]
 ) -> None:
     """One record per (partition, metric) over steps: the one at the furthest gate (the
     smaller p on a tie), with the bucket counts per reason summed."""
     rank = {name: i for i, name in enumerate(GATE_REASONS)}
     for c in found:
-        key = (c["operation_name"], c["sdk_version"], c["metric"])
+        key = (c.operation_name, c.sdk_version, c.metric)
         old = into.get(key)
         if old is None:
-            into[key] = dict(c)
+            into[key] = c
             continue
-        counts = dict(old["buckets_by_reason"])
-        for k, v in c["buckets_by_reason"].items():
+        counts = dict(old.buckets_by_reason)
+        for k, v in c.buckets_by_reason.items():
             counts[k] = counts.get(k, 0) + v
-        if (rank[c["reason"]], -c["p_value"]) > (rank[old["reason"]], -old["p_value"]):
-            old = into[key] = dict(c)
-        old["buckets_by_reason"] = counts
+        best = c if (rank[c.reason], -c.p_value) > (rank[old.reason], -old.p_value) else old
+        into[key] = replace(best, buckets_by_reason=counts)
 
 
 @dataclass
@@ -1496,9 +1496,9 @@ def _record_suspects(
 
 def _candidates(
     reasons: np.ndarray, ev: Any, scores: np.ndarray, cube: Cube, parts: Partitions, base: Baselines
-) -> list[dict[str, Any]]:
+) -> list[Candidate]:
     """One record per (partition, metric) that was a candidate in the window: its furthest gate."""
-    out: list[dict[str, Any]] = []
+    out: list[Candidate] = []
     furthest = reasons.max(axis=2)
     ps, ms = np.nonzero(furthest)
     if not len(ps):
@@ -1536,23 +1536,23 @@ def _candidates(
     ):
         counts = per_reason[i].tolist()
         out.append(
-            {
-                "operation_name": str(parts.operation[p]),
-                "sdk_version": None if parts.version[p] == FLEET else str(parts.version[p]),
-                "metric": METRIC_NAMES[m],
-                "reason": names[code],
-                "bucket": iso[j],
-                "p_value": cols["p_value"][i],
-                "effect": cols["effect"][i],
-                "observed": cols["observed"][i],
-                "expected": cols["expected"][i],
-                "calls": cols["calls"][i],
-                "failures": cols["failures"][i] if m == 1 else None,
-                "span_buckets": cols["span_buckets"][i],
-                "score": cols["score"][i],
-                "provisional": bool(base.provisional[p]),
-                "baseline_kind": str(base.kind[p]),
-                "buckets_by_reason": {names[k]: c for k, c in enumerate(counts) if k and c},
-            }
+            Candidate(
+                operation_name=str(parts.operation[p]),
+                sdk_version=None if parts.version[p] == FLEET else str(parts.version[p]),
+                metric=METRIC_NAMES[m],
+                reason=names[code],
+                bucket=iso[j],
+                p_value=cols["p_value"][i],
+                effect=cols["effect"][i],
+                observed=cols["observed"][i],
+                expected=cols["expected"][i],
+                calls=cols["calls"][i],
+                failures=cols["failures"][i] if m == 1 else None,
+                span_buckets=cols["span_buckets"][i],
+                score=cols["score"][i],
+                provisional=bool(base.provisional[p]),
+                baseline_kind=str(base.kind[p]),
+                buckets_by_reason={names[k]: c for k, c in enumerate(counts) if k and c},
+            )
         )
     return out

@@ -2,8 +2,8 @@
 their current values (so clean partitions can resolve, with the value in the notice), and the
 per-alert series the charts draw.
 
-Consumes :class:`~detector.schema.BucketAggregates` and the judged window; produces plain dicts
-and frames. Pure (pandas only, no I/O, no clock).
+Consumes :class:`~detector.schema.BucketAggregates`, the judged window and the engine's
+:class:`~detector.detect.candidate.Candidate` records; produces plain dicts and frames. Pure (pandas only, no I/O, no clock).
 
 Values use the anomaly's units: p95 milliseconds (read from the log-scale histogram) for
 ``duration``, a fraction for ``failure_rate``, operations per bucket for ``volume``. The fleet
@@ -12,7 +12,8 @@ of an operation (fingerprint ``op|*|metric``) is the sum of its versions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,16 +21,20 @@ import numpy as np
 import pandas as pd
 
 from detector.anomaly import TENANT_FINGERPRINT, Anomaly, fingerprint_of
+from detector.detect.candidate import NOT_EVALUATED, Candidate
 from detector.schema import BucketAggregates, bin_value
 from detector.timeutil import timestamp_utc
 
-__all__ = ["CHART_SPAN", "NOT_EVALUATED", "chart_history", "evaluated_from_history"]
+__all__ = [
+    "CHART_SPAN",
+    "NOT_EVALUATED",
+    "chart_history",
+    "evaluated_from_candidates",
+    "evaluated_from_history",
+]
 
 #: What a chart shows: the day around the alert's window.
 CHART_SPAN = timedelta(days=1)
-
-#: Engine gate reasons meaning "could not judge": a firing alert keeps its state.
-NOT_EVALUATED = frozenset({"maintenance", "insufficient_history", "suppressed_low_volume"})
 
 
 def _pair(key: object) -> tuple[str, str]:
@@ -64,11 +69,27 @@ def _fleet(frame: pd.DataFrame) -> pd.DataFrame:
     return f
 
 
+def evaluated_from_candidates(candidates: Iterable[Candidate]) -> dict[str, dict[str, Any]]:
+    """The engine's candidates -> ``{fingerprint: {"observed", "baseline", "calls"}}`` of those
+    it could judge (``expected`` is the baseline; a non-finite call count is None)."""
+    # Candidates the engine could not judge (maintenance, too little history or volume) are
+    # not "evaluated": a firing alert on them keeps its state instead of resolving.
+    return {
+        c.fingerprint: {
+            "observed": c.observed,
+            "baseline": c.expected,
+            "calls": int(c.calls) if math.isfinite(c.calls) else None,
+        }
+        for c in candidates
+        if c.evaluated
+    }
+
+
 def evaluated_from_history(
     history: BucketAggregates,
     window: tuple[datetime, datetime],
     *,
-    candidates: Iterable[Mapping[str, Any]] = (),
+    candidates: Iterable[Candidate] = (),
     bucket: timedelta = timedelta(minutes=5),
     min_calls: int = 50,
 ) -> dict[str, dict[str, Any]]:
@@ -145,13 +166,11 @@ def evaluated_from_history(
                 "calls": int(row["dur_n"]),
             }
     for c in candidates:
-        fp = fingerprint_of(
-            str(c.get("operation_name")), c.get("sdk_version"), str(c.get("metric"))
-        )
-        if c.get("reason") in NOT_EVALUATED:
+        fp = c.fingerprint
+        if not c.evaluated:
             out.pop(fp, None)
-        elif fp in out and c.get("expected") is not None:
-            out[fp]["baseline"] = c.get("expected")
+        elif fp in out and c.expected is not None:
+            out[fp]["baseline"] = c.expected
     return out
 
 

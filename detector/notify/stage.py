@@ -34,6 +34,7 @@ import pandas as pd
 
 from detector.anomaly import Anomaly
 from detector.config import AlertingSettings, alerting_settings
+from detector.detect.candidate import Candidate
 from detector.errors import NotifyError
 from detector.lifecycle import AlertState, Decision, step
 from detector.notify.commands import config_silences
@@ -329,7 +330,7 @@ def _run_record(report: Mapping[str, Any], now: datetime, n_anomalies: int) -> R
 def run_alerting(
     anomalies: Iterable[Anomaly],
     *,
-    evaluated: Iterable[Any] | Mapping[str, Any] | None = None,
+    evaluated: Sequence[Candidate] = (),
     routes: Sequence[Any],
     alerting: Mapping[str, Any],
     backend: Backend,
@@ -347,9 +348,9 @@ def run_alerting(
     Parameters
     ----------
     anomalies : the engine's gated anomalies for the judged window.
-    evaluated : the engine's candidate records (and/or fingerprints); merged with every
-        partition that has calls in the window in ``history`` (those are "evaluated and clean"
-        unless they are anomalies), so firing alerts can resolve.
+    evaluated : the engine's candidates; those it could judge are merged with every partition
+        that has calls in the window in ``history`` (those are "evaluated and clean" unless
+        they are anomalies), so firing alerts can resolve.
     routes : :class:`Route` objects or config records with ``name``/``urls``/``min_severity``/
         ``operations`` (``detector.config.RouteConfig``).
     alerting : the ``[alerting]`` table.
@@ -410,7 +411,7 @@ def _judged_window(
 
 
 def _evaluated_and_charts(
-    evaluated: Iterable[Any] | Mapping[str, Any] | None,
+    candidates: Sequence[Candidate],
     history: Any,
     window: tuple[datetime, datetime],
     anomalies: list[Anomaly],
@@ -419,17 +420,13 @@ def _evaluated_and_charts(
 ) -> tuple[dict[str, Any], Mapping[str, pd.DataFrame] | None]:
     """What was evaluated in the window (the engine's candidates, plus every partition with
     calls in ``history``) and the chart series of the anomalies (None without history)."""
-    from detector.lifecycle import _evaluated_map
-    from detector.notify.evaluated import NOT_EVALUATED, chart_history, evaluated_from_history
-
-    cands = list(evaluated) if evaluated is not None and not isinstance(evaluated, Mapping) else []
-    # Candidates the engine could not judge (maintenance, too little history or volume) are
-    # not "evaluated": a firing alert on them keeps its state instead of resolving.
-    ev: dict[str, Any] = _evaluated_map(
-        [c for c in cands if not (isinstance(c, Mapping) and c.get("reason") in NOT_EVALUATED)]
-        if cands
-        else evaluated
+    from detector.notify.evaluated import (
+        chart_history,
+        evaluated_from_candidates,
+        evaluated_from_history,
     )
+
+    ev: dict[str, Any] = evaluated_from_candidates(candidates)
     if history is None:
         return ev, None
     width = bucket if isinstance(bucket, timedelta) else timedelta(minutes=5)
@@ -437,7 +434,7 @@ def _evaluated_and_charts(
         evaluated_from_history(
             history,
             window,
-            candidates=[c for c in cands if isinstance(c, Mapping)],
+            candidates=candidates,
             bucket=width,
             min_calls=settings.resolve_min_calls,
         )
