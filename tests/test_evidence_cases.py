@@ -25,6 +25,8 @@ from detector.detect.decide import (
     _n_of_m,
     _persistence,
     _practical,
+    multiplicity,
+    on_decide_scale,
 )
 from detector.detect.features import (
     _binomial_llr,
@@ -772,3 +774,37 @@ def test_true_runs_are_half_open_ranges(flags: list[int], runs: list[tuple[int, 
     from detector.detect.features import true_runs
 
     assert true_runs(np.asarray(flags, dtype=bool)) == runs
+
+
+# --- decide.multiplicity: the run's corrections, in one place --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n_new", "fail_share", "roll"),
+    [(0, 1.0, 0.0), (1, 0.8, 0.01 * 0.2 / 12), (4, 0.8, 0.01 * 0.2 / 48)],
+)
+def test_multiplicity_splits_alpha_between_trailing_and_rollout_tests(
+    n_new: int, fail_share: float, roll: float
+) -> None:
+    testable = np.array([[True, True, False], [True, True, True], [False, True, True]])
+    active = np.array([True, True, False])
+    m = multiplicity(testable, active, 300.0, DetectionPolicy(), n_new)
+    assert list(m.n_tested) == [2, 2, 1]  # the inactive partition is not counted
+    assert m.per_hour == 12.0 and list(m.n_tests) == [24.0, 24.0, 12.0]
+    assert m.on_scale == pytest.approx([0.01 / 24, 0.01 / 24, 0.01 / 12], abs=0)
+    assert m.test_alpha == pytest.approx([0.01 / 24, 0.01 / 24 * fail_share, 0.01 / 12], rel=1e-15)
+    assert m.roll_alpha == pytest.approx(roll, rel=1e-15)
+    assert m.forest_tests == 24.0
+
+
+def test_on_decide_scale_moves_only_the_failure_rate_and_only_with_new_builds() -> None:
+    testable, active = np.ones((2, 3), bool), np.ones(2, bool)
+    p = np.full((2, 3, 4), 1e-4)
+    on_decide_scale(p, multiplicity(testable, active, 300.0, DetectionPolicy(), 0))
+    assert (p == 1e-4).all()
+    on_decide_scale(p, multiplicity(testable, active, 300.0, DetectionPolicy(), 2))
+    assert p[:, 1] == pytest.approx(1e-4 / 0.8, rel=1e-15)  # met 0.8 alpha: 1/0.8 on the scale
+    assert (p[:, [0, 2]] == 1e-4).all()
+    p[:] = 0.9
+    on_decide_scale(p, multiplicity(testable, active, 300.0, DetectionPolicy(), 2))
+    assert p.max() == 1.0  # a p-value stays a p-value

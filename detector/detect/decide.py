@@ -15,7 +15,13 @@ The gates, in the order a candidate meets them (the first one it fails is its re
                            partitions tested and the number of trailing spans tried (a duration
                            p-value calibrated by ``duration_p_factor`` first; a new build's
                            since-rollout failure test within its own family, which gets
-                           ``rollout_alpha_share`` of the failure rate's alpha);
+                           ``rollout_alpha_share`` of the failure rate's alpha), or above the
+                           threshold calibrated on the tenant's history (``calibrate``).
+
+Every multiplicity correction is made here: :func:`multiplicity` counts the tests of a run
+and splits alpha between the families, :func:`on_decide_scale` puts the trailing spans'
+p-values on the one scale the gate reads; the engine hands its ``on_scale`` to the sequential
+and since-rollout tests, which express their evidence on that scale.
 ``below_min_effect``       statistically clear but smaller than the practical minimum
                            (e.g. +20 % and +100 ms for duration, +2 points of failure rate);
 ``not_persistent``         hot in fewer than N of the last M buckets (a span of M..3 buckets,
@@ -47,6 +53,9 @@ __all__ = [
     "Evidence",
     "decide",
     "gates_but_significance",
+    "Multiplicity",
+    "multiplicity",
+    "on_decide_scale",
     "parse_duration",
     "volume_effect_ok",
 ]
@@ -67,6 +76,58 @@ GATE_REASONS: Final[tuple[str, ...]] = (
 R_NONE, R_MAINT, R_HIST, R_LOWVOL, R_NOTSIG, R_EFFECT, R_PERSIST, R_FLEET, R_VERSION, R_ANOM = (
     range(len(GATE_REASONS))
 )
+
+
+@dataclass(frozen=True)
+class Multiplicity:
+    """Every multiplicity correction of one run, in one place: Bonferroni over the partitions
+    tested and the buckets of an hour (the spans are in the p-values already), so ``alpha`` is
+    the chance of one false significant bucket an hour across the run; on the failure rate a
+    weighted Bonferroni between the trailing spans and the since-rollout tests of new builds.
+    """
+
+    n_tested: np.ndarray  # (M,) partitions tested per metric (at least 1)
+    per_hour: float  # buckets an hour (at least 1)
+    n_tests: np.ndarray  # (M,) trailing tests an hour per metric
+    test_alpha: np.ndarray  # (M,) alpha of one trailing test
+    roll_alpha: float  # alpha of one since-rollout test when an hour's looks count as one each
+    on_scale: np.ndarray  # (M,) alpha / n_tests: the per-test level decide's scale reads
+    forest_tests: float  # the forest vote's tests an hour: partitions with calls x buckets
+
+
+def multiplicity(
+    testable: np.ndarray,
+    active: np.ndarray,
+    bucket_seconds: float,
+    policy: DetectionPolicy,
+    n_new: int,
+) -> Multiplicity:
+    """Testable (P, M) and active (P,) partitions, the bucket and the new builds -> the run's
+    corrections. With ``n_new`` new builds their since-rollout tests share
+    ``policy.rollout_alpha_share`` of the failure rate's alpha (apply_rollout counts an hour's
+    looks for what they are worth) and the trailing spans keep the rest; without, all of it.
+    """
+    n_tested = np.maximum((testable & active[:, None]).sum(axis=0), 1)
+    per_hour = max(1.0, 3600.0 / bucket_seconds)
+    n_tests = n_tested * per_hour
+    test_alpha = policy.alpha / np.asarray(n_tests, dtype=np.float64)
+    roll_alpha = 0.0
+    if n_new:
+        share = policy.rollout_alpha_share
+        test_alpha[Metric.FAILURE_RATE] *= 1.0 - share
+        roll_alpha = policy.alpha * share / (n_new * per_hour)
+    forest_tests = float(active.sum() * per_hour)
+    on_scale = policy.alpha / n_tests
+    return Multiplicity(n_tested, per_hour, n_tests, test_alpha, roll_alpha, on_scale, forest_tests)
+
+
+def on_decide_scale(p: np.ndarray, mult: Multiplicity) -> None:
+    """Put the trailing spans' p-values (P, M, T) on decide's scale in place: a failure-rate
+    test that met its share of alpha then meets ``alpha / n_tests`` (factor 1 without new
+    builds)."""
+    f = Metric.FAILURE_RATE
+    if mult.roll_alpha:
+        p[:, f] = np.fmin(p[:, f] * (mult.on_scale[f] / mult.test_alpha[f]), 1.0)
 
 
 @dataclass

@@ -44,6 +44,8 @@ from detector.detect.decide import (
     Evidence,
     decide,
     gates_but_significance,
+    multiplicity,
+    on_decide_scale,
 )
 from detector.detect.features import (
     FEATURE_METRIC,
@@ -63,7 +65,7 @@ from detector.detect.forest import (
     forest_spans,
     partition_labels,
 )
-from detector.detect.policy import METRIC_NAMES, DetectionPolicy
+from detector.detect.policy import METRIC_NAMES, DetectionPolicy, Metric
 from detector.detect.rollout import Applied, Rollout, apply_rollout, first_buckets, rollout_history
 from detector.detect.stop import (
     AlertBucket,
@@ -323,6 +325,7 @@ class _Tested:
     test_alpha: np.ndarray  # (M,) alpha of one trailing test
     roll: Rollout
     rolled: Applied
+    forest_tests: float  # the forest vote's multiplicity (decide.multiplicity)
 
 
 @dataclass(frozen=True)
@@ -471,25 +474,34 @@ def _evidence(
     testable[:, 1] = True
     testable[:, 2] = policy.volume_judged(parts.is_fleet)
     active = cube.calls[:, judged].sum(axis=1) > 0
-    n_tested = np.maximum((testable & active[:, None]).sum(axis=0), 1)
-    # Bonferroni over the partitions tested and the buckets of one hour: alpha is the chance of
-    # one false significant bucket per hour across the whole run (spans are in ev.p already).
-    per_hour = max(1.0, 3600.0 / run.frame.bucket.total_seconds())
-    n_tests = n_tested * per_hour
-    # Both families put on the scale decide reads (p * n_tests <= alpha): one test meets
-    # test_alpha (trailing spans, per metric) or roll_alpha (a since-rollout test).
-    test_alpha, roll_alpha = _per_test_alpha(policy, n_tests, len(roll), per_hour)
-    on_scale = policy.alpha / n_tests
-    f = METRIC_NAMES.index("failure_rate")
-    if len(roll):  # (without new builds the trailing spans keep all of alpha: factor 1)
-        ev.p[:, f] = np.fmin(ev.p[:, f] * (on_scale[f] / test_alpha[f]), 1.0)
+    mult = multiplicity(testable, active, run.frame.bucket.total_seconds(), policy, len(roll))
+    on_decide_scale(ev.p, mult)
     # Evidence accumulated over buckets (thin partitions), on the same scale.
-    apply_sequential(ev, cubes.full, parts, base, policy, n_tested=n_tested, on_scale=on_scale)
+    apply_sequential(
+        ev, cubes.full, parts, base, policy, n_tested=mult.n_tested, on_scale=mult.on_scale
+    )
     rolled = apply_rollout(
-        ev, roll, base, parts, policy, times=cube.times, alpha=roll_alpha, on_scale=on_scale[f]
+        ev,
+        roll,
+        base,
+        parts,
+        policy,
+        times=cube.times,
+        alpha=mult.roll_alpha,
+        on_scale=mult.on_scale[Metric.FAILURE_RATE],
     )
     return _Tested(
-        ev, testable, judged, active, n_tested, per_hour, n_tests, test_alpha, roll, rolled
+        ev,
+        testable,
+        judged,
+        active,
+        mult.n_tested,
+        mult.per_hour,
+        mult.n_tests,
+        mult.test_alpha,
+        roll,
+        rolled,
+        mult.forest_tests,
     )
 
 
@@ -520,7 +532,7 @@ def _decide(run: _Run, cubes: _Cubes, forest: _ForestRun, tested: _Tested) -> _D
         last_version_dev_end=_last_version_dev_end(state, parts, cube.times, bucket),
         alpha_scale=_alpha_scale(run.base, run.policy),
         forest_p=None if forest.p is None else forest.p[0],
-        forest_n_tests=float(tested.active.sum() * tested.per_hour),
+        forest_n_tests=tested.forest_tests,
     )
     cal = calibrate.thresholds(state.calibration, _py(run.frame.ws), run.policy, state.alerted)
     evidence.alpha_m = cal.alpha
@@ -1368,28 +1380,6 @@ def _forest_moves(
     j = int(idx[np.argmin(np.where(alone, forest[1][p, idx], np.inf))])
     moves = {n: float(ev.effect[p, i, j]) for i, n in enumerate(METRIC_NAMES)}
     return moves, float(min(1.0, forest[1][p, j]))
-
-
-def _per_test_alpha(
-    policy: DetectionPolicy, n_tests: np.ndarray, n_new: int, per_hour: float
-) -> tuple[np.ndarray, float]:
-    """Alpha of one test: ``(M,)`` for the trailing spans per metric, and for a since-rollout
-    test when every bucket of an hour counts as one (0 without new builds; apply_rollout
-    counts an hour's looks for what they are worth).
-
-    Weighted Bonferroni on the failure rate: with ``n_new`` new builds, their since-rollout
-    tests (one per build and bucket, an hour's looks worth fewer tests than buckets) share
-    ``policy.rollout_alpha_share`` of alpha and the trailing spans of every partition the
-    rest; without, the trailing spans keep all of it.
-    ``n_tests``: the trailing tests per metric (partitions x buckets an hour; the spans are in
-    the p-values already).
-    """
-    out = policy.alpha / np.asarray(n_tests, dtype=np.float64)
-    if not n_new:
-        return out, 0.0
-    share = policy.rollout_alpha_share
-    out[METRIC_NAMES.index("failure_rate")] *= 1.0 - share
-    return out, policy.alpha * share / (n_new * per_hour)
 
 
 def _since_rollout(
