@@ -41,7 +41,7 @@ This module deliberately shares no code, distributions or parameters with ``dete
   timestamp, empty or negative ``DurationMs``, invalid payload JSON, re-ingested duplicates,
   lower-case event names.
 
-Scenarios (:data:`SCENARIOS`): five with labelled incidents, three hard negatives without any.
+Scenarios (:data:`SCENARIOS`): six with labelled incidents, three hard negatives without any.
 """
 
 from __future__ import annotations
@@ -126,6 +126,11 @@ SCENARIOS: Final[dict[str, Scenario]] = {
             "weekly_only",
             "hard negative: the weekday/weekend pattern and nothing else",
             hard_negative=True,
+        ),
+        Scenario(
+            "tail_version",
+            "a new SDK version rolls out mid-week; 8 % of its CreateView calls are x5-5.5 slower "
+            "from its first call (p95 about x1.5, median about x1.08)",
         ),
     )
 }
@@ -281,6 +286,8 @@ class Effects:
 
     dur: list[tuple[int, int | None, int, int, float, int]] = field(default_factory=list)
     # (op, version index | None, start, end, max multiplier, ramp ms; 0 = a step)
+    tail: list[tuple[int, int, int, int, float, float]] = field(default_factory=list)
+    # (op, version index, start, end, multiplier, share of the calls it slows)
     fail: list[tuple[int, int | None, int, int, float]] = field(default_factory=list)
     # (op, version index | None, start, end, added failure probability)
     drop: list[tuple[int, int, int, float]] = field(default_factory=list)  # (op, start, end, frac)
@@ -378,6 +385,17 @@ def plan_effects(
         eff.described.append({"kind": "surge", "factor": factor})
     elif scenario == "weekly_only":
         pass
+    elif scenario == "tail_version":
+        op = "CreateView"
+        mult = float(rng.uniform(5.0, 5.5))
+        t0 = _pick_time(rng, warm + 12 * _MS_HOUR, end - 40 * _MS_HOUR, (8, 16), True)
+        eff.new_version_start = t0
+        new = len(VERSIONS)  # index of NEW_VERSION once appended
+        eff.tail.append((_OP_INDEX[op], new, t0, end, mult, 0.08))
+        eff.described.append(
+            {"kind": "tail_version", "sdk": NEW_VERSION.sdk, "op": op, "mult": mult, "share": 0.08}
+        )
+        eff.incidents.append(_label(op, NEW_VERSION.sdk, "duration", t0, end))
     else:
         raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
     for d, (t0, t1) in zip(eff.described, _spans(eff), strict=False):
@@ -390,6 +408,7 @@ def _spans(eff: Effects) -> list[tuple[int, int]]:
     out += [(t0, t1) for _, _, t0, t1, _ in eff.fail]
     out += [(t0, t1) for _, t0, t1, _ in eff.drop]
     out += [(t0, t1) for t0, t1, _ in eff.surge]
+    out += [(t0, t1) for _, _, t0, t1, _, _ in eff.tail]
     return out
 
 
@@ -584,6 +603,9 @@ def _durations(
             sel &= legs.version[leg] == v
         f = 1 + (mult - 1) * np.clip((t - t0) / ramp, 0, 1) if ramp else np.full(n, mult)
         d = np.where(sel, d * f, d)
+    for o, v, t0, t1, mult, share in eff.tail:  # a slow minority of one version's calls
+        sel = (op == o) & (t >= t0) & (t < t1) & (legs.version[leg] == v)
+        d = np.where(sel & (rng.random(n) < share), d * mult, d)
     d = np.minimum(d, 600_000)
     point = np.array([o.point for o in OPS])[op]
     return np.where(point, 0, np.maximum(np.rint(d), 1)).astype(np.int64)

@@ -700,3 +700,25 @@ def test_invalid_params_report_every_problem(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="Teleport") as err:
         simulate(tmp_path, days=1, seed=1, params=bad)
     assert "ufd_flag_encoding" in str(err.value) and "quirks.duplicate" in str(err.value)
+
+
+def test_the_tail_regression_scenario_moves_the_p95_not_the_median(tmp_path: Path) -> None:
+    """A tail-only regression: a minority of the new build's calls slow, so its p95 rises
+    while its median barely moves (what a test of the mean log-duration hardly sees)."""
+    from detector.simulate import simulate
+
+    res = simulate(tmp_path, days=4, seed=8, scenario="tail_regression", calls_per_hour=80)
+    (inc,) = res.incidents
+    assert (inc.operation_name, inc.metric) == ("CreateView", "duration")
+    df = pd.read_parquet(
+        res.files[0], columns=["TimeGenerated", "OperationName", "SdkVersion", "DurationMs"]
+    )
+    op = df[df["OperationName"] == inc.operation_name]
+    t = pd.to_datetime(op["TimeGenerated"], utc=True)
+    inside = op[(op["SdkVersion"] == inc.sdk_version) & (t >= inc.start) & (t < inc.end)]
+    others = op[op["SdkVersion"] != inc.sdk_version]
+    assert len(inside) >= 200
+    ratio = {
+        q: inside["DurationMs"].quantile(q) / others["DurationMs"].quantile(q) for q in (0.5, 0.95)
+    }
+    assert ratio[0.95] >= 1.3 and ratio[0.5] <= 1.15, ratio

@@ -248,6 +248,8 @@ def _durations(
         if e.kind != "duration":
             continue
         m = _effect_mask(rows, legs, pop, table, e)
+        if e.share < 1.0:  # a slow minority (drawn only then: other effects stay as they were)
+            m &= rng.random(rows.n) < e.share
         if e.ramp:
             frac = np.clip((rows.t[m] - e.start_ms) / max(e.end_ms - e.start_ms, 1), 0.0, 1.0)
             factor[m] *= 1.0 + (e.magnitude - 1.0) * frac**e.power

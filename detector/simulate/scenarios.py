@@ -14,7 +14,9 @@ drift (labelled from where its factor exceeds ``params.drift_label_threshold`` t
 
 The joint shift (``joint_shift``) is the exception to that sizing: latency, failures and volume
 of one operation each move by less than the detector's own minimum at once, labelled as one
-incident with metric ``joint`` (an alert on any metric of the operation matches it).
+incident with metric ``joint`` (an alert on any metric of the operation matches it). So is
+the tail regression (``tail_regression``): a slow minority of the new build's CreateView calls,
+its p95 about x1.5 while its median stays (the typical duration moves less than +20 %).
 
 Hard negatives (``rare_version_noise``, ``busy_hour``, ``maintenance_window``, ``quiet``,
 ``moderate_lull``) label nothing: any alert on them is a false alert. Pure: no I/O except :func:`load_incidents` and
@@ -173,7 +175,8 @@ class Effect:
     """A change the generator applies to rows in ``[start_ms, end_ms)``.
 
     kind ``duration``: durations times ``magnitude`` (``ramp``: from 1 at ``start_ms`` to
-    ``magnitude`` at ``end_ms`` along ``((t - start) / (end - start)) ** power``);
+    ``magnitude`` at ``end_ms`` along ``((t - start) / (end - start)) ** power``), of a random
+    ``share`` of the matching calls (1: all of them; less: a slow minority, a tail);
     ``failure``: extra probability ``magnitude`` of an unexpected failure with ``code``;
     ``volume``: keep a fraction ``magnitude`` of the rows; ``surge``: call legs times
     ``magnitude`` (operation and version ignored).
@@ -188,6 +191,7 @@ class Effect:
     code: ResultCode | None = None
     ramp: bool = False
     power: float = 1.5
+    share: float = 1.0  # duration: the share of matching calls it slows
 
 
 @dataclass
@@ -292,6 +296,29 @@ def _new_version_latency(ctx: ScenarioContext, plan: ScenarioPlan) -> None:
                 "share ramps up from 0, so the fleet-level shift is smaller",
             )
         )
+
+
+def _tail_regression(ctx: ScenarioContext, plan: ScenarioPlan) -> None:
+    """A slow minority of the new build's CreateView calls (8 %, x3.8-4.2) from its rollout
+    until a fix 18-36 h later: its p95 about x1.5, its median about x1.07 (the typical
+    duration under the +20 % minimum)."""
+    version, op = ctx.new_version, "CreateView"  # a timed operation of >= 100 calls/h
+    start = plan.rollout_ms
+    end = min(start + ctx.hours(18.0, 36.0), ctx.end_ms)
+    factor = round(ctx.uniform(3.8, 4.2), 2)
+    plan.effects.append(Effect("duration", op, version, start, end, factor, share=0.08))
+    plan.incidents.append(
+        Incident(
+            op,
+            version,
+            "duration",
+            _dt(start),
+            _dt(end),
+            f"8 % of calls x{factor}: p95 about x1.5, median about x1.07",
+            "new SDK build with a slow minority of calls from its rollout until a server-side "
+            "fix; its traffic share ramps up from 0",
+        )
+    )
 
 
 def _fleet_failure_spike(ctx: ScenarioContext, plan: ScenarioPlan) -> None:
@@ -559,6 +586,12 @@ SCENARIOS: Final[dict[str, Scenario]] = {
             "hard negative: nothing happens (only the normal rollout of a healthy SDK build)",
             _plan(),
             hard_negative=True,
+        ),
+        Scenario(
+            "tail_regression",
+            "a newly rolled-out SDK build makes 8 % of its CreateView calls ~4x slower: "
+            "its p95 rises x1.5 while its median stays",
+            _plan(_tail_regression),
         ),
     )
 }
