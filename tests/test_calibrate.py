@@ -164,3 +164,12 @@ def test_a_stepped_run_reports_the_last_steps_thresholds() -> None:
     assert res.stats["calibration"]["source"] == "history"
     assert res.stats["calibration"]["hours"] == 5  # the hours before the last step
     assert len(res.state.calibration) == 6 * 12
+
+
+def test_explain_judges_with_the_calibration_record_the_run_had() -> None:
+    """`acs-detector explain` rebuilds the state a step had: the record before it, no later."""
+    from detector.detect.explain import _state_before
+
+    state = EngineState(calibration=_history(np.full((len(METRIC_NAMES), 10), 0.5)))
+    before = _state_before(state, T0 + timedelta(hours=4))
+    assert sorted(before.calibration) == sorted(state.calibration)[:4]

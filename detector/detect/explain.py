@@ -28,7 +28,7 @@ from detector.escape import for_terminal
 from detector.lifecycle import AlertState, Silence
 from detector.schema import BucketAggregates
 from detector.store.engine_state import EngineState
-from detector.timeutil import iso_z
+from detector.timeutil import iso_z, parse_time
 
 __all__ = [
     "METRIC_CHOICES",
@@ -143,6 +143,8 @@ def _state_before(state: EngineState, start: datetime) -> EngineState:
     out = EngineState()
     out.alerted = [(o, v, a, min(b, start)) for o, v, a, b in state.alerted if a < start]
     out.suspect = [(o, v, a, min(b, start)) for o, v, a, b in state.suspect if a < start]
+    # The calibration record of the buckets judged before it (calibrate reads only those).
+    out.calibration = {k: v for k, v in state.calibration.items() if parse_time(k) < start}
     return out
 
 
