@@ -543,15 +543,10 @@ def _decide(run: _Run, cubes: _Cubes, forest: _ForestRun, tested: _Tested) -> _D
     )
     if run.policy.calibrate:
         minima, ops = _calibration_minima(evidence, run.policy, run.parts)
-        judged = tested.judged & (bucket_end <= np.datetime64(_naive_utc(run.now), "ns"))
+        judged = tested.judged & (bucket_end <= np.datetime64(_naive(_utc(run.now)), "ns"))
         times = [_py(t) for t in cube.times[judged]]
         calibrate.record(state.calibration, times, minima[:, judged], ops[:, judged])
     return _Decided(reasons, evidence, forest_only, cal)
-
-
-def _naive_utc(ts: datetime) -> datetime:
-    """A UTC datetime without its zone (numpy's datetime64 reads naive times)."""
-    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
 
 
 def _calibration_minima(
