@@ -151,3 +151,15 @@ def with_failure_rates(
     out["failure_cluster"] = out["failed_calls_op"]
     out["failure_cluster_op"] = out["failed_calls_op"]
     return out
+
+
+def neutral_test_fields(shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """(P, M, T) -> the test fields a hand-written Evidence leaves neutral: one-bucket spans,
+    a version with all of its operation's calls, nothing observed."""
+    return {
+        "span": np.ones(shape, np.int64),
+        "share": np.ones(shape),
+        "observed": np.full(shape, np.nan),
+        "expected": np.full(shape, np.nan),
+        "z": np.zeros(shape),
+    }

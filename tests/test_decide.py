@@ -9,6 +9,7 @@ import pytest
 
 from detector.detect.decide import GATE_REASONS, Evidence, decide
 from detector.detect.policy import METRIC_NAMES, DetectionPolicy
+from tests.fixtures_engine import neutral_test_fields
 
 POLICY = DetectionPolicy()
 T = 6
@@ -29,6 +30,7 @@ def make_evidence(P: int = 1, **overrides: object) -> Evidence:
         forest=np.zeros(shape, bool),
         peer_sig=np.zeros(shape, bool),
         shared=np.ones(shape, bool),
+        **neutral_test_fields(shape),
         is_fleet=np.zeros(P, bool),
         op_index=np.zeros(P, np.int64),
         has_history=np.ones(P, bool),

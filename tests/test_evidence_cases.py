@@ -46,6 +46,7 @@ from detector.detect.features import (
     windowed_cusum,
 )
 from detector.detect.policy import METRIC_NAMES, DetectionPolicy, volume_effect_ok
+from tests.fixtures_engine import neutral_test_fields
 
 POLICY = DetectionPolicy()
 D, F, V = 0, 1, 2  # metric rows
@@ -620,6 +621,7 @@ def evidence(T_: int = 1, **overrides: object) -> Evidence:
         forest=np.zeros(shape, bool),
         peer_sig=np.zeros(shape, bool),
         shared=np.ones(shape, bool),
+        **neutral_test_fields(shape),
         is_fleet=np.zeros(1, bool),
         op_index=np.zeros(1, np.int64),
         has_history=np.ones(1, bool),

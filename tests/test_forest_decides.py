@@ -20,7 +20,7 @@ from detector.explain_text import joint_text
 from detector.store.backend import LocalBackend
 from detector.store.models import ModelStore
 from detector.words import INTERNAL_NAMES, what_moved
-from tests.fixtures_engine import T0, Incident, Part, make_aggs
+from tests.fixtures_engine import T0, Incident, Part, make_aggs, neutral_test_fields
 
 DAYS = 4.0
 WS = T0 + timedelta(days=DAYS - 0.5)
@@ -108,6 +108,7 @@ def _evidence(forest_p: float, effects: tuple[float, float, float]) -> Evidence:
         forest=np.zeros((P, M, T), bool),
         peer_sig=np.zeros((P, M, T), bool),
         shared=np.ones((P, M, T), bool),
+        **neutral_test_fields((P, M, T)),
         is_fleet=np.ones(P, bool),
         op_index=np.zeros(P, np.int64),
         has_history=np.ones(P, bool),

@@ -43,6 +43,7 @@ from typing import Final
 
 import numpy as np
 
+from detector.detect.features import SpanEvidence
 from detector.detect.policy import METRIC_NAMES, DetectionPolicy, Metric, volume_effect_ok
 from detector.timeutil import parse_duration
 
@@ -130,33 +131,18 @@ def on_decide_scale(p: np.ndarray, mult: Multiplicity) -> None:
         p[:, f] = np.fmin(p[:, f] * (mult.on_scale[f] / mult.test_alpha[f]), 1.0)
 
 
-@dataclass
-class Evidence:
-    """Arrays of shape ``(P, M, T)``: partitions x metrics (:data:`METRIC_NAMES`) x buckets.
+@dataclass(kw_only=True)
+class Evidence(SpanEvidence):
+    """What the tests measured (:class:`SpanEvidence`: ``(P, M, T)`` arrays, partitions x
+    metrics x buckets) and the context decide reads them in.
 
-    ``p`` is the best one-sided p-value over the trailing spans (already multiplied by the
-    number of spans); ``effect`` the practical effect at that span (relative for duration and
-    volume, absolute points for failure rate); ``effect_ms`` the absolute p95 shift (duration
-    only, else NaN); ``n`` the calls behind the test (expected calls for volume); ``k`` the
-    failures (failure rate only); ``loo_ok`` whether the evidence survives dropping its strongest
-    bucket; ``forest`` the forest's flag for the metric; ``peer_sig`` whether a version differs
-    significantly from the other versions of its operation (duration, failure rate); ``shared``
-    whether the other versions of the operation deviate as well (or there are none), i.e. the
-    deviation is operation-wide rather than one version's.
-    Per-partition vectors (length P): ``is_fleet``, ``op_index``, ``has_history``, ``testable``
-    (P, M) whether a metric is judged for the partition at all. ``maintenance`` has shape (T,)
-    or (P, T). ``judged`` (T,) marks the buckets of the window (the others are look-back).
+    ``forest`` (P, M, T) is the forest's flag for the metric. Per-partition vectors (length P):
+    ``is_fleet``, ``op_index``, ``has_history``; ``testable`` (P, M) whether a metric is judged
+    for the partition at all. ``maintenance`` has shape (T,) or (P, T). ``judged`` (T,) marks
+    the buckets of the window (the others are look-back).
     """
 
-    p: np.ndarray
-    effect: np.ndarray
-    effect_ms: np.ndarray
-    n: np.ndarray
-    k: np.ndarray
-    loo_ok: np.ndarray
     forest: np.ndarray
-    peer_sig: np.ndarray
-    shared: np.ndarray
     is_fleet: np.ndarray
     op_index: np.ndarray
     has_history: np.ndarray
@@ -164,8 +150,6 @@ class Evidence:
     maintenance: np.ndarray
     judged: np.ndarray
     n_tests: np.ndarray = field(default_factory=lambda: np.ones(len(METRIC_NAMES)))
-    span: np.ndarray | None = None  # (P, M, T) buckets behind the evidence (attribution window)
-    share: np.ndarray | None = None  # (P, M, T) version's share of its operation's calls
     raw_z: np.ndarray | None = None  # (P, M, T) single-bucket |z| before maintenance masking
     #: (P,) column index (may be negative: before this run) just after the partition's last
     #: alert in earlier runs, -inf if none: attribution to the fleet survives run boundaries.
@@ -202,8 +186,7 @@ def _enough_volume(ev: Evidence, policy: DetectionPolicy) -> np.ndarray:
     out[:, d] = ev.n[:, d] >= policy.min_calls
     out[:, f] = (ev.n[:, f] >= policy.min_calls) & (ev.k[:, f] >= policy.min_failures)
     out[:, v] = ev.n[:, v] >= policy.min_expected_calls
-    if ev.share is not None:
-        out &= ev.share >= policy.min_share
+    out &= ev.share >= policy.min_share
     return out
 
 
@@ -360,15 +343,14 @@ def _persistence(
         hot = hot[..., previous_hot.shape[-1] :]
     else:
         persistent = _n_of_m(hot, policy.persist_n, policy.persist_m)
-    if ev.span is not None:
-        # A hot span of M to 3 buckets has already persisted: its thirds are single buckets,
-        # so it passed only because each of its last M buckets deviates on its own (and it
-        # survives losing the strongest). Waiting for a second hot bucket on top cost a clear
-        # spike two more buckets of delay. A longer span's thirds are windows: one hot bucket
-        # of a 12-hour span says nothing about the last M buckets, so it still needs N of M.
-        persistent = persistent | (
-            hot & (ev.span >= policy.persist_m) & (ev.span <= _SINGLE_BUCKET_THIRDS)
-        )
+    # A hot span of M to 3 buckets has already persisted: its thirds are single buckets,
+    # so it passed only because each of its last M buckets deviates on its own (and it
+    # survives losing the strongest). Waiting for a second hot bucket on top cost a clear
+    # spike two more buckets of delay. A longer span's thirds are windows: one hot bucket
+    # of a 12-hour span says nothing about the last M buckets, so it still needs N of M.
+    persistent = persistent | (
+        hot & (ev.span >= policy.persist_m) & (ev.span <= _SINGLE_BUCKET_THIRDS)
+    )
     return hot, persistent
 
 
@@ -379,30 +361,26 @@ def _attribution(ev: Evidence, policy: DetectionPolicy, g: _Gates) -> tuple[np.n
     looks back over the partition's own evidence span: the fleet's trailing span still holds
     a version's deviation for a while after the version stops (and vice versa).
     """
-    P, M, T = ev.p.shape
-    n_ops = int(ev.op_index.max()) + 1 if P else 0
+    n_ops = int(ev.op_index.max()) + 1 if len(ev.p) else 0
     fleet = ev.is_fleet.astype(bool)
-    span = ev.span if ev.span is not None else np.ones((P, M, T), np.int64)
-    by_fleet = _by_fleet(ev, g.alert, fleet, n_ops, span)
-    return by_fleet, _by_version(ev, policy, g, fleet, n_ops, span)
+    by_fleet = _by_fleet(ev, g.alert, fleet, n_ops)
+    return by_fleet, _by_version(ev, policy, g, fleet, n_ops)
 
 
-def _by_fleet(
-    ev: Evidence, alert: np.ndarray, fleet: np.ndarray, n_ops: int, span: np.ndarray
-) -> np.ndarray:
-    """Alerts, fleet rows, operations, spans -> (P, M, T) version alerts the fleet explains."""
+def _by_fleet(ev: Evidence, alert: np.ndarray, fleet: np.ndarray, n_ops: int) -> np.ndarray:
+    """Alerts, fleet rows, operations -> (P, M, T) version alerts the fleet explains."""
     P, M, T = ev.p.shape
     fleet_alert = np.zeros((n_ops, M, T), dtype=bool)
     if n_ops:
         np.logical_or.at(fleet_alert, ev.op_index[fleet], alert[fleet])
-    fleet_recent = _any_within(fleet_alert[ev.op_index], span)
+    fleet_recent = _any_within(fleet_alert[ev.op_index], ev.span)
     if ev.last_alert_end is not None and P:
         # The fleet alerted in an earlier run within this partition's evidence span.
         fleet_row = np.full(n_ops, -1, dtype=np.int64)
         fleet_row[ev.op_index[fleet]] = np.flatnonzero(fleet)
         fr = fleet_row[ev.op_index]
         before = np.where(fr >= 0, ev.last_alert_end[np.clip(fr, 0, None)], -np.inf)
-        fleet_recent |= _span_starts_before(span, before)
+        fleet_recent |= _span_starts_before(ev.span, before)
     # A version deviating together with its siblings (``shared``) and not significantly more
     # than they do (no ``peer_sig``) is its operation's deviation, whether or not the fleet has
     # alerted yet: the operation's test, with every version's calls, speaks for it. (Duration
@@ -420,9 +398,8 @@ def _by_version(
     g: _Gates,
     fleet: np.ndarray,
     n_ops: int,
-    span: np.ndarray,
 ) -> np.ndarray:
-    """Gates, fleet rows, operations, spans -> (P, M, T) fleet alerts a version explains."""
+    """Gates, fleet rows, operations -> (P, M, T) fleet alerts a version explains."""
     P, M, T = ev.p.shape
     # A version deviating on its own: nominally significant and practically large while the
     # other versions are fine. Volume and sample size do not matter here (a new version with 20
@@ -431,7 +408,7 @@ def _by_version(
     version_own = np.zeros((n_ops, M, T), dtype=bool)
     if n_ops:
         np.logical_or.at(version_own, ev.op_index[~fleet], own[~fleet])
-    version_recent = _any_within(version_own[ev.op_index], span)
+    version_recent = _any_within(version_own[ev.op_index], ev.span)
     # ... and a version that deviated on its own in most of the last attribution_lookback
     # buckets still explains the fleet when its own evidence blinks for a few buckets (a
     # fleet span of 3 at 08:10, the version slow all morning). "Most", not "any": a fleet-wide
@@ -440,7 +417,7 @@ def _by_version(
         lb = policy.attribution_lookback
         version_recent |= _n_of_m(version_own, -(-lb // 2), lb)[ev.op_index]
     if ev.last_version_dev_end is not None and P:
-        version_recent |= _span_starts_before(span, ev.last_version_dev_end)
+        version_recent |= _span_starts_before(ev.span, ev.last_version_dev_end)
     out: np.ndarray = g.alert & fleet[:, None, None] & version_recent
     return out
 

@@ -508,16 +508,10 @@ def _evidence(
 def _decide(run: _Run, cubes: _Cubes, forest: _ForestRun, tested: _Tested) -> _Decided:
     """Evidence, forest p-values and earlier alerts -> a reason code per bucket (decide)."""
     ev, cube, parts, state, bucket = tested.ev, cubes.cube, run.parts, run.state, run.frame.bucket
+    cal = calibrate.thresholds(state.calibration, _py(run.frame.ws), run.policy, state.alerted)
     evidence = Evidence(
-        p=ev.p,
-        effect=ev.effect,
-        effect_ms=ev.effect_ms,
-        n=ev.n,
-        k=ev.k,
-        loo_ok=ev.loo_ok,
+        **ev.test_fields(),
         forest=forest.flag,
-        peer_sig=ev.peer_sig,
-        shared=ev.shared,
         is_fleet=parts.is_fleet,
         op_index=parts.op_index,
         has_history=run.base.has_history,
@@ -525,17 +519,14 @@ def _decide(run: _Run, cubes: _Cubes, forest: _ForestRun, tested: _Tested) -> _D
         maintenance=cubes.maint,
         judged=tested.judged,
         n_tests=tested.n_tests,
-        span=ev.span,
-        share=ev.share,
         raw_z=cubes.raw_z,
         last_alert_end=_last_alert_end(state, parts, cube.times, bucket),
         last_version_dev_end=_last_version_dev_end(state, parts, cube.times, bucket),
         alpha_scale=_alpha_scale(run.base, run.policy),
         forest_p=None if forest.p is None else forest.p[0],
         forest_n_tests=tested.forest_tests,
+        alpha_m=cal.alpha,
     )
-    cal = calibrate.thresholds(state.calibration, _py(run.frame.ws), run.policy, state.alerted)
-    evidence.alpha_m = cal.alpha
     bucket_end = (cube.times + bucket).tz_convert("UTC").tz_localize(None).to_numpy()
     forest_only = np.zeros(ev.p.shape, dtype=bool)
     reasons = decide(

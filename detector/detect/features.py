@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Final, NamedTuple
 
@@ -378,9 +378,22 @@ def _features_block(
         out[..., 5] = np.where((C > 0) & (co > 0), z, 0.0)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SpanEvidence:
-    """(P, M, T) arrays; see :class:`detector.detect.decide.Evidence` for their meaning."""
+    """What the tests measured: arrays of shape ``(P, M, T)``, partitions x metrics
+    (:data:`METRIC_NAMES`) x buckets; :class:`detector.detect.decide.Evidence` extends it with
+    the context decide needs.
+
+    ``p`` is the best one-sided p-value over the trailing spans (already multiplied by the
+    number of spans); ``effect`` the practical effect at that span (relative for duration and
+    volume, absolute points for failure rate); ``effect_ms`` the absolute p95 shift (duration
+    only, else NaN); ``n`` the calls behind the test (expected calls for volume); ``k`` the
+    failures (failure rate only); ``loo_ok`` whether the evidence survives dropping its strongest
+    bucket; ``peer_sig`` whether a version differs significantly from the other versions of its
+    operation (duration, failure rate); ``shared`` whether the other versions of the operation
+    deviate as well (or there are none), i.e. the deviation is operation-wide rather than one
+    version's.
+    """
 
     p: np.ndarray
     effect: np.ndarray
@@ -389,8 +402,8 @@ class SpanEvidence:
     k: np.ndarray
     loo_ok: np.ndarray
     peer_sig: np.ndarray
-    shared: np.ndarray  # the other versions of the operation deviate too (or there are none)
-    span: np.ndarray  # best span length (buckets)
+    shared: np.ndarray
+    span: np.ndarray  # best span length (buckets): the attribution window
     observed: np.ndarray  # metric value over the best span (geo-mean ms / rate / calls per bucket)
     expected: np.ndarray  # its baseline counterpart
     z: np.ndarray  # signed z at the best span
@@ -398,6 +411,10 @@ class SpanEvidence:
     #: (P, M, K) where the sequential test's evidence stands (see apply_sequential); None
     #: before it ran
     sequential: np.ndarray | None = None
+
+    def test_fields(self) -> dict[str, Any]:
+        """This record (or one extending it) -> its test fields by name, the arrays themselves."""
+        return {f.name: getattr(self, f.name) for f in fields(SpanEvidence)}
 
 
 _EVIDENCE_FIELDS = tuple(f for f in SpanEvidence.__dataclass_fields__ if f != "sequential")
