@@ -98,6 +98,24 @@ def _error_body(code: str, message: str, inner: str | None = None) -> dict[str, 
     return {"error": err}
 
 
+def _semantic_error(message: str) -> dict[str, Any]:
+    """Log Analytics' body for a query naming what the table lacks (HTTP 400)."""
+    inner = {"code": "SEM0100", "message": message}
+    semantic = {
+        "code": "SemanticError",
+        "message": "A semantic error occurred.",
+        "innererror": inner,
+    }
+    return {
+        "error": {
+            "message": "The request had some invalid properties",
+            "code": "BadArgumentError",
+            "correlationId": "00000000-0000-0000-0000-000000000000",
+            "innererror": semantic,
+        }
+    }
+
+
 _STATUS_CODES = {
     400: "BadArgumentError",
     401: "AuthorizationRequiredError",
@@ -594,7 +612,11 @@ class Emulator:
         max_rows: int = 500_000,
         max_bytes: int = 100 * 2**20,
         ingest_lag: timedelta = timedelta(seconds=30),
+        missing: tuple[str, ...] = (),
     ) -> None:
+        # Names the workspace lacks: log columns (schema drift) or the table's own name (no
+        # row ever arrived). A query naming one gets a SemanticError, as from Log Analytics.
+        self.missing = missing
         self.df = load_rows(rows if rows is not None else pd.DataFrame(), ingest_lag=ingest_lag)
         # A workspace listed in ``tables`` holds those rows; every other one holds ``rows``.
         self.tables = {ws: load_rows(t, ingest_lag=ingest_lag) for ws, t in (tables or {}).items()}
@@ -698,6 +720,9 @@ class Emulator:
             df = self.df[_resource_of(self.df) == m_res.group(1).lower()]
         else:  # a table written without resource ids: all of it is the resource's
             df = self.df
+        if (unresolved := self._unresolved(req.query)) is not None:
+            self._send(h, req, 400, _semantic_error(unresolved))
+            return
         try:
             span = _parse_timespan(req.timespan)
             kind = kql.query_kind(req.query)
@@ -740,6 +765,16 @@ class Emulator:
             return
         req.rows = len(rows)
         self._send(h, req, 200, {"tables": [table]})
+
+    def _unresolved(self, query: str) -> str | None:
+        """The service's words for the first name ``query`` uses that the table lacks."""
+        for name in self.missing:
+            if not re.search(rf"\b{re.escape(name)}\b", query):
+                continue
+            if name in schema.LOG_COLUMNS:
+                return f"'extend' operator: Failed to resolve scalar expression named '{name}'"
+            return f"'where' operator: Failed to resolve table or column expression named '{name}'"
+        return None
 
     def _send(
         self,

@@ -74,3 +74,31 @@ def test_failed_chunk_advances_watermark_only_over_what_was_read(
     assert main(["--config", str(cfg), "run", "--now", now]) == 0
     assert store.watermark > partial_wm
     assert int(store.load().stats["calls"].sum()) == int(whole.stats["calls"].sum())
+
+
+@pytest.mark.parametrize(
+    ("missing", "says"),
+    [
+        (("DurationMs",), "schema drift: table ACSCallClientOperations has no column DurationMs"),
+        (("ACSCallClientOperations",), "the workspace has no table ACSCallClientOperations"),
+    ],
+    ids=["a-column-renamed", "no-row-ever-arrived"],
+)
+def test_a_table_without_what_the_query_reads_fails_the_run_saying_so(
+    tmp_path: Path,
+    emulator,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    missing: tuple[str, ...],
+    says: str,
+) -> None:
+    monkeypatch.setenv("ACS_TEST_LA_TOKEN", TOKEN)
+    emu = emulator(sample_rows(hours=2, per_hour=50), missing=missing)
+    now = (T0 + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert main(["--config", str(_config(tmp_path, emu)), "run", "--now", now]) == 1
+    err = capsys.readouterr().err
+    assert says in err and "SemanticError" not in says
+    assert "Failed to resolve" in err  # the service's own words follow, for a search
+    queries = [r.query for r in emu.requests]
+    assert len(set(queries)) == len(queries)  # a semantic error is not retried
+    assert BucketStore(LocalBackend(tmp_path / "state")).watermark is None

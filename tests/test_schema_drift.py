@@ -18,6 +18,7 @@ import pytest
 from detector import schema
 from detector.cli import main
 from detector.errors import InputError
+from detector.source import drift
 from detector.source.drift import SchemaDrift, clean_name, column_drift, drift_warning
 from detector.source.files import read_aggregates
 from tests.fixtures_files import FORMATS, file_name, row
@@ -211,3 +212,38 @@ def test_the_html_report_shows_the_warning_escaped(tmp_path: Path) -> None:
     html = render_html_report(anomalies=[], run_report=report)
     assert "schema drift in 1 file: unknown column &lt;script&gt;x (1)" in html
     assert "<script>x" not in html
+
+
+@pytest.mark.parametrize(
+    ("messages", "expected"),
+    [
+        (
+            ["'extend' operator: Failed to resolve scalar expression named 'DurationMs'"],
+            "schema drift: table T has no column DurationMs (renamed or removed), which the query reads",
+        ),
+        (
+            ["'where' operator: Failed to resolve table or column expression named 'T'"],
+            "the workspace has no table T",
+        ),
+        (
+            [
+                "A semantic error occurred.",
+                "'project' operator: Failed to resolve column or scalar expression named 'SdkVersion'",
+            ],
+            "schema drift: table T has no column SdkVersion",
+        ),
+        # a name that is not a log column: our own query's mistake, not drift
+        (["'extend' operator: Failed to resolve scalar expression named '_Ld'"], None),
+        (["Request is invalid: bad timespan"], None),
+        ([], None),
+    ],
+    ids=["column", "table", "nested-message", "not-a-log-column", "other-error", "no-body"],
+)
+def test_query_drift_reads_the_services_semantic_errors(
+    messages: list[str], expected: str | None
+) -> None:
+    got = drift.query_drift(messages, "T")
+    if expected is None:
+        assert got is None
+    else:
+        assert got is not None and got.startswith(expected)

@@ -4,7 +4,8 @@ A file (or a query result) whose columns changed is still read where it can be: 
 records one :class:`SchemaDrift` per file listing the required columns it lacks, the columns
 whose type changed and the columns nobody expects. Column names come from the log, so they are
 hostile text: :func:`clean_name` escapes and truncates them before they reach a report.
-:func:`drift_warning` is the one run-report line about them.
+:func:`drift_warning` is the one run-report line about them. A query service cannot read a
+table whose columns changed: :func:`query_drift` turns its error into what changed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "clean_name",
     "column_drift",
     "drift_warning",
+    "query_drift",
     "record_kinds",
     "value_kind",
 ]
@@ -44,6 +46,12 @@ _KNOWN: Final = frozenset(c.lower() for c in schema.LOG_COLUMNS) | _ENVELOPE
 _WANT: Final[dict[str, str]] = {"long": "number", "int": "number", "datetime": "time"}
 
 _MAX_NAME: Final = 40
+
+# How Log Analytics names what a query refers to and the table lacks (a SemanticError).
+_UNRESOLVED: Final = re.compile(
+    r"Failed to resolve (?:table or column|column or scalar|scalar|column) expression"
+    r" named '([^']{1,300})'"
+)
 _MAX_UNKNOWN: Final = 10
 
 
@@ -187,3 +195,22 @@ def _json_kind(value: object) -> str:
     if isinstance(value, int | float):
         return "number"
     return "object"
+
+
+def query_drift(messages: Iterable[str], table: str) -> str | None:
+    """A query service's error messages -> what they say about the table's schema (a missing
+    table or a missing log column, in words), or None when they say nothing about it."""
+    for text in messages:
+        for name in _UNRESOLVED.findall(text):
+            if name == table:
+                return (
+                    f"the workspace has no table {clean_name(table, 100)}: no diagnostic setting"
+                    " sends call client operations (ACSCallClientOperations logs) to it yet, or"
+                    " none has arrived"
+                )
+            if name in schema.LOG_COLUMNS:
+                return (
+                    f"schema drift: table {clean_name(table, 100)} has no column {name}"
+                    " (renamed or removed), which the query reads"
+                )
+    return None

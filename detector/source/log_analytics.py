@@ -33,6 +33,7 @@ How a window is read:
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import os
 import re
@@ -69,6 +70,7 @@ from detector.schema import (
     empty_aggregates,
 )
 from detector.source import kql
+from detector.source.drift import query_drift
 
 if TYPE_CHECKING:
     from detector.config import Config
@@ -663,9 +665,10 @@ class LogAnalyticsSource:
         if status == 504 and query.splittable:
             raise _ChunkTooBig(f"HTTP 504 (query ran out of time){_code(err)}") from None
         if status not in RETRY_STATUSES:
-            raise QueryFailedError(
-                f"{what}: HTTP {status}{_code(err)}: {_error_message(err)}"
-            ) from None
+            drift = query_drift(_error_texts(err), self.settings.table)
+            cause = f"HTTP {status}{_code(err)}: {_error_message(err)}"
+            text = f"{what}: {drift} ({cause})" if drift else f"{what}: {cause}"
+            raise QueryFailedError(text) from None
         if status == 429:
             self.stats.throttled += 1
         return _retry_after(err.response), f"HTTP {status}{_code(err)}"
@@ -1092,6 +1095,26 @@ def _error_message(err: Any) -> str:
     model = getattr(err, "model", None)
     message = getattr(model, "message", None) if model is not None else None
     return _first_line(Exception(message)) if isinstance(message, str) else _first_line(err)
+
+
+def _error_texts(err: Any) -> list[str]:
+    """Every ``message`` of an error answer's JSON body (nested ``innererror``s hold the
+    service's own words, e.g. a SemanticError's), outermost first; [] if it has none."""
+    try:
+        body = json.loads(err.response.text())
+    except Exception:  # noqa: BLE001 - no body, not JSON: nothing to read
+        return []
+    out: list[str] = []
+    stack = [body]
+    while stack:
+        node = stack.pop(0)
+        if isinstance(node, dict):
+            if isinstance(node.get("message"), str):
+                out.append(node["message"])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return out
 
 
 def _partial_message(error: Any) -> str:
