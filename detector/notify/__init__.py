@@ -46,14 +46,26 @@ Config it reads (``[alerting]`` and ``[[notify.route]]``; every key optional)::
 
 from __future__ import annotations
 
-from detector.notify.deliver import Delivery, DeliveryReport, Route, deliver, validate_routes
+from detector.notify.deliver import (
+    Delivery,
+    DeliveryContext,
+    DeliveryLimits,
+    DeliveryReport,
+    Route,
+    deliver,
+    validate_routes,
+)
 from detector.notify.health import HealthPolicy, check_health
+from detector.notify.render import DigestLinks
 from detector.notify.stage import AlertOutcome, record_failed_run, run_alerting, run_alerts
 
 __all__ = [
     "AlertOutcome",
     "Delivery",
+    "DeliveryContext",
+    "DeliveryLimits",
     "DeliveryReport",
+    "DigestLinks",
     "HealthPolicy",
     "Route",
     "check_health",

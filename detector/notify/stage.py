@@ -38,8 +38,15 @@ from detector.detect.candidate import Candidate
 from detector.errors import NotifyError
 from detector.lifecycle import AlertState, Decision, step
 from detector.notify.commands import config_silences
-from detector.notify.deliver import DeliveryReport, Route, deliver
+from detector.notify.deliver import (
+    DeliveryContext,
+    DeliveryLimits,
+    DeliveryReport,
+    Route,
+    deliver,
+)
 from detector.notify.health import check_health
+from detector.notify.render import DigestLinks
 from detector.store.alerts import AlertStore, RunRecord
 from detector.store.backend import Backend
 
@@ -158,24 +165,20 @@ def run_alerts(
     store = AlertStore(backend)
     decisions, state = _decide(store, settings, anomalies, evaluated, now, window_end)
     committed = store.committed()
-    common: dict[str, Any] = {
-        "routes": routes,
-        "store_backend": backend,
-        "report_url_or_path": report_url_or_path,
-        "now": now,
-        "dry_run": dry_run,
-        "max_items": settings.max_items,
-        "outbox_max_age": settings.outbox_max_age,
-        "bin_size": bin_size,
-        "portal_resource_id": portal_resource_id,
-    }
+    ctx = DeliveryContext(routes=routes, backend=backend, now=now, dry_run=dry_run)
+    links = DigestLinks(
+        report_url=report_url_or_path, portal_resource_id=portal_resource_id, bin_size=bin_size
+    )
+    limits = DeliveryLimits(max_items=settings.max_items, outbox_max_age=settings.outbox_max_age)
     report = deliver(
         [] if no_notify else decisions,
+        ctx,
+        links=links,
+        limits=limits,
         history_for_charts=history_for_charts,
         retry_outbox=not no_notify,
         commit=_committer(store, state),
         committed=committed,
-        **common,
     )
     # Health is judged after delivery, on the outbox as it is now (a retry that just worked
     # is not an issue) and on what this run could not deliver, and sent as its own message
@@ -187,9 +190,11 @@ def run_alerts(
     if any(d.notify for d in health) and not no_notify:
         hreport = deliver(
             health,
+            ctx,
+            links=links,
+            limits=limits,
             retry_outbox=False,
             commit=_committer(store, state),
-            **common,
         )
         report.merge(hreport)
     decisions = health + decisions
