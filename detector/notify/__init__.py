@@ -57,7 +57,13 @@ from detector.notify.deliver import (
 )
 from detector.notify.health import HealthPolicy, check_health
 from detector.notify.render import DigestLinks
-from detector.notify.stage import AlertOutcome, record_failed_run, run_alerting, run_alerts
+from detector.notify.stage import (
+    AlertOutcome,
+    JudgedWindow,
+    record_failed_run,
+    run_alerting,
+    run_alerts,
+)
 
 __all__ = [
     "AlertOutcome",
@@ -67,6 +73,7 @@ __all__ = [
     "DeliveryReport",
     "DigestLinks",
     "HealthPolicy",
+    "JudgedWindow",
     "Route",
     "check_health",
     "deliver",

@@ -52,7 +52,25 @@ from detector.store.backend import Backend
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AlertOutcome", "run_alerts"]
+__all__ = ["AlertOutcome", "JudgedWindow", "run_alerts"]
+
+#: Digests without a run report, Log Analytics link or non-default KQL bin.
+_NO_LINKS = DigestLinks()
+
+
+@dataclass(frozen=True)
+class JudgedWindow:
+    """What the engine judged in one window, as the lifecycle takes it.
+
+    ``anomalies`` and ``evaluated`` as :func:`detector.lifecycle.step` takes them (on a source
+    error: ``[]`` and ``{}``); ``window_end`` identifies the window for idempotent reruns;
+    ``charts``: the anomalies' chart series by fingerprint (None: no charts).
+    """
+
+    anomalies: Sequence[Anomaly]
+    evaluated: Iterable[Any] | Mapping[str, Any] | None
+    window_end: datetime
+    charts: Mapping[str, pd.DataFrame] | None = None
 
 
 @dataclass
@@ -127,33 +145,27 @@ def _committer(store: AlertStore, state: AlertState) -> Callable[[str], None]:
 
 
 def run_alerts(
-    anomalies: Iterable[Anomaly],
-    evaluated: Iterable[Any] | Mapping[str, Any] | None,
+    judged: JudgedWindow,
+    ctx: DeliveryContext,
     *,
-    backend: Backend,
-    routes: Sequence[Route],
     alerting: Mapping[str, Any],
-    now: datetime,
-    window_end: datetime,
     run: RunRecord | None = None,
-    history_for_charts: Mapping[str, pd.DataFrame] | None = None,
-    report_url_or_path: str | None = None,
-    bin_size: str = "5m",
-    dry_run: bool = False,
+    links: DigestLinks = _NO_LINKS,
     no_notify: bool = False,
-    portal_resource_id: str | None = None,
 ) -> AlertOutcome:
     """Run the alerting stage for one judged window (see the module docstring).
 
     Parameters
     ----------
-    anomalies, evaluated : from the engine (see :func:`detector.lifecycle.step`). On a source
-        error pass ``[]`` and ``{}`` with ``run.status="source_error"``: firing alerts keep
-        their state (``no_data``) and the health check counts the failure.
+    judged : the engine's anomalies, evaluated fingerprints, window end and chart series. On
+        a source error pass ``[]`` and ``{}`` with ``run.status="source_error"``: firing
+        alerts keep their state (``no_data``) and the health check counts the failure.
+    ctx : routes, store backend, the run's clock and ``dry_run`` (nothing written or sent).
     alerting : the ``[alerting]`` table (lifecycle, health, digest and outbox keys).
     run : this run's record (status, window, rows, schema drift); recorded at the end with
         the notified count and outbox size filled in. None: no run is recorded.
-    portal_resource_id : resource id for the "Open in Log Analytics" link of each alert.
+    links : the run report, the Log Analytics resource and the KQL bin digests link to.
+    no_notify : update the state as if sent, but send nothing.
 
     Returns
     -------
@@ -161,21 +173,18 @@ def run_alerts(
     fails.
     """
     settings = alerting_settings(alerting)
-    anomalies = list(anomalies)
-    store = AlertStore(backend)
-    decisions, state = _decide(store, settings, anomalies, evaluated, now, window_end)
+    anomalies = list(judged.anomalies)
+    now, dry_run = ctx.now, ctx.dry_run
+    store = AlertStore(ctx.backend)
+    decisions, state = _decide(store, settings, judged, now)
     committed = store.committed()
-    ctx = DeliveryContext(routes=routes, backend=backend, now=now, dry_run=dry_run)
-    links = DigestLinks(
-        report_url=report_url_or_path, portal_resource_id=portal_resource_id, bin_size=bin_size
-    )
     limits = DeliveryLimits(max_items=settings.max_items, outbox_max_age=settings.outbox_max_age)
     report = deliver(
         [] if no_notify else decisions,
         ctx,
         links=links,
         limits=limits,
-        history_for_charts=history_for_charts,
+        history_for_charts=judged.charts,
         retry_outbox=not no_notify,
         commit=_committer(store, state),
         committed=committed,
@@ -204,23 +213,18 @@ def run_alerts(
 
 
 def _decide(
-    store: AlertStore,
-    settings: AlertingSettings,
-    anomalies: list[Anomaly],
-    evaluated: Iterable[Any] | Mapping[str, Any] | None,
-    now: datetime,
-    window_end: datetime,
+    store: AlertStore, settings: AlertingSettings, judged: JudgedWindow, now: datetime
 ) -> tuple[list[Decision], AlertState]:
     """The lifecycle's decisions and next state, from the stored state, silences and acks."""
     state = store.load_state()
     silences = config_silences(settings, now) + store.silences()
     return step(
-        anomalies,
-        evaluated,
+        list(judged.anomalies),
+        judged.evaluated,
         state,
         settings.lifecycle,
         now,
-        window_end=window_end,
+        window_end=judged.window_end,
         silences=silences,
         acks=store.acks(),
     )
@@ -380,21 +384,24 @@ def run_alerting(
     ev, charts = _evaluated_and_charts(
         evaluated, history, window, anomalies, bucket, alerting_settings(alerting)
     )
-    outcome = run_alerts(
-        anomalies,
-        ev,
-        backend=backend,
+    ctx = DeliveryContext(
         routes=[r if isinstance(r, Route) else Route.from_config(r) for r in routes],
-        alerting=alerting,
+        backend=backend,
         now=now,
-        window_end=window[1],
-        run=_run_record(report, now, len(anomalies)),
-        history_for_charts=charts,
-        report_url_or_path=report_url_or_path or report.get("report_url"),
-        bin_size=_bin_text(bucket),
         dry_run=dry_run,
-        no_notify=not send,
+    )
+    links = DigestLinks(
+        report_url=report_url_or_path or report.get("report_url"),
         portal_resource_id=(report.get("log_analytics") or {}).get("resource_id"),
+        bin_size=_bin_text(bucket),
+    )
+    outcome = run_alerts(
+        JudgedWindow(anomalies, ev, window_end=window[1], charts=charts),
+        ctx,
+        alerting=alerting,
+        run=_run_record(report, now, len(anomalies)),
+        links=links,
+        no_notify=not send,
     )
     out = outcome.report.to_json()
     out["decisions"] = [d.to_json() for d in outcome.decisions]
@@ -468,16 +475,17 @@ def record_failed_run(
     firing alerts keep their state, the outbox is retried, and after
     ``health_source_error_runs`` such runs in a row every health route is told.
     """
-    outcome = run_alerts(
-        [],
-        {},
-        backend=backend,
+    ctx = DeliveryContext(
         routes=[r if isinstance(r, Route) else Route.from_config(r) for r in routes],
-        alerting=alerting,
+        backend=backend,
         now=now,
-        window_end=now,
-        run=RunRecord(started_at=now, status=status, error=error[:300]),
         dry_run=dry_run,
+    )
+    outcome = run_alerts(
+        JudgedWindow([], {}, window_end=now),
+        ctx,
+        alerting=alerting,
+        run=RunRecord(started_at=now, status=status, error=error[:300]),
     )
     out = outcome.report.to_json()
     out["decisions"] = [d.to_json() for d in outcome.decisions if d.kind == "health"]
