@@ -316,18 +316,20 @@ def _aggregates(start, hours=2, slow_from=None):
 def test_run_alerting_adapter_resolves_from_history(tmp_path, httpserver):
     import pandas as pd
 
-    from detector.notify import run_alerting
+    from detector.notify import EngineOutput, run_alerting
     from detector.notify.chart import chart_png
     from detector.notify.evaluated import chart_history, evaluated_from_history
 
     httpserver.expect_request("/hook").respond_with_json({})
     b = LocalBackend(tmp_path)
     routes = [
-        {
-            "name": "hooks",
-            "urls": [f"json://127.0.0.1:{httpserver.port}/hook"],
-            "min_severity": "info",
-        }
+        Route.from_config(
+            {
+                "name": "hooks",
+                "urls": [f"json://127.0.0.1:{httpserver.port}/hook"],
+                "min_severity": "info",
+            }
+        )
     ]
     alerting = {"resolve_after": timedelta(0), "recovery_evaluations": 1}
     start = pd.Timestamp(T0)
@@ -348,15 +350,10 @@ def test_run_alerting_adapter_resolves_from_history(tmp_path, httpserver):
         "detection": {"partitions": 3},
     }
     out = run_alerting(
-        [a],
-        evaluated=[],
-        routes=routes,
+        EngineOutput([a], history=hist, bucket=timedelta(minutes=5)),
+        DeliveryContext(routes, b, now=w1[1]),
         alerting=alerting,
-        backend=b,
-        history=hist,
-        now=w1[1],
         report=report,
-        bucket=timedelta(minutes=5),
     )
     assert out["ok"] and out["counts"]["new"] == 1 and not out["failed"]
     # next window: the 1.30 version is back to normal in the history -> resolved with its value
@@ -364,13 +361,9 @@ def test_run_alerting_adapter_resolves_from_history(tmp_path, httpserver):
     w2 = (w1[1], w1[1] + timedelta(minutes=10))
     report2 = {**report, "window": {"start": "2026-11-25T09:50:00Z", "end": "2026-11-25T10:00:00Z"}}
     out2 = run_alerting(
-        [],
-        evaluated=[],
-        routes=routes,
+        EngineOutput([], history=hist2),
+        DeliveryContext(routes, b, now=w2[1]),
         alerting=alerting,
-        backend=b,
-        history=hist2,
-        now=w2[1],
         report=report2,
     )
     (d,) = [x for x in out2["decisions"] if x["fingerprint"] == FP]

@@ -59,6 +59,7 @@ from detector.notify.health import HealthPolicy, check_health
 from detector.notify.render import DigestLinks
 from detector.notify.stage import (
     AlertOutcome,
+    EngineOutput,
     JudgedWindow,
     record_failed_run,
     run_alerting,
@@ -72,6 +73,7 @@ __all__ = [
     "DeliveryLimits",
     "DeliveryReport",
     "DigestLinks",
+    "EngineOutput",
     "HealthPolicy",
     "JudgedWindow",
     "Route",

@@ -52,7 +52,7 @@ from detector.store.backend import Backend
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AlertOutcome", "JudgedWindow", "run_alerts"]
+__all__ = ["AlertOutcome", "EngineOutput", "JudgedWindow", "run_alerts"]
 
 #: Digests without a run report, Log Analytics link or non-default KQL bin.
 _NO_LINKS = DigestLinks()
@@ -336,41 +336,46 @@ def _run_record(report: Mapping[str, Any], now: datetime, n_anomalies: int) -> R
     )
 
 
+@dataclass(frozen=True)
+class EngineOutput:
+    """What the engine produced for the judged window, as the pipeline holds it.
+
+    ``anomalies``: gated anomalies of the window. ``candidates``: those the engine could judge
+    count as evaluated. ``history``: the :class:`~detector.schema.BucketAggregates` it judged
+    (every partition with calls in the window counts as evaluated: firing alerts can resolve;
+    chart series); None: only ``candidates`` count. ``window``: the judged window (None: the
+    run report's, else the anomalies' span). ``bucket``: the bucket width (timedelta or "5m").
+    """
+
+    anomalies: Sequence[Anomaly]
+    candidates: Sequence[Candidate] = ()
+    history: Any = None
+    window: tuple[datetime, datetime] | None = None
+    bucket: Any = "5m"
+
+
 def run_alerting(
-    anomalies: Iterable[Anomaly],
+    output: EngineOutput,
+    ctx: DeliveryContext,
     *,
-    evaluated: Sequence[Candidate] = (),
-    routes: Sequence[Any],
     alerting: Mapping[str, Any],
-    backend: Backend,
-    history: Any = None,
-    now: datetime,
-    dry_run: bool = False,
     send: bool = True,
     report: Mapping[str, Any] | None = None,
-    window: tuple[datetime, datetime] | None = None,
     report_url_or_path: str | None = None,
-    bucket: Any = "5m",
 ) -> dict[str, Any]:
     """The alerting stage for the pipeline; returns a JSON-able summary for the run report.
 
     Parameters
     ----------
-    anomalies : the engine's gated anomalies for the judged window.
-    evaluated : the engine's candidates; those it could judge are merged with every partition
-        that has calls in the window in ``history`` (those are "evaluated and clean" unless
-        they are anomalies), so firing alerts can resolve.
-    routes : :class:`Route` objects or config records with ``name``/``urls``/``min_severity``/
-        ``operations`` (``detector.config.RouteConfig``).
+    output : the engine's anomalies, candidates, judged history, window and bucket width;
+        they become the :class:`JudgedWindow` of :func:`run_alerts`.
+    ctx : routes, store backend, the lifecycle's clock and ``dry_run``.
     alerting : the ``[alerting]`` table.
-    history : the :class:`~detector.schema.BucketAggregates` the engine judged (current values
-        for resolved notices, chart series). None: only ``evaluated`` counts as evaluated.
     send : False = ``--no-notify`` (state updated, nothing sent).
     report : the run report so far (``window``, ``now``, ``source``, ``detection``,
         ``log_analytics``): gives the judged window, this run's record for ``status`` and
         health, and the resource id of the "Open in Log Analytics" links.
-    window : the judged window, if ``report`` does not carry it.
-    bucket : the bucket width (timedelta or "5m") for the reproduce-KQL.
+    report_url_or_path : where digests point for the full report (None: ``report_url``).
 
     Returns
     -------
@@ -378,17 +383,12 @@ def run_alerting(
     ``outboxed``, ``outbox_size``, ``messages`` (dry run), ``decisions`` and ``counts``.
     Everything is saved before it returns; the caller exits 1 when ``failed`` is non-empty.
     """
-    anomalies = list(anomalies)
+    anomalies = list(output.anomalies)
     report = report or {}
-    window = window or _judged_window(report, anomalies, now)
+    now, bucket = ctx.now, output.bucket
+    window = output.window or _judged_window(report, anomalies, now)
     ev, charts = _evaluated_and_charts(
-        evaluated, history, window, anomalies, bucket, alerting_settings(alerting)
-    )
-    ctx = DeliveryContext(
-        routes=[r if isinstance(r, Route) else Route.from_config(r) for r in routes],
-        backend=backend,
-        now=now,
-        dry_run=dry_run,
+        output.candidates, output.history, window, anomalies, bucket, alerting_settings(alerting)
     )
     links = DigestLinks(
         report_url=report_url_or_path or report.get("report_url"),
