@@ -173,7 +173,6 @@ def run_alerts(
     fails.
     """
     settings = alerting_settings(alerting)
-    anomalies = list(judged.anomalies)
     now, dry_run = ctx.now, ctx.dry_run
     store = AlertStore(ctx.backend)
     decisions, state = _decide(store, settings, judged, now)
@@ -208,7 +207,7 @@ def run_alerts(
         report.merge(hreport)
     decisions = health + decisions
     if not dry_run:
-        _save_and_record(store, state, run, report, decisions, len(anomalies), now)
+        _save_and_record(store, state, run, report, decisions, len(judged.anomalies), now)
     return AlertOutcome(decisions, report)
 
 
