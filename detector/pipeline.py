@@ -441,24 +441,26 @@ def _alert(
 ) -> None:
     """The tenant's alerting stage (its own alert state) on the engine's anomalies and
     candidates; fills ``alerts``/``delivery_failed``."""
-    from detector.notify import run_alerting
+    from detector.notify import DeliveryContext, EngineOutput, run_alerting
 
     cfg = run.cfg
-    delivery = run_alerting(
-        anomalies,
-        evaluated=candidates,
+    output = EngineOutput(
+        anomalies, candidates, history, window=window, bucket=cfg.detection["bucket"]
+    )
+    ctx = DeliveryContext(
         routes=routes(cfg),
-        alerting=cfg.alerting,
         backend=tenant.backend,
-        history=history,
         # A manual rerun judges a past window: its lifecycle clock is the window's end.
         now=window[1] if run.manual else run.now,
         dry_run=run.dry_run,
+    )
+    delivery = run_alerting(
+        output,
+        ctx,
+        alerting=cfg.alerting,
         send=run.notify and not run.dry_run,
         report=part,
-        window=window,
         report_url_or_path=report_link(cfg, part),
-        bucket=cfg.detection["bucket"],
     )
     part["alerts"] = _jsonable(delivery)
     part["delivery_failed"] = bool(delivery.get("failed") or delivery.get("undeliverable"))

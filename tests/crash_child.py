@@ -22,7 +22,7 @@ import os
 import sys
 from typing import Any
 
-from detector.notify import Route, run_alerts
+from detector.notify import DeliveryContext, JudgedWindow, Route, run_alerts
 from detector.store.alerts import AlertStore, RunRecord
 from detector.store.backend import LocalBackend
 from tests.fixtures_alerting import STEP, T0, make_anomaly
@@ -73,14 +73,11 @@ def main(argv: list[str]) -> int:
     _install(point)
     end = T0 + int(k) * STEP
     urls = [u for u in (smtp_url, hook_url) if u != "-"]
+    routes = [Route("oncall", urls, **({"timeout": timeout} if timeout else {}))]
     out = run_alerts(
-        [make_anomaly(end=end, severity="critical")],
-        {},
-        backend=LocalBackend(store),
-        routes=[Route("oncall", urls, **({"timeout": timeout} if timeout else {}))],
+        JudgedWindow([make_anomaly(end=end, severity="critical")], {}, window_end=end),
+        DeliveryContext(routes, LocalBackend(store), now=end),
         alerting={"repeat_interval": "4h"},
-        now=end,
-        window_end=end,
         run=RunRecord(started_at=end, window_end=end, rows=100),
     )
     print(json.dumps(out.report.to_json().get("by_target", [])))

@@ -8,7 +8,7 @@ import pytest
 
 from detector.errors import StateError
 from detector.lifecycle import LifecyclePolicy, step
-from detector.notify import Route, deliver
+from detector.notify import DeliveryContext, Route, deliver
 from detector.notify.commands import add_silence, list_silences
 from detector.store.alerts import AlertStore
 from detector.store.blob import BlobBackend
@@ -60,9 +60,8 @@ def test_outbox_on_blob(blob: BlobBackend) -> None:
         end,
         window_end=end,
     )
-    r = deliver(
-        d, routes=[Route("x", [f"json://127.0.0.1:{free_port()}/h"])], store_backend=blob, now=end
-    )
+    routes = [Route("x", [f"json://127.0.0.1:{free_port()}/h"])]
+    r = deliver(d, DeliveryContext(routes, blob, end))
     assert not r.ok and r.outbox_size == 1
     (item,) = AlertStore(blob).outbox()
     assert item.fingerprints == [d[0].fingerprint] and item.attempts == 1

@@ -9,7 +9,14 @@ import pytest
 
 from detector.errors import ConfigError, StateError
 from detector.lifecycle import AlertState, LifecyclePolicy, step
-from detector.notify import HealthPolicy, Route, check_health, run_alerts
+from detector.notify import (
+    DeliveryContext,
+    HealthPolicy,
+    JudgedWindow,
+    Route,
+    check_health,
+    run_alerts,
+)
 from detector.notify.commands import (
     ack,
     add_silence,
@@ -202,13 +209,9 @@ def test_run_alerts_end_to_end(tmp_path, httpserver):
     alerting = {"n_of_m": "1/1", "repeat_interval": "4h", "health_source_error_runs": 2}
     end = T0 + STEP
     out = run_alerts(
-        [make_anomaly(end=end)],
-        {},
-        backend=b,
-        routes=routes,
+        JudgedWindow([make_anomaly(end=end)], {}, window_end=end),
+        DeliveryContext(routes, b, now=end),
         alerting=alerting,
-        now=end,
-        window_end=end,
         run=RunRecord(started_at=end, window_end=end, rows=10),
     )
     assert out.ok and [str(d.reason) for d in out.decisions] == ["new"]
@@ -218,13 +221,9 @@ def test_run_alerts_end_to_end(tmp_path, httpserver):
     for i in (2, 3):
         e = T0 + i * STEP
         out = run_alerts(
-            [],
-            {},
-            backend=b,
-            routes=routes,
+            JudgedWindow([], {}, window_end=e),
+            DeliveryContext(routes, b, now=e),
             alerting=alerting,
-            now=e,
-            window_end=e,
             run=RunRecord(started_at=e, status="source_error", error="SourceError: boom"),
         )
     reasons = {d.fingerprint: str(d.reason) for d in out.decisions}
@@ -235,13 +234,9 @@ def test_run_alerts_end_to_end(tmp_path, httpserver):
     ack(b, FP, T0 + 4 * STEP, by="carol")
     later = T0 + timedelta(hours=5)
     out = run_alerts(
-        [make_anomaly(end=later)],
-        {},
-        backend=b,
-        routes=routes,
+        JudgedWindow([make_anomaly(end=later)], {}, window_end=later),
+        DeliveryContext(routes, b, now=later),
         alerting=alerting,
-        now=later,
-        window_end=later,
         run=RunRecord(started_at=later, rows=5),
     )
     assert {d.fingerprint: str(d.reason) for d in out.decisions}[FP] == "acknowledged"
@@ -251,14 +246,9 @@ def test_run_alerts_end_to_end(tmp_path, httpserver):
     # dry run writes nothing
     before = {p.name: p.read_bytes() for p in (tmp_path / "alerts").iterdir()}
     run_alerts(
-        [make_anomaly(op="X", end=later + STEP)],
-        {},
-        backend=b,
-        routes=routes,
+        JudgedWindow([make_anomaly(op="X", end=later + STEP)], {}, window_end=later + STEP),
+        DeliveryContext(routes, b, now=later + STEP, dry_run=True),
         alerting=alerting,
-        now=later + STEP,
-        window_end=later + STEP,
-        dry_run=True,
     )
     assert {p.name: p.read_bytes() for p in (tmp_path / "alerts").iterdir()} == before
 
@@ -271,13 +261,9 @@ def test_run_alerts_failed_delivery_saves_then_raises(tmp_path):
     routes = [Route("hooks", [f"json://127.0.0.1:{free_port()}/hook"])]
     end = T0 + STEP
     out = run_alerts(
-        [make_anomaly(end=end)],
-        {},
-        backend=b,
-        routes=routes,
+        JudgedWindow([make_anomaly(end=end)], {}, window_end=end),
+        DeliveryContext(routes, b, now=end),
         alerting={},
-        now=end,
-        window_end=end,
         run=RunRecord(started_at=end, rows=3),
     )
     with pytest.raises(NotifyError, match="kept in the outbox"):
@@ -330,18 +316,20 @@ def _aggregates(start, hours=2, slow_from=None):
 def test_run_alerting_adapter_resolves_from_history(tmp_path, httpserver):
     import pandas as pd
 
-    from detector.notify import run_alerting
+    from detector.notify import EngineOutput, run_alerting
     from detector.notify.chart import chart_png
     from detector.notify.evaluated import chart_history, evaluated_from_history
 
     httpserver.expect_request("/hook").respond_with_json({})
     b = LocalBackend(tmp_path)
     routes = [
-        {
-            "name": "hooks",
-            "urls": [f"json://127.0.0.1:{httpserver.port}/hook"],
-            "min_severity": "info",
-        }
+        Route.from_config(
+            {
+                "name": "hooks",
+                "urls": [f"json://127.0.0.1:{httpserver.port}/hook"],
+                "min_severity": "info",
+            }
+        )
     ]
     alerting = {"resolve_after": timedelta(0), "recovery_evaluations": 1}
     start = pd.Timestamp(T0)
@@ -362,15 +350,10 @@ def test_run_alerting_adapter_resolves_from_history(tmp_path, httpserver):
         "detection": {"partitions": 3},
     }
     out = run_alerting(
-        [a],
-        evaluated=[],
-        routes=routes,
+        EngineOutput([a], history=hist, bucket=timedelta(minutes=5)),
+        DeliveryContext(routes, b, now=w1[1]),
         alerting=alerting,
-        backend=b,
-        history=hist,
-        now=w1[1],
         report=report,
-        bucket=timedelta(minutes=5),
     )
     assert out["ok"] and out["counts"]["new"] == 1 and not out["failed"]
     # next window: the 1.30 version is back to normal in the history -> resolved with its value
@@ -378,13 +361,9 @@ def test_run_alerting_adapter_resolves_from_history(tmp_path, httpserver):
     w2 = (w1[1], w1[1] + timedelta(minutes=10))
     report2 = {**report, "window": {"start": "2026-11-25T09:50:00Z", "end": "2026-11-25T10:00:00Z"}}
     out2 = run_alerting(
-        [],
-        evaluated=[],
-        routes=routes,
+        EngineOutput([], history=hist2),
+        DeliveryContext(routes, b, now=w2[1]),
         alerting=alerting,
-        backend=b,
-        history=hist2,
-        now=w2[1],
         report=report2,
     )
     (d,) = [x for x in out2["decisions"] if x["fingerprint"] == FP]

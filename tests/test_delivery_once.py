@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
-from detector.notify import Route, run_alerts
+from detector.notify import DeliveryContext, JudgedWindow, Route, run_alerts
 from detector.notify.commands import status_text
 from detector.store.alerts import AlertStore, RunRecord
 from detector.store.backend import LocalBackend
@@ -190,13 +190,9 @@ def test_trickling_webhook_does_not_keep_the_process_alive(tmp_path):
 def _alerting_run(backend: LocalBackend, routes: list[Route]):
     end = T0 + STEP
     return run_alerts(
-        [make_anomaly(end=end, severity="critical")],
-        {},
-        backend=backend,
-        routes=routes,
+        JudgedWindow([make_anomaly(end=end, severity="critical")], {}, window_end=end),
+        DeliveryContext(routes, backend, now=end),
         alerting={},
-        now=end,
-        window_end=end,
         run=RunRecord(started_at=end, window_end=end, rows=100),
     )
 
@@ -227,14 +223,11 @@ def test_run_summary_lists_delivery_per_route_and_target(tmp_path, hook):
     backend = LocalBackend(tmp_path)
     end = T0 + STEP
     secret_url = "json://127.0.0.1:9/hook?+X-Token=Tk5ecretValue99"  # nothing listens on 9
+    routes = [Route("oncall", [url, secret_url, "bogus://nothing"], timeout=2, health=False)]
     out = run_alerts(
-        [make_anomaly(end=end, severity="critical")],
-        {},
-        backend=backend,
-        routes=[Route("oncall", [url, secret_url, "bogus://nothing"], timeout=2, health=False)],
+        JudgedWindow([make_anomaly(end=end, severity="critical")], {}, window_end=end),
+        DeliveryContext(routes, backend, now=end),
         alerting={},
-        now=end,
-        window_end=end,
         run=RunRecord(started_at=end, window_end=end, rows=100),
     )
     rows = {r["target"]: r for r in out.to_json()["delivery"]["by_target"]}

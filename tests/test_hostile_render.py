@@ -23,7 +23,7 @@ from aiosmtpd.controller import Controller
 from detector.anomaly import Anomaly
 from detector.escape import ESCAPERS, clean, for_markdown, kql_string
 from detector.lifecycle import AlertState, Decision, LifecyclePolicy, step
-from detector.notify import Route, deliver
+from detector.notify import DeliveryContext, Route, deliver
 from detector.notify.render import CALL_DIAGNOSTICS_HINT, render_digest
 from detector.report_html import render_html_report
 from detector.store.backend import LocalBackend
@@ -112,11 +112,10 @@ def rsps():
 def test_slack_payload_is_inert(rsps, tmp_path):
     rsps.add(responses.POST, SLACK_HOOK, body="ok", status=200)
     decisions, _ = _decisions()
+    routes = [Route("chat", [SLACK_HOOK + "?footer=no"], max_items=50)]
     report = deliver(
         decisions,
-        routes=[Route("chat", [SLACK_HOOK + "?footer=no"], max_items=50)],
-        store_backend=LocalBackend(tmp_path),
-        now=T0 + STEP,
+        DeliveryContext(routes, LocalBackend(tmp_path), T0 + STEP),
     )
     assert report.ok, report.to_json()
     payload = json.loads(rsps.calls[0].request.body)
@@ -133,11 +132,10 @@ def test_slack_payload_is_inert(rsps, tmp_path):
 def test_teams_card_is_inert(rsps, tmp_path):
     rsps.add(responses.POST, TEAMS_RE, status=202)
     decisions, _ = _decisions()
+    routes = [Route("teams", [TEAMS_URL], max_items=50)]
     report = deliver(
         decisions,
-        routes=[Route("teams", [TEAMS_URL], max_items=50)],
-        store_backend=LocalBackend(tmp_path),
-        now=T0 + STEP,
+        DeliveryContext(routes, LocalBackend(tmp_path), T0 + STEP),
     )
     assert report.ok, report.to_json()
     card = json.loads(rsps.calls[0].request.body)
@@ -152,11 +150,10 @@ def test_teams_card_is_inert(rsps, tmp_path):
 def test_json_message_is_inert(httpserver, tmp_path):
     httpserver.expect_request("/hook", method="POST").respond_with_json({"ok": True})
     decisions, _ = _decisions()
+    routes = [Route("hooks", [f"json://127.0.0.1:{httpserver.port}/hook"], max_items=50)]
     report = deliver(
         decisions,
-        routes=[Route("hooks", [f"json://127.0.0.1:{httpserver.port}/hook"], max_items=50)],
-        store_backend=LocalBackend(tmp_path),
-        now=T0 + STEP,
+        DeliveryContext(routes, LocalBackend(tmp_path), T0 + STEP),
     )
     assert report.ok, report.to_json()
     (req,) = [r for r, _ in httpserver.log]
@@ -196,11 +193,10 @@ def test_email_is_inert(tmp_path):
     try:
         decisions, _ = _decisions()
         url = f"mailto://127.0.0.1:{port}?from=alerts@example.com&to=oncall@example.com"
+        routes = [Route("mail", [url], max_items=50)]
         report = deliver(
             decisions,
-            routes=[Route("mail", [url], max_items=50)],
-            store_backend=LocalBackend(tmp_path),
-            now=T0 + STEP,
+            DeliveryContext(routes, LocalBackend(tmp_path), T0 + STEP),
         )
     finally:
         ctl.stop()

@@ -13,8 +13,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from detector.lifecycle import AlertState, LifecyclePolicy, step
-from detector.notify import Route, deliver
-from detector.notify.render import kql_for
+from detector.notify import DeliveryContext, Route, deliver
+from detector.notify.render import DigestLinks, kql_for
 from detector.store.alerts import AlertStore
 from detector.store.backend import LocalBackend
 from detector.words import decode_portal_query
@@ -102,12 +102,11 @@ def test_email_digest_html_text_and_chart(tmp_path, smtp, caplog):
     history = {d.fingerprint: _history(pd.Timestamp(end)) for d in decisions}
     report = deliver(
         decisions,
-        routes=[route],
-        store_backend=LocalBackend(tmp_path),
+        DeliveryContext([route], LocalBackend(tmp_path), end),
+        links=DigestLinks(
+            report_url="https://reports.example/acs/run-1.html", portal_resource_id=RESOURCE_ID
+        ),
         history_for_charts=history,
-        report_url_or_path="https://reports.example/acs/run-1.html",
-        now=end,
-        portal_resource_id=RESOURCE_ID,
     )
     assert report.ok, report.to_json()
     assert len(report.sent) == 1 and not report.failed
@@ -165,7 +164,7 @@ def test_email_wrong_password_goes_to_outbox(tmp_path, smtp, caplog):
     bad = "Wr0ngPassw0rdXYZ"
     url = f"mailto://alerts:{bad}@127.0.0.1:{port}?from=alerts@example.com&to=oncall@example.com"
     report = deliver(
-        decisions, routes=[Route("oncall", [url])], store_backend=LocalBackend(tmp_path), now=end
+        decisions, DeliveryContext([Route("oncall", [url])], LocalBackend(tmp_path), end)
     )
     assert not report.ok and len(report.failed) == 1
     assert sink.messages == []
@@ -180,9 +179,7 @@ def test_email_text_format_without_chart(tmp_path, smtp):
     sink, port = smtp
     decisions, end = _decisions()
     url = f"mailto://alerts:{PASSWORD}@127.0.0.1:{port}?from=a@example.com&to=b@example.com&format=text"
-    report = deliver(
-        decisions, routes=[Route("r", [url])], store_backend=LocalBackend(tmp_path), now=end
-    )
+    report = deliver(decisions, DeliveryContext([Route("r", [url])], LocalBackend(tmp_path), end))
     assert report.ok
     (msg,) = sink.messages
     types = [p.get_content_type() for p in msg.walk() if not p.is_multipart()]

@@ -13,8 +13,8 @@ import pytest
 import responses
 
 from detector.lifecycle import AlertState, LifecyclePolicy, step
-from detector.notify import Route, deliver
-from detector.notify.render import TEAMS_LIMIT, render_digest
+from detector.notify import DeliveryContext, DeliveryLimits, Route, deliver
+from detector.notify.render import TEAMS_LIMIT, DigestLinks, render_digest
 from detector.store.backend import LocalBackend
 from tests.fixtures_alerting import STEP, T0, make_anomaly
 
@@ -71,12 +71,11 @@ def test_slack_webhook_payload(rsps, tmp_path, caplog):
     rsps.add(responses.POST, SLACK_HOOK, body="ok", status=200)
     decisions = _decisions(2)
     hist = {d.fingerprint: _history(pd.Timestamp(T0 + STEP)) for d in decisions}
+    routes = [Route("chat", [SLACK_HOOK + "?footer=no"])]
     report = deliver(
         decisions,
-        routes=[Route("chat", [SLACK_HOOK + "?footer=no"])],
-        store_backend=LocalBackend(tmp_path),
+        DeliveryContext(routes, LocalBackend(tmp_path), T0 + STEP),
         history_for_charts=hist,
-        now=T0 + STEP,
     )
     assert report.ok, report.to_json()
     (call,) = rsps.calls
@@ -100,10 +99,7 @@ def test_slack_blocks_payload(rsps, tmp_path):
     rsps.add(responses.POST, SLACK_HOOK, body="ok", status=200)
     url = f"slack://{SLACK_A}/{SLACK_B}/{SLACK_C}/#alerts?blocks=yes"
     report = deliver(
-        _decisions(1),
-        routes=[Route("chat", [url])],
-        store_backend=LocalBackend(tmp_path),
-        now=T0 + STEP,
+        _decisions(1), DeliveryContext([Route("chat", [url])], LocalBackend(tmp_path), T0 + STEP)
     )
     assert report.ok
     payload = json.loads(rsps.calls[0].request.body)
@@ -135,12 +131,11 @@ def test_slack_bot_payload_and_chart_upload(rsps, tmp_path, caplog):
     )
     decisions = _decisions(1)
     hist = {decisions[0].fingerprint: _history(pd.Timestamp(T0 + STEP))}
+    routes = [Route("chat", [f"slack://{BOT_TOKEN}/#alerts"])]
     report = deliver(
         decisions,
-        routes=[Route("chat", [f"slack://{BOT_TOKEN}/#alerts"])],
-        store_backend=LocalBackend(tmp_path),
+        DeliveryContext(routes, LocalBackend(tmp_path), T0 + STEP),
         history_for_charts=hist,
-        now=T0 + STEP,
     )
     assert report.ok, report.to_json()
     post = rsps.calls[0].request
@@ -159,13 +154,12 @@ def test_teams_adaptive_card_within_limit(rsps, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     rsps.add(responses.POST, TEAMS_RE, status=202)
     decisions = _decisions(25)
+    routes = [Route("teams", [TEAMS_URL], min_severity="info")]
     report = deliver(
         decisions,
-        routes=[Route("teams", [TEAMS_URL], min_severity="info")],
-        store_backend=LocalBackend(tmp_path),
-        report_url_or_path="https://reports.example/acs/run-7.html",
-        now=T0 + STEP,
-        max_items=50,
+        DeliveryContext(routes, LocalBackend(tmp_path), T0 + STEP),
+        links=DigestLinks(report_url="https://reports.example/acs/run-7.html"),
+        limits=DeliveryLimits(max_items=50),
     )
     assert report.ok, report.to_json()
     (call,) = rsps.calls
@@ -192,7 +186,7 @@ def test_teams_render_never_exceeds_limit():
             _decisions(n),
             channel="teams",
             now=T0 + STEP,
-            report_url="https://r.example/" + "x" * 200,
+            links=DigestLinks(report_url="https://r.example/" + "x" * 200),
             max_items=100,
         )
         assert len(msg.title) + len(msg.body) <= TEAMS_LIMIT
@@ -203,10 +197,10 @@ def test_teams_retry_from_outbox_keeps_limit(rsps, tmp_path):
     rsps.add(responses.POST, TEAMS_RE, status=500)
     backend = LocalBackend(tmp_path)
     routes = [Route("teams", [TEAMS_URL], min_severity="info")]
-    r1 = deliver(_decisions(25), routes=routes, store_backend=backend, now=T0 + STEP)
+    r1 = deliver(_decisions(25), DeliveryContext(routes, backend, T0 + STEP))
     assert not r1.ok
     rsps.replace(responses.POST, TEAMS_RE, status=200)
-    r2 = deliver([], routes=routes, store_backend=backend, now=T0 + STEP + timedelta(hours=3))
+    r2 = deliver([], DeliveryContext(routes, backend, T0 + STEP + timedelta(hours=3)))
     assert r2.ok and r2.sent[0].retried
     content = json.loads(rsps.calls[-1].request.body)["attachments"][0]["content"]
     texts = {b.get("id"): b["text"] for b in content["body"] if b["type"] == "TextBlock"}

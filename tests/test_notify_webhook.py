@@ -10,7 +10,8 @@ import pytest
 from werkzeug.wrappers import Response
 
 from detector.lifecycle import AlertState, LifecyclePolicy, step
-from detector.notify import Route, deliver
+from detector.notify import DeliveryContext, DeliveryLimits, Route, deliver
+from detector.notify.render import DigestLinks
 from detector.store.alerts import AlertStore
 from detector.store.backend import LocalBackend
 from tests.fixtures_alerting import STEP, T0, Hook, free_port, make_anomaly
@@ -26,7 +27,7 @@ def _run(backend, end, anomalies, evaluated, routes, policy=None, state_store=Tr
     decisions, state = step(
         anomalies, evaluated, state, policy or LifecyclePolicy(), now, window_end=end
     )
-    report = deliver(decisions, routes=routes, store_backend=backend, now=now, **kw)
+    report = deliver(decisions, DeliveryContext(routes, backend, now), **kw)
     if state_store:
         store.save_state(state)
     return decisions, report
@@ -42,7 +43,7 @@ def test_json_payload_shape(httpserver, tmp_path):
         [make_anomaly(end=end, severity="critical")],
         {},
         [Route("hooks", [url])],
-        report_url_or_path="/var/lib/acs/report.html",
+        links=DigestLinks(report_url="/var/lib/acs/report.html"),
     )
     assert report.ok and len(report.sent) == 1
     (req,) = [r for r, _ in httpserver.log]
@@ -161,12 +162,12 @@ def test_route_filters_and_dry_run(httpserver, tmp_path):
     end = T0 + STEP
     anomalies = [make_anomaly(end=end), make_anomaly(op="StartVideo", end=end, severity="info")]
     d, _ = step(anomalies, {}, AlertState(), LifecyclePolicy(), end, window_end=end)
-    dry = deliver(d, routes=routes, store_backend=backend, now=end, dry_run=True)
+    dry = deliver(d, DeliveryContext(routes, backend, end, dry_run=True))
     assert dry.ok and dry.sent == [] and len(dry.messages) == 1
     assert dry.messages[0]["route"] == "video"
     assert list(tmp_path.iterdir()) == []  # dry run writes nothing
     assert httpserver.log == []
-    real = deliver(d, routes=routes, store_backend=backend, now=end)
+    real = deliver(d, DeliveryContext(routes, backend, end))
     assert [x.route for x in real.sent] == ["video"]
     (req,) = [r for r, _ in httpserver.log]
     msg = json.loads(req.get_data())["message"]
@@ -182,7 +183,9 @@ def test_outbox_expires_old_items(httpserver, tmp_path):
     assert len(AlertStore(backend).outbox()) == 1
     later = end + timedelta(days=3)
     r = deliver(
-        [], routes=routes, store_backend=backend, now=later, outbox_max_age=timedelta(days=2)
+        [],
+        DeliveryContext(routes, backend, later),
+        limits=DeliveryLimits(outbox_max_age=timedelta(days=2)),
     )
     assert [e.status for e in r.expired] == ["EXPIRED"] and r.outbox_size == 0
     assert r.expired[0].age_seconds > 2 * 86400
@@ -194,7 +197,7 @@ def test_undeliverable_url_leaves_the_outbox_with_its_reason(tmp_path, bad):
     end = T0 + STEP
     backend = LocalBackend(tmp_path)
     d, _ = step([make_anomaly(end=end)], {}, AlertState(), LifecyclePolicy(), end, window_end=end)
-    r = deliver(d, routes=[Route("x", [bad])], store_backend=backend, now=end)
+    r = deliver(d, DeliveryContext([Route("x", [bad])], backend, end))
     assert not r.ok and not r.failed
     assert [u.status for u in r.undeliverable] == ["INVALID_URL"]
     assert r.outbox_size == 0 and AlertStore(backend).outbox() == []
@@ -203,5 +206,5 @@ def test_undeliverable_url_leaves_the_outbox_with_its_reason(tmp_path, bad):
     (entry,) = AlertStore(backend).nflog().values()
     assert entry["state"] == "undeliverable" and "INVALID_URL" in entry["reason"]
     # the next run has nothing left to retry
-    again = deliver([], routes=[Route("x", [bad])], store_backend=backend, now=end + STEP)
+    again = deliver([], DeliveryContext([Route("x", [bad])], backend, end + STEP))
     assert again.ok and not again.sent and not again.undeliverable

@@ -12,8 +12,8 @@ from html.parser import HTMLParser
 import pytest
 
 from detector.lifecycle import AlertState, LifecyclePolicy, step
-from detector.notify import Route, deliver
-from detector.notify.render import CHANNELS, kql_for, render_digest
+from detector.notify import DeliveryContext, Route, deliver
+from detector.notify.render import CHANNELS, DigestLinks, kql_for, render_digest
 from detector.report_html import render_html_report
 from detector.store.backend import LocalBackend
 from detector.words import (
@@ -31,6 +31,7 @@ RESOURCE_ID = (
     "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-acs"
     "/providers/Microsoft.OperationalInsights/workspaces/la-acs"
 )
+LINKS = DigestLinks(portal_resource_id=RESOURCE_ID)
 #: What the engine really puts in an anomaly record: the jargon the issue quotes.
 JARGON = {
     "drivers": ["fail_z", "peer_fail_z", "dur_z"],
@@ -110,7 +111,7 @@ def _visible(html_text: str) -> str:
 @pytest.mark.parametrize("channel", CHANNELS)
 def test_no_internal_names_and_one_effect_in_any_channel(channel):
     decisions, end = _decisions()
-    msg = render_digest(decisions, channel=channel, now=end, portal_resource_id=RESOURCE_ID)
+    msg = render_digest(decisions, channel=channel, now=end, links=LINKS)
     body = _visible(msg.body) if msg.body_format == "html" else msg.body
     for text in (msg.title, body, msg.text):
         assert _internal(text) == [], (channel, _internal(text))
@@ -131,7 +132,7 @@ def test_no_internal_names_and_one_effect_in_any_channel(channel):
 @pytest.mark.parametrize("channel", ["slack", "json", "email", "other"])
 def test_every_linkable_message_opens_the_alerts_kql(channel):
     decisions, end = _decisions()
-    msg = render_digest(decisions, channel=channel, now=end, portal_resource_id=RESOURCE_ID)
+    msg = render_digest(decisions, channel=channel, now=end, links=LINKS)
     links = re.findall(r"https://portal\.azure\.com/[^\s)\"<]+", msg.body)
     assert len(links) == 3, msg.body
     by_kql = {kql_for(d.anomaly) for d in decisions}
@@ -146,10 +147,8 @@ def test_json_webhook_delivered_in_plain_words(httpserver, tmp_path):
     url = f"json://127.0.0.1:{httpserver.port}/hook"
     report = deliver(
         decisions,
-        routes=[Route("hook", [url])],
-        store_backend=LocalBackend(tmp_path),
-        now=end,
-        portal_resource_id=RESOURCE_ID,
+        DeliveryContext([Route("hook", [url])], LocalBackend(tmp_path), end),
+        links=LINKS,
     )
     assert report.ok, report.to_json()
     (req,) = [r for r, _ in httpserver.log]

@@ -46,15 +46,36 @@ Config it reads (``[alerting]`` and ``[[notify.route]]``; every key optional)::
 
 from __future__ import annotations
 
-from detector.notify.deliver import Delivery, DeliveryReport, Route, deliver, validate_routes
+from detector.notify.deliver import (
+    Delivery,
+    DeliveryContext,
+    DeliveryLimits,
+    DeliveryReport,
+    Route,
+    deliver,
+    validate_routes,
+)
 from detector.notify.health import HealthPolicy, check_health
-from detector.notify.stage import AlertOutcome, record_failed_run, run_alerting, run_alerts
+from detector.notify.render import DigestLinks
+from detector.notify.stage import (
+    AlertOutcome,
+    EngineOutput,
+    JudgedWindow,
+    record_failed_run,
+    run_alerting,
+    run_alerts,
+)
 
 __all__ = [
     "AlertOutcome",
     "Delivery",
+    "DeliveryContext",
+    "DeliveryLimits",
     "DeliveryReport",
+    "DigestLinks",
+    "EngineOutput",
     "HealthPolicy",
+    "JudgedWindow",
     "Route",
     "check_health",
     "deliver",

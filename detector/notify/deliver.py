@@ -54,6 +54,7 @@ from detector.lifecycle import Decision, Reason
 from detector.notify.chart import chart_png
 from detector.notify.render import (
     Attachment,
+    DigestLinks,
     Message,
     channel_of,
     delay_note,
@@ -68,6 +69,8 @@ from detector.timeutil import iso_z, timestamp_utc
 
 __all__ = [
     "Delivery",
+    "DeliveryContext",
+    "DeliveryLimits",
     "DeliveryReport",
     "Route",
     "deliver",
@@ -77,6 +80,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Digests without a run report, Log Analytics link or non-default KQL bin.
+_NO_LINKS = DigestLinks()
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,29 @@ def validate_routes(routes: Iterable[Route]) -> list[str]:
             if p:
                 problems.append(f"notify.route {r.name}: urls[{i}]: {p}")
     return problems
+
+
+@dataclass(frozen=True)
+class DeliveryContext:
+    """Where and when a run delivers: its routes, the store's backend (outbox, notification
+    log, sent log), the run's clock (outbox ages, "firing for" durations, log entries), and
+    ``dry_run`` (render only: nothing is sent and nothing is written)."""
+
+    routes: Sequence[Route]
+    backend: Backend
+    now: datetime
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class DeliveryLimits:
+    """How much is shown and kept: alerts per digest before "+k more" (a route's
+    ``max_items`` overrides), and the age and size past which undelivered messages leave the
+    outbox (oldest first, reported as expired)."""
+
+    max_items: int = 10
+    outbox_max_age: timedelta = timedelta(days=2)
+    outbox_max_items: int = 500
 
 
 @dataclass
@@ -415,8 +444,7 @@ def _retry_outbox(
     routes: Sequence[Route],
     *,
     committed: Collection[str] | None,
-    outbox_max_age: timedelta,
-    outbox_max_items: int,
+    limits: DeliveryLimits,
 ) -> None:
     """Send earlier runs' undelivered messages again, or drop them with a reason."""
     store, report, now = sender.store, sender.report, sender.now
@@ -439,8 +467,8 @@ def _retry_outbox(
             drop.append(item.id)
             continue
         found = _find_target(item, routes)
-        too_many = len(pending) - n > outbox_max_items
-        if found is None or item.age(now) > outbox_max_age.total_seconds() or too_many:
+        too_many = len(pending) - n > limits.outbox_max_items
+        if found is None or item.age(now) > limits.outbox_max_age.total_seconds() or too_many:
             why = (
                 "target no longer configured"
                 if found is None
@@ -480,10 +508,8 @@ class _RenderOptions:
     """Run-wide settings every digest of :func:`deliver` is rendered and queued with."""
 
     now: datetime
-    report_url: str | None
+    links: DigestLinks
     max_items: int
-    bin_size: str
-    portal_resource_id: str | None
     charts: dict[str, bytes]
     batch: str
     dry_run: bool
@@ -508,18 +534,11 @@ class _Digest(NamedTuple):
 
 def deliver(
     decisions: Sequence[Decision],
+    ctx: DeliveryContext,
     *,
-    routes: Sequence[Route],
-    store_backend: Backend,
+    links: DigestLinks = _NO_LINKS,
+    limits: DeliveryLimits = DeliveryLimits(),
     history_for_charts: Mapping[str, pd.DataFrame] | None = None,
-    report_url_or_path: str | None = None,
-    now: datetime,
-    dry_run: bool = False,
-    max_items: int = 10,
-    outbox_max_age: timedelta = timedelta(days=2),
-    outbox_max_items: int = 500,
-    bin_size: str = "5m",
-    portal_resource_id: str | None = None,
     retry_outbox: bool = True,
     commit: Callable[[str], None] | None = None,
     committed: Collection[str] | None = None,
@@ -529,19 +548,12 @@ def deliver(
     Parameters
     ----------
     decisions : lifecycle (and health) decisions; only ``notify=True`` ones are sent.
-    routes : :class:`Route` list; a route with no matching decision sends nothing.
-    store_backend : the store's :class:`Backend` (outbox, notification log and sent log).
+    ctx : the routes (one with no matching decision sends nothing), the store's backend, the
+        run's clock and ``dry_run`` (rendered messages are then in ``report.messages``).
+    links : the run report, the Log Analytics resource and the KQL bin every digest links to.
+    limits : alerts per digest, and the outbox's age and size limits.
     history_for_charts : per fingerprint, a frame with ``bucket_start``, ``observed``,
         ``baseline``, ``band_low``, ``band_high``; charts are skipped where absent.
-    report_url_or_path : the full run report, linked from digests (Teams points there).
-    now : the run's clock (outbox ages, "firing for" durations, log entries).
-    dry_run : render only; nothing is sent and nothing is written. Rendered messages are
-        in ``report.messages``.
-    max_items : alerts per digest before "+k more" (a route's ``max_items`` overrides).
-    outbox_max_age : undelivered messages older than this are dropped (reported as expired).
-    outbox_max_items : the outbox keeps at most this many messages (oldest dropped first).
-    bin_size : bucket width for the reproduce-KQL.
-    portal_resource_id : resource id for each alert's "Open in Log Analytics" link (None: none).
     retry_outbox : retry earlier runs' undelivered messages first.
     commit : called with the batch id once this run's digests are in the outbox and before
         any is sent; the caller saves the state that decided them (recording the batch). If it
@@ -554,27 +566,20 @@ def deliver(
     DeliveryReport; ``ok`` False when any target failed (its message waits in the outbox) or
     a message could never be delivered.
     """
-    store = AlertStore(store_backend)
+    routes, now, dry_run = ctx.routes, ctx.now, ctx.dry_run
+    store = AlertStore(ctx.backend)
     report = DeliveryReport(dry_run=dry_run)
     sender = _Sender(store, report, now)
 
     # 1. the outbox of earlier runs
     if retry_outbox and not dry_run:
-        _retry_outbox(
-            sender,
-            routes,
-            committed=committed,
-            outbox_max_age=outbox_max_age,
-            outbox_max_items=outbox_max_items,
-        )
+        _retry_outbox(sender, routes, committed=committed, limits=limits)
 
     # 2. this run's digests
     opts = _RenderOptions(
         now=now,
-        report_url=report_url_or_path,
-        max_items=max_items,
-        bin_size=bin_size,
-        portal_resource_id=portal_resource_id,
+        links=links,
+        max_items=limits.max_items,
         charts=_run_charts(decisions, routes, history_for_charts, now),
         batch=uuid.uuid4().hex[:12],
         dry_run=dry_run,
@@ -663,12 +668,10 @@ def _render_targets(
             channel=channel,
             route=route.name,
             now=opts.now,
-            report_url=opts.report_url,
+            links=opts.links,
             max_items=route.max_items or opts.max_items,
             charts=opts.charts,
             attach_charts=takes_attachments(url),
-            bin_size=opts.bin_size,
-            portal_resource_id=opts.portal_resource_id,
         )
         shown = display_url(url)
         if opts.dry_run:

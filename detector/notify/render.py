@@ -43,6 +43,7 @@ __all__ = [
     "CHANNELS",
     "TEAMS_LIMIT",
     "Attachment",
+    "DigestLinks",
     "Message",
     "channel_of",
     "delay_note",
@@ -83,6 +84,17 @@ class Attachment:
     name: str
     mimetype: str
     data: bytes
+
+
+@dataclass(frozen=True)
+class DigestLinks:
+    """Where a digest sends its reader: the full run report (a link or a path), the Azure
+    resource id for each alert's "Open in Log Analytics" link (None: no link) and the bucket
+    width of the reproduce-KQL."""
+
+    report_url: str | None = None
+    portal_resource_id: str | None = None
+    bin_size: str = "5m"
 
 
 @dataclass
@@ -379,9 +391,7 @@ class _Facts:
     portal: str | None  # "Open in Log Analytics" link
 
 
-def _facts(
-    d: Decision, *, now: datetime, bin_size: str, portal_resource_id: str | None = None
-) -> _Facts:
+def _facts(d: Decision, *, now: datetime, links: DigestLinks) -> _Facts:
     """Everything said about one alert, in the words of :mod:`detector.notify.words`."""
     a = d.anomaly
     op, metric = safe_operation(d.operation_name), d.metric
@@ -399,7 +409,7 @@ def _facts(
     when = (
         f"since {_hm(start)} ({_dur(now - start)} ago)" if now >= start else f"since {_hm(start)}"
     )
-    kql = kql_for(a, bin_size=bin_size)
+    kql = kql_for(a, bin_size=links.bin_size)
     return _Facts(
         headline=headline,
         moved=what_moved(a),
@@ -409,7 +419,7 @@ def _facts(
         codes=fmt_codes(a.top_result_codes),
         call_ids=safe_call_ids(a.example_call_ids),
         kql=kql,
-        portal=portal_query_url(kql, portal_resource_id),
+        portal=portal_query_url(kql, links.portal_resource_id),
     )
 
 
@@ -462,12 +472,10 @@ def _markdown(
     dg: _Digest,
     *,
     now: datetime,
-    report: str | None,
-    bin_size: str,
+    links: DigestLinks,
     with_kql: bool,
     charts: Mapping[str, bytes],
     channel: str = "other",
-    portal_resource_id: str | None = None,
 ) -> str:
     """The Markdown digest; every text line goes through ``channel``'s escaper.
 
@@ -484,7 +492,7 @@ def _markdown(
     for op, ds in dg.groups:
         out.append(f"### {esc(op, _LINE)} ({len(ds)})")
         for d in ds:
-            f = _facts(d, now=now, bin_size=bin_size, portal_resource_id=portal_resource_id)
+            f = _facts(d, now=now, links=links)
             out.append(f"**{esc(f.headline, _LINE)}** - {esc(f.reason, _LINE)}")
             out.append(f"- {esc(f.moved, _LINE)}")
             out.append(f"- {esc(f.when, _LINE)}")
@@ -517,6 +525,7 @@ def _markdown(
         for d in dg.resolved:
             out.append(f"- {esc(_resolved_line(d, now), _LINE)}")
         out.append("")
+    report = links.report_url
     ref = _report_ref(report, channel) if report else ""
     if dg.omitted:
         out.append(f"+{dg.omitted} more" + (f" - full report: {ref}" if report else ""))
@@ -589,20 +598,9 @@ def _teams_tail(omitted: int, report: str | None) -> str:
     return " - ".join(parts)
 
 
-def _html(
-    dg: _Digest,
-    *,
-    now: datetime,
-    report: str | None,
-    bin_size: str,
-    charts: Mapping[str, bytes],
-    portal_resource_id: str | None = None,
-) -> str:
+def _html(dg: _Digest, *, now: datetime, links: DigestLinks, charts: Mapping[str, bytes]) -> str:
     """The email HTML part; each alert's chart inline as ``cid:<chart name>`` (see send)."""
-
-    def e(value: Any) -> str:
-        return for_html(value, _LINE)
-
+    e = _html_text
     out = ['<div style="font-family:Segoe UI,Arial,sans-serif;font-size:14px">']
     for d in dg.health:
         out.append(f"<p><strong>{e(_health_line(d))}</strong></p>")
@@ -611,39 +609,14 @@ def _html(
     for op, ds in dg.groups:
         out.append(f"<h3>{e(op)} ({len(ds)})</h3>")
         for d in ds:
-            f = _facts(d, now=now, bin_size=bin_size, portal_resource_id=portal_resource_id)
-            out.append(f"<p><strong>{e(f.headline)}</strong> - {e(f.reason)}</p>")
-            if d.fingerprint in charts:
-                # apprise (inline=yes) sends the attachment of this name with this Content-ID.
-                name = _chart_name(d.fingerprint)
-                out.append(
-                    f'<p><img src="cid:{name}" alt="{e(f.headline)}: chart"'
-                    ' width="600" style="max-width:100%;height:auto"></p>'
-                )
-            out.append("<table>")
-            rows = [("What moved", f.moved), ("When", f.when), ("Why we believe it", f.why)]
-            if f.codes:
-                rows.append(("Top result codes", ", ".join(f.codes)))
-            if f.call_ids:
-                rows.append(("Example CallIds", ", ".join(f.call_ids)))
-            for k, v in rows:
-                out.append(
-                    f'<tr><td style="padding-right:12px;color:#555">{e(k)}</td><td>{e(v)}</td></tr>'
-                )
-            out.append("</table>")
-            if f.call_ids:
-                out.append(f"<p><small>CallIds: {e(CALL_DIAGNOSTICS_HINT)}</small></p>")
-            if f.portal:
-                out.append(f'<p><a href="{e(f.portal)}">Open in Log Analytics</a></p>')
-            if f.kql:
-                out.append(
-                    '<pre style="white-space:pre-wrap;font-size:12px">'
-                    f"<code>{for_html_block(f.kql)}</code></pre>"
-                )
+            out.extend(
+                _html_alert(d, _facts(d, now=now, links=links), charted=d.fingerprint in charts)
+            )
     if dg.resolved:
         out.append("<h3>Resolved</h3><ul>")
         out.extend(f"<li>{e(_resolved_line(d, now))}</li>" for d in dg.resolved)
         out.append("</ul>")
+    report = links.report_url
     ref = ""
     if report:
         # The URL as the link's text too: the plain-text part is made from this HTML.
@@ -656,6 +629,43 @@ def _html(
     return "\n".join(out)
 
 
+def _html_text(value: Any) -> str:
+    """Any value -> HTML-escaped text of at most one rendered line."""
+    return for_html(value, _LINE)
+
+
+def _html_alert(d: Decision, f: _Facts, *, charted: bool) -> list[str]:
+    """One firing alert and its facts -> its HTML lines (chart, facts table, links, KQL)."""
+    e = _html_text
+    out = [f"<p><strong>{e(f.headline)}</strong> - {e(f.reason)}</p>"]
+    if charted:
+        # apprise (inline=yes) sends the attachment of this name with this Content-ID.
+        name = _chart_name(d.fingerprint)
+        out.append(
+            f'<p><img src="cid:{name}" alt="{e(f.headline)}: chart"'
+            ' width="600" style="max-width:100%;height:auto"></p>'
+        )
+    out.append("<table>")
+    rows = [("What moved", f.moved), ("When", f.when), ("Why we believe it", f.why)]
+    if f.codes:
+        rows.append(("Top result codes", ", ".join(f.codes)))
+    if f.call_ids:
+        rows.append(("Example CallIds", ", ".join(f.call_ids)))
+    for k, v in rows:
+        out.append(f'<tr><td style="padding-right:12px;color:#555">{e(k)}</td><td>{e(v)}</td></tr>')
+    out.append("</table>")
+    if f.call_ids:
+        out.append(f"<p><small>CallIds: {e(CALL_DIAGNOSTICS_HINT)}</small></p>")
+    if f.portal:
+        out.append(f'<p><a href="{e(f.portal)}">Open in Log Analytics</a></p>')
+    if f.kql:
+        out.append(
+            '<pre style="white-space:pre-wrap;font-size:12px">'
+            f"<code>{for_html_block(f.kql)}</code></pre>"
+        )
+    return out
+
+
 def _chart_name(fingerprint: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", fingerprint.replace("|*|", "|fleet|")) + ".png"
 
@@ -666,12 +676,10 @@ def render_digest(
     channel: str,
     route: str = "",
     now: datetime,
-    report_url: str | None = None,
+    links: DigestLinks = DigestLinks(),
     max_items: int = 10,
     charts: Mapping[str, bytes] | None = None,
     attach_charts: bool = False,
-    bin_size: str = "5m",
-    portal_resource_id: str | None = None,
 ) -> Message:
     """Render the digest of ``decisions`` (already selected for a route) for one channel.
 
@@ -680,12 +688,10 @@ def render_digest(
     decisions : notifying decisions for this route (see :func:`select`).
     channel : one of :data:`CHANNELS` (see :func:`channel_of`).
     now : used for "firing for" durations only.
-    report_url : link or path of the full run report (Teams points there when it truncates).
+    links : the run report (Teams points there when it truncates), the resource id of the
+        "Open in Log Analytics" links and the reproduce-KQL's bucket width.
     max_items : alerts shown before "+k more".
     charts : PNG bytes by fingerprint; attached when ``attach_charts``.
-    bin_size : bucket width used in the reproduce-KQL.
-    portal_resource_id : Azure resource id (ACS resource or Log Analytics workspace) for the
-        "Open in Log Analytics" link of each alert; None: no link.
 
     Returns
     -------
@@ -700,43 +706,18 @@ def render_digest(
     attached = {fp: png for fp, png in charts.items() if fp in {d.fingerprint for d in shown}}
     if not attach_charts:
         attached = {}
-    pid = portal_resource_id
-    text = _markdown(
-        dg,
-        now=now,
-        report=report_url,
-        bin_size=bin_size,
-        with_kql=True,
-        charts=attached,
-        portal_resource_id=pid,
-    )
+    text = _markdown(dg, now=now, links=links, with_kql=True, charts=attached)
     attachments = [
         Attachment(_chart_name(fp), "image/png", png) for fp, png in sorted(attached.items())
     ]
     fps = [d.fingerprint for d in shown]
     if channel == "teams":
-        body, omitted = _teams(dg, title=title, now=now, report=report_url)
+        body, omitted = _teams(dg, title=title, now=now, report=links.report_url)
         return Message(channel, title, body, "markdown", text, [], fps, omitted)
     if channel == "email":
-        body = _html(
-            dg,
-            now=now,
-            report=report_url,
-            bin_size=bin_size,
-            charts=attached,
-            portal_resource_id=pid,
-        )
+        body = _html(dg, now=now, links=links, charts=attached)
         return Message(channel, title, body, "html", text, attachments, fps, dg.omitted)
-    body = _markdown(
-        dg,
-        now=now,
-        report=report_url,
-        bin_size=bin_size,
-        with_kql=True,
-        charts=attached,
-        channel=channel,
-        portal_resource_id=pid,
-    )
+    body = _markdown(dg, now=now, links=links, with_kql=True, charts=attached, channel=channel)
     return Message(channel, title, body, "markdown", text, attachments, fps, dg.omitted)
 
 

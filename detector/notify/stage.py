@@ -38,14 +38,39 @@ from detector.detect.candidate import Candidate
 from detector.errors import NotifyError
 from detector.lifecycle import AlertState, Decision, step
 from detector.notify.commands import config_silences
-from detector.notify.deliver import DeliveryReport, Route, deliver
+from detector.notify.deliver import (
+    DeliveryContext,
+    DeliveryLimits,
+    DeliveryReport,
+    Route,
+    deliver,
+)
 from detector.notify.health import check_health
+from detector.notify.render import DigestLinks
 from detector.store.alerts import AlertStore, RunRecord
 from detector.store.backend import Backend
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AlertOutcome", "run_alerts"]
+__all__ = ["AlertOutcome", "EngineOutput", "JudgedWindow", "run_alerts"]
+
+#: Digests without a run report, Log Analytics link or non-default KQL bin.
+_NO_LINKS = DigestLinks()
+
+
+@dataclass(frozen=True)
+class JudgedWindow:
+    """What the engine judged in one window, as the lifecycle takes it.
+
+    ``anomalies`` and ``evaluated`` as :func:`detector.lifecycle.step` takes them (on a source
+    error: ``[]`` and ``{}``); ``window_end`` identifies the window for idempotent reruns;
+    ``charts``: the anomalies' chart series by fingerprint (None: no charts).
+    """
+
+    anomalies: Sequence[Anomaly]
+    evaluated: Iterable[Any] | Mapping[str, Any] | None
+    window_end: datetime
+    charts: Mapping[str, pd.DataFrame] | None = None
 
 
 @dataclass
@@ -120,33 +145,27 @@ def _committer(store: AlertStore, state: AlertState) -> Callable[[str], None]:
 
 
 def run_alerts(
-    anomalies: Iterable[Anomaly],
-    evaluated: Iterable[Any] | Mapping[str, Any] | None,
+    judged: JudgedWindow,
+    ctx: DeliveryContext,
     *,
-    backend: Backend,
-    routes: Sequence[Route],
     alerting: Mapping[str, Any],
-    now: datetime,
-    window_end: datetime,
     run: RunRecord | None = None,
-    history_for_charts: Mapping[str, pd.DataFrame] | None = None,
-    report_url_or_path: str | None = None,
-    bin_size: str = "5m",
-    dry_run: bool = False,
+    links: DigestLinks = _NO_LINKS,
     no_notify: bool = False,
-    portal_resource_id: str | None = None,
 ) -> AlertOutcome:
     """Run the alerting stage for one judged window (see the module docstring).
 
     Parameters
     ----------
-    anomalies, evaluated : from the engine (see :func:`detector.lifecycle.step`). On a source
-        error pass ``[]`` and ``{}`` with ``run.status="source_error"``: firing alerts keep
-        their state (``no_data``) and the health check counts the failure.
+    judged : the engine's anomalies, evaluated fingerprints, window end and chart series. On
+        a source error pass ``[]`` and ``{}`` with ``run.status="source_error"``: firing
+        alerts keep their state (``no_data``) and the health check counts the failure.
+    ctx : routes, store backend, the run's clock and ``dry_run`` (nothing written or sent).
     alerting : the ``[alerting]`` table (lifecycle, health, digest and outbox keys).
     run : this run's record (status, window, rows, schema drift); recorded at the end with
         the notified count and outbox size filled in. None: no run is recorded.
-    portal_resource_id : resource id for the "Open in Log Analytics" link of each alert.
+    links : the run report, the Log Analytics resource and the KQL bin digests link to.
+    no_notify : update the state as if sent, but send nothing.
 
     Returns
     -------
@@ -154,28 +173,20 @@ def run_alerts(
     fails.
     """
     settings = alerting_settings(alerting)
-    anomalies = list(anomalies)
-    store = AlertStore(backend)
-    decisions, state = _decide(store, settings, anomalies, evaluated, now, window_end)
+    now, dry_run = ctx.now, ctx.dry_run
+    store = AlertStore(ctx.backend)
+    decisions, state = _decide(store, settings, judged, now)
     committed = store.committed()
-    common: dict[str, Any] = {
-        "routes": routes,
-        "store_backend": backend,
-        "report_url_or_path": report_url_or_path,
-        "now": now,
-        "dry_run": dry_run,
-        "max_items": settings.max_items,
-        "outbox_max_age": settings.outbox_max_age,
-        "bin_size": bin_size,
-        "portal_resource_id": portal_resource_id,
-    }
+    limits = DeliveryLimits(max_items=settings.max_items, outbox_max_age=settings.outbox_max_age)
     report = deliver(
         [] if no_notify else decisions,
-        history_for_charts=history_for_charts,
+        ctx,
+        links=links,
+        limits=limits,
+        history_for_charts=judged.charts,
         retry_outbox=not no_notify,
         commit=_committer(store, state),
         committed=committed,
-        **common,
     )
     # Health is judged after delivery, on the outbox as it is now (a retry that just worked
     # is not an issue) and on what this run could not deliver, and sent as its own message
@@ -187,35 +198,32 @@ def run_alerts(
     if any(d.notify for d in health) and not no_notify:
         hreport = deliver(
             health,
+            ctx,
+            links=links,
+            limits=limits,
             retry_outbox=False,
             commit=_committer(store, state),
-            **common,
         )
         report.merge(hreport)
     decisions = health + decisions
     if not dry_run:
-        _save_and_record(store, state, run, report, decisions, len(anomalies), now)
+        _save_and_record(store, state, run, report, decisions, len(judged.anomalies), now)
     return AlertOutcome(decisions, report)
 
 
 def _decide(
-    store: AlertStore,
-    settings: AlertingSettings,
-    anomalies: list[Anomaly],
-    evaluated: Iterable[Any] | Mapping[str, Any] | None,
-    now: datetime,
-    window_end: datetime,
+    store: AlertStore, settings: AlertingSettings, judged: JudgedWindow, now: datetime
 ) -> tuple[list[Decision], AlertState]:
     """The lifecycle's decisions and next state, from the stored state, silences and acks."""
     state = store.load_state()
     silences = config_silences(settings, now) + store.silences()
     return step(
-        anomalies,
-        evaluated,
+        list(judged.anomalies),
+        judged.evaluated,
         state,
         settings.lifecycle,
         now,
-        window_end=window_end,
+        window_end=judged.window_end,
         silences=silences,
         acks=store.acks(),
     )
@@ -327,41 +335,46 @@ def _run_record(report: Mapping[str, Any], now: datetime, n_anomalies: int) -> R
     )
 
 
+@dataclass(frozen=True)
+class EngineOutput:
+    """What the engine produced for the judged window, as the pipeline holds it.
+
+    ``anomalies``: gated anomalies of the window. ``candidates``: those the engine could judge
+    count as evaluated. ``history``: the :class:`~detector.schema.BucketAggregates` it judged
+    (every partition with calls in the window counts as evaluated: firing alerts can resolve;
+    chart series); None: only ``candidates`` count. ``window``: the judged window (None: the
+    run report's, else the anomalies' span). ``bucket``: the bucket width (timedelta or "5m").
+    """
+
+    anomalies: Sequence[Anomaly]
+    candidates: Sequence[Candidate] = ()
+    history: Any = None
+    window: tuple[datetime, datetime] | None = None
+    bucket: Any = "5m"
+
+
 def run_alerting(
-    anomalies: Iterable[Anomaly],
+    output: EngineOutput,
+    ctx: DeliveryContext,
     *,
-    evaluated: Sequence[Candidate] = (),
-    routes: Sequence[Any],
     alerting: Mapping[str, Any],
-    backend: Backend,
-    history: Any = None,
-    now: datetime,
-    dry_run: bool = False,
     send: bool = True,
     report: Mapping[str, Any] | None = None,
-    window: tuple[datetime, datetime] | None = None,
     report_url_or_path: str | None = None,
-    bucket: Any = "5m",
 ) -> dict[str, Any]:
     """The alerting stage for the pipeline; returns a JSON-able summary for the run report.
 
     Parameters
     ----------
-    anomalies : the engine's gated anomalies for the judged window.
-    evaluated : the engine's candidates; those it could judge are merged with every partition
-        that has calls in the window in ``history`` (those are "evaluated and clean" unless
-        they are anomalies), so firing alerts can resolve.
-    routes : :class:`Route` objects or config records with ``name``/``urls``/``min_severity``/
-        ``operations`` (``detector.config.RouteConfig``).
+    output : the engine's anomalies, candidates, judged history, window and bucket width;
+        they become the :class:`JudgedWindow` of :func:`run_alerts`.
+    ctx : routes, store backend, the lifecycle's clock and ``dry_run``.
     alerting : the ``[alerting]`` table.
-    history : the :class:`~detector.schema.BucketAggregates` the engine judged (current values
-        for resolved notices, chart series). None: only ``evaluated`` counts as evaluated.
     send : False = ``--no-notify`` (state updated, nothing sent).
     report : the run report so far (``window``, ``now``, ``source``, ``detection``,
         ``log_analytics``): gives the judged window, this run's record for ``status`` and
         health, and the resource id of the "Open in Log Analytics" links.
-    window : the judged window, if ``report`` does not carry it.
-    bucket : the bucket width (timedelta or "5m") for the reproduce-KQL.
+    report_url_or_path : where digests point for the full report (None: ``report_url``).
 
     Returns
     -------
@@ -369,27 +382,25 @@ def run_alerting(
     ``outboxed``, ``outbox_size``, ``messages`` (dry run), ``decisions`` and ``counts``.
     Everything is saved before it returns; the caller exits 1 when ``failed`` is non-empty.
     """
-    anomalies = list(anomalies)
+    anomalies = list(output.anomalies)
     report = report or {}
-    window = window or _judged_window(report, anomalies, now)
+    now, bucket = ctx.now, output.bucket
+    window = output.window or _judged_window(report, anomalies, now)
     ev, charts = _evaluated_and_charts(
-        evaluated, history, window, anomalies, bucket, alerting_settings(alerting)
+        output.candidates, output.history, window, anomalies, bucket, alerting_settings(alerting)
+    )
+    links = DigestLinks(
+        report_url=report_url_or_path or report.get("report_url"),
+        portal_resource_id=(report.get("log_analytics") or {}).get("resource_id"),
+        bin_size=_bin_text(bucket),
     )
     outcome = run_alerts(
-        anomalies,
-        ev,
-        backend=backend,
-        routes=[r if isinstance(r, Route) else Route.from_config(r) for r in routes],
+        JudgedWindow(anomalies, ev, window_end=window[1], charts=charts),
+        ctx,
         alerting=alerting,
-        now=now,
-        window_end=window[1],
         run=_run_record(report, now, len(anomalies)),
-        history_for_charts=charts,
-        report_url_or_path=report_url_or_path or report.get("report_url"),
-        bin_size=_bin_text(bucket),
-        dry_run=dry_run,
+        links=links,
         no_notify=not send,
-        portal_resource_id=(report.get("log_analytics") or {}).get("resource_id"),
     )
     out = outcome.report.to_json()
     out["decisions"] = [d.to_json() for d in outcome.decisions]
@@ -463,16 +474,17 @@ def record_failed_run(
     firing alerts keep their state, the outbox is retried, and after
     ``health_source_error_runs`` such runs in a row every health route is told.
     """
-    outcome = run_alerts(
-        [],
-        {},
-        backend=backend,
+    ctx = DeliveryContext(
         routes=[r if isinstance(r, Route) else Route.from_config(r) for r in routes],
-        alerting=alerting,
+        backend=backend,
         now=now,
-        window_end=now,
-        run=RunRecord(started_at=now, status=status, error=error[:300]),
         dry_run=dry_run,
+    )
+    outcome = run_alerts(
+        JudgedWindow([], {}, window_end=now),
+        ctx,
+        alerting=alerting,
+        run=RunRecord(started_at=now, status=status, error=error[:300]),
     )
     out = outcome.report.to_json()
     out["decisions"] = [d.to_json() for d in outcome.decisions if d.kind == "health"]
