@@ -534,9 +534,9 @@ def _cmd_run(args: argparse.Namespace, now: datetime) -> int:
             end=args.end,
             dry_run=args.dry_run,
             notify=args.notify,
-            output=args.output,
-            report_path=args.report,
-            html_path=args.html,
+            files=pipeline.RunFiles(
+                output=args.output, report_path=args.report, html_path=args.html
+            ),
             progress=sys.stderr.isatty(),
         )
         outcome.exit_code = EXIT_FAILURE if report.get("delivery_failed") else EXIT_OK

@@ -62,6 +62,7 @@ __all__ = [
     "backfill",
     "demo",
     "evaluate_dir",
+    "RunFiles",
     "open_backend",
     "run_job",
 ]
@@ -165,6 +166,16 @@ def _agg_summary(aggs: BucketAggregates) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class RunFiles:
+    """Files a run writes besides its store (None: not written): the anomalies as JSON lines
+    (``output``), the run report (``report_path``) and its HTML page (``html_path``)."""
+
+    output: Path | None = None
+    report_path: Path | None = None
+    html_path: Path | None = None
+
+
 def run_job(
     cfg: Config,
     *,
@@ -173,12 +184,11 @@ def run_job(
     end: datetime | None = None,
     dry_run: bool = False,
     notify: bool = True,
-    output: Path | None = None,
-    report_path: Path | None = None,
-    html_path: Path | None = None,
+    files: RunFiles = RunFiles(),
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Run the job once; return the run report (also written under ``<state>/reports/``).
+    """Run the job once; return the run report (also written under ``<state>/reports/``,
+    and to ``files`` when given).
 
     When more than one ACS resource writes to the source (``[source] split_resources``, on
     by default), each is judged on its own (:class:`_Tenant`): its own bucket history,
@@ -213,10 +223,10 @@ def run_job(
         _combine(report, judged, notes)
         report["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
         anomalies = [a for j in judged for a in j.anomalies]
-        series = _series(judged, want=html_path is not None or not dry_run)
+        series = _series(judged, want=files.html_path is not None or not dry_run)
         # Outputs before the run is recorded: a crash in between reruns the window and
         # writes them again, where the other order would lose this run's anomalies file.
-        _write_outputs(cfg, report, anomalies, output, report_path, html_path, series, dry_run)
+        _write_outputs(cfg, report, anomalies, files, series, dry_run)
         if not dry_run:
             _save_pipeline_states(run, backend, root_state, report, judged)
             _prune_reports(backend, cfg.alerting.get("keep_reports"), now=now)
@@ -303,17 +313,7 @@ def _judge_tenant(run: _Run, tenant: _Tenant, base: dict[str, Any]) -> _Judged:
     pstate = _read_pipeline_state(tenant.backend)
     t = time.perf_counter()
     try:
-        plan = _read(
-            cfg,
-            tenant.source,
-            store,
-            pstate,
-            now=run.now,
-            start=run.start,
-            end=run.end,
-            dry_run=run.dry_run,
-            say=run.say,
-        )
+        plan = _read(run, tenant.source, store, pstate)
     except SourceError as exc:
         if not run.dry_run:
             _record_source_error(cfg, tenant.backend, exc, now=run.now, notify=run.notify)
@@ -546,22 +546,13 @@ class _Plan:
     warnings: list[str] = dataclasses.field(default_factory=list)
 
 
-def _read(
-    cfg: Config,
-    source: Source,
-    store: Any,
-    pstate: dict[str, Any],
-    *,
-    now: datetime,
-    start: datetime | None,
-    end: datetime | None,
-    dry_run: bool,
-    say: Callable[[str], None],
-) -> _Plan:
-    """Read the source and plan the judging. Scheduled runs merge the fresh aggregates into
-    the store and judge from it; a manual rerun judges what it read and leaves the store."""
+def _read(run: _Run, source: Source, store: Any, pstate: dict[str, Any]) -> _Plan:
+    """Read the source and plan the judging (the run's clock, mode and switches from ``run``).
+    Scheduled runs merge the fresh aggregates into the store and judge from it; a manual
+    rerun judges what it read and leaves the store."""
     from detector import aggregate
 
+    cfg, now, start, end, dry_run, say = run.cfg, run.now, run.start, run.end, run.dry_run, run.say
     bucket: timedelta = cfg.detection["bucket"]
     baseline: timedelta = cfg.detection["baseline"]
     if start is not None and end is not None:
@@ -996,19 +987,17 @@ def _write_outputs(
     cfg: Config,
     report: dict[str, Any],
     anomalies: list[Anomaly],
-    output: Path | None,
-    report_path: Path | None,
-    html_path: Path | None,
+    files: RunFiles,
     series: dict[str, Any],
     dry_run: bool,
 ) -> None:
     lines = "".join(json.dumps(a.to_json()) + "\n" for a in anomalies)
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(lines)
-    if report_path is not None:
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        report_path.write_text(json.dumps(report, indent=2))
+    if files.output is not None:
+        files.output.parent.mkdir(parents=True, exist_ok=True)
+        files.output.write_text(lines)
+    if files.report_path is not None:
+        files.report_path.parent.mkdir(parents=True, exist_ok=True)
+        files.report_path.write_text(json.dumps(report, indent=2))
     if not dry_run:
         # Through the store backend: under Azure Functions the local disk is not kept.
         reports = open_backend(cfg)
@@ -1016,7 +1005,7 @@ def _write_outputs(
         reports.write(f"reports/{_run_report_name(report)}.json", body)
         reports.write("reports/latest.json", body)
         reports.write("reports/latest-anomalies.jsonl", lines.encode())
-    _write_html(cfg, report, anomalies, series, html_path, dry_run)
+    _write_html(cfg, report, anomalies, series, files.html_path, dry_run)
 
 
 def _write_html(
@@ -1241,15 +1230,11 @@ def demo(
 
         demo_cfg = replace(demo_cfg, maintenance=demo_cfg.maintenance + tuple(sim.maintenance))
     html = demo_cfg.state_path / "reports" / "latest.html"
+    files = RunFiles(
+        output=demo_cfg.state_path / "reports" / "demo-anomalies.jsonl", html_path=html
+    )
     report = run_job(
-        demo_cfg,
-        now=end,
-        start=judge_start,
-        end=end,
-        notify=notify,
-        html_path=html,
-        output=demo_cfg.state_path / "reports" / "demo-anomalies.jsonl",
-        progress=progress,
+        demo_cfg, now=end, start=judge_start, end=end, notify=notify, files=files, progress=progress
     )
     report["demo"] = {
         "data": str(out),
