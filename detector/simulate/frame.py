@@ -15,6 +15,7 @@ Value shapes follow the Log Analytics API: strings are never null (empty string 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 import numpy as np
@@ -44,6 +45,27 @@ ARROW_SCHEMA: Final = pa.schema([(c, _TYPES[t]) for c, t in LOG_COLUMNS.items()]
 PRIVATE_COLUMNS: Final = ("_string_numbers",)
 
 _LEVELS = ("Good", "Poor", "Bad")
+
+
+@dataclass(frozen=True)
+class _PayloadParts:
+    """The parts one payload text is built from, decoded from a row's mixed-radix code (in
+    :attr:`PayloadCache._RADIX` order): indices into the operation, platform, result-code and
+    UFD tables, the stream id and UFD level, and 0/1 flags (group call, incoming, screen
+    share, camelCase keys, sub-code as a string, invalid JSON)."""
+
+    op: int
+    plat: int
+    group: int
+    incoming: int
+    res: int
+    screen: int
+    sid: int
+    ufd: int
+    level: int
+    camel: int
+    substr: int
+    invalid: int
 
 
 class PayloadCache:
@@ -77,12 +99,12 @@ class PayloadCache:
             code = code * radix + part.astype(np.int64)
         return code
 
-    def _decode(self, code: int) -> list[int]:
+    def _decode(self, code: int) -> _PayloadParts:
         out = []
         for radix in reversed(self._RADIX):
             out.append(code % radix)
             code //= radix
-        return out[::-1]
+        return _PayloadParts(*out[::-1])
 
     def texts(self, codes: np.ndarray) -> pa.Array:
         uniq, inverse = np.unique(codes, return_inverse=True)
@@ -90,51 +112,38 @@ class PayloadCache:
         for c in uniq.tolist():
             s = self._cache.get(c)
             if s is None:
-                s = self._cache[c] = self._render(*self._decode(c))
+                s = self._cache[c] = self._render(self._decode(c))
             strings.append(s)
         return pc.take(pa.array(strings, type=pa.string()), pa.array(inverse.ravel()))
 
-    def _render(
-        self,
-        op: int,
-        plat: int,
-        group: int,
-        incoming: int,
-        res: int,
-        screen: int,
-        sid: int,
-        ufd: int,
-        level: int,
-        camel: int,
-        substr: int,
-        invalid: int,
-    ) -> str:
+    def _render(self, parts: _PayloadParts) -> str:
+        """One combination's parts -> its ``OperationPayload`` text."""
         p = self.pop.params
-        name = self.table.names[op]
-        kind = self.table.payload_kind[op]
-        code = self.table.codes[res]
-        platform = self.pop.platforms[plat]
-        call_type = "Group" if group else "1 to 1"
+        name = self.table.names[parts.op]
+        kind = self.table.payload_kind[parts.op]
+        code = self.table.codes[parts.res]
+        platform = self.pop.platforms[parts.plat]
+        call_type = "Group" if parts.group else "1 to 1"
 
         def k(key: str) -> str:
-            return key[0].lower() + key[1:] if camel else key
+            return key[0].lower() + key[1:] if parts.camel else key
 
         d: dict[str, Any] = {}
         if kind == "call":
-            d["CallDirection"] = "Incoming" if incoming else "Outgoing"
+            d["CallDirection"] = "Incoming" if parts.incoming else "Outgoing"
         if kind in ("video", "view", "share"):
-            d[k("StreamType")] = "ScreenSharing" if (screen or kind == "share") else "Video"
+            d[k("StreamType")] = "ScreenSharing" if (parts.screen or kind == "share") else "Video"
             if kind == "view":
-                d[k("StreamId")] = f"{sid + 1}.0"
+                d[k("StreamId")] = f"{parts.sid + 1}.0"
             d[k("Source")] = "remote" if kind == "view" else "local"
         if kind == "ufd":
-            uname, ukind, _ = p.ufd_names[ufd - 1]
+            uname, ukind, _ = p.ufd_names[parts.ufd - 1]
             d[k("DiagnosticChanged")] = uname
             if ukind == "flag" and p.ufd_flag_encoding == "value":
-                d[k("DiagnosticValue")] = level > 0
+                d[k("DiagnosticValue")] = parts.level > 0
             else:
-                lvl = _LEVELS[level]
-                d[k("DiagnosticQuality")] = lvl.lower() if camel else lvl
+                lvl = _LEVELS[parts.level]
+                d[k("DiagnosticQuality")] = lvl.lower() if parts.camel else lvl
         d["SdkPlatform"] = platform
         if name not in ("CallAgentInit", "AskDevicePermission") and kind != "ufd":
             d["CallType"] = call_type
@@ -142,10 +151,10 @@ class PayloadCache:
             if kind == "call":
                 d["FailureReason"] = code.reason or "Unknown"
             if code.subcode is not None:
-                d["SubCode"] = str(code.subcode) if substr else code.subcode
+                d["SubCode"] = str(code.subcode) if parts.substr else code.subcode
         text = json.dumps(d, separators=(",", ":"))
         # The docs sample prints the payload as a quoted string with unescaped inner quotes.
-        return f'"{text}"' if invalid else text
+        return f'"{text}"' if parts.invalid else text
 
 
 def _const(value: str, n: int) -> pa.Array:
