@@ -97,7 +97,13 @@ def test_table_names_are_validated_not_escaped(name: str) -> None:
     [
         ({"bucket": timedelta(0)}, "bucket"),
         ({"bucket": timedelta(seconds=1.5)}, "whole number of seconds"),
-        ({"bucket": timedelta(minutes=5), "arrival": "ingestion_time(); T"}, "arrival"),
+        (
+            {
+                "bucket": timedelta(minutes=5),
+                "rules": kql.ArrivalRules(arrival="ingestion_time(); T"),
+            },
+            "arrival",
+        ),
     ],
 )
 def test_aggregate_query_refuses_bad_values(kwargs: dict, match: str) -> None:
@@ -135,7 +141,10 @@ def _shapes() -> list[tuple[str, str, dict[str, str]]]:
                     (
                         f"aggregate-{arrival}-{lookback}-{bucket}",
                         kql.aggregate_query(
-                            S, E, bucket=bucket, arrival=arrival, dedup_lookback=lookback
+                            S,
+                            E,
+                            bucket=bucket,
+                            rules=kql.ArrivalRules(arrival=arrival, dedup_lookback=lookback),
                         ),
                         kql.AGG_RESULT_COLUMNS,
                     )

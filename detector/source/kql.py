@@ -91,6 +91,7 @@ __all__ = [
     "FLAG_REASONS_KQL",
     "PLAN_RESULT_COLUMNS",
     "RESOURCES_RESULT_COLUMNS",
+    "ArrivalRules",
     "DrillTarget",
     "PlanStep",
     "aggregate_query",
@@ -410,16 +411,31 @@ class _AggWindow(NamedTuple):
     bucket: timedelta
 
 
+@dataclass(frozen=True)
+class ArrivalRules:
+    """Which rows an aggregate query's arrival window holds and what it looks back on.
+
+    ``arrival``: one of :data:`ARRIVALS`. ``overlap``: with ``ingestion_time``, how long
+    before the window's start a row's ``TimeGenerated`` may lie and still be read (bounds the
+    scan; ignored for ``TimeGenerated``). ``dedup_lookback``: how far before the start (in
+    arrival time) a key counts as already seen; 0 disables. ``cluster_lookback``: how far
+    before the start earlier failures of the window's failing calls weigh their clusters
+    (``FailureCluster``; see ``files._cluster_weights``).
+    """
+
+    arrival: str = "ingestion_time"
+    overlap: timedelta = timedelta(days=2)
+    dedup_lookback: timedelta = DEDUP_LOOKBACK
+    cluster_lookback: timedelta = CLUSTER_LOOKBACK
+
+
 def aggregate_query(
     start: datetime,
     end: datetime,
     *,
     bucket: timedelta,
-    arrival: str = "ingestion_time",
-    overlap: timedelta = timedelta(days=2),
-    dedup_lookback: timedelta = DEDUP_LOOKBACK,
+    rules: ArrivalRules = ArrivalRules(),
     table: str = DEFAULT_TABLE,
-    cluster_lookback: timedelta = CLUSTER_LOOKBACK,
     resource: str | None = None,
 ) -> str:
     """The pushdown query for one arrival window ``[start, end)`` (see module docstring).
@@ -430,18 +446,10 @@ def aggregate_query(
         Arrival window, timezone-aware, half-open.
     bucket
         Bucket width on ``CallClientTimeStamp`` (whole seconds), epoch aligned.
-    arrival
-        One of :data:`ARRIVALS`.
-    overlap
-        With ``ingestion_time``: how long before ``start`` a row's ``TimeGenerated`` may lie
-        and still be read (bounds the scan). Ignored for ``TimeGenerated``.
-    dedup_lookback
-        How far before ``start`` (in arrival time) a key counts as already seen. 0 disables.
+    rules
+        The arrival axis, scan overlap and look-backs (:class:`ArrivalRules`).
     table
         Table name (validated identifier).
-    cluster_lookback
-        How far before ``start`` (in arrival time) earlier failures of the window's failing
-        calls weigh their clusters (``FailureCluster``; see ``files._cluster_weights``).
     resource
         Only this ACS resource's rows (a lower-case resource id); None: every row.
 
@@ -457,20 +465,21 @@ def aggregate_query(
     """
     _check_window(start, end)
     _check_bucket(bucket)
-    _check_arrival(arrival)
+    _check_arrival(rules.arrival)
     table = kql_identifier(table)
+    dedup_lookback, cluster_lookback = rules.dedup_lookback, rules.cluster_lookback
     scan_from, scan_to = scan_span(
         start,
         end,
-        arrival=arrival,
-        overlap=overlap,
+        arrival=rules.arrival,
+        overlap=rules.overlap,
         dedup_lookback=dedup_lookback,
         cluster_lookback=cluster_lookback,
     )
     window = _AggWindow(start, end, scan_from, scan_to, dedup_lookback, cluster_lookback, bucket)
     return (
         _aggregate_header(window)
-        + _kept_lets(table, arrival, resource, dedup=dedup_lookback > timedelta(0))
+        + _kept_lets(table, rules.arrival, resource, dedup=dedup_lookback > timedelta(0))
         + _failed_calls_lets()
         + _stats_let()
         + _counts_lets()

@@ -859,16 +859,14 @@ class LogAnalyticsSource:
         self, start: datetime, end: datetime, bucket: timedelta
     ) -> tuple[BucketAggregates, int, int]:
         s = self.settings
-        text = kql.aggregate_query(
-            start,
-            end,
-            bucket=bucket,
+        rules = kql.ArrivalRules(
             arrival=s.arrival,
             overlap=s.overlap,
             dedup_lookback=s.dedup_lookback,
-            table=s.table,
             cluster_lookback=CLUSTER_LOOKBACK,
-            resource=self.resource,
+        )
+        text = kql.aggregate_query(
+            start, end, bucket=bucket, rules=rules, table=s.table, resource=self.resource
         )
         span = kql.scan_span(
             start,
