@@ -102,13 +102,13 @@ def _ensure_data(data: Path, rows: int) -> Path:
     path = data / "operations.parquet"
     if path.exists():
         return path
-    from detector.simulate import simulate
+    from detector.simulate import SimSpec, simulate
 
     days = 2
     cph = max(1.0, rows / (days * ROWS_PER_CPH_DAY))
     print(f"simulating ~{rows:,} rows into {data} (calls_per_hour={cph:.0f}) ...", flush=True)
     t0 = time.perf_counter()
-    res = simulate(data, days=days, seed=11, fmt="parquet", calls_per_hour=cph)
+    res = simulate(data, SimSpec(days=days, seed=11, calls_per_hour=cph), fmt="parquet")
     print(f"  done in {time.perf_counter() - t0:.0f} s: {res.summary().splitlines()[0]}")
     return path
 

@@ -361,7 +361,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from detector.simulate import SCENARIOS, simulate
+    from detector.simulate import SCENARIOS, SimSpec, simulate
 
     ap = parser(__doc__, scenarios=SCENARIOS, data="/tmp/acs-bench", calls_per_hour=None)
     args = ap.parse_args(argv)
@@ -373,10 +373,12 @@ def main(argv: list[str] | None = None) -> int:
                 if not (d / "incidents.json").exists():
                     simulate(
                         d,
-                        days=args.days,
-                        seed=seed,
-                        scenario=scen,
-                        calls_per_hour=args.calls_per_hour,
+                        SimSpec(
+                            days=args.days,
+                            seed=seed,
+                            scenario=scen,
+                            calls_per_hour=args.calls_per_hour,
+                        ),
                     )
                 yield d, seed
 

@@ -43,12 +43,12 @@ def _ensure_data(data: Path, rows: int, days: int) -> tuple[Path, datetime]:
     path = data / "operations.parquet"
     meta = data / "simulation.json"
     if not path.exists():
-        from detector.simulate import simulate
+        from detector.simulate import SimSpec, simulate
 
         cph = max(1.0, rows / (days * ROWS_PER_CPH_DAY))
         print(f"simulating ~{rows:,} rows over {days} days into {data} (calls_per_hour={cph:.0f})")
         t0 = time.perf_counter()
-        res = simulate(data, days=days, seed=19, fmt="parquet", calls_per_hour=cph)
+        res = simulate(data, SimSpec(days=days, seed=19, calls_per_hour=cph), fmt="parquet")
         print(f"  done in {time.perf_counter() - t0:.0f} s: {res.summary().splitlines()[0]}")
     end = json.loads(meta.read_text())["end"]
     return path, datetime.fromisoformat(end.replace("Z", "+00:00"))

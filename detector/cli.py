@@ -492,15 +492,14 @@ def _cmd_simulate(args: argparse.Namespace, now: datetime) -> int:
     if args.days < 1:
         raise ConfigError("--days: must be at least 1")
     try:
-        result = sim.simulate(
-            args.out,
+        spec = sim.SimSpec(
             days=args.days,
             seed=args.seed,
             scenario=args.scenario,
-            fmt=args.fmt,
             start=args.start,
             calls_per_hour=args.calls_per_hour,
         )
+        result = sim.simulate(args.out, spec, fmt=args.fmt)
     except ValueError as exc:  # the simulator lists every bad parameter in one message
         raise ConfigError(f"simulate: {exc}") from None
     print(_describe(result))

@@ -1216,11 +1216,11 @@ def demo(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Simulate ``days`` of logs into ``out``, run the job over them, return the run report."""
-    from detector.simulate import simulate
+    from detector.simulate import SimSpec, simulate
 
     if days < 2:
         raise ConfigError("--days: the demo needs at least 2 days (one is warm-up history)")
-    sim = simulate(out, days=days, seed=seed, scenario=scenario, fmt="parquet")
+    sim = simulate(out, SimSpec(days=days, seed=seed, scenario=scenario), fmt="parquet")
     # The warm-up days are baseline history; judge the rest, as a manual rerun would.
     judge_start = sim.warmup_end
     end = sim.end

@@ -170,9 +170,9 @@ def test_status_shows_durations_in_human_units(
 
 def test_run_summary_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
     """``acs-detector run ... | head -0``: the job runs and records itself; no traceback."""
-    from detector.simulate import simulate
+    from detector.simulate import SimSpec, simulate
 
-    simulate(tmp_path / "data", days=1, seed=1, calls_per_hour=30)
+    simulate(tmp_path / "data", SimSpec(days=1, seed=1, calls_per_hour=30))
     cfg = _state_config(tmp_path)
     end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     window = ["--start", f"{end - timedelta(hours=2):%Y-%m-%dT%H:%M:%SZ}"]
@@ -195,10 +195,13 @@ def test_json_for_scripts_text_for_people(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``run``, ``backfill`` and ``status`` print text; ``--json`` gives scripts the data."""
-    from detector.simulate import simulate
+    from detector.simulate import SimSpec, simulate
 
     end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    simulate(tmp_path / "data", days=1, seed=1, calls_per_hour=30, start=end - timedelta(hours=8))
+    simulate(
+        tmp_path / "data",
+        SimSpec(days=1, seed=1, calls_per_hour=30, start=end - timedelta(hours=8)),
+    )
     cfg = str(_state_config(tmp_path))
 
     def iso(hours_before: int) -> str:

@@ -156,10 +156,12 @@ def test_report_table_lists_each_incident_and_each_false_alert() -> None:
 
 
 def test_evaluate_end_to_end_on_a_small_simulation(tmp_path) -> None:
-    simulate = pytest.importorskip("detector.simulate").simulate
+    sim = pytest.importorskip("detector.simulate")
     pytest.importorskip("detector.source.files")
     out = tmp_path / "sim"
-    simulate(out, days=4, seed=3, scenario="fleet_failure_spike", calls_per_hour=60)
+    sim.simulate(
+        out, sim.SimSpec(days=4, seed=3, scenario="fleet_failure_spike", calls_per_hour=60)
+    )
     report = evaluate(out, policy=DetectionPolicy(), step=timedelta(hours=12))
     row = report.rows[0]
     assert row["incidents"] == 1
@@ -207,11 +209,11 @@ def test_ablation_summary_says_what_the_part_adds() -> None:
 
 
 def test_cli_evaluate_ablate_forest_prints_json(tmp_path, capsys, monkeypatch) -> None:
-    simulate = pytest.importorskip("detector.simulate").simulate
+    sim = pytest.importorskip("detector.simulate")
     from detector.cli import main
 
     monkeypatch.chdir(tmp_path)  # no config/detector.toml here: the default policy
-    simulate(tmp_path / "sim", days=3, seed=2, scenario="quiet", calls_per_hour=40)
+    sim.simulate(tmp_path / "sim", sim.SimSpec(days=3, seed=2, scenario="quiet", calls_per_hour=40))
     assert main(["evaluate", "--data", str(tmp_path / "sim"), "--ablate", "forest", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert set(got) == {"summary", "with", "without"}

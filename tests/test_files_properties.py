@@ -193,11 +193,11 @@ def test_arrival_windows_tile(
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, schema.BucketAggregates]:
-    simulate = pytest.importorskip("detector.simulate").simulate
+    sim = pytest.importorskip("detector.simulate")
     out = {}
     for fmt in FORMATS:
         d: Path = tmp_path_factory.mktemp(f"sim-{fmt}")
-        simulate(d, days=1, seed=7, fmt=fmt, calls_per_hour=15)
+        sim.simulate(d, sim.SimSpec(days=1, seed=7, calls_per_hour=15), fmt=fmt)
         out[fmt] = read_aggregates(d, bucket=BUCKET)
     return out
 

@@ -22,7 +22,7 @@ from detector.cli import EXIT_FAILURE, EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, main
 from detector.config import config_from_dict
 from detector.errors import ConfigError
 from detector.notify.heartbeat import fail_url, send_heartbeats
-from detector.simulate import simulate
+from detector.simulate import SimSpec, simulate
 
 CHECK = "5bd8e3a0-1a2b-4c3d-9e8f-0123456789ab"  # the check's secret, as in a real ping URL
 NOW = "2026-11-21T12:00:00Z"
@@ -32,7 +32,7 @@ NOW = "2026-11-21T12:00:00Z"
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sim")
     start = "2026-11-20T10:00:00Z"
-    simulate(out, days=1, seed=5, calls_per_hour=10, start=_time(start))
+    simulate(out, SimSpec(days=1, seed=5, calls_per_hour=10, start=_time(start)))
     return out
 
 

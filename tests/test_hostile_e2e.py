@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from detector.simulate import simulate
+from detector.simulate import SimSpec, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +107,7 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 def test_planted_secrets_appear_in_no_file_and_no_output(tmp_path: Path, targets) -> None:
     work, work_h, fail, fail_h = targets
-    sim = simulate(tmp_path / "sim", days=4, seed=3, scenario="fleet_failure_spike")
+    sim = simulate(tmp_path / "sim", SimSpec(days=4, seed=3, scenario="fleet_failure_spike"))
     state, out = tmp_path / "state", tmp_path / "out"
     out.mkdir()
     work_url = f"json://127.0.0.1:{work.server_address[1]}/hook/{WORK_TOKEN}?+X-Token={WORK_HEADER}"
@@ -195,7 +195,7 @@ def test_a_pipe_in_operation_name_is_alerted_end_to_end(tmp_path: Path, targets)
     import pandas as pd
 
     work, work_h, _, _ = targets
-    sim = simulate(tmp_path / "sim", days=4, seed=3, scenario="fleet_failure_spike")
+    sim = simulate(tmp_path / "sim", SimSpec(days=4, seed=3, scenario="fleet_failure_spike"))
     incident = sim.incidents[0]
     hostile = incident.operation_name[:5] + "|" + incident.operation_name[5:]
     frame = pd.read_parquet(sim.data_path)

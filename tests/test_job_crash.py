@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from detector.cli import main
-from detector.simulate import simulate
+from detector.simulate import SimSpec, simulate
 from detector.store.alerts import AlertStore
 from detector.store.backend import LocalBackend
 from tests.job_crash_child import KILLED
@@ -36,7 +36,9 @@ POINTS = (
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory):
-    return simulate(tmp_path_factory.mktemp("sim"), days=4, seed=3, scenario="fleet_failure_spike")
+    return simulate(
+        tmp_path_factory.mktemp("sim"), SimSpec(days=4, seed=3, scenario="fleet_failure_spike")
+    )
 
 
 def _job(point: str, args: list[str], url: str) -> int:

@@ -680,10 +680,10 @@ def test_make_credential_choices(spec: str, cls: str) -> None:
 
 def test_same_aggregates_as_the_file_source_on_simulated_data(emulator, tmp_path) -> None:  # noqa: F811
     """The simulator's rows (quirks included): DuckDB on the file vs our KQL via the emulator."""
-    from detector.simulate import simulate
+    from detector.simulate import SimSpec, simulate
     from detector.source import files
 
-    simulate(tmp_path, days=1, seed=3, calls_per_hour=10, fmt="parquet")
+    simulate(tmp_path, SimSpec(days=1, seed=3, calls_per_hour=10), fmt="parquet")
     path = tmp_path / "operations.parquet"
     rows = pd.read_parquet(path)
     by_files = files.read_aggregates(path, bucket=BUCKET)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from detector.cli import EXIT_OK, main
-from detector.simulate import simulate
+from detector.simulate import SimSpec, simulate
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -46,7 +46,7 @@ def receiver():
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("sim")
-    return simulate(out, days=4, seed=3, scenario="fleet_failure_spike")
+    return simulate(out, SimSpec(days=4, seed=3, scenario="fleet_failure_spike"))
 
 
 def _config(tmp_path: Path, data: Path, url: str = "") -> Path:

@@ -23,7 +23,7 @@ import pytest
 
 from detector.config import load_config
 from detector.pipeline import run_job
-from detector.simulate import simulate
+from detector.simulate import SimSpec, simulate
 from detector.source.resources import resource_key, short_name, slug
 from detector.summary import console_summary
 from tests.fixtures_alerting import Hook
@@ -54,9 +54,9 @@ class TwoResources:
 @pytest.fixture(scope="module")
 def two_resources(tmp_path_factory: pytest.TempPathFactory) -> TwoResources:
     out = tmp_path_factory.mktemp("two-resources")
-    prod = simulate(out / "prod", days=4, seed=11, scenario="quiet", calls_per_hour=60)
+    prod = simulate(out / "prod", SimSpec(days=4, seed=11, scenario="quiet", calls_per_hour=60))
     test = simulate(
-        out / "test", days=4, seed=12, scenario="fleet_failure_spike", calls_per_hour=20
+        out / "test", SimSpec(days=4, seed=12, scenario="fleet_failure_spike", calls_per_hour=20)
     )
     assert [(i.operation_name, i.metric) for i in test.incidents] == [
         ("StartVideo", "failure_rate")
@@ -255,7 +255,7 @@ def test_one_resource_keeps_the_root_layout(tmp_path: Path, two_resources: TwoRe
 def test_hostile_resource_ids_are_counted_not_used(tmp_path: Path) -> None:
     from detector.simulate import simulate as sim
 
-    out = sim(tmp_path / "sim", days=2, seed=3, scenario="quiet", calls_per_hour=10)
+    out = sim(tmp_path / "sim", SimSpec(days=2, seed=3, scenario="quiet", calls_per_hour=10))
     rows = pd.read_parquet(out.data_path)
     hostile = [
         f"{SUB}/resourceGroups/rg/providers/x/y/../../../../etc/passwd",

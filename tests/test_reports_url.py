@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from detector.cli import EXIT_OK, main
-from detector.simulate import simulate
+from detector.simulate import SimSpec, simulate
 from detector.store.backend import LocalBackend
 
 try:
@@ -53,7 +53,9 @@ def receiver():
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory):
-    return simulate(tmp_path_factory.mktemp("sim"), days=4, seed=3, scenario="fleet_failure_spike")
+    return simulate(
+        tmp_path_factory.mktemp("sim"), SimSpec(days=4, seed=3, scenario="fleet_failure_spike")
+    )
 
 
 def _config(tmp_path: Path, data: Path, *, alerting: str = "", state: str = "") -> Path:

@@ -28,6 +28,7 @@ from detector.simulate import (
     Incident,
     QuirkRates,
     SimParams,
+    SimSpec,
     load_incidents,
     load_maintenance,
     simulate,
@@ -77,7 +78,7 @@ def formats(tmp_path_factory: pytest.TempPathFactory) -> dict[str, sim.Simulatio
     """The same two days (seed 7) in all four formats."""
     base = tmp_path_factory.mktemp("formats")
     return {
-        fmt: simulate(base / fmt, days=1, seed=7, fmt=fmt, calls_per_hour=40)
+        fmt: simulate(base / fmt, SimSpec(days=1, seed=7, calls_per_hour=40), fmt=fmt)
         for fmt in ("parquet", "jsonl", "csv", "diagnostic")
     }
 
@@ -91,7 +92,7 @@ def jsonl_rows(formats: dict[str, sim.SimulationResult]) -> list[dict]:
 def week(tmp_path_factory: pytest.TempPathFactory) -> tuple[sim.SimulationResult, pd.DataFrame]:
     """A quiet week at low volume: cycles, rollout, durations, lag."""
     out = tmp_path_factory.mktemp("week")
-    res = simulate(out, days=7, seed=11, scenario="quiet", calls_per_hour=15)
+    res = simulate(out, SimSpec(days=7, seed=11, scenario="quiet", calls_per_hour=15))
     return res, parquet_frame(res.files[0])
 
 
@@ -108,30 +109,30 @@ def test_public_api_is_sorted_and_exported() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("spec", "fmt", "match"),
     [
-        ({"scenario": "nope"}, "unknown scenario"),
-        ({"fmt": "xlsx"}, "unknown format"),
-        ({"days": 0}, "days must be"),
-        ({"calls_per_hour": -1.0}, "calls_per_hour"),
+        ({"scenario": "nope"}, "parquet", "unknown scenario"),
+        ({}, "xlsx", "unknown format"),
+        ({"days": 0}, "parquet", "days must be"),
+        ({"calls_per_hour": -1.0}, "parquet", "calls_per_hour"),
     ],
 )
-def test_bad_arguments_raise_value_error(tmp_path: Path, kwargs: dict, match: str) -> None:
-    args = {"days": 1, "seed": 1, **kwargs}
+def test_bad_arguments_raise_value_error(tmp_path: Path, spec: dict, fmt: str, match: str) -> None:
+    args = {"days": 1, "seed": 1, **spec}
     with pytest.raises(ValueError, match=match):
-        simulate(tmp_path, **args)
+        simulate(tmp_path, SimSpec(**args), fmt=fmt)
 
 
 # ---------------------------------------------------------------------------- determinism
 def test_same_seed_same_bytes_and_frames(tmp_path: Path) -> None:
-    a = simulate(tmp_path / "a", days=1, seed=3, fmt="jsonl", calls_per_hour=20)
-    b = simulate(tmp_path / "b", days=1, seed=3, fmt="jsonl", calls_per_hour=20)
-    c = simulate(tmp_path / "c", days=1, seed=4, fmt="jsonl", calls_per_hour=20)
+    a = simulate(tmp_path / "a", SimSpec(days=1, seed=3, calls_per_hour=20), fmt="jsonl")
+    b = simulate(tmp_path / "b", SimSpec(days=1, seed=3, calls_per_hour=20), fmt="jsonl")
+    c = simulate(tmp_path / "c", SimSpec(days=1, seed=4, calls_per_hour=20), fmt="jsonl")
     assert a.files[0].read_bytes() == b.files[0].read_bytes()
     assert a.incidents_path.read_bytes() == b.incidents_path.read_bytes()
     assert a.files[0].read_bytes() != c.files[0].read_bytes()
-    pa_ = simulate(tmp_path / "pa", days=1, seed=3, calls_per_hour=20)
-    pb = simulate(tmp_path / "pb", days=1, seed=3, calls_per_hour=20)
+    pa_ = simulate(tmp_path / "pa", SimSpec(days=1, seed=3, calls_per_hour=20))
+    pb = simulate(tmp_path / "pb", SimSpec(days=1, seed=3, calls_per_hour=20))
     pd.testing.assert_frame_equal(parquet_frame(pa_.files[0]), parquet_frame(pb.files[0]))
     assert pa_.rows == a.rows  # the format does not change what is simulated
 
@@ -139,7 +140,8 @@ def test_same_seed_same_bytes_and_frames(tmp_path: Path) -> None:
 def test_incident_timing_varies_with_seed(tmp_path: Path) -> None:
     starts = {
         simulate(
-            tmp_path / str(s), days=2, seed=s, scenario="fleet_failure_spike", calls_per_hour=1
+            tmp_path / str(s),
+            SimSpec(days=2, seed=s, scenario="fleet_failure_spike", calls_per_hour=1),
         )
         .incidents[0]
         .start
@@ -149,7 +151,7 @@ def test_incident_timing_varies_with_seed(tmp_path: Path) -> None:
 
 
 def test_start_overrides_the_fixed_default(tmp_path: Path) -> None:
-    res = simulate(tmp_path, days=1, seed=1, calls_per_hour=5, start=datetime(2027, 1, 4))
+    res = simulate(tmp_path, SimSpec(days=1, seed=1, calls_per_hour=5, start=datetime(2027, 1, 4)))
     assert res.start == datetime(2027, 1, 4, tzinfo=UTC)
     df = parquet_frame(res.files[0])
     ts = df["CallClientTimeStamp"].dropna()
@@ -311,7 +313,9 @@ def test_quirks_at_their_configured_rates(tmp_path: Path) -> None:
         null_timestamp=0.005,
     )
     res = simulate(
-        tmp_path, days=1, seed=5, fmt="jsonl", calls_per_hour=90, params=SimParams(quirks=rates)
+        tmp_path,
+        SimSpec(days=1, seed=5, calls_per_hour=90, params=SimParams(quirks=rates)),
+        fmt="jsonl",
     )
     rows = read_jsonl(res.files[0])
     n = len(rows)
@@ -434,8 +438,8 @@ def test_diagnostic_layout_keyed_by_receive_hour(formats: dict[str, sim.Simulati
 
 
 def test_rerun_replaces_outputs(tmp_path: Path) -> None:
-    a = simulate(tmp_path, days=1, seed=2, fmt="diagnostic", calls_per_hour=5)
-    b = simulate(tmp_path, days=1, seed=2, fmt="diagnostic", calls_per_hour=5)
+    a = simulate(tmp_path, SimSpec(days=1, seed=2, calls_per_hour=5), fmt="diagnostic")
+    b = simulate(tmp_path, SimSpec(days=1, seed=2, calls_per_hour=5), fmt="diagnostic")
     assert sum(1 for _ in _diagnostic_records(b)) == b.rows == a.rows
 
 
@@ -516,7 +520,7 @@ def test_ingestion_lag_minutes_to_hours(week: tuple[sim.SimulationResult, pd.Dat
 # --------------------------------------------------------------------------------- scenarios
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_every_scenario_writes_valid_labels(tmp_path: Path, name: str) -> None:
-    res = simulate(tmp_path, days=4, seed=21, scenario=name, calls_per_hour=2)
+    res = simulate(tmp_path, SimSpec(days=4, seed=21, scenario=name, calls_per_hour=2))
     raw = json.loads(res.incidents_path.read_text())
     assert isinstance(raw, list)
     incidents = load_incidents(tmp_path)
@@ -561,11 +565,7 @@ def incident_sets(
     ):
         res = simulate(
             tmp_path_factory.mktemp(name),
-            days=4,
-            seed=8,
-            scenario=name,
-            calls_per_hour=80,
-            params=LIGHT,
+            SimSpec(days=4, seed=8, scenario=name, calls_per_hour=80, params=LIGHT),
         )
         out[name] = (res, clean(parquet_frame(res.files[0])))
     return out
@@ -613,11 +613,7 @@ def test_hard_negatives_are_hard(tmp_path: Path) -> None:
     """The degradations the detector must not alert on are really in the data."""
     maint = simulate(
         tmp_path / "m",
-        days=4,
-        seed=8,
-        scenario="maintenance_window",
-        calls_per_hour=60,
-        params=LIGHT,
+        SimSpec(days=4, seed=8, scenario="maintenance_window", calls_per_hour=60, params=LIGHT),
     )
     df = clean(parquet_frame(maint.files[0]))
     (win,) = maint.maintenance
@@ -626,7 +622,8 @@ def test_hard_negatives_are_hard(tmp_path: Path) -> None:
     assert failure_rate(join[w]) - failure_rate(join[~w]) >= 0.1
 
     busy = simulate(
-        tmp_path / "b", days=4, seed=8, scenario="busy_hour", calls_per_hour=60, params=LIGHT
+        tmp_path / "b",
+        SimSpec(days=4, seed=8, scenario="busy_hour", calls_per_hour=60, params=LIGHT),
     )
     effects = json.loads((busy.out_dir / "simulation.json").read_text())["effects"]
     (surge,) = [e for e in effects if e["kind"] == "surge"]
@@ -641,11 +638,7 @@ def test_hard_negatives_are_hard(tmp_path: Path) -> None:
 
     rare = simulate(
         tmp_path / "r",
-        days=4,
-        seed=8,
-        scenario="rare_version_noise",
-        calls_per_hour=60,
-        params=LIGHT,
+        SimSpec(days=4, seed=8, scenario="rare_version_noise", calls_per_hour=60, params=LIGHT),
     )
     manifest = json.loads((rare.out_dir / "simulation.json").read_text())
     eff = manifest["effects"][0]
@@ -665,11 +658,10 @@ def test_progress_and_result(tmp_path: Path) -> None:
     seen: list[int] = []
     res = simulate(
         tmp_path,
-        days=1,
-        seed=1,
-        calls_per_hour=30,
+        SimSpec(
+            days=1, seed=1, calls_per_hour=30, params=replace(SimParams(), max_legs_per_chunk=10)
+        ),
         progress=seen.append,
-        params=replace(SimParams(), max_legs_per_chunk=10),
     )
     assert seen == sorted(seen) and seen[-1] == res.rows
     assert len(seen) > 24  # streamed in many parts
@@ -682,11 +674,13 @@ def test_progress_and_result(tmp_path: Path) -> None:
 
 
 def test_summary_names_the_period_and_labels(tmp_path: Path) -> None:
-    res = simulate(tmp_path, days=2, seed=1, scenario="fleet_failure_spike", calls_per_hour=2)
+    res = simulate(
+        tmp_path, SimSpec(days=2, seed=1, scenario="fleet_failure_spike", calls_per_hour=2)
+    )
     text = res.summary()
     assert f"{res.rows:,} rows" in text and "2026-11-02T00:00:00Z" in text
     assert "StartVideo (all versions) failure_rate" in text
-    quiet = simulate(tmp_path / "q", days=2, seed=1, scenario="quiet", calls_per_hour=2)
+    quiet = simulate(tmp_path / "q", SimSpec(days=2, seed=1, scenario="quiet", calls_per_hour=2))
     assert "hard negative" in quiet.summary()
 
 
@@ -698,16 +692,16 @@ def test_invalid_params_report_every_problem(tmp_path: Path) -> None:
         quirks=QuirkRates(duplicate=1.5),
     )
     with pytest.raises(ValueError, match="Teleport") as err:
-        simulate(tmp_path, days=1, seed=1, params=bad)
+        simulate(tmp_path, SimSpec(days=1, seed=1, params=bad))
     assert "ufd_flag_encoding" in str(err.value) and "quirks.duplicate" in str(err.value)
 
 
 def test_the_tail_regression_scenario_moves_the_p95_not_the_median(tmp_path: Path) -> None:
     """A tail-only regression: a minority of the new build's calls slow, so its p95 rises
     while its median barely moves (what a test of the mean log-duration hardly sees)."""
-    from detector.simulate import simulate
+    from detector.simulate import SimSpec, simulate
 
-    res = simulate(tmp_path, days=4, seed=8, scenario="tail_regression", calls_per_hour=80)
+    res = simulate(tmp_path, SimSpec(days=4, seed=8, scenario="tail_regression", calls_per_hour=80))
     (inc,) = res.incidents
     assert (inc.operation_name, inc.metric) == ("CreateView", "duration")
     df = pd.read_parquet(

@@ -247,10 +247,10 @@ def test_a_copy_re_ingested_hours_later_counts_once_across_reads(tmp_path: Path,
 def test_fifteen_minute_reads_count_what_one_read_counts(tmp_path: Path) -> None:
     """192 consecutive 15-minute reads of simulated days (re-ingested copies arrive up to
     hours later) count every operation once, as one read of the whole span does."""
-    from detector.simulate import simulate
+    from detector.simulate import SimSpec, simulate
 
     start = datetime(2026, 11, 1, tzinfo=UTC)
-    simulate(tmp_path, days=1, seed=3, fmt="parquet", calls_per_hour=20, start=start)
+    simulate(tmp_path, SimSpec(days=1, seed=3, calls_per_hour=20, start=start), fmt="parquet")
     step = timedelta(minutes=15)
     one = read_aggregates(tmp_path, bucket=BUCKET, arrival_window=(start, start + 192 * step))
     reads = [

@@ -20,7 +20,7 @@ import pytest
 from detector.anomaly import TENANT_FINGERPRINT, fingerprint_of
 from detector.cli import EXIT_OK, main
 from detector.detect.engine import DetectionPolicy, DetectionResult, detect
-from detector.simulate import simulate
+from detector.simulate import SimSpec, simulate
 from tests.fixtures_alerting import Hook
 from tests.fixtures_engine import T0, Incident, Part, make_aggs
 from tests.test_pipeline import _iso
@@ -104,7 +104,7 @@ def test_an_operation_literally_named_star_cannot_take_the_tenant_fingerprint() 
 def gap_sim(tmp_path_factory: pytest.TempPathFactory):
     """Three simulated days; every row from 04:20 to 07:00 of the last day cut out (as when
     the diagnostic setting breaks: nothing happens in the log, nothing arrives)."""
-    sim = simulate(tmp_path_factory.mktemp("gap"), days=3, seed=3, scenario="quiet")
+    sim = simulate(tmp_path_factory.mktemp("gap"), SimSpec(days=3, seed=3, scenario="quiet"))
     day = sim.end - timedelta(days=1)
     gap = (day + timedelta(hours=4, minutes=20), day + timedelta(hours=7))
     table = pq.read_table(sim.data_path)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from detector.cli import EXIT_OK, main
-from detector.simulate import simulate
+from detector.simulate import SimSpec, simulate
 
 BUCKET = timedelta(minutes=5)
 
@@ -73,14 +73,18 @@ def _overlap(a: list[tuple[str, str]], b: list[tuple[str, str]]) -> bool:
 def sim(tmp_path_factory: pytest.TempPathFactory):
     # Small volume for speed; the spike is on day 4 (Nov 5, late morning).
     out = tmp_path_factory.mktemp("sim")
-    return simulate(out, days=4, seed=3, scenario="fleet_failure_spike", calls_per_hour=120)
+    return simulate(
+        out, SimSpec(days=4, seed=3, scenario="fleet_failure_spike", calls_per_hour=120)
+    )
 
 
 @pytest.fixture(scope="module")
 def three_days(tmp_path_factory: pytest.TempPathFactory):
     # One day of history, then the two replayed days (the spike is on the last one).
     out = tmp_path_factory.mktemp("three")
-    return simulate(out, days=3, seed=3, scenario="fleet_failure_spike", calls_per_hour=120)
+    return simulate(
+        out, SimSpec(days=3, seed=3, scenario="fleet_failure_spike", calls_per_hour=120)
+    )
 
 
 def test_a_rerun_raises_what_the_hourly_scheduled_runs_raised(three_days, tmp_path: Path) -> None:
@@ -152,7 +156,9 @@ def _run_child(cfg: Path, start: str, end: str, out: Path) -> int:
 @pytest.fixture(scope="module")
 def five_days(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("five")
-    return simulate(out, days=5, seed=5, scenario="fleet_failure_spike", calls_per_hour=120)
+    return simulate(
+        out, SimSpec(days=5, seed=5, scenario="fleet_failure_spike", calls_per_hour=120)
+    )
 
 
 def test_a_20_year_window_gives_the_data_window_alerts_in_its_memory(

@@ -1,8 +1,8 @@
 """Realistic simulator of ACS call client operations logs, with labelled incidents.
 
-``simulate(out_dir, days=..., seed=..., scenario=..., fmt=...)`` writes rows with exactly the
-columns and value shapes of the Log Analytics table ``ACSCallClientOperations`` (quirks
-included) as Parquet, JSON lines, CSV or the Diagnostic Settings storage layout, plus
+``simulate(out_dir, SimSpec(days=..., seed=..., scenario=...), fmt=...)`` writes rows with
+exactly the columns and value shapes of the Log Analytics table ``ACSCallClientOperations``
+(quirks included) as Parquet, JSON lines, CSV or the Diagnostic Settings storage layout, plus
 ``incidents.json`` (the labels), ``maintenance.json`` (hard negatives with a maintenance
 window) and ``simulation.json`` (what was simulated).
 
@@ -14,7 +14,7 @@ and the labels), :mod:`.population` (traffic cycles, SDK rollout, call legs), :m
 
 from __future__ import annotations
 
-from .generate import SimulationResult, simulate
+from .generate import SimSpec, SimulationResult, simulate
 from .params import DEFAULT_START_ISO, QuirkRates, SimParams, VersionSpec
 from .scenarios import (
     SCENARIOS,
@@ -35,6 +35,7 @@ __all__ = [
     "QuirkRates",
     "Scenario",
     "SimParams",
+    "SimSpec",
     "SimulationResult",
     "VersionSpec",
     "load_incidents",

@@ -41,7 +41,7 @@ from .scenarios import (
 )
 from .writer import DIAGNOSTIC_CONTAINER, FORMATS, make_writer
 
-__all__ = ["SimulationResult", "simulate"]
+__all__ = ["SimSpec", "SimulationResult", "simulate"]
 
 _H = 3_600_000
 
@@ -109,42 +109,46 @@ def _start_ms(start: datetime | None) -> int:
     return int(round(dt.timestamp() * 1000))
 
 
+@dataclass(frozen=True, kw_only=True)
+class SimSpec:
+    """What to simulate; the same spec gives the same rows.
+
+    ``days``: length of the simulated period, >= 1; incidents start after a clean warm-up of
+    ``min(params.warmup_days, days / 2)`` days (3 days by default). ``seed``: seed of every
+    random draw. ``scenario``: a key of :data:`SCENARIOS`. ``start``: first instant (UTC;
+    naive is taken as UTC); default 2026-11-02T00:00:00Z, a Monday. ``calls_per_hour``: call
+    legs per hour averaged over a week (~20 rows each); overrides ``params.calls_per_hour``
+    (default 100, ~340k rows for 7 days; ~2960 gives 10M). ``params``: all other knobs
+    (:class:`SimParams`); default ``SimParams()``.
+    """
+
+    days: int
+    seed: int
+    scenario: str = "default"
+    start: datetime | None = None
+    calls_per_hour: float | None = None
+    params: SimParams | None = None
+
+
 def simulate(
     out_dir: Path,
+    spec: SimSpec,
     *,
-    days: int,
-    seed: int,
-    scenario: str = "default",
     fmt: str = "parquet",
-    start: datetime | None = None,
-    calls_per_hour: float | None = None,
     progress: Callable[[int], None] | None = None,
-    params: SimParams | None = None,
 ) -> SimulationResult:
-    """Simulate ``days`` of ``ACSCallClientOperations`` rows with labelled incidents.
+    """Simulate ``spec.days`` of ``ACSCallClientOperations`` rows with labelled incidents.
 
     Parameters
     ----------
     out_dir
         Output directory (created). Existing outputs of the same names are replaced.
-    days
-        Length of the simulated period, >= 1. Incidents start after a clean warm-up of
-        ``min(params.warmup_days, days / 2)`` days (3 days by default).
-    seed
-        Seed of every random draw; the same seed, start and params give identical output.
-    scenario
-        A key of :data:`SCENARIOS`.
+    spec
+        The period, scenario, seed, traffic and knobs (:class:`SimSpec`).
     fmt
         ``parquet``, ``jsonl``, ``csv`` or ``diagnostic`` (see :mod:`detector.simulate.writer`).
-    start
-        First instant (UTC; naive is taken as UTC). Default: 2026-11-02T00:00:00Z, a Monday.
-    calls_per_hour
-        Call legs per hour averaged over a week (~20 rows each); overrides
-        ``params.calls_per_hour`` (default 100, ~340k rows for 7 days; ~2960 gives 10M).
     progress
         Called after each written part with the number of rows written so far.
-    params
-        All other knobs (:class:`SimParams`); default ``SimParams()``.
 
     Returns
     -------
@@ -157,13 +161,14 @@ def simulate(
         Unknown scenario or format, ``days < 1``, ``calls_per_hour < 0``, or params that
         :func:`~detector.simulate.params.check_params` rejects (all problems in one message).
     """
-    p = _checked_params(fmt, scenario, days, calls_per_hour, params)
+    p = _checked_params(fmt, spec)
+    scenario, seed, days = spec.scenario, spec.seed, spec.days
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "diagnostic":
         # The writer appends to hourly blobs: start from an empty container.
         shutil.rmtree(out / DIAGNOSTIC_CONTAINER, ignore_errors=True)
-    start_ms = _start_ms(start)
+    start_ms = _start_ms(spec.start)
     run = _Run(out, fmt, scenario, seed, days, p, start_ms, start_ms + days * 24 * _H)
     world = _build_world(run)
     written = _write_data(run, world, progress)
@@ -220,21 +225,17 @@ class _Written(NamedTuple):
     files: list[Path]
 
 
-def _checked_params(
-    fmt: str,
-    scenario: str,
-    days: int,
-    calls_per_hour: float | None,
-    params: SimParams | None,
-) -> SimParams:
-    """Arguments of :func:`simulate` -> the params to simulate with; ValueError if invalid."""
+def _checked_params(fmt: str, spec: SimSpec) -> SimParams:
+    """Format and spec of :func:`simulate` -> the params to simulate with; ValueError if
+    invalid."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if scenario not in SCENARIOS:
-        raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
-    if days < 1:
-        raise ValueError(f"days must be >= 1, got {days}")
-    p = params or SimParams()
+    if spec.scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {spec.scenario!r}; choose from {', '.join(SCENARIOS)}")
+    if spec.days < 1:
+        raise ValueError(f"days must be >= 1, got {spec.days}")
+    p = spec.params or SimParams()
+    calls_per_hour = spec.calls_per_hour
     if calls_per_hour is not None:
         if calls_per_hour < 0:
             raise ValueError(f"calls_per_hour must be >= 0, got {calls_per_hour}")
