@@ -98,10 +98,9 @@ def row(
     rt: str | None = "Succeeded",
     dur: int | str | None = 1000,
     sdk: str | None = "1.30.1.0_stable",
-    rs: int | str | None = 200,
-    payload: str | None = '{"SdkPlatform":"Web"}',
 ) -> dict[str, Any]:
-    """One row with sensible defaults; override what a case is about."""
+    """One row with sensible defaults; override what a case is about (any other column
+    with ``row(...) | {"ResultSignature": "200"}``)."""
     return {
         "TenantId": "t",
         "TimeGenerated": tg,
@@ -112,10 +111,10 @@ def row(
         "EndpointId": "ep-1",
         "OperationId": opid,
         "OperationName": op,
-        "OperationPayload": payload,
+        "OperationPayload": '{"SdkPlatform":"Web"}',
         "OperationType": "client-api-request",
         "ParticipantId": "p-1",
-        "ResultSignature": rs,
+        "ResultSignature": 200,
         "ResultType": rt,
         "SdkVersion": sdk,
         "UserAgent": "ua",

@@ -48,8 +48,8 @@ CASES: list[tuple[str, dict[str, Any], tuple[Any, ...]]] = [
     ("empty duration", row(opid="c1", dur=None), ("keep", "Join", S, False, ("invalid_duration",))),
     ("negative duration", row(opid="c2", dur=-5), ("keep", "Join", S, False, ("invalid_duration",))),
     ("zero duration", row(opid="c3", dur=0), ("keep", "Join", S, True, ())),
-    ("invalid payload JSON", row(opid="c4", payload="{bad"), ("keep", "Join", S, True, ("invalid_payload_json",))),
-    ("empty payload", row(opid="c5", payload=None), ("keep", "Join", S, True, ())),
+    ("invalid payload JSON", row(opid="c4") | {"OperationPayload": "{bad"}, ("keep", "Join", S, True, ("invalid_payload_json",))),
+    ("empty payload", row(opid="c5") | {"OperationPayload": None}, ("keep", "Join", S, True, ())),
     ("lower-case op", row(op="join", opid="c6"), ("keep", "Join", S, True, ("noncanonical_operation_case",))),
     ("op with spaces", row(op=" Join ", opid="c7"), ("keep", "Join", S, True, ("noncanonical_operation_case",))),
     ("unknown op kept", row(op="NewFancyOp", opid="c8"), ("keep", "NewFancyOp", S, True, ())),
@@ -237,7 +237,7 @@ def test_arrival_window_selects_by_time_generated(tmp_path: Path) -> None:
 def test_string_numbers(tmp_path: Path, fmt: str, string_numbers: int) -> None:
     rows = [
         row(opid="1", dur="577"),  # string number: counted, and its duration is used
-        row(opid="2", rs="200", dur=100),  # string ResultSignature
+        row(opid="2", dur=100) | {"ResultSignature": "200"},  # string ResultSignature
         row(opid="3", dur="abc"),  # not a number: invalid duration, not a string number
         row(opid="4", dur=12),  # a number
     ]

@@ -43,8 +43,8 @@ def _rows(draw: st.DrawFn) -> list[dict[str, Any]]:
                 rt=draw(_rts),
                 dur=draw(_durs),
                 sdk=draw(st.sampled_from(["1.0", "2.0_beta", None])),
-                payload=draw(st.sampled_from(['{"a":1}', "{bad", None])),
             )
+            | {"OperationPayload": draw(st.sampled_from(['{"a":1}', "{bad", None]))}
         )
     return out
 
@@ -273,9 +273,8 @@ def _hostile_rows(draw: st.DrawFn) -> list[dict[str, Any]]:
                 rt=draw(st.one_of(_rts, _hostile_text)),
                 dur=draw(_hostile_number),
                 sdk=draw(_hostile_text),
-                rs=draw(_hostile_number),
-                payload=draw(_hostile_text),
             )
+            | {"ResultSignature": draw(_hostile_number), "OperationPayload": draw(_hostile_text)}
             | {"CallId": draw(_hostile_text), "UserAgent": draw(_hostile_text)}
         )
     return out

@@ -169,7 +169,7 @@ _BAD_LINES: dict[str, tuple[bytes, str]] = {
         "malformed_record",
     ),
     "nul-first-line": (_line(row(opid="x")).replace(b'"ua"', b'"u\x00a"'), "malformed_record"),
-    "5mb-field": (_line(row(opid="x", payload="A" * 5_000_000)), "malformed_record"),
+    "5mb-field": (_line(row(opid="x") | {"OperationPayload": "A" * 5_000_000}), "malformed_record"),
     "nested-20000": (_deep(20_000), "missing_operation_name"),
     "truncated-last-line": (_line(row(opid="x"))[:60], "malformed_record"),
     "not-json": (b"not json\n", "malformed_record"),
