@@ -59,10 +59,10 @@ if TYPE_CHECKING:
     from detector.source.base import Source
 
 __all__ = [
+    "RunFiles",
     "backfill",
     "demo",
     "evaluate_dir",
-    "RunFiles",
     "open_backend",
     "run_job",
 ]
