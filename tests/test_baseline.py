@@ -412,7 +412,7 @@ def test_evidence_kept_only_where_a_gate_looks_equals_the_full_evidence() -> Non
 def test_evidence_and_features_do_not_depend_on_blocks_or_threads(chunk, threads) -> None:
     # Blocks of whole operations, processed by a thread pool, write disjoint rows: the result
     # must be the same as one block on one thread.
-    from detector.detect.features import bucket_features, build_cube, span_evidence
+    from detector.detect.features import Blocking, bucket_features, build_cube, span_evidence
 
     parts = [
         Part(op, ver, 120.0, 0.02, 500.0)
@@ -422,8 +422,8 @@ def test_evidence_and_features_do_not_depend_on_blocks_or_threads(chunk, threads
     p, base, stats = _baselines(parts, days=2.0, extra=0.5, seed=3)
     end = T0 + timedelta(days=2.5)
     cube = build_cube(stats, p, start=T0 + timedelta(days=1.5), end=end, bucket=POLICY.bucket)
-    ref = span_evidence(cube, p, base, POLICY, last=60, chunk=10_000, threads=1)
-    got = span_evidence(cube, p, base, POLICY, last=60, chunk=chunk, threads=threads)
+    ref = span_evidence(cube, p, base, POLICY, last=60, blocking=Blocking(10_000, 1))
+    got = span_evidence(cube, p, base, POLICY, last=60, blocking=Blocking(chunk, threads))
     for name in ref.__dataclass_fields__:
         np.testing.assert_array_equal(getattr(got, name), getattr(ref, name), err_msg=name)
     np.testing.assert_array_equal(

@@ -41,6 +41,7 @@ from detector.detect.policy import METRIC_NAMES, DetectionPolicy, Metric, volume
 
 __all__ = [
     "FEATURE_NAMES",
+    "Blocking",
     "Cube",
     "Sequential",
     "SpanEvidence",
@@ -567,6 +568,16 @@ class _Cells:
         return out
 
 
+@dataclass(frozen=True)
+class Blocking:
+    """How :func:`span_evidence` splits its work (results do not depend on it): blocks of
+    whole operations of about ``chunk`` rows, ``threads`` of them at once (None: one per
+    core, at most 4)."""
+
+    chunk: int = 250
+    threads: int | None = None
+
+
 def span_evidence(
     cube: Cube,
     parts: Partitions,
@@ -574,8 +585,7 @@ def span_evidence(
     policy: DetectionPolicy,
     *,
     last: int | None = None,
-    chunk: int = 250,
-    threads: int | None = None,
+    blocking: Blocking = Blocking(),
     keep: np.ndarray | None = None,
     first: np.ndarray | None = None,
 ) -> SpanEvidence:
@@ -587,9 +597,9 @@ def span_evidence(
 
     ``last``: evidence only for the last ``last`` buckets of the cube (the earlier ones are
     look-back that feeds the trailing spans); the arrays then have ``last`` columns.
-    ``chunk``: partitions are processed in blocks of whole operations of about this many rows,
-    which bounds the temporaries (memory) on large runs; results do not depend on it.
-    ``threads``: blocks processed in parallel (default: one per core, at most 4).
+    ``blocking``: partitions are processed in blocks of whole operations of about
+    ``blocking.chunk`` rows, which bounds the temporaries (memory) on large runs, and
+    ``blocking.threads`` blocks in parallel; results do not depend on it.
     ``keep``: ``(P, M, last)`` cells whose fields are needed whatever their p-value (the
     engine passes its forest flags and maintenance buckets). Elsewhere only ``p`` and ``span``
     are always filled; the other fields are exact wherever the best span is nominally
@@ -622,6 +632,7 @@ def span_evidence(
             blk, policy, slots, view, np.ones(view.p.shape, bool) if keep is None else keep[sl]
         )
 
+    chunk, threads = blocking.chunk, blocking.threads
     blocks = _op_blocks(parts, chunk)
     # Blocks are independent and write disjoint rows of `full`; NumPy and SciPy's ufuncs
     # release the GIL, so a second thread uses the second core (the result does not depend
