@@ -353,7 +353,7 @@ def _detect(
     """Judge ``plan.judge`` in steps; fill the report's ``detection``, ``candidates`` and
     ``anomalies``; return the anomalies (named after the tenant's resource), the candidates
     and the history alerting reads."""
-    from detector.detect.engine import detect_steps
+    from detector.detect.engine import StepContext, detect_steps
     from detector.notify.evaluated import CHART_SPAN
     from detector.store.engine_state import load_engine_state, save_engine_state
 
@@ -375,10 +375,12 @@ def _detect(
         steps=steps,
         policy=run.policy,
         now=run.now,
-        delay=cfg.detection["delay"],
-        maintenance=_maintenance(cfg),
-        model_store=_model_store(
-            cfg, tenant.backend, scratch=run.manual or run.dry_run, prefix=tenant.models_prefix
+        context=StepContext(
+            delay=cfg.detection["delay"],
+            maintenance=_maintenance(cfg),
+            model_store=_model_store(
+                cfg, tenant.backend, scratch=run.manual or run.dry_run, prefix=tenant.models_prefix
+            ),
         ),
         state=engine_state,
         progress=_step_printer(run.progress) if len(steps) > 1 else None,

@@ -88,6 +88,7 @@ __all__ = [
     "DetectionPolicy",
     "DetectionResult",
     "EngineState",
+    "StepContext",
     "StepProgress",
     "detect",
     "detect_steps",
@@ -616,6 +617,17 @@ def _debug(
 
 
 @dataclass(frozen=True)
+class StepContext:
+    """What every step of a run is judged with besides the policy and the state: the data
+    ``delay`` (a step's clock is ``min(now, step_end + delay)``), the ``maintenance`` windows
+    and the ``model_store`` its forest is loaded from and saved to (see :func:`detect`)."""
+
+    delay: timedelta = timedelta(0)
+    maintenance: Sequence[tuple[datetime, datetime, str | None]] = ()
+    model_store: ModelStore | None = None
+
+
+@dataclass(frozen=True)
 class StepProgress:
     """Where :func:`detect_steps` is: ``done`` of ``total`` steps, the last one judged."""
 
@@ -682,9 +694,7 @@ def detect_steps(
     steps: Sequence[tuple[datetime, datetime]],
     policy: DetectionPolicy,
     now: datetime,
-    delay: timedelta = timedelta(0),
-    maintenance: Sequence[tuple[datetime, datetime, str | None]] = (),
-    model_store: ModelStore | None = None,
+    context: StepContext = StepContext(),
     state: EngineState | None = None,
     progress: Callable[[StepProgress], None] | None = None,
 ) -> DetectionResult:
@@ -692,10 +702,11 @@ def detect_steps(
 
     One code path for every window: a scheduled run is one step, a catch-up or a manual rerun
     many. Each step is :func:`detect` over ``history(step_start - baseline, step_end)`` with the
-    run's clock at ``min(now, step_end + delay)`` (forest refits follow that clock, as they do
-    run by run) and the engine state the previous step left (alerted and suspect buckets of
-    earlier steps stay out of later baselines). Only the step and its baseline are asked of
-    ``history``, so memory follows the step, not the window.
+    run's clock at ``min(now, step_end + context.delay)`` (forest refits follow that clock, as
+    they do run by run), ``context``'s maintenance windows and model store, and the engine
+    state the previous step left (alerted and suspect buckets of earlier steps stay out of
+    later baselines). Only the step and its baseline are asked of ``history``, so memory
+    follows the step, not the window.
 
     Returns one :class:`DetectionResult` for ``window``: every step's anomalies and alert
     buckets, candidates merged per (partition, metric) at their furthest gate, summed counts
@@ -709,9 +720,9 @@ def detect_steps(
             history(s - policy.baseline, e),
             window=(s, e),
             policy=policy,
-            now=min(now, e + delay),
-            maintenance=maintenance,
-            model_store=model_store,
+            now=min(now, e + context.delay),
+            maintenance=context.maintenance,
+            model_store=context.model_store,
             state=state,
         )
 

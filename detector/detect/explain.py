@@ -158,7 +158,7 @@ def _judge(
     state: EngineState,
 ) -> Any:
     """The engine's result for ``step``, judged as the scheduled run ending it judged it."""
-    from detector.detect.engine import detect_steps
+    from detector.detect.engine import StepContext, detect_steps
 
     return detect_steps(
         history,
@@ -166,8 +166,7 @@ def _judge(
         steps=[step],
         policy=policy,
         now=step[1] + delay,
-        delay=delay,
-        maintenance=maintenance,
+        context=StepContext(delay=delay, maintenance=maintenance),
         state=_state_before(state, step[0]),
     )
 
