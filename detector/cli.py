@@ -721,6 +721,7 @@ def _judged_until(backend: Any, key: str) -> str | None:
 def _cmd_explain(args: argparse.Namespace, now: datetime) -> int:
     from detector import pipeline
     from detector.detect import explain
+    from detector.detect.engine import StepContext
     from detector.explain_text import explanation_json, explanation_text
     from detector.store.alerts import AlertStore
     from detector.store.buckets import BucketStore
@@ -731,19 +732,15 @@ def _cmd_explain(args: argparse.Namespace, now: datetime) -> int:
     alerts = AlertStore(backend)
     found = explain.explain(
         _stored_or_read(cfg, BucketStore(backend)),
-        operation=args.operation,
-        sdk_version=args.sdk_version,
-        at=args.at,
+        question=explain.Question(args.operation, args.sdk_version, args.at, args.metric),
         policy=pipeline.detection_policy(cfg),
         step=cfg.detection["step"],
-        delay=cfg.detection["delay"],
-        metric=args.metric,
-        maintenance=[(w.start, w.end, w.operation_name) for w in cfg.maintenance],
+        context=StepContext(
+            delay=cfg.detection["delay"],
+            maintenance=[(w.start, w.end, w.operation_name) for w in cfg.maintenance],
+        ),
         engine_state=load_engine_state(backend)[0],
-        alert_state=alerts.load_state(),
-        silences=alerts.silences(),
-        acks=alerts.acks(),
-        now=now,
+        alerts=explain.Bookkeeping(alerts.load_state(), alerts.silences(), alerts.acks(), now),
     )
     print(_json(explanation_json(found)) if args.json else explanation_text(found))
     return EXIT_OK

@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detector.anomaly import Anomaly
 from detector.detect.decide import GATE_REASONS, METRIC_NAMES, DetectionPolicy
@@ -30,12 +30,17 @@ from detector.schema import BucketAggregates
 from detector.store.engine_state import EngineState
 from detector.timeutil import iso_z, parse_time
 
+if TYPE_CHECKING:
+    from detector.detect.engine import StepContext
+
 __all__ = [
     "METRIC_CHOICES",
+    "Bookkeeping",
     "Check",
     "Explanation",
     "LifecycleEntry",
     "MetricVerdict",
+    "Question",
     "TimelineRun",
     "explain",
 ]
@@ -153,20 +158,20 @@ def _judge(
     step: tuple[datetime, datetime],
     policy: DetectionPolicy,
     *,
-    delay: timedelta,
-    maintenance: Sequence[tuple[datetime, datetime, str | None]],
+    context: StepContext | None,
     state: EngineState,
 ) -> Any:
     """The engine's result for ``step``, judged as the scheduled run ending it judged it."""
     from detector.detect.engine import StepContext, detect_steps
 
+    context = context or StepContext()
     return detect_steps(
         history,
         window=step,
         steps=[step],
         policy=policy,
-        now=step[1] + delay,
-        context=StepContext(delay=delay, maintenance=maintenance),
+        now=step[1] + context.delay,
+        context=context,
         state=_state_before(state, step[0]),
     )
 
@@ -356,38 +361,49 @@ def _covering(
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Question:
+    """What :func:`explain` is asked about: ``operation``/``sdk_version`` (None: the fleet) at
+    ``at``, for ``metric``, one of :data:`METRIC_CHOICES` (None: all three)."""
+
+    operation: str
+    sdk_version: str | None
+    at: datetime
+    metric: str | None = None
+
+
+@dataclass(frozen=True)
+class Bookkeeping:
+    """The alerts' bookkeeping :func:`explain` reports the lifecycle from: their state, the
+    silences, the acknowledgements by fingerprint, and ``now`` (None: the time asked about)."""
+
+    alert_state: AlertState | None = None
+    silences: Sequence[Silence] = ()
+    acks: dict[str, Any] | None = None
+    now: datetime | None = None
+
+
 def explain(
     history: Callable[[datetime, datetime], BucketAggregates],
     *,
-    operation: str,
-    sdk_version: str | None,
-    at: datetime,
+    question: Question,
     policy: DetectionPolicy,
     step: timedelta,
-    delay: timedelta = timedelta(0),
-    metric: str | None = None,
-    maintenance: Sequence[tuple[datetime, datetime, str | None]] = (),
+    context: StepContext | None = None,
     engine_state: EngineState | None = None,
-    alert_state: AlertState | None = None,
-    silences: Sequence[Silence] = (),
-    acks: dict[str, Any] | None = None,
-    now: datetime | None = None,
+    alerts: Bookkeeping = Bookkeeping(),
 ) -> Explanation:
-    """Judge the step holding ``at`` again and explain ``operation``/``sdk_version`` there.
+    """Judge the step holding ``question.at`` again and explain the partition asked about there.
 
-    ``history(start, end)`` returns the stored buckets in ``[start, end)``. ``metric`` is one of
-    :data:`METRIC_CHOICES` (None: all three). Raises ConfigError (the CLI's exit 2) when the
-    store holds nothing for that step, or not that operation or version.
+    ``history(start, end)`` returns the stored buckets in ``[start, end)``; ``step`` is the
+    scheduled runs' step and ``context`` their delay and maintenance windows (None: no delay,
+    no maintenance). Raises ConfigError (the CLI's exit 2) when the store holds nothing for
+    that step, or not that operation or version.
     """
+    operation, sdk_version = question.operation, question.sdk_version
+    at, metric = question.at, question.metric
     window = _step_of(at, step, policy.bucket)
-    res = _judge(
-        history,
-        window,
-        policy,
-        delay=delay,
-        maintenance=maintenance,
-        state=engine_state or EngineState(),
-    )
+    res = _judge(history, window, policy, context=context, state=engine_state or EngineState())
     if "parts" not in res.debug:
         raise ConfigError(
             f"no stored history for {iso_z(window[0])} .. {iso_z(window[1])}:"
@@ -407,7 +423,9 @@ def explain(
     first = window[0] + (at - window[0]) // policy.bucket * policy.bucket
     bucket = (first, first + policy.bucket)
     found = Explanation(operation, sdk_version, at, bucket, window, verdicts, policy)
-    found.lifecycle = _lifecycle(found, alert_state, silences, acks or {}, now or at)
+    found.lifecycle = _lifecycle(
+        found, alerts.alert_state, alerts.silences, alerts.acks or {}, alerts.now or at
+    )
     return found
 
 
