@@ -292,6 +292,15 @@ SOURCE: dict[str, Param] = {
     "example_calls": Param(POLICY, _COUNT),
 }
 
+#: Settings that existed and were removed: a config that still sets one loads, with a warning
+#: saying why it is ignored (section -> key -> why).
+RETIRED: dict[str, dict[str, str]] = {
+    "detection": {
+        "recent_z": "each third of a span needs only the practical minimum now; "
+        "docs/decisions.md, fewer rules",
+    },
+}
+
 #: [detection]: the pipeline's own keys, then every DetectionPolicy knob (defaults there).
 DETECTION: dict[str, Param] = {
     "delay": Param("10m", _POSITIVE),  # scheduled window ends at now - delay
@@ -319,7 +328,6 @@ DETECTION: dict[str, Param] = {
     "loo_z": Param(POLICY, _Z),
     "peer_z": Param(POLICY, _Z),
     "shared_z": Param(POLICY, _Z),
-    "recent_z": Param(POLICY, _Z),
     "latest_z": Param(POLICY, _Z),
     "latest_span": Param(POLICY, _COUNT),
     "latest_share": Param(POLICY, Real(0, 1)),
@@ -893,6 +901,18 @@ def _alerting_effective(alerting: AlertingSettings) -> dict[str, object]:
 _TOP_LEVEL = ("source", "detection", "state", "alerting", "notify", "maintenance", "health")
 
 
+def retired_keys(name: str, given: Mapping[str, object]) -> tuple[dict[str, object], list[str]]:
+    """A section's table -> (the table without its retired keys, a warning per key dropped)."""
+    retired = RETIRED.get(name, {})
+    kept = {k: v for k, v in given.items() if k not in retired}
+    why = [
+        f"{name}.{k}: no longer used, ignored ({retired[k]}); remove it"
+        for k in given
+        if k in retired
+    ]
+    return kept, why
+
+
 def _check_section(name: str, given: object, problems: list[str]) -> dict[str, object]:
     """One section's checked values (defaults filled); its problems appended to ``problems``."""
     if given is None:
@@ -1115,6 +1135,10 @@ def config_from_dict(
     substituted = _substitute(dict(data), "", os.environ if env is None else env, problems)
     doc: dict[str, object] = substituted if isinstance(substituted, dict) else {}
     problems.extend(f"{key}: unknown section" for key in doc if key not in _TOP_LEVEL)
+    for name in RETIRED:
+        if isinstance(table := doc.get(name), Mapping):
+            doc[name], dropped = retired_keys(name, table)
+            warnings.extend(dropped)
     values = {name: _check_section(name, doc.get(name), problems) for name in _SECTION_TYPES}
     routes = _check_routes(doc.get("notify"), problems, warnings, data.get("notify"))
     maintenance = _check_maintenance(doc.get("maintenance"), problems)

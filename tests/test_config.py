@@ -256,3 +256,21 @@ def test_check_config_prints_every_detection_setting(
     printed = capsys.readouterr().out
     for name in DetectionPolicy.__dataclass_fields__:
         assert f'"detection.{name}"' in printed, name
+
+
+def test_a_retired_setting_still_loads_with_a_warning_and_is_ignored(caplog) -> None:
+    from detector.config import RETIRED
+    from detector.detect.policy import DetectionPolicy
+
+    for key in RETIRED["detection"]:
+        cfg = config_from_dict({"detection": {key: 1.5, "alpha": 0.02}}, env={})
+        (warning,) = cfg.warnings
+        assert (
+            warning.startswith(f"detection.{key}: no longer used, ignored")
+            and warning in caplog.text
+        )
+        assert key not in cfg.raw["detection"]
+        assert cfg.detection.policy.alpha == 0.02  # the rest of the section still counts
+        assert DetectionPolicy.from_mapping({key: 1.5}) == DetectionPolicy()
+        # a wrong value of a retired key is no problem either: it is not read at all
+        config_from_dict({"detection": {key: "nonsense"}}, env={})

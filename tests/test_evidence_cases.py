@@ -402,7 +402,7 @@ def test_span_checks_thirds_and_latest(s: int, offsets: list[int], latest: list[
     checks = _span_checks(s, POLICY)
     thirds, last = checks[:-1], checks[-1]
     assert [c.off for c in thirds] == offsets
-    assert all(c.zmin == POLICY.recent_z and c.frac == 0.0 for c in thirds)
+    assert all(c.zmin == 0.0 and c.frac == 0.0 for c in thirds)
     assert all(c.share == POLICY.third_volume_share for c in thirds)
     # the thirds cover the span
     assert offsets[-1] + thirds[-1].windows[0] >= s

@@ -876,8 +876,9 @@ class _Check(NamedTuple):
 
 def _span_checks(s: int, policy: DetectionPolicy) -> list[_Check]:
     """The sub-window checks of a span of ``s`` buckets: its thirds and its latest window."""
-    # Consistency: every third of a span must deviate (z and practical effect), so a long
-    # span is not carried by an old short incident plus a little recent noise.
+    # Consistency: every third of a span must deviate by the practical minimum (no z of its
+    # own: docs/decisions.md, "fewer rules"), so a long span is not carried by an old short
+    # incident plus a little recent noise.
     h = -(-s // 3)
     thirds = (0, h, 2 * h) if s >= 3 else (0,)
     # Plus the latest window at latest_z: the evidence has to be current, not an incident
@@ -894,7 +895,7 @@ def _span_checks(s: int, policy: DetectionPolicy) -> list[_Check]:
     # small blip in the last hour, is not a current deviation of the incident's size. share:
     # a third of a volume span needs third_volume_share of the minimum change, the latest
     # window all of it (as the span).
-    checks = [_Check(off, policy.recent_z, [h], 0.0, policy.third_volume_share) for off in thirds]
+    checks = [_Check(off, 0.0, [h], 0.0, policy.third_volume_share) for off in thirds]
     checks.append(_Check(0, policy.latest_z, latest, policy.latest_share, 1.0))
     return checks
 
@@ -1156,7 +1157,7 @@ def _sub_checks(t: _Tested, span: _Span, m: int, rows: np.ndarray, cols: np.ndar
     """Leave-one-out and sub-window consistency of ``span``, metric ``m``, at some cells.
 
     The evidence must survive dropping its strongest bucket (z >= loo_z), every third of
-    the span must deviate (recent_z, practical effect, some support) and the latest window
+    the span must deviate (practical effect, some support) and the latest window
     at latest_z (the evidence is current). Failure and volume counts are continuity
     corrected (+-0.5): with a handful of calls, one failure against 0.2 expected is z = 2
     by the normal approximation but an exact tail of 0.18, and kept an incident's tail

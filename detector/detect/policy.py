@@ -71,7 +71,6 @@ class DetectionPolicy:
     loo_z: float = 2.0  # the evidence must survive dropping its strongest bucket (z >= this)
     peer_z: float = 3.0  # a version differs from its operation's other versions (z >= this)
     shared_z: float = 2.0  # the other versions deviate too (z >= this): fleet-wide, not one version
-    recent_z: float = 1.5  # every third of a span must deviate too (z >= this)
     latest_z: float = 2.0  # the latest third (<= latest_span buckets) must deviate this much:
     latest_span: int = 12  # the evidence is current (an incident that ended stops alerting)
     latest_share: float = 0.5  # ... with at least this share of the whole span's effect
@@ -158,10 +157,11 @@ class DetectionPolicy:
         ``max_window``, ``step``, ``max_catchup``) are accepted and ignored. Raises
         ``ValueError`` listing every problem (``detection.alpha: must be ...; ...``).
         """
-        from detector.config import DETECTION  # the table lives with the other sections'
+        from detector.config import DETECTION, retired_keys  # with the other sections' tables
         from detector.settings import check_table
 
-        checked = check_table("detection", DETECTION, data, defaults=False)
+        kept, _ = retired_keys("detection", data or {})  # the config loader warns about them
+        checked = check_table("detection", DETECTION, kept, defaults=False)
         problems = checked.problems + [f"unknown [detection] key {k!r}" for k in checked.unknown]
         if problems:
             raise ValueError("; ".join(problems))

@@ -450,20 +450,20 @@ def _steady_and_current(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Consumes the counts and expectation; produces ``(L, K)`` bools ``steady`` (every third
     of the span fails more) and ``current`` (the last third carries its share)."""
-    # Since the rollout: every third of the span fails more on its own (recent_z and the
-    # practical minimum), so a build that failed for an afternoon a day after its rollout
+    # Since the rollout: every third of the span fails more on its own (by the practical
+    # minimum), so a build that failed for an afternoon a day after its rollout
     # is that afternoon's incident (the trailing spans' business), not "failing since".
     third = -(-c.span // 3)
     steady = np.ones(c.n.shape, bool)
     for i in range(3):
         zt, rt = _window(c, x.drift, col, third, i * third, policy)
-        steady &= (zt >= policy.recent_z) & (rt >= policy.min_failure_points)
+        steady &= (zt >= 0.0) & (rt >= policy.min_failure_points)
     # Current: the last third (at most the longest trailing span) carries at least
     # latest_share of the whole effect.
     w = np.minimum(third, max(policy.spans))
     zc, rc = _window(c, x.drift, col, w, np.zeros_like(third), policy)
     with np.errstate(invalid="ignore"):
-        current = (zc >= policy.recent_z) & (rc >= policy.latest_share * x.effect)
+        current = (zc >= 0.0) & (rc >= policy.latest_share * x.effect)
     return steady, current
 
 
