@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "RETIRED",
     "SCHEMA",
     "AlertingSettings",
     "Config",
@@ -81,6 +82,7 @@ __all__ = [
     "parse_duration",
     "parse_time",
     "redact_url",
+    "retired_keys",
     "route_config",
 ]
 
@@ -297,7 +299,7 @@ SOURCE: dict[str, Param] = {
 RETIRED: dict[str, dict[str, str]] = {
     "detection": {
         "recent_z": "each third of a span needs only the practical minimum now; "
-        "docs/decisions.md, fewer rules",
+        "docs/decisions.md, fewer rules, a second pass",
     },
 }
 
@@ -1132,13 +1134,14 @@ def config_from_dict(
     """Validate an already-parsed TOML document. Raises ConfigError listing every problem."""
     problems: list[str] = []
     warnings: list[str] = []
-    substituted = _substitute(dict(data), "", os.environ if env is None else env, problems)
+    given = dict(data)
+    for name in RETIRED:  # before substitution: a retired key's value is never read
+        if isinstance(table := given.get(name), Mapping):
+            given[name], dropped = retired_keys(name, table)
+            warnings.extend(dropped)
+    substituted = _substitute(given, "", os.environ if env is None else env, problems)
     doc: dict[str, object] = substituted if isinstance(substituted, dict) else {}
     problems.extend(f"{key}: unknown section" for key in doc if key not in _TOP_LEVEL)
-    for name in RETIRED:
-        if isinstance(table := doc.get(name), Mapping):
-            doc[name], dropped = retired_keys(name, table)
-            warnings.extend(dropped)
     values = {name: _check_section(name, doc.get(name), problems) for name in _SECTION_TYPES}
     routes = _check_routes(doc.get("notify"), problems, warnings, data.get("notify"))
     maintenance = _check_maintenance(doc.get("maintenance"), problems)

@@ -274,3 +274,15 @@ def test_a_retired_setting_still_loads_with_a_warning_and_is_ignored(caplog) -> 
         assert DetectionPolicy.from_mapping({key: 1.5}) == DetectionPolicy()
         # a wrong value of a retired key is no problem either: it is not read at all
         config_from_dict({"detection": {key: "nonsense"}}, env={})
+
+
+def test_a_retired_setting_from_an_unset_variable_is_no_problem() -> None:
+    cfg = config_from_dict({"detection": {"recent_z": "${NOPE_UNSET_VAR}"}}, env={})
+    assert "detection.recent_z: no longer used" in cfg.warnings[0]
+
+
+def test_a_retired_setting_given_to_the_policy_is_logged(caplog) -> None:
+    from detector.detect.policy import DetectionPolicy
+
+    assert DetectionPolicy.from_mapping({"recent_z": 2.0}) == DetectionPolicy()
+    assert "detection.recent_z: no longer used" in caplog.text

@@ -232,12 +232,26 @@ def test_the_html_report_shows_the_warning_escaped(tmp_path: Path) -> None:
             ],
             "schema drift: table T has no column SdkVersion",
         ),
+        (
+            ["'where' operator: Failed to resolve table or column or scalar expression named 'T'"],
+            "the workspace has no table T",
+        ),
+        (["Failed to resolve table expression named 'T'"], "the workspace has no table T"),
         # a name that is not a log column: our own query's mistake, not drift
         (["'extend' operator: Failed to resolve scalar expression named '_Ld'"], None),
         (["Request is invalid: bad timespan"], None),
         ([], None),
     ],
-    ids=["column", "table", "nested-message", "not-a-log-column", "other-error", "no-body"],
+    ids=[
+        "column",
+        "table",
+        "nested-message",
+        "table-or-column-or-scalar",
+        "table-expression",
+        "not-a-log-column",
+        "other-error",
+        "no-body",
+    ],
 )
 def test_query_drift_reads_the_services_semantic_errors(
     messages: list[str], expected: str | None

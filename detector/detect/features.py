@@ -877,7 +877,7 @@ class _Check(NamedTuple):
 def _span_checks(s: int, policy: DetectionPolicy) -> list[_Check]:
     """The sub-window checks of a span of ``s`` buckets: its thirds and its latest window."""
     # Consistency: every third of a span must deviate by the practical minimum (no z of its
-    # own: docs/decisions.md, "fewer rules"), so a long span is not carried by an old short
+    # own: docs/decisions.md, "fewer rules, a second pass"), so a long span is not carried by an old short
     # incident plus a little recent noise.
     h = -(-s // 3)
     thirds = (0, h, 2 * h) if s >= 3 else (0,)

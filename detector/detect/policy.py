@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
@@ -160,7 +161,9 @@ class DetectionPolicy:
         from detector.config import DETECTION, retired_keys  # with the other sections' tables
         from detector.settings import check_table
 
-        kept, _ = retired_keys("detection", data or {})  # the config loader warns about them
+        kept, dropped = retired_keys("detection", data or {})
+        for why in dropped:  # (a config file's are also the loader's warnings)
+            logging.getLogger(__name__).warning("%s", why)
         checked = check_table("detection", DETECTION, kept, defaults=False)
         problems = checked.problems + [f"unknown [detection] key {k!r}" for k in checked.unknown]
         if problems:

@@ -49,7 +49,8 @@ _MAX_NAME: Final = 40
 
 # How Log Analytics names what a query refers to and the table lacks (a SemanticError).
 _UNRESOLVED: Final = re.compile(
-    r"Failed to resolve (?:table or column|column or scalar|scalar|column) expression"
+    r"Failed to resolve (?:table or column or scalar|table or column|column or scalar|table"
+    r"|scalar|column) expression"
     r" named '([^']{1,300})'"
 )
 _MAX_UNKNOWN: Final = 10
