@@ -701,7 +701,7 @@ def test_a_drop_of_a_bursty_operation_is_flagged_within_its_first_half_hour_or_s
 ) -> None:
     """Bursty counts (overdispersion ~10) make 3 buckets of an 80 % drop not significant, and a
     12-bucket span waits until every third of it is inside the drop. The 6-bucket span flags it
-    within 8 buckets on 3 seeds; without it (the spans of before) it took 10-12."""
+    within 8 buckets on 3 seeds (6 on each); without it (the spans of before) it takes 9-11."""
     aggs, drop_at = _bursty_drop(seed)
 
     def first_alert(policy: DetectionPolicy) -> float:
@@ -710,8 +710,9 @@ def test_a_drop_of_a_bursty_operation_is_flagged_within_its_first_half_hour_or_s
         hit = [t for o, _, m, t in res.alert_buckets if (o, m) == ("CreateView", "volume")]
         return (min(hit) - drop_at) / timedelta(minutes=5)
 
-    assert first_alert(POLICY) <= 8
-    assert first_alert(DetectionPolicy(spans=(1, 3, 12, 36, 144))) >= 10
+    with_six = first_alert(POLICY)
+    assert with_six <= 8
+    assert first_alert(DetectionPolicy(spans=(1, 3, 12, 36, 144))) >= with_six + 3
 
 
 def _quiet_drop(factor: float, seed: int):
