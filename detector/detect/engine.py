@@ -42,6 +42,7 @@ from detector.detect.decide import (
     GATE_REASONS,
     R_ANOM,
     Evidence,
+    Multiplicity,
     decide,
     gates_but_significance,
     multiplicity,
@@ -207,7 +208,9 @@ def detect(
         anomalies, alert_buckets = _fold_tenant_stops(run, anomalies, alert_buckets, cubes.full)
     candidates = _candidates(decided.reasons, tested.ev, forest.scores, cubes.cube, parts, base)
     clock.lap("explain")
-    _record_suspects(decided.reasons, tested.ev, cubes.cube, parts, state, policy, tested.n_tests)
+    _record_suspects(
+        decided.reasons, tested.ev, cubes.cube, parts, state, policy, tested.mult.n_tests
+    )
     clock.lap("state")
     state.prune(
         _py(frame.ws - pd.Timedelta(policy.baseline) - frame.bucket * frame.lookback),
@@ -320,13 +323,9 @@ class _Tested:
     testable: np.ndarray  # (P, M) the metric can be tested on the partition
     judged: np.ndarray  # (K,) the bucket is in the window (not look-back)
     active: np.ndarray  # (P,) the partition has calls in the window
-    n_tested: np.ndarray  # (M,) partitions tested (at least 1)
-    per_hour: float  # buckets an hour (at least 1)
-    n_tests: np.ndarray  # (M,) tests an hour per metric
-    test_alpha: np.ndarray  # (M,) alpha of one trailing test
+    mult: Multiplicity  # the run's corrections (decide.multiplicity)
     roll: Rollout
     rolled: Applied
-    forest_tests: float  # the forest vote's multiplicity (decide.multiplicity)
 
 
 @dataclass(frozen=True)
@@ -491,19 +490,7 @@ def _evidence(
         alpha=mult.roll_alpha,
         on_scale=mult.on_scale[Metric.FAILURE_RATE],
     )
-    return _Tested(
-        ev,
-        testable,
-        judged,
-        active,
-        mult.n_tested,
-        mult.per_hour,
-        mult.n_tests,
-        mult.test_alpha,
-        roll,
-        rolled,
-        mult.forest_tests,
-    )
+    return _Tested(ev, testable, judged, active, mult, roll, rolled)
 
 
 def _decide(run: _Run, cubes: _Cubes, forest: _ForestRun, tested: _Tested) -> _Decided:
@@ -519,13 +506,13 @@ def _decide(run: _Run, cubes: _Cubes, forest: _ForestRun, tested: _Tested) -> _D
         testable=tested.testable,
         maintenance=cubes.maint,
         judged=tested.judged,
-        n_tests=tested.n_tests,
+        n_tests=tested.mult.n_tests,
         raw_z=cubes.raw_z,
         last_alert_end=_last_alert_end(state, parts, cube.times, bucket),
         last_version_dev_end=_last_version_dev_end(state, parts, cube.times, bucket),
         alpha_scale=_alpha_scale(run.base, run.policy),
         forest_p=None if forest.p is None else forest.p[0],
-        forest_n_tests=tested.forest_tests,
+        forest_n_tests=tested.mult.forest_tests,
         alpha_m=cal.alpha,
     )
     bucket_end = (cube.times + bucket).tz_convert("UTC").tz_localize(None).to_numpy()
@@ -585,8 +572,10 @@ def _summary(
         anomalies=len(anomalies),
         baseline_kinds={str(k): int(c) for k, c in zip(kinds, kind_counts, strict=True)},
         provisional_partitions=int(base.provisional.sum()),
-        tests_per_metric={m: int(n) for m, n in zip(METRIC_NAMES, tested.n_tested, strict=True)},
-        multiplicity={m: float(n) for m, n in zip(METRIC_NAMES, tested.n_tests, strict=True)},
+        tests_per_metric={
+            m: int(n) for m, n in zip(METRIC_NAMES, tested.mult.n_tested, strict=True)
+        },
+        multiplicity={m: float(n) for m, n in zip(METRIC_NAMES, tested.mult.n_tests, strict=True)},
         rollout_tests=len(tested.roll),  # new builds in the since-rollout family (DetectionPolicy)
         tenant_stops=sum(a.details.get("scope") == "tenant" for a in anomalies),
         forest=forest.status,
@@ -1153,7 +1142,7 @@ def _explain(
 def _zc(x: _Explaining, m: int) -> float:
     """Metric -> the z of its test's own threshold (the band is that wide; see detect)."""
     # norm.isf(q) == -ndtri(q); scipy.special, not scipy.stats (0.8 s of imports).
-    return float(-special.ndtri(x.tested.test_alpha[m]))
+    return float(-special.ndtri(x.tested.mult.test_alpha[m]))
 
 
 def _hours(x: _Explaining, at: _AlertRun) -> float:
@@ -1257,7 +1246,7 @@ def _alert(x: _Explaining, at: _AlertRun, fig: _Figures) -> tuple[Anomaly, int]:
     effect = float(ev.effect[p, m, j])
     span = int(ev.span[p, m, j])
     # Reported p-value: corrected for the partitions tested (spans already in ev.p).
-    p_corr = float(min(1.0, ev.p[p, m, j] * x.tested.n_tests[m]))
+    p_corr = float(min(1.0, ev.p[p, m, j] * x.tested.mult.n_tests[m]))
     # Effect shown with the values: over the run (relative; points for failure rate).
     if metric == "failure_rate":
         run_effect = float(fig.observed - fig.baseline)
