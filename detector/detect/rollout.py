@@ -47,8 +47,10 @@ from detector.detect.policy import DetectionPolicy, Metric
 
 __all__ = [
     "Applied",
+    "CountNull",
     "Rollout",
     "apply_rollout",
+    "count_test",
     "effective_looks",
     "first_buckets",
     "rollout_history",
@@ -78,6 +80,24 @@ class Rollout:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+
+class CountNull(NamedTuple):
+    """What a since-rollout count test measures its counts against, beside the rates of the
+    :class:`Rollout` (``L`` versions): ``cl``/``cl_o`` (L, 1) the variance factor of the
+    version's count and of its other versions' (counted events come in calls), ``tau2`` (L, 1)
+    how much the rate wanders between hours, ``min_points`` the practical minimum excess rate
+    of the whole span and of each third, ``longer_than`` the buckets a span since the rollout
+    must exceed to be tested, ``latest`` the most buckets the current check reads and
+    ``current_z`` the z the excess there must reach on its own."""
+
+    cl: np.ndarray
+    cl_o: np.ndarray
+    tau2: np.ndarray
+    min_points: float
+    longer_than: int
+    latest: int
+    current_z: float = 0.0
 
 
 class Applied(NamedTuple):
@@ -248,23 +268,44 @@ def rollout_test(
     roll: Rollout, base: Baselines, parts: Partitions, policy: DetectionPolicy, col: np.ndarray
 ) -> dict[str, np.ndarray]:
     """The since-rollout failure test of every rolled-out version at the columns ``col`` of
-    ``roll.times``: ``(L, len(col))`` arrays ``p`` (one test's), ``effect``
-    (points), ``n``, ``k``, ``expected`` (failures), ``z``, ``span`` (buckets since the first
-    call), ``loo``, ``steady`` (every third fails more), ``current``, ``share``, ``others_z``,
-    ``passes`` (every check, and longer than the trailing spans) and ``growth``: ln of the
-    calls since the first call over those an hour before (inf in its first hour; see
-    :func:`effective_looks`)."""
-    c = _running_counts(roll, base, parts, col, policy.buckets_per_hour)
-    x = _expectation(c, base, parts, roll.rows, policy)
+    ``roll.times`` (see :func:`count_test`): failures count in clusters of the version's own
+    failures per failing call, its siblings' in theirs; the fleet's failure rate wanders by
+    ``base.tau2_fail``."""
+    rows, fo = roll.rows, parts.fleet_of[roll.rows]
+    cluster = base.cluster if base.cluster is not None else np.ones(len(parts))
+    null = CountNull(
+        cl=np.maximum(cluster[rows], 1.0)[:, None],
+        cl_o=np.maximum(cluster[fo], 1.0)[:, None],
+        tau2=base.tau2_fail[fo][:, None],
+        min_points=policy.min_failure_points,
+        # A shorter rollout is one of the trailing spans already.
+        longer_than=max(policy.spans),
+        latest=max(policy.spans),
+    )
+    return count_test(roll, null, policy, col)
+
+
+def count_test(
+    roll: Rollout, null: CountNull, policy: DetectionPolicy, col: np.ndarray
+) -> dict[str, np.ndarray]:
+    """A since-rollout count test (``roll.failures`` of ``roll.calls`` against ``roll.rate``)
+    of every version at the columns ``col`` of ``roll.times``: ``(L, len(col))`` arrays ``p``
+    (one test's), ``effect`` (excess rate), ``n``, ``k``, ``expected`` (counts), ``z``,
+    ``span`` (buckets since the first call), ``loo``, ``steady`` (every third counts more),
+    ``current``, ``share``, ``others_z``, ``passes`` (every check, and longer than
+    ``null.longer_than``) and ``growth``: ln of the calls since the first call over those an hour
+    before (inf in its first hour; see :func:`effective_looks`)."""
+    c = _running_counts(roll, null, col, policy.buckets_per_hour)
+    x = _expectation(c, null, policy)
     p = _p_value(c, x)
     loo = _survives_loo(roll, c, x, col, policy.loo_z)
-    steady, current = _steady_and_current(c, x, col, policy)
+    steady, current = _steady_and_current(c, x, col, policy, null)
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(c.n + c.co > 0, c.n / (c.n + c.co), 0.0)
         growth = np.where(c.n_hour_ago > 0, np.log(c.n / c.n_hour_ago), np.inf)
     passes = (
-        (c.span > max(policy.spans))
-        & (x.effect >= policy.min_failure_points)
+        (c.span > null.longer_than)
+        & (x.effect >= null.min_points)
         & (c.n >= policy.min_calls)
         & (c.k >= policy.min_failures)
         & (share >= policy.min_share)
@@ -317,19 +358,12 @@ class _Counts:
     cl_o: np.ndarray  # (L, 1) its fleet's
 
 
-def _running_counts(
-    roll: Rollout, base: Baselines, parts: Partitions, col: np.ndarray, per_hour: int
-) -> _Counts:
-    """Consumes a rollout, the baselines' clusters and the tested columns; produces the
+def _running_counts(roll: Rollout, null: CountNull, col: np.ndarray, per_hour: int) -> _Counts:
+    """Consumes a rollout, its null's variance factors and the tested columns; produces the
     :class:`_Counts` of every version at those columns."""
-    rows = roll.rows
     C, F, Co, Fo = roll.calls, roll.failures, roll.other_calls, roll.other_failures
     cs, fs, es = _cum(C), _cum(F), _cum(C * roll.rate)
     co, fo_, eo = (_cum(x)[:, col + 1] for x in (Co, Fo, Co * roll.rate))
-    cl = np.maximum(base.cluster[rows] if base.cluster is not None else 1.0, 1.0)[:, None]
-    cl_o = np.maximum(base.cluster[parts.fleet_of[rows]] if base.cluster is not None else 1.0, 1.0)[
-        :, None
-    ]
     return _Counts(
         cs=cs,
         fs=fs,
@@ -343,8 +377,8 @@ def _running_counts(
         fo=fo_,
         eo=eo,
         span=col[None, :] - roll.first[:, None] + 1,
-        cl=cl,
-        cl_o=cl_o,
+        cl=null.cl,
+        cl_o=null.cl_o,
     )
 
 
@@ -361,11 +395,9 @@ class _Expected(NamedTuple):
     effect: np.ndarray  # excess failure rate (points)
 
 
-def _expectation(
-    c: _Counts, base: Baselines, parts: Partitions, rows: np.ndarray, policy: DetectionPolicy
-) -> _Expected:
-    """Consumes the running counts and the fleet's wander (``base.tau2_fail``); produces the
-    failures expected of each version, moved by its siblings' drift, and its z."""
+def _expectation(c: _Counts, null: CountNull, policy: DetectionPolicy) -> _Expected:
+    """Consumes the running counts and the rate's wander (``null.tau2``); produces the
+    counts expected of each version, moved by its siblings' drift, and its z."""
     n, k, e, co, fo_, eo, cl_o = c.n, c.k, c.e, c.co, c.fo, c.eo, c.cl_o
     per_hour = policy.buckets_per_hour
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -377,7 +409,7 @@ def _expectation(
         # (the fleet's tau2 / hours).
         sampling = np.where(co > 0, np.maximum(fo_, 1.0) * cl_o / np.maximum(co, 1e-12) ** 2, 0.0)
         others_z = (fo_ - eo) / np.sqrt(np.maximum(eo * cl_o, 1e-12))
-        prior = base.tau2_fail[parts.fleet_of[rows]][:, None] / np.maximum(c.span / per_hour, 1.0)
+        prior = null.tau2 / np.maximum(c.span / per_hour, 1.0)
         keep = np.where(
             np.abs(others_z) >= policy.shared_z,
             1.0,
@@ -446,10 +478,11 @@ def _window(
 
 
 def _steady_and_current(
-    c: _Counts, x: _Expected, col: np.ndarray, policy: DetectionPolicy
+    c: _Counts, x: _Expected, col: np.ndarray, policy: DetectionPolicy, null: CountNull
 ) -> tuple[np.ndarray, np.ndarray]:
     """Consumes the counts and expectation; produces ``(L, K)`` bools ``steady`` (every third
-    of the span fails more) and ``current`` (the last third carries its share)."""
+    of the span counts more, by ``null.min_points``) and ``current`` (the last third, at most
+    ``null.latest`` buckets, carries its share)."""
     # Since the rollout: every third of the span fails more on its own (by the practical
     # minimum), so a build that failed for an afternoon a day after its rollout
     # is that afternoon's incident (the trailing spans' business), not "failing since".
@@ -457,13 +490,13 @@ def _steady_and_current(
     steady = np.ones(c.n.shape, bool)
     for i in range(3):
         zt, rt = _window(c, x.drift, col, third, i * third, policy)
-        steady &= (zt >= 0.0) & (rt >= policy.min_failure_points)
-    # Current: the last third (at most the longest trailing span) carries at least
-    # latest_share of the whole effect.
-    w = np.minimum(third, max(policy.spans))
+        steady &= (zt >= 0.0) & (rt >= null.min_points)
+    # Current: the last third (at most null.latest buckets) carries at least latest_share of
+    # the whole effect.
+    w = np.minimum(third, null.latest)
     zc, rc = _window(c, x.drift, col, w, np.zeros_like(third), policy)
     with np.errstate(invalid="ignore"):
-        current = (zc >= 0.0) & (rc >= policy.latest_share * x.effect)
+        current = (zc >= null.current_z) & (rc >= policy.latest_share * x.effect)
     return steady, current
 
 
