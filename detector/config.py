@@ -361,6 +361,7 @@ DETECTION: dict[str, Param] = {
     "max_train_rows": Param(POLICY, _COUNT),
     "refit_every": Param(POLICY, _POSITIVE),
     "seed": Param(POLICY, Integer(0, 2**31 - 1)),
+    "tail": Param(POLICY, Boolean()),
     # --- short history and tenant-wide stop
     "short_history": Param(POLICY, Boolean()),
     "history_floor": Param(POLICY, _POSITIVE),

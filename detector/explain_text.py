@@ -53,6 +53,9 @@ class AlertNumbers:
     failures: int = 0
     failed_calls: int = 0
     rollout_since: str | None = None  # judged on everything since this rollout (ISO time)
+    #: duration tail since the rollout: slow calls, calls, the share of them expected slow and
+    #: the typical (median) duration's relative change
+    slow: tuple[int, int, float, float] | None = None
     provisional_weight: float | None = None  # a provisional baseline's share of own history
     forest_moves: Mapping[str, float] | None = None  # the forest's alone: effect per metric
 
@@ -89,6 +92,14 @@ def combination_text(moves: Mapping[str, float]) -> str:
 def _figures_text(a: AlertNumbers) -> str:
     """An alert's numbers -> its figures in words, up to the p-value (the bracket left open)."""
     o, b = a.observed, a.baseline
+    if a.metric == "duration" and a.slow is not None:
+        k, n, e, typical = a.slow
+        return (
+            f"duration p95 {o:.0f} ms vs {b:.0f} ms on its operation's other versions since its "
+            f"rollout at {a.rollout_since}: its typical duration {typical:+.0%}, its tail beyond "
+            f"that ({k / max(n, 1):.1%} of its {n} calls above the operation's usual p95 for "
+            f"the hour, {e:.1%} expected, p={fmt_p(a.p)}"
+        )
     if a.metric == "duration":
         return f"duration p95 {o:.0f} ms vs {b:.0f} ms (typical {a.effect:+.0%}, p={fmt_p(a.p)}"
     if a.metric == "failure_rate" and a.rollout_since is not None:
@@ -260,6 +271,7 @@ def _metric_json(mv: MetricVerdict, policy: DetectionPolicy) -> dict[str, Any]:
         "gate": mv.gate,
         "value": mv.value,
         "usual": mv.usual,
+        "part": mv.part,
         "calls": mv.calls,
         "span_buckets": mv.span_buckets,
         "tests": _test_rows(mv, policy),
@@ -331,9 +343,12 @@ def _metric_lines(mv: dict[str, Any]) -> list[str]:
     if mv["alert_text"]:
         lines.append(f"    alert: {mv['alert_text']}")
     if mv["value"] is not None or mv["usual"] is not None:
-        # The tests' own measure: a duration test compares mean (log) durations, not the p95.
+        # The tests' own measure: a duration test compares mean (log) durations, not the p95;
+        # the tail test of a new build, its p95 since its rollout against its siblings'.
         what = {"duration": "mean duration", "failure_rate": "failure rate"}.get(m, "volume")
         span = f" over the last {mv['span_buckets']} buckets" if mv["span_buckets"] else ""
+        if mv.get("part") == "tail":
+            what, span = "p95", f" on its other versions, since its rollout {span[1:]}"
         value, usual = mv["value"], mv["usual"]
         lines.append(
             f"    {what} {words.fmt_value(m, value)} vs {words.fmt_value(m, usual)} usual"

@@ -17,6 +17,7 @@ ORDER = [
     "baseline",
     "features",
     "rollout",
+    "tail",
     "forest",
     "score",
     "calibrate",

@@ -7,6 +7,8 @@
 - ``features``: the bucket cube and the evidence of each test (duration, failure rate, failing
   calls, volume, the sequential CUSUM) over trailing spans;
 - ``rollout``: a new version judged on everything since its first call;
+- ``tail``: a new version's slow minority since its first call (calls above its operation's
+  p95 for the hour, against its other versions');
 - ``forest`` and ``score``: the isolation forest's span vectors, conformal p-values and models;
 - ``calibrate``: each metric's significance threshold, from the tenant's own judged history
   (or ``alpha`` while that history is short);

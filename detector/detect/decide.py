@@ -92,6 +92,7 @@ class Multiplicity:
     n_tests: np.ndarray  # (M,) trailing tests an hour per metric
     test_alpha: np.ndarray  # (M,) alpha of one trailing test
     roll_alpha: float  # alpha of one since-rollout test when an hour's looks count as one each
+    tail_alpha: float  # ... of one since-rollout tail test (duration), likewise
     on_scale: np.ndarray  # (M,) alpha / n_tests: the per-test level decide's scale reads
     forest_tests: float  # the forest vote's tests an hour: partitions with calls x buckets
 
@@ -102,11 +103,13 @@ def multiplicity(
     bucket_seconds: float,
     policy: DetectionPolicy,
     n_new: int,
+    n_tail: int = 0,
 ) -> Multiplicity:
     """Testable (P, M) and active (P,) partitions, the bucket and the new builds -> the run's
     corrections. With ``n_new`` new builds their since-rollout tests share
     ``policy.rollout_alpha_share`` of the failure rate's alpha (apply_rollout counts an hour's
     looks for what they are worth) and the trailing spans keep the rest; without, all of it.
+    The same for the duration alpha and the ``n_tail`` builds whose tail is tested (tail.py).
     """
     n_tested = np.maximum((testable & active[:, None]).sum(axis=0), 1)
     per_hour = max(1.0, 3600.0 / bucket_seconds)
@@ -117,18 +120,25 @@ def multiplicity(
         share = policy.rollout_alpha_share
         test_alpha[Metric.FAILURE_RATE] *= 1.0 - share
         roll_alpha = policy.alpha * share / (n_new * per_hour)
+    tail_alpha = 0.0
+    if n_tail:
+        share = policy.rollout_alpha_share
+        test_alpha[Metric.DURATION] *= 1.0 - share
+        tail_alpha = policy.alpha * share / (n_tail * per_hour)
     forest_tests = float(active.sum() * per_hour)
     on_scale = policy.alpha / n_tests
-    return Multiplicity(n_tested, per_hour, n_tests, test_alpha, roll_alpha, on_scale, forest_tests)
+    return Multiplicity(
+        n_tested, per_hour, n_tests, test_alpha, roll_alpha, tail_alpha, on_scale, forest_tests
+    )
 
 
 def on_decide_scale(p: np.ndarray, mult: Multiplicity) -> None:
     """Put the trailing spans' p-values (P, M, T) on decide's scale in place: a failure-rate
-    test that met its share of alpha then meets ``alpha / n_tests`` (factor 1 without new
-    builds)."""
-    f = Metric.FAILURE_RATE
-    if mult.roll_alpha:
-        p[:, f] = np.fmin(p[:, f] * (mult.on_scale[f] / mult.test_alpha[f]), 1.0)
+    (duration) test that met its share of alpha then meets ``alpha / n_tests`` (factor 1
+    without new builds)."""
+    for m, shared in ((Metric.FAILURE_RATE, mult.roll_alpha), (Metric.DURATION, mult.tail_alpha)):
+        if shared:
+            p[:, m] = np.fmin(p[:, m] * (mult.on_scale[m] / mult.test_alpha[m]), 1.0)
 
 
 @dataclass(kw_only=True)

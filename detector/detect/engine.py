@@ -76,6 +76,7 @@ from detector.detect.stop import (
     fold_into_stops,
     stop_anomaly,
 )
+from detector.detect.tail import TailApplied, TailRollout, apply_tail, tail_history
 from detector.errors import ModelMismatchError
 from detector.explain_text import AlertNumbers, combination_text, reason_text
 from detector.schema import BucketAggregates, bin_value
@@ -194,12 +195,13 @@ def detect(
     forest = _forest(run, stats, cubes, model_store)
     clock.lap("score")
     roll, first = _rollout(run, stats, cubes)
+    tail = _tail(run, history.hist, first)
     # The row frame (with fleet rows) is not needed past this point: freeing it before the
     # span evidence and the decisions keeps the peak of a 10k-partition run under 1 GiB.
     del stats
 
     clock.start()
-    tested = _evidence(run, cubes, forest, roll, first)
+    tested = _evidence(run, cubes, forest, (roll, tail), first)
     clock.lap("evidence")
     decided = _decide(run, cubes, forest, tested)
     clock.lap("decide")
@@ -326,6 +328,8 @@ class _Tested:
     mult: Multiplicity  # the run's corrections (decide.multiplicity)
     roll: Rollout
     rolled: Applied
+    tail: TailRollout  # new builds whose tail since their rollout is tested (tail.py)
+    tailed: TailApplied
 
 
 @dataclass(frozen=True)
@@ -450,12 +454,34 @@ def _rollout(run: _Run, stats: pd.DataFrame, cubes: _Cubes) -> tuple[Rollout, np
     return roll, first
 
 
+def _tail(run: _Run, hist: pd.DataFrame | None, first: np.ndarray) -> TailRollout:
+    """Histogram -> new builds' calls and slow calls since their rollout (tail.py)."""
+    frame = run.frame
+    times = pd.date_range(frame.base_start, frame.we, freq=frame.bucket, inclusive="left")
+    n_base = int((frame.ws - frame.base_start) / frame.bucket)
+    return tail_history(
+        hist,
+        run.parts,
+        run.base,
+        run.policy,
+        times=times,
+        n_base=n_base,
+        first=first,
+        maintenance=run.maintenance,
+    )
+
+
 def _evidence(
-    run: _Run, cubes: _Cubes, forest: _ForestRun, roll: Rollout, first: np.ndarray
+    run: _Run,
+    cubes: _Cubes,
+    forest: _ForestRun,
+    new: tuple[Rollout, TailRollout],
+    first: np.ndarray,
 ) -> _Tested:
-    """Cube, forest flags and new builds -> span, sequential and since-rollout evidence, its
-    p-values on the scale decide reads (p * n_tests <= alpha)."""
+    """Cube, forest flags and new builds -> span, sequential and since-rollout evidence
+    (failures and tail), its p-values on the scale decide reads (p * n_tests <= alpha)."""
     policy, parts, base = run.policy, run.parts, run.base
+    roll, tail = new
     # Fields beyond p are needed where a gate looks (p <= alpha, found by span_evidence itself)
     # and at the candidates p does not make: forest flags and maintenance buckets.
     keep = forest.flag | cubes.maint[:, None, :]
@@ -474,7 +500,9 @@ def _evidence(
     testable[:, 1] = True
     testable[:, 2] = policy.volume_judged(parts.is_fleet)
     active = cube.calls[:, judged].sum(axis=1) > 0
-    mult = multiplicity(testable, active, run.frame.bucket.total_seconds(), policy, len(roll))
+    mult = multiplicity(
+        testable, active, run.frame.bucket.total_seconds(), policy, len(roll), len(tail)
+    )
     on_decide_scale(ev.p, mult)
     # Evidence accumulated over buckets (thin partitions), on the same scale.
     apply_sequential(
@@ -490,7 +518,16 @@ def _evidence(
         alpha=mult.roll_alpha,
         on_scale=mult.on_scale[Metric.FAILURE_RATE],
     )
-    return _Tested(ev, testable, judged, active, mult, roll, rolled)
+    tailed = apply_tail(
+        ev,
+        tail,
+        policy,
+        fleet_of=parts.fleet_of,
+        times=cube.times,
+        alpha=mult.tail_alpha,
+        on_scale=mult.on_scale[Metric.DURATION],
+    )
+    return _Tested(ev, testable, judged, active, mult, roll, rolled, tail, tailed)
 
 
 def _decide(run: _Run, cubes: _Cubes, forest: _ForestRun, tested: _Tested) -> _Decided:
@@ -577,6 +614,7 @@ def _summary(
         },
         multiplicity={m: float(n) for m, n in zip(METRIC_NAMES, tested.mult.n_tests, strict=True)},
         rollout_tests=len(tested.roll),  # new builds in the since-rollout family (DetectionPolicy)
+        tail_tests=len(tested.tail),  # new builds whose tail since their rollout is tested
         tenant_stops=sum(a.details.get("scope") == "tenant" for a in anomalies),
         forest=forest.status,
         calibration=decided.calibration.to_json(run.policy.alpha),
@@ -596,6 +634,7 @@ def _debug(
         "baselines": run.base,
         "features": cubes.feats,
         "rollout": (tested.roll, tested.rolled),
+        "tail": (tested.tail, tested.tailed),
         "forest_p": decided.evidence.forest_p,
     }
 
@@ -1055,6 +1094,7 @@ class _Explaining:
     hist: pd.DataFrame  # the history's duration histogram (p95 values)
     alerted_before: list[Any]  # the spans alerted before this run (kept out of the p95s)
     roll_row: dict[int, int]  # row of a new build -> its index in the rollout history
+    tail_row: dict[int, int]  # ... in the tail history
     forest: tuple[np.ndarray, np.ndarray] | None  # forest-only alerts, corrected p-values
 
 
@@ -1109,6 +1149,7 @@ def _explain(
         list(run.state.alerted),
         # Rows of versions whose failure evidence may be the since-rollout test (rollout.py).
         {int(r): i for i, r in enumerate(tested.roll.rows)},
+        {int(r): i for i, r in enumerate(tested.tail.counts.rows)},
         None if fp is None else (decided.forest_only, fp[0] * decided.evidence.forest_n_tests),
     )
     parts, cube, bucket = run.parts, cubes.cube, run.frame.bucket
@@ -1164,6 +1205,13 @@ def _figures(x: _Explaining, at: _AlertRun) -> _Figures:
     share_den = float(cube.calls[x.run.parts.fleet_of[p], idx].sum())
     share = float(calls / share_den) if share_den > 0 else None
     metric = METRIC_NAMES[m]
+    if metric == "duration" and p in x.tail_row and x.tested.tailed.used[x.tail_row[p], j]:
+        observed, baseline, band, since = _tail_since_rollout(x, (p, m, j), x.tail_row[p])
+        # calls: of the build since its rollout; share: of its operation's calls since then
+        share_since = float(x.tested.ev.share[p, m, j])
+        return _Figures(
+            observed, baseline, band, since["calls"], fails, fail_calls, share_since, since
+        )
     if metric == "duration":
         shown = _duration_figures(x, at)
     elif metric == "failure_rate" and p in x.roll_row and x.tested.rolled.used[x.roll_row[p], j]:
@@ -1267,6 +1315,7 @@ def _alert(x: _Explaining, at: _AlertRun, fig: _Figures) -> tuple[Anomaly, int]:
         failures=fig.fails,
         failed_calls=fig.fail_calls,
         rollout_since=None if fig.since is None else fig.since["since"],
+        slow=_slow_calls(fig.since),
         provisional_weight=float(base.weight[p]) if base.provisional[p] else None,
         forest_moves=None if joint is None else joint[0],
     )
@@ -1354,6 +1403,19 @@ def _details(
     }
 
 
+def _slow_calls(since: dict[str, Any] | None) -> tuple[int, int, float, float] | None:
+    """A tail alert's slow calls, calls, expected slow share and typical change (None for
+    any other alert)."""
+    if since is None or "slow_calls" not in since:
+        return None
+    return (
+        since["slow_calls"],
+        since["calls"],
+        since["expected_slow_share"],
+        since["typical_change"],
+    )
+
+
 def _forest_moves(
     ev: Any, forest: tuple[np.ndarray, np.ndarray], at: tuple[int, int, np.ndarray]
 ) -> tuple[dict[str, float], float] | None:
@@ -1387,6 +1449,36 @@ def _since_rollout(
         "expected": expected,
     }
     return observed, expected, (max(expected - half, 0.0), min(expected + half, 1.0)), details
+
+
+def _tail_since_rollout(
+    x: _Explaining, at: tuple[int, int, int], li: int
+) -> tuple[float, float, tuple[float, float], dict[str, Any]]:
+    """p95 of a new build since its rollout and its other versions' over the same buckets,
+    band and details of a since-rollout tail alert (``at`` = (partition, metric, column),
+    version ``li`` of the tail history)."""
+    ev, tail, applied = x.tested.ev, x.tested.tail, x.tested.tailed
+    n = int(round(float(ev.n[at])))
+    k = int(round(float(ev.k[at])))
+    observed, expected = float(ev.observed[at]), float(ev.expected[at])
+    zc = float(-special.ndtri(applied.alpha[li, at[2]]))
+    # The test's own standard error, on the log of the p95s.
+    half = zc * abs(float(np.log(observed / expected))) / max(abs(float(ev.z[at])), 1e-9)
+    details = {
+        "since": _iso(tail.counts.times[tail.counts.first[li]]),
+        "calls": n,
+        "slow_calls": k,
+        "slow_share": k / max(n, 1),
+        "expected_slow_share": float(applied.expected_share[li, at[2]]),
+        # its median against its siblings' since its rollout (relative): the tail moved
+        # beyond this
+        "typical_change": float(applied.typical[li, at[2]]),
+        "observed": observed,
+        "expected": expected,
+        "duration_part": "tail",
+    }
+    band = (expected * float(np.exp(-half)), expected * float(np.exp(half)))
+    return observed, expected, band, details
 
 
 def _last_alert_end(

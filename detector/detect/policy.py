@@ -63,6 +63,10 @@ class DetectionPolicy:
     # judged on everything since their first call is a pre-specified hypothesis, not one more
     # span of every partition.
     rollout_alpha_share: float = 0.2
+    # bool: a new build's tail since its rollout (detector.detect.tail): its share of calls
+    # above its operation's baseline p95 for the hour, against its other versions' at the same
+    # hours; its tests share rollout_alpha_share of the duration alpha, as the failure ones do.
+    tail: bool = True
     # Duration p-values are multiplied by this before they meet alpha: the normal test of the
     # mean log-duration has heavier tails than nominal (skewed, clustered durations; on
     # incident-free holdout weeks P(z > 4) was 1.6-17x the normal's), unlike the failure and

@@ -1,0 +1,458 @@
+"""A new build's tail since its rollout: did it make its operation's p95 slower? (``[detection] tail``)
+
+A build that slows a minority of its calls (8 % of them x4) lifts its p95 by half while its
+median, and the mean log-duration the trailing spans test, barely move. Its own baseline soon
+holds those slow calls too, so only its whole history since the first call, against its
+operation's other versions at the same hours, shows it. Two stages:
+
+* :func:`tail_history` consumes the duration histogram of the history, the partitions and the
+  baselines, and produces a :class:`TailRollout`: for every version rolled out since the
+  baseline window began, per bucket its calls and its *slow* calls, those above its operation's
+  baseline p95 for the hour (residual log-durations against the operation's hour-slot mean, so
+  the daily cycle is not a tail), the same of the operation's other versions, the baseline's
+  share above that threshold (the rate expected), and the null the counts face (:class:`~
+  detector.detect.rollout.CountNull`: the slow counts' dispersion between the baseline's
+  buckets and the share's wander between its hours).
+* :func:`apply_tail` runs the since-rollout count test of :mod:`.rollout` on those counts (the
+  other versions' excess moves the expectation, so an operation-wide slow afternoon is not the
+  build's; the same leave-one-out and thirds checks; the current check on the last three
+  hours, their excess significant on its own) and puts it into the duration evidence where
+  it is the stronger test, the build's p95 since its rollout is above its other versions' by
+  the practical minimum (``min_duration_rel`` and ``min_duration_ms``) and, beyond its
+  typical shift, its tail is (see :func:`apply_tail`).
+
+Alpha: a weighted Bonferroni inside the duration metric, as for the failure rate: the new
+builds' tail tests share ``rollout_alpha_share`` of it (:func:`~detector.detect.decide.multiplicity`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+from scipy import special
+
+from detector.detect.baseline import Baselines, Partitions, epoch_ns, rolled_out, slot_of
+from detector.detect.features import SpanEvidence
+from detector.detect.policy import DetectionPolicy, Metric
+from detector.detect.rollout import (
+    CountNull,
+    Rollout,
+    count_test,
+    effective_looks,
+)
+from detector.schema import bin_value
+
+__all__ = ["TailApplied", "TailRollout", "apply_tail", "tail_history"]
+
+#: The baseline quantile a call is compared with (its operation's p95 for the hour).
+TAIL_LEVEL = 0.95
+#: The baseline calls behind a threshold (about 20 expected above it); fewer: no tail test.
+TAIL_MIN_CALLS = 400.0
+#: The z the last hours' excess must reach on its own (one-sided 5 %, set a priori): the
+#: count since the rollout stays significant long after a fix, and a point estimate of the
+#: last hours' excess crossed half the effect by chance again and again after one.
+CURRENT_Z = 1.645
+
+
+@dataclass(frozen=True)
+class _Hist:
+    """The histogram rows of the operations involved, as arrays: column, partition, its
+    operation's fleet row, bin, count and residual log-duration."""
+
+    t: np.ndarray
+    pid: np.ndarray
+    fleet: np.ndarray
+    bins: np.ndarray
+    count: np.ndarray
+    resid: np.ndarray
+
+
+class Sparse(NamedTuple):
+    """Histogram rows of one build (or its other versions) since its rollout: bucket column,
+    bin, count and residual log-duration (against the operation's hour-slot mean)."""
+
+    t: np.ndarray
+    bins: np.ndarray
+    calls: np.ndarray
+    resid: np.ndarray
+
+
+@dataclass
+class TailRollout:
+    """The new builds' calls and slow calls per bucket (``counts``: ``failures`` are the slow
+    calls, ``rate`` the baseline's share above the threshold), the ``null`` they face, the
+    residual threshold (``thr``, (L,)) and the histogram rows they came from, from which
+    :meth:`sparse` reads a build's rows for the practical minimum and the p95s an alert
+    shows."""
+
+    counts: Rollout
+    null: CountNull
+    thr: np.ndarray
+    h: _Hist | None
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def sparse(self, li: int, fleet_of: np.ndarray) -> tuple[Sparse, Sparse]:
+        """Build ``li``'s histogram rows, and its operation's other versions' since its first
+        call (``fleet_of``: the partitions' fleet rows)."""
+        h, r = self.h, int(self.counts.rows[li])
+        if h is None:
+            raise ValueError("no histogram rows behind an empty tail history")
+        mine = h.pid == r
+        others = (h.fleet == fleet_of[r]) & ~mine & (h.t >= self.counts.first[li])
+        own, sib = (Sparse(h.t[m], h.bins[m], h.count[m], h.resid[m]) for m in (mine, others))
+        return own, sib
+
+
+class TailApplied(NamedTuple):
+    """Where :func:`apply_tail` put the tail test into the duration evidence, ``(L, K)``:
+    ``used`` (bool), ``alpha`` (that one test's, NaN where not used) and ``expected_share``,
+    the share of the build's calls its other versions' made the test expect above the
+    threshold (the build's own is ``k / n`` of the evidence) and ``typical``, how much its
+    median moved against its siblings' (NaN where not used)."""
+
+    used: np.ndarray
+    alpha: np.ndarray
+    expected_share: np.ndarray
+    typical: np.ndarray  # the build's typical (median) duration over its siblings', relative
+
+
+def _empty(times: pd.DatetimeIndex) -> TailRollout:
+    T = len(times)
+    z = np.zeros((0, T))
+    roll = Rollout(np.zeros(0, np.int64), times, np.zeros(0, np.int64), z, z, z, z, z)
+    col = np.zeros((0, 1))
+    return TailRollout(roll, CountNull(col, col, col, 0.0, 0, 0), np.zeros(0), None)
+
+
+def _hist_rows(
+    hist: pd.DataFrame,
+    parts: Partitions,
+    base: Baselines,
+    times: pd.DatetimeIndex,
+    ops: set[str],
+    maintenance: Sequence[tuple[datetime, datetime, str | None]],
+) -> _Hist:
+    """The histogram's rows of ``ops`` inside ``times`` (maintenance left out) -> :class:`_Hist`."""
+    h = hist.loc[hist["operation_name"].isin(ops)]
+    bucket = times[1] - times[0] if len(times) > 1 else pd.Timedelta(minutes=5)
+    t = (epoch_ns(h["bucket_start"]) - int(times[0].value)) // int(bucket.value)
+    pid = parts.index_of(h)
+    ok = (t >= 0) & (t < len(times)) & (pid >= 0)
+    for s, e, op in maintenance:
+        ts = h["bucket_start"]
+        inside = ((ts >= pd.Timestamp(s)) & (ts < pd.Timestamp(e))).to_numpy()
+        ok &= ~(inside & ((h["operation_name"] == op).to_numpy() if op else True))
+    t, pid = t[ok], pid[ok]
+    bins = h["bin"].to_numpy()[ok].astype(np.int64)
+    fleet = parts.fleet_of[pid]
+    mu = base.mu_log[fleet, slot_of(times)[t]]
+    resid = np.log(np.asarray(bin_value(bins), np.float64)) - mu
+    count = h["count"].to_numpy()[ok].astype(np.float64)
+    return _Hist(t, pid, fleet, bins, count, resid)
+
+
+class _Null(NamedTuple):
+    """An operation's tail null, from its baseline: the residual threshold (its p95), the
+    share above it, the slow counts' dispersion between buckets and the share's variance
+    between hours."""
+
+    thr: float
+    q: float
+    phi: float
+    tau2: float
+
+
+def _fleet_null(h: _Hist, sel: np.ndarray, per_hour: int) -> _Null | None:
+    """Baseline rows ``sel`` (indices) of one operation -> its :class:`_Null` (None: too few
+    calls)."""
+    r, w, t = h.resid[sel], h.count[sel], h.t[sel]
+    finite = np.isfinite(r)
+    r, w, t = r[finite], w[finite], t[finite]
+    if w.sum() < TAIL_MIN_CALLS:
+        return None
+    thr = _quantile(r, w, TAIL_LEVEL)
+    slow = w * (r > thr)
+    q = float(slow.sum() / w.sum())
+    if not 0 < q < 1:
+        return None
+    _, inv = np.unique(t, return_inverse=True)
+    n_b, a_b = np.bincount(inv, weights=w), np.bincount(inv, weights=slow)
+    # Slow calls come together (legs of one slow call): the Pearson dispersion between buckets.
+    phi = float(max(np.mean((a_b - q * n_b) ** 2 / (q * (1 - q) * n_b)), 1.0))
+    hours, hinv = np.unique(t // per_hour, return_inverse=True)
+    n_h, a_h = np.bincount(hinv, weights=w), np.bincount(hinv, weights=slow)
+    # Between hours, beyond sampling (method of moments, call-weighted).
+    between = (
+        np.average((a_h / n_h - q) ** 2, weights=n_h) - phi * q * (1 - q) * len(hours) / n_h.sum()
+    )
+    return _Null(thr, q, phi, float(max(between, 0.0)))
+
+
+def tail_history(
+    hist: pd.DataFrame | None,
+    parts: Partitions,
+    base: Baselines,
+    policy: DetectionPolicy,
+    *,
+    times: pd.DatetimeIndex,
+    n_base: int,
+    first: np.ndarray,
+    maintenance: Sequence[tuple[datetime, datetime, str | None]] = (),
+) -> TailRollout:
+    """The versions rolled out in ``times`` (the baseline window's buckets, ``n_base`` of them,
+    then the judged window's) and their calls and slow calls per bucket.
+
+    ``first``: (P,) each partition's first bucket with rows, counted from ``times[0]`` (see
+    :func:`~detector.detect.rollout.first_buckets`). Rolled out: first seen at least
+    ``policy.min_history`` after their operation. Unlike the failure test, a build is followed
+    after its baseline is its own: nothing else judges its tail. An operation's threshold and
+    null come from its baseline window, the new builds' own calls left out.
+    """
+    T = len(times)
+    none = _empty(times)
+    if not policy.tail or not T or hist is None or hist.empty or not len(parts):
+        return none
+    rows = np.flatnonzero(rolled_out(first, parts, policy) & (first < T))
+    if not len(rows):
+        return none
+    h = _hist_rows(hist, parts, base, times, set(parts.operation[rows].tolist()), maintenance)
+    new = np.zeros(len(parts), bool)
+    new[rows] = True
+    # The baseline rows of every operation involved, grouped by operation (one sort).
+    idx = np.flatnonzero((h.t < n_base) & ~new[h.pid])
+    idx = idx[np.argsort(h.fleet[idx], kind="stable")]
+    grouped = h.fleet[idx]
+    nulls: dict[int, _Null | None] = {}
+    for f in np.unique(parts.fleet_of[rows]).tolist():
+        lo, hi = np.searchsorted(grouped, f, "left"), np.searchsorted(grouped, f, "right")
+        nulls[f] = _fleet_null(h, idx[lo:hi], policy.buckets_per_hour)
+    rows = np.array(
+        [r for r in rows.tolist() if nulls[int(parts.fleet_of[r])] is not None], np.int64
+    )
+    if not len(rows):
+        return none
+    return _counts(h, parts, rows, nulls, times, first, 3 * policy.buckets_per_hour)
+
+
+def _counts(
+    h: _Hist,
+    parts: Partitions,
+    rows: np.ndarray,
+    nulls: dict[int, _Null | None],
+    times: pd.DatetimeIndex,
+    first: np.ndarray,
+    latest: int,
+) -> TailRollout:
+    """The dense per-bucket counts of the versions ``rows`` and their operations; ``latest``:
+    the buckets the current check reads at most."""
+    T, L = len(times), len(rows)
+    fo = parts.fleet_of[rows]
+    thr, q, phi, tau2 = (
+        np.array([getattr(nulls[int(f)], name) for f in fo]) for name in _Null._fields
+    )
+    shape = (L, T)
+    P = len(parts)
+    thr_of = np.full(P, np.inf)  # per fleet row
+    thr_of[fo] = thr
+    slow = h.resid > thr_of[h.fleet]  # NaN residuals are not slow
+
+    def dense(group: np.ndarray, n: int, where: np.ndarray) -> np.ndarray:
+        sel = (group >= 0) & where
+        flat = group[sel] * T + h.t[sel]
+        return np.bincount(flat, weights=h.count[sel], minlength=n * T).reshape(n, T)
+
+    local = np.full(P, -1, np.int64)
+    local[rows] = np.arange(L)
+    every = np.ones(len(h.t), bool)
+    C, S = (dense(local[h.pid], L, w) for w in (every, slow))
+    ops = np.unique(fo)
+    local_op = np.full(P, -1, np.int64)
+    local_op[ops] = np.arange(len(ops))
+    FC, FS = (dense(local_op[h.fleet], len(ops), w) for w in (every, slow))
+    since = np.arange(T)[None, :] >= first[rows][:, None]
+    Co, So = FC[local_op[fo]] - C, FS[local_op[fo]] - S
+    counts = Rollout(
+        rows=rows,
+        times=times,
+        first=first[rows],
+        calls=C,
+        failures=S,
+        other_calls=np.where(since, Co, 0.0),
+        other_failures=np.where(since, So, 0.0),
+        rate=np.broadcast_to(q[:, None], shape).copy(),
+    )
+    # Every span since the rollout is tested: no trailing span tests the tail. Current: its
+    # last three hours (not twelve) carry their share, so an alert ends hours after a fix
+    # rather than half a day, while at 100 calls an hour they still expect ~15 slow calls.
+    null = CountNull(phi[:, None], phi[:, None], tau2[:, None], 0.0, 0, latest, CURRENT_Z)
+    return TailRollout(counts, null, thr, h)
+
+
+def _quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
+    """The ``q`` quantile of values ``x`` weighted by ``w`` (NaN when empty)."""
+    if not len(x) or not w.sum():
+        return float("nan")
+    order = np.argsort(x, kind="stable")
+    cum = np.cumsum(w[order])
+    return float(x[order][min(int(np.searchsorted(cum, q * cum[-1])), len(cum) - 1)])
+
+
+#: The grid (log units) the running residuals are read on: finer than the histogram's bins.
+_STEP = 0.01
+
+
+def _grid_quantile(h: np.ndarray, q: float) -> int:
+    """Index of the ``q`` quantile of the counts ``h`` on a grid (-1 when empty)."""
+    cum = np.cumsum(h)
+    if not len(cum) or cum[-1] <= 0:
+        return -1
+    return min(int(np.searchsorted(cum, q * cum[-1])), len(cum) - 1)
+
+
+class _Running:
+    """A sparse histogram read at increasing columns: its bins and its residuals on a grid
+    (from ``r0`` in steps of :data:`_STEP`), summed up to the column asked for."""
+
+    def __init__(self, s: Sparse, bins: np.ndarray, r0: float, size: int) -> None:
+        order = np.argsort(s.t, kind="stable")
+        resid = s.resid[order]
+        finite = np.isfinite(resid)
+        self.t = s.t[order]
+        self.b = np.searchsorted(bins, s.bins[order])
+        self.r = np.clip(np.floor((np.where(finite, resid, r0) - r0) / _STEP), 0, size - 1)
+        self.r = self.r.astype(np.int64)
+        self.w = s.calls[order]
+        self.wr = np.where(finite, self.w, 0.0)
+        self.hb = np.zeros(len(bins))
+        self.hr = np.zeros(size)
+        self.i = 0
+
+    def upto(self, col: int) -> _Running:
+        """Add the rows up to and including column ``col`` (never fewer than before)."""
+        j = int(np.searchsorted(self.t, col, side="right"))
+        if j > self.i:
+            sl = slice(self.i, j)
+            self.hb += np.bincount(self.b[sl], weights=self.w[sl], minlength=len(self.hb))
+            self.hr += np.bincount(self.r[sl], weights=self.wr[sl], minlength=len(self.hr))
+            self.i = j
+        return self
+
+
+class _Measured(NamedTuple):
+    """What the histograms say at one tested cell: the p95s (ms) of the build and of its other
+    versions since its rollout, the build's typical shift (median residual over theirs) and
+    the share of its calls above the threshold raised by that shift and the practical minimum."""
+
+    p95: float
+    p95_others: float
+    shift: float
+    tail_share: float
+
+
+class _Measure:
+    """Reads :class:`_Measured` of one build at increasing columns."""
+
+    def __init__(self, own: Sparse, others: Sparse, thr: float, rise: float) -> None:
+        self.bins = np.unique(np.concatenate([own.bins, others.bins]))
+        resid = np.concatenate([own.resid, others.resid])
+        resid = resid[np.isfinite(resid)]
+        self.r0 = float(resid.min()) if len(resid) else 0.0
+        size = int((float(resid.max()) - self.r0) / _STEP) + 1 if len(resid) else 1
+        self.own = _Running(own, self.bins, self.r0, size)
+        self.others = _Running(others, self.bins, self.r0, size)
+        self.thr, self.rise = thr, rise
+
+    def _p95(self, h: np.ndarray) -> float:
+        i = _grid_quantile(h, TAIL_LEVEL)
+        return float(bin_value(int(self.bins[i]))) if i >= 0 else float("nan")
+
+    def at(self, col: int) -> _Measured:
+        """The build and its siblings from their first rows up to column ``col``."""
+        own, others = self.own.upto(col), self.others.upto(col)
+        mo, mr = _grid_quantile(own.hr, 0.5), _grid_quantile(others.hr, 0.5)
+        shift = (mo - mr) * _STEP if mo >= 0 and mr >= 0 else float("nan")
+        lift = self.thr + self.rise + max(shift, 0.0) if np.isfinite(shift) else np.inf
+        k = int(np.ceil((lift - self.r0) / _STEP)) if np.isfinite(lift) else len(own.hr)
+        above = float(own.hr[max(k, 0) :].sum())
+        share = above / max(float(own.hb.sum()), 1.0)
+        return _Measured(self._p95(own.hb), self._p95(others.hb), shift, share)
+
+
+def apply_tail(
+    ev: SpanEvidence,
+    tr: TailRollout,
+    policy: DetectionPolicy,
+    *,
+    fleet_of: np.ndarray,
+    times: pd.DatetimeIndex,
+    alpha: float,
+    on_scale: float,
+) -> TailApplied:
+    """Put the since-rollout tail test into ``ev``'s duration evidence (``times``), in place.
+
+    Returns where it replaced the trailing spans' evidence (:class:`TailApplied`; looks and
+    scale as :func:`~detector.detect.rollout.apply_rollout`'s). Used
+    where it passes its checks, is stronger than the duration evidence there (or that one
+    failed its leave-one-out) and the build's p95 since its rollout is above its other
+    versions' by the practical minimum. The evidence then reads: ``observed``/``expected``
+    those two p95s (ms), ``effect`` their relative difference, ``n``/``k`` the calls and slow
+    calls since the rollout.
+    """
+    roll = tr.counts
+    L, K = len(roll), len(times)
+    used = np.zeros((L, K), bool)
+    if not L or not K:
+        nan = np.full((L, K), np.nan)
+        return TailApplied(used, nan, nan, nan)
+    col = np.searchsorted(roll.times, times)
+    if (col >= len(roll.times)).any() or not (roll.times[np.clip(col, 0, None)] == times).all():
+        raise ValueError("tail history does not cover the judged buckets")
+    t = count_test(roll, tr.null, policy, col)
+    per_hour = policy.buckets_per_hour
+    looks = effective_looks(t["growth"], float(-special.ndtri(alpha)), per_hour)
+    own_alpha = alpha * per_hour / looks
+    p = np.fmin(t["p"] * (on_scale / own_alpha), 1.0)
+    d, rows = Metric.DURATION, roll.rows
+    cand = t["passes"] & ((p < ev.p[rows, d]) | ~ev.loo_ok[rows, d])
+    rise = float(np.log1p(policy.min_duration_rel))
+    shift = np.full((L, K), np.nan)
+    measures: dict[int, _Measure] = {}
+    for li, c in zip(*np.nonzero(cand), strict=True):  # row-major: columns increase per build
+        if li not in measures:
+            measures[li] = _Measure(*tr.sparse(int(li), fleet_of), tr.thr[li], rise)
+        m = measures[li].at(int(col[c]))
+        obs, exp = m.p95, m.p95_others
+        effect, effect_ms = obs / exp - 1.0, obs - exp
+        # The practical minimum: the p95 rose by min_duration_rel and min_duration_ms, and
+        # beyond the build's typical shift at least the baseline's share of its calls lie
+        # above the threshold raised by min_duration_rel (hour-adjusted). A build slower
+        # across the board (another platform's, +15 % typical) is the mean test's business.
+        practical = effect >= policy.min_duration_rel and effect_ms >= policy.min_duration_ms
+        if not (practical and m.tail_share >= roll.rate[li, 0]):
+            continue
+        shift[li, c] = m.shift
+        r = rows[li]
+        used[li, c] = True
+        ev.p[r, d, c] = p[li, c]
+        ev.effect[r, d, c] = effect
+        ev.effect_ms[r, d, c] = effect_ms
+        ev.n[r, d, c] = t["n"][li, c]
+        ev.k[r, d, c] = t["k"][li, c]
+        ev.loo_ok[r, d, c] = True
+        ev.peer_sig[r, d, c] = True
+        ev.shared[r, d, c] = t["others_z"][li, c] >= policy.shared_z
+        ev.span[r, d, c] = min(int(t["span"][li, c]), int(np.iinfo(ev.span.dtype).max))
+        ev.observed[r, d, c] = obs
+        ev.expected[r, d, c] = exp
+        ev.z[r, d, c] = t["z"][li, c]
+        ev.share[r, d, c] = t["share"][li, c]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = np.where(used, t["expected"] / t["n"], np.nan)
+    return TailApplied(used, np.where(used, own_alpha, np.nan), expected, np.expm1(shift))

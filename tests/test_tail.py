@@ -1,0 +1,197 @@
+"""A new build's tail since its rollout (``[detection] tail``, detector/detect/tail.py), on
+synthetic aggregates with their duration histogram (tests/fixtures_engine): a build whose p95
+rose by half at the same median is found within its first 300 operations; a +4 % p95, an
+operation-wide slowdown and a quiet build are not alerted on."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detector.detect.baseline import Partitions, compute_baselines, with_fleet
+from detector.detect.engine import DetectionPolicy, detect
+from detector.detect.explain import Question, explain
+from detector.detect.tail import tail_history
+from detector.explain_text import explanation_text
+from detector.schema import BucketAggregates
+from tests.fixtures_engine import T0, Incident, Part, make_aggs
+
+POLICY = DetectionPolicy()
+DAYS = 3.0
+WS = T0 + timedelta(days=DAYS - 0.5)
+WE = T0 + timedelta(days=DAYS)
+V_OLD, V_NEW = "1.30.1.0_stable", "1.31.1.0_stable"
+SIGMA = 0.5
+Z95 = 1.6448536269514722  # the normal's 95th percentile
+
+
+def _sigma_for_p95(ratio: float) -> float:
+    """The log-normal sigma whose p95 is ``ratio`` x that of SIGMA, at the same median."""
+    return SIGMA + math.log(ratio) / Z95
+
+
+def _parts(p95_ratio: float, calls_per_hour: float = 120.0) -> list[Part]:
+    """A busy old build and a new one from an hour into the window, at the same median, its
+    p95 ``p95_ratio`` x the old one's."""
+    return [
+        Part("Join", V_OLD, 600.0, 0.01, 800.0, sigma=SIGMA),
+        Part(
+            "Join",
+            V_NEW,
+            calls_per_hour,
+            0.01,
+            800.0,
+            sigma=_sigma_for_p95(p95_ratio),
+            start=WS + timedelta(hours=1),
+        ),
+    ]
+
+
+def _tail_alerts(res: object) -> list:  # type: ignore[type-arg]
+    return [a for a in res.anomalies if a.fingerprint == f"Join|{V_NEW}|duration"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_new_build_whose_p95_rose_by_half_is_found_within_300_operations(seed: int) -> None:
+    aggs = make_aggs(_parts(1.5), days=DAYS, seed=seed)
+    res = detect(aggs, window=(WS, WE), now=WE, policy=POLICY)
+    hits = _tail_alerts(res)
+    assert hits, [c for c in res.candidates if c.sdk_version == V_NEW]
+    a = min(hits, key=lambda x: x.window_start)
+    assert a.details["since_rollout"]["duration_part"] == "tail"
+    assert "above the operation's usual p95 for the hour" in a.reason
+    assert "its tail beyond that" in a.reason
+    assert a.observed > 1.2 * a.baseline  # the p95s: the build's and its siblings'
+    s = aggs.stats
+    first_end = a.window_start + POLICY.bucket
+    assert s[(s.sdk_version == V_NEW) & (s.bucket_start < first_end)]["calls"].sum() <= 300
+
+
+def test_without_the_tail_test_the_same_build_is_not_found() -> None:
+    aggs = make_aggs(_parts(1.5), days=DAYS, seed=1)
+    res = detect(aggs, window=(WS, WE), now=WE, policy=DetectionPolicy(tail=False))
+    assert not _tail_alerts(res)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_new_build_with_a_four_percent_higher_p95_is_not_flagged(seed: int) -> None:
+    aggs = make_aggs(_parts(1.04), days=DAYS, seed=seed)
+    res = detect(aggs, window=(WS, WE), now=WE, policy=POLICY)
+    assert not [a for a in res.anomalies if a.metric == "duration"], [
+        a.reason for a in res.anomalies
+    ]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_an_operation_wide_slowdown_is_not_the_new_builds_tail(seed: int) -> None:
+    # Every version x1.6 for four hours: the build's slow calls are its siblings' too.
+    slow = Incident("Join", None, WS + timedelta(hours=3), WS + timedelta(hours=7), 1.6)
+    aggs = make_aggs(_parts(1.0), days=DAYS, seed=seed, incidents=(slow,))
+    res = detect(aggs, window=(WS, WE), now=WE, policy=POLICY)
+    tails = [a for a in _tail_alerts(res) if a.details.get("since_rollout")]
+    assert not tails, [a.reason for a in tails]
+
+
+def test_a_build_too_quiet_for_its_operation_is_tested_but_silent() -> None:
+    # 5 calls an hour: under the min_share of its operation's traffic.
+    aggs = make_aggs(_parts(1.5, calls_per_hour=5.0), days=DAYS, seed=1)
+    res = detect(aggs, window=(WS, WE), now=WE, policy=POLICY)
+    assert not _tail_alerts(res)
+    assert res.stats["tail_tests"] == 1
+
+
+def _history(p95_ratio: float, seed: int = 1):  # type: ignore[no-untyped-def]
+    aggs = make_aggs(_parts(p95_ratio), days=DAYS, seed=seed)
+    stats = with_fleet(aggs.stats)
+    parts = Partitions.from_frame(stats)
+    base_start = pd.Timestamp(WS) - pd.Timedelta(POLICY.baseline)
+    base = compute_baselines(stats, parts, start=base_start.to_pydatetime(), end=WS, policy=POLICY)
+    times = pd.date_range(base_start, WE, freq=POLICY.bucket, inclusive="left")
+    first_seen = stats.groupby(["operation_name", "sdk_version"], observed=True)[
+        "bucket_start"
+    ].min()
+    first = np.array(
+        [
+            int((first_seen[(o, v)] - base_start) / POLICY.bucket)
+            for o, v in zip(parts.operation, parts.version, strict=True)
+        ]
+    )
+    n_base = int((pd.Timestamp(WS) - base_start) / POLICY.bucket)
+    return aggs, parts, base, times, n_base, first
+
+
+def test_the_slow_calls_are_those_above_the_operations_p95_and_the_rate_is_its_share() -> None:
+    aggs, parts, base, times, n_base, first = _history(1.5)
+    tr = tail_history(aggs.hist, parts, base, POLICY, times=times, n_base=n_base, first=first)
+    assert len(tr) == 1 and parts.version[tr.counts.rows[0]] == V_NEW
+    q = float(tr.counts.rate[0, 0])
+    assert 0.03 < q < 0.07  # the baseline's share above its own p95 (a discrete histogram)
+    calls, slow = tr.counts.calls[0].sum(), tr.counts.failures[0].sum()
+    assert calls == aggs.stats.loc[aggs.stats.sdk_version == V_NEW, "dur_n"].sum()
+    # p95 x1.5 at the same median: about 13.5 % of the build's calls above the old p95.
+    assert 0.10 < slow / calls < 0.17
+    others = tr.counts.other_failures[0].sum() / tr.counts.other_calls[0].sum()
+    assert abs(others - q) < 0.02
+
+
+def test_without_a_histogram_or_a_new_build_nothing_is_tested() -> None:
+    aggs, parts, base, times, n_base, first = _history(1.5)
+    empty = aggs.hist.iloc[:0]
+    assert not len(
+        tail_history(empty, parts, base, POLICY, times=times, n_base=n_base, first=first)
+    )
+    old_only = np.zeros_like(first)  # every version present from the start: none rolled out
+    assert not len(
+        tail_history(aggs.hist, parts, base, POLICY, times=times, n_base=n_base, first=old_only)
+    )
+    off = DetectionPolicy(tail=False)
+    assert not len(
+        tail_history(aggs.hist, parts, base, off, times=times, n_base=n_base, first=first)
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_tail_alert_ends_within_hours_of_the_fix(seed: int) -> None:
+    # p95 x1.5 from the build's first call until a fix 8 hours later, then like its siblings:
+    # the count since the rollout still holds the slow hours, the current check (the last
+    # three hours' excess, significant on its own) lets the alert go. A chance stretch of
+    # slow calls can bring it back for a while (5 % a look), never for good.
+    fix = WS + timedelta(hours=9)
+    slow, fixed = (make_aggs(_parts(r), days=DAYS + 0.5, seed=seed) for r in (1.5, 1.0))
+    we = WE + timedelta(hours=12)
+
+    def spliced(name: str) -> pd.DataFrame:
+        a, b = getattr(slow, name), getattr(fixed, name)
+        new_a, new_b = a["sdk_version"] == V_NEW, b["sdk_version"] == V_NEW
+        keep_a = ~new_a | (a["bucket_start"] < pd.Timestamp(fix))
+        keep_b = new_b & (b["bucket_start"] >= pd.Timestamp(fix))
+        return pd.concat([a[keep_a], b[keep_b]], ignore_index=True)
+
+    aggs = BucketAggregates(stats=spliced("stats"), hist=spliced("hist"))
+    res = detect(aggs, window=(WS, we), now=we, policy=POLICY)
+    spans = [(a.window_start, a.window_end) for a in _tail_alerts(res)]
+    assert any(s < fix - timedelta(hours=1) < e for s, e in spans), spans  # firing before it
+    assert any(fix <= e <= fix + timedelta(hours=3) for _, e in spans), spans  # then ends
+    assert all(e <= we - timedelta(hours=4) for _, e in spans), spans  # and stays ended
+
+
+def test_explain_says_the_duration_evidence_is_the_builds_p95_since_its_rollout() -> None:
+    aggs = make_aggs(_parts(1.5), days=DAYS, seed=1)
+    res = detect(aggs, window=(WS, WE), now=WE, policy=POLICY)
+    a = min(_tail_alerts(res), key=lambda x: x.window_start)
+
+    def history(start: datetime, end: datetime) -> BucketAggregates:
+        return aggs
+
+    q = Question("Join", V_NEW, a.window_start + timedelta(minutes=2), "duration")
+    out = explain(history, question=q, policy=POLICY, step=timedelta(hours=1))
+    (mv,) = out.metrics
+    assert mv.part == "tail" and mv.gate == "anomaly"
+    assert mv.value is not None and mv.usual is not None and mv.value > 1.2 * mv.usual
+    text = explanation_text(out)
+    assert "p95" in text and "since its rollout" in text
+    assert "mean duration" not in text
