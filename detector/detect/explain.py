@@ -91,6 +91,9 @@ class MetricVerdict:
     failures: float | None = None  # failure rate only
     effect: float | None = None  # relative; absolute (a rate) for the failure rate
     effect_ms: float | None = None
+    #: duration: "tail" where the evidence is a new build's tail since its rollout (its p95
+    #: and its siblings'), "typical" where it is the mean log-duration; None for the others
+    part: str | None = None
     n_tests: float = 1.0  # tests an hour the p-value is corrected for
     span_buckets: int | None = None
     furthest_gate: str = ""  # the furthest gate any bucket of the step reached
@@ -305,9 +308,20 @@ def _metric_verdict(res: Any, row: int, col: int, m: int, policy: DetectionPolic
         *_late_gates(found.gate, fleet=bool(res.debug["parts"].is_fleet[row])),
     ]
     found.value, found.usual = _num(ev.observed[at]), _num(ev.expected[at])
+    if metric == "duration":
+        found.part = "tail" if _tail_used(res.debug.get("tail"), row, col) else "typical"
     span = _num(ev.span[at])
     found.span_buckets = None if span is None else int(span)
     return found
+
+
+def _tail_used(tail: Any, row: int, col: int) -> bool:
+    """Whether partition ``row``'s duration evidence at column ``col`` is the tail test's."""
+    if tail is None:
+        return False
+    history, applied = tail
+    hit = [i for i, r in enumerate(history.counts.rows.tolist()) if r == row]
+    return bool(hit and applied.used[hit[0], col])
 
 
 #: The gates after the four tests, in the order decide meets them.
