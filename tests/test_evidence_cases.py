@@ -799,6 +799,17 @@ def test_multiplicity_splits_alpha_between_trailing_and_rollout_tests(
     assert m.forest_tests == 24.0
 
 
+def test_multiplicity_splits_the_duration_alpha_with_the_tail_tests() -> None:
+    testable, active = np.ones((2, 3), bool), np.ones(2, bool)
+    m = multiplicity(testable, active, 300.0, DetectionPolicy(), 0, 4)
+    assert m.roll_alpha == 0.0 and m.tail_alpha == pytest.approx(0.01 * 0.2 / 48, rel=1e-15)
+    assert m.test_alpha == pytest.approx([0.01 / 24 * 0.8, 0.01 / 24, 0.01 / 24], rel=1e-15)
+    p = np.full((2, 3, 4), 1e-4)
+    on_decide_scale(p, m)
+    assert p[:, 0] == pytest.approx(1e-4 / 0.8, rel=1e-15)
+    assert (p[:, 1:] == 1e-4).all()
+
+
 def test_on_decide_scale_moves_only_the_failure_rate_and_only_with_new_builds() -> None:
     testable, active = np.ones((2, 3), bool), np.ones(2, bool)
     p = np.full((2, 3, 4), 1e-4)

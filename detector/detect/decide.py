@@ -115,20 +115,25 @@ def multiplicity(
     per_hour = max(1.0, 3600.0 / bucket_seconds)
     n_tests = n_tested * per_hour
     test_alpha = policy.alpha / np.asarray(n_tests, dtype=np.float64)
-    roll_alpha = 0.0
-    if n_new:
-        share = policy.rollout_alpha_share
-        test_alpha[Metric.FAILURE_RATE] *= 1.0 - share
-        roll_alpha = policy.alpha * share / (n_new * per_hour)
-    tail_alpha = 0.0
-    if n_tail:
-        share = policy.rollout_alpha_share
-        test_alpha[Metric.DURATION] *= 1.0 - share
-        tail_alpha = policy.alpha * share / (n_tail * per_hour)
+    # Weighted Bonferroni: the new builds' since-rollout tests of a metric (failures: n_new,
+    # duration's tail: n_tail) share rollout_alpha_share of its alpha.
+    family = {Metric.FAILURE_RATE: n_new, Metric.DURATION: n_tail}
+    shared = dict.fromkeys(family, 0.0)
+    for m, n in family.items():
+        if n:
+            test_alpha[m] *= 1.0 - policy.rollout_alpha_share
+            shared[m] = policy.alpha * policy.rollout_alpha_share / (n * per_hour)
     forest_tests = float(active.sum() * per_hour)
     on_scale = policy.alpha / n_tests
     return Multiplicity(
-        n_tested, per_hour, n_tests, test_alpha, roll_alpha, tail_alpha, on_scale, forest_tests
+        n_tested,
+        per_hour,
+        n_tests,
+        test_alpha,
+        shared[Metric.FAILURE_RATE],
+        shared[Metric.DURATION],
+        on_scale,
+        forest_tests,
     )
 
 

@@ -76,7 +76,7 @@ from detector.detect.stop import (
     fold_into_stops,
     stop_anomaly,
 )
-from detector.detect.tail import TailApplied, TailRollout, apply_tail, tail_history
+from detector.detect.tail import TailApplied, TailRollout, apply_tail, tail_history, tail_used
 from detector.errors import ModelMismatchError
 from detector.explain_text import AlertNumbers, combination_text, reason_text
 from detector.schema import BucketAggregates, bin_value
@@ -1094,7 +1094,6 @@ class _Explaining:
     hist: pd.DataFrame  # the history's duration histogram (p95 values)
     alerted_before: list[Any]  # the spans alerted before this run (kept out of the p95s)
     roll_row: dict[int, int]  # row of a new build -> its index in the rollout history
-    tail_row: dict[int, int]  # ... in the tail history
     forest: tuple[np.ndarray, np.ndarray] | None  # forest-only alerts, corrected p-values
 
 
@@ -1149,7 +1148,6 @@ def _explain(
         list(run.state.alerted),
         # Rows of versions whose failure evidence may be the since-rollout test (rollout.py).
         {int(r): i for i, r in enumerate(tested.roll.rows)},
-        {int(r): i for i, r in enumerate(tested.tail.counts.rows)},
         None if fp is None else (decided.forest_only, fp[0] * decided.evidence.forest_n_tests),
     )
     parts, cube, bucket = run.parts, cubes.cube, run.frame.bucket
@@ -1205,8 +1203,9 @@ def _figures(x: _Explaining, at: _AlertRun) -> _Figures:
     share_den = float(cube.calls[x.run.parts.fleet_of[p], idx].sum())
     share = float(calls / share_den) if share_den > 0 else None
     metric = METRIC_NAMES[m]
-    if metric == "duration" and p in x.tail_row and x.tested.tailed.used[x.tail_row[p], j]:
-        observed, baseline, band, since = _tail_since_rollout(x, (p, m, j), x.tail_row[p])
+    li = tail_used(x.tested.tail, x.tested.tailed, p, j) if metric == "duration" else None
+    if li is not None:
+        observed, baseline, band, since = _tail_since_rollout(x, (p, m, j), li)
         # calls: of the build since its rollout; share: of its operation's calls since then
         share_since = float(x.tested.ev.share[p, m, j])
         return _Figures(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from detector.anomaly import Anomaly
 from detector.detect.decide import GATE_REASONS, METRIC_NAMES, DetectionPolicy
+from detector.detect.tail import tail_used
 from detector.errors import ConfigError
 from detector.escape import for_terminal
 from detector.lifecycle import AlertState, Silence
@@ -309,19 +310,12 @@ def _metric_verdict(res: Any, row: int, col: int, m: int, policy: DetectionPolic
     ]
     found.value, found.usual = _num(ev.observed[at]), _num(ev.expected[at])
     if metric == "duration":
-        found.part = "tail" if _tail_used(res.debug.get("tail"), row, col) else "typical"
+        history, applied = res.debug.get("tail", (None, None))
+        tail = history is not None and tail_used(history, applied, row, col) is not None
+        found.part = "tail" if tail else "typical"
     span = _num(ev.span[at])
     found.span_buckets = None if span is None else int(span)
     return found
-
-
-def _tail_used(tail: Any, row: int, col: int) -> bool:
-    """Whether partition ``row``'s duration evidence at column ``col`` is the tail test's."""
-    if tail is None:
-        return False
-    history, applied = tail
-    hit = [i for i, r in enumerate(history.counts.rows.tolist()) if r == row]
-    return bool(hit and applied.used[hit[0], col])
 
 
 #: The gates after the four tests, in the order decide meets them.

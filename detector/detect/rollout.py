@@ -49,12 +49,17 @@ __all__ = [
     "Applied",
     "CountNull",
     "Rollout",
+    "Scaled",
+    "Shown",
     "apply_rollout",
     "count_test",
     "effective_looks",
+    "failure_null",
     "first_buckets",
+    "put_evidence",
     "rollout_history",
     "rollout_test",
+    "scaled_test",
 ]
 
 
@@ -223,57 +228,109 @@ def apply_rollout(
     own alpha), and the two are compared, and stored, there.
     """
     L, K = len(roll), len(times)
-    used = np.zeros((L, K), bool)
     if not L or not K:
-        return Applied(used, np.full((L, K), np.nan))
-    rows = roll.rows
+        return Applied(np.zeros((L, K), bool), np.full((L, K), np.nan))
+    null = failure_null(roll, base, parts, policy)
+    sc = scaled_test(roll, null, policy, times=times, alpha=alpha, on_scale=on_scale)
+    f = Metric.FAILURE_RATE  # the since-rollout test is a failure-rate test
+    used = sc.t["passes"] & ((sc.p < ev.p[roll.rows, f]) | ~ev.loo_ok[roll.rows, f])
+    t = sc.t
+    with np.errstate(invalid="ignore", divide="ignore"):
+        observed, expected = t["k"] / t["n"], t["expected"] / t["n"]
+    shown = Shown(t["effect"], np.nan, observed, expected)
+    put_evidence(ev, f, roll.rows, used, sc, shown, policy.shared_z)
+    return Applied(used, np.where(used, sc.own_alpha, np.nan))
+
+
+class Scaled(NamedTuple):
+    """A since-rollout count test at the judged columns, on the engine's scale: ``col`` the
+    columns of ``roll.times`` tested, ``t`` :func:`count_test`'s arrays, ``p`` its p-values
+    on the scale ``ev.p`` is read against and ``own_alpha`` each test's own alpha, ``(L, K)``."""
+
+    col: np.ndarray
+    t: dict[str, np.ndarray]
+    p: np.ndarray
+    own_alpha: np.ndarray
+
+
+def scaled_test(
+    roll: Rollout,
+    null: CountNull,
+    policy: DetectionPolicy,
+    *,
+    times: pd.DatetimeIndex,
+    alpha: float,
+    on_scale: float,
+) -> Scaled:
+    """Run :func:`count_test` at the judged buckets ``times`` and put its p-values on the
+    engine's scale (see :func:`apply_rollout` for ``alpha`` and ``on_scale``)."""
     col = np.searchsorted(roll.times, times)
     if (col >= len(roll.times)).any() or not (roll.times[np.clip(col, 0, None)] == times).all():
         raise ValueError("rollout history does not cover the judged buckets")
-
-    t = rollout_test(roll, base, parts, policy, col)
+    t = count_test(roll, null, policy, col)
     per_hour = policy.buckets_per_hour
     # z of the least alpha a look gets (every bucket a test): the most looks the growth is
     # worth, so the count errs on the safe side.
     looks = effective_looks(t["growth"], float(-special.ndtri(alpha)), per_hour)
     own_alpha = alpha * per_hour / looks  # of each test
-    p, passes = np.fmin(t["p"] * (on_scale / own_alpha), 1.0), t["passes"]
-    f = Metric.FAILURE_RATE  # the since-rollout test is a failure-rate test
-    old_p, old_ok = ev.p[rows, f], ev.loo_ok[rows, f]
-    used = passes & ((p < old_p) | ~old_ok)
-    cell_alpha = np.where(used, own_alpha, np.nan)
+    return Scaled(col, t, np.fmin(t["p"] * (on_scale / own_alpha), 1.0), own_alpha)
+
+
+class Shown(NamedTuple):
+    """What the evidence of a since-rollout test reads beside the test's own numbers: its
+    ``effect`` and ``effect_ms``, ``observed`` and ``expected`` value, ``(L, K)`` or scalars."""
+
+    effect: np.ndarray | float
+    effect_ms: np.ndarray | float
+    observed: np.ndarray | float
+    expected: np.ndarray | float
+
+
+def put_evidence(
+    ev: SpanEvidence,
+    m: int,
+    rows: np.ndarray,
+    used: np.ndarray,
+    sc: Scaled,
+    shown: Shown,
+    shared_z: float,
+) -> None:
+    """Replace metric ``m``'s evidence of partitions ``rows`` by the since-rollout test where
+    ``used`` ((L, K)), in place: it passed its checks, so it counts as surviving leave-one-out
+    and as the build's own (peer-significant) deviation; shared with its siblings where they
+    moved by ``shared_z``."""
     r, c = np.nonzero(used)
     if not len(r):
-        return Applied(used, cell_alpha)
-    pr = rows[r]
-    ev.p[pr, f, c] = p[r, c]
-    effect, n, k, ex, z = t["effect"], t["n"], t["k"], t["expected"], t["z"]
-    span, share, others_z = t["span"], t["share"], t["others_z"]
-    ev.effect[pr, f, c] = effect[r, c]
-    ev.effect_ms[pr, f, c] = np.nan
-    ev.n[pr, f, c] = n[r, c]
-    ev.k[pr, f, c] = k[r, c]
-    ev.loo_ok[pr, f, c] = True
-    ev.peer_sig[pr, f, c] = True
-    ev.shared[pr, f, c] = others_z[r, c] >= policy.shared_z
-    ev.span[pr, f, c] = np.minimum(span[r, c], np.iinfo(ev.span.dtype).max)
-    ev.observed[pr, f, c] = k[r, c] / n[r, c]
-    ev.expected[pr, f, c] = ex[r, c] / n[r, c]
-    ev.z[pr, f, c] = z[r, c]
-    ev.share[pr, f, c] = share[r, c]
-    return Applied(used, cell_alpha)
+        return
+    pr, t = rows[r], sc.t
+
+    def cell(x: np.ndarray | float) -> np.ndarray | float:
+        return x[r, c] if isinstance(x, np.ndarray) else x
+
+    ev.p[pr, m, c] = sc.p[r, c]
+    ev.effect[pr, m, c] = cell(shown.effect)
+    ev.effect_ms[pr, m, c] = cell(shown.effect_ms)
+    ev.n[pr, m, c] = t["n"][r, c]
+    ev.k[pr, m, c] = t["k"][r, c]
+    ev.loo_ok[pr, m, c] = True
+    ev.peer_sig[pr, m, c] = True
+    ev.shared[pr, m, c] = t["others_z"][r, c] >= shared_z
+    ev.span[pr, m, c] = np.minimum(t["span"][r, c], np.iinfo(ev.span.dtype).max)
+    ev.observed[pr, m, c] = cell(shown.observed)
+    ev.expected[pr, m, c] = cell(shown.expected)
+    ev.z[pr, m, c] = t["z"][r, c]
+    ev.share[pr, m, c] = t["share"][r, c]
 
 
-def rollout_test(
-    roll: Rollout, base: Baselines, parts: Partitions, policy: DetectionPolicy, col: np.ndarray
-) -> dict[str, np.ndarray]:
-    """The since-rollout failure test of every rolled-out version at the columns ``col`` of
-    ``roll.times`` (see :func:`count_test`): failures count in clusters of the version's own
+def failure_null(
+    roll: Rollout, base: Baselines, parts: Partitions, policy: DetectionPolicy
+) -> CountNull:
+    """The since-rollout failure test's null: failures count in clusters of the version's own
     failures per failing call, its siblings' in theirs; the fleet's failure rate wanders by
     ``base.tau2_fail``."""
     rows, fo = roll.rows, parts.fleet_of[roll.rows]
     cluster = base.cluster if base.cluster is not None else np.ones(len(parts))
-    null = CountNull(
+    return CountNull(
         cl=np.maximum(cluster[rows], 1.0)[:, None],
         cl_o=np.maximum(cluster[fo], 1.0)[:, None],
         tau2=base.tau2_fail[fo][:, None],
@@ -282,7 +339,14 @@ def rollout_test(
         longer_than=max(policy.spans),
         latest=max(policy.spans),
     )
-    return count_test(roll, null, policy, col)
+
+
+def rollout_test(
+    roll: Rollout, base: Baselines, parts: Partitions, policy: DetectionPolicy, col: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The since-rollout failure test of every rolled-out version at the columns ``col`` of
+    ``roll.times`` (:func:`count_test` against :func:`failure_null`)."""
+    return count_test(roll, failure_null(roll, base, parts, policy), policy, col)
 
 
 def count_test(

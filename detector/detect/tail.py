@@ -34,20 +34,14 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from scipy import special
 
 from detector.detect.baseline import Baselines, Partitions, epoch_ns, rolled_out, slot_of
 from detector.detect.features import SpanEvidence
 from detector.detect.policy import DetectionPolicy, Metric
-from detector.detect.rollout import (
-    CountNull,
-    Rollout,
-    count_test,
-    effective_looks,
-)
+from detector.detect.rollout import CountNull, Rollout, Shown, put_evidence, scaled_test
 from detector.schema import bin_value
 
-__all__ = ["TailApplied", "TailRollout", "apply_tail", "tail_history"]
+__all__ = ["TailApplied", "TailRollout", "apply_tail", "tail_history", "tail_used"]
 
 #: The baseline quantile a call is compared with (its operation's p95 for the hour).
 TAIL_LEVEL = 0.95
@@ -411,48 +405,36 @@ def apply_tail(
     if not L or not K:
         nan = np.full((L, K), np.nan)
         return TailApplied(used, nan, nan, nan)
-    col = np.searchsorted(roll.times, times)
-    if (col >= len(roll.times)).any() or not (roll.times[np.clip(col, 0, None)] == times).all():
-        raise ValueError("tail history does not cover the judged buckets")
-    t = count_test(roll, tr.null, policy, col)
-    per_hour = policy.buckets_per_hour
-    looks = effective_looks(t["growth"], float(-special.ndtri(alpha)), per_hour)
-    own_alpha = alpha * per_hour / looks
-    p = np.fmin(t["p"] * (on_scale / own_alpha), 1.0)
-    d, rows = Metric.DURATION, roll.rows
-    cand = t["passes"] & ((p < ev.p[rows, d]) | ~ev.loo_ok[rows, d])
+    sc = scaled_test(roll, tr.null, policy, times=times, alpha=alpha, on_scale=on_scale)
+    t, d = sc.t, Metric.DURATION
+    cand = t["passes"] & ((sc.p < ev.p[roll.rows, d]) | ~ev.loo_ok[roll.rows, d])
     rise = float(np.log1p(policy.min_duration_rel))
-    shift = np.full((L, K), np.nan)
+    obs, exp, shift = (np.full((L, K), np.nan) for _ in range(3))
     measures: dict[int, _Measure] = {}
     for li, c in zip(*np.nonzero(cand), strict=True):  # row-major: columns increase per build
         if li not in measures:
             measures[li] = _Measure(*tr.sparse(int(li), fleet_of), tr.thr[li], rise)
-        m = measures[li].at(int(col[c]))
-        obs, exp = m.p95, m.p95_others
-        effect, effect_ms = obs / exp - 1.0, obs - exp
+        m = measures[li].at(int(sc.col[c]))
         # The practical minimum: the p95 rose by min_duration_rel and min_duration_ms, and
         # beyond the build's typical shift at least the baseline's share of its calls lie
         # above the threshold raised by min_duration_rel (hour-adjusted). A build slower
         # across the board (another platform's, +15 % typical) is the mean test's business.
-        practical = effect >= policy.min_duration_rel and effect_ms >= policy.min_duration_ms
-        if not (practical and m.tail_share >= roll.rate[li, 0]):
-            continue
-        shift[li, c] = m.shift
-        r = rows[li]
-        used[li, c] = True
-        ev.p[r, d, c] = p[li, c]
-        ev.effect[r, d, c] = effect
-        ev.effect_ms[r, d, c] = effect_ms
-        ev.n[r, d, c] = t["n"][li, c]
-        ev.k[r, d, c] = t["k"][li, c]
-        ev.loo_ok[r, d, c] = True
-        ev.peer_sig[r, d, c] = True
-        ev.shared[r, d, c] = t["others_z"][li, c] >= policy.shared_z
-        ev.span[r, d, c] = min(int(t["span"][li, c]), int(np.iinfo(ev.span.dtype).max))
-        ev.observed[r, d, c] = obs
-        ev.expected[r, d, c] = exp
-        ev.z[r, d, c] = t["z"][li, c]
-        ev.share[r, d, c] = t["share"][li, c]
+        practical = (
+            m.p95 / m.p95_others - 1.0 >= policy.min_duration_rel
+            and m.p95 - m.p95_others >= policy.min_duration_ms
+        )
+        if practical and m.tail_share >= roll.rate[li, 0]:
+            used[li, c] = True
+            obs[li, c], exp[li, c], shift[li, c] = m.p95, m.p95_others, m.shift
+    shown = Shown(obs / exp - 1.0, obs - exp, obs, exp)
+    put_evidence(ev, d, roll.rows, used, sc, shown, policy.shared_z)
     with np.errstate(invalid="ignore", divide="ignore"):
         expected = np.where(used, t["expected"] / t["n"], np.nan)
-    return TailApplied(used, np.where(used, own_alpha, np.nan), expected, np.expm1(shift))
+    return TailApplied(used, np.where(used, sc.own_alpha, np.nan), expected, np.expm1(shift))
+
+
+def tail_used(tail: TailRollout, applied: TailApplied, row: int, col: int) -> int | None:
+    """Index in ``tail`` of partition ``row`` where its duration evidence at column ``col`` is
+    the tail test's (:func:`apply_tail`), else None."""
+    hit = np.flatnonzero(tail.counts.rows == row)
+    return int(hit[0]) if len(hit) and applied.used[hit[0], col] else None
