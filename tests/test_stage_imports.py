@@ -22,6 +22,7 @@ ORDER = [
     "score",
     "calibrate",
     "decide",
+    "hold",
     "stop",
     "candidate",
     "engine",

@@ -66,6 +66,7 @@ from detector.detect.forest import (
     forest_spans,
     partition_labels,
 )
+from detector.detect.hold import hold_open
 from detector.detect.policy import METRIC_NAMES, DetectionPolicy, Metric
 from detector.detect.rollout import Applied, Rollout, apply_rollout, first_buckets, rollout_history
 from detector.detect.stop import (
@@ -340,6 +341,8 @@ class _Decided:
     evidence: Evidence
     forest_only: np.ndarray
     calibration: calibrate.Calibration
+    # (L, K) each, rollout's and tail's: where an open alert was held open (hold.py)
+    held: tuple[np.ndarray, np.ndarray]
 
 
 def _frame(window: tuple[datetime, datetime], policy: DetectionPolicy) -> _Frame:
@@ -557,12 +560,19 @@ def _decide(run: _Run, cubes: _Cubes, forest: _ForestRun, tested: _Tested) -> _D
     reasons = decide(
         evidence, policy=run.policy, now=run.now, bucket_end=bucket_end, forest_out=forest_only
     )
+    judged = tested.judged & (bucket_end <= np.datetime64(_naive(_utc(run.now)), "ns"))
     if run.policy.calibrate:
         minima, ops = _calibration_minima(evidence, run.policy, run.parts)
-        judged = tested.judged & (bucket_end <= np.datetime64(_naive(_utc(run.now)), "ns"))
         times = [_py(t) for t in cube.times[judged]]
         calibrate.record(state.calibration, times, minima[:, judged], ops[:, judged])
-    return _Decided(reasons, evidence, forest_only, cal)
+    # An open alert of a since-rollout test stays open while its calls are too few to tell.
+    held = hold_open(
+        reasons,
+        (tested.rolled.hold, tested.tailed.hold),
+        _open_before(state, parts, run.frame.ws),
+        judged,
+    )
+    return _Decided(reasons, evidence, forest_only, cal, (held[0], held[1]))
 
 
 def _calibration_minima(
@@ -615,6 +625,8 @@ def _summary(
         multiplicity={m: float(n) for m, n in zip(METRIC_NAMES, tested.mult.n_tests, strict=True)},
         rollout_tests=len(tested.roll),  # new builds in the since-rollout family (DetectionPolicy)
         tail_tests=len(tested.tail),  # new builds whose tail since their rollout is tested
+        # buckets where an open since-rollout alert was kept open for want of calls
+        held_buckets=int(sum(h.sum() for h in decided.held)),
         tenant_stops=sum(a.details.get("scope") == "tenant" for a in anomalies),
         forest=forest.status,
         calibration=decided.calibration.to_json(run.policy.alpha),
@@ -1206,6 +1218,7 @@ def _figures(x: _Explaining, at: _AlertRun) -> _Figures:
     li = tail_used(x.tested.tail, x.tested.tailed, p, j) if metric == "duration" else None
     if li is not None:
         observed, baseline, band, since = _tail_since_rollout(x, (p, m, j), li)
+        since["held_buckets"] = int(x.decided.held[1][li, at.idx].sum())
         # calls: of the build since its rollout; share: of its operation's calls since then
         share_since = float(x.tested.ev.share[p, m, j])
         return _Figures(
@@ -1221,6 +1234,7 @@ def _figures(x: _Explaining, at: _AlertRun) -> _Figures:
         observed, baseline, band, since = _since_rollout(
             x.tested.ev, (p, m, j), x.tested.roll, li, zc
         )
+        since["held_buckets"] = int(x.decided.held[0][li, at.idx].sum())
         # share: of its operation's calls since then
         return _Figures(
             observed,
@@ -1478,6 +1492,20 @@ def _tail_since_rollout(
     }
     band = (expected * float(np.exp(-half)), expected * float(np.exp(half)))
     return observed, expected, band, details
+
+
+def _open_before(state: EngineState, parts: Partitions, ws: pd.Timestamp) -> np.ndarray:
+    """(P,) bool: the partition's alert, as the engine state records it, ran to ``ws`` (its
+    bucket just before the window alerted)."""
+    out = np.zeros(len(parts), bool)
+    if not state.alerted:
+        return out
+    row = {(o, v): i for i, (o, v) in enumerate(zip(parts.operation, parts.version, strict=True))}
+    for op, ver, _, end in state.alerted:
+        i = row.get((op, ver))
+        if i is not None and pd.Timestamp(end) >= ws:
+            out[i] = True
+    return out
 
 
 def _last_alert_end(

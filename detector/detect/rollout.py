@@ -32,7 +32,7 @@ the span fails more on its own, and it is current (the last third, at most
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -48,6 +48,7 @@ from detector.detect.policy import DetectionPolicy, Metric
 __all__ = [
     "Applied",
     "CountNull",
+    "Hold",
     "Rollout",
     "Scaled",
     "Shown",
@@ -56,6 +57,8 @@ __all__ = [
     "effective_looks",
     "failure_null",
     "first_buckets",
+    "held_evidence",
+    "no_hold",
     "put_evidence",
     "rollout_history",
     "rollout_test",
@@ -105,13 +108,29 @@ class CountNull(NamedTuple):
     current_z: float = 0.0
 
 
+class Hold(NamedTuple):
+    """Where a since-rollout test of metric ``metric`` may keep an open alert open (hold.py):
+    ``rows`` (L,) its partitions, ``cand`` (L, K) its buckets (every check but current, the
+    calls since too few to tell it is over, significant), ``passing`` (L, K) where its
+    evidence passed every check and is the engine's, ``write`` puts its evidence into the
+    engine's where an (L, K) mask is True."""
+
+    rows: np.ndarray
+    metric: int
+    cand: np.ndarray
+    passing: np.ndarray
+    write: Callable[[np.ndarray], None]
+
+
 class Applied(NamedTuple):
     """Where :func:`apply_rollout` put the since-rollout test into the evidence, ``(L, K)``:
     ``used`` (bool) and ``alpha``, the alpha of that one test (its family's, spread over the
-    new builds and the looks of the hour; NaN where not used)."""
+    new builds and the looks of the hour; NaN where neither used nor held); ``hold`` where it
+    may keep an open alert open (hold.py; ``used`` grows where it does)."""
 
     used: np.ndarray
     alpha: np.ndarray
+    hold: Hold
 
 
 def _utc(ts: datetime | pd.Timestamp) -> pd.Timestamp:
@@ -228,18 +247,21 @@ def apply_rollout(
     own alpha), and the two are compared, and stored, there.
     """
     L, K = len(roll), len(times)
+    f = Metric.FAILURE_RATE  # the since-rollout test is a failure-rate test
     if not L or not K:
-        return Applied(np.zeros((L, K), bool), np.full((L, K), np.nan))
+        used = np.zeros((L, K), bool)
+        return Applied(used, np.full((L, K), np.nan), no_hold(roll.rows, f, used))
     null = failure_null(roll, base, parts, policy)
     sc = scaled_test(roll, null, policy, times=times, alpha=alpha, on_scale=on_scale)
-    f = Metric.FAILURE_RATE  # the since-rollout test is a failure-rate test
     used = sc.t["passes"] & ((sc.p < ev.p[roll.rows, f]) | ~ev.loo_ok[roll.rows, f])
+    held = sc.t["held"] & (sc.p <= on_scale)
     t = sc.t
     with np.errstate(invalid="ignore", divide="ignore"):
         observed, expected = t["k"] / t["n"], t["expected"] / t["n"]
     shown = Shown(t["effect"], np.nan, observed, expected)
     put_evidence(ev, f, roll.rows, used, sc, shown, policy.shared_z)
-    return Applied(used, np.where(used, sc.own_alpha, np.nan))
+    hold = held_evidence(ev, f, roll.rows, used, held, (sc, shown), policy.shared_z)
+    return Applied(used, np.where(used | held, sc.own_alpha, np.nan), hold)
 
 
 class Scaled(NamedTuple):
@@ -322,6 +344,34 @@ def put_evidence(
     ev.share[pr, m, c] = t["share"][r, c]
 
 
+def no_hold(rows: np.ndarray, m: int, used: np.ndarray) -> Hold:
+    """A :class:`Hold` of metric ``m`` that holds nothing (no new build, no judged bucket)."""
+
+    def write(mask: np.ndarray) -> None:
+        return None
+
+    return Hold(rows, m, np.zeros(used.shape, bool), used, write)
+
+
+def held_evidence(
+    ev: SpanEvidence,
+    m: int,
+    rows: np.ndarray,
+    used: np.ndarray,
+    cand: np.ndarray,
+    test: tuple[Scaled, Shown],
+    shared_z: float,
+) -> Hold:
+    """A since-rollout test's :class:`Hold` at ``cand`` ((L, K)): where hold.py keeps an alert
+    open, it writes the test's evidence (:func:`put_evidence`) and marks it ``used``."""
+
+    def write(mask: np.ndarray) -> None:
+        put_evidence(ev, m, rows, mask, test[0], test[1], shared_z)
+        np.logical_or(used, mask, out=used)
+
+    return Hold(rows, m, cand, used.copy(), write)
+
+
 def failure_null(
     roll: Rollout, base: Baselines, parts: Partitions, policy: DetectionPolicy
 ) -> CountNull:
@@ -357,17 +407,19 @@ def count_test(
     (one test's), ``effect`` (excess rate), ``n``, ``k``, ``expected`` (counts), ``z``,
     ``span`` (buckets since the first call), ``loo``, ``steady`` (every third counts more),
     ``current``, ``share``, ``others_z``, ``passes`` (every check, and longer than
-    ``null.longer_than``) and ``growth``: ln of the calls since the first call over those an hour
-    before (inf in its first hour; see :func:`effective_looks`)."""
+    ``null.longer_than``), ``held`` (every check but current, and the calls since it last was
+    current too few to tell it is over) and ``growth``: ln of the calls since the first call
+    over those an hour before (inf in its first hour; see :func:`effective_looks`)."""
     c = _running_counts(roll, null, col, policy.buckets_per_hour)
     x = _expectation(c, null, policy)
     p = _p_value(c, x)
     loo = _survives_loo(roll, c, x, col, policy.loo_z)
-    steady, current = _steady_and_current(c, x, col, policy, null)
+    steady = _steady(c, x, col, policy, null)
+    current = _current(c, x, col, policy, null)
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(c.n + c.co > 0, c.n / (c.n + c.co), 0.0)
         growth = np.where(c.n_hour_ago > 0, np.log(c.n / c.n_hour_ago), np.inf)
-    passes = (
+    but_current = (
         (c.span > null.longer_than)
         & (x.effect >= null.min_points)
         & (c.n >= policy.min_calls)
@@ -375,8 +427,12 @@ def count_test(
         & (share >= policy.min_share)
         & loo
         & steady
-        & current
     )
+    passes = but_current & current
+    # Not current, not over either: the calls since it last was are too few to tell. An open
+    # alert on it stays open (hold.py) rather than ending for want of calls.
+    last = _last_current(roll, null, policy, col)
+    held = but_current & ~current & (last >= 0) & ~_over(c, x, col, last, policy, null)
     return {
         "p": p,
         "effect": x.effect,
@@ -391,6 +447,7 @@ def count_test(
         "share": share,
         "others_z": x.others_z,
         "passes": passes,
+        "held": held,
         "growth": growth,
     }
 
@@ -515,6 +572,23 @@ def _survives_loo(
     return out
 
 
+def _sums(
+    c: _Counts, drift: np.ndarray, col: np.ndarray, w: np.ndarray, off: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Calls, failures and failures expected (moved by ``drift``) in the ``w`` buckets ending
+    ``off`` buckets before each tested column, ``(L, K)`` each."""
+    L, K = c.n.shape
+    rows_i = np.arange(L)[:, None]
+    end = np.broadcast_to(col[None, :] + 1, (L, K))
+    cs, fs, es = c.cs, c.fs, c.es
+    hi = np.clip(end - off, 0, None)
+    lo = np.clip(hi - w, 0, None)
+    nw = cs[rows_i, hi] - cs[rows_i, lo]
+    kw = fs[rows_i, hi] - fs[rows_i, lo]
+    ew = np.maximum(es[rows_i, hi] - es[rows_i, lo] + nw * drift, 0.0)
+    return nw, kw, ew
+
+
 def _window(
     c: _Counts,
     drift: np.ndarray,
@@ -525,28 +599,19 @@ def _window(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Excess failures' z, and the excess rate, of the ``w`` buckets ending ``off``
     buckets before the tested one; -inf and -1 where it holds too few calls to judge."""
-    L, K = c.n.shape
-    rows_i = np.arange(L)[:, None]
-    end = np.broadcast_to(col[None, :] + 1, (L, K))
-    cs, fs, es = c.cs, c.fs, c.es
+    nw, kw, ew = _sums(c, drift, col, w, off)
     with np.errstate(invalid="ignore", divide="ignore"):
-        hi = np.clip(end - off, 0, None)
-        lo = np.clip(hi - w, 0, None)
-        nw = cs[rows_i, hi] - cs[rows_i, lo]
-        kw = fs[rows_i, hi] - fs[rows_i, lo]
-        ew = np.maximum(es[rows_i, hi] - es[rows_i, lo] + nw * drift, 0.0)
         pw = np.clip(np.where(nw > 0, ew / nw, 0.0), 1e-9, 1 - 1e-9)
         zw = (kw - ew - 0.5) / np.sqrt(np.maximum(ew * (1 - pw) * c.cl, 1e-12))
         rate = np.where(nw >= policy.min_calls * policy.third_support, (kw - ew) / nw, -1.0)
     return np.where(rate > -1.0, zw, -np.inf), rate
 
 
-def _steady_and_current(
+def _steady(
     c: _Counts, x: _Expected, col: np.ndarray, policy: DetectionPolicy, null: CountNull
-) -> tuple[np.ndarray, np.ndarray]:
-    """Consumes the counts and expectation; produces ``(L, K)`` bools ``steady`` (every third
-    of the span counts more, by ``null.min_points``) and ``current`` (the last third, at most
-    ``null.latest`` buckets, carries its share)."""
+) -> np.ndarray:
+    """Consumes the counts and expectation; produces ``(L, K)`` bool: every third of the span
+    counts more, by ``null.min_points``."""
     # Since the rollout: every third of the span fails more on its own (by the practical
     # minimum), so a build that failed for an afternoon a day after its rollout
     # is that afternoon's incident (the trailing spans' business), not "failing since".
@@ -555,13 +620,56 @@ def _steady_and_current(
     for i in range(3):
         zt, rt = _window(c, x.drift, col, third, i * third, policy)
         steady &= (zt >= 0.0) & (rt >= null.min_points)
-    # Current: the last third (at most null.latest buckets) carries at least latest_share of
-    # the whole effect.
-    w = np.minimum(third, null.latest)
-    zc, rc = _window(c, x.drift, col, w, np.zeros_like(third), policy)
+    return steady
+
+
+def _current(
+    c: _Counts, x: _Expected, col: np.ndarray, policy: DetectionPolicy, null: CountNull
+) -> np.ndarray:
+    """Consumes the counts and expectation; produces ``(L, K)`` bool: the last third of the
+    span, at most ``null.latest`` buckets, carries at least ``latest_share`` of the whole
+    effect, with a z of at least ``null.current_z`` on its own."""
+    w = np.clip(np.minimum(-(-c.span // 3), null.latest), 0, None)
+    zc, rc = _window(c, x.drift, col, w, np.zeros_like(w), policy)
     with np.errstate(invalid="ignore"):
-        current = (zc >= null.current_z) & (rc >= policy.latest_share * x.effect)
-    return steady, current
+        out: np.ndarray = (zc >= null.current_z) & (rc >= policy.latest_share * x.effect)
+    return out
+
+
+def _last_current(
+    roll: Rollout, null: CountNull, policy: DetectionPolicy, col: np.ndarray
+) -> np.ndarray:
+    """``(L, K)``: the latest column of ``roll.times``, at or before each tested one, where the
+    test was current (:func:`_current`); -1 where it never was."""
+    every = np.arange(int(col.max()) + 1)
+    c = _running_counts(roll, null, every, policy.buckets_per_hour)
+    cur = _current(c, _expectation(c, null, policy), every, policy, null) & (c.span > 0)
+    last = np.maximum.accumulate(np.where(cur, every[None, :], -1), axis=1)
+    out: np.ndarray = last[:, col]
+    return out
+
+
+def _over(
+    c: _Counts,
+    x: _Expected,
+    col: np.ndarray,
+    last: np.ndarray,
+    policy: DetectionPolicy,
+    null: CountNull,
+) -> np.ndarray:
+    """``(L, K)`` bool: the calls since the test was last current (``last``, see
+    :func:`_last_current`) are enough to judge, and their excess lies below ``latest_share``
+    of the whole effect by a z of ``null.current_z``: the change is over (the mirror of
+    :func:`_current`, whose excess must be that far above none)."""
+    w = np.where(last >= 0, col[None, :] - last, 0)
+    nw, kw, ew = _sums(c, x.drift, col, w, np.zeros_like(w))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # What the effect, held at latest_share of its size, expects of those calls.
+        alt = ew + policy.latest_share * np.maximum(x.effect, 0.0) * nw
+        pa = np.clip(np.where(nw > 0, alt / nw, 0.0), 1e-9, 1 - 1e-9)
+        z = (kw - alt + 0.5) / np.sqrt(np.maximum(alt * (1 - pa) * c.cl, 1e-12))
+        out: np.ndarray = (nw >= policy.min_calls * policy.third_support) & (z <= -null.current_z)
+    return out
 
 
 def effective_looks(growth: np.ndarray, z: float, per_hour: int) -> np.ndarray:

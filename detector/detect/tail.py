@@ -38,7 +38,16 @@ import pandas as pd
 from detector.detect.baseline import Baselines, Partitions, epoch_ns, rolled_out, slot_of
 from detector.detect.features import SpanEvidence
 from detector.detect.policy import DetectionPolicy, Metric
-from detector.detect.rollout import CountNull, Rollout, Shown, put_evidence, scaled_test
+from detector.detect.rollout import (
+    CountNull,
+    Hold,
+    Rollout,
+    Shown,
+    held_evidence,
+    no_hold,
+    put_evidence,
+    scaled_test,
+)
 from detector.schema import bin_value
 
 __all__ = ["TailApplied", "TailRollout", "apply_tail", "tail_history", "tail_used"]
@@ -115,6 +124,7 @@ class TailApplied(NamedTuple):
     alpha: np.ndarray
     expected_share: np.ndarray
     typical: np.ndarray  # the build's typical (median) duration over its siblings', relative
+    hold: Hold  # where it may keep an open alert open (hold.py; used grows where it does)
 
 
 def _empty(times: pd.DatetimeIndex) -> TailRollout:
@@ -401,17 +411,20 @@ def apply_tail(
     """
     roll = tr.counts
     L, K = len(roll), len(times)
-    used = np.zeros((L, K), bool)
+    used, d = np.zeros((L, K), bool), Metric.DURATION
     if not L or not K:
         nan = np.full((L, K), np.nan)
-        return TailApplied(used, nan, nan, nan)
+        return TailApplied(used, nan, nan, nan, no_hold(roll.rows, d, used))
     sc = scaled_test(roll, tr.null, policy, times=times, alpha=alpha, on_scale=on_scale)
-    t, d = sc.t, Metric.DURATION
+    t = sc.t
     cand = t["passes"] & ((sc.p < ev.p[roll.rows, d]) | ~ev.loo_ok[roll.rows, d])
+    may_hold = t["held"] & (sc.p <= on_scale)
+    held = np.zeros((L, K), bool)
     rise = float(np.log1p(policy.min_duration_rel))
     obs, exp, shift = (np.full((L, K), np.nan) for _ in range(3))
     measures: dict[int, _Measure] = {}
-    for li, c in zip(*np.nonzero(cand), strict=True):  # row-major: columns increase per build
+    # row-major: columns increase per build
+    for li, c in zip(*np.nonzero(cand | may_hold), strict=True):
         if li not in measures:
             measures[li] = _Measure(*tr.sparse(int(li), fleet_of), tr.thr[li], rise)
         m = measures[li].at(int(sc.col[c]))
@@ -424,13 +437,16 @@ def apply_tail(
             and m.p95 - m.p95_others >= policy.min_duration_ms
         )
         if practical and m.tail_share >= roll.rate[li, 0]:
-            used[li, c] = True
+            used[li, c], held[li, c] = cand[li, c], may_hold[li, c]
             obs[li, c], exp[li, c], shift[li, c] = m.p95, m.p95_others, m.shift
     shown = Shown(obs / exp - 1.0, obs - exp, obs, exp)
     put_evidence(ev, d, roll.rows, used, sc, shown, policy.shared_z)
+    hold = held_evidence(ev, d, roll.rows, used, held, (sc, shown), policy.shared_z)
+    some = used | held
     with np.errstate(invalid="ignore", divide="ignore"):
-        expected = np.where(used, t["expected"] / t["n"], np.nan)
-    return TailApplied(used, np.where(used, sc.own_alpha, np.nan), expected, np.expm1(shift))
+        expected = np.where(some, t["expected"] / t["n"], np.nan)
+    alpha_used = np.where(some, sc.own_alpha, np.nan)
+    return TailApplied(used, alpha_used, expected, np.expm1(shift), hold)
 
 
 def tail_used(tail: TailRollout, applied: TailApplied, row: int, col: int) -> int | None:

@@ -1,0 +1,64 @@
+"""Hold: an open alert of a since-rollout test ends on evidence that it is over, not on a lack
+of calls.
+
+A since-rollout test (a new build's failures, its tail) must be *current* to alert: its last
+hours must deviate on their own (rollout.py). On a quiet night those hours hold too few calls
+to say either way, and a true, continuing regression used to end its alert at dusk and open a
+new one at dawn. This stage runs after decide. Where a since-rollout test passes every check
+but "current", and the calls since it last was current are too few to show it is over
+(``count_test``'s ``held``), an alert that was open at the bucket before stays open: the
+bucket becomes an anomaly with the test's evidence. It never opens an alert (as the lifecycle
+keeps a firing alert's state through a window that was not evaluated). Where the test passes
+again after a held stretch, the open alert goes on without decide's persistence (N of M hot
+buckets), which is for opening one.
+
+Consumes the reason codes of decide, the since-rollout tests' :class:`~detector.detect.rollout.Hold` candidates and,
+per partition, whether its alert was open at the bucket before the window (the engine state);
+produces the codes with the held buckets set to ``anomaly``, and the tests' evidence there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from detector.detect.decide import R_ANOM, R_MAINT, R_PERSIST
+from detector.detect.rollout import Hold
+
+__all__ = ["hold_open"]
+
+
+def hold_open(
+    reasons: np.ndarray,
+    holds: Sequence[Hold],
+    open_before: np.ndarray,
+    judged: np.ndarray,
+) -> list[np.ndarray]:
+    """Keep open alerts open through their tests' held buckets, in place (``reasons`` (P, M,
+    K) and the evidence, through each hold's ``write``); returns each hold's held buckets,
+    (L, K) bool.
+
+    ``open_before`` (P,): the partition's alert was open at the bucket before the first
+    judged one; ``judged`` (K,): the columns decided in this run (in time order).
+    """
+    out = []
+    cols = np.flatnonzero(judged)
+    for h in holds:
+        out.append(np.zeros(h.cand.shape, bool))
+        if not len(h.rows) or not len(cols):
+            continue
+        r = reasons[h.rows, h.metric]  # (L, K), a copy
+        prev = open_before[h.rows].copy()
+        held = out[-1]
+        for j in cols:
+            # An open alert needs no new persistence: its test passing again continues it.
+            goes_on = prev & (r[:, j] == R_PERSIST) & h.passing[:, j]
+            alert = (r[:, j] == R_ANOM) | goes_on
+            held[:, j] = ~alert & prev & h.cand[:, j] & (r[:, j] != R_MAINT)
+            r[:, j] = np.where(alert | held[:, j], R_ANOM, r[:, j])
+            prev = alert | held[:, j]
+        if held.any():
+            h.write(held)
+        reasons[h.rows, h.metric] = r
+    return out

@@ -1,0 +1,92 @@
+"""Hold (detector/detect/hold.py): an open alert of a since-rollout test stays open through the
+buckets where its calls are too few to tell whether the change is over; it never opens one."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detector.detect.decide import R_ANOM, R_MAINT, R_NOTSIG, R_PERSIST
+from detector.detect.hold import hold_open
+from detector.detect.rollout import Hold
+
+P, M, K = 2, 3, 6  # partitions, metrics, buckets
+ROW, METRIC = 1, 0  # the new build's partition, the metric its test judges
+
+
+def _hold(cand: list[int], passing: list[int] | None = None) -> tuple[Hold, list[np.ndarray]]:
+    """A hold of partition ROW whose candidates are the columns ``cand``; ``written`` collects
+    the masks its evidence was written at."""
+    c = np.zeros((1, K), bool)
+    c[0, cand] = True
+    ok = np.zeros((1, K), bool)
+    ok[0, passing or []] = True
+    written: list[np.ndarray] = []
+    return Hold(np.array([ROW]), METRIC, c, ok, lambda mask: written.append(mask.copy())), written
+
+
+def _reasons(codes: list[int]) -> np.ndarray:
+    r = np.zeros((P, M, K), np.int8)
+    r[ROW, METRIC] = codes
+    return r
+
+
+def _alerting(r: np.ndarray) -> list[int]:
+    return np.flatnonzero(r[ROW, METRIC] == R_ANOM).tolist()
+
+
+JUDGED = np.ones(K, bool)
+NOT_OPEN = np.zeros(P, bool)
+
+
+def test_an_open_alert_stays_open_through_its_held_buckets_and_ends_after() -> None:
+    r = _reasons([R_ANOM, R_ANOM, R_NOTSIG, R_NOTSIG, R_NOTSIG, R_NOTSIG])
+    h, written = _hold([2, 3, 5])
+    assert hold_open(r, [h], NOT_OPEN, JUDGED)[0].sum() == 2
+    # Held at 2 and 3; 4 is not a candidate (over, or a check failed): the alert ends there,
+    # and 5 cannot reopen it.
+    assert _alerting(r) == [0, 1, 2, 3]
+    assert len(written) == 1 and np.flatnonzero(written[0][0]).tolist() == [2, 3]
+
+
+def test_a_hold_never_opens_an_alert() -> None:
+    r = _reasons([R_NOTSIG] * K)
+    h, written = _hold(list(range(K)))
+    assert not hold_open(r, [h], NOT_OPEN, JUDGED)[0].any()
+    assert _alerting(r) == [] and not written
+
+
+def test_an_alert_open_before_the_window_is_continued_from_the_engine_state() -> None:
+    r = _reasons([R_NOTSIG] * K)
+    h, _ = _hold([0, 1])
+    is_open = np.zeros(P, bool)
+    is_open[ROW] = True
+    assert hold_open(r, [h], is_open, JUDGED)[0].sum() == 2
+    assert _alerting(r) == [0, 1]
+
+
+def test_look_back_buckets_are_left_as_decided() -> None:
+    r = _reasons([R_ANOM, R_NOTSIG, R_NOTSIG, R_NOTSIG, R_NOTSIG, R_NOTSIG])
+    h, _ = _hold([1, 2, 3])
+    judged = np.array([False, False, True, True, True, True])
+    # Column 0 alerted in the look-back, but only the state says what was open at the window.
+    assert not hold_open(r, [h], NOT_OPEN, judged)[0].any()
+    assert _alerting(r) == [0]
+
+
+def test_a_maintenance_bucket_ends_the_hold() -> None:
+    r = _reasons([R_ANOM, R_MAINT, R_NOTSIG, R_NOTSIG, R_NOTSIG, R_NOTSIG])
+    h, _ = _hold([1, 2, 3])
+    hold_open(r, [h], NOT_OPEN, JUDGED)
+    assert _alerting(r) == [0]
+
+
+def test_an_open_alert_needs_no_new_persistence() -> None:
+    # Held at 1; at 2 the test passes again but decide's N of M saw no hot bucket before it.
+    r = _reasons([R_ANOM, R_NOTSIG, R_PERSIST, R_PERSIST, R_NOTSIG, R_NOTSIG])
+    h, _ = _hold([1], passing=[2, 3])
+    hold_open(r, [h], NOT_OPEN, JUDGED)
+    assert _alerting(r) == [0, 1, 2, 3]
+    # Without an open alert, not persistent stays not persistent.
+    r = _reasons([R_NOTSIG, R_NOTSIG, R_PERSIST, R_PERSIST, R_NOTSIG, R_NOTSIG])
+    hold_open(r, [h], NOT_OPEN, JUDGED)
+    assert _alerting(r) == []
