@@ -431,8 +431,12 @@ def count_test(
     passes = but_current & current
     # Not current, not over either: the calls since it last was are too few to tell. An open
     # alert on it stays open (hold.py) rather than ending for want of calls.
-    last = _last_current(roll, null, policy, col)
-    held = but_current & ~current & (last >= 0) & ~_over(c, x, col, last, policy, null)
+    held = but_current & ~current
+    last = np.full(held.shape, -1)
+    some = held.any(axis=1)  # most builds never get here: no search back for them
+    if some.any():
+        last[some] = _last_current(_some(roll, some), _some_null(null, some), policy, col)
+    held &= (last >= 0) & ~_over(c, x, col, last, policy, null)
     return {
         "p": p,
         "effect": x.effect,
@@ -634,6 +638,25 @@ def _current(
     with np.errstate(invalid="ignore"):
         out: np.ndarray = (zc >= null.current_z) & (rc >= policy.latest_share * x.effect)
     return out
+
+
+def _some(roll: Rollout, keep: np.ndarray) -> Rollout:
+    """The versions of ``roll`` where ``keep`` ((L,) bool) holds."""
+    return Rollout(
+        rows=roll.rows[keep],
+        times=roll.times,
+        first=roll.first[keep],
+        calls=roll.calls[keep],
+        failures=roll.failures[keep],
+        other_calls=roll.other_calls[keep],
+        other_failures=roll.other_failures[keep],
+        rate=roll.rate[keep],
+    )
+
+
+def _some_null(null: CountNull, keep: np.ndarray) -> CountNull:
+    """``null`` of the versions where ``keep`` ((L,) bool) holds."""
+    return null._replace(cl=null.cl[keep], cl_o=null.cl_o[keep], tau2=null.tau2[keep])
 
 
 def _last_current(
