@@ -14,6 +14,8 @@
   (or ``alpha`` while that history is short);
 - ``decide``: the gates, multiplicity, persistence and attribution that turn evidence into
   anomalies;
+- ``hold``: an open alert of a since-rollout test kept open while its calls are too few to
+  tell whether the change is over;
 - ``stop``: a tenant-wide stop folded into one alert;
 - ``candidate``: :class:`~detector.detect.candidate.Candidate`, a (partition, metric) that
   deviated, with the furthest gate it reached (the run report's record, alerting's input);
