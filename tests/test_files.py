@@ -293,6 +293,32 @@ def test_all_formats_in_one_directory_add_up(tmp_path: Path) -> None:
     )
 
 
+def test_a_line_holding_the_record_separator_is_one_malformed_record(tmp_path: Path) -> None:
+    # The JSON-lines reader splits on \x1e (valid JSON never holds it raw): a line holding it
+    # is one malformed record, not its first piece a record nor its pieces nothing (hypothesis
+    # found a lone \x1e line that was not counted at all).
+    good = (
+        '{"TimeGenerated": "2026-11-02T10:20:00Z", "OperationName": "Join", "OperationId": "%s", '
+        '"CallClientTimeStamp": "2026-11-02T10:01:00Z", "ResultType": "Succeeded", '
+        '"DurationMs": 5, "SdkVersion": "1.0"}'
+    )
+    path = tmp_path / "sep.jsonl"
+    path.write_bytes(
+        (good % "1").encode()
+        + b"\n\x1e\n"
+        + (good % "2").encode()
+        + b"\x1egarbage\n"
+        + (good % "3").encode()
+        + b"\x1e\x1e\n\x1f\n \t\n"
+        + (good % "4").encode()
+        + b"\n"
+    )
+    agg = read_aggregates(path, bucket=BUCKET)
+    assert agg.rows_read == 6  # the whitespace line is not a row
+    assert agg.stats["calls"].sum() == 2  # records 1 and 4
+    assert agg.dropped["malformed_record"] == 4
+
+
 def test_camel_case_and_top_level_fields(tmp_path: Path) -> None:
     path = tmp_path / "camel.json"
     path.write_text(

@@ -326,14 +326,19 @@ def _jsonl_part(
     for f in checked:
         _json_keys_ok(f, _json_sample_keys(f))
     unusable = _json_drift(checked, [_json_sample(f) for f in checked], drift)
-    # Each line is read as one text value (no quoting, no delimiter), so a malformed line is a
-    # row with all fields missing (counted as a drop), never a reader error.
+    # Each line is read as one text value (no quoting; the delimiter is the record separator,
+    # which valid JSON never holds raw), so a malformed line is a row with all fields missing
+    # (counted as a drop), never a reader error. A line holding the separator is cut there:
+    # ``cut`` is not NULL, and the whole line is malformed, not its first piece a record.
+    # nullstr: a field that is exactly \x1f is NULL (malformed too), an empty one is ''.
     source = (
-        f"(SELECT line AS j, {_FILE_COL} FROM read_csv({_file_list(files)}, "
-        "columns={'line': 'VARCHAR'}, header=false, delim=E'\\x1e', quote='', escape='', "
+        f"(SELECT CASE WHEN cut IS NULL AND line IS NOT NULL THEN line ELSE chr(30) END AS j, "
+        f"{_FILE_COL} FROM read_csv({_file_list(files)}, "
+        "columns={'line': 'VARCHAR', 'cut': 'VARCHAR'}, header=false, delim=E'\\x1e', "
+        "quote='', escape='', nullstr=E'\\x1f', "
         f"auto_detect=false, strict_mode=false, null_padding=true, filename={_lit(_FILE_COL)}, "
         f"{_REJECTS}, parallel={str(parallel).lower()}) "
-        "WHERE line >= '!' OR trim(line, ' \t\r') <> '')"
+        "WHERE cut IS NOT NULL OR line IS NULL OR line >= '!' OR trim(line, ' \t\r') <> '')"
     )
     part = _json_select(source)
     return [part if unusable == "FALSE" else _as_malformed(part, unusable)]
