@@ -197,11 +197,11 @@ def detect(
     clock.lap("score")
     roll, first = _rollout(run, stats, cubes)
     tail = _tail(run, history.hist, first)
+    clock.lap("rollout")  # new builds' histories since their rollout (failures, tail)
     # The row frame (with fleet rows) is not needed past this point: freeing it before the
     # span evidence and the decisions keeps the peak of a 10k-partition run under 1 GiB.
     del stats
 
-    clock.start()
     tested = _evidence(run, cubes, forest, (roll, tail), first)
     clock.lap("evidence")
     decided = _decide(run, cubes, forest, tested)
@@ -240,10 +240,6 @@ class _Stopwatch:
     def __init__(self) -> None:
         self.t0 = self.t = time.perf_counter()
         self.timings: dict[str, float] = {}
-
-    def start(self) -> None:
-        """Start timing the next stage (what ran since the last lap is not counted)."""
-        self.t = time.perf_counter()
 
     def lap(self, stage: str) -> None:
         """Record the seconds since the last lap (or start) as ``stage``'s; start the next."""
