@@ -7,7 +7,7 @@ import numpy as np
 
 from detector.detect.decide import R_ANOM, R_MAINT, R_NOTSIG, R_PERSIST
 from detector.detect.hold import hold_open
-from detector.detect.rollout import Hold
+from detector.detect.rollout import Hold, may_hold
 
 P, M, K = 2, 3, 6  # partitions, metrics, buckets
 ROW, METRIC = 1, 0  # the new build's partition, the metric its test judges
@@ -90,3 +90,14 @@ def test_an_open_alert_needs_no_new_persistence() -> None:
     r = _reasons([R_NOTSIG, R_NOTSIG, R_PERSIST, R_PERSIST, R_NOTSIG, R_NOTSIG])
     hold_open(r, [h], NOT_OPEN, JUDGED)
     assert _alerting(r) == []
+
+
+def test_an_open_alert_follows_its_own_p_value_not_the_corrected_threshold() -> None:
+    t = {
+        "passes": np.array([[True, True, False, True]]),
+        "held": np.array([[False, False, True, False]]),
+        "p": np.array([[1e-7, 5e-3, 5e-3, 0.05]]),
+    }
+    # Passing at a p the corrected threshold refuses (5e-3) goes on; held goes on; a p above
+    # alpha itself (0.05) ends it.
+    assert may_hold(t, 0.01).tolist() == [[True, True, True, False]]

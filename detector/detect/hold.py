@@ -4,13 +4,17 @@ of calls.
 A since-rollout test (a new build's failures, its tail) must be *current* to alert: its last
 hours must deviate on their own (rollout.py). On a quiet night those hours hold too few calls
 to say either way, and a true, continuing regression used to end its alert at dusk and open a
-new one at dawn. This stage runs after decide. Where a since-rollout test passes every check
-but "current", and the calls since it last was current are too few to show it is over
-(``count_test``'s ``held``), an alert that was open at the bucket before stays open: the
-bucket becomes an anomaly with the test's evidence. It never opens an alert (as the lifecycle
-keeps a firing alert's state through a window that was not evaluated). Where the test passes
-again after a held stretch, the open alert goes on without decide's persistence (N of M hot
-buckets), which is for opening one.
+new one at dawn. A thin build's p-value also hovers around the corrected threshold for hours,
+and each dip above it ended the alert. This stage runs after decide. Where a since-rollout
+test passes every check, or every check but "current" with the calls since it last was
+current too few to show it is over (``count_test``'s ``held``), and its own p-value is
+nominally significant (:func:`~detector.detect.rollout.may_hold`), an alert that was open at
+the bucket before stays open: the bucket becomes an anomaly with the test's evidence. The
+correction for every partition and look searched is for opening an alert; an open one
+follows a single hypothesis. A hold never opens an alert (as the lifecycle keeps a firing
+alert's state through a window that was not evaluated). Where the test passes again after a
+held stretch, the open alert goes on without decide's persistence (N of M hot buckets), which
+is for opening one.
 
 Consumes the reason codes of decide, the since-rollout tests' :class:`~detector.detect.rollout.Hold` candidates and,
 per partition, whether its alert was open at the bucket before the window (the engine state);

@@ -58,6 +58,7 @@ __all__ = [
     "failure_null",
     "first_buckets",
     "held_evidence",
+    "may_hold",
     "no_hold",
     "put_evidence",
     "rollout_history",
@@ -254,7 +255,7 @@ def apply_rollout(
     null = failure_null(roll, base, parts, policy)
     sc = scaled_test(roll, null, policy, times=times, alpha=alpha, on_scale=on_scale)
     used = sc.t["passes"] & ((sc.p < ev.p[roll.rows, f]) | ~ev.loo_ok[roll.rows, f])
-    held = sc.t["held"] & (sc.p <= on_scale)
+    held = may_hold(sc.t, policy.alpha)
     t = sc.t
     with np.errstate(invalid="ignore", divide="ignore"):
         observed, expected = t["k"] / t["n"], t["expected"] / t["n"]
@@ -342,6 +343,16 @@ def put_evidence(
     ev.expected[pr, m, c] = cell(shown.expected)
     ev.z[pr, m, c] = t["z"][r, c]
     ev.share[pr, m, c] = t["share"][r, c]
+
+
+def may_hold(t: dict[str, np.ndarray], alpha: float) -> np.ndarray:
+    """``(L, K)``: where an open alert of a since-rollout test (:func:`count_test`'s arrays
+    ``t``) may go on: every check passes, or every check but current with the calls since too
+    few to tell it is over (``held``); and the test's own p-value is at most ``alpha``. The
+    correction for the partitions and looks searched is for opening an alert; an alert
+    already open follows one hypothesis."""
+    out: np.ndarray = (t["passes"] | t["held"]) & (t["p"] <= alpha)
+    return out
 
 
 def no_hold(rows: np.ndarray, m: int, used: np.ndarray) -> Hold:

@@ -44,6 +44,7 @@ from detector.detect.rollout import (
     Rollout,
     Shown,
     held_evidence,
+    may_hold,
     no_hold,
     put_evidence,
     scaled_test,
@@ -418,13 +419,13 @@ def apply_tail(
     sc = scaled_test(roll, tr.null, policy, times=times, alpha=alpha, on_scale=on_scale)
     t = sc.t
     cand = t["passes"] & ((sc.p < ev.p[roll.rows, d]) | ~ev.loo_ok[roll.rows, d])
-    may_hold = t["held"] & (sc.p <= on_scale)
+    may = may_hold(t, policy.alpha)
     held = np.zeros((L, K), bool)
     rise = float(np.log1p(policy.min_duration_rel))
     obs, exp, shift = (np.full((L, K), np.nan) for _ in range(3))
     measures: dict[int, _Measure] = {}
     # row-major: columns increase per build
-    for li, c in zip(*np.nonzero(cand | may_hold), strict=True):
+    for li, c in zip(*np.nonzero(cand | may), strict=True):
         if li not in measures:
             measures[li] = _Measure(*tr.sparse(int(li), fleet_of), tr.thr[li], rise)
         m = measures[li].at(int(sc.col[c]))
@@ -437,7 +438,7 @@ def apply_tail(
             and m.p95 - m.p95_others >= policy.min_duration_ms
         )
         if practical and m.tail_share >= roll.rate[li, 0]:
-            used[li, c], held[li, c] = cand[li, c], may_hold[li, c]
+            used[li, c], held[li, c] = cand[li, c], may[li, c]
             obs[li, c], exp[li, c], shift[li, c] = m.p95, m.p95_others, m.shift
     shown = Shown(obs / exp - 1.0, obs - exp, obs, exp)
     put_evidence(ev, d, roll.rows, used, sc, shown, policy.shared_z)
