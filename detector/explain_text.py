@@ -141,6 +141,7 @@ _TEST_NAMES: Final = {
     "calls": "enough calls",
     "chance": "unusual enough",
     "size": "large enough",
+    "held": "kept open",
     "not_persistent": "lasted",
     "explained_by_fleet": "its own change",
     "explained_by_version": "its own change",
@@ -248,6 +249,13 @@ def _test_rows(mv: MetricVerdict, policy: DetectionPolicy) -> list[dict[str, Any
             rows.append(_chance_row(mv, policy, passed))
         elif code == "size":
             rows.append(_size_row(mv, policy, passed))
+        elif code == "held":
+            shown = "yes: its alert was open at the bucket before"
+            needs = (
+                f"its test since the rollout at a chance of at most {policy.alpha:g} before the"
+                " correction (which is for opening an alert), and no evidence yet that it is over"
+            )
+            rows.append(_row(code, shown, needs, passed))
         else:
             needs = _LATE_NEEDS[code].format(n=policy.persist_n, m=policy.persist_m)
             shown = "yes" if passed else words.gate_words(code)
@@ -272,6 +280,7 @@ def _metric_json(mv: MetricVerdict, policy: DetectionPolicy) -> dict[str, Any]:
         "value": mv.value,
         "usual": mv.usual,
         "part": mv.part,
+        "held": mv.held,
         "calls": mv.calls,
         "span_buckets": mv.span_buckets,
         "tests": _test_rows(mv, policy),

@@ -19,6 +19,7 @@ from detector.detect.tail import tail_history
 from detector.evaluate import alert_gap, events_from_buckets
 from detector.explain_text import explanation_text
 from detector.schema import BucketAggregates
+from detector.store.engine_state import EngineState
 from tests.fixtures_engine import T0, Incident, Part, make_aggs
 
 POLICY = DetectionPolicy()
@@ -48,6 +49,23 @@ def _parts(p95_ratio: float, calls_per_hour: float = 120.0, median: float = 1.0)
             800.0 * median,
             sigma=_sigma_for_p95(p95_ratio),
             start=WS + timedelta(hours=1),
+        ),
+    ]
+
+
+def _night_parts() -> list[Part]:
+    """``_parts(1.5)`` with calls +-80 % over the day: quiet nights."""
+    return [
+        Part("Join", V_OLD, 600.0, 0.01, 800.0, sigma=SIGMA, daily_amplitude=0.8),
+        Part(
+            "Join",
+            V_NEW,
+            120.0,
+            0.01,
+            800.0,
+            sigma=_sigma_for_p95(1.5),
+            start=WS + timedelta(hours=1),
+            daily_amplitude=0.8,
         ),
     ]
 
@@ -204,20 +222,7 @@ def test_a_continuing_tail_regression_is_one_alert_through_quiet_nights(seed: in
     # Calls +-80 % over the day: at night the build's last three hours hold too few slow
     # calls to be significant on their own. Its open alert stays open until the calls say it
     # is over; before the hold, seeds 3 and 4 cut it into 2 and 4 alerts.
-    parts = [
-        Part("Join", V_OLD, 600.0, 0.01, 800.0, sigma=SIGMA, daily_amplitude=0.8),
-        Part(
-            "Join",
-            V_NEW,
-            120.0,
-            0.01,
-            800.0,
-            sigma=_sigma_for_p95(1.5),
-            start=WS + timedelta(hours=1),
-            daily_amplitude=0.8,
-        ),
-    ]
-    aggs = make_aggs(parts, days=DAYS + 1.0, seed=seed)
+    aggs = make_aggs(_night_parts(), days=DAYS + 1.0, seed=seed)
     we = WE + timedelta(hours=24)
     res = detect(aggs, window=(WS, we), now=we, policy=POLICY)
     mine = [b for b in res.alert_buckets if b[1] == V_NEW and b[2] == "duration"]
@@ -227,6 +232,30 @@ def test_a_continuing_tail_regression_is_one_alert_through_quiet_nights(seed: in
     # The alert's details say how many of its buckets were kept open for want of calls.
     held = [a.details["since_rollout"]["held_buckets"] for a in _tail_alerts(res)]
     assert sum(held) == res.stats["held_buckets"] > 0
+
+
+def test_explain_says_when_a_bucket_was_kept_open() -> None:
+    # Hourly runs over the quiet-night fixture: the first bucket an open tail alert was kept
+    # open through, explained as the scheduled run judged it (the state it started from).
+    aggs = make_aggs(_night_parts(), days=DAYS + 1.0, seed=4)
+    state, at = EngineState(), None
+    for h in range(36):
+        s, e = WS + timedelta(hours=h), WS + timedelta(hours=h + 1)
+        res = detect(aggs, window=(s, e), now=e, policy=POLICY, state=state)
+        held = res.debug["held"][1]
+        if held.any():
+            at = res.debug["times"][int(np.flatnonzero(held.any(axis=0))[0])]
+            break
+        state = res.state
+    assert at is not None, "no bucket was held"
+    q = Question("Join", V_NEW, at + timedelta(minutes=2), "duration")
+    out = explain(
+        lambda a, b: aggs, question=q, policy=POLICY, step=timedelta(hours=1), engine_state=state
+    )
+    (mv,) = out.metrics
+    assert mv.gate == "anomaly" and mv.held and mv.part == "tail"
+    text = explanation_text(out)
+    assert "kept open" in text and "no evidence yet that it is over" in text
 
 
 def test_explain_says_the_duration_evidence_is_the_builds_p95_since_its_rollout() -> None:

@@ -643,6 +643,7 @@ def _debug(
         "features": cubes.feats,
         "rollout": (tested.roll, tested.rolled),
         "tail": (tested.tail, tested.tailed),
+        "held": decided.held,  # (rollout's, tail's) where hold.py kept an alert open
         "forest_p": decided.evidence.forest_p,
     }
 

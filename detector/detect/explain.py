@@ -21,8 +21,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from detector.anomaly import Anomaly
 from detector.detect.decide import GATE_REASONS, METRIC_NAMES, DetectionPolicy
+from detector.detect.policy import Metric
 from detector.detect.tail import tail_used
 from detector.errors import ConfigError
 from detector.escape import for_terminal
@@ -99,6 +102,9 @@ class MetricVerdict:
     span_buckets: int | None = None
     furthest_gate: str = ""  # the furthest gate any bucket of the step reached
     timeline: list[TimelineRun] = field(default_factory=list)  # the step's buckets by gate
+    #: an open alert kept open (hold.py): its test since the rollout still stands, the calls
+    #: since it was last current too few to tell it is over
+    held: bool = False
     p_value: float | None = None  # the engine's, before the correction for the tests
     corrected_p_value: float | None = None  # what meets alpha
     alpha: float | None = None
@@ -308,6 +314,13 @@ def _metric_verdict(res: Any, row: int, col: int, m: int, policy: DetectionPolic
         Check("size", _size_passed(metric, found.effect, found.effect_ms, policy)),
         *_late_gates(found.gate, fleet=bool(res.debug["parts"].is_fleet[row])),
     ]
+    if _held(res.debug, row, m, col):
+        # Kept open by hold.py: the correction is for opening an alert, not following one.
+        found.held = True
+        found.checks = [
+            c if c.code != "chance" or c.passed else Check("chance", None) for c in found.checks
+        ]
+        found.checks.append(Check("held", True))
     found.value, found.usual = _num(ev.observed[at]), _num(ev.expected[at])
     if metric == "duration":
         history, applied = res.debug.get("tail", (None, None))
@@ -316,6 +329,18 @@ def _metric_verdict(res: Any, row: int, col: int, m: int, policy: DetectionPolic
     span = _num(ev.span[at])
     found.span_buckets = None if span is None else int(span)
     return found
+
+
+def _held(debug: dict[str, Any], row: int, m: int, col: int) -> bool:
+    """The engine kept partition ``row``'s open alert of metric ``m`` open at column ``col``
+    (hold.py): its since-rollout failure test (failure rate) or tail test (duration)."""
+    held = debug.get("held")
+    if held is None or m not in (Metric.FAILURE_RATE, Metric.DURATION):
+        return False
+    rows = debug["rollout"][0].rows if m == Metric.FAILURE_RATE else debug["tail"][0].counts.rows
+    mask = held[0] if m == Metric.FAILURE_RATE else held[1]
+    hit = np.flatnonzero(rows == row)
+    return bool(len(hit) and mask[hit[0], col])
 
 
 #: The gates after the four tests, in the order decide meets them.
