@@ -154,9 +154,10 @@ def _hist_rows(
         ts = h["bucket_start"]
         inside = ((ts >= pd.Timestamp(s)) & (ts < pd.Timestamp(e))).to_numpy()
         ok &= ~(inside & ((h["operation_name"] == op).to_numpy() if op else True))
-    t, pid = t[ok], pid[ok]
-    bins = h["bin"].to_numpy()[ok].astype(np.int64)
-    fleet = parts.fleet_of[pid]
+    # Columns, partitions and bins fit 32 bits: these rows live as long as the run's evidence.
+    t, pid = t[ok].astype(np.int32), pid[ok].astype(np.int32)
+    bins = h["bin"].to_numpy()[ok].astype(np.int32)
+    fleet = parts.fleet_of[pid].astype(np.int32)
     mu = base.mu_log[fleet, slot_of(times)[t]]
     resid = np.log(np.asarray(bin_value(bins), np.float64)) - mu
     count = h["count"].to_numpy()[ok].astype(np.float64)
