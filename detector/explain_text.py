@@ -142,6 +142,7 @@ _TEST_NAMES: Final = {
     "chance": "unusual enough",
     "size": "large enough",
     "held": "kept open",
+    "kept_attribution": "kept open",
     "not_persistent": "lasted",
     "explained_by_fleet": "its own change",
     "explained_by_version": "its own change",
@@ -249,6 +250,13 @@ def _test_rows(mv: MetricVerdict, policy: DetectionPolicy) -> list[dict[str, Any
             rows.append(_chance_row(mv, policy, passed))
         elif code == "size":
             rows.append(_size_row(mv, policy, passed))
+        elif code == "kept_attribution":
+            shown = "yes: its alert was open at the bucket before"
+            needs = (
+                "none of its SDK versions alerting (one deviating on its own would otherwise"
+                " take the change over)"
+            )
+            rows.append(_row(code, shown, needs, passed))
         elif code == "held":
             shown = "yes: its alert was open at the bucket before"
             needs = (
@@ -259,6 +267,8 @@ def _test_rows(mv: MetricVerdict, policy: DetectionPolicy) -> list[dict[str, Any
         else:
             needs = _LATE_NEEDS[code].format(n=policy.persist_n, m=policy.persist_m)
             shown = "yes" if passed else words.gate_words(code)
+            if passed is None and code == "explained_by_version":  # kept (hold.py)
+                shown = "one SDK version deviates on its own, but none alerts"
             rows.append(_row(code, shown, needs, passed))
     return rows
 

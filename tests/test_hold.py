@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector.detect.decide import R_ANOM, R_MAINT, R_NOTSIG, R_PERSIST
-from detector.detect.hold import hold_open
+from detector.detect.decide import R_ANOM, R_MAINT, R_NOTSIG, R_PERSIST, R_VERSION
+from detector.detect.hold import hold_open, keep_attribution
 from detector.detect.rollout import Hold, may_hold
 
 P, M, K = 2, 3, 6  # partitions, metrics, buckets
@@ -101,3 +101,34 @@ def test_an_open_alert_follows_its_own_p_value_not_the_corrected_threshold() -> 
     # Passing at a p the corrected threshold refuses (5e-3) goes on; held goes on; a p above
     # alpha itself (0.05) ends it.
     assert may_hold(t, 0.01).tolist() == [[True, True, True, False]]
+
+
+def _attr_reasons(fleet: list[int], version: list[int]) -> np.ndarray:
+    """Partition 0 the operation's fleet, 1 one of its versions; metric 0."""
+    r = np.zeros((P, M, K), np.int8)
+    r[0, 0], r[1, 0] = fleet, version
+    return r
+
+
+OPS = np.array([0, 0])
+IS_FLEET = np.array([True, False])
+
+
+def test_an_open_operation_alert_keeps_its_attribution_until_a_version_alerts() -> None:
+    none = [0] * K
+    r = _attr_reasons([R_ANOM, R_VERSION, R_VERSION, R_VERSION, R_VERSION, R_VERSION], none)
+    r[1, 0, 4:] = R_ANOM  # the version's own alert starts at 4: the operation's ends there
+    kept = keep_attribution(r, OPS, IS_FLEET, NOT_OPEN, JUDGED)
+    assert np.flatnonzero(r[0, 0] == R_ANOM).tolist() == [0, 1, 2, 3]
+    assert np.flatnonzero(kept[0, 0]).tolist() == [1, 2, 3]
+
+
+def test_attribution_is_kept_only_for_an_open_alert() -> None:
+    r = _attr_reasons([R_NOTSIG, R_VERSION, R_VERSION, R_ANOM, R_NOTSIG, R_VERSION], [0] * K)
+    keep_attribution(r, OPS, IS_FLEET, NOT_OPEN, JUDGED)
+    # Not open before 1; open at 3, ended at 4 (not significant): 5 is the version's.
+    assert np.flatnonzero(r[0, 0] == R_ANOM).tolist() == [3]
+    r = _attr_reasons([R_VERSION] * K, [0] * K)
+    is_open = np.array([True, False])
+    keep_attribution(r, OPS, IS_FLEET, is_open, JUDGED)  # open per the engine state
+    assert np.flatnonzero(r[0, 0] == R_ANOM).tolist() == list(range(K))

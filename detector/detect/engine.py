@@ -66,7 +66,7 @@ from detector.detect.forest import (
     forest_spans,
     partition_labels,
 )
-from detector.detect.hold import hold_open
+from detector.detect.hold import hold_open, keep_attribution
 from detector.detect.policy import METRIC_NAMES, DetectionPolicy, Metric
 from detector.detect.rollout import Applied, Rollout, apply_rollout, first_buckets, rollout_history
 from detector.detect.stop import (
@@ -339,6 +339,7 @@ class _Decided:
     calibration: calibrate.Calibration
     # (L, K) each, rollout's and tail's: where an open alert was held open (hold.py)
     held: tuple[np.ndarray, np.ndarray]
+    kept: np.ndarray  # (P, M, K) operation alerts kept from a version's attribution (hold.py)
 
 
 def _frame(window: tuple[datetime, datetime], policy: DetectionPolicy) -> _Frame:
@@ -561,14 +562,12 @@ def _decide(run: _Run, cubes: _Cubes, forest: _ForestRun, tested: _Tested) -> _D
         minima, ops = _calibration_minima(evidence, run.policy, run.parts)
         times = [_py(t) for t in cube.times[judged]]
         calibrate.record(state.calibration, times, minima[:, judged], ops[:, judged])
-    # An open alert of a since-rollout test stays open while its calls are too few to tell.
-    held = hold_open(
-        reasons,
-        (tested.rolled.hold, tested.tailed.hold),
-        _open_before(state, parts, run.frame.ws),
-        judged,
-    )
-    return _Decided(reasons, evidence, forest_only, cal, (held[0], held[1]))
+    # An open alert of a since-rollout test stays open while its calls are too few to tell;
+    # an operation's open alert keeps its attribution until one of its versions alerts.
+    open_before = _open_before(state, parts, run.frame.ws)
+    held = hold_open(reasons, (tested.rolled.hold, tested.tailed.hold), open_before, judged)
+    kept = keep_attribution(reasons, parts.op_index, parts.is_fleet, open_before, judged)
+    return _Decided(reasons, evidence, forest_only, cal, (held[0], held[1]), kept)
 
 
 def _calibration_minima(
@@ -644,6 +643,7 @@ def _debug(
         "rollout": (tested.roll, tested.rolled),
         "tail": (tested.tail, tested.tailed),
         "held": decided.held,  # (rollout's, tail's) where hold.py kept an alert open
+        "kept": decided.kept,  # where an operation's open alert kept its attribution
         "forest_p": decided.evidence.forest_p,
     }
 

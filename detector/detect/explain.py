@@ -321,6 +321,13 @@ def _metric_verdict(res: Any, row: int, col: int, m: int, policy: DetectionPolic
             c if c.code != "chance" or c.passed else Check("chance", None) for c in found.checks
         ]
         found.checks.append(Check("held", True))
+    kept = res.debug.get("kept")
+    if kept is not None and kept[row, m, col]:
+        # An open operation alert kept from one version's attribution (hold.py).
+        found.checks = [
+            c if c.code != "explained_by_version" else Check(c.code, None) for c in found.checks
+        ]
+        found.checks.append(Check("kept_attribution", True))
     found.value, found.usual = _num(ev.observed[at]), _num(ev.expected[at])
     if metric == "duration":
         history, applied = res.debug.get("tail", (None, None))

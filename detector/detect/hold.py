@@ -27,10 +27,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from detector.detect.decide import R_ANOM, R_MAINT, R_PERSIST
+from detector.detect.decide import R_ANOM, R_MAINT, R_PERSIST, R_VERSION
 from detector.detect.rollout import Hold
 
-__all__ = ["hold_open"]
+__all__ = ["hold_open", "keep_attribution"]
 
 
 def hold_open(
@@ -66,3 +66,39 @@ def hold_open(
             h.write(held)
         reasons[h.rows, h.metric] = r
     return out
+
+
+def keep_attribution(
+    reasons: np.ndarray,
+    op_index: np.ndarray,
+    is_fleet: np.ndarray,
+    open_before: np.ndarray,
+    judged: np.ndarray,
+) -> np.ndarray:
+    """Keep an operation's open alert open where decide put its bucket on one of its versions
+    (``explained_by_version``) but no version of it alerts on that metric there, in place;
+    returns the (P, M, K) buckets kept.
+
+    Decide lets a version deviating on its own explain its operation's deviation even before
+    the version's own test alerts (a new build with a few dozen calls). For an alert already
+    open that left a gap in the middle of one incident: the operation stopped alerting and
+    nothing else started (a fleet-wide drift in which one busy version showed first).
+    ``open_before`` and ``judged`` as in :func:`hold_open`.
+    """
+    P, M, K = reasons.shape
+    kept = np.zeros(reasons.shape, bool)
+    fleet = np.flatnonzero(is_fleet)
+    if not len(fleet) or not K:
+        return kept
+    n_ops = int(op_index.max()) + 1
+    versions = ~is_fleet.astype(bool)
+    prev = np.broadcast_to(open_before[fleet][:, None], (len(fleet), M)).copy()
+    for j in np.flatnonzero(judged):
+        version_alert = np.zeros((n_ops, M), bool)
+        np.logical_or.at(version_alert, op_index[versions], reasons[versions, :, j] == R_ANOM)
+        r = reasons[fleet, :, j]
+        keep = prev & (r == R_VERSION) & ~version_alert[op_index[fleet]]
+        kept[fleet, :, j] = keep
+        reasons[fleet, :, j] = np.where(keep, R_ANOM, r)
+        prev = (r == R_ANOM) | keep
+    return kept
