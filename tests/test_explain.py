@@ -1,7 +1,7 @@
 """``acs-detector explain`` through the CLI, on a store filled by ``simulate`` and ``backfill``.
 
-The simulated fleet failure spike (StartVideo, all SDK versions) gives, in the hour it is
-judged in, buckets that alerted and buckets the engine stopped at a gate; ``explain`` must
+The simulated fleet failure spike (StartVideo, all SDK versions) gives, in its first hour,
+buckets that alerted and buckets the engine stopped at a gate; ``explain`` must
 answer for both, from the stored history, and exit 2 with a message for what it does not know.
 """
 
@@ -17,7 +17,9 @@ import pytest
 from detector.cli import EXIT_OK, EXIT_USAGE, main
 from detector.words import INTERNAL_NAMES
 
-INCIDENT_HOUR = "2026-11-04T13:00:00Z"  # inside the simulated incident (12:25 .. 14:00)
+# The simulated incident's first hour (12:25 .. 14:00): candidates stopped at a gate while it
+# builds up, then an alert.
+INCIDENT_HOUR = "2026-11-04T12:00:00Z"
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def _failure_timeline(cfg: Path, capsys: pytest.CaptureFixture[str]) -> list[dic
     assert code == EXIT_OK
     (metric,) = found["metrics"]
     assert metric["metric"] == "failure_rate"
-    assert found["judged_as_step"] == [INCIDENT_HOUR, "2026-11-04T14:00:00Z"]
+    assert found["judged_as_step"] == [INCIDENT_HOUR, "2026-11-04T13:00:00Z"]
     return list(metric["timeline"])
 
 
@@ -94,6 +96,25 @@ def test_explain_a_suppressed_candidate(store: Path, capsys: pytest.CaptureFixtu
     assert "[FAIL]" in text and "(needs " in text
     assert run["gate"] not in text  # the gate's words, never its code
     assert not [name for name in INTERNAL_NAMES if name in text]
+
+
+def test_explain_an_operation_alert_kept_from_one_versions_attribution(
+    store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In the spike's second hour one version's failures stand out on their own while none of
+    # its versions alerts: the operation's open alert stays open (hold.py) instead of being
+    # handed to a version that never alerts, and explain says so.
+    args = ("--metric", "failures", "--at", "2026-11-04T13:40:00Z")
+    code, found, _ = _explain(store, capsys, *args, as_json=True)
+    assert code == EXIT_OK
+    (metric,) = found["metrics"]
+    assert [r["gate"] for r in metric["timeline"]] == ["anomaly"]
+    assert metric["gate"] == "anomaly"
+    kept = [t for t in metric["tests"] if t["test"] == "kept open"]
+    assert kept and kept[0]["passed"] is True
+    code, text, _ = _explain(store, capsys, *args)
+    assert "[pass] kept open: yes: its alert was open at the bucket before" in text
+    assert "one SDK version deviates on its own, but none alerts" in text
 
 
 def test_explain_all_metrics_of_a_quiet_partition(
