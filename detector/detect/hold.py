@@ -1,5 +1,5 @@
-"""Hold: an open alert of a since-rollout test ends on evidence that it is over, not on a lack
-of calls.
+"""Hold: an open alert ends on evidence that it is over, not on a lack of calls, a p-value
+hovering around its corrected threshold, or a change of attribution nobody takes up.
 
 A since-rollout test (a new build's failures, its tail) must be *current* to alert: its last
 hours must deviate on their own (rollout.py). On a quiet night those hours hold too few calls
@@ -16,9 +16,14 @@ alert's state through a window that was not evaluated). Where the test passes ag
 held stretch, the open alert goes on without decide's persistence (N of M hot buckets), which
 is for opening one.
 
-Consumes the reason codes of decide, the since-rollout tests' :class:`~detector.detect.rollout.Hold` candidates and,
-per partition, whether its alert was open at the bucket before the window (the engine state);
-produces the codes with the held buckets set to ``anomaly``, and the tests' evidence there.
+An operation's open alert likewise keeps its attribution (:func:`keep_attribution`): where
+decide hands its bucket to one of its versions that deviates on its own but none of its
+versions alerts, the operation's alert stays open.
+
+Consumes the reason codes of decide, the since-rollout tests'
+:class:`~detector.detect.rollout.Hold` candidates and, per partition, whether its alert was
+open at the bucket before the window (the engine state); produces the codes with the held
+and kept buckets set to ``anomaly``, and the tests' evidence at the held ones.
 """
 
 from __future__ import annotations
@@ -92,12 +97,14 @@ def keep_attribution(
         return kept
     n_ops = int(op_index.max()) + 1
     versions = ~is_fleet.astype(bool)
+    # (operations, M, K): some version of the operation alerts (version rows are final here).
+    version_alert = np.zeros((n_ops, M, K), bool)
+    np.logical_or.at(version_alert, op_index[versions], reasons[versions] == R_ANOM)
+    taken = version_alert[op_index[fleet]]
     prev = np.broadcast_to(open_before[fleet][:, None], (len(fleet), M)).copy()
     for j in np.flatnonzero(judged):
-        version_alert = np.zeros((n_ops, M), bool)
-        np.logical_or.at(version_alert, op_index[versions], reasons[versions, :, j] == R_ANOM)
         r = reasons[fleet, :, j]
-        keep = prev & (r == R_VERSION) & ~version_alert[op_index[fleet]]
+        keep = prev & (r == R_VERSION) & ~taken[:, :, j]
         kept[fleet, :, j] = keep
         reasons[fleet, :, j] = np.where(keep, R_ANOM, r)
         prev = (r == R_ANOM) | keep
