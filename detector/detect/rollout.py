@@ -111,10 +111,9 @@ class CountNull(NamedTuple):
 
 class Hold(NamedTuple):
     """Where a since-rollout test of metric ``metric`` may keep an open alert open (hold.py):
-    ``rows`` (L,) its partitions, ``cand`` (L, K) its buckets (every check but current, the
-    calls since too few to tell it is over, significant), ``passing`` (L, K) where its
-    evidence passed every check and is the engine's, ``write`` puts its evidence into the
-    engine's where an (L, K) mask is True."""
+    ``rows`` (L,) its partitions, ``cand`` (L, K) its buckets (:func:`may_hold`),
+    ``passing`` (L, K) where its evidence passed every check and is the engine's, ``write``
+    puts its evidence into the engine's where an (L, K) mask is True."""
 
     rows: np.ndarray
     metric: int
