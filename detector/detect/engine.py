@@ -534,6 +534,7 @@ def _decide(run: _Run, cubes: _Cubes, forest: _ForestRun, tested: _Tested) -> _D
     """Evidence, forest p-values and earlier alerts -> a reason code per bucket (decide)."""
     ev, cube, parts, state, bucket = tested.ev, cubes.cube, run.parts, run.state, run.frame.bucket
     cal = calibrate.thresholds(state.calibration, _py(run.frame.ws), run.policy, state.alerted)
+    last_end = _last_alert_end(state, parts, cube.times, bucket)
     evidence = Evidence(
         **ev.test_fields(),
         forest=forest.flag,
@@ -545,7 +546,7 @@ def _decide(run: _Run, cubes: _Cubes, forest: _ForestRun, tested: _Tested) -> _D
         judged=tested.judged,
         n_tests=tested.mult.n_tests,
         raw_z=cubes.raw_z,
-        last_alert_end=_last_alert_end(state, parts, cube.times, bucket),
+        last_alert_end=last_end,
         last_version_dev_end=_last_version_dev_end(state, parts, cube.times, bucket),
         alpha_scale=_alpha_scale(run.base, run.policy),
         forest_p=None if forest.p is None else forest.p[0],
@@ -564,7 +565,9 @@ def _decide(run: _Run, cubes: _Cubes, forest: _ForestRun, tested: _Tested) -> _D
         calibrate.record(state.calibration, times, minima[:, judged], ops[:, judged])
     # An open alert of a since-rollout test stays open while its calls are too few to tell;
     # an operation's open alert keeps its attribution until one of its versions alerts.
-    open_before = _open_before(state, parts, run.frame.ws)
+    # Open at the window's start: the partition's last earlier alert ran to its first column.
+    first_judged = np.flatnonzero(tested.judged)
+    open_before = last_end >= (first_judged[0] if len(first_judged) else np.inf)
     held = hold_open(reasons, (tested.rolled.hold, tested.tailed.hold), open_before, judged)
     kept = keep_attribution(reasons, parts.op_index, parts.is_fleet, open_before, judged)
     return _Decided(reasons, evidence, forest_only, cal, (held[0], held[1]), kept)
@@ -1489,20 +1492,6 @@ def _tail_since_rollout(
     }
     band = (expected * float(np.exp(-half)), expected * float(np.exp(half)))
     return observed, expected, band, details
-
-
-def _open_before(state: EngineState, parts: Partitions, ws: pd.Timestamp) -> np.ndarray:
-    """(P,) bool: the partition's alert, as the engine state records it, ran to ``ws`` (its
-    bucket just before the window alerted)."""
-    out = np.zeros(len(parts), bool)
-    if not state.alerted:
-        return out
-    row = {(o, v): i for i, (o, v) in enumerate(zip(parts.operation, parts.version, strict=True))}
-    for op, ver, _, end in state.alerted:
-        i = row.get((op, ver))
-        if i is not None and pd.Timestamp(end) >= ws:
-            out[i] = True
-    return out
 
 
 def _last_alert_end(
