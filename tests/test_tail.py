@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from detector.detect.baseline import Partitions, compute_baselines, with_fleet
-from detector.detect.engine import DetectionPolicy, detect
+from detector.detect.engine import DetectionPolicy, detect, detect_steps
 from detector.detect.explain import Question, explain
 from detector.detect.tail import tail_history
 from detector.evaluate import alert_gap, events_from_buckets
@@ -232,6 +232,13 @@ def test_a_continuing_tail_regression_is_one_alert_through_quiet_nights(seed: in
     # The alert's details say how many of its buckets were kept open for want of calls.
     held = [a.details["since_rollout"]["held_buckets"] for a in _tail_alerts(res)]
     assert sum(held) == res.stats["held_buckets"] > 0
+    # Hourly runs (the job as scheduled): a night spans many runs, each told by the engine
+    # state that the alert was open at its start. One alert there too.
+    steps = [(WS + timedelta(hours=h), WS + timedelta(hours=h + 1)) for h in range(36)]
+    hourly = detect_steps(lambda a, b: aggs, window=(WS, we), steps=steps, policy=POLICY, now=we)
+    mine = [b for b in hourly.alert_buckets if b[1] == V_NEW and b[2] == "duration"]
+    events = events_from_buckets(mine, bucket=POLICY.bucket, max_gap=alert_gap(POLICY))
+    assert len(events) == 1, events
 
 
 def test_explain_says_when_a_bucket_was_kept_open() -> None:
