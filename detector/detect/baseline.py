@@ -229,24 +229,26 @@ class Partitions:
 
     def index_of(self, stats: pd.DataFrame) -> np.ndarray:
         """Row index of each stats row's partition (-1 for a row of no partition here)."""
-        if _is_cat(stats):
-            # Through the category codes: a (categories x categories) lookup table, no hashing.
-            ops = stats["operation_name"].cat.categories
-            vers = stats["sdk_version"].cat.categories
-            lut = np.full((len(ops) + 1, len(vers) + 1), -1, dtype=np.int64)
-            oi = pd.Index(ops).get_indexer(self.operation)
-            vi = pd.Index(vers).get_indexer(self.version)
-            ok = (oi >= 0) & (vi >= 0)
-            lut[oi[ok], vi[ok]] = np.flatnonzero(ok)
-            # Code -1 (a missing value) lands on the table's extra row/column: no partition.
-            return lut[
-                stats["operation_name"].cat.codes.to_numpy(),
-                stats["sdk_version"].cat.codes.to_numpy(),
-            ]
-        lookup = pd.MultiIndex.from_arrays([self.operation, self.version])
-        return lookup.get_indexer(
-            pd.MultiIndex.from_arrays([stats["operation_name"], stats["sdk_version"]])
-        )
+        # Through integer codes (a category's, else one factorize per column) and a (names x
+        # names) lookup table: no hashing of (operation, version) pairs row by row.
+        oc, ops = _codes(stats["operation_name"])
+        vc, vers = _codes(stats["sdk_version"])
+        lut = np.full((len(ops) + 1, len(vers) + 1), -1, dtype=np.int64)
+        oi = pd.Index(ops).get_indexer(self.operation)
+        vi = pd.Index(vers).get_indexer(self.version)
+        ok = (oi >= 0) & (vi >= 0)
+        lut[oi[ok], vi[ok]] = np.flatnonzero(ok)
+        # Code -1 (a missing value) lands on the table's extra row/column: no partition.
+        out: np.ndarray = lut[oc, vc]
+        return out
+
+
+def _codes(col: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """A column's integer codes (-1: missing) and the names they stand for."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return col.cat.codes.to_numpy(), pd.Index(col.cat.categories)
+    codes, names = pd.factorize(col)
+    return codes, pd.Index(names)
 
 
 def _is_cat(stats: pd.DataFrame) -> bool:
