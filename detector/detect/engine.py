@@ -1065,8 +1065,31 @@ def _an_operation_stopped(
     )
 
 
+class _HistByOperation:
+    """The duration histogram's rows of one operation at a time: the operation column is
+    factorized once per run (on the first duration alert), not compared with every alert's."""
+
+    def __init__(self, hist: pd.DataFrame | None) -> None:
+        self.hist = hist
+        self._codes: tuple[np.ndarray, pd.Index] | None = None
+        self._rows: dict[str, pd.DataFrame] = {}
+
+    def rows(self, op: str) -> pd.DataFrame | None:
+        """The rows of operation ``op`` (None: no histogram)."""
+        if self.hist is None or self.hist.empty:
+            return None
+        if op not in self._rows:
+            if self._codes is None:
+                codes, names = pd.factorize(self.hist["operation_name"])
+                self._codes = codes, pd.Index(names)
+            codes, names = self._codes
+            k = names.get_indexer(pd.Index([op]))[0]
+            self._rows[op] = self.hist.iloc[np.flatnonzero(codes == k) if k >= 0 else []]
+        return self._rows[op]
+
+
 def _hist_p95(
-    hist: pd.DataFrame,
+    hist: _HistByOperation,
     op: str,
     version: str,
     start: pd.Timestamp,
@@ -1075,10 +1098,9 @@ def _hist_p95(
     maintenance: Sequence[Any] = (),
 ) -> tuple[float, int]:
     """p95 (ms) and count read from the sparse histogram of a partition over ``[start, end)``."""
-    if hist is None or hist.empty:
+    rows = hist.rows(op)
+    if rows is None:
         return float("nan"), 0
-    # One pass over the whole frame (the operation), the rest on that operation's rows only.
-    rows = hist.loc[hist["operation_name"] == op]
     sel = (rows["bucket_start"] >= start) & (rows["bucket_start"] < end)
     if version != FLEET:
         sel &= rows["sdk_version"] == version
@@ -1103,7 +1125,7 @@ class _Explaining:
     decided: _Decided
     cubes: _Cubes
     scores: np.ndarray  # (P, K) forest scores (NaN = not scored)
-    hist: pd.DataFrame  # the history's duration histogram (p95 values)
+    hist: _HistByOperation  # the history's duration histogram (p95 values)
     alerted_before: list[Any]  # the spans alerted before this run (kept out of the p95s)
     roll_row: dict[int, int]  # row of a new build -> its index in the rollout history
     forest: tuple[np.ndarray, np.ndarray] | None  # forest-only alerts, corrected p-values
@@ -1156,7 +1178,7 @@ def _explain(
         decided,
         cubes,
         forest.scores,
-        hist,
+        _HistByOperation(hist),
         list(run.state.alerted),
         # Rows of versions whose failure evidence may be the since-rollout test (rollout.py).
         {int(r): i for i, r in enumerate(tested.roll.rows)},
