@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from detector.detect import tail
 from detector.detect.baseline import Partitions, compute_baselines, with_fleet
 from detector.detect.engine import DetectionPolicy, detect, detect_steps
 from detector.detect.explain import Question, explain
@@ -169,6 +170,50 @@ def test_the_slow_calls_are_those_above_the_operations_p95_and_the_rate_is_its_s
     assert 0.10 < slow / calls < 0.17
     others = tr.counts.other_failures[0].sum() / tr.counts.other_calls[0].sum()
     assert abs(others - q) < 0.02
+
+
+def test_the_histogram_read_in_small_chunks_gives_the_same_counts_and_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    aggs, parts, base, times, n_base, first = _history(1.5)
+    whole = tail_history(aggs.hist, parts, base, POLICY, times=times, n_base=n_base, first=first)
+    monkeypatch.setattr(tail, "_CHUNK", 1000)  # the fixture's histogram spans many chunks
+    assert len(aggs.hist) > 10 * 1000
+    chunked = tail_history(aggs.hist, parts, base, POLICY, times=times, n_base=n_base, first=first)
+    for name in ("calls", "failures", "other_calls", "other_failures", "rate"):
+        np.testing.assert_array_equal(getattr(chunked.counts, name), getattr(whole.counts, name))
+    np.testing.assert_array_equal(chunked.thr, whole.thr)
+    for a, b in zip(
+        chunked.sparse(0, parts.fleet_of), whole.sparse(0, parts.fleet_of), strict=True
+    ):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_a_maintenance_window_of_the_operation_is_left_out_of_the_tail_counts() -> None:
+    aggs, parts, base, times, n_base, first = _history(1.5)
+    kw = {"times": times, "n_base": n_base, "first": first}
+    whole = tail_history(aggs.hist, parts, base, POLICY, **kw)
+    a, b = times[n_base + 12], times[n_base + 36]  # two hours of the judged window
+    op = str(parts.operation[whole.counts.rows[0]])  # the new build's
+    cut = tail_history(
+        aggs.hist,
+        parts,
+        base,
+        POLICY,
+        **kw,
+        maintenance=[(a.to_pydatetime(), b.to_pydatetime(), op)],
+    )
+    other = tail_history(
+        aggs.hist, parts, base, POLICY, **kw, maintenance=[(a, b, "NoSuchOperation")]
+    )
+    cols = slice(n_base + 12, n_base + 36)
+    assert whole.counts.calls[0, cols].sum() > 0
+    assert cut.counts.calls[0, cols].sum() == 0 and cut.counts.other_calls[0, cols].sum() == 0
+    np.testing.assert_array_equal(
+        cut.counts.calls[0, : n_base + 12], whole.counts.calls[0, : n_base + 12]
+    )
+    np.testing.assert_array_equal(other.counts.calls, whole.counts.calls)
 
 
 def test_without_a_histogram_or_a_new_build_nothing_is_tested() -> None:

@@ -63,7 +63,7 @@ TAIL_MIN_CALLS = 400.0
 CURRENT_Z = 1.645
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Hist:
     """The histogram rows of the operations involved, as arrays: column, partition, its
     operation's fleet row, bin, count and residual log-duration."""
@@ -86,6 +86,26 @@ class Sparse(NamedTuple):
     resid: np.ndarray
 
 
+class _Kept(NamedTuple):
+    """The histogram rows :meth:`TailRollout.sparse` reads (those since a build of their
+    operation rolled out): column, partition, fleet row, bin and count, 20 bytes a row; the
+    residuals are recomputed from the operation's hour-slot means (``mu_log``, ``slots``)."""
+
+    t: np.ndarray
+    pid: np.ndarray
+    fleet: np.ndarray
+    bins: np.ndarray
+    calls: np.ndarray  # float32: whole numbers of calls, exact below 2**24
+    mu_log: np.ndarray
+    slots: np.ndarray
+
+    def sparse(self, m: np.ndarray) -> Sparse:
+        """Rows ``m`` (a mask) as :class:`Sparse`."""
+        t, fleet, bins = self.t[m], self.fleet[m], self.bins[m]
+        resid = _log_value(bins) - self.mu_log[fleet, self.slots[t]]
+        return Sparse(t, bins, self.calls[m].astype(np.float64), resid)
+
+
 @dataclass
 class TailRollout:
     """The new builds' calls and slow calls per bucket (``counts``: ``failures`` are the slow
@@ -97,7 +117,7 @@ class TailRollout:
     counts: Rollout
     null: CountNull
     thr: np.ndarray
-    h: _Hist | None
+    h: _Kept | None
 
     def __len__(self) -> int:
         return len(self.counts)
@@ -110,8 +130,7 @@ class TailRollout:
             raise ValueError("no histogram rows behind an empty tail history")
         mine = h.pid == r
         others = (h.fleet == fleet_of[r]) & ~mine & (h.t >= self.counts.first[li])
-        own, sib = (Sparse(h.t[m], h.bins[m], h.count[m], h.resid[m]) for m in (mine, others))
-        return own, sib
+        return h.sparse(mine), h.sparse(others)
 
 
 class TailApplied(NamedTuple):
@@ -136,6 +155,10 @@ def _empty(times: pd.DatetimeIndex) -> TailRollout:
     return TailRollout(roll, CountNull(col, col, col, 0.0, 0, 0), np.zeros(0), None)
 
 
+#: Histogram rows read at a time: bounds the transient arrays of a run with many new builds.
+_CHUNK = 1 << 22
+
+
 def _hist_rows(
     hist: pd.DataFrame,
     parts: Partitions,
@@ -145,23 +168,65 @@ def _hist_rows(
     maintenance: Sequence[tuple[datetime, datetime, str | None]],
 ) -> _Hist:
     """The histogram's rows of ``ops`` inside ``times`` (maintenance left out) -> :class:`_Hist`."""
-    h = hist.loc[hist["operation_name"].isin(ops)]
-    bucket = times[1] - times[0] if len(times) > 1 else pd.Timedelta(minutes=5)
-    t = (epoch_ns(h["bucket_start"]) - int(times[0].value)) // int(bucket.value)
-    pid = parts.index_of(h)
-    ok = (t >= 0) & (t < len(times)) & (pid >= 0)
-    for s, e, op in maintenance:
-        ts = h["bucket_start"]
-        inside = ((ts >= pd.Timestamp(s)) & (ts < pd.Timestamp(e))).to_numpy()
-        ok &= ~(inside & ((h["operation_name"] == op).to_numpy() if op else True))
+    wanted = np.isin(parts.operations, sorted(ops))[parts.op_index]  # per partition
+    chunks = [
+        _chunk_rows(hist.iloc[a : a + _CHUNK], parts, wanted, times, maintenance)
+        for a in range(0, len(hist), _CHUNK)
+    ]
     # Columns, partitions and bins fit 32 bits: these rows live as long as the run's evidence.
-    t, pid = t[ok].astype(np.int32), pid[ok].astype(np.int32)
-    bins = h["bin"].to_numpy()[ok].astype(np.int32)
+    t, pid, bins, count = (_concat(chunks, i) for i in range(4))
     fleet = parts.fleet_of[pid].astype(np.int32)
-    mu = base.mu_log[fleet, slot_of(times)[t]]
-    resid = np.log(np.asarray(bin_value(bins), np.float64)) - mu
-    count = h["count"].to_numpy()[ok].astype(np.float64)
+    resid = _log_value(bins) - base.mu_log[fleet, slot_of(times)[t]]
     return _Hist(t, pid, fleet, bins, count, resid)
+
+
+def _chunk_rows(
+    h: pd.DataFrame,
+    parts: Partitions,
+    wanted: np.ndarray,
+    times: pd.DatetimeIndex,
+    maintenance: Sequence[tuple[datetime, datetime, str | None]],
+) -> list[np.ndarray]:
+    """Rows ``h`` of the histogram -> the column, partition, bin and count of those wanted."""
+    pid = parts.index_of(h)
+    bucket = times[1] - times[0] if len(times) > 1 else pd.Timedelta(minutes=5)
+    ns = epoch_ns(h["bucket_start"])
+    t = (ns - int(times[0].value)) // int(bucket.value)
+    ok = (t >= 0) & (t < len(times)) & (pid >= 0) & wanted[pid]  # pid -1: masked either way
+    for s, e, op in maintenance:
+        inside = (ns >= pd.Timestamp(s).value) & (ns < pd.Timestamp(e).value)
+        ok &= ~(inside & (parts.op_index[pid] == _op_code(parts, op) if op else True))
+    sel = np.flatnonzero(ok)
+    return [
+        t[sel].astype(np.int32),
+        pid[sel].astype(np.int32),
+        h["bin"].to_numpy()[sel].astype(np.int32),
+        h["count"].to_numpy()[sel].astype(np.float64),
+    ]
+
+
+def _concat(chunks: list[list[np.ndarray]], i: int) -> np.ndarray:
+    """Field ``i`` of every chunk, joined; the chunks' copies are let go as it goes."""
+    out = np.concatenate([c[i] for c in chunks]) if chunks else np.zeros(0)
+    for c in chunks:
+        c[i] = out[:0]
+    return out
+
+
+def _op_code(parts: Partitions, op: str) -> int:
+    """Index of operation ``op`` in ``parts.operations`` (-1: not there)."""
+    i = int(np.searchsorted(parts.operations, op))
+    return i if i < len(parts.operations) and parts.operations[i] == op else -1
+
+
+def _log_value(bins: np.ndarray) -> np.ndarray:
+    """``log(bin_value(bins))``, read off a table of the bins' range (few distinct values)."""
+    if not len(bins):
+        return np.zeros(0)
+    lo = int(bins.min())
+    table = np.log(np.asarray(bin_value(np.arange(lo, int(bins.max()) + 1)), np.float64))
+    out: np.ndarray = table[bins - lo]
+    return out
 
 
 class _Null(NamedTuple):
@@ -229,22 +294,52 @@ def tail_history(
     if not len(rows):
         return none
     h = _hist_rows(hist, parts, base, times, set(parts.operation[rows].tolist()), maintenance)
+    nulls = _nulls(h, parts, rows, n_base, policy.buckets_per_hour)
+    rows = np.array(
+        [r for r in rows.tolist() if nulls[int(parts.fleet_of[r])] is not None], np.int64
+    )
+    if not len(rows):
+        return none
+    tr = _counts(h, parts, rows, nulls, times, first, 3 * policy.buckets_per_hour)
+    h.resid = np.zeros(0)  # spent: what is kept recomputes its own (the run's peak memory)
+    tr.h = _keep(h, parts.fleet_of[rows], first[rows], base.mu_log, slot_of(times))
+    return tr
+
+
+def _nulls(
+    h: _Hist, parts: Partitions, rows: np.ndarray, n_base: int, per_hour: int
+) -> dict[int, _Null | None]:
+    """The null of each operation of the new builds ``rows``, from its baseline rows in ``h``
+    (the first ``n_base`` columns), the new builds' own left out; keyed by fleet row."""
     new = np.zeros(len(parts), bool)
     new[rows] = True
     # The baseline rows of every operation involved, grouped by operation (one sort).
     idx = np.flatnonzero((h.t < n_base) & ~new[h.pid])
     idx = idx[np.argsort(h.fleet[idx], kind="stable")]
     grouped = h.fleet[idx]
-    nulls: dict[int, _Null | None] = {}
-    for f in np.unique(parts.fleet_of[rows]).tolist():
-        lo, hi = np.searchsorted(grouped, f, "left"), np.searchsorted(grouped, f, "right")
-        nulls[f] = _fleet_null(h, idx[lo:hi], policy.buckets_per_hour)
-    rows = np.array(
-        [r for r in rows.tolist() if nulls[int(parts.fleet_of[r])] is not None], np.int64
+    # Needles of the haystack's dtype: a Python int would copy ``grouped`` on every search.
+    fleets = np.unique(parts.fleet_of[rows]).astype(grouped.dtype)
+    bounds = zip(
+        np.searchsorted(grouped, fleets, "left"),
+        np.searchsorted(grouped, fleets, "right"),
+        strict=True,
     )
-    if not len(rows):
-        return none
-    return _counts(h, parts, rows, nulls, times, first, 3 * policy.buckets_per_hour)
+    return {
+        int(f): _fleet_null(h, idx[lo:hi], per_hour)
+        for f, (lo, hi) in zip(fleets, bounds, strict=True)
+    }
+
+
+def _keep(
+    h: _Hist, fleets: np.ndarray, first: np.ndarray, mu_log: np.ndarray, slots: np.ndarray
+) -> _Kept:
+    """The rows of ``h`` at or after the first call of a build of their operation (the
+    builds' ``fleets`` and ``first`` columns): all that :meth:`TailRollout.sparse` reads."""
+    since = np.full(len(mu_log), np.iinfo(np.int32).max, np.int32)
+    np.minimum.at(since, fleets, first.astype(np.int32))
+    m = np.flatnonzero(h.t >= since[h.fleet])
+    count = h.count[m].astype(np.float32)
+    return _Kept(h.t[m], h.pid[m], h.fleet[m], h.bins[m], count, mu_log, slots)
 
 
 def _counts(
@@ -269,19 +364,23 @@ def _counts(
     thr_of[fo] = thr
     slow = h.resid > thr_of[h.fleet]  # NaN residuals are not slow
 
-    def dense(group: np.ndarray, n: int, where: np.ndarray) -> np.ndarray:
-        sel = (group >= 0) & where
-        flat = group[sel] * T + h.t[sel]
-        return np.bincount(flat, weights=h.count[sel], minlength=n * T).reshape(n, T)
+    def dense(local: np.ndarray, key: np.ndarray, n: int, where: np.ndarray) -> np.ndarray:
+        out = np.zeros(n * T)
+        for a in range(0, len(key), _CHUNK):  # whole numbers: the sums are exact in any order
+            g, w = local[key[a : a + _CHUNK]], where[a : a + _CHUNK]
+            sel = (g >= 0) & w
+            flat = g[sel] * T + h.t[a : a + _CHUNK][sel]
+            out += np.bincount(flat, weights=h.count[a : a + _CHUNK][sel], minlength=n * T)
+        return out.reshape(n, T)
 
     local = np.full(P, -1, np.int64)
     local[rows] = np.arange(L)
     every = np.ones(len(h.t), bool)
-    C, S = (dense(local[h.pid], L, w) for w in (every, slow))
+    C, S = (dense(local, h.pid, L, w) for w in (every, slow))
     ops = np.unique(fo)
     local_op = np.full(P, -1, np.int64)
     local_op[ops] = np.arange(len(ops))
-    FC, FS = (dense(local_op[h.fleet], len(ops), w) for w in (every, slow))
+    FC, FS = (dense(local_op, h.fleet, len(ops), w) for w in (every, slow))
     since = np.arange(T)[None, :] >= first[rows][:, None]
     Co, So = FC[local_op[fo]] - C, FS[local_op[fo]] - S
     counts = Rollout(
@@ -298,7 +397,7 @@ def _counts(
     # last three hours (not twelve) carry their share, so an alert ends hours after a fix
     # rather than half a day, while at 100 calls an hour they still expect ~15 slow calls.
     null = CountNull(phi[:, None], phi[:, None], tau2[:, None], 0.0, 0, latest, CURRENT_Z)
-    return TailRollout(counts, null, thr, h)
+    return TailRollout(counts, null, thr, None)
 
 
 def _quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
@@ -342,7 +441,7 @@ class _Running:
 
     def upto(self, col: int) -> _Running:
         """Add the rows up to and including column ``col`` (never fewer than before)."""
-        j = int(np.searchsorted(self.t, col, side="right"))
+        j = int(np.searchsorted(self.t, self.t.dtype.type(col), side="right"))
         if j > self.i:
             sl = slice(self.i, j)
             self.hb += np.bincount(self.b[sl], weights=self.w[sl], minlength=len(self.hb))
