@@ -56,6 +56,7 @@ from detector.detect.features import (
     apply_sequential,
     bucket_features,
     build_cube,
+    expected_calls,
     sequential_details,
     span_evidence,
     true_runs,
@@ -489,8 +490,10 @@ def _evidence(
         keep |= (forest.p[0] <= policy.alpha)[:, None, :]
     # First calls in the cube's columns (a new build's span may reach back before it).
     first_col = first - run.frame.cube_offset
+    # Expected calls read every operation: computed once for both tests (a peak of the run).
+    e = expected_calls(base, cubes.full.slots, cubes.full, parts)
     ev = span_evidence(
-        cubes.full, parts, base, policy, last=cubes.n_last, keep=keep, first=first_col
+        cubes.full, parts, base, policy, last=cubes.n_last, keep=keep, first=first_col, expected=e
     )
     del keep
     cube = cubes.cube
@@ -506,8 +509,16 @@ def _evidence(
     on_decide_scale(ev.p, mult)
     # Evidence accumulated over buckets (thin partitions), on the same scale.
     apply_sequential(
-        ev, cubes.full, parts, base, policy, n_tested=mult.n_tested, on_scale=mult.on_scale
+        ev,
+        cubes.full,
+        parts,
+        base,
+        policy,
+        n_tested=mult.n_tested,
+        on_scale=mult.on_scale,
+        expected=e,
     )
+    del e
     rolled = apply_rollout(
         ev,
         roll,

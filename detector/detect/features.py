@@ -578,7 +578,7 @@ class Blocking:
     threads: int | None = None
 
 
-def span_evidence(
+def span_evidence(  # noqa: PLR0913 (four keyword-only options)
     cube: Cube,
     parts: Partitions,
     base: Baselines,
@@ -588,6 +588,7 @@ def span_evidence(
     blocking: Blocking = Blocking(),
     keep: np.ndarray | None = None,
     first: np.ndarray | None = None,
+    expected: np.ndarray | None = None,
 ) -> SpanEvidence:
     """Test every (partition, metric, bucket) over the trailing spans; keep the best span.
 
@@ -608,10 +609,12 @@ def span_evidence(
     ``first``: ``(P,)`` column of the cube where each partition's first call is (negative:
     before the cube; None: every partition is older than the cube). An earlier third of a
     provisional version's span that reaches back before its first call is skipped where it
-    holds too few calls to judge (see ``sub_checks``).
+    holds too few calls to judge (see ``sub_checks``). ``expected``: the cube's
+    :func:`expected_calls` when the caller has them (None: computed here).
     """
     slots = cube.slots
-    e_all = expected_calls(base, slots, cube, parts)  # needs every operation (rest of traffic)
+    # Needs every operation (the rest of the traffic), not only a block's.
+    e_all = expected_calls(base, slots, cube, parts) if expected is None else expected
     P = len(parts)
     # One output allocated up front, filled block by block through views: concatenating
     # per-block pieces held the (P, M, K) evidence twice (~0.8 GiB at 10k partitions).
@@ -1615,6 +1618,7 @@ def apply_sequential(
     *,
     n_tested: np.ndarray,
     on_scale: np.ndarray,
+    expected: np.ndarray | None = None,
 ) -> Sequential:
     """Put the sequential evidence (failures rising, volume falling) into ``ev``, in place.
 
@@ -1624,40 +1628,64 @@ def apply_sequential(
     decide reads ``ev.p`` against. Where the CUSUM passes its threshold and gates and beats the
     trailing spans' evidence, its window becomes the cell's evidence, with a p-value put on the
     scale (``on_scale x e^(threshold - stat)``: significant exactly when the CUSUM alarms).
+    ``expected``: the cube's :func:`expected_calls` when the caller has them.
     """
     P, M, K = ev.p.shape
-    T = cube.calls.shape[1]
-    w = min(max(policy.spans), T)
     stat = np.zeros((P, M, K))
     used = np.zeros((P, M, K), bool)
     ev.sequential = used
     if policy.sequential == "off" or not P:
         return Sequential(stat, np.full((P, M), np.inf), used)
-    slots = cube.slots
     h = _thresholds(base, parts, policy, n_tested)
+    e = expected_calls(base, cube.slots, cube, parts) if expected is None else expected
+    # Operation block by operation block: a test reads its operation's rows (fleet, siblings)
+    # and no other's, and whole (P, T) temporaries were the run's peak memory.
+    for sl in _op_blocks(parts, Blocking().chunk):
+        blk = _Block(cube.rows(sl), parts.take(sl), base.take(sl), e[sl], None)
+        _sequential_block(ev, blk, sl, h[sl], (stat, used), policy, on_scale)
+    return Sequential(stat, h, used)
+
+
+def _sequential_block(
+    ev: SpanEvidence,
+    blk: _Block,
+    sl: slice,
+    h: np.ndarray,
+    out: tuple[np.ndarray, np.ndarray],
+    policy: DetectionPolicy,
+    on_scale: np.ndarray,
+) -> None:
+    """:func:`apply_sequential` on the rows ``sl`` (whole operations; ``blk`` their cube,
+    partitions, baselines and expected calls, ``h`` their thresholds): fills those rows of
+    ``out`` (the CUSUM statistics and where the test is used) and of ``ev``."""
+    stat, used = out
+    cube, parts, base, e = blk.cube, blk.parts, blk.base, blk.e
+    K, T = ev.p.shape[2], cube.calls.shape[1]
+    w = min(max(policy.spans), T)
+    slots = cube.slots
     p0 = np.clip(base.fail_rate[:, slots], 1e-6, 0.5)
     llr_f = failure_llr(cube.calls, cube.failures, cube.failed_calls, base, slots, policy)
-    e = expected_calls(base, slots, cube, parts)
     llr_v = volume_llr(cube.calls, e, base.phi_vol, policy.sequential_fold)
     seq = ((Metric.FAILURE_RATE, llr_f), (Metric.VOLUME, llr_v))
     for m, llr in seq[: 2 if policy.sequential == "both" else 1]:
         s_all = windowed_cusum(llr, w, T)
-        stat[:, m] = s_all[:, T - K :]
-        rows, cols = np.nonzero(stat[:, m] >= h[:, m, None])
+        stat[sl, m] = s_all[:, T - K :]
+        rows, cols = np.nonzero(stat[sl, m] >= h[:, m, None])
         if not len(rows):
             continue
         win = _Windows(llr, rows, T - K + cols, w)
+        at = rows + (sl.start or 0)  # the rows in ``ev``
         # Ended: since its peak in the window, the data favour the baseline over the
         # alternative by half the alarm's likelihood ratio (an incident over stops alerting).
-        falling = win.extreme(s_all, "max") - stat[rows, m, cols] >= h[rows, m] / 2
+        falling = win.extreme(s_all, "max") - stat[at, m, cols] >= h[rows, m] / 2
         if m == Metric.FAILURE_RATE:
             f = _failure_fields(win, cube, parts, p0, base.fail_dispersion()[:, None], policy)
         else:
             f = _volume_fields(win, cube.calls, e, base.phi_vol, policy)
-        p = np.fmin(on_scale[m] * np.exp(h[rows, m] - stat[rows, m, cols]), 1.0)
-        beats = (p < ev.p[rows, m, cols]) | ~_span_passes(ev, m, rows, cols, on_scale[m], policy)
+        p = np.fmin(on_scale[m] * np.exp(h[rows, m] - stat[at, m, cols]), 1.0)
+        beats = (p < ev.p[at, m, cols]) | ~_span_passes(ev, m, at, cols, on_scale[m], policy)
         ok = f.pop("passes") & beats & ~falling
-        r, c = rows[ok], cols[ok]
+        r, c = at[ok], cols[ok]
         used[r, m, c] = True
         ev.p[r, m, c] = p[ok]
         ev.loo_ok[r, m, c] = True
@@ -1665,7 +1693,6 @@ def apply_sequential(
         ev.span[r, m, c] = win.length[ok]
         for name, val in f.items():
             getattr(ev, name)[r, m, c] = val[ok]
-    return Sequential(stat, h, used)
 
 
 def sequential_details(
