@@ -697,6 +697,76 @@ def _user_agents(versions: list[VersionSpec]) -> list[str]:
     return out
 
 
+def _malformed(
+    rng: np.random.Generator, op: np.ndarray, name_idx: np.ndarray, dur: np.ndarray
+) -> tuple[np.ndarray, dict[str, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Disjoint malformed kinds, one uniform draw per row: each row's kind (``len(_MALFORMED)``:
+    clean), the count per kind, and the names, durations and null masks they change."""
+    n = op.size
+    u = rng.random(n)
+    edges = np.cumsum(list(_MALFORMED.values()))
+    kind = np.searchsorted(edges, u, side="right")  # == len(edges): clean
+    kinds = list(_MALFORMED)
+    point = np.array([o.point for o in OPS])[op]
+    dur_null = np.zeros(n, bool)
+    ts_null = np.zeros(n, bool)
+    counts: dict[str, int] = {}
+    for j, name in enumerate(kinds):
+        sel = kind == j
+        if name in ("null_duration", "negative_duration"):
+            sel &= ~point
+        counts[name] = int(sel.sum())
+        if name == "empty_operation_name":
+            name_idx = np.where(sel, 2 * len(OPS), name_idx)
+        elif name == "pseudo_operation":
+            name_idx = np.where(sel, 2 * len(OPS) + 1, name_idx)
+        elif name == "null_timestamp":
+            ts_null |= sel
+        elif name == "null_duration":
+            dur_null |= sel
+        elif name == "negative_duration":
+            dur = np.where(sel, -1, dur)
+    return kind, counts, name_idx, dur, ts_null, dur_null
+
+
+def _operations(
+    rng: np.random.Generator, legs: _Legs, eff: Effects, start_ms: int, end_ms: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The operations of every leg (count per kind, then a time in the leg's phase), inside
+    ``[start_ms, end_ms)`` and the scenario's drops, sorted by time: (leg, op, t)."""
+    n_legs = legs.t0.size
+    leg_parts, op_parts = [], []
+    for i, o in enumerate(OPS):
+        if o.count == "bern":
+            k = (rng.random(n_legs) < o.rate).astype(np.int64)
+        else:
+            lam = o.rate * legs.activity * np.where(legs.group, o.group_mult, 1.0)
+            if o.name == "UserFacingDiagnostics":
+                lam = lam * np.where(legs.degraded, 5.0, 1.0)
+            k = rng.poisson(lam)
+        if o.name in ("HandleIncomingCall", "AcceptIncomingCall"):
+            k = k * legs.incoming
+        elif o.name in ("Join", "StartCall"):
+            k = k * ~legs.incoming
+        leg_parts.append(np.repeat(np.arange(n_legs), k))
+        op_parts.append(np.full(int(k.sum()), i, dtype=np.int64))
+    leg = np.concatenate(leg_parts)
+    op = np.concatenate(op_parts)
+    phase = np.array([o.phase for o in OPS])[op]
+    span = legs.t1[leg] - legs.t0[leg]
+    t = legs.t0[leg] + (rng.random(leg.size) * span).astype(np.int64)
+    t = np.where(phase == "init", legs.t0[leg] - rng.integers(500, 20_000, leg.size), t)
+    t = np.where(phase == "start", legs.t0[leg] + rng.integers(0, 3_000, leg.size), t)
+    t = np.where(phase == "end", legs.t1[leg], t)
+    keep = (t >= start_ms) & (t < end_ms)
+    for o, t0, t1, frac in eff.drop:
+        keep &= ~((op == o) & (t >= t0) & (t < t1) & (rng.random(op.size) < frac))
+    order = np.nonzero(keep)[0]
+    order = order[np.argsort(t[order], kind="stable")]
+    leg, op, t = leg[order], op[order], t[order]
+    return leg, op, t
+
+
 def generate(
     out: str | Path,
     *,
@@ -752,36 +822,7 @@ def generate(
     legs = _make_legs(rng, start_ms, end_ms, calls_per_hour, eff, versions)
     n_legs = legs.t0.size
 
-    # -- operations per leg -------------------------------------------------------------------
-    leg_parts, op_parts = [], []
-    for i, o in enumerate(OPS):
-        if o.count == "bern":
-            k = (rng.random(n_legs) < o.rate).astype(np.int64)
-        else:
-            lam = o.rate * legs.activity * np.where(legs.group, o.group_mult, 1.0)
-            if o.name == "UserFacingDiagnostics":
-                lam = lam * np.where(legs.degraded, 5.0, 1.0)
-            k = rng.poisson(lam)
-        if o.name in ("HandleIncomingCall", "AcceptIncomingCall"):
-            k = k * legs.incoming
-        elif o.name in ("Join", "StartCall"):
-            k = k * ~legs.incoming
-        leg_parts.append(np.repeat(np.arange(n_legs), k))
-        op_parts.append(np.full(int(k.sum()), i, dtype=np.int64))
-    leg = np.concatenate(leg_parts)
-    op = np.concatenate(op_parts)
-    phase = np.array([o.phase for o in OPS])[op]
-    span = legs.t1[leg] - legs.t0[leg]
-    t = legs.t0[leg] + (rng.random(leg.size) * span).astype(np.int64)
-    t = np.where(phase == "init", legs.t0[leg] - rng.integers(500, 20_000, leg.size), t)
-    t = np.where(phase == "start", legs.t0[leg] + rng.integers(0, 3_000, leg.size), t)
-    t = np.where(phase == "end", legs.t1[leg], t)
-    keep = (t >= start_ms) & (t < end_ms)
-    for o, t0, t1, frac in eff.drop:
-        keep &= ~((op == o) & (t >= t0) & (t < t1) & (rng.random(op.size) < frac))
-    order = np.nonzero(keep)[0]
-    order = order[np.argsort(t[order], kind="stable")]
-    leg, op, t = leg[order], op[order], t[order]
+    leg, op, t = _operations(rng, legs, eff, start_ms, end_ms)
     n = op.size
 
     dur = _durations(rng, op, t, legs, leg, versions, eff)
@@ -807,30 +848,8 @@ def generate(
     is_event = np.array([o.name.endswith("-changed") for o in OPS])[op]
     name_idx = np.where(is_event & (rng.random(n) < _LOWERCASE_EVENT_RATE), op + len(OPS), op)
 
-    # -- malformed rows (disjoint kinds, one uniform draw per row) --------------------------------
-    u = rng.random(n)
-    edges = np.cumsum(list(_MALFORMED.values()))
-    kind = np.searchsorted(edges, u, side="right")  # == len(edges): clean
+    kind, counts, name_idx, dur, ts_null, dur_null = _malformed(rng, op, name_idx, dur)
     kinds = list(_MALFORMED)
-    point = np.array([o.point for o in OPS])[op]
-    dur_null = np.zeros(n, bool)
-    ts_null = np.zeros(n, bool)
-    counts: dict[str, int] = {}
-    for j, name in enumerate(kinds):
-        sel = kind == j
-        if name in ("null_duration", "negative_duration"):
-            sel &= ~point
-        counts[name] = int(sel.sum())
-        if name == "empty_operation_name":
-            name_idx = np.where(sel, 2 * len(OPS), name_idx)
-        elif name == "pseudo_operation":
-            name_idx = np.where(sel, 2 * len(OPS) + 1, name_idx)
-        elif name == "null_timestamp":
-            ts_null |= sel
-        elif name == "null_duration":
-            dur_null |= sel
-        elif name == "negative_duration":
-            dur = np.where(sel, -1, dur)
     op_id = _guids(rng, n)
     empty_id = kind == kinds.index("empty_operation_id")
     if empty_id.any():
