@@ -9,6 +9,7 @@ from functools import cache
 import numpy as np
 import pytest
 
+from detector.detect import features
 from detector.detect.engine import (
     DetectionPolicy,
     DetectionResult,
@@ -157,3 +158,23 @@ def test_accumulated_words_are_plain_and_refuse_junk() -> None:
     assert accumulated_words(vol) == "12 calls over the last 30 min, usual 410"
     for junk in (None, "x", {"hours": "nan", "calls": 3}, {"hours": 2, "calls": -1}, {}):
         assert accumulated_words(junk) == ""
+
+
+def test_the_sequential_test_judges_the_same_one_operation_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The beta is StartVideo's, the second operation: judged block by block, its rows are
+    # read at an offset, and every field must land where the whole-table run puts it.
+    aggs, _ = _beta_failing(0)
+    whole = detect(aggs, window=(WS, WE), now=WE, policy=POLICY)
+    monkeypatch.setattr(features, "_SEQUENTIAL_BLOCK", 1)  # one operation per block
+    blocked = detect(aggs, window=(WS, WE), now=WE, policy=POLICY)
+    ev, ev_b = whole.debug["evidence"], blocked.debug["evidence"]
+    parts = whole.debug["parts"]
+    beta = int(np.flatnonzero((parts.operation == "StartVideo") & (parts.version == BETA))[0])
+    assert beta > 3 and ev.sequential[beta].any()  # past Join's rows, and the test was used
+    for name in ("p", "effect", "n", "k", "span", "observed", "expected", "z", "share"):
+        np.testing.assert_array_equal(getattr(ev_b, name), getattr(ev, name), err_msg=name)
+    np.testing.assert_array_equal(ev_b.sequential, ev.sequential)
+    np.testing.assert_array_equal(blocked.debug["reasons"], whole.debug["reasons"])
+    assert blocked.alert_buckets == whole.alert_buckets

@@ -46,6 +46,7 @@ __all__ = [
     "SLOTS",
     "Baselines",
     "Partitions",
+    "column_codes",
     "compute_baselines",
     "exclusion_mask",
     "rolled_out",
@@ -231,8 +232,8 @@ class Partitions:
         """Row index of each stats row's partition (-1 for a row of no partition here)."""
         # Through integer codes (a category's, else one factorize per column) and a (names x
         # names) lookup table: no hashing of (operation, version) pairs row by row.
-        oc, ops = _codes(stats["operation_name"])
-        vc, vers = _codes(stats["sdk_version"])
+        oc, ops = column_codes(stats["operation_name"])
+        vc, vers = column_codes(stats["sdk_version"])
         lut = np.full((len(ops) + 1, len(vers) + 1), -1, dtype=np.int64)
         oi = pd.Index(ops).get_indexer(self.operation)
         vi = pd.Index(vers).get_indexer(self.version)
@@ -243,8 +244,9 @@ class Partitions:
         return out
 
 
-def _codes(col: pd.Series) -> tuple[np.ndarray, pd.Index]:
-    """A column's integer codes (-1: missing) and the names they stand for."""
+def column_codes(col: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """A column's integer codes (-1: missing) and the names they stand for (a category's
+    own, else one factorize)."""
     if isinstance(col.dtype, pd.CategoricalDtype):
         return col.cat.codes.to_numpy(), pd.Index(col.cat.categories)
     codes, names = pd.factorize(col)

@@ -33,6 +33,7 @@ from detector.detect.baseline import (
     FLEET,
     Baselines,
     Partitions,
+    column_codes,
     compute_baselines,
     exclusion_mask,
     with_fleet,
@@ -1091,8 +1092,7 @@ class _HistByOperation:
             return None
         if op not in self._rows:
             if self._codes is None:
-                codes, names = pd.factorize(self.hist["operation_name"])
-                self._codes = codes, pd.Index(names)
+                self._codes = column_codes(self.hist["operation_name"])
             codes, names = self._codes
             k = names.get_indexer(pd.Index([op]))[0]
             self._rows[op] = self.hist.iloc[np.flatnonzero(codes == k) if k >= 0 else []]

@@ -1609,6 +1609,10 @@ def _thresholds(
     return h
 
 
+#: Rows (whole operations) the sequential test judges at a time, as span_evidence's blocks.
+_SEQUENTIAL_BLOCK = Blocking().chunk
+
+
 def apply_sequential(
     ev: SpanEvidence,
     cube: Cube,
@@ -1640,7 +1644,7 @@ def apply_sequential(
     e = expected_calls(base, cube.slots, cube, parts) if expected is None else expected
     # Operation block by operation block: a test reads its operation's rows (fleet, siblings)
     # and no other's, and whole (P, T) temporaries were the run's peak memory.
-    for sl in _op_blocks(parts, Blocking().chunk):
+    for sl in _op_blocks(parts, _SEQUENTIAL_BLOCK):
         blk = _Block(cube.rows(sl), parts.take(sl), base.take(sl), e[sl], None)
         _sequential_block(ev, blk, sl, h[sl], (stat, used), policy, on_scale)
     return Sequential(stat, h, used)
